@@ -1,0 +1,141 @@
+"""Data, models and tree helpers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from workbench import data, models
+from workbench import tree as tu
+
+
+def test_digits_split_is_deterministic_stratified_and_disjoint():
+    tr1, te1 = data.load_digits(seed=3)
+    tr2, te2 = data.load_digits(seed=3)
+    tr3, _ = data.load_digits(seed=4)
+    np.testing.assert_array_equal(tr1.x, tr2.x)
+    np.testing.assert_array_equal(te1.y, te2.y)
+    assert not np.array_equal(tr1.y, tr3.y)
+    assert len(tr1) + len(te1) == 1797
+    assert abs(len(te1) / 1797 - 0.25) < 0.01
+    counts = np.bincount(np.asarray(te1.y), minlength=10)
+    assert counts.min() >= 40  # every class in the test split
+    assert float(tr1.x.max()) == 1.0 and float(tr1.x.min()) == 0.0
+    rows = {tuple(r) for r in np.asarray(tr1.x)}
+    assert sum(tuple(r) in rows for r in np.asarray(te1.x)) < 20  # only true duplicate images
+
+
+def test_digits_image_shape():
+    tr, _ = data.load_digits(image_shape=True)
+    assert tr.x.shape[1:] == (8, 8, 1)
+
+
+def test_synthetic_generators(key):
+    reg, w = data.make_regression(key, 100, 5, noise=0.0, dtype=jnp.float64)
+    np.testing.assert_allclose(reg.x @ w, reg.y, rtol=1e-12)
+    cls = data.make_classification(key, 200, 4, num_classes=3)
+    assert set(np.unique(np.asarray(cls.y))) == {0, 1, 2}
+    with pytest.raises(ValueError, match="num_classes"):
+        data.make_classification(key, 10, 2, num_classes=1)
+
+
+def test_npz_roundtrip_and_errors(tmp_path):
+    d = data.Dataset(jnp.arange(12.0).reshape(6, 2), jnp.arange(6))
+    data.save_npz(tmp_path / "ok.npz", d)
+    back = data.load_npz(tmp_path / "ok.npz")
+    np.testing.assert_array_equal(back.x, d.x)
+    assert back.y.dtype == jnp.int32
+    np.savez(tmp_path / "bad_keys.npz", inputs=np.zeros((3, 2)), y=np.zeros(3))
+    with pytest.raises(KeyError, match=r"lacks array\(s\) \['x'\].*holds \['inputs', 'y'\]"):
+        data.load_npz(tmp_path / "bad_keys.npz")
+    back = data.load_npz(tmp_path / "bad_keys.npz", x_key="inputs")
+    assert back.y.dtype == jnp.float32
+    np.savez(tmp_path / "bad_shape.npz", x=np.zeros((3, 2)), y=np.zeros(4))
+    with pytest.raises(ValueError, match="'x' has 3 examples but 'y' has 4"):
+        data.load_npz(tmp_path / "bad_shape.npz")
+    np.savez(tmp_path / "nan.npz", x=np.array([[np.nan]]), y=np.zeros(1))
+    with pytest.raises(ValueError, match="NaN"):
+        data.load_npz(tmp_path / "nan.npz")
+    with pytest.raises(FileNotFoundError):
+        data.load_npz(tmp_path / "missing.npz")
+
+
+def test_batches_cover_everything_once():
+    d = data.Dataset(jnp.arange(10.0)[:, None], jnp.arange(10))
+    sizes = [len(b) for b in data.batches(d, 4)]
+    assert sizes == [4, 4, 2]
+
+
+def test_text_data_is_shifted_by_one():
+    d, vocab = data.load_text(seq_len=16)
+    assert d.x.shape[1] == 16
+    np.testing.assert_array_equal(d.x[0, 1:], d.y[0, :-1])
+    assert int(d.x.max()) < len(vocab)
+
+
+@pytest.mark.parametrize(
+    "make, batch",
+    [
+        (lambda r: models.LogisticRegression(64, 10, rngs=r), lambda: data.load_digits()[0]),
+        (lambda r: models.MLP(64, [32], 10, rngs=r), lambda: data.load_digits()[0]),
+        (lambda r: models.CNN(rngs=r), lambda: data.load_digits(image_shape=True)[0]),
+    ],
+)
+def test_classifiers_functional_matches_module(make, batch):
+    model = make(nnx.Rngs(0))
+    f = models.functional(model)
+    b = batch().take(slice(0, 32))
+    np.testing.assert_allclose(f.predict_fn(f.params, b.x), model(b.x), rtol=1e-6)
+    per = f.per_example_loss_fn(f.params, b)
+    assert per.shape == (32,)
+    np.testing.assert_allclose(f.loss_fn(f.params, b), per.mean(), rtol=1e-6)
+    g = jax.grad(f.loss_fn)(f.params, b)
+    tu.check_same_structure(f.params, g)
+
+
+def test_digits_mlp_has_about_2_4k_params():
+    f = models.functional(models.MLP(64, [32], 10, rngs=nnx.Rngs(0)))
+    assert tu.size(f.params) == 2410
+
+
+def test_transformer_lm_loss_near_log_vocab_at_init():
+    d, vocab = data.load_text(seq_len=16)
+    f = models.functional(models.TinyTransformer(len(vocab), 16, rngs=nnx.Rngs(0)))
+    out = f.predict_fn(f.params, d.x[:4])
+    assert out.shape == (4, 16, len(vocab))
+    assert abs(float(f.loss_fn(f.params, d.take(slice(0, 64)))) - np.log(len(vocab))) < 1.0
+
+
+def test_l2_term_and_mse():
+    f = models.functional(models.MLP(3, [4], 1, rngs=nnx.Rngs(0)), loss="mse", l2=0.5)
+    b = data.Dataset(jnp.ones((5, 3), jnp.float32), jnp.zeros(5, jnp.float32))
+    expected = f.per_example_loss_fn(f.params, b).mean() + 0.25 * tu.vdot(f.params, f.params)
+    np.testing.assert_allclose(f.loss_fn(f.params, b), expected, rtol=1e-6)
+    out = f.predict_fn(f.params, b.x)[:, 0]
+    np.testing.assert_allclose(f.per_example_loss_fn(f.params, b), 0.5 * out**2, rtol=1e-6)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        models.functional(models.MLP(3, [4], 1, rngs=nnx.Rngs(0)), loss="hinge")
+
+
+def test_tree_helpers(key):
+    a = {"w": jnp.arange(3.0), "b": jnp.ones((2, 2))}
+    b = tu.random_like(key, a)
+    flat_a, _ = tu.ravel(a)
+    flat_b, unravel = tu.ravel(b)
+    np.testing.assert_allclose(tu.vdot(a, b), flat_a @ flat_b, rtol=1e-12)
+    np.testing.assert_allclose(tu.norm(a), jnp.linalg.norm(flat_a), rtol=1e-12)
+    np.testing.assert_allclose(tu.ravel(tu.axpy(2.0, a, b))[0], 2 * flat_a + flat_b)
+    assert tu.size(a) == 7
+    r = tu.random_like(key, a, kind="rademacher")
+    assert set(np.unique(np.asarray(tu.ravel(r)[0]))) <= {-1.0, 1.0}
+
+
+def test_check_same_structure_names_first_mismatch():
+    a = {"layer0": {"w": jnp.zeros((2, 3)), "b": jnp.zeros(3)}}
+    with pytest.raises(ValueError, match=r"\['layer0'\]\['w'\].*shape \(3, 2\)"):
+        tu.check_same_structure(a, {"layer0": {"w": jnp.zeros((3, 2)), "b": jnp.zeros(3)}})
+    with pytest.raises(ValueError, match="first mismatched leaf"):
+        tu.check_same_structure(a, {"layer1": {"w": jnp.zeros((2, 3)), "b": jnp.zeros(3)}})
+    with pytest.raises(ValueError, match="leaves"):
+        tu.check_same_structure(a, {"layer0": {"b": jnp.zeros(3)}})

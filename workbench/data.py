@@ -1,0 +1,169 @@
+"""Embedded datasets (scikit-learn's bundled digits, synthetic generators) and a user .npz loader.
+
+A dataset is a `Dataset(x, y)` NamedTuple: a pytree, so `jax.tree.map(lambda a: a[idx], data)`
+takes a subset and every algorithm can treat it as a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Dataset(NamedTuple):
+    """Inputs `x` [n, ...] and targets `y` [n, ...] (int class labels or float regression targets)."""
+
+    x: jax.Array
+    y: jax.Array
+
+    def __len__(self) -> int:  # number of examples
+        return int(self.x.shape[0])
+
+    def take(self, idx) -> Dataset:
+        """The examples at `idx` (an index array, slice or boolean mask)."""
+        return Dataset(self.x[idx], self.y[idx])
+
+
+def num_examples(data: Dataset) -> int:
+    return int(jax.tree.leaves(data)[0].shape[0])
+
+
+def load_digits(
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    image_shape: bool = False,
+    dtype=jnp.float32,
+) -> tuple[Dataset, Dataset]:
+    """scikit-learn's bundled 8x8 digits (1797 images, 10 classes), pixels scaled to [0, 1].
+
+    The split is a stratified, seeded permutation, so the same `seed` always gives the same sets.
+    `image_shape=True` returns x as [n, 8, 8, 1] (for the CNN) instead of [n, 64].
+    """
+    from sklearn.datasets import load_digits as _sk_digits
+
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    raw = _sk_digits()
+    x = raw.data.astype(np.float64) / 16.0
+    y = raw.target.astype(np.int32)
+    rng = np.random.default_rng(seed)
+    test_idx, train_idx = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_test = int(round(test_fraction * len(idx)))
+        test_idx.append(idx[:n_test])
+        train_idx.append(idx[n_test:])
+    train_idx = rng.permutation(np.concatenate(train_idx))
+    test_idx = rng.permutation(np.concatenate(test_idx))
+    if image_shape:
+        x = x.reshape(-1, 8, 8, 1)
+
+    def make(idx):
+        return Dataset(jnp.asarray(x[idx], dtype=dtype), jnp.asarray(y[idx]))
+
+    return make(train_idx), make(test_idx)
+
+
+def make_regression(
+    key: jax.Array, n: int, dim: int, noise: float = 0.1, dtype=jnp.float32
+) -> tuple[Dataset, jax.Array]:
+    """y = x @ w + noise * eps with x ~ N(0, I); returns the data and the true weights w."""
+    kx, kw, ke = jax.random.split(key, 3)
+    x = jax.random.normal(kx, (n, dim), dtype)
+    w = jax.random.normal(kw, (dim,), dtype) / jnp.sqrt(dim)
+    y = x @ w + noise * jax.random.normal(ke, (n,), dtype)
+    return Dataset(x, y), w
+
+
+def make_classification(
+    key: jax.Array,
+    n: int,
+    dim: int,
+    num_classes: int = 2,
+    separation: float = 2.0,
+    dtype=jnp.float32,
+) -> Dataset:
+    """Gaussian blobs: class means drawn N(0, separation^2 / dim * I), unit-variance noise."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    km, ky, kx = jax.random.split(key, 3)
+    means = separation * jax.random.normal(km, (num_classes, dim), dtype) / jnp.sqrt(dim) * 2
+    y = jax.random.randint(ky, (n,), 0, num_classes).astype(jnp.int32)
+    x = means[y] + jax.random.normal(kx, (n, dim), dtype)
+    return Dataset(x, y)
+
+
+def load_npz(path: str | Path, x_key: str = "x", y_key: str = "y", dtype=jnp.float32) -> Dataset:
+    """Load a user's dataset from an .npz file holding arrays `x_key` [n, ...] and `y_key` [n, ...].
+
+    Integer targets are kept as int32 class labels; floating targets are cast to `dtype`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such .npz file: {path}")
+    with np.load(path, allow_pickle=False) as f:
+        missing = [k for k in (x_key, y_key) if k not in f.files]
+        if missing:
+            raise KeyError(
+                f"{path} lacks array(s) {missing}; it holds {sorted(f.files)}. "
+                f"Pass x_key=/y_key= to name the input and target arrays."
+            )
+        x, y = f[x_key], f[y_key]
+    if x.ndim == 0 or y.ndim == 0:
+        raise ValueError(f"{path}: '{x_key}' and '{y_key}' need a leading example axis")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{path}: '{x_key}' has {x.shape[0]} examples but '{y_key}' has {y.shape[0]}"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{path}: the dataset is empty")
+    if not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{path}: '{x_key}' must be numeric, got dtype {x.dtype}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{path}: '{x_key}' contains NaN or infinite values")
+    y_arr = jnp.asarray(y, jnp.int32) if np.issubdtype(y.dtype, np.integer) else jnp.asarray(y, dtype)
+    return Dataset(jnp.asarray(x, dtype), y_arr)
+
+
+def save_npz(path: str | Path, data: Dataset) -> None:
+    np.savez(Path(path), x=np.asarray(data.x), y=np.asarray(data.y))
+
+
+def batches(data: Dataset, batch_size: int) -> Iterator[Dataset]:
+    """Consecutive batches in order; the last one may be shorter."""
+    n = num_examples(data)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    for start in range(0, n, batch_size):
+        yield jax.tree.map(lambda a: a[start : start + batch_size], data)
+
+
+def load_text(seq_len: int = 32, stride: int | None = None, modules: Sequence[str] = ("textwrap", "string", "difflib")):
+    """Character-level language-modelling data from text that ships with Python (module sources).
+
+    Returns `(Dataset(x, y), vocab)`: x is int32 tokens [n, seq_len], y the same shifted by one
+    character; `vocab` is the sorted string of characters. No network, deterministic for a given
+    Python version.
+    """
+    import importlib
+    import inspect
+
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+    stride = stride or seq_len
+    texts = []
+    for name in modules:
+        texts.append(inspect.getsource(importlib.import_module(name)))
+    text = "\n".join(texts)
+    vocab = "".join(sorted(set(text)))
+    lookup = {c: i for i, c in enumerate(vocab)}
+    ids = np.array([lookup[c] for c in text], dtype=np.int32)
+    starts = np.arange(0, len(ids) - seq_len - 1, stride)
+    x = np.stack([ids[s : s + seq_len] for s in starts])
+    y = np.stack([ids[s + 1 : s + seq_len + 1] for s in starts])
+    return Dataset(jnp.asarray(x), jnp.asarray(y)), vocab

@@ -1,0 +1,85 @@
+"""Headline numbers and figures of a paper run: `record(...)` and `save_figure(fig, name)`.
+
+The paper runner sets WORKBENCH_RUN_DIR for the notebook's kernel; these calls write into that
+run directory (`metrics.json`, `figures/`). Run by hand in JupyterLab (no run directory), they
+keep the metrics in memory and return them, and figures are only displayed, so exploring a
+notebook never litters the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+RUN_DIR_ENV = "WORKBENCH_RUN_DIR"
+METRICS_FILE = "metrics.json"
+FIGURES_DIR = "figures"
+
+_metrics: dict[str, Any] = {}
+
+
+def run_dir() -> Path | None:
+    """The directory of the paper run this process belongs to, or None outside a run."""
+    value = os.environ.get(RUN_DIR_ENV)
+    return Path(value) if value else None
+
+
+def _to_json(value: Any, name: str) -> Any:
+    """Plain JSON values from numpy/JAX scalars and arrays; NaN stays visible as null + a flag."""
+    if hasattr(value, "tolist"):  # numpy / jax arrays and scalars
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _to_json(v, f"{name}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_json(v, name) for v in value]
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    raise TypeError(f"record(): {name} has type {type(value).__name__}, which is not a number, "
+                    "string, list or dict")
+
+
+def record(**metrics: Any) -> dict[str, Any]:
+    """Record headline numbers of this run; returns every metric recorded so far.
+
+    Values may be Python or numpy/JAX numbers, strings, or (nested) lists and dicts of them.
+    A metric recorded twice keeps its last value.
+    """
+    for name, value in metrics.items():
+        _metrics[name] = _to_json(value, name)
+    out = run_dir()
+    if out is not None:
+        path = out / METRICS_FILE
+        existing = json.loads(path.read_text()) if path.exists() else {}
+        existing.update({k: _metrics[k] for k in metrics})
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(existing, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+    return dict(_metrics)
+
+
+def save_figure(fig: Any, name: str) -> Path | None:
+    """Save a matplotlib figure as PNG or a plotly figure as self-contained HTML into the run dir.
+
+    Returns the path written, or None outside a paper run.
+    """
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"figure name must be a plain file stem, got {name!r}")
+    out = run_dir()
+    if out is None:
+        return None
+    folder = out / FIGURES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    if hasattr(fig, "savefig"):  # matplotlib
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+    elif hasattr(fig, "write_html"):  # plotly; the JS is inlined so the file opens offline
+        path = folder / f"{name}.html"
+        fig.write_html(path, include_plotlyjs=True, full_html=True)
+    else:
+        raise TypeError(f"save_figure(): expected a matplotlib or plotly figure, got {type(fig).__name__}")
+    return path
