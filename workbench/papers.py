@@ -152,7 +152,10 @@ def coerce(name: str, type_name: str, value: Any) -> Any:
             items = yaml.safe_load(text) if text.startswith("[") else [s for s in text.split(",") if s.strip()]
         if not isinstance(items, list | tuple):
             fail()
-        return [coerce(name, LIST_TYPES[type_name], item) for item in items]
+        try:
+            return [coerce(name, LIST_TYPES[type_name], item) for item in items]
+        except PaperError as err:
+            raise PaperError(f"parameter {name!r} expects {type_name}, got {value!r} ({err})") from None
     if type_name == "str":
         if isinstance(value, bool | int | float) and not isinstance(value, str):
             return str(value)
