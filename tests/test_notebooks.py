@@ -2,7 +2,6 @@
 quick profile through the runner (the same path `make papers` takes)."""
 
 import json
-from pathlib import Path
 
 import jupytext
 import nbformat
@@ -39,3 +38,12 @@ def test_paper_runs_on_quick_profile(name, tmp_path):
     assert metrics, f"{name} recorded no headline numbers"
     figures = list((result.path / "figures").iterdir())
     assert any(f.suffix == ".png" for f in figures), f"{name} saved no figure"
+
+
+@pytest.mark.notebook
+def test_same_parameters_give_identical_metrics(tmp_path):
+    paper = P.get_paper("tour")
+    params = P.resolve_parameters(paper, {"steps": "60", "compare_learning_rates": "0.05"})
+    first, second = (P.run_paper(paper, params, tmp_path) for _ in range(2))
+    assert first.ok and second.ok and first.path != second.path
+    assert (first.path / "metrics.json").read_bytes() == (second.path / "metrics.json").read_bytes()

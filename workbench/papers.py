@@ -25,7 +25,7 @@ import time
 import tokenize
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -302,7 +302,7 @@ def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None
     import papermill
 
     runs_dir = Path(runs_dir) if runs_dir is not None else repo_root() / "runs"
-    start = datetime.now(timezone.utc)
+    start = datetime.now(UTC)
     stem = f"{start.strftime('%Y%m%dT%H%M%SZ')}-{params_hash(params)}"
     paper_dir = runs_dir / paper.name
     paper_dir.mkdir(parents=True, exist_ok=True)
@@ -332,7 +332,7 @@ def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None
             else:
                 os.environ[k] = v
     seconds = time.perf_counter() - t0
-    end = datetime.now(timezone.utc)
+    end = datetime.now(UTC)
     manifest = {
         "paper": paper.name,
         "title": paper.title,
