@@ -20,9 +20,17 @@ from workbench.spectrum.krylov import (
     top_eigenpairs,
     tridiagonal,
 )
+from workbench.spectrum.sharpness import (
+    SharpnessRun,
+    gd_sharpness_run,
+    sharpness,
+    sharpness_callback,
+    stability_ratio,
+)
 
 __all__ = [
     "ArnoldiResult", "Density", "EigenResult", "LanczosResult", "PowerResult", "TraceEstimate",
     "arnoldi", "default_tol", "lanczos", "power_iteration", "spectral_density", "top_eigenpairs",
-    "trace", "tridiagonal",
+    "trace", "tridiagonal", "SharpnessRun", "gd_sharpness_run", "sharpness", "sharpness_callback",
+    "stability_ratio",
 ]

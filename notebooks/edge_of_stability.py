@@ -1,0 +1,148 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+#   workbench:
+#     title: Edge of stability - full-batch GD drives sharpness to 2/lr
+#     quick_seconds: 45
+#     full:
+#       steps: 4000
+#       num_examples: 1000
+#       learning_rates: [0.1, 0.06, 0.04, 0.03]
+# ---
+
+# %% [markdown]
+# # Gradient descent at the edge of stability
+#
+# Cohen et al. (2021), *Gradient Descent on Neural Networks Typically Occurs at the Edge of
+# Stability*. On a quadratic, gradient descent with step size `lr` diverges as soon as the top
+# Hessian eigenvalue (the **sharpness**) exceeds `2 / lr`. The paper observes that on neural
+# networks full-batch GD does not avoid this threshold: the sharpness first **rises**
+# (progressive sharpening) until it reaches `2 / lr`, then **hovers just around it** while the
+# loss keeps decreasing, non-monotonically.
+#
+# Here: a 64-64-64-10 tanh MLP on digits with squared loss on one-hot targets, trained by
+# full-batch GD at several step sizes. Every few steps the sharpness of the full training loss
+# is computed by thick-restart Lanczos (`workbench.spectrum.sharpness_callback`). You will see
+# one sharpness curve per step size, each flattening at its own dashed line `2 / lr`.
+
+# %% tags=["parameters"]
+learning_rates: list[float] = [0.1, 0.06]  # full-batch GD step sizes (thresholds 2/lr)
+steps: int = 600  # gradient-descent steps per step size
+num_examples: int = 256  # training images used (full batch)
+hidden_size: int = 64  # width of each of the two hidden layers
+sharpness_every: int = 25  # compute the top Hessian eigenvalue every this many steps
+last_fraction: float = 0.5  # part of training over which the ratio sharpness/(2/lr) is averaged
+seed: int = 0  # initialisation and Lanczos start vectors
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+interactive: bool = False  # show widgets
+
+# %%
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+from flax import nnx
+
+import workbench
+from workbench import data, models, spectrum
+
+# %% [markdown]
+# ## Setup
+# Squared loss (`0.5 * ||f(x) - onehot(y)||^2`, averaged over examples) is the paper's main
+# setting; with cross-entropy the sharpness eventually falls as the margins grow.
+
+# %%
+train_data, _ = data.load_digits(seed=seed)
+subset = train_data.take(slice(0, num_examples))
+targets = data.Dataset(subset.x, jax.nn.one_hot(subset.y, 10))
+model = models.MLP(64, [hidden_size, hidden_size], 10, activation="tanh", rngs=nnx.Rngs(seed))
+fn = models.functional(model, loss="mse")
+initial = float(spectrum.sharpness(fn.loss_fn, fn.params, targets, jax.random.key(seed))[0])
+print(f"{len(targets)} examples, initial sharpness {initial:.2f}")
+
+# %% [markdown]
+# ## Train at each step size, recording sharpness
+# Each run starts from the same initialisation. `gd_sharpness_run` is `workbench.train.train`
+# with `optax.sgd(lr)` on the full batch and the sharpness callback every `sharpness_every` steps.
+
+# %%
+runs = [
+    spectrum.gd_sharpness_run(
+        fn.loss_fn, fn.params, targets, lr, steps, jax.random.key(seed), every=sharpness_every
+    )
+    for lr in learning_rates
+]
+ratios = {f"lr={run.learning_rate:g}": spectrum.stability_ratio(run, last_fraction) for run in runs}
+for label, ratio in ratios.items():
+    print(f"{label}: sharpness / (2/lr) over the last {last_fraction:.0%}: mean {ratio['mean']:.3f} "
+          f"(min {ratio['min']:.3f}, max {ratio['max']:.3f})")
+
+# %% [markdown]
+# ## Sharpness against the stability threshold
+# Left: each coloured curve is the sharpness of one run; the dashed line of the same colour is
+# its threshold `2 / lr`. Look for a curve that rises (or is pushed down) to its line and then
+# stays on it: that is the edge of stability. A run whose line lies above the initial sharpness
+# climbs towards it; a run whose line lies below drops onto it within a few steps.
+# Right: the training loss keeps decreasing over the long run even while sharpness sits at the
+# threshold, though not monotonically (small spikes appear once the edge is reached).
+
+# %%
+fig, (ax_s, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
+for run in runs:
+    h = run.history
+    (line,) = ax_s.plot(h["callback_step"], h["sharpness"], label=f"lr={run.learning_rate:g}")
+    ax_s.axhline(2 / run.learning_rate, color=line.get_color(), ls="--", lw=1)
+    ax_l.plot(h["step"], h["loss"], color=line.get_color(), label=f"lr={run.learning_rate:g}")
+ax_s.set_xlabel("step")
+ax_s.set_ylabel("sharpness (top Hessian eigenvalue)")
+ax_s.set_title("sharpness vs 2/lr (dashed)")
+ax_s.legend()
+ax_l.set_yscale("log")
+ax_l.set_xlabel("step")
+ax_l.set_ylabel("training loss (full batch)")
+ax_l.legend()
+for ax in (ax_s, ax_l):
+    ax.grid(alpha=0.3)
+fig.tight_layout()
+workbench.save_figure(fig, "sharpness_vs_threshold")
+
+# %% [markdown]
+# ## Headline numbers
+# `ratio_mean` near 1 for every step size is the paper's claim: the sharpness settles at the
+# stability threshold `2 / lr`, whatever the step size. A run that has not reached its threshold
+# yet (a small step size in a short run) shows a ratio below 1 and a still-rising curve.
+
+# %%
+workbench.record(
+    initial_sharpness=initial,
+    learning_rates=[run.learning_rate for run in runs],
+    final_sharpness=[float(run.history["sharpness"][-1]) for run in runs],
+    ratio_mean=[ratios[f"lr={run.learning_rate:g}"]["mean"] for run in runs],
+    ratio_min=[ratios[f"lr={run.learning_rate:g}"]["min"] for run in runs],
+    ratio_max=[ratios[f"lr={run.learning_rate:g}"]["max"] for run in runs],
+    final_loss=[float(run.history["loss"][-1]) for run in runs],
+    diverged=[run.diverged for run in runs],
+)
+
+# %% [markdown]
+# ## Explore
+# With `interactive=True`, pick a step size and see its sharpness trajectory alone with its
+# threshold (the callback is a plain function of the runs computed above).
+
+# %%
+if interactive:
+    import ipywidgets as widgets
+
+    def show(index=0):
+        run = runs[index]
+        f, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(run.history["callback_step"], run.history["sharpness"])
+        ax.axhline(2 / run.learning_rate, ls="--", color="k")
+        ax.set_title(f"lr={run.learning_rate:g}")
+        plt.show()
+
+    widgets.interact(show, index=widgets.IntSlider(0, 0, len(runs) - 1))

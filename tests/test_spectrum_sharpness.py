@@ -1,0 +1,34 @@
+"""Sharpness during training: the callback against dense eigh, and inside workbench.train."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from workbench import data, models, spectrum, train
+
+
+def test_sharpness_callback_matches_dense_and_plugs_into_train(key):
+    ds = data.make_classification(jax.random.key(1), 64, 5, num_classes=3, dtype=jnp.float64)
+    fn = models.functional(models.MLP(5, [6], 3, rngs=nnx.Rngs(0), param_dtype=jnp.float64))
+    callback = spectrum.sharpness_callback(fn.loss_fn, ds, key, k=2)
+    result = train.train(fn.loss_fn, fn.params, ds, optax.sgd(0.5), steps=6, key=key,
+                         callback=callback, callback_every=3, progress=False)
+    assert list(result.history["callback_step"]) == [0, 3, 6]
+    from workbench.tree import ravel
+
+    flat, unravel = ravel(result.params)
+    dense = jax.jit(jax.hessian(lambda x: fn.loss_fn(unravel(x), ds)))(flat)
+    eigs = np.linalg.eigvalsh(np.asarray(dense))
+    np.testing.assert_allclose(result.history["sharpness"][-1], eigs[-1], rtol=1e-8)
+    np.testing.assert_allclose(result.history["sharpness_2"][-1], eigs[-2], rtol=1e-8)
+    again = callback(6, result.params)  # deterministic for a given step
+    assert again["sharpness"] == result.history["sharpness"][-1]
+
+
+def test_stability_ratio():
+    run = spectrum.SharpnessRun(0.1, {"callback_step": np.array([0, 10, 20, 30]),
+                                      "sharpness": np.array([5.0, 10.0, 20.0, 22.0])}, None, False)
+    ratio = spectrum.stability_ratio(run, last_fraction=0.5)
+    np.testing.assert_allclose([ratio["min"], ratio["max"]], [1.0, 1.1])
