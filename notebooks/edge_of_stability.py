@@ -44,7 +44,6 @@ interactive: bool = False  # show widgets
 # %%
 import jax
 import matplotlib.pyplot as plt
-import numpy as np
 from flax import nnx
 
 import workbench
