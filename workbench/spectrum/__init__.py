@@ -7,7 +7,13 @@
 All take a `workbench.curvature.LinearOperator` and an explicit PRNG key.
 """
 
-from workbench.spectrum.density import Density, TraceEstimate, spectral_density, trace
+from workbench.spectrum.density import (
+    Density,
+    TraceEstimate,
+    spectral_density,
+    trace,
+    wasserstein_to_eigenvalues,
+)
 from workbench.spectrum.krylov import (
     ArnoldiResult,
     EigenResult,
@@ -32,5 +38,5 @@ __all__ = [
     "ArnoldiResult", "Density", "EigenResult", "LanczosResult", "PowerResult", "TraceEstimate",
     "arnoldi", "default_tol", "lanczos", "power_iteration", "spectral_density", "top_eigenpairs",
     "trace", "tridiagonal", "SharpnessRun", "gd_sharpness_run", "sharpness", "sharpness_callback",
-    "stability_ratio",
+    "stability_ratio", "wasserstein_to_eigenvalues",
 ]

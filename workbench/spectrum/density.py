@@ -204,3 +204,14 @@ def trace(op, key, num_probes: int = 100, method: str = "hutchinson") -> TraceEs
     _check_finite(finite, "trace")
     used = num_probes if method != "xtrace" else 2 * (num_probes // 2)
     return TraceEstimate(estimate, std_error, used)
+
+
+def wasserstein_to_eigenvalues(density: Density, eigenvalues) -> float:
+    """Wasserstein-1 distance between the SLQ node/weight measure (probes averaged) and the
+    uniform measure on exact `eigenvalues`: how far the estimated spectrum is from the truth,
+    in eigenvalue units."""
+    from scipy.stats import wasserstein_distance
+
+    nodes = np.asarray(density.nodes, dtype=np.float64).ravel()
+    weights = np.asarray(density.weights, dtype=np.float64).ravel()
+    return float(wasserstein_distance(nodes, np.asarray(eigenvalues, np.float64), u_weights=weights))
