@@ -190,7 +190,7 @@ workbench.record(**metrics)
 if interactive:
     import ipywidgets as widgets
 
-    def show(iters=num_iters, probes=num_probes, log10_sigma2=float(np.log10(sigma2))):
+    def show(iters, probes, log10_sigma2):
         d = spectrum.spectral_density(hessian, key, int(iters), int(probes), 10.0**log10_sigma2)
         f, ax = plt.subplots(figsize=(6, 3.5))
         ax.semilogy(d.grid, np.maximum(d.density, 1e-8))
