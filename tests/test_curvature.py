@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from workbench import curvature, data, models, spectrum
+from workbench import curvature, data, models
 from workbench import tree as tu
 
 
@@ -136,32 +137,40 @@ def test_operator_bad_input(small):
         curvature.from_matrix(jnp.ones((2, 3)))
 
 
-def _devices_case():
-    ds = data.make_classification(jax.random.key(1), 203, 6, num_classes=3, dtype=jnp.float64)
-    fn = models.functional(models.MLP(6, [5], 3, rngs=nnx.Rngs(2), param_dtype=jnp.float64))
-    v = jax.random.normal(jax.random.key(3), (53,), jnp.float64)
-    op = curvature.operator(fn, fn.params, ds, batch_size=20)  # 10 full batches + 3 examples
-    top = spectrum.top_eigenpairs(op, 3, jax.random.key(4)).values
-    return {"devices": jax.device_count(), "mv": op.mv(v).tolist(), "top": top.tolist()}
-
-
-_SCRIPT = textwrap.dedent(
+# Self-contained source (run here and in a subprocess with 4 forced CPU devices); not imported
+# from this module by name, since an installed package may shadow `tests`.
+_DEVICES_CASE = textwrap.dedent(
     """
-    import json, jax
-    jax.config.update("jax_enable_x64", True)
-    from tests.test_curvature import _devices_case
-    print(json.dumps(_devices_case()))
+    import jax, jax.numpy as jnp
+    from flax import nnx
+    from workbench import curvature, data, models, spectrum
+
+    def devices_case():
+        ds = data.make_classification(jax.random.key(1), 203, 6, num_classes=3, dtype=jnp.float64)
+        fn = models.functional(models.MLP(6, [5], 3, rngs=nnx.Rngs(2), param_dtype=jnp.float64))
+        v = jax.random.normal(jax.random.key(3), (53,), jnp.float64)
+        op = curvature.operator(fn, fn.params, ds, batch_size=20)  # 10 full batches + 3 examples
+        top = spectrum.top_eigenpairs(op, 3, jax.random.key(4)).values
+        return {"devices": jax.device_count(), "mv": op.mv(v).tolist(), "top": top.tolist()}
     """
+)
+_SCRIPT = (
+    'import json, jax\njax.config.update("jax_enable_x64", True)\n'
+    + _DEVICES_CASE
+    + "\nprint(json.dumps(devices_case()))\n"
 )
 
 
 def test_one_and_four_devices_agree():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.getcwd())
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     out = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=300, check=True)
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
     four = json.loads(out.stdout.strip().splitlines()[-1])
-    one = _devices_case()  # this process has one CPU device
+    namespace = {}
+    exec(_DEVICES_CASE, namespace)
+    one = namespace["devices_case"]()  # this process has one CPU device
     assert one["devices"] == 1 and four["devices"] == 4
     np.testing.assert_allclose(four["mv"], one["mv"], rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(four["top"], one["top"], rtol=1e-10)
