@@ -68,7 +68,7 @@ def test_l1_logistic_kkt_and_independent_solver(problems):
     from sklearn.linear_model import LogisticRegression
 
     n = len(p.data)
-    sk = LogisticRegression(l1_ratio=1.0, C=1 / (n * p.l1), solver="liblinear", penalty="l1",
+    sk = LogisticRegression(l1_ratio=1.0, C=1 / (n * p.l1), solver="liblinear",
                             fit_intercept=False, tol=1e-12, max_iter=100000)
     sk.fit(np.asarray(p.data.x), np.asarray(p.data.y))
     np.testing.assert_allclose(sk.coef_[0], w, atol=1e-5)
