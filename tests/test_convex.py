@@ -80,7 +80,7 @@ def sequential_reference(p, schedule, key, steps, record_at, suffix_fraction):
     grad = jax.jit(jax.grad(lambda w, b: C.objective(p, w, b)))
     iterates = []
     for t in range(steps):
-        idx = jax.random.randint(jax.random.fold_in(key, t), (2,), 0, len(p.data))
+        idx = C.sample_indices(key, t // C.SAMPLE_BLOCK, len(p.data), 2)[t % C.SAMPLE_BLOCK]
         lr = float(schedule(jnp.asarray(t)))
         x = x - lr * np.asarray(grad(jnp.asarray(x), p.data.take(idx)))
         iterates.append(x)
@@ -94,11 +94,12 @@ def sequential_reference(p, schedule, key, steps, record_at, suffix_fraction):
 def test_runner_matches_python_reference(problems, key):
     p = problems["lad"]
     schedule = S.inverse_sqrt(0.3)
-    record = np.array([1, 2, 3, 7, 20, 40])
-    runner = C.make_sgd(p, schedule, steps=40, batch_size=2, record_at=record,
+    steps = C.SAMPLE_BLOCK + 30  # one full block of sampled indices and a remainder
+    record = np.array([1, 2, 3, 7, 20, 40, 255, 256, 257, steps])
+    runner = C.make_sgd(p, schedule, steps=steps, batch_size=2, record_at=record,
                         suffix_fraction=0.3)
     got = runner.run_one(key)
-    for mine, ref in zip(got, sequential_reference(p, schedule, key, 40, record, 0.3)):
+    for mine, ref in zip(got, sequential_reference(p, schedule, key, steps, record, 0.3)):
         np.testing.assert_allclose(np.asarray(mine), ref, rtol=1e-12, atol=1e-14)
 
 

@@ -29,7 +29,7 @@ from workbench.data import Dataset
 
 __all__ = [
     "Problem", "least_absolute_deviations", "hinge_svm", "l1_logistic", "objective",
-    "log_steps", "SGDRunner", "Trace", "make_sgd", "suboptimality", "run_sgd", "SGDResult",
+    "log_steps", "sample_indices", "SAMPLE_BLOCK", "SGDRunner", "Trace", "make_sgd", "suboptimality", "run_sgd", "SGDResult",
     "quantiles", "HarveyResult", "harvey_gd", "harvey_value",
 ]
 
@@ -56,7 +56,7 @@ class Problem(NamedTuple):
 
 
 def _margins_loss(kind: str, w, x, y):
-    z = x @ w
+    z = jnp.sum(x * w, axis=-1)  # not x @ w: under vmap that is a batched tiny matmul, slow on CPU
     if kind == "lad":
         return jnp.abs(z - y)
     if kind == "hinge":
@@ -165,6 +165,15 @@ def log_steps(total_steps: int, num: int = 25) -> np.ndarray:
     return np.unique(np.round(np.geomspace(1, total_steps, num)).astype(np.int64))
 
 
+SAMPLE_BLOCK = 256  # steps whose example indices are drawn in one call
+
+
+def sample_indices(key: jax.Array, block: int | jax.Array, n: int, batch_size: int) -> jax.Array:
+    """Example indices [SAMPLE_BLOCK, batch_size] of steps block*SAMPLE_BLOCK + (0..255), drawn
+    uniformly with replacement from fold_in(key, block)."""
+    return jax.random.randint(jax.random.fold_in(key, block), (SAMPLE_BLOCK, batch_size), 0, n)
+
+
 class Trace(NamedTuple):
     """Iterates of one run (or [seeds, ...] of many) at the record steps: [K, dim] each."""
 
@@ -188,7 +197,7 @@ def make_sgd(problem: Problem, schedule: Callable, *, steps: int, batch_size: in
     """Compile SGD x_{t+1} = P(x_t - schedule(t) g_t) on `problem` (t = 0..steps-1).
 
     g_t is the subgradient (jax.grad) of the objective on `batch_size` examples drawn uniformly
-    with replacement using fold_in(key, t); P projects onto the ball of `radius` around 0 (no
+    with replacement (`sample_indices`, a block of steps at a time); P projects onto the ball of `radius` around 0 (no
     projection by default). Averages are kept as prefix sums saved at the record steps (and
     the suffix starts), so each step costs O(dim) beyond the gradient, whatever the number of
     record steps. `record_at` defaults to `log_steps(steps)`.
@@ -217,26 +226,44 @@ def make_sgd(problem: Problem, schedule: Callable, *, steps: int, batch_size: in
     lengths = np.maximum(1, np.ceil(suffix_fraction * record).astype(np.int64))
     starts = record - lengths  # suffix of T covers iterates starts+1..T
     saved = np.unique(np.concatenate([record, starts[starts > 0]]))
-    slot_of_step = np.full(steps + 1, saved.size, np.int32)  # the extra row is a write-off
-    slot_of_step[saved] = np.arange(saved.size)
-    slot_of_step = jnp.asarray(slot_of_step)
+    # saved iterate i is iterate number saved[i] = step saved[i] - 1 of block (saved[i]-1)//B
+    saved_block = jnp.asarray((saved - 1) // SAMPLE_BLOCK)
+    saved_offset = jnp.asarray((saved - 1) % SAMPLE_BLOCK)
     grad = jax.grad(lambda w, batch: objective(problem, w, batch))
 
     def run_one(key):
-        def body(carry, t):
-            x, total, xs, sums = carry
-            idx = jax.random.randint(jax.random.fold_in(key, t), (batch_size,), 0, n)
+        def body(carry, step_and_idx):
+            t, idx = step_and_idx
+            x, total = carry
             g = grad(x, problem.data.take(idx))
             x = x - jnp.asarray(schedule(t), dtype) * g
             if radius is not None:
                 x = x * jnp.minimum(1.0, radius / jnp.maximum(jnp.linalg.norm(x), 1e-30))
             total = total + x
-            slot = slot_of_step[t + 1]
-            return (x, total, xs.at[slot].set(x), sums.at[slot].set(total)), None
+            return (x, total), (x, total)
 
-        buf = jnp.zeros((saved.size + 1, dim), dtype)
-        init = (x_init, jnp.zeros(dim, dtype), buf, buf)
-        (_, _, xs, sums), _ = jax.lax.scan(body, init, jnp.arange(steps))
+        def run_block(carry, b, length):
+            # one batched draw of indices per block (far cheaper than a draw per step); the
+            # block's iterates come out as scan outputs and only the saved ones are kept, so
+            # no per-step scatter into a buffer (slow under vmap)
+            (x, total, xs, sums) = carry
+            idx = sample_indices(key, b, n, batch_size)[:length]
+            (x, total), (bx, bsum) = jax.lax.scan(
+                body, (x, total), (b * SAMPLE_BLOCK + jnp.arange(length), idx))
+            here = (saved_block == b)[:, None]
+            rows = jnp.minimum(saved_offset, length - 1)
+            xs = jnp.where(here, bx[rows], xs)
+            sums = jnp.where(here, bsum[rows], sums)
+            return (x, total, xs, sums)
+
+        buf = jnp.zeros((saved.size, dim), dtype)
+        carry = (x_init, jnp.zeros(dim, dtype), buf, buf)
+        full_blocks, rest = divmod(steps, SAMPLE_BLOCK)
+        carry, _ = jax.lax.scan(lambda c, b: (run_block(c, b, SAMPLE_BLOCK), None), carry,
+                                jnp.arange(full_blocks))
+        if rest:
+            carry = run_block(carry, jnp.asarray(full_blocks), rest)
+        _, _, xs, sums = carry
         pos = jnp.asarray(np.searchsorted(saved, record))
         pos_start = jnp.asarray(np.searchsorted(saved, np.maximum(starts, 1)))
         start_sums = jnp.where(jnp.asarray(starts > 0)[:, None], sums[pos_start], 0.0)
