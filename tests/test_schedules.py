@@ -171,3 +171,18 @@ def test_anytime_schedules_bound_grows_like_log(make):
         scaled.append(S.last_iterate_bound(make(T), np.ones(T), 1.0).bound * math.sqrt(T))
     assert scaled[0] + 0.2 < scaled[1] < scaled[2] - 0.2
     assert scaled[2] > 2.5  # clearly above linear decay's 2
+
+
+def test_bound_curve_and_shapes():
+    horizons = [100, 1000]
+    shapes = S.standard_shapes()
+    lin = S.bound_curve(shapes["linear decay"], horizons)
+    np.testing.assert_allclose(lin, [S.last_iterate_bound(S.linear_decay(1.0, T), np.ones(T), 1.0)
+                                     .bound * math.sqrt(T) for T in horizons], rtol=1e-12)
+    for name, make in shapes.items():
+        assert np.all(S.bound_curve(make, horizons) >= lin - 1e-3), name  # linear is optimal
+    # custom shape with no warm-up and a full linear cooldown is linear decay
+    np.testing.assert_allclose(S.values(S.custom_shape()(50), 50),
+                               S.values(S.linear_decay(1.0, 50), 50), atol=1e-12)
+    with pytest.raises(ValueError, match="cooldown_fraction"):
+        S.custom_shape(0.5, 0.8)

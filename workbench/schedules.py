@@ -28,7 +28,8 @@ Schedule = Callable[[jax.Array | int], jax.Array]
 
 __all__ = [
     "constant", "inverse_sqrt", "linear_decay", "cosine", "wsd", "step", "from_values", "scaled",
-    "values", "refine", "Refined", "last_iterate_bound", "Bound",
+    "values", "refine", "Refined", "last_iterate_bound", "Bound", "standard_shapes",
+    "custom_shape", "bound_curve",
 ]
 
 
@@ -310,3 +311,44 @@ def last_iterate_bound(schedule, grad_norms, D: float, *, optimal_scale: bool = 
     best = min(candidates, key=lambda lam: evaluate(lam)[0])
     value, scale = evaluate(best)
     return Bound(value, scale, best)
+
+
+def standard_shapes(cooldown_fraction: float = 0.2) -> dict[str, Callable[[int], Schedule]]:
+    """Name -> (T -> schedule with peak 1): the schedules the papers compare."""
+    return {
+        "constant": lambda T: constant(1.0),
+        "1/sqrt(t)": lambda T: inverse_sqrt(1.0),
+        "linear decay": lambda T: linear_decay(1.0, T),
+        "cosine": lambda T: cosine(1.0, T),
+        "wsd (linear)": lambda T: wsd(1.0, T, cooldown_fraction, "linear"),
+        "wsd (1-sqrt)": lambda T: wsd(1.0, T, cooldown_fraction, "1-sqrt"),
+        "step (x0.1 at 50%, 75%)": lambda T: step(1.0, T),
+    }
+
+
+def custom_shape(warmup_fraction: float = 0.0, cooldown_fraction: float = 1.0,
+                 cooldown: str = "linear") -> Callable[[int], Schedule]:
+    """T -> warm-up over `warmup_fraction` of T, hold, then cool down over `cooldown_fraction`
+    of T ("linear" or "1-sqrt"): a family that spans constant, linear decay and WSD."""
+    if not 0.0 <= warmup_fraction < 1.0:
+        raise ValueError(f"warmup_fraction must lie in [0, 1), got {warmup_fraction}")
+    if not 0.0 < cooldown_fraction <= 1.0 - warmup_fraction:
+        raise ValueError(f"cooldown_fraction must lie in (0, 1 - warmup_fraction], got "
+                         f"{cooldown_fraction}")
+    return lambda T: wsd(1.0, T, cooldown_fraction, cooldown, int(warmup_fraction * T))
+
+
+def bound_curve(make_schedule: Callable[[int], Schedule | np.ndarray], horizons: Sequence[int],
+                grad_norms: Callable[[int], np.ndarray] | None = None, D: float = 1.0,
+                G: float = 1.0) -> np.ndarray:
+    """last_iterate_bound * sqrt(T) / (D G) for each horizon T, at the best scale.
+
+    `make_schedule(T)` gives the schedule (or values) for horizon T; `grad_norms(T)` the norms
+    (default: constant G). Linear decay gives ~2 for every T; anytime schedules grow like log T.
+    """
+    out = []
+    for T in horizons:
+        _check_steps("horizon", int(T))
+        g = np.full(int(T), G) if grad_norms is None else grad_norms(int(T))
+        out.append(last_iterate_bound(make_schedule(int(T)), g, D).bound * math.sqrt(T) / (D * G))
+    return np.asarray(out)
