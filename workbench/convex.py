@@ -26,11 +26,12 @@ import numpy as np
 import scipy.optimize
 
 from workbench.data import Dataset
+from workbench.schedules import last_iterate_bound, scaled, values
 
 __all__ = [
     "Problem", "least_absolute_deviations", "hinge_svm", "l1_logistic", "objective",
     "log_steps", "sample_indices", "SAMPLE_BLOCK", "SGDRunner", "Trace", "make_sgd", "suboptimality", "run_sgd", "SGDResult",
-    "quantiles", "HarveyResult", "harvey_gd", "harvey_value",
+    "quantiles", "make_problem", "compare_schedules", "PROBLEMS", "HarveyResult", "harvey_gd", "harvey_value",
 ]
 
 
@@ -189,6 +190,9 @@ class SGDRunner(NamedTuple):
     run_one: Callable[[jax.Array], Trace]
     run_many: Callable[[jax.Array], Trace]
     record_at: np.ndarray
+    lrs: jax.Array  # the schedule's values at steps 0..steps-1
+    run_many_with: Callable[[jax.Array, jax.Array], Trace]  # (keys, lrs): another schedule,
+    # same compiled code (lrs of the same length, e.g. from `schedules.values`)
 
 
 def make_sgd(problem: Problem, schedule: Callable, *, steps: int, batch_size: int = 1,
@@ -214,9 +218,6 @@ def make_sgd(problem: Problem, schedule: Callable, *, steps: int, batch_size: in
     if record.ndim != 1 or record.size == 0 or np.any(np.diff(record) <= 0) \
             or record[0] < 1 or record[-1] > steps:
         raise ValueError(f"record_at must be increasing integers in [1, steps={steps}], got {record}")
-    lr0 = np.asarray(schedule(jnp.arange(min(steps, 4096))))
-    if not np.all(np.isfinite(lr0)) or np.any(lr0 < 0):
-        raise ValueError("schedule must be finite and non-negative at every step")
     dim, n = problem.dim, len(problem.data)
     dtype = problem.data.x.dtype
     x_init = jnp.zeros(dim, dtype) if x0 is None else jnp.asarray(x0, dtype)
@@ -231,25 +232,27 @@ def make_sgd(problem: Problem, schedule: Callable, *, steps: int, batch_size: in
     saved_offset = jnp.asarray((saved - 1) % SAMPLE_BLOCK)
     grad = jax.grad(lambda w, batch: objective(problem, w, batch))
 
-    def run_one(key):
+    lrs = jnp.asarray(values(schedule, steps), dtype)  # validates: finite, non-negative
+
+    def run(key, lrs):
         def body(carry, step_and_idx):
-            t, idx = step_and_idx
+            t, idx, lr = step_and_idx
             x, total = carry
             g = grad(x, problem.data.take(idx))
-            x = x - jnp.asarray(schedule(t), dtype) * g
+            x = x - lr * g
             if radius is not None:
                 x = x * jnp.minimum(1.0, radius / jnp.maximum(jnp.linalg.norm(x), 1e-30))
             total = total + x
             return (x, total), (x, total)
 
-        def run_block(carry, b, length):
+        def run_block(carry, b, block_lrs, length):
             # one batched draw of indices per block (far cheaper than a draw per step); the
             # block's iterates come out as scan outputs and only the saved ones are kept, so
             # no per-step scatter into a buffer (slow under vmap)
             (x, total, xs, sums) = carry
             idx = sample_indices(key, b, n, batch_size)[:length]
             (x, total), (bx, bsum) = jax.lax.scan(
-                body, (x, total), (b * SAMPLE_BLOCK + jnp.arange(length), idx))
+                body, (x, total), (b * SAMPLE_BLOCK + jnp.arange(length), idx, block_lrs))
             here = (saved_block == b)[:, None]
             rows = jnp.minimum(saved_offset, length - 1)
             xs = jnp.where(here, bx[rows], xs)
@@ -259,10 +262,11 @@ def make_sgd(problem: Problem, schedule: Callable, *, steps: int, batch_size: in
         buf = jnp.zeros((saved.size, dim), dtype)
         carry = (x_init, jnp.zeros(dim, dtype), buf, buf)
         full_blocks, rest = divmod(steps, SAMPLE_BLOCK)
-        carry, _ = jax.lax.scan(lambda c, b: (run_block(c, b, SAMPLE_BLOCK), None), carry,
-                                jnp.arange(full_blocks))
+        lr_blocks = lrs[:full_blocks * SAMPLE_BLOCK].reshape(full_blocks, SAMPLE_BLOCK)
+        carry, _ = jax.lax.scan(lambda c, b_lr: (run_block(c, *b_lr, SAMPLE_BLOCK), None), carry,
+                                (jnp.arange(full_blocks), lr_blocks))
         if rest:
-            carry = run_block(carry, jnp.asarray(full_blocks), rest)
+            carry = run_block(carry, jnp.asarray(full_blocks), lrs[full_blocks * SAMPLE_BLOCK:], rest)
         _, _, xs, sums = carry
         pos = jnp.asarray(np.searchsorted(saved, record))
         pos_start = jnp.asarray(np.searchsorted(saved, np.maximum(starts, 1)))
@@ -271,7 +275,15 @@ def make_sgd(problem: Problem, schedule: Callable, *, steps: int, batch_size: in
         suffix = (sums[pos] - start_sums) / jnp.asarray(lengths, dtype)[:, None]
         return Trace(xs[pos], uniform, suffix)
 
-    return SGDRunner(jax.jit(run_one), jax.jit(jax.vmap(run_one)), record)
+    run_jit = jax.jit(run)
+    many_jit = jax.jit(jax.vmap(run, in_axes=(0, None)))
+
+    def run_many_with(keys, other_lrs):
+        other_lrs = jnp.asarray(values(np.asarray(other_lrs), steps), dtype)
+        return many_jit(keys, other_lrs)
+
+    return SGDRunner(lambda key: run_jit(key, lrs), lambda keys: many_jit(keys, lrs), record,
+                     lrs, run_many_with)
 
 
 def suboptimality(problem: Problem, trace: Trace) -> Trace:
@@ -299,6 +311,39 @@ def run_sgd(problem: Problem, schedule: Callable, *, steps: int, num_seeds: int,
     runner = make_sgd(problem, schedule, steps=steps, **kwargs)
     gaps = suboptimality(problem, runner.run_many(jax.random.split(key, num_seeds)))
     return SGDResult(runner.record_at, *gaps)
+
+
+PROBLEMS = {"lad": least_absolute_deviations, "hinge": hinge_svm, "logistic": l1_logistic}
+
+
+def make_problem(kind: str, seed: int = 0, n: int = 400, dim: int = 10) -> Problem:
+    """One of the problems by short name: "lad", "hinge" or "logistic"."""
+    if kind not in PROBLEMS:
+        raise ValueError(f"problem must be one of {sorted(PROBLEMS)}, got {kind!r}")
+    return PROBLEMS[kind](seed=seed, n=n, dim=dim)
+
+
+def compare_schedules(problem: Problem, shapes: dict[str, Callable[[int], Callable]], *,
+                      steps: int, num_seeds: int, key: jax.Array, lr_factor: float = 1.0,
+                      **kwargs) -> dict[str, SGDResult]:
+    """SGD from x0 = 0 with each schedule shape (T -> schedule), scaled to minimise its
+    last-iterate bound for D = ||w*|| and constant norms G = `problem.lipschitz`, times
+    `lr_factor` (the worst-case G makes that scale cautious); every schedule sees the same seeds
+    (same sampled examples) and runs through the same compiled code."""
+    if not lr_factor > 0:
+        raise ValueError(f"lr_factor must be positive, got {lr_factor}")
+    D = float(np.linalg.norm(problem.w_star))
+    G = problem.lipschitz
+    keys = jax.random.split(key, num_seeds)
+    runner, out = None, {}
+    for name, make in shapes.items():
+        shape = make(steps)
+        scale = lr_factor * last_iterate_bound(shape, np.full(steps, G), D).scale
+        if runner is None:  # compiled once; the other schedules reuse it through run_many_with
+            runner = make_sgd(problem, scaled(shape, scale), steps=steps, **kwargs)
+        trace = runner.run_many_with(keys, values(scaled(shape, scale), steps))
+        out[name] = SGDResult(runner.record_at, *suboptimality(problem, trace))
+    return out
 
 
 def quantiles(values: np.ndarray, qs: Sequence[float] = (0.5, 0.9, 0.95)) -> np.ndarray:
