@@ -137,7 +137,7 @@ def test_bad_runner_input(problems, key):
         C.make_sgd(p, S.constant(0.1), steps=0)
     with pytest.raises(ValueError, match=r"record_at must be increasing integers in \[1, steps=10\]"):
         C.make_sgd(p, S.constant(0.1), steps=10, record_at=[1, 20])
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="schedule goes negative at step 0"):
         C.make_sgd(p, lambda t: -0.1 * jnp.ones_like(t, jnp.float64), steps=10)
     with pytest.raises(ValueError, match=r"x0 must have shape \(4,\)"):
         C.make_sgd(p, S.constant(0.1), steps=10, x0=jnp.zeros(3))
@@ -176,3 +176,16 @@ def test_harvey_last_iterate_grows_like_log_T_over_sqrt_T():
     assert np.all(res.uniform * np.sqrt(T) < 0.06)  # averages are O(1/sqrt T) ...
     assert np.all(np.diff(avg_ratio) < 0) and avg_ratio[-1] < 0.7 * avg_ratio[0]  # ... so -> 0
     assert np.all(np.diff(res.last / res.uniform) > 0)  # the gap between them widens like log T
+
+
+def test_compare_schedules_shares_seeds_and_matches_run_sgd(problems, key):
+    p = problems["lad"]
+    shapes = {k: S.standard_shapes()[k] for k in ("constant", "linear decay")}
+    out = C.compare_schedules(p, shapes, steps=300, num_seeds=8, key=key, lr_factor=2.0)
+    D = float(np.linalg.norm(p.w_star))
+    scale = 2.0 * S.last_iterate_bound(S.linear_decay(1.0, 300), np.full(300, p.lipschitz), D).scale
+    ref = C.run_sgd(p, S.scaled(S.linear_decay(1.0, 300), scale), steps=300, num_seeds=8, key=key)
+    np.testing.assert_allclose(out["linear decay"].last, ref.last, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(out["linear decay"].suffix, ref.suffix, rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="problem must be one of"):
+        C.make_problem("lasso")
