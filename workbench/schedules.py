@@ -29,7 +29,8 @@ Schedule = Callable[[jax.Array | int], jax.Array]
 __all__ = [
     "constant", "inverse_sqrt", "linear_decay", "cosine", "wsd", "step", "from_values", "scaled",
     "values", "refine", "Refined", "last_iterate_bound", "Bound", "standard_shapes",
-    "custom_shape", "bound_curve",
+    "custom_shape", "bound_curve", "grad_norm_callback", "per_step", "digits_refinement",
+    "RefinementResult", "ScheduleRun",
 ]
 
 
@@ -352,3 +353,84 @@ def bound_curve(make_schedule: Callable[[int], Schedule | np.ndarray], horizons:
         g = np.full(int(T), G) if grad_norms is None else grad_norms(int(T))
         out.append(last_iterate_bound(make_schedule(int(T)), g, D).bound * math.sqrt(T) / (D * G))
     return np.asarray(out)
+
+
+def grad_norm_callback(loss_fn: Callable, data, batch_size: int | None, key: jax.Array,
+                       num_batches: int = 8) -> Callable:
+    """A `train` callback returning {"grad_norm": sqrt(mean_b ||grad loss(params, batch_b)||^2)}
+    over `num_batches` random minibatches (fresh per step): an estimate of the stochastic gradient
+    norm sqrt(E ||g_t||^2) that the last-iterate bound uses. batch_size=None: full batch."""
+    from workbench.data import num_examples
+    from workbench.tree import vdot
+
+    n = num_examples(data)
+    full = batch_size is None or batch_size >= n
+
+    @jax.jit
+    def norm(params, step):
+        if full:
+            g = jax.grad(loss_fn)(params, data)
+            return jnp.sqrt(vdot(g, g))
+        idx = jax.random.randint(jax.random.fold_in(key, step), (num_batches, batch_size), 0, n)
+        sq = jax.vmap(lambda i: (lambda g: vdot(g, g))(jax.grad(loss_fn)(
+            params, jax.tree.map(lambda a: a[i], data))))(idx)
+        return jnp.sqrt(jnp.mean(sq))
+
+    return lambda step, params: {"grad_norm": norm(params, step)}
+
+
+def per_step(at_steps, at_values, total_steps: int) -> np.ndarray:
+    """Values recorded at some steps, linearly interpolated to every step 0..T-1."""
+    return np.interp(np.arange(total_steps), np.asarray(at_steps), np.asarray(at_values))
+
+
+class ScheduleRun(NamedTuple):
+    lrs: np.ndarray  # learning rate at each step
+    history: dict  # `train` history (minibatch loss per step, ...)
+    final_loss: float  # full-batch training loss of the final params
+    test_accuracy: float
+
+
+class RefinementResult(NamedTuple):
+    grad_norms: np.ndarray  # per step, from the linear-decay run
+    refined: Refined
+    runs: dict[str, ScheduleRun]  # "linear decay", "cosine", "refined"
+
+
+def digits_refinement(model: str = "logreg", steps: int = 1000, peak_lr: float = 0.5,
+                      batch_size: int = 32, seed: int = 0, tau: float = 0.1,
+                      norm_every: int = 10) -> RefinementResult:
+    """Refinement on digits: train with SGD + linear decay, recording gradient norms every
+    `norm_every` steps, refine them into a schedule, then train from the same initialisation
+    and batch order with the refined schedule, linear decay and cosine (all at `peak_lr`)."""
+    from flax import nnx
+
+    from workbench.data import load_digits
+    from workbench.models import MLP, LogisticRegression, accuracy, functional
+    from workbench.train import train
+
+    if model not in ("logreg", "mlp"):
+        raise ValueError(f"model must be 'logreg' or 'mlp', got {model!r}")
+    _check_positive("peak_lr", peak_lr)
+    train_data, test_data = load_digits(seed=seed)
+    net = (LogisticRegression(64, 10, rngs=nnx.Rngs(seed)) if model == "logreg"
+           else MLP(64, [32], 10, rngs=nnx.Rngs(seed)))
+    f = functional(net)
+    key = jax.random.key(seed)
+
+    def fit(schedule, callback=None):
+        res = train(f.loss_fn, f.params, train_data, optax.sgd(schedule), steps=steps, key=key,
+                    batch_size=batch_size, callback=callback,
+                    callback_every=norm_every if callback else 0, progress=False)
+        final = float(f.loss_fn(res.params, train_data))
+        return res, ScheduleRun(values(schedule, steps), res.history, final,
+                                accuracy(f.predict_fn, res.params, test_data))
+
+    linear = linear_decay(peak_lr, steps)
+    callback = grad_norm_callback(f.loss_fn, train_data, batch_size, jax.random.fold_in(key, 1))
+    res, linear_run = fit(linear, callback)
+    norms = per_step(res.history["callback_step"], res.history["grad_norm"], steps)
+    refined = refine(norms, tau=tau)
+    runs = {"linear decay": linear_run, "cosine": fit(cosine(peak_lr, steps))[1],
+            "refined": fit(scaled(refined.schedule, peak_lr))[1]}
+    return RefinementResult(norms, refined, runs)
