@@ -105,8 +105,8 @@ print(f"{len(lr_factors)} factors x {len(shapes)} schedules x {num_seeds} seeds 
 kinds = {"last": "tab:blue", "uniform": "tab:orange", "suffix": "tab:green"}
 fig, axes = plt.subplots(len(lr_factors), len(shapes), figsize=(4.2 * len(shapes), 3.4 * len(lr_factors)),
                          sharey="row", squeeze=False)
-for row, factor in zip(axes, lr_factors):
-    for ax, (name, res) in zip(row, results[factor].items()):
+for row, factor in zip(axes, lr_factors, strict=True):
+    for ax, (name, res) in zip(row, results[factor].items(), strict=True):
         for kind, color in kinds.items():
             q = convex.quantiles(np.maximum(getattr(res, kind), 1e-16), (0.5, 0.9, 0.95))
             ax.plot(res.steps, q[0], color=color, label=f"{kind} (median)")

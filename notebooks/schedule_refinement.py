@@ -100,7 +100,7 @@ plt.show()
 
 # %%
 fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.6), squeeze=False)
-for ax, (label, res) in zip(axes[0], shown.items()):
+for ax, (label, res) in zip(axes[0], shown.items(), strict=True):
     for name, run in res.runs.items():
         loss = run.history["loss"]
         window = max(1, steps // 50)

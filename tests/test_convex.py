@@ -10,6 +10,7 @@ import pytest
 
 from workbench import convex as C
 from workbench import schedules as S
+from workbench.convex import harvey
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_runner_matches_python_reference(problems, key):
     runner = C.make_sgd(p, schedule, steps=steps, batch_size=2, record_at=record,
                         suffix_fraction=0.3)
     got = runner.run_one(key)
-    for mine, ref in zip(got, sequential_reference(p, schedule, key, steps, record, 0.3)):
+    for mine, ref in zip(got, sequential_reference(p, schedule, key, steps, record, 0.3), strict=True):
         np.testing.assert_allclose(np.asarray(mine), ref, rtol=1e-12, atol=1e-14)
 
 
@@ -110,7 +111,7 @@ def test_vmapped_runner_equals_sequential_runs_exactly(problems, key):
     many = runner.run_many(keys)
     for seed in range(5):
         one = runner.run_one(keys[seed])
-        for a, b in zip(many, one):
+        for a, b in zip(many, one, strict=True):
             np.testing.assert_array_equal(np.asarray(a[seed]), np.asarray(b))
 
 
@@ -151,7 +152,7 @@ def test_bad_runner_input(problems, key):
 
 def test_harvey_value_matches_dense_max():
     T = 9
-    a, b = C._harvey_coefficients(T)
+    a, b = harvey._harvey_coefficients(T)
     H = np.zeros((T + 1, T))
     for i in range(T + 1):
         H[i, :i] = a[:i]

@@ -186,3 +186,34 @@ def test_bound_curve_and_shapes():
                                S.values(S.linear_decay(1.0, 50), 50), atol=1e-12)
     with pytest.raises(ValueError, match="cooldown_fraction"):
         S.custom_shape(0.5, 0.8)
+
+
+def test_grad_norm_callback_matches_direct_computation(key):
+    from workbench import data, tree
+
+    ds, _ = data.make_regression(key, 40, 3, dtype=jnp.float64)
+    loss_fn = lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
+    params = {"w": jnp.arange(3.0, dtype=jnp.float64)}
+    full = S.grad_norm_callback(loss_fn, ds, None, key)(0, params)["grad_norm"]
+    assert float(full) == pytest.approx(float(tree.norm(jax.grad(loss_fn)(params, ds))), rel=1e-12)
+    mini = S.grad_norm_callback(loss_fn, ds, 5, key, num_batches=4)(7, params)["grad_norm"]
+    idx = jax.random.randint(jax.random.fold_in(key, 7), (4, 5), 0, 40)
+    sq = [float(tree.vdot(g, g)) for g in (jax.grad(loss_fn)(params, ds.take(i)) for i in idx)]
+    assert float(mini) == pytest.approx(math.sqrt(np.mean(sq)), rel=1e-10)
+    np.testing.assert_allclose(S.per_step([0, 10], [1.0, 2.0], 11), np.linspace(1, 2, 11))
+
+
+def test_digits_refinement_small_run():
+    res = S.digits_refinement("logreg", steps=60, peak_lr=0.5, norm_every=10)
+    assert res.grad_norms.shape == (60,) and np.all(res.grad_norms > 0)
+    assert res.refined.values.max() == 1.0 and res.refined.values[-1] == 0.0
+    runs = res.runs
+    assert set(runs) == {"linear decay", "cosine", "refined"}
+    np.testing.assert_allclose(runs["refined"].lrs, 0.5 * res.refined.values, rtol=1e-6)
+    # same initialisation and batch order: the first minibatch loss is shared
+    first = {name: float(run.history["loss"][0]) for name, run in runs.items()}
+    assert len(set(first.values())) == 1
+    for run in runs.values():
+        assert run.final_loss < first["linear decay"] and 0.5 < run.test_accuracy <= 1.0
+    with pytest.raises(ValueError, match="model must be"):
+        S.digits_refinement("cnn")
