@@ -25,7 +25,7 @@ import time
 import tokenize
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +152,10 @@ def coerce(name: str, type_name: str, value: Any) -> Any:
             items = yaml.safe_load(text) if text.startswith("[") else [s for s in text.split(",") if s.strip()]
         if not isinstance(items, list | tuple):
             fail()
-        return [coerce(name, LIST_TYPES[type_name], item) for item in items]
+        try:
+            return [coerce(name, LIST_TYPES[type_name], item) for item in items]
+        except PaperError as err:
+            raise PaperError(f"parameter {name!r} expects {type_name}, got {value!r} ({err})") from None
     if type_name == "str":
         if isinstance(value, bool | int | float) and not isinstance(value, str):
             return str(value)
@@ -299,7 +302,7 @@ def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None
     import papermill
 
     runs_dir = Path(runs_dir) if runs_dir is not None else repo_root() / "runs"
-    start = datetime.now(timezone.utc)
+    start = datetime.now(UTC)
     stem = f"{start.strftime('%Y%m%dT%H%M%SZ')}-{params_hash(params)}"
     paper_dir = runs_dir / paper.name
     paper_dir.mkdir(parents=True, exist_ok=True)
@@ -318,6 +321,8 @@ def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None
         papermill.execute_notebook(
             jupytext.read(paper.source), str(output_nb), parameters=params, kernel_name="python3",
             cwd=str(tmp), progress_bar=progress, log_output=False,
+            # quiet the kernel's own start-up warnings (it listens on localhost only)
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except Exception as err:  # any failure is recorded in the -failed directory
         error = "".join(traceback.format_exception_only(type(err), err)).strip()
@@ -329,7 +334,7 @@ def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None
             else:
                 os.environ[k] = v
     seconds = time.perf_counter() - t0
-    end = datetime.now(timezone.utc)
+    end = datetime.now(UTC)
     manifest = {
         "paper": paper.name,
         "title": paper.title,

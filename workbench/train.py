@@ -228,9 +228,12 @@ def save_checkpoint(path: str | Path, params: PyTree) -> Path:
 
 def load_checkpoint(path: str | Path, like: PyTree) -> PyTree:
     """Read params saved by `save_checkpoint`; `like` gives the structure (e.g. the initial params)."""
-    restored = serialization.from_bytes(like, Path(path).read_bytes())
     from workbench.tree import check_same_structure
 
+    try:
+        restored = serialization.from_bytes(like, Path(path).read_bytes())
+    except ValueError as err:
+        raise ValueError(f"checkpoint {path} does not match the expected params: {err}") from err
     check_same_structure(like, restored, "the expected params", f"checkpoint {path}")
     return jax.tree.map(jnp.asarray, restored)
 
