@@ -52,10 +52,9 @@ def bench(problem, steps: int, seeds: int, loop_seeds: int, repeats: int) -> dic
 
     def naive(key):
         x = jax.numpy.zeros(problem.dim, problem.data.x.dtype)
-        for b in range(-(-steps // convex.SAMPLE_BLOCK)):
-            idx = convex.sample_indices(key, b, len(problem.data), 1)
-            for j in range(min(convex.SAMPLE_BLOCK, steps - b * convex.SAMPLE_BLOCK)):
-                x = one_step(x, b * convex.SAMPLE_BLOCK + j, idx[j])
+        idx = convex.sample_indices(key, jax.numpy.arange(steps), len(problem.data), 1)
+        for t in range(steps):
+            x = one_step(x, t, idx[t])
         return x
 
     timed(naive, keys[0])

@@ -25,7 +25,6 @@ from workbench.convex.problems import (
     objective,
 )
 from workbench.convex.runner import (
-    SAMPLE_BLOCK,
     SGDResult,
     SGDRunner,
     Trace,
@@ -40,6 +39,6 @@ from workbench.convex.runner import (
 
 __all__ = [
     "Problem", "least_absolute_deviations", "hinge_svm", "l1_logistic", "objective",
-    "log_steps", "sample_indices", "SAMPLE_BLOCK", "SGDRunner", "Trace", "make_sgd", "suboptimality", "run_sgd", "SGDResult",
+    "log_steps", "sample_indices", "SGDRunner", "Trace", "make_sgd", "suboptimality", "run_sgd", "SGDResult",
     "quantiles", "make_problem", "compare_schedules", "PROBLEMS", "HarveyResult", "harvey_gd", "harvey_value",
 ]

@@ -20,9 +20,6 @@ def log_steps(total_steps: int, num: int = 25) -> np.ndarray:
     return np.unique(np.round(np.geomspace(1, total_steps, num)).astype(np.int64))
 
 
-SAMPLE_BLOCK = 64  # steps whose example indices are drawn in one call (small: cache-friendly under vmap)
-
-
 def _hash32(x: jax.Array) -> jax.Array:
     """lowbias32 (C. Wellons): a fast invertible 32-bit mixer with near-ideal avalanche."""
     x = x ^ (x >> 16)
@@ -32,19 +29,19 @@ def _hash32(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def sample_indices(key: jax.Array, block: int | jax.Array, n: int, batch_size: int) -> jax.Array:
-    """Example indices [SAMPLE_BLOCK, batch_size] of steps block*SAMPLE_BLOCK + (0..B-1), drawn
-    uniformly with replacement.
+def sample_indices(key: jax.Array, steps: jax.Array, n: int, batch_size: int) -> jax.Array:
+    """Example indices [*steps.shape, batch_size] for the given step numbers, uniform on [0, n)
+    with replacement, a pure function of (key, step).
 
     A counter-based hash keyed by the seed's key data: ~10 integer operations per index where
-    threefry `randint` costs ~100, which dominated the runner's time. Statistically fine for
+    threefry `randint` costs ~100 (and dominated the runner's time). Statistically fine for
     drawing examples (modulo bias <= n / 2^32), not meant for cryptography.
     """
     seed = jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
-    counter = (jnp.asarray(block).astype(jnp.uint32) * jnp.uint32(SAMPLE_BLOCK * batch_size)
-               + jnp.arange(SAMPLE_BLOCK * batch_size, dtype=jnp.uint32))
+    counter = (jnp.asarray(steps).astype(jnp.uint32)[..., None] * jnp.uint32(batch_size)
+               + jnp.arange(batch_size, dtype=jnp.uint32))
     bits = _hash32(_hash32(counter ^ seed[0]) + seed[-1])
-    return (bits % jnp.uint32(n)).astype(jnp.int32).reshape(SAMPLE_BLOCK, batch_size)
+    return (bits % jnp.uint32(n)).astype(jnp.int32)
 
 
 class Trace(NamedTuple):
@@ -73,7 +70,7 @@ def make_sgd(problem: Problem, schedule: Callable, *, steps: int, batch_size: in
     """Compile SGD x_{t+1} = P(x_t - schedule(t) g_t) on `problem` (t = 0..steps-1).
 
     g_t is the subgradient (jax.grad) of the objective on `batch_size` examples drawn uniformly
-    with replacement (`sample_indices`, a block of steps at a time); P projects onto the ball of `radius` around 0 (no
+    with replacement (`sample_indices`, a counter-based hash of (key, t)); P projects onto the ball of `radius` around 0 (no
     projection by default). Averages are kept as prefix sums saved at the record steps (and
     the suffix starts), so each step costs O(dim) beyond the gradient, whatever the number of
     record steps. `record_at` defaults to `log_steps(steps)`.
@@ -99,47 +96,27 @@ def make_sgd(problem: Problem, schedule: Callable, *, steps: int, batch_size: in
     lengths = np.maximum(1, np.ceil(suffix_fraction * record).astype(np.int64))
     starts = record - lengths  # suffix of T covers iterates starts+1..T
     saved = np.unique(np.concatenate([record, starts[starts > 0]]))
-    # saved iterate i is iterate number saved[i] = step saved[i] - 1 of block (saved[i]-1)//B
-    saved_block = jnp.asarray((saved - 1) // SAMPLE_BLOCK)
-    saved_offset = jnp.asarray((saved - 1) % SAMPLE_BLOCK)
     grad = jax.grad(lambda w, batch: objective(problem, w, batch))
-
     lrs = jnp.asarray(values(schedule, steps), dtype)  # validates: finite, non-negative
 
     def run(key, lrs):
-        def body(carry, step_and_idx):
-            t, idx, lr = step_and_idx
+        def step(t, carry):
             x, total = carry
-            g = grad(x, problem.data.take(idx))
-            x = x - lr * g
+            g = grad(x, problem.data.take(sample_indices(key, t, n, batch_size)))
+            x = x - lrs[t] * g
             if radius is not None:
                 x = x * jnp.minimum(1.0, radius / jnp.maximum(jnp.linalg.norm(x), 1e-30))
-            total = total + x
-            return (x, total), (x, total)
+            return x, total + x
 
-        def run_block(carry, b, block_lrs, length):
-            # one batched draw of indices per block (far cheaper than a draw per step); the
-            # block's iterates come out as scan outputs and only the saved ones are kept, so
-            # no per-step scatter into a buffer (slow under vmap)
-            (x, total, xs, sums) = carry
-            idx = sample_indices(key, b, n, batch_size)[:length]
-            (x, total), (bx, bsum) = jax.lax.scan(
-                body, (x, total), (b * SAMPLE_BLOCK + jnp.arange(length), idx, block_lrs))
-            here = (saved_block == b)[:, None]
-            rows = jnp.minimum(saved_offset, length - 1)
-            xs = jnp.where(here, bx[rows], xs)
-            sums = jnp.where(here, bsum[rows], sums)
-            return (x, total, xs, sums)
+        def segment(carry, bounds):
+            # steps between consecutive saved iterates: a loop with no per-step recording (the
+            # bounds do not depend on the seed, so under vmap it stays one loop for all seeds)
+            carry = jax.lax.fori_loop(bounds[0], bounds[1], step, carry)
+            return carry, carry
 
-        buf = jnp.zeros((saved.size, dim), dtype)
-        carry = (x_init, jnp.zeros(dim, dtype), buf, buf)
-        full_blocks, rest = divmod(steps, SAMPLE_BLOCK)
-        lr_blocks = lrs[:full_blocks * SAMPLE_BLOCK].reshape(full_blocks, SAMPLE_BLOCK)
-        carry, _ = jax.lax.scan(lambda c, b_lr: (run_block(c, *b_lr, SAMPLE_BLOCK), None), carry,
-                                (jnp.arange(full_blocks), lr_blocks))
-        if rest:
-            carry = run_block(carry, jnp.asarray(full_blocks), lrs[full_blocks * SAMPLE_BLOCK:], rest)
-        _, _, xs, sums = carry
+        bounds = jnp.asarray(np.stack([np.concatenate([[0], saved[:-1]]), saved], axis=1))
+        init = (x_init, jnp.zeros(dim, dtype))
+        _, (xs, sums) = jax.lax.scan(segment, init, bounds)  # iterate saved[k] = after saved[k] steps
         pos = jnp.asarray(np.searchsorted(saved, record))
         pos_start = jnp.asarray(np.searchsorted(saved, np.maximum(starts, 1)))
         start_sums = jnp.where(jnp.asarray(starts > 0)[:, None], sums[pos_start], 0.0)
