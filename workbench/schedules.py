@@ -406,7 +406,7 @@ def digits_refinement(model: str = "logreg", steps: int = 1000, peak_lr: float =
     from flax import nnx
 
     from workbench.data import load_digits
-    from workbench.models import MLP, LogisticRegression, functional
+    from workbench.models import MLP, LogisticRegression, accuracy, functional
     from workbench.train import train
 
     if model not in ("logreg", "mlp"):
@@ -423,10 +423,7 @@ def digits_refinement(model: str = "logreg", steps: int = 1000, peak_lr: float =
                     batch_size=batch_size, callback=callback,
                     callback_every=norm_every if callback else 0, progress=False)
         final = float(f.loss_fn(res.params, train_data))
-        # not models.accuracy: it compares int64 argmax with int32 labels, which strict dtype
-        # promotion (the tests' setting) rejects under x64
-        pred = jnp.argmax(f.predict_fn(res.params, test_data.x), axis=-1)
-        acc = float(jnp.mean(pred == test_data.y.astype(pred.dtype)))
+        acc = accuracy(f.predict_fn, res.params, test_data)
         return res, ScheduleRun(values(schedule, steps), res.history, final, acc)
 
     linear = linear_decay(peak_lr, steps)
