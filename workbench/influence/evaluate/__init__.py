@@ -9,6 +9,12 @@
   as training continues after it (and how far the two runs' parameters drift apart).
 """
 
+from workbench.influence.evaluate.dynamics import (
+    CorrectionResult,
+    FadingResult,
+    correct_mispredictions,
+    fading,
+)
 from workbench.influence.evaluate.ground_truth import (
     LDSGroundTruth,
     LDSResult,
@@ -20,10 +26,13 @@ from workbench.influence.evaluate.ground_truth import (
     loo_correlation,
     loo_summary,
 )
+from workbench.influence.evaluate.report import compare, markdown_table, mislabel_aucs
 from workbench.influence.evaluate.metrics import auc, correlations, pearson_rows, spearman_rows
 from workbench.influence.evaluate.retraining import RetrainResult, fit, outputs, per_example_objective, retrain
 
 __all__ = [
+    "compare", "markdown_table", "mislabel_aucs",
+    "CorrectionResult", "FadingResult", "correct_mispredictions", "fading",
     "LDSGroundTruth", "LDSResult", "LOOResult", "RetrainResult", "auc", "correlations", "fit",
     "flip_labels", "lds", "lds_ground_truth", "loo", "loo_correlation", "loo_summary", "outputs",
     "pearson_rows", "per_example_objective", "retrain", "spearman_rows",
