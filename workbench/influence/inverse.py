@@ -58,8 +58,10 @@ def exact(
 ) -> Estimator:
     """Influence with the dense inverse of (H + damping I), H the Hessian of the training objective.
 
-    `hessian` may be passed precomputed ([p, p], e.g. a Gauss-Newton matrix); otherwise it is
-    formed with `dense_hessian`. Raises ValueError when H + damping I is not positive definite
+    `hessian` may be passed precomputed: a [p, p] matrix (e.g. a Gauss-Newton matrix) or its
+    eigendecomposition `(eigenvalues, eigenvectors)` as returned by `jnp.linalg.eigh` (useful
+    when you looked at the spectrum to choose the damping); otherwise it is formed with
+    `dense_hessian`. Raises ValueError when H + damping I is not positive definite
     (a non-convex model needs a damping above -lambda_min, or a Gauss-Newton matrix).
     """
     damping = check_damping(damping)
@@ -71,11 +73,21 @@ def exact(
         )
     if hessian is None:
         hessian = dense_hessian(loss_fn, params, train_data)
+    if isinstance(hessian, tuple | list):
+        evals, evecs = (jnp.asarray(a) for a in hessian)
+        if evals.shape != (flat.size,) or evecs.shape != (flat.size, flat.size):
+            raise ValueError(f"hessian=(eigenvalues, eigenvectors) must have shapes ({flat.size},) and "
+                             f"({flat.size}, {flat.size}), got {evals.shape} and {evecs.shape}")
     elif hessian.shape != (flat.size, flat.size):
         raise ValueError(f"hessian must have shape ({flat.size}, {flat.size}), got {hessian.shape}")
-    if not bool(jnp.all(jnp.isfinite(hessian))):
-        raise ValueError("the Hessian contains NaN or infinite values; check params and data")
-    evals, evecs = jnp.linalg.eigh(hessian)
+    else:
+        evals = None
+    if evals is None:
+        if not bool(jnp.all(jnp.isfinite(hessian))):
+            raise ValueError("the Hessian contains NaN or infinite values; check params and data")
+        evals, evecs = jnp.linalg.eigh(hessian)
+    elif not (bool(jnp.all(jnp.isfinite(evals))) and bool(jnp.all(jnp.isfinite(evecs)))):
+        raise ValueError("the Hessian eigendecomposition contains NaN or infinite values")
     lam_min = float(evals[0])
     if lam_min + damping <= 1e-12 * max(float(jnp.abs(evals[-1])), 1.0):
         raise ValueError(
