@@ -38,6 +38,17 @@ ESTIMATORS: dict[str, Callable[..., Estimator]] = {
     "tracin": tracin,
 }
 
+try:  # the matrix-free estimators build on workbench.curvature / workbench.spectrum
+    from workbench import curvature as _curvature  # noqa: F401
+    from workbench import spectrum as _spectrum  # noqa: F401
+except ImportError:  # pragma: no cover - only before those layers are installed
+    pass
+else:
+    from workbench.influence.arnoldi import arnoldi
+    from workbench.influence.iterative import cg, lissa
+
+    ESTIMATORS.update(cg=cg, lissa=lissa, arnoldi=arnoldi)
+
 
 def make(name: str, loss_fn: Callable, params, train_data, **options) -> Estimator:
     """Build the influence estimator `name` for `loss_fn` at `params` on `train_data`.

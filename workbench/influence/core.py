@@ -172,6 +172,9 @@ class Estimator:
         self._cache_bytes = cache_bytes
         self._train_features = None
         self._self_influence = None
+        # what a NaN in a result means for this estimator (e.g. CG met negative curvature)
+        self.nonfinite_error: type[Exception] = FloatingPointError
+        self.nonfinite_message: str | None = None
 
     # -- features
     def train_features(self) -> jax.Array:
@@ -223,6 +226,8 @@ class Estimator:
 
     def _check(self, x: jax.Array, what: str) -> None:
         if not bool(jnp.all(jnp.isfinite(x))):
+            if self.nonfinite_message:
+                raise self.nonfinite_error(f"influence estimator {self.name!r}: {self.nonfinite_message}")
             raise FloatingPointError(
                 f"influence estimator {self.name!r}: {what} contain NaN or infinite values "
                 f"(settings {self.info}); check the params, the data and the damping"
