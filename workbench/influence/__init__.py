@@ -49,6 +49,15 @@ else:
 
     ESTIMATORS.update(cg=cg, lissa=lissa, arnoldi=arnoldi)
 
+try:  # TRAK reads sketched per-example gradients from workbench.sketch's stores
+    from workbench import sketch as _sketch  # noqa: F401
+except ImportError:  # pragma: no cover - only before that layer is installed
+    pass
+else:
+    from workbench.influence.trak import margin_output, trak
+
+    ESTIMATORS["trak"] = trak
+
 
 def make(name: str, loss_fn: Callable, params, train_data, **options) -> Estimator:
     """Build the influence estimator `name` for `loss_fn` at `params` on `train_data`.
