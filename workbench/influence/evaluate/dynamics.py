@@ -106,7 +106,7 @@ def correct_mispredictions(
     if not 1 <= k < n:
         raise ValueError(f"k must lie in [1, n_train), got {k}")
     x, y = test
-    correct = np.asarray(jnp.argmax(predict_fn(params, x), -1) == y)
+    correct = np.asarray(jnp.argmax(predict_fn(params, x), -1).astype(y.dtype) == y)
     wrong = np.flatnonzero(~correct)[:max_points]
     if wrong.size == 0:
         raise ValueError("the model predicts every test point correctly; nothing to correct")
@@ -126,7 +126,7 @@ def correct_mispredictions(
     for name, sets in (("influence", harmful), ("random", rand)):
         flats = _trajectories(loss_fn, params, train, weights_for(sets), opt, full, steps)[-1]
         _, unravel = ravel_pytree(params)
-        preds = jax.vmap(lambda f: jnp.argmax(predict_fn(unravel(f), x), -1))(flats)  # [m, n_test]
+        preds = jax.vmap(lambda f: jnp.argmax(predict_fn(unravel(f), x), -1).astype(y.dtype))(flats)  # [m, n_test]
         right = np.asarray(preds == y[None])
         fixed = right[np.arange(wrong.size), wrong]
         others = np.ones_like(right, dtype=bool)
