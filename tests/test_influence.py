@@ -1,12 +1,12 @@
 """Influence estimators against dense references and leave-one-out retraining (float64)."""
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from typing import NamedTuple
 from flax import nnx
 
 from workbench import data, influence, models

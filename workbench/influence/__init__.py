@@ -54,7 +54,7 @@ try:  # TRAK reads sketched per-example gradients from workbench.sketch's stores
 except ImportError:  # pragma: no cover - only before that layer is installed
     pass
 else:
-    from workbench.influence.trak import margin_output, trak
+    from workbench.influence.trak import margin_output, trak  # noqa: F401
 
     ESTIMATORS["trak"] = trak
 

@@ -35,7 +35,7 @@ def dense_hessian(loss_fn: Callable, params, data, chunk_size: int = 512) -> jax
     n = num_examples(data)
     total = jnp.zeros((flat.size, flat.size), flat.dtype)
     for start in range(0, n, chunk_size):
-        chunk = jax.tree.map(lambda a: a[start : start + chunk_size], data)
+        chunk = jax.tree.map(lambda a, s=start: a[s : s + chunk_size], data)
         total = total + _chunk_hessian(loss_fn, params, chunk) * (num_examples(chunk) / n)
     return 0.5 * (total + total.T)
 

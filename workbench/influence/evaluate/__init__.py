@@ -26,9 +26,15 @@ from workbench.influence.evaluate.ground_truth import (
     loo_correlation,
     loo_summary,
 )
-from workbench.influence.evaluate.report import compare, markdown_table, mislabel_aucs
 from workbench.influence.evaluate.metrics import auc, correlations, pearson_rows, spearman_rows
-from workbench.influence.evaluate.retraining import RetrainResult, fit, outputs, per_example_objective, retrain
+from workbench.influence.evaluate.report import compare, markdown_table, mislabel_aucs
+from workbench.influence.evaluate.retraining import (
+    RetrainResult,
+    fit,
+    outputs,
+    per_example_objective,
+    retrain,
+)
 
 __all__ = [
     "compare", "markdown_table", "mislabel_aucs",

@@ -123,9 +123,9 @@ def correct_mispredictions(
     full = jnp.tile(jnp.arange(n), (steps, 1))
     opt = optax.sgd(learning_rate)
     results = {}
+    _, unravel = ravel_pytree(params)
     for name, sets in (("influence", harmful), ("random", rand)):
         flats = _trajectories(loss_fn, params, train, weights_for(sets), opt, full, steps)[-1]
-        _, unravel = ravel_pytree(params)
         preds = jax.vmap(lambda f: jnp.argmax(predict_fn(unravel(f), x), -1).astype(y.dtype))(flats)  # [m, n_test]
         right = np.asarray(preds == y[None])
         fixed = right[np.arange(wrong.size), wrong]

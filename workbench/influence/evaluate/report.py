@@ -8,7 +8,12 @@ from collections.abc import Callable, Mapping
 import jax
 import numpy as np
 
-from workbench.influence.evaluate.ground_truth import LDSGroundTruth, LOOResult, lds, loo_correlation
+from workbench.influence.evaluate.ground_truth import (
+    LDSGroundTruth,
+    LOOResult,
+    lds,
+    loo_correlation,
+)
 from workbench.influence.evaluate.metrics import auc, pearson_rows
 
 

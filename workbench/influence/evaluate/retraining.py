@@ -29,8 +29,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from tqdm.auto import tqdm
 from jax.flatten_util import ravel_pytree
+from tqdm.auto import tqdm
 
 from workbench.influence.core import num_examples, one_example
 from workbench.influence.inverse import dense_hessian
