@@ -56,9 +56,11 @@ def main():
 
     def loss_func(p, batch):
         x, y = batch
-        logits = torch.func.functional_call(model, p, x.unsqueeze(0))
+        if x.dim() == 1:  # dattri hands single examples to some attributors, batches to others
+            x, y = x.unsqueeze(0), y.unsqueeze(0)
+        logits = torch.func.functional_call(model, p, x)
         reg = sum((v**2).sum() for v in p.values())
-        return torch.nn.functional.cross_entropy(logits, y.unsqueeze(0)) + 0.5 * L2 * reg
+        return torch.nn.functional.cross_entropy(logits, y) + 0.5 * L2 * reg
 
     task = AttributionTask(loss_func=loss_func, model=model, checkpoints=model.state_dict())
     to_ds = lambda d: torch.utils.data.TensorDataset(torch.tensor(np.asarray(d.x)), torch.tensor(np.asarray(d.y)).long())
@@ -85,7 +87,8 @@ def main():
         try:
             start = time.perf_counter()
             attributor = build()
-            attributor.cache(train_loader)
+            if not isinstance(attributor, TracInAttributor):  # TracIn has nothing to cache
+                attributor.cache(train_loader)
             scores = attributor.attribute(train_loader, test_loader).detach().numpy().T  # [n_test, n_train]
             row["dattri_s"] = time.perf_counter() - start
             sign = np.sign(np.nanmean(ev.pearson_rows(scores[:, removed], loo.actual))) or 1.0
