@@ -130,6 +130,8 @@ for ax, (name, s) in zip(np.ravel(axes), scores.items()):
     if name in ("exact", "cg", "lissa", "arnoldi"):
         ax.plot([-lim, lim], [-lim, lim], "k--", lw=0.8)
     ax.set(title=name, xlabel="predicted change of test loss", ylabel="actual (LOO retraining)")
+for ax in np.ravel(axes)[len(scores):]:
+    ax.axis("off")
 fig.tight_layout()
 workbench.save_figure(fig, "predicted_vs_actual")
 plt.show()
