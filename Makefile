@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 papers: $(STAMP)
 	$(BIN)/python -m workbench run --all --profile quick
 
+# One BLAS thread per pytest worker: two workers on two cores, no oversubscription.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --ip=127.0.0.1 --ServerApp.root_dir=notebooks

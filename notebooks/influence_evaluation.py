@@ -1,0 +1,183 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+#   workbench:
+#     title: Which influence estimator to trust - LDS and mislabel detection
+#     quick_seconds: 60
+#     full:
+#       n_train: 1347
+#       n_test: 200
+#       num_subsets: 100
+#       hidden: 32
+# ---
+
+# %% [markdown]
+# # Which influence estimator to trust?
+#
+# Two standard tests of training data attribution, each against real retraining:
+#
+# - **Linear datamodeling score** (LDS, Park et al. 2023, TRAK): train M models on random halves
+#   of the training set; for each test point, rank the models by the summed attribution scores of
+#   their training halves and by their actual test loss; the Spearman correlation of the two
+#   rankings, averaged over test points, is the LDS (1 = perfect).
+# - **Mislabel detection** (Koh & Liang 2017): flip the labels of 10% of the training set, train,
+#   and rank training examples by self-influence; flipped examples should come first (ROC AUC).
+#
+# **What you will see.** Both tables for each estimator on L2-regularised logistic regression
+# (convex: the exact influence function should be nearly perfect) and on a small MLP (non-convex:
+# everything degrades, and the damping matters).
+
+# %% tags=["parameters"]
+n_train: int = 240  # training examples (a subset of digits)
+n_test: int = 30  # test points
+num_subsets: int = 16  # M, the number of models trained on random halves
+l2: float = 0.01  # L2 regularisation (both models)
+hidden: int = 16  # hidden width of the MLP
+mlp_steps: int = 200  # full-batch Adam steps for every MLP (full data and each half)
+mlp_lr: float = 0.01  # Adam step size
+flip_fraction: float = 0.1  # fraction of training labels flipped for mislabel detection
+damping_margin: float = 0.01  # MLP: damping above -lambda_min of the Hessian
+seed: int = 0  # data split, subsets, flips
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+interactive: bool = False  # show widgets
+
+# %%
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+import optax
+from flax import nnx
+
+import workbench
+from workbench import data, influence, models, train
+from workbench.influence import evaluate as ev
+
+jax.config.update("jax_enable_x64", True)
+train_full, test_full = data.load_digits(seed=seed, dtype=jnp.float64)
+train_set, test_set = train_full.take(np.arange(n_train)), test_full.take(np.arange(n_test))
+key_lds, key_flip = jax.random.split(jax.random.key(seed))
+
+
+def builders_for(loss_fn, params, train_data, checkpoints, lr, damping=0.0, eigen=None, cosine=True):
+    """The estimators compared, as zero-argument builders (so `compare` can time each)."""
+    out = {
+        "exact": lambda: influence.make("exact", loss_fn, params, train_data, damping=damping, hessian=eigen),
+        "grad_dot": lambda: influence.make("grad_dot", loss_fn, params, train_data),
+        "grad_cos": lambda: influence.make("grad_cos", loss_fn, params, train_data),
+        "tracin": lambda: influence.make("tracin", loss_fn, params, train_data, checkpoints=checkpoints, learning_rates=lr),
+    }
+    if not cosine:  # a cosine's self-influence is 1 for every example: no use for mislabels
+        del out["grad_cos"]
+    return out
+
+
+# %% [markdown]
+# ## Logistic regression
+# The optimum by Newton's method; each half-data model is retrained (warm-started, inexact
+# Newton) to a gradient norm below 1e-10. TracIn reads 10 checkpoints of a full-batch SGD run.
+
+# %%
+lr_model = models.functional(models.LogisticRegression(64, 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=l2)
+lr_params, _ = ev.fit(lr_model.loss_fn, lr_model.params, train_set)
+lr_truth = ev.lds_ground_truth(lr_model.loss_fn, lr_params, train_set, test_set, key_lds, num_subsets=num_subsets)
+sgd = train.train(lr_model.loss_fn, lr_model.params, train_set, optax.sgd(1.0), steps=200, key=jax.random.key(seed),
+                  checkpoint_steps=list(range(0, 200, 20)), progress=False)
+lr_rows, _ = ev.compare(builders_for(lr_model.loss_fn, lr_params, train_set, sgd.checkpoints, 1.0), test_set,
+                        lds_truth=lr_truth)
+
+# %% [markdown]
+# ## MLP
+# Non-convex: each model (the full-data one and every half) is trained the same way from the
+# same initialisation, `mlp_steps` full-batch Adam steps; the exact influence function uses the
+# Hessian at the full-data model plus a damping just above -lambda_min.
+
+# %%
+mlp_model = models.functional(models.MLP(64, [hidden], 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=l2)
+mlp_run = train.train(mlp_model.loss_fn, mlp_model.params, train_set, optax.adam(mlp_lr), steps=mlp_steps,
+                      key=jax.random.key(seed), checkpoint_steps=list(range(0, mlp_steps, mlp_steps // 10)), progress=False)
+mlp_params = mlp_run.params
+mlp_truth = ev.lds_ground_truth(mlp_model.loss_fn, mlp_model.params, train_set, test_set, key_lds, num_subsets=num_subsets,
+                                method="optax", optimizer=optax.adam(mlp_lr), steps=mlp_steps)
+eigen = jnp.linalg.eigh(influence.dense_hessian(mlp_model.loss_fn, mlp_params, train_set))
+mlp_damping = max(0.0, -float(eigen[0][0])) + damping_margin
+print(f"MLP Hessian lambda_min {float(eigen[0][0]):.2e}; damping {mlp_damping:.3g}")
+mlp_rows, _ = ev.compare(builders_for(mlp_model.loss_fn, mlp_params, train_set, mlp_run.checkpoints, mlp_lr,
+                                      mlp_damping, eigen), test_set, lds_truth=mlp_truth)
+
+# %% [markdown]
+# ## Mislabel detection
+# Flip `flip_fraction` of the training labels, refit both models on the noisy labels, and score
+# every training example by its self-influence.
+
+# %%
+noisy, flipped = ev.flip_labels(key_flip, train_set, flip_fraction, 10)
+lr_noisy, _ = ev.fit(lr_model.loss_fn, lr_model.params, noisy)
+sgd_noisy = train.train(lr_model.loss_fn, lr_model.params, noisy, optax.sgd(1.0), steps=200, key=jax.random.key(seed),
+                        checkpoint_steps=list(range(0, 200, 20)), progress=False)
+lr_auc = ev.mislabel_aucs(builders_for(lr_model.loss_fn, lr_noisy, noisy, sgd_noisy.checkpoints, 1.0, cosine=False), flipped)
+mlp_noisy = train.train(mlp_model.loss_fn, mlp_model.params, noisy, optax.adam(mlp_lr), steps=mlp_steps, key=jax.random.key(seed),
+                        checkpoint_steps=list(range(0, mlp_steps, mlp_steps // 10)), progress=False)
+eigen_noisy = jnp.linalg.eigh(influence.dense_hessian(mlp_model.loss_fn, mlp_noisy.params, noisy))
+damping_noisy = max(0.0, -float(eigen_noisy[0][0])) + damping_margin
+mlp_auc = ev.mislabel_aucs(builders_for(mlp_model.loss_fn, mlp_noisy.params, noisy, mlp_noisy.checkpoints, mlp_lr,
+                                        damping_noisy, eigen_noisy, cosine=False), flipped)
+
+# %% [markdown]
+# ## The table
+# LDS (higher is better; random scores give about 0) and mislabel AUC (0.5 = chance) per
+# estimator and model, with the wall time of building the estimator and scoring (compile
+# included, so only a rough guide; `benchmarks/bench_influence.py` separates compile and warm time).
+
+# %%
+table = []
+for model_name, rows, aucs in (("logistic", lr_rows, lr_auc), ("mlp", mlp_rows, mlp_auc)):
+    auc_of = {a["estimator"]: a["auc"] for a in aucs}
+    for row in rows:
+        table.append({"model": model_name, "estimator": row["estimator"], "lds": row["lds"],
+                      "mislabel_auc": auc_of.get(row["estimator"], float("nan")), "seconds": row["seconds"]})
+print(ev.markdown_table(table))
+workbench.record(**{f"lds_{t['model']}_{t['estimator']}": t["lds"] for t in table},
+                 **{f"auc_{t['model']}_{t['estimator']}": t["mislabel_auc"] for t in table if t["estimator"] != "grad_cos"})
+
+# %%
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+names = [r["estimator"] for r in lr_rows]
+x = np.arange(len(names))
+for offset, model_name in ((-0.2, "logistic"), (0.2, "mlp")):
+    sub = [t for t in table if t["model"] == model_name]
+    ax1.bar(x + offset, [t["lds"] for t in sub], width=0.4, label=model_name)
+    ax2.bar(x + offset, [t["mislabel_auc"] for t in sub], width=0.4, label=model_name)
+ax1.set(xticks=x, xticklabels=names, ylabel="LDS (Spearman)", title="linear datamodeling score")
+ax2.set(xticks=x, xticklabels=names, ylabel="ROC AUC", title="finding flipped labels by self-influence", ylim=(0.4, 1.0))
+ax2.axhline(0.5, color="k", lw=0.6, ls="--")
+ax1.legend()
+fig.tight_layout()
+workbench.save_figure(fig, "lds_auc")
+plt.show()
+
+# %% [markdown]
+# ## Explore
+# With `interactive=True`: the LDS per test point of one estimator, to see whether a low mean
+# comes from a few test points or from all of them.
+
+# %%
+if interactive:
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    def show(estimator="exact", model_name="logistic"):
+        truth, b = (lr_truth, builders_for(lr_model.loss_fn, lr_params, train_set, sgd.checkpoints, 1.0)) if model_name == "logistic" else (
+            mlp_truth, builders_for(mlp_model.loss_fn, mlp_params, train_set, mlp_run.checkpoints, mlp_lr, mlp_damping, eigen))
+        per = ev.lds(b[estimator]().scores(test_set), truth).per_test
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.hist(per, bins=20)
+        ax.set(xlabel="Spearman per test point", title=f"{estimator} on {model_name}: LDS {np.nanmean(per):.3f}")
+        plt.show()
+
+    display(widgets.interactive(show, estimator=names, model_name=["logistic", "mlp"]))

@@ -1,0 +1,153 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+#   workbench:
+#     title: Influence fades over training (Schioppa et al. 2023)
+#     quick_seconds: 45
+#     full:
+#       n_train: 1347
+#       num_removed: 100
+#       pretrain_steps: 3000
+#       steps: 5000
+#       record_every: 250
+# ---
+
+# %% [markdown]
+# # Influence fades over training
+#
+# Schioppa, Filippova, Titov and Zablotskaia (NeurIPS 2023, "Theoretical and Practical
+# Perspectives on what Influence Functions Do") argue that the influence function answers a
+# *short-horizon* question. Remove a training example and keep training: the run without it and
+# the run with it drift apart (parameter divergence), and the influence function's prediction of
+# the effect matches the actual effect for a while and then less and less.
+#
+# **What you will see.** A small MLP is trained on digits; from that point we continue training
+# twice for every removed example: on all the data, and on the same minibatches without the
+# example. Every `record_every` steps we correlate the actual change of each test loss with the
+# influence function's prediction (computed once, at the starting point), and measure how far
+# the two runs' parameters are apart. Look for a curve that rises (the removal's effect builds
+# up toward what the influence function predicts) and then falls while the divergence keeps
+# growing. Gradient dot products (TracIn's one-checkpoint form, no curvature) are shown for
+# comparison; they fade too, from a much lower level.
+
+# %% tags=["parameters"]
+n_train: int = 300  # training examples (a subset of digits)
+n_test: int = 40  # test points whose loss changes are tracked
+hidden: int = 32  # width of the MLP's hidden layer
+pretrain_steps: int = 1000  # SGD steps before the removal
+num_removed: int = 20  # training examples removed, each in its own run
+steps: int = 1000  # training steps after the removal
+record_every: int = 100  # compare predicted and actual every this many steps
+learning_rate: float = 0.5  # SGD step size (before and after the removal)
+batch_size: int = 32  # minibatch size
+l2: float = 0.0001  # L2 regularisation
+damping_margin: float = 0.01  # damping above -lambda_min that makes H + damping I positive definite
+seed: int = 0  # data split, initialisation and batch order
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+interactive: bool = False  # show widgets
+
+# %%
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+import optax
+from flax import nnx
+
+import workbench
+from workbench import data, influence, models, train
+from workbench.influence import evaluate as ev
+
+jax.config.update("jax_enable_x64", True)
+
+# %% [markdown]
+# ## Train the MLP to the point of removal
+
+# %%
+train_full, test_full = data.load_digits(seed=seed, dtype=jnp.float64)
+train_set, test_set = train_full.take(np.arange(n_train)), test_full.take(np.arange(n_test))
+model = models.functional(models.MLP(64, [hidden], 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=l2)
+run = train.train(model.loss_fn, model.params, train_set, optax.sgd(learning_rate), steps=pretrain_steps,
+                  key=jax.random.key(seed), batch_size=batch_size, progress=False)
+params = run.params
+print(f"test accuracy at the removal point: {models.accuracy(model.predict_fn, params, test_set):.3f}")
+
+# %% [markdown]
+# ## Influence at the removal point
+# The network is not convex: the Hessian has small negative eigenvalues, so the influence function
+# uses H + damping I with the damping just above -lambda_min (explicit, printed below).
+
+# %%
+eigen = jnp.linalg.eigh(influence.dense_hessian(model.loss_fn, params, train_set))
+lam = np.asarray(eigen[0])
+damping = max(0.0, -lam[0]) + damping_margin
+print(f"Hessian eigenvalues in [{lam[0]:.2e}, {lam[-1]:.2e}]; damping = {damping:.3g}")
+exact = influence.make("exact", model.loss_fn, params, train_set, damping=damping, hessian=eigen)
+dot = influence.make("grad_dot", model.loss_fn, params, train_set)
+removed = np.linspace(0, n_train - 1, num_removed).astype(int)
+predicted = np.asarray(exact.scores(test_set))[:, removed] / (n_train - 1)
+predicted_dot = np.asarray(dot.scores(test_set))[:, removed]
+
+# %% [markdown]
+# ## Keep training, with and without each example
+
+# %%
+result = ev.fading(model.loss_fn, params, train_set, test_set, removed, predicted, jax.random.key(seed + 1),
+                   optimizer=optax.sgd(learning_rate), steps=steps, record_every=record_every,
+                   batch_size=batch_size)
+pearson_dot = np.array([np.nanmean(ev.pearson_rows(predicted_dot, a)) for a in result.actual])
+for t, p, s, d, pd in zip(result.steps, result.pearson, result.spearman, result.divergence, pearson_dot):
+    print(f"step {t:5d}: IF Pearson {p:.3f}  Spearman {s:.3f}  grad-dot Pearson {pd:.3f}  divergence {d:.2e}")
+peak = int(np.argmax(result.pearson))
+workbench.record(
+    fading_steps=result.steps, fading_pearson=np.round(result.pearson, 4), fading_spearman=np.round(result.spearman, 4),
+    fading_divergence=result.divergence, fading_pearson_grad_dot=np.round(pearson_dot, 4),
+    peak_pearson=float(result.pearson[peak]), peak_step=int(result.steps[peak]),
+    final_pearson=float(result.pearson[-1]), damping=damping,
+)
+
+# %% [markdown]
+# ## The fading curve
+# Left axis: how well the influence function (and the gradient dot product) predicts the actual
+# effect of each removal, as training continues after it. Right axis: the mean distance between
+# the parameters of the run without the example and the run with all of them. The influence
+# function is a statement about one point of the trajectory; the further the runs drift, the less
+# it says about the run without the example.
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 4))
+ax.plot(result.steps, result.pearson, "o-", label="influence function (Pearson)")
+ax.plot(result.steps, result.spearman, "s--", label="influence function (Spearman)")
+ax.plot(result.steps, pearson_dot, "^:", label="gradient dot product (Pearson)")
+ax.set(xlabel="training steps after the removal", ylabel="correlation with the actual effect")
+ax.legend(loc="lower left")
+ax2 = ax.twinx()
+ax2.plot(result.steps, result.divergence, color="gray", lw=2, alpha=0.6)
+ax2.set_ylabel("parameter divergence ||theta_-i - theta||", color="gray")
+fig.tight_layout()
+workbench.save_figure(fig, "fading")
+plt.show()
+
+# %% [markdown]
+# ## Explore
+# With `interactive=True`: pick a removed example and a test point and follow its actual effect
+# over training against the (constant) prediction.
+
+# %%
+if interactive:
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    def show(removed_index=0, test_index=0):
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.plot(result.steps, result.actual[:, test_index, removed_index], "o-", label="actual")
+        ax.axhline(predicted[test_index, removed_index], color="k", ls="--", label="influence function")
+        ax.legend()
+        plt.show()
+
+    display(widgets.interactive(show, removed_index=(0, num_removed - 1), test_index=(0, n_test - 1)))

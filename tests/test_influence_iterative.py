@@ -1,0 +1,107 @@
+"""CG, LiSSA and Arnoldi influence against the exact (dense) influence function, float64."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+curvature = pytest.importorskip("workbench.curvature")
+spectrum = pytest.importorskip("workbench.spectrum")
+
+from workbench import data, influence  # noqa: E402
+from workbench.influence import evaluate as ev  # noqa: E402
+
+N_TRAIN, N_TEST, L2 = 120, 10, 1e-2
+
+
+class LogReg(NamedTuple):
+    @staticmethod
+    def predict_fn(params, x):
+        return x @ params["w"] + params["b"]
+
+    @staticmethod
+    def output_loss_fn(logits, y):
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1)[:, 0]
+
+    @staticmethod
+    def loss_fn(params, batch):
+        x, y = batch
+        reg = jnp.sum(params["w"] ** 2) + jnp.sum(params["b"] ** 2)
+        return jnp.mean(LogReg.output_loss_fn(LogReg.predict_fn(params, x), y)) + 0.5 * L2 * reg
+
+
+@pytest.fixture(scope="module")
+def problem():
+    jax.config.update("jax_enable_x64", True)
+    train, test = data.load_digits(dtype=jnp.float64)
+    train, test = train.take(np.arange(N_TRAIN)), test.take(np.arange(N_TEST))
+    init = {"w": jnp.zeros((64, 10)), "b": jnp.zeros(10)}
+    params, _ = ev.fit(LogReg.loss_fn, init, train)
+    exact = influence.make("exact", LogReg.loss_fn, params, train)
+    return params, train, test, exact, np.asarray(exact.scores(test))
+
+
+def _corr(a, b):
+    return float(np.mean(ev.pearson_rows(a, b)))
+
+
+def test_cg_matches_exact(problem):
+    params, train, test, _, ref = problem
+    est = influence.make("cg", LogReg.loss_fn, params, train)
+    s = np.asarray(est.scores(test))
+    assert _corr(s, ref) >= 0.99
+    np.testing.assert_allclose(s, ref, rtol=1e-6, atol=1e-8 * np.abs(ref).max())
+    # Gauss-Newton equals the Hessian for softmax cross-entropy: same scores through kind="ggn"
+    ggn = influence.make("cg", LogReg.loss_fn, params, train, kind="ggn", damping=0.1,
+                         operator_options={"predict_fn": LogReg.predict_fn, "output_loss_fn": LogReg.output_loss_fn, "l2": L2})
+    damped = influence.make("exact", LogReg.loss_fn, params, train, damping=0.1)
+    np.testing.assert_allclose(ggn.scores(test), damped.scores(test), rtol=1e-6, atol=1e-9)
+
+
+def test_lissa_matches_exact(problem):
+    params, train, test, _, ref = problem
+    est = influence.make("lissa", LogReg.loss_fn, params, train, depth=1500)
+    assert _corr(np.asarray(est.scores(test)), ref) >= 0.99
+    assert est.info["scale"] > 0
+
+
+def test_arnoldi_matches_exact_and_uses_spectrum_eigenpairs(problem, key):
+    params, train, test, exact, ref = problem
+    large = influence.make("arnoldi", LogReg.loss_fn, params, train, k=300, key=key)
+    assert _corr(np.asarray(large.scores(test)), ref) >= 0.99
+    small = influence.make("arnoldi", LogReg.loss_fn, params, train, k=20, key=key)
+    # its eigenpairs are those of workbench.spectrum on the same operator, and of the dense Hessian
+    op = curvature.operator(LogReg.loss_fn, params, train)
+    eig = spectrum.top_eigenpairs(op, 20, key, method="arnoldi")
+    np.testing.assert_allclose(small.state["values"], eig.values, rtol=1e-10)
+    dense = np.linalg.eigvalsh(np.asarray(influence.dense_hessian(LogReg.loss_fn, params, train)))[::-1][:20]
+    np.testing.assert_allclose(small.state["values"], dense, rtol=1e-8)
+    overlap = np.abs(np.sum(np.asarray(small.state["vectors"]) * np.asarray(eig.vectors), axis=1))
+    np.testing.assert_allclose(overlap, 1.0, atol=1e-6)
+    # JVP projections equal projections of explicit gradients
+    np.testing.assert_allclose(small.train_features(), exact.train_features() @ small.state["vectors"].T, rtol=1e-8, atol=1e-12)
+
+
+def test_cg_on_an_indefinite_system_raises(key):
+    train = data.make_classification(key, 60, 4, num_classes=3, dtype=jnp.float64)
+    params = {"w1": jax.random.normal(key, (4, 8)), "w2": jax.random.normal(jax.random.key(1), (8, 3))}
+
+    def loss(p, batch):
+        x, y = batch
+        logp = jax.nn.log_softmax(jnp.tanh(x @ p["w1"]) @ p["w2"])
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    est = influence.make("cg", loss, params, train)
+    with pytest.raises(ValueError, match="non-positive curvature.*Raise the damping"):
+        est.scores(train.take(np.arange(10)))
+
+
+def test_deterministic_and_bad_k(problem, key):
+    params, train, test, _, _ = problem
+    a = influence.make("arnoldi", LogReg.loss_fn, params, train, k=20, key=key).scores(test)
+    b = influence.make("arnoldi", LogReg.loss_fn, params, train, k=20, key=key).scores(test)  # same compile as above
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="k must be an int in"):
+        influence.make("arnoldi", LogReg.loss_fn, params, train, k=10_000)

@@ -1,0 +1,93 @@
+"""Influence functions and training data attribution behind one interface.
+
+    est = influence.make(name, loss_fn, params, train_data, **options)
+    est.scores(test_batch)        # [n_test, n_train]
+    est.self_influence()          # [n_train]
+    est.proponents(test_batch, k) # top-k helpful training examples per test point
+    est.opponents(test_batch, k)  # top-k harmful ones
+
+`loss_fn(params, batch)` is the training objective (a mean over the batch, plus any
+regulariser); `train_data` a pytree of arrays with a leading example axis (e.g. a
+`workbench.data.Dataset`). Per-example gradients are gradients of loss_fn on a batch of one.
+
+**Sign convention, shared by every estimator: score > 0 means removing the training example
+would increase the test loss (a helpful example, a proponent); score < 0 an opponent.**
+Damping is always an explicit option (`damping=`, default 0.0) and is reported in `est.info`.
+
+Estimators (`ESTIMATORS`): `exact` (dense inverse Hessian, small models), `grad_dot`,
+`grad_cos`, `tracin` (checkpoints + learning rates); `cg`, `lissa`, `arnoldi` and `trak` are
+added when the curvature / spectrum / sketch layers they build on are present.
+
+Ground-truth evaluations (leave-one-out, LDS, mislabel detection, correcting mispredictions,
+influence fading) live in `workbench.influence.evaluate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from workbench.influence import evaluate
+from workbench.influence.core import Estimator, Ranked, check_finite, num_examples
+from workbench.influence.gradient import grad_cos, grad_dot, tracin
+from workbench.influence.inverse import dense_hessian, exact
+
+ESTIMATORS: dict[str, Callable[..., Estimator]] = {
+    "exact": exact,
+    "grad_dot": grad_dot,
+    "grad_cos": grad_cos,
+    "tracin": tracin,
+}
+
+try:  # the matrix-free estimators build on workbench.curvature / workbench.spectrum
+    from workbench import curvature as _curvature  # noqa: F401
+    from workbench import spectrum as _spectrum  # noqa: F401
+except ImportError:  # pragma: no cover - only before those layers are installed
+    pass
+else:
+    from workbench.influence.arnoldi import arnoldi
+    from workbench.influence.iterative import cg, lissa
+
+    ESTIMATORS.update(cg=cg, lissa=lissa, arnoldi=arnoldi)
+
+try:  # TRAK reads sketched per-example gradients from workbench.sketch's stores
+    from workbench import sketch as _sketch  # noqa: F401
+except ImportError:  # pragma: no cover - only before that layer is installed
+    pass
+else:
+    from workbench.influence.trak import margin_output, trak  # noqa: F401
+
+    ESTIMATORS["trak"] = trak
+
+
+def make(name: str, loss_fn: Callable, params, train_data, **options) -> Estimator:
+    """Build the influence estimator `name` for `loss_fn` at `params` on `train_data`.
+
+    Options common to all: `chunk_size` (examples per vmapped chunk, default 256) and
+    `cache_bytes` (keep training features in memory up to this size, default 1 GiB; beyond it
+    scores stream over the training set). Estimator-specific options are documented on the
+    factory functions (`workbench.influence.exact`, `tracin`, ...).
+    """
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown influence estimator {name!r}; choose one of {sorted(ESTIMATORS)}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable loss_fn(params, batch), got {type(loss_fn).__name__}")
+    check_finite(params, "params")
+    n = num_examples(train_data, "train_data")
+    if n < 2:
+        raise ValueError(f"train_data needs at least 2 examples, got {n}")
+    check_finite(train_data, "train_data")
+    return ESTIMATORS[name](loss_fn, params, train_data, **options)
+
+
+__all__ = [
+    "ESTIMATORS",
+    "Estimator",
+    "Ranked",
+    "dense_hessian",
+    "evaluate",
+    "exact",
+    "grad_cos",
+    "grad_dot",
+    "make",
+    "tracin",
+]

@@ -1,0 +1,292 @@
+"""The one interface every influence estimator shares, and the checks at its boundary.
+
+Every estimator here scores a test point z against a training point z_i as a bilinear form
+
+    score(z, z_i) = < P psi(z), psi(z_i) >
+
+of a feature map psi (a per-example gradient, its projection on eigenvectors, a sketch of it,
+or gradients at several checkpoints stacked) and a symmetric preconditioner P (an inverse
+curvature, a diagonal, the identity). `Estimator` holds the two pieces and derives scores,
+self-influence, proponents and opponents from them, chunking over the training set so that
+scoring never needs all training features at once unless they fit in `cache_bytes`.
+
+Sign convention (the same for every estimator): **score > 0 means that removing the training
+example would increase the test loss**, i.e. the example helps the test prediction (a
+proponent); score < 0 marks an opponent. For the exact influence function, removing z_i from
+the training objective mean_j loss_fn(params, z_j) and retraining changes the test loss by
+about score / (n_train - 1) (see `workbench.influence.evaluate.loo`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+PyTree = Any
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def num_examples(data: PyTree, name: str = "data") -> int:
+    leaves = jax.tree.leaves(data)
+    if not leaves:
+        raise ValueError(f"{name} holds no arrays")
+    sizes = {int(np.shape(a)[0]) if np.ndim(a) else -1 for a in leaves}
+    if len(sizes) != 1 or -1 in sizes:
+        raise ValueError(f"{name}: every array needs the same leading example axis, got sizes {sorted(sizes)}")
+    return sizes.pop()
+
+
+def check_finite(tree: PyTree, name: str) -> None:
+    """Raise ValueError naming the first leaf of `tree` that holds NaN or inf."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) and not bool(jnp.all(jnp.isfinite(leaf))):
+            where = jax.tree_util.keystr(path) or "<root>"
+            raise ValueError(f"{name} contains NaN or infinite values (at leaf {where})")
+
+
+def check_like_training(batch: PyTree, train_data: PyTree, name: str = "test_batch") -> int:
+    """`batch` must have train_data's tree structure, per-example shapes and dtype kinds."""
+    t_leaves, t_def = jax.tree.flatten(train_data)
+    try:
+        b_leaves = t_def.flatten_up_to(batch)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"{name} must have the structure of the training data ({t_def}); got "
+            f"{jax.tree.structure(batch)}"
+        ) from err
+    for i, (t, b) in enumerate(zip(t_leaves, b_leaves)):
+        if np.ndim(b) == 0 or np.shape(b)[1:] != np.shape(t)[1:]:
+            raise ValueError(
+                f"{name} leaf {i}: expected per-example shape {np.shape(t)[1:]} like the training "
+                f"data (shape [n, *{np.shape(t)[1:]}]), got shape {np.shape(b)}"
+            )
+        tk, bk = jnp.result_type(t), jnp.result_type(b)
+        if jnp.issubdtype(tk, jnp.integer) != jnp.issubdtype(bk, jnp.integer):
+            raise ValueError(f"{name} leaf {i}: dtype {bk} where the training data has {tk}")
+    n = num_examples(batch, name)
+    check_finite(batch, name)
+    return n
+
+
+def check_damping(damping: float) -> float:
+    damping = float(damping)
+    if not np.isfinite(damping) or damping < 0:
+        raise ValueError(f"damping must be a finite number >= 0, got {damping}")
+    return damping
+
+
+# ----------------------------------------------------------------------------- per-example pieces
+
+
+def one_example(z: PyTree) -> PyTree:
+    """A batch of size one from a single example (leaves without their example axis)."""
+    return jax.tree.map(lambda a: a[None], z)
+
+
+def flat_grad_fn(loss_fn: Callable, params: PyTree) -> tuple[Callable, Callable]:
+    """(g(flat_params, example) -> flat gradient of loss_fn on that one example, unravel)."""
+    flat0, unravel = ravel_pytree(params)
+
+    def grad_one(flat, z):
+        return jax.grad(lambda f: loss_fn(unravel(f), one_example(z)))(flat)
+
+    return grad_one, unravel
+
+
+def map_chunks(fn: Callable, data: PyTree, chunk_size: int) -> jax.Array:
+    """fn(chunk) -> [c, ...] applied to fixed-size chunks of `data` under lax.map, concatenated.
+
+    The data is padded (with copies of the first example) to a multiple of `chunk_size` so
+    there is one compiled shape; the padding rows are dropped from the result.
+    """
+    n = num_examples(data)
+    chunk_size = max(1, min(int(chunk_size), n))
+    num_chunks = -(-n // chunk_size)
+    pad = num_chunks * chunk_size - n
+
+    def pad_reshape(a):
+        if pad:
+            a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)], axis=0)
+        return a.reshape(num_chunks, chunk_size, *a.shape[1:])
+
+    out = jax.lax.map(fn, jax.tree.map(pad_reshape, data))
+    return out.reshape(num_chunks * chunk_size, *out.shape[2:])[:n]
+
+
+# ----------------------------------------------------------------------------- the estimator
+
+
+class Ranked(NamedTuple):
+    """Top-k training examples per test point: indices [n_test, k] and their scores [n_test, k]."""
+
+    indices: jax.Array
+    scores: jax.Array
+
+
+class Estimator:
+    """Scores, self-influence, proponents and opponents from a feature map and a preconditioner.
+
+    Built by `workbench.influence.make`; not usually constructed by hand.
+
+    - `featurize(state, chunk) -> [c, d]` maps a batch of examples to their features psi;
+    - `precondition(state, features [m, d]) -> [m, d]` applies the symmetric P;
+    - `state` is a pytree of arrays (params, an inverse, eigenvectors...). The two functions
+      should be stable objects (module-level or cached per loss_fn) so that estimators on the
+      same model share compiled code;
+    - `featurize_test` (default `featurize`) maps test examples, e.g. through another measure;
+    - `info` says what was used (damping, curvature kind, k, ...) so a result can be reported.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        train_data: PyTree,
+        featurize: Callable,
+        precondition: Callable,
+        state: PyTree,
+        *,
+        featurize_test: Callable | None = None,
+        chunk_size: int = 256,
+        cache_bytes: float = 2**30,
+        info: dict | None = None,
+    ):
+        self.name = name
+        self.train_data = train_data
+        self.num_train = num_examples(train_data, "train_data")
+        self.chunk_size = int(chunk_size)
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.info = dict(info or {})
+        self.state = state
+        self._featurize = featurize
+        self._featurize_test = featurize_test or featurize
+        self._precondition = precondition
+        self._cache_bytes = cache_bytes
+        self._train_features = None
+        self._self_influence = None
+        # what a NaN in a result means for this estimator (e.g. CG met negative curvature)
+        self.nonfinite_error: type[Exception] = FloatingPointError
+        self.nonfinite_message: str | None = None
+
+    # -- features
+    def train_features(self) -> jax.Array:
+        """psi of every training example, [n_train, d] (computed once, then cached)."""
+        if self._train_features is None:
+            feats = _map_features(self._featurize, self.state, self.train_data, self.chunk_size)
+            self._check(feats, "training features")
+            self._train_features = feats
+        return self._train_features
+
+    def test_features(self, test_batch: PyTree) -> jax.Array:
+        """P psi of each test example, [n_test, d]."""
+        check_like_training(test_batch, self.train_data)
+        feats = _map_test_features(self._featurize_test, self._precondition, self.state,
+                                   test_batch, self.chunk_size)
+        self._check(feats, "preconditioned test features")
+        return feats
+
+    def _cached(self, dim: int, dtype) -> bool:
+        return self.num_train * dim * jnp.dtype(dtype).itemsize <= self._cache_bytes
+
+    # -- scores
+    def scores(self, test_batch: PyTree) -> jax.Array:
+        """Influence of every training example on each test example, [n_test, n_train]."""
+        phi = self.test_features(test_batch)
+        if self._train_features is not None or self._cached(phi.shape[1], phi.dtype):
+            out = phi @ self.train_features().T
+        else:  # stream the training set in chunks; never hold all its features
+            out = _streamed_scores(self._featurize, self.state, self.train_data, phi, self.chunk_size)
+        self._check(out, "scores")
+        return out
+
+    def self_influence(self) -> jax.Array:
+        """score(z_i, z_i) for every training example, [n_train]: <P psi_i, psi_i>."""
+        if self._self_influence is None:
+            out = _self_scores(self._precondition, self.state, self.train_features(), self.chunk_size)
+            self._check(out, "self-influence")
+            self._self_influence = out
+        return self._self_influence
+
+    def proponents(self, test_batch: PyTree, k: int = 10) -> Ranked:
+        """The k training examples with the largest (most helpful) scores per test example."""
+        return _top(self.scores(test_batch), k, self.num_train)
+
+    def opponents(self, test_batch: PyTree, k: int = 10) -> Ranked:
+        """The k training examples with the most negative (most harmful) scores per test example."""
+        ranked = _top(-self.scores(test_batch), k, self.num_train)
+        return Ranked(ranked.indices, -ranked.scores)
+
+    def _check(self, x: jax.Array, what: str) -> None:
+        if not bool(jnp.all(jnp.isfinite(x))):
+            if self.nonfinite_message:
+                raise self.nonfinite_error(f"influence estimator {self.name!r}: {self.nonfinite_message}")
+            raise FloatingPointError(
+                f"influence estimator {self.name!r}: {what} contain NaN or infinite values "
+                f"(settings {self.info}); check the params, the data and the damping"
+            )
+
+    def __repr__(self) -> str:
+        return f"Estimator({self.name!r}, num_train={self.num_train}, info={self.info})"
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _map_features(featurize, state, data, chunk_size):
+    return map_chunks(lambda chunk: featurize(state, chunk), data, chunk_size)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 4))
+def _map_test_features(featurize, precondition, state, data, chunk_size):
+    return map_chunks(lambda chunk: precondition(state, featurize(state, chunk)), data, chunk_size)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _self_scores(precondition, state, feats, chunk_size):
+    return map_chunks(lambda f: jnp.sum(precondition(state, f) * f, axis=1), feats, chunk_size)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _streamed_scores(featurize, state, train_data, phi, chunk_size):
+    return map_chunks(lambda chunk: featurize(state, chunk) @ phi.T, train_data, chunk_size).T
+
+
+def identity_precondition(state, features):
+    return features
+
+
+def matrix_precondition(state, features):
+    """features @ state["inverse"] (the inverse is symmetric)."""
+    return features @ state["inverse"]
+
+
+@functools.lru_cache(maxsize=128)
+def grad_featurizer(loss_fn: Callable, normalize: bool = False) -> Callable:
+    """featurize(state, chunk) -> flat per-example gradients of loss_fn at state["params"].
+
+    Cached per loss_fn so every estimator on one model shares the compiled gradient code.
+    """
+
+    def featurize(state, chunk):
+        params = state["params"]
+        flat, unravel = ravel_pytree(params)
+        grad_one = jax.grad(lambda f, z: loss_fn(unravel(f), one_example(z)))
+        g = jax.vmap(grad_one, in_axes=(None, 0))(flat, chunk)
+        if normalize:
+            g = g / (jnp.linalg.norm(g, axis=1, keepdims=True) + 1e-12)
+        return g
+
+    return featurize
+
+
+def _top(values: jax.Array, k: int, n: int) -> Ranked:
+    if not 1 <= int(k) <= n:
+        raise ValueError(f"k must lie in [1, n_train={n}], got {k}")
+    vals, idx = jax.lax.top_k(values, int(k))
+    return Ranked(idx, vals)

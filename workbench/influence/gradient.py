@@ -1,0 +1,112 @@
+"""Curvature-free estimators: gradient dot product, gradient cosine, and TracIn over checkpoints.
+
+All use the per-example gradient of `loss_fn` on a batch of one example; `grad_dot` and
+`grad_cos` at `params`, `tracin` at each checkpoint, weighted by that checkpoint's learning rate
+(Pruthi et al. 2020, "TracIn-CP"): score = sum_c lr_c <g_c(z), g_c(z_i)>.
+Test examples use the gradient of `measure_fn` (default `loss_fn`) where one is given.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from workbench import tree as tu
+from workbench.influence.core import (
+    Estimator,
+    check_finite,
+    grad_featurizer,
+    identity_precondition,
+    one_example,
+)
+
+
+def grad_dot(loss_fn: Callable, params, train_data, *, measure_fn: Callable | None = None,
+             **options) -> Estimator:
+    """score = <grad measure(z), grad loss(z_i)> at `params` (no curvature)."""
+    return Estimator(
+        "grad_dot", train_data, grad_featurizer(loss_fn), identity_precondition, {"params": params},
+        featurize_test=grad_featurizer(measure_fn) if measure_fn else None, info={}, **options,
+    )
+
+
+def grad_cos(loss_fn: Callable, params, train_data, *, measure_fn: Callable | None = None,
+             **options) -> Estimator:
+    """score = cosine between the two per-example gradients, in [-1, 1]."""
+    return Estimator(
+        "grad_cos", train_data, grad_featurizer(loss_fn, True), identity_precondition,
+        {"params": params},
+        featurize_test=grad_featurizer(measure_fn, True) if measure_fn else None, info={}, **options,
+    )
+
+
+def _learning_rates(steps: Sequence[int], learning_rates) -> list[float]:
+    if callable(learning_rates):
+        return [float(learning_rates(s)) for s in steps]
+    if isinstance(learning_rates, Mapping):
+        missing = [s for s in steps if s not in learning_rates]
+        if missing:
+            raise ValueError(f"learning_rates has no entry for checkpoint step(s) {missing}")
+        return [float(learning_rates[s]) for s in steps]
+    if isinstance(learning_rates, int | float):
+        return [float(learning_rates)] * len(steps)
+    rates = [float(r) for r in learning_rates]
+    if len(rates) != len(steps):
+        raise ValueError(f"learning_rates has {len(rates)} entries for {len(steps)} checkpoints")
+    return rates
+
+
+@functools.lru_cache(maxsize=128)
+def _checkpoint_featurizer(loss_fn: Callable) -> Callable:
+    def featurize(state, chunk):
+        _, unravel = ravel_pytree(state["params"])
+        grad_one = jax.grad(lambda f, z: loss_fn(unravel(f), one_example(z)))
+        per_ckpt = jax.vmap(lambda flat: jax.vmap(grad_one, in_axes=(None, 0))(flat, chunk))(
+            state["checkpoints"])
+        per_ckpt = per_ckpt * state["root_rates"][:, None, None]  # [C, c, p]
+        return jnp.moveaxis(per_ckpt, 0, 1).reshape(per_ckpt.shape[1], -1)
+
+    return featurize
+
+
+def tracin(
+    loss_fn: Callable,
+    params,
+    train_data,
+    *,
+    checkpoints: Mapping[int, object] | None = None,
+    learning_rates=None,
+    measure_fn: Callable | None = None,
+    **options,
+) -> Estimator:
+    """TracIn-CP: score = sum over checkpoints c of lr_c * <g_c(z), g_c(z_i)>.
+
+    `checkpoints` maps step -> params (e.g. `TrainResult.checkpoints` of `workbench.train`);
+    `learning_rates` is a float, a mapping step -> lr, a sequence in step order, or a schedule
+    (callable step -> lr). The features are the gradients at all checkpoints, each scaled by
+    sqrt(lr_c) and stacked, so the score is one dot product.
+    """
+    if not checkpoints:
+        raise ValueError("tracin needs checkpoints=: a dict step -> params (TrainResult.checkpoints)")
+    if learning_rates is None:
+        raise ValueError("tracin needs learning_rates=: a float, a dict step -> lr, or a schedule")
+    steps = sorted(checkpoints)
+    rates = _learning_rates(steps, learning_rates)
+    if any(r < 0 for r in rates):
+        raise ValueError(f"learning_rates must be non-negative, got {rates}")
+    for s in steps:
+        tu.check_same_structure(params, checkpoints[s], "params", f"checkpoints[{s}]")
+        check_finite(checkpoints[s], f"checkpoints[{s}]")
+    stacked = jnp.stack([ravel_pytree(checkpoints[s])[0] for s in steps])  # [C, p]
+    state = {"params": params, "checkpoints": stacked,
+             "root_rates": jnp.sqrt(jnp.asarray(rates, stacked.dtype))}
+    info = {"checkpoint_steps": steps, "learning_rates": rates}
+    return Estimator(
+        "tracin", train_data, _checkpoint_featurizer(loss_fn), identity_precondition, state,
+        featurize_test=_checkpoint_featurizer(measure_fn) if measure_fn else None, info=info,
+        **options,
+    )

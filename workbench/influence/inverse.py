@@ -1,0 +1,104 @@
+"""Inverse-curvature influence functions (Koh & Liang 2017): score = g(z)^T (H + damping I)^{-1} g(z_i).
+
+`exact` forms the dense dataset-averaged Hessian of the training objective (small models only:
+p x p memory, one eigendecomposition), checks that H + damping I is positive definite, and
+applies its inverse to the test gradients.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from workbench.influence.core import (
+    Estimator,
+    check_damping,
+    grad_featurizer,
+    matrix_precondition,
+    num_examples,
+)
+
+MAX_EXACT_PARAMS = 20_000
+
+
+def dense_hessian(loss_fn: Callable, params, data, chunk_size: int = 512) -> jax.Array:
+    """The Hessian of the dataset average of loss_fn, [p, p], accumulated chunk by chunk.
+
+    Each chunk's Hessian of loss_fn (a mean over the chunk) is weighted by the chunk's size, so
+    the result equals the full-batch Hessian whatever the chunk size.
+    """
+    flat, _ = ravel_pytree(params)
+    n = num_examples(data)
+    total = jnp.zeros((flat.size, flat.size), flat.dtype)
+    for start in range(0, n, chunk_size):
+        chunk = jax.tree.map(lambda a, s=start: a[s : s + chunk_size], data)
+        total = total + _chunk_hessian(loss_fn, params, chunk) * (num_examples(chunk) / n)
+    return 0.5 * (total + total.T)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _chunk_hessian(loss_fn, params, chunk):
+    flat, unravel = ravel_pytree(params)
+    return jax.hessian(lambda f: loss_fn(unravel(f), chunk))(flat)
+
+
+def exact(
+    loss_fn: Callable,
+    params,
+    train_data,
+    *,
+    damping: float = 0.0,
+    hessian: jax.Array | None = None,
+    measure_fn: Callable | None = None,
+    **options,
+) -> Estimator:
+    """Influence with the dense inverse of (H + damping I), H the Hessian of the training objective.
+
+    `hessian` may be passed precomputed: a [p, p] matrix (e.g. a Gauss-Newton matrix) or its
+    eigendecomposition `(eigenvalues, eigenvectors)` as returned by `jnp.linalg.eigh` (useful
+    when you looked at the spectrum to choose the damping); otherwise it is formed with
+    `dense_hessian`. Raises ValueError when H + damping I is not positive definite
+    (a non-convex model needs a damping above -lambda_min, or a Gauss-Newton matrix).
+    """
+    damping = check_damping(damping)
+    flat, _ = ravel_pytree(params)
+    if flat.size > MAX_EXACT_PARAMS and hessian is None:
+        raise ValueError(
+            f"exact influence forms a dense {flat.size} x {flat.size} Hessian; use it for models "
+            f"with at most {MAX_EXACT_PARAMS} parameters (use 'cg', 'lissa' or 'arnoldi' beyond)"
+        )
+    if hessian is None:
+        hessian = dense_hessian(loss_fn, params, train_data)
+    if isinstance(hessian, tuple | list):
+        evals, evecs = (jnp.asarray(a) for a in hessian)
+        if evals.shape != (flat.size,) or evecs.shape != (flat.size, flat.size):
+            raise ValueError(f"hessian=(eigenvalues, eigenvectors) must have shapes ({flat.size},) and "
+                             f"({flat.size}, {flat.size}), got {evals.shape} and {evecs.shape}")
+    elif hessian.shape != (flat.size, flat.size):
+        raise ValueError(f"hessian must have shape ({flat.size}, {flat.size}), got {hessian.shape}")
+    else:
+        evals = None
+    if evals is None:
+        if not bool(jnp.all(jnp.isfinite(hessian))):
+            raise ValueError("the Hessian contains NaN or infinite values; check params and data")
+        evals, evecs = jnp.linalg.eigh(hessian)
+    elif not (bool(jnp.all(jnp.isfinite(evals))) and bool(jnp.all(jnp.isfinite(evecs)))):
+        raise ValueError("the Hessian eigendecomposition contains NaN or infinite values")
+    lam_min = float(evals[0])
+    if lam_min + damping <= 1e-12 * max(float(jnp.abs(evals[-1])), 1.0):
+        raise ValueError(
+            f"H + damping I is not positive definite: the smallest Hessian eigenvalue is "
+            f"{lam_min:.3g} and damping={damping}; use damping > {max(-lam_min, 0.0):.3g} "
+            "(with a margin) or a Gauss-Newton matrix"
+        )
+    inverse = (evecs / (evals + damping)) @ evecs.T
+    info = {"damping": damping, "lambda_min": lam_min, "lambda_max": float(evals[-1])}
+    return Estimator(
+        "exact", train_data, grad_featurizer(loss_fn), matrix_precondition,
+        {"params": params, "inverse": inverse},
+        featurize_test=grad_featurizer(measure_fn) if measure_fn else None, info=info, **options,
+    )

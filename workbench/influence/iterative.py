@@ -1,0 +1,159 @@
+"""Matrix-free inverse-curvature influence: conjugate gradients and LiSSA on the dataset-averaged
+curvature operator of `workbench.curvature` (Hessian, Gauss-Newton or Fisher; damping explicit).
+
+score = g(z)^T (C + damping I)^{-1} g(z_i) with C = curvature.operator(loss_fn, params, train_data,
+kind). Each test gradient gets one solve (vmapped over the test batch); training gradients are
+used as they are, so scores cost n_test solves plus a pass over the training set.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from workbench.influence.core import Estimator, check_damping, grad_featurizer
+
+
+def curvature_operator(loss_fn: Callable, params, train_data, kind: str = "hessian", **operator_options):
+    """`workbench.curvature.operator` on the training data (imported here: a lower layer)."""
+    from workbench import curvature
+
+    return curvature.operator(loss_fn, params, train_data, kind=kind, **operator_options)
+
+
+# ----------------------------------------------------------------------------- conjugate gradients
+
+
+@functools.lru_cache(maxsize=32)
+def _cg_precondition(max_iters: int, tol: float) -> Callable:
+    def precondition(state, features):
+        op, damping = state["op"], state["damping"]
+        mv = lambda v: op.mv(v) + damping * v
+
+        def solve(b):
+            tiny = jnp.finfo(b.dtype).tiny
+            b_norm = jnp.linalg.norm(b)
+
+            def cond(s):
+                k, _, r, _, _, indefinite = s
+                return (k < max_iters) & (jnp.linalg.norm(r) > tol * b_norm) & ~indefinite
+
+            def body(s):
+                k, x, r, d, rr, _ = s
+                ad = mv(d)
+                curvature = jnp.vdot(d, ad)
+                indefinite = curvature <= 1e-14 * jnp.vdot(d, d) * (1.0 + jnp.abs(damping))
+                alpha = rr / jnp.where(indefinite, 1.0, curvature)
+                x, r = x + alpha * d, r - alpha * ad
+                rr_new = jnp.vdot(r, r)
+                return k + 1, x, r, r + rr_new / jnp.maximum(rr, tiny) * d, rr_new, indefinite
+
+            init = (0, jnp.zeros_like(b), b, b, jnp.vdot(b, b), jnp.asarray(False))
+            _, x, _, _, _, indefinite = jax.lax.while_loop(cond, body, init)
+            return jnp.where(indefinite, jnp.nan, x)  # reported by the estimator, never returned
+
+        return jax.vmap(solve)(features)
+
+    return precondition
+
+
+def cg(
+    loss_fn: Callable,
+    params,
+    train_data,
+    *,
+    damping: float = 0.0,
+    kind: str = "hessian",
+    max_iters: int = 500,
+    tol: float = 1e-10,
+    measure_fn: Callable | None = None,
+    operator_options: dict | None = None,
+    **options,
+) -> Estimator:
+    """Influence by conjugate gradients on (C + damping I) x = g(z), C the curvature `kind`.
+
+    Stops at a relative residual `tol` or after `max_iters` iterations. A direction of
+    non-positive curvature (an indefinite or singular system) raises ValueError: raise the
+    damping above -lambda_min or use kind="ggn".
+    """
+    damping = check_damping(damping)
+    op = curvature_operator(loss_fn, params, train_data, kind, **(operator_options or {}))
+    info = {"damping": damping, "kind": kind, "max_iters": max_iters, "tol": tol}
+    est = Estimator(
+        "cg", train_data, grad_featurizer(loss_fn), _cg_precondition(int(max_iters), float(tol)),
+        {"params": params, "op": op, "damping": jnp.asarray(damping, op.dtype)},
+        featurize_test=grad_featurizer(measure_fn) if measure_fn else None, info=info, **options,
+    )
+    est.nonfinite_error = ValueError
+    est.nonfinite_message = (
+        f"conjugate gradients met a direction of non-positive curvature: {kind} + damping I "
+        f"(damping={damping}) is not positive definite. Raise the damping above -lambda_min "
+        "(workbench.spectrum.top_eigenpairs(op, 1, key, which='smallest')) or use kind='ggn'"
+    )
+    return est
+
+
+# ----------------------------------------------------------------------------- LiSSA
+
+
+@functools.lru_cache(maxsize=32)
+def _lissa_precondition(depth: int) -> Callable:
+    def precondition(state, features):
+        op, damping, scale = state["op"], state["damping"], state["scale"]
+
+        def solve(b):
+            # x <- b + (I - (C + damping I) / scale) x;  (C + damping I)^{-1} b = x_inf / scale
+            step = lambda _, x: b + x - (op.mv(x) + damping * x) / scale
+            return jax.lax.fori_loop(0, depth, step, b) / scale
+
+        return jax.vmap(solve)(features)
+
+    return precondition
+
+
+def lissa(
+    loss_fn: Callable,
+    params,
+    train_data,
+    *,
+    damping: float = 0.0,
+    kind: str = "hessian",
+    depth: int = 1000,
+    scale: float | None = None,
+    key: jax.Array | None = None,
+    measure_fn: Callable | None = None,
+    operator_options: dict | None = None,
+    **options,
+) -> Estimator:
+    """LiSSA (Agarwal et al. 2017): the Neumann series of (C + damping I)^{-1}, `depth` terms.
+
+    `scale` must exceed the largest eigenvalue of C + damping I for the series to converge; by
+    default it is 1.1 x that eigenvalue, estimated with `workbench.spectrum.power_iteration`
+    (`key` seeds it; default key 0). The error after `depth` terms shrinks like
+    (1 - (lambda_min + damping) / scale)^depth: ill-conditioned problems need a larger depth
+    or damping. Uses the full dataset-averaged operator (deterministic), not minibatch samples.
+    """
+    damping = check_damping(damping)
+    op = curvature_operator(loss_fn, params, train_data, kind, **(operator_options or {}))
+    if scale is None:
+        from workbench import spectrum
+
+        top = spectrum.power_iteration(op, key if key is not None else jax.random.key(0))
+        scale = 1.1 * (abs(float(top.value)) + damping)
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    info = {"damping": damping, "kind": kind, "depth": depth, "scale": float(scale)}
+    return Estimator(
+        "lissa", train_data, grad_featurizer(loss_fn), _lissa_precondition(int(depth)),
+        {"params": params, "op": op, "damping": jnp.asarray(damping, op.dtype),
+         "scale": jnp.asarray(scale, op.dtype)},
+        featurize_test=grad_featurizer(measure_fn) if measure_fn else None, info=info, **options,
+    )
+
+
+def flat_params(params) -> jax.Array:
+    return ravel_pytree(params)[0]

@@ -1,0 +1,194 @@
+"""TRAK (Park et al. 2023): influence in a random projection of the gradient space, ensembled.
+
+For each model m of the ensemble (e.g. independently trained copies, or checkpoints):
+per-example gradients are sketched to D dimensions by `workbench.sketch.per_example_gradients`
+(optionally into a resumable zarr store, so the training set is never held as n x p
+gradients), F_m [n, D]. The Gauss-Newton matrix on the sketched features,
+G_m = F_m^T F_m / n + damping I, replaces the Hessian, and
+
+    score(z, z_i) = mean_m  phi_m(z)^T G_m^{-1} F_m[i],      phi_m(z) = Phi_m grad loss_m(z).
+
+The training features are read from the stores in row chunks for G, the scores and the
+self-influence, so memory holds D x D and one chunk, never the whole store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from workbench import tree as tu
+from workbench.influence.core import Ranked, _top, check_finite, check_like_training, num_examples
+
+
+class TRAKEstimator:
+    """The `Estimator` interface (scores, self_influence, proponents, opponents) over sketch stores."""
+
+    name = "trak"
+
+    def __init__(self, loss_fn, models, train_data, sketches, features, inverses, measure_fn, read_rows, info):
+        self.loss_fn, self.models, self.train_data = loss_fn, models, train_data
+        self.sketches, self.features, self.inverses = sketches, features, inverses
+        self.measure_fn, self.read_rows, self.info = measure_fn or loss_fn, read_rows, info
+        self.num_train = num_examples(train_data, "train_data")
+
+    def _rows(self, m):
+        feats = self.features[m]
+        for lo in range(0, self.num_train, self.read_rows):
+            yield lo, jnp.asarray(np.asarray(feats[lo : lo + self.read_rows]))
+
+    def test_features(self, test_batch) -> list[jax.Array]:
+        """G_m^{-1} phi_m(z) for each model, each [n_test, D]."""
+        check_like_training(test_batch, self.train_data)
+        from workbench import sketch as sk
+
+        out = []
+        for params, s, inv in zip(self.models, self.sketches, self.inverses):
+            phi = sk.per_example_gradients(self.measure_fn, params, test_batch, s)
+            out.append(jnp.asarray(phi, inv.dtype) @ inv)
+        return out
+
+    def scores(self, test_batch) -> jax.Array:
+        phis = self.test_features(test_batch)
+        total = np.zeros((phis[0].shape[0], self.num_train))
+        for m, phi in enumerate(phis):
+            for lo, rows in self._rows(m):
+                total[:, lo : lo + rows.shape[0]] += np.asarray(phi @ rows.astype(phi.dtype).T)
+        out = jnp.asarray(total / len(phis))
+        _check(out, "scores")
+        return out
+
+    def self_influence(self) -> jax.Array:
+        total = np.zeros(self.num_train)
+        for m, inv in enumerate(self.inverses):
+            for lo, rows in self._rows(m):
+                rows = rows.astype(inv.dtype)
+                total[lo : lo + rows.shape[0]] += np.asarray(jnp.sum((rows @ inv) * rows, axis=1))
+        out = jnp.asarray(total / len(self.inverses))
+        _check(out, "self-influence")
+        return out
+
+    def proponents(self, test_batch, k: int = 10) -> Ranked:
+        return _top(self.scores(test_batch), k, self.num_train)
+
+    def opponents(self, test_batch, k: int = 10) -> Ranked:
+        r = _top(-self.scores(test_batch), k, self.num_train)
+        return Ranked(r.indices, -r.scores)
+
+    def __repr__(self):
+        return f"TRAKEstimator(num_train={self.num_train}, info={self.info})"
+
+
+def margin_output(predict_fn: Callable) -> Callable:
+    """(params, batch) -> mean over the batch of the margin logit_y - logsumexp_{c != y} logit_c,
+    TRAK's output function for classifiers (use as `output_fn=`)."""
+
+    def output(params, batch):
+        x, y = batch
+        logits = predict_fn(params, x)
+        correct = jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
+        others = jnp.where(jax.nn.one_hot(y, logits.shape[-1], dtype=bool), -jnp.inf, logits)
+        return jnp.mean(correct - jax.nn.logsumexp(others, axis=1))
+
+    return output
+
+
+def _check(x, what):
+    if not bool(jnp.all(jnp.isfinite(x))):
+        raise FloatingPointError(f"influence estimator 'trak': {what} contain NaN or infinite values")
+
+
+def trak(
+    loss_fn: Callable,
+    params,
+    train_data,
+    *,
+    models: Sequence | None = None,
+    dim: int = 2048,
+    sketch_kind: str = "countsketch",
+    key: jax.Array | None = None,
+    damping: float | None = None,
+    stores: Sequence[str | Path] | None = None,
+    measure_fn: Callable | None = None,
+    output_fn: Callable | None = None,
+    batch_size: int | None = None,
+    read_rows: int = 4096,
+    chunk_size: int | None = None,
+    cache_bytes: float | None = None,
+) -> TRAKEstimator:
+    """TRAK over the ensemble `models` (default: just `params`); see the module docstring.
+
+    `dim` is the sketch dimension D (capped at the number of parameters), `sketch_kind` any of
+    `workbench.sketch.KINDS`, each model's sketch seeded by fold_in(key, m). `stores`: one path
+    per model for the sketched training gradients (resumed if present; a store made for another
+    model, sketch or dataset is refused by `workbench.sketch`). `damping` is added to
+    X^T X / n; None picks 0.1 x its mean eigenvalue (the heuristic of kronfluence; reported in
+    `info["damping"]`). A model trained with L2 regularisation l2 is well served by damping=l2.
+
+    `output_fn(params, batch)` is the model output whose gradients X build the Gauss-Newton
+    matrix (TRAK uses the classification margin: `margin_output(predict_fn)`); by default the
+    loss itself (an empirical Fisher, which over-weights the well-fit examples and ranks worse).
+    Scores always pair loss gradients on both sides, so the sign convention is the common one.
+    """
+    del chunk_size, cache_bytes  # the common options of `make`; TRAK streams from its stores
+    from workbench import sketch as sk
+
+    models = list(models) if models is not None else [params]
+    if not models:
+        raise ValueError("models must hold at least one params pytree")
+    for m, p in enumerate(models):
+        tu.check_same_structure(params, p, "params", f"models[{m}]")
+        check_finite(p, f"models[{m}]")
+    if stores is not None and len(stores) != len(models):
+        raise ValueError(f"stores must give one path per model: {len(stores)} paths for {len(models)} models")
+    n = num_examples(train_data, "train_data")
+    flat, _ = ravel_pytree(params)
+    dim = int(min(dim, flat.size))
+    if dim < 1:
+        raise ValueError(f"dim must be >= 1, got {dim}")
+    key = key if key is not None else jax.random.key(0)
+    sketches, features, inverses, dampings = [], [], [], []
+    for m, p in enumerate(models):
+        s = sk.make(sketch_kind, jax.random.fold_in(key, m), int(flat.size), dim)
+        if stores is None:
+            feats = np.asarray(sk.per_example_gradients(loss_fn, p, train_data, s, batch_size))
+        else:
+            store = sk.per_example_gradients(loss_fn, p, train_data, s, batch_size, store=stores[m])
+            if store.metadata.get("n_data") != n or store.metadata.get("dim_out") != dim:
+                raise ValueError(f"stores[{m}] at {store.path} holds {store.metadata.get('n_data')} x "
+                                 f"{store.metadata.get('dim_out')} sketches; expected {n} x {dim}")
+            feats = store.sketches
+        gram_feats = feats
+        if output_fn is not None:
+            if stores is None:
+                gram_feats = np.asarray(sk.per_example_gradients(output_fn, p, train_data, s, batch_size))
+            else:
+                gram_feats = sk.per_example_gradients(output_fn, p, train_data, s, batch_size,
+                                                      store=f"{stores[m]}.output").sketches
+        gram = np.zeros((dim, dim))
+        for lo in range(0, n, read_rows):
+            rows = np.asarray(gram_feats[lo : lo + read_rows], dtype=np.float64)
+            if not np.all(np.isfinite(rows)):
+                raise ValueError(f"the sketched gradients of model {m} contain NaN (an incomplete store?)")
+            gram += rows.T @ rows
+        gram /= n
+        lam = 0.1 * np.trace(gram) / dim if damping is None else float(damping)
+        if not np.isfinite(lam) or lam < 0:
+            raise ValueError(f"damping must be a finite number >= 0, got {damping}")
+        evals, evecs = np.linalg.eigh(gram)
+        if evals[0] + lam <= 0:
+            raise ValueError(f"F^T F / n + damping I is singular for model {m}: use damping > 0")
+        dtype = flat.dtype
+        inverses.append(jnp.asarray((evecs / (evals + lam)) @ evecs.T, dtype))
+        sketches.append(s)
+        features.append(feats)
+        dampings.append(lam)
+    info = {"dim": dim, "sketch_kind": sketch_kind, "num_models": len(models),
+            "damping": dampings[0] if len(dampings) == 1 else dampings,
+            "stores": [str(p) for p in stores] if stores is not None else None}
+    return TRAKEstimator(loss_fn, models, train_data, sketches, features, inverses, measure_fn, int(read_rows), info)
