@@ -1,0 +1,23 @@
+"""Random projections of gradients and Hessian-vector products (Schioppa, NeurIPS 2024).
+
+- `make(kind, key, dim_in, dim_out, **options)` -> `Sketch` with `apply`, `apply_tree`,
+  `transpose`; kinds: dense, countsketch, srht, fjl, ffd, affd, afjl, qk (`KINDS`).
+- `fwht(x, block_size)`: the orthonormal fast Walsh-Hadamard transform.
+"""
+
+from workbench.sketch import dense, fastfood, kronecker, sparse  # noqa: F401  (register kinds)
+from workbench.sketch.core import FAMILIES, Sketch, make, ravel_leaves
+from workbench.sketch.hadamard import DEFAULT_BLOCK_SIZE, fwht
+
+KINDS = ("dense", "countsketch", "srht", "fjl", "ffd", "affd", "afjl", "qk")
+
+
+def describe(kind: str) -> str:
+    """The construction, scaling and distortion bound of a kind, with its options and defaults."""
+    if kind not in FAMILIES:
+        raise ValueError(f"kind must be one of {sorted(FAMILIES)}, got {kind!r}")
+    fam = FAMILIES[kind]
+    return f"{fam.doc}\nOptions (default): {fam.options}"
+
+
+__all__ = ["KINDS", "DEFAULT_BLOCK_SIZE", "Sketch", "describe", "fwht", "make", "ravel_leaves"]
