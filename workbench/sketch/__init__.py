@@ -2,12 +2,15 @@
 
 - `make(kind, key, dim_in, dim_out, **options)` -> `Sketch` with `apply`, `apply_tree`,
   `transpose`; kinds: dense, countsketch, srht, fjl, ffd, affd, afjl, qk (`KINDS`).
+- `per_example_gradients(loss_fn, params, data, sketch, batch_size, store=PATH)`: sketched
+  per-example gradients, streamed to a resumable zarr store (`open_store`).
 - `fwht(x, block_size)`: the orthonormal fast Walsh-Hadamard transform.
 """
 
 from workbench.sketch import dense, fastfood, kronecker, sparse  # noqa: F401  (register kinds)
 from workbench.sketch.core import FAMILIES, Sketch, make, ravel_leaves
 from workbench.sketch.hadamard import DEFAULT_BLOCK_SIZE, fwht
+from workbench.sketch.store import GradientStore, open_store, per_example_gradients
 
 KINDS = ("dense", "countsketch", "srht", "fjl", "ffd", "affd", "afjl", "qk")
 
@@ -20,4 +23,7 @@ def describe(kind: str) -> str:
     return f"{fam.doc}\nOptions (default): {fam.options}"
 
 
-__all__ = ["KINDS", "DEFAULT_BLOCK_SIZE", "Sketch", "describe", "fwht", "make", "ravel_leaves"]
+__all__ = [
+    "KINDS", "DEFAULT_BLOCK_SIZE", "GradientStore", "Sketch", "describe", "fwht", "make",
+    "open_store", "per_example_gradients", "ravel_leaves",
+]

@@ -90,7 +90,8 @@ class Sketch:
     @property
     def state_size(self) -> int:
         """Number of stored scalars (floats or ints) in the random state."""
-        return sum(int(a.size) for a in jax.tree.leaves(self.state))
+        arrays = {k: v for k, v in self.state.items() if k != "key"}
+        return sum(int(leaf.size) for leaf in jax.tree.leaves(arrays))
 
 
 def ravel_leaves(tree: PyTree, batched: bool, dim_in: int | None = None, who: str = "sketch") -> jax.Array:
@@ -139,7 +140,9 @@ def make(kind: str, key: jax.Array, dim_in: int, dim_out: int, **options) -> Ske
     if unknown:
         raise ValueError(f"{kind} sketch: unknown option(s) {sorted(unknown)}; known: {sorted(fam.options)}")
     opts = {**fam.options, **options}
-    state, config = fam.init(_as_key(key), dim_in, dim_out, opts)
+    key = _as_key(key)
+    state, config = fam.init(key, dim_in, dim_out, opts)
+    state = {**state, "key": key}  # kept for provenance (stores record it); one scalar key
     return Sketch(state, kind, dim_in, dim_out, tuple(sorted(config.items())))
 
 
