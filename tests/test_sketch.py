@@ -1,5 +1,7 @@
 """Sketch family: FWHT against scipy, exact adjoints, unbiased norms, distortion bounds, failure case."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,14 +14,18 @@ from workbench.sketch.kronecker import balanced_output_dims
 STRUCTURED = ("countsketch", "srht", "fjl", "ffd", "affd", "afjl", "qk")
 
 
+@functools.lru_cache(maxsize=None)
+def _ratio_fn(kind, n, d, opts):
+    def one(k, x):
+        return jnp.sum(sk.make(kind, k, n, d, **dict(opts)).apply(x) ** 2, axis=-1) / jnp.sum(x**2, axis=-1)
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None)))
+
+
 def _ratios(kind, key, x, d, num_keys=400, **opts):
-    """||Phi x||^2 / ||x||^2 over `num_keys` independent sketches."""
-    n = x.shape[-1]
-
-    def one(k):
-        return jnp.sum(sk.make(kind, k, n, d, **opts).apply(x) ** 2) / jnp.sum(x**2)
-
-    return np.asarray(jax.jit(jax.vmap(one))(jax.random.split(key, num_keys)))
+    """||Phi x||^2 / ||x||^2 over `num_keys` independent sketches ([keys] or [keys, batch])."""
+    fn = _ratio_fn(kind, x.shape[-1], d, tuple(sorted(opts.items())))
+    return np.asarray(fn(jax.random.split(key, num_keys), x))
 
 
 @pytest.mark.parametrize("n", [1, 2, 64, 1024])
@@ -39,7 +45,7 @@ def test_fwht_rejects_bad_input():
 
 
 @pytest.mark.parametrize("kind", sk.KINDS)
-@pytest.mark.parametrize("n", [300, 512])
+@pytest.mark.parametrize("n", [200])
 def test_transpose_is_exact_adjoint(kind, n, key):
     d = 32
     opts = {"block": 64} if kind == "ffd" else {}
@@ -59,7 +65,7 @@ def test_norms_are_unbiased_with_the_derived_variance(kind, key):
     """E||Phi x||^2 = ||x||^2 within 5 standard errors, Var <= c/D (c from the module docstrings)."""
     n, d = 300, 64
     x = jax.random.normal(jax.random.key(3), (n,), jnp.float64)
-    r = _ratios(kind, key, x, d, num_keys=1000)
+    r = _ratios(kind, key, x, d, num_keys=600)
     se = r.std() / np.sqrt(r.size)
     assert abs(r.mean() - 1.0) < 5 * se + 1e-12, (r.mean(), se)
     # Gaussian-like inputs: every kind should be close to the dense 2/D
@@ -73,7 +79,7 @@ def test_dense_and_countsketch_variance_match_closed_form(key):
     s2, s4 = float(jnp.sum(x**2)), float(jnp.sum(x**4))
     expected = {"dense": 2 / d, "countsketch": 2 / d * (1 - s4 / s2**2)}
     for kind, var in expected.items():
-        r = _ratios(kind, key, x, d, num_keys=4000)
+        r = _ratios(kind, key, x, d, num_keys=3000)
         assert abs(r.var() / var - 1) < 0.15, (kind, r.var(), var)
 
 
@@ -91,16 +97,18 @@ def _inputs(n, block):
     }
 
 
-N_ADV, D_ADV, B_ADV = 1 << 14, 64, 256  # D * B / N = 1: one kept row per block on average
+N_ADV, D_ADV, B_ADV = 1 << 12, 64, 64  # D * B / N = 1: one kept row per block on average
 
 
 @pytest.mark.parametrize("kind", ["dense", "countsketch", "srht", "fjl", "affd", "afjl", "qk"])
 def test_distortion_quantiles_within_chebyshev_bounds(kind, key):
     """With Var <= c/D, Chebyshev gives median |eps| <= sqrt(2c/D) and q90 <= sqrt(10c/D)."""
     c = D_ADV * (np.prod([1 + 2 / di for di in balanced_output_dims(D_ADV, 2)]) - 1) if kind == "qk" else 8.0
-    for name, x in _inputs(N_ADV, B_ADV).items():
-        eps = np.abs(_ratios(kind, key, jnp.asarray(x), D_ADV, num_keys=200) - 1)
-        med, q90 = np.quantile(eps, [0.5, 0.9])
+    inputs = _inputs(N_ADV, B_ADV)
+    num_keys = 100 if kind == "dense" else 200
+    eps = np.abs(_ratios(kind, key, jnp.asarray(np.stack(list(inputs.values()))), D_ADV, num_keys=num_keys) - 1)
+    for name, e in zip(inputs, eps.T):
+        med, q90 = np.quantile(e, [0.5, 0.9])
         assert med <= np.sqrt(2 * c / D_ADV), (name, med)
         assert q90 <= np.sqrt(10 * c / D_ADV), (name, q90)
 
@@ -108,16 +116,17 @@ def test_distortion_quantiles_within_chebyshev_bounds(kind, key):
 def test_fastfood_fails_when_mass_sits_in_one_block_and_the_a_variants_do_not(key):
     """ffd keeps ~Hypergeometric(N, B, D) rows of the loaded block: P(Phi x = 0) ~ exp(-DB/N)."""
     x = jnp.asarray(_inputs(N_ADV, B_ADV)["one_block"])
-    r = _ratios("ffd", key, x, D_ADV, num_keys=400, block=B_ADV)
+    r = _ratios("ffd", key, x, D_ADV, num_keys=1000, block=B_ADV)
     p_zero = np.mean(r < 1e-12)
     expected = np.exp(-D_ADV * B_ADV / N_ADV)  # 0.37
-    assert abs(p_zero - expected) < 0.08, p_zero
+    assert abs(p_zero - expected) < 5 * np.sqrt(expected * (1 - expected) / r.size), p_zero
     assert np.quantile(np.abs(r - 1), 0.9) > 1.0  # O(1) distortion whatever D
     assert abs(r.mean() - 1) < 0.3  # still unbiased: the failure is variance, not bias
-    for kind in ("affd", "afjl", "qk"):
-        eps = np.abs(_ratios(kind, key, x, D_ADV, num_keys=200, block=B_ADV) - 1) if kind != "qk" else \
-            np.abs(_ratios(kind, key, x, D_ADV, num_keys=200) - 1)
-        assert np.mean(eps > 0.99) == 0 and np.median(eps) < 0.3, (kind, np.median(eps))
+    for kind in ("affd", "afjl", "qk"):  # same input, same D: bounded by their O(1/D) variance
+        opts = {} if kind == "qk" else {"block": B_ADV}
+        r = _ratios(kind, key, x, D_ADV, num_keys=200, **opts)
+        assert np.mean(r < 1e-12) == 0, kind
+        assert np.quantile(np.abs(r - 1), 0.9) <= np.sqrt(10 * 8.0 / D_ADV), kind
 
 
 @pytest.mark.parametrize("kind", sk.KINDS)

@@ -4,12 +4,16 @@
   `transpose`; kinds: dense, countsketch, srht, fjl, ffd, affd, afjl, qk (`KINDS`).
 - `per_example_gradients(loss_fn, params, data, sketch, batch_size, store=PATH)`: sketched
   per-example gradients, streamed to a resumable zarr store (`open_store`).
+- `sketched_operator(op, sketch)`: Phi H Phi^T for `workbench.spectrum`;
+  `intrinsic_dimension(...)`: accuracy against subspace dimension d and d_int90.
 - `fwht(x, block_size)`: the orthonormal fast Walsh-Hadamard transform.
 """
 
 from workbench.sketch import dense, fastfood, kronecker, sparse  # noqa: F401  (register kinds)
 from workbench.sketch.core import FAMILIES, Sketch, make, ravel_leaves
 from workbench.sketch.hadamard import DEFAULT_BLOCK_SIZE, fwht
+from workbench.sketch.intrinsic import IntrinsicResult, intrinsic_dimension
+from workbench.sketch.operator import sketched_operator
 from workbench.sketch.store import GradientStore, open_store, per_example_gradients
 
 KINDS = ("dense", "countsketch", "srht", "fjl", "ffd", "affd", "afjl", "qk")
@@ -25,5 +29,6 @@ def describe(kind: str) -> str:
 
 __all__ = [
     "KINDS", "DEFAULT_BLOCK_SIZE", "GradientStore", "Sketch", "describe", "fwht", "make",
-    "open_store", "per_example_gradients", "ravel_leaves",
+    "IntrinsicResult", "intrinsic_dimension", "open_store", "per_example_gradients",
+    "ravel_leaves", "sketched_operator",
 ]
