@@ -16,6 +16,9 @@ def key():
 
 
 @pytest.fixture(autouse=True)
-def strict_promotion():
-    with jax.numpy_dtype_promotion("strict"):
+def strict_promotion(request):
+    # Strict promotion catches silent float32/float64 mixing in our code. Third-party code that
+    # is not strict-safe (optax's Adam bias correction) opts out with @pytest.mark.standard_promotion.
+    mode = "standard" if request.node.get_closest_marker("standard_promotion") else "strict"
+    with jax.numpy_dtype_promotion(mode):
         yield

@@ -140,7 +140,7 @@ def batches(data: Dataset, batch_size: int) -> Iterator[Dataset]:
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     for start in range(0, n, batch_size):
-        yield jax.tree.map(lambda a: a[start : start + batch_size], data)
+        yield data.take(slice(start, start + batch_size))
 
 
 def load_text(seq_len: int = 32, stride: int | None = None, modules: Sequence[str] = ("textwrap", "string", "difflib")):

@@ -220,4 +220,5 @@ def accuracy(predict_fn: Callable, params: PyTree, data) -> float:
     """Fraction of examples whose arg-max output equals the integer label."""
     x, y = data
     logits = predict_fn(params, x)
-    return float(jnp.mean(jnp.argmax(logits, axis=-1) == y))
+    predicted = jnp.argmax(logits, axis=-1)
+    return float(jnp.mean(predicted == y.astype(predicted.dtype)))

@@ -1,0 +1,49 @@
+"""Every paper notebook: paired .py/.ipynb in sync, committed without outputs, and executed on its
+quick profile through the runner (the same path `make papers` takes)."""
+
+import json
+
+import jupytext
+import nbformat
+import pytest
+
+from workbench import papers as P
+
+NOTEBOOKS = sorted(P.notebooks_dir().glob("*.py"))
+
+
+def _cells(nb):
+    return [(c.cell_type, c.source.strip()) for c in nb.cells]
+
+
+@pytest.mark.parametrize("source", NOTEBOOKS, ids=lambda p: p.stem)
+def test_pair_in_sync_and_without_outputs(source):
+    ipynb = source.with_suffix(".ipynb")
+    assert ipynb.exists(), f"{ipynb.name} missing: run `make sync`"
+    paired = nbformat.read(ipynb, as_version=4)
+    for cell in paired.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, f"{ipynb.name} carries outputs"
+    assert _cells(paired) == _cells(jupytext.read(source)), f"{ipynb.name} is out of sync with {source.name}: run `make sync`"
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", [p.stem for p in NOTEBOOKS])
+def test_paper_runs_on_quick_profile(name, tmp_path):
+    paper = P.get_paper(name)
+    result = P.run_paper(paper, P.resolve_parameters(paper, profile="quick"), tmp_path)
+    assert result.ok, f"{name} failed: {result.error}\nsee {result.path / 'error.txt'}:\n" + (
+        (result.path / "error.txt").read_text()[-3000:] if (result.path / "error.txt").exists() else "")
+    metrics = json.loads((result.path / "metrics.json").read_text())
+    assert metrics, f"{name} recorded no headline numbers"
+    figures = list((result.path / "figures").iterdir())
+    assert any(f.suffix == ".png" for f in figures), f"{name} saved no figure"
+
+
+@pytest.mark.notebook
+def test_same_parameters_give_identical_metrics(tmp_path):
+    paper = P.get_paper("tour")
+    params = P.resolve_parameters(paper, {"steps": "60", "compare_learning_rates": "0.05"})
+    first, second = (P.run_paper(paper, params, tmp_path) for _ in range(2))
+    assert first.ok and second.ok and first.path != second.path
+    assert (first.path / "metrics.json").read_bytes() == (second.path / "metrics.json").read_bytes()

@@ -1,0 +1,167 @@
+"""The paper runner and CLI: parameter parsing and validation, run directories, failed runs,
+no overwriting, determinism. Uses two fixture notebooks so it runs in seconds."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workbench import papers as P
+
+FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
+
+
+def cli(*args, runs_dir=None, notebooks=FIXTURES):
+    env = dict(os.environ, WORKBENCH_NOTEBOOKS=str(notebooks))
+    extra = ["--runs-dir", str(runs_dir)] if runs_dir is not None and args[0] == "run" else []
+    return subprocess.run([sys.executable, "-m", "workbench", *args, *extra], capture_output=True, text=True, env=env, timeout=300)
+
+
+def run_dirs(runs_dir, name):
+    return sorted(p for p in (Path(runs_dir) / name).glob("*") if not p.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def fixture_papers():
+    return P.discover(FIXTURES)
+
+
+def test_parse_parameters_types_defaults_help():
+    params = P.parse_parameters('a: int = 3  # the a\nb: float = 1e-3  # the b\nc: list[str] = ["x"]  # c\nd: bool = False\n')
+    assert params["a"] == P.Parameter("a", "int", 3, "the a")
+    assert params["b"].default == 1e-3 and params["b"].help == "the b"
+    assert params["c"].default == ["x"] and params["d"].help == ""
+    with pytest.raises(P.PaperError, match="unsupported type 'dict'"):
+        P.parse_parameters("a: dict = {}\n")
+    with pytest.raises(P.PaperError, match="expected `name: type = default"):
+        P.parse_parameters("a = 3\n")
+
+
+@pytest.mark.parametrize(
+    "type_name, text, expected",
+    [("int", "12", 12), ("int", "1_000", 1000), ("float", "1e-3", 1e-3), ("float", "2", 2.0),
+     ("bool", "true", True), ("bool", "No", False), ("str", "abc", "abc"),
+     ("list[int]", "1,2,3", [1, 2, 3]), ("list[float]", "[0.1, 1]", [0.1, 1.0])],
+)
+def test_coerce_accepts(type_name, text, expected):
+    value = P.coerce("x", type_name, text)
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize(
+    "type_name, text", [("int", "abc"), ("int", "1.5"), ("int", True), ("float", "fast"), ("float", "nan"),
+                        ("bool", "maybe"), ("list[int]", "1,x")],
+)
+def test_coerce_rejects_with_name_and_type(type_name, text):
+    with pytest.raises(P.PaperError, match=rf"parameter 'x' expects {type_name.replace('[', '.').replace(']', '.')}"):
+        P.coerce("x", type_name, text)
+
+
+def test_resolve_profiles_and_overrides(fixture_papers):
+    paper = fixture_papers["echo_paper"]
+    assert P.resolve_parameters(paper)["n"] == 10
+    full = P.resolve_parameters(paper, profile="full")
+    assert full["n"] == 1000 and full["profile"] == "full"
+    assert P.resolve_parameters(paper, {"n": "7"}, profile="full")["n"] == 7  # user beats profile
+    with pytest.raises(P.PaperError, match=r"unknown parameter\(s\).*'scal' \(did you mean 'scale'\?\).*Valid parameters: n, scale"):
+        P.resolve_parameters(paper, {"scal": "2"})
+    with pytest.raises(P.PaperError, match="profile must be one of"):
+        P.resolve_parameters(paper, {"profile": "medium"})
+
+
+def test_cli_list_and_describe():
+    out = cli("list")
+    assert out.returncode == 0, out.stderr
+    assert "echo_paper" in out.stdout and "Echo (runner test fixture)" in out.stdout and "~2 s" in out.stdout
+    out = cli("describe", "echo_paper")
+    assert out.returncode == 0
+    assert "multiplier" in out.stdout and "list[int]" in out.stdout and "1000" in out.stdout
+    out = cli("describe", "echo_papr")
+    assert out.returncode == 2 and "Did you mean 'echo_paper'" in out.stderr
+
+
+def test_cli_rejects_bad_parameters_before_running(tmp_path):
+    bad = cli("run", "echo_paper", "-p", "n=abc", runs_dir=tmp_path)
+    assert bad.returncode == 2
+    assert "parameter 'n' expects int, got 'abc'" in bad.stderr
+    unknown = cli("run", "echo_paper", "-p", "nosuch=1", runs_dir=tmp_path)
+    assert unknown.returncode == 2
+    assert "unknown parameter(s) for paper 'echo_paper': 'nosuch'" in unknown.stderr
+    assert "Valid parameters: n, scale, label, flags, seed, profile, interactive" in unknown.stderr
+    assert not (tmp_path / "echo_paper").exists()  # no run dir for a rejected request
+    assert cli("run", "nosuch", runs_dir=tmp_path).returncode == 2
+    assert cli("run", runs_dir=tmp_path).returncode == 2  # neither names nor --all
+
+
+def test_run_writes_complete_run_dir_and_is_deterministic(tmp_path):
+    params_file = tmp_path / "p.yaml"
+    params_file.write_text(yaml.safe_dump({"n": 5, "label": "from-file"}))
+    first = cli("run", "echo_paper", "-f", str(params_file), "-p", "scale=2", runs_dir=tmp_path)
+    assert first.returncode == 0, first.stderr
+    second = cli("run", "echo_paper", "-f", str(params_file), "-p", "scale=2", runs_dir=tmp_path)
+    assert second.returncode == 0, second.stderr
+    dirs = run_dirs(tmp_path, "echo_paper")
+    assert len(dirs) == 2  # the second run did not overwrite the first
+    run = dirs[0]
+    assert {p.name for p in run.iterdir()} >= {"echo_paper.ipynb", "params.yaml", "metrics.json", "manifest.json", "figures"}
+    assert (run / "figures" / "values.png").stat().st_size > 1000
+    params = yaml.safe_load((run / "params.yaml").read_text())
+    assert params == {"n": 5, "scale": 2.0, "label": "from-file", "flags": [1, 2], "seed": 0, "profile": "quick", "interactive": False}
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in dirs]
+    assert metrics[0] == metrics[1] and metrics[0]["n"] == 5 and metrics[0]["label"] == "from-file"
+    manifest = json.loads((run / "manifest.json").read_text())
+    for key in ("packages", "jax", "git", "python", "platform", "start", "end", "duration_seconds", "seed"):
+        assert key in manifest
+    assert manifest["status"] == "ok" and manifest["packages"]["jax"]
+    assert run.name.endswith(P.params_hash(params))
+    other = cli("run", "echo_paper", "-p", "seed=1", runs_dir=tmp_path)
+    assert other.returncode == 0
+    newest = max(run_dirs(tmp_path, "echo_paper"), key=lambda d: json.loads((d / "manifest.json").read_text())["start"])
+    assert json.loads((newest / "metrics.json").read_text())["total"] != metrics[0]["total"]
+
+
+def test_failed_run_is_kept_and_earlier_runs_untouched(tmp_path):
+    good = cli("run", "fail_paper", "-p", "fail=false", runs_dir=tmp_path)
+    assert good.returncode == 0, good.stderr
+    good_dir = run_dirs(tmp_path, "fail_paper")[0]
+    before = {p: p.read_bytes() for p in good_dir.rglob("*") if p.is_file()}
+    bad = cli("run", "fail_paper", runs_dir=tmp_path)
+    assert bad.returncode == 1
+    assert "this paper fails on purpose" in bad.stderr
+    failed = [d for d in run_dirs(tmp_path, "fail_paper") if d.name.endswith("-failed")]
+    assert len(failed) == 1
+    assert "RuntimeError: this paper fails on purpose" in (failed[0] / "error.txt").read_text()
+    assert json.loads((failed[0] / "metrics.json").read_text()) == {"before_failure": 1}
+    assert (failed[0] / "fail_paper.ipynb").exists()  # the partly executed notebook
+    assert json.loads((failed[0] / "manifest.json").read_text())["status"] == "failed"
+    assert {p: p.read_bytes() for p in good_dir.rglob("*") if p.is_file()} == before
+    assert not list((tmp_path / "fail_paper").glob(".tmp-*"))
+
+
+def test_run_all_summarises_and_fails_if_any_failed(tmp_path):
+    out = cli("run", "--all", runs_dir=tmp_path)
+    assert out.returncode == 1
+    assert "1 passed, 1 failed" in out.stdout
+    assert "echo_paper" in out.stdout and "FAILED" in out.stdout
+
+
+def test_every_real_paper_declares_valid_metadata():
+    papers = P.discover()
+    assert "tour" in papers
+    for paper in papers.values():
+        assert paper.title != paper.name, f"{paper.name}: give a title in the jupytext header"
+        assert paper.quick_seconds, f"{paper.name}: give quick_seconds"
+        for name, param in paper.parameters.items():
+            assert param.help, f"{paper.name}: parameter {name} has no help comment"
+        P.resolve_parameters(paper, profile="full")
+
+
+def test_stale_temporaries_of_dead_runs_are_cleaned(tmp_path):
+    stale = tmp_path / "echo_paper" / ".tmp-20200101T000000Z-abc-999999999"
+    stale.mkdir(parents=True)
+    P.cleanup_stale_temporaries(tmp_path)
+    assert not stale.exists()

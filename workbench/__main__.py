@@ -1,0 +1,107 @@
+"""`python -m workbench list | describe NAME | run NAME [-p k=v ...] [-f params.yaml] [--profile] | run --all`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from workbench import papers as P
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+
+
+def _seconds(value) -> str:
+    return "?" if value is None else (f"~{value:.0f} s" if value < 120 else f"~{value / 60:.0f} min")
+
+
+def cmd_list(args) -> int:
+    papers = P.discover()
+    rows = [[p.name, p.title, _seconds(p.quick_seconds)] for p in papers.values()]
+    print(_table(rows, ["paper", "title", "quick run"]))
+    return 0
+
+
+def cmd_describe(args) -> int:
+    paper = P.get_paper(args.name)
+    print(f"{paper.name}: {paper.title}")
+    print(f"source: {paper.source}")
+    print(f"quick profile: {_seconds(paper.quick_seconds)}; full profile overrides: "
+          + (", ".join(f"{k}={v}" for k, v in paper.full.items()) or "none"))
+    print()
+    rows = [[p.name, p.type, repr(p.default), repr(paper.full[p.name]) if p.name in paper.full else "", p.help]
+            for p in paper.parameters.values()]
+    print(_table(rows, ["parameter", "type", "default (quick)", "full", "help"]))
+    print(f"\nexample: python -m workbench run {paper.name} -p seed=1 --profile quick")
+    return 0
+
+
+def cmd_run(args) -> int:
+    available = P.discover()
+    if args.all == bool(args.names):
+        raise P.PaperError("give paper names or --all (not both)")
+    names = list(available) if args.all else args.names
+    chosen = [P.get_paper(n, available) for n in names]
+    overrides = {}
+    for path in args.file or []:
+        overrides.update(P.load_parameter_file(path))
+    overrides.update(P.parse_assignments(args.param or []))
+    # validate every request before executing anything
+    plans = [(paper, P.resolve_parameters(paper, overrides, args.profile)) for paper in chosen]
+    runs_dir = Path(args.runs_dir) if args.runs_dir else P.repo_root() / "runs"
+    P.cleanup_stale_temporaries(runs_dir)
+    results = []
+    t0 = time.perf_counter()
+    for i, (paper, params) in enumerate(plans, 1):
+        print(f"[{i}/{len(plans)}] {paper.name} ({params['profile']}) ...", flush=True)
+        result = P.run_paper(paper, params, runs_dir, progress=args.progress)
+        results.append(result)
+        status = "ok" if result.ok else "FAILED"
+        print(f"[{i}/{len(plans)}] {paper.name}: {status} in {result.seconds:.1f} s -> {result.path}", flush=True)
+        if not result.ok:
+            print(f"    {result.error.splitlines()[-1] if result.error else ''}\n"
+                  f"    traceback: {result.path / 'error.txt'}", file=sys.stderr)
+    if len(results) > 1:
+        print()
+        rows = [[r.paper, "ok" if r.ok else "FAILED", f"{r.seconds:.1f} s", str(r.path)] for r in results]
+        print(_table(rows, ["paper", "status", "time", "run directory"]))
+        failed = sum(not r.ok for r in results)
+        print(f"\n{len(results) - failed} passed, {failed} failed in {time.perf_counter() - t0:.0f} s")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench", description="Run the workbench's paper notebooks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="every paper with its title and quick-profile time").set_defaults(func=cmd_list)
+    d = sub.add_parser("describe", help="a paper's parameters: type, default, help")
+    d.add_argument("name")
+    d.set_defaults(func=cmd_describe)
+    r = sub.add_parser("run", help="execute papers into runs/NAME/<time>-<hash>/")
+    r.add_argument("names", nargs="*", metavar="NAME")
+    r.add_argument("--all", action="store_true", help="run every paper")
+    r.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a parameter")
+    r.add_argument("-f", "--file", action="append", metavar="PARAMS.yaml", help="parameters from a YAML file")
+    r.add_argument("--profile", choices=P.PROFILES, help="quick (CI-sized, the default) or full (paper-sized)")
+    r.add_argument("--runs-dir", help="where run directories go (default: runs/ in the repository)")
+    r.add_argument("--progress", action="store_true", help="show papermill's per-cell progress bar")
+    r.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except P.PaperError as err:
+        print(f"workbench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""Optax training loop: jit-compiled chunks of steps, checkpoints at chosen steps, deterministic.
+
+Steps run inside `lax.scan` in fixed-size chunks (one compilation, whatever the step count);
+the host only wakes at chunk ends and at event steps (checkpoints, callbacks, evaluations) to
+record, save and update the progress bar.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import serialization
+from tqdm.auto import tqdm
+
+from workbench.data import num_examples
+
+PyTree = Any
+NONFINITE_POLICIES = ("raise", "stop")
+
+
+class TrainResult(NamedTuple):
+    """Final params, a history of numpy arrays, params at the checkpoint steps, and whether the
+    loss became non-finite (only with `on_nonfinite="stop"`)."""
+
+    params: PyTree
+    history: dict[str, np.ndarray]
+    checkpoints: dict[int, PyTree]
+    diverged: bool
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def batch_indices(key: jax.Array, num_examples: int, batch_size: int, steps: int) -> jax.Array:
+    """[steps, batch_size] example indices: a fresh permutation each epoch, last partial batch
+    of each epoch dropped so every step sees `batch_size` distinct examples."""
+    per_epoch = num_examples // batch_size
+    epochs = math.ceil(steps / per_epoch)
+    perms = jax.vmap(lambda k: jax.random.permutation(k, num_examples))(jax.random.split(key, epochs))
+    return perms[:, : per_epoch * batch_size].reshape(-1, batch_size)[:steps]
+
+
+def _validate(steps, batch_size, n, checkpoint_steps, callback, callback_every, eval_fn, eval_every, on_nonfinite):
+    if not isinstance(steps, int | np.integer) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    if batch_size is not None and not (isinstance(batch_size, int | np.integer) and 1 <= batch_size):
+        raise ValueError(f"batch_size must be a positive int or None (full batch), got {batch_size!r}")
+    bad = [s for s in checkpoint_steps if not 0 <= s <= steps]
+    if bad:
+        raise ValueError(f"checkpoint_steps must lie in [0, steps={steps}], got {bad}")
+    if callback is not None and callback_every <= 0:
+        raise ValueError("callback needs callback_every > 0 (call it every that many steps)")
+    if eval_fn is not None and eval_every <= 0:
+        raise ValueError("eval_fn needs eval_every > 0 (evaluate every that many steps)")
+    if on_nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
+    if n == 0:
+        raise ValueError("the training data is empty")
+
+
+def _learning_rate(opt_state) -> jax.Array | None:
+    """The current learning rate if the optimizer exposes it (optax.inject_hyperparams)."""
+    for state in jax.tree.leaves(opt_state, is_leaf=lambda s: hasattr(s, "hyperparams")):
+        if hasattr(state, "hyperparams") and "learning_rate" in state.hyperparams:
+            return state.hyperparams["learning_rate"]
+    return None
+
+
+def train(
+    loss_fn: Callable[[PyTree, Any], jax.Array],
+    params: PyTree,
+    data: Any,
+    optimizer: optax.GradientTransformation,
+    *,
+    steps: int,
+    key: jax.Array,
+    batch_size: int | None = None,
+    checkpoint_steps: Sequence[int] = (),
+    checkpoint_dir: str | Path | None = None,
+    callback: Callable[[int, PyTree], dict | None] | None = None,
+    callback_every: int = 0,
+    eval_fn: Callable[[PyTree], dict] | None = None,
+    eval_every: int = 0,
+    on_nonfinite: str = "raise",
+    progress: bool = True,
+    chunk_size: int = 100,
+) -> TrainResult:
+    """Minimise `loss_fn(params, batch)` over `data` with `optimizer` for `steps` steps.
+
+    Args:
+      batch_size: examples per step, sampled without replacement within each epoch from `key`;
+        None (or >= the data size) trains full-batch.
+      checkpoint_steps: steps after which params are kept in `checkpoints` (0 = initial params)
+        and, with `checkpoint_dir`, written as `step_XXXXXXXX.msgpack` (flax serialization).
+      callback: `callback(step, params) -> dict | None`, called at step 0, every `callback_every`
+        steps and at the last step; returned values are stacked into the history under their
+        keys, with their steps in `history["callback_step"]` (e.g. sharpness every k steps).
+      eval_fn: `eval_fn(params) -> dict`, at step 0, every `eval_every` steps and at the end.
+      on_nonfinite: "raise" raises NonFiniteLossError at the first NaN/inf loss; "stop" ends
+        training there and returns `diverged=True` with the history up to that step.
+
+    The history holds "step" and "loss" (the minibatch loss before each update), "lr" when the
+    optimizer exposes a learning rate (optax.inject_hyperparams), and the callback/eval values.
+    """
+    checkpoint_steps = sorted({int(s) for s in checkpoint_steps})
+    n = num_examples(data)
+    _validate(steps, batch_size, n, checkpoint_steps, callback, callback_every, eval_fn, eval_every, on_nonfinite)
+    full_batch = batch_size is None or batch_size >= n
+    indices = None if full_batch else batch_indices(key, n, batch_size, steps)
+    has_lr = _learning_rate(optimizer.init(params)) is not None
+
+    @jax.jit
+    def run_chunk(params, opt_state, start, stop, data, indices):
+        # data and indices are arguments, not closed-over constants, so they stay out of the HLO.
+        def one_step(carry, xs):
+            params, opt_state, ok = carry
+            step_index, active = xs
+            batch = data if full_batch else jax.tree.map(lambda a: a[indices[step_index]], data)
+            loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+            updates, new_state = optimizer.update(grads, opt_state, params)
+            new_params = optax.apply_updates(params, updates)
+            take = active & ok & jnp.isfinite(loss)  # freeze once the loss is non-finite
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(take, a, b), new, old)
+            lr = _learning_rate(new_state) if has_lr else jnp.zeros(())  # the rate this update used
+            ok = ok & (jnp.isfinite(loss) | ~active)
+            return (keep(new_params, params), keep(new_state, opt_state), ok), (loss, lr)
+
+        step_ids = start + jnp.arange(chunk_size)
+        active = step_ids < stop
+        safe_ids = jnp.minimum(step_ids, max(steps - 1, 0))
+        carry, (losses, lrs) = jax.lax.scan(one_step, (params, opt_state, jnp.array(True)), (safe_ids, active))
+        return carry[0], carry[1], losses, lrs
+
+    events = set(checkpoint_steps) | {steps}
+    if callback is not None:
+        events |= set(range(0, steps + 1, callback_every))
+    if eval_fn is not None:
+        events |= set(range(0, steps + 1, eval_every))
+    events = sorted(events)
+
+    opt_state = optimizer.init(params)
+    losses, lrs, checkpoints = [], [], {}
+    cb_steps, cb_values, ev_steps, ev_values = [], [], [], []
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    diverged = False
+
+    def handle_events(step):
+        if step in checkpoint_steps:
+            checkpoints[step] = params
+            if folder is not None:
+                save_checkpoint(folder / f"step_{step:08d}.msgpack", params)
+        if callback is not None and (step % callback_every == 0 or step == steps):
+            cb_steps.append(step)
+            cb_values.append(dict(callback(step, params) or {}))
+        if eval_fn is not None and (step % eval_every == 0 or step == steps):
+            ev_steps.append(step)
+            ev_values.append(dict(eval_fn(params)))
+
+    step = 0
+    handle_events(0)
+    with tqdm(total=steps, disable=not progress, desc="train", leave=False) as bar:
+        for target in events:
+            while step < target:
+                stop = min(step + chunk_size, target)
+                params, opt_state, chunk_losses, chunk_lrs = run_chunk(params, opt_state, step, stop, data, indices)
+                chunk_losses = np.asarray(chunk_losses[: stop - step])
+                bad = np.flatnonzero(~np.isfinite(chunk_losses))
+                if bad.size:
+                    first = step + int(bad[0])
+                    if on_nonfinite == "raise":
+                        raise NonFiniteLossError(
+                            f"loss became {chunk_losses[bad[0]]} at step {first}; lower the learning "
+                            "rate or pass on_nonfinite='stop' to keep the history up to divergence"
+                        )
+                    losses.append(chunk_losses[: bad[0] + 1])
+                    lrs.append(np.asarray(chunk_lrs[: bad[0] + 1]))
+                    diverged, step = True, first
+                    bar.update(int(bad[0]) + 1)
+                    break
+                losses.append(chunk_losses)
+                lrs.append(np.asarray(chunk_lrs[: stop - step]))
+                bar.update(stop - step)
+                bar.set_postfix(loss=f"{chunk_losses[-1]:.4g}")
+                step = stop
+            if diverged:
+                break
+            if target > 0:
+                handle_events(target)
+
+    history: dict[str, np.ndarray] = {}
+    loss_arr = np.concatenate(losses) if losses else np.zeros(0)
+    history["step"] = np.arange(loss_arr.shape[0])
+    history["loss"] = loss_arr
+    if has_lr:
+        history["lr"] = np.concatenate(lrs) if lrs else np.zeros(0)
+    _stack_into(history, "callback_step", cb_steps, cb_values)
+    _stack_into(history, "eval_step", ev_steps, ev_values)
+    return TrainResult(params, history, checkpoints, diverged)
+
+
+def _stack_into(history: dict, step_key: str, steps: list[int], values: list[dict]) -> None:
+    if not steps:
+        return
+    history[step_key] = np.asarray(steps)
+    for name in values[0]:
+        if name in history:
+            raise ValueError(f"callback/eval key {name!r} collides with a history key")
+        history[name] = np.asarray([np.asarray(v[name]) for v in values])
+
+
+def save_checkpoint(path: str | Path, params: PyTree) -> Path:
+    """Write params with flax serialization (msgpack), atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(serialization.to_bytes(jax.device_get(params)))
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path, like: PyTree) -> PyTree:
+    """Read params saved by `save_checkpoint`; `like` gives the structure (e.g. the initial params)."""
+    from workbench.tree import check_same_structure
+
+    try:
+        restored = serialization.from_bytes(like, Path(path).read_bytes())
+    except ValueError as err:
+        raise ValueError(f"checkpoint {path} does not match the expected params: {err}") from err
+    check_same_structure(like, restored, "the expected params", f"checkpoint {path}")
+    return jax.tree.map(jnp.asarray, restored)
+
+
+class Fit(NamedTuple):
+    """A trained classifier: its functional form, the training result, and test accuracy."""
+
+    model: Any
+    result: TrainResult
+    test_accuracy: float
+
+
+def fit_classifier(
+    model_fn: Callable,
+    train_data: Any,
+    test_data: Any,
+    *,
+    learning_rate: float,
+    steps: int,
+    seed: int = 0,
+    batch_size: int | None = 128,
+    l2: float = 0.0,
+    optimizer: str = "adam",
+    progress: bool = False,
+) -> Fit:
+    """Train `model_fn()` (an NNX classifier) with cross-entropy; the recipe notebooks share."""
+    from workbench.models import accuracy, functional
+
+    optimizers = {"adam": optax.adam, "sgd": optax.sgd}
+    if optimizer not in optimizers:
+        raise ValueError(f"optimizer must be one of {sorted(optimizers)}, got {optimizer!r}")
+    if learning_rate <= 0 or not math.isfinite(learning_rate):
+        raise ValueError(f"learning_rate must be positive and finite, got {learning_rate}")
+    f = functional(model_fn(), l2=l2)
+    result = train(
+        f.loss_fn, f.params, train_data, optimizers[optimizer](learning_rate),
+        steps=steps, key=jax.random.key(seed), batch_size=batch_size, progress=progress,
+    )
+    return Fit(f, result, accuracy(f.predict_fn, result.params, test_data))
+
+
+def fit_digits_mlp(
+    hidden_size: int = 32,
+    learning_rate: float = 1e-2,
+    steps: int = 500,
+    seed: int = 0,
+    batch_size: int | None = 128,
+) -> Fit:
+    """Train a one-hidden-layer tanh MLP on the digits split of `seed` (the tour's experiment)."""
+    from flax import nnx
+
+    from workbench.data import load_digits
+    from workbench.models import MLP
+
+    if hidden_size < 1:
+        raise ValueError(f"hidden_size must be >= 1, got {hidden_size}")
+    train_data, test_data = load_digits(seed=seed)
+    return fit_classifier(
+        lambda: MLP(64, [hidden_size], 10, rngs=nnx.Rngs(seed)), train_data, test_data,
+        learning_rate=learning_rate, steps=steps, seed=seed, batch_size=batch_size,
+    )
