@@ -94,3 +94,13 @@ def test_bad_inputs(problem, key, tmp_path):
         sk.per_example_gradients(fn.loss_fn, fn.params, data, s, batch_size=0)
     with pytest.raises(FileNotFoundError):
         open_store(tmp_path / "missing.zarr")
+
+
+def test_raw_gradients_without_a_sketch(problem, tmp_path):
+    fn, data = problem
+    raw = sk.per_example_gradients(fn.loss_fn, fn.params, data, None, batch_size=7)
+    g0 = jax.flatten_util.ravel_pytree(jax.grad(fn.loss_fn)(fn.params, data.take(slice(0, 1))))[0]
+    assert raw.shape == (23, tu.size(fn.params))
+    np.testing.assert_allclose(raw[0], g0, rtol=1e-12)
+    with pytest.raises(ValueError, match="store needs a sketch"):
+        sk.per_example_gradients(fn.loss_fn, fn.params, data, None, store=tmp_path / "x.zarr")

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench import tree as tu
-from workbench.sketch.core import Sketch
+from workbench.sketch.core import Sketch, ravel_leaves
 
 STORE_ATTR = "workbench_sketch_store"
 FORMAT_VERSION = 1
@@ -146,7 +146,7 @@ def per_example_gradients(
     loss_fn: Callable,
     params,
     data,
-    sketch: Sketch,
+    sketch: Sketch | None,
     batch_size: int | None = None,
     store: str | Path | None = None,
     *,
@@ -163,11 +163,14 @@ def per_example_gradients(
     `store=PATH`, a read-only `GradientStore` whose `sketches` is the zarr array (see the module
     docstring for resume and refusal rules). `callback(chunk, values)` runs after each chunk is
     computed and before it is written (a raising callback simulates an interruption).
+    `sketch=None` returns the raw flattened gradients [n_data, n_params] (in memory only).
     """
     from tqdm.auto import tqdm
 
     n_params = tu.size(params)
-    if sketch.dim_in != n_params:
+    if sketch is None and store is not None:
+        raise ValueError("store needs a sketch: raw gradients are returned in memory only")
+    if sketch is not None and sketch.dim_in != n_params:
         raise ValueError(f"sketch: dim_in={sketch.dim_in} but params have {n_params} scalars")
     leaves = jax.tree.leaves(data)
     if not leaves:
@@ -191,7 +194,7 @@ def per_example_gradients(
     @jax.jit
     def sketch_chunk(s, p, batch):
         grads = jax.vmap(jax.grad(example_loss), in_axes=(None, 0))(p, batch)
-        return s.apply_tree(grads, batched=True)
+        return ravel_leaves(grads, True) if s is None else s.apply_tree(grads, batched=True)
 
     gstore = None
     if store is not None:
