@@ -1,0 +1,131 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+#   workbench:
+#     title: Refined learning-rate schedules from gradient norms (Defazio et al. 2023)
+#     quick_seconds: 40
+#     full:
+#       steps: 5000
+#       peak_lrs: [0.25, 0.5, 1.0, 2.0]
+# ---
+
+# %% [markdown]
+# # Refining a schedule from the gradient norms of a previous run
+#
+# **Claim** (Defazio, Cutkosky, Mehta, Mishchenko 2023). The last-iterate bound of SGD depends on
+# the schedule and the gradient norms g_t only. Minimising it for the norms seen in a previous run
+# gives the *refined* schedule eta_t ~ w_t sum_{p>t} w_p with w_t = 1/g_t^2 (after a median
+# filter). With constant norms this is linear decay; with real norms, which are large at the
+# start and change during training, the refined schedule grows a **warm-up** and an **annealing**
+# phase by itself, and the paper reports equal or lower final loss than linear decay or cosine.
+#
+# You will see: gradient norms from SGD runs of logistic regression and of a 64-32-10 MLP on
+# digits, the refined schedules they produce, and the final training loss and test accuracy of
+# SGD with the refined schedule against linear decay and cosine at the same peak step size.
+
+# %% tags=["parameters"]
+steps: int = 1000  # SGD steps (minibatches of batch_size)
+batch_size: int = 32  # examples per step
+peak_lrs: list[float] = [1.0]  # peak learning rates tried; each schedule is scored at its best
+tau: float = 0.1  # median-filter window as a fraction of the run
+seed: int = 0  # data split, initialisation and batch order
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+interactive: bool = False  # no widgets in this paper
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+
+import workbench
+from workbench import schedules
+
+# %% [markdown]
+# ## Runs: linear decay first, then refine and compare
+# For each model and peak step size, `digits_refinement` trains with SGD + linear decay while
+# recording sqrt(E ||g_t||^2) (8 random minibatches every 10 steps), refines those norms into a
+# schedule, and trains again from the same initialisation and batch order with the refined schedule,
+# linear decay and cosine, all at the same peak step size.
+
+# %%
+models = {"logistic regression": "logreg", "MLP 64-32-10": "mlp"}
+results = {label: {lr: schedules.digits_refinement(kind, steps=steps, peak_lr=lr, batch_size=batch_size,
+                                                   seed=seed, tau=tau)
+                   for lr in peak_lrs}
+           for label, kind in models.items()}
+
+# best peak per schedule (the tuned comparison); the norms are shown for the middle peak
+best = {label: {name: min((r.runs[name] for r in by_lr.values()), key=lambda run: run.final_loss)
+                for name in ("linear decay", "cosine", "refined")}
+        for label, by_lr in results.items()}
+shown = {label: by_lr[peak_lrs[len(peak_lrs) // 2]] for label, by_lr in results.items()}
+
+# %% [markdown]
+# ## Gradient norms and the refined schedule
+# Top: the estimated gradient norm per step (raw, and after the median filter). Bottom: the
+# refined schedule against linear decay and cosine. Look for the emergent **warm-up**: early
+# gradients are large, so early steps are expensive in the bound and the refined schedule starts
+# low; and for the **anneal**: it decays to zero, faster than linear where the norms rise or flatten.
+
+# %%
+fig, axes = plt.subplots(2, len(models), figsize=(5.5 * len(models), 6.5), sharex=True, squeeze=False)
+for col, (label, res) in enumerate(shown.items()):
+    ax = axes[0, col]
+    ax.plot(res.grad_norms, alpha=0.5, label="estimated ||g_t||")
+    ax.plot(res.refined.smoothed_norms, label=f"median filter (tau={tau})")
+    ax.set(yscale="log", title=label, ylabel="gradient norm")
+    ax.legend(fontsize=8)
+    ax = axes[1, col]
+    for name, run in res.runs.items():
+        ax.plot(run.lrs, label=name)
+    ax.set(xlabel="step", ylabel="learning rate")
+    ax.legend(fontsize=8)
+workbench.save_figure(fig, "norms_and_schedules")
+plt.show()
+
+# %% [markdown]
+# ## Training with each schedule
+# Minibatch training loss (smoothed) per schedule. The refined schedule trails for most of the run
+# (warm-up: smaller early steps) and catches up in its annealing phase. In the quick profile it
+# ends with a lower full-batch training loss for logistic regression (about 10% lower) and about
+# the same for the MLP, with test accuracy unchanged within half a percent: on digits the gain is
+# in optimisation, not in generalisation. Caveats: at the same peak, the refined schedule has a
+# larger total step size (area) than linear decay, and its norms come from a noisy estimate (8
+# minibatches every 10 steps), hence its jagged shape; `peak_lrs` in the full profile scores each
+# schedule at its own best peak.
+
+# %%
+fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.6), squeeze=False)
+for ax, (label, res) in zip(axes[0], shown.items(), strict=True):
+    for name, run in res.runs.items():
+        loss = run.history["loss"]
+        window = max(1, steps // 50)
+        ax.plot(np.convolve(loss, np.ones(window) / window, mode="valid"), label=name)
+    ax.set(yscale="log", xlabel="step", ylabel="minibatch loss (smoothed)", title=label)
+    ax.legend(fontsize=8)
+workbench.save_figure(fig, "training_loss")
+plt.show()
+
+print(f"{'model':22s} {'schedule':14s} {'final train loss':>17s} {'test acc':>9s}")
+for label, runs in best.items():
+    for name, run in runs.items():
+        print(f"{label:22s} {name:14s} {run.final_loss:17.4f} {run.test_accuracy:9.3f}")
+
+# %% [markdown]
+# ## Headline numbers
+# Final full-batch training loss and test accuracy per model and schedule (each at its best peak
+# learning rate among `peak_lrs`), and where the refined schedule peaks (fraction of the run).
+
+# %%
+workbench.record(
+    final_train_loss={label: {name: run.final_loss for name, run in runs.items()}
+                      for label, runs in best.items()},
+    test_accuracy={label: {name: run.test_accuracy for name, run in runs.items()}
+                   for label, runs in best.items()},
+    refined_peak_fraction={label: float(np.argmax(res.refined.values) / steps)
+                           for label, res in shown.items()},
+)

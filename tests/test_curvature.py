@@ -1,0 +1,167 @@
+"""Curvature products and dataset-averaged operators against dense float64 references."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from workbench import curvature, data, models, spectrum
+from workbench import tree as tu
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A 6-5-3 tanh MLP on 37 Gaussian-blob examples, float64, with L2."""
+    ds = data.make_classification(jax.random.key(1), 37, 6, num_classes=3, dtype=jnp.float64)
+    model = models.MLP(6, [5], 3, rngs=nnx.Rngs(2), param_dtype=jnp.float64)
+    fn = models.functional(model, l2=1e-2)
+    flat, unravel = tu.ravel(fn.params)
+    hess = jax.jit(jax.hessian(lambda x: fn.loss_fn(unravel(x), ds)))(flat)  # eager is ~10x slower
+    return fn, ds, flat, unravel, hess
+
+
+def _dense_ggn(fn, ds, flat, unravel):
+    return jax.jit(lambda f: _dense_ggn_impl(fn, ds, f, unravel))(flat)
+
+
+def _dense_fisher(fn, ds, flat, unravel):
+    return jax.jit(lambda f: _dense_fisher_impl(fn, ds, f, unravel))(flat)
+
+
+def _dense_ggn_impl(fn, ds, flat, unravel):
+    jac = jax.jacfwd(lambda x: fn.predict_fn(unravel(x), ds.x))(flat)  # [n, out, dim]
+    outputs = fn.predict_fn(unravel(flat), ds.x)
+    h_out = jax.vmap(jax.hessian(lambda o, y: fn.output_loss_fn(o[None], y[None])[0]))(outputs, ds.y)
+    return jnp.einsum("nad,nab,nbe->de", jac, h_out, jac) / len(ds) + fn.l2 * jnp.eye(flat.size)
+
+
+def _dense_fisher_impl(fn, ds, flat, unravel):
+    grads = jax.vmap(
+        lambda x, y: jax.grad(lambda q: fn.loss_fn(unravel(q), (x[None], y[None])))(flat)
+    )(ds.x, ds.y)
+    return grads.T @ grads / len(ds)
+
+
+def test_hvp_matches_dense_hessian(small, key):
+    fn, ds, flat, unravel, hess = small
+    v = jax.random.normal(key, flat.shape, jnp.float64)
+    out = jax.jit(curvature.hvp, static_argnums=0)(fn.loss_fn, fn.params, ds, unravel(v))
+    np.testing.assert_allclose(tu.ravel(out)[0], hess @ v, rtol=1e-12, atol=1e-13)
+
+
+def test_ggn_and_fisher_match_dense(small, key):
+    fn, ds, flat, unravel, _ = small
+    v = jax.random.normal(key, flat.shape, jnp.float64)
+    ggn = jax.jit(curvature.ggn_vp, static_argnums=(0, 1, 5))(
+        fn.predict_fn, fn.output_loss_fn, fn.params, ds, unravel(v), fn.l2)
+    np.testing.assert_allclose(tu.ravel(ggn)[0], _dense_ggn(fn, ds, flat, unravel) @ v, rtol=1e-11, atol=1e-13)
+    fisher = jax.jit(curvature.fisher_vp, static_argnums=0)(fn.loss_fn, fn.params, ds, unravel(v))
+    np.testing.assert_allclose(tu.ravel(fisher)[0], _dense_fisher(fn, ds, flat, unravel) @ v, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind", ["hessian", "ggn", "fisher"])
+def test_dataset_operator_with_short_last_batch_equals_full_batch(small, kind):
+    fn, ds, flat, unravel, hess = small
+    dense = {"hessian": hess, "ggn": _dense_ggn(fn, ds, flat, unravel),
+             "fisher": _dense_fisher(fn, ds, flat, unravel)}[kind]
+    for batch_size in (None, 10):  # 37 = 3 * 10 + 7: a short last batch
+        op = curvature.operator(fn, fn.params, ds, kind, batch_size=batch_size)
+        assert op.dim == flat.size and op.dtype == jnp.float64
+        np.testing.assert_allclose(op.dense(), dense, rtol=1e-10, atol=1e-12)
+
+
+def test_operator_accepts_flat_and_pytree_and_rejects_mismatch(small, key):
+    fn, ds, flat, unravel, hess = small
+    op = curvature.operator(fn.loss_fn, fn.params, ds)
+    v = jax.random.normal(key, flat.shape, jnp.float64)
+    tree_out = op.matvec(unravel(v))
+    assert jax.tree.structure(tree_out) == jax.tree.structure(fn.params)
+    np.testing.assert_allclose(tu.ravel(tree_out)[0], hess @ v, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(op.matvec(v), hess @ v, rtol=1e-12, atol=1e-13)
+    bad = unravel(v)
+    bad["layers"][1]["kernel"] = jnp.zeros((3, 5))
+    with pytest.raises(ValueError, match=r"\['layers'\]\[1\]\['kernel'\]"):
+        op.matvec(bad)
+    renamed = {"layers": {0: bad["layers"][0], 1: {"bias": bad["layers"][1]["bias"], "w": jnp.zeros((5, 3))}}}
+    with pytest.raises(ValueError, match="first mismatched leaf"):
+        op.matvec(renamed)
+
+
+def test_parameter_subset_is_the_hessian_block(small, key):
+    fn, ds, flat, unravel, hess = small
+    op = curvature.operator(fn, fn.params, ds, select="layers/1")
+    names = curvature.leaf_names(fn.params)
+    sizes = [int(np.prod(a.shape)) for a in jax.tree.leaves(fn.params)]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    idx = np.concatenate([np.arange(offsets[i], offsets[i + 1])
+                          for i, name in enumerate(names) if name.startswith("layers/1/")])
+    assert op.dim == idx.size == 5 * 3 + 3
+    np.testing.assert_allclose(op.dense(), hess[np.ix_(idx, idx)], rtol=1e-11, atol=1e-13)
+    only_kernel = curvature.operator(fn, fn.params, ds, select=lambda n: n.endswith("kernel"))
+    assert only_kernel.dim == 6 * 5 + 5 * 3
+    with pytest.raises(ValueError, match="matches no parameter"):
+        curvature.operator(fn, fn.params, ds, select="decoder")
+
+
+def test_float32_params_accumulate_in_float64(small, key):
+    fn, ds, flat, unravel, hess = small
+    p32 = tu.cast(fn.params, jnp.float32)
+    ds32 = data.Dataset(ds.x.astype(jnp.float32), ds.y)
+    op = curvature.operator(fn, p32, ds32, batch_size=5, accumulate_dtype=jnp.float64)
+    assert op.dtype == jnp.float32
+    v = jax.random.normal(key, flat.shape, jnp.float32)
+    out = op.matvec(v)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, hess @ v.astype(jnp.float64), rtol=1e-4, atol=1e-5)
+
+
+def test_operator_bad_input(small):
+    fn, ds, *_ = small
+    with pytest.raises(ValueError, match="kind must be one of"):
+        curvature.operator(fn, fn.params, ds, "laplacian")
+    with pytest.raises(ValueError, match="kind='ggn' needs predict_fn"):
+        curvature.operator(fn.loss_fn, fn.params, ds, "ggn")
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        curvature.operator(fn, fn.params, ds, batch_size=0)
+    with pytest.raises(ValueError, match="disagree on the number of examples"):
+        curvature.operator(fn, fn.params, data.Dataset(ds.x, ds.y[:5]))
+    with pytest.raises(ValueError, match="must be square"):
+        curvature.from_matrix(jnp.ones((2, 3)))
+
+
+def _devices_case():
+    ds = data.make_classification(jax.random.key(1), 203, 6, num_classes=3, dtype=jnp.float64)
+    fn = models.functional(models.MLP(6, [5], 3, rngs=nnx.Rngs(2), param_dtype=jnp.float64))
+    v = jax.random.normal(jax.random.key(3), (53,), jnp.float64)
+    op = curvature.operator(fn, fn.params, ds, batch_size=20)  # 10 full batches + 3 examples
+    top = spectrum.top_eigenpairs(op, 3, jax.random.key(4)).values
+    return {"devices": jax.device_count(), "mv": op.mv(v).tolist(), "top": top.tolist()}
+
+
+_SCRIPT = textwrap.dedent(
+    """
+    import json, jax
+    jax.config.update("jax_enable_x64", True)
+    from tests.test_curvature import _devices_case
+    print(json.dumps(_devices_case()))
+    """
+)
+
+
+def test_one_and_four_devices_agree():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.getcwd())
+    out = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=300, check=True)
+    four = json.loads(out.stdout.strip().splitlines()[-1])
+    one = _devices_case()  # this process has one CPU device
+    assert one["devices"] == 1 and four["devices"] == 4
+    np.testing.assert_allclose(four["mv"], one["mv"], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(four["top"], one["top"], rtol=1e-10)

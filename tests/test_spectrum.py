@@ -1,0 +1,141 @@
+"""Eigensolvers against dense float64 eigh: the digits MLP Hessian and prescribed spectra."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from workbench import curvature, data, models, spectrum
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The 64-32-10 digits MLP (2410 params, float64) on 300 training images: the operator, its
+    dense Hessian and the dense eigenvalues (ascending)."""
+    train, _ = data.load_digits(dtype=jnp.float64)
+    fn = models.functional(models.MLP(64, [32], 10, rngs=nnx.Rngs(0), param_dtype=jnp.float64))
+    op = curvature.operator(fn, fn.params, train.take(slice(0, 300)))
+    dense = np.asarray(op.dense())
+    return op, dense, np.linalg.eigvalsh(dense)
+
+
+def _spectrum_matrix(key, eigenvalues):
+    q, _ = jnp.linalg.qr(jax.random.normal(key, (eigenvalues.size, eigenvalues.size), jnp.float64))
+    return (q * eigenvalues) @ q.T
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest", "both"])
+def test_top_eigenpairs_defaults_match_dense_eigh_on_digits_mlp(digits, key, which):
+    op, dense, eigs = digits
+    assert op.dim == 2410
+    result = spectrum.top_eigenpairs(op, 5, key, which=which)
+    expected = {"largest": eigs[::-1][:5], "smallest": eigs[:5],
+                "both": np.concatenate([eigs[::-1][:3], eigs[:2][::-1]])}[which]
+    assert eigs[0] < -0.1  # the smallest are genuinely negative
+    np.testing.assert_allclose(result.values, expected, rtol=1e-8)
+    assert bool(np.all(result.converged))
+    vectors = np.asarray(result.vectors)
+    true_residuals = np.linalg.norm(vectors @ dense - result.values[:, None] * vectors, axis=1)
+    np.testing.assert_allclose(result.residuals, true_residuals, atol=1e-12)
+    assert true_residuals.max() < 1e-8 * np.abs(eigs).max()
+    np.testing.assert_allclose(vectors @ vectors.T, np.eye(5), atol=1e-10)
+
+
+def test_arnoldi_top_eigenpairs_match_dense(digits, key):
+    op, _, eigs = digits
+    result = spectrum.top_eigenpairs(op, 3, key, method="arnoldi")
+    np.testing.assert_allclose(result.values, eigs[::-1][:3], rtol=1e-8)
+    assert bool(np.all(result.converged))
+
+
+def test_lanczos_and_arnoldi_relations_and_jit(key):
+    a = _spectrum_matrix(key, jnp.linspace(-1.0, 3.0, 60))
+    op = curvature.from_matrix(a)
+    lz = spectrum.lanczos(op, 25, key)
+    basis = np.asarray(lz.basis)
+    np.testing.assert_allclose(basis @ basis.T, np.eye(26), atol=1e-12)
+    t = spectrum.tridiagonal(lz.alphas, lz.betas)
+    np.testing.assert_allclose(basis[:25] @ a @ basis[:25].T, t, atol=1e-12)
+    jitted = jax.jit(lambda k: spectrum.lanczos(op, 25, k))(key)
+    np.testing.assert_allclose(jitted.alphas, lz.alphas, rtol=1e-12)
+    plain = spectrum.lanczos(op, 8, key, reorthogonalize=False)
+    assert plain.basis is None  # early steps agree before orthogonality is lost
+    np.testing.assert_allclose(plain.alphas, lz.alphas[:8], rtol=1e-8)
+    ar = spectrum.arnoldi(op, 25, key)
+    np.testing.assert_allclose(ar.basis[:25] @ a @ ar.basis[:26].T, ar.hessenberg.T, atol=1e-12)
+
+
+def test_power_iteration(key):
+    eigenvalues = jnp.concatenate([jnp.linspace(-1.0, 1.0, 49), jnp.array([-4.0])])
+    op = curvature.from_matrix(_spectrum_matrix(key, eigenvalues))
+    result = spectrum.power_iteration(op, key)
+    assert bool(result.converged)
+    np.testing.assert_allclose(result.value, -4.0, rtol=1e-9)
+    assert float(result.residual) < 1e-4
+
+
+def test_breakdown_is_handled_not_nan(key):
+    """Three distinct eigenvalues: the Krylov space is exhausted after 3 steps."""
+    eigenvalues = jnp.repeat(jnp.array([1.0, 2.0, 3.0]), 10)
+    op = curvature.from_matrix(_spectrum_matrix(key, eigenvalues))
+    lz = spectrum.lanczos(op, 12, key)
+    assert np.all(np.isfinite(lz.alphas)) and np.all(np.isfinite(lz.basis))
+    assert float(lz.betas[2]) == 0.0
+    np.testing.assert_allclose(lz.basis @ lz.basis.T, np.eye(13), atol=1e-12)
+    # Arnoldi keeps no spurious (near-zero) Ritz values: every Ritz value is a true eigenvalue.
+    ar = spectrum.arnoldi(op, 12, key)
+    ritz = np.linalg.eigvals(np.asarray(ar.hessenberg[:12])).real
+    assert np.min(np.abs(ritz[:, None] - np.array([1.0, 2.0, 3.0])), axis=1).max() < 1e-10
+    for method in ("lanczos", "arnoldi"):
+        low = spectrum.top_eigenpairs(op, 2, key, which="smallest", method=method, num_iters=12)
+        np.testing.assert_allclose(low.values, [1.0, 1.0], rtol=1e-10)
+    for reorth in (True, False):
+        d = spectrum.spectral_density(op, key, num_iters=12, num_probes=4, reorthogonalize=reorth)
+        assert np.all(np.isfinite(d.nodes)) and np.all(np.isfinite(d.density))
+        for value in (1.0, 2.0, 3.0):  # each eigenvalue holds about a third of the probe mass
+            near = np.abs(np.asarray(d.nodes) - value) < 1e-8
+            assert 0.1 < float(np.sum(np.where(near, d.weights, 0.0))) / 4 < 0.6
+        np.testing.assert_allclose(np.sum(d.weights), 4.0, rtol=1e-12)  # all mass on 1, 2, 3
+        far = np.min(np.abs(np.asarray(d.nodes)[..., None] - np.array([1.0, 2.0, 3.0])), -1) > 1e-6
+        assert float(np.sum(np.where(far, d.weights, 0.0))) < 1e-12
+
+
+def test_full_space_and_tiny_dimensions(key):
+    op = curvature.from_matrix(jnp.diag(jnp.array([3.0, -1.0, 2.0])))
+    result = spectrum.top_eigenpairs(op, 3, key)
+    np.testing.assert_allclose(result.values, [3.0, 2.0, -1.0], atol=1e-12)
+
+
+def test_bad_input(key):
+    op = curvature.from_matrix(jnp.eye(4))
+    with pytest.raises(ValueError, match="k=5 exceeds the operator dimension 4"):
+        spectrum.top_eigenpairs(op, 5, key)
+    with pytest.raises(ValueError, match="num_iters=9 exceeds the operator dimension 4"):
+        spectrum.lanczos(op, 9, key)
+    with pytest.raises(ValueError, match="which must be one of"):
+        spectrum.top_eigenpairs(op, 1, key, which="middle")
+    with pytest.raises(ValueError, match="method must be one of"):
+        spectrum.top_eigenpairs(op, 1, key, method="qr")
+    with pytest.raises(TypeError, match="op must be a LinearOperator"):
+        spectrum.top_eigenpairs(jnp.eye(4), 1, key)
+    nan_op = curvature.from_matrix(jnp.full((4, 4), jnp.nan))
+    for call in (lambda: spectrum.top_eigenpairs(nan_op, 2, key),
+                 lambda: spectrum.lanczos(nan_op, 3, key),
+                 lambda: spectrum.arnoldi(nan_op, 3, key),
+                 lambda: spectrum.power_iteration(nan_op, key),
+                 lambda: spectrum.spectral_density(nan_op, key, num_iters=3, num_probes=2),
+                 lambda: spectrum.trace(nan_op, key, 8)):
+        with pytest.raises(FloatingPointError, match="NaN or inf"):
+            call()
+
+
+def test_compile_size_does_not_grow_with_iterations(key):
+    op = curvature.from_matrix(jnp.eye(300))
+    def program(num_iters):
+        return str(jax.make_jaxpr(lambda k: spectrum.lanczos(op, num_iters, k).alphas)(key))
+
+    texts = [re.sub(r"\d+", "", program(n)) for n in (10, 200)]
+    assert texts[0] == texts[1]  # identical programs up to the numbers in shapes and bounds

@@ -1,0 +1,392 @@
+"""Curvature operators on pytrees: Hessian, Gauss-Newton and empirical-Fisher products.
+
+- `hvp(loss_fn, params, batch, v)`: Hessian-vector product by forward-over-reverse.
+- `ggn_vp(predict_fn, output_loss_fn, params, batch, v)`: Gauss-Newton J^T H_out J v.
+- `fisher_vp(loss_fn, params, batch, v)`: empirical Fisher (1/B) sum_i g_i g_i^T v.
+- `operator(loss_fn, params, data, kind=...)`: the curvature of the loss averaged over a whole
+  dataset (each batch weighted by its size), as a `LinearOperator` whose `matvec` takes a flat
+  vector or a params-shaped pytree. Batches are sharded over devices when several are present.
+- `from_matrix(A)` / `linear_operator(mv, like)`: the same operator type around any matvec.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from workbench import tree as tu
+
+PyTree = Any
+KINDS = ("hessian", "ggn", "fisher")
+_AUTO_FULL_BATCH = 4096  # batch_size=None: the whole dataset in one batch up to this many examples
+
+
+# ----------------------------------------------------------------------------- single-batch products
+
+
+def _cast_like(v: PyTree, params: PyTree) -> PyTree:
+    return jax.tree.map(lambda vi, pi: jnp.asarray(vi).astype(pi.dtype), v, params)
+
+
+def hvp(loss_fn: Callable, params: PyTree, batch: Any, v: PyTree) -> PyTree:
+    """Hessian of `loss_fn(params, batch)` times `v` (params-shaped), by forward-over-reverse."""
+    v = _cast_like(v, params)
+    return jax.jvp(lambda p: jax.grad(loss_fn)(p, batch), (params,), (v,))[1]
+
+
+def ggn_vp(
+    predict_fn: Callable,
+    output_loss_fn: Callable,
+    params: PyTree,
+    batch: Any,
+    v: PyTree,
+    l2: float = 0.0,
+) -> PyTree:
+    """Generalized Gauss-Newton product J^T H_out J v (+ l2 v).
+
+    `predict_fn(params, x)` gives outputs, `output_loss_fn(outputs, y)` per-example losses whose
+    batch mean is the loss; H_out is the Hessian of that mean with respect to the outputs.
+    """
+    x, y = batch
+    v = _cast_like(v, params)
+    outputs, jv = jax.jvp(lambda p: predict_fn(p, x), (params,), (v,))
+    mean_loss = lambda o: jnp.mean(output_loss_fn(o, y))
+    hjv = jax.jvp(jax.grad(mean_loss), (outputs,), (jv,))[1]
+    _, vjp = jax.vjp(lambda p: predict_fn(p, x), params)
+    out = vjp(hjv)[0]
+    return tu.axpy(l2, v, out) if l2 else out
+
+
+def fisher_vp(loss_fn: Callable, params: PyTree, batch: Any, v: PyTree) -> PyTree:
+    """Empirical Fisher (1/B) sum_i g_i (g_i . v), g_i the gradient of `loss_fn` on example i alone."""
+    v = _cast_like(v, params)
+    n = jax.tree.leaves(batch)[0].shape[0]
+
+    def per_example_losses(p):
+        return jax.vmap(lambda ex: loss_fn(p, jax.tree.map(lambda a: a[None], ex)))(batch)
+
+    losses, vjp = jax.vjp(per_example_losses, params)
+    jv = jax.jvp(per_example_losses, (params,), (v,))[1]
+    return tu.scale(jnp.asarray(1.0 / n, losses.dtype), vjp(jv)[0])
+
+
+# ----------------------------------------------------------------------------- linear operators
+
+
+@jax.tree_util.register_pytree_node_class
+class LinearOperator:
+    """A linear map on flat vectors of length `dim`, described by `fn(args, flat) -> flat`.
+
+    The arrays it needs (params, data) live in `args`, so an operator is a pytree: it can be
+    passed through `jax.jit`/`vmap` and algorithms compile once per operator kind, not per call.
+    - `mv(flat) -> flat`: the product on flat vectors (what algorithms call);
+    - `matvec(v)`: the product on a flat vector or a pytree shaped like `like` (same kind back);
+    - `matmat(vs)`: products with the rows of `vs` [m, dim];
+    - `dim`, `dtype`, `like` (pytree of `jax.ShapeDtypeStruct`), `ravel(tree)`, `unravel(flat)`.
+    """
+
+    def __init__(self, fn: Callable, args: Any, like: PyTree):
+        self.fn = fn
+        self.args = args
+        leaves, self._treedef = jax.tree.flatten(like)
+        self._shapes = tuple(
+            jax.ShapeDtypeStruct(tuple(jnp.shape(a)), jnp.result_type(a)) for a in leaves
+        )
+        self.dim = int(sum(int(np.prod(s.shape)) for s in self._shapes))
+        self.dtype = jnp.result_type(*[s.dtype for s in self._shapes])
+
+    def tree_flatten(self):
+        return (self.args,), (self.fn, self._treedef, self._shapes)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        fn, treedef, shapes = aux
+        return cls(fn, children[0], treedef.unflatten(shapes))
+
+    @property
+    def like(self) -> PyTree:
+        return self._treedef.unflatten(self._shapes)
+
+    def ravel(self, v: PyTree) -> jax.Array:
+        leaves = jax.tree.leaves(v)
+        if not leaves:
+            return jnp.zeros((0,), self.dtype)
+        return jnp.concatenate([jnp.ravel(a).astype(self.dtype) for a in leaves])
+
+    def unravel(self, flat: jax.Array) -> PyTree:
+        out, start = [], 0
+        for s in self._shapes:
+            size = int(np.prod(s.shape))
+            out.append(flat[start : start + size].reshape(s.shape).astype(s.dtype))
+            start += size
+        return self._treedef.unflatten(out)
+
+    def mv(self, x: jax.Array) -> jax.Array:
+        return self.fn(self.args, x)
+
+    def matvec(self, v):
+        """The product with a flat vector [dim] or a pytree shaped like `like` (jit-compiled)."""
+        if isinstance(v, jax.Array | np.ndarray) and jnp.ndim(v) == 1 and v.shape[0] == self.dim:
+            return _apply(self, jnp.asarray(v).astype(self.dtype))
+        tu.check_same_structure(self.like, v, "operator input", "vector")
+        return self.unravel(_apply(self, self.ravel(v)))
+
+    def matmat(self, vs: jax.Array) -> jax.Array:
+        """Products with the rows of `vs` [m, dim], vmapped (jit-compiled)."""
+        return _apply_rows(self, jnp.asarray(vs).astype(self.dtype))
+
+    def dense(self) -> jax.Array:
+        """The full [dim, dim] matrix (dim matvecs): for references on small problems only."""
+        return self.matmat(jnp.eye(self.dim, dtype=self.dtype)).T
+
+    def __repr__(self):
+        return f"LinearOperator(dim={self.dim}, dtype={self.dtype})"
+
+
+@jax.jit
+def _apply(op: LinearOperator, x: jax.Array) -> jax.Array:
+    return op.mv(x)
+
+
+@jax.jit
+def _apply_rows(op: LinearOperator, xs: jax.Array) -> jax.Array:
+    return jax.vmap(op.mv)(xs)
+
+
+def linear_operator(mv_tree: Callable[[PyTree], PyTree], like: PyTree) -> LinearOperator:
+    """Wrap a pytree -> pytree linear map acting on vectors shaped like `like`."""
+    like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), like)
+    holder: list[LinearOperator] = []
+
+    def fn(args, x):
+        op = holder[0]
+        return op.ravel(mv_tree(op.unravel(x)))
+
+    holder.append(LinearOperator(fn, (), like))
+    return holder[0]
+
+
+def _matrix_product(matrix, x):
+    return matrix @ x
+
+
+def from_matrix(matrix: jax.Array) -> LinearOperator:
+    """The operator x -> matrix @ x on flat vectors (tests, synthetic spectra)."""
+    matrix = jnp.asarray(matrix)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"matrix must be square, got shape {matrix.shape}")
+    return LinearOperator(
+        _matrix_product, matrix, jax.ShapeDtypeStruct((matrix.shape[0],), matrix.dtype)
+    )
+
+
+# ----------------------------------------------------------------------------- parameter subsets
+
+
+def _path_name(path) -> str:
+    parts = []
+    for k in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def leaf_names(params: PyTree) -> list[str]:
+    """'/'-joined path of every leaf, e.g. 'layers/0/kernel' (what `select=` matches)."""
+    return [_path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def _selection_mask(params: PyTree, select) -> list[bool]:
+    names = leaf_names(params)
+    if select is None:
+        return [True] * len(names)
+    if callable(select):
+        mask = [bool(select(n)) for n in names]
+    else:
+        prefixes = [select] if isinstance(select, str) else list(select)
+        if not prefixes or not all(isinstance(s, str) for s in prefixes):
+            raise ValueError(f"select must be a path prefix, a list of them or a predicate, got {select!r}")
+        split = lambda s: [c for c in s.split("/") if c]
+        mask = [any(split(n)[: len(split(s))] == split(s) for s in prefixes) for n in names]
+    if not any(mask):
+        raise ValueError(f"select={select!r} matches no parameter; leaves are {names}")
+    return mask
+
+
+# ----------------------------------------------------------------------------- dataset-averaged operator
+
+
+def _num_examples(data) -> int:
+    leaves = jax.tree.leaves(data)
+    if not leaves:
+        raise ValueError("data must hold at least one array")
+    n = int(jnp.shape(leaves[0])[0])
+    if any(int(jnp.shape(a)[0]) != n for a in leaves):
+        raise ValueError(f"data arrays disagree on the number of examples: {[jnp.shape(a) for a in leaves]}")
+    if n == 0:
+        raise ValueError("data is empty")
+    return n
+
+
+def operator(
+    loss_fn,
+    params: PyTree,
+    data: Any,
+    kind: str = "hessian",
+    *,
+    batch_size: int | None = None,
+    select: str | Sequence[str] | Callable[[str], bool] | None = None,
+    predict_fn: Callable | None = None,
+    output_loss_fn: Callable | None = None,
+    l2: float | None = None,
+    accumulate_dtype=None,
+    devices: Sequence[jax.Device] | None = None,
+) -> LinearOperator:
+    """Curvature of the loss averaged over the whole of `data`, as a `LinearOperator`.
+
+    `loss_fn(params, batch)` is the mean loss of a batch, or a `workbench.models.Functional`
+    (then GGN products use its `predict_fn`, `output_loss_fn` and `l2`). `kind` is "hessian",
+    "ggn" (needs predict_fn/output_loss_fn, from the Functional or passed here) or "fisher".
+    The batch operators are summed weighted by batch size and divided by N, so a short last batch
+    does not bias the result. `batch_size=None` takes the whole dataset at once up to 4096
+    examples and batches of 1024 beyond. `select` restricts the operator to a subset of the params
+    (a '/'-path prefix like "layers/0", a list of them, or a predicate on the path); its vectors
+    are then the selected leaves only. `accumulate_dtype` is the dtype of the batch sum (default
+    the params' dtype). With several `devices` (default: all local devices) the full batches are
+    split across them with `shard_map` and summed.
+    """
+    from workbench.models import Functional  # lower layer; imported lazily to keep this light
+
+    if isinstance(loss_fn, Functional):
+        fn = loss_fn
+        loss_fn = fn.loss_fn
+        predict_fn = predict_fn or fn.predict_fn
+        output_loss_fn = output_loss_fn or fn.output_loss_fn
+        l2 = fn.l2 if l2 is None else l2
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable or a Functional, got {type(loss_fn).__name__}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "ggn" and (predict_fn is None or output_loss_fn is None):
+        raise ValueError("kind='ggn' needs predict_fn and output_loss_fn (or pass a models.Functional)")
+    l2 = float(l2 or 0.0)
+    leaves = jax.tree.leaves(params)
+    if not leaves or not all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves):
+        raise ValueError("params must be a non-empty pytree of floating-point arrays")
+    n = _num_examples(data)
+    if batch_size is None:
+        batch_size = n if n <= _AUTO_FULL_BATCH else 1024
+    if not isinstance(batch_size, int | np.integer) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = min(int(batch_size), n)
+
+    flat_leaves, treedef = jax.tree.flatten(params)
+    mask = tuple(_selection_mask(params, select))
+    sub = treedef.unflatten([leaf if m else None for leaf, m in zip(flat_leaves, mask, strict=True)])
+    fixed = [leaf for leaf, m in zip(flat_leaves, mask, strict=True) if not m]
+    dtype = jnp.result_type(*jax.tree.leaves(sub))
+    acc_dtype = jnp.dtype(accumulate_dtype or dtype)
+
+    devices = tuple(jax.local_devices() if devices is None else devices)
+    num_full = n // batch_size
+    per_device = num_full // len(devices) if len(devices) > 1 else 0
+    num_sharded = per_device * len(devices)  # full batches spread over the devices
+    mesh = Mesh(np.array(devices), ("batch",)) if num_sharded else None
+
+    def stack(a, lo, hi):
+        a = jnp.asarray(a)
+        return a[lo * batch_size : hi * batch_size].reshape((hi - lo, batch_size) + a.shape[1:])
+
+    args = {
+        "sub": sub,
+        "fixed": fixed,
+        "stacked": jax.tree.map(lambda a: stack(a, num_sharded, num_full), data),
+        "tail": jax.tree.map(lambda a: jnp.asarray(a)[num_full * batch_size :], data),
+    }
+    if num_sharded:
+        sharding = NamedSharding(mesh, P("batch"))
+        args["sharded"] = jax.tree.map(lambda a: jax.device_put(stack(a, 0, num_sharded), sharding), data)
+    fn = _dataset_product(
+        loss_fn, kind, predict_fn, output_loss_fn, l2, treedef, mask, batch_size, n,
+        num_full - num_sharded, n - num_full * batch_size, mesh, acc_dtype,
+    )
+    return LinearOperator(fn, args, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), sub))
+
+
+@functools.lru_cache(maxsize=64)
+def _dataset_product(
+    loss_fn, kind, predict_fn, output_loss_fn, l2, treedef, mask, batch_size, n,
+    num_local, tail_size, mesh, acc_dtype,
+):
+    """The `fn(args, flat)` of a dataset-averaged operator; cached so equal configurations share
+    one function object (and so one compiled algorithm per operator kind)."""
+
+    def merge(sub, fixed):
+        chosen, rest = iter(jax.tree.leaves(sub)), iter(fixed)
+        return treedef.unflatten([next(chosen) if m else next(rest) for m in mask])
+
+    def batch_product(sub, fixed, batch, v):
+        if kind == "hessian":
+            return hvp(lambda q, b: loss_fn(merge(q, fixed), b), sub, batch, v)
+        if kind == "fisher":
+            return fisher_vp(lambda q, b: loss_fn(merge(q, fixed), b), sub, batch, v)
+        return ggn_vp(lambda q, x: predict_fn(merge(q, fixed), x), output_loss_fn, sub, batch, v, l2=l2)
+
+    def ravel(t):
+        return jnp.concatenate([jnp.ravel(a).astype(acc_dtype) for a in jax.tree.leaves(t)])
+
+    def scan_sum(sub, fixed, v, batches, varying=False):
+        def body(acc, b):
+            return acc + ravel(batch_product(sub, fixed, b, v)), None
+
+        size = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(sub))
+        init = jnp.zeros((size,), acc_dtype)
+        if varying:  # inside shard_map the carry must be typed device-varying like the batches
+            init = jax.lax.pcast(init, "batch", to="varying")
+        if jax.tree.leaves(batches)[0].shape[0] == 1:  # one batch: skip the loop
+            return body(init, jax.tree.map(lambda a: a[0], batches))[0]
+        return jax.lax.scan(body, init, batches)[0]
+
+    def per_device_sum(sub, fixed, v, batches):
+        # Mark the replicated inputs device-varying: otherwise differentiating with respect to
+        # them inserts its own psum, and the explicit one below would count every batch twice.
+        sub, fixed, v = jax.lax.pcast((sub, fixed, v), "batch", to="varying")
+        return jax.lax.psum(scan_sum(sub, fixed, v, batches, varying=True), "batch")
+
+    if mesh is not None:
+        sharded_sum = jax.shard_map(
+            per_device_sum, mesh=mesh, in_specs=(P(), P(), P(), P("batch")), out_specs=P()
+        )
+
+    def fn(args, x):
+        sub, fixed = args["sub"], args["fixed"]
+        leaves = jax.tree.leaves(sub)
+        dtype = jnp.result_type(*leaves)
+        v, start = [], 0
+        for a in leaves:
+            v.append(x[start : start + a.size].reshape(a.shape).astype(a.dtype))
+            start += a.size
+        v = jax.tree.unflatten(jax.tree.structure(sub), v)
+        weight = jnp.asarray(batch_size, acc_dtype)  # every batch product is a batch mean
+        total = jnp.zeros((start,), acc_dtype)
+        if mesh is not None:
+            total = total + sharded_sum(sub, fixed, v, args["sharded"]) * weight
+        if num_local:
+            total = total + scan_sum(sub, fixed, v, args["stacked"]) * weight
+        if tail_size:
+            tail = ravel(batch_product(sub, fixed, args["tail"], v))
+            total = total + tail * jnp.asarray(tail_size, acc_dtype)
+        return (total / jnp.asarray(n, acc_dtype)).astype(dtype)
+
+    return fn

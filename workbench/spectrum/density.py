@@ -1,0 +1,206 @@
+"""Spectral density by stochastic Lanczos quadrature, and stochastic trace estimators.
+
+- `spectral_density(op, key, ...)`: per probe, Lanczos gives a Gauss quadrature (Ritz values as
+  nodes, squared first components of the Ritz vectors as weights) of the probe's spectral
+  measure; averaging over probes estimates the eigenvalue distribution, which is then broadened
+  with a Gaussian kernel on a grid (Ghorbani et al. 2019; PyHessian's recipe).
+- `trace(op, key, num_probes, method)`: Hutchinson (Rademacher probes), Hutch++ (Meyer et al.
+  2021) and XTrace (Epperly, Tropp & Webber 2024), each with a standard error.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workbench.spectrum.krylov import (
+    _check_finite,
+    _check_iters,
+    _check_op,
+    _extend,
+    _plain_recurrence,
+    _start,
+)
+
+TRACE_METHODS = ("hutchinson", "hutch++", "xtrace")
+_PROBE_MEMORY = 1 << 30  # bytes of probe vectors processed together
+
+
+class Density(NamedTuple):
+    grid: jax.Array  # [grid_size]
+    density: jax.Array  # [grid_size], integrates to 1 over the grid (trapezoid rule)
+    nodes: jax.Array  # [num_probes, num_iters] Ritz values of each probe
+    weights: jax.Array  # [num_probes, num_iters] quadrature weights, each row sums to 1
+
+
+class TraceEstimate(NamedTuple):
+    estimate: jax.Array
+    std_error: jax.Array  # standard error of the estimate (from the spread of its samples)
+    num_matvecs: int
+
+
+def _probe_batch(op, count: int, per_probe: int) -> int:
+    """How many probes to push through the operator at once within the memory budget."""
+    itemsize = jnp.dtype(op.dtype).itemsize
+    return max(1, min(count, _PROBE_MEMORY // max(1, per_probe * op.dim * itemsize)))
+
+
+def _map_rows(fn, xs, batch_size):
+    return jax.lax.map(fn, xs, batch_size=batch_size if batch_size < xs.shape[0] else None)
+
+
+# ----------------------------------------------------------------------------- SLQ density
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _slq_nodes(op, key, num_iters, num_probes, reorthogonalize, batch):
+    keys = jax.random.split(key, num_probes)
+
+    def one_probe(k):
+        k_probe, k_run = jax.random.split(k)
+        v0 = jax.random.rademacher(k_probe, (op.dim,), op.dtype)
+        v0 = v0 / jnp.linalg.norm(v0)
+        if reorthogonalize:
+            basis, hess, finite, k_run = _start(op, k_run, num_iters, v0)
+            _, hess, finite, _ = _extend(op.mv, basis, hess, finite, k_run, 0, num_iters)
+            idx = jnp.arange(num_iters)
+            alphas, betas = hess[idx, idx], hess[idx + 1, idx]
+        else:
+            alphas, betas, finite = _plain_recurrence(op, v0, num_iters)
+        off = betas[: num_iters - 1]
+        t = jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)
+        nodes, vecs = jnp.linalg.eigh(t)
+        return nodes, vecs[0] ** 2, finite
+
+    nodes, weights, finite = _map_rows(one_probe, keys, batch)
+    return nodes, weights, jnp.all(finite)
+
+
+def broaden(nodes, weights, grid, sigma2):
+    """Mean over probes of sum_i w_i N(grid; node_i, sigma2), renormalized to integrate to 1."""
+    gauss = jnp.exp(-((grid[None, None, :] - nodes[..., None]) ** 2) / (2 * sigma2))
+    gauss = gauss / jnp.sqrt(2 * jnp.pi * sigma2)
+    density = jnp.einsum("pi,pig->g", weights, gauss) / nodes.shape[0]
+    return density / jnp.trapezoid(density, grid)
+
+
+def spectral_density(
+    op,
+    key,
+    num_iters: int = 90,
+    num_probes: int = 10,
+    sigma2: float = 1e-5,
+    grid_size: int = 10_000,
+    reorthogonalize: bool = True,
+) -> Density:
+    """Eigenvalue density of a symmetric operator by stochastic Lanczos quadrature.
+
+    `num_probes` Rademacher probes, `num_iters` Lanczos steps each (fully reorthogonalized by
+    default; set False for O(dim) memory per probe). The Gaussian kernel has variance
+    sigma2 * max(1, spectral range) (PyHessian's scaling), on `grid_size` points spanning the
+    Ritz values plus a margin; the returned density integrates to 1.
+    """
+    _check_op(op)
+    num_iters = _check_iters(num_iters, op.dim)
+    for name, value in (("num_probes", num_probes), ("grid_size", grid_size)):
+        if not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not sigma2 > 0:
+        raise ValueError(f"sigma2 must be positive, got {sigma2!r}")
+    batch = _probe_batch(op, num_probes, num_iters + 2 if reorthogonalize else 4)
+    nodes, weights, finite = _slq_nodes(
+        op, key, num_iters, int(num_probes), bool(reorthogonalize), batch
+    )
+    _check_finite(finite, "spectral_density")
+    return _grid_density(nodes, weights, float(sigma2), int(grid_size))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _grid_density(nodes, weights, sigma2, grid_size):
+    lo, hi = jnp.min(nodes), jnp.max(nodes)
+    var = sigma2 * jnp.maximum(1.0, hi - lo)
+    pad = 0.01 * (hi - lo) + 5 * jnp.sqrt(var)
+    grid = jnp.linspace(lo - pad, hi + pad, grid_size, dtype=nodes.dtype)
+    return Density(grid, broaden(nodes, weights, grid, var), nodes, weights)
+
+
+# ----------------------------------------------------------------------------- traces
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _hutchinson(op, key, m, batch):
+    z = jax.random.rademacher(key, (m, op.dim), op.dtype)
+    samples = jnp.sum(z * _map_rows(op.mv, z, batch), axis=1)
+    finite = jnp.all(jnp.isfinite(samples))
+    return samples.mean(), samples.std(ddof=1) / jnp.sqrt(m), finite
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _hutchpp(op, key, m, batch):
+    s = m // 3
+    g = m - 2 * s
+    k1, k2 = jax.random.split(key)
+    sketch = jax.random.rademacher(k1, (s, op.dim), op.dtype)
+    q = jnp.linalg.qr(_map_rows(op.mv, sketch, batch).T)[0]  # [dim, s]
+    aq = _map_rows(op.mv, q.T, batch)  # [s, dim]
+    low_rank = jnp.sum(q.T * aq)
+    z = jax.random.rademacher(k2, (g, op.dim), op.dtype)
+    z = z - (z @ q) @ q.T
+    samples = jnp.sum(z * _map_rows(op.mv, z, batch), axis=1)
+    finite = jnp.isfinite(low_rank) & jnp.all(jnp.isfinite(samples))
+    return low_rank + samples.mean(), samples.std(ddof=1) / jnp.sqrt(g), finite
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _xtrace(op, key, m, batch):
+    """XTrace: for each test vector i, a low-rank trace from the other vectors plus a Hutchinson
+    correction with vector i; the average over i is unbiased and exchangeable."""
+    t = m // 2
+    omega = jax.random.normal(key, (t, op.dim), op.dtype)
+    y = _map_rows(op.mv, omega, batch)  # rows A w_i
+    q, r = jnp.linalg.qr(y.T)  # [dim, t], [t, t]
+    aq = _map_rows(op.mv, q.T, batch)  # rows A q_j
+    h = q.T @ aq.T
+    h = 0.5 * (h + h.T)
+    c = q.T @ omega.T  # [t, t] coordinates of the test vectors in range(Q)
+
+    def one(i):
+        others = jnp.arange(t - 1) + (jnp.arange(t - 1) >= i).astype(int)  # all columns but i
+        normal = jnp.linalg.qr(r[:, others], mode="complete")[0][:, -1]  # spans range(R_{-i})^perp
+        u = c[:, i] - normal * jnp.vdot(normal, c[:, i])
+        low_rank = jnp.trace(h) - normal @ h @ normal
+        correction = jnp.vdot(omega[i], y[i]) - 2 * jnp.vdot(u, r[:, i]) + u @ h @ u
+        return low_rank + correction
+
+    samples = jax.vmap(one)(jnp.arange(t))
+    finite = jnp.all(jnp.isfinite(samples))
+    return samples.mean(), samples.std(ddof=1) / jnp.sqrt(t), finite
+
+
+def trace(op, key, num_probes: int = 100, method: str = "hutchinson") -> TraceEstimate:
+    """Stochastic trace estimate using `num_probes` operator products, with its standard error.
+
+    "hutchinson": mean of z^T A z over Rademacher z. "hutch++": a third of the budget sketches
+    the top subspace Q, a third computes tr(Q^T A Q) exactly, the rest runs Hutchinson on the
+    deflated remainder (needs >= 4 probes). "xtrace": num_probes/2 Gaussian test vectors used
+    leave-one-out (needs >= 4; assumes a symmetric operator). The deflating estimators have far
+    lower variance than Hutchinson when the spectrum decays fast.
+    """
+    _check_op(op)
+    if method not in TRACE_METHODS:
+        raise ValueError(f"method must be one of {TRACE_METHODS}, got {method!r}")
+    least = 2 if method == "hutchinson" else 4
+    if not isinstance(num_probes, int | np.integer) or num_probes < least:
+        raise ValueError(f"num_probes must be an int >= {least} for {method}, got {num_probes!r}")
+    if method != "hutchinson" and num_probes // (3 if method == "hutch++" else 2) > op.dim:
+        raise ValueError(f"num_probes={num_probes} is too many for {method} on dimension {op.dim}")
+    num_probes = int(num_probes)
+    fn = {"hutchinson": _hutchinson, "hutch++": _hutchpp, "xtrace": _xtrace}[method]
+    estimate, std_error, finite = fn(op, key, num_probes, _probe_batch(op, num_probes, 2))
+    _check_finite(finite, "trace")
+    used = num_probes if method != "xtrace" else 2 * (num_probes // 2)
+    return TraceEstimate(estimate, std_error, used)

@@ -1,0 +1,403 @@
+"""Krylov eigensolvers: power iteration, Lanczos, Arnoldi, top-k eigenpairs (thick restart).
+
+Every algorithm takes a `workbench.curvature.LinearOperator` (or anything with `mv`, `dim` and
+`dtype`) and an explicit PRNG key, runs its iterations in `lax` loops (compile time does not grow
+with the iteration count) and returns a NamedTuple. Krylov bases are fully reorthogonalized
+(two passes of classical Gram-Schmidt). A breakdown (the Krylov space became invariant, beta ~ 0)
+restarts from a fresh random vector orthogonal to the basis and records beta = 0, so the
+projected matrix decouples instead of filling with NaNs. A non-finite operator product raises
+`FloatingPointError` at the public boundary (under an outer `jit`, the same check runs as a host
+callback and surfaces as a runtime error carrying that message).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+WHICH = ("largest", "smallest", "both")
+METHODS = ("lanczos", "arnoldi")
+
+
+class PowerResult(NamedTuple):
+    value: jax.Array  # Rayleigh quotient of the dominant (largest-magnitude) eigenvalue
+    vector: jax.Array  # [dim], unit norm
+    residual: jax.Array  # ||A x - value x||
+    converged: jax.Array  # bool
+    num_iters: jax.Array  # matvecs used
+
+
+class LanczosResult(NamedTuple):
+    """A V^T = V T + beta_m v_{m+1} e_m^T with T tridiagonal(alphas, betas[:-1])."""
+
+    alphas: jax.Array  # [m] diagonal
+    betas: jax.Array  # [m] off-diagonal; betas[-1] couples to the next (residual) vector
+    basis: jax.Array | None  # [m + 1, dim] rows orthonormal (None without reorthogonalization)
+    finite: jax.Array  # bool: every operator product was finite
+
+
+class ArnoldiResult(NamedTuple):
+    """A V_m^T = V_{m+1}^T H with V rows orthonormal and H upper Hessenberg [m + 1, m]."""
+
+    basis: jax.Array  # [m + 1, dim]
+    hessenberg: jax.Array  # [m + 1, m]
+    finite: jax.Array
+
+
+class EigenResult(NamedTuple):
+    values: jax.Array  # [k]: "largest" descending, "smallest" ascending, "both" descending
+    vectors: jax.Array  # [k, dim] unit rows (op.unravel(vectors[i]) for a params pytree)
+    residuals: jax.Array  # [k] true residual norms ||A x - value x||
+    converged: jax.Array  # [k] bool: residual <= tol * spectral-norm estimate
+    num_matvecs: jax.Array  # operator products used
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _raise_nonfinite(where: str, finite) -> None:
+    if not np.all(np.asarray(finite)):
+        raise FloatingPointError(
+            f"{where}: an operator product returned NaN or inf (check the loss, params and data "
+            "for non-finite values)"
+        )
+
+
+def _check_finite(finite, where: str) -> None:
+    if isinstance(finite, jax.core.Tracer):
+        jax.debug.callback(functools.partial(_raise_nonfinite, where), finite)
+    else:
+        _raise_nonfinite(where, finite)
+
+
+def _check_op(op) -> None:
+    if not (hasattr(op, "mv") and hasattr(op, "dim") and hasattr(op, "dtype")):
+        raise TypeError(
+            f"op must be a LinearOperator (see workbench.curvature.operator), got {type(op).__name__}"
+        )
+    if not jnp.issubdtype(op.dtype, jnp.floating):
+        raise ValueError(f"op must act on floating vectors, got dtype {op.dtype}")
+
+
+def _check_iters(num_iters, dim: int, name: str = "num_iters") -> int:
+    if not isinstance(num_iters, int | np.integer) or num_iters < 1:
+        raise ValueError(f"{name} must be a positive int, got {num_iters!r}")
+    if num_iters > dim:
+        raise ValueError(f"{name}={num_iters} exceeds the operator dimension {dim}")
+    return int(num_iters)
+
+
+def default_tol(dtype) -> float:
+    """Relative residual tolerance: 1e-10 in float64, 1e-4 in float32 (and below)."""
+    return 1e-10 if jnp.finfo(dtype).bits >= 64 else 1e-4
+
+
+# ----------------------------------------------------------------------------- power iteration
+
+
+def power_iteration(op, key, num_iters: int = 500, tol: float | None = None) -> PowerResult:
+    """Dominant (largest-magnitude) eigenpair by power iteration.
+
+    Stops when the residual ||A x - value x|| <= tol * |value| (default tol: the square root of
+    `default_tol`, since the eigenvalue error is about residual^2 / gap) or after `num_iters`
+    matvecs. Convergence is linear in |lambda_2 / lambda_1|; prefer `top_eigenpairs`.
+    """
+    _check_op(op)
+    if not isinstance(num_iters, int | np.integer) or num_iters < 1:
+        raise ValueError(f"num_iters must be a positive int, got {num_iters!r}")
+    tol = float(np.sqrt(default_tol(op.dtype))) if tol is None else float(tol)
+    result = _power_jit(op, key, int(num_iters), tol)
+    _check_finite(jnp.isfinite(result.value) & jnp.isfinite(result.residual), "power_iteration")
+    return result
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _power_jit(op, key, num_iters, tol):
+    x0 = jax.random.normal(key, (op.dim,), op.dtype)
+
+    def step(x):
+        x = x / jnp.linalg.norm(x)
+        ax = op.mv(x)
+        value = jnp.vdot(x, ax)
+        return x, ax, value, jnp.linalg.norm(ax - value * x)
+
+    def cond(state):
+        i, _, _, value, residual = state
+        return (i < num_iters) & (residual > tol * jnp.abs(value)) & jnp.isfinite(residual)
+
+    def body(state):
+        i, _, ax, _, _ = state
+        return (i + 1, *step(ax))
+
+    i, x, _, value, residual = jax.lax.while_loop(cond, body, (1, *step(x0)))
+    return PowerResult(value, x, residual, residual <= tol * jnp.abs(value), i)
+
+
+# ----------------------------------------------------------------------------- Krylov core
+
+
+def _orthogonalize(basis, w):
+    """Two passes of classical Gram-Schmidt against the rows of `basis` (zero rows are inert)."""
+    h1 = basis @ w
+    w = w - h1 @ basis
+    h2 = basis @ w
+    return w - h2 @ basis, h1 + h2
+
+
+def _hash_vector(seed, n: int, dtype):
+    """A cheap pseudo-random vector (sine hash) for breakdown restarts; avoids compiling an RNG
+    inside the loop. It only needs to lie outside the current Krylov space."""
+    seed = jnp.asarray(seed, dtype)
+    x = jnp.sin((jnp.arange(n, dtype=dtype) + 1) * (12.9898 + seed) + 78.233 * seed) * 43758.5453
+    return x - jnp.floor(x) - 0.5
+
+
+def _extend(mv, basis, hess, finite, key, start, stop: int):
+    """Arnoldi steps j = start..stop-1: fill basis[j + 1] and column j of `hess`."""
+    dtype = basis.dtype
+    breakdown_tol = 1e3 * jnp.finfo(dtype).eps
+
+    def body(j, state):
+        basis, hess, finite, key = state
+        w = mv(basis[j])
+        ok = jnp.all(jnp.isfinite(w))
+        w = jnp.where(ok, w, jnp.zeros_like(w))
+        scale = jnp.linalg.norm(w)
+        w, h = _orthogonalize(basis, w)
+        beta = jnp.linalg.norm(w)
+        def fresh(_):  # invariant subspace: continue from a new vector orthogonal to the basis
+            r0 = _hash_vector(j.astype(dtype) + key.astype(dtype), w.shape[0], dtype)
+            r = _orthogonalize(basis, _orthogonalize(basis, r0)[0])[0]
+            norm = jnp.linalg.norm(r)
+            alive = norm > 1e-3 * jnp.linalg.norm(r0)  # else the basis already spans everything
+            r = jnp.where(alive, r / jnp.where(alive, norm, 1), jnp.zeros_like(r))
+            return r, jnp.zeros((), dtype)
+
+        def keep(_):
+            return w / beta, beta
+
+        broke = beta <= breakdown_tol * jnp.maximum(scale, jnp.finfo(dtype).tiny)
+        nxt, beta = jax.lax.cond(broke, fresh, keep, None)
+        h = h.at[j + 1].set(beta)
+        return basis.at[j + 1].set(nxt), hess.at[:, j].set(h), finite & ok, key
+
+    return jax.lax.fori_loop(start, stop, body, (basis, hess, finite, key))
+
+
+def _start(op, key, num_iters, v0=None):
+    """Basis with the unit start vector (random normal unless given) and an integer seed for
+    breakdown restarts."""
+    v0 = jax.random.normal(key, (op.dim,), op.dtype) if v0 is None else v0
+    key = jnp.sum(jax.random.key_data(key) % (1 << 16)).astype(jnp.int32)  # no RNG compile
+    basis = jnp.zeros((num_iters + 1, op.dim), op.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    hess = jnp.zeros((num_iters + 1, num_iters), op.dtype)
+    return basis, hess, jnp.asarray(True), key
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _arnoldi_jit(op, key, num_iters):
+    basis, hess, finite, key = _start(op, key, num_iters)
+    basis, hess, finite, _ = _extend(op.mv, basis, hess, finite, key, 0, num_iters)
+    return ArnoldiResult(basis, hess, finite)
+
+
+def arnoldi(op, num_iters: int, key) -> ArnoldiResult:
+    """`num_iters` Arnoldi steps with full reorthogonalization from a random start vector."""
+    _check_op(op)
+    num_iters = _check_iters(num_iters, op.dim)
+    result = _arnoldi_jit(op, key, num_iters)
+    _check_finite(result.finite, "arnoldi")
+    return result
+
+
+def _plain_recurrence(op, v0, num_iters):
+    """Three-term Lanczos recurrence without a stored basis; a breakdown freezes it (beta = 0,
+    v = 0), so the remaining Ritz values decouple with zero quadrature weight."""
+    tol = 1e3 * jnp.finfo(op.dtype).eps
+
+    def body(carry, _):
+        v_prev, v, beta_prev, finite = carry
+        w = op.mv(v)
+        ok = jnp.all(jnp.isfinite(w))
+        w = jnp.where(ok, w, jnp.zeros_like(w))
+        scale = jnp.linalg.norm(w)
+        w = w - beta_prev * v_prev
+        alpha = jnp.vdot(v, w)
+        w = w - alpha * v
+        beta = jnp.linalg.norm(w)
+        broke = beta <= tol * jnp.maximum(scale, jnp.finfo(op.dtype).tiny)
+        beta = jnp.where(broke, jnp.zeros_like(beta), beta)
+        nxt = jnp.where(broke, jnp.zeros_like(w), w / jnp.where(broke, jnp.ones_like(beta), beta))
+        return (v, nxt, beta, finite & ok), (alpha, beta)
+
+    init = (jnp.zeros_like(v0), v0, jnp.zeros((), op.dtype), jnp.asarray(True))
+    (_, _, _, finite), (alphas, betas) = jax.lax.scan(body, init, None, length=num_iters)
+    return alphas, betas, finite
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _lanczos_plain(op, key, num_iters):
+    v0 = jax.random.normal(key, (op.dim,), op.dtype)
+    alphas, betas, finite = _plain_recurrence(op, v0 / jnp.linalg.norm(v0), num_iters)
+    return LanczosResult(alphas, betas, None, finite)
+
+
+def _lanczos_full(op, key, num_iters):
+    basis, hess, finite = _arnoldi_jit(op, key, num_iters)
+    idx = jnp.arange(num_iters)
+    return LanczosResult(hess[idx, idx], hess[idx + 1, idx], basis, finite)
+
+
+def lanczos(op, num_iters: int, key, reorthogonalize: bool = True) -> LanczosResult:
+    """`num_iters` Lanczos steps on a symmetric operator from a random unit start vector.
+
+    With `reorthogonalize` (default) the basis is kept and fully reorthogonalized; without it the
+    plain three-term recurrence runs in O(dim) memory and returns no basis (enough for SLQ).
+    """
+    _check_op(op)
+    num_iters = _check_iters(num_iters, op.dim)
+    result = (_lanczos_full if reorthogonalize else _lanczos_plain)(op, key, num_iters)
+    _check_finite(result.finite, "lanczos")
+    return result
+
+
+def tridiagonal(alphas: jax.Array, betas: jax.Array) -> jax.Array:
+    """The dense [m, m] tridiagonal matrix with diagonal `alphas` and off-diagonal `betas[:m-1]`."""
+    m = alphas.shape[0]
+    off = betas[: m - 1]
+    return jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)
+
+
+# ----------------------------------------------------------------------------- top eigenpairs
+
+
+def _wanted(count: int, m: int, which: str) -> np.ndarray:
+    """Indices into ascending Ritz values: the `count` wanted ones for `which`."""
+    if which == "largest":
+        return np.arange(m - count, m)[::-1]
+    if which == "smallest":
+        return np.arange(count)
+    top = (count + 1) // 2
+    return np.concatenate([np.arange(m - top, m)[::-1], np.arange(count - top)[::-1]])
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
+def _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, true_residuals):
+    """Krylov-Schur (thick-restart Lanczos) for the k wanted eigenpairs of a symmetric operator.
+
+    One while loop: each pass (after the first) compresses the basis to the `keep` wanted Ritz
+    vectors plus the residual vector, then extends it back to depth m with full
+    reorthogonalization. A single matvec and eigh site keeps compile time small.
+    """
+    keep = min(m - 1, max(k + (m - k) // 2, k))
+    wanted = _wanted(k, m, which)
+    kept = _wanted(keep, m, which)
+    basis, hess, finite, key = _start(op, key, m)
+    dtype = basis.dtype
+
+    def restart(basis, hess, theta, s):
+        sk = s[:, kept]
+        new_basis = jnp.zeros_like(basis).at[:keep].set(sk.T @ basis[:m]).at[keep].set(basis[m])
+        new_hess = jnp.zeros_like(hess).at[jnp.arange(keep), jnp.arange(keep)].set(theta[kept])
+        return new_basis, new_hess.at[keep, :keep].set(hess[m] @ sk)
+
+    def body(state):
+        passes, basis, hess, finite, key, theta, s, _ = state
+        basis, hess = jax.lax.cond(
+            passes > 0, restart, lambda b, h, t, u: (b, h), basis, hess, theta, s
+        )
+        start = jnp.where(passes > 0, keep, 0)
+        basis, hess, finite, key = _extend(op.mv, basis, hess, finite, key, start, m)
+        theta, s = jnp.linalg.eigh(0.5 * (hess[:m] + hess[:m].T))
+        res = jnp.abs(hess[m] @ s)
+        norm = jnp.maximum(jnp.max(jnp.abs(theta)), jnp.finfo(dtype).tiny)
+        done = jnp.all(res[wanted] <= tol * norm)
+        return passes + 1, basis, hess, finite, key, theta, s, done
+
+    def cond(state):
+        passes, _, _, finite, _, _, _, done = state
+        return (passes <= max_restarts) & finite & ~done
+
+    init = (0, basis, hess, finite, key, jnp.zeros(m, dtype), jnp.eye(m, dtype=dtype), False)
+    passes, basis, hess, finite, _, theta, s, _ = jax.lax.while_loop(cond, body, init)
+    vectors = s[:, wanted].T @ basis[:m]
+    vectors = vectors / jnp.linalg.norm(vectors, axis=1, keepdims=True)
+    values = theta[wanted]
+    norm = jnp.max(jnp.abs(theta))
+    if true_residuals:
+        products = jax.lax.map(op.mv, vectors)
+        residuals = jnp.linalg.norm(products - values[:, None] * vectors, axis=1)
+    else:  # from A V_m = V_{m+1} H: exact up to rounding with full reorthogonalization
+        residuals = jnp.abs(hess[m] @ s[:, wanted])
+    matvecs = m + (passes - 1) * (m - keep) + (k if true_residuals else 0)
+    return EigenResult(values, vectors, residuals, residuals <= 10 * tol * norm, matvecs), finite
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _arnoldi_eigen(op, key, k, which, m, tol):
+    basis, hess, finite = _arnoldi_jit(op, key, m)
+    theta, s = jnp.linalg.eig(hess[:m])  # general: no symmetry assumed
+    order = jnp.argsort(theta.real)
+    theta, s = theta.real[order], s[:, order].real
+    idx = _wanted(k, m, which)
+    vectors = s[:, idx].T @ basis[:m]
+    vectors = vectors / jnp.linalg.norm(vectors, axis=1, keepdims=True)
+    values = theta[idx]
+    residuals = jnp.linalg.norm(jax.lax.map(op.mv, vectors) - values[:, None] * vectors, axis=1)
+    norm = jnp.max(jnp.abs(theta))
+    return EigenResult(values, vectors, residuals, residuals <= 10 * tol * norm, m + k), finite
+
+
+def top_eigenpairs(
+    op,
+    k: int,
+    key,
+    which: str = "largest",
+    method: str = "lanczos",
+    num_iters: int | None = None,
+    max_restarts: int = 200,
+    tol: float | None = None,
+    true_residuals: bool = True,
+) -> EigenResult:
+    """The k largest / smallest (algebraic) eigenpairs, or both ends ("both": ceil(k/2) largest
+    and floor(k/2) smallest).
+
+    "lanczos" (default) is thick-restart Lanczos with full reorthogonalization: Krylov depth
+    `num_iters` (default max(2k + 20, 40), capped at dim), restarted until every wanted Ritz pair
+    has residual <= tol * |largest Ritz value| or `max_restarts` is spent. "arnoldi" runs one
+    unrestarted Arnoldi factorization of depth `num_iters` (default max(4k, 80)) and takes the
+    real parts of the Ritz values (for operators that may not be exactly symmetric). Residuals
+    are recomputed with k extra matvecs (`true_residuals=False` reads them off the Krylov-Schur
+    relation instead, saving the matvecs and their compile time); `converged[i]` is
+    residual <= 10 * tol * |largest Ritz value|.
+    """
+    _check_op(op)
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    if k > op.dim:
+        raise ValueError(f"k={k} exceeds the operator dimension {op.dim}")
+    tol = default_tol(op.dtype) if tol is None else float(tol)
+    if num_iters is None:
+        num_iters = min(op.dim, max(2 * k + 20, 40) if method == "lanczos" else max(4 * k, 80))
+    num_iters = _check_iters(num_iters, op.dim)
+    if num_iters < min(k + 1, op.dim):
+        raise ValueError(f"num_iters={num_iters} must exceed k={k} (or equal the dimension)")
+    if method == "lanczos":
+        if num_iters == k:  # the whole space: one pass is exact
+            max_restarts = 0
+        result, finite = _thick_restart_lanczos(
+            op, key, int(k), which, num_iters, int(max_restarts), tol, bool(true_residuals)
+        )
+    else:
+        result, finite = _arnoldi_eigen(op, key, int(k), which, num_iters, tol)
+    _check_finite(finite, "top_eigenpairs")
+    return result
+
