@@ -57,6 +57,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import workbench
+from workbench import data as wd
 from workbench import sketch as sk
 from workbench.sketch import evaluate
 from workbench.sketch.operator import top_eigenvalues_exact_and_sketched
@@ -71,7 +72,7 @@ key = jax.random.key(seed)
 
 # %%
 fit = fit_digits_mlp(steps=train_steps, seed=seed)
-train_data, test_data = workbench.data.load_digits(seed=seed)
+train_data, test_data = wd.load_digits(seed=seed)
 subset = train_data.take(slice(0, num_examples))
 grads = sk.per_example_gradients(fit.model.loss_fn, fit.result.params, subset, None)
 print(f"test accuracy {fit.test_accuracy:.3f}; gradients {grads.shape}")

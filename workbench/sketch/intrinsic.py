@@ -111,8 +111,9 @@ def intrinsic_dimension(
         p = theta(omega)
         return _accuracy(predict_fn, p, test), loss_fn(p, train)
 
-    acc, final_loss = jax.jit(jax.vmap(run_subspace))(jnp.asarray(dims))
-    w_full, _ = jax.jit(lambda: _fit(loss_fn, train, optimizer, steps, k_train, batch_size, flat0, unravel))()
+    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int and float
+        acc, final_loss = jax.jit(jax.vmap(run_subspace))(jnp.asarray(dims))
+        w_full, _ = jax.jit(lambda: _fit(loss_fn, train, optimizer, steps, k_train, batch_size, flat0, unravel))()
     full_acc = float(_accuracy(predict_fn, unravel(w_full), test))
     acc = np.asarray(acc)
     threshold = fraction * full_acc
@@ -123,4 +124,5 @@ def intrinsic_dimension(
 
 def _accuracy(predict_fn, params, data):
     x, y = data
-    return jnp.mean((jnp.argmax(predict_fn(params, x), axis=-1) == y).astype(jnp.float32))
+    predicted = jnp.argmax(predict_fn(params, x), axis=-1).astype(jnp.asarray(y).dtype)
+    return jnp.mean((predicted == y).astype(jnp.float32))
