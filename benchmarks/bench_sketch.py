@@ -126,8 +126,8 @@ def per_example_cost(d=1 << 12):
     def ex_loss(p, ex):
         return fn.loss_fn(p, jax.tree.map(lambda a: a[None], ex))
 
-    grads = jax.jit(lambda p, b: jax.tree.map(lambda g: g.sum(0),
-                                               jax.vmap(jax.grad(ex_loss), in_axes=(None, 0))(p, b)))
+    # the per-example gradients themselves, materialised as [examples, n] (what any sketch must read)
+    grads = jax.jit(lambda p, b: sk.ravel_leaves(jax.vmap(jax.grad(ex_loss), in_axes=(None, 0))(p, b), True))
     _, g_first, g_warm = timed(lambda: jax.block_until_ready(grads(fn.params, data)))
     out = dict(num_params=n, examples=256, grads_only_s=g_warm, grads_first_s=g_first, dim_out=d)
     for kind in ("srht", "affd", "afjl", "qk", "countsketch"):
@@ -141,6 +141,8 @@ def per_example_cost(d=1 << 12):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="only dim_in = 2^16")
+    ap.add_argument("--only", default="", help="comma list of sections to rerun into the existing "
+                    "results: trak (TRAK rows at n=2^16), per_example, layouts")
     ap.add_argument("--budget", type=float, default=40.0, help="skip a peer whose estimate exceeds this (s)")
     args = ap.parse_args()
     global GEN_RATE
@@ -151,6 +153,8 @@ def main():
     v = jnp.ones((1, 1 << 16), jnp.float32)
     _, _, w = timed(lambda: f(s, v).block_until_ready())
     GEN_RATE = (1 << 26) / w
+    if args.only:
+        return rerun(args.only.split(","))
     rows, skipped = [], []
     dims_in = [16] if args.quick else [16, 20, 22]
     for log_n in dims_in:
@@ -191,6 +195,31 @@ def main():
             _write(rows, skipped, None, None)
     layouts = fwht_layouts()
     pe = per_example_cost()
+    _write(rows, skipped, layouts, pe)
+
+
+def rerun(sections):
+    """Rerun some sections and merge them into benchmarks/results/sketch.json."""
+    global GEN_RATE
+    old = json.loads((RESULTS / "sketch.json").read_text())
+    GEN_RATE = old["env"]["dense_gen_rate_per_s"]
+    rows, skipped = old["rows"], old["skipped"]
+    layouts, pe = old.get("fwht_layouts"), old.get("per_example")
+    if "trak" in sections:
+        import torch  # noqa: F401  (a first import inside the sweep once failed half-way; import up front)
+
+        for log_d in (10, 12):
+            n, d = 1 << 16, 1 << log_d
+            x, adv = inputs(n, 32)
+            floor = next(r["floor_s"] for r in rows if r["log2_dim_in"] == 16)
+            rows = [r for r in rows if not (r["method"] == "trak_basic_projector" and r["log2_dim_out"] == log_d and r["log2_dim_in"] == 16)]
+            rows.append(dict(log2_dim_in=16, log2_dim_out=log_d, batch=32, floor_s=floor,
+                             method="trak_basic_projector", **bench_trak(n, d, x, adv)))
+        skipped = [s for s in skipped if not s.startswith("trak_basic_projector n=2^16")]
+    if "layouts" in sections:
+        layouts = fwht_layouts()
+    if "per_example" in sections:
+        pe = per_example_cost()
     _write(rows, skipped, layouts, pe)
 
 

@@ -1,5 +1,12 @@
 """Random projections of gradients and Hessian-vector products (Schioppa, NeurIPS 2024).
 
+The constructions are stated precisely in each module's docstring (`describe(kind)`); they were
+written from the published descriptions of SRHT, FJLT, Fastfood and CountSketch and from our
+reading of the paper's FFD / AFFD / AFJL / QK, not from its code: ffd is Fastfood applied per
+Hadamard block then subsampled (the form whose one-block failure Theorem 3.1 describes), the
+A-variants sum independent per-block transforms (or hash every coordinate independently) so no
+block can be lost, and QK is a balanced Kronecker product of small Gaussian factors.
+
 - `make(kind, key, dim_in, dim_out, **options)` -> `Sketch` with `apply`, `apply_tree`,
   `transpose`; kinds: dense, countsketch, srht, fjl, ffd, affd, afjl, qk (`KINDS`).
 - `per_example_gradients(loss_fn, params, data, sketch, batch_size, store=PATH)`: sketched
