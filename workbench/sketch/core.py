@@ -11,6 +11,7 @@ and `transpose(state, config, y[b, dim_out])`, the exact adjoint of `apply`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -71,14 +72,12 @@ class Sketch:
 
     def apply(self, x: jax.Array) -> jax.Array:
         x = self._check(x, self.dim_in, "x", "dim_in")
-        fam = FAMILIES[self.kind]
-        y = fam.apply(self.state, self.options, x.reshape(-1, self.dim_in))
+        y = _apply_jit(self, x.reshape(-1, self.dim_in))
         return y.reshape(*x.shape[:-1], self.dim_out)
 
     def transpose(self, y: jax.Array) -> jax.Array:
         y = self._check(y, self.dim_out, "y", "dim_out")
-        fam = FAMILIES[self.kind]
-        x = fam.transpose(self.state, self.options, y.reshape(-1, self.dim_out))
+        x = _transpose_jit(self, y.reshape(-1, self.dim_out))
         return x.reshape(*y.shape[:-1], self.dim_in)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -92,6 +91,17 @@ class Sketch:
         """Number of stored scalars (floats or ints) in the random state."""
         arrays = {k: v for k, v in self.state.items() if k != "key"}
         return sum(int(leaf.size) for leaf in jax.tree.leaves(arrays))
+
+
+@jax.jit
+def _apply_jit(sketch: Sketch, x: jax.Array) -> jax.Array:
+    # one compiled program per (kind, sizes, batch): eager use would compile every op separately
+    return FAMILIES[sketch.kind].apply(sketch.state, sketch.options, x)
+
+
+@jax.jit
+def _transpose_jit(sketch: Sketch, y: jax.Array) -> jax.Array:
+    return FAMILIES[sketch.kind].transpose(sketch.state, sketch.options, y)
 
 
 def ravel_leaves(tree: PyTree, batched: bool, dim_in: int | None = None, who: str = "sketch") -> jax.Array:
@@ -141,9 +151,31 @@ def make(kind: str, key: jax.Array, dim_in: int, dim_out: int, **options) -> Ske
         raise ValueError(f"{kind} sketch: unknown option(s) {sorted(unknown)}; known: {sorted(fam.options)}")
     opts = {**fam.options, **options}
     key = _as_key(key)
-    state, config = fam.init(key, dim_in, dim_out, opts)
+    opts = {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}
+    try:
+        hash(tuple(opts.items()))
+    except TypeError as e:
+        raise ValueError(f"{kind} sketch: options must be hashable values, got {opts}") from e
+    state, config = _init_jit(kind, dim_in, dim_out, tuple(sorted(opts.items())), key)
+    config = config.value
     state = {**state, "key": key}  # kept for provenance (stores record it); one scalar key
     return Sketch(state, kind, dim_in, dim_out, tuple(sorted(config.items())))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _init_jit(kind, dim_in, dim_out, opts, key):
+    state, config = FAMILIES[kind].init(key, dim_in, dim_out, dict(opts))
+    return state, _Static(config)
+
+
+class _Static:
+    """Carries a Python dict out of a jitted function as static (hashable by identity) data."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+jax.tree_util.register_pytree_node(_Static, lambda s: ((), s.value), lambda aux, _: _Static(aux))
 
 
 def pad_to(x: jax.Array, n: int) -> jax.Array:
