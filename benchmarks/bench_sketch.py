@@ -142,7 +142,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="only dim_in = 2^16")
     ap.add_argument("--only", default="", help="comma list of sections to rerun into the existing "
-                    "results: trak (TRAK rows at n=2^16), per_example, layouts")
+                    "results: trak (TRAK rows at n=2^16), ours (our kinds at n=2^20, 2^22), per_example, layouts")
     ap.add_argument("--budget", type=float, default=40.0, help="skip a peer whose estimate exceeds this (s)")
     args = ap.parse_args()
     global GEN_RATE
@@ -216,6 +216,22 @@ def rerun(sections):
             rows.append(dict(log2_dim_in=16, log2_dim_out=log_d, batch=32, floor_s=floor,
                              method="trak_basic_projector", **bench_trak(n, d, x, adv)))
         skipped = [s for s in skipped if not s.startswith("trak_basic_projector n=2^16")]
+    if "ours" in sections:  # our kinds (and the floor) at dim_in 2^20 and 2^22, no dense peers
+        for log_n in (20, 22):
+            n = 1 << log_n
+            batch = max(1, (1 << 21) // n)
+            x, adv = inputs(n, batch)
+            read = jax.jit(jnp.sum)
+            _, _, floor = timed(lambda: read(x).block_until_ready(), reps=5)
+            for log_d in (10, 12, 14):
+                base = dict(log2_dim_in=log_n, log2_dim_out=log_d, batch=batch, floor_s=floor)
+                for kind in OURS:
+                    rows = [r for r in rows if not (r["method"] == kind and r["log2_dim_in"] == log_n
+                                                    and r["log2_dim_out"] == log_d)]
+                    rows.append({**base, "method": kind, **bench_ours(kind, n, 1 << log_d, x, adv)})
+        for r in rows:  # peers at these sizes keep their old floor only if measured then
+            if r["log2_dim_in"] in (20, 22) and r["method"] not in OURS:
+                r["floor_s"] = next(q["floor_s"] for q in rows if q["log2_dim_in"] == r["log2_dim_in"] and q["method"] in OURS)
     if "layouts" in sections:
         layouts = fwht_layouts()
     if "per_example" in sections:
