@@ -14,7 +14,7 @@ from workbench.sketch.kronecker import balanced_output_dims
 STRUCTURED = ("countsketch", "srht", "fjl", "ffd", "affd", "afjl", "qk")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ratio_fn(kind, n, d, opts):
     def one(k, x):
         return jnp.sum(sk.make(kind, k, n, d, **dict(opts)).apply(x) ** 2, axis=-1) / jnp.sum(x**2, axis=-1)

@@ -8,8 +8,8 @@ from flax import nnx
 
 from workbench import data as wd
 from workbench import models
-from workbench import tree as tu
 from workbench import sketch as sk
+from workbench import tree as tu
 from workbench.sketch.store import open_store
 
 

@@ -32,7 +32,7 @@ def next_power_of_two(n: int) -> int:
     return 1 << max(0, int(n - 1).bit_length())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hadamard_np(n: int) -> np.ndarray:
     """Unnormalised +-1 Sylvester Hadamard matrix of order n (a power of two)."""
     h = np.ones((1, 1), dtype=np.float32)

@@ -208,7 +208,7 @@ def per_example_gradients(
     for c in tqdm(todo, disable=not progress, desc="per-example gradients"):
         lo, hi = c * batch_size, min(n, (c + 1) * batch_size)
         idx = np.minimum(np.arange(lo, lo + batch_size), n - 1)  # pad the last chunk: one compile
-        values = np.asarray(sketch_chunk(sketch, params, jax.tree.map(lambda a: a[idx], data)))[: hi - lo]
+        values = np.asarray(sketch_chunk(sketch, params, jax.tree.map(lambda a, idx=idx: a[idx], data)))[: hi - lo]
         if callback is not None:
             callback(c, values)
         if gstore is None:
