@@ -1,0 +1,188 @@
+"""The `Sketch` object and `make(kind, key, dim_in, dim_out, **options)`.
+
+A sketch is a random linear map Phi: R^dim_in -> R^dim_out, scaled so E||Phi x||^2 = ||x||^2.
+It is a pytree (its random state arrays are children, its kind and sizes are static), so it can
+be passed into `jax.jit`/`vmap` as an argument, and `make` itself traces (vmap over keys works).
+Each kind is a `Family` of three pure functions registered in `FAMILIES`:
+`init(key, dim_in, dim_out, options) -> (state, config)`, `apply(state, config, x[b, dim_in])`
+and `transpose(state, config, y[b, dim_out])`, the exact adjoint of `apply`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+class Family(NamedTuple):
+    init: Callable
+    apply: Callable
+    transpose: Callable
+    options: dict  # option name -> default (None = chosen from the sizes)
+    doc: str
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(kind: str, family: Family) -> None:
+    FAMILIES[kind] = family
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Sketch:
+    """A random linear map Phi: R^dim_in -> R^dim_out with E||Phi x||^2 = ||x||^2.
+
+    - `apply(x)`: x [dim_in] or [batch, dim_in] -> [dim_out] or [batch, dim_out];
+    - `transpose(y)`: the adjoint Phi^T y (same batching), <Phi x, y> = <x, Phi^T y>;
+    - `apply_tree(tree, batched=False)`: Phi applied to the raveled tree (leaves in
+      `jax.tree.leaves` order, each raveled row-major, as `ravel_pytree` does); with
+      `batched=True` every leaf carries a leading batch axis.
+    `state` holds seeds-derived arrays only: O(dim_in) vectors for the structured kinds.
+    """
+
+    state: dict
+    kind: str = dataclasses.field(metadata=dict(static=True))
+    dim_in: int = dataclasses.field(metadata=dict(static=True))
+    dim_out: int = dataclasses.field(metadata=dict(static=True))
+    config: tuple = dataclasses.field(metadata=dict(static=True))
+
+    @property
+    def options(self) -> dict:
+        return {**dict(self.config), "dim_in": self.dim_in, "dim_out": self.dim_out}
+
+    def _check(self, x: jax.Array, axis_len: int, name: str, what: str) -> jax.Array:
+        x = jnp.asarray(x)
+        if x.ndim not in (1, 2) or x.shape[-1] != axis_len:
+            raise ValueError(
+                f"{self.kind} sketch: {name} must have shape [{axis_len}] or [batch, {axis_len}] "
+                f"({what}), got {x.shape}"
+            )
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"{self.kind} sketch: {name} must be floating point, got {x.dtype}")
+        return x
+
+    def apply(self, x: jax.Array) -> jax.Array:
+        x = self._check(x, self.dim_in, "x", "dim_in")
+        y = _apply_jit(self, x.reshape(-1, self.dim_in))
+        return y.reshape(*x.shape[:-1], self.dim_out)
+
+    def transpose(self, y: jax.Array) -> jax.Array:
+        y = self._check(y, self.dim_out, "y", "dim_out")
+        x = _transpose_jit(self, y.reshape(-1, self.dim_out))
+        return x.reshape(*y.shape[:-1], self.dim_in)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.apply(x)
+
+    def apply_tree(self, tree: PyTree, batched: bool = False) -> jax.Array:
+        return self.apply(ravel_leaves(tree, batched, self.dim_in, f"{self.kind} sketch"))
+
+    @property
+    def state_size(self) -> int:
+        """Number of stored scalars (floats or ints) in the random state."""
+        arrays = {k: v for k, v in self.state.items() if k != "key"}
+        return sum(int(leaf.size) for leaf in jax.tree.leaves(arrays))
+
+
+@jax.jit
+def _apply_jit(sketch: Sketch, x: jax.Array) -> jax.Array:
+    # one compiled program per (kind, sizes, batch): eager use would compile every op separately
+    return FAMILIES[sketch.kind].apply(sketch.state, sketch.options, x)
+
+
+@jax.jit
+def _transpose_jit(sketch: Sketch, y: jax.Array) -> jax.Array:
+    return FAMILIES[sketch.kind].transpose(sketch.state, sketch.options, y)
+
+
+def ravel_leaves(tree: PyTree, batched: bool, dim_in: int | None = None, who: str = "sketch") -> jax.Array:
+    """Concatenate the leaves of `tree` as `ravel_pytree` does (optionally keeping a batch axis)."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        raise ValueError(f"{who}: tree has no leaves")
+    dtypes = {jnp.asarray(leaf).dtype for leaf in leaves}
+    if len(dtypes) != 1:
+        raise ValueError(f"{who}: all tree leaves must share one dtype, got {sorted(map(str, dtypes))}")
+    if batched:
+        b = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in leaves}
+        if len(b) != 1 or None in b:
+            raise ValueError(f"{who}: batched=True needs one common leading axis on every leaf, got {b}")
+        flat = jnp.concatenate([jnp.reshape(leaf, (jnp.shape(leaf)[0], -1)) for leaf in leaves], axis=1)
+    else:
+        flat = jnp.concatenate([jnp.ravel(leaf) for leaf in leaves])
+    if dim_in is not None and flat.shape[-1] != dim_in:
+        raise ValueError(f"{who}: tree has {flat.shape[-1]} scalars but the sketch has dim_in={dim_in}")
+    return flat
+
+
+def _as_key(key) -> jax.Array:
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    if key.dtype == jnp.uint32 and key.shape == (2,):
+        return jax.random.wrap_key_data(key)
+    raise ValueError(f"key must be a jax.random.key (or a legacy PRNGKey), got {key.dtype}{key.shape}")
+
+
+def make(kind: str, key: jax.Array, dim_in: int, dim_out: int, **options) -> Sketch:
+    """A random sketch Phi: R^dim_in -> R^dim_out of the given kind (see `KINDS`).
+
+    Kinds: dense, countsketch, srht, fjl, ffd, affd, afjl, qk. Each is scaled so that
+    E||Phi x||^2 = ||x||^2; `transpose` is the exact adjoint; the same key gives the same map.
+    Options per kind are listed in `workbench.sketch.describe(kind)`; unknown ones are refused.
+    """
+    if kind not in FAMILIES:
+        raise ValueError(f"kind must be one of {sorted(FAMILIES)}, got {kind!r}")
+    for name, value in (("dim_in", dim_in), ("dim_out", dim_out)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    fam = FAMILIES[kind]
+    unknown = set(options) - set(fam.options)
+    if unknown:
+        raise ValueError(f"{kind} sketch: unknown option(s) {sorted(unknown)}; known: {sorted(fam.options)}")
+    opts = {**fam.options, **options}
+    key = _as_key(key)
+    opts = {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}
+    try:
+        hash(tuple(opts.items()))
+    except TypeError as e:
+        raise ValueError(f"{kind} sketch: options must be hashable values, got {opts}") from e
+    state, config = _init_jit(kind, dim_in, dim_out, tuple(sorted(opts.items())), key)
+    config = config.value
+    state = {**state, "key": key}  # kept for provenance (stores record it); one scalar key
+    return Sketch(state, kind, dim_in, dim_out, tuple(sorted(config.items())))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _init_jit(kind, dim_in, dim_out, opts, key):
+    state, config = FAMILIES[kind].init(key, dim_in, dim_out, dict(opts))
+    return state, _Static(config)
+
+
+class _Static:
+    """Carries a Python dict out of a jitted function as static (hashable by identity) data."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+jax.tree_util.register_pytree_node(_Static, lambda s: ((), s.value), lambda aux, _: _Static(aux))
+
+
+def pad_to(x: jax.Array, n: int) -> jax.Array:
+    """Zero-pad the last axis of x to length n."""
+    extra = n - x.shape[-1]
+    return x if extra == 0 else jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)])
+
+
+def cast(a: jax.Array, like: jax.Array) -> jax.Array:
+    return a.astype(like.dtype)

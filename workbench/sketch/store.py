@@ -1,0 +1,221 @@
+"""Per-example gradient sketches, computed by vmap in memory-capped chunks and streamed to zarr.
+
+Store layout (a zarr v3 group at PATH):
+- array `sketches` [n_data, dim_out], one zarr chunk per computation chunk of `chunk_rows` rows;
+- group attribute `workbench_sketch_store`: the configuration (sketch kind, key data, a hash of
+  the sketch's random state, dims, options, dtype, a hash of the params structure, the data size
+  and a hash of the data, chunk_rows). Opening a store with another configuration is refused
+  with an error naming the fields that differ; nothing in it is touched;
+- `_commits/<chunk>`: one empty marker per finished chunk, created by an atomic rename *after*
+  the chunk's data is written. A chunk without a marker is (re)computed; a chunk with one is
+  never rewritten, so an interrupted run resumes where it stopped and a repeated run is a no-op.
+The group itself is created in a temporary directory and renamed into place, so a half-created
+store never exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workbench import tree as tu
+from workbench.sketch.core import Sketch, ravel_leaves
+
+STORE_ATTR = "workbench_sketch_store"
+FORMAT_VERSION = 1
+DEFAULT_MAX_MEMORY_BYTES = 256 * 2**20
+
+
+class GradientStore(NamedTuple):
+    """An opened store: `sketches` (a read-only zarr array [n_data, dim_out]) and its `metadata`."""
+
+    sketches: Any
+    metadata: dict
+    path: Path
+
+    @property
+    def complete(self) -> bool:
+        return len(_committed(self.path)) == self.metadata["num_chunks"]
+
+
+def params_fingerprint(params) -> str:
+    """Hash of the params structure: leaf paths, shapes and dtypes (not the values)."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    desc = [(jax.tree_util.keystr(p), tuple(np.shape(x)), str(jnp.asarray(x).dtype)) for p, x in leaves]
+    return hashlib.sha256(repr(desc).encode()).hexdigest()[:16]
+
+
+def array_fingerprint(tree) -> str:
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        a = np.asarray(jax.random.key_data(leaf) if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key) else leaf)
+        h.update(repr((a.shape, str(a.dtype))).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def store_metadata(sketch: Sketch, params, data, chunk_rows: int, dtype) -> dict:
+    n = int(jax.tree.leaves(data)[0].shape[0])
+    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sketch.options.items()}
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": sketch.kind,
+        "seed": np.asarray(jax.random.key_data(sketch.state["key"])).tolist(),
+        "sketch_state_hash": array_fingerprint({k: v for k, v in sketch.state.items() if k != "key"}),
+        "dim_in": sketch.dim_in,
+        "dim_out": sketch.dim_out,
+        "options": json.loads(json.dumps(options, default=str)),
+        "dtype": str(np.dtype(dtype)),
+        "params_structure": params_fingerprint(params),
+        "n_data": n,
+        "data_hash": array_fingerprint(data),
+        "chunk_rows": int(chunk_rows),
+        "num_chunks": -(-n // int(chunk_rows)),
+    }
+
+
+def _committed(path: Path) -> set[int]:
+    commits = Path(path) / "_commits"
+    return {int(p.name) for p in commits.iterdir() if p.name.isdigit()} if commits.exists() else set()
+
+
+def _commit(path: Path, chunk: int) -> None:
+    commits = Path(path) / "_commits"
+    fd, tmp = tempfile.mkstemp(dir=commits, prefix=".tmp-")
+    os.close(fd)
+    os.replace(tmp, commits / f"{chunk:08d}")
+
+
+def open_store(path: str | Path, mode: str = "r") -> GradientStore:
+    """Open an existing store (read-only by default)."""
+    import zarr
+
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise FileNotFoundError(f"store: no gradient store at {path}")
+    group = zarr.open_group(str(path), mode=mode)
+    meta = dict(group.attrs.get(STORE_ATTR) or {})
+    if not meta:
+        raise ValueError(f"store: {path} is a zarr group but not a workbench gradient store")
+    return GradientStore(group["sketches"], meta, path)
+
+
+def _create_or_open(path: Path, meta: dict, explicit_chunk_rows: bool) -> GradientStore:
+    import zarr
+
+    if path.exists():
+        store = open_store(path, mode="r+")
+        old = store.metadata
+        if not explicit_chunk_rows and old.get("chunk_rows") != meta["chunk_rows"]:
+            meta = {**meta, "chunk_rows": old["chunk_rows"], "num_chunks": old["num_chunks"]}
+        diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+        if diff:
+            details = "; ".join(f"{k}: store has {old.get(k)!r}, this run has {meta.get(k)!r}" for k in diff)
+            raise ValueError(
+                f"store: {path} was made with another configuration ({details}); "
+                f"use another path or delete it"
+            )
+        return store
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        group = zarr.open_group(str(tmp), mode="w", attributes={STORE_ATTR: meta})
+        group.create_array(
+            "sketches", shape=(meta["n_data"], meta["dim_out"]), dtype=meta["dtype"],
+            chunks=(meta["chunk_rows"], meta["dim_out"]), fill_value=np.nan,
+        )
+        (tmp / "_commits").mkdir()
+        os.rename(tmp, path)  # atomic: the store appears complete with its metadata, or not at all
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return open_store(path, mode="r+")
+
+
+def per_example_gradients(
+    loss_fn: Callable,
+    params,
+    data,
+    sketch: Sketch | None,
+    batch_size: int | None = None,
+    store: str | Path | None = None,
+    *,
+    max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
+    callback: Callable[[int, np.ndarray], None] | None = None,
+    progress: bool = False,
+):
+    """Sketched per-example gradients Phi grad_theta loss(theta, example_i) for every example.
+
+    Gradients are computed by `vmap` over `batch_size` examples at a time (default: as many as
+    fit in `max_memory_bytes`, counting a few copies of a [batch, dim_in] gradient block), sketched
+    with `sketch.apply_tree(..., batched=True)` and discarded. `loss_fn(params, batch)` is
+    evaluated on one-example batches. Returns a [n_data, dim_out] jax array, or, with
+    `store=PATH`, a read-only `GradientStore` whose `sketches` is the zarr array (see the module
+    docstring for resume and refusal rules). `callback(chunk, values)` runs after each chunk is
+    computed and before it is written (a raising callback simulates an interruption).
+    `sketch=None` returns the raw flattened gradients [n_data, n_params] (in memory only).
+    """
+    from tqdm.auto import tqdm
+
+    n_params = tu.size(params)
+    if sketch is None and store is not None:
+        raise ValueError("store needs a sketch: raw gradients are returned in memory only")
+    if sketch is not None and sketch.dim_in != n_params:
+        raise ValueError(f"sketch: dim_in={sketch.dim_in} but params have {n_params} scalars")
+    leaves = jax.tree.leaves(data)
+    if not leaves:
+        raise ValueError("data must be a Dataset (or a pytree of arrays with a leading example axis)")
+    n = int(leaves[0].shape[0])
+    if any(int(a.shape[0]) != n for a in leaves):
+        raise ValueError(f"data: every array must have the same number of examples, got {[a.shape for a in leaves]}")
+    dtypes = {jnp.asarray(p).dtype for p in jax.tree.leaves(params)}
+    if len(dtypes) != 1:
+        raise ValueError(f"params: all leaves must share one floating dtype, got {sorted(map(str, dtypes))}")
+    dtype = dtypes.pop()
+    explicit = batch_size is not None
+    if batch_size is None:
+        batch_size = max(1, min(n, int(max_memory_bytes) // (4 * n_params * np.dtype(dtype).itemsize)))
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+    def example_loss(p, example):
+        return loss_fn(p, jax.tree.map(lambda a: a[None], example))
+
+    @jax.jit
+    def sketch_chunk(s, p, batch):
+        grads = jax.vmap(jax.grad(example_loss), in_axes=(None, 0))(p, batch)
+        return ravel_leaves(grads, True) if s is None else s.apply_tree(grads, batched=True)
+
+    gstore = None
+    if store is not None:
+        meta = store_metadata(sketch, params, data, batch_size, dtype)
+        gstore = _create_or_open(Path(store), meta, explicit)
+        batch_size = gstore.metadata["chunk_rows"]
+    num_chunks = -(-n // batch_size)
+    done = _committed(gstore.path) if gstore is not None else set()
+    todo = [c for c in range(num_chunks) if c not in done]
+    results = []
+    for c in tqdm(todo, disable=not progress, desc="per-example gradients"):
+        lo, hi = c * batch_size, min(n, (c + 1) * batch_size)
+        idx = np.minimum(np.arange(lo, lo + batch_size), n - 1)  # pad the last chunk: one compile
+        values = np.asarray(sketch_chunk(sketch, params, jax.tree.map(lambda a, idx=idx: a[idx], data)))[: hi - lo]
+        if callback is not None:
+            callback(c, values)
+        if gstore is None:
+            results.append(values)
+        else:
+            gstore.sketches[lo:hi] = values
+            _commit(gstore.path, c)
+    if gstore is None:
+        return jnp.asarray(np.concatenate(results, axis=0))
+    return open_store(gstore.path)
