@@ -7,10 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-curvature = pytest.importorskip("workbench.curvature")
-spectrum = pytest.importorskip("workbench.spectrum")
-
-from workbench import data, influence  # noqa: E402
+from workbench import curvature, data, influence, spectrum  # noqa: E402
 from workbench.influence import evaluate as ev  # noqa: E402
 
 N_TRAIN, N_TEST, L2 = 120, 10, 1e-2

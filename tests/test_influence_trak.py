@@ -7,9 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sketch = pytest.importorskip("workbench.sketch")
-
-from workbench import data, influence  # noqa: E402
+from workbench import data, influence, sketch  # noqa: E402
 from workbench.influence import evaluate as ev  # noqa: E402
 
 N_TRAIN, N_TEST, L2 = 120, 10, 1e-2

@@ -15,8 +15,8 @@ would increase the test loss (a helpful example, a proponent); score < 0 an oppo
 Damping is always an explicit option (`damping=`, default 0.0) and is reported in `est.info`.
 
 Estimators (`ESTIMATORS`): `exact` (dense inverse Hessian, small models), `grad_dot`,
-`grad_cos`, `tracin` (checkpoints + learning rates); `cg`, `lissa`, `arnoldi` and `trak` are
-added when the curvature / spectrum / sketch layers they build on are present.
+`grad_cos`, `tracin` (checkpoints + learning rates); `cg`, `lissa` (on `workbench.curvature`),
+`arnoldi` (on `workbench.spectrum`) and `trak` (on `workbench.sketch` stores).
 
 Ground-truth evaluations (leave-one-out, LDS, mislabel detection, correcting mispredictions,
 influence fading) live in `workbench.influence.evaluate`.
@@ -27,36 +27,23 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from workbench.influence import evaluate
+from workbench.influence.arnoldi import arnoldi
 from workbench.influence.core import Estimator, Ranked, check_finite, num_examples
 from workbench.influence.gradient import grad_cos, grad_dot, tracin
 from workbench.influence.inverse import dense_hessian, exact
+from workbench.influence.iterative import cg, lissa
+from workbench.influence.trak import margin_output, trak  # noqa: F401 (margin_output is public API)
 
 ESTIMATORS: dict[str, Callable[..., Estimator]] = {
     "exact": exact,
     "grad_dot": grad_dot,
     "grad_cos": grad_cos,
     "tracin": tracin,
+    "cg": cg,
+    "lissa": lissa,
+    "arnoldi": arnoldi,
+    "trak": trak,
 }
-
-try:  # the matrix-free estimators build on workbench.curvature / workbench.spectrum
-    from workbench import curvature as _curvature  # noqa: F401
-    from workbench import spectrum as _spectrum  # noqa: F401
-except ImportError:  # pragma: no cover - only before those layers are installed
-    pass
-else:
-    from workbench.influence.arnoldi import arnoldi
-    from workbench.influence.iterative import cg, lissa
-
-    ESTIMATORS.update(cg=cg, lissa=lissa, arnoldi=arnoldi)
-
-try:  # TRAK reads sketched per-example gradients from workbench.sketch's stores
-    from workbench import sketch as _sketch  # noqa: F401
-except ImportError:  # pragma: no cover - only before that layer is installed
-    pass
-else:
-    from workbench.influence.trak import margin_output, trak  # noqa: F401
-
-    ESTIMATORS["trak"] = trak
 
 
 def make(name: str, loss_fn: Callable, params, train_data, **options) -> Estimator:
