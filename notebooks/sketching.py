@@ -38,9 +38,9 @@
 # %% tags=["parameters"]
 num_examples: int = 64  # per-example gradients used for the dot-product correlations
 train_steps: int = 300  # Adam steps for the digits MLP whose gradients we sketch
-min_log2_dim: int = 6  # smallest sketch dimension D = 2^min_log2_dim
+min_log2_dim: int = 6  # log2 of the smallest sketch dimension D
 max_log2_dim: int = 10  # largest sketch dimension (at most log2 of the parameter count)
-failure_log2_dim_in: int = 12  # input size N = 2^this for the one-block failure case
+failure_log2_dim_in: int = 12  # log2 of the input size N in the one-block failure case
 failure_block: int = 64  # Fastfood's Hadamard block width B in the failure case
 num_keys: int = 60  # independent sketches drawn per kind in the failure case
 eig_k: int = 10  # number of top Hessian eigenvalues compared

@@ -157,6 +157,8 @@ def test_every_real_paper_declares_valid_metadata():
         assert paper.quick_seconds, f"{paper.name}: give quick_seconds"
         for name, param in paper.parameters.items():
             assert param.help, f"{paper.name}: parameter {name} has no help comment"
+            # papermill's own parser warns about (and mis-reads) a help comment holding '='
+            assert "=" not in param.help, f"{paper.name}: help of {name} contains '='"
         P.resolve_parameters(paper, profile="full")
 
 
