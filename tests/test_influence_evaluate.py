@@ -1,38 +1,22 @@
 """Correcting mispredictions and influence fading (Schioppa et al. 2023) on small problems."""
 
-from typing import NamedTuple
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from plain_logreg import fitted_digits, plain_logreg
 
-from workbench import data, influence
+from workbench import influence
 from workbench.influence import evaluate as ev
 
 L2 = 1e-3
 
 
-class LogReg(NamedTuple):
-    @staticmethod
-    def predict_fn(params, x):
-        return x @ params["w"] + params["b"]
-
-    @staticmethod
-    def loss_fn(params, batch):
-        x, y = batch
-        logp = jax.nn.log_softmax(LogReg.predict_fn(params, x))
-        reg = jnp.sum(params["w"] ** 2) + jnp.sum(params["b"] ** 2)
-        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1)) + 0.5 * L2 * reg
+LogReg = plain_logreg(L2)
 
 
 @pytest.fixture(scope="module")
 def problem():
-    jax.config.update("jax_enable_x64", True)
-    train, test = data.load_digits(dtype=jnp.float64)
-    train, test = train.take(np.arange(300)), test.take(np.arange(200))
-    params, _ = ev.fit(LogReg.loss_fn, {"w": jnp.zeros((64, 10)), "b": jnp.zeros(10)}, train)
+    params, train, test = fitted_digits(LogReg, 300, 200)
     scores = influence.make("exact", LogReg.loss_fn, params, train).scores(test)
     return params, train, test, scores
 

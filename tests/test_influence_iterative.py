@@ -1,11 +1,10 @@
 """CG, LiSSA and Arnoldi influence against the exact (dense) influence function, float64."""
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from plain_logreg import fitted_digits, plain_logreg  # tests/ helper module
 
 from workbench import curvature, data, influence, spectrum  # noqa: E402
 from workbench.influence import evaluate as ev  # noqa: E402
@@ -13,29 +12,12 @@ from workbench.influence import evaluate as ev  # noqa: E402
 N_TRAIN, N_TEST, L2 = 120, 10, 1e-2
 
 
-class LogReg(NamedTuple):
-    @staticmethod
-    def predict_fn(params, x):
-        return x @ params["w"] + params["b"]
-
-    @staticmethod
-    def output_loss_fn(logits, y):
-        return -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1)[:, 0]
-
-    @staticmethod
-    def loss_fn(params, batch):
-        x, y = batch
-        reg = jnp.sum(params["w"] ** 2) + jnp.sum(params["b"] ** 2)
-        return jnp.mean(LogReg.output_loss_fn(LogReg.predict_fn(params, x), y)) + 0.5 * L2 * reg
+LogReg = plain_logreg(L2)
 
 
 @pytest.fixture(scope="module")
 def problem():
-    jax.config.update("jax_enable_x64", True)
-    train, test = data.load_digits(dtype=jnp.float64)
-    train, test = train.take(np.arange(N_TRAIN)), test.take(np.arange(N_TEST))
-    init = {"w": jnp.zeros((64, 10)), "b": jnp.zeros(10)}
-    params, _ = ev.fit(LogReg.loss_fn, init, train)
+    params, train, test = fitted_digits(LogReg, N_TRAIN, N_TEST)
     exact = influence.make("exact", LogReg.loss_fn, params, train)
     return params, train, test, exact, np.asarray(exact.scores(test))
 

@@ -1,37 +1,23 @@
 """TRAK on sketched per-example gradients from workbench.sketch's stores."""
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from plain_logreg import fitted_digits, plain_logreg  # tests/ helper module
 
-from workbench import data, influence, sketch  # noqa: E402
+from workbench import influence, sketch  # noqa: E402
 from workbench.influence import evaluate as ev  # noqa: E402
 
 N_TRAIN, N_TEST, L2 = 120, 10, 1e-2
 
 
-class LogReg(NamedTuple):
-    @staticmethod
-    def predict_fn(params, x):
-        return x @ params["w"] + params["b"]
-
-    @staticmethod
-    def loss_fn(params, batch):
-        x, y = batch
-        logp = jax.nn.log_softmax(LogReg.predict_fn(params, x))
-        reg = jnp.sum(params["w"] ** 2) + jnp.sum(params["b"] ** 2)
-        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1)) + 0.5 * L2 * reg
+LogReg = plain_logreg(L2)
 
 
 @pytest.fixture(scope="module")
 def problem():
-    jax.config.update("jax_enable_x64", True)
-    train, test = data.load_digits(dtype=jnp.float64)
-    train, test = train.take(np.arange(N_TRAIN)), test.take(np.arange(N_TEST))
-    params, _ = ev.fit(LogReg.loss_fn, {"w": jnp.zeros((64, 10)), "b": jnp.zeros(10)}, train)
+    params, train, test = fitted_digits(LogReg, N_TRAIN, N_TEST)
     return params, train, test
 
 
