@@ -74,7 +74,9 @@ print(f"{problem.name}: n={n}, dim={dim}, f* = {problem.f_star:.6f}, D = ||w*|| 
 # cautious (SGD is still travelling towards w* at the end); factor 10 reaches the regime where
 # gradient noise dominates, which is where last iterate and averages part ways. Every schedule sees
 # the same seeds; `compare_schedules` runs `num_seeds` SGD runs per schedule in one compiled call
-# (lax.scan over steps, vmap over seeds).
+# (lax.scan over steps, vmap over seeds). Every schedule is set for the final horizon T = `steps`;
+# the curves at smaller T read the same runs part-way, so a decaying schedule has not annealed yet
+# there. Only the right end of each curve is the last iterate of a run planned for that T.
 
 # %%
 shapes = {name: schedules.standard_shapes()[name]
