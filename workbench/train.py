@@ -20,6 +20,7 @@ from flax import serialization
 from tqdm.auto import tqdm
 
 from workbench.data import num_examples
+from workbench.tree import check_same_structure
 
 PyTree = Any
 NONFINITE_POLICIES = ("raise", "stop")
@@ -115,7 +116,8 @@ def train(
     _validate(steps, batch_size, n, checkpoint_steps, callback, callback_every, eval_fn, eval_every, on_nonfinite)
     full_batch = batch_size is None or batch_size >= n
     indices = None if full_batch else batch_indices(key, n, batch_size, steps)
-    has_lr = _learning_rate(optimizer.init(params)) is not None
+    opt_state = optimizer.init(params)
+    has_lr = _learning_rate(opt_state) is not None
 
     @jax.jit
     def run_chunk(params, opt_state, start, stop, data, indices):
@@ -146,7 +148,6 @@ def train(
         events |= set(range(0, steps + 1, eval_every))
     events = sorted(events)
 
-    opt_state = optimizer.init(params)
     losses, lrs, checkpoints = [], [], {}
     cb_steps, cb_values, ev_steps, ev_values = [], [], [], []
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -228,8 +229,6 @@ def save_checkpoint(path: str | Path, params: PyTree) -> Path:
 
 def load_checkpoint(path: str | Path, like: PyTree) -> PyTree:
     """Read params saved by `save_checkpoint`; `like` gives the structure (e.g. the initial params)."""
-    from workbench.tree import check_same_structure
-
     try:
         restored = serialization.from_bytes(like, Path(path).read_bytes())
     except ValueError as err:
