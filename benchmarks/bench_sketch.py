@@ -132,8 +132,8 @@ def per_example_cost(d=1 << 12):
     grads = jax.jit(lambda p, b: sk.ravel_leaves(jax.vmap(jax.grad(ex_loss), in_axes=(None, 0))(p, b), True))
     _, g_first, g_warm = timed(lambda: jax.block_until_ready(grads(fn.params, data)))
     out = dict(num_params=n, examples=256, grads_only_s=g_warm, grads_first_s=g_first, dim_out=d)
-    for kind in ("srht", "affd", "afjl", "qk", "countsketch"):
-        s = sk.make(kind, jax.random.key(0), n, d)
+    for kind in ("srht", "affd", "afjl", "qk", "countsketch", "qk_per_leaf"):
+        s = sk.for_params("qk", jax.random.key(0), fn.params, d) if kind == "qk_per_leaf" else sk.make(kind, jax.random.key(0), n, d)
         f = jax.jit(lambda s_, p, b: s_.apply_tree(jax.vmap(jax.grad(ex_loss), in_axes=(None, 0))(p, b), batched=True))
         _, first, warm = timed(lambda: f(s, fn.params, data).block_until_ready())
         out[kind] = dict(warm_s=warm, first_s=first, overhead=warm / g_warm - 1)

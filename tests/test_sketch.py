@@ -191,3 +191,43 @@ def test_bad_input_errors(key):
         sk.make("qk", key, 100, 13)
     with pytest.raises(ValueError, match="dim_out must be a positive int"):
         sk.make("dense", key, 100, 0)
+
+
+def _tree_params():
+    rng = np.random.default_rng(5)
+    return {"dense": {"kernel": jnp.asarray(rng.normal(size=(6, 5))), "bias": jnp.asarray(rng.normal(size=5))},
+            "conv": jnp.asarray(rng.normal(size=(2, 3, 4))), "scale": jnp.asarray(rng.normal())}
+
+
+def test_per_leaf_qk_is_an_unbiased_adjoint_pair_and_apply_tree_equals_apply(key):
+    params = _tree_params()
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    s = sk.for_params("qk", key, params, 16)
+    assert s.dim_in == flat.size == 30 + 5 + 24 + 1
+    x = jax.random.normal(jax.random.key(1), (3, s.dim_in), jnp.float64)
+    y = jax.random.normal(jax.random.key(2), (3, 16), jnp.float64)
+    np.testing.assert_allclose(jnp.sum(s.apply(x) * y, 1), jnp.sum(x * s.transpose(y), 1), rtol=1e-11)
+    mat = s.apply(jnp.eye(s.dim_in, dtype=jnp.float64)).T
+    np.testing.assert_allclose(s.transpose(jnp.eye(16, dtype=jnp.float64)), mat, atol=1e-12)
+    np.testing.assert_allclose(s.apply_tree(jax.vmap(unravel)(x), batched=True), s.apply(x), rtol=1e-12)
+    np.testing.assert_allclose(s.apply_tree(unravel(x[0])), s.apply(x[0]), rtol=1e-12)
+    # each leaf has its own factors: two leaves of equal shape are not sketched alike
+    twin = {"a": jnp.ones((4, 4)), "b": jnp.ones((4, 4))}
+    st = sk.for_params("qk", key, twin, 16)
+    e = jnp.eye(32, dtype=jnp.float64)
+    assert not np.allclose(st.apply(e[:16]), st.apply(e[16:]))
+    # unbiased over keys, variance within the rank-one (worst-case) Kronecker bound
+    one = jax.jit(jax.vmap(lambda k: jnp.sum(sk.for_params("qk", k, params, 64).apply(flat) ** 2) / jnp.sum(flat**2)))
+    r = np.asarray(one(jax.random.split(key, 1000)))
+    assert abs(r.mean() - 1.0) < 5 * r.std() / np.sqrt(r.size), r.mean()
+    assert r.var() <= np.prod([1 + 2 / di for di in balanced_output_dims(64, 2)]) - 1, r.var()
+
+
+def test_per_leaf_qk_refuses_mismatched_leaves(key):
+    with pytest.raises(ValueError, match="hold 30 scalars but dim_in=31"):
+        sk.make("qk", key, 31, 16, leaf_shapes=[[6, 5]])
+    with pytest.raises(ValueError, match="factors=2"):
+        sk.make("qk", key, 30, 8, leaf_shapes=[[6, 5]], factors=3)
+    s = sk.for_params("qk", key, _tree_params(), 16)
+    with pytest.raises(ValueError, match="tree has 31 scalars"):  # another tree falls back to ravel and is refused
+        s.apply_tree({"w": jnp.ones(31)})

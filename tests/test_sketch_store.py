@@ -104,3 +104,19 @@ def test_raw_gradients_without_a_sketch(problem, tmp_path):
     np.testing.assert_allclose(raw[0], g0, rtol=1e-12)
     with pytest.raises(ValueError, match="store needs a sketch"):
         sk.per_example_gradients(fn.loss_fn, fn.params, data, None, store=tmp_path / "x.zarr")
+
+
+def test_per_leaf_qk_matches_the_raveled_gradients(problem, key, tmp_path):
+    """The per-leaf path (no concatenation) gives Phi applied to each raveled gradient."""
+    fn, data = problem
+    s = sk.for_params("qk", key, fn.params, 12)
+    assert s.options["leaf_shapes"] == tuple(tuple(leaf.shape) for leaf in jax.tree.leaves(fn.params))
+    got = sk.per_example_gradients(fn.loss_fn, fn.params, data, s, batch_size=5)
+    grad = jax.jit(jax.grad(fn.loss_fn))
+    flat = np.stack([tu.ravel(grad(fn.params, data.take(slice(i, i + 1))))[0] for i in range(len(data))])
+    np.testing.assert_allclose(got, s.apply(jnp.asarray(flat)), rtol=1e-10, atol=1e-12)
+    # its nested leaf_shapes option survives the store's JSON metadata: reopening is not refused
+    first = sk.per_example_gradients(fn.loss_fn, fn.params, data, s, batch_size=5, store=tmp_path / "g.zarr")
+    again = sk.per_example_gradients(fn.loss_fn, fn.params, data, s, batch_size=5, store=tmp_path / "g.zarr")
+    np.testing.assert_allclose(np.asarray(again.sketches[:]), np.asarray(first.sketches[:]))
+    np.testing.assert_allclose(np.asarray(first.sketches[:]), got, rtol=1e-12)

@@ -2,13 +2,16 @@
 
 The constructions are stated precisely in each module's docstring (`describe(kind)`); they were
 written from the published descriptions of SRHT, FJLT, Fastfood and CountSketch and from our
-reading of the paper's FFD / AFFD / AFJL / QK, not from its code: ffd is Fastfood applied per
-Hadamard block then subsampled (the form whose one-block failure Theorem 3.1 describes), the
-A-variants sum independent per-block transforms (or hash every coordinate independently) so no
-block can be lost, and QK is a balanced Kronecker product of small Gaussian factors.
+reading of the paper's FFD / AFFD / AFJL / QK, not from its text or code, which we could not
+consult when writing them (treat those four as reconstructions): ffd is Fastfood applied per
+Hadamard block then subsampled (a layout with a one-block failure like the one the paper's
+Theorem 3.1 is about), the A-variants sum independent per-block transforms (or hash every
+coordinate independently) so no block can be lost, and QK is a balanced Kronecker product of
+small Gaussian factors, over the whole vector or one pair per params leaf (`for_params`).
 
 - `make(kind, key, dim_in, dim_out, **options)` -> `Sketch` with `apply`, `apply_tree`,
   `transpose`; kinds: dense, countsketch, srht, fjl, ffd, affd, afjl, qk (`KINDS`).
+  `for_params(kind, key, params, dim_out)`: a sketch of a raveled params tree (per-leaf for qk).
 - `per_example_gradients(loss_fn, params, data, sketch, batch_size, store=PATH)`: sketched
   per-example gradients, streamed to a resumable zarr store (`open_store`).
 - `sketched_operator(op, sketch)`: Phi H Phi^T for `workbench.spectrum`;
@@ -17,7 +20,7 @@ block can be lost, and QK is a balanced Kronecker product of small Gaussian fact
 """
 
 from workbench.sketch import dense, fastfood, kronecker, sparse  # noqa: F401  (register kinds)
-from workbench.sketch.core import FAMILIES, Sketch, make, ravel_leaves
+from workbench.sketch.core import FAMILIES, Sketch, for_params, make, ravel_leaves
 from workbench.sketch.hadamard import DEFAULT_BLOCK_SIZE, fwht
 from workbench.sketch.intrinsic import IntrinsicResult, intrinsic_dimension
 from workbench.sketch.operator import sketched_operator
@@ -35,7 +38,7 @@ def describe(kind: str) -> str:
 
 
 __all__ = [
-    "KINDS", "DEFAULT_BLOCK_SIZE", "GradientStore", "Sketch", "describe", "fwht", "make",
+    "KINDS", "DEFAULT_BLOCK_SIZE", "GradientStore", "Sketch", "describe", "for_params", "fwht", "make",
     "IntrinsicResult", "intrinsic_dimension", "open_store", "per_example_gradients",
     "ravel_leaves", "sketched_operator",
 ]

@@ -27,6 +27,9 @@ class Family(NamedTuple):
     transpose: Callable
     options: dict  # option name -> default (None = chosen from the sizes)
     doc: str
+    # apply_leaves(state, config, leaves [b, *shape_i]) -> [b, dim_out], or None: a kind whose map
+    # is block-diagonal over a tree's leaves can skip concatenating them (per-example gradients)
+    apply_leaves: Callable | None = None
 
 
 FAMILIES: dict[str, Family] = {}
@@ -84,6 +87,17 @@ class Sketch:
         return self.apply(x)
 
     def apply_tree(self, tree: PyTree, batched: bool = False) -> jax.Array:
+        leaf_shapes = dict(self.config).get("leaf_shapes")
+        if leaf_shapes is not None and FAMILIES[self.kind].apply_leaves is not None:
+            leaves = [jnp.asarray(leaf) for leaf in jax.tree.leaves(tree)]
+            shapes = tuple(tuple(leaf.shape[1:] if batched else leaf.shape) for leaf in leaves)
+            if shapes == leaf_shapes and len({leaf.dtype for leaf in leaves}) == 1 and (
+                    not batched or len({leaf.shape[0] for leaf in leaves}) == 1):
+                if not jnp.issubdtype(leaves[0].dtype, jnp.floating):
+                    raise ValueError(f"{self.kind} sketch: tree leaves must be floating point, got {leaves[0].dtype}")
+                if not batched:
+                    return _apply_leaves_jit(self, [leaf[None] for leaf in leaves])[0]
+                return _apply_leaves_jit(self, leaves)
         return self.apply(ravel_leaves(tree, batched, self.dim_in, f"{self.kind} sketch"))
 
     @property
@@ -97,6 +111,11 @@ class Sketch:
 def _apply_jit(sketch: Sketch, x: jax.Array) -> jax.Array:
     # one compiled program per (kind, sizes, batch): eager use would compile every op separately
     return FAMILIES[sketch.kind].apply(sketch.state, sketch.options, x)
+
+
+@jax.jit
+def _apply_leaves_jit(sketch: Sketch, leaves: list) -> jax.Array:
+    return FAMILIES[sketch.kind].apply_leaves(sketch.state, sketch.options, leaves)
 
 
 @jax.jit
@@ -151,7 +170,7 @@ def make(kind: str, key: jax.Array, dim_in: int, dim_out: int, **options) -> Ske
         raise ValueError(f"{kind} sketch: unknown option(s) {sorted(unknown)}; known: {sorted(fam.options)}")
     opts = {**fam.options, **options}
     key = _as_key(key)
-    opts = {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}
+    opts = {k: _freeze(v) for k, v in opts.items()}
     try:
         hash(tuple(opts.items()))
     except TypeError as e:
@@ -160,6 +179,23 @@ def make(kind: str, key: jax.Array, dim_in: int, dim_out: int, **options) -> Ske
     config = config.value
     state = {**state, "key": key}  # kept for provenance (stores record it); one scalar key
     return Sketch(state, kind, dim_in, dim_out, tuple(sorted(config.items())))
+
+
+def for_params(kind: str, key: jax.Array, params: PyTree, dim_out: int, **options) -> Sketch:
+    """A sketch of the raveled `params` tree (dim_in = its size); for `qk` one Kronecker sketch
+    per leaf (`leaf_shapes`), so `apply_tree` on per-example gradients never concatenates them."""
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise ValueError("for_params: params has no leaves")
+    dim_in = sum(int(jnp.size(leaf)) for leaf in leaves)
+    if kind == "qk" and "leaf_shapes" not in options:
+        options = {**options, "leaf_shapes": tuple(tuple(jnp.shape(leaf)) for leaf in leaves)}
+    return make(kind, key, dim_in, dim_out, **options)
+
+
+def _freeze(value):
+    """Lists (also nested) to tuples, so options are hashable static data."""
+    return tuple(_freeze(v) for v in value) if isinstance(value, list | tuple) else value
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))

@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.sketch.core import make
+from workbench.sketch.core import for_params, make
+
+PER_LEAF_QK = "qk_per_leaf"  # QK with one Kronecker pair per params leaf (`for_params`)
 
 
 class CorrelationTable(NamedTuple):
@@ -33,11 +35,12 @@ def _pairs(m: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def dot_product_correlation(
-    grads: jax.Array, kinds: Sequence[str], log2_dims: Sequence[int], key: jax.Array, **options
+    grads: jax.Array, kinds: Sequence[str], log2_dims: Sequence[int], key: jax.Array, params=None, **options
 ) -> CorrelationTable:
     """Pearson r between exact and sketched dot products <g_i, g_j> (i < j) for each kind and D.
 
-    `grads` is [m, n] (e.g. per-example gradients); options go to every `make` call.
+    `grads` is [m, n] (e.g. per-example gradients); options go to every `make` call. The kind
+    `"qk_per_leaf"` is QK with one Kronecker pair per leaf of `params` (the tree the rows ravel).
     """
     grads = jnp.asarray(grads)
     if grads.ndim != 2:
@@ -52,7 +55,13 @@ def dot_product_correlation(
     for i, kind in enumerate(kinds):
         for j, log_d in enumerate(log2_dims):
             try:
-                s = make(kind, jax.random.fold_in(key, int(log_d)), n, 1 << int(log_d), **options)
+                k = jax.random.fold_in(key, int(log_d))
+                if kind == PER_LEAF_QK:
+                    if params is None:
+                        raise TypeError(f"kind {PER_LEAF_QK!r} needs the params tree the gradients ravel")
+                    s = for_params("qk", k, params, 1 << int(log_d), **options)
+                else:
+                    s = make(kind, k, n, 1 << int(log_d), **options)
             except ValueError:  # e.g. dim_out > dim_in for kinds that cannot map up
                 continue
             y = s.apply(grads)

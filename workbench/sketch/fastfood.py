@@ -12,7 +12,8 @@ distinct coordinates chosen uniformly (without replacement).
   dimension): the padded input is cut into N/B blocks of width B = `block` (the accelerator
   friendly layout) and each block gets its own Fastfood V_j = H_B G_j Pi_j H_B E_j; then D of the
   N outputs are kept: Phi = sqrt(N/D) R diag(V_1, ..., V_{N/B}). Unbiased (E||V_j u||^2 = ||u||^2),
-  but it does not mix across blocks. **Failure (Theorem 3.1 of the paper, in this form):** if x
+  but it does not mix across blocks. **Failure (our analysis of this layout; the paper's Theorem 3.1 states a
+  Fastfood failure, whose exact form we could not check here):** if x
   lives in one block, only the K ~ Hypergeometric(N, B, D) kept rows inside that block see it, so
   ||Phi x||^2 / ||x||^2 ~ (N/D)(K/B) (times Fastfood's own O(1/B) noise). With DB/N = 1 (e.g.
   N = 2^20, B = D = 2^10) K is about Poisson(1): Phi x = 0 with probability ~ e^{-1} and the

@@ -13,6 +13,15 @@ width D_i = 1 gives no concentration at all in that mode (a single chi^2_1), whi
 truncating D greedily into factors produces; the default here therefore splits both N and D into
 `factors` balanced parts (D_i as equal as the divisors of D allow; a factorisation with a
 width-1 factor is refused unless asked for with `dims_out`).
+
+Per leaf (`leaf_shapes`, filled in by `workbench.sketch.for_params`): the input is a raveled
+params tree, and each leaf i gets its own independent pair Q_1^(i) [D_1, r_i], Q_2^(i) [D_2, c_i]
+on its matrix view [r_i, c_i] (all but the last axis, by the last axis; a vector or scalar is
+split into balanced factors), Phi x = sum_i (Q_1^(i) (x) Q_2^(i)) x_i. Each term is unbiased and
+they are independent, so E||Phi x||^2 = ||x||^2 still, with the same rank-one worst case per leaf.
+A dense layer's per-example gradient is a rank-one a (x) delta, so its sketch is a few small
+matmuls per example, and `apply_tree` sketches gradient leaves without concatenating them: this is
+what keeps per-example gradient sketching within the cost of the gradients themselves.
 """
 
 from __future__ import annotations
@@ -50,7 +59,78 @@ def balanced_output_dims(d: int, k: int) -> tuple[int, ...]:
     return tuple(sorted(dims, reverse=True))
 
 
+def leaf_matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """The [rows, cols] view a per-leaf QK sketches: (prod(shape[:-1]), shape[-1]) for a matrix or
+    higher tensor; a vector or scalar of size n is zero-padded to balanced factors (n_1, n_2)."""
+    if len(shape) >= 2:
+        return int(np.prod(shape[:-1])), int(shape[-1])
+    dims = balanced_input_dims(max(1, int(np.prod(shape))), 2)
+    return int(dims[0]), int(dims[1])
+
+
+def _init_leaves(key, n, d, opts):
+    shapes = tuple(tuple(int(v) for v in shape) for shape in opts["leaf_shapes"])
+    if int(opts["factors"]) != 2 or opts["dims_in"] is not None:
+        raise ValueError("qk sketch: leaf_shapes sketches each leaf as a matrix; it needs factors=2 and no dims_in")
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    if sum(sizes) != n:
+        raise ValueError(f"qk sketch: leaf_shapes {shapes} hold {sum(sizes)} scalars but dim_in={n}")
+    dims_out = tuple(opts["dims_out"]) if opts["dims_out"] is not None else balanced_output_dims(d, 2)
+    if len(dims_out) != 2 or int(np.prod(dims_out)) != d:
+        raise ValueError(f"qk sketch: dims_out {dims_out} must be two factors multiplying to dim_out={d}")
+    if opts["dims_out"] is None and min(dims_out) == 1:
+        raise ValueError(f"qk sketch: dim_out={d} has no balanced factorisation without a width-1 factor "
+                         f"(got {dims_out}); pick dim_out with more divisors or pass dims_out")
+    keys = jax.random.split(key, 2 * len(shapes))
+    draw = jax.random.normal if opts["distribution"] == "gaussian" else jax.random.rademacher
+    pairs = []
+    for i, shape in enumerate(shapes):
+        rows, cols = leaf_matrix_shape(shape)
+        pairs.append(tuple(draw(kk, (di, ni), jnp.float32) * np.float32(1.0 / np.sqrt(di))
+                           for kk, di, ni in zip(keys[2 * i: 2 * i + 2], dims_out, (rows, cols))))
+    return {"leaf_factors": tuple(pairs)}, {"dims_out": dims_out, "leaf_shapes": shapes}
+
+
+def _sketch_leaf(flat, pair):
+    """(Q_1 (x) Q_2) applied to a batch of one leaf's scalars [b, size]."""
+    q1, q2 = (cast(q, flat) for q in pair)
+    t = pad_to(flat, q1.shape[1] * q2.shape[1]).reshape(flat.shape[0], q1.shape[1], q2.shape[1])
+    return jnp.einsum("zij,Ai,Bj->zAB", t, q1, q2, optimize="greedy").reshape(flat.shape[0], -1)
+
+
+def _apply_leaves(state, cfg, leaves):
+    out = None
+    for leaf, pair in zip(leaves, state["leaf_factors"]):
+        y = _sketch_leaf(leaf.reshape(leaf.shape[0], -1), pair)
+        out = y if out is None else out + y
+    return out
+
+
+def _leaf_offsets(cfg):
+    sizes = [int(np.prod(shape)) for shape in cfg["leaf_shapes"]]
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+
+
+def _apply_by_leaf(state, cfg, x):
+    off = _leaf_offsets(cfg)
+    return _apply_leaves(state, cfg, [x[:, off[i]: off[i + 1]] for i in range(len(off) - 1)])
+
+
+def _transpose_by_leaf(state, cfg, y):
+    t = y.reshape(y.shape[0], *cfg["dims_out"])
+    parts = []
+    for shape, pair in zip(cfg["leaf_shapes"], state["leaf_factors"]):
+        q1, q2 = (cast(q, y) for q in pair)
+        x = jnp.einsum("zAB,Ai,Bj->zij", t, q1, q2, optimize="greedy").reshape(y.shape[0], -1)
+        parts.append(x[:, : int(np.prod(shape))])
+    return jnp.concatenate(parts, axis=1)
+
+
 def _init(key, n, d, opts):
+    if opts["distribution"] not in ("gaussian", "rademacher"):
+        raise ValueError(f"qk sketch: distribution must be 'gaussian' or 'rademacher', got {opts['distribution']!r}")
+    if opts["leaf_shapes"] is not None:
+        return _init_leaves(key, n, d, opts)
     k = int(opts["factors"])
     if k < 1:
         raise ValueError(f"qk sketch: factors must be >= 1, got {k}")
@@ -65,8 +145,6 @@ def _init(key, n, d, opts):
             f"qk sketch: dim_out={d} has no balanced factorisation into {k} factors without a width-1 "
             f"factor (got {dims_out}); pick dim_out with more divisors, fewer factors, or pass dims_out"
         )
-    if opts["distribution"] not in ("gaussian", "rademacher"):
-        raise ValueError(f"qk sketch: distribution must be 'gaussian' or 'rademacher', got {opts['distribution']!r}")
     keys = jax.random.split(key, len(dims_out))
     draw = jax.random.normal if opts["distribution"] == "gaussian" else jax.random.rademacher
     mats = tuple(
@@ -83,6 +161,8 @@ def _einsum_spec(k, forward):
 
 
 def _apply(state, cfg, x):
+    if cfg.get("leaf_shapes") is not None:
+        return _apply_by_leaf(state, cfg, x)
     dims_in = cfg["dims_in"]
     t = pad_to(x, int(np.prod(dims_in))).reshape(x.shape[0], *dims_in)
     mats = [cast(q, x) for q in state["factors"]]
@@ -91,6 +171,8 @@ def _apply(state, cfg, x):
 
 
 def _transpose(state, cfg, y):
+    if cfg.get("leaf_shapes") is not None:
+        return _transpose_by_leaf(state, cfg, y)
     dims_out = cfg["dims_out"]
     t = y.reshape(y.shape[0], *dims_out)
     mats = [cast(q, y) for q in state["factors"]]
@@ -99,4 +181,5 @@ def _transpose(state, cfg, y):
 
 
 register("qk", Family(_init, _apply, _transpose,
-                      {"factors": 2, "dims_in": None, "dims_out": None, "distribution": "gaussian"}, __doc__))
+                      {"factors": 2, "dims_in": None, "dims_out": None, "distribution": "gaussian",
+                       "leaf_shapes": None}, __doc__, _apply_leaves))
