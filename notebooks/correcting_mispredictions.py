@@ -44,13 +44,10 @@ interactive: bool = False  # show widgets
 
 # %%
 import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
-import numpy as np
-from flax import nnx
 
 import workbench
-from workbench import data, influence, models
+from workbench import influence, models
 from workbench.influence import evaluate as ev
 
 jax.config.update("jax_enable_x64", True)
@@ -59,10 +56,7 @@ jax.config.update("jax_enable_x64", True)
 # ## The model and its mistakes
 
 # %%
-train_full, test_full = data.load_digits(seed=seed, dtype=jnp.float64)
-train_set, test_set = train_full.take(np.arange(n_train)), test_full.take(np.arange(n_test))
-model = models.functional(models.LogisticRegression(64, 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=l2)
-params, _ = ev.fit(model.loss_fn, model.params, train_set)
+model, params, train_set, test_set, _ = ev.fit_digits_logistic(n_train, n_test, l2, seed)
 accuracy = models.accuracy(model.predict_fn, params, test_set)
 print(f"test accuracy {accuracy:.3f}: {round((1 - accuracy) * n_test)} mispredicted test points")
 

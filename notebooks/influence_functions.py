@@ -51,14 +51,12 @@ interactive: bool = False  # show widgets
 
 # %%
 import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import optax
-from flax import nnx
 
 import workbench
-from workbench import data, influence, models, train
+from workbench import influence, models, train
 from workbench.influence import evaluate as ev
 
 jax.config.update("jax_enable_x64", True)
@@ -69,10 +67,7 @@ jax.config.update("jax_enable_x64", True)
 # (`evaluate.fit`), because the influence function is a statement about the exact optimum.
 
 # %%
-train_full, test_full = data.load_digits(seed=seed, dtype=jnp.float64)
-train_set, test_set = train_full.take(np.arange(n_train)), test_full.take(np.arange(n_test))
-model = models.functional(models.LogisticRegression(64, 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=l2)
-params, grad_norm = ev.fit(model.loss_fn, model.params, train_set)
+model, params, train_set, test_set, grad_norm = ev.fit_digits_logistic(n_train, n_test, l2, seed)
 print(f"gradient norm at the optimum {grad_norm:.1e}, test accuracy {models.accuracy(model.predict_fn, params, test_set):.3f}")
 
 # %% [markdown]
