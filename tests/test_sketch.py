@@ -55,6 +55,9 @@ def test_transpose_is_exact_adjoint(kind, n, key):
     y = jax.random.normal(ky, (4, d), jnp.float64)
     lhs, rhs = jnp.sum(s.apply(x) * y, axis=1), jnp.sum(x * s.transpose(y), axis=1)
     np.testing.assert_allclose(lhs, rhs, rtol=1e-11, atol=1e-11)
+    # one vector at a time equals the batch (kinds switch memory layout with the batch size)
+    np.testing.assert_allclose(s.apply(x[1]), s.apply(x)[1], rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(s.transpose(y[1]), s.transpose(y)[1], rtol=1e-12, atol=1e-13)
     # and it is the transpose of the materialised matrix (columns = apply on the identity)
     mat = s.apply(jnp.eye(n, dtype=jnp.float64)).T
     np.testing.assert_allclose(s.transpose(jnp.eye(d, dtype=jnp.float64)), mat, atol=1e-12)
