@@ -27,7 +27,6 @@ what keeps per-example gradient sketching within the cost of the gradients thems
 from __future__ import annotations
 
 import math
-import string
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +56,29 @@ def balanced_output_dims(d: int, k: int) -> tuple[int, ...]:
         rest //= f
     dims.append(rest)
     return tuple(sorted(dims, reverse=True))
+
+
+def mode_products(t: jax.Array, mats) -> jax.Array:
+    """t [b, n_1, ..., n_k] -> [b, D_1, ..., D_k] with Q_i [D_i, n_i], one 2-D matmul per mode.
+
+    The last (contiguous) mode goes first, as one [b n_1 ... n_{k-1}, n_k] x [n_k, D_k] product:
+    that step reads the whole input and shrinks it by n_k / D_k, so the rest is cheap. (XLA's
+    einsum path picks the other order and runs ~2.5x slower on CPU.)"""
+    for q in reversed(mats):
+        lead = t.shape[:-1]
+        t = (t.reshape(-1, t.shape[-1]) @ q.T).reshape(*lead, q.shape[0])
+        t = jnp.moveaxis(t, -1, 1)
+    return t
+
+
+def mode_products_transpose(t: jax.Array, mats) -> jax.Array:
+    """The adjoint of `mode_products`: t [b, D_1, ..., D_k] -> [b, n_1, ..., n_k], the largest
+    product (mode k, writing the whole output contiguously) last."""
+    for q in mats:
+        t = jnp.moveaxis(t, 1, -1)
+        lead = t.shape[:-1]
+        t = (t.reshape(-1, t.shape[-1]) @ q).reshape(*lead, q.shape[1])
+    return t
 
 
 def leaf_matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -95,7 +117,7 @@ def _sketch_leaf(flat, pair):
     """(Q_1 (x) Q_2) applied to a batch of one leaf's scalars [b, size]."""
     q1, q2 = (cast(q, flat) for q in pair)
     t = pad_to(flat, q1.shape[1] * q2.shape[1]).reshape(flat.shape[0], q1.shape[1], q2.shape[1])
-    return jnp.einsum("zij,Ai,Bj->zAB", t, q1, q2, optimize="greedy").reshape(flat.shape[0], -1)
+    return mode_products(t, (q1, q2)).reshape(flat.shape[0], -1)
 
 
 def _apply_leaves(state, cfg, leaves):
@@ -121,7 +143,7 @@ def _transpose_by_leaf(state, cfg, y):
     parts = []
     for shape, pair in zip(cfg["leaf_shapes"], state["leaf_factors"]):
         q1, q2 = (cast(q, y) for q in pair)
-        x = jnp.einsum("zAB,Ai,Bj->zij", t, q1, q2, optimize="greedy").reshape(y.shape[0], -1)
+        x = mode_products_transpose(t, (q1, q2)).reshape(y.shape[0], -1)
         parts.append(x[:, : int(np.prod(shape))])
     return jnp.concatenate(parts, axis=1)
 
@@ -154,19 +176,13 @@ def _init(key, n, d, opts):
     return {"factors": mats}, {"dims_in": dims_in, "dims_out": dims_out}
 
 
-def _einsum_spec(k, forward):
-    ins, outs = string.ascii_lowercase[:k], string.ascii_uppercase[:k]
-    mats = ",".join(f"{o}{i}" for o, i in zip(outs, ins))
-    return f"z{ins},{mats}->z{outs}" if forward else f"z{outs},{mats}->z{ins}"
-
-
 def _apply(state, cfg, x):
     if cfg.get("leaf_shapes") is not None:
         return _apply_by_leaf(state, cfg, x)
     dims_in = cfg["dims_in"]
     t = pad_to(x, int(np.prod(dims_in))).reshape(x.shape[0], *dims_in)
     mats = [cast(q, x) for q in state["factors"]]
-    y = jnp.einsum(_einsum_spec(len(mats), True), t, *mats, optimize="greedy")
+    y = mode_products(t, mats)
     return y.reshape(x.shape[0], -1)
 
 
@@ -176,7 +192,7 @@ def _transpose(state, cfg, y):
     dims_out = cfg["dims_out"]
     t = y.reshape(y.shape[0], *dims_out)
     mats = [cast(q, y) for q in state["factors"]]
-    x = jnp.einsum(_einsum_spec(len(mats), False), t, *mats, optimize="greedy")
+    x = mode_products_transpose(t, mats)
     return x.reshape(y.shape[0], -1)[:, : cfg["dim_in"]]
 
 
