@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from workbench import data, influence, models, spectrum
+from workbench import data, influence, models
 from workbench.influence import evaluate as ev
 
 jax.config.update("jax_enable_x64", True)

@@ -30,13 +30,13 @@ import platform
 import time
 from pathlib import Path
 
+import influence_peer_adapters as peers
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-import influence_peer_adapters as peers
 from workbench import data, influence, models, spectrum, train
 from workbench.influence import evaluate as ev
 
@@ -172,7 +172,7 @@ def main():
 
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(os.cpu_count() or 1)
-    sizes = {"test": 10, "removed": 30, "subsets": 10} if args.quick else {"test": 50, "removed": 100, "subsets": 50}
+    sizes = {"test": 10, "removed": 30, "subsets": 10} if args.quick else {"test": 50, "removed": 60, "subsets": 40}
     train_set, test_full = data.load_digits(dtype=jnp.float64)
     test_set = test_full.take(np.arange(sizes["test"]))
     key = jax.random.key(0)
