@@ -8,7 +8,7 @@
 #     name: python3
 #   workbench:
 #     title: Which influence estimator to trust - LDS and mislabel detection
-#     quick_seconds: 60
+#     quick_seconds: 90
 #     full:
 #       n_train: 1347
 #       n_test: 200
@@ -35,11 +35,16 @@
 # %% tags=["parameters"]
 n_train: int = 240  # training examples (a subset of digits)
 n_test: int = 30  # test points
-num_subsets: int = 16  # M, the number of models trained on random halves
+num_subsets: int = 12  # M, the number of models trained on random halves
 l2: float = 0.01  # L2 regularisation (both models)
 hidden: int = 16  # hidden width of the MLP
 mlp_steps: int = 200  # full-batch Adam steps for every MLP (full data and each half)
 mlp_lr: float = 0.01  # Adam step size
+cg_iters: int = 100  # conjugate-gradient iterations per solve
+lissa_depth: int = 150  # LiSSA: terms of the Neumann series
+arnoldi_k: int = 50  # Arnoldi: top-k eigenpairs kept
+trak_dim: int = 256  # TRAK: sketch dimension D (one model)
+trak_damping: float = 0.01  # TRAK: damping of the sketched Gauss-Newton matrix
 flip_fraction: float = 0.1  # fraction of training labels flipped for mislabel detection
 damping_margin: float = 0.01  # MLP: damping above -lambda_min of the Hessian
 seed: int = 0  # data split, subsets, flips
@@ -64,10 +69,15 @@ train_set, test_set = train_full.take(np.arange(n_train)), test_full.take(np.ara
 key_lds, key_flip = jax.random.split(jax.random.key(seed))
 
 
-def builders_for(loss_fn, params, train_data, checkpoints, lr, damping=0.0, eigen=None, cosine=True):
+def builders_for(loss_fn, params, train_data, checkpoints, lr, damping=0.0, eigen=None, cosine=True, margin=None):
     """The estimators compared, as zero-argument builders (so `compare` can time each)."""
     out = {
         "exact": lambda: influence.make("exact", loss_fn, params, train_data, damping=damping, hessian=eigen),
+        "cg": lambda: influence.make("cg", loss_fn, params, train_data, damping=damping, max_iters=cg_iters),
+        "lissa": lambda: influence.make("lissa", loss_fn, params, train_data, damping=damping, depth=lissa_depth),
+        "arnoldi": lambda: influence.make("arnoldi", loss_fn, params, train_data, damping=damping, k=arnoldi_k),
+        "trak": lambda: influence.make("trak", loss_fn, params, train_data, dim=trak_dim, output_fn=margin,
+                                       damping=trak_damping),
         "grad_dot": lambda: influence.make("grad_dot", loss_fn, params, train_data),
         "grad_cos": lambda: influence.make("grad_cos", loss_fn, params, train_data),
         "tracin": lambda: influence.make("tracin", loss_fn, params, train_data, checkpoints=checkpoints, learning_rates=lr),
@@ -81,14 +91,20 @@ def builders_for(loss_fn, params, train_data, checkpoints, lr, damping=0.0, eige
 # ## Logistic regression
 # The optimum by Newton's method; each half-data model is retrained (warm-started, inexact
 # Newton) to a gradient norm below 1e-10. TracIn reads 10 checkpoints of a full-batch SGD run.
+# The inverse-curvature estimators share the damping: `cg` (conjugate gradients, `cg_iters` per
+# solve) and `lissa` (`lissa_depth` Neumann terms; short of convergence it acts like extra damping)
+# approximate the exact solve; `arnoldi` keeps only the top `arnoldi_k` curvature directions, so it
+# misses the flat directions where 1/lambda is largest; `trak` works in a `trak_dim`-dimensional
+# random sketch with a Gauss-Newton matrix of the classification margin.
 
 # %%
 lr_model = models.functional(models.LogisticRegression(64, 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=l2)
+lr_margin = influence.margin_output(lr_model.predict_fn)  # TRAK's output function
 lr_params, _ = ev.fit(lr_model.loss_fn, lr_model.params, train_set)
 lr_truth = ev.lds_ground_truth(lr_model.loss_fn, lr_params, train_set, test_set, key_lds, num_subsets=num_subsets)
 sgd = train.train(lr_model.loss_fn, lr_model.params, train_set, optax.sgd(1.0), steps=200, key=jax.random.key(seed),
                   checkpoint_steps=list(range(0, 200, 20)), progress=False)
-lr_rows, _ = ev.compare(builders_for(lr_model.loss_fn, lr_params, train_set, sgd.checkpoints, 1.0), test_set,
+lr_rows, _ = ev.compare(builders_for(lr_model.loss_fn, lr_params, train_set, sgd.checkpoints, 1.0, margin=lr_margin), test_set,
                         lds_truth=lr_truth)
 
 # %% [markdown]
@@ -102,13 +118,14 @@ mlp_model = models.functional(models.MLP(64, [hidden], 10, rngs=nnx.Rngs(seed), 
 mlp_run = train.train(mlp_model.loss_fn, mlp_model.params, train_set, optax.adam(mlp_lr), steps=mlp_steps,
                       key=jax.random.key(seed), checkpoint_steps=list(range(0, mlp_steps, mlp_steps // 10)), progress=False)
 mlp_params = mlp_run.params
+mlp_margin = influence.margin_output(mlp_model.predict_fn)
 mlp_truth = ev.lds_ground_truth(mlp_model.loss_fn, mlp_model.params, train_set, test_set, key_lds, num_subsets=num_subsets,
                                 method="optax", optimizer=optax.adam(mlp_lr), steps=mlp_steps)
 eigen = jnp.linalg.eigh(influence.dense_hessian(mlp_model.loss_fn, mlp_params, train_set))
 mlp_damping = max(0.0, -float(eigen[0][0])) + damping_margin
 print(f"MLP Hessian lambda_min {float(eigen[0][0]):.2e}; damping {mlp_damping:.3g}")
 mlp_rows, _ = ev.compare(builders_for(mlp_model.loss_fn, mlp_params, train_set, mlp_run.checkpoints, mlp_lr,
-                                      mlp_damping, eigen), test_set, lds_truth=mlp_truth)
+                                      mlp_damping, eigen, margin=mlp_margin), test_set, lds_truth=mlp_truth)
 
 # %% [markdown]
 # ## Mislabel detection
@@ -120,13 +137,14 @@ noisy, flipped = ev.flip_labels(key_flip, train_set, flip_fraction, 10)
 lr_noisy, _ = ev.fit(lr_model.loss_fn, lr_model.params, noisy)
 sgd_noisy = train.train(lr_model.loss_fn, lr_model.params, noisy, optax.sgd(1.0), steps=200, key=jax.random.key(seed),
                         checkpoint_steps=list(range(0, 200, 20)), progress=False)
-lr_auc = ev.mislabel_aucs(builders_for(lr_model.loss_fn, lr_noisy, noisy, sgd_noisy.checkpoints, 1.0, cosine=False), flipped)
+lr_auc = ev.mislabel_aucs(builders_for(lr_model.loss_fn, lr_noisy, noisy, sgd_noisy.checkpoints, 1.0, cosine=False,
+                                       margin=lr_margin), flipped)
 mlp_noisy = train.train(mlp_model.loss_fn, mlp_model.params, noisy, optax.adam(mlp_lr), steps=mlp_steps, key=jax.random.key(seed),
                         checkpoint_steps=list(range(0, mlp_steps, mlp_steps // 10)), progress=False)
 eigen_noisy = jnp.linalg.eigh(influence.dense_hessian(mlp_model.loss_fn, mlp_noisy.params, noisy))
 damping_noisy = max(0.0, -float(eigen_noisy[0][0])) + damping_margin
 mlp_auc = ev.mislabel_aucs(builders_for(mlp_model.loss_fn, mlp_noisy.params, noisy, mlp_noisy.checkpoints, mlp_lr,
-                                        damping_noisy, eigen_noisy, cosine=False), flipped)
+                                        damping_noisy, eigen_noisy, cosine=False, margin=mlp_margin), flipped)
 
 # %% [markdown]
 # ## The table
@@ -146,15 +164,17 @@ workbench.record(**{f"lds_{t['model']}_{t['estimator']}": t["lds"] for t in tabl
                  **{f"auc_{t['model']}_{t['estimator']}": t["mislabel_auc"] for t in table if t["estimator"] != "grad_cos"})
 
 # %%
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
 names = [r["estimator"] for r in lr_rows]
 x = np.arange(len(names))
 for offset, model_name in ((-0.2, "logistic"), (0.2, "mlp")):
     sub = [t for t in table if t["model"] == model_name]
     ax1.bar(x + offset, [t["lds"] for t in sub], width=0.4, label=model_name)
     ax2.bar(x + offset, [t["mislabel_auc"] for t in sub], width=0.4, label=model_name)
-ax1.set(xticks=x, xticklabels=names, ylabel="LDS (Spearman)", title="linear datamodeling score")
-ax2.set(xticks=x, xticklabels=names, ylabel="ROC AUC", title="finding flipped labels by self-influence", ylim=(0.4, 1.0))
+ax1.set(xticks=x, ylabel="LDS (Spearman)", title="linear datamodeling score")
+ax2.set(xticks=x, ylabel="ROC AUC", title="finding flipped labels by self-influence", ylim=(0.4, 1.0))
+for ax in (ax1, ax2):
+    ax.set_xticklabels(names, rotation=40, ha="right")
 ax2.axhline(0.5, color="k", lw=0.6, ls="--")
 ax1.legend()
 fig.tight_layout()
@@ -172,8 +192,8 @@ if interactive:
     from IPython.display import display
 
     def show(estimator="exact", model_name="logistic"):
-        truth, b = (lr_truth, builders_for(lr_model.loss_fn, lr_params, train_set, sgd.checkpoints, 1.0)) if model_name == "logistic" else (
-            mlp_truth, builders_for(mlp_model.loss_fn, mlp_params, train_set, mlp_run.checkpoints, mlp_lr, mlp_damping, eigen))
+        truth, b = (lr_truth, builders_for(lr_model.loss_fn, lr_params, train_set, sgd.checkpoints, 1.0, margin=lr_margin)) if model_name == "logistic" else (
+            mlp_truth, builders_for(mlp_model.loss_fn, mlp_params, train_set, mlp_run.checkpoints, mlp_lr, mlp_damping, eigen, margin=mlp_margin))
         per = ev.lds(b[estimator]().scores(test_set), truth).per_test
         fig, ax = plt.subplots(figsize=(5, 3))
         ax.hist(per, bins=20)

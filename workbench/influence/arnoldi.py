@@ -41,6 +41,26 @@ def _jvp_featurizer(loss_fn: Callable) -> Callable:
     return featurize
 
 
+def default_depth(k: int) -> int:
+    """The Krylov depth used for k eigenpairs unless told otherwise (see `arnoldi`)."""
+    return 2 * k + 20
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _top_ritz_pairs(factorization, k):
+    """The k largest Ritz pairs of an Arnoldi factorization A V_m^T = V_{m+1}^T H, without a
+    single extra operator product: the curvature is symmetric, so H[:m] is (up to rounding) the
+    Lanczos tridiagonal and eigh of its symmetric part gives the Ritz values; the residual
+    ||A x - theta x|| = |h_{m+1,m}| |s_m| comes from the factorization itself."""
+    basis, hess = factorization.basis, factorization.hessenberg
+    m = hess.shape[1]
+    theta, s = jnp.linalg.eigh(0.5 * (hess[:m] + hess[:m].T))
+    idx = jnp.argsort(-theta)[:k]
+    vectors = s[:, idx].T @ basis[:m]
+    vectors = vectors / jnp.linalg.norm(vectors, axis=1, keepdims=True)
+    return theta[idx], vectors, jnp.abs(hess[m, m - 1]) * jnp.abs(s[m - 1, idx])
+
+
 def _diagonal_precondition(state, features):
     return features * state["inverse_values"]
 
@@ -63,7 +83,9 @@ def arnoldi(
     """Influence restricted to the top-k eigenspace of the curvature (see module docstring).
 
     Eigenpairs with lambda + damping <= 0 are dropped (with a count in `info`). `num_iters` is the
-    Krylov depth (default: that of `top_eigenpairs`, capped at the dimension).
+    Krylov depth, capped at the dimension: default 2k + 20 for method="arnoldi" (one factorization
+    with full reorthogonalisation by `workbench.spectrum.arnoldi`; the Ritz pairs are read off it
+    with no extra operator products), that of `top_eigenpairs` for method="lanczos".
     """
     from workbench import spectrum
 
@@ -72,16 +94,25 @@ def arnoldi(
     if not isinstance(k, int) or not 1 <= k <= op.dim:
         raise ValueError(f"k must be an int in [1, {op.dim}] (the number of parameters), got {k!r}")
     key = key if key is not None else jax.random.key(0)
-    eig = spectrum.top_eigenpairs(op, k, key, which="largest", method=method, num_iters=num_iters)
-    values = eig.values + damping
+    if method == "arnoldi":
+        depth = min(op.dim, num_iters if num_iters is not None else default_depth(k))
+        if depth < min(k + 1, op.dim):
+            raise ValueError(f"num_iters={depth} must exceed k={k} (or equal the dimension)")
+        eig_values, eig_vectors, residuals = _top_ritz_pairs(spectrum.arnoldi(op, depth, key), k)
+        converged = residuals <= 1e-6 * jnp.abs(eig_values[0])
+    else:
+        eig = spectrum.top_eigenpairs(op, k, key, which="largest", method=method, num_iters=num_iters)
+        eig_values, eig_vectors, converged = eig.values, eig.vectors, eig.converged
+        depth = num_iters
+    values = eig_values + damping
     keep = values > 1e-12 * jnp.max(jnp.abs(values))
     inverse_values = jnp.where(keep, 1.0 / jnp.where(keep, values, 1.0), 0.0)
-    info = {"k": k, "damping": damping, "kind": kind, "method": method,
+    info = {"k": k, "damping": damping, "kind": kind, "method": method, "num_iters": depth,
             "dropped_nonpositive": int(k - int(keep.sum())),
-            "converged": int(jnp.sum(eig.converged)), "lambda_max": float(eig.values[0]),
-            "lambda_k": float(eig.values[-1])}
-    state = {"params": params, "vectors": eig.vectors.astype(ravel_pytree(params)[0].dtype),
-             "inverse_values": inverse_values, "values": eig.values}
+            "converged": int(jnp.sum(converged)), "lambda_max": float(eig_values[0]),
+            "lambda_k": float(eig_values[-1])}
+    state = {"params": params, "vectors": eig_vectors.astype(ravel_pytree(params)[0].dtype),
+             "inverse_values": inverse_values, "values": eig_values}
     return Estimator(
         "arnoldi", train_data, _jvp_featurizer(loss_fn), _diagonal_precondition, state,
         featurize_test=_jvp_featurizer(measure_fn) if measure_fn else None, info=info, **options,

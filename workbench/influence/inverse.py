@@ -46,6 +46,26 @@ def _chunk_hessian(loss_fn, params, chunk):
     return jax.hessian(lambda f: loss_fn(unravel(f), chunk))(flat)
 
 
+@jax.jit
+def _cholesky(hessian, damping):
+    return jnp.linalg.cholesky(hessian + damping * jnp.eye(hessian.shape[0], dtype=hessian.dtype))
+
+
+def cholesky_precondition(state, features):
+    """features (H + damping I)^{-1} from the lower Cholesky factor, two triangular solves."""
+    return jax.scipy.linalg.cho_solve((state["cholesky"], True), features.T).T
+
+
+def _check_definite(evals, damping):
+    lam_min = float(evals[0])
+    if lam_min + damping <= 1e-12 * max(float(jnp.abs(evals[-1])), 1.0):
+        raise ValueError(
+            f"H + damping I is not positive definite: the smallest Hessian eigenvalue is "
+            f"{lam_min:.3g} and damping={damping}; use damping > {max(-lam_min, 0.0):.3g} "
+            "(with a margin) or a Gauss-Newton matrix"
+        )
+
+
 def exact(
     loss_fn: Callable,
     params,
@@ -78,27 +98,27 @@ def exact(
         if evals.shape != (flat.size,) or evecs.shape != (flat.size, flat.size):
             raise ValueError(f"hessian=(eigenvalues, eigenvectors) must have shapes ({flat.size},) and "
                              f"({flat.size}, {flat.size}), got {evals.shape} and {evecs.shape}")
-    elif hessian.shape != (flat.size, flat.size):
-        raise ValueError(f"hessian must have shape ({flat.size}, {flat.size}), got {hessian.shape}")
+        if not (bool(jnp.all(jnp.isfinite(evals))) and bool(jnp.all(jnp.isfinite(evecs)))):
+            raise ValueError("the Hessian eigendecomposition contains NaN or infinite values")
+        _check_definite(evals, damping)
+        state = {"params": params, "inverse": (evecs / (evals + damping)) @ evecs.T}
+        precondition = matrix_precondition
+        info = {"damping": damping, "lambda_min": float(evals[0]), "lambda_max": float(evals[-1])}
     else:
-        evals = None
-    if evals is None:
+        if hessian.shape != (flat.size, flat.size):
+            raise ValueError(f"hessian must have shape ({flat.size}, {flat.size}), got {hessian.shape}")
         if not bool(jnp.all(jnp.isfinite(hessian))):
             raise ValueError("the Hessian contains NaN or infinite values; check params and data")
-        evals, evecs = jnp.linalg.eigh(hessian)
-    elif not (bool(jnp.all(jnp.isfinite(evals))) and bool(jnp.all(jnp.isfinite(evecs)))):
-        raise ValueError("the Hessian eigendecomposition contains NaN or infinite values")
-    lam_min = float(evals[0])
-    if lam_min + damping <= 1e-12 * max(float(jnp.abs(evals[-1])), 1.0):
-        raise ValueError(
-            f"H + damping I is not positive definite: the smallest Hessian eigenvalue is "
-            f"{lam_min:.3g} and damping={damping}; use damping > {max(-lam_min, 0.0):.3g} "
-            "(with a margin) or a Gauss-Newton matrix"
-        )
-    inverse = (evecs / (evals + damping)) @ evecs.T
-    info = {"damping": damping, "lambda_min": lam_min, "lambda_max": float(evals[-1])}
+        # Cholesky is ~30x cheaper than eigh at a few thousand parameters (2410: 1 s vs 28 s on
+        # one CPU core); the eigenvalues are computed only to explain a failure
+        factor = _cholesky(hessian, jnp.asarray(damping, hessian.dtype))
+        if not bool(jnp.all(jnp.isfinite(factor))):
+            _check_definite(jnp.linalg.eigvalsh(hessian), damping)
+            raise ValueError("H + damping I is too ill-conditioned for a Cholesky factorization; raise the damping")
+        state = {"params": params, "cholesky": factor}
+        precondition = cholesky_precondition
+        info = {"damping": damping, "factorization": "cholesky"}
     return Estimator(
-        "exact", train_data, grad_featurizer(loss_fn), matrix_precondition,
-        {"params": params, "inverse": inverse},
+        "exact", train_data, grad_featurizer(loss_fn), precondition, state,
         featurize_test=grad_featurizer(measure_fn) if measure_fn else None, info=info, **options,
     )
