@@ -27,7 +27,6 @@ import numpy as np
 from workbench.sketch.core import Family, cast, pad_to, register
 from workbench.sketch.hadamard import block_fwht, fwht, next_power_of_two
 
-
 # XLA's CPU scatter/gather moving whole rows of a [dim, batch] layout is ~5x faster than moving
 # single elements of [batch, dim] once the batch has a few vectors (measured in bench_sketch.py).
 ROW_LAYOUT_MIN_BATCH = 4

@@ -15,6 +15,7 @@ store never exists.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -142,6 +143,14 @@ def _create_or_open(path: Path, meta: dict, explicit_chunk_rows: bool) -> Gradie
     return open_store(path, mode="r+")
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _sketch_chunk(loss_fn, sketch, params, batch):
+    # module level and keyed on loss_fn: repeated calls (new sketches, params, chunks) reuse the compile
+    example_loss = lambda p, example: loss_fn(p, jax.tree.map(lambda a: a[None], example))
+    grads = jax.vmap(jax.grad(example_loss), in_axes=(None, 0))(params, batch)
+    return ravel_leaves(grads, True) if sketch is None else sketch.apply_tree(grads, batched=True)
+
+
 def per_example_gradients(
     loss_fn: Callable,
     params,
@@ -188,14 +197,6 @@ def per_example_gradients(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
-    def example_loss(p, example):
-        return loss_fn(p, jax.tree.map(lambda a: a[None], example))
-
-    @jax.jit
-    def sketch_chunk(s, p, batch):
-        grads = jax.vmap(jax.grad(example_loss), in_axes=(None, 0))(p, batch)
-        return ravel_leaves(grads, True) if s is None else s.apply_tree(grads, batched=True)
-
     gstore = None
     if store is not None:
         meta = store_metadata(sketch, params, data, batch_size, dtype)
@@ -208,7 +209,7 @@ def per_example_gradients(
     for c in tqdm(todo, disable=not progress, desc="per-example gradients"):
         lo, hi = c * batch_size, min(n, (c + 1) * batch_size)
         idx = np.minimum(np.arange(lo, lo + batch_size), n - 1)  # pad the last chunk: one compile
-        values = np.asarray(sketch_chunk(sketch, params, jax.tree.map(lambda a, idx=idx: a[idx], data)))[: hi - lo]
+        values = np.asarray(_sketch_chunk(loss_fn, sketch, params, jax.tree.map(lambda a, idx=idx: a[idx], data)))[: hi - lo]
         if callback is not None:
             callback(c, values)
         if gstore is None:
