@@ -55,15 +55,15 @@ def exact_row(f, params, train_set, test_set, truth):
     return row, np.asarray(scores)
 
 
-def arnoldi_row(f, params, train_set, test_set, truth, exact_scores, exact_warm, k, depth):
-    build = lambda: influence.make("arnoldi", f.loss_fn, params, train_set, k=k, num_iters=depth)
+def arnoldi_row(f, params, train_set, test_set, truth, exact_scores, exact_warm, k, depth, tail):
+    build = lambda: influence.make("arnoldi", f.loss_fn, params, train_set, k=k, num_iters=depth, tail=tail)
     _, first = clock(lambda: build().scores(test_set))
     est, t_build = clock(build)  # build = curvature operator + top_eigenpairs
     feats, t_train = clock(est.train_features)
     scores, t_score = clock(lambda: est.scores(test_set))  # test JVPs + one matrix product
     warm = t_build + t_train + t_score
     lds = ev.lds(np.asarray(scores), truth).mean
-    row = {"estimator": "arnoldi", "k": k, "depth": depth, "first_s": first, "warm_s": warm, "eig_s": t_build,
+    row = {"estimator": f"arnoldi (tail {tail})", "k": k, "depth": depth, "first_s": first, "warm_s": warm, "eig_s": t_build,
            "train_jvp_s": t_train, "test_s": t_score, "lds": lds,
            "corr_vs_exact": float(np.nanmean(ev.pearson_rows(np.asarray(scores), exact_scores))),
            "exact_over_arnoldi_time": exact_warm / warm, "converged": est.info["converged"]}
@@ -98,8 +98,8 @@ def study(name, train_set, test_set, grid, num_subsets, key):
     row, exact_scores = exact_row(f, params, train_set, test_set, truth)
     rows = [row]
     print(row, flush=True)
-    for k, depth in grid:
-        r = arnoldi_row(f, params, train_set, test_set, truth, exact_scores, row["warm_s"], k, min(depth, num_params))
+    for k, depth, tail in grid:
+        r = arnoldi_row(f, params, train_set, test_set, truth, exact_scores, row["warm_s"], k, min(depth, num_params), tail)
         r["lds_vs_exact"] = r["lds"] - row["lds"]
         rows.append(r)
         print(r, flush=True)
@@ -117,10 +117,13 @@ def main():
     train_full, test_full = data.load_digits(dtype=jnp.float64)
     test_set = test_full.take(np.arange(n_test))
     key = jax.random.key(0)
-    digits_grid = [(k, d) for k in (20, 50, 100, 200) for d in (k + 10, 2 * k + 20)] + [(200, 650), (400, 650)]
-    big_grid = [(k, 2 * k + 20) for k in (50, 100, 200, 400)] + [(100, 400)]
+    # (k, Krylov depth, tail): the pure top-k estimator of the paper, then the default flat tail
+    digits_grid = ([(k, d, "none") for k in (20, 50, 100, 200) for d in (k + 10, 2 * k + 20)] + [(200, 650, "none"), (400, 650, "none")]
+                   + [(k, 2 * k + 20, "flat") for k in (10, 20, 50, 100)])
+    big_grid = ([(k, 2 * k + 20, "none") for k in (50, 100, 200, 400)] + [(100, 400, "none")]
+                + [(k, 2 * k + 20, "flat") for k in (10, 20, 50, 100)])
     if args.quick:
-        digits_grid, big_grid = [(20, 60), (50, 120), (200, 420)], [(50, 120)]
+        digits_grid, big_grid = [(20, 60, "none"), (50, 120, "none"), (20, 60, "flat")], [(50, 120, "none"), (50, 120, "flat")]
     rows = study("digits", train_full, test_set, digits_grid, num_subsets, key)
     rf_key = jax.random.key(7)
     rows += study(f"digits_rf{num_features}", random_features(train_full, rf_key, num_features),
@@ -133,7 +136,8 @@ def main():
     md = ["# Arnoldi influence vs exact on logistic regression", "",
           f"{len(train_full)} training / {n_test} test points, LDS over {num_subsets} half-data models retrained to "
           "convergence. warm_s = eig_s (curvature operator + top-k eigenpairs, for exact: dense Hessian + Cholesky) + "
-          "train_jvp_s (projecting every training example on the k eigenvectors by JVPs) + test_s (test JVPs and "
+          "train_jvp_s (tail none: projecting every training example on the k eigenvectors by JVPs; tail flat: "
+          "every training gradient) + test_s (test JVPs and "
           "the score product). `depth` is the Arnoldi (Krylov) depth; `hessian_s` / `cholesky_s`: exact's two steps.",
           "", table(rows), "",
           f"Platform: {meta['platform']}, jax {meta['jax']}."]

@@ -116,9 +116,11 @@ def contenders(pb, train_set, n_train):
         "lissa": (mk("lissa", damping=lam, depth=depth, scale=scale),
                   [("dattri", lambda: peers.dattri(one_problem, "lissa", batch_size=n_train, recursion_depth=depth,
                                                    damping=lam / scale, scaling=scale))]),
-        f"arnoldi_k{k}": (mk("arnoldi", damping=lam, k=k, num_iters=krylov),
+        f"arnoldi_k{k}": (mk("arnoldi", damping=lam, k=k, num_iters=krylov, tail="none"),
                           [("dattri", lambda: peers.dattri(one_problem, "arnoldi", proj_dim=k, max_iter=krylov,
                                                            regularization=lam))]),
+        # ours with defaults (flat tail at lambda_{k+1}, depth 2k + 20): no peer has it
+        "arnoldi_k50_flat_tail": (mk("arnoldi", damping=lam, k=50), []),
         "tracin": (mk("tracin", checkpoints=pb["checkpoints"], learning_rates=pb["lr"]),
                    [("dattri", lambda: peers.dattri(ckpt_problem, "tracin", weights=[pb["lr"]] * len(steps)))]),
         "grad_dot": (mk("grad_dot"), [("dattri", lambda: peers.dattri(one_problem, "tracin", weights=[1.0]))]),

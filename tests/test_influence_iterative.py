@@ -50,7 +50,7 @@ def test_arnoldi_matches_exact_and_uses_spectrum_eigenpairs(problem, key):
     params, train, test, exact, ref = problem
     large = influence.make("arnoldi", LogReg.loss_fn, params, train, k=300, key=key)
     assert _corr(np.asarray(large.scores(test)), ref) >= 0.99
-    small = influence.make("arnoldi", LogReg.loss_fn, params, train, k=20, key=key)
+    small = influence.make("arnoldi", LogReg.loss_fn, params, train, k=20, key=key, tail="none")
     # its eigenpairs are those of workbench.spectrum on the same operator, and of the dense Hessian
     op = curvature.operator(LogReg.loss_fn, params, train)
     depth = small.info["num_iters"]  # default 2k + 20: one factorization, no residual matvecs
@@ -63,6 +63,25 @@ def test_arnoldi_matches_exact_and_uses_spectrum_eigenpairs(problem, key):
     np.testing.assert_allclose(overlap, 1.0, atol=1e-6)
     # JVP projections equal projections of explicit gradients
     np.testing.assert_allclose(small.train_features(), exact.train_features() @ small.state["vectors"].T, rtol=1e-8, atol=1e-12)
+
+
+def test_arnoldi_flat_tail_is_the_stated_formula_and_beats_top_k(problem, key):
+    """Default tail="flat": V diag(1/lambda - 1/c) V^T + I/c with c the first discarded Ritz value."""
+    params, train, test, exact, ref = problem
+    est = influence.make("arnoldi", LogReg.loss_fn, params, train, k=20, key=key)
+    top_k = influence.make("arnoldi", LogReg.loss_fn, params, train, k=20, key=key, tail="none")
+    assert est.info["tail"] == "flat" and top_k.info["tail"] == "none"
+    lam, vecs, c = np.asarray(est.state["values"]), np.asarray(est.state["vectors"]), est.info["tail_value"]
+    hess_eigs = np.linalg.eigvalsh(np.asarray(influence.dense_hessian(LogReg.loss_fn, params, train)))[::-1]
+    assert hess_eigs[25] <= c <= hess_eigs[20] * (1 + 1e-8)  # a Ritz value below lambda_21, above the far tail
+    g_test = np.asarray(influence.make("grad_dot", LogReg.loss_fn, params, train).test_features(test))
+    g_train = np.asarray(exact.train_features())
+    inverse = vecs.T @ np.diag(1 / lam - 1 / c) @ vecs + np.eye(vecs.shape[1]) / c
+    np.testing.assert_allclose(est.scores(test), g_test @ inverse @ g_train.T, rtol=1e-8, atol=1e-10 * np.abs(ref).max())
+    assert _corr(np.asarray(est.scores(test)), ref) > _corr(np.asarray(top_k.scores(test)), ref) + 0.05
+    np.testing.assert_allclose(est.self_influence(), np.sum((g_train @ inverse) * g_train, axis=1), rtol=1e-8)
+    with pytest.raises(ValueError, match="tail must be"):
+        influence.make("arnoldi", LogReg.loss_fn, params, train, k=20, tail="mean")
 
 
 def test_cg_on_an_indefinite_system_raises(key):

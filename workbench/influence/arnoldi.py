@@ -10,6 +10,19 @@ so no per-example gradient is ever formed, and
 
 With k equal to the dimension this is the exact influence function; with small k it keeps
 the directions of largest curvature, where gradients concentrate.
+
+`tail="flat"` (the default) also keeps what the top-k projection throws away. The discarded
+directions are the flattest, where 1/lambda is largest: on an L2-regularised logistic regression
+they carry most of the influence, and the pure top-k scores lose ~0.14 LDS at k = 50 on digits.
+The curvature on the complement is taken as flat at the first discarded Ritz value c =
+lambda_{k+1} + damping (the largest it can be, so the tail is never over-weighted):
+
+    H^{-1} ~ V diag(1 / (lambda + damping)) V^T + (I - V V^T) / c,
+    score(z, z_i) = sum_j (1/(lambda_j + damping) - 1/c) <g(z), v_j> <g(z_i), v_j> + <g(z), g(z_i)> / c.
+
+The tail needs each example's gradient (streamed in chunks like `grad_dot`, never all held
+beyond `cache_bytes`), so the projections are then read off the gradients and no JVP is taken.
+`tail="none"` is the paper's estimator: JVPs only, no per-example gradient ever formed.
 """
 
 from __future__ import annotations
@@ -21,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from workbench.influence.core import Estimator, check_damping, one_example
+from workbench.influence.core import Estimator, check_damping, grad_featurizer, one_example
 from workbench.influence.iterative import curvature_operator
 
 
@@ -41,6 +54,12 @@ def _jvp_featurizer(loss_fn: Callable) -> Callable:
     return featurize
 
 
+def _flat_tail_precondition(state, grads):
+    """V diag(1/(lambda + damping) - 1/c) V^T g + g / c for gradients g [m, p]."""
+    proj = grads @ state["vectors"].T
+    return (proj * state["inverse_values"]) @ state["vectors"] + grads * state["inverse_tail"]
+
+
 def default_depth(k: int) -> int:
     """The Krylov depth used for k eigenpairs unless told otherwise (see `arnoldi`)."""
     return 2 * k + 20
@@ -55,10 +74,12 @@ def _top_ritz_pairs(factorization, k):
     basis, hess = factorization.basis, factorization.hessenberg
     m = hess.shape[1]
     theta, s = jnp.linalg.eigh(0.5 * (hess[:m] + hess[:m].T))
-    idx = jnp.argsort(-theta)[:k]
+    order = jnp.argsort(-theta)
+    idx = order[:k]
     vectors = s[:, idx].T @ basis[:m]
     vectors = vectors / jnp.linalg.norm(vectors, axis=1, keepdims=True)
-    return theta[idx], vectors, jnp.abs(hess[m, m - 1]) * jnp.abs(s[m - 1, idx])
+    next_value = theta[order[min(k, m - 1)]]  # the first Ritz value not kept (the tail's top)
+    return theta[idx], vectors, jnp.abs(hess[m, m - 1]) * jnp.abs(s[m - 1, idx]), next_value
 
 
 def _diagonal_precondition(state, features):
@@ -78,6 +99,7 @@ def arnoldi(
     num_iters: int | None = None,
     measure_fn: Callable | None = None,
     operator_options: dict | None = None,
+    tail: str = "flat",
     **options,
 ) -> Estimator:
     """Influence restricted to the top-k eigenspace of the curvature (see module docstring).
@@ -86,6 +108,8 @@ def arnoldi(
     Krylov depth, capped at the dimension: default 2k + 20 for method="arnoldi" (one factorization
     with full reorthogonalisation by `workbench.spectrum.arnoldi`; the Ritz pairs are read off it
     with no extra operator products), that of `top_eigenpairs` for method="lanczos".
+    `tail`: "flat" (default) adds the complement of the top-k eigenspace at curvature
+    lambda_{k+1} + damping; "none" is the pure top-k (JVP) estimator of the paper.
     """
     from workbench import spectrum
 
@@ -93,16 +117,20 @@ def arnoldi(
     op = curvature_operator(loss_fn, params, train_data, kind, **(operator_options or {}))
     if not isinstance(k, int) or not 1 <= k <= op.dim:
         raise ValueError(f"k must be an int in [1, {op.dim}] (the number of parameters), got {k!r}")
+    if tail not in ("flat", "none"):
+        raise ValueError(f"tail must be 'flat' or 'none', got {tail!r}")
+    with_tail = tail == "flat" and k < op.dim
     key = key if key is not None else jax.random.key(0)
     if method == "arnoldi":
         depth = min(op.dim, num_iters if num_iters is not None else default_depth(k))
         if depth < min(k + 1, op.dim):
             raise ValueError(f"num_iters={depth} must exceed k={k} (or equal the dimension)")
-        eig_values, eig_vectors, residuals = _top_ritz_pairs(spectrum.arnoldi(op, depth, key), k)
+        eig_values, eig_vectors, residuals, next_value = _top_ritz_pairs(spectrum.arnoldi(op, depth, key), k)
         converged = residuals <= 1e-6 * jnp.abs(eig_values[0])
     else:
-        eig = spectrum.top_eigenpairs(op, k, key, which="largest", method=method, num_iters=num_iters)
-        eig_values, eig_vectors, converged = eig.values, eig.vectors, eig.converged
+        eig = spectrum.top_eigenpairs(op, k + int(with_tail), key, which="largest", method=method, num_iters=num_iters)
+        eig_values, eig_vectors, converged = eig.values[:k], eig.vectors[:k], eig.converged[:k]
+        next_value = eig.values[-1]
         depth = num_iters
     values = eig_values + damping
     keep = values > 1e-12 * jnp.max(jnp.abs(values))
@@ -111,8 +139,25 @@ def arnoldi(
             "dropped_nonpositive": int(k - int(keep.sum())),
             "converged": int(jnp.sum(converged)), "lambda_max": float(eig_values[0]),
             "lambda_k": float(eig_values[-1])}
-    state = {"params": params, "vectors": eig_vectors.astype(ravel_pytree(params)[0].dtype),
+    dtype = ravel_pytree(params)[0].dtype
+    state = {"params": params, "vectors": eig_vectors.astype(dtype),
              "inverse_values": inverse_values, "values": eig_values}
+    if with_tail:
+        tail_value = float(next_value) + damping
+        if not tail_value > 1e-12 * float(jnp.max(jnp.abs(values))):
+            raise ValueError(
+                f"arnoldi: the curvature beyond the top {k} eigenpairs is not positive (lambda_k+1 + damping = "
+                f"{tail_value:.3g}); raise damping or pass tail='none'")
+        state["inverse_values"] = inverse_values - jnp.where(keep, 1.0 / tail_value, 0.0)
+        state["inverse_tail"] = jnp.asarray(1.0 / tail_value, dtype)
+        info["tail_value"] = tail_value
+        featurize = grad_featurizer(loss_fn)
+        return Estimator(
+            "arnoldi", train_data, featurize, _flat_tail_precondition, state,
+            featurize_test=grad_featurizer(measure_fn) if measure_fn else None, info={**info, "tail": tail},
+            **options,
+        )
+    info["tail"] = "none"
     return Estimator(
         "arnoldi", train_data, _jvp_featurizer(loss_fn), _diagonal_precondition, state,
         featurize_test=_jvp_featurizer(measure_fn) if measure_fn else None, info=info, **options,
