@@ -121,7 +121,7 @@ def main():
     digits_grid = ([(k, d, "none") for k in (20, 50, 100, 200) for d in (k + 10, 2 * k + 20)] + [(200, 650, "none"), (400, 650, "none")]
                    + [(k, 2 * k + 20, "flat") for k in (10, 20, 50, 100)])
     big_grid = ([(k, 2 * k + 20, "none") for k in (50, 100, 200, 400)] + [(100, 400, "none")]
-                + [(k, 2 * k + 20, "flat") for k in (10, 20, 50, 100)])
+                + [(k, 2 * k + 20, "flat") for k in (10, 20, 50, 75, 100)])
     if args.quick:
         digits_grid, big_grid = [(20, 60, "none"), (50, 120, "none"), (20, 60, "flat")], [(50, 120, "none"), (50, 120, "flat")]
     rows = study("digits", train_full, test_set, digits_grid, num_subsets, key)
