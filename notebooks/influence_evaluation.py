@@ -76,6 +76,8 @@ def builders_for(loss_fn, params, train_data, checkpoints, lr, damping=0.0, eige
         "cg": lambda: influence.make("cg", loss_fn, params, train_data, damping=damping, max_iters=cg_iters),
         "lissa": lambda: influence.make("lissa", loss_fn, params, train_data, damping=damping, depth=lissa_depth),
         "arnoldi": lambda: influence.make("arnoldi", loss_fn, params, train_data, damping=damping, k=arnoldi_k),
+        "arnoldi_top_k": lambda: influence.make("arnoldi", loss_fn, params, train_data, damping=damping, k=arnoldi_k,
+                                                tail="none"),
         "trak": lambda: influence.make("trak", loss_fn, params, train_data, dim=trak_dim, output_fn=margin,
                                        damping=trak_damping),
         "grad_dot": lambda: influence.make("grad_dot", loss_fn, params, train_data),
@@ -93,8 +95,10 @@ def builders_for(loss_fn, params, train_data, checkpoints, lr, damping=0.0, eige
 # Newton) to a gradient norm below 1e-10. TracIn reads 10 checkpoints of a full-batch SGD run.
 # The inverse-curvature estimators share the damping: `cg` (conjugate gradients, `cg_iters` per
 # solve) and `lissa` (`lissa_depth` Neumann terms; short of convergence it acts like extra damping)
-# approximate the exact solve; `arnoldi` keeps only the top `arnoldi_k` curvature directions, so it
-# misses the flat directions where 1/lambda is largest; `trak` works in a `trak_dim`-dimensional
+# approximate the exact solve; `arnoldi` keeps the top `arnoldi_k` curvature directions exactly and
+# treats the rest as flat at the first discarded eigenvalue (its default), while `arnoldi_top_k`
+# (the paper's estimator, `tail="none"`) drops them, and with them the flat directions where
+# 1/lambda is largest: compare the two rows; `trak` works in a `trak_dim`-dimensional
 # random sketch with a Gauss-Newton matrix of the classification margin.
 
 # %%

@@ -84,7 +84,8 @@ print(f"largest gradient norm after retraining: {truth.grad_norm.max():.1e}")
 # ## The estimators
 # `exact` inverts the dense Hessian; `cg` and `lissa` solve with Hessian-vector products of the
 # dataset-averaged operator (`workbench.curvature`); `arnoldi` keeps the top-`arnoldi_k`
-# eigenpairs (`workbench.spectrum`) and projects examples on them by forward-mode JVPs;
+# eigenpairs (`workbench.spectrum`) and, by default, treats the remaining directions as flat at
+# the first discarded eigenvalue (`tail="none"` is the paper's pure projection by JVPs);
 # `grad_dot` / `grad_cos` drop the curvature; TracIn reads checkpoints of a training run
 # (full-batch SGD from zero on the same objective).
 
