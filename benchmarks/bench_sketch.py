@@ -57,6 +57,16 @@ def inputs(n, batch):
     return x, jnp.asarray(adv)
 
 
+def inputs_and_floor(n):
+    """A batch of 2^21 floats in all (at least one vector), an adversarial vector, and the time of
+    one read of the batch (`jnp.sum`): the memory-traffic floor."""
+    batch = max(1, (1 << 21) // n)
+    x, adv = inputs(n, batch)
+    read = jax.jit(jnp.sum)
+    _, _, floor = timed(lambda: read(x).block_until_ready(), reps=5)
+    return batch, x, adv, floor
+
+
 def bench_ours(kind, n, d, x, adv):
     t0 = time.perf_counter()
     s = sk.make(kind, jax.random.key(0), n, d)
@@ -161,10 +171,7 @@ def main():
     dims_in = [16] if args.quick else [16, 20, 22]
     for log_n in dims_in:
         n = 1 << log_n
-        batch = max(1, (1 << 21) // n)
-        x, adv = inputs(n, batch)
-        read = jax.jit(jnp.sum)
-        _, _, floor = timed(lambda: read(x).block_until_ready(), reps=5)
+        batch, x, adv, floor = inputs_and_floor(n)
         for log_d in (10, 12, 14):
             d = 1 << log_d
             base = dict(log2_dim_in=log_n, log2_dim_out=log_d, batch=batch, floor_s=floor)
@@ -221,10 +228,7 @@ def rerun(sections):
     if "ours" in sections:  # our kinds (and the floor) at dim_in 2^20 and 2^22, no dense peers
         for log_n in (20, 22):
             n = 1 << log_n
-            batch = max(1, (1 << 21) // n)
-            x, adv = inputs(n, batch)
-            read = jax.jit(jnp.sum)
-            _, _, floor = timed(lambda: read(x).block_until_ready(), reps=5)
+            batch, x, adv, floor = inputs_and_floor(n)
             for log_d in (10, 12, 14):
                 base = dict(log2_dim_in=log_n, log2_dim_out=log_d, batch=batch, floor_s=floor)
                 for kind in OURS:

@@ -142,6 +142,9 @@ def arnoldi(
     dtype = ravel_pytree(params)[0].dtype
     state = {"params": params, "vectors": eig_vectors.astype(dtype),
              "inverse_values": inverse_values, "values": eig_values}
+    info["tail"] = "flat" if with_tail else "none"
+    # the tail needs whole gradients; the pure top-k estimator only their projections (JVPs)
+    featurizer, precondition = _jvp_featurizer, _diagonal_precondition
     if with_tail:
         tail_value = float(next_value) + damping
         if not tail_value > 1e-12 * float(jnp.max(jnp.abs(values))):
@@ -151,14 +154,8 @@ def arnoldi(
         state["inverse_values"] = inverse_values - jnp.where(keep, 1.0 / tail_value, 0.0)
         state["inverse_tail"] = jnp.asarray(1.0 / tail_value, dtype)
         info["tail_value"] = tail_value
-        featurize = grad_featurizer(loss_fn)
-        return Estimator(
-            "arnoldi", train_data, featurize, _flat_tail_precondition, state,
-            featurize_test=grad_featurizer(measure_fn) if measure_fn else None, info={**info, "tail": tail},
-            **options,
-        )
-    info["tail"] = "none"
+        featurizer, precondition = grad_featurizer, _flat_tail_precondition
     return Estimator(
-        "arnoldi", train_data, _jvp_featurizer(loss_fn), _diagonal_precondition, state,
-        featurize_test=_jvp_featurizer(measure_fn) if measure_fn else None, info=info, **options,
+        "arnoldi", train_data, featurizer(loss_fn), precondition, state,
+        featurize_test=featurizer(measure_fn) if measure_fn else None, info=info, **options,
     )

@@ -90,6 +90,26 @@ def leaf_matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     return int(dims[0]), int(dims[1])
 
 
+def _draw_factors(keys, dims_out, dims_in, distribution):
+    """Q_i [D_i, n_i] with i.i.d. N(0, 1/D_i) (or +-1/sqrt(D_i)) entries, one key each."""
+    draw = jax.random.normal if distribution == "gaussian" else jax.random.rademacher
+    return tuple(draw(kk, (di, ni), jnp.float32) * np.float32(1.0 / np.sqrt(di))
+                 for kk, di, ni in zip(keys, dims_out, dims_in))
+
+
+def _kronecker_apply(x, mats):
+    """(Q_1 (x) ... (x) Q_k) x for x [b, size], zero-padded to prod n_i -> [b, prod D_i]."""
+    dims_in = [q.shape[1] for q in mats]
+    t = pad_to(x, int(np.prod(dims_in))).reshape(x.shape[0], *dims_in)
+    return mode_products(t, [cast(q, x) for q in mats]).reshape(x.shape[0], -1)
+
+
+def _kronecker_transpose(y, mats, size):
+    """The adjoint of `_kronecker_apply`, cropped to the first `size` coordinates."""
+    t = y.reshape(y.shape[0], *[q.shape[0] for q in mats])
+    return mode_products_transpose(t, [cast(q, y) for q in mats]).reshape(y.shape[0], -1)[:, :size]
+
+
 def _init_leaves(key, n, d, opts):
     shapes = tuple(tuple(int(v) for v in shape) for shape in opts["leaf_shapes"])
     if int(opts["factors"]) != 2 or opts["dims_in"] is not None:
@@ -104,48 +124,27 @@ def _init_leaves(key, n, d, opts):
         raise ValueError(f"qk sketch: dim_out={d} has no balanced factorisation without a width-1 factor "
                          f"(got {dims_out}); pick dim_out with more divisors or pass dims_out")
     keys = jax.random.split(key, 2 * len(shapes))
-    draw = jax.random.normal if opts["distribution"] == "gaussian" else jax.random.rademacher
-    pairs = []
-    for i, shape in enumerate(shapes):
-        rows, cols = leaf_matrix_shape(shape)
-        pairs.append(tuple(draw(kk, (di, ni), jnp.float32) * np.float32(1.0 / np.sqrt(di))
-                           for kk, di, ni in zip(keys[2 * i: 2 * i + 2], dims_out, (rows, cols))))
-    return {"leaf_factors": tuple(pairs)}, {"dims_out": dims_out, "leaf_shapes": shapes}
-
-
-def _sketch_leaf(flat, pair):
-    """(Q_1 (x) Q_2) applied to a batch of one leaf's scalars [b, size]."""
-    q1, q2 = (cast(q, flat) for q in pair)
-    t = pad_to(flat, q1.shape[1] * q2.shape[1]).reshape(flat.shape[0], q1.shape[1], q2.shape[1])
-    return mode_products(t, (q1, q2)).reshape(flat.shape[0], -1)
+    pairs = tuple(_draw_factors(keys[2 * i: 2 * i + 2], dims_out, leaf_matrix_shape(shape), opts["distribution"])
+                  for i, shape in enumerate(shapes))
+    return {"leaf_factors": pairs}, {"dims_out": dims_out, "leaf_shapes": shapes}
 
 
 def _apply_leaves(state, cfg, leaves):
     out = None
     for leaf, pair in zip(leaves, state["leaf_factors"]):
-        y = _sketch_leaf(leaf.reshape(leaf.shape[0], -1), pair)
+        y = _kronecker_apply(leaf.reshape(leaf.shape[0], -1), pair)
         out = y if out is None else out + y
     return out
 
 
-def _leaf_offsets(cfg):
-    sizes = [int(np.prod(shape)) for shape in cfg["leaf_shapes"]]
-    return np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-
-
 def _apply_by_leaf(state, cfg, x):
-    off = _leaf_offsets(cfg)
+    off = np.cumsum([0] + [int(np.prod(shape)) for shape in cfg["leaf_shapes"]])
     return _apply_leaves(state, cfg, [x[:, off[i]: off[i + 1]] for i in range(len(off) - 1)])
 
 
 def _transpose_by_leaf(state, cfg, y):
-    t = y.reshape(y.shape[0], *cfg["dims_out"])
-    parts = []
-    for shape, pair in zip(cfg["leaf_shapes"], state["leaf_factors"]):
-        q1, q2 = (cast(q, y) for q in pair)
-        x = mode_products_transpose(t, (q1, q2)).reshape(y.shape[0], -1)
-        parts.append(x[:, : int(np.prod(shape))])
-    return jnp.concatenate(parts, axis=1)
+    return jnp.concatenate([_kronecker_transpose(y, pair, int(np.prod(shape)))
+                            for shape, pair in zip(cfg["leaf_shapes"], state["leaf_factors"])], axis=1)
 
 
 def _init(key, n, d, opts):
@@ -167,33 +166,20 @@ def _init(key, n, d, opts):
             f"qk sketch: dim_out={d} has no balanced factorisation into {k} factors without a width-1 "
             f"factor (got {dims_out}); pick dim_out with more divisors, fewer factors, or pass dims_out"
         )
-    keys = jax.random.split(key, len(dims_out))
-    draw = jax.random.normal if opts["distribution"] == "gaussian" else jax.random.rademacher
-    mats = tuple(
-        draw(kk, (di, ni), jnp.float32) * np.float32(1.0 / np.sqrt(di))
-        for kk, di, ni in zip(keys, dims_out, dims_in)
-    )
+    mats = _draw_factors(jax.random.split(key, len(dims_out)), dims_out, dims_in, opts["distribution"])
     return {"factors": mats}, {"dims_in": dims_in, "dims_out": dims_out}
 
 
 def _apply(state, cfg, x):
     if cfg.get("leaf_shapes") is not None:
         return _apply_by_leaf(state, cfg, x)
-    dims_in = cfg["dims_in"]
-    t = pad_to(x, int(np.prod(dims_in))).reshape(x.shape[0], *dims_in)
-    mats = [cast(q, x) for q in state["factors"]]
-    y = mode_products(t, mats)
-    return y.reshape(x.shape[0], -1)
+    return _kronecker_apply(x, state["factors"])
 
 
 def _transpose(state, cfg, y):
     if cfg.get("leaf_shapes") is not None:
         return _transpose_by_leaf(state, cfg, y)
-    dims_out = cfg["dims_out"]
-    t = y.reshape(y.shape[0], *dims_out)
-    mats = [cast(q, y) for q in state["factors"]]
-    x = mode_products_transpose(t, mats)
-    return x.reshape(y.shape[0], -1)[:, : cfg["dim_in"]]
+    return _kronecker_transpose(y, state["factors"], cfg["dim_in"])
 
 
 register("qk", Family(_init, _apply, _transpose,
