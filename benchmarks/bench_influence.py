@@ -98,8 +98,7 @@ def main():
     lds_truth = ev.lds_ground_truth(f.loss_fn, params, lr_train, test_set, key, num_subsets=num_subsets)
     t_lds = time.perf_counter() - t0
     print(f"logistic: fit {t_fit:.1f}s (grad norm {gnorm:.1e}), LOO {t_loo:.1f}s, LDS truth {t_lds:.1f}s")
-    sgd = train.train(f.loss_fn, f.params, lr_train, optax.sgd(1.0), steps=200, key=key,
-                      checkpoint_steps=list(range(0, 200, 20)), progress=False)
+    sgd = train.train(f.loss_fn, f.params, lr_train, key, optimizer=optax.sgd(1.0), num_steps=200, checkpoint_steps=list(range(0, 200, 20)), progress=False)
     extra = {}
     if "trak" in influence.ESTIMATORS:
         margin = influence.margin_output(f.predict_fn)
@@ -113,8 +112,7 @@ def main():
     # mislabel detection on logistic regression (self-influence AUC)
     noisy, flipped = ev.flip_labels(jax.random.key(1), lr_train, 0.1, 10)
     noisy_params, _ = ev.fit(f.loss_fn, f.params, noisy)
-    sgd_noisy = train.train(f.loss_fn, f.params, noisy, optax.sgd(1.0), steps=200, key=key,
-                            checkpoint_steps=list(range(0, 200, 20)), progress=False)
+    sgd_noisy = train.train(f.loss_fn, f.params, noisy, key, optimizer=optax.sgd(1.0), num_steps=200, checkpoint_steps=list(range(0, 200, 20)), progress=False)
     nb = builders(f.loss_fn, noisy_params, noisy, sgd_noisy.checkpoints, 1.0, 0.0)
     for skip in ("cg", "lissa", "grad_cos"):  # n_train solves each / constant self-influence
         nb.pop(skip, None)
@@ -126,8 +124,7 @@ def main():
     mlp_train = train_full.take(np.arange(300 if args.quick else 600))
     g = models.functional(models.MLP(64, [16], 10, rngs=nnx.Rngs(0), param_dtype=jnp.float64), l2=0.01)
     steps, lr = 300, 0.01
-    run = train.train(g.loss_fn, g.params, mlp_train, optax.adam(lr), steps=steps, key=key,
-                      checkpoint_steps=list(range(0, steps, steps // 10)), progress=False)
+    run = train.train(g.loss_fn, g.params, mlp_train, key, optimizer=optax.adam(lr), num_steps=steps, checkpoint_steps=list(range(0, steps, steps // 10)), progress=False)
     mlp_truth = ev.lds_ground_truth(g.loss_fn, g.params, mlp_train, test_set, key, num_subsets=num_subsets,
                                     method="optax", optimizer=optax.adam(lr), steps=steps)
     lam = float(np.linalg.eigvalsh(np.asarray(influence.dense_hessian(g.loss_fn, run.params, mlp_train)))[0])

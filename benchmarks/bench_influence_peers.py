@@ -65,8 +65,7 @@ def logistic_problem(train_set, test_set, sizes, key):
     removed = np.linspace(0, len(train_set) - 1, sizes["removed"]).astype(int)
     loo = ev.loo(f.loss_fn, params, train_set, test_set, removed)
     lds_truth = ev.lds_ground_truth(f.loss_fn, params, train_set, test_set, key, num_subsets=sizes["subsets"])
-    sgd = train.train(f.loss_fn, f.params, train_set, optax.sgd(1.0), steps=200, key=key,
-                      checkpoint_steps=list(range(0, 200, 20)), progress=False)
+    sgd = train.train(f.loss_fn, f.params, train_set, key, optimizer=optax.sgd(1.0), num_steps=200, checkpoint_steps=list(range(0, 200, 20)), progress=False)
     return dict(f=f, params=params, loo=loo, lds=lds_truth, damping=0.0, checkpoints=sgd.checkpoints,
                 lr=1.0, ensemble=[params], lissa_depth=100)
 
@@ -74,8 +73,7 @@ def logistic_problem(train_set, test_set, sizes, key):
 def mlp_problem(train_set, test_set, sizes, key):
     f = models.functional(models.MLP(64, [32], 10, rngs=nnx.Rngs(0), param_dtype=jnp.float64), l2=L2)
     opt = dict(method="optax", optimizer=optax.adam(MLP_LR), steps=MLP_STEPS)
-    run = train.train(f.loss_fn, f.params, train_set, optax.adam(MLP_LR), steps=MLP_STEPS, key=key,
-                      checkpoint_steps=list(range(0, MLP_STEPS, MLP_STEPS // 10)), progress=False)
+    run = train.train(f.loss_fn, f.params, train_set, key, optimizer=optax.adam(MLP_LR), num_steps=MLP_STEPS, checkpoint_steps=list(range(0, MLP_STEPS, MLP_STEPS // 10)), progress=False)
     n = len(train_set)
     removed = np.linspace(0, n - 1, sizes["removed"]).astype(int)
     weights = jnp.concatenate([jnp.ones((1, n)), 1.0 - jax.nn.one_hot(jnp.asarray(removed), n)])

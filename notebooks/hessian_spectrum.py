@@ -1,18 +1,25 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: workbench,kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
 #     name: python3
 #   workbench:
-#     title: The Hessian spectrum of a trained network - density, top-k, trace, GGN
-#     quick_seconds: 45
 #     full:
 #       hidden_size: 32
-#       steps: 2000
 #       num_examples: 1347
+#       steps: 2000
+#     quick_seconds: 45
+#     title: The Hessian spectrum of a trained network - density, top-k, trace, GGN
 # ---
 
 # %% [markdown]
@@ -54,7 +61,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import workbench
-from workbench import curvature, data, spectrum, train
+from workbench import curvature, data, spectrum
+from workbench.experiments import digits
 from workbench import tree as tu
 
 jax.config.update("jax_enable_x64", True)  # curvature in float64: references to 1e-8
@@ -65,7 +73,7 @@ jax.config.update("jax_enable_x64", True)  # curvature in float64: references to
 # GGN) of the cross-entropy over `num_examples` training images, in float64.
 
 # %%
-fit = train.fit_digits_mlp(hidden_size, learning_rate, steps, seed=seed)
+fit = digits.fit_digits_mlp(hidden_size, learning_rate, steps, seed=seed)
 train_data, _ = data.load_digits(seed=seed, dtype=jnp.float64)
 subset = train_data.take(slice(0, num_examples))
 params = tu.cast(fit.result.params, jnp.float64)

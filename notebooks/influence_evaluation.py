@@ -1,19 +1,26 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: workbench,kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
 #     name: python3
 #   workbench:
-#     title: Which influence estimator to trust - LDS and mislabel detection
-#     quick_seconds: 90
 #     full:
-#       n_train: 1347
-#       n_test: 200
-#       num_subsets: 100
 #       hidden: 32
+#       n_test: 200
+#       n_train: 1347
+#       num_subsets: 100
+#     quick_seconds: 90
+#     title: Which influence estimator to trust - LDS and mislabel detection
 # ---
 
 # %% [markdown]
@@ -106,8 +113,7 @@ lr_model = models.functional(models.LogisticRegression(64, 10, rngs=nnx.Rngs(see
 lr_margin = influence.margin_output(lr_model.predict_fn)  # TRAK's output function
 lr_params, _ = ev.fit(lr_model.loss_fn, lr_model.params, train_set)
 lr_truth = ev.lds_ground_truth(lr_model.loss_fn, lr_params, train_set, test_set, key_lds, num_subsets=num_subsets)
-sgd = train.train(lr_model.loss_fn, lr_model.params, train_set, optax.sgd(1.0), steps=200, key=jax.random.key(seed),
-                  checkpoint_steps=list(range(0, 200, 20)), progress=False)
+sgd = train.train(lr_model.loss_fn, lr_model.params, train_set, jax.random.key(seed), optimizer=optax.sgd(1.0), num_steps=200, checkpoint_steps=list(range(0, 200, 20)), progress=False)
 lr_rows, _ = ev.compare(builders_for(lr_model.loss_fn, lr_params, train_set, sgd.checkpoints, 1.0, margin=lr_margin), test_set,
                         lds_truth=lr_truth)
 
@@ -119,8 +125,7 @@ lr_rows, _ = ev.compare(builders_for(lr_model.loss_fn, lr_params, train_set, sgd
 
 # %%
 mlp_model = models.functional(models.MLP(64, [hidden], 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=l2)
-mlp_run = train.train(mlp_model.loss_fn, mlp_model.params, train_set, optax.adam(mlp_lr), steps=mlp_steps,
-                      key=jax.random.key(seed), checkpoint_steps=list(range(0, mlp_steps, mlp_steps // 10)), progress=False)
+mlp_run = train.train(mlp_model.loss_fn, mlp_model.params, train_set, jax.random.key(seed), optimizer=optax.adam(mlp_lr), num_steps=mlp_steps, checkpoint_steps=list(range(0, mlp_steps, mlp_steps // 10)), progress=False)
 mlp_params = mlp_run.params
 mlp_margin = influence.margin_output(mlp_model.predict_fn)
 mlp_truth = ev.lds_ground_truth(mlp_model.loss_fn, mlp_model.params, train_set, test_set, key_lds, num_subsets=num_subsets,
@@ -139,12 +144,10 @@ mlp_rows, _ = ev.compare(builders_for(mlp_model.loss_fn, mlp_params, train_set, 
 # %%
 noisy, flipped = ev.flip_labels(key_flip, train_set, flip_fraction, 10)
 lr_noisy, _ = ev.fit(lr_model.loss_fn, lr_model.params, noisy)
-sgd_noisy = train.train(lr_model.loss_fn, lr_model.params, noisy, optax.sgd(1.0), steps=200, key=jax.random.key(seed),
-                        checkpoint_steps=list(range(0, 200, 20)), progress=False)
+sgd_noisy = train.train(lr_model.loss_fn, lr_model.params, noisy, jax.random.key(seed), optimizer=optax.sgd(1.0), num_steps=200, checkpoint_steps=list(range(0, 200, 20)), progress=False)
 lr_auc = ev.mislabel_aucs(builders_for(lr_model.loss_fn, lr_noisy, noisy, sgd_noisy.checkpoints, 1.0, cosine=False,
                                        margin=lr_margin), flipped)
-mlp_noisy = train.train(mlp_model.loss_fn, mlp_model.params, noisy, optax.adam(mlp_lr), steps=mlp_steps, key=jax.random.key(seed),
-                        checkpoint_steps=list(range(0, mlp_steps, mlp_steps // 10)), progress=False)
+mlp_noisy = train.train(mlp_model.loss_fn, mlp_model.params, noisy, jax.random.key(seed), optimizer=optax.adam(mlp_lr), num_steps=mlp_steps, checkpoint_steps=list(range(0, mlp_steps, mlp_steps // 10)), progress=False)
 eigen_noisy = jnp.linalg.eigh(influence.dense_hessian(mlp_model.loss_fn, mlp_noisy.params, noisy))
 damping_noisy = max(0.0, -float(eigen_noisy[0][0])) + damping_margin
 mlp_auc = ev.mislabel_aucs(builders_for(mlp_model.loss_fn, mlp_noisy.params, noisy, mlp_noisy.checkpoints, mlp_lr,

@@ -1,20 +1,27 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: workbench,kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
 #     name: python3
 #   workbench:
-#     title: Influence fades over training (Schioppa et al. 2023)
-#     quick_seconds: 45
 #     full:
 #       n_train: 1347
 #       num_removed: 100
 #       pretrain_steps: 3000
-#       steps: 5000
 #       record_every: 250
+#       steps: 5000
+#     quick_seconds: 45
+#     title: Influence fades over training (Schioppa et al. 2023)
 # ---
 
 # %% [markdown]
@@ -72,8 +79,7 @@ jax.config.update("jax_enable_x64", True)
 train_full, test_full = data.load_digits(seed=seed, dtype=jnp.float64)
 train_set, test_set = train_full.take(np.arange(n_train)), test_full.take(np.arange(n_test))
 model = models.functional(models.MLP(64, [hidden], 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=l2)
-run = train.train(model.loss_fn, model.params, train_set, optax.sgd(learning_rate), steps=pretrain_steps,
-                  key=jax.random.key(seed), batch_size=batch_size, progress=False)
+run = train.train(model.loss_fn, model.params, train_set, jax.random.key(seed), optimizer=optax.sgd(learning_rate), num_steps=pretrain_steps, batch_size=batch_size, progress=False)
 params = run.params
 print(f"test accuracy at the removal point: {models.accuracy(model.predict_fn, params, test_set):.3f}")
 

@@ -1,18 +1,26 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: workbench,kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
 #     name: python3
 #   workbench:
-#     title: Influence functions - every estimator against exact influence and leave-one-out retraining
-#     quick_seconds: 40
 #     full:
-#       n_train: 1347
 #       n_test: 200
+#       n_train: 1347
 #       num_removed: 300
+#     quick_seconds: 40
+#     title: Influence functions - every estimator against exact influence and leave-one-out
+#       retraining
 # ---
 
 # %% [markdown]
@@ -91,8 +99,7 @@ print(f"largest gradient norm after retraining: {truth.grad_norm.max():.1e}")
 
 # %%
 ckpt_steps = list(range(0, tracin_steps, max(1, tracin_steps // 10)))
-run = train.train(model.loss_fn, model.params, train_set, optax.sgd(tracin_lr), steps=tracin_steps,
-                  key=jax.random.key(seed), checkpoint_steps=ckpt_steps, progress=False)
+run = train.train(model.loss_fn, model.params, train_set, jax.random.key(seed), optimizer=optax.sgd(tracin_lr), num_steps=tracin_steps, checkpoint_steps=ckpt_steps, progress=False)
 builders = {
     "exact": lambda: influence.make("exact", model.loss_fn, params, train_set, damping=damping),
     "cg": lambda: influence.make("cg", model.loss_fn, params, train_set, damping=damping),

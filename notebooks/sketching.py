@@ -1,21 +1,28 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: workbench,kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
 #     name: python3
 #   workbench:
-#     title: Efficient sketches of gradients and Hessians (Schioppa 2024)
-#     quick_seconds: 90
 #     full:
-#       num_examples: 256
-#       train_steps: 1500
-#       min_log2_dim: 4
-#       max_log2_dim: 11
 #       failure_log2_dim_in: 16
+#       max_log2_dim: 11
+#       min_log2_dim: 4
+#       num_examples: 256
 #       num_keys: 400
+#       train_steps: 1500
+#     quick_seconds: 90
+#     title: Efficient sketches of gradients and Hessians (Schioppa 2024)
 # ---
 
 # %% [markdown]
@@ -62,7 +69,7 @@ from workbench import data as wd
 from workbench import sketch as sk
 from workbench.sketch import evaluate
 from workbench.sketch.operator import top_eigenvalues_exact_and_sketched
-from workbench.train import fit_digits_mlp
+from workbench.experiments.digits import fit_digits_mlp
 
 key = jax.random.key(seed)
 
@@ -72,7 +79,7 @@ key = jax.random.key(seed)
 # gradients of the first examples of the training set as the vectors to sketch.
 
 # %%
-fit = fit_digits_mlp(steps=train_steps, seed=seed)
+fit = fit_digits_mlp(num_steps=train_steps, seed=seed)
 train_data, test_data = wd.load_digits(seed=seed)
 subset = train_data.take(slice(0, num_examples))
 grads = sk.per_example_gradients(fit.model.loss_fn, fit.result.params, subset, None)

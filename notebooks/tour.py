@@ -1,17 +1,24 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: workbench,kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
 #     name: python3
 #   workbench:
-#     title: A tour of the workbench - train an MLP on digits
-#     quick_seconds: 15
 #     full:
-#       steps: 3000
 #       hidden_size: 128
+#       steps: 3000
+#     quick_seconds: 15
+#     title: A tour of the workbench - train an MLP on digits
 # ---
 
 # %% [markdown]
@@ -39,7 +46,8 @@ interactive: bool = False  # show the widget panel
 import matplotlib.pyplot as plt
 
 import workbench
-from workbench import plots, train, ui
+from workbench import plots, ui
+from workbench.experiments import digits
 
 # %% [markdown]
 # ## Train
@@ -47,7 +55,7 @@ from workbench import plots, train, ui
 # pure functions of a params pytree, and trains with a jit-compiled optax loop.
 
 # %%
-fit = train.fit_digits_mlp(hidden_size, learning_rate, steps, seed=seed)
+fit = digits.fit_digits_mlp(hidden_size, learning_rate, steps, seed=seed)
 print(f"final minibatch loss {fit.result.history['loss'][-1]:.4f}, test accuracy {fit.test_accuracy:.3f}")
 
 # %% [markdown]
@@ -67,7 +75,7 @@ plt.show()
 # over the curves; it is saved as a self-contained HTML file in the run directory.
 
 # %%
-fits = {lr: train.fit_digits_mlp(hidden_size, lr, steps, seed=seed) for lr in compare_learning_rates}
+fits = {lr: digits.fit_digits_mlp(hidden_size, lr, steps, seed=seed) for lr in compare_learning_rates}
 histories = {f"lr={lr}": f.result.history for lr, f in fits.items()}
 fig = plots.loss_curves(histories)
 workbench.save_figure(fig, "learning_rates")
@@ -84,7 +92,7 @@ for lr, f in fits.items():
 
 # %%
 if interactive:
-    panel = ui.training_panel(train.fit_digits_mlp, hidden_size, learning_rate, steps)
+    panel = ui.training_panel(digits.fit_digits_mlp, hidden_size, learning_rate, steps)
     display(panel.widget)  # noqa: F821 (IPython builtin)
 
 # %% [markdown]

@@ -13,8 +13,7 @@ def test_sharpness_callback_matches_dense_and_plugs_into_train(key):
     ds = data.make_classification(jax.random.key(1), 64, 5, num_classes=3, dtype=jnp.float64)
     fn = models.functional(models.MLP(5, [6], 3, rngs=nnx.Rngs(0), param_dtype=jnp.float64))
     callback = spectrum.sharpness_callback(fn.loss_fn, ds, key, k=2)
-    result = train.train(fn.loss_fn, fn.params, ds, optax.sgd(0.5), steps=6, key=key,
-                         callback=callback, callback_every=3, progress=False)
+    result = train.train(fn.loss_fn, fn.params, ds, key, optimizer=optax.sgd(0.5), num_steps=6, callback=callback, callback_every=3, progress=False)
     assert list(result.history["callback_step"]) == [0, 3, 6]
     from workbench.tree import ravel
 

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from workbench import data, models, train
+from workbench.experiments import digits
 from workbench import tree as tu
 
 
@@ -22,7 +23,7 @@ def problem():
 def test_full_batch_matches_hand_written_loop(problem):
     f, tr, _ = problem
     opt = optax.sgd(0.5, momentum=0.9)
-    result = train.train(f.loss_fn, f.params, tr, opt, steps=37, key=jax.random.key(0), progress=False, chunk_size=8)
+    result = train.train(f.loss_fn, f.params, tr, jax.random.key(0), optimizer=opt, num_steps=37, progress=False, chunk_size=8)
     params, state, losses = f.params, opt.init(f.params), []
     for _ in range(37):
         loss, g = jax.value_and_grad(f.loss_fn)(params, tr)
@@ -47,7 +48,7 @@ def test_minibatch_matches_hand_written_loop(problem):
     f, tr, _ = problem
     opt = optax.adam(1e-2)
     key = jax.random.key(3)
-    result = train.train(f.loss_fn, f.params, tr, opt, steps=25, key=key, batch_size=64, progress=False, chunk_size=10)
+    result = train.train(f.loss_fn, f.params, tr, key, optimizer=opt, num_steps=25, batch_size=64, progress=False, chunk_size=10)
     idx = train.batch_indices(key, len(tr), 64, 25)
     params, state = f.params, opt.init(f.params)
     for s in range(25):
@@ -59,7 +60,7 @@ def test_minibatch_matches_hand_written_loop(problem):
 
 def test_deterministic_and_key_dependent(problem):
     f, tr, _ = problem
-    run = lambda k: train.train(f.loss_fn, f.params, tr, optax.sgd(0.1), steps=30, key=jax.random.key(k), batch_size=32, progress=False)
+    run = lambda k: train.train(f.loss_fn, f.params, tr, jax.random.key(k), optimizer=optax.sgd(0.1), num_steps=30, batch_size=32, progress=False)
     a, b, c = run(0), run(0), run(1)
     np.testing.assert_array_equal(a.history["loss"], b.history["loss"])
     assert not np.array_equal(a.history["loss"], c.history["loss"])
@@ -73,11 +74,7 @@ def test_checkpoints_callbacks_eval_and_files(problem, tmp_path):
         seen.append(step)
         return {"param_norm": tu.norm(params)}
 
-    result = train.train(
-        f.loss_fn, f.params, tr, optax.sgd(0.5), steps=50, key=jax.random.key(0),
-        checkpoint_steps=[0, 20, 50], checkpoint_dir=tmp_path, callback=callback, callback_every=15,
-        eval_fn=lambda p: {"acc": models.accuracy(f.predict_fn, p, te)}, eval_every=25, progress=False,
-    )
+    result = train.train(f.loss_fn, f.params, tr, jax.random.key(0), optimizer=optax.sgd(0.5), num_steps=50, checkpoint_steps=[0, 20, 50], checkpoint_dir=tmp_path, callback=callback, callback_every=15, eval_fn=lambda p: {"acc": models.accuracy(f.predict_fn, p, te)}, eval_every=25, progress=False)
     assert seen == [0, 15, 30, 45, 50]
     assert result.history["callback_step"].tolist() == seen
     assert result.history["param_norm"][0] == 0.0  # logistic regression starts at all-zero params
@@ -87,7 +84,7 @@ def test_checkpoints_callbacks_eval_and_files(problem, tmp_path):
     assert sorted(result.checkpoints) == [0, 20, 50]
     np.testing.assert_array_equal(tu.ravel(result.checkpoints[50])[0], tu.ravel(result.params)[0])
     # the checkpoint at step 20 equals training for 20 steps
-    short = train.train(f.loss_fn, f.params, tr, optax.sgd(0.5), steps=20, key=jax.random.key(0), progress=False)
+    short = train.train(f.loss_fn, f.params, tr, jax.random.key(0), optimizer=optax.sgd(0.5), num_steps=20, progress=False)
     np.testing.assert_allclose(tu.ravel(result.checkpoints[20])[0], tu.ravel(short.params)[0], rtol=1e-12)
     restored = train.load_checkpoint(tmp_path / "step_00000020.msgpack", f.params)
     np.testing.assert_array_equal(tu.ravel(restored)[0], tu.ravel(result.checkpoints[20])[0])
@@ -101,7 +98,7 @@ def test_learning_rate_history_from_schedule(problem):
     f, tr, _ = problem
     schedule = optax.linear_schedule(0.4, 0.0, 10)
     opt = optax.inject_hyperparams(optax.sgd)(learning_rate=schedule)
-    result = train.train(f.loss_fn, f.params, tr, opt, steps=10, key=jax.random.key(0), progress=False)
+    result = train.train(f.loss_fn, f.params, tr, jax.random.key(0), optimizer=opt, num_steps=10, progress=False)
     np.testing.assert_allclose(result.history["lr"], [schedule(i) for i in range(10)], rtol=1e-6)
 
 
@@ -110,8 +107,8 @@ def test_nonfinite_loss_raises_or_stops():
     loss = lambda p, b: jnp.mean((p["w"] * b.x[:, 0]) ** 2)  # gd with step 10: w <- -19 w, overflows
     params = {"w": jnp.array(1.0, jnp.float32)}
     with pytest.raises(train.NonFiniteLossError, match="at step"):
-        train.train(loss, params, batch, optax.sgd(10.0), steps=100, key=jax.random.key(0), progress=False)
-    result = train.train(loss, params, batch, optax.sgd(10.0), steps=100, key=jax.random.key(0), progress=False, on_nonfinite="stop")
+        train.train(loss, params, batch, jax.random.key(0), optimizer=optax.sgd(10.0), num_steps=100, progress=False)
+    result = train.train(loss, params, batch, jax.random.key(0), optimizer=optax.sgd(10.0), num_steps=100, progress=False, on_nonfinite="stop")
     assert result.diverged
     assert not np.isfinite(result.history["loss"][-1])
     assert np.all(np.isfinite(result.history["loss"][:-1]))
@@ -119,20 +116,20 @@ def test_nonfinite_loss_raises_or_stops():
 
 def test_bad_arguments(problem):
     f, tr, _ = problem
-    kw = dict(key=jax.random.key(0), progress=False)
+    kw = dict(progress=False)
     with pytest.raises(ValueError, match="steps"):
-        train.train(f.loss_fn, f.params, tr, optax.sgd(0.1), steps=-1, **kw)
+        train.train(f.loss_fn, f.params, tr, jax.random.key(0), optimizer=optax.sgd(0.1), num_steps=-1, **kw)
     with pytest.raises(ValueError, match="checkpoint_steps"):
-        train.train(f.loss_fn, f.params, tr, optax.sgd(0.1), steps=5, checkpoint_steps=[9], **kw)
+        train.train(f.loss_fn, f.params, tr, jax.random.key(0), optimizer=optax.sgd(0.1), num_steps=5, checkpoint_steps=[9], **kw)
     with pytest.raises(ValueError, match="callback_every"):
-        train.train(f.loss_fn, f.params, tr, optax.sgd(0.1), steps=5, callback=lambda s, p: None, **kw)
+        train.train(f.loss_fn, f.params, tr, jax.random.key(0), optimizer=optax.sgd(0.1), num_steps=5, callback=lambda s, p: None, **kw)
     with pytest.raises(ValueError, match="on_nonfinite"):
-        train.train(f.loss_fn, f.params, tr, optax.sgd(0.1), steps=5, on_nonfinite="ignore", **kw)
+        train.train(f.loss_fn, f.params, tr, jax.random.key(0), optimizer=optax.sgd(0.1), num_steps=5, on_nonfinite="ignore", **kw)
 
 
 @pytest.mark.standard_promotion
 def test_fit_digits_mlp_learns():
-    fit = train.fit_digits_mlp(hidden_size=16, learning_rate=0.02, steps=300)
+    fit = digits.fit_digits_mlp(hidden_size=16, learning_rate=0.02, num_steps=300)
     assert fit.test_accuracy > 0.9
     with pytest.raises(ValueError, match="hidden_size"):
-        train.fit_digits_mlp(hidden_size=0)
+        digits.fit_digits_mlp(hidden_size=0)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from workbench import train, ui
+from workbench import ui
+from workbench.experiments import digits
 
 
 def test_generic_panel_calls_function_with_control_values():
@@ -18,8 +19,8 @@ def test_generic_panel_calls_function_with_control_values():
 
 @pytest.mark.standard_promotion  # Adam inside fit_digits_mlp
 def test_training_panel_trains_and_shows_accuracy(capsys):
-    p = ui.training_panel(train.fit_digits_mlp, hidden_size=8, learning_rate=0.05, steps=100)
-    assert set(p.controls) == {"hidden_size", "learning_rate", "steps"}
+    p = ui.training_panel(digits.fit_digits_mlp, hidden_size=8, learning_rate=0.05, num_steps=100)
+    assert set(p.controls) == {"hidden_size", "learning_rate", "num_steps"}
     fit = p.run()
     assert fit.test_accuracy > 0.7
     assert len(fit.result.history["loss"]) == 100

@@ -419,9 +419,7 @@ def digits_refinement(model: str = "logreg", steps: int = 1000, peak_lr: float =
     key = jax.random.key(seed)
 
     def fit(schedule, callback=None):
-        res = train(f.loss_fn, f.params, train_data, optax.sgd(schedule), steps=steps, key=key,
-                    batch_size=batch_size, callback=callback,
-                    callback_every=norm_every if callback else 0, progress=False)
+        res = train(f.loss_fn, f.params, train_data, key, optimizer=optax.sgd(schedule), num_steps=steps, batch_size=batch_size, callback=callback, callback_every=norm_every if callback else 0, progress=False)
         final = float(f.loss_fn(res.params, train_data))
         acc = accuracy(f.predict_fn, res.params, test_data)
         return res, ScheduleRun(values(schedule, steps), res.history, final, acc)

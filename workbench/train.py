@@ -7,6 +7,7 @@ record, save and update the progress bar.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,14 +50,14 @@ def batch_indices(key: jax.Array, num_examples: int, batch_size: int, steps: int
     return perms[:, : per_epoch * batch_size].reshape(-1, batch_size)[:steps]
 
 
-def _validate(steps, batch_size, n, checkpoint_steps, callback, callback_every, eval_fn, eval_every, on_nonfinite):
-    if not isinstance(steps, int | np.integer) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+def _validate(num_steps, batch_size, n, checkpoint_steps, callback, callback_every, eval_fn, eval_every, on_nonfinite):
+    if not isinstance(num_steps, int | np.integer) or num_steps < 0:
+        raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
     if batch_size is not None and not (isinstance(batch_size, int | np.integer) and 1 <= batch_size):
         raise ValueError(f"batch_size must be a positive int or None (full batch), got {batch_size!r}")
-    bad = [s for s in checkpoint_steps if not 0 <= s <= steps]
+    bad = [s for s in checkpoint_steps if not 0 <= s <= num_steps]
     if bad:
-        raise ValueError(f"checkpoint_steps must lie in [0, steps={steps}], got {bad}")
+        raise ValueError(f"checkpoint_steps must lie in [0, num_steps={num_steps}], got {bad}")
     if callback is not None and callback_every <= 0:
         raise ValueError("callback needs callback_every > 0 (call it every that many steps)")
     if eval_fn is not None and eval_every <= 0:
@@ -75,14 +76,85 @@ def _learning_rate(opt_state) -> jax.Array | None:
     return None
 
 
+def step(loss_fn: Callable, optimizer: optax.GradientTransformation, params: PyTree, opt_state: PyTree, batch: Any):
+    """One optax step: (new params, new optimizer state, the loss at `params` before the update).
+
+    The one training step of the package: `train`, `optimize` and every recipe go through it.
+    """
+    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+
+def _batch(data, indices, step_index, full_batch: bool):
+    return data if full_batch else jax.tree.map(lambda a: a[indices[step_index]], data)
+
+
+def optimize(
+    loss_fn: Callable[[PyTree, Any], jax.Array],
+    params: PyTree,
+    data: Any,
+    key: jax.Array,
+    *,
+    optimizer: optax.GradientTransformation,
+    num_steps: int,
+    batch_size: int | None = None,
+) -> tuple[PyTree, jax.Array]:
+    """`num_steps` optax steps inside one `lax.scan`: (final params, losses [num_steps]).
+
+    A pure function (no host work, no events): use it under `jit`/`vmap`, e.g. to train many
+    seeds or subspaces at once. Minibatches come from `batch_indices(key, ...)`, as in `train`.
+    """
+    n = num_examples(data)
+    full_batch = batch_size is None or batch_size >= n
+    indices = None if full_batch else batch_indices(key, n, batch_size, num_steps)
+
+    def body(carry, i):
+        p, s = carry
+        p, s, loss = step(loss_fn, optimizer, p, s, _batch(data, indices, i, full_batch))
+        return (p, s), loss
+
+    (params, _), losses = jax.lax.scan(body, (params, optimizer.init(params)), jnp.arange(num_steps))
+    return params, losses
+
+
+@functools.lru_cache(maxsize=64)
+def _chunk_runner(loss_fn, optimizer, full_batch: bool, chunk_size: int, has_lr: bool):
+    """The jitted chunk of `chunk_size` steps, cached per (loss_fn, optimizer, configuration) so
+    repeated `train` calls with the same functions compile once."""
+
+    @jax.jit
+    def run_chunk(params, opt_state, start, stop, last, data, indices):
+        # data and indices are arguments, not closed-over constants, so they stay out of the HLO.
+        def one_step(carry, xs):
+            params, opt_state, ok = carry
+            step_index, active = xs
+            new_params, new_state, loss = step(
+                loss_fn, optimizer, params, opt_state, _batch(data, indices, step_index, full_batch)
+            )
+            take = active & ok & jnp.isfinite(loss)  # freeze once the loss is non-finite
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(take, a, b), new, old)
+            lr = _learning_rate(new_state) if has_lr else jnp.zeros(())  # the rate this update used
+            ok = ok & (jnp.isfinite(loss) | ~active)
+            return (keep(new_params, params), keep(new_state, opt_state), ok), (loss, lr)
+
+        step_ids = start + jnp.arange(chunk_size)
+        active = step_ids < stop
+        safe_ids = jnp.minimum(step_ids, last)
+        carry, (losses, lrs) = jax.lax.scan(one_step, (params, opt_state, jnp.array(True)), (safe_ids, active))
+        return carry[0], carry[1], losses, lrs
+
+    return run_chunk
+
+
 def train(
     loss_fn: Callable[[PyTree, Any], jax.Array],
     params: PyTree,
     data: Any,
-    optimizer: optax.GradientTransformation,
-    *,
-    steps: int,
     key: jax.Array,
+    *,
+    optimizer: optax.GradientTransformation,
+    num_steps: int,
     batch_size: int | None = None,
     checkpoint_steps: Sequence[int] = (),
     checkpoint_dir: str | Path | None = None,
@@ -94,9 +166,10 @@ def train(
     progress: bool = True,
     chunk_size: int = 100,
 ) -> TrainResult:
-    """Minimise `loss_fn(params, batch)` over `data` with `optimizer` for `steps` steps.
+    """Minimise `loss_fn(params, batch)` over `data` with `optimizer` for `num_steps` steps.
 
     Args:
+      key: draws the minibatch order (unused full-batch, but always explicit).
       batch_size: examples per step, sampled without replacement within each epoch from `key`;
         None (or >= the data size) trains full-batch.
       checkpoint_steps: steps after which params are kept in `checkpoints` (0 = initial params)
@@ -110,7 +183,9 @@ def train(
 
     The history holds "step" and "loss" (the minibatch loss before each update), "lr" when the
     optimizer exposes a learning rate (optax.inject_hyperparams), and the callback/eval values.
+    Steps run in jitted `lax.scan` chunks compiled once per (loss_fn, optimizer, chunk_size).
     """
+    steps = num_steps
     checkpoint_steps = sorted({int(s) for s in checkpoint_steps})
     n = num_examples(data)
     _validate(steps, batch_size, n, checkpoint_steps, callback, callback_every, eval_fn, eval_every, on_nonfinite)
@@ -118,28 +193,8 @@ def train(
     indices = None if full_batch else batch_indices(key, n, batch_size, steps)
     opt_state = optimizer.init(params)
     has_lr = _learning_rate(opt_state) is not None
-
-    @jax.jit
-    def run_chunk(params, opt_state, start, stop, data, indices):
-        # data and indices are arguments, not closed-over constants, so they stay out of the HLO.
-        def one_step(carry, xs):
-            params, opt_state, ok = carry
-            step_index, active = xs
-            batch = data if full_batch else jax.tree.map(lambda a: a[indices[step_index]], data)
-            loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-            updates, new_state = optimizer.update(grads, opt_state, params)
-            new_params = optax.apply_updates(params, updates)
-            take = active & ok & jnp.isfinite(loss)  # freeze once the loss is non-finite
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(take, a, b), new, old)
-            lr = _learning_rate(new_state) if has_lr else jnp.zeros(())  # the rate this update used
-            ok = ok & (jnp.isfinite(loss) | ~active)
-            return (keep(new_params, params), keep(new_state, opt_state), ok), (loss, lr)
-
-        step_ids = start + jnp.arange(chunk_size)
-        active = step_ids < stop
-        safe_ids = jnp.minimum(step_ids, max(steps - 1, 0))
-        carry, (losses, lrs) = jax.lax.scan(one_step, (params, opt_state, jnp.array(True)), (safe_ids, active))
-        return carry[0], carry[1], losses, lrs
+    run_chunk = _chunk_runner(loss_fn, optimizer, full_batch, int(chunk_size), has_lr)
+    last = max(steps - 1, 0)
 
     events = set(checkpoint_steps) | {steps}
     if callback is not None:
@@ -165,17 +220,19 @@ def train(
             ev_steps.append(step)
             ev_values.append(dict(eval_fn(params)))
 
-    step = 0
+    done = 0
     handle_events(0)
     with tqdm(total=steps, disable=not progress, desc="train", leave=False) as bar:
         for target in events:
-            while step < target:
-                stop = min(step + chunk_size, target)
-                params, opt_state, chunk_losses, chunk_lrs = run_chunk(params, opt_state, step, stop, data, indices)
-                chunk_losses = np.asarray(chunk_losses[: stop - step])
+            while done < target:
+                stop = min(done + chunk_size, target)
+                params, opt_state, chunk_losses, chunk_lrs = run_chunk(
+                    params, opt_state, done, stop, last, data, indices
+                )
+                chunk_losses = np.asarray(chunk_losses[: stop - done])
                 bad = np.flatnonzero(~np.isfinite(chunk_losses))
                 if bad.size:
-                    first = step + int(bad[0])
+                    first = done + int(bad[0])
                     if on_nonfinite == "raise":
                         raise NonFiniteLossError(
                             f"loss became {chunk_losses[bad[0]]} at step {first}; lower the learning "
@@ -183,14 +240,14 @@ def train(
                         )
                     losses.append(chunk_losses[: bad[0] + 1])
                     lrs.append(np.asarray(chunk_lrs[: bad[0] + 1]))
-                    diverged, step = True, first
+                    diverged, done = True, first
                     bar.update(int(bad[0]) + 1)
                     break
                 losses.append(chunk_losses)
-                lrs.append(np.asarray(chunk_lrs[: stop - step]))
-                bar.update(stop - step)
+                lrs.append(np.asarray(chunk_lrs[: stop - done]))
+                bar.update(stop - done)
                 bar.set_postfix(loss=f"{chunk_losses[-1]:.4g}")
-                step = stop
+                done = stop
             if diverged:
                 break
             if target > 0:
@@ -235,62 +292,3 @@ def load_checkpoint(path: str | Path, like: PyTree) -> PyTree:
         raise ValueError(f"checkpoint {path} does not match the expected params: {err}") from err
     check_same_structure(like, restored, "the expected params", f"checkpoint {path}")
     return jax.tree.map(jnp.asarray, restored)
-
-
-class Fit(NamedTuple):
-    """A trained classifier: its functional form, the training result, and test accuracy."""
-
-    model: Any
-    result: TrainResult
-    test_accuracy: float
-
-
-def fit_classifier(
-    model_fn: Callable,
-    train_data: Any,
-    test_data: Any,
-    *,
-    learning_rate: float,
-    steps: int,
-    seed: int = 0,
-    batch_size: int | None = 128,
-    l2: float = 0.0,
-    optimizer: str = "adam",
-    progress: bool = False,
-) -> Fit:
-    """Train `model_fn()` (an NNX classifier) with cross-entropy; the recipe notebooks share."""
-    from workbench.models import accuracy, functional
-
-    optimizers = {"adam": optax.adam, "sgd": optax.sgd}
-    if optimizer not in optimizers:
-        raise ValueError(f"optimizer must be one of {sorted(optimizers)}, got {optimizer!r}")
-    if learning_rate <= 0 or not math.isfinite(learning_rate):
-        raise ValueError(f"learning_rate must be positive and finite, got {learning_rate}")
-    f = functional(model_fn(), l2=l2)
-    result = train(
-        f.loss_fn, f.params, train_data, optimizers[optimizer](learning_rate),
-        steps=steps, key=jax.random.key(seed), batch_size=batch_size, progress=progress,
-    )
-    return Fit(f, result, accuracy(f.predict_fn, result.params, test_data))
-
-
-def fit_digits_mlp(
-    hidden_size: int = 32,
-    learning_rate: float = 1e-2,
-    steps: int = 500,
-    seed: int = 0,
-    batch_size: int | None = 128,
-) -> Fit:
-    """Train a one-hidden-layer tanh MLP on the digits split of `seed` (the tour's experiment)."""
-    from flax import nnx
-
-    from workbench.data import load_digits
-    from workbench.models import MLP
-
-    if hidden_size < 1:
-        raise ValueError(f"hidden_size must be >= 1, got {hidden_size}")
-    train_data, test_data = load_digits(seed=seed)
-    return fit_classifier(
-        lambda: MLP(64, [hidden_size], 10, rngs=nnx.Rngs(seed)), train_data, test_data,
-        learning_rate=learning_rate, steps=steps, seed=seed, batch_size=batch_size,
-    )

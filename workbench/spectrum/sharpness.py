@@ -112,10 +112,7 @@ def gd_sharpness_run(
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
     callback = sharpness_callback(loss_fn, data, key, num_iters=num_iters)
-    result = train(
-        loss_fn, params, data, optax.sgd(learning_rate), steps=steps, key=key, batch_size=None,
-        callback=callback, callback_every=every, on_nonfinite="stop", progress=progress,
-    )
+    result = train(loss_fn, params, data, key, optimizer=optax.sgd(learning_rate), num_steps=steps, batch_size=None, callback=callback, callback_every=every, on_nonfinite="stop", progress=progress)
     return SharpnessRun(float(learning_rate), result.history, result.params, bool(result.diverged))
 
 

@@ -35,8 +35,8 @@ def panel(fn: Callable[..., Any], controls: dict[str, Any], show: Callable[[Any]
     return Panel(box, controls, output, run)
 
 
-def training_panel(fn: Callable[..., Any], hidden_size: int = 32, learning_rate: float = 1e-2, steps: int = 500) -> Panel:
-    """Hidden size, learning rate and steps for `fn` (e.g. `workbench.train.fit_digits_mlp`), showing
+def training_panel(fn: Callable[..., Any], hidden_size: int = 32, learning_rate: float = 1e-2, num_steps: int = 500) -> Panel:
+    """Hidden size, learning rate and steps for `fn` (e.g. `workbench.experiments.digits.fit_digits_mlp`), showing
     the loss curve and test accuracy of the returned `Fit`."""
     import ipywidgets as w
     import matplotlib.pyplot as plt
@@ -47,7 +47,7 @@ def training_panel(fn: Callable[..., Any], hidden_size: int = 32, learning_rate:
     controls = {
         "hidden_size": w.IntSlider(value=hidden_size, min=4, max=256, step=4, description="hidden"),
         "learning_rate": w.FloatLogSlider(value=learning_rate, base=10, min=-4, max=0, description="lr"),
-        "steps": w.IntSlider(value=steps, min=50, max=5000, step=50, description="steps"),
+        "num_steps": w.IntSlider(value=num_steps, min=50, max=5000, step=50, description="steps"),
     }
 
     def show(fit):

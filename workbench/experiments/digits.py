@@ -1,0 +1,71 @@
+"""Recipes on scikit-learn's digits: fit a classifier, fit the tour's MLP."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import optax
+from flax import nnx
+
+from workbench.data import load_digits
+from workbench.models import MLP, accuracy, functional
+from workbench.train import TrainResult, train
+
+OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd}
+
+
+class Fit(NamedTuple):
+    """A trained classifier: its functional form, the training result, and test accuracy."""
+
+    model: Any
+    result: TrainResult
+    test_accuracy: float
+
+
+def fit_classifier(
+    model_fn: Callable,
+    train_data: Any,
+    test_data: Any,
+    *,
+    learning_rate: float,
+    num_steps: int,
+    seed: int = 0,
+    batch_size: int | None = 128,
+    l2: float = 0.0,
+    optimizer: str = "adam",
+    progress: bool = False,
+) -> Fit:
+    """Train `model_fn()` (an NNX classifier) with cross-entropy; the recipe notebooks share."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+    if learning_rate <= 0 or not math.isfinite(learning_rate):
+        raise ValueError(f"learning_rate must be positive and finite, got {learning_rate}")
+    f = functional(model_fn(), l2=l2)
+    result = train(
+        f.loss_fn, f.params, train_data, jax.random.key(seed),
+        optimizer=OPTIMIZERS[optimizer](learning_rate), num_steps=num_steps,
+        batch_size=batch_size, progress=progress,
+    )
+    return Fit(f, result, accuracy(f.predict_fn, result.params, test_data))
+
+
+def fit_digits_mlp(
+    hidden_size: int = 32,
+    learning_rate: float = 1e-2,
+    num_steps: int = 500,
+    seed: int = 0,
+    batch_size: int | None = 128,
+    progress: bool = False,
+) -> Fit:
+    """Train a one-hidden-layer tanh MLP on the digits split of `seed` (the tour's experiment)."""
+    if hidden_size < 1:
+        raise ValueError(f"hidden_size must be >= 1, got {hidden_size}")
+    train_data, test_data = load_digits(seed=seed)
+    return fit_classifier(
+        lambda: MLP(64, [hidden_size], 10, rngs=nnx.Rngs(seed)), train_data, test_data,
+        learning_rate=learning_rate, num_steps=num_steps, seed=seed, batch_size=batch_size,
+        progress=progress,
+    )
