@@ -34,7 +34,7 @@ def timed(fn, *args):
 def bench(problem, steps: int, seeds: int, loop_seeds: int, repeats: int) -> dict:
     D = float((problem.w_star**2).sum() ** 0.5)
     schedule = schedules.linear_decay(D / (problem.lipschitz * steps**0.5), steps)
-    runner = convex.make_sgd(problem, schedule, steps=steps)
+    runner = convex.make_sgd(problem, schedule, num_steps=steps)
     keys = jax.random.split(jax.random.key(0), seeds)
     compile_many = timed(runner.run_many, keys)
     warm_many = min(timed(runner.run_many, keys) for _ in range(repeats))

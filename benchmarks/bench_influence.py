@@ -126,7 +126,7 @@ def main():
     steps, lr = 300, 0.01
     run = train.train(g.loss_fn, g.params, mlp_train, key, optimizer=optax.adam(lr), num_steps=steps, checkpoint_steps=list(range(0, steps, steps // 10)), progress=False)
     mlp_truth = ev.lds_ground_truth(g.loss_fn, g.params, mlp_train, test_set, key, num_subsets=num_subsets,
-                                    method="optax", optimizer=optax.adam(lr), steps=steps)
+                                    method="optax", optimizer=optax.adam(lr), num_steps=steps)
     lam = float(np.linalg.eigvalsh(np.asarray(influence.dense_hessian(g.loss_fn, run.params, mlp_train)))[0])
     damping = max(0.0, -lam) + 0.01
     mb = builders(g.loss_fn, run.params, mlp_train, run.checkpoints, lr, damping)

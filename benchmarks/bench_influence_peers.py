@@ -72,7 +72,7 @@ def logistic_problem(train_set, test_set, sizes, key):
 
 def mlp_problem(train_set, test_set, sizes, key):
     f = models.functional(models.MLP(64, [32], 10, rngs=nnx.Rngs(0), param_dtype=jnp.float64), l2=L2)
-    opt = dict(method="optax", optimizer=optax.adam(MLP_LR), steps=MLP_STEPS)
+    opt = dict(method="optax", optimizer=optax.adam(MLP_LR), num_steps=MLP_STEPS)
     run = train.train(f.loss_fn, f.params, train_set, key, optimizer=optax.adam(MLP_LR), num_steps=MLP_STEPS, checkpoint_steps=list(range(0, MLP_STEPS, MLP_STEPS // 10)), progress=False)
     n = len(train_set)
     removed = np.linspace(0, n - 1, sizes["removed"]).astype(int)

@@ -70,8 +70,8 @@ def setup():
 def ours(fn, params, ds, key):
     op = curvature.operator(fn, params, ds)
     return {
-        "top1": lambda: spectrum.top_eigenpairs(op, 1, key).values,
-        "top5": lambda: spectrum.top_eigenpairs(op, 5, key).values,
+        "top1": lambda: spectrum.top_eigenpairs(op, key, 1).values,
+        "top5": lambda: spectrum.top_eigenpairs(op, key, 5).values,
         "trace": lambda: spectrum.trace(op, key, 100, "hutchinson").estimate,
         "trace_hutch++": lambda: spectrum.trace(op, key, 100, "hutch++").estimate,
         "trace_xtrace": lambda: spectrum.trace(op, key, 100, "xtrace").estimate,
@@ -253,7 +253,7 @@ def large_case():
     v = jnp.ones(op.dim, jnp.float32)
     _, _, t_grad = timed(lambda: grad(fn.params, ds), repeats=5)
     _, _, t_hvp = timed(lambda: mv(v), repeats=5)
-    out, first, warm = timed(lambda: spectrum.top_eigenpairs(op, 5, key), repeats=1)
+    out, first, warm = timed(lambda: spectrum.top_eigenpairs(op, key, 5), repeats=1)
     return {
         "num_params": op.dim, "dtype": "float32", "grad_ms": 1e3 * t_grad, "hvp_ms": 1e3 * t_hvp,
         "hvp_over_grad": t_hvp / t_grad, "top5_first_s": first, "top5_warm_s": warm,

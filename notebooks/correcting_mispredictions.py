@@ -1,17 +1,25 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: workbench,kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
 #     name: python3
 #   workbench:
-#     title: Correcting mispredictions with a few fine-tuning steps (Schioppa et al. 2023)
-#     quick_seconds: 40
 #     full:
-#       n_train: 1347
 #       n_test: 450
+#       n_train: 1347
+#     quick_seconds: 40
+#     title: Correcting mispredictions with a few fine-tuning steps (Schioppa et al.
+#       2023)
 # ---
 
 # %% [markdown]
@@ -48,6 +56,7 @@ import matplotlib.pyplot as plt
 
 import workbench
 from workbench import influence, models
+from workbench.experiments.influence import fit_digits_logistic
 from workbench.influence import evaluate as ev
 
 jax.config.update("jax_enable_x64", True)
@@ -56,7 +65,7 @@ jax.config.update("jax_enable_x64", True)
 # ## The model and its mistakes
 
 # %%
-model, params, train_set, test_set, _ = ev.fit_digits_logistic(n_train, n_test, l2, seed)
+model, params, train_set, test_set, _ = fit_digits_logistic(n_train, n_test, l2, seed)
 accuracy = models.accuracy(model.predict_fn, params, test_set)
 print(f"test accuracy {accuracy:.3f}: {round((1 - accuracy) * n_test)} mispredicted test points")
 
@@ -73,7 +82,7 @@ scores = influence.make("exact", model.loss_fn, params, train_set).scores(test_s
 
 # %%
 results = {k: ev.correct_mispredictions(model.loss_fn, model.predict_fn, params, train_set, test_set, scores,
-                                        jax.random.key(seed), k=k, steps=steps, learning_rate=learning_rate,
+                                        jax.random.key(seed), k=k, num_steps=steps, learning_rate=learning_rate,
                                         weight=weight)
            for k in k_values}
 for k, r in results.items():
@@ -119,7 +128,7 @@ if interactive:
 
     def show(k=10, fine_tune_steps=10, new_weight=0.0):
         r = ev.correct_mispredictions(model.loss_fn, model.predict_fn, params, train_set, test_set, scores,
-                                      jax.random.key(seed), k=k, steps=fine_tune_steps,
+                                      jax.random.key(seed), k=k, num_steps=fine_tune_steps,
                                       learning_rate=learning_rate, weight=new_weight)
         print(f"fixed {r.fix_rate:.2f} (random {r.fix_rate_random:.2f}), damage {r.damage:+.4f} (random {r.damage_random:+.4f})")
 

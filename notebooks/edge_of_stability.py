@@ -1,18 +1,29 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: workbench,kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
 #     name: python3
 #   workbench:
-#     title: Edge of stability - full-batch GD drives sharpness to 2/lr
-#     quick_seconds: 45
 #     full:
-#       steps: 4000
+#       learning_rates:
+#       - 0.1
+#       - 0.06
+#       - 0.04
+#       - 0.03
 #       num_examples: 1000
-#       learning_rates: [0.1, 0.06, 0.04, 0.03]
+#       steps: 4000
+#     quick_seconds: 45
+#     title: Edge of stability - full-batch GD drives sharpness to 2/lr
 # ---
 
 # %% [markdown]
@@ -48,6 +59,7 @@ from flax import nnx
 
 import workbench
 from workbench import data, models, spectrum
+from workbench.experiments import spectra
 
 # %% [markdown]
 # ## Setup
@@ -70,15 +82,16 @@ print(f"{len(targets)} examples, initial sharpness {initial:.2f}")
 
 # %%
 runs = [
-    spectrum.gd_sharpness_run(
-        fn.loss_fn, fn.params, targets, lr, steps, jax.random.key(seed), every=sharpness_every
+    spectra.gd_sharpness_run(
+        fn.loss_fn, fn.params, targets, jax.random.key(seed), learning_rate=lr, num_steps=steps,
+        every=sharpness_every,
     )
     for lr in learning_rates
 ]
-ratios = {f"lr={run.learning_rate:g}": spectrum.stability_ratio(run, last_fraction) for run in runs}
+ratios = {f"lr={run.learning_rate:g}": spectra.stability_ratio(run, last_fraction) for run in runs}
 for label, ratio in ratios.items():
-    print(f"{label}: sharpness / (2/lr) over the last {last_fraction:.0%}: mean {ratio['mean']:.3f} "
-          f"(min {ratio['min']:.3f}, max {ratio['max']:.3f})")
+    print(f"{label}: sharpness / (2/lr) over the last {last_fraction:.0%}: mean {ratio.mean:.3f} "
+          f"(min {ratio.min:.3f}, max {ratio.max:.3f})")
 
 # %% [markdown]
 # ## Sharpness against the stability threshold
@@ -120,9 +133,9 @@ workbench.record(
     initial_sharpness=initial,
     learning_rates=[run.learning_rate for run in runs],
     final_sharpness=[float(run.history["sharpness"][-1]) for run in runs],
-    ratio_mean=[ratios[f"lr={run.learning_rate:g}"]["mean"] for run in runs],
-    ratio_min=[ratios[f"lr={run.learning_rate:g}"]["min"] for run in runs],
-    ratio_max=[ratios[f"lr={run.learning_rate:g}"]["max"] for run in runs],
+    ratio_mean=[ratios[f"lr={run.learning_rate:g}"].mean for run in runs],
+    ratio_min=[ratios[f"lr={run.learning_rate:g}"].min for run in runs],
+    ratio_max=[ratios[f"lr={run.learning_rate:g}"].max for run in runs],
     final_loss=[float(run.history["loss"][-1]) for run in runs],
     diverged=[run.diverged for run in runs],
 )

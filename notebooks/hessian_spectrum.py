@@ -62,8 +62,8 @@ import numpy as np
 
 import workbench
 from workbench import curvature, data, spectrum
-from workbench.experiments import digits
 from workbench import tree as tu
+from workbench.experiments import digits
 
 jax.config.update("jax_enable_x64", True)  # curvature in float64: references to 1e-8
 
@@ -87,8 +87,8 @@ print(f"{hessian.dim} parameters, test accuracy {fit.test_accuracy:.3f}")
 # %%
 key = jax.random.key(seed)
 start = time.perf_counter()
-top = spectrum.top_eigenpairs(hessian, top_k, key)
-bottom = spectrum.top_eigenpairs(hessian, 3, key, which="smallest")
+top = spectrum.top_eigenpairs(hessian, key, top_k)
+bottom = spectrum.top_eigenpairs(hessian, key, 3, which="smallest")
 print(f"top-{top_k} in {time.perf_counter() - start:.2f} s, {int(top.num_matvecs)} matvecs, "
       f"all converged: {bool(np.all(top.converged))}")
 exact = np.linalg.eigvalsh(np.asarray(hessian.dense())) if dense_reference else None
@@ -132,7 +132,7 @@ if w1 is not None:
 # GGN has no negative eigenvalues, while the Hessian's bulk spreads to both sides of zero.
 
 # %%
-top_ggn = spectrum.top_eigenpairs(ggn, top_k, key)
+top_ggn = spectrum.top_eigenpairs(ggn, key, top_k)
 fig, ax = plt.subplots(figsize=(6, 3.8))
 ax.plot(range(1, top_k + 1), top.values, "o-", label="Hessian (Lanczos)")
 ax.plot(range(1, top_k + 1), top_ggn.values, "s--", label="GGN (Lanczos)")

@@ -129,7 +129,7 @@ mlp_run = train.train(mlp_model.loss_fn, mlp_model.params, train_set, jax.random
 mlp_params = mlp_run.params
 mlp_margin = influence.margin_output(mlp_model.predict_fn)
 mlp_truth = ev.lds_ground_truth(mlp_model.loss_fn, mlp_model.params, train_set, test_set, key_lds, num_subsets=num_subsets,
-                                method="optax", optimizer=optax.adam(mlp_lr), steps=mlp_steps)
+                                method="optax", optimizer=optax.adam(mlp_lr), num_steps=mlp_steps)
 eigen = jnp.linalg.eigh(influence.dense_hessian(mlp_model.loss_fn, mlp_params, train_set))
 mlp_damping = max(0.0, -float(eigen[0][0])) + damping_margin
 print(f"MLP Hessian lambda_min {float(eigen[0][0]):.2e}; damping {mlp_damping:.3g}")

@@ -104,7 +104,7 @@ predicted_dot = np.asarray(dot.scores(test_set))[:, removed]
 
 # %%
 result = ev.fading(model.loss_fn, params, train_set, test_set, removed, predicted, jax.random.key(seed + 1),
-                   optimizer=optax.sgd(learning_rate), steps=steps, record_every=record_every,
+                   optimizer=optax.sgd(learning_rate), num_steps=steps, record_every=record_every,
                    batch_size=batch_size)
 pearson_dot = np.array([np.nanmean(ev.pearson_rows(predicted_dot, a)) for a in result.actual])
 for t, p, s, d, pd in zip(result.steps, result.pearson, result.spearman, result.divergence, pearson_dot):

@@ -65,6 +65,7 @@ import optax
 
 import workbench
 from workbench import influence, models, train
+from workbench.experiments.influence import fit_digits_logistic
 from workbench.influence import evaluate as ev
 
 jax.config.update("jax_enable_x64", True)
@@ -75,7 +76,7 @@ jax.config.update("jax_enable_x64", True)
 # (`evaluate.fit`), because the influence function is a statement about the exact optimum.
 
 # %%
-model, params, train_set, test_set, grad_norm = ev.fit_digits_logistic(n_train, n_test, l2, seed)
+model, params, train_set, test_set, grad_norm = fit_digits_logistic(n_train, n_test, l2, seed)
 print(f"gradient norm at the optimum {grad_norm:.1e}, test accuracy {models.accuracy(model.predict_fn, params, test_set):.3f}")
 
 # %% [markdown]

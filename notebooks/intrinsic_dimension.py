@@ -1,17 +1,38 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: workbench,kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
 #     name: python3
 #   workbench:
-#     title: Intrinsic dimension of digits models (Li et al. 2018, via sketches)
-#     quick_seconds: 40
 #     full:
+#       dims:
+#       - 5
+#       - 10
+#       - 15
+#       - 20
+#       - 30
+#       - 40
+#       - 60
+#       - 80
+#       - 120
+#       - 160
+#       - 240
+#       - 320
+#       - 480
+#       - 640
 #       steps: 1500
-#       dims: [5, 10, 15, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480, 640]
+#     quick_seconds: 40
+#     title: Intrinsic dimension of digits models (Li et al. 2018, via sketches)
 # ---
 
 # %% [markdown]
@@ -65,8 +86,8 @@ results = {}
 for name, model in candidates.items():
     fn = models.functional(model)
     results[name] = intrinsic_dimension(
-        fn.loss_fn, fn.params, train_data, test_data, dims, key=jax.random.key(seed),
-        predict_fn=fn.predict_fn, steps=steps, optimizer=optax.adam(learning_rate), kind=kind,
+        fn.loss_fn, fn.params, train_data, test_data, jax.random.key(seed), dims,
+        predict_fn=fn.predict_fn, num_steps=steps, optimizer=optax.adam(learning_rate), kind=kind,
     )
     r = results[name]
     print(f"{name}: n={r.num_params}, full accuracy {r.full_accuracy:.3f}, d_int90={r.d_int90}")

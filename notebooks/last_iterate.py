@@ -1,18 +1,32 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: workbench,kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
 #     name: python3
 #   workbench:
-#     title: The last iterate of SGD across seeds (Harvey et al. 2019, Defazio et al. 2023)
-#     quick_seconds: 40
 #     full:
-#       steps: 100000
+#       harvey_horizons:
+#       - 16
+#       - 64
+#       - 256
+#       - 1024
+#       - 4096
+#       - 16384
 #       num_seeds: 1000
-#       harvey_horizons: [16, 64, 256, 1024, 4096, 16384]
+#       steps: 100000
+#     quick_seconds: 40
+#     title: The last iterate of SGD across seeds (Harvey et al. 2019, Defazio et al.
+#       2023)
 # ---
 
 # %% [markdown]
@@ -82,8 +96,7 @@ print(f"{problem.name}: n={n}, dim={dim}, f* = {problem.f_star:.6f}, D = ||w*|| 
 shapes = {name: schedules.standard_shapes()[name]
           for name in ("constant", "1/sqrt(t)", "linear decay", "cosine")}
 start = time.perf_counter()
-results = {factor: convex.compare_schedules(problem, shapes, steps=steps, num_seeds=num_seeds,
-                                            key=jax.random.key(seed), lr_factor=factor)
+results = {factor: convex.compare_schedules(problem, shapes, jax.random.key(seed), num_steps=steps, num_seeds=num_seeds, lr_factor=factor)
            for factor in lr_factors}
 print(f"{len(lr_factors)} factors x {len(shapes)} schedules x {num_seeds} seeds x {steps} steps "
       f"in {time.perf_counter() - start:.1f} s")

@@ -1,16 +1,29 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: workbench,kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
 #     name: python3
 #   workbench:
-#     title: Last-iterate bounds of learning-rate schedules (Defazio et al. 2023)
-#     quick_seconds: 25
 #     full:
-#       horizons: [10, 100, 1000, 10000, 100000, 1000000]
+#       horizons:
+#       - 10
+#       - 100
+#       - 1000
+#       - 10000
+#       - 100000
+#       - 1000000
+#     quick_seconds: 25
+#     title: Last-iterate bounds of learning-rate schedules (Defazio et al. 2023)
 # ---
 
 # %% [markdown]

@@ -1,17 +1,28 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: workbench,kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
 #     name: python3
 #   workbench:
-#     title: Refined learning-rate schedules from gradient norms (Defazio et al. 2023)
-#     quick_seconds: 40
 #     full:
+#       peak_lrs:
+#       - 0.25
+#       - 0.5
+#       - 1.0
+#       - 2.0
 #       steps: 5000
-#       peak_lrs: [0.25, 0.5, 1.0, 2.0]
+#     quick_seconds: 40
+#     title: Refined learning-rate schedules from gradient norms (Defazio et al. 2023)
 # ---
 
 # %% [markdown]
@@ -42,7 +53,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import workbench
-from workbench import schedules
+from workbench.experiments import schedules as refinement
 
 # %% [markdown]
 # ## Runs: linear decay first, then refine and compare
@@ -53,7 +64,7 @@ from workbench import schedules
 
 # %%
 models = {"logistic regression": "logreg", "MLP 64-32-10": "mlp"}
-results = {label: {lr: schedules.digits_refinement(kind, steps=steps, peak_lr=lr, batch_size=batch_size,
+results = {label: {lr: refinement.digits_refinement(kind, num_steps=steps, peak_lr=lr, batch_size=batch_size,
                                                    seed=seed, tau=tau)
                    for lr in peak_lrs}
            for label, kind in models.items()}

@@ -67,9 +67,9 @@ import numpy as np
 import workbench
 from workbench import data as wd
 from workbench import sketch as sk
-from workbench.sketch import evaluate
-from workbench.sketch.operator import top_eigenvalues_exact_and_sketched
 from workbench.experiments.digits import fit_digits_mlp
+from workbench.experiments.spectra import top_eigenvalues_exact_and_sketched
+from workbench.sketch import evaluate
 
 key = jax.random.key(seed)
 
@@ -161,7 +161,7 @@ print("90% quantile of |distortion|:", {k: round(v, 3) for k, v in q90.items()})
 # %%
 eig_sketch = sk.make("affd", jax.random.fold_in(key, 3), grads.shape[1], 1 << eig_log2_dim)
 exact, approx = top_eigenvalues_exact_and_sketched(
-    fit.model.loss_fn, fit.result.params, train_data, eig_sketch, eig_k, jax.random.fold_in(key, 4))
+    fit.model.loss_fn, fit.result.params, train_data, eig_sketch, jax.random.fold_in(key, 4), eig_k)
 fig, ax = plt.subplots(figsize=(6, 4))
 ax.plot(np.arange(1, eig_k + 1), exact, "o-", label="exact")
 ax.plot(np.arange(1, eig_k + 1), approx, "s--", label=f"affd sketch, D=2^{eig_log2_dim}")

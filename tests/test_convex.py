@@ -97,7 +97,7 @@ def test_runner_matches_python_reference(problems, key):
     schedule = S.inverse_sqrt(0.3)
     steps = 160
     record = np.array([1, 2, 3, 7, 20, 40, 63, 64, 65, 128, steps])
-    runner = C.make_sgd(p, schedule, steps=steps, batch_size=2, record_at=record,
+    runner = C.make_sgd(p, schedule, num_steps=steps, batch_size=2, record_at=record,
                         suffix_fraction=0.3)
     got = runner.run_one(key)
     for mine, ref in zip(got, sequential_reference(p, schedule, key, steps, record, 0.3), strict=True):
@@ -106,7 +106,7 @@ def test_runner_matches_python_reference(problems, key):
 
 def test_vmapped_runner_equals_sequential_runs_exactly(problems, key):
     p = problems["logistic"]
-    runner = C.make_sgd(p, S.linear_decay(0.05, 200), steps=200, batch_size=4, radius=2.0)
+    runner = C.make_sgd(p, S.linear_decay(0.05, 200), num_steps=200, batch_size=4, radius=2.0)
     keys = jax.random.split(key, 5)
     many = runner.run_many(keys)
     for seed in range(5):
@@ -119,8 +119,7 @@ def test_run_sgd_defaults_converge_and_never_beat_optimum(problems, key):
     p = problems["hinge"]
     T = 1000
     D = float(np.linalg.norm(p.w_star))
-    res = C.run_sgd(p, S.linear_decay(D / (p.lipschitz * math.sqrt(T)), T), steps=T,
-                    num_seeds=64, key=key)
+    res = C.run_sgd(p, S.linear_decay(D / (p.lipschitz * math.sqrt(T)), T), key, num_steps=T, num_seeds=64)
     assert res.steps[0] == 1 and res.steps[-1] == T and len(res.steps) >= 20
     for gaps in (res.last, res.uniform, res.suffix):
         assert gaps.shape == (64, len(res.steps))
@@ -134,16 +133,16 @@ def test_run_sgd_defaults_converge_and_never_beat_optimum(problems, key):
 
 def test_bad_runner_input(problems, key):
     p = problems["lad"]
-    with pytest.raises(ValueError, match="steps must be a positive integer"):
-        C.make_sgd(p, S.constant(0.1), steps=0)
-    with pytest.raises(ValueError, match=r"record_at must be increasing integers in \[1, steps=10\]"):
-        C.make_sgd(p, S.constant(0.1), steps=10, record_at=[1, 20])
+    with pytest.raises(ValueError, match="num_steps must be an int >= 1"):
+        C.make_sgd(p, S.constant(0.1), num_steps=0)
+    with pytest.raises(ValueError, match=r"record_at must be increasing integers in \[1, num_steps=10\]"):
+        C.make_sgd(p, S.constant(0.1), num_steps=10, record_at=[1, 20])
     with pytest.raises(ValueError, match="schedule goes negative at step 0"):
-        C.make_sgd(p, lambda t: -0.1 * jnp.ones_like(t, jnp.float64), steps=10)
+        C.make_sgd(p, lambda t: -0.1 * jnp.ones_like(t, jnp.float64), num_steps=10)
     with pytest.raises(ValueError, match=r"x0 must have shape \(4,\)"):
-        C.make_sgd(p, S.constant(0.1), steps=10, x0=jnp.zeros(3))
+        C.make_sgd(p, S.constant(0.1), num_steps=10, x0=jnp.zeros(3))
     with pytest.raises(ValueError, match="num_seeds"):
-        C.run_sgd(p, S.constant(0.1), steps=10, num_seeds=0, key=key)
+        C.run_sgd(p, S.constant(0.1), key, num_steps=10, num_seeds=0)
     with pytest.raises(ValueError, match="l1 must be > 0"):
         C.l1_logistic(l1=0.0)
     with pytest.raises(ValueError, match="horizons must be >= 2"):
@@ -182,10 +181,10 @@ def test_harvey_last_iterate_grows_like_log_T_over_sqrt_T():
 def test_compare_schedules_shares_seeds_and_matches_run_sgd(problems, key):
     p = problems["lad"]
     shapes = {k: S.standard_shapes()[k] for k in ("constant", "linear decay")}
-    out = C.compare_schedules(p, shapes, steps=300, num_seeds=8, key=key, lr_factor=2.0)
+    out = C.compare_schedules(p, shapes, key, num_steps=300, num_seeds=8, lr_factor=2.0)
     D = float(np.linalg.norm(p.w_star))
     scale = 2.0 * S.last_iterate_bound(S.linear_decay(1.0, 300), np.full(300, p.lipschitz), D).scale
-    ref = C.run_sgd(p, S.scaled(S.linear_decay(1.0, 300), scale), steps=300, num_seeds=8, key=key)
+    ref = C.run_sgd(p, S.scaled(S.linear_decay(1.0, 300), scale), key, num_steps=300, num_seeds=8)
     np.testing.assert_allclose(out["linear decay"].last, ref.last, rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(out["linear decay"].suffix, ref.suffix, rtol=1e-10, atol=1e-14)
     with pytest.raises(ValueError, match="problem must be one of"):

@@ -150,7 +150,7 @@ _DEVICES_CASE = textwrap.dedent(
         fn = models.functional(models.MLP(6, [5], 3, rngs=nnx.Rngs(2), param_dtype=jnp.float64))
         v = jax.random.normal(jax.random.key(3), (53,), jnp.float64)
         op = curvature.operator(fn, fn.params, ds, batch_size=20)  # 10 full batches + 3 examples
-        top = spectrum.top_eigenpairs(op, 3, jax.random.key(4)).values
+        top = spectrum.top_eigenpairs(op, jax.random.key(4), 3).values
         return {"devices": jax.device_count(), "mv": op.mv(v).tolist(), "top": top.tolist()}
     """
 )

@@ -24,7 +24,7 @@ def problem():
 def test_removing_the_harmful_examples_fixes_more_than_random(problem, key):
     params, train, test, scores = problem
     r = ev.correct_mispredictions(LogReg.loss_fn, LogReg.predict_fn, params, train, test, scores, key,
-                                  k=20, steps=30, learning_rate=3.0)
+                                  k=20, num_steps=30, learning_rate=3.0)
     assert r.mispredicted.size > 0 and r.fixed.shape == r.mispredicted.shape
     assert r.fix_rate > r.fix_rate_random
     assert r.fix_rate > 0.2 and abs(r.damage) < 0.05
@@ -39,10 +39,10 @@ def test_fading_starts_at_the_prediction_and_tracks_divergence(problem, key):
     removed = np.arange(0, 300, 15)
     predicted = np.asarray(scores)[:20][:, removed] / 299
     r = ev.fading(LogReg.loss_fn, params, train, test.take(np.arange(20)), removed, predicted, key,
-                  optimizer=optax.sgd(2.0), steps=200, record_every=50, batch_size=None)
+                  optimizer=optax.sgd(2.0), num_steps=200, record_every=50, batch_size=None)
     assert r.pearson.shape == (4,) and r.actual.shape == (4, 20, removed.size)
     assert np.all(np.diff(r.divergence) > 0)
     assert r.pearson[-1] > 0.9 and r.pearson[-1] >= r.pearson[0] - 1e-9
     with pytest.raises(ValueError, match="multiple of record_every"):
         ev.fading(LogReg.loss_fn, params, train, test, removed, predicted, key, optimizer=optax.sgd(1.0),
-                  steps=7, record_every=5)
+                  num_steps=7, record_every=5)

@@ -55,7 +55,7 @@ def test_arnoldi_matches_exact_and_uses_spectrum_eigenpairs(problem, key):
     op = curvature.operator(LogReg.loss_fn, params, train)
     depth = small.info["num_iters"]  # default 2k + 20: one factorization, no residual matvecs
     assert depth == 60
-    eig = spectrum.top_eigenpairs(op, 20, key, method="arnoldi", num_iters=depth)
+    eig = spectrum.top_eigenpairs(op, key, 20, method="arnoldi", num_iters=depth)
     np.testing.assert_allclose(small.state["values"], eig.values, rtol=1e-10)
     dense = np.linalg.eigvalsh(np.asarray(influence.dense_hessian(LogReg.loss_fn, params, train)))[::-1][:20]
     np.testing.assert_allclose(small.state["values"], dense, rtol=1e-8)

@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 
-from workbench.influence import evaluate as ev
+from workbench.experiments.influence import fit_digits_logistic
 
 
 def test_fit_digits_logistic_reaches_the_optimum():
-    problem = ev.fit_digits_logistic(60, 7, l2=0.01, seed=1)
+    problem = fit_digits_logistic(60, 7, l2=0.01, seed=1)
     assert len(problem.train) == 60 and len(problem.test) == 7
     assert problem.grad_norm < 1e-9
     assert np.asarray(problem.params["linear"]["kernel"]).dtype == np.float64
     with pytest.raises(ValueError, match="n_train must be in"):
-        ev.fit_digits_logistic(1, 7, l2=0.01)
+        fit_digits_logistic(1, 7, l2=0.01)
     with pytest.raises(ValueError, match="n_test"):
-        ev.fit_digits_logistic(60, 0, l2=0.01)
+        fit_digits_logistic(60, 0, l2=0.01)

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from workbench import schedules as S
+from workbench.experiments import schedules as refinement
 
 
 def direct_bound(eta, g, D):
@@ -194,9 +195,9 @@ def test_grad_norm_callback_matches_direct_computation(key):
     ds, _ = data.make_regression(key, 40, 3, dtype=jnp.float64)
     loss_fn = lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
     params = {"w": jnp.arange(3.0, dtype=jnp.float64)}
-    full = S.grad_norm_callback(loss_fn, ds, None, key)(0, params)["grad_norm"]
+    full = S.grad_norm_callback(loss_fn, ds, key, batch_size=None)(0, params)["grad_norm"]
     assert float(full) == pytest.approx(float(tree.norm(jax.grad(loss_fn)(params, ds))), rel=1e-12)
-    mini = S.grad_norm_callback(loss_fn, ds, 5, key, num_batches=4)(7, params)["grad_norm"]
+    mini = S.grad_norm_callback(loss_fn, ds, key, batch_size=5, num_batches=4)(7, params)["grad_norm"]
     idx = jax.random.randint(jax.random.fold_in(key, 7), (4, 5), 0, 40)
     sq = [float(tree.vdot(g, g)) for g in (jax.grad(loss_fn)(params, ds.take(i)) for i in idx)]
     assert float(mini) == pytest.approx(math.sqrt(np.mean(sq)), rel=1e-10)
@@ -204,7 +205,7 @@ def test_grad_norm_callback_matches_direct_computation(key):
 
 
 def test_digits_refinement_small_run():
-    res = S.digits_refinement("logreg", steps=60, peak_lr=0.5, norm_every=10)
+    res = refinement.digits_refinement("logreg", num_steps=60, peak_lr=0.5, norm_every=10)
     assert res.grad_norms.shape == (60,) and np.all(res.grad_norms > 0)
     assert res.refined.values.max() == 1.0 and res.refined.values[-1] == 0.0
     runs = res.runs
@@ -216,4 +217,4 @@ def test_digits_refinement_small_run():
     for run in runs.values():
         assert run.final_loss < first["linear decay"] and 0.5 < run.test_accuracy <= 1.0
     with pytest.raises(ValueError, match="model must be"):
-        S.digits_refinement("cnn")
+        refinement.digits_refinement("cnn")

@@ -7,12 +7,12 @@ import optax
 import pytest
 from flax import nnx
 
+from workbench import curvature, models, spectrum
 from workbench import data as wd
-from workbench import models
 from workbench import sketch as sk
 from workbench import tree as tu
+from workbench.experiments.spectra import top_eigenvalues_exact_and_sketched
 from workbench.sketch import evaluate
-from workbench.sketch.operator import top_eigenvalues_exact_and_sketched
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_orthogonal_sketch_keeps_the_hessian_spectrum(tiny, key):
     n = tu.size(fn.params)
     assert n == 16
     s = sk.make("srht", key, n, n)
-    exact, approx = top_eigenvalues_exact_and_sketched(fn.loss_fn, fn.params, data, s, 3, key)
+    exact, approx = top_eigenvalues_exact_and_sketched(fn.loss_fn, fn.params, data, s, key, 3)
     h = jax.hessian(lambda w: fn.loss_fn(jax.flatten_util.ravel_pytree(fn.params)[1](w), data))(
         jax.flatten_util.ravel_pytree(fn.params)[0])
     ref = np.linalg.eigvalsh(np.asarray(h))[::-1][:3]
@@ -37,8 +37,6 @@ def test_orthogonal_sketch_keeps_the_hessian_spectrum(tiny, key):
 
 
 def test_sketched_operator_with_the_spectrum_module(tiny, key):
-    curvature = pytest.importorskip("workbench.curvature")
-    spectrum = pytest.importorskip("workbench.spectrum")
     fn, data = tiny
     op = curvature.operator(fn.loss_fn, fn.params, data, kind="hessian")
     s = sk.make("affd", key, op.dim, 8)
@@ -48,7 +46,7 @@ def test_sketched_operator_with_the_spectrum_module(tiny, key):
     dense = np.asarray(op.dense())
     phi = np.asarray(s.apply(jnp.eye(op.dim))).T  # [8, n]
     np.testing.assert_allclose(sop.matvec(y), phi @ dense @ phi.T @ np.asarray(y), rtol=1e-9, atol=1e-12)
-    vals = spectrum.top_eigenpairs(sop, 3, key).values
+    vals = spectrum.top_eigenpairs(sop, key, 3).values
     np.testing.assert_allclose(np.sort(vals)[::-1], np.linalg.eigvalsh(phi @ dense @ phi.T)[::-1][:3], rtol=1e-7)
     with pytest.raises(ValueError, match="dim_in"):
         sk.sketched_operator(op, sk.make("affd", key, op.dim + 1, 8))
@@ -57,17 +55,17 @@ def test_sketched_operator_with_the_spectrum_module(tiny, key):
 def test_intrinsic_dimension_full_subspace_matches_full_training(tiny, key):
     fn, data = tiny
     train, test = data.take(slice(0, 40)), data.take(slice(40, 60))
-    r = sk.intrinsic_dimension(fn.loss_fn, fn.params, train, test, [1, 4, 16], key=key,
-                               predict_fn=fn.predict_fn, steps=200, optimizer=optax.adam(0.05))
+    r = sk.intrinsic_dimension(fn.loss_fn, fn.params, train, test, key, [1, 4, 16],
+                               predict_fn=fn.predict_fn, num_steps=200, optimizer=optax.adam(0.05))
     assert r.num_params == 16 and list(r.dims) == [1, 4, 16]
     assert abs(r.accuracy[-1] - r.full_accuracy) <= 0.1  # d = n: the subspace is everything
     assert r.train_loss[-1] <= r.train_loss[0]
     reached = [d for d, a in zip(r.dims, r.accuracy) if a >= 0.9 * r.full_accuracy]
     assert r.d_int90 == (reached[0] if reached else None)
     with pytest.raises(ValueError, match="dims must not exceed"):
-        sk.intrinsic_dimension(fn.loss_fn, fn.params, train, test, [17], key=key, predict_fn=fn.predict_fn)
+        sk.intrinsic_dimension(fn.loss_fn, fn.params, train, test, key, [17], predict_fn=fn.predict_fn)
     with pytest.raises(ValueError, match="kind must be one of"):
-        sk.intrinsic_dimension(fn.loss_fn, fn.params, train, test, [2], key=key, predict_fn=fn.predict_fn, kind="qk")
+        sk.intrinsic_dimension(fn.loss_fn, fn.params, train, test, key, [2], predict_fn=fn.predict_fn, kind="qk")
 
 
 def test_correlation_table_and_one_block_input(key):

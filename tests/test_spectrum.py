@@ -31,7 +31,7 @@ def _spectrum_matrix(key, eigenvalues):
 def test_top_eigenpairs_defaults_match_dense_eigh_on_digits_mlp(digits, key, which):
     op, dense, eigs = digits
     assert op.dim == 2410
-    result = spectrum.top_eigenpairs(op, 5, key, which=which)
+    result = spectrum.top_eigenpairs(op, key, 5, which=which)
     expected = {"largest": eigs[::-1][:5], "smallest": eigs[:5],
                 "both": np.concatenate([eigs[::-1][:3], eigs[:2][::-1]])}[which]
     assert eigs[0] < -0.1  # the smallest are genuinely negative
@@ -46,7 +46,7 @@ def test_top_eigenpairs_defaults_match_dense_eigh_on_digits_mlp(digits, key, whi
 
 def test_arnoldi_top_eigenpairs_match_dense(digits, key):
     op, _, eigs = digits
-    result = spectrum.top_eigenpairs(op, 3, key, method="arnoldi")
+    result = spectrum.top_eigenpairs(op, key, 3, method="arnoldi")
     np.testing.assert_allclose(result.values, eigs[::-1][:3], rtol=1e-8)
     assert bool(np.all(result.converged))
 
@@ -54,17 +54,17 @@ def test_arnoldi_top_eigenpairs_match_dense(digits, key):
 def test_lanczos_and_arnoldi_relations_and_jit(key):
     a = _spectrum_matrix(key, jnp.linspace(-1.0, 3.0, 60))
     op = curvature.from_matrix(a)
-    lz = spectrum.lanczos(op, 25, key)
+    lz = spectrum.lanczos(op, key, 25)
     basis = np.asarray(lz.basis)
     np.testing.assert_allclose(basis @ basis.T, np.eye(26), atol=1e-12)
     t = spectrum.tridiagonal(lz.alphas, lz.betas)
     np.testing.assert_allclose(basis[:25] @ a @ basis[:25].T, t, atol=1e-12)
-    jitted = jax.jit(lambda k: spectrum.lanczos(op, 25, k))(key)
+    jitted = jax.jit(lambda k: spectrum.lanczos(op, k, 25))(key)
     np.testing.assert_allclose(jitted.alphas, lz.alphas, rtol=1e-12)
-    plain = spectrum.lanczos(op, 8, key, reorthogonalize=False)
+    plain = spectrum.lanczos(op, key, 8, reorthogonalize=False)
     assert plain.basis is None  # early steps agree before orthogonality is lost
     np.testing.assert_allclose(plain.alphas, lz.alphas[:8], rtol=1e-8)
-    ar = spectrum.arnoldi(op, 25, key)
+    ar = spectrum.arnoldi(op, key, 25)
     np.testing.assert_allclose(ar.basis[:25] @ a @ ar.basis[:26].T, ar.hessenberg.T, atol=1e-12)
 
 
@@ -81,16 +81,16 @@ def test_breakdown_is_handled_not_nan(key):
     """Three distinct eigenvalues: the Krylov space is exhausted after 3 steps."""
     eigenvalues = jnp.repeat(jnp.array([1.0, 2.0, 3.0]), 10)
     op = curvature.from_matrix(_spectrum_matrix(key, eigenvalues))
-    lz = spectrum.lanczos(op, 12, key)
+    lz = spectrum.lanczos(op, key, 12)
     assert np.all(np.isfinite(lz.alphas)) and np.all(np.isfinite(lz.basis))
     assert float(lz.betas[2]) == 0.0
     np.testing.assert_allclose(lz.basis @ lz.basis.T, np.eye(13), atol=1e-12)
     # Arnoldi keeps no spurious (near-zero) Ritz values: every Ritz value is a true eigenvalue.
-    ar = spectrum.arnoldi(op, 12, key)
+    ar = spectrum.arnoldi(op, key, 12)
     ritz = np.linalg.eigvals(np.asarray(ar.hessenberg[:12])).real
     assert np.min(np.abs(ritz[:, None] - np.array([1.0, 2.0, 3.0])), axis=1).max() < 1e-10
     for method in ("lanczos", "arnoldi"):
-        low = spectrum.top_eigenpairs(op, 2, key, which="smallest", method=method, num_iters=12)
+        low = spectrum.top_eigenpairs(op, key, 2, which="smallest", method=method, num_iters=12)
         np.testing.assert_allclose(low.values, [1.0, 1.0], rtol=1e-10)
     for reorth in (True, False):
         d = spectrum.spectral_density(op, key, num_iters=12, num_probes=4, reorthogonalize=reorth)
@@ -105,26 +105,26 @@ def test_breakdown_is_handled_not_nan(key):
 
 def test_full_space_and_tiny_dimensions(key):
     op = curvature.from_matrix(jnp.diag(jnp.array([3.0, -1.0, 2.0])))
-    result = spectrum.top_eigenpairs(op, 3, key)
+    result = spectrum.top_eigenpairs(op, key, 3)
     np.testing.assert_allclose(result.values, [3.0, 2.0, -1.0], atol=1e-12)
 
 
 def test_bad_input(key):
     op = curvature.from_matrix(jnp.eye(4))
     with pytest.raises(ValueError, match="k=5 exceeds the operator dimension 4"):
-        spectrum.top_eigenpairs(op, 5, key)
+        spectrum.top_eigenpairs(op, key, 5)
     with pytest.raises(ValueError, match="num_iters=9 exceeds the operator dimension 4"):
-        spectrum.lanczos(op, 9, key)
+        spectrum.lanczos(op, key, 9)
     with pytest.raises(ValueError, match="which must be one of"):
-        spectrum.top_eigenpairs(op, 1, key, which="middle")
+        spectrum.top_eigenpairs(op, key, 1, which="middle")
     with pytest.raises(ValueError, match="method must be one of"):
-        spectrum.top_eigenpairs(op, 1, key, method="qr")
+        spectrum.top_eigenpairs(op, key, 1, method="qr")
     with pytest.raises(TypeError, match="op must be a LinearOperator"):
-        spectrum.top_eigenpairs(jnp.eye(4), 1, key)
+        spectrum.top_eigenpairs(jnp.eye(4), key, 1)
     nan_op = curvature.from_matrix(jnp.full((4, 4), jnp.nan))
-    for call in (lambda: spectrum.top_eigenpairs(nan_op, 2, key),
-                 lambda: spectrum.lanczos(nan_op, 3, key),
-                 lambda: spectrum.arnoldi(nan_op, 3, key),
+    for call in (lambda: spectrum.top_eigenpairs(nan_op, key, 2),
+                 lambda: spectrum.lanczos(nan_op, key, 3),
+                 lambda: spectrum.arnoldi(nan_op, key, 3),
                  lambda: spectrum.power_iteration(nan_op, key),
                  lambda: spectrum.spectral_density(nan_op, key, num_iters=3, num_probes=2),
                  lambda: spectrum.trace(nan_op, key, 8)):
@@ -135,7 +135,7 @@ def test_bad_input(key):
 def test_compile_size_does_not_grow_with_iterations(key):
     op = curvature.from_matrix(jnp.eye(300))
     def program(num_iters):
-        return str(jax.make_jaxpr(lambda k: spectrum.lanczos(op, num_iters, k).alphas)(key))
+        return str(jax.make_jaxpr(lambda k: spectrum.lanczos(op, k, num_iters).alphas)(key))
 
     texts = [re.sub(r"\d+", "", program(n)) for n in (10, 200)]
     assert texts[0] == texts[1]  # identical programs up to the numbers in shapes and bounds

@@ -7,6 +7,7 @@ import optax
 from flax import nnx
 
 from workbench import data, models, spectrum, train
+from workbench.experiments import spectra
 
 
 def test_sharpness_callback_matches_dense_and_plugs_into_train(key):
@@ -27,7 +28,7 @@ def test_sharpness_callback_matches_dense_and_plugs_into_train(key):
 
 
 def test_stability_ratio():
-    run = spectrum.SharpnessRun(0.1, {"callback_step": np.array([0, 10, 20, 30]),
+    run = spectra.SharpnessRun(0.1, {"callback_step": np.array([0, 10, 20, 30]),
                                       "sharpness": np.array([5.0, 10.0, 20.0, 22.0])}, None, False)
-    ratio = spectrum.stability_ratio(run, last_fraction=0.5)
-    np.testing.assert_allclose([ratio["min"], ratio["max"]], [1.0, 1.1])
+    ratio = spectra.stability_ratio(run, last_fraction=0.5)
+    np.testing.assert_allclose([ratio.min, ratio.max], [1.0, 1.1])

@@ -9,8 +9,8 @@ import pytest
 from flax import nnx
 
 from workbench import data, models, train
-from workbench.experiments import digits
 from workbench import tree as tu
+from workbench.experiments import digits
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from workbench import tree as tu
+from workbench.models import Functional
+from workbench.numerics import num_examples
+from workbench.pergrad import per_example_losses
 
 PyTree = Any
 KINDS = ("hessian", "ggn", "fisher")
@@ -69,11 +72,9 @@ def fisher_vp(loss_fn: Callable, params: PyTree, batch: Any, v: PyTree) -> PyTre
     v = _cast_like(v, params)
     n = jax.tree.leaves(batch)[0].shape[0]
 
-    def per_example_losses(p):
-        return jax.vmap(lambda ex: loss_fn(p, jax.tree.map(lambda a: a[None], ex)))(batch)
-
-    losses, vjp = jax.vjp(per_example_losses, params)
-    jv = jax.jvp(per_example_losses, (params,), (v,))[1]
+    losses_at = lambda p: per_example_losses(loss_fn, p, batch)
+    losses, vjp = jax.vjp(losses_at, params)
+    jv = jax.jvp(losses_at, (params,), (v,))[1]
     return tu.scale(jnp.asarray(1.0 / n, losses.dtype), vjp(jv)[0])
 
 
@@ -227,18 +228,6 @@ def _selection_mask(params: PyTree, select) -> list[bool]:
 # ----------------------------------------------------------------------------- dataset-averaged operator
 
 
-def _num_examples(data) -> int:
-    leaves = jax.tree.leaves(data)
-    if not leaves:
-        raise ValueError("data must hold at least one array")
-    n = int(jnp.shape(leaves[0])[0])
-    if any(int(jnp.shape(a)[0]) != n for a in leaves):
-        raise ValueError(f"data arrays disagree on the number of examples: {[jnp.shape(a) for a in leaves]}")
-    if n == 0:
-        raise ValueError("data is empty")
-    return n
-
-
 def operator(
     loss_fn,
     params: PyTree,
@@ -266,8 +255,6 @@ def operator(
     the params' dtype). With several `devices` (default: all local devices) the full batches are
     split across them with `shard_map` and summed.
     """
-    from workbench.models import Functional  # lower layer; imported lazily to keep this light
-
     if isinstance(loss_fn, Functional):
         fn = loss_fn
         loss_fn = fn.loss_fn
@@ -284,7 +271,7 @@ def operator(
     leaves = jax.tree.leaves(params)
     if not leaves or not all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves):
         raise ValueError("params must be a non-empty pytree of floating-point arrays")
-    n = _num_examples(data)
+    n = num_examples(data)
     if batch_size is None:
         batch_size = n if n <= _AUTO_FULL_BATCH else 1024
     if not isinstance(batch_size, int | np.integer) or batch_size <= 0:

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from workbench.numerics import num_examples  # noqa: F401 (re-exported: data.num_examples)
+
 
 class Dataset(NamedTuple):
     """Inputs `x` [n, ...] and targets `y` [n, ...] (int class labels or float regression targets)."""
@@ -27,10 +29,6 @@ class Dataset(NamedTuple):
     def take(self, idx) -> Dataset:
         """The examples at `idx` (an index array, slice or boolean mask)."""
         return Dataset(self.x[idx], self.y[idx])
-
-
-def num_examples(data: Dataset) -> int:
-    return int(jax.tree.leaves(data)[0].shape[0])
 
 
 def load_digits(

@@ -20,7 +20,7 @@ import optax
 from flax import serialization
 from tqdm.auto import tqdm
 
-from workbench.data import num_examples
+from workbench.numerics import num_examples
 from workbench.tree import check_same_structure
 
 PyTree = Any
@@ -86,6 +86,14 @@ def step(loss_fn: Callable, optimizer: optax.GradientTransformation, params: PyT
     return optax.apply_updates(params, updates), opt_state, loss
 
 
+def _full_batch(batch_size, n: int, key) -> bool:
+    full = batch_size is None or batch_size >= n
+    if not full and key is None:
+        raise ValueError("minibatch training needs a key (it draws the batch order); key=None "
+                         "is only for full-batch training")
+    return full
+
+
 def _batch(data, indices, step_index, full_batch: bool):
     return data if full_batch else jax.tree.map(lambda a: a[indices[step_index]], data)
 
@@ -94,7 +102,7 @@ def optimize(
     loss_fn: Callable[[PyTree, Any], jax.Array],
     params: PyTree,
     data: Any,
-    key: jax.Array,
+    key: jax.Array | None,
     *,
     optimizer: optax.GradientTransformation,
     num_steps: int,
@@ -106,7 +114,7 @@ def optimize(
     seeds or subspaces at once. Minibatches come from `batch_indices(key, ...)`, as in `train`.
     """
     n = num_examples(data)
-    full_batch = batch_size is None or batch_size >= n
+    full_batch = _full_batch(batch_size, n, key)
     indices = None if full_batch else batch_indices(key, n, batch_size, num_steps)
 
     def body(carry, i):
@@ -151,7 +159,7 @@ def train(
     loss_fn: Callable[[PyTree, Any], jax.Array],
     params: PyTree,
     data: Any,
-    key: jax.Array,
+    key: jax.Array | None,
     *,
     optimizer: optax.GradientTransformation,
     num_steps: int,
@@ -169,7 +177,7 @@ def train(
     """Minimise `loss_fn(params, batch)` over `data` with `optimizer` for `num_steps` steps.
 
     Args:
-      key: draws the minibatch order (unused full-batch, but always explicit).
+      key: draws the minibatch order; None only for full-batch training.
       batch_size: examples per step, sampled without replacement within each epoch from `key`;
         None (or >= the data size) trains full-batch.
       checkpoint_steps: steps after which params are kept in `checkpoints` (0 = initial params)
@@ -189,7 +197,7 @@ def train(
     checkpoint_steps = sorted({int(s) for s in checkpoint_steps})
     n = num_examples(data)
     _validate(steps, batch_size, n, checkpoint_steps, callback, callback_every, eval_fn, eval_every, on_nonfinite)
-    full_batch = batch_size is None or batch_size >= n
+    full_batch = _full_batch(batch_size, n, key)
     indices = None if full_batch else batch_indices(key, n, batch_size, steps)
     opt_state = optimizer.init(params)
     has_lr = _learning_rate(opt_state) is not None

@@ -6,7 +6,7 @@ Problems (a `Problem` NamedTuple: data, a batch objective, its exact minimiser a
   - `l1_logistic`: f(w) = mean log(1 + exp(-y_i x_i.w)) + l1 ||w||_1, solved to ~1e-12 by
     L-BFGS-B on the split w = u - v, u, v >= 0 (a smooth bound-constrained problem).
 
-`make_sgd(problem, schedule, steps=T)` compiles one SGD run (lax.scan over steps) and its vmap
+`make_sgd(problem, schedule, num_steps=T)` compiles one SGD run (lax.scan over steps) and its vmap
 over seeds; each run records the last iterate, the uniform average and the suffix average at a
 log-spaced set of T, so one compiled call gives the whole suboptimality-vs-T curve for every seed.
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.convex.problems import Problem, objective
+from workbench.numerics import check_positive_int
 from workbench.schedules import last_iterate_bound, scaled, values
 
 
@@ -64,19 +65,18 @@ class SGDRunner(NamedTuple):
     # same compiled code (lrs of the same length, e.g. from `schedules.values`)
 
 
-def make_sgd(problem: Problem, schedule: Callable, *, steps: int, batch_size: int = 1,
+def make_sgd(problem: Problem, schedule: Callable, *, num_steps: int, batch_size: int = 1,
              record_at: Sequence[int] | None = None, suffix_fraction: float = 0.5,
              x0: jax.Array | None = None, radius: float | None = None) -> SGDRunner:
-    """Compile SGD x_{t+1} = P(x_t - schedule(t) g_t) on `problem` (t = 0..steps-1).
+    """Compile SGD x_{t+1} = P(x_t - schedule(t) g_t) on `problem` (t = 0..num_steps-1).
 
     g_t is the subgradient (jax.grad) of the objective on `batch_size` examples drawn uniformly
     with replacement (`sample_indices`, a counter-based hash of (key, t)); P projects onto the ball of `radius` around 0 (no
     projection by default). Averages are kept as prefix sums saved at the record steps (and
     the suffix starts), so each step costs O(dim) beyond the gradient, whatever the number of
-    record steps. `record_at` defaults to `log_steps(steps)`.
+    record steps. `record_at` defaults to `log_steps(num_steps)`.
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    steps = check_positive_int("num_steps", num_steps)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not 0.0 < suffix_fraction <= 1.0:
@@ -86,7 +86,7 @@ def make_sgd(problem: Problem, schedule: Callable, *, steps: int, batch_size: in
     record = np.asarray(log_steps(steps) if record_at is None else record_at, dtype=np.int64)
     if record.ndim != 1 or record.size == 0 or np.any(np.diff(record) <= 0) \
             or record[0] < 1 or record[-1] > steps:
-        raise ValueError(f"record_at must be increasing integers in [1, steps={steps}], got {record}")
+        raise ValueError(f"record_at must be increasing integers in [1, num_steps={steps}], got {record}")
     dim, n = problem.dim, len(problem.data)
     dtype = problem.data.x.dtype
     x_init = jnp.zeros(dim, dtype) if x0 is None else jnp.asarray(x0, dtype)
@@ -152,18 +152,18 @@ class SGDResult(NamedTuple):
     suffix: np.ndarray
 
 
-def run_sgd(problem: Problem, schedule: Callable, *, steps: int, num_seeds: int,
-            key: jax.Array, **kwargs) -> SGDResult:
+def run_sgd(problem: Problem, schedule: Callable, key: jax.Array, *, num_steps: int,
+            num_seeds: int, **kwargs) -> SGDResult:
     """`num_seeds` SGD runs in one compiled call (`make_sgd`), evaluated against f*."""
     if not isinstance(num_seeds, int) or num_seeds < 1:
         raise ValueError(f"num_seeds must be a positive integer, got {num_seeds!r}")
-    runner = make_sgd(problem, schedule, steps=steps, **kwargs)
+    runner = make_sgd(problem, schedule, num_steps=num_steps, **kwargs)
     gaps = suboptimality(problem, runner.run_many(jax.random.split(key, num_seeds)))
     return SGDResult(runner.record_at, *gaps)
 
 
-def compare_schedules(problem: Problem, shapes: dict[str, Callable[[int], Callable]], *,
-                      steps: int, num_seeds: int, key: jax.Array, lr_factor: float = 1.0,
+def compare_schedules(problem: Problem, shapes: dict[str, Callable[[int], Callable]],
+                      key: jax.Array, *, num_steps: int, num_seeds: int, lr_factor: float = 1.0,
                       **kwargs) -> dict[str, SGDResult]:
     """SGD from x0 = 0 with each schedule shape (T -> schedule), scaled to minimise its
     last-iterate bound for D = ||w*|| and constant norms G = `problem.lipschitz`, times
@@ -173,13 +173,14 @@ def compare_schedules(problem: Problem, shapes: dict[str, Callable[[int], Callab
         raise ValueError(f"lr_factor must be positive, got {lr_factor}")
     D = float(np.linalg.norm(problem.w_star))
     G = problem.lipschitz
+    steps = num_steps
     keys = jax.random.split(key, num_seeds)
     runner, out = None, {}
     for name, make in shapes.items():
         shape = make(steps)
         scale = lr_factor * last_iterate_bound(shape, np.full(steps, G), D).scale
         if runner is None:  # compiled once; the other schedules reuse it through run_many_with
-            runner = make_sgd(problem, scaled(shape, scale), steps=steps, **kwargs)
+            runner = make_sgd(problem, scaled(shape, scale), num_steps=steps, **kwargs)
         trace = runner.run_many_with(keys, values(scaled(shape, scale), steps))
         out[name] = SGDResult(runner.record_at, *suboptimality(problem, trace))
     return out

@@ -28,11 +28,12 @@ from collections.abc import Callable
 
 from workbench.influence import evaluate
 from workbench.influence.arnoldi import arnoldi
-from workbench.influence.core import Estimator, Ranked, check_finite, num_examples
+from workbench.influence.core import Estimator, Ranked
 from workbench.influence.gradient import grad_cos, grad_dot, tracin
 from workbench.influence.inverse import dense_hessian, exact
 from workbench.influence.iterative import cg, lissa
 from workbench.influence.trak import margin_output, trak  # noqa: F401 (margin_output is public API)
+from workbench.numerics import check_finite, num_examples
 
 ESTIMATORS: dict[str, Callable[..., Estimator]] = {
     "exact": exact,

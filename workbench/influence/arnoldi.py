@@ -34,8 +34,9 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from workbench.influence.core import Estimator, check_damping, grad_featurizer, one_example
+from workbench.influence.core import Estimator, check_damping, grad_featurizer
 from workbench.influence.iterative import curvature_operator
+from workbench.pergrad import example_loss
 
 
 @functools.lru_cache(maxsize=64)
@@ -46,7 +47,7 @@ def _jvp_featurizer(loss_fn: Callable) -> Callable:
         flat, unravel = ravel_pytree(state["params"])
 
         def project(z):
-            f = lambda w: loss_fn(unravel(w), one_example(z))
+            f = lambda w: example_loss(loss_fn, unravel(w), z)
             return jax.vmap(lambda v: jax.jvp(f, (flat,), (v,))[1])(state["vectors"])
 
         return jax.vmap(project)(chunk)
@@ -63,23 +64,6 @@ def _flat_tail_precondition(state, grads):
 def default_depth(k: int) -> int:
     """The Krylov depth used for k eigenpairs unless told otherwise (see `arnoldi`)."""
     return 2 * k + 20
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _top_ritz_pairs(factorization, k):
-    """The k largest Ritz pairs of an Arnoldi factorization A V_m^T = V_{m+1}^T H, without a
-    single extra operator product: the curvature is symmetric, so H[:m] is (up to rounding) the
-    Lanczos tridiagonal and eigh of its symmetric part gives the Ritz values; the residual
-    ||A x - theta x|| = |h_{m+1,m}| |s_m| comes from the factorization itself."""
-    basis, hess = factorization.basis, factorization.hessenberg
-    m = hess.shape[1]
-    theta, s = jnp.linalg.eigh(0.5 * (hess[:m] + hess[:m].T))
-    order = jnp.argsort(-theta)
-    idx = order[:k]
-    vectors = s[:, idx].T @ basis[:m]
-    vectors = vectors / jnp.linalg.norm(vectors, axis=1, keepdims=True)
-    next_value = theta[order[min(k, m - 1)]]  # the first Ritz value not kept (the tail's top)
-    return theta[idx], vectors, jnp.abs(hess[m, m - 1]) * jnp.abs(s[m - 1, idx]), next_value
 
 
 def _diagonal_precondition(state, features):
@@ -125,10 +109,10 @@ def arnoldi(
         depth = min(op.dim, num_iters if num_iters is not None else default_depth(k))
         if depth < min(k + 1, op.dim):
             raise ValueError(f"num_iters={depth} must exceed k={k} (or equal the dimension)")
-        eig_values, eig_vectors, residuals, next_value = _top_ritz_pairs(spectrum.arnoldi(op, depth, key), k)
+        eig_values, eig_vectors, residuals, next_value = spectrum.ritz_pairs(spectrum.arnoldi(op, key, depth), k)
         converged = residuals <= 1e-6 * jnp.abs(eig_values[0])
     else:
-        eig = spectrum.top_eigenpairs(op, k + int(with_tail), key, which="largest", method=method, num_iters=num_iters)
+        eig = spectrum.top_eigenpairs(op, key, k + int(with_tail), which="largest", method=method, num_iters=num_iters)
         eig_values, eig_vectors, converged = eig.values[:k], eig.vectors[:k], eig.converged[:k]
         next_value = eig.values[-1]
         depth = num_iters

@@ -26,30 +26,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
+
+from workbench.numerics import check_finite, num_examples
+from workbench.pergrad import flat_per_example_grads, map_chunks
 
 PyTree = Any
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def num_examples(data: PyTree, name: str = "data") -> int:
-    leaves = jax.tree.leaves(data)
-    if not leaves:
-        raise ValueError(f"{name} holds no arrays")
-    sizes = {int(np.shape(a)[0]) if np.ndim(a) else -1 for a in leaves}
-    if len(sizes) != 1 or -1 in sizes:
-        raise ValueError(f"{name}: every array needs the same leading example axis, got sizes {sorted(sizes)}")
-    return sizes.pop()
-
-
-def check_finite(tree: PyTree, name: str) -> None:
-    """Raise ValueError naming the first leaf of `tree` that holds NaN or inf."""
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) and not bool(jnp.all(jnp.isfinite(leaf))):
-            where = jax.tree_util.keystr(path) or "<root>"
-            raise ValueError(f"{name} contains NaN or infinite values (at leaf {where})")
 
 
 def check_like_training(batch: PyTree, train_data: PyTree, name: str = "test_batch") -> int:
@@ -81,44 +65,6 @@ def check_damping(damping: float) -> float:
     if not np.isfinite(damping) or damping < 0:
         raise ValueError(f"damping must be a finite number >= 0, got {damping}")
     return damping
-
-
-# ----------------------------------------------------------------------------- per-example pieces
-
-
-def one_example(z: PyTree) -> PyTree:
-    """A batch of size one from a single example (leaves without their example axis)."""
-    return jax.tree.map(lambda a: a[None], z)
-
-
-def flat_grad_fn(loss_fn: Callable, params: PyTree) -> tuple[Callable, Callable]:
-    """(g(flat_params, example) -> flat gradient of loss_fn on that one example, unravel)."""
-    flat0, unravel = ravel_pytree(params)
-
-    def grad_one(flat, z):
-        return jax.grad(lambda f: loss_fn(unravel(f), one_example(z)))(flat)
-
-    return grad_one, unravel
-
-
-def map_chunks(fn: Callable, data: PyTree, chunk_size: int) -> jax.Array:
-    """fn(chunk) -> [c, ...] applied to fixed-size chunks of `data` under lax.map, concatenated.
-
-    The data is padded (with copies of the first example) to a multiple of `chunk_size` so
-    there is one compiled shape; the padding rows are dropped from the result.
-    """
-    n = num_examples(data)
-    chunk_size = max(1, min(int(chunk_size), n))
-    num_chunks = -(-n // chunk_size)
-    pad = num_chunks * chunk_size - n
-
-    def pad_reshape(a):
-        if pad:
-            a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)], axis=0)
-        return a.reshape(num_chunks, chunk_size, *a.shape[1:])
-
-    out = jax.lax.map(fn, jax.tree.map(pad_reshape, data))
-    return out.reshape(num_chunks * chunk_size, *out.shape[2:])[:n]
 
 
 # ----------------------------------------------------------------------------- the estimator
@@ -274,10 +220,7 @@ def grad_featurizer(loss_fn: Callable, normalize: bool = False) -> Callable:
     """
 
     def featurize(state, chunk):
-        params = state["params"]
-        flat, unravel = ravel_pytree(params)
-        grad_one = jax.grad(lambda f, z: loss_fn(unravel(f), one_example(z)))
-        g = jax.vmap(grad_one, in_axes=(None, 0))(flat, chunk)
+        g = flat_per_example_grads(loss_fn, state["params"], chunk)
         if normalize:
             g = g / (jnp.linalg.norm(g, axis=1, keepdims=True) + 1e-12)
         return g

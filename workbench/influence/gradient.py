@@ -18,11 +18,11 @@ from jax.flatten_util import ravel_pytree
 from workbench import tree as tu
 from workbench.influence.core import (
     Estimator,
-    check_finite,
     grad_featurizer,
     identity_precondition,
-    one_example,
 )
+from workbench.numerics import check_finite
+from workbench.pergrad import flat_per_example_grads
 
 
 def grad_dot(loss_fn: Callable, params, train_data, *, measure_fn: Callable | None = None,
@@ -64,8 +64,7 @@ def _learning_rates(steps: Sequence[int], learning_rates) -> list[float]:
 def _checkpoint_featurizer(loss_fn: Callable) -> Callable:
     def featurize(state, chunk):
         _, unravel = ravel_pytree(state["params"])
-        grad_one = jax.grad(lambda f, z: loss_fn(unravel(f), one_example(z)))
-        per_ckpt = jax.vmap(lambda flat: jax.vmap(grad_one, in_axes=(None, 0))(flat, chunk))(
+        per_ckpt = jax.vmap(lambda flat: flat_per_example_grads(loss_fn, unravel(flat), chunk))(
             state["checkpoints"])
         per_ckpt = per_ckpt * state["root_rates"][:, None, None]  # [C, c, p]
         return jnp.moveaxis(per_ckpt, 0, 1).reshape(per_ckpt.shape[1], -1)

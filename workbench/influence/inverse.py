@@ -19,8 +19,8 @@ from workbench.influence.core import (
     check_damping,
     grad_featurizer,
     matrix_precondition,
-    num_examples,
 )
+from workbench.numerics import num_examples
 
 MAX_EXACT_PARAMS = 20_000
 

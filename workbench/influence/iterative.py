@@ -92,7 +92,7 @@ def cg(
     est.nonfinite_message = (
         f"conjugate gradients met a direction of non-positive curvature: {kind} + damping I "
         f"(damping={damping}) is not positive definite. Raise the damping above -lambda_min "
-        "(workbench.spectrum.top_eigenpairs(op, 1, key, which='smallest')) or use kind='ggn'"
+        "(workbench.spectrum.top_eigenpairs(op, key, 1, which='smallest')) or use kind='ggn'"
     )
     return est
 

@@ -14,7 +14,6 @@ self-influence, so memory holds D x D and one chunk, never the whole store.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -27,28 +26,14 @@ from workbench import tree as tu
 from workbench.influence.core import (
     Ranked,
     _top,
-    check_finite,
     check_like_training,
-    map_chunks,
-    num_examples,
-    one_example,
 )
-
-
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _sketched_gradients(loss_fn, sketch, params, data, chunk_size):
-    """Phi grad loss_fn(params, z) for every example, [n, D], chunk by chunk under one compile.
-
-    Module-level and keyed on loss_fn, so every model of the ensemble, the Gram features and the
-    test features reuse the compiled code (a sketch is a pytree: new keys need no recompile).
-    """
-    grad_one = jax.grad(lambda p, z: loss_fn(p, one_example(z)))
-    return map_chunks(lambda c: sketch.apply_tree(jax.vmap(grad_one, in_axes=(None, 0))(params, c), batched=True),
-                      data, chunk_size)
+from workbench.numerics import check_finite, num_examples
+from workbench.pergrad import sketched_gradients
 
 
 def _sketch_in_memory(loss_fn, params, data, sketch, batch_size):
-    return _sketched_gradients(loss_fn, sketch, params, data, int(batch_size or 256))
+    return sketched_gradients(loss_fn, sketch, params, data, int(batch_size or 256))
 
 
 class TRAKEstimator:

@@ -21,7 +21,9 @@ import numpy as np
 import optax
 
 from workbench import tree as tu
+from workbench.numerics import check_positive_int
 from workbench.sketch.core import make
+from workbench.train import optimize
 
 NESTED_KINDS = ("dense", "srht", "ffd", "affd")
 
@@ -36,39 +38,16 @@ class IntrinsicResult(NamedTuple):
     num_params: int
 
 
-def _fit(loss_fn, data, optimizer, steps, key, batch_size, init, unravel_omega):
-    """Adam-style training of `init` (a flat vector) with minibatches sampled inside lax.scan."""
-    n = int(jax.tree.leaves(data)[0].shape[0])
-
-    def batch_at(k):
-        if batch_size is None or batch_size >= n:
-            return data
-        idx = jax.random.choice(k, n, (batch_size,), replace=False)
-        return jax.tree.map(lambda a: a[idx], data)
-
-    def objective(w, batch):
-        return loss_fn(unravel_omega(w), batch)
-
-    def step(carry, k):
-        w, opt_state = carry
-        loss, g = jax.value_and_grad(objective)(w, batch_at(k))
-        updates, opt_state = optimizer.update(g, opt_state, w)
-        return (optax.apply_updates(w, updates), opt_state), loss
-
-    (w, _), losses = jax.lax.scan(step, (init, optimizer.init(init)), jax.random.split(key, steps))
-    return w, losses
-
-
 def intrinsic_dimension(
     loss_fn: Callable,
     params: Any,
-    train: Any,
-    test: Any,
+    train_data: Any,
+    test_data: Any,
+    key: jax.Array,
     dims: Sequence[int],
     *,
-    key: jax.Array,
     predict_fn: Callable,
-    steps: int = 500,
+    num_steps: int = 500,
     optimizer: optax.GradientTransformation | None = None,
     batch_size: int | None = None,
     kind: str | None = None,
@@ -76,8 +55,8 @@ def intrinsic_dimension(
 ) -> IntrinsicResult:
     """Test accuracy after training in random subspaces of each dimension in `dims`.
 
-    The full model is trained with the same optimizer (default Adam, lr 1e-2 for the subspace,
-    1e-2 for the full model), steps and batches. `kind` defaults to a dense Gaussian sketch when
+    The full model is trained with the same optimizer (default Adam, lr 3e-2), number of steps
+    and minibatches (`workbench.train.optimize`). `kind` defaults to a dense Gaussian sketch when
     n * max(dims) <= 2^24 and to `affd` otherwise; it must be one of `NESTED_KINDS`.
     """
     dims = np.asarray(sorted(set(int(d) for d in dims)))
@@ -85,8 +64,7 @@ def intrinsic_dimension(
         raise ValueError(f"dims must be positive ints, got {dims.tolist()}")
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    check_positive_int("num_steps", num_steps)
     flat0, unravel = tu.ravel(params)
     n = int(flat0.size)
     d_max = int(dims[-1])
@@ -98,6 +76,7 @@ def intrinsic_dimension(
     optimizer = optimizer or optax.adam(3e-2)
     k_sketch, k_train = jax.random.split(key)
     sketch = make(kind, k_sketch, n, d_max)
+    fit = dict(optimizer=optimizer, num_steps=int(num_steps), batch_size=batch_size)
 
     def run_subspace(d):
         mask = (jnp.arange(d_max) < d).astype(flat0.dtype)
@@ -106,15 +85,15 @@ def intrinsic_dimension(
         def theta(omega):
             return unravel(flat0 + scale * sketch.transpose(mask * omega))
 
-        omega, losses = _fit(loss_fn, train, optimizer, steps, k_train, batch_size,
-                             jnp.zeros(d_max, flat0.dtype), theta)
+        omega, _ = optimize(lambda w, b: loss_fn(theta(w), b), jnp.zeros(d_max, flat0.dtype),
+                            train_data, k_train, **fit)
         p = theta(omega)
-        return _accuracy(predict_fn, p, test), loss_fn(p, train)
+        return _accuracy(predict_fn, p, test_data), loss_fn(p, train_data)
 
     with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int and float
         acc, final_loss = jax.jit(jax.vmap(run_subspace))(jnp.asarray(dims))
-        w_full, _ = jax.jit(lambda: _fit(loss_fn, train, optimizer, steps, k_train, batch_size, flat0, unravel))()
-    full_acc = float(_accuracy(predict_fn, unravel(w_full), test))
+        w_full, _ = jax.jit(lambda: optimize(lambda w, b: loss_fn(unravel(w), b), flat0, train_data, k_train, **fit))()
+    full_acc = float(_accuracy(predict_fn, unravel(w_full), test_data))
     acc = np.asarray(acc)
     threshold = fraction * full_acc
     reached = np.flatnonzero(acc >= threshold)

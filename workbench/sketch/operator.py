@@ -11,8 +11,8 @@ Phi restricted to the top eigenspace).
 from __future__ import annotations
 
 import jax
-import numpy as np
 
+from workbench.curvature import LinearOperator
 from workbench.sketch.core import Sketch
 
 
@@ -28,8 +28,6 @@ def sketched_operator(op, sketch: Sketch):
     Returns a `workbench.curvature.LinearOperator` (usable with `workbench.spectrum`), whose
     products cost one `sketch.transpose`, one product of `op`, and one `sketch.apply`.
     """
-    from workbench.curvature import LinearOperator
-
     if not (hasattr(op, "dim") and (hasattr(op, "mv") or hasattr(op, "matvec"))):
         raise TypeError(f"op must be a linear operator with `dim` and `mv`/`matvec`, got {type(op).__name__}")
     if not isinstance(sketch, Sketch):
@@ -38,33 +36,3 @@ def sketched_operator(op, sketch: Sketch):
         raise ValueError(f"sketch: dim_in={sketch.dim_in} but the operator has dim={op.dim}")
     like = jax.ShapeDtypeStruct((sketch.dim_out,), op.dtype)
     return LinearOperator(_sketched_product, (op, sketch), like)
-
-
-def top_eigenvalues_exact_and_sketched(loss_fn, params, data, sketch: Sketch, k: int, key):
-    """Top-k Hessian eigenvalues of the dataset loss, exact and from Phi H Phi^T.
-
-    Uses `workbench.curvature.operator` + `workbench.spectrum.top_eigenpairs` (Lanczos) on both;
-    where those modules are not installed, falls back to the dense Hessian (small models only)
-    and Phi H Phi^T built from it. Returns (exact, sketched) numpy arrays, largest first.
-    """
-    try:
-        from workbench import curvature, spectrum
-    except ImportError:
-        return _dense_top_eigenvalues(loss_fn, params, data, sketch, k)
-
-    op = curvature.operator(loss_fn, params, data, kind="hessian")
-    exact = spectrum.top_eigenpairs(op, k, key).values
-    approx = spectrum.top_eigenpairs(sketched_operator(op, sketch), k, key).values
-    return np.sort(np.asarray(exact))[::-1], np.sort(np.asarray(approx))[::-1]
-
-
-def _dense_top_eigenvalues(loss_fn, params, data, sketch, k):
-    from jax.flatten_util import ravel_pytree
-
-    flat, unravel = ravel_pytree(params)
-    hess = jax.hessian(lambda w: loss_fn(unravel(w), data))(flat)
-    phi_t = sketch.apply(jax.numpy.eye(flat.size, dtype=flat.dtype))  # rows Phi e_i: Phi^T
-    small = phi_t.T @ hess @ phi_t
-    exact = np.linalg.eigvalsh(np.asarray(hess, np.float64))[::-1][:k]
-    approx = np.linalg.eigvalsh(np.asarray(small, np.float64))[::-1][:k]
-    return exact, approx

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench import tree as tu
-from workbench.sketch.core import Sketch, ravel_leaves
+from workbench.pergrad import sketched_per_example_grads
+from workbench.sketch.core import Sketch
 
 STORE_ATTR = "workbench_sketch_store"
 FORMAT_VERSION = 1
@@ -146,9 +147,7 @@ def _create_or_open(path: Path, meta: dict, explicit_chunk_rows: bool) -> Gradie
 @functools.partial(jax.jit, static_argnums=0)
 def _sketch_chunk(loss_fn, sketch, params, batch):
     # module level and keyed on loss_fn: repeated calls (new sketches, params, chunks) reuse the compile
-    example_loss = lambda p, example: loss_fn(p, jax.tree.map(lambda a: a[None], example))
-    grads = jax.vmap(jax.grad(example_loss), in_axes=(None, 0))(params, batch)
-    return ravel_leaves(grads, True) if sketch is None else sketch.apply_tree(grads, batched=True)
+    return sketched_per_example_grads(loss_fn, params, batch, sketch)
 
 
 def per_example_gradients(

@@ -19,24 +19,21 @@ from workbench.spectrum.krylov import (
     EigenResult,
     LanczosResult,
     PowerResult,
+    RitzPairs,
     arnoldi,
-    default_tol,
     lanczos,
     power_iteration,
+    ritz_pairs,
     top_eigenpairs,
     tridiagonal,
 )
 from workbench.spectrum.sharpness import (
-    SharpnessRun,
-    gd_sharpness_run,
     sharpness,
     sharpness_callback,
-    stability_ratio,
 )
 
 __all__ = [
     "ArnoldiResult", "Density", "EigenResult", "LanczosResult", "PowerResult", "TraceEstimate",
-    "arnoldi", "default_tol", "lanczos", "power_iteration", "spectral_density", "top_eigenpairs",
-    "trace", "tridiagonal", "SharpnessRun", "gd_sharpness_run", "sharpness", "sharpness_callback",
-    "stability_ratio", "wasserstein_to_eigenvalues",
+    "RitzPairs", "arnoldi", "lanczos", "ritz_pairs", "power_iteration", "spectral_density", "top_eigenpairs",
+    "trace", "tridiagonal", "sharpness", "sharpness_callback", "wasserstein_to_eigenvalues",
 ]

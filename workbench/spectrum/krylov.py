@@ -19,6 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from workbench.numerics import check_finite_flag as _check_finite
+from workbench.numerics import default_tol
+
 WHICH = ("largest", "smallest", "both")
 METHODS = ("lanczos", "arnoldi")
 
@@ -59,21 +62,6 @@ class EigenResult(NamedTuple):
 # ----------------------------------------------------------------------------- checks
 
 
-def _raise_nonfinite(where: str, finite) -> None:
-    if not np.all(np.asarray(finite)):
-        raise FloatingPointError(
-            f"{where}: an operator product returned NaN or inf (check the loss, params and data "
-            "for non-finite values)"
-        )
-
-
-def _check_finite(finite, where: str) -> None:
-    if isinstance(finite, jax.core.Tracer):
-        jax.debug.callback(functools.partial(_raise_nonfinite, where), finite)
-    else:
-        _raise_nonfinite(where, finite)
-
-
 def _check_op(op) -> None:
     if not (hasattr(op, "mv") and hasattr(op, "dim") and hasattr(op, "dtype")):
         raise TypeError(
@@ -89,11 +77,6 @@ def _check_iters(num_iters, dim: int, name: str = "num_iters") -> int:
     if num_iters > dim:
         raise ValueError(f"{name}={num_iters} exceeds the operator dimension {dim}")
     return int(num_iters)
-
-
-def default_tol(dtype) -> float:
-    """Relative residual tolerance: 1e-10 in float64, 1e-4 in float32 (and below)."""
-    return 1e-10 if jnp.finfo(dtype).bits >= 64 else 1e-4
 
 
 # ----------------------------------------------------------------------------- power iteration
@@ -205,7 +188,7 @@ def _arnoldi_jit(op, key, num_iters):
     return ArnoldiResult(basis, hess, finite)
 
 
-def arnoldi(op, num_iters: int, key) -> ArnoldiResult:
+def arnoldi(op, key, num_iters: int) -> ArnoldiResult:
     """`num_iters` Arnoldi steps with full reorthogonalization from a random start vector."""
     _check_op(op)
     num_iters = _check_iters(num_iters, op.dim)
@@ -252,7 +235,7 @@ def _lanczos_full(op, key, num_iters):
     return LanczosResult(hess[idx, idx], hess[idx + 1, idx], basis, finite)
 
 
-def lanczos(op, num_iters: int, key, reorthogonalize: bool = True) -> LanczosResult:
+def lanczos(op, key, num_iters: int, reorthogonalize: bool = True) -> LanczosResult:
     """`num_iters` Lanczos steps on a symmetric operator from a random unit start vector.
 
     With `reorthogonalize` (default) the basis is kept and fully reorthogonalized; without it the
@@ -270,6 +253,37 @@ def tridiagonal(alphas: jax.Array, betas: jax.Array) -> jax.Array:
     m = alphas.shape[0]
     off = betas[: m - 1]
     return jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)
+
+
+# ----------------------------------------------------------------------------- Ritz pairs
+
+
+class RitzPairs(NamedTuple):
+    values: jax.Array  # [k] wanted Ritz values ("largest": descending)
+    vectors: jax.Array  # [k, dim] unit Ritz vectors
+    residuals: jax.Array  # [k] ||A x - theta x|| read off the factorization
+    next_value: jax.Array  # the first Ritz value not kept (e.g. the top of a discarded tail)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def ritz_pairs(factorization: ArnoldiResult, k: int, which: str = "largest") -> RitzPairs:
+    """The k wanted Ritz pairs of a symmetric operator's Arnoldi factorization A V_m^T =
+    V_{m+1}^T H, without a single extra operator product: H[:m] is (up to rounding) the Lanczos
+    tridiagonal, so eigh of its symmetric part gives the Ritz values, and the residual
+    ||A x - theta x|| = |h_{m+1,m}| |s_m| comes from the factorization itself."""
+    basis, hess = factorization.basis, factorization.hessenberg
+    m = hess.shape[1]
+    if not 1 <= k <= m:
+        raise ValueError(f"k must lie in [1, depth={m}], got {k}")
+    if which not in ("largest", "smallest"):
+        raise ValueError(f"which must be 'largest' or 'smallest', got {which!r}")
+    theta, s = jnp.linalg.eigh(0.5 * (hess[:m] + hess[:m].T))  # ascending
+    order = jnp.argsort(-theta) if which == "largest" else jnp.argsort(theta)
+    idx = order[:k]
+    vectors = s[:, idx].T @ basis[:m]
+    vectors = vectors / jnp.linalg.norm(vectors, axis=1, keepdims=True)
+    next_value = theta[order[min(k, m - 1)]]
+    return RitzPairs(theta[idx], vectors, jnp.abs(hess[m, m - 1]) * jnp.abs(s[m - 1, idx]), next_value)
 
 
 # ----------------------------------------------------------------------------- top eigenpairs
@@ -354,8 +368,8 @@ def _arnoldi_eigen(op, key, k, which, m, tol):
 
 def top_eigenpairs(
     op,
-    k: int,
     key,
+    k: int,
     which: str = "largest",
     method: str = "lanczos",
     num_iters: int | None = None,

@@ -3,22 +3,22 @@
 - `sharpness(loss_fn, params, data, key)`: the top eigenvalue(s) of the dataset-averaged Hessian.
 - `sharpness_callback(loss_fn, data, key, ...)`: a `callback(step, params) -> dict` for
   `workbench.train.train(..., callback=cb, callback_every=k)`; compiled once, reused every call.
-- `gd_sharpness_run(...)`: full-batch gradient descent at one step size with sharpness recorded
-  every few steps (Cohen et al. 2021, "Edge of Stability"), and `stability_ratio(...)`, the
-  sharpness divided by the GD stability threshold 2 / lr over the last part of training.
+The edge-of-stability recipe built on them (`gd_sharpness_run`, `stability_ratio`) lives in
+`workbench.experiments.spectra`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from workbench import curvature
-from workbench.spectrum.krylov import _thick_restart_lanczos, default_tol
+from workbench.numerics import default_tol
+from workbench.spectrum.krylov import _thick_restart_lanczos
 
 
 def _top_values_fn(loss_fn, data, k, num_iters, max_restarts, tol, kind, batch_size):
@@ -83,44 +83,3 @@ def sharpness_callback(
         return out
 
     return callback
-
-
-class SharpnessRun(NamedTuple):
-    learning_rate: float
-    history: dict[str, np.ndarray]  # train history: "step", "loss", "callback_step", "sharpness"
-    params: Any
-    diverged: bool
-
-
-def gd_sharpness_run(
-    loss_fn: Callable,
-    params: Any,
-    data: Any,
-    learning_rate: float,
-    steps: int,
-    key: jax.Array,
-    *,
-    every: int = 10,
-    num_iters: int = 20,
-    progress: bool = False,
-) -> SharpnessRun:
-    """Full-batch gradient descent with step size `learning_rate`, sharpness every `every` steps."""
-    import optax
-
-    from workbench.train import train
-
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
-    callback = sharpness_callback(loss_fn, data, key, num_iters=num_iters)
-    result = train(loss_fn, params, data, key, optimizer=optax.sgd(learning_rate), num_steps=steps, batch_size=None, callback=callback, callback_every=every, on_nonfinite="stop", progress=progress)
-    return SharpnessRun(float(learning_rate), result.history, result.params, bool(result.diverged))
-
-
-def stability_ratio(run: SharpnessRun, last_fraction: float = 0.5) -> dict[str, float]:
-    """Sharpness / (2 / lr) over the last `last_fraction` of the recorded steps: mean, min, max."""
-    if not 0 < last_fraction <= 1:
-        raise ValueError(f"last_fraction must lie in (0, 1], got {last_fraction!r}")
-    steps = np.asarray(run.history["callback_step"])
-    values = np.asarray(run.history["sharpness"]) * run.learning_rate / 2.0
-    tail = values[steps >= steps.max() * (1 - last_fraction)]
-    return {"mean": float(tail.mean()), "min": float(tail.min()), "max": float(tail.max())}

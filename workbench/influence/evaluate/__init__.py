@@ -29,10 +29,8 @@ from workbench.influence.evaluate.ground_truth import (
 from workbench.influence.evaluate.metrics import auc, correlations, pearson_rows, spearman_rows
 from workbench.influence.evaluate.report import compare, markdown_table, mislabel_aucs
 from workbench.influence.evaluate.retraining import (
-    FittedProblem,
     RetrainResult,
     fit,
-    fit_digits_logistic,
     outputs,
     per_example_objective,
     retrain,
@@ -41,8 +39,8 @@ from workbench.influence.evaluate.retraining import (
 __all__ = [
     "compare", "markdown_table", "mislabel_aucs",
     "CorrectionResult", "FadingResult", "correct_mispredictions", "fading",
-    "FittedProblem", "LDSGroundTruth", "LDSResult", "LOOResult", "RetrainResult", "auc",
-    "correlations", "fit", "fit_digits_logistic",
+    "LDSGroundTruth", "LDSResult", "LOOResult", "RetrainResult", "auc",
+    "correlations", "fit",
     "flip_labels", "lds", "lds_ground_truth", "loo", "loo_correlation", "loo_summary", "outputs",
     "pearson_rows", "per_example_objective", "retrain", "spearman_rows",
 ]

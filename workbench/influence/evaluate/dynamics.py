@@ -19,38 +19,41 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from workbench.influence.core import check_like_training, num_examples, one_example
+from workbench.influence.core import check_like_training
 from workbench.influence.evaluate.metrics import pearson_rows, spearman_rows
 from workbench.influence.evaluate.retraining import outputs
+from workbench.numerics import num_examples
+from workbench.pergrad import per_example_losses
+from workbench.train import batch_indices, step
 
 
-def _batched_grad(loss_fn, params, data):
-    _, unravel = ravel_pytree(params)
+def _weighted_minibatch_loss(loss_fn, unravel, data, weights):
+    """(flat params, minibatch indices) -> sum_{j in batch} w_j loss(z_j) / |batch|."""
 
-    def loss(flat, w, idx):
+    def loss(flat, idx):
         batch = jax.tree.map(lambda a: a[idx], data)
-        per = jax.vmap(lambda z: loss_fn(unravel(flat), one_example(z)))(batch)
-        return jnp.sum(w[idx] * per) / idx.shape[0]
+        per = per_example_losses(loss_fn, unravel(flat), batch)
+        return jnp.sum(weights[idx] * per) / idx.shape[0]
 
-    return jax.grad(loss)
+    return loss
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 6))
 def _trajectories(loss_fn, params, data, weights, optimizer, batch_idx, record_every):
     """Train from params for every row of weights with the batches batch_idx [T * r, B];
     return flat params every `record_every` steps, [T, M, p]."""
-    flat0, _ = ravel_pytree(params)
-    grad = _batched_grad(loss_fn, params, data)
+    flat0, unravel = ravel_pytree(params)
     blocks = batch_idx.reshape(-1, record_every, batch_idx.shape[1])
 
     def run(w):
-        def step(carry, idx):
-            flat, state = carry
-            updates, state = optimizer.update(grad(flat, w, idx), state, flat)
-            return (optax.apply_updates(flat, updates), state), None
+        loss = _weighted_minibatch_loss(loss_fn, unravel, data, w)
+
+        def one_step(carry, idx):
+            flat, state, _ = step(loss, optimizer, *carry, idx)
+            return (flat, state), None
 
         def block(carry, idxs):
-            carry, _ = jax.lax.scan(step, carry, idxs)
+            carry, _ = jax.lax.scan(one_step, carry, idxs)
             return carry, carry[0]
 
         _, flats = jax.lax.scan(block, (flat0, optimizer.init(flat0)), blocks)
@@ -59,13 +62,10 @@ def _trajectories(loss_fn, params, data, weights, optimizer, batch_idx, record_e
     return jnp.swapaxes(jax.vmap(run)(weights), 0, 1)
 
 
-def _batches(key, n, batch_size, steps):
+def _batches(key, n, batch_size, num_steps):
     if batch_size is None or batch_size >= n:
-        return jnp.tile(jnp.arange(n), (steps, 1))
-    per_epoch = n // batch_size
-    epochs = -(-steps // per_epoch)
-    perms = jax.vmap(lambda k: jax.random.permutation(k, n))(jax.random.split(key, epochs))
-    return perms[:, : per_epoch * batch_size].reshape(-1, batch_size)[:steps]
+        return jnp.tile(jnp.arange(n), (num_steps, 1))
+    return batch_indices(key, n, batch_size, num_steps)
 
 
 class CorrectionResult(NamedTuple):
@@ -88,12 +88,12 @@ def correct_mispredictions(
     key: jax.Array,
     *,
     k: int = 10,
-    steps: int = 10,
+    num_steps: int = 10,
     learning_rate: float = 0.5,
     weight: float = 0.0,
     max_points: int = 64,
 ) -> CorrectionResult:
-    """For each mispredicted test point, fine-tune `steps` full-batch SGD steps from `params` with
+    """For each mispredicted test point, fine-tune `num_steps` full-batch SGD steps from `params` with
     its k most harmful training examples (most negative `scores` row) re-weighted to `weight`
     (0 removes them, negative unlearns them), and separately with k random examples re-weighted
     the same way. Reports the fraction fixed and the accuracy lost on the other test points.
@@ -120,12 +120,12 @@ def correct_mispredictions(
         np.put_along_axis(w, sets, weight, axis=1)
         return jnp.asarray(w, dtype)
 
-    full = jnp.tile(jnp.arange(n), (steps, 1))
+    full = _batches(None, n, None, num_steps)
     opt = optax.sgd(learning_rate)
     results = {}
     _, unravel = ravel_pytree(params)
     for name, sets in (("influence", harmful), ("random", rand)):
-        flats = _trajectories(loss_fn, params, train, weights_for(sets), opt, full, steps)[-1]
+        flats = _trajectories(loss_fn, params, train, weights_for(sets), opt, full, num_steps)[-1]
         preds = jax.vmap(lambda f: jnp.argmax(predict_fn(unravel(f), x), -1).astype(y.dtype))(flats)  # [m, n_test]
         right = np.asarray(preds == y[None])
         fixed = right[np.arange(wrong.size), wrong]
@@ -158,7 +158,7 @@ def fading(
     key: jax.Array,
     *,
     optimizer: optax.GradientTransformation,
-    steps: int = 500,
+    num_steps: int = 500,
     record_every: int = 50,
     batch_size: int | None = 64,
     measure_fn: Callable | None = None,
@@ -174,12 +174,12 @@ def fading(
     predicted = np.asarray(predicted)
     if predicted.shape[1:] != removed.shape or removed.ndim != 1:
         raise ValueError(f"predicted must have shape [n_test, {removed.size}], got {predicted.shape}")
-    if steps % record_every:
-        raise ValueError(f"steps={steps} must be a multiple of record_every={record_every}")
+    if num_steps % record_every:
+        raise ValueError(f"num_steps={num_steps} must be a multiple of record_every={record_every}")
     dtype = jax.tree.leaves(params)[0].dtype
     weights = jnp.concatenate([jnp.ones((1, n), dtype),
                                1.0 - jax.nn.one_hot(jnp.asarray(removed), n, dtype=dtype)])
-    idx = _batches(key, n, batch_size, steps)
+    idx = _batches(key, n, batch_size, num_steps)
     flats = _trajectories(loss_fn, params, train, weights, optimizer, idx, record_every)  # [T, M, p]
     _, unravel = ravel_pytree(params)
     measure = measure_fn or loss_fn
@@ -188,5 +188,5 @@ def fading(
     divergence = np.asarray(jnp.linalg.norm(flats[:, 1:] - flats[:, :1], axis=-1).mean(axis=1))
     pear = np.array([np.nanmean(pearson_rows(predicted, a)) for a in actual])
     spear = np.array([np.nanmean(spearman_rows(predicted, a)) for a in actual])
-    times = np.arange(1, steps // record_every + 1) * record_every
+    times = np.arange(1, num_steps // record_every + 1) * record_every
     return FadingResult(times, pear, spear, divergence, actual)

@@ -15,9 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.data import Dataset
-from workbench.influence.core import check_like_training, num_examples
+from workbench.influence.core import check_like_training
 from workbench.influence.evaluate.metrics import correlations, spearman_rows
 from workbench.influence.evaluate.retraining import outputs, retrain
+from workbench.numerics import num_examples
 
 
 class LOOResult(NamedTuple):

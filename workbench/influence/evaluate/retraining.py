@@ -16,7 +16,7 @@ inside), to convergence:
   reach machine precision; subsets need a few more. It stops when the
   gradient norm drops below `tol` (or after `max_steps`) and returns that norm so convergence
   can be checked.
-- `method="optax"`: `steps` full-batch steps of an optax optimizer from `params` (non-convex
+- `method="optax"`: `num_steps` full-batch steps of an optax optimizer from `params` (non-convex
   models, or training from an initialisation).
 """
 
@@ -32,8 +32,10 @@ import optax
 from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
-from workbench.influence.core import num_examples, one_example
 from workbench.influence.inverse import dense_hessian
+from workbench.numerics import num_examples
+from workbench.pergrad import example_loss, per_example_losses
+from workbench.train import optimize
 
 PyTree = Any
 
@@ -50,8 +52,7 @@ def per_example_objective(loss_fn: Callable, data) -> Callable:
     """(params, weights [n]) -> sum_j w_j loss_fn(params, z_j) / sum_j w_j."""
 
     def objective(params, weights):
-        per = jax.vmap(lambda z: loss_fn(params, one_example(z)))(data)
-        return jnp.sum(weights * per) / jnp.sum(weights)
+        return jnp.sum(weights * per_example_losses(loss_fn, params, data)) / jnp.sum(weights)
 
     return objective
 
@@ -68,7 +69,7 @@ def retrain(
     cg_iters: int = 8,
     damping: float = 0.0,
     optimizer: optax.GradientTransformation | None = None,
-    steps: int = 0,
+    num_steps: int = 0,
     models_per_batch: int = 16,
 ) -> RetrainResult:
     """Minimise J_w for every row of `weights` [M, n] (see module docstring)."""
@@ -84,9 +85,9 @@ def retrain(
         run = lambda w: _newton(loss_fn, params, data, w, precond, tol, jnp.asarray(max_steps),
                                 jnp.asarray(cg_iters))
     elif method == "optax":
-        if optimizer is None or steps <= 0:
-            raise ValueError("method='optax' needs optimizer= (an optax transformation) and steps > 0")
-        run = lambda w: _optax(loss_fn, params, data, w, optimizer, steps)
+        if optimizer is None or num_steps <= 0:
+            raise ValueError("method='optax' needs optimizer= (an optax transformation) and num_steps > 0")
+        run = lambda w: _optax(loss_fn, params, data, w, optimizer, num_steps)
     else:
         raise ValueError(f"method must be 'newton' or 'optax', got {method!r}")
     flats, gnorms, ks = _map_models(run, weights, models_per_batch)
@@ -158,18 +159,15 @@ def _map_models(run, weights, models_per_batch):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
-def _optax(loss_fn, params, data, weights, optimizer, steps):
-    flat0, _ = ravel_pytree(params)
+def _optax(loss_fn, params, data, weights, optimizer, num_steps):
+    flat0, unravel = ravel_pytree(params)
     grad = _flat_objective_grad(loss_fn, params, data)
+    objective = per_example_objective(loss_fn, data)
 
     def solve(w):
-        def step(carry, _):
-            flat, state = carry
-            updates, state = optimizer.update(grad(flat, w), state, flat)
-            return (optax.apply_updates(flat, updates), state), None
-
-        (flat, _), _ = jax.lax.scan(step, (flat0, optimizer.init(flat0)), None, length=steps)
-        return flat, jnp.linalg.norm(grad(flat, w)), jnp.asarray(steps)
+        flat, _ = optimize(lambda f, _: objective(unravel(f), w), flat0, data, None,
+                           optimizer=optimizer, num_steps=num_steps)
+        return flat, jnp.linalg.norm(grad(flat, w)), jnp.asarray(num_steps)
 
     return jax.vmap(solve)(weights)
 
@@ -195,36 +193,9 @@ def fit(
     return params, gnorm
 
 
-class FittedProblem(NamedTuple):
-    model: Any  # workbench.models.Functional
-    params: PyTree  # the optimum
-    train: Any  # Dataset
-    test: Any  # Dataset
-    grad_norm: float  # gradient norm at `params`
-
-
-def fit_digits_logistic(n_train: int, n_test: int, l2: float, seed: int = 0) -> FittedProblem:
-    """L2-regularised logistic regression on the first `n_train` / `n_test` examples of digits'
-    seeded split, in float64, fitted by Newton's method to machine precision (influence functions
-    are statements about the exact optimum)."""
-    from flax import nnx
-
-    from workbench import data, models
-
-    train_full, test_full = data.load_digits(seed=seed, dtype=jnp.float64)
-    if not 2 <= n_train <= len(train_full) or not 1 <= n_test <= len(test_full):
-        raise ValueError(f"n_train must be in [2, {len(train_full)}] and n_test in [1, {len(test_full)}], "
-                         f"got {n_train}, {n_test}")
-    train, test = train_full.take(jnp.arange(n_train)), test_full.take(jnp.arange(n_test))
-    model = models.functional(
-        models.LogisticRegression(64, 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=l2)
-    params, grad_norm = fit(model.loss_fn, model.params, train)
-    return FittedProblem(model, params, train, test, grad_norm)
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _outputs(measure_fn, stacked_params, test):
-    one = lambda p: jax.vmap(lambda z: measure_fn(p, one_example(z)))(test)
+    one = lambda p: jax.vmap(lambda z: example_loss(measure_fn, p, z))(test)
     return jax.lax.map(one, stacked_params, batch_size=16)
 
 

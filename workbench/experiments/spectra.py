@@ -1,0 +1,74 @@
+"""Recipes on curvature spectra: gradient descent with sharpness tracking (edge of stability),
+and exact against sketched top eigenvalues."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import optax
+
+from workbench import curvature, spectrum
+from workbench.sketch import Sketch, sketched_operator
+from workbench.train import train
+
+
+class SharpnessRun(NamedTuple):
+    learning_rate: float
+    history: dict[str, np.ndarray]  # train history: "step", "loss", "callback_step", "sharpness"
+    params: Any
+    diverged: bool
+
+
+class StabilityRatio(NamedTuple):
+    """Sharpness / (2 / lr) over the last part of a run."""
+
+    mean: float
+    min: float
+    max: float
+
+
+def gd_sharpness_run(
+    loss_fn: Callable,
+    params: Any,
+    data: Any,
+    key: jax.Array,
+    *,
+    learning_rate: float,
+    num_steps: int,
+    every: int = 10,
+    num_iters: int = 20,
+    progress: bool = False,
+) -> SharpnessRun:
+    """Full-batch gradient descent with step size `learning_rate`, sharpness every `every` steps
+    (Cohen et al. 2021, "Edge of Stability")."""
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
+    callback = spectrum.sharpness_callback(loss_fn, data, key, num_iters=num_iters)
+    result = train(
+        loss_fn, params, data, key, optimizer=optax.sgd(learning_rate), num_steps=num_steps,
+        batch_size=None, callback=callback, callback_every=every, on_nonfinite="stop",
+        progress=progress,
+    )
+    return SharpnessRun(float(learning_rate), result.history, result.params, bool(result.diverged))
+
+
+def stability_ratio(run: SharpnessRun, last_fraction: float = 0.5) -> StabilityRatio:
+    """Sharpness / (2 / lr) over the last `last_fraction` of the recorded steps: mean, min, max."""
+    if not 0 < last_fraction <= 1:
+        raise ValueError(f"last_fraction must lie in (0, 1], got {last_fraction!r}")
+    steps = np.asarray(run.history["callback_step"])
+    values = np.asarray(run.history["sharpness"]) * run.learning_rate / 2.0
+    tail = values[steps >= steps.max() * (1 - last_fraction)]
+    return StabilityRatio(float(tail.mean()), float(tail.min()), float(tail.max()))
+
+
+def top_eigenvalues_exact_and_sketched(loss_fn, params, data, sketch: Sketch, key, k: int):
+    """Top-k Hessian eigenvalues of the dataset loss, exact and from Phi H Phi^T (thick-restart
+    Lanczos on both); (exact, sketched) numpy arrays, largest first."""
+    op = curvature.operator(loss_fn, params, data, kind="hessian")
+    exact = spectrum.top_eigenpairs(op, key, k).values
+    approx = spectrum.top_eigenpairs(sketched_operator(op, sketch), key, k).values
+    return np.sort(np.asarray(exact))[::-1], np.sort(np.asarray(approx))[::-1]

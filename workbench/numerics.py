@@ -1,0 +1,72 @@
+"""Numerical ground rules in one place: dtype-aware tolerances, finiteness checks, the example
+count of a dataset.
+
+Every layer above uses these instead of its own literals and validators, so a float32 run gets
+float32 tolerances and every boundary reports bad input with the same words.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+
+def default_tol(dtype) -> float:
+    """Relative tolerance for iterative solvers: 1e-10 in float64, 1e-4 in float32 (and below)."""
+    return 1e-10 if jnp.finfo(dtype).bits >= 64 else 1e-4
+
+
+def num_examples(data: PyTree, name: str = "data") -> int:
+    """The common leading (example) axis of every array in `data`; raises ValueError when there
+    are no arrays, the arrays disagree, an array has no leading axis, or the data is empty."""
+    leaves = jax.tree.leaves(data)
+    if not leaves:
+        raise ValueError(f"{name} holds no arrays")
+    sizes = {int(np.shape(a)[0]) if np.ndim(a) else -1 for a in leaves}
+    if len(sizes) != 1 or -1 in sizes:
+        raise ValueError(
+            f"{name}: the arrays disagree on the number of examples (every array needs the same "
+            f"leading example axis), got shapes {[tuple(np.shape(a)) for a in leaves]}"
+        )
+    n = sizes.pop()
+    if n == 0:
+        raise ValueError(f"{name} is empty (0 examples)")
+    return n
+
+
+def check_finite(tree: PyTree, name: str) -> None:
+    """Raise ValueError naming the first leaf of `tree` that holds NaN or inf."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) and not bool(jnp.all(jnp.isfinite(leaf))):
+            where = jax.tree_util.keystr(path) or "<root>"
+            raise ValueError(f"{name} contains NaN or infinite values (at leaf {where})")
+
+
+def _raise_nonfinite(where: str, finite) -> None:
+    if not np.all(np.asarray(finite)):
+        raise FloatingPointError(
+            f"{where}: an operator product returned NaN or inf (check the loss, params and data "
+            "for non-finite values)"
+        )
+
+
+def check_finite_flag(finite, where: str) -> None:
+    """Raise FloatingPointError when an algorithm's `finite` flag is False. Under an outer `jit`
+    the check runs as a host callback and surfaces as a runtime error with the same message."""
+    if isinstance(finite, jax.core.Tracer):
+        jax.debug.callback(functools.partial(_raise_nonfinite, where), finite)
+    else:
+        _raise_nonfinite(where, finite)
+
+
+def check_positive_int(name: str, value, least: int = 1) -> int:
+    """`value` as an int if it is an integer >= `least`, else a ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
+        raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+    return int(value)

@@ -1,0 +1,83 @@
+"""Per-example losses and gradients: the ONE implementation, flat, per-leaf or sketched.
+
+Everything that needs each example's own gradient (the empirical Fisher, every influence
+estimator, TRAK, the gradient stores, retraining objectives) goes through these functions, so a
+batch of one is built the same way everywhere: `loss_fn(params, batch)` is a batch mean and the
+loss of example z is `loss_fn(params, one_example(z))`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from workbench.numerics import num_examples
+
+PyTree = Any
+
+
+def one_example(z: PyTree) -> PyTree:
+    """A batch of size one from a single example (leaves without their example axis)."""
+    return jax.tree.map(lambda a: a[None], z)
+
+
+def example_loss(loss_fn: Callable, params: PyTree, z: PyTree) -> jax.Array:
+    """The loss of the single example `z` (leaves without their example axis)."""
+    return loss_fn(params, one_example(z))
+
+
+def per_example_losses(loss_fn: Callable, params: PyTree, batch: PyTree) -> jax.Array:
+    """[n] losses, one per example of `batch`."""
+    return jax.vmap(lambda z: example_loss(loss_fn, params, z))(batch)
+
+
+def per_example_grads(loss_fn: Callable, params: PyTree, batch: PyTree) -> PyTree:
+    """Per-leaf per-example gradients: a params-shaped tree whose leaves gain a leading [n] axis."""
+    return jax.vmap(jax.grad(lambda p, z: example_loss(loss_fn, p, z)), in_axes=(None, 0))(params, batch)
+
+
+def flat_per_example_grads(loss_fn: Callable, params: PyTree, batch: PyTree) -> jax.Array:
+    """[n, p] per-example gradients in `ravel_pytree(params)` order."""
+    flat, unravel = ravel_pytree(params)
+    grad_one = jax.grad(lambda f, z: example_loss(loss_fn, unravel(f), z))
+    return jax.vmap(grad_one, in_axes=(None, 0))(flat, batch)
+
+
+def sketched_per_example_grads(loss_fn: Callable, params: PyTree, batch: PyTree, sketch) -> jax.Array:
+    """[n, D] sketched per-example gradients `sketch.apply_tree(g_i)` (any object with a batched
+    `apply_tree`, e.g. a `workbench.sketch.Sketch`); `sketch=None` gives the flat gradients."""
+    if sketch is None:
+        return flat_per_example_grads(loss_fn, params, batch)
+    return sketch.apply_tree(per_example_grads(loss_fn, params, batch), batched=True)
+
+
+def map_chunks(fn: Callable, data: PyTree, chunk_size: int) -> jax.Array:
+    """fn(chunk) -> [c, ...] applied to fixed-size chunks of `data` under lax.map, concatenated.
+
+    The data is padded (with copies of the first example) to a multiple of `chunk_size` so
+    there is one compiled shape; the padding rows are dropped from the result.
+    """
+    n = num_examples(data)
+    chunk_size = max(1, min(int(chunk_size), n))
+    num_chunks = -(-n // chunk_size)
+    pad = num_chunks * chunk_size - n
+
+    def pad_reshape(a):
+        if pad:
+            a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)], axis=0)
+        return a.reshape(num_chunks, chunk_size, *a.shape[1:])
+
+    out = jax.lax.map(fn, jax.tree.map(pad_reshape, data))
+    return out.reshape(num_chunks * chunk_size, *out.shape[2:])[:n]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def sketched_gradients(loss_fn: Callable, sketch, params: PyTree, data: PyTree, chunk_size: int) -> jax.Array:
+    """`sketched_per_example_grads` over a whole dataset in fixed-size chunks, jitted once per
+    (loss_fn, chunk_size): a sketch is a pytree, so new sketch keys or params reuse the compile."""
+    return map_chunks(lambda c: sketched_per_example_grads(loss_fn, params, c, sketch), data, chunk_size)

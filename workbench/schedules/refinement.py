@@ -1,0 +1,90 @@
+"""Schedule refinement from observed gradient norms (Defazio, Cutkosky, Mehta, Mishchenko 2023),
+and the training callback that observes those norms."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.ndimage
+
+from workbench.numerics import num_examples
+from workbench.schedules.bounds import _check_grad_norms
+from workbench.schedules.shapes import Schedule, from_values
+from workbench.tree import vdot
+
+
+class Refined(NamedTuple):
+    """A refined schedule: `values[s]` for steps 0..T-1 (peak 1), the median-filtered norms the
+    weights came from, and `schedule`, the same values as an optax schedule (multiply by your peak
+    learning rate with `scaled(refined.schedule, peak)`)."""
+
+    values: np.ndarray
+    smoothed_norms: np.ndarray
+    schedule: Schedule
+
+
+def refine(grad_norms, tau: float = 0.1, window: int | None = None) -> Refined:
+    """Schedule refinement from observed gradient norms (Defazio et al. 2023, from the math).
+
+    g_hat = median filter of `grad_norms` over a centred window of ceil(tau * T) steps (rounded
+    up to odd; edges padded with the nearest value); w_t = 1 / g_hat_t^2; eta_t = w_t * sum_{p > t} w_p, normalised to peak 1.
+    This minimises the last-iterate bound of `last_iterate_bound` for those norms up to the
+    choice of final weight: with constant norms eta_s = (T-1-s)/(T-1), i.e. linear decay to zero
+    (`linear_decay(1, T)` is (T-s)/T, the same line shifted by one step). Rising norms late in
+    training give a faster anneal, large early norms give a warm-up. The last step is 0.
+    """
+    g = _check_grad_norms(grad_norms, strictly_positive=True)
+    num_steps = g.size
+    if not (isinstance(tau, int | float) and 0.0 < tau <= 1.0):
+        raise ValueError(f"tau must lie in (0, 1], got {tau!r}")
+    if window is None:
+        window = max(1, math.ceil(tau * num_steps))
+    if not isinstance(window, int | np.integer) or window < 1:
+        raise ValueError(f"window must be a positive integer, got {window!r}")
+    if num_steps < window:
+        raise ValueError(f"grad_norms has T={num_steps} steps, fewer than the median-filter window "
+                         f"{window}; pass more steps or a smaller window")
+    window = int(window) | 1  # odd, so the window is centred and the median is one element
+    smoothed = scipy.ndimage.median_filter(g, size=window, mode="nearest")
+    w = 1.0 / smoothed**2
+    tail = np.cumsum(w[::-1])[::-1]  # tail[t] = sum_{p >= t} w_p
+    eta = w * (tail - w)  # w_t * sum_{p > t} w_p
+    peak = eta.max()
+    if peak <= 0:  # T == 1: no step after the first
+        eta = np.ones_like(eta)
+    else:
+        eta = eta / peak
+    return Refined(eta, smoothed, from_values(eta))
+
+
+def grad_norm_callback(loss_fn: Callable, data, key: jax.Array, *, batch_size: int | None,
+                       num_batches: int = 8) -> Callable:
+    """A `train` callback returning {"grad_norm": sqrt(mean_b ||grad loss(params, batch_b)||^2)}
+    over `num_batches` random minibatches (fresh per step): an estimate of the stochastic gradient
+    norm sqrt(E ||g_t||^2) that the last-iterate bound uses. batch_size=None: full batch."""
+    n = num_examples(data)
+    full = batch_size is None or batch_size >= n
+
+    @jax.jit
+    def norm(params, step):
+        if full:
+            g = jax.grad(loss_fn)(params, data)
+            return jnp.sqrt(vdot(g, g))
+        idx = jax.random.randint(jax.random.fold_in(key, step), (num_batches, batch_size), 0, n)
+        sq = jax.vmap(lambda i: (lambda g: vdot(g, g))(jax.grad(loss_fn)(
+            params, jax.tree.map(lambda a: a[i], data))))(idx)
+        return jnp.sqrt(jnp.mean(sq))
+
+    return lambda step, params: {"grad_norm": norm(params, step)}
+
+
+def per_step(at_steps, at_values, total_steps: int) -> np.ndarray:
+    """Values recorded at some steps, linearly interpolated to every step 0..T-1."""
+    return np.interp(np.arange(total_steps), np.asarray(at_steps), np.asarray(at_values))
+
+

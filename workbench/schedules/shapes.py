@@ -1,0 +1,192 @@
+"""Learning-rate schedules as plain optax schedules (`step -> lr`), and the named families the
+papers compare. Steps are 0-indexed: a run of T steps evaluates the schedule at s = 0, ..., T-1."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+Schedule = Callable[[jax.Array | int], jax.Array]
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, int | float | np.floating | np.integer) and math.isfinite(value)
+            and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+def _check_steps(name: str, value: int) -> None:
+    if not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _as_float(s) -> jax.Array:
+    """The step as the default float dtype (strict dtype promotion forbids int + float)."""
+    return jnp.asarray(s).astype(jnp.result_type(float))
+
+
+def _with_warmup(peak: float, warmup_steps: int, body: Schedule) -> Schedule:
+    """Linear warm-up from 0 to `peak` over `warmup_steps`, then `body` (counted from its own 0)."""
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if warmup_steps == 0:
+        return _float_step(body)
+    warm = optax.linear_schedule(0.0, peak, warmup_steps)
+    return _float_step(optax.join_schedules([warm, body], [warmup_steps]))
+
+
+def _float_step(schedule: Schedule) -> Schedule:
+    """optax's schedules mix the integer count with floats, which strict promotion rejects."""
+    return lambda s: schedule(_as_float(s))
+
+
+def constant(value: float = 1.0) -> Schedule:
+    """lr(s) = value."""
+    _check_positive("value", value)
+    return lambda s: jnp.full(jnp.shape(s), value, jnp.result_type(float))
+
+
+def inverse_sqrt(peak: float = 1.0) -> Schedule:
+    """lr(s) = peak / sqrt(s + 1): the classical anytime step size ~ 1/sqrt(t)."""
+    _check_positive("peak", peak)
+    return lambda s: peak / jnp.sqrt(_as_float(s) + 1.0)
+
+
+def linear_decay(peak: float, total_steps: int, warmup_steps: int = 0) -> Schedule:
+    """lr(s) = peak * (1 - s / T) for s <= T (after an optional linear warm-up), 0 afterwards.
+
+    Over steps s = 0..T-1 this is the paper's eta_t = 1 - t/(T+1) (t = s+1) up to a constant
+    factor, the schedule that is worst-case optimal for the last iterate.
+    """
+    _check_positive("peak", peak)
+    _check_steps("total_steps", total_steps)
+    body = optax.linear_schedule(peak, 0.0, max(total_steps - warmup_steps, 1))
+    return _with_warmup(peak, warmup_steps, body)
+
+
+def cosine(peak: float, total_steps: int, warmup_steps: int = 0, final: float = 0.0) -> Schedule:
+    """Half-cosine from `peak` to `final` over `total_steps` (after an optional linear warm-up)."""
+    _check_positive("peak", peak)
+    _check_steps("total_steps", total_steps)
+    if not 0.0 <= final <= peak:
+        raise ValueError(f"final must lie in [0, peak={peak}], got {final}")
+    decay_steps = max(total_steps - warmup_steps, 1)
+
+    def body(s):
+        u = jnp.clip(s / decay_steps, 0.0, 1.0)
+        return final + (peak - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * u))
+
+    return _with_warmup(peak, warmup_steps, body)
+
+
+def wsd(peak: float, total_steps: int, cooldown_fraction: float = 0.2, cooldown: str = "linear",
+        warmup_steps: int = 0) -> Schedule:
+    """Warmup-stable-decay: hold `peak`, then cool down to 0 over the last `cooldown_fraction`.
+
+    cooldown="linear": peak * (1 - u); cooldown="1-sqrt": peak * (1 - sqrt(u)), with u in [0, 1]
+    the fraction of the cooldown done.
+    """
+    _check_positive("peak", peak)
+    _check_steps("total_steps", total_steps)
+    if not 0.0 < cooldown_fraction <= 1.0:
+        raise ValueError(f"cooldown_fraction must lie in (0, 1], got {cooldown_fraction}")
+    if cooldown not in ("linear", "1-sqrt"):
+        raise ValueError(f"cooldown must be 'linear' or '1-sqrt', got {cooldown!r}")
+    cool_steps = max(int(round(cooldown_fraction * total_steps)), 1)
+    start = total_steps - cool_steps
+    if start < warmup_steps:
+        raise ValueError(f"warmup_steps={warmup_steps} overlaps the cooldown, which starts at "
+                         f"step {start}")
+
+    def schedule(s):
+        u = jnp.clip((_as_float(s) - start) / cool_steps, 0.0, 1.0)
+        shape = 1.0 - (u if cooldown == "linear" else jnp.sqrt(u))
+        warm = jnp.clip(_as_float(s) / warmup_steps, 0.0, 1.0) if warmup_steps else 1.0
+        return peak * warm * shape
+
+    return schedule
+
+
+def step(peak: float, total_steps: int, boundaries: Sequence[float] = (0.5, 0.75),
+         factor: float = 0.1) -> Schedule:
+    """Piecewise constant: `peak`, multiplied by `factor` at each boundary (fractions of T)."""
+    _check_positive("peak", peak)
+    _check_steps("total_steps", total_steps)
+    _check_positive("factor", factor)
+    if any(not 0.0 < b < 1.0 for b in boundaries) or list(boundaries) != sorted(boundaries):
+        raise ValueError(f"boundaries must be increasing fractions in (0, 1), got {boundaries}")
+    return _float_step(optax.piecewise_constant_schedule(
+        peak, {int(round(b * total_steps)): factor for b in boundaries}))
+
+
+def from_values(lrs) -> Schedule:
+    """The schedule that takes value lrs[s] at step s (and lrs[-1] after the end)."""
+    table = np.asarray(lrs, dtype=np.float64)
+    if table.ndim != 1 or table.size == 0:
+        raise ValueError(f"lrs must be a non-empty 1-D array, got shape {table.shape}")
+    if not np.all(np.isfinite(table)) or np.any(table < 0):
+        raise ValueError("lrs must be finite and non-negative")
+    table = jnp.asarray(table, dtype=jnp.result_type(float))
+    return lambda s: table[jnp.clip(jnp.asarray(s), 0, table.shape[0] - 1)]
+
+
+def scaled(schedule: Schedule, factor: float) -> Schedule:
+    """factor * schedule(s)."""
+    _check_positive("factor", factor)
+    return lambda s: factor * schedule(s)
+
+
+def values(schedule: Schedule | Sequence[float] | np.ndarray, total_steps: int) -> np.ndarray:
+    """The schedule's values at steps 0..T-1 as float64 numpy; raises if any is negative or NaN.
+
+    An array is passed through (it must have length T).
+    """
+    _check_steps("total_steps", total_steps)
+    if callable(schedule):
+        out = np.asarray(jax.vmap(schedule)(jnp.arange(total_steps)), dtype=np.float64)
+    else:
+        out = np.asarray(schedule, dtype=np.float64)
+        if out.shape != (total_steps,):
+            raise ValueError(f"schedule array must have shape ({total_steps},), got {out.shape}")
+    if out.shape != (total_steps,):
+        raise ValueError(f"schedule must return one scalar per step, got shape {out.shape[1:]}")
+    if not np.all(np.isfinite(out)):
+        bad = int(np.flatnonzero(~np.isfinite(out))[0])
+        raise ValueError(f"schedule is not finite at step {bad}: {out[bad]}")
+    if np.any(out < 0):
+        bad = int(np.flatnonzero(out < 0)[0])
+        raise ValueError(f"schedule goes negative at step {bad}: {out[bad]:.3g}; a learning rate "
+                         "must be >= 0")
+    return out
+
+
+def standard_shapes(cooldown_fraction: float = 0.2) -> dict[str, Callable[[int], Schedule]]:
+    """Name -> (T -> schedule with peak 1): the schedules the papers compare."""
+    return {
+        "constant": lambda T: constant(1.0),
+        "1/sqrt(t)": lambda T: inverse_sqrt(1.0),
+        "linear decay": lambda T: linear_decay(1.0, T),
+        "cosine": lambda T: cosine(1.0, T),
+        "wsd (linear)": lambda T: wsd(1.0, T, cooldown_fraction, "linear"),
+        "wsd (1-sqrt)": lambda T: wsd(1.0, T, cooldown_fraction, "1-sqrt"),
+        "step (x0.1 at 50%, 75%)": lambda T: step(1.0, T),
+    }
+
+
+def custom_shape(warmup_fraction: float = 0.0, cooldown_fraction: float = 1.0,
+                 cooldown: str = "linear") -> Callable[[int], Schedule]:
+    """T -> warm-up over `warmup_fraction` of T, hold, then cool down over `cooldown_fraction`
+    of T ("linear" or "1-sqrt"): a family that spans constant, linear decay and WSD."""
+    if not 0.0 <= warmup_fraction < 1.0:
+        raise ValueError(f"warmup_fraction must lie in [0, 1), got {warmup_fraction}")
+    if not 0.0 < cooldown_fraction <= 1.0 - warmup_fraction:
+        raise ValueError(f"cooldown_fraction must lie in (0, 1 - warmup_fraction], got "
+                         f"{cooldown_fraction}")
+    return lambda T: wsd(1.0, T, cooldown_fraction, cooldown, int(warmup_fraction * T))
+
+
