@@ -56,7 +56,7 @@ def exact_row(f, params, train_set, test_set, truth):
 
 
 def arnoldi_row(f, params, train_set, test_set, truth, exact_scores, exact_warm, k, depth, tail):
-    build = lambda: influence.make("arnoldi", f.loss_fn, params, train_set, k=k, num_iters=depth, tail=tail)
+    build = lambda: influence.make("arnoldi", f.loss_fn, params, train_set, k=k, num_iters=depth, tail=tail, key=jax.random.key(0))
     _, first = clock(lambda: build().scores(test_set))
     est, t_build = clock(build)  # build = curvature operator + top_eigenpairs
     feats, t_train = clock(est.train_features)

@@ -45,9 +45,9 @@ def builders(loss_fn, params, train_set, checkpoints, lr, damping, extra=None):
     out = {
         "exact": lambda: influence.make("exact", loss_fn, params, train_set, damping=damping),
         "cg": lambda: influence.make("cg", loss_fn, params, train_set, damping=damping),
-        "lissa": lambda: influence.make("lissa", loss_fn, params, train_set, damping=damping, depth=1000),
-        "arnoldi_k50": lambda: influence.make("arnoldi", loss_fn, params, train_set, damping=damping, k=50),
-        "arnoldi_k200": lambda: influence.make("arnoldi", loss_fn, params, train_set, damping=damping, k=200),
+        "lissa": lambda: influence.make("lissa", loss_fn, params, train_set, damping=damping, num_iters=1000, key=jax.random.key(0)),
+        "arnoldi_k50": lambda: influence.make("arnoldi", loss_fn, params, train_set, damping=damping, k=50, key=jax.random.key(0)),
+        "arnoldi_k200": lambda: influence.make("arnoldi", loss_fn, params, train_set, damping=damping, k=200, key=jax.random.key(0)),
         "grad_dot": lambda: influence.make("grad_dot", loss_fn, params, train_set),
         "grad_cos": lambda: influence.make("grad_cos", loss_fn, params, train_set),
         "tracin": lambda: influence.make("tracin", loss_fn, params, train_set, checkpoints=checkpoints, learning_rates=lr),
@@ -65,7 +65,7 @@ def run_model(name, loss_fn, params, train_set, test_set, bld, loo_truth, lds_tr
         row = {"model": name, "estimator": est_name, "first_s": first, "warm_s": warm}
         if loo_truth is not None:
             c = ev.loo_correlation(s, loo_truth)
-            row.update(loo_pearson=c["pearson"], loo_spearman=c["spearman"])
+            row.update(loo_pearson=c.pearson, loo_spearman=c.spearman)
         row["lds"] = ev.lds(s, lds_truth).mean
         if exact_scores is not None:
             row["vs_exact"] = float(np.nanmean(ev.pearson_rows(s, exact_scores)))
@@ -104,7 +104,7 @@ def main():
         margin = influence.margin_output(f.predict_fn)
         for d in (256, 1024):
             extra[f"trak_D{d}"] = (lambda d=d: influence.make("trak", f.loss_fn, params, lr_train, dim=d,
-                                                              output_fn=margin, damping=0.01))
+                                                              output_fn=margin, damping=0.01, key=jax.random.key(0)))
     bld = builders(f.loss_fn, params, lr_train, sgd.checkpoints, 1.0, 0.0, extra)
     bld = {k: v for k, v in bld.items()}
     rows += run_model("logistic", f.loss_fn, params, lr_train, test_set, bld, loo, lds_truth)
@@ -127,8 +127,7 @@ def main():
     run = train.train(g.loss_fn, g.params, mlp_train, key, optimizer=optax.adam(lr), num_steps=steps, checkpoint_steps=list(range(0, steps, steps // 10)), progress=False)
     mlp_truth = ev.lds_ground_truth(g.loss_fn, g.params, mlp_train, test_set, key, num_subsets=num_subsets,
                                     method="optax", optimizer=optax.adam(lr), num_steps=steps)
-    lam = float(np.linalg.eigvalsh(np.asarray(influence.dense_hessian(g.loss_fn, run.params, mlp_train)))[0])
-    damping = max(0.0, -lam) + 0.01
+    damping = influence.damping_above_min_eigenvalue(g.loss_fn, run.params, mlp_train, margin=0.01).damping
     mb = builders(g.loss_fn, run.params, mlp_train, run.checkpoints, lr, damping)
     rows += run_model("mlp", g.loss_fn, run.params, mlp_train, test_set, mb, None, mlp_truth)
 

@@ -56,7 +56,7 @@ def timed(build, test):
 
 
 def evaluate(scores, loo, lds_truth):
-    return {"loo": ev.loo_correlation(scores, loo)["pearson"], "lds": ev.lds(scores, lds_truth).mean}
+    return {"loo": ev.loo_correlation(scores, loo).pearson, "lds": ev.lds(scores, lds_truth).mean}
 
 
 def logistic_problem(train_set, test_set, sizes, key):
@@ -82,8 +82,8 @@ def mlp_problem(train_set, test_set, sizes, key):
     outs = np.asarray(ev.outputs(f.loss_fn, retrained.params, test_set))
     loo = ev.LOOResult(removed, (outs[1:] - outs[:1]).T, np.asarray(retrained.grad_norm[1:]), n)
     lds_truth = ev.lds_ground_truth(f.loss_fn, f.params, train_set, test_set, key, num_subsets=sizes["subsets"], **opt)
-    evals = np.linalg.eigvalsh(np.asarray(influence.dense_hessian(f.loss_fn, params, train_set)))
-    damping = max(0.0, -float(evals[0])) + 0.01
+    choice = influence.damping_above_min_eigenvalue(f.loss_fn, params, train_set, margin=0.01)
+    damping, evals = choice.damping, np.asarray(choice.eigen[0])
     ensemble = [params]
     for seed in range(1, MLP_ENSEMBLE):  # TRAK's ensemble: the same training from other inits
         g = models.functional(models.MLP(64, [32], 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=L2)
@@ -108,21 +108,21 @@ def contenders(pb, train_set, n_train):
     margin = influence.margin_output(f.predict_fn)
     return {
         "explicit": (mk("exact", damping=lam), [("dattri", lambda: peers.dattri(one_problem, "explicit", regularization=lam))]),
-        "cg": (mk("cg", damping=lam, max_iters=100, tol=1e-10),
+        "cg": (mk("cg", damping=lam, num_iters=100, tol=1e-10),
                [("dattri", lambda: peers.dattri(one_problem, "cg", max_iter=100, tol=1e-10, regularization=lam))]),
         # dattri's LiSSA: x <- v + (1 - d) x - H x / s, output x / s = (H + d s)^{-1} v: d = damping / s
-        "lissa": (mk("lissa", damping=lam, depth=depth, scale=scale),
+        "lissa": (mk("lissa", damping=lam, num_iters=depth, scale=scale),
                   [("dattri", lambda: peers.dattri(one_problem, "lissa", batch_size=n_train, recursion_depth=depth,
                                                    damping=lam / scale, scaling=scale))]),
-        f"arnoldi_k{k}": (mk("arnoldi", damping=lam, k=k, num_iters=krylov, tail="none"),
+        f"arnoldi_k{k}": (mk("arnoldi", damping=lam, k=k, num_iters=krylov, tail="none", key=jax.random.key(0)),
                           [("dattri", lambda: peers.dattri(one_problem, "arnoldi", proj_dim=k, max_iter=krylov,
                                                            regularization=lam))]),
         # ours with defaults (flat tail at lambda_{k+1}, depth 2k + 20): no peer has it
-        "arnoldi_k50_flat_tail": (mk("arnoldi", damping=lam, k=50), []),
+        "arnoldi_k50_flat_tail": (mk("arnoldi", damping=lam, k=50, key=jax.random.key(0)), []),
         "tracin": (mk("tracin", checkpoints=pb["checkpoints"], learning_rates=pb["lr"]),
                    [("dattri", lambda: peers.dattri(ckpt_problem, "tracin", weights=[pb["lr"]] * len(steps)))]),
         "grad_dot": (mk("grad_dot"), [("dattri", lambda: peers.dattri(one_problem, "tracin", weights=[1.0]))]),
-        f"trak_D{TRAK_DIM}": (mk("trak", models=pb["ensemble"], dim=min(TRAK_DIM, p_size), sketch_kind="dense",
+        f"trak_D{TRAK_DIM}": (mk("trak", key=jax.random.key(0), models=pb["ensemble"], dim=min(TRAK_DIM, p_size), sketch_kind="dense",
                                  output_fn=margin, damping=0.0),
                               [("dattri", lambda: peers.dattri(problem, "trak", dim=min(TRAK_DIM, p_size))),
                                ("traker", lambda: peers.traker(problem, dim=min(TRAK_DIM, p_size)))]),

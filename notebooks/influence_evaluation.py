@@ -80,13 +80,13 @@ def builders_for(loss_fn, params, train_data, checkpoints, lr, damping=0.0, eige
     """The estimators compared, as zero-argument builders (so `compare` can time each)."""
     out = {
         "exact": lambda: influence.make("exact", loss_fn, params, train_data, damping=damping, hessian=eigen),
-        "cg": lambda: influence.make("cg", loss_fn, params, train_data, damping=damping, max_iters=cg_iters),
-        "lissa": lambda: influence.make("lissa", loss_fn, params, train_data, damping=damping, depth=lissa_depth),
-        "arnoldi": lambda: influence.make("arnoldi", loss_fn, params, train_data, damping=damping, k=arnoldi_k),
+        "cg": lambda: influence.make("cg", loss_fn, params, train_data, damping=damping, num_iters=cg_iters),
+        "lissa": lambda: influence.make("lissa", loss_fn, params, train_data, damping=damping, num_iters=lissa_depth, key=jax.random.key(seed)),
+        "arnoldi": lambda: influence.make("arnoldi", loss_fn, params, train_data, damping=damping, k=arnoldi_k, key=jax.random.key(seed)),
         "arnoldi_top_k": lambda: influence.make("arnoldi", loss_fn, params, train_data, damping=damping, k=arnoldi_k,
-                                                tail="none"),
+                                                tail="none", key=jax.random.key(seed)),
         "trak": lambda: influence.make("trak", loss_fn, params, train_data, dim=trak_dim, output_fn=margin,
-                                       damping=trak_damping),
+                                       damping=trak_damping, key=jax.random.key(seed)),
         "grad_dot": lambda: influence.make("grad_dot", loss_fn, params, train_data),
         "grad_cos": lambda: influence.make("grad_cos", loss_fn, params, train_data),
         "tracin": lambda: influence.make("tracin", loss_fn, params, train_data, checkpoints=checkpoints, learning_rates=lr),
@@ -130,9 +130,9 @@ mlp_params = mlp_run.params
 mlp_margin = influence.margin_output(mlp_model.predict_fn)
 mlp_truth = ev.lds_ground_truth(mlp_model.loss_fn, mlp_model.params, train_set, test_set, key_lds, num_subsets=num_subsets,
                                 method="optax", optimizer=optax.adam(mlp_lr), num_steps=mlp_steps)
-eigen = jnp.linalg.eigh(influence.dense_hessian(mlp_model.loss_fn, mlp_params, train_set))
-mlp_damping = max(0.0, -float(eigen[0][0])) + damping_margin
-print(f"MLP Hessian lambda_min {float(eigen[0][0]):.2e}; damping {mlp_damping:.3g}")
+choice = influence.damping_above_min_eigenvalue(mlp_model.loss_fn, mlp_params, train_set, margin=damping_margin)
+eigen, mlp_damping = choice.eigen, choice.damping
+print(f"MLP Hessian lambda_min {choice.lambda_min:.2e}; damping {mlp_damping:.3g}")
 mlp_rows, _ = ev.compare(builders_for(mlp_model.loss_fn, mlp_params, train_set, mlp_run.checkpoints, mlp_lr,
                                       mlp_damping, eigen, margin=mlp_margin), test_set, lds_truth=mlp_truth)
 
@@ -148,8 +148,8 @@ sgd_noisy = train.train(lr_model.loss_fn, lr_model.params, noisy, jax.random.key
 lr_auc = ev.mislabel_aucs(builders_for(lr_model.loss_fn, lr_noisy, noisy, sgd_noisy.checkpoints, 1.0, cosine=False,
                                        margin=lr_margin), flipped)
 mlp_noisy = train.train(mlp_model.loss_fn, mlp_model.params, noisy, jax.random.key(seed), optimizer=optax.adam(mlp_lr), num_steps=mlp_steps, checkpoint_steps=list(range(0, mlp_steps, mlp_steps // 10)), progress=False)
-eigen_noisy = jnp.linalg.eigh(influence.dense_hessian(mlp_model.loss_fn, mlp_noisy.params, noisy))
-damping_noisy = max(0.0, -float(eigen_noisy[0][0])) + damping_margin
+choice_noisy = influence.damping_above_min_eigenvalue(mlp_model.loss_fn, mlp_noisy.params, noisy, margin=damping_margin)
+eigen_noisy, damping_noisy = choice_noisy.eigen, choice_noisy.damping
 mlp_auc = ev.mislabel_aucs(builders_for(mlp_model.loss_fn, mlp_noisy.params, noisy, mlp_noisy.checkpoints, mlp_lr,
                                         damping_noisy, eigen_noisy, cosine=False, margin=mlp_margin), flipped)
 

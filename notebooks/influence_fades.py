@@ -89,11 +89,10 @@ print(f"test accuracy at the removal point: {models.accuracy(model.predict_fn, p
 # uses H + damping I with the damping just above -lambda_min (explicit, printed below).
 
 # %%
-eigen = jnp.linalg.eigh(influence.dense_hessian(model.loss_fn, params, train_set))
-lam = np.asarray(eigen[0])
-damping = max(0.0, -lam[0]) + damping_margin
-print(f"Hessian eigenvalues in [{lam[0]:.2e}, {lam[-1]:.2e}]; damping = {damping:.3g}")
-exact = influence.make("exact", model.loss_fn, params, train_set, damping=damping, hessian=eigen)
+choice = influence.damping_above_min_eigenvalue(model.loss_fn, params, train_set, margin=damping_margin)
+damping = choice.damping
+print(f"Hessian eigenvalues in [{choice.lambda_min:.2e}, {float(choice.eigen[0][-1]):.2e}]; damping = {damping:.3g}")
+exact = influence.make("exact", model.loss_fn, params, train_set, damping=damping, hessian=choice.eigen)
 dot = influence.make("grad_dot", model.loss_fn, params, train_set)
 removed = np.linspace(0, n_train - 1, num_removed).astype(int)
 predicted = np.asarray(exact.scores(test_set))[:, removed] / (n_train - 1)

@@ -104,8 +104,8 @@ run = train.train(model.loss_fn, model.params, train_set, jax.random.key(seed), 
 builders = {
     "exact": lambda: influence.make("exact", model.loss_fn, params, train_set, damping=damping),
     "cg": lambda: influence.make("cg", model.loss_fn, params, train_set, damping=damping),
-    "lissa": lambda: influence.make("lissa", model.loss_fn, params, train_set, damping=damping, depth=lissa_depth),
-    "arnoldi": lambda: influence.make("arnoldi", model.loss_fn, params, train_set, damping=damping, k=arnoldi_k),
+    "lissa": lambda: influence.make("lissa", model.loss_fn, params, train_set, damping=damping, num_iters=lissa_depth, key=jax.random.key(seed)),
+    "arnoldi": lambda: influence.make("arnoldi", model.loss_fn, params, train_set, damping=damping, k=arnoldi_k, key=jax.random.key(seed)),
     "grad_dot": lambda: influence.make("grad_dot", model.loss_fn, params, train_set),
     "grad_cos": lambda: influence.make("grad_cos", model.loss_fn, params, train_set),
     "tracin": lambda: influence.make("tracin", model.loss_fn, params, train_set,
@@ -113,9 +113,9 @@ builders = {
 }
 rows, scores = ev.compare(builders, test_set, loo_truth=truth, reference="exact")
 print(ev.markdown_table(rows))
-workbench.record(**{f"loo_pearson_{r['estimator']}": r["loo_pearson"] for r in rows},
-                 **{f"loo_spearman_{r['estimator']}": r["loo_spearman"] for r in rows},
-                 **{f"vs_exact_{r['estimator']}": r["vs_exact"] for r in rows})
+workbench.record(**{f"loo_pearson_{r.estimator}": r.loo_pearson for r in rows},
+                 **{f"loo_spearman_{r.estimator}": r.loo_spearman for r in rows},
+                 **{f"vs_exact_{r.estimator}": r.vs_reference for r in rows})
 
 # %% [markdown]
 # ## Predicted against actual
@@ -179,6 +179,8 @@ if interactive:
         opts = {"damping": damping_value} if name in ("exact", "cg", "lissa", "arnoldi") else {}
         if name == "arnoldi":
             opts["k"] = eigenpairs
+        if name in ("lissa", "arnoldi"):
+            opts["key"] = jax.random.key(seed)
         est = influence.make(name, model.loss_fn, params, train_set, **opts) if name != "tracin" else builders["tracin"]()
         z = test_set.take(np.array([test_index]))
         print(name, ev.loo_correlation(est.scores(test_set), truth))

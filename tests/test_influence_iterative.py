@@ -41,7 +41,7 @@ def test_cg_matches_exact(problem):
 
 def test_lissa_matches_exact(problem):
     params, train, test, _, ref = problem
-    est = influence.make("lissa", LogReg.loss_fn, params, train, depth=1500)
+    est = influence.make("lissa", LogReg.loss_fn, params, train, num_iters=1500, key=jax.random.key(0))
     assert _corr(np.asarray(est.scores(test)), ref) >= 0.99
     assert est.info["scale"] > 0
 
@@ -81,7 +81,7 @@ def test_arnoldi_flat_tail_is_the_stated_formula_and_beats_top_k(problem, key):
     assert _corr(np.asarray(est.scores(test)), ref) > _corr(np.asarray(top_k.scores(test)), ref) + 0.05
     np.testing.assert_allclose(est.self_influence(), np.sum((g_train @ inverse) * g_train, axis=1), rtol=1e-8)
     with pytest.raises(ValueError, match="tail must be"):
-        influence.make("arnoldi", LogReg.loss_fn, params, train, k=20, tail="mean")
+        influence.make("arnoldi", LogReg.loss_fn, params, train, k=20, tail="mean", key=jax.random.key(0))
 
 
 def test_cg_on_an_indefinite_system_raises(key):
@@ -104,4 +104,4 @@ def test_deterministic_and_bad_k(problem, key):
     b = influence.make("arnoldi", LogReg.loss_fn, params, train, k=20, key=key).scores(test)  # same compile as above
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError, match="k must be an int in"):
-        influence.make("arnoldi", LogReg.loss_fn, params, train, k=10_000)
+        influence.make("arnoldi", LogReg.loss_fn, params, train, k=10_000, key=jax.random.key(0))

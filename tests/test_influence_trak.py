@@ -27,7 +27,7 @@ def test_trak_is_the_gauss_newton_influence_in_the_sketched_space(problem, key):
     params, train, test = problem
     output = influence.margin_output(LogReg.predict_fn)
     est = influence.make("trak", LogReg.loss_fn, params, train, dim=64, output_fn=output, damping=L2, key=key)
-    s = est.sketches[0]
+    s = jax.tree.map(lambda a: a[0], est.state["sketches"])  # model 0 of the ensemble
     g = lambda fn, d: sketch.per_example_gradients(fn, params, d, s)
     x = np.asarray(g(output, train))
     inv = np.linalg.inv(x.T @ x / N_TRAIN + L2 * np.eye(64))

@@ -30,7 +30,12 @@ from workbench.influence import evaluate
 from workbench.influence.arnoldi import arnoldi
 from workbench.influence.core import Estimator, Ranked
 from workbench.influence.gradient import grad_cos, grad_dot, tracin
-from workbench.influence.inverse import dense_hessian, exact
+from workbench.influence.inverse import (
+    DampingChoice,
+    damping_above_min_eigenvalue,
+    dense_hessian,
+    exact,
+)
 from workbench.influence.iterative import cg, lissa
 from workbench.influence.trak import margin_output, trak  # noqa: F401 (margin_output is public API)
 from workbench.numerics import check_finite, num_examples
@@ -69,8 +74,10 @@ def make(name: str, loss_fn: Callable, params, train_data, **options) -> Estimat
 
 __all__ = [
     "ESTIMATORS",
+    "DampingChoice",
     "Estimator",
     "Ranked",
+    "damping_above_min_eigenvalue",
     "dense_hessian",
     "evaluate",
     "exact",

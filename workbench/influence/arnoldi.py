@@ -104,7 +104,8 @@ def arnoldi(
     if tail not in ("flat", "none"):
         raise ValueError(f"tail must be 'flat' or 'none', got {tail!r}")
     with_tail = tail == "flat" and k < op.dim
-    key = key if key is not None else jax.random.key(0)
+    if key is None:
+        raise ValueError("arnoldi needs key= (a jax.random key for the Krylov start vector)")
     if method == "arnoldi":
         depth = min(op.dim, num_iters if num_iters is not None else default_depth(k))
         if depth < min(k + 1, op.dim):

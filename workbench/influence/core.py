@@ -88,6 +88,9 @@ class Estimator:
       should be stable objects (module-level or cached per loss_fn) so that estimators on the
       same model share compiled code;
     - `featurize_test` (default `featurize`) maps test examples, e.g. through another measure;
+    - `train_reader(lo, hi) -> [hi - lo, d]`, when given, reads precomputed training features
+      (e.g. TRAK's sketch stores) instead of featurizing the training set; rows are read
+      `read_rows` at a time when they do not fit in `cache_bytes`;
     - `info` says what was used (damping, curvature kind, k, ...) so a result can be reported.
     """
 
@@ -102,6 +105,8 @@ class Estimator:
         featurize_test: Callable | None = None,
         chunk_size: int = 256,
         cache_bytes: float = 2**30,
+        train_reader: Callable[[int, int], Any] | None = None,
+        read_rows: int = 4096,
         info: dict | None = None,
     ):
         self.name = name
@@ -116,6 +121,8 @@ class Estimator:
         self._featurize_test = featurize_test or featurize
         self._precondition = precondition
         self._cache_bytes = cache_bytes
+        self._train_reader = train_reader
+        self._read_rows = int(read_rows)
         self._train_features = None
         self._self_influence = None
         # what a NaN in a result means for this estimator (e.g. CG met negative curvature)
@@ -126,10 +133,21 @@ class Estimator:
     def train_features(self) -> jax.Array:
         """psi of every training example, [n_train, d] (computed once, then cached)."""
         if self._train_features is None:
-            feats = _map_features(self._featurize, self.state, self.train_data, self.chunk_size)
+            if self._train_reader is not None:
+                feats = jnp.concatenate([rows for _, rows in self._read_chunks()])
+            else:
+                feats = _map_features(self._featurize, self.state, self.train_data, self.chunk_size)
             self._check(feats, "training features")
             self._train_features = feats
         return self._train_features
+
+    def _read_chunks(self):
+        """(first row, features [c, d]) over the training set from `train_reader`."""
+        for lo in range(0, self.num_train, self._read_rows):
+            hi = min(lo + self._read_rows, self.num_train)
+            rows = jnp.asarray(np.asarray(self._train_reader(lo, hi)))
+            self._check(rows, "training features")
+            yield lo, rows
 
     def test_features(self, test_batch: PyTree) -> jax.Array:
         """P psi of each test example, [n_test, d]."""
@@ -147,7 +165,9 @@ class Estimator:
         """Influence of every training example on each test example, [n_test, n_train]."""
         phi = self.test_features(test_batch)
         if self._train_features is not None or self._cached(phi.shape[1], phi.dtype):
-            out = phi @ self.train_features().T
+            out = phi @ self.train_features().T.astype(phi.dtype)
+        elif self._train_reader is not None:  # stream the stored features; never hold them all
+            out = jnp.concatenate([phi @ rows.astype(phi.dtype).T for _, rows in self._read_chunks()], axis=1)
         else:  # stream the training set in chunks; never hold all its features
             out = _streamed_scores(self._featurize, self.state, self.train_data, phi, self.chunk_size)
         self._check(out, "scores")
@@ -156,7 +176,11 @@ class Estimator:
     def self_influence(self) -> jax.Array:
         """score(z_i, z_i) for every training example, [n_train]: <P psi_i, psi_i>."""
         if self._self_influence is None:
-            out = _self_scores(self._precondition, self.state, self.train_features(), self.chunk_size)
+            if self._train_reader is not None and self._train_features is None:
+                out = jnp.concatenate([_self_scores(self._precondition, self.state, rows, self.chunk_size)
+                                       for _, rows in self._read_chunks()])
+            else:
+                out = _self_scores(self._precondition, self.state, self.train_features(), self.chunk_size)
             self._check(out, "self-influence")
             self._self_influence = out
         return self._self_influence

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,24 @@ def dense_hessian(loss_fn: Callable, params, data, chunk_size: int = 512) -> jax
 def _chunk_hessian(loss_fn, params, chunk):
     flat, unravel = ravel_pytree(params)
     return jax.hessian(lambda f: loss_fn(unravel(f), chunk))(flat)
+
+
+class DampingChoice(NamedTuple):
+    """A damping that makes H + damping I positive definite, and what it was read from."""
+
+    damping: float  # max(0, -lambda_min) + margin
+    lambda_min: float  # the smallest Hessian eigenvalue
+    eigen: tuple  # (eigenvalues, eigenvectors) of the dense Hessian: pass as `exact(hessian=...)`
+
+
+def damping_above_min_eigenvalue(loss_fn: Callable, params, data, *, margin: float = 0.01) -> DampingChoice:
+    """The damping just above -lambda_min of the dense dataset Hessian (a non-convex model's
+    Hessian has small negative eigenvalues): max(0, -lambda_min) + `margin`. The one place the
+    papers and benchmarks choose their damping; the eigendecomposition comes back for reuse."""
+    margin = check_damping(margin)
+    eigen = jnp.linalg.eigh(dense_hessian(loss_fn, params, data))
+    lam_min = float(eigen[0][0])
+    return DampingChoice(max(0.0, -lam_min) + margin, lam_min, eigen)
 
 
 @jax.jit

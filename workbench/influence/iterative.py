@@ -68,7 +68,7 @@ def cg(
     *,
     damping: float = 0.0,
     kind: str = "hessian",
-    max_iters: int = 500,
+    num_iters: int = 500,
     tol: float = 1e-10,
     measure_fn: Callable | None = None,
     operator_options: dict | None = None,
@@ -76,15 +76,15 @@ def cg(
 ) -> Estimator:
     """Influence by conjugate gradients on (C + damping I) x = g(z), C the curvature `kind`.
 
-    Stops at a relative residual `tol` or after `max_iters` iterations. A direction of
+    Stops at a relative residual `tol` or after `num_iters` iterations. A direction of
     non-positive curvature (an indefinite or singular system) raises ValueError: raise the
     damping above -lambda_min or use kind="ggn".
     """
     damping = check_damping(damping)
     op = curvature_operator(loss_fn, params, train_data, kind, **(operator_options or {}))
-    info = {"damping": damping, "kind": kind, "max_iters": max_iters, "tol": tol}
+    info = {"damping": damping, "kind": kind, "num_iters": num_iters, "tol": tol}
     est = Estimator(
-        "cg", train_data, grad_featurizer(loss_fn), _cg_precondition(int(max_iters), float(tol)),
+        "cg", train_data, grad_featurizer(loss_fn), _cg_precondition(int(num_iters), float(tol)),
         {"params": params, "op": op, "damping": jnp.asarray(damping, op.dtype)},
         featurize_test=grad_featurizer(measure_fn) if measure_fn else None, info=info, **options,
     )
@@ -101,14 +101,14 @@ def cg(
 
 
 @functools.lru_cache(maxsize=32)
-def _lissa_precondition(depth: int) -> Callable:
+def _lissa_precondition(num_iters: int) -> Callable:
     def precondition(state, features):
         op, damping, scale = state["op"], state["damping"], state["scale"]
 
         def solve(b):
             # x <- b + (I - (C + damping I) / scale) x;  (C + damping I)^{-1} b = x_inf / scale
             step = lambda _, x: b + x - (op.mv(x) + damping * x) / scale
-            return jax.lax.fori_loop(0, depth, step, b) / scale
+            return jax.lax.fori_loop(0, num_iters, step, b) / scale
 
         return jax.vmap(solve)(features)
 
@@ -122,19 +122,19 @@ def lissa(
     *,
     damping: float = 0.0,
     kind: str = "hessian",
-    depth: int = 1000,
+    num_iters: int = 1000,
     scale: float | None = None,
     key: jax.Array | None = None,
     measure_fn: Callable | None = None,
     operator_options: dict | None = None,
     **options,
 ) -> Estimator:
-    """LiSSA (Agarwal et al. 2017): the Neumann series of (C + damping I)^{-1}, `depth` terms.
+    """LiSSA (Agarwal et al. 2017): the Neumann series of (C + damping I)^{-1}, `num_iters` terms.
 
     `scale` must exceed the largest eigenvalue of C + damping I for the series to converge; by
     default it is 1.1 x that eigenvalue, estimated with `workbench.spectrum.power_iteration`
-    (`key` seeds it; default key 0). The error after `depth` terms shrinks like
-    (1 - (lambda_min + damping) / scale)^depth: ill-conditioned problems need a larger depth
+    (`key`, required then, seeds it). The error after `num_iters` terms shrinks like
+    (1 - (lambda_min + damping) / scale)^num_iters: ill-conditioned problems need more terms
     or damping. Uses the full dataset-averaged operator (deterministic), not minibatch samples.
     """
     damping = check_damping(damping)
@@ -142,13 +142,16 @@ def lissa(
     if scale is None:
         from workbench import spectrum
 
-        top = spectrum.power_iteration(op, key if key is not None else jax.random.key(0))
+        if key is None:
+            raise ValueError("lissa needs key= (a jax.random key) to estimate its scale by power "
+                             "iteration, or an explicit scale=")
+        top = spectrum.power_iteration(op, key)
         scale = 1.1 * (abs(float(top.value)) + damping)
     if not scale > 0:
         raise ValueError(f"scale must be positive, got {scale}")
-    info = {"damping": damping, "kind": kind, "depth": depth, "scale": float(scale)}
+    info = {"damping": damping, "kind": kind, "num_iters": num_iters, "scale": float(scale)}
     return Estimator(
-        "lissa", train_data, grad_featurizer(loss_fn), _lissa_precondition(int(depth)),
+        "lissa", train_data, grad_featurizer(loss_fn), _lissa_precondition(int(num_iters)),
         {"params": params, "op": op, "damping": jnp.asarray(damping, op.dtype),
          "scale": jnp.asarray(scale, op.dtype)},
         featurize_test=grad_featurizer(measure_fn) if measure_fn else None, info=info, **options,

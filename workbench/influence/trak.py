@@ -14,6 +14,7 @@ self-influence, so memory holds D x D and one chunk, never the whole store.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,74 +23,36 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from workbench import sketch as sk
 from workbench import tree as tu
-from workbench.influence.core import (
-    Ranked,
-    _top,
-    check_like_training,
-)
+from workbench.influence.core import Estimator
 from workbench.numerics import check_finite, num_examples
-from workbench.pergrad import sketched_gradients
+from workbench.pergrad import sketched_gradients, sketched_per_example_grads
 
 
 def _sketch_in_memory(loss_fn, params, data, sketch, batch_size):
     return sketched_gradients(loss_fn, sketch, params, data, int(batch_size or 256))
 
 
-class TRAKEstimator:
-    """The `Estimator` interface (scores, self_influence, proponents, opponents) over sketch stores."""
+@functools.lru_cache(maxsize=64)
+def _ensemble_featurizer(loss_fn: Callable) -> Callable:
+    """featurize(state, chunk) -> [c, M * D]: each example's sketched gradient under every model
+    of the ensemble, side by side."""
 
-    name = "trak"
+    def featurize(state, chunk):
+        per_model = jax.vmap(lambda p, s: sketched_per_example_grads(loss_fn, p, chunk, s))(
+            state["models"], state["sketches"])  # [M, c, D]
+        return jnp.moveaxis(per_model, 0, 1).reshape(per_model.shape[1], -1)
 
-    def __init__(self, loss_fn, models, train_data, sketches, features, inverses, measure_fn, read_rows, info):
-        self.loss_fn, self.models, self.train_data = loss_fn, models, train_data
-        self.sketches, self.features, self.inverses = sketches, features, inverses
-        self.measure_fn, self.read_rows, self.info = measure_fn or loss_fn, read_rows, info
-        self.num_train = num_examples(train_data, "train_data")
+    return featurize
 
-    def _rows(self, m):
-        feats = self.features[m]
-        for lo in range(0, self.num_train, self.read_rows):
-            yield lo, jnp.asarray(np.asarray(feats[lo : lo + self.read_rows]))
 
-    def test_features(self, test_batch) -> list[jax.Array]:
-        """G_m^{-1} phi_m(z) for each model, each [n_test, D]."""
-        check_like_training(test_batch, self.train_data)
-        out = []
-        for params, s, inv in zip(self.models, self.sketches, self.inverses):
-            phi = _sketch_in_memory(self.measure_fn, params, test_batch, s, None)
-            out.append(jnp.asarray(phi, inv.dtype) @ inv)
-        return out
-
-    def scores(self, test_batch) -> jax.Array:
-        phis = self.test_features(test_batch)
-        total = np.zeros((phis[0].shape[0], self.num_train))
-        for m, phi in enumerate(phis):
-            for lo, rows in self._rows(m):
-                total[:, lo : lo + rows.shape[0]] += np.asarray(phi @ rows.astype(phi.dtype).T)
-        out = jnp.asarray(total / len(phis))
-        _check(out, "scores")
-        return out
-
-    def self_influence(self) -> jax.Array:
-        total = np.zeros(self.num_train)
-        for m, inv in enumerate(self.inverses):
-            for lo, rows in self._rows(m):
-                rows = rows.astype(inv.dtype)
-                total[lo : lo + rows.shape[0]] += np.asarray(jnp.sum((rows @ inv) * rows, axis=1))
-        out = jnp.asarray(total / len(self.inverses))
-        _check(out, "self-influence")
-        return out
-
-    def proponents(self, test_batch, k: int = 10) -> Ranked:
-        return _top(self.scores(test_batch), k, self.num_train)
-
-    def opponents(self, test_batch, k: int = 10) -> Ranked:
-        r = _top(-self.scores(test_batch), k, self.num_train)
-        return Ranked(r.indices, -r.scores)
-
-    def __repr__(self):
-        return f"TRAKEstimator(num_train={self.num_train}, info={self.info})"
+def _ensemble_precondition(state, features):
+    """Block diagonal: G_m^{-1} on model m's block, averaged over the M models."""
+    inverses = state["inverses"]
+    num_models, dim = inverses.shape[:2]
+    blocks = features.reshape(features.shape[0], num_models, dim).astype(inverses.dtype)
+    return jnp.einsum("cmd,mde->cme", blocks, inverses).reshape(features.shape[0], -1) / num_models
 
 
 def margin_output(predict_fn: Callable) -> Callable:
@@ -104,11 +67,6 @@ def margin_output(predict_fn: Callable) -> Callable:
         return jnp.mean(correct - jax.nn.logsumexp(others, axis=1))
 
     return output
-
-
-def _check(x, what):
-    if not bool(jnp.all(jnp.isfinite(x))):
-        raise FloatingPointError(f"influence estimator 'trak': {what} contain NaN or infinite values")
 
 
 def trak(
@@ -126,9 +84,8 @@ def trak(
     output_fn: Callable | None = None,
     batch_size: int | None = None,
     read_rows: int = 4096,
-    chunk_size: int | None = None,
-    cache_bytes: float | None = None,
-) -> TRAKEstimator:
+    **options,
+) -> Estimator:
     """TRAK over the ensemble `models` (default: just `params`); see the module docstring.
 
     `dim` is the sketch dimension D (capped at the number of parameters), `sketch_kind` any of
@@ -142,9 +99,12 @@ def trak(
     matrix (TRAK uses the classification margin: `margin_output(predict_fn)`); by default the
     loss itself (an empirical Fisher, which over-weights the well-fit examples and ranks worse).
     Scores always pair loss gradients on both sides, so the sign convention is the common one.
+
+    The result is the common `Estimator`: features psi(z) are the M sketched gradients side by
+    side and P is block diagonal, G_m^{-1} / M on block m, so <P psi(z), psi(z_i)> is the
+    ensemble mean above. Training features are read from the stores (or memory) `read_rows` at
+    a time when they exceed `cache_bytes`.
     """
-    del chunk_size, cache_bytes  # the common options of `make`; TRAK streams from its stores
-    from workbench import sketch as sk
 
     models = list(models) if models is not None else [params]
     if not models:
@@ -159,7 +119,8 @@ def trak(
     dim = int(min(dim, flat.size))
     if dim < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")
-    key = key if key is not None else jax.random.key(0)
+    if key is None:
+        raise ValueError("trak needs key= (a jax.random key; model m's sketch uses fold_in(key, m))")
     sketches, features, inverses, dampings = [], [], [], []
     for m, p in enumerate(models):
         s = sk.make(sketch_kind, jax.random.fold_in(key, m), int(flat.size), dim)
@@ -202,4 +163,14 @@ def trak(
     info = {"dim": dim, "sketch_kind": sketch_kind, "num_models": len(models),
             "damping": dampings[0] if len(dampings) == 1 else dampings,
             "stores": [str(p) for p in stores] if stores is not None else None}
-    return TRAKEstimator(loss_fn, models, train_data, sketches, features, inverses, measure_fn, int(read_rows), info)
+    def read(lo, hi):
+        return np.concatenate([np.asarray(f[lo:hi]) for f in features], axis=1)
+
+    stack = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+    state = {"models": stack(models), "sketches": stack(sketches), "inverses": jnp.stack(inverses)}
+    featurizer = _ensemble_featurizer
+    return Estimator(
+        "trak", train_data, featurizer(loss_fn), _ensemble_precondition, state,
+        featurize_test=featurizer(measure_fn) if measure_fn else None, train_reader=read,
+        read_rows=read_rows, info=info, **options,
+    )

@@ -26,8 +26,23 @@ from workbench.influence.evaluate.ground_truth import (
     loo_correlation,
     loo_summary,
 )
-from workbench.influence.evaluate.metrics import auc, correlations, pearson_rows, spearman_rows
-from workbench.influence.evaluate.report import compare, markdown_table, mislabel_aucs
+from workbench.influence.evaluate.metrics import (
+    Correlations,
+    auc,
+    correlations,
+    pearson_rows,
+    spearman_rows,
+)
+from workbench.influence.evaluate.report import (
+    Comparison,
+    EstimatorScore,
+    EvaluationRow,
+    MislabelAUC,
+    compare,
+    evaluation_table,
+    markdown_table,
+    mislabel_aucs,
+)
 from workbench.influence.evaluate.retraining import (
     RetrainResult,
     fit,
@@ -37,7 +52,8 @@ from workbench.influence.evaluate.retraining import (
 )
 
 __all__ = [
-    "compare", "markdown_table", "mislabel_aucs",
+    "Comparison", "Correlations", "EstimatorScore", "EvaluationRow", "MislabelAUC", "compare",
+    "evaluation_table", "markdown_table", "mislabel_aucs",
     "CorrectionResult", "FadingResult", "correct_mispredictions", "fading",
     "LDSGroundTruth", "LDSResult", "LOOResult", "RetrainResult", "auc",
     "correlations", "fit",

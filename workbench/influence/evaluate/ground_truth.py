@@ -16,7 +16,7 @@ import numpy as np
 
 from workbench.data import Dataset
 from workbench.influence.core import check_like_training
-from workbench.influence.evaluate.metrics import correlations, spearman_rows
+from workbench.influence.evaluate.metrics import Correlations, correlations, spearman_rows
 from workbench.influence.evaluate.retraining import outputs, retrain
 from workbench.numerics import num_examples
 
@@ -58,7 +58,7 @@ def loo(
     return LOOResult(removed, np.asarray(after - base[None]).T, np.asarray(result.grad_norm), n)
 
 
-def loo_correlation(scores, result: LOOResult) -> dict[str, float]:
+def loo_correlation(scores, result: LOOResult) -> Correlations:
     """Pearson / Spearman between predicted (scores / (n-1)) and actual leave-one-out effects."""
     scores = np.asarray(scores)
     if scores.ndim != 2 or scores.shape[1] != result.num_train or scores.shape[0] != result.actual.shape[0]:
@@ -140,7 +140,7 @@ def flip_labels(key: jax.Array, data: Dataset, fraction: float, num_classes: int
     return Dataset(data.x, y), flipped
 
 
-def loo_summary(estimates: dict, result: LOOResult) -> dict[str, dict[str, float]]:
+def loo_summary(estimates: dict, result: LOOResult) -> dict[str, Correlations]:
     """loo_correlation for several estimators' scores at once: {name: {...}}."""
     return {name: loo_correlation(s, result) for name, s in estimates.items()}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from scipy.stats import rankdata
 
@@ -28,19 +30,26 @@ def spearman_rows(a, b) -> np.ndarray:
     return pearson_rows(rankdata(_rows(a), axis=1), rankdata(_rows(b), axis=1))
 
 
-def correlations(predicted, actual) -> dict[str, float]:
+class Correlations(NamedTuple):
+    pearson: float  # per test point (across the k training examples), averaged
+    spearman: float
+    pearson_pooled: float  # over all (test, train) pairs at once
+    spearman_pooled: float
+
+
+def correlations(predicted, actual) -> Correlations:
     """Pearson and Spearman of predicted vs actual effects [n_test, k].
 
     `pearson` / `spearman`: per test point (across the k training examples), averaged;
     `pearson_pooled` / `spearman_pooled`: over all (test, train) pairs at once.
     """
     predicted, actual = _rows(predicted), _rows(actual)
-    return {
-        "pearson": float(np.nanmean(pearson_rows(predicted, actual))),
-        "spearman": float(np.nanmean(spearman_rows(predicted, actual))),
-        "pearson_pooled": float(pearson_rows(predicted.ravel(), actual.ravel())[0]),
-        "spearman_pooled": float(spearman_rows(predicted.ravel(), actual.ravel())[0]),
-    }
+    return Correlations(
+        float(np.nanmean(pearson_rows(predicted, actual))),
+        float(np.nanmean(spearman_rows(predicted, actual))),
+        float(pearson_rows(predicted.ravel(), actual.ravel())[0]),
+        float(spearman_rows(predicted.ravel(), actual.ravel())[0]),
+    )
 
 
 def auc(scores, positives) -> float:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -17,6 +19,36 @@ from workbench.influence.evaluate.ground_truth import (
 from workbench.influence.evaluate.metrics import auc, pearson_rows
 
 
+class EstimatorScore(NamedTuple):
+    """One estimator on one problem; a field is None when its ground truth was not given."""
+
+    estimator: str
+    seconds: float  # build + scoring, wall time, compile included
+    loo_pearson: float | None = None
+    loo_spearman: float | None = None
+    lds: float | None = None
+    vs_reference: float | None = None  # Pearson per test point against the reference, averaged
+
+
+class Comparison(NamedTuple):
+    rows: list[EstimatorScore]
+    scores: dict[str, np.ndarray]  # estimator -> [n_test, n_train]
+
+
+class MislabelAUC(NamedTuple):
+    estimator: str
+    auc: float  # ROC AUC of self-influence for finding the flipped labels
+    seconds: float
+
+
+class EvaluationRow(NamedTuple):
+    model: str
+    estimator: str
+    lds: float | None
+    mislabel_auc: float | None  # None for an estimator whose self-influence was not scored
+    seconds: float
+
+
 def compare(
     builders: Mapping[str, Callable[[], object]],
     test,
@@ -24,50 +56,61 @@ def compare(
     loo_truth: LOOResult | None = None,
     lds_truth: LDSGroundTruth | None = None,
     reference: str | None = "exact",
-) -> tuple[list[dict], dict[str, np.ndarray]]:
+) -> Comparison:
     """Build each estimator (`builders[name]()` -> Estimator), score `test`, and evaluate.
 
-    Returns (rows, scores): one row per estimator with `seconds` (build + scoring, wall time,
-    compile included), LOO `pearson`/`spearman` when `loo_truth` is given, `lds` when
-    `lds_truth` is given, and `vs_<reference>` (Pearson per test point against the reference
-    estimator's scores, averaged) when the reference is among the builders.
+    One row per estimator with its `seconds`, the LOO Pearson/Spearman when `loo_truth` is
+    given, the LDS when `lds_truth` is given, and `vs_reference` when the reference estimator is
+    among the builders.
     """
     rows, scores = [], {}
     for name, build in builders.items():
         start = time.perf_counter()
         est = build()
         s = np.asarray(jax.block_until_ready(est.scores(test)))
-        row = {"estimator": name, "seconds": time.perf_counter() - start}
+        row = EstimatorScore(name, time.perf_counter() - start)
         scores[name] = s
         if loo_truth is not None:
             c = loo_correlation(s, loo_truth)
-            row.update(loo_pearson=c["pearson"], loo_spearman=c["spearman"])
+            row = row._replace(loo_pearson=c.pearson, loo_spearman=c.spearman)
         if lds_truth is not None:
-            row["lds"] = lds(s, lds_truth).mean
+            row = row._replace(lds=lds(s, lds_truth).mean)
         rows.append(row)
     if reference in scores:
-        for row in rows:
-            row[f"vs_{reference}"] = float(np.nanmean(pearson_rows(scores[row["estimator"]], scores[reference])))
-    return rows, scores
+        rows = [r._replace(vs_reference=float(np.nanmean(pearson_rows(scores[r.estimator], scores[reference]))))
+                for r in rows]
+    return Comparison(rows, scores)
 
 
-def mislabel_aucs(builders: Mapping[str, Callable[[], object]], flipped) -> list[dict]:
+def mislabel_aucs(builders: Mapping[str, Callable[[], object]], flipped) -> list[MislabelAUC]:
     """AUC of each estimator's self-influence for finding the flipped labels, with its time."""
     rows = []
     for name, build in builders.items():
         start = time.perf_counter()
         est = build()
         si = np.asarray(jax.block_until_ready(est.self_influence()))
-        rows.append({"estimator": name, "auc": auc(si, flipped), "seconds": time.perf_counter() - start})
+        rows.append(MislabelAUC(name, auc(si, flipped), time.perf_counter() - start))
     return rows
 
 
-def markdown_table(rows: list[dict], digits: int = 3) -> str:
-    """A markdown table of `rows` (dicts with the same keys)."""
+def evaluation_table(models: Mapping[str, tuple[Sequence[EstimatorScore], Sequence[MislabelAUC]]]) -> list[EvaluationRow]:
+    """One row per (model, estimator): the LDS of `compare` beside the mislabel AUC."""
+    table = []
+    for model, (rows, aucs) in models.items():
+        auc_of = {a.estimator: a.auc for a in aucs}
+        table += [EvaluationRow(model, r.estimator, r.lds, auc_of.get(r.estimator), r.seconds) for r in rows]
+    return table
+
+
+def markdown_table(rows: Sequence[NamedTuple | Mapping], digits: int = 3) -> str:
+    """A markdown table of NamedTuple (or mapping) rows; columns that are None in every row are
+    left out."""
     if not rows:
         return ""
-    keys = list(rows[0])
-    fmt = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+    rows = [r._asdict() if hasattr(r, "_asdict") else dict(r) for r in rows]
+    keys = [k for k in rows[0] if any(r.get(k) is not None for r in rows)]
+    fmt = lambda v: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else (
+        f"{v:.{digits}f}" if isinstance(v, float) else str(v))
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
