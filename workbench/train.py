@@ -98,16 +98,9 @@ def _batch(data, indices, step_index, full_batch: bool):
     return data if full_batch else jax.tree.map(lambda a: a[indices[step_index]], data)
 
 
-def optimize(
-    loss_fn: Callable[[PyTree, Any], jax.Array],
-    params: PyTree,
-    data: Any,
-    key: jax.Array | None,
-    *,
-    optimizer: optax.GradientTransformation,
-    num_steps: int,
-    batch_size: int | None = None,
-) -> tuple[PyTree, jax.Array]:
+def optimize(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data: Any, key: jax.Array | None,
+             *, optimizer: optax.GradientTransformation, num_steps: int,
+             batch_size: int | None = None) -> tuple[PyTree, jax.Array]:
     """`num_steps` optax steps inside one `lax.scan`: (final params, losses [num_steps]).
 
     A pure function (no host work, no events): use it under `jit`/`vmap`, e.g. to train many

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from workbench.influence.core import Estimator, check_damping, grad_featurizer
+from workbench.numerics import default_tol
 
 
 def curvature_operator(loss_fn: Callable, params, train_data, kind: str = "hessian", **operator_options):
@@ -69,19 +70,21 @@ def cg(
     damping: float = 0.0,
     kind: str = "hessian",
     num_iters: int = 500,
-    tol: float = 1e-10,
+    tol: float | None = None,
     measure_fn: Callable | None = None,
     operator_options: dict | None = None,
     **options,
 ) -> Estimator:
     """Influence by conjugate gradients on (C + damping I) x = g(z), C the curvature `kind`.
 
-    Stops at a relative residual `tol` or after `num_iters` iterations. A direction of
+    Stops at a relative residual `tol` (default `numerics.default_tol` of the params' dtype) or
+    after `num_iters` iterations. A direction of
     non-positive curvature (an indefinite or singular system) raises ValueError: raise the
     damping above -lambda_min or use kind="ggn".
     """
     damping = check_damping(damping)
     op = curvature_operator(loss_fn, params, train_data, kind, **(operator_options or {}))
+    tol = default_tol(op.dtype) if tol is None else float(tol)
     info = {"damping": damping, "kind": kind, "num_iters": num_iters, "tol": tol}
     est = Estimator(
         "cg", train_data, grad_featurizer(loss_fn), _cg_precondition(int(num_iters), float(tol)),
@@ -115,20 +118,10 @@ def _lissa_precondition(num_iters: int) -> Callable:
     return precondition
 
 
-def lissa(
-    loss_fn: Callable,
-    params,
-    train_data,
-    *,
-    damping: float = 0.0,
-    kind: str = "hessian",
-    num_iters: int = 1000,
-    scale: float | None = None,
-    key: jax.Array | None = None,
-    measure_fn: Callable | None = None,
-    operator_options: dict | None = None,
-    **options,
-) -> Estimator:
+def lissa(loss_fn: Callable, params, train_data, *, damping: float = 0.0, kind: str = "hessian",
+          num_iters: int = 1000, scale: float | None = None, key: jax.Array | None = None,
+          measure_fn: Callable | None = None, operator_options: dict | None = None,
+          **options) -> Estimator:
     """LiSSA (Agarwal et al. 2017): the Neumann series of (C + damping I)^{-1}, `num_iters` terms.
 
     `scale` must exceed the largest eigenvalue of C + damping I for the series to converge; by

@@ -82,8 +82,8 @@ def correct_mispredictions(
     loss_fn: Callable,
     predict_fn: Callable,
     params,
-    train,
-    test,
+    train_data,
+    test_data,
     scores,
     key: jax.Array,
     *,
@@ -98,14 +98,14 @@ def correct_mispredictions(
     (0 removes them, negative unlearns them), and separately with k random examples re-weighted
     the same way. Reports the fraction fixed and the accuracy lost on the other test points.
     """
-    n = num_examples(train, "train")
-    n_test = check_like_training(test, train, "test")
+    n = num_examples(train_data, "train_data")
+    n_test = check_like_training(test_data, train_data, "test_data")
     scores = np.asarray(scores)
     if scores.shape != (n_test, n):
         raise ValueError(f"scores must have shape [n_test={n_test}, n_train={n}], got {scores.shape}")
     if not 1 <= k < n:
         raise ValueError(f"k must lie in [1, n_train), got {k}")
-    x, y = test
+    x, y = test_data
     correct = np.asarray(jnp.argmax(predict_fn(params, x), -1).astype(y.dtype) == y)
     wrong = np.flatnonzero(~correct)[:max_points]
     if wrong.size == 0:
@@ -125,7 +125,7 @@ def correct_mispredictions(
     results = {}
     _, unravel = ravel_pytree(params)
     for name, sets in (("influence", harmful), ("random", rand)):
-        flats = _trajectories(loss_fn, params, train, weights_for(sets), opt, full, num_steps)[-1]
+        flats = _trajectories(loss_fn, params, train_data, weights_for(sets), opt, full, num_steps)[-1]
         preds = jax.vmap(lambda f: jnp.argmax(predict_fn(unravel(f), x), -1).astype(y.dtype))(flats)  # [m, n_test]
         right = np.asarray(preds == y[None])
         fixed = right[np.arange(wrong.size), wrong]
@@ -151,8 +151,8 @@ class FadingResult(NamedTuple):
 def fading(
     loss_fn: Callable,
     params,
-    train,
-    test,
+    train_data,
+    test_data,
     removed,
     predicted,
     key: jax.Array,
@@ -168,8 +168,8 @@ def fading(
     the test measure with `predicted` [n_test, k] (e.g. scores[:, removed]) every `record_every`
     steps. Returns the correlation curve and the parameter divergence over training time.
     """
-    n = num_examples(train, "train")
-    check_like_training(test, train, "test")
+    n = num_examples(train_data, "train_data")
+    check_like_training(test_data, train_data, "test_data")
     removed = np.asarray(removed)
     predicted = np.asarray(predicted)
     if predicted.shape[1:] != removed.shape or removed.ndim != 1:
@@ -180,10 +180,10 @@ def fading(
     weights = jnp.concatenate([jnp.ones((1, n), dtype),
                                1.0 - jax.nn.one_hot(jnp.asarray(removed), n, dtype=dtype)])
     idx = _batches(key, n, batch_size, num_steps)
-    flats = _trajectories(loss_fn, params, train, weights, optimizer, idx, record_every)  # [T, M, p]
+    flats = _trajectories(loss_fn, params, train_data, weights, optimizer, idx, record_every)  # [T, M, p]
     _, unravel = ravel_pytree(params)
     measure = measure_fn or loss_fn
-    outs = np.stack([np.asarray(outputs(measure, jax.vmap(unravel)(f), test)) for f in flats])  # [T, M, n_test]
+    outs = np.stack([np.asarray(outputs(measure, jax.vmap(unravel)(f), test_data)) for f in flats])  # [T, M, n_test]
     actual = np.transpose(outs[:, 1:] - outs[:, :1], (0, 2, 1))  # [T, n_test, k]
     divergence = np.asarray(jnp.linalg.norm(flats[:, 1:] - flats[:, :1], axis=-1).mean(axis=1))
     pear = np.array([np.nanmean(pearson_rows(predicted, a)) for a in actual])

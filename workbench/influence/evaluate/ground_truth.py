@@ -33,8 +33,8 @@ class LOOResult(NamedTuple):
 def loo(
     loss_fn: Callable,
     params,
-    train,
-    test,
+    train_data,
+    test_data,
     removed,
     *,
     measure_fn: Callable | None = None,
@@ -44,17 +44,17 @@ def loo(
 
     `measure_fn(params, batch)` is what is attributed (default: loss_fn on the test example).
     """
-    n = num_examples(train, "train")
-    check_like_training(test, train, "test")
+    n = num_examples(train_data, "train_data")
+    check_like_training(test_data, train_data, "test_data")
     removed = np.asarray(removed, dtype=np.int64)
     if removed.ndim != 1 or removed.size == 0 or removed.min() < 0 or removed.max() >= n:
         raise ValueError(f"removed must be a non-empty 1-d array of indices in [0, {n}), got {removed!r}")
     measure_fn = measure_fn or loss_fn
     dtype = jax.tree.leaves(params)[0].dtype
     weights = 1.0 - jax.nn.one_hot(jnp.asarray(removed), n, dtype=dtype)
-    result = retrain(loss_fn, params, train, weights, **retrain_options)
-    base = outputs(measure_fn, jax.tree.map(lambda a: a[None], params), test)[0]
-    after = outputs(measure_fn, result.params, test)
+    result = retrain(loss_fn, params, train_data, weights, **retrain_options)
+    base = outputs(measure_fn, jax.tree.map(lambda a: a[None], params), test_data)[0]
+    after = outputs(measure_fn, result.params, test_data)
     return LOOResult(removed, np.asarray(after - base[None]).T, np.asarray(result.grad_norm), n)
 
 
@@ -76,21 +76,12 @@ class LDSGroundTruth(NamedTuple):
     grad_norm: np.ndarray  # [M]
 
 
-def lds_ground_truth(
-    loss_fn: Callable,
-    params,
-    train,
-    test,
-    key: jax.Array,
-    *,
-    num_subsets: int = 50,
-    fraction: float = 0.5,
-    measure_fn: Callable | None = None,
-    **retrain_options,
-) -> LDSGroundTruth:
+def lds_ground_truth(loss_fn: Callable, params, train_data, test_data, key: jax.Array, *,
+                     num_subsets: int = 50, fraction: float = 0.5,
+                     measure_fn: Callable | None = None, **retrain_options) -> LDSGroundTruth:
     """Train one model per random subset of round(fraction * n) examples (starting at `params`)."""
-    n = num_examples(train, "train")
-    check_like_training(test, train, "test")
+    n = num_examples(train_data, "train_data")
+    check_like_training(test_data, train_data, "test_data")
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
     if num_subsets < 2:
@@ -99,8 +90,8 @@ def lds_ground_truth(
     keys = jax.random.split(key, num_subsets)
     masks = jax.vmap(lambda k: jnp.zeros(n, bool).at[jax.random.permutation(k, n)[:size]].set(True))(keys)
     dtype = jax.tree.leaves(params)[0].dtype
-    result = retrain(loss_fn, params, train, masks.astype(dtype), **retrain_options)
-    outs = outputs(measure_fn or loss_fn, result.params, test)
+    result = retrain(loss_fn, params, train_data, masks.astype(dtype), **retrain_options)
+    outs = outputs(measure_fn or loss_fn, result.params, test_data)
     return LDSGroundTruth(np.asarray(masks), np.asarray(outs), np.asarray(result.grad_norm))
 
 

@@ -14,7 +14,7 @@ inside), to convergence:
   preconditioned with the inverse full-data Hessian at `params` (plus `damping`). For a
   leave-one-out weighting that preconditioner is within O(1/n) of exact, so one or two steps
   reach machine precision; subsets need a few more. It stops when the
-  gradient norm drops below `tol` (or after `max_steps`) and returns that norm so convergence
+  gradient norm drops below `tol` (default `numerics.default_tol`) or after `num_iters` steps, and returns that norm so convergence
   can be checked.
 - `method="optax"`: `num_steps` full-batch steps of an optax optimizer from `params` (non-convex
   models, or training from an initialisation).
@@ -33,7 +33,7 @@ from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
 from workbench.influence.inverse import dense_hessian
-from workbench.numerics import num_examples
+from workbench.numerics import default_tol, num_examples
 from workbench.pergrad import example_loss, per_example_losses
 from workbench.train import optimize
 
@@ -64,8 +64,8 @@ def retrain(
     weights: jax.Array,
     *,
     method: str = "newton",
-    max_steps: int = 30,
-    tol: float = 1e-10,
+    num_iters: int = 30,
+    tol: float | None = None,
     cg_iters: int = 8,
     damping: float = 0.0,
     optimizer: optax.GradientTransformation | None = None,
@@ -81,8 +81,9 @@ def retrain(
     weights = weights.astype(flat0.dtype)
     if method == "newton":
         h0 = dense_hessian(loss_fn, params, data) + damping * jnp.eye(flat0.size, dtype=flat0.dtype)
+        tol = default_tol(flat0.dtype) if tol is None else tol
         precond, tol = jnp.linalg.inv(h0), jnp.asarray(tol, flat0.dtype)
-        run = lambda w: _newton(loss_fn, params, data, w, precond, tol, jnp.asarray(max_steps),
+        run = lambda w: _newton(loss_fn, params, data, w, precond, tol, jnp.asarray(num_iters),
                                 jnp.asarray(cg_iters))
     elif method == "optax":
         if optimizer is None or num_steps <= 0:
@@ -104,7 +105,7 @@ def _flat_objective_grad(loss_fn, params, data):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _newton(loss_fn, params, data, weights, precond, tol, max_steps, cg_iters):
+def _newton(loss_fn, params, data, weights, precond, tol, num_iters, cg_iters):
     """Inexact Newton: each step solves H_w d = -g by conjugate gradients preconditioned with
     `precond` (the inverse full-data Hessian at the start), from HVPs of J_w."""
     flat0, _ = ravel_pytree(params)
@@ -130,7 +131,7 @@ def _newton(loss_fn, params, data, weights, precond, tol, max_steps, cg_iters):
 
         def cond(state):
             k, _, g = state
-            return (k < max_steps) & (jnp.linalg.norm(g) > tol)
+            return (k < num_iters) & (jnp.linalg.norm(g) > tol)
 
         def body(state):
             k, flat, g = state
@@ -173,7 +174,8 @@ def _optax(loss_fn, params, data, weights, optimizer, num_steps):
 
 
 def fit(
-    loss_fn: Callable, params: PyTree, data, *, rounds: int = 20, tol: float = 1e-10, **options
+    loss_fn: Callable, params: PyTree, data, *, num_refreshes: int = 20, tol: float | None = None,
+    **options
 ) -> tuple[PyTree, float]:
     """Train on the whole dataset to convergence by Newton's method (convex models).
 
@@ -183,9 +185,10 @@ def fit(
     """
     n = num_examples(data, "data")
     flat0, _ = ravel_pytree(params)
-    options.setdefault("max_steps", 5)
+    options.setdefault("num_iters", 5)
+    tol = default_tol(flat0.dtype) if tol is None else tol
     gnorm = float("inf")
-    for _ in range(rounds):
+    for _ in range(num_refreshes):
         result = retrain(loss_fn, params, data, jnp.ones((1, n), flat0.dtype), tol=tol, **options)
         params, gnorm = jax.tree.map(lambda a: a[0], result.params), float(result.grad_norm[0])
         if gnorm <= tol:
