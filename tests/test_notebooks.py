@@ -38,6 +38,9 @@ def test_paper_runs_on_quick_profile(name, tmp_path):
     assert metrics, f"{name} recorded no headline numbers"
     figures = list((result.path / "figures").iterdir())
     assert any(f.suffix == ".png" for f in figures), f"{name} saved no figure"
+    assert paper.claims, f"{name} declares no claims in its header"
+    failed = [f"{c.metric} {c.claim}: {c.value!r} ({c.reason})" for c in result.claims if not c.passed]
+    assert not failed, f"{name}: quick-profile claims failed: {failed}"
 
 
 @pytest.mark.notebook

@@ -145,8 +145,34 @@ def test_failed_run_is_kept_and_earlier_runs_untouched(tmp_path):
 def test_run_all_summarises_and_fails_if_any_failed(tmp_path):
     out = cli("run", "--all", runs_dir=tmp_path)
     assert out.returncode == 1
-    assert "1 passed, 1 failed" in out.stdout
+    assert "papers: 1 ran, 1 failed" in out.stdout
     assert "echo_paper" in out.stdout and "FAILED" in out.stdout
+
+
+def test_claims_are_checked_recorded_and_fail_the_run_command(tmp_path):
+    paper = P.get_paper("echo_paper", P.discover(FIXTURES))
+    assert [(c.metric, c.profiles) for c in paper.claims] == [
+        ("n", ("quick", "full")), ("scale", ("quick", "full")), ("total", ("quick",))]
+    good = cli("run", "echo_paper", runs_dir=tmp_path)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "claim pass: n <100" in good.stdout
+    run = run_dirs(tmp_path, "echo_paper")[0]
+    assert [c["passed"] for c in json.loads((run / "claims.json").read_text())] == [True, True, True]
+    assert json.loads((run / "manifest.json").read_text())["claims"] == {"passed": 3, "failed": []}
+    bad = cli("run", "echo_paper", "-p", "n=500", "-p", "scale=8", runs_dir=tmp_path)
+    assert bad.returncode == 1  # the run itself succeeded; its claims did not hold
+    assert "claim FAIL: n <100 (value 500)" in bad.stdout and "claim FAIL: scale" in bad.stdout
+    newest = [d for d in run_dirs(tmp_path, "echo_paper") if d != run][0]
+    assert {"n", "scale"} <= set(json.loads((newest / "manifest.json").read_text())["claims"]["failed"])
+    metrics = {"n": 5}
+    results = {c.metric: c for c in P.check_claims(paper, "quick", metrics)}
+    assert results["n"].passed and not results["total"].passed and results["total"].reason == "metric not recorded"
+    assert not P.Claim("x", ">0").check({"x": [1.0, float("nan")]}).passed  # every entry, and NaN fails
+    assert P.Claim("x", [0, 1]).check({"x": 1.0}).passed and not P.Claim("x", "<1").check({"x": 1.0}).passed
+    with pytest.raises(P.PaperError, match="expected"):
+        P.parse_claims({"x": "about 3"}, "here")
+    with pytest.raises(P.PaperError, match="unknown profiles"):
+        P.parse_claims({"x": {"medium": ">1"}}, "here")
 
 
 def test_every_real_paper_declares_valid_metadata():

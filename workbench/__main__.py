@@ -37,6 +37,10 @@ def cmd_describe(args) -> int:
     rows = [[p.name, p.type, repr(p.default), repr(paper.full[p.name]) if p.name in paper.full else "", p.help]
             for p in paper.parameters.values()]
     print(_table(rows, ["parameter", "type", "default (quick)", "full", "help"]))
+    if paper.claims:
+        print("\nclaims (checked after every run):")
+        for c in paper.claims:
+            print(f"  {c.metric} {c.spec}" + ("" if len(c.profiles) == 2 else f" ({c.profiles[0]} profile)"))
     print(f"\nexample: python -m workbench run {paper.name} -p seed=1 --profile quick")
     return 0
 
@@ -63,16 +67,36 @@ def cmd_run(args) -> int:
         results.append(result)
         status = "ok" if result.ok else "FAILED"
         print(f"[{i}/{len(plans)}] {paper.name}: {status} in {result.seconds:.1f} s -> {result.path}", flush=True)
+        for c in result.claims:
+            mark = "pass" if c.passed else "FAIL"
+            print(f"    claim {mark}: {c.metric} {c.claim} (value {_short(c.value)})"
+                  + (f" - {c.reason}" if c.reason else ""), flush=True)
         if not result.ok:
             print(f"    {result.error.splitlines()[-1] if result.error else ''}\n"
                   f"    traceback: {result.path / 'error.txt'}", file=sys.stderr)
     if len(results) > 1:
         print()
-        rows = [[r.paper, "ok" if r.ok else "FAILED", f"{r.seconds:.1f} s", str(r.path)] for r in results]
-        print(_table(rows, ["paper", "status", "time", "run directory"]))
+        rows = [[r.paper, "ok" if r.ok else "FAILED", _claims_cell(r), f"{r.seconds:.1f} s", str(r.path)]
+                for r in results]
+        print(_table(rows, ["paper", "status", "claims", "time", "run directory"]))
         failed = sum(not r.ok for r in results)
-        print(f"\n{len(results) - failed} passed, {failed} failed in {time.perf_counter() - t0:.0f} s")
-    return 0 if all(r.ok for r in results) else 1
+        bad_claims = sum(not c.passed for r in results for c in r.claims)
+        print(f"\npapers: {len(results) - failed} ran, {failed} failed; claims: "
+              f"{sum(c.passed for r in results for c in r.claims)} held, {bad_claims} did not; "
+              f"{time.perf_counter() - t0:.0f} s")
+    return 0 if all(r.ok and r.claims_ok for r in results) else 1
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _claims_cell(result) -> str:
+    if not result.claims:
+        return "-"
+    held = sum(c.passed for c in result.claims)
+    return f"{held}/{len(result.claims)}" + ("" if held == len(result.claims) else " FAILED")
 
 
 def build_parser() -> argparse.ArgumentParser:

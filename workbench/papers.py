@@ -1,11 +1,18 @@
 """The paper registry and papermill runner.
 
 A paper is a notebook pair `notebooks/NAME.py` (jupytext percent, the source) + `NAME.ipynb`.
-Its jupytext header carries `workbench: {title, quick_seconds, full: {param: value}}`, and its
+Its jupytext header carries `workbench: {title, quick_seconds, full: {param: value}, claims: {...}}`,
+and its
 cell tagged `parameters` declares typed defaults (`name: type = default  # help`), which are the
 quick profile. Parameters are validated here, before anything executes. Each run goes to
 `runs/NAME/<UTC time>-<param hash>/` through a temporary directory renamed on success; a failed
 run is kept as `...-failed/` with its traceback, and earlier runs are never touched.
+
+Claims: the header's `claims` maps a metric name (a key of `metrics.json`) to what the paper
+asserts about it: ">0.95", "<0.01", ">=1", "<=0", a range [lo, hi], or per profile
+`{quick: ..., full: ...}`. A list-valued metric must satisfy the claim in every entry. After each
+run the claims are checked, written to `claims.json` and the manifest, and printed; a missing
+metric fails its claim.
 """
 
 from __future__ import annotations
@@ -56,6 +63,80 @@ class Parameter:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """`metric` must satisfy `spec` (">x", "<x", ">=x", "<=x" or [lo, hi]) on `profiles`."""
+
+    metric: str
+    spec: Any
+    profiles: tuple[str, ...] = PROFILES
+
+    def bounds(self) -> tuple[float, float, bool, bool]:
+        """(lo, hi, lo_inclusive, hi_inclusive)."""
+        spec = self.spec
+        if isinstance(spec, list | tuple) and len(spec) == 2:
+            return float(spec[0]), float(spec[1]), True, True
+        if isinstance(spec, str):
+            text = spec.replace(" ", "")
+            for op in (">=", "<=", ">", "<"):
+                if text.startswith(op):
+                    value = float(text[len(op):])
+                    if op[0] == ">":
+                        return value, math.inf, op == ">=", False
+                    return -math.inf, value, False, op == "<="
+        raise PaperError(f"claim on {self.metric!r}: expected '>x', '<x', '>=x', '<=x' or [lo, hi], "
+                         f"got {spec!r}")
+
+    def check(self, metrics: dict[str, Any]) -> ClaimResult:
+        lo, hi, lo_in, hi_in = self.bounds()
+        if self.metric not in metrics:
+            return ClaimResult(self.metric, str(self.spec), None, False, "metric not recorded")
+        value = metrics[self.metric]
+        values = value if isinstance(value, list) else [value]
+        try:
+            numbers = [float(v) for v in values]
+        except (TypeError, ValueError):
+            return ClaimResult(self.metric, str(self.spec), value, False, "metric is not numeric")
+        ok = bool(numbers) and all(
+            math.isfinite(v) and (v >= lo if lo_in else v > lo) and (v <= hi if hi_in else v < hi)
+            for v in numbers)
+        return ClaimResult(self.metric, str(self.spec), value, ok, "" if ok else "outside the claim")
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    metric: str
+    claim: str
+    value: Any
+    passed: bool
+    reason: str = ""
+
+
+def parse_claims(raw: Any, where: str) -> tuple[Claim, ...]:
+    """The header's `claims` mapping as Claims (validated; see the module docstring)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise PaperError(f"{where}: claims must map metric names to claims, got {raw!r}")
+    claims = []
+    for metric, spec in raw.items():
+        if isinstance(spec, dict):
+            unknown = [k for k in spec if k not in PROFILES]
+            if unknown:
+                raise PaperError(f"{where}: claim on {metric!r} names unknown profiles {unknown}")
+            claims += [Claim(str(metric), s, (profile,)) for profile, s in spec.items()]
+        else:
+            claims.append(Claim(str(metric), spec))
+    for claim in claims:
+        claim.bounds()  # validate now, before anything runs
+    return tuple(claims)
+
+
+def check_claims(paper: Paper, profile: str, metrics: dict[str, Any]) -> list[ClaimResult]:
+    """Every claim of `paper` that applies to `profile`, checked against `metrics`."""
+    return [c.check(metrics) for c in paper.claims if profile in c.profiles]
+
+
+@dataclass(frozen=True)
 class Paper:
     name: str
     title: str
@@ -63,6 +144,7 @@ class Paper:
     quick_seconds: float | None
     full: dict[str, Any]
     parameters: dict[str, Parameter] = field(repr=False)
+    claims: tuple[Claim, ...] = ()
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -112,7 +194,9 @@ def load_paper(source: Path) -> Paper:
     if missing:
         raise PaperError(f"{source}: parameters cell lacks {missing}")
     full = dict(meta.get("full") or {})
-    paper = Paper(source.stem, meta.get("title", source.stem), source, meta.get("quick_seconds"), full, params)
+    claims = parse_claims(meta.get("claims"), str(source))
+    paper = Paper(source.stem, meta.get("title", source.stem), source, meta.get("quick_seconds"), full,
+                  params, claims)
     unknown = [k for k in full if k not in params]
     if unknown:
         raise PaperError(f"{source}: full profile names unknown parameters {unknown}")
@@ -251,6 +335,11 @@ class RunResult:
     path: Path
     seconds: float
     error: str | None = None
+    claims: tuple[ClaimResult, ...] = ()
+
+    @property
+    def claims_ok(self) -> bool:
+        return all(c.passed for c in self.claims)
 
 
 def _git_state(root: Path) -> dict[str, Any]:
@@ -335,6 +424,12 @@ def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None
                 os.environ[k] = v
     seconds = time.perf_counter() - t0
     end = datetime.now(UTC)
+    claims: list[ClaimResult] = []
+    if not error:
+        metrics = json.loads((tmp / METRICS_FILE).read_text())
+        claims = check_claims(paper, str(params.get("profile")), metrics)
+        (tmp / "claims.json").write_text(json.dumps(
+            [c.__dict__ for c in claims], indent=2, default=str) + "\n")
     manifest = {
         "paper": paper.name,
         "title": paper.title,
@@ -353,10 +448,13 @@ def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None
     }
     if error:
         manifest["error"] = error
+    else:
+        manifest["claims"] = {"passed": sum(c.passed for c in claims),
+                              "failed": [c.metric for c in claims if not c.passed]}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     final = _unique(paper_dir / (f"{stem}-failed" if error else stem))
     tmp.rename(final)
-    return RunResult(paper.name, error is None, final, seconds, error)
+    return RunResult(paper.name, error is None, final, seconds, error, tuple(claims))
 
 
 def cleanup_stale_temporaries(runs_dir: Path) -> None:
