@@ -14,6 +14,10 @@
 #     language: python
 #     name: python3
 #   workbench:
+#     claims:
+#       damage: <0.01
+#       fix_rate: '>0.15'
+#       fix_rate_random: <0.1
 #     full:
 #       n_test: 450
 #       n_train: 1347

@@ -14,6 +14,11 @@
 #     language: python
 #     name: python3
 #   workbench:
+#     claims:
+#       ratio_max: <1.25
+#       ratio_mean:
+#       - 0.9
+#       - 1.1
 #     full:
 #       learning_rates:
 #       - 0.1

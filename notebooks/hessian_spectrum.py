@@ -14,6 +14,10 @@
 #     language: python
 #     name: python3
 #   workbench:
+#     claims:
+#       all_converged: '>=1'
+#       slq_wasserstein1: <0.01
+#       top_max_relative_error: <1e-6
 #     full:
 #       hidden_size: 32
 #       num_examples: 1347

@@ -14,6 +14,13 @@
 #     language: python
 #     name: python3
 #   workbench:
+#     claims:
+#       auc_logistic_exact: '>0.95'
+#       auc_mlp_exact: '>0.95'
+#       lds_logistic_arnoldi: '>0.85'
+#       lds_logistic_exact: '>0.85'
+#       lds_logistic_grad_dot: <0.8
+#       lds_mlp_exact: '>0.75'
 #     full:
 #       hidden: 32
 #       n_test: 200

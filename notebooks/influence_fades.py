@@ -14,6 +14,10 @@
 #     language: python
 #     name: python3
 #   workbench:
+#     claims:
+#       fading_pearson_grad_dot: <0.7
+#       final_pearson: <0.92
+#       peak_pearson: '>0.9'
 #     full:
 #       n_train: 1347
 #       num_removed: 100

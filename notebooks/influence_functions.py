@@ -14,6 +14,13 @@
 #     language: python
 #     name: python3
 #   workbench:
+#     claims:
+#       loo_pearson_arnoldi: '>0.95'
+#       loo_pearson_cg: '>0.98'
+#       loo_pearson_exact: '>0.98'
+#       loo_pearson_grad_dot: <0.9
+#       loo_pearson_lissa: '>0.98'
+#       vs_exact_cg: '>0.999'
 #     full:
 #       n_test: 200
 #       n_train: 1347

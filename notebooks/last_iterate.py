@@ -14,6 +14,8 @@
 #     language: python
 #     name: python3
 #   workbench:
+#     claims:
+#       harvey_last_sqrtT_over_logT: '>0.03125'
 #     full:
 #       harvey_horizons:
 #       - 16

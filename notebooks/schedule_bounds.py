@@ -14,6 +14,11 @@
 #     language: python
 #     name: python3
 #   workbench:
+#     claims:
+#       linear_decay_at_largest_T:
+#       - 1.9
+#       - 2.1
+#       varying_norms_bound_at_largest_T/refined for these norms: <3.0
 #     full:
 #       horizons:
 #       - 10

@@ -14,6 +14,9 @@
 #     language: python
 #     name: python3
 #   workbench:
+#     claims:
+#       test_accuracy/MLP 64-32-10/refined: '>0.9'
+#       test_accuracy/logistic regression/refined: '>0.9'
 #     full:
 #       peak_lrs:
 #       - 0.25

@@ -14,6 +14,8 @@
 #     language: python
 #     name: python3
 #   workbench:
+#     claims:
+#       test_accuracy: '>0.93'
 #     full:
 #       hidden_size: 128
 #       steps: 3000

@@ -169,6 +169,7 @@ def test_claims_are_checked_recorded_and_fail_the_run_command(tmp_path):
     assert results["n"].passed and not results["total"].passed and results["total"].reason == "metric not recorded"
     assert not P.Claim("x", ">0").check({"x": [1.0, float("nan")]}).passed  # every entry, and NaN fails
     assert P.Claim("x", [0, 1]).check({"x": 1.0}).passed and not P.Claim("x", "<1").check({"x": 1.0}).passed
+    assert P.Claim("a/b c/d", ">=2").check({"a": {"b c": {"d": 2}}}).passed  # a nested entry
     with pytest.raises(P.PaperError, match="expected"):
         P.parse_claims({"x": "about 3"}, "here")
     with pytest.raises(P.PaperError, match="unknown profiles"):

@@ -10,7 +10,8 @@ run is kept as `...-failed/` with its traceback, and earlier runs are never touc
 
 Claims: the header's `claims` maps a metric name (a key of `metrics.json`) to what the paper
 asserts about it: ">0.95", "<0.01", ">=1", "<=0", a range [lo, hi], or per profile
-`{quick: ..., full: ...}`. A list-valued metric must satisfy the claim in every entry. After each
+`{quick: ..., full: ...}`; "a/b" names the entry b of a nested metric a. A list-valued metric
+must satisfy the claim in every entry. After each
 run the claims are checked, written to `claims.json` and the manifest, and printed; a missing
 metric fails its claim.
 """
@@ -88,9 +89,9 @@ class Claim:
 
     def check(self, metrics: dict[str, Any]) -> ClaimResult:
         lo, hi, lo_in, hi_in = self.bounds()
-        if self.metric not in metrics:
+        value = _lookup(metrics, self.metric)
+        if value is _MISSING:
             return ClaimResult(self.metric, str(self.spec), None, False, "metric not recorded")
-        value = metrics[self.metric]
         values = value if isinstance(value, list) else [value]
         try:
             numbers = [float(v) for v in values]
@@ -100,6 +101,21 @@ class Claim:
             math.isfinite(v) and (v >= lo if lo_in else v > lo) and (v <= hi if hi_in else v < hi)
             for v in numbers)
         return ClaimResult(self.metric, str(self.spec), value, ok, "" if ok else "outside the claim")
+
+
+_MISSING = object()
+
+
+def _lookup(metrics: dict[str, Any], name: str) -> Any:
+    """metrics[name], or for "a/b/c" the nested metrics["a"]["b"]["c"]."""
+    if name in metrics:
+        return metrics[name]
+    value: Any = metrics
+    for part in name.split("/"):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
 
 
 @dataclass(frozen=True)
