@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from workbench import data, models, spectrum, train
@@ -32,3 +33,30 @@ def test_stability_ratio():
                                       "sharpness": np.array([5.0, 10.0, 20.0, 22.0])}, None, False)
     ratio = spectra.stability_ratio(run, last_fraction=0.5)
     np.testing.assert_allclose([ratio.min, ratio.max], [1.0, 1.1])
+
+
+def test_sharpness_of_a_nan_loss_raises_never_zero(key):
+    """Every Hessian product NaN: sharpness and the callback raise (they used to report 0.0)."""
+    ds = data.make_classification(jax.random.key(1), 32, 4, num_classes=2, dtype=jnp.float64)
+    fn = models.functional(models.MLP(4, [3], 2, rngs=nnx.Rngs(0), param_dtype=jnp.float64))
+    nan_loss = lambda p, b: fn.loss_fn(p, b) * jnp.nan
+    with pytest.raises(FloatingPointError, match="NaN or inf"):
+        spectrum.sharpness(nan_loss, fn.params, ds, key)
+    with pytest.raises(FloatingPointError, match="sharpness at step 3"):
+        spectrum.sharpness_callback(nan_loss, ds, key)(3, fn.params)
+
+
+def test_sharpness_compiles_once_and_keeps_data_out_of_the_program(key):
+    ds = data.make_classification(jax.random.key(1), 32, 4, num_classes=2, dtype=jnp.float64)
+    fn = models.functional(models.MLP(4, [3], 2, rngs=nnx.Rngs(0), param_dtype=jnp.float64))
+    from workbench.spectrum.sharpness import _top_values_fn
+
+    _top_values_fn.cache_clear()
+    first = spectrum.sharpness(fn.loss_fn, fn.params, ds, key)
+    other = ds.with_targets(1 - ds.y)  # new data, same shapes
+    second = spectrum.sharpness(fn.loss_fn, fn.params, other, key)
+    top = _top_values_fn(fn.loss_fn, 1, 20, 50, None, "hessian", None)
+    assert _top_values_fn.cache_info().misses == 1 and top._cache_size() == 1
+    assert float(first[0]) != float(second[0])
+    hlo = top.lower(fn.params, ds, key).as_text()
+    assert "constant" not in hlo or str(float(ds.x[0, 0]))[:8] not in hlo

@@ -3,6 +3,7 @@ and the training callback that observes those norms."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -62,16 +63,14 @@ def refine(grad_norms, tau: float = 0.1, window: int | None = None) -> Refined:
     return Refined(eta, smoothed, from_values(eta))
 
 
-def grad_norm_callback(loss_fn: Callable, data, key: jax.Array, *, batch_size: int | None,
-                       num_batches: int = 8) -> Callable:
-    """A `train` callback returning {"grad_norm": sqrt(mean_b ||grad loss(params, batch_b)||^2)}
-    over `num_batches` random minibatches (fresh per step): an estimate of the stochastic gradient
-    norm sqrt(E ||g_t||^2) that the last-iterate bound uses. batch_size=None: full batch."""
-    n = num_examples(data)
+@functools.lru_cache(maxsize=64)
+def _grad_norm_fn(loss_fn: Callable, batch_size: int | None, num_batches: int, n: int):
+    """jit(params, data, key, step) -> the gradient-norm estimate, compiled once per loss_fn and
+    configuration; the data is an argument, not a constant of the program."""
     full = batch_size is None or batch_size >= n
 
     @jax.jit
-    def norm(params, step):
+    def norm(params, data, key, step):
         if full:
             g = jax.grad(loss_fn)(params, data)
             return jnp.sqrt(vdot(g, g))
@@ -80,7 +79,16 @@ def grad_norm_callback(loss_fn: Callable, data, key: jax.Array, *, batch_size: i
             params, jax.tree.map(lambda a: a[i], data))))(idx)
         return jnp.sqrt(jnp.mean(sq))
 
-    return lambda step, params: {"grad_norm": norm(params, step)}
+    return norm
+
+
+def grad_norm_callback(loss_fn: Callable, data, key: jax.Array, *, batch_size: int | None,
+                       num_batches: int = 8) -> Callable:
+    """A `train` callback returning {"grad_norm": sqrt(mean_b ||grad loss(params, batch_b)||^2)}
+    over `num_batches` random minibatches (fresh per step): an estimate of the stochastic gradient
+    norm sqrt(E ||g_t||^2) that the last-iterate bound uses. batch_size=None: full batch."""
+    norm = _grad_norm_fn(loss_fn, batch_size, int(num_batches), num_examples(data))
+    return lambda step, params: {"grad_norm": norm(params, data, key, step)}
 
 
 def per_step(at_steps, at_values, total_steps: int) -> np.ndarray:

@@ -9,6 +9,7 @@ The edge-of-stability recipe built on them (`gd_sharpness_run`, `stability_ratio
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -21,30 +22,44 @@ from workbench.numerics import default_tol
 from workbench.spectrum.krylov import _thick_restart_lanczos
 
 
-def _top_values_fn(loss_fn, data, k, num_iters, max_restarts, tol, kind, batch_size):
-    """jit(params, key) -> the k largest eigenvalues, compiled once per params shape."""
+@functools.lru_cache(maxsize=64)
+def _top_values_fn(loss_fn, k, num_iters, max_restarts, tol, kind, batch_size):
+    """jit(params, data, key) -> (the k largest eigenvalues, every product finite), compiled once
+    per (loss_fn, configuration) and params/data shapes; the data is an argument, never a
+    constant baked into the program."""
 
     @jax.jit
-    def top(params, key):
+    def top(params, data, key):
         op = curvature.operator(loss_fn, params, data, kind, batch_size=batch_size)
         m = min(op.dim, max(num_iters, k + 1))
-        result, _ = _thick_restart_lanczos(
+        result, finite = _thick_restart_lanczos(
             op, key, k, "largest", m, max_restarts, tol or default_tol(op.dtype), False
         )
-        return result.values
+        return result.values, finite & jnp.all(jnp.isfinite(result.values))
 
     return top
+
+
+def _check_options(k, kind):
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    if kind not in curvature.KINDS:
+        raise ValueError(f"kind must be one of {curvature.KINDS}, got {kind!r}")
 
 
 def sharpness(
     loss_fn, params, data, key, *, k: int = 1, num_iters: int = 20, kind: str = "hessian",
     batch_size: int | None = None,
 ) -> jax.Array:
-    """The k largest eigenvalues of the loss curvature over `data` (descending)."""
-    top = _top_values_fn(loss_fn, data, k, num_iters, 50, None, kind, batch_size)
-    values = top(params, key)
-    if not bool(jnp.all(jnp.isfinite(values))):
-        raise FloatingPointError("sharpness: the curvature operator returned NaN or inf")
+    """The k largest eigenvalues of the loss curvature over `data` (descending).
+
+    Raises FloatingPointError when any curvature product was NaN or inf (a diverged run has no
+    sharpness; it is never reported as 0)."""
+    _check_options(k, kind)
+    values, finite = _top_values_fn(loss_fn, k, num_iters, 50, None, kind, batch_size)(params, data, key)
+    if not bool(finite):
+        raise FloatingPointError("sharpness: a curvature product returned NaN or inf (check the loss "
+                                 "and params for non-finite values)")
     return values
 
 
@@ -68,15 +83,13 @@ def sharpness_callback(
     `tol` (default 1e-10 in float64, 1e-4 in float32) on the Hessian averaged over all of `data`,
     with the key folded with the step so runs are reproducible.
     """
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
-    if kind not in curvature.KINDS:
-        raise ValueError(f"kind must be one of {curvature.KINDS}, got {kind!r}")
-    top = _top_values_fn(loss_fn, data, k, num_iters, max_restarts, tol, kind, batch_size)
+    _check_options(k, kind)
+    top = _top_values_fn(loss_fn, k, num_iters, max_restarts, tol, kind, batch_size)
 
     def callback(step: int, params) -> dict:
-        values = np.asarray(top(params, jax.random.fold_in(key, step)))
-        if not np.all(np.isfinite(values)):
+        values, finite = top(params, data, jax.random.fold_in(key, step))
+        values = np.asarray(values)
+        if not bool(finite):
             raise FloatingPointError(f"{name} at step {step}: the Hessian product returned NaN or inf")
         out = {name: float(values[0])}
         out.update({f"{name}_{i + 1}": float(v) for i, v in enumerate(values[1:], start=1)})
