@@ -1,5 +1,7 @@
 """CG, LiSSA and Arnoldi influence against the exact (dense) influence function, float64."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,3 +107,41 @@ def test_deterministic_and_bad_k(problem, key):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError, match="k must be an int in"):
         influence.make("arnoldi", LogReg.loss_fn, params, train, k=10_000, key=jax.random.key(0))
+
+
+def test_silent_failures_are_reported_with_their_cause(problem, key):
+    """Each way an iterative estimator used to return plausible numbers now raises, naming why."""
+    params, train, test, _, _ = problem
+    # a NaN test gradient: CG used to return scores of exactly 0 (its loop never ran)
+    label = int(test.y[2])
+    nan_measure = lambda p, b: LogReg.loss_fn(p, b) * jnp.where(b.y[0] == label, jnp.nan, 1.0)
+    wrong = np.flatnonzero(np.asarray(test.y) == label)[:5].tolist()
+    for name, opts in (("cg", {}), ("lissa", {"key": key}), ("exact", {})):
+        est = influence.make(name, LogReg.loss_fn, params, train, measure_fn=nan_measure, **opts)
+        with pytest.raises(FloatingPointError, match=re.escape(f"gradients of test examples {wrong}")):
+            est.scores(test)
+    # a NaN training loss is a NaN loss, not "raise the damping", even at damping 10
+    nan_loss = lambda p, b: LogReg.loss_fn(p, b) + jnp.where(b.y[0] == 3, jnp.nan, 0.0)
+    for name, opts in (("cg", {}), ("lissa", {"key": key}), ("arnoldi", {"key": key, "k": 5})):
+        with pytest.raises(FloatingPointError, match="training loss is NaN or infinite"):
+            influence.make(name, nan_loss, params, train, damping=10.0, **opts)
+    # CG that cannot converge in its budget says so (it used to return the partial solve)
+    short = influence.make("cg", LogReg.loss_fn, params, train, num_iters=2, tol=1e-14)
+    with pytest.raises(RuntimeError, match="did not reach the relative residual"):
+        short.scores(test)
+    # LiSSA's scale from a power iteration that did not converge is refused
+    with pytest.raises(RuntimeError, match="power iteration .* did not converge"):
+        from workbench.spectrum import krylov
+        original = krylov.power_iteration.__defaults__
+        krylov.power_iteration.__defaults__ = (2, 1e-14)  # two products: cannot converge
+        try:
+            influence.make("lissa", LogReg.loss_fn, params, train, key=key)
+        finally:
+            krylov.power_iteration.__defaults__ = original
+    # randomised estimators need an explicit key
+    for name in ("arnoldi", "lissa", "trak"):
+        with pytest.raises(ValueError, match="needs key="):
+            influence.make(name, LogReg.loss_fn, params, train)
+    # Ritz pairs that did not converge are announced
+    with pytest.warns(RuntimeWarning, match="have not converged"):
+        influence.make("arnoldi", LogReg.loss_fn, params, train, k=30, num_iters=31, key=key)

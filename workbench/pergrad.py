@@ -73,7 +73,7 @@ def map_chunks(fn: Callable, data: PyTree, chunk_size: int) -> jax.Array:
         return a.reshape(num_chunks, chunk_size, *a.shape[1:])
 
     out = jax.lax.map(fn, jax.tree.map(pad_reshape, data))
-    return out.reshape(num_chunks * chunk_size, *out.shape[2:])[:n]
+    return jax.tree.map(lambda o: o.reshape(num_chunks * chunk_size, *o.shape[2:])[:n], out)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))

@@ -28,6 +28,7 @@ beyond `cache_bytes`), so the projections are then read off the gradients and no
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 
 import jax
@@ -117,6 +118,12 @@ def arnoldi(
         eig_values, eig_vectors, converged = eig.values[:k], eig.vectors[:k], eig.converged[:k]
         next_value = eig.values[-1]
         depth = num_iters
+    num_converged = int(jnp.sum(converged))
+    if num_converged < k:
+        warnings.warn(
+            f"arnoldi: {k - num_converged} of the top {k} Ritz pairs have not converged (residual "
+            f"above 1e-6 x lambda_max at Krylov depth {depth}); their directions are approximate. "
+            "Raise num_iters for exact top-k directions.", RuntimeWarning, stacklevel=3)
     values = eig_values + damping
     keep = values > 1e-12 * jnp.max(jnp.abs(values))
     inverse_values = jnp.where(keep, 1.0 / jnp.where(keep, values, 1.0), 0.0)

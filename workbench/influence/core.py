@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.numerics import check_finite, num_examples
-from workbench.pergrad import flat_per_example_grads, map_chunks
+from workbench.pergrad import flat_per_example_grads, map_chunks, per_example_losses
 
 PyTree = Any
 
@@ -58,6 +58,22 @@ def check_like_training(batch: PyTree, train_data: PyTree, name: str = "test_bat
     n = num_examples(batch, name)
     check_finite(batch, name)
     return n
+
+
+def check_loss_finite(loss_fn: Callable, params: PyTree, data: PyTree, chunk_size: int = 1024) -> None:
+    """Raise FloatingPointError naming the first training examples whose loss is NaN or inf."""
+    losses = _losses(loss_fn, params, data, int(chunk_size))
+    bad = np.flatnonzero(~np.isfinite(np.asarray(losses)))
+    if bad.size:
+        raise FloatingPointError(
+            f"the training loss is NaN or infinite at params on examples {bad[:5].tolist()}"
+            f"{' ...' if bad.size > 5 else ''}: the curvature and every influence score would be "
+            "meaningless; check the params, the data and the loss")
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _losses(loss_fn, params, data, chunk_size):
+    return map_chunks(lambda chunk: per_example_losses(loss_fn, params, chunk), data, chunk_size)
 
 
 def check_damping(damping: float) -> float:
@@ -125,9 +141,9 @@ class Estimator:
         self._read_rows = int(read_rows)
         self._train_features = None
         self._self_influence = None
-        # what a NaN in a result means for this estimator (e.g. CG met negative curvature)
-        self.nonfinite_error: type[Exception] = FloatingPointError
-        self.nonfinite_message: str | None = None
+        # what a NaN (or an inf) in a result means for this estimator, e.g. CG met negative
+        # curvature (NaN) or did not converge (inf): {"nan" | "inf": (error type, message)}
+        self.nonfinite_reasons: dict[str, tuple[type[Exception], str]] = {}
 
     # -- features
     def train_features(self) -> jax.Array:
@@ -152,8 +168,14 @@ class Estimator:
     def test_features(self, test_batch: PyTree) -> jax.Array:
         """P psi of each test example, [n_test, d]."""
         check_like_training(test_batch, self.train_data)
-        feats = _map_test_features(self._featurize_test, self._precondition, self.state,
-                                   test_batch, self.chunk_size)
+        feats, raw_finite = _map_test_features(self._featurize_test, self._precondition, self.state,
+                                               test_batch, self.chunk_size)
+        bad = np.flatnonzero(~np.asarray(raw_finite))
+        if bad.size:
+            raise FloatingPointError(
+                f"influence estimator {self.name!r}: the gradients of test examples {bad[:5].tolist()}"
+                f"{' ...' if bad.size > 5 else ''} are NaN or infinite; check the loss (or measure) and "
+                "the params at those test points")
         self._check(feats, "preconditioned test features")
         return feats
 
@@ -196,8 +218,10 @@ class Estimator:
 
     def _check(self, x: jax.Array, what: str) -> None:
         if not bool(jnp.all(jnp.isfinite(x))):
-            if self.nonfinite_message:
-                raise self.nonfinite_error(f"influence estimator {self.name!r}: {self.nonfinite_message}")
+            for kind, present in (("nan", jnp.any(jnp.isnan(x))), ("inf", jnp.any(jnp.isinf(x)))):
+                if bool(present) and kind in self.nonfinite_reasons:
+                    error, message = self.nonfinite_reasons[kind]
+                    raise error(f"influence estimator {self.name!r}: {message}")
             raise FloatingPointError(
                 f"influence estimator {self.name!r}: {what} contain NaN or infinite values "
                 f"(settings {self.info}); check the params, the data and the damping"
@@ -214,7 +238,13 @@ def _map_features(featurize, state, data, chunk_size):
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 4))
 def _map_test_features(featurize, precondition, state, data, chunk_size):
-    return map_chunks(lambda chunk: precondition(state, featurize(state, chunk)), data, chunk_size)
+    """(P psi(z) [n, d], psi(z) finite [n]) so a bad test point is told apart from a failed solve."""
+
+    def chunk_fn(chunk):
+        raw = featurize(state, chunk)
+        return precondition(state, raw), jnp.all(jnp.isfinite(raw), axis=1)
+
+    return map_chunks(chunk_fn, data, chunk_size)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))

@@ -15,14 +15,15 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from workbench.influence.core import Estimator, check_damping, grad_featurizer
+from workbench import curvature
+from workbench.influence.core import Estimator, check_damping, check_loss_finite, grad_featurizer
 from workbench.numerics import default_tol
 
 
 def curvature_operator(loss_fn: Callable, params, train_data, kind: str = "hessian", **operator_options):
-    """`workbench.curvature.operator` on the training data (imported here: a lower layer)."""
-    from workbench import curvature
-
+    """`workbench.curvature.operator` on the training data, after checking that the training
+    loss is finite there (a NaN loss is reported as such, not as indefinite curvature)."""
+    check_loss_finite(loss_fn, params, train_data)
     return curvature.operator(loss_fn, params, train_data, kind=kind, **operator_options)
 
 
@@ -30,7 +31,10 @@ def curvature_operator(loss_fn: Callable, params, train_data, kind: str = "hessi
 
 
 @functools.lru_cache(maxsize=32)
-def _cg_precondition(max_iters: int, tol: float) -> Callable:
+def _cg_precondition(num_iters: int, tol: float) -> Callable:
+    """(C + damping I)^{-1} rows by CG; a row is NaN where CG met non-positive curvature and inf
+    where it did not reach the tolerance in `num_iters` iterations (the estimator reports both)."""
+
     def precondition(state, features):
         op, damping = state["op"], state["damping"]
         mv = lambda v: op.mv(v) + damping * v
@@ -41,7 +45,7 @@ def _cg_precondition(max_iters: int, tol: float) -> Callable:
 
             def cond(s):
                 k, _, r, _, _, indefinite = s
-                return (k < max_iters) & (jnp.linalg.norm(r) > tol * b_norm) & ~indefinite
+                return (k < num_iters) & (jnp.linalg.norm(r) > tol * b_norm) & ~indefinite
 
             def body(s):
                 k, x, r, d, rr, _ = s
@@ -54,8 +58,10 @@ def _cg_precondition(max_iters: int, tol: float) -> Callable:
                 return k + 1, x, r, r + rr_new / jnp.maximum(rr, tiny) * d, rr_new, indefinite
 
             init = (0, jnp.zeros_like(b), b, b, jnp.vdot(b, b), jnp.asarray(False))
-            _, x, _, _, _, indefinite = jax.lax.while_loop(cond, body, init)
-            return jnp.where(indefinite, jnp.nan, x)  # reported by the estimator, never returned
+            _, x, r, _, _, indefinite = jax.lax.while_loop(cond, body, init)
+            converged = (jnp.linalg.norm(r) <= tol * b_norm) & jnp.all(jnp.isfinite(x))
+            # reported by the estimator, never returned
+            return jnp.where(indefinite, jnp.nan, jnp.where(converged, x, jnp.inf))
 
         return jax.vmap(solve)(features)
 
@@ -91,12 +97,17 @@ def cg(
         {"params": params, "op": op, "damping": jnp.asarray(damping, op.dtype)},
         featurize_test=grad_featurizer(measure_fn) if measure_fn else None, info=info, **options,
     )
-    est.nonfinite_error = ValueError
-    est.nonfinite_message = (
-        f"conjugate gradients met a direction of non-positive curvature: {kind} + damping I "
-        f"(damping={damping}) is not positive definite. Raise the damping above -lambda_min "
-        "(workbench.spectrum.top_eigenpairs(op, key, 1, which='smallest')) or use kind='ggn'"
-    )
+    est.nonfinite_reasons = {
+        "nan": (ValueError, (
+            f"conjugate gradients met a direction of non-positive curvature: {kind} + damping I "
+            f"(damping={damping}) is not positive definite. Raise the damping above -lambda_min "
+            "(workbench.influence.damping_above_min_eigenvalue, or workbench.spectrum."
+            "top_eigenpairs(op, key, 1, which='smallest')) or use kind='ggn'")),
+        "inf": (RuntimeError, (
+            f"conjugate gradients did not reach the relative residual tol={tol} within "
+            f"num_iters={num_iters} iterations for some test points ({kind} + damping I is badly "
+            "conditioned); raise num_iters or the damping")),
+    }
     return est
 
 
@@ -139,6 +150,11 @@ def lissa(loss_fn: Callable, params, train_data, *, damping: float = 0.0, kind: 
             raise ValueError("lissa needs key= (a jax.random key) to estimate its scale by power "
                              "iteration, or an explicit scale=")
         top = spectrum.power_iteration(op, key)
+        if not bool(top.converged):
+            raise RuntimeError(
+                f"lissa: the power iteration estimating the largest eigenvalue (for the scale) did "
+                f"not converge (residual {float(top.residual):.3g} at {float(top.value):.4g} after "
+                f"{int(top.num_iters)} products): pass scale= above the largest eigenvalue + damping")
         scale = 1.1 * (abs(float(top.value)) + damping)
     if not scale > 0:
         raise ValueError(f"scale must be positive, got {scale}")
