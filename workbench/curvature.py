@@ -247,6 +247,11 @@ def operator(
     `loss_fn(params, batch)` is the mean loss of a batch, or a `workbench.models.Functional`
     (then GGN products use its `predict_fn`, `output_loss_fn` and `l2`). `kind` is "hessian",
     "ggn" (needs predict_fn/output_loss_fn, from the Functional or passed here) or "fisher".
+    The three kinds follow one convention: data curvature + l2 I. "hessian" differentiates
+    `loss_fn` as given (a Functional's objective carries 0.5 l2 |theta|^2, so l2 I comes with it);
+    "ggn" and "fisher" use the data loss and add `l2` I: with a Functional the Fisher's
+    per-example gradients come from its per-example loss without the regulariser; with a plain
+    `loss_fn`, pass the data loss and `l2=` separately.
     The batch operators are summed weighted by batch size and divided by N, so a short last batch
     does not bias the result. `batch_size=None` takes the whole dataset at once up to 4096
     examples and batches of 1024 beyond. `select` restricts the operator to a subset of the params
@@ -257,7 +262,9 @@ def operator(
     """
     if isinstance(loss_fn, Functional):
         fn = loss_fn
-        loss_fn = fn.loss_fn
+        # one convention for the three kinds: data curvature + l2 I. The Hessian of the
+        # objective carries its l2 already; GGN and Fisher are built from the data loss alone.
+        loss_fn = _mean_loss(fn.per_example_loss_fn) if kind == "fisher" else fn.loss_fn
         predict_fn = predict_fn or fn.predict_fn
         output_loss_fn = output_loss_fn or fn.output_loss_fn
         l2 = fn.l2 if l2 is None else l2
@@ -312,6 +319,13 @@ def operator(
 
 
 @functools.lru_cache(maxsize=64)
+def _mean_loss(per_example_loss_fn: Callable) -> Callable:
+    """(params, batch) -> mean per-example loss; one stable function per model, so operators on
+    the same model share compiled code."""
+    return lambda params, batch: jnp.mean(per_example_loss_fn(params, batch))
+
+
+@functools.lru_cache(maxsize=64)
 def _dataset_product(
     loss_fn, kind, predict_fn, output_loss_fn, l2, treedef, mask, batch_size, n,
     num_local, tail_size, mesh, acc_dtype,
@@ -327,7 +341,8 @@ def _dataset_product(
         if kind == "hessian":
             return hvp(lambda q, b: loss_fn(merge(q, fixed), b), sub, batch, v)
         if kind == "fisher":
-            return fisher_vp(lambda q, b: loss_fn(merge(q, fixed), b), sub, batch, v)
+            out = fisher_vp(lambda q, b: loss_fn(merge(q, fixed), b), sub, batch, v)
+            return tu.axpy(l2, _cast_like(v, sub), out) if l2 else out
         return ggn_vp(lambda q, x: predict_fn(merge(q, fixed), x), output_loss_fn, sub, batch, v, l2=l2)
 
     def ravel(t):

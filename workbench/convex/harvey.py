@@ -33,12 +33,13 @@ def harvey_value(x: jax.Array, a: jax.Array, b: jax.Array) -> tuple[jax.Array, j
     top = jnp.max(vals)
     # the construction's oracle: the smallest maximising index. The ties it relies on are exact
     # in exact arithmetic, but a blocked cumsum can round tied prefixes differently, so ties are
-    # taken within 1e-10 (the true gaps are >= b_1 / (4 sqrt T) ~ 1/(8T), far larger).
-    i = jnp.argmax(vals >= top - 1e-10)
+    # taken within a quarter of the smallest true gap, b_1 / (4 sqrt T) = 1/(8T): relative to the
+    # problem, never an absolute 1e-10 that float32 rounding (~1e-7) exceeds.
+    i = jnp.argmax(vals >= top - 1.0 / (32.0 * a.shape[0]))
     return top, i
 
 
-def harvey_gd(horizons: Sequence[int]) -> HarveyResult:
+def harvey_gd(horizons: Sequence[int], dtype=None) -> HarveyResult:
     """Deterministic projected GD with eta_t = 1/sqrt(t) on Harvey et al.'s function, per T.
 
     For horizon T the function on the unit ball of R^T is f(x) = max_{i<=T+1} h_i.x with
@@ -54,7 +55,7 @@ def harvey_gd(horizons: Sequence[int]) -> HarveyResult:
         if T < 2:
             raise ValueError(f"horizons must be >= 2, got {T}")
         a_np, b_np = _harvey_coefficients(T)
-        a, b = jnp.asarray(a_np), jnp.asarray(b_np)
+        a, b = jnp.asarray(a_np, dtype), jnp.asarray(b_np, dtype)
         out.append(_harvey_run(a, b))
     arr = np.asarray(out, dtype=np.float64)
     return HarveyResult(np.asarray(horizons, np.int64), arr[:, 0], arr[:, 1], arr[:, 2])
