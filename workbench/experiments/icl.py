@@ -60,6 +60,17 @@ def _training_loss(inputs: str, dim: int, context_length: int, tasks_per_step: i
     return loss_fn
 
 
+def evaluate_fit(fit: LSAFit, tasks: icl.Tasks) -> float:
+    """The trained model's in-context loss on `tasks`, which must have the dimension and context
+    length it was trained on (a ValueError says which one differs)."""
+    if tasks.dim != fit.setup.dim:
+        raise ValueError(f"tasks have dim {tasks.dim} but the model was trained with dim={fit.setup.dim}")
+    if tasks.context_length != fit.setup.context_length:
+        raise ValueError(f"tasks have context_length {tasks.context_length} but the model was trained with "
+                         f"context_length={fit.setup.context_length}")
+    return float(icl.icl_loss(icl.predict(fit.params, icl.tokens(tasks)), tasks))
+
+
 def fit_lsa(setup: TaskSetup, num_layers: int = 1, *, mlp: bool = False, num_steps: int = 3000,
             tasks_per_step: int = 1024, learning_rate: float = 1e-3, init_scale: float = 0.002,
             num_test_tasks: int = 4096, seed: int = 0, progress: bool = False) -> LSAFit:
@@ -210,11 +221,11 @@ class OneLayerStudy(NamedTuple):
 
 
 def one_layer_study(setup: TaskSetup = TaskSetup(), *, num_steps: int = 1000, tasks_per_step: int = 256,
-                    learning_rate: float = 2e-3, num_test_tasks: int = 4096, seed: int = 0,
-                    progress: bool = False) -> OneLayerStudy:
+                    learning_rate: float = 2e-3, init_scale: float = 0.002, num_test_tasks: int = 4096,
+                    seed: int = 0, progress: bool = False) -> OneLayerStudy:
     """Train one LSA layer, line-search eta* on separate tasks, and compare both on test tasks."""
     fit = fit_lsa(setup, 1, num_steps=num_steps, tasks_per_step=tasks_per_step, learning_rate=learning_rate,
-                  seed=seed, progress=progress)
+                  init_scale=init_scale, num_test_tasks=num_test_tasks, seed=seed, progress=progress)
     k_test, k_fit = jax.random.split(jax.random.key(seed + 3000))
     test = setup.sample(k_test, num_test_tasks)
     eta = icl.line_search_eta(setup.sample(k_fit, num_test_tasks), 1).eta

@@ -7,6 +7,7 @@ compared with step K, and a trained model's layer l with every step.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -28,7 +29,11 @@ def _check_steps(num_steps, name="num_steps"):
 def gd_predictions(tasks: Tasks, eta, num_steps: int, w0=None) -> jax.Array:
     """Predictions at the queries after 1..num_steps GD steps of size `eta` (scalar or one per
     step) on L(w) = 1/(2N) sum_i (w.x_i - y_i)^2 from w0 (zero by default): [num_steps, B]."""
-    num_steps = _check_steps(num_steps)
+    return _gd_predictions(tasks, eta, _check_steps(num_steps), w0)
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _gd_predictions(tasks: Tasks, eta, num_steps: int, w0=None) -> jax.Array:
     dtype = tasks.x.dtype
     etas = jnp.broadcast_to(jnp.asarray(eta, dtype), (num_steps,))
     n = tasks.context_length
@@ -42,6 +47,7 @@ def gd_predictions(tasks: Tasks, eta, num_steps: int, w0=None) -> jax.Array:
     return jax.lax.scan(body, w, etas)[1]
 
 
+@jax.jit
 def gdpp_predictions(tasks: Tasks, etas, gammas) -> jax.Array:
     """GD++ as a token algorithm (what `gdpp_weights` layers compute): each step moves the context
     targets by a GD step of size etas[k] and every input x to (I - gammas[k] X^T X / N) x.
@@ -73,7 +79,11 @@ def newton_predictions(tasks: Tasks, num_iters: int, alpha=None) -> jax.Array:
     alpha defaults to 1 / ||S||_2^2 per task, the largest such scale for which every direction
     converges (M_k -> S^{-1}, the least-squares solution); 2 / ||S S^T||_2 would put the top
     eigen-direction exactly on the boundary, where it never converges."""
-    num_iters = _check_steps(num_iters, "num_iters")
+    return _newton_predictions(tasks, _check_steps(num_iters, "num_iters"), alpha)
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _newton_predictions(tasks: Tasks, num_iters: int, alpha=None) -> jax.Array:
     s = jnp.einsum("bnd,bne->bde", tasks.x, tasks.x)
     if alpha is None:
         top = jnp.linalg.eigvalsh(s)[:, -1]
@@ -92,6 +102,7 @@ def newton_predictions(tasks: Tasks, num_iters: int, alpha=None) -> jax.Array:
     return jnp.concatenate([pred(m0)[None], jax.lax.scan(body, m0, None, length=num_iters)[1]])
 
 
+@jax.jit
 def least_squares_predictions(tasks: Tasks) -> jax.Array:
     """Minimum-norm least-squares predictions (the limit of Newton; pseudo-inverse), [B]."""
     w = jnp.einsum("bdn,bn->bd", jnp.linalg.pinv(tasks.x), tasks.y)
@@ -122,34 +133,40 @@ def line_search_eta(tasks: Tasks, num_steps: int = 1, *, num_grid: int = 64, num
         s = jnp.einsum("bnd,bne->de", tasks.x, tasks.x) / (tasks.x.shape[0] * tasks.context_length)
         top = float(jnp.linalg.eigvalsh(s)[-1])
         eta_range = (1e-3 / top, 4.0 / top)
-    lo, hi = (math.log(v) for v in eta_range)
-    grid = np.exp(np.linspace(lo, hi, num_grid))
     dtype = tasks.x.dtype
-    loss_at = lambda log_etas: np.asarray(_gd_losses(jnp.asarray(log_etas, dtype), tasks, num_steps))
-    losses = loss_at(np.log(grid))
-    losses = np.where(np.isfinite(losses), losses, np.inf)
-    if not np.isfinite(losses).any():
+    log_grid = jnp.linspace(math.log(eta_range[0]), math.log(eta_range[1]), num_grid, dtype=dtype)
+    eta, loss, losses = _line_search(log_grid, tasks, num_steps, int(num_iters))
+    losses = np.asarray(losses)
+    if not np.isfinite(losses).any() or not math.isfinite(float(loss)):
         raise FloatingPointError("every step size on the grid gave a non-finite loss; check the tasks")
-    best = int(np.argmin(losses))
-    a, b = math.log(grid[max(best - 1, 0)]), math.log(grid[min(best + 1, num_grid - 1)])
-    ratio = (math.sqrt(5) - 1) / 2
-    for _ in range(num_iters):
-        c, d = b - ratio * (b - a), a + ratio * (b - a)
-        fc, fd = loss_at(np.array([c, d]))
-        if fc < fd:
-            b = d
-        else:
-            a = c
-    eta = math.exp((a + b) / 2)
-    loss = float(loss_at(np.array([math.log(eta)]))[0])
-    if losses[best] < loss:
-        eta, loss = float(grid[best]), float(losses[best])
+    grid = np.exp(np.asarray(log_grid))
+    eta, loss = float(eta), float(loss)
     return LineSearch(eta, loss, grid, losses)
 
 
-@jax.jit(static_argnames=("num_steps",))
-def _gd_losses(log_etas, tasks, num_steps):
-    return jax.vmap(lambda le: icl_loss(gd_predictions(tasks, jnp.exp(le), num_steps)[-1], tasks))(log_etas)
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _line_search(log_grid, tasks, num_steps, num_iters):
+    """Grid, then golden-section search in log eta between the best grid point's neighbours."""
+    loss_at = jax.vmap(lambda le: icl_loss(_gd_predictions(tasks, jnp.exp(le), num_steps)[-1], tasks))
+    losses = loss_at(log_grid)
+    safe = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
+    best = jnp.argmin(safe)
+    a, b = log_grid[jnp.maximum(best - 1, 0)], log_grid[jnp.minimum(best + 1, log_grid.shape[0] - 1)]
+    ratio = (math.sqrt(5) - 1) / 2
+
+    def body(_, ab):
+        a, b = ab
+        c, d = b - ratio * (b - a), a + ratio * (b - a)
+        fc, fd = loss_at(jnp.stack([c, d]))
+        fc, fd = jnp.where(jnp.isfinite(fc), fc, jnp.inf), jnp.where(jnp.isfinite(fd), fd, jnp.inf)
+        return jnp.where(fc < fd, a, c), jnp.where(fc < fd, d, b)
+
+    a, b = jax.lax.fori_loop(0, num_iters, body, (a, b))
+    mid = (a + b) / 2
+    f_mid = loss_at(jnp.stack([mid, mid]))[0]
+    take_mid = jnp.isfinite(f_mid) & (f_mid <= safe[best])
+    log_eta = jnp.where(take_mid, mid, log_grid[best])
+    return jnp.exp(log_eta), jnp.where(take_mid, f_mid, safe[best]), losses
 
 
 class GDPlusPlus(NamedTuple):

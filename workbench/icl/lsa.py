@@ -82,8 +82,9 @@ def token_size(params: PyTree) -> int:
     return int(_layers(params)[0]["query"].shape[0])
 
 
-def check_tokens(params: PyTree, tokens: jax.Array) -> None:
-    """Raise a ValueError when `tokens` ([B, N + 1, d + 1]) do not fit the model's dimension."""
+def check_tokens(params: PyTree, tokens: jax.Array, context_length: int | None = None) -> None:
+    """Raise a ValueError when `tokens` ([B, N + 1, d + 1]) do not fit the model's dimension, or
+    (when given) the context length the model was built or trained for."""
     size = token_size(params)
     if tokens.ndim != 3:
         raise ValueError(f"tokens must have shape [tasks, context_length + 1, dim + 1], got {tokens.shape}")
@@ -92,6 +93,9 @@ def check_tokens(params: PyTree, tokens: jax.Array) -> None:
                          f"built for dim {size - 1} (token size {size})")
     if tokens.shape[1] < 2:
         raise ValueError(f"tokens need at least one context token and the query, got length {tokens.shape[1]}")
+    if context_length is not None and tokens.shape[1] != context_length + 1:
+        raise ValueError(f"tokens hold {tokens.shape[1] - 1} context pairs but the model was built for "
+                         f"context_length={context_length}")
 
 
 def _layer(layer: dict, e: jax.Array) -> jax.Array:
@@ -107,9 +111,11 @@ def _layer(layer: dict, e: jax.Array) -> jax.Array:
     return e
 
 
+@jax.jit
 def forward(params: PyTree, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(final tokens [B, N + 1, d + 1], predictions after each layer [L, B]); a prediction is minus
-    the query token's last entry."""
+    the query token's last entry. Raises a ValueError when the tokens' size does not match the model."""
+    check_tokens(params, tokens)
     e, preds = tokens, []
     for layer in _layers(params):
         e = _layer(layer, e)
@@ -173,6 +179,8 @@ def gd_weights(dim: int, context_length: int, eta: float, *, num_layers: int = 1
     etas = _check_eta("eta", eta, num_layers)
     size = dim + 1
     kq = jnp.zeros((size, size), dtype).at[:dim, :dim].set(jnp.eye(dim, dtype=dtype))
+    if w0 is not None and np.shape(w0) not in ((dim,), (1, dim)):
+        raise ValueError(f"w0 must have shape ({dim},) to match dim={dim}, got {np.shape(w0)}")
     w0 = jnp.zeros((dim,), dtype) if w0 is None else jnp.asarray(w0, dtype).reshape(dim)
     value = jnp.zeros((size, size), dtype).at[dim, :dim].set(w0).at[dim, dim].set(-1.0)
     return {"layers": {i: {"query": kq, "key": kq, "value": value,

@@ -9,6 +9,7 @@ minus the query token's last entry after the last layer.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -110,6 +111,7 @@ def sample_tasks(
     return _sample(key, factor, num_tasks, dim, context_length, inputs, float(input_range), float(noise_std), dtype)
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7, 8))
 def _sample(key, factor, num_tasks, dim, context_length, inputs, input_range, noise_std, dtype) -> Tasks:
     """The sampler without validation (used inside jitted training losses); `factor` is the
     Cholesky factor for gaussian inputs."""
@@ -132,6 +134,8 @@ def tokens(tasks: Tasks, w0: jax.Array | None = None) -> jax.Array:
 
     With the query entry -w0.x_q, the constructed gradient-descent layers started from w0 leave
     minus the prediction of GD from w0 there (w0 = None: start from zero)."""
+    if w0 is not None and np.shape(w0) != (tasks.dim,):
+        raise ValueError(f"w0 must have shape ({tasks.dim},) to match the tasks' dim, got {np.shape(w0)}")
     q = jnp.zeros_like(tasks.query_y) if w0 is None else -(tasks.query_x @ jnp.asarray(w0, tasks.x.dtype))
     context = jnp.concatenate([tasks.x, tasks.y[..., None]], axis=-1)
     query = jnp.concatenate([tasks.query_x, q[:, None]], axis=-1)[:, None]
