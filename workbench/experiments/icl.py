@@ -220,10 +220,12 @@ class OneLayerStudy(NamedTuple):
     interpolation: icl.Interpolation
 
 
-def one_layer_study(setup: TaskSetup = TaskSetup(), *, num_steps: int = 1000, tasks_per_step: int = 256,
+def one_layer_study(setup: TaskSetup | None = None, *, num_steps: int = 1000, tasks_per_step: int = 256,
                     learning_rate: float = 2e-3, init_scale: float = 0.002, num_test_tasks: int = 4096,
                     seed: int = 0, progress: bool = False) -> OneLayerStudy:
-    """Train one LSA layer, line-search eta* on separate tasks, and compare both on test tasks."""
+    """Train one LSA layer, line-search eta* on separate tasks, and compare both on test tasks
+    (`setup` defaults to the paper's d = 10, N = 10, x ~ U(-1, 1))."""
+    setup = TaskSetup() if setup is None else setup
     fit = fit_lsa(setup, 1, num_steps=num_steps, tasks_per_step=tasks_per_step, learning_rate=learning_rate,
                   init_scale=init_scale, num_test_tasks=num_test_tasks, seed=seed, progress=progress)
     k_test, k_fit = jax.random.split(jax.random.key(seed + 3000))

@@ -11,7 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.icl.lsa import EffectiveWeights, canonical_scale, effective_weights, from_effective, predict
+from workbench.icl.lsa import (
+    EffectiveWeights,
+    canonical_scale,
+    effective_weights,
+    from_effective,
+    predict,
+)
 from workbench.icl.tasks import Tasks, icl_loss, tokens
 
 

@@ -58,7 +58,7 @@ class LinearSelfAttention(nnx.Module):
                                          param_dtype=param_dtype) for _ in range(num_layers)])
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        return forward(nnx.state(self, nnx.Param).to_pure_dict(), tokens)[0]
+        return forward(nnx.to_pure_dict(nnx.state(self, nnx.Param)), tokens)[0]
 
 
 def init_params(dim: int, key: jax.Array, *, num_layers: int = 1, mlp: bool = False, mlp_width: int | None = None,
@@ -66,7 +66,7 @@ def init_params(dim: int, key: jax.Array, *, num_layers: int = 1, mlp: bool = Fa
     """Initial parameters of `LinearSelfAttention` as a plain nested dict (drawn from `key`)."""
     model = LinearSelfAttention(dim, num_layers=num_layers, mlp=mlp, mlp_width=mlp_width, init_scale=init_scale,
                                 rngs=nnx.Rngs(params=key), param_dtype=dtype)
-    return nnx.state(model, nnx.Param).to_pure_dict()
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
 def _layers(params: PyTree) -> list[dict]:
