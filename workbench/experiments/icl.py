@@ -1,0 +1,271 @@
+"""Recipes for in-context learning by linear self-attention: train an LSA on freshly sampled
+regression tasks, compare it with GD / GD++ / Newton at every depth, and the one-layer study of
+von Oswald et al. (trained weights against the construction)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from workbench import icl
+from workbench.icl.tasks import _sample, covariance_factor
+from workbench.train import TrainResult, train
+
+
+class TaskSetup(NamedTuple):
+    """Where tasks come from: dimension, context length, inputs (uniform on [-1, 1] or Gaussian with
+    a covariance of the given condition number), context noise."""
+
+    dim: int = 10
+    context_length: int = 10
+    inputs: str = "uniform"
+    condition_number: float = 1.0
+    noise_std: float = 0.0
+
+    def covariance(self) -> np.ndarray | None:
+        if self.inputs != "gaussian":
+            return None
+        return icl.conditioned_covariance(self.dim, self.condition_number)
+
+    def sample(self, key, num_tasks: int, dtype=jnp.float32) -> icl.Tasks:
+        return icl.sample_tasks(key, num_tasks, dim=self.dim, context_length=self.context_length,
+                                inputs=self.inputs, covariance=self.covariance(), noise_std=self.noise_std,
+                                dtype=dtype)
+
+
+class LSAFit(NamedTuple):
+    params: dict
+    result: TrainResult
+    setup: TaskSetup
+    test_loss: float
+
+
+@functools.lru_cache(maxsize=32)
+def _training_loss(inputs: str, dim: int, context_length: int, tasks_per_step: int, noise_std: float):
+    """The training loss for one static configuration (cached so `train` compiles it once); each
+    step's batch is one PRNG key (fresh tasks every step) and the covariance factor."""
+
+    def loss_fn(params, batch):
+        key = jax.random.wrap_key_data(batch["key"][0])
+        factor = batch["factor"][0]
+        tasks = _sample(key, factor, tasks_per_step, dim, context_length, inputs, 1.0, noise_std, factor.dtype)
+        return icl.icl_loss(icl.predict(params, icl.tokens(tasks)), tasks)
+
+    return loss_fn
+
+
+def evaluate_fit(fit: LSAFit, tasks: icl.Tasks) -> float:
+    """The trained model's in-context loss on `tasks`, which must have the dimension and context
+    length it was trained on (a ValueError says which one differs)."""
+    if tasks.dim != fit.setup.dim:
+        raise ValueError(f"tasks have dim {tasks.dim} but the model was trained with dim={fit.setup.dim}")
+    if tasks.context_length != fit.setup.context_length:
+        raise ValueError(f"tasks have context_length {tasks.context_length} but the model was trained with "
+                         f"context_length={fit.setup.context_length}")
+    return float(icl.icl_loss(icl.predict(fit.params, icl.tokens(tasks)), tasks))
+
+
+def fit_lsa(setup: TaskSetup, num_layers: int = 1, *, mlp: bool = False, num_steps: int = 3000,
+            tasks_per_step: int = 1024, learning_rate: float = 1e-3, init_scale: float = 0.002,
+            num_test_tasks: int = 4096, seed: int = 0, progress: bool = False) -> LSAFit:
+    """Train a `num_layers` LSA (with ReLU MLPs if `mlp`) with Adam on fresh tasks every step;
+    the learning rate decays by cosine to 1% of `learning_rate`. Raises when the loss diverges."""
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+    if not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning_rate must be positive and finite, got {learning_rate!r}")
+    key = jax.random.key(seed)
+    k_init, k_train, k_order, k_test = jax.random.split(key, 4)
+    params = icl.init_params(setup.dim, k_init, num_layers=num_layers, mlp=mlp, init_scale=init_scale)
+    cov = setup.covariance()
+    factor = jnp.eye(setup.dim, dtype=jnp.float32) if cov is None else covariance_factor(cov, setup.dim).astype(jnp.float32)
+    data = {"key": jax.random.key_data(jax.random.split(k_train, num_steps)),
+            "factor": jnp.broadcast_to(factor, (num_steps, setup.dim, setup.dim))}
+    loss_fn = _training_loss(setup.inputs, setup.dim, setup.context_length, tasks_per_step, float(setup.noise_std))
+    optimizer = _optimizer(learning_rate, num_steps)
+    try:
+        result = train(loss_fn, params, data, k_order, optimizer=optimizer, num_steps=num_steps, batch_size=1,
+                       progress=progress, chunk_size=500)
+    except FloatingPointError as err:
+        raise FloatingPointError(f"training the {num_layers}-layer LSA diverged: {err}") from err
+    test = setup.sample(k_test, num_test_tasks)
+    test_loss = float(icl.icl_loss(icl.predict(result.params, icl.tokens(test)), test))
+    if not math.isfinite(test_loss):
+        raise FloatingPointError(f"the trained {num_layers}-layer LSA gives a non-finite test loss ({test_loss}); "
+                                 "training diverged: lower learning_rate")
+    return LSAFit(result.params, result, setup, test_loss)
+
+
+@functools.lru_cache(maxsize=16)
+def _optimizer(learning_rate: float, num_steps: int):
+    schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.01)
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+
+
+class DepthComparison(NamedTuple):
+    """Test losses per depth K: the trained K-layer LSA, K GD steps with the line-searched eta*_K,
+    fitted K-layer GD++, K Newton iterations; plus least squares (Newton's limit)."""
+
+    setup: TaskSetup
+    depths: np.ndarray
+    trained: np.ndarray
+    gd: np.ndarray
+    gdpp: np.ndarray
+    newton: np.ndarray
+    least_squares: float
+    gd_etas: np.ndarray
+    fits: tuple  # the LSAFit of each depth
+    gdpp_fits: tuple
+
+    def table(self) -> str:
+        """The losses as a fixed-width text table, one row per depth."""
+        lines = ["  K   trained      GD(eta*)     GD++         Newton", ]
+        for i, k in enumerate(self.depths):
+            lines.append(f"  {k}   {self.trained[i]:.4e}   {self.gd[i]:.4e}   {self.gdpp[i]:.4e}   {self.newton[i]:.4e}")
+        lines.append(f"  least squares (Newton's limit): {self.least_squares:.3e}")
+        return "\n".join(lines)
+
+
+def compare_depths(setup: TaskSetup, depths=(1, 2, 3), *, mlp: bool = False, num_steps: int = 600,
+                   tasks_per_step: int = 256, learning_rate: float = 5e-3, init_scale: float = 0.05,
+                   num_test_tasks: int = 2048, num_fit_tasks: int = 1024, gdpp_steps: int = 200, seed: int = 0,
+                   progress: bool = False) -> DepthComparison:
+    """Train one LSA per depth and evaluate it with every baseline on the same held-out tasks.
+    Baselines are tuned (eta*, GD++ scalars) on separate tasks, never on the test tasks.
+
+    The default init_scale (0.05, larger than the one-layer study's 0.002) lets deeper models leave
+    the small-weight plateau within a few hundred steps."""
+    depths = [int(k) for k in depths]
+    if not depths or min(depths) < 1:
+        raise ValueError(f"depths must be positive ints, got {depths!r}")
+    key = jax.random.key(seed + 1000)
+    k_test, k_fit, k_gdpp = jax.random.split(key, 3)
+    test, fit_tasks = setup.sample(k_test, num_test_tasks), setup.sample(k_fit, num_fit_tasks)
+    newton = np.asarray(jax.vmap(lambda p: icl.icl_loss(p, test))(icl.newton_predictions(test, max(depths))))
+    rows = {"trained": [], "gd": [], "gdpp": [], "newton": [], "eta": []}
+    fits, gdpp_fits = [], []
+    for k in depths:
+        fit = fit_lsa(setup, k, mlp=mlp, num_steps=num_steps, tasks_per_step=tasks_per_step,
+                      learning_rate=learning_rate, init_scale=init_scale, num_test_tasks=num_test_tasks,
+                      seed=seed, progress=progress)
+        ls = icl.line_search_eta(fit_tasks, k)
+        gdpp = icl.fit_gdpp(fit_tasks, k, k_gdpp, num_steps=gdpp_steps)
+        fits.append(fit)
+        gdpp_fits.append(gdpp)
+        rows["trained"].append(float(icl.icl_loss(icl.predict(fit.params, icl.tokens(test)), test)))
+        rows["gd"].append(float(icl.icl_loss(icl.gd_predictions(test, ls.eta, k)[-1], test)))
+        rows["gdpp"].append(float(icl.icl_loss(icl.gdpp_predictions(test, gdpp.etas, gdpp.gammas)[-1], test)))
+        rows["newton"].append(float(newton[k]))
+        rows["eta"].append(ls.eta)
+    ls_loss = float(icl.icl_loss(icl.least_squares_predictions(test), test))
+    return DepthComparison(setup, np.asarray(depths), *(np.asarray(rows[n]) for n in ("trained", "gd", "gdpp", "newton")),
+                           ls_loss, np.asarray(rows["eta"]), tuple(fits), tuple(gdpp_fits))
+
+
+class LayerTracking(NamedTuple):
+    """For the deepest trained model: which GD step / Newton iteration / GD++ layer each layer's
+    read-out matches (see `icl.match_steps`)."""
+
+    gd: icl.StepMatch
+    newton: icl.StepMatch
+    gdpp: icl.StepMatch
+    gd_eta: float
+
+
+def track_layers(fit: LSAFit, gdpp: icl.GDPlusPlus, *, max_gd_steps: int = 32, max_newton_iters: int = 12,
+                 num_tasks: int = 1024, seed: int = 0) -> LayerTracking:
+    """Compare each layer's read-out with GD steps 1..max_gd_steps (at the eta* line-searched for
+    max_gd_steps steps, so long runs stay stable), Newton iterations 0..max_newton_iters-1 and the
+    fitted GD++ layers, on fresh tasks."""
+    k_test, k_fit = jax.random.split(jax.random.key(seed + 2000))
+    test = fit.setup.sample(k_test, num_tasks)
+    layers = icl.layer_predictions(fit.params, icl.tokens(test))
+    eta = icl.line_search_eta(fit.setup.sample(k_fit, num_tasks), max_gd_steps, num_grid=32, num_iters=25).eta
+    gd = icl.match_steps(layers, icl.gd_predictions(test, eta, max_gd_steps))
+    newton = icl.match_steps(layers, icl.newton_predictions(test, max_newton_iters - 1))
+    gdpp_m = icl.match_steps(layers, icl.gdpp_predictions(test, gdpp.etas, gdpp.gammas))
+    return LayerTracking(gd, newton, gdpp_m, eta)
+
+
+def construction_error(setup: TaskSetup, key: jax.Array, *, num_tasks: int = 1024, num_layers: int = 1,
+                       dtype=jnp.float32) -> float:
+    """Max over random tasks (and a random start w0 and step eta from `key`) of
+    |LSA(gd_weights) prediction - GD prediction| / max(1, |GD prediction|), per layer/step."""
+    k_tasks, k_w0, k_eta = jax.random.split(key, 3)
+    tasks = setup.sample(k_tasks, num_tasks, dtype=dtype)
+    w0 = jax.random.normal(k_w0, (setup.dim,), dtype)
+    eta = float(jax.random.uniform(k_eta, (), minval=0.1, maxval=1.0))
+    params = icl.gd_weights(setup.dim, setup.context_length, eta, num_layers=num_layers, w0=w0, dtype=dtype)
+    lsa = icl.layer_predictions(params, icl.tokens(tasks, w0))
+    gd = icl.gd_predictions(tasks, eta, num_layers, w0=w0)
+    return float(jnp.max(jnp.abs(lsa - gd) / jnp.maximum(1.0, jnp.abs(gd))))
+
+
+class OneLayerStudy(NamedTuple):
+    """von Oswald et al.'s first experiment: one trained LSA layer against one GD step with eta*."""
+
+    fit: LSAFit
+    eta: float  # line-searched step of one GD step
+    trained_loss: float
+    gd_loss: float
+    relative_gap: float  # |L_trained - L_GD| / L_GD on the test tasks
+    alignment: icl.Alignment
+    constructed: dict  # the GD construction with eta*
+    interpolation: icl.Interpolation
+
+
+def one_layer_study(setup: TaskSetup | None = None, *, num_steps: int = 1000, tasks_per_step: int = 256,
+                    learning_rate: float = 2e-3, init_scale: float = 0.002, num_test_tasks: int = 4096,
+                    seed: int = 0, progress: bool = False) -> OneLayerStudy:
+    """Train one LSA layer, line-search eta* on separate tasks, and compare both on test tasks
+    (`setup` defaults to the paper's d = 10, N = 10, x ~ U(-1, 1))."""
+    setup = TaskSetup() if setup is None else setup
+    fit = fit_lsa(setup, 1, num_steps=num_steps, tasks_per_step=tasks_per_step, learning_rate=learning_rate,
+                  init_scale=init_scale, num_test_tasks=num_test_tasks, seed=seed, progress=progress)
+    k_test, k_fit = jax.random.split(jax.random.key(seed + 3000))
+    test = setup.sample(k_test, num_test_tasks)
+    eta = icl.line_search_eta(setup.sample(k_fit, num_test_tasks), 1).eta
+    trained = float(icl.icl_loss(icl.predict(fit.params, icl.tokens(test)), test))
+    gd = float(icl.icl_loss(icl.gd_predictions(test, eta, 1)[-1], test))
+    constructed = icl.gd_weights(setup.dim, setup.context_length, eta)
+    align = icl.alignment(icl.lsa_predictor(fit.params), icl.lsa_predictor(constructed), test)
+    interp = icl.interpolation_losses(fit.params, constructed, test)
+    return OneLayerStudy(fit, eta, trained, gd, abs(trained - gd) / gd, align, constructed, interp)
+
+
+class Exploration(NamedTuple):
+    """One trained K-layer model and each algorithm's test loss after 1..K steps (Newton: k = 0..K)."""
+
+    fit: LSAFit
+    trained_layers: np.ndarray  # [K] loss of each layer's read-out
+    gd: np.ndarray  # [K] at eta* line-searched for K steps
+    gdpp: np.ndarray  # [K] fitted K-layer GD++ after each layer
+    newton: np.ndarray  # [K + 1]
+    least_squares: float
+
+
+def explore(dim: int = 5, context_length: int = 10, condition_number: float = 1.0, num_layers: int = 2,
+            num_steps: int = 500, *, tasks_per_step: int = 256, learning_rate: float = 5e-3, init_scale: float = 0.05,
+            seed: int = 0) -> Exploration:
+    """The panel's computation: train a `num_layers` LSA on Gaussian tasks of the given shape and
+    conditioning, and evaluate it and every algorithm, layer by layer, on the same test tasks."""
+    setup = TaskSetup(dim=dim, context_length=context_length, inputs="gaussian", condition_number=condition_number)
+    fit = fit_lsa(setup, num_layers, num_steps=num_steps, tasks_per_step=tasks_per_step,
+                  learning_rate=learning_rate, init_scale=init_scale, seed=seed)
+    k_test, k_fit, k_gdpp = jax.random.split(jax.random.key(seed + 4000), 3)
+    test, fit_tasks = setup.sample(k_test, 2048), setup.sample(k_fit, 1024)
+    losses = jax.vmap(lambda p: icl.icl_loss(p, test))
+    eta = icl.line_search_eta(fit_tasks, num_layers).eta
+    gdpp = icl.fit_gdpp(fit_tasks, num_layers, k_gdpp, num_steps=200)
+    return Exploration(
+        fit, np.asarray(losses(icl.layer_predictions(fit.params, icl.tokens(test)))),
+        np.asarray(losses(icl.gd_predictions(test, eta, num_layers))),
+        np.asarray(losses(icl.gdpp_predictions(test, gdpp.etas, gdpp.gammas))),
+        np.asarray(losses(icl.newton_predictions(test, num_layers))),
+        float(icl.icl_loss(icl.least_squares_predictions(test), test)))
