@@ -14,7 +14,7 @@ import numpy as np
 import optax
 
 from workbench import icl
-from workbench.icl.tasks import _sample, covariance_factor
+from workbench.icl.tasks import covariance_factor, sample_with_factor
 from workbench.train import TrainResult, train
 
 
@@ -54,7 +54,7 @@ def _training_loss(inputs: str, dim: int, context_length: int, tasks_per_step: i
     def loss_fn(params, batch):
         key = jax.random.wrap_key_data(batch["key"][0])
         factor = batch["factor"][0]
-        tasks = _sample(key, factor, tasks_per_step, dim, context_length, inputs, 1.0, noise_std, factor.dtype)
+        tasks = sample_with_factor(key, factor, tasks_per_step, dim, context_length, inputs, 1.0, noise_std, factor.dtype)
         return icl.icl_loss(icl.predict(params, icl.tokens(tasks)), tasks)
 
     return loss_fn

@@ -108,11 +108,11 @@ def sample_tasks(
     factor = None
     if inputs == "gaussian":
         factor = jnp.eye(dim, dtype=dtype) if covariance is None else covariance_factor(covariance, dim).astype(dtype)
-    return _sample(key, factor, num_tasks, dim, context_length, inputs, float(input_range), float(noise_std), dtype)
+    return sample_with_factor(key, factor, num_tasks, dim, context_length, inputs, float(input_range), float(noise_std), dtype)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7, 8))
-def _sample(key, factor, num_tasks, dim, context_length, inputs, input_range, noise_std, dtype) -> Tasks:
+def sample_with_factor(key, factor, num_tasks, dim, context_length, inputs, input_range, noise_std, dtype) -> Tasks:
     """The sampler without validation (used inside jitted training losses); `factor` is the
     Cholesky factor for gaussian inputs."""
     kw, kx, kn = jax.random.split(key, 3)
