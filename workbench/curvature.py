@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 from workbench import tree as tu
 from workbench.models import Functional
 from workbench.numerics import num_examples
-from workbench.pergrad import per_example_losses
+from workbench.pergrad import mean_loss, per_example_losses
 
 PyTree = Any
 KINDS = ("hessian", "ggn", "fisher")
@@ -264,7 +264,7 @@ def operator(
         fn = loss_fn
         # one convention for the three kinds: data curvature + l2 I. The Hessian of the
         # objective carries its l2 already; GGN and Fisher are built from the data loss alone.
-        loss_fn = _mean_loss(fn.per_example_loss_fn) if kind == "fisher" else fn.loss_fn
+        loss_fn = mean_loss(fn.per_example_loss_fn) if kind == "fisher" else fn.loss_fn
         predict_fn = predict_fn or fn.predict_fn
         output_loss_fn = output_loss_fn or fn.output_loss_fn
         l2 = fn.l2 if l2 is None else l2
@@ -316,13 +316,6 @@ def operator(
         num_full - num_sharded, n - num_full * batch_size, mesh, acc_dtype,
     )
     return LinearOperator(fn, args, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), sub))
-
-
-@functools.lru_cache(maxsize=64)
-def _mean_loss(per_example_loss_fn: Callable) -> Callable:
-    """(params, batch) -> mean per-example loss; one stable function per model, so operators on
-    the same model share compiled code."""
-    return lambda params, batch: jnp.mean(per_example_loss_fn(params, batch))
 
 
 @functools.lru_cache(maxsize=64)

@@ -56,6 +56,14 @@ def sketched_per_example_grads(loss_fn: Callable, params: PyTree, batch: PyTree,
     return sketch.apply_tree(per_example_grads(loss_fn, params, batch), batched=True)
 
 
+@functools.lru_cache(maxsize=64)
+def mean_loss(per_example_loss_fn: Callable) -> Callable:
+    """(params, batch) -> the batch mean of `per_example_loss_fn(params, batch)` [n]: a model's data
+    loss without its regulariser. One stable function per model, so the operators and estimators
+    built on it share compiled code."""
+    return lambda params, batch: jnp.mean(per_example_loss_fn(params, batch))
+
+
 def map_chunks(fn: Callable, data: PyTree, chunk_size: int) -> jax.Array:
     """fn(chunk) -> [c, ...] applied to fixed-size chunks of `data` under lax.map, concatenated.
 

@@ -38,7 +38,9 @@ from workbench.influence.inverse import (
 )
 from workbench.influence.iterative import cg, lissa
 from workbench.influence.trak import margin_output, trak  # noqa: F401 (margin_output is public API)
+from workbench.models import Functional
 from workbench.numerics import check_finite, num_examples
+from workbench.pergrad import mean_loss
 
 ESTIMATORS: dict[str, Callable[..., Estimator]] = {
     "exact": exact,
@@ -52,18 +54,41 @@ ESTIMATORS: dict[str, Callable[..., Estimator]] = {
 }
 
 
-def make(name: str, loss_fn: Callable, params, train_data, **options) -> Estimator:
+CURVATURE_ESTIMATORS = ("exact", "cg", "lissa", "arnoldi")
+
+
+def make(name: str, loss_fn, params, train_data, **options) -> Estimator:
     """Build the influence estimator `name` for `loss_fn` at `params` on `train_data`.
+
+    Three roles are kept apart:
+    - the **objective** whose curvature is inverted (`objective_fn=`, default `loss_fn`): the
+      training objective, regulariser included;
+    - the **per-example data loss** whose gradients are attributed (`loss_fn`, applied to one
+      example at a time): no regulariser, or every training gradient carries +l2 * theta;
+    - the **test measure** (`measure_fn=`, default the data loss).
+    Pass a `workbench.models.Functional` as `loss_fn` and the roles are taken from it: its
+    objective (mean loss + 0.5 l2 |theta|^2) for the curvature, its per-example loss without
+    the regulariser for the gradients and the test measure. Passing the regularised objective
+    as a plain `loss_fn` mixes the roles (the scores then rank wrongly when l2 matters).
 
     Options common to all: `chunk_size` (examples per vmapped chunk, default 256) and
     `cache_bytes` (keep training features in memory up to this size, default 1 GiB; beyond it
-    scores stream over the training set). Estimator-specific options are documented on the
-    factory functions (`workbench.influence.exact`, `tracin`, ...).
+    scores stream over the training set). Randomised estimators (arnoldi, lissa without
+    `scale=`, trak) need `key=`. Estimator-specific options are documented on the factory
+    functions (`workbench.influence.exact`, `tracin`, ...).
     """
     if name not in ESTIMATORS:
         raise ValueError(f"unknown influence estimator {name!r}; choose one of {sorted(ESTIMATORS)}")
+    if isinstance(loss_fn, Functional):
+        model, loss_fn = loss_fn, mean_loss(loss_fn.per_example_loss_fn)
+        if name in CURVATURE_ESTIMATORS:
+            options.setdefault("objective_fn", model.loss_fn)
     if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable loss_fn(params, batch), got {type(loss_fn).__name__}")
+        raise TypeError(f"loss_fn must be callable loss_fn(params, batch) or a workbench.models."
+                        f"Functional, got {type(loss_fn).__name__}")
+    if "objective_fn" in options and name not in CURVATURE_ESTIMATORS:
+        raise ValueError(f"objective_fn= applies to the curvature estimators {CURVATURE_ESTIMATORS}, "
+                         f"not to {name!r}")
     check_finite(params, "params")
     n = num_examples(train_data, "train_data")
     if n < 2:

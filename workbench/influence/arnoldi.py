@@ -83,6 +83,7 @@ def arnoldi(
     method: str = "arnoldi",
     num_iters: int | None = None,
     measure_fn: Callable | None = None,
+    objective_fn: Callable | None = None,
     operator_options: dict | None = None,
     tail: str = "flat",
     **options,
@@ -99,7 +100,7 @@ def arnoldi(
     from workbench import spectrum
 
     damping = check_damping(damping)
-    op = curvature_operator(loss_fn, params, train_data, kind, **(operator_options or {}))
+    op = curvature_operator(objective_fn or loss_fn, params, train_data, kind, **(operator_options or {}))
     if not isinstance(k, int) or not 1 <= k <= op.dim:
         raise ValueError(f"k must be an int in [1, {op.dim}] (the number of parameters), got {k!r}")
     if tail not in ("flat", "none"):

@@ -93,9 +93,11 @@ def exact(
     damping: float = 0.0,
     hessian: jax.Array | None = None,
     measure_fn: Callable | None = None,
+    objective_fn: Callable | None = None,
     **options,
 ) -> Estimator:
-    """Influence with the dense inverse of (H + damping I), H the Hessian of the training objective.
+    """Influence with the dense inverse of (H + damping I), H the Hessian of the training objective
+    `objective_fn` (default `loss_fn`; see `workbench.influence.make` for the three roles).
 
     `hessian` may be passed precomputed: a [p, p] matrix (e.g. a Gauss-Newton matrix) or its
     eigendecomposition `(eigenvalues, eigenvectors)` as returned by `jnp.linalg.eigh` (useful
@@ -111,7 +113,7 @@ def exact(
             f"with at most {MAX_EXACT_PARAMS} parameters (use 'cg', 'lissa' or 'arnoldi' beyond)"
         )
     if hessian is None:
-        hessian = dense_hessian(loss_fn, params, train_data)
+        hessian = dense_hessian(objective_fn or loss_fn, params, train_data)
     if isinstance(hessian, tuple | list):
         evals, evecs = (jnp.asarray(a) for a in hessian)
         if evals.shape != (flat.size,) or evecs.shape != (flat.size, flat.size):

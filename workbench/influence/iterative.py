@@ -78,6 +78,7 @@ def cg(
     num_iters: int = 500,
     tol: float | None = None,
     measure_fn: Callable | None = None,
+    objective_fn: Callable | None = None,
     operator_options: dict | None = None,
     **options,
 ) -> Estimator:
@@ -89,7 +90,7 @@ def cg(
     damping above -lambda_min or use kind="ggn".
     """
     damping = check_damping(damping)
-    op = curvature_operator(loss_fn, params, train_data, kind, **(operator_options or {}))
+    op = curvature_operator(objective_fn or loss_fn, params, train_data, kind, **(operator_options or {}))
     tol = default_tol(op.dtype) if tol is None else float(tol)
     info = {"damping": damping, "kind": kind, "num_iters": num_iters, "tol": tol}
     est = Estimator(
@@ -131,7 +132,8 @@ def _lissa_precondition(num_iters: int) -> Callable:
 
 def lissa(loss_fn: Callable, params, train_data, *, damping: float = 0.0, kind: str = "hessian",
           num_iters: int = 1000, scale: float | None = None, key: jax.Array | None = None,
-          measure_fn: Callable | None = None, operator_options: dict | None = None,
+          measure_fn: Callable | None = None, objective_fn: Callable | None = None,
+          operator_options: dict | None = None,
           **options) -> Estimator:
     """LiSSA (Agarwal et al. 2017): the Neumann series of (C + damping I)^{-1}, `num_iters` terms.
 
@@ -142,7 +144,7 @@ def lissa(loss_fn: Callable, params, train_data, *, damping: float = 0.0, kind: 
     or damping. Uses the full dataset-averaged operator (deterministic), not minibatch samples.
     """
     damping = check_damping(damping)
-    op = curvature_operator(loss_fn, params, train_data, kind, **(operator_options or {}))
+    op = curvature_operator(objective_fn or loss_fn, params, train_data, kind, **(operator_options or {}))
     if scale is None:
         from workbench import spectrum
 
