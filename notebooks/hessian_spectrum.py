@@ -177,6 +177,7 @@ if interactive:
         plots.spectra.spectral_densities({"Hessian": d})
         plt.show()
 
-    widgets.interact(show, iters=widgets.IntSlider(num_iters, 10, 200, 10),
-                     probes=widgets.IntSlider(num_probes, 1, 50),
-                     log10_sigma2=widgets.FloatSlider(np.log10(sigma2), -7, -2, 0.5))
+    widgets.interact(show, iters=widgets.IntSlider(value=num_iters, min=10, max=200, step=10, description="Lanczos steps"),
+                     probes=widgets.IntSlider(value=num_probes, min=1, max=50, description="probes"),
+                     log10_sigma2=widgets.FloatSlider(value=float(np.log10(sigma2)), min=-7.0, max=-2.0, step=0.5,
+                                                      description="log10 sigma2"))
