@@ -59,7 +59,7 @@ import jax
 import matplotlib.pyplot as plt
 
 import workbench
-from workbench import influence, models
+from workbench import influence, models, plots
 from workbench.experiments.influence import fit_digits_logistic
 from workbench.influence import evaluate as ev
 
@@ -106,17 +106,7 @@ workbench.record(
 # (negative = they improved).
 
 # %%
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-ax1.plot(k_values, [r.fix_rate for r in results.values()], "o-", label="most harmful (influence)")
-ax1.plot(k_values, [r.fix_rate_random for r in results.values()], "s--", label="random")
-ax1.set(xlabel="training examples re-weighted (k)", ylabel="fraction of mispredictions fixed", xscale="log")
-ax1.legend()
-ax2.plot(k_values, [r.damage for r in results.values()], "o-", label="most harmful (influence)")
-ax2.plot(k_values, [r.damage_random for r in results.values()], "s--", label="random")
-ax2.axhline(0, color="k", lw=0.6)
-ax2.set(xlabel="training examples re-weighted (k)", ylabel="accuracy lost on other test points", xscale="log")
-ax2.legend()
-fig.tight_layout()
+fig = plots.influence.fix_rate(k_values, results.values())
 workbench.save_figure(fig, "fix_rate")
 plt.show()
 

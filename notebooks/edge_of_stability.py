@@ -63,7 +63,7 @@ import matplotlib.pyplot as plt
 from flax import nnx
 
 import workbench
-from workbench import data, models, spectrum
+from workbench import data, models, plots, spectrum
 from workbench.experiments import spectra
 
 # %% [markdown]
@@ -108,24 +108,9 @@ for label, ratio in ratios.items():
 # threshold, though not monotonically (small spikes appear once the edge is reached).
 
 # %%
-fig, (ax_s, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
-for run in runs:
-    h = run.history
-    (line,) = ax_s.plot(h["callback_step"], h["sharpness"], label=f"lr={run.learning_rate:g}")
-    ax_s.axhline(2 / run.learning_rate, color=line.get_color(), ls="--", lw=1)
-    ax_l.plot(h["step"], h["loss"], color=line.get_color(), label=f"lr={run.learning_rate:g}")
-ax_s.set_xlabel("step")
-ax_s.set_ylabel("sharpness (top Hessian eigenvalue)")
-ax_s.set_title("sharpness vs 2/lr (dashed)")
-ax_s.legend()
-ax_l.set_yscale("log")
-ax_l.set_xlabel("step")
-ax_l.set_ylabel("training loss (full batch)")
-ax_l.legend()
-for ax in (ax_s, ax_l):
-    ax.grid(alpha=0.3)
-fig.tight_layout()
+fig = plots.spectra.sharpness_vs_threshold(runs)
 workbench.save_figure(fig, "sharpness_vs_threshold")
+plt.show()
 
 # %% [markdown]
 # ## Headline numbers
@@ -155,11 +140,7 @@ if interactive:
     import ipywidgets as widgets
 
     def show(index=0):
-        run = runs[index]
-        f, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(run.history["callback_step"], run.history["sharpness"])
-        ax.axhline(2 / run.learning_rate, ls="--", color="k")
-        ax.set_title(f"lr={run.learning_rate:g}")
+        plots.spectra.sharpness_run(runs[index])
         plt.show()
 
     widgets.interact(show, index=widgets.IntSlider(0, 0, len(runs) - 1))

@@ -65,7 +65,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import workbench
-from workbench import curvature, data, spectrum
+from workbench import curvature, data, plots, spectrum
 from workbench import tree as tu
 from workbench.experiments import digits
 
@@ -114,18 +114,9 @@ if exact is not None:
 density_h = spectrum.spectral_density(hessian, key, num_iters, num_probes, sigma2)
 density_g = spectrum.spectral_density(ggn, key, num_iters, num_probes, sigma2)
 w1 = spectrum.wasserstein_to_eigenvalues(density_h, exact) if exact is not None else None
-fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-for ax, dens, eigs, name in ((axes[0], density_h, exact, "Hessian"), (axes[1], density_g, exact_ggn, "GGN")):
-    ax.semilogy(dens.grid, np.maximum(dens.density, 1e-8), label="SLQ density")
-    if eigs is not None:
-        ax.hist(eigs, bins=120, density=True, color="0.6", alpha=0.5, label="exact eigenvalues")
-    ax.set_ylim(1e-5, None)
-    ax.set_xlabel("eigenvalue")
-    ax.set_title(name)
-    ax.legend()
-axes[0].set_ylabel("density")
-fig.tight_layout()
+fig = plots.spectra.spectral_densities({"Hessian": density_h, "GGN": density_g}, {"Hessian": exact, "GGN": exact_ggn})
 workbench.save_figure(fig, "density_hessian_vs_ggn")
+plt.show()
 if w1 is not None:
     print(f"Wasserstein-1 (SLQ nodes vs exact) = {w1:.2e}, spectral range {exact[-1] - exact[0]:.2f}")
 
@@ -137,18 +128,10 @@ if w1 is not None:
 
 # %%
 top_ggn = spectrum.top_eigenpairs(ggn, key, top_k)
-fig, ax = plt.subplots(figsize=(6, 3.8))
-ax.plot(range(1, top_k + 1), top.values, "o-", label="Hessian (Lanczos)")
-ax.plot(range(1, top_k + 1), top_ggn.values, "s--", label="GGN (Lanczos)")
-if exact is not None:
-    ax.plot(range(1, top_k + 1), exact[::-1][:top_k], "k.", label="Hessian (dense eigh)")
-ax.set_yscale("log")
-ax.set_xlabel("rank")
-ax.set_ylabel("eigenvalue")
-ax.legend()
-ax.grid(alpha=0.3)
-fig.tight_layout()
+fig = plots.spectra.top_eigenvalues({"Hessian (Lanczos)": top.values, "GGN (Lanczos)": top_ggn.values},
+                                    exact[::-1][:top_k] if exact is not None else None, "Hessian (dense eigh)")
 workbench.save_figure(fig, "top_eigenvalues")
+plt.show()
 
 # %% [markdown]
 # ## Trace estimators
@@ -159,19 +142,10 @@ workbench.save_figure(fig, "top_eigenvalues")
 # %%
 traces = {m: spectrum.trace(hessian, key, trace_probes, m) for m in ("hutchinson", "hutch++", "xtrace")}
 exact_trace = float(np.sum(exact)) if exact is not None else None
-fig, ax = plt.subplots(figsize=(6, 3.5))
-names = list(traces)
-ax.errorbar(range(3), [float(traces[m].estimate) for m in names],
-            yerr=[2 * float(traces[m].std_error) for m in names], fmt="o", capsize=4)
-if exact_trace is not None:
-    ax.axhline(exact_trace, color="k", ls="--", label="exact trace")
-    ax.legend()
-ax.set_xticks(range(3), names)
-ax.set_ylabel("trace (+- 2 standard errors)")
-ax.grid(alpha=0.3)
-fig.tight_layout()
+fig = plots.spectra.trace_estimates(traces, exact_trace)
 workbench.save_figure(fig, "trace_estimators")
-for m in names:
+plt.show()
+for m in traces:
     print(f"{m:10s} {float(traces[m].estimate):.4f} +- {float(traces[m].std_error):.4f}")
 
 # %%
@@ -204,11 +178,10 @@ if interactive:
 
     def show(iters, probes, log10_sigma2):
         d = spectrum.spectral_density(hessian, key, int(iters), int(probes), 10.0**log10_sigma2)
-        f, ax = plt.subplots(figsize=(6, 3.5))
-        ax.semilogy(d.grid, np.maximum(d.density, 1e-8))
-        ax.set_ylim(1e-5, None)
+        plots.spectra.spectral_densities({"Hessian": d})
         plt.show()
 
-    widgets.interact(show, iters=widgets.IntSlider(num_iters, 10, 200, 10),
-                     probes=widgets.IntSlider(num_probes, 1, 50),
-                     log10_sigma2=widgets.FloatSlider(np.log10(sigma2), -7, -2, 0.5))
+    widgets.interact(show, iters=widgets.IntSlider(value=num_iters, min=10, max=200, step=10, description="Lanczos steps"),
+                     probes=widgets.IntSlider(value=num_probes, min=1, max=50, description="probes"),
+                     log10_sigma2=widgets.FloatSlider(value=float(np.log10(sigma2)), min=-7.0, max=-2.0, step=0.5,
+                                                      description="log10 sigma2"))

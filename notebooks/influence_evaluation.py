@@ -74,33 +74,16 @@ import optax
 from flax import nnx
 
 import workbench
-from workbench import data, influence, models, train
+from workbench import data, influence, models, plots, train
+from workbench.experiments.influence import estimator_builders
 from workbench.influence import evaluate as ev
 
 jax.config.update("jax_enable_x64", True)
 train_full, test_full = data.load_digits(seed=seed, dtype=jnp.float64)
 train_set, test_set = train_full.take(np.arange(n_train)), test_full.take(np.arange(n_test))
 key_lds, key_flip = jax.random.split(jax.random.key(seed))
-
-
-def builders_for(loss_fn, params, train_data, checkpoints, lr, damping=0.0, eigen=None, cosine=True, margin=None):
-    """The estimators compared, as zero-argument builders (so `compare` can time each)."""
-    out = {
-        "exact": lambda: influence.make("exact", loss_fn, params, train_data, damping=damping, hessian=eigen),
-        "cg": lambda: influence.make("cg", loss_fn, params, train_data, damping=damping, num_iters=cg_iters),
-        "lissa": lambda: influence.make("lissa", loss_fn, params, train_data, damping=damping, num_iters=lissa_depth, key=jax.random.key(seed)),
-        "arnoldi": lambda: influence.make("arnoldi", loss_fn, params, train_data, damping=damping, k=arnoldi_k, key=jax.random.key(seed)),
-        "arnoldi_top_k": lambda: influence.make("arnoldi", loss_fn, params, train_data, damping=damping, k=arnoldi_k,
-                                                tail="none", key=jax.random.key(seed)),
-        "trak": lambda: influence.make("trak", loss_fn, params, train_data, dim=trak_dim, output_fn=margin,
-                                       damping=trak_damping, key=jax.random.key(seed)),
-        "grad_dot": lambda: influence.make("grad_dot", loss_fn, params, train_data),
-        "grad_cos": lambda: influence.make("grad_cos", loss_fn, params, train_data),
-        "tracin": lambda: influence.make("tracin", loss_fn, params, train_data, checkpoints=checkpoints, learning_rates=lr),
-    }
-    if not cosine:  # a cosine's self-influence is 1 for every example: no use for mislabels
-        del out["grad_cos"]
-    return out
+budgets = dict(cg_iters=cg_iters, lissa_iters=lissa_depth, arnoldi_k=arnoldi_k, trak_dim=trak_dim,
+               trak_damping=trak_damping)  # shared by every call of `estimator_builders` below
 
 
 # %% [markdown]
@@ -121,8 +104,9 @@ lr_margin = influence.margin_output(lr_model.predict_fn)  # TRAK's output functi
 lr_params, _ = ev.fit(lr_model.loss_fn, lr_model.params, train_set)
 lr_truth = ev.lds_ground_truth(lr_model.loss_fn, lr_params, train_set, test_set, key_lds, num_subsets=num_subsets)
 sgd = train.train(lr_model.loss_fn, lr_model.params, train_set, jax.random.key(seed), optimizer=optax.sgd(1.0), num_steps=200, checkpoint_steps=list(range(0, 200, 20)), progress=False)
-lr_rows, _ = ev.compare(builders_for(lr_model.loss_fn, lr_params, train_set, sgd.checkpoints, 1.0, margin=lr_margin), test_set,
-                        lds_truth=lr_truth)
+lr_builders = estimator_builders(lr_model.loss_fn, lr_params, train_set, jax.random.key(seed), checkpoints=sgd.checkpoints,
+                                 learning_rate=1.0, margin=lr_margin, **budgets)
+lr_rows, _ = ev.compare(lr_builders, test_set, lds_truth=lr_truth)
 
 # %% [markdown]
 # ## MLP
@@ -140,8 +124,10 @@ mlp_truth = ev.lds_ground_truth(mlp_model.loss_fn, mlp_model.params, train_set, 
 choice = influence.damping_above_min_eigenvalue(mlp_model.loss_fn, mlp_params, train_set, margin=damping_margin)
 eigen, mlp_damping = choice.eigen, choice.damping
 print(f"MLP Hessian lambda_min {choice.lambda_min:.2e}; damping {mlp_damping:.3g}")
-mlp_rows, _ = ev.compare(builders_for(mlp_model.loss_fn, mlp_params, train_set, mlp_run.checkpoints, mlp_lr,
-                                      mlp_damping, eigen, margin=mlp_margin), test_set, lds_truth=mlp_truth)
+mlp_builders = estimator_builders(mlp_model.loss_fn, mlp_params, train_set, jax.random.key(seed),
+                                  checkpoints=mlp_run.checkpoints, learning_rate=mlp_lr, damping=mlp_damping,
+                                  eigen=eigen, margin=mlp_margin, **budgets)
+mlp_rows, _ = ev.compare(mlp_builders, test_set, lds_truth=mlp_truth)
 
 # %% [markdown]
 # ## Mislabel detection
@@ -152,13 +138,16 @@ mlp_rows, _ = ev.compare(builders_for(mlp_model.loss_fn, mlp_params, train_set, 
 noisy, flipped = ev.flip_labels(key_flip, train_set, flip_fraction, 10)
 lr_noisy, _ = ev.fit(lr_model.loss_fn, lr_model.params, noisy)
 sgd_noisy = train.train(lr_model.loss_fn, lr_model.params, noisy, jax.random.key(seed), optimizer=optax.sgd(1.0), num_steps=200, checkpoint_steps=list(range(0, 200, 20)), progress=False)
-lr_auc = ev.mislabel_aucs(builders_for(lr_model.loss_fn, lr_noisy, noisy, sgd_noisy.checkpoints, 1.0, cosine=False,
-                                       margin=lr_margin), flipped)
+lr_auc = ev.mislabel_aucs(estimator_builders(lr_model.loss_fn, lr_noisy, noisy, jax.random.key(seed),
+                                             checkpoints=sgd_noisy.checkpoints, learning_rate=1.0, cosine=False,
+                                             margin=lr_margin, **budgets), flipped)
 mlp_noisy = train.train(mlp_model.loss_fn, mlp_model.params, noisy, jax.random.key(seed), optimizer=optax.adam(mlp_lr), num_steps=mlp_steps, checkpoint_steps=list(range(0, mlp_steps, mlp_steps // 10)), progress=False)
 choice_noisy = influence.damping_above_min_eigenvalue(mlp_model.loss_fn, mlp_noisy.params, noisy, margin=damping_margin)
 eigen_noisy, damping_noisy = choice_noisy.eigen, choice_noisy.damping
-mlp_auc = ev.mislabel_aucs(builders_for(mlp_model.loss_fn, mlp_noisy.params, noisy, mlp_noisy.checkpoints, mlp_lr,
-                                        damping_noisy, eigen_noisy, cosine=False, margin=mlp_margin), flipped)
+mlp_auc = ev.mislabel_aucs(estimator_builders(mlp_model.loss_fn, mlp_noisy.params, noisy, jax.random.key(seed),
+                                              checkpoints=mlp_noisy.checkpoints, learning_rate=mlp_lr,
+                                              damping=damping_noisy, eigen=eigen_noisy, cosine=False,
+                                              margin=mlp_margin, **budgets), flipped)
 
 # %% [markdown]
 # ## The table
@@ -167,31 +156,13 @@ mlp_auc = ev.mislabel_aucs(builders_for(mlp_model.loss_fn, mlp_noisy.params, noi
 # included, so only a rough guide; `benchmarks/bench_influence.py` separates compile and warm time).
 
 # %%
-table = []
-for model_name, rows, aucs in (("logistic", lr_rows, lr_auc), ("mlp", mlp_rows, mlp_auc)):
-    auc_of = {a["estimator"]: a["auc"] for a in aucs}
-    for row in rows:
-        table.append({"model": model_name, "estimator": row["estimator"], "lds": row["lds"],
-                      "mislabel_auc": auc_of.get(row["estimator"], float("nan")), "seconds": row["seconds"]})
+table = ev.evaluation_table({"logistic": (lr_rows, lr_auc), "mlp": (mlp_rows, mlp_auc)})
 print(ev.markdown_table(table))
-workbench.record(**{f"lds_{t['model']}_{t['estimator']}": t["lds"] for t in table},
-                 **{f"auc_{t['model']}_{t['estimator']}": t["mislabel_auc"] for t in table if t["estimator"] != "grad_cos"})
+workbench.record(**{f"lds_{t.model}_{t.estimator}": t.lds for t in table},
+                 **{f"auc_{t.model}_{t.estimator}": t.mislabel_auc for t in table if t.estimator != "grad_cos"})
 
 # %%
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
-names = [r["estimator"] for r in lr_rows]
-x = np.arange(len(names))
-for offset, model_name in ((-0.2, "logistic"), (0.2, "mlp")):
-    sub = [t for t in table if t["model"] == model_name]
-    ax1.bar(x + offset, [t["lds"] for t in sub], width=0.4, label=model_name)
-    ax2.bar(x + offset, [t["mislabel_auc"] for t in sub], width=0.4, label=model_name)
-ax1.set(xticks=x, ylabel="LDS (Spearman)", title="linear datamodeling score")
-ax2.set(xticks=x, ylabel="ROC AUC", title="finding flipped labels by self-influence", ylim=(0.4, 1.0))
-for ax in (ax1, ax2):
-    ax.set_xticklabels(names, rotation=40, ha="right")
-ax2.axhline(0.5, color="k", lw=0.6, ls="--")
-ax1.legend()
-fig.tight_layout()
+fig = plots.influence.lds_and_auc(table)
 workbench.save_figure(fig, "lds_auc")
 plt.show()
 
@@ -206,12 +177,9 @@ if interactive:
     from IPython.display import display
 
     def show(estimator="exact", model_name="logistic"):
-        truth, b = (lr_truth, builders_for(lr_model.loss_fn, lr_params, train_set, sgd.checkpoints, 1.0, margin=lr_margin)) if model_name == "logistic" else (
-            mlp_truth, builders_for(mlp_model.loss_fn, mlp_params, train_set, mlp_run.checkpoints, mlp_lr, mlp_damping, eigen, margin=mlp_margin))
+        truth, b = (lr_truth, lr_builders) if model_name == "logistic" else (mlp_truth, mlp_builders)
         per = ev.lds(b[estimator]().scores(test_set), truth).per_test
-        fig, ax = plt.subplots(figsize=(5, 3))
-        ax.hist(per, bins=20)
-        ax.set(xlabel="Spearman per test point", title=f"{estimator} on {model_name}: LDS {np.nanmean(per):.3f}")
+        plots.influence.lds_per_test(per, f"{estimator} on {model_name}: LDS {np.nanmean(per):.3f}")
         plt.show()
 
-    display(widgets.interactive(show, estimator=names, model_name=["logistic", "mlp"]))
+    display(widgets.interactive(show, estimator=list(lr_builders), model_name=["logistic", "mlp"]))

@@ -71,7 +71,7 @@ import optax
 from flax import nnx
 
 import workbench
-from workbench import data, influence, models, train
+from workbench import data, influence, models, plots, train
 from workbench.influence import evaluate as ev
 
 jax.config.update("jax_enable_x64", True)
@@ -129,16 +129,7 @@ workbench.record(
 # it says about the run without the example.
 
 # %%
-fig, ax = plt.subplots(figsize=(7, 4))
-ax.plot(result.steps, result.pearson, "o-", label="influence function (Pearson)")
-ax.plot(result.steps, result.spearman, "s--", label="influence function (Spearman)")
-ax.plot(result.steps, pearson_dot, "^:", label="gradient dot product (Pearson)")
-ax.set(xlabel="training steps after the removal", ylabel="correlation with the actual effect")
-ax.legend(loc="lower left")
-ax2 = ax.twinx()
-ax2.plot(result.steps, result.divergence, color="gray", lw=2, alpha=0.6)
-ax2.set_ylabel("parameter divergence ||theta_-i - theta||", color="gray")
-fig.tight_layout()
+fig = plots.influence.fading(result.steps, result.pearson, result.spearman, pearson_dot, result.divergence)
 workbench.save_figure(fig, "fading")
 plt.show()
 
@@ -153,10 +144,8 @@ if interactive:
     from IPython.display import display
 
     def show(removed_index=0, test_index=0):
-        fig, ax = plt.subplots(figsize=(5, 3))
-        ax.plot(result.steps, result.actual[:, test_index, removed_index], "o-", label="actual")
-        ax.axhline(predicted[test_index, removed_index], color="k", ls="--", label="influence function")
-        ax.legend()
+        plots.influence.removal_effect(result.steps, result.actual[:, test_index, removed_index],
+                                       predicted[test_index, removed_index])
         plt.show()
 
     display(widgets.interactive(show, removed_index=(0, num_removed - 1), test_index=(0, n_test - 1)))

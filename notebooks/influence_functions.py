@@ -71,7 +71,7 @@ import numpy as np
 import optax
 
 import workbench
-from workbench import influence, models, train
+from workbench import influence, models, plots, train
 from workbench.experiments.influence import fit_digits_logistic
 from workbench.influence import evaluate as ev
 
@@ -133,17 +133,8 @@ workbench.record(**{f"loo_pearson_{r.estimator}": r.loo_pearson for r in rows},
 # (their scale is arbitrary, so look at the shape, not the slope).
 
 # %%
-fig, axes = plt.subplots(2, (len(scores) + 1) // 2, figsize=(3.6 * ((len(scores) + 1) // 2), 7))
-for ax, (name, s) in zip(np.ravel(axes), scores.items()):
-    pred = s[:, removed] / (n_train - 1)
-    ax.scatter(pred.ravel(), truth.actual.ravel(), s=3, alpha=0.4)
-    lim = np.abs(truth.actual).max()
-    if name in ("exact", "cg", "lissa", "arnoldi"):
-        ax.plot([-lim, lim], [-lim, lim], "k--", lw=0.8)
-    ax.set(title=name, xlabel="predicted change of test loss", ylabel="actual (LOO retraining)")
-for ax in np.ravel(axes)[len(scores):]:
-    ax.axis("off")
-fig.tight_layout()
+fig = plots.influence.predicted_vs_actual({name: s[:, removed] / (n_train - 1) for name, s in scores.items()},
+                                         truth.actual)
 workbench.save_figure(fig, "predicted_vs_actual")
 plt.show()
 
@@ -157,18 +148,7 @@ plt.show()
 exact = builders["exact"]()
 idx = 0
 pro, opp = exact.proponents(test_set.take(np.array([idx])), top_k), exact.opponents(test_set.take(np.array([idx])), top_k)
-fig, axes = plt.subplots(2, top_k + 1, figsize=(1.6 * (top_k + 1), 3.6))
-axes[0, 0].imshow(np.asarray(test_set.x[idx]).reshape(8, 8), cmap="gray_r")
-axes[0, 0].set_title(f"test: {int(test_set.y[idx])}")
-axes[1, 0].axis("off")
-for row, (label, ranked) in enumerate((("proponent", pro), ("opponent", opp))):
-    for j, (i, s) in enumerate(zip(np.asarray(ranked.indices[0]), np.asarray(ranked.scores[0]))):
-        ax = axes[row, j + 1]
-        ax.imshow(np.asarray(train_set.x[i]).reshape(8, 8), cmap="gray_r")
-        ax.set_title(f"{label}\ny={int(train_set.y[i])} s={s:.2g}", fontsize=7)
-for ax in axes.ravel():
-    ax.set_xticks([]), ax.set_yticks([])
-fig.tight_layout()
+fig = plots.influence.proponents_opponents(test_set.x[idx], test_set.y[idx], train_set.x, train_set.y, pro, opp)
 workbench.save_figure(fig, "proponents_opponents")
 plt.show()
 

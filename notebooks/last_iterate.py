@@ -69,7 +69,7 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)  # optima are exact to ~1e-12; keep SGD in float64 too
 
 import workbench
-from workbench import convex, schedules
+from workbench import convex, plots, schedules
 
 # %% [markdown]
 # ## The problem and its exact optimum
@@ -119,21 +119,8 @@ print(f"{len(lr_factors)} factors x {len(shapes)} schedules x {num_seeds} seeds 
 # steps; read them at the right edge.
 
 # %%
-kinds = {"last": "tab:blue", "uniform": "tab:orange", "suffix": "tab:green"}
-fig, axes = plt.subplots(len(lr_factors), len(shapes), figsize=(4.2 * len(shapes), 3.4 * len(lr_factors)),
-                         sharey="row", squeeze=False)
-for row, factor in zip(axes, lr_factors, strict=True):
-    for ax, (name, res) in zip(row, results[factor].items(), strict=True):
-        for kind, color in kinds.items():
-            q = convex.quantiles(np.maximum(getattr(res, kind), 1e-16), (0.5, 0.9, 0.95))
-            ax.plot(res.steps, q[0], color=color, label=f"{kind} (median)")
-            ax.fill_between(res.steps, q[0], q[1], color=color, alpha=0.3)
-            ax.fill_between(res.steps, q[1], q[2], color=color, alpha=0.12)
-        ax.set(xscale="log", yscale="log", xlabel="T", title=f"{name}, lr x{factor:g}")
-    row[0].set_ylabel("f(x) - f*")
-axes[0, 0].legend(fontsize=8)
-fig.suptitle(f"{problem.name}: {num_seeds} seeds, bands to the 90% and 95% quantiles")
-fig.tight_layout()
+fig = plots.convex.suboptimality_quantiles({f"lr x{factor:g}": results[factor] for factor in lr_factors},
+                                          f"{problem.name}: {num_seeds} seeds, bands to the 90% and 95% quantiles")
 workbench.save_figure(fig, "suboptimality_quantiles")
 plt.show()
 
@@ -148,7 +135,7 @@ for factor in lr_factors:
     final[f"lr x{factor:g}"] = table = {}
     for name, res in results[factor].items():
         table[name] = {}
-        for kind in kinds:
+        for kind in ("last", "uniform", "suffix"):
             q = convex.quantiles(getattr(res, kind)[:, -1:], (0.5, 0.9, 0.95))[:, 0]
             table[name][kind] = {"median": float(q[0]), "q90": float(q[1]), "q95": float(q[2])}
             print(f"{factor:6g} {name:14s} {kind:8s} {q[0]:10.2e} {q[1]:10.2e} {q[2]:10.2e}")
@@ -165,16 +152,7 @@ for factor in lr_factors:
 # %%
 harvey = convex.harvey_gd(harvey_horizons)
 T = harvey.steps.astype(float)
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-for kind, color in kinds.items():
-    gap = getattr(harvey, kind)
-    ax1.plot(T, gap * np.sqrt(T), "o-", color=color, label=kind)
-    ax2.plot(T, gap * np.sqrt(T) / np.log(T), "o-", color=color, label=kind)
-ax2.axhline(1 / 32, color="k", ls=":", label="lower bound 1/32")
-ax1.set(xscale="log", xlabel="T", ylabel="(f(x) - f*) sqrt(T)", title="Harvey construction")
-ax2.set(xscale="log", xlabel="T", ylabel="(f(x) - f*) sqrt(T) / log T")
-ax1.legend(fontsize=8)
-ax2.legend(fontsize=8)
+fig = plots.convex.harvey(harvey)
 workbench.save_figure(fig, "harvey")
 plt.show()
 

@@ -58,7 +58,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import workbench
-from workbench import schedules
+from workbench import plots, schedules
 
 shapes = schedules.standard_shapes(cooldown_fraction)
 
@@ -69,11 +69,8 @@ shapes = schedules.standard_shapes(cooldown_fraction)
 
 # %%
 T_show = 1000
-fig, ax = plt.subplots(figsize=(7, 3.5))
-for name, make in shapes.items():
-    ax.plot(schedules.values(make(T_show), T_show), label=name)
-ax.set(xlabel="step", ylabel="learning rate (peak 1)", title=f"Schedules over T = {T_show}")
-ax.legend(fontsize=8)
+fig = plots.schedules.schedule_shapes({name: schedules.values(make(T_show), T_show) for name, make in shapes.items()},
+                                     f"Schedules over T = {T_show}")
 workbench.save_figure(fig, "schedules")
 plt.show()
 
@@ -87,13 +84,7 @@ plt.show()
 
 # %%
 table = {name: schedules.bound_curve(make, horizons) for name, make in shapes.items()}
-fig, ax = plt.subplots(figsize=(7, 4))
-for name, curve in table.items():
-    ax.plot(horizons, curve, "o-", label=name)
-ax.axhline(2.0, color="k", lw=0.8, ls=":")
-ax.set(xscale="log", xlabel="T", ylabel="bound x sqrt(T) / (D G)",
-       title="Last-iterate bound at the best scale (constant gradient norms)")
-ax.legend(fontsize=8)
+fig = plots.schedules.bound_curves(horizons, table)
 workbench.save_figure(fig, "bound_vs_T")
 plt.show()
 print(f"{'schedule':26s}" + "".join(f"{T:>10d}" for T in horizons))
@@ -121,16 +112,8 @@ varying = {
     "refined for these norms": schedules.bound_curve(
         lambda T: schedules.refine(varying_norms(T), tau=0.1).values, horizons, varying_norms),
 }
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
-ax1.plot(varying_norms(T_ref), label="gradient norm g_t")
-ax1.plot(refined.values, label="refined schedule")
-ax1.plot(schedules.values(shapes["linear decay"](T_ref), T_ref), "--", label="linear decay")
-ax1.set(xlabel="step", title=f"Norms and the refined schedule (T = {T_ref})")
-ax1.legend(fontsize=8)
-for name, curve in varying.items():
-    ax2.plot(horizons, curve, "o-", label=name)
-ax2.set(xscale="log", xlabel="T", ylabel="bound x sqrt(T) / D (G = 1)", title="Bound with these norms")
-ax2.legend(fontsize=8)
+fig = plots.schedules.refined_bound(varying_norms(T_ref), refined.values,
+                                   schedules.values(shapes["linear decay"](T_ref), T_ref), horizons, varying)
 workbench.save_figure(fig, "refined_bound")
 plt.show()
 
@@ -152,11 +135,7 @@ if interactive:
     from workbench import ui
 
     def show(curve):
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(horizons, table["linear decay"], "k--", label="linear decay")
-        ax.plot(horizons, curve, "o-", label="yours")
-        ax.set(xscale="log", xlabel="T", ylabel="bound x sqrt(T) / (D G)")
-        ax.legend()
+        fig = plots.schedules.custom_bound(horizons, table["linear decay"], curve)
         display(fig)
         plt.close(fig)
 

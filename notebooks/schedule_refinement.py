@@ -56,6 +56,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import workbench
+from workbench import plots
 from workbench.experiments import schedules as refinement
 
 # %% [markdown]
@@ -86,18 +87,7 @@ shown = {label: by_lr[peak_lrs[len(peak_lrs) // 2]] for label, by_lr in results.
 # low; and for the **anneal**: it decays to zero, faster than linear where the norms rise or flatten.
 
 # %%
-fig, axes = plt.subplots(2, len(models), figsize=(5.5 * len(models), 6.5), sharex=True, squeeze=False)
-for col, (label, res) in enumerate(shown.items()):
-    ax = axes[0, col]
-    ax.plot(res.grad_norms, alpha=0.5, label="estimated ||g_t||")
-    ax.plot(res.refined.smoothed_norms, label=f"median filter (tau={tau})")
-    ax.set(yscale="log", title=label, ylabel="gradient norm")
-    ax.legend(fontsize=8)
-    ax = axes[1, col]
-    for name, run in res.runs.items():
-        ax.plot(run.lrs, label=name)
-    ax.set(xlabel="step", ylabel="learning rate")
-    ax.legend(fontsize=8)
+fig = plots.schedules.norms_and_schedules(shown, tau)
 workbench.save_figure(fig, "norms_and_schedules")
 plt.show()
 
@@ -113,14 +103,7 @@ plt.show()
 # schedule at its own best peak.
 
 # %%
-fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.6), squeeze=False)
-for ax, (label, res) in zip(axes[0], shown.items(), strict=True):
-    for name, run in res.runs.items():
-        loss = run.history["loss"]
-        window = max(1, steps // 50)
-        ax.plot(np.convolve(loss, np.ones(window) / window, mode="valid"), label=name)
-    ax.set(yscale="log", xlabel="step", ylabel="minibatch loss (smoothed)", title=label)
-    ax.legend(fontsize=8)
+fig = plots.schedules.schedule_losses(shown, window=max(1, steps // 50))
 workbench.save_figure(fig, "training_loss")
 plt.show()
 

@@ -67,7 +67,7 @@ print(f"final minibatch loss {fit.result.history['loss'][-1]:.4f}, test accuracy
 # that jumps up means it is too large.
 
 # %%
-fig = plots.loss_curves({f"lr={learning_rate}": fit.result.history})
+fig = plots.training.loss_curves({f"lr={learning_rate}": fit.result.history})
 workbench.save_figure(fig, "loss_curve")
 plt.show()
 
@@ -79,10 +79,10 @@ plt.show()
 # %%
 fits = {lr: digits.fit_digits_mlp(hidden_size, lr, steps, seed=seed) for lr in compare_learning_rates}
 histories = {f"lr={lr}": f.result.history for lr, f in fits.items()}
-fig = plots.loss_curves(histories)
+fig = plots.training.loss_curves(histories)
 workbench.save_figure(fig, "learning_rates")
 plt.show()
-figly = plots.loss_curves_plotly(histories)
+figly = plots.training.loss_curves_plotly(histories)
 workbench.save_figure(figly, "learning_rates_interactive")
 for lr, f in fits.items():
     print(f"lr={lr:<6} test accuracy {f.test_accuracy:.3f}")

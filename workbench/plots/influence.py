@@ -1,0 +1,152 @@
+"""Influence-function figures: predicted against retrained effects, proponents and opponents,
+the LDS / mislabel-AUC comparison, fading over training, and correcting mispredictions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+CURVATURE_ESTIMATORS = ("exact", "cg", "lissa", "arnoldi")
+
+
+def predicted_vs_actual(predicted: Mapping[str, np.ndarray], actual: np.ndarray,
+                        diagonal: Sequence[str] = CURVATURE_ESTIMATORS):
+    """One scatter panel per estimator: its predicted change of each test loss
+    (`predicted[name]`, [n_test, n_removed]) against the `actual` change after leave-one-out
+    retraining (same shape), on two rows; the estimators in `diagonal` get the line y = x."""
+    import matplotlib.pyplot as plt
+
+    actual = np.asarray(actual)
+    cols = (len(predicted) + 1) // 2
+    fig, axes = plt.subplots(2, cols, figsize=(3.6 * cols, 7), squeeze=False)
+    lim = np.abs(actual).max()
+    for ax, (name, pred) in zip(np.ravel(axes), predicted.items()):
+        ax.scatter(np.asarray(pred).ravel(), actual.ravel(), s=3, alpha=0.4)
+        if name in diagonal:
+            ax.plot([-lim, lim], [-lim, lim], "k--", lw=0.8)
+        ax.set(title=name, xlabel="predicted change of test loss", ylabel="actual (LOO retraining)")
+    for ax in np.ravel(axes)[len(predicted):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def proponents_opponents(test_image: np.ndarray, test_label: int, train_images: np.ndarray,
+                         train_labels: np.ndarray, proponents, opponents, image_shape=(8, 8)):
+    """The test image, and on two rows its proponents and opponents (`influence.Ranked` for one
+    test point: `.indices[0]`, `.scores[0]`) as training images with label and score."""
+    import matplotlib.pyplot as plt
+
+    top_k = len(np.asarray(proponents.indices[0]))
+    fig, axes = plt.subplots(2, top_k + 1, figsize=(1.6 * (top_k + 1), 3.6))
+    axes[0, 0].imshow(np.asarray(test_image).reshape(image_shape), cmap="gray_r")
+    axes[0, 0].set_title(f"test: {int(test_label)}")
+    axes[1, 0].axis("off")
+    for row, (label, ranked) in enumerate((("proponent", proponents), ("opponent", opponents))):
+        for j, (i, s) in enumerate(zip(np.asarray(ranked.indices[0]), np.asarray(ranked.scores[0]))):
+            ax = axes[row, j + 1]
+            ax.imshow(np.asarray(train_images[i]).reshape(image_shape), cmap="gray_r")
+            ax.set_title(f"{label}\ny={int(train_labels[i])} s={s:.2g}", fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def _value(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def lds_and_auc(table: Sequence[object]):
+    """Bars per estimator and model from `evaluate.evaluation_table` rows (`.model`, `.estimator`,
+    `.lds`, `.mislabel_auc`; None drawn as no bar): LDS on the left, mislabel AUC on the right
+    with chance (0.5) dashed."""
+    import matplotlib.pyplot as plt
+
+    model_names = list(dict.fromkeys(t.model for t in table))
+    names = list(dict.fromkeys(t.estimator for t in table))
+    x = np.arange(len(names))
+    width = 0.8 / len(model_names)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    for m, model_name in enumerate(model_names):
+        offset = (m - (len(model_names) - 1) / 2) * width
+        row = {t.estimator: t for t in table if t.model == model_name}
+        ax1.bar(x + offset, [_value(row[n].lds) if n in row else np.nan for n in names], width=width, label=model_name)
+        ax2.bar(x + offset, [_value(row[n].mislabel_auc) if n in row else np.nan for n in names], width=width,
+                label=model_name)
+    ax1.set(xticks=x, ylabel="LDS (Spearman)", title="linear datamodeling score")
+    ax2.set(xticks=x, ylabel="ROC AUC", title="finding flipped labels by self-influence", ylim=(0.4, 1.0))
+    for ax in (ax1, ax2):
+        ax.set_xticklabels(names, rotation=40, ha="right")
+    ax2.axhline(0.5, color="k", lw=0.6, ls="--")
+    ax1.legend()
+    fig.tight_layout()
+    return fig
+
+
+def lds_per_test(per_test: np.ndarray, title: str, bins: int = 20):
+    """Histogram of the LDS per test point (Spearman of each test point's ranking)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.hist(np.asarray(per_test), bins=bins)
+    ax.set(xlabel="Spearman per test point", ylabel="test points", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def fading(steps: np.ndarray, pearson: np.ndarray, spearman: np.ndarray, pearson_dot: np.ndarray,
+           divergence: np.ndarray):
+    """Correlation of the influence function (Pearson, Spearman) and of the gradient dot product
+    (Pearson) with the actual effect of each removal against the steps trained after it; the
+    parameter divergence of the two runs on a right axis."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, pearson, "o-", label="influence function (Pearson)")
+    ax.plot(steps, spearman, "s--", label="influence function (Spearman)")
+    ax.plot(steps, pearson_dot, "^:", label="gradient dot product (Pearson)")
+    ax.set(xlabel="training steps after the removal", ylabel="correlation with the actual effect")
+    ax.legend(loc="lower left")
+    ax2 = ax.twinx()
+    ax2.plot(steps, divergence, color="gray", lw=2, alpha=0.6)
+    ax2.set_ylabel("parameter divergence ||theta_-i - theta||", color="gray")
+    fig.tight_layout()
+    return fig
+
+
+def removal_effect(steps: np.ndarray, actual: np.ndarray, predicted: float):
+    """The actual effect of one removal on one test loss over training, against the influence
+    function's (constant) prediction."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(steps, actual, "o-", label="actual")
+    ax.axhline(predicted, color="k", ls="--", label="influence function")
+    ax.set(xlabel="training steps after the removal", ylabel="change of the test loss")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def fix_rate(k_values: Sequence[int], results: Sequence[object]):
+    """Left: fraction of mispredictions fixed against k for the influential opponents and for
+    random examples; right: the accuracy lost on the other test points. `results` are
+    `evaluate.correct_mispredictions` results (`.fix_rate`, `.fix_rate_random`, `.damage`,
+    `.damage_random`), one per k."""
+    import matplotlib.pyplot as plt
+
+    results = list(results)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(k_values, [r.fix_rate for r in results], "o-", label="most harmful (influence)")
+    ax1.plot(k_values, [r.fix_rate_random for r in results], "s--", label="random")
+    ax1.set(xlabel="training examples re-weighted (k)", ylabel="fraction of mispredictions fixed", xscale="log")
+    ax1.legend()
+    ax2.plot(k_values, [r.damage for r in results], "o-", label="most harmful (influence)")
+    ax2.plot(k_values, [r.damage_random for r in results], "s--", label="random")
+    ax2.axhline(0, color="k", lw=0.6)
+    ax2.set(xlabel="training examples re-weighted (k)", ylabel="accuracy lost on other test points", xscale="log")
+    ax2.legend()
+    fig.tight_layout()
+    return fig

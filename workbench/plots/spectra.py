@@ -1,0 +1,108 @@
+"""Curvature spectra: SLQ densities against exact eigenvalues, top eigenvalues, trace estimates,
+and sharpness against the edge-of-stability threshold 2/lr."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def spectral_densities(densities: Mapping[str, object], eigenvalues: Mapping[str, np.ndarray | None] | None = None,
+                       *, bins: int = 120, floor: float = 1e-8, ymin: float = 1e-5):
+    """One panel per named `spectrum.Density` (log-scale SLQ density, clipped below at `floor`),
+    over the histogram of the exact eigenvalues `eigenvalues[name]` when given (not None)."""
+    import matplotlib.pyplot as plt
+
+    eigenvalues = eigenvalues or {}
+    n = len(densities)
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4) if n > 1 else (6, 3.5), sharey=True, squeeze=False)
+    for ax, (name, dens) in zip(axes[0], densities.items(), strict=True):
+        ax.semilogy(np.asarray(dens.grid), np.maximum(np.asarray(dens.density), floor), label="SLQ density")
+        eigs = eigenvalues.get(name)
+        if eigs is not None:
+            ax.hist(np.asarray(eigs), bins=bins, density=True, color="0.6", alpha=0.5, label="exact eigenvalues")
+        ax.set_ylim(ymin, None)
+        ax.set_xlabel("eigenvalue")
+        ax.set_title(name)
+        ax.legend()
+    axes[0, 0].set_ylabel("density")
+    fig.tight_layout()
+    return fig
+
+
+def top_eigenvalues(curves: Mapping[str, np.ndarray], reference: np.ndarray | None = None,
+                    reference_label: str = "dense eigh"):
+    """Eigenvalue against rank (1 = largest) on a log scale, one marked line per named estimate,
+    and black dots for `reference` (e.g. the largest eigenvalues of the dense matrix)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for (label, values), style in zip(curves.items(), ("o-", "s--", "^:", "v-."), strict=False):
+        values = np.asarray(values)
+        ax.plot(range(1, len(values) + 1), values, style, label=label)
+    if reference is not None:
+        reference = np.asarray(reference)
+        ax.plot(range(1, len(reference) + 1), reference, "k.", label=reference_label)
+    ax.set_yscale("log")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("eigenvalue")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def trace_estimates(estimates: Mapping[str, object], exact: float | None = None):
+    """Each named `spectrum.TraceEstimate` with +- 2 standard errors, and the exact trace dashed."""
+    import matplotlib.pyplot as plt
+
+    names = list(estimates)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.errorbar(range(len(names)), [float(estimates[m].estimate) for m in names],
+                yerr=[2 * float(estimates[m].std_error) for m in names], fmt="o", capsize=4)
+    if exact is not None:
+        ax.axhline(exact, color="k", ls="--", label="exact trace")
+        ax.legend()
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("trace (+- 2 standard errors)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def sharpness_vs_threshold(runs: Sequence[object]):
+    """Left: the sharpness of each `experiments.spectra.SharpnessRun` (history "callback_step",
+    "sharpness") with its threshold 2/lr dashed in the same colour; right: its training loss."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_s, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
+    for run in runs:
+        h = run.history
+        (line,) = ax_s.plot(h["callback_step"], h["sharpness"], label=f"lr={run.learning_rate:g}")
+        ax_s.axhline(2 / run.learning_rate, color=line.get_color(), ls="--", lw=1)
+        ax_l.plot(h["step"], h["loss"], color=line.get_color(), label=f"lr={run.learning_rate:g}")
+    ax_s.set_xlabel("step")
+    ax_s.set_ylabel("sharpness (top Hessian eigenvalue)")
+    ax_s.set_title("sharpness vs 2/lr (dashed)")
+    ax_s.legend()
+    ax_l.set_yscale("log")
+    ax_l.set_xlabel("step")
+    ax_l.set_ylabel("training loss (full batch)")
+    ax_l.legend()
+    for ax in (ax_s, ax_l):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def sharpness_run(run) -> object:
+    """One `SharpnessRun` alone: its sharpness against step and the threshold 2/lr."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(run.history["callback_step"], run.history["sharpness"])
+    ax.axhline(2 / run.learning_rate, ls="--", color="k")
+    ax.set(xlabel="step", ylabel="sharpness (top Hessian eigenvalue)", title=f"lr={run.learning_rate:g}")
+    fig.tight_layout()
+    return fig
