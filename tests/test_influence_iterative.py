@@ -145,3 +145,19 @@ def test_silent_failures_are_reported_with_their_cause(problem, key):
     # Ritz pairs that did not converge are announced
     with pytest.warns(RuntimeWarning, match="have not converged"):
         influence.make("arnoldi", LogReg.loss_fn, params, train, k=30, num_iters=31, key=key)
+
+
+def test_arnoldi_defaults_report_the_tail_spread_and_warn_when_it_is_not_flat(problem, key):
+    """On the strongly regularised problem the default flat tail is close to exact; on a barely
+    regularised one the discarded spectrum spans decades, and the default says so."""
+    params, train, test, _, ref = problem
+    est = influence.make("arnoldi", LogReg.loss_fn, params, train, key=key)  # defaults: k=50, flat tail
+    assert est.info["tail_spread"] < influence.arnoldi_module.TAIL_SPREAD_WARNING
+    assert _corr(np.asarray(est.scores(test)), ref) >= 0.99
+    # least squares whose feature scales span six decades: H = X^T X / n is anything but flat
+    x = jax.random.normal(jax.random.key(5), (400, 60), jnp.float64) * jnp.logspace(0, -3, 60)
+    y = x @ jnp.ones(60)
+    squares = lambda w, b: 0.5 * jnp.mean((b[0] @ w["w"] - b[1]) ** 2)
+    with pytest.warns(RuntimeWarning, match="discarded spectrum is far from flat"):
+        est = influence.make("arnoldi", squares, {"w": jnp.zeros(60)}, (x, y), k=10, key=key)
+    assert est.info["tail_spread"] > 1e3

@@ -62,6 +62,9 @@ def _flat_tail_precondition(state, grads):
     return (proj * state["inverse_values"]) @ state["vectors"] + grads * state["inverse_tail"]
 
 
+TAIL_SPREAD_WARNING = 30.0  # (lambda_{k+1} + damping) / (lambda_min + damping) beyond which the flat tail misleads
+
+
 def default_depth(k: int) -> int:
     """The Krylov depth used for k eigenpairs unless told otherwise (see `arnoldi`)."""
     return 2 * k + 20
@@ -112,13 +115,18 @@ def arnoldi(
         depth = min(op.dim, num_iters if num_iters is not None else default_depth(k))
         if depth < min(k + 1, op.dim):
             raise ValueError(f"num_iters={depth} must exceed k={k} (or equal the dimension)")
-        eig_values, eig_vectors, residuals, next_value = spectrum.ritz_pairs(spectrum.arnoldi(op, key, depth), k)
+        factorization = spectrum.arnoldi(op, key, depth)
+        eig_values, eig_vectors, residuals, next_value = spectrum.ritz_pairs(factorization, k)
         converged = residuals <= 1e-6 * jnp.abs(eig_values[0])
+        # Lanczos resolves both ends of the spectrum: the smallest Ritz value estimates the
+        # bottom of the discarded tail, so the flat-tail assumption can be checked
+        smallest = float(spectrum.ritz_pairs(factorization, 1, "smallest").values[0])
     else:
         eig = spectrum.top_eigenpairs(op, key, k + int(with_tail), which="largest", method=method, num_iters=num_iters)
         eig_values, eig_vectors, converged = eig.values[:k], eig.vectors[:k], eig.converged[:k]
         next_value = eig.values[-1]
         depth = num_iters
+        smallest = None
     num_converged = int(jnp.sum(converged))
     if num_converged < k:
         warnings.warn(
@@ -144,6 +152,17 @@ def arnoldi(
             raise ValueError(
                 f"arnoldi: the curvature beyond the top {k} eigenpairs is not positive (lambda_k+1 + damping = "
                 f"{tail_value:.3g}); raise damping or pass tail='none'")
+        if smallest is not None:
+            bottom = smallest + damping
+            spread = tail_value / bottom if bottom > 1e-12 * tail_value else float("inf")
+            info["tail_spread"] = spread
+            if spread > TAIL_SPREAD_WARNING:
+                warnings.warn(
+                    f"arnoldi: the discarded spectrum is far from flat: lambda_(k+1) + damping = "
+                    f"{tail_value:.3g} but the smallest eigenvalue + damping is about "
+                    f"{bottom:.3g} ({spread:.3g}x); the flat tail under-weights its "
+                    f"flattest directions and the ranking degrades. Raise k (now {k}) or the damping, "
+                    "or use 'exact' / 'cg' on a model this size.", RuntimeWarning, stacklevel=3)
         state["inverse_values"] = inverse_values - jnp.where(keep, 1.0 / tail_value, 0.0)
         state["inverse_tail"] = jnp.asarray(1.0 / tail_value, dtype)
         info["tail_value"] = tail_value
