@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from workbench.influence import arnoldi as arnoldi_module
+from workbench.influence import arnoldi as arnoldi_module  # noqa: F401 (TAIL_SPREAD_WARNING etc.)
 from workbench.influence import evaluate
 from workbench.influence.arnoldi import arnoldi
 from workbench.influence.core import Estimator, Ranked
