@@ -72,7 +72,7 @@ def _reader(stream, index: int, sink, tail: collections.deque, full: list[str], 
         line = raw.decode("utf-8", errors="replace").rstrip("\n")
         tail.append(line)
         full.append(line)
-        if sink is not None:
+        if sink is not None and not line.startswith("[Gloo] Rank"):  # gloo's connection chatter
             with lock:
                 print(f"[p{index}] {line}", file=sink, flush=True)
     stream.close()
@@ -149,6 +149,9 @@ def launch(
         check_port_free(port)
     command = [python or sys.executable, "-u", *(["-m", target] if module else [target]), *map(str, args)]
     base = dict(os.environ)
+    # the processes import the same workbench as this one, wherever it was imported from
+    package_root = str(Path(__file__).resolve().parents[2])
+    base["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, base.get("PYTHONPATH")) if p)
     base.update(env or {})
     base.update({
         COORDINATOR_ENV: f"127.0.0.1:{port}",

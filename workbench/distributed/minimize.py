@@ -140,7 +140,8 @@ def _lbfgs_run(value_fn, params, args, tol, *, num_steps, memory_size):
     def body(c):
         p, s, k, _, _, vals = c
         value, grad = value_and_grad(p, state=s)
-        updates, s = opt.update(grad, s, p, value=value, grad=grad, value_fn=f)
+        with jax.numpy_dtype_promotion("standard"):  # optax's L-BFGS mixes int32/int64 counters
+            updates, s = opt.update(grad, s, p, value=value, grad=grad, value_fn=f)
         p = optax.apply_updates(p, updates)
         new_value = optax.tree_utils.tree_get(s, "value")
         new_grad = optax.tree_utils.tree_get(s, "grad")

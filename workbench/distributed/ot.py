@@ -19,8 +19,7 @@ n x m matrix never exists anywhere.
 
 from __future__ import annotations
 
-import functools
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -86,9 +86,9 @@ def _allgather_host(values: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(values, tiled=False))
 
 
-def _encode(text: str) -> np.ndarray:
-    raw = text.encode()[:_DESC_BYTES]
-    return np.frombuffer(raw.ljust(_DESC_BYTES, b"\0"), np.uint8).astype(np.int32)
+def _encode(text: str, size: int = _DESC_BYTES) -> np.ndarray:
+    raw = text.encode()[:size]
+    return np.frombuffer(raw.ljust(size, b"\0"), np.uint8).astype(np.int32)
 
 
 def _decode(codes: np.ndarray) -> str:
