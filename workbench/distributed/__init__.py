@@ -11,6 +11,7 @@ optimal transport by L-BFGS on the dual potentials, building the cost per block;
 `gradient_store` fills one zarr gradient store from every process at once.
 """
 
+from workbench.distributed import ot, profile
 from workbench.distributed.launch import (
     JobInfo,
     LaunchError,
@@ -31,7 +32,8 @@ from workbench.distributed.minimize import (
     pseudo_gradient,
 )
 from workbench.distributed.operator import curvature_operator
-from workbench.distributed.ot import OTResult, entropic_ot, plan
+from workbench.distributed.ot import OTResult, dual_problem, entropic_ot, negative_dual, plan
+from workbench.distributed.profile import CollectiveBytes, collective_bytes
 from workbench.distributed.sharding import (
     ShardedData,
     gather_rows,
@@ -45,9 +47,9 @@ from workbench.distributed.sharding import (
 from workbench.distributed.store import gradient_store
 
 __all__ = [
-    "JobInfo", "LaunchError", "LaunchResult", "MinimizeResult", "OTResult", "ShardedData",
-    "barrier", "block_params", "curvature_operator", "entropic_ot", "free_port", "gather_rows",
+    "CollectiveBytes", "JobInfo", "LaunchError", "LaunchResult", "MinimizeResult", "OTResult", "ShardedData",
+    "barrier", "block_params", "collective_bytes", "curvature_operator", "dual_problem", "entropic_ot", "free_port", "gather_rows",
     "global_sum", "gradient_store", "initialize", "launch", "lbfgs", "local_block", "mesh",
-    "minimize_lbfgs", "objective_value", "owlqn", "plan", "pseudo_gradient", "replicate",
+    "minimize_lbfgs", "negative_dual", "objective_value", "ot", "owlqn", "profile", "plan", "pseudo_gradient", "replicate",
     "shard_examples", "shutdown", "to_host",
 ]

@@ -46,6 +46,7 @@ class MinimizeResult(NamedTuple):
     value: float  # objective at params (including the l1 term for OWL-QN)
     grad_norm: float  # norm of the (pseudo-)gradient at params
     num_steps: int  # iterations taken
+    num_evaluations: int  # objective-and-gradient evaluations (line-search trials included)
     converged: bool  # grad_norm <= tol
     finite: bool  # every objective value was finite
     values: np.ndarray  # [num_steps + 1] objective at every iterate
@@ -106,7 +107,7 @@ def _check(params, num_steps, tol, memory_size):
     return tol
 
 
-def _finish(name, params, value, gnorm, k, values, tol, require_convergence) -> MinimizeResult:
+def _finish(name, params, value, gnorm, k, values, evals, tol, require_convergence) -> MinimizeResult:
     values = np.asarray(to_host(values))[: int(to_host(k)) + 1]
     value, gnorm, k = float(to_host(value)), float(to_host(gnorm)), int(to_host(k))
     finite = bool(np.all(np.isfinite(values))) and np.isfinite(gnorm)
@@ -119,7 +120,7 @@ def _finish(name, params, value, gnorm, k, values, tol, require_convergence) -> 
         raise RuntimeError(
             f"{name}: not converged after {k} steps: gradient norm {gnorm:.3e} > tol {tol:.1e} "
             "(raise num_steps, loosen tol, or pass require_convergence=False)")
-    return MinimizeResult(to_host(params), value, gnorm, k, converged, finite, values)
+    return MinimizeResult(to_host(params), value, gnorm, k, int(to_host(evals)), converged, finite, values)
 
 
 # ----------------------------------------------------------------------------- L-BFGS (optax)
@@ -134,22 +135,23 @@ def _lbfgs_run(value_fn, params, args, tol, *, num_steps, memory_size):
     values = jnp.full((num_steps + 1,), jnp.nan, value0.dtype).at[0].set(value0)
 
     def cond(c):
-        _, _, k, value, gnorm, _ = c
+        _, _, k, value, gnorm, _, _ = c
         return (k < num_steps) & (gnorm > tol) & jnp.isfinite(value)
 
     def body(c):
-        p, s, k, _, _, vals = c
+        p, s, k, _, _, vals, evals = c
         value, grad = value_and_grad(p, state=s)
         with jax.numpy_dtype_promotion("standard"):  # optax's L-BFGS mixes int32/int64 counters
             updates, s = opt.update(grad, s, p, value=value, grad=grad, value_fn=f)
         p = optax.apply_updates(p, updates)
         new_value = optax.tree_utils.tree_get(s, "value")
         new_grad = optax.tree_utils.tree_get(s, "grad")
-        return p, s, k + 1, new_value, tu.norm(new_grad), vals.at[k + 1].set(new_value)
+        trials = optax.tree_utils.tree_get(s, "num_linesearch_steps").astype(evals.dtype)
+        return p, s, k + 1, new_value, tu.norm(new_grad), vals.at[k + 1].set(new_value), evals + trials
 
-    init = (params, opt.init(params), jnp.asarray(0), value0, tu.norm(grad0), values)
-    p, _, k, value, gnorm, values = jax.lax.while_loop(cond, body, init)
-    return p, value, gnorm, k, values
+    init = (params, opt.init(params), jnp.asarray(0), value0, tu.norm(grad0), values, jnp.asarray(1))
+    p, _, k, value, gnorm, values, evals = jax.lax.while_loop(cond, body, init)
+    return p, value, gnorm, k, values, evals
 
 
 def minimize_lbfgs(value_fn: Callable, params: PyTree, args: Any, *, num_steps: int = 500,
@@ -158,9 +160,9 @@ def minimize_lbfgs(value_fn: Callable, params: PyTree, args: Any, *, num_steps: 
     """Minimise `value_fn(params, args)` (a pure, jittable scalar function; `args` passed as an
     argument, never closed over) with `optax.lbfgs` until the gradient norm is <= `tol`."""
     tol = _check(params, num_steps, tol, memory_size)
-    p, value, gnorm, k, values = _lbfgs_run(value_fn, params, args, tol, num_steps=int(num_steps),
-                                            memory_size=int(memory_size))
-    return _finish(name, p, value, gnorm, k, values, tol, require_convergence)
+    p, value, gnorm, k, values, evals = _lbfgs_run(value_fn, params, args, tol, num_steps=int(num_steps),
+                                                   memory_size=int(memory_size))
+    return _finish(name, p, value, gnorm, k, values, evals, tol, require_convergence)
 
 
 @functools.lru_cache(maxsize=64)
@@ -239,7 +241,7 @@ def _owlqn_run(value_fn, params, args, l1, tol, *, num_steps, memory_size, max_b
         return (k < num_steps) & (gnorm > tol) & ok
 
     def body(c):
-        x, f, g, s_hist, y_hist, rho, k, _, _, count, vals = c
+        x, f, g, s_hist, y_hist, rho, k, _, _, count, vals, _ = c
         pg = pseudo_gradient(g, x, l1)
         d = _two_loop(pg, s_hist, y_hist, rho, count, memory_size)
         d = jax.tree.map(lambda di, pgi: jnp.where(di * pgi < 0, di, jnp.zeros_like(di)), d, pg)
@@ -263,7 +265,7 @@ def _owlqn_run(value_fn, params, args, l1, tol, *, num_steps, memory_size, max_b
             return (alpha, *trial(alpha), s[5] + 1)
 
         ls = jax.lax.while_loop(ls_cond, ls_body, (step0, *trial(step0), jnp.asarray(0)))
-        _, xn, fn, gn, accepted, _ = ls
+        _, xn, fn, gn, accepted, backtracks = ls
         sk, yk = tu.sub(xn, x), tu.sub(gn, g)
         sy = tu.vdot(sk, yk)
         keep = accepted & (sy > 1e-12 * tu.norm(sk) * tu.norm(yk))
@@ -276,13 +278,13 @@ def _owlqn_run(value_fn, params, args, l1, tol, *, num_steps, memory_size, max_b
                    for new, old in ((xn, x), (fn, f), (gn, g)))
         gnorm = tu.norm(pseudo_gradient(g, x, l1))
         return (x, f, g, s_hist, y_hist, rho, k + 1, gnorm, accepted, count,
-                vals.at[k + 1].set(full(x, f)))
+                vals.at[k + 1].set(full(x, f)), c[11] + backtracks + 1)
 
     init = (params, f0, g0, hist, hist, jnp.zeros((memory_size,), dtype), jnp.asarray(0),
-            tu.norm(pg0), jnp.isfinite(f0), jnp.asarray(0), values)
+            tu.norm(pg0), jnp.isfinite(f0), jnp.asarray(0), values, jnp.asarray(1))
     out = jax.lax.while_loop(cond, body, init)
-    x, f, k, gnorm, values = out[0], out[1], out[6], out[7], out[10]
-    return x, full(x, f), gnorm, k, values
+    x, f, k, gnorm, values, evals = out[0], out[1], out[6], out[7], out[10], out[11]
+    return x, full(x, f), gnorm, k, values, evals
 
 
 def owlqn(loss_fn: Callable, params: PyTree, data: ShardedData, *, l1: float, l2: float = 0.0,
@@ -299,7 +301,7 @@ def owlqn(loss_fn: Callable, params: PyTree, data: ShardedData, *, l1: float, l2
     params = _as_global(params, data)
     dtype = jnp.result_type(*jax.tree.leaves(params))
     l1_arr, l2_arr = (replicate(np.asarray(v, dtype), data.mesh) for v in (l1, l2))
-    x, value, gnorm, k, values = _owlqn_run(
+    x, value, gnorm, k, values, evals = _owlqn_run(
         _objective_fn(loss_fn, chunk_size), params, (data, l2_arr), l1_arr, tol,
         num_steps=int(num_steps), memory_size=int(memory_size))
-    return _finish("owlqn", x, value, gnorm, k, values, tol, require_convergence)
+    return _finish("owlqn", x, value, gnorm, k, values, evals, tol, require_convergence)

@@ -38,6 +38,7 @@ class OTResult(NamedTuple):
     transport_cost: float  # <P, C>
     marginal_error: float  # ||P 1 - a||_1 + ||P^T 1 - b||_1
     num_steps: int
+    num_evaluations: int  # dual-and-gradient evaluations (line-search trials included)
     grad_norm: float
     converged: bool
 
@@ -95,7 +96,8 @@ def _gather(a):
     return jax.lax.all_gather(a, AXIS, tiled=True)
 
 
-def _neg_dual(pot, args):
+def negative_dual(pot, args):
+    """-D(u, v) for `pot = (u, v)` and the `args` of `dual_problem`."""
     x, y, eps, chunk = args["x"], args["y"], args["eps"], args["chunk"]
     u, v = pot
 
@@ -157,11 +159,25 @@ def entropic_ot(x: ShardedData, y: ShardedData, epsilon: float, *, num_steps: in
         raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    dtype = x.data.dtype
-    if not jnp.issubdtype(dtype, jnp.floating) or y.data.dtype != dtype:
+    if not jnp.issubdtype(x.data.dtype, jnp.floating) or y.data.dtype != x.data.dtype:
         raise ValueError(f"x and y must share one floating dtype, got {x.data.dtype} and {y.data.dtype}")
-    m_slots = y.weights.shape[0]
-    chunk = min(chunk_size, m_slots)
+    start, args = dual_problem(x, y, epsilon, chunk_size)
+    result = minimize_lbfgs(negative_dual, start, args, num_steps=num_steps, tol=tol,
+                            memory_size=memory_size, require_convergence=require_convergence,
+                            name="entropic_ot")
+    u, v = result.params
+    pot = (_reshard(u, x), _reshard(v, y))
+    cost, err = to_host(_summary(pot, args))
+    return OTResult(gather_rows(x, pot[0]), gather_rows(y, pot[1]), -result.value, float(cost),
+                    float(err), result.num_steps, result.num_evaluations, result.grad_norm,
+                    result.converged)
+
+
+def dual_problem(x: ShardedData, y: ShardedData, epsilon: float, chunk_size: int = 256):
+    """(zero potentials (u, v) sharded like x and y, args) such that `negative_dual((u, v), args)`
+    is -D(u, v) (call it inside `jit`); what `entropic_ot` minimises."""
+    dtype = x.data.dtype
+    chunk = min(chunk_size, y.weights.shape[0])
     args = {
         "x": x, "y": y,
         "eps": replicate(np.asarray(epsilon, dtype), x.mesh),
@@ -170,14 +186,7 @@ def entropic_ot(x: ShardedData, y: ShardedData, epsilon: float, *, num_steps: in
         "chunk": replicate(np.zeros(chunk, np.int8), x.mesh),  # its shape carries the chunk size
     }
     zeros = lambda d: jax.jit(jnp.zeros_like, out_shardings=NamedSharding(d.mesh, P(AXIS)))(d.weights)
-    result = minimize_lbfgs(_neg_dual, (zeros(x), zeros(y)), args, num_steps=num_steps, tol=tol,
-                            memory_size=memory_size, require_convergence=require_convergence,
-                            name="entropic_ot")
-    u, v = result.params
-    pot = (_reshard(u, x), _reshard(v, y))
-    cost, err = to_host(_summary(pot, args))
-    return OTResult(gather_rows(x, pot[0]), gather_rows(y, pot[1]), -result.value, float(cost),
-                    float(err), result.num_steps, result.grad_norm, result.converged)
+    return (zeros(x), zeros(y)), args
 
 
 def _reshard(host: np.ndarray, d: ShardedData):
