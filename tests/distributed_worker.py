@@ -71,7 +71,7 @@ def operator_results(dist, x, y, w0, kinds=("hessian",)):
                                      output_loss_fn=output_loss_fn, chunk_size=4)
         out[f"{kind}_dense"] = dist.to_host(op.dense())
     op = dist.curvature_operator(loss_fn, w0, data, "hessian", chunk_size=4)
-    eig = spectrum.top_eigenpairs(op, 3, jax.random.key(0))
+    eig = spectrum.top_eigenpairs(op, k=3, key=jax.random.key(0))
     out["eig_values"] = dist.to_host(eig.values)
     out["eig_vectors"] = dist.to_host(eig.vectors)
     dens = spectrum.spectral_density(op, jax.random.key(1), num_iters=10, num_probes=4, grid_size=200)

@@ -41,7 +41,7 @@ def reference():
                                 output_loss_fn=W.output_loss_fn)
         out[f"{kind}_dense"] = np.asarray(op.dense())
     op = curvature.operator(W.loss_fn, params, full, "hessian")
-    eig = spectrum.top_eigenpairs(op, 3, jax.random.key(0))
+    eig = spectrum.top_eigenpairs(op, k=3, key=jax.random.key(0))
     out["eig_values"], out["eig_vectors"] = np.asarray(eig.values), np.asarray(eig.vectors)
     out["density"] = np.asarray(spectrum.spectral_density(op, jax.random.key(1), num_iters=10, num_probes=4,
                                                           grid_size=200).density)

@@ -10,8 +10,8 @@ D equals the regularised OT cost <P, C> + eps KL(P | a b^T) at the optimum (what
 `ott-jax`'s Sinkhorn reports as `reg_ot_cost`). We minimise -D with `optax.lbfgs`.
 
 Layout (Schioppa's distributed minimisation, in JAX): the points x and the potential u are
-sharded by block over every device of every process, and so are y and v. Each device gathers y
-and v (O(m) memory), then builds its cost block c_ij for its rows against `chunk_size` columns at
+sharded by block over every device of every process, and so is v. The points y are gathered
+once (O(m) memory per device); in every evaluation each device gathers v, then builds its cost block c_ij for its rows against `chunk_size` columns at
 a time inside a `lax.scan`, accumulating a log-sum-exp; the blocks are combined with `psum`. No
 device ever holds more than [rows_per_device, chunk_size] of the cost matrix, and the full
 n x m matrix never exists anywhere.
@@ -97,39 +97,39 @@ def _gather(a):
 
 
 def negative_dual(pot, args):
-    """-D(u, v) for `pot = (u, v)` and the `args` of `dual_problem`."""
-    x, y, eps, chunk = args["x"], args["y"], args["eps"], args["chunk"]
+    """-D(u, v) for `pot = (u, v)` and the `args` of `dual_problem`. Per evaluation the devices
+    exchange v (all-gather, and its transpose in the gradient) and two scalars (psum)."""
+    x, eps, chunk = args["x"], args["eps"], args["chunk"]
     u, v = pot
 
-    def local(u, v, xr, yr, wa, wb, na, nb, eps):
-        la, lb = _log_weights(wa, na), _log_weights(wb, nb)
-        lin = jnp.sum(jnp.exp(la) * u) + jnp.sum(jnp.exp(lb) * v)
-        lse = _block_terms(u, _gather(v), xr, _gather(yr), la, _gather(lb), eps, chunk.shape[0], False)
+    def local(u, v, xr, y_all, wa, wb, wb_all, na, nb, eps):
+        la, lb, lb_all = _log_weights(wa, na), _log_weights(wb, nb), _log_weights(wb_all, nb)
+        lse = _block_terms(u, _gather(v), xr, y_all, la, lb_all, eps, chunk.shape[0], False)
         shift = jax.lax.pmax(jax.lax.stop_gradient(lse), AXIS)
-        mass = jax.lax.psum(jnp.exp(lse - shift), AXIS) * jnp.exp(shift)
-        return -(jax.lax.psum(lin, AXIS) - eps * mass + eps)
+        linear = jnp.sum(jnp.exp(la) * u) + jnp.sum(jnp.exp(lb) * v)  # this device's blocks
+        linear, mass = jax.lax.psum((linear, jnp.exp(lse - shift)), AXIS)
+        return -(linear - eps * mass * jnp.exp(shift) + eps)
 
-    spec = (P(AXIS), P(AXIS), P(AXIS), P(AXIS), P(AXIS), P(AXIS), P(), P(), P())
+    spec = (P(AXIS), P(AXIS), P(AXIS), P(), P(AXIS), P(AXIS), P(), P(), P(), P())
     fn = jax.shard_map(local, mesh=x.mesh, in_specs=spec, out_specs=P())
-    return fn(u, v, x.data, y.data, x.weights, y.weights, args["n"], args["m"], eps)
+    return fn(u, v, x.data, args["y_all"], x.weights, args["wy"], args["wy_all"], args["n"], args["m"], eps)
 
 
 @jax.jit
 def _summary(pot, args):
-    x, y, eps, chunk = args["x"], args["y"], args["eps"], args["chunk"]
+    x, eps, chunk = args["x"], args["eps"], args["chunk"]
 
-    def local(u, v, xr, yr, wa, wb, na, nb, eps):
-        la, lb = _log_weights(wa, na), _log_weights(wb, nb)
-        lb_all = _gather(lb)
-        rows, cols, cost = _block_terms(u, _gather(v), xr, _gather(yr), la, lb_all, eps, chunk.shape[0], True)
+    def local(u, v, xr, y_all, wa, wb_all, na, nb, eps):
+        la, lb_all = _log_weights(wa, na), _log_weights(wb_all, nb)
+        rows, cols, cost = _block_terms(u, _gather(v), xr, y_all, la, lb_all, eps, chunk.shape[0], True)
         cols = jax.lax.psum(cols, AXIS)
-        col_err = jax.lax.pmax(jnp.sum(jnp.abs(cols - jnp.exp(lb_all))), AXIS)  # equal on every device
+        col_err = jnp.sum(jnp.abs(cols - jnp.exp(lb_all)))
         row_err = jax.lax.psum(jnp.sum(jnp.abs(rows - jnp.exp(la))), AXIS)
         return jax.lax.psum(cost, AXIS), row_err + col_err
 
-    spec = (P(AXIS), P(AXIS), P(AXIS), P(AXIS), P(AXIS), P(AXIS), P(), P(), P())
+    spec = (P(AXIS), P(AXIS), P(AXIS), P(), P(AXIS), P(), P(), P(), P())
     fn = jax.shard_map(local, mesh=x.mesh, in_specs=spec, out_specs=(P(), P()))
-    return fn(*pot, x.data, y.data, x.weights, y.weights, args["n"], args["m"], eps)
+    return fn(*pot, x.data, args["y_all"], x.weights, args["wy_all"], args["n"], args["m"], eps)
 
 
 def _check_points(name, d: ShardedData):
@@ -179,7 +179,11 @@ def dual_problem(x: ShardedData, y: ShardedData, epsilon: float, chunk_size: int
     dtype = x.data.dtype
     chunk = min(chunk_size, y.weights.shape[0])
     args = {
-        "x": x, "y": y,
+        "x": x,
+        # y and its weights are constants: gathered once here, not in every evaluation
+        "y_all": replicate(to_host(y.data), x.mesh),
+        "wy": y.weights,
+        "wy_all": replicate(to_host(y.weights), x.mesh),
         "eps": replicate(np.asarray(epsilon, dtype), x.mesh),
         "n": replicate(np.asarray(x.num_examples, dtype), x.mesh),
         "m": replicate(np.asarray(y.num_examples, dtype), x.mesh),

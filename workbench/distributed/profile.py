@@ -27,6 +27,16 @@ class CollectiveBytes(NamedTuple):
     by_op: dict  # op name -> (count, bytes)
 
 
+def _group_size(text: str) -> int | None:
+    explicit = re.search(r"replica_groups=\{\{([0-9,]*)\}", text)
+    if explicit:
+        return len([g for g in explicit.group(1).split(",") if g])
+    iota = re.search(r"replica_groups=\[([0-9]+),([0-9]+)\]", text)
+    if iota:
+        return int(iota.group(2))
+    return None
+
+
 def collective_bytes(fn: Callable, *args) -> CollectiveBytes:
     """Collective payload of one call of `jax.jit(fn)(*args)`, per device (see the module docstring).
     Collectives inside loops are counted once per appearance in the program, not per trip."""
@@ -37,7 +47,7 @@ def collective_bytes(fn: Callable, *args) -> CollectiveBytes:
             continue
         lhs, rhs = line.split("=", 1)
         op = next((o for o in _OPS if re.search(rf"\b{o}(-start)?\(", rhs)), None)
-        if op is None:
+        if op is None or _group_size(rhs) == 1:  # a collective over one device moves nothing
             continue
         head = rhs.split(op)[0]  # the result type(s) precede the op name
         size = sum(_BYTES[t] * int(np.prod([int(d) for d in dims.split(",") if d] or [1]))
