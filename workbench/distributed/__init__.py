@@ -32,7 +32,14 @@ from workbench.distributed.minimize import (
     pseudo_gradient,
 )
 from workbench.distributed.operator import curvature_operator
-from workbench.distributed.ot import OTResult, dual_problem, entropic_ot, negative_dual, plan
+from workbench.distributed.ot import (
+    OTResult,
+    dual_problem,
+    entropic_ot,
+    negative_dual,
+    negative_dual_sharded,
+    plan,
+)
 from workbench.distributed.profile import CollectiveBytes, collective_bytes
 from workbench.distributed.sharding import (
     ShardedData,
@@ -50,6 +57,6 @@ __all__ = [
     "CollectiveBytes", "JobInfo", "LaunchError", "LaunchResult", "MinimizeResult", "OTResult", "ShardedData",
     "barrier", "block_params", "collective_bytes", "curvature_operator", "dual_problem", "entropic_ot", "free_port", "gather_rows",
     "global_sum", "gradient_store", "initialize", "launch", "lbfgs", "local_block", "mesh",
-    "minimize_lbfgs", "negative_dual", "objective_value", "ot", "owlqn", "profile", "plan", "pseudo_gradient", "replicate",
+    "minimize_lbfgs", "negative_dual", "negative_dual_sharded", "objective_value", "ot", "owlqn", "profile", "plan", "pseudo_gradient", "replicate",
     "shard_examples", "shutdown", "to_host",
 ]

@@ -9,12 +9,15 @@ maximised over the potentials (u, v); the plan is P_ij = a_i b_j exp((u_i + v_j 
 D equals the regularised OT cost <P, C> + eps KL(P | a b^T) at the optimum (what
 `ott-jax`'s Sinkhorn reports as `reg_ot_cost`). We minimise -D with `optax.lbfgs`.
 
-Layout (Schioppa's distributed minimisation, in JAX): the points x and the potential u are
-sharded by block over every device of every process, and so is v. The points y are gathered
-once (O(m) memory per device); in every evaluation each device gathers v, then builds its cost block c_ij for its rows against `chunk_size` columns at
-a time inside a `lax.scan`, accumulating a log-sum-exp; the blocks are combined with `psum`. No
-device ever holds more than [rows_per_device, chunk_size] of the cost matrix, and the full
-n x m matrix never exists anywhere.
+Layout (Schioppa's distributed minimisation, in JAX): the points x are sharded by block over
+every device of every process, and each device owns the potentials u_i of its rows. The points y
+are gathered once (O(m) memory per device). In every evaluation each device builds its cost
+block c_ij for its rows against `chunk_size` columns at a time inside a `lax.scan`, accumulating
+a log-sum-exp; the blocks are combined with `psum`. No device ever holds more than
+[rows_per_device, chunk_size] of the cost matrix, and the full n x m matrix never exists anywhere.
+The potentials themselves are replicated for L-BFGS by default (its inner products stay local);
+`shard_potentials=True` shards u and v by block too, as Spark's distributed vectors do, which
+makes every L-BFGS inner product a collective (use it when n + m numbers do not fit a device).
 """
 
 from __future__ import annotations
@@ -96,23 +99,44 @@ def _gather(a):
     return jax.lax.all_gather(a, AXIS, tiled=True)
 
 
-def negative_dual(pot, args):
-    """-D(u, v) for `pot = (u, v)` and the `args` of `dual_problem`. Per evaluation the devices
-    exchange v (all-gather, and its transpose in the gradient) and two scalars (psum)."""
+def _negative_dual(pot, args, sharded: bool):
     x, eps, chunk = args["x"], args["eps"], args["chunk"]
     u, v = pot
 
     def local(u, v, xr, y_all, wa, wb, wb_all, na, nb, eps):
         la, lb, lb_all = _log_weights(wa, na), _log_weights(wb, nb), _log_weights(wb_all, nb)
-        lse = _block_terms(u, _gather(v), xr, y_all, la, lb_all, eps, chunk.shape[0], False)
+        if sharded:  # u and v are this device's blocks: gather v
+            u_blk, v_all = u, _gather(v)
+            linear = jnp.sum(jnp.exp(la) * u) + jnp.sum(jnp.exp(lb) * v)
+        else:  # both replicated: this device's rows of u, all of v
+            rows = xr.shape[0]
+            u_blk, v_all = jax.lax.dynamic_slice_in_dim(u, jax.lax.axis_index(AXIS) * rows, rows), v
+            linear = jnp.sum(jnp.exp(la) * u_blk)
+        lse = _block_terms(u_blk, v_all, xr, y_all, la, lb_all, eps, chunk.shape[0], False)
         shift = jax.lax.pmax(jax.lax.stop_gradient(lse), AXIS)
-        linear = jnp.sum(jnp.exp(la) * u) + jnp.sum(jnp.exp(lb) * v)  # this device's blocks
         linear, mass = jax.lax.psum((linear, jnp.exp(lse - shift)), AXIS)
+        if not sharded:  # the v term, whole on every device
+            linear = linear + jnp.sum(jnp.exp(lb_all) * v_all)
         return -(linear - eps * mass * jnp.exp(shift) + eps)
 
-    spec = (P(AXIS), P(AXIS), P(AXIS), P(), P(AXIS), P(AXIS), P(), P(), P(), P())
+    pspec = P(AXIS) if sharded else P()
+    spec = (pspec, pspec, P(AXIS), P(), P(AXIS), P(AXIS), P(), P(), P(), P())
     fn = jax.shard_map(local, mesh=x.mesh, in_specs=spec, out_specs=P())
     return fn(u, v, x.data, args["y_all"], x.weights, args["wy"], args["wy_all"], args["n"], args["m"], eps)
+
+
+def negative_dual(pot, args):
+    """-D(u, v) for replicated potentials `pot = (u, v)` and the `args` of `dual_problem`: each
+    device takes its rows of u; per evaluation the devices all-reduce two scalars and, in the
+    gradient, u's and v's contributions (one vector of n + m numbers)."""
+    return _negative_dual(pot, args, False)
+
+
+def negative_dual_sharded(pot, args):
+    """-D(u, v) with u and v sharded by block (`dual_problem(..., sharded=True)`): each device
+    holds n/P + m/P potentials and gathers v per evaluation; the optimizer's inner products
+    then become collectives too."""
+    return _negative_dual(pot, args, True)
 
 
 @jax.jit
@@ -142,12 +166,15 @@ def _check_points(name, d: ShardedData):
 
 def entropic_ot(x: ShardedData, y: ShardedData, epsilon: float, *, num_steps: int = 2000,
                 tol: float | None = None, memory_size: int = 20, chunk_size: int = 256,
-                require_convergence: bool = True) -> OTResult:
+                shard_potentials: bool = False, require_convergence: bool = True) -> OTResult:
     """Entropic OT between the point clouds `x` and `y` (each a `ShardedData` of one [n, dim]
     array, uniform weights) with regularisation `epsilon`, by L-BFGS on the dual potentials
     (see the module docstring). `chunk_size` columns of the cost are built at a time on each
-    device. `tol` bounds the gradient norm of the dual (the marginal violation); default 1e-9 in
-    float64, 1e-4 in float32.
+    device. `shard_potentials=True` keeps u and v sharded by block (n/P + m/P numbers per device,
+    for problems whose potentials outgrow one device), at the price of a collective for every
+    inner product of L-BFGS; by default they are replicated and only the dual's sums and
+    gradient are all-reduced. `tol` bounds the gradient norm of the dual (the marginal
+    violation); default 1e-9 in float64, 1e-4 in float32.
     """
     _check_points("x", x)
     _check_points("y", y)
@@ -161,8 +188,9 @@ def entropic_ot(x: ShardedData, y: ShardedData, epsilon: float, *, num_steps: in
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if not jnp.issubdtype(x.data.dtype, jnp.floating) or y.data.dtype != x.data.dtype:
         raise ValueError(f"x and y must share one floating dtype, got {x.data.dtype} and {y.data.dtype}")
-    start, args = dual_problem(x, y, epsilon, chunk_size)
-    result = minimize_lbfgs(negative_dual, start, args, num_steps=num_steps, tol=tol,
+    start, args = dual_problem(x, y, epsilon, chunk_size, sharded=shard_potentials)
+    result = minimize_lbfgs(negative_dual_sharded if shard_potentials else negative_dual, start, args,
+                            num_steps=num_steps, tol=tol,
                             memory_size=memory_size, require_convergence=require_convergence,
                             name="entropic_ot")
     u, v = result.params
@@ -173,9 +201,10 @@ def entropic_ot(x: ShardedData, y: ShardedData, epsilon: float, *, num_steps: in
                     result.converged)
 
 
-def dual_problem(x: ShardedData, y: ShardedData, epsilon: float, chunk_size: int = 256):
-    """(zero potentials (u, v) sharded like x and y, args) such that `negative_dual((u, v), args)`
-    is -D(u, v) (call it inside `jit`); what `entropic_ot` minimises."""
+def dual_problem(x: ShardedData, y: ShardedData, epsilon: float, chunk_size: int = 256, sharded: bool = False):
+    """(zero potentials (u, v), args) such that `negative_dual((u, v), args)` is -D(u, v) (call it
+    inside `jit`); what `entropic_ot` minimises. The potentials are replicated, or, with
+    `sharded=True`, sharded by block like x and y (for `negative_dual_sharded`)."""
     dtype = x.data.dtype
     chunk = min(chunk_size, y.weights.shape[0])
     args = {
@@ -189,7 +218,8 @@ def dual_problem(x: ShardedData, y: ShardedData, epsilon: float, chunk_size: int
         "m": replicate(np.asarray(y.num_examples, dtype), x.mesh),
         "chunk": replicate(np.zeros(chunk, np.int8), x.mesh),  # its shape carries the chunk size
     }
-    zeros = lambda d: jax.jit(jnp.zeros_like, out_shardings=NamedSharding(d.mesh, P(AXIS)))(d.weights)
+    layout = NamedSharding(x.mesh, P(AXIS) if sharded else P())
+    zeros = lambda d: jax.jit(jnp.zeros_like, out_shardings=layout)(d.weights)
     return (zeros(x), zeros(y)), args
 
 
