@@ -110,13 +110,15 @@ def _negative_dual(pot, args, sharded: bool):
             linear = jnp.sum(jnp.exp(la) * u) + jnp.sum(jnp.exp(lb) * v)
         else:  # both replicated: this device's rows of u, all of v
             rows = xr.shape[0]
-            u_blk, v_all = jax.lax.dynamic_slice_in_dim(u, jax.lax.axis_index(AXIS) * rows, rows), v
+            u_blk = jax.lax.dynamic_slice_in_dim(u, jax.lax.axis_index(AXIS) * rows, rows)
+            # marked device-varying here, so v's gradient is all-reduced once, not per column chunk
+            v_all = _varying(v)
             linear = jnp.sum(jnp.exp(la) * u_blk)
         lse = _block_terms(u_blk, v_all, xr, y_all, la, lb_all, eps, chunk.shape[0], False)
         shift = jax.lax.pmax(jax.lax.stop_gradient(lse), AXIS)
         linear, mass = jax.lax.psum((linear, jnp.exp(lse - shift)), AXIS)
         if not sharded:  # the v term, whole on every device
-            linear = linear + jnp.sum(jnp.exp(lb_all) * v_all)
+            linear = linear + jnp.sum(jnp.exp(lb_all) * v)
         return -(linear - eps * mass * jnp.exp(shift) + eps)
 
     pspec = P(AXIS) if sharded else P()

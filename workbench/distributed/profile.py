@@ -25,6 +25,8 @@ _BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, 
 class CollectiveBytes(NamedTuple):
     total: int  # bytes, summed over the collectives of one call, per device
     by_op: dict  # op name -> (count, bytes)
+    in_loops: int  # collectives inside a while loop's body: their bytes are counted once per
+    #                appearance, not per trip, so `total` is then a lower bound
 
 
 def _group_size(text: str) -> int | None:
@@ -38,14 +40,21 @@ def _group_size(text: str) -> int | None:
 
 
 def collective_bytes(fn: Callable, *args) -> CollectiveBytes:
-    """Collective payload of one call of `jax.jit(fn)(*args)`, per device (see the module docstring).
-    Collectives inside loops are counted once per appearance in the program, not per trip."""
+    """Collective payload of one call of `jax.jit(fn)(*args)`, per device (see the module
+    docstring). Collectives inside loops are counted once per appearance in the program (and
+    reported in `in_loops`), not per trip."""
     text = jax.jit(fn).lower(*args).compile().as_text()
+    loop_bodies = set(re.findall(r"\bwhile\(.*?body=%?([\w.\-]+)", text))
     by_op: dict[str, list[int]] = {}
+    computation, in_loops = None, 0
     for line in text.splitlines():
+        header = re.match(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
+        if header and not line.startswith(" "):
+            computation = header.group(1)
+            continue
         if "=" not in line:
             continue
-        lhs, rhs = line.split("=", 1)
+        rhs = line.split("=", 1)[1]
         op = next((o for o in _OPS if re.search(rf"\b{o}(-start)?\(", rhs)), None)
         if op is None or _group_size(rhs) == 1:  # a collective over one device moves nothing
             continue
@@ -54,4 +63,5 @@ def collective_bytes(fn: Callable, *args) -> CollectiveBytes:
                    for t, dims in _SHAPE.findall(head))
         count, total = by_op.get(op, [0, 0])
         by_op[op] = [count + 1, total + size]
-    return CollectiveBytes(sum(v[1] for v in by_op.values()), {k: tuple(v) for k, v in by_op.items()})
+        in_loops += computation in loop_bodies
+    return CollectiveBytes(sum(v[1] for v in by_op.values()), {k: tuple(v) for k, v in by_op.items()}, in_loops)
