@@ -332,3 +332,28 @@ def test_cli_launch_runs_a_script(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[p0] hello from 0 of 2" in out and "[p1] hello from 1 of 2" in out
     assert main(["launch", "-n", "2", str(tmp_path / "missing.py")]) == 1
+
+
+def test_ot_panel_runs_a_job_and_keeps_a_history():
+    from workbench.experiments.distributed import JobConfig, JobResult
+    from workbench.ui.distributed import ot_job_panel
+
+    xs, ys = W.ot_points()
+    calls = []
+
+    def fake_run_job(out_dir, num_processes, config):  # the panel's contract with run_job
+        calls.append((num_processes, config.ot_points, config.epsilon))
+        results = {"ot_x": xs, "ot_y": ys, "ot_u": np.zeros(len(xs)), "ot_v": np.zeros(len(ys)),
+                   "ot_dual": np.asarray(1.0), "ot_steps": np.asarray(10), "ot_seconds": np.asarray(0.1)}
+        return JobResult(num_processes, 1, results, 1.0)
+
+    panel = ot_job_panel(fake_run_job, JobConfig(), num_processes=2)
+    panel.controls["epsilon"].value = 0.2
+    job, epsilon = panel.run()
+    assert calls == [(2, 300, 0.2)] and epsilon == 0.2
+    assert not any(c.disabled for c in panel.controls.values())
+
+    def failing(out_dir, num_processes, config):
+        raise dist.LaunchError("process 1 of 2 failed")
+
+    assert isinstance(ot_job_panel(failing, JobConfig()).run(), dist.LaunchError)  # shown, not raised
