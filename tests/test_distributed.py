@@ -357,3 +357,13 @@ def test_ot_panel_runs_a_job_and_keeps_a_history():
         raise dist.LaunchError("process 1 of 2 failed")
 
     assert isinstance(ot_job_panel(failing, JobConfig()).run(), dist.LaunchError)  # shown, not raised
+
+
+def test_fisher_and_ggn_add_l2_identity():
+    """The package convention (curvature.operator): data curvature + l2 I for GGN and Fisher."""
+    data, w0, _, _ = _local_data()
+    for kind in ("ggn", "fisher"):
+        kw = dict(predict_fn=W.predict_fn, output_loss_fn=W.output_loss_fn, chunk_size=4)
+        plain = np.asarray(dist.curvature_operator(W.loss_fn, w0, data, kind, **kw).dense())
+        with_l2 = np.asarray(dist.curvature_operator(W.loss_fn, w0, data, kind, l2=0.3, **kw).dense())
+        np.testing.assert_allclose(with_l2 - plain, 0.3 * np.eye(plain.shape[0]), atol=1e-12)

@@ -72,11 +72,16 @@ def _product_fn(loss_fn, kind, predict_fn, output_loss_fn, l2, treedef, shapes, 
         v = jax.tree.unflatten(treedef, leaves)
         total = global_sum(chunk_product, (params, v), data, chunk_size=chunk_size)
         out = (total / n.astype(total.dtype)).astype(flat.dtype)
-        if kind == "ggn" and l2:
+        if kind in ("ggn", "fisher") and l2:
             out = out + jnp.asarray(l2, out.dtype) * flat
         return out
 
     return fn
+
+
+@functools.lru_cache(maxsize=64)
+def _mean_of(per_example_loss_fn):
+    return lambda params, batch: jnp.mean(per_example_loss_fn(params, batch))
 
 
 def params_dtype(params) -> Any:
@@ -99,13 +104,17 @@ def curvature_operator(
 
     `loss_fn(params, batch)` is the mean loss of a batch (it is evaluated on one-example batches),
     or a `workbench.models.Functional` (then GGN uses its `predict_fn`, `output_loss_fn`, `l2`).
+    One convention for the three kinds, as in `curvature.operator`: data curvature + l2 I ("hessian"
+    differentiates `loss_fn` as given; "ggn" and "fisher" add `l2` I to the data-loss curvature).
     `kind` is "hessian", "ggn" (data must be (x, y) pairs) or "fisher", as in
     `workbench.curvature.operator`, which gives the same operator on one process. `chunk_size`
     caps the examples each device differentiates at once (default: all of its rows).
     """
     if _is_functional(loss_fn):
         fn = loss_fn
-        loss_fn = fn.loss_fn
+        # curvature.operator's convention: data curvature + l2 I for every kind; the Hessian of the
+        # objective carries l2 already, GGN and Fisher are built from the data loss alone
+        loss_fn = _mean_of(fn.per_example_loss_fn) if kind == "fisher" else fn.loss_fn
         predict_fn = predict_fn or fn.predict_fn
         output_loss_fn = output_loss_fn or fn.output_loss_fn
         l2 = fn.l2 if l2 is None else l2
