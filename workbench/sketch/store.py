@@ -138,6 +138,11 @@ def _create_or_open(path: Path, meta: dict, explicit_chunk_rows: bool) -> Gradie
         )
         (tmp / "_commits").mkdir()
         os.rename(tmp, path)  # atomic: the store appears complete with its metadata, or not at all
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (path / "zarr.json").exists():
+            raise
+        return _create_or_open(path, meta, explicit_chunk_rows)  # another process created it first
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -161,6 +166,7 @@ def per_example_gradients(
     max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
     callback: Callable[[int, np.ndarray], None] | None = None,
     progress: bool = False,
+    shard: tuple[int, int] | None = None,
 ):
     """Sketched per-example gradients Phi grad_theta loss(theta, example_i) for every example.
 
@@ -172,12 +178,16 @@ def per_example_gradients(
     docstring for resume and refusal rules). `callback(chunk, values)` runs after each chunk is
     computed and before it is written (a raising callback simulates an interruption).
     `sketch=None` returns the raw flattened gradients [n_data, n_params] (in memory only).
+    `shard=(index, count)` (with `store`) computes only the chunks c with c % count == index, so
+    `count` processes can fill one store together (see `workbench.distributed.gradient_store`).
     """
     from tqdm.auto import tqdm
 
     n_params = tu.size(params)
     if sketch is None and store is not None:
         raise ValueError("store needs a sketch: raw gradients are returned in memory only")
+    if shard is not None and (store is None or len(shard) != 2 or not 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count and a store, got {shard!r}")
     if sketch is not None and sketch.dim_in != n_params:
         raise ValueError(f"sketch: dim_in={sketch.dim_in} but params have {n_params} scalars")
     leaves = jax.tree.leaves(data)
@@ -203,7 +213,7 @@ def per_example_gradients(
         batch_size = gstore.metadata["chunk_rows"]
     num_chunks = -(-n // batch_size)
     done = _committed(gstore.path) if gstore is not None else set()
-    todo = [c for c in range(num_chunks) if c not in done]
+    todo = [c for c in range(num_chunks) if c not in done and (shard is None or c % shard[1] == shard[0])]
     results = []
     for c in tqdm(todo, disable=not progress, desc="per-example gradients"):
         lo, hi = c * batch_size, min(n, (c + 1) * batch_size)

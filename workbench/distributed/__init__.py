@@ -1,0 +1,62 @@
+"""Beyond one machine: JAX's own multi-process engine (`jax.distributed` + named shardings) for
+the dataset-averaged curvature operator, the per-example gradient store and quasi-Newton
+minimisation. A job is N processes running the same script (SPMD): `launch` starts them on this
+machine (`python -m workbench.distributed launch -n 2 --devices 2 SCRIPT`), `initialize` joins
+one (the launcher's variables, or a real cluster's SLURM / MPI / k8s environment through
+`jax.distributed.initialize()`). Examples are sharded by example over every device of every
+process (`shard_examples`); `curvature_operator` is `workbench.curvature.operator` over them (so
+`spectrum.top_eigenpairs`, `spectral_density` and `trace` run unchanged); `lbfgs` (optax) and
+`owlqn` (L1, implemented here) minimise objectives over them; `entropic_ot` solves entropic
+optimal transport by L-BFGS on the dual potentials, building the cost per block; and
+`gradient_store` fills one zarr gradient store from every process at once.
+"""
+
+from workbench.distributed import ot, profile
+from workbench.distributed.launch import (
+    JobInfo,
+    LaunchError,
+    LaunchResult,
+    barrier,
+    free_port,
+    initialize,
+    launch,
+    shutdown,
+)
+from workbench.distributed.minimize import (
+    MinimizeResult,
+    block_params,
+    lbfgs,
+    minimize_lbfgs,
+    objective_value,
+    owlqn,
+    pseudo_gradient,
+)
+from workbench.distributed.operator import curvature_operator
+from workbench.distributed.ot import (
+    OTResult,
+    dual_problem,
+    entropic_ot,
+    negative_dual,
+    negative_dual_sharded,
+    plan,
+)
+from workbench.distributed.profile import CollectiveBytes, collective_bytes
+from workbench.distributed.sharding import (
+    ShardedData,
+    gather_rows,
+    global_sum,
+    local_block,
+    mesh,
+    replicate,
+    shard_examples,
+    to_host,
+)
+from workbench.distributed.store import gradient_store
+
+__all__ = [
+    "CollectiveBytes", "JobInfo", "LaunchError", "LaunchResult", "MinimizeResult", "OTResult", "ShardedData",
+    "barrier", "block_params", "collective_bytes", "curvature_operator", "dual_problem", "entropic_ot", "free_port", "gather_rows",
+    "global_sum", "gradient_store", "initialize", "launch", "lbfgs", "local_block", "mesh",
+    "minimize_lbfgs", "negative_dual", "negative_dual_sharded", "objective_value", "ot", "owlqn", "profile", "plan", "pseudo_gradient", "replicate",
+    "shard_examples", "shutdown", "to_host",
+]

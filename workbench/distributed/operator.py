@@ -1,0 +1,143 @@
+"""The dataset-averaged curvature operator over examples sharded across processes.
+
+`curvature_operator(loss_fn, params, data, kind)` is `workbench.curvature.operator` for a
+`ShardedData`: the same Hessian / Gauss-Newton / empirical-Fisher products
+(`curvature.hvp`, `ggn_vp`, `fisher_vp`), each example weighted by its `data.weights` entry so
+padding counts for nothing, summed on every device in chunks, `psum`-med over every device of
+every process and divided by the number of real examples. The result is a
+`curvature.LinearOperator` whose arrays (params, data) travel as arguments, so
+`spectrum.top_eigenpairs`, `spectral_density` and `trace` run on it unchanged, under one `jit`,
+on every process at once (SPMD) and return the same replicated numbers everywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workbench import curvature
+from workbench.distributed.sharding import ShardedData, global_sum, replicate
+
+KINDS = curvature.KINDS
+
+
+def _is_functional(obj) -> bool:  # a workbench.models.Functional, without importing models
+    return all(hasattr(obj, a) for a in ("loss_fn", "predict_fn", "output_loss_fn", "l2", "params"))
+
+
+def _example_sum(loss_fn):
+    """sum_i w_i loss_fn(params, example_i) over a chunk, each example as a batch of one."""
+
+    def total(params, batch):
+        rows, w = batch
+        losses = jax.vmap(lambda ex: loss_fn(params, jax.tree.map(lambda a: a[None], ex)))(rows)
+        return jnp.sum(w.astype(losses.dtype) * losses)
+
+    return total
+
+
+@functools.lru_cache(maxsize=64)
+def _product_fn(loss_fn, kind, predict_fn, output_loss_fn, l2, treedef, shapes, chunk_size):
+    """`fn(args, flat) -> flat` of the operator; cached so an equal configuration shares one
+    function object (and so one compiled algorithm)."""
+    example_sum = _example_sum(loss_fn)
+
+    def chunk_product(rep, rows, w):
+        params, v = rep
+        if kind == "hessian":
+            out = curvature.hvp(example_sum, params, (rows, w), v)
+        elif kind == "fisher":  # fisher_vp averages g_i g_i^T v over the chunk: scale back to a sum
+            root = lambda p, b: loss_fn(p, b[0]) * jnp.sqrt(b[1][0]).astype(params_dtype(p))
+            out = curvature.fisher_vp(root, params, (rows, w), v)
+            out = jax.tree.map(lambda a: a * w.shape[0], out)
+        else:  # ggn_vp differentiates the chunk mean of output_loss_fn: weight and scale to a sum
+            x, y = rows
+            b = w.shape[0]
+            weighted = lambda o, yw: output_loss_fn(o, yw[0]) * yw[1].astype(o.dtype) * b
+            out = curvature.ggn_vp(predict_fn, weighted, params, (x, (y, w)), v)
+        return jnp.concatenate([jnp.ravel(a) for a in jax.tree.leaves(out)])
+
+    def fn(args, flat):
+        params, data, n = args["params"], args["data"], args["num_examples"]
+        leaves, start = [], 0
+        for shape, dtype in shapes:
+            size = int(np.prod(shape))
+            leaves.append(flat[start:start + size].reshape(shape).astype(dtype))
+            start += size
+        v = jax.tree.unflatten(treedef, leaves)
+        total = global_sum(chunk_product, (params, v), data, chunk_size=chunk_size)
+        out = (total / n.astype(total.dtype)).astype(flat.dtype)
+        if kind in ("ggn", "fisher") and l2:
+            out = out + jnp.asarray(l2, out.dtype) * flat
+        return out
+
+    return fn
+
+
+@functools.lru_cache(maxsize=64)
+def _mean_of(per_example_loss_fn):
+    return lambda params, batch: jnp.mean(per_example_loss_fn(params, batch))
+
+
+def params_dtype(params) -> Any:
+    return jnp.result_type(*jax.tree.leaves(params))
+
+
+def curvature_operator(
+    loss_fn: Callable | Any,
+    params: Any,
+    data: ShardedData,
+    kind: str = "hessian",
+    *,
+    predict_fn: Callable | None = None,
+    output_loss_fn: Callable | None = None,
+    l2: float | None = None,
+    chunk_size: int | None = None,
+) -> curvature.LinearOperator:
+    """Curvature of the loss averaged over every real example of `data` (a `ShardedData`), as a
+    `curvature.LinearOperator` on flat vectors (replicated on every device).
+
+    `loss_fn(params, batch)` is the mean loss of a batch (it is evaluated on one-example batches),
+    or a `workbench.models.Functional` (then GGN uses its `predict_fn`, `output_loss_fn`, `l2`).
+    One convention for the three kinds, as in `curvature.operator`: data curvature + l2 I ("hessian"
+    differentiates `loss_fn` as given; "ggn" and "fisher" add `l2` I to the data-loss curvature).
+    `kind` is "hessian", "ggn" (data must be (x, y) pairs) or "fisher", as in
+    `workbench.curvature.operator`, which gives the same operator on one process. `chunk_size`
+    caps the examples each device differentiates at once (default: all of its rows).
+    """
+    if _is_functional(loss_fn):
+        fn = loss_fn
+        # curvature.operator's convention: data curvature + l2 I for every kind; the Hessian of the
+        # objective carries l2 already, GGN and Fisher are built from the data loss alone
+        loss_fn = _mean_of(fn.per_example_loss_fn) if kind == "fisher" else fn.loss_fn
+        predict_fn = predict_fn or fn.predict_fn
+        output_loss_fn = output_loss_fn or fn.output_loss_fn
+        l2 = fn.l2 if l2 is None else l2
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable or a Functional, got {type(loss_fn).__name__}")
+    if not isinstance(data, ShardedData):
+        raise TypeError(f"data must be a ShardedData (see distributed.shard_examples), got {type(data).__name__}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "ggn" and (predict_fn is None or output_loss_fn is None):
+        raise ValueError("kind='ggn' needs predict_fn and output_loss_fn (or pass a models.Functional)")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    leaves, treedef = jax.tree.flatten(params)
+    if not leaves or not all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves):
+        raise ValueError("params must be a non-empty pytree of floating-point arrays")
+    shapes = tuple((tuple(np.shape(a)), jnp.result_type(a)) for a in leaves)
+    fn = _product_fn(loss_fn, kind, predict_fn, output_loss_fn, float(l2 or 0.0), treedef, shapes, chunk_size)
+    dtype = params_dtype(params)
+    args = {
+        "params": replicate(params, data.mesh),
+        "data": data,
+        "num_examples": replicate(np.asarray(data.num_examples, dtype), data.mesh),
+    }
+    like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), params)
+    return curvature.LinearOperator(fn, args, like)

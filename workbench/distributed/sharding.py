@@ -1,0 +1,216 @@
+"""Data sharded by example across processes and devices, and the global sums every routine needs.
+
+`shard_examples(data)` takes the rows this process holds (a pytree of arrays with a leading
+example axis) and returns a `ShardedData`: global `jax.Array`s built with
+`jax.make_array_from_process_local_data`, split by example over a 1-D mesh of every device of
+every process (axis "batch"). Processes may hold different numbers of rows: each pads its block to
+a common length with copies of its last row and weight 0, so sums over `weights` count every real
+example exactly once. Before anything is built, the processes compare the structure, trailing
+shapes and dtypes of what they hold and refuse a mismatch with an error naming both processes.
+
+`global_sum(fn, replicated, data)` sums `fn(replicated, rows, weights)` over every device's rows in
+chunks (`shard_map` + `psum`); it is how the curvature operator and the objectives reduce over the
+dataset. `to_host` / `gather_rows` bring results back to numpy on every process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXIS = "batch"
+_DESC_BYTES = 2048
+
+
+def mesh() -> Mesh:
+    """A 1-D mesh ("batch") over every device of every process, in process order."""
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    return Mesh(np.array(devices), (AXIS,))
+
+
+@jax.tree_util.register_pytree_node_class
+class ShardedData:
+    """Examples sharded over `mesh`: `data` (pytree of global arrays [slots, ...]), `weights`
+    [slots] (1 for a real example, 0 for padding), `num_examples` real examples in all, `counts`
+    real examples per process (process order), `slots_per_process` rows each process holds."""
+
+    def __init__(self, data, weights, num_examples: int, counts: tuple[int, ...], slots_per_process: int, mesh: Mesh):
+        self.data = data
+        self.weights = weights
+        self.num_examples = num_examples
+        self.counts = counts
+        self.slots_per_process = slots_per_process
+        self.mesh = mesh
+
+    def tree_flatten(self):
+        return (self.data, self.weights), (self.num_examples, self.counts, self.slots_per_process, self.mesh)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children, *aux)
+
+    @property
+    def slots_per_device(self) -> int:
+        return self.slots_per_process // (len(self.mesh.devices.flat) // len(self.counts))
+
+    def __repr__(self):
+        return (f"ShardedData(num_examples={self.num_examples}, counts={self.counts}, "
+                f"devices={self.mesh.devices.size}, slots_per_device={self.slots_per_device})")
+
+
+def local_block(num_examples: int, process_index: int | None = None, process_count: int | None = None) -> slice:
+    """The contiguous block of `num_examples` this process takes (sizes differ by at most one)."""
+    i = jax.process_index() if process_index is None else process_index
+    k = jax.process_count() if process_count is None else process_count
+    bounds = np.linspace(0, num_examples, k + 1).round().astype(int)
+    return slice(int(bounds[i]), int(bounds[i + 1]))
+
+
+def _describe(data) -> str:
+    leaves, treedef = jax.tree.flatten(data)
+    shapes = ", ".join(f"(n, {', '.join(map(str, np.shape(a)[1:]))}) {np.asarray(a).dtype}" for a in leaves)
+    return f"{treedef} leaves: {shapes}"
+
+
+def _allgather_host(values: np.ndarray) -> np.ndarray:
+    """[process_count, ...] of a same-shaped host array from every process."""
+    if jax.process_count() == 1:
+        return values[None]
+    return np.asarray(multihost_utils.process_allgather(values, tiled=False))
+
+
+def _encode(text: str, size: int = _DESC_BYTES) -> np.ndarray:
+    raw = text.encode()[:size]
+    return np.frombuffer(raw.ljust(size, b"\0"), np.uint8).astype(np.int32)
+
+
+def _decode(codes: np.ndarray) -> str:
+    return bytes(np.asarray(codes, np.uint8)).rstrip(b"\0").decode(errors="replace")
+
+
+def shard_examples(data: Any, *, mesh: Mesh | None = None) -> ShardedData:
+    """Shard this process's rows of `data` (pytree of arrays, leading example axis) by example
+    over every device of every process. Every process must call it with the same structure,
+    trailing shapes and dtypes (a `ValueError` names the first process that differs); row
+    counts may differ (at least one row each)."""
+    mesh = mesh or globals()["mesh"]()
+    leaves = [np.asarray(a) for a in jax.tree.leaves(data)]
+    if not leaves:
+        raise ValueError("data must hold at least one array with a leading example axis")
+    if any(a.ndim == 0 for a in leaves):
+        raise ValueError("data: every array needs a leading example axis (got a scalar)")
+    n_local = leaves[0].shape[0]
+    if any(a.shape[0] != n_local for a in leaves):
+        raise ValueError(f"data arrays disagree on the number of examples: {[a.shape for a in leaves]}")
+    desc = _describe(data)
+    gathered = _allgather_host(np.concatenate([np.array([n_local], np.int32), _encode(desc)]))
+    counts = tuple(int(c) for c in gathered[:, 0])
+    descs = [_decode(row[1:]) for row in gathered]
+    for p, d in enumerate(descs):
+        if d != descs[0]:
+            raise ValueError(
+                f"data: processes disagree on the shapes or dtypes of their examples: process {p} "
+                f"has {d} where process 0 has {descs[0]}")
+    empty = [p for p, c in enumerate(counts) if c == 0]
+    if empty:
+        raise ValueError(f"data: processes {empty} hold no examples; every process needs at least one")
+    local_devices = mesh.devices.size // jax.process_count()
+    slots = -(-max(counts) // local_devices) * local_devices
+    pad = slots - n_local
+    idx = np.concatenate([np.arange(n_local), np.full(pad, n_local - 1)])
+    weights = np.concatenate([np.ones(n_local), np.zeros(pad)])
+    sharding = NamedSharding(mesh, P(AXIS))
+    total_slots = slots * jax.process_count()
+
+    def build(a, index=True):
+        a = a[idx] if index else a
+        return jax.make_array_from_process_local_data(sharding, a, (total_slots,) + a.shape[1:])
+
+    dtype = jnp.result_type(*[a.dtype for a in leaves if np.issubdtype(a.dtype, np.floating)] or [jnp.float32])
+    global_data = jax.tree.unflatten(jax.tree.structure(data), [build(a) for a in leaves])
+    return ShardedData(global_data, build(weights.astype(dtype), index=False), int(sum(counts)), counts, slots, mesh)
+
+
+def replicate(tree: Any, mesh: Mesh | None = None) -> Any:
+    """Host values (the same on every process) as global arrays replicated on every device."""
+    mesh = mesh or globals()["mesh"]()
+    sharding = NamedSharding(mesh, P())
+
+    def put(a):
+        a = np.asarray(a)
+        return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+    return jax.tree.map(put, tree)
+
+
+def to_host(tree: Any) -> Any:
+    """Global arrays (replicated or sharded) as numpy arrays on every process."""
+
+    def get(a):
+        if not isinstance(a, jax.Array) or a.is_fully_addressable:
+            return np.asarray(a)
+        if a.is_fully_replicated:
+            return np.asarray(a.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+
+    return jax.tree.map(get, tree)
+
+
+def gather_rows(data: ShardedData, values: Any) -> Any:
+    """Per-example values laid out like `data` ([slots, ...], sharded) as numpy arrays holding only
+    the real examples, in process order (process 0's rows first), on every process."""
+    host = to_host(values)
+    s = data.slots_per_process
+    keep = np.concatenate([np.arange(p * s, p * s + c) for p, c in enumerate(data.counts)])
+    return jax.tree.map(lambda a: a[keep], host)
+
+
+def _chunked_sum(fn, replicated, rows, weights, chunk_size: int):
+    """sum of fn(replicated, chunk, chunk_weights) over chunks of `rows` (full chunks by scan)."""
+    n = weights.shape[0]
+    num_full, tail = divmod(n, chunk_size)
+    total = None
+    if num_full:
+        take = lambda a: a[: num_full * chunk_size].reshape((num_full, chunk_size) + a.shape[1:])
+        chunks = (jax.tree.map(take, rows), take(weights))
+        first = fn(replicated, jax.tree.map(lambda a: a[0], chunks[0]), chunks[1][0])
+        if num_full == 1:
+            total = first
+        else:
+            body = lambda acc, c: (jax.tree.map(jnp.add, acc, fn(replicated, *c)), None)
+            rest = jax.tree.map(lambda a: a[1:], chunks)
+            total = jax.lax.scan(body, first, rest)[0]
+    if tail:
+        part = fn(replicated, jax.tree.map(lambda a: a[num_full * chunk_size:], rows), weights[num_full * chunk_size:])
+        total = part if total is None else jax.tree.map(jnp.add, total, part)
+    return total
+
+
+def global_sum(fn: Callable, replicated: Any, data: ShardedData, *, rows: Any = None, weights=None,
+               chunk_size: int | None = None) -> Any:
+    """sum over every device of `fn(replicated, rows_chunk, weights_chunk)` (a pytree of sums over
+    the chunk's rows, `weights` already applied by `fn`), replicated on every device.
+
+    Runs each device's rows in chunks of `chunk_size` (default: all at once) under `shard_map`,
+    then `psum`s across the mesh. Call it inside `jit` with `data` as an argument. `rows` and
+    `weights` default to `data.data` and `data.weights`.
+    """
+    rows = data.data if rows is None else rows
+    weights = data.weights if weights is None else weights
+    per_device = weights.shape[0] // data.mesh.devices.size
+    chunk = per_device if chunk_size is None else max(1, min(int(chunk_size), per_device))
+
+    def local(rep, rows, w):
+        # replicated inputs marked device-varying: differentiating inside must not insert its own psum
+        rep = jax.lax.pcast(rep, AXIS, to="varying")
+        return jax.lax.psum(_chunked_sum(fn, rep, rows, w, chunk), AXIS)
+
+    spec = (P(), P(AXIS), P(AXIS))
+    return jax.shard_map(local, mesh=data.mesh, in_specs=spec, out_specs=P())(replicated, rows, weights)

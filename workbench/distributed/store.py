@@ -1,0 +1,81 @@
+"""The per-example gradient store written by every process of a job at once.
+
+`gradient_store(loss_fn, params, data, sketch, path)` is `workbench.sketch.per_example_gradients`
+with `store=path`, called on every process: the processes first compare the store configuration
+each would write (sketch, params structure, data hash, dtype, chunk rows) and refuse a mismatch
+with an error naming the processes and fields that differ, before anything is written. Then
+process k computes and writes the chunks c with c % process_count == k (each chunk its own zarr
+chunk and commit marker, so writers never touch the same file); the metadata is written once,
+by whichever process creates the store first (an atomic rename; the others open and check it).
+A killed process leaves its finished chunks committed and its unfinished ones uncommitted: run
+the job again and only the missing chunks are computed. Every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workbench import tree as tu
+from workbench.distributed.launch import barrier
+from workbench.distributed.sharding import _allgather_host, _decode, _encode
+from workbench.sketch.store import (
+    DEFAULT_MAX_MEMORY_BYTES,
+    GradientStore,
+    open_store,
+    per_example_gradients,
+    store_metadata,
+)
+
+_calls = itertools.count()
+
+
+def gradient_store(
+    loss_fn: Callable,
+    params,
+    data,
+    sketch,
+    path: str | Path,
+    *,
+    batch_size: int | None = None,
+    max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
+    callback: Callable[[int, np.ndarray], None] | None = None,
+    timeout_s: float = 600.0,
+) -> GradientStore:
+    """Fill the store at `path` with sketched per-example gradients, every process its share of
+    the chunks; returns the opened (read-only) store once every process has finished. Every
+    process passes the same `data` (the whole dataset: its hash is part of the configuration).
+    `callback(chunk, values)` runs before each chunk is written (a raising callback simulates a
+    killed process). Raises `ValueError` if the processes' configurations differ and
+    `RuntimeError` if another process does not finish within `timeout_s`."""
+    if sketch is None:
+        raise ValueError("sketch: a multi-process store needs a sketch (raw gradients stay in memory)")
+    n_params = tu.size(params)
+    dtype = jnp.result_type(*jax.tree.leaves(params))
+    n = int(jax.tree.leaves(data)[0].shape[0])
+    rows = batch_size or max(1, min(n, int(max_memory_bytes) // (4 * n_params * np.dtype(dtype).itemsize)))
+    meta = store_metadata(sketch, params, data, rows, dtype)
+    text = json.dumps(meta, sort_keys=True)
+    metas = [_decode(row) for row in _allgather_host(_encode(text, 16384))]
+    for p, other in enumerate(metas):
+        if other != text:
+            theirs = json.loads(other) if other.startswith("{") and other.endswith("}") else {}
+            fields = sorted(k for k in set(meta) | set(theirs) if meta.get(k) != theirs.get(k)) or ["(unreadable)"]
+            raise ValueError(
+                f"store: process {jax.process_index()} and process {p} would write {path} with different "
+                f"configurations (fields {', '.join(fields)}); every process must pass the same sketch, "
+                "params structure, data and batch_size")
+    k, i = jax.process_count(), jax.process_index()
+    per_example_gradients(loss_fn, params, data, sketch, batch_size=rows, store=path,
+                          max_memory_bytes=max_memory_bytes, callback=callback, shard=(i, k))
+    barrier(f"workbench_gradient_store_{next(_calls)}", timeout_s)
+    store = open_store(path)
+    if not store.complete:
+        raise RuntimeError(f"store: {path} is incomplete after every process finished (a chunk is missing)")
+    return store
