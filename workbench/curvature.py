@@ -228,6 +228,28 @@ def _selection_mask(params: PyTree, select) -> list[bool]:
 # ----------------------------------------------------------------------------- dataset-averaged operator
 
 
+def resolve_roles(loss_fn, kind: str, predict_fn=None, output_loss_fn=None, l2=None):
+    """(loss_fn, predict_fn, output_loss_fn, l2) for a curvature of `kind`, validated.
+
+    One convention for the three kinds: data curvature + l2 I. From a `models.Functional` the
+    Hessian differentiates the objective (which carries its l2 already); GGN and Fisher are built
+    from the data loss alone and get `l2` I added. Explicit arguments override the Functional's.
+    """
+    if isinstance(loss_fn, Functional):
+        fn = loss_fn
+        loss_fn = mean_loss(fn.per_example_loss_fn) if kind == "fisher" else fn.loss_fn
+        predict_fn = predict_fn or fn.predict_fn
+        output_loss_fn = output_loss_fn or fn.output_loss_fn
+        l2 = fn.l2 if l2 is None else l2
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable or a Functional, got {type(loss_fn).__name__}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "ggn" and (predict_fn is None or output_loss_fn is None):
+        raise ValueError("kind='ggn' needs predict_fn and output_loss_fn (or pass a models.Functional)")
+    return loss_fn, predict_fn, output_loss_fn, l2
+
+
 def operator(
     loss_fn,
     params: PyTree,
@@ -260,20 +282,7 @@ def operator(
     the params' dtype). With several `devices` (default: all local devices) the full batches are
     split across them with `shard_map` and summed.
     """
-    if isinstance(loss_fn, Functional):
-        fn = loss_fn
-        # one convention for the three kinds: data curvature + l2 I. The Hessian of the
-        # objective carries its l2 already; GGN and Fisher are built from the data loss alone.
-        loss_fn = mean_loss(fn.per_example_loss_fn) if kind == "fisher" else fn.loss_fn
-        predict_fn = predict_fn or fn.predict_fn
-        output_loss_fn = output_loss_fn or fn.output_loss_fn
-        l2 = fn.l2 if l2 is None else l2
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable or a Functional, got {type(loss_fn).__name__}")
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if kind == "ggn" and (predict_fn is None or output_loss_fn is None):
-        raise ValueError("kind='ggn' needs predict_fn and output_loss_fn (or pass a models.Functional)")
+    loss_fn, predict_fn, output_loss_fn, l2 = resolve_roles(loss_fn, kind, predict_fn, output_loss_fn, l2)
     l2 = float(l2 or 0.0)
     leaves = jax.tree.leaves(params)
     if not leaves or not all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves):

@@ -22,12 +22,9 @@ import numpy as np
 
 from workbench import curvature
 from workbench.distributed.sharding import ShardedData, global_sum, replicate
+from workbench.pergrad import per_example_losses
 
 KINDS = curvature.KINDS
-
-
-def _is_functional(obj) -> bool:  # a workbench.models.Functional, without importing models
-    return all(hasattr(obj, a) for a in ("loss_fn", "predict_fn", "output_loss_fn", "l2", "params"))
 
 
 def _example_sum(loss_fn):
@@ -35,7 +32,7 @@ def _example_sum(loss_fn):
 
     def total(params, batch):
         rows, w = batch
-        losses = jax.vmap(lambda ex: loss_fn(params, jax.tree.map(lambda a: a[None], ex)))(rows)
+        losses = per_example_losses(loss_fn, params, rows)
         return jnp.sum(w.astype(losses.dtype) * losses)
 
     return total
@@ -79,11 +76,6 @@ def _product_fn(loss_fn, kind, predict_fn, output_loss_fn, l2, treedef, shapes, 
     return fn
 
 
-@functools.lru_cache(maxsize=64)
-def _mean_of(per_example_loss_fn):
-    return lambda params, batch: jnp.mean(per_example_loss_fn(params, batch))
-
-
 def params_dtype(params) -> Any:
     return jnp.result_type(*jax.tree.leaves(params))
 
@@ -110,22 +102,10 @@ def curvature_operator(
     `workbench.curvature.operator`, which gives the same operator on one process. `chunk_size`
     caps the examples each device differentiates at once (default: all of its rows).
     """
-    if _is_functional(loss_fn):
-        fn = loss_fn
-        # curvature.operator's convention: data curvature + l2 I for every kind; the Hessian of the
-        # objective carries l2 already, GGN and Fisher are built from the data loss alone
-        loss_fn = _mean_of(fn.per_example_loss_fn) if kind == "fisher" else fn.loss_fn
-        predict_fn = predict_fn or fn.predict_fn
-        output_loss_fn = output_loss_fn or fn.output_loss_fn
-        l2 = fn.l2 if l2 is None else l2
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable or a Functional, got {type(loss_fn).__name__}")
+    loss_fn, predict_fn, output_loss_fn, l2 = curvature.resolve_roles(
+        loss_fn, kind, predict_fn, output_loss_fn, l2)
     if not isinstance(data, ShardedData):
         raise TypeError(f"data must be a ShardedData (see distributed.shard_examples), got {type(data).__name__}")
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if kind == "ggn" and (predict_fn is None or output_loss_fn is None):
-        raise ValueError("kind='ggn' needs predict_fn and output_loss_fn (or pass a models.Functional)")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     leaves, treedef = jax.tree.flatten(params)
