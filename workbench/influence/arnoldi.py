@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from workbench.influence.core import Estimator, check_damping, grad_featurizer
@@ -65,6 +66,37 @@ def _flat_tail_precondition(state, grads):
 TAIL_SPREAD_WARNING = 30.0  # (lambda_{k+1} + damping) / (lambda_min + damping) beyond which the flat tail misleads
 
 
+AUTO_DEPTH = 220  # Krylov depth of k="auto": k up to ~200 with converged Ritz pairs
+AUTO_MIN_K = 50  # k="auto" never keeps fewer eigenpairs than the former fixed default
+AUTO_SPREAD = 1.5  # target (lambda_{k+1} + damping) / (lambda_min + damping) of k="auto"
+
+
+def _auto_k(spectrum, op, key, damping: float, num_iters: int | None):
+    """(k, factorization, info): the smallest k >= AUTO_MIN_K whose discarded spectrum has spread at most
+    AUTO_SPREAD, from one factorization (see `arnoldi`)."""
+    depth = min(op.dim, num_iters if num_iters is not None else AUTO_DEPTH)
+    factorization = spectrum.arnoldi(op, key, depth)
+    top = spectrum.ritz_pairs(factorization, depth)
+    values = np.asarray(top.values)  # descending
+    converged = np.asarray(top.residuals) <= 1e-6 * abs(values[0])
+    smallest = float(values[-1])
+    bottom = smallest + damping
+    if depth == op.dim:  # the whole space: exact
+        return depth, factorization, {"k_auto": depth, "smallest": smallest}
+    spread = (values[1:] + damping) / bottom if bottom > 0 else np.full(depth - 1, np.inf)
+    candidates = [j for j in range(min(AUTO_MIN_K, depth - 1), depth - 1)
+                  if converged[:j].all() and spread[j - 1] <= AUTO_SPREAD]
+    if candidates:
+        k = candidates[0]
+    else:
+        k = max([j for j in range(1, depth - 1) if converged[:j].all()] or [1])
+        warnings.warn(
+            f"arnoldi (k='auto'): no k up to {k} leaves a nearly flat discarded spectrum "
+            f"(spread {float(spread[k - 1]):.3g} > {AUTO_SPREAD}); using k = {k}. Raise num_iters "
+            "(the Krylov depth) or the damping for a better approximation.", RuntimeWarning, stacklevel=4)
+    return k, factorization, {"k_auto": k, "smallest": smallest}
+
+
 def default_depth(k: int) -> int:
     """The Krylov depth used for k eigenpairs unless told otherwise (see `arnoldi`)."""
     return 2 * k + 20
@@ -79,7 +111,7 @@ def arnoldi(
     params,
     train_data,
     *,
-    k: int = 50,
+    k: int | str = "auto",
     damping: float = 0.0,
     kind: str = "hessian",
     key: jax.Array | None = None,
@@ -99,19 +131,38 @@ def arnoldi(
     with no extra operator products), that of `top_eigenpairs` for method="lanczos".
     `tail`: "flat" (default) adds the complement of the top-k eigenspace at curvature
     lambda_{k+1} + damping; "none" is the pure top-k (JVP) estimator of the paper.
+
+    `k="auto"` (the default, method="arnoldi" with the flat tail) reads k off the spectrum: one
+    factorization of depth min(dim, 220) (`num_iters` overrides), then the smallest k >= 50 whose
+    discarded spectrum is nearly flat, (lambda_{k+1} + damping) / (lambda_min + damping) <= 1.5
+    (lambda_min: the smallest Ritz value of the same factorization). A flat tail that is not flat
+    is what costs the ranking: on digits logistic regression with l2 = damping = 1e-3, k = 50
+    leaves a spread of 3 and Spearman 0.86 against exact, k = 150 a spread of 1.4 and 0.99.
+    When no k reaches the target the largest converged one is used, with a warning.
     """
     from workbench import spectrum
 
     damping = check_damping(damping)
     op = curvature_operator(objective_fn or loss_fn, params, train_data, kind, **(operator_options or {}))
-    if not isinstance(k, int) or not 1 <= k <= op.dim:
-        raise ValueError(f"k must be an int in [1, {op.dim}] (the number of parameters), got {k!r}")
     if tail not in ("flat", "none"):
         raise ValueError(f"tail must be 'flat' or 'none', got {tail!r}")
-    with_tail = tail == "flat" and k < op.dim
     if key is None:
         raise ValueError("arnoldi needs key= (a jax.random key for the Krylov start vector)")
-    if method == "arnoldi":
+    if k == "auto":
+        if method != "arnoldi" or tail != "flat":
+            raise ValueError("k='auto' needs method='arnoldi' and tail='flat'; give k explicitly")
+        k, factorization, auto_info = _auto_k(spectrum, op, key, damping, num_iters)
+    else:
+        factorization, auto_info = None, {}
+    if not isinstance(k, int) or not 1 <= k <= op.dim:
+        raise ValueError(f"k must be 'auto' or an int in [1, {op.dim}] (the number of parameters), got {k!r}")
+    with_tail = tail == "flat" and k < op.dim
+    if method == "arnoldi" and factorization is not None:
+        depth = factorization.hessenberg.shape[1]
+        eig_values, eig_vectors, residuals, next_value = spectrum.ritz_pairs(factorization, k)
+        converged = residuals <= 1e-6 * jnp.abs(eig_values[0])
+        smallest = auto_info["smallest"]
+    elif method == "arnoldi":
         depth = min(op.dim, num_iters if num_iters is not None else default_depth(k))
         if depth < min(k + 1, op.dim):
             raise ValueError(f"num_iters={depth} must exceed k={k} (or equal the dimension)")
@@ -144,6 +195,7 @@ def arnoldi(
     state = {"params": params, "vectors": eig_vectors.astype(dtype),
              "inverse_values": inverse_values, "values": eig_values}
     info["tail"] = "flat" if with_tail else "none"
+    info.update({key_: value for key_, value in auto_info.items() if key_ != "smallest"})
     # the tail needs whole gradients; the pure top-k estimator only their projections (JVPs)
     featurizer, precondition = _jvp_featurizer, _diagonal_precondition
     if with_tail:
