@@ -28,7 +28,8 @@ def method_bars(rows: Sequence, title: str = ""):
     for a in (a1, a2):
         a.set_xticks(x, names, rotation=30, ha="right")
         a.grid(alpha=0.3, axis="y")
-        a.legend(fontsize=8)
+    a1.legend(fontsize=8, loc="lower left", framealpha=0.9)
+    a2.legend(fontsize=8, loc="upper right", framealpha=0.9)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -39,7 +40,7 @@ def cliff(result, title: str = "gradient ascent: forget vs retain accuracy"):
     """Two heat maps over learning rate x steps: forget accuracy and retain accuracy."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8), constrained_layout=True)
     for ax, field, label in zip(axes, ("forget_accuracy", "retain_accuracy"), ("forget accuracy", "retain accuracy")):
         values = getattr(result, field)
         im = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto")
@@ -49,8 +50,8 @@ def cliff(result, title: str = "gradient ascent: forget vs retain accuracy"):
         ax.set_xticks(range(len(result.steps)), [str(s) for s in result.steps])
         ax.set_yticks(range(len(result.learning_rates)), [f"{lr:g}" for lr in result.learning_rates])
         ax.set_xlabel("steps")
-        ax.set_ylabel("learning rate")
         ax.set_title(label)
+    axes[0].set_ylabel("learning rate (SGD)")
     fig.colorbar(im, ax=axes, shrink=0.8)
     fig.suptitle(title)
     return fig

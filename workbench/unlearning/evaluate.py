@@ -69,7 +69,7 @@ def scores(predict_fn: Callable, params: PyTree, forget, retain, test) -> Scores
     for name, (x, y) in (("forget", forget), ("retain", retain), ("test", test)):
         logits = predict_fn(params, x)
         _check_finite_logits(logits, name)
-        out.append((float(jnp.mean(jnp.argmax(logits, -1) == y)), float(jnp.mean(cross_entropy(logits, y)))))
+        out.append((float(jnp.mean(jnp.argmax(logits, -1).astype(y.dtype) == y)), float(jnp.mean(cross_entropy(logits, y)))))
     (fa, fl), (ra, rl), (ta, tl) = out
     return Scores(fa, ra, ta, fl, rl, tl)
 
@@ -97,7 +97,7 @@ def stacked_scores(predict_fn: Callable, params: PyTree, forget, retain, test) -
     out = []
     for x, y in (forget, retain, test):
         logits = stacked_logits(predict_fn, params, x)
-        out.append((np.asarray(jnp.mean(jnp.argmax(logits, -1) == y[None], axis=1)),
+        out.append((np.asarray(jnp.mean(jnp.argmax(logits, -1).astype(y.dtype) == y[None], axis=1)),
                     np.asarray(jnp.mean(cross_entropy(logits, y[None]), axis=1))))
     (fa, fl), (ra, rl), (ta, tl) = out
     return Scores(fa, ra, ta, fl, rl, tl)
