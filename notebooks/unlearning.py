@@ -28,7 +28,7 @@
 #       - skewed
 #       - class
 #       num_models: 64
-#     quick_seconds: 90
+#     quick_seconds: 100
 #     title: Machine unlearning on digits - SSD, gradient ascent, SCRUB, datamodel matching,
 #       judged by KLoM
 # ---

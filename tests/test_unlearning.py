@@ -380,3 +380,34 @@ def test_last_quick_run_meets_the_claims(name):
     metrics = json.loads(runs[-1].read_text())
     for key, claim in _claims(name).items():
         assert _check(claim, metrics[key]), f"{name}: {key} = {metrics[key]} fails the claim {claim}"
+
+
+# ----------------------------------------------------------------------------- panels
+
+
+def test_panels_show_results_errors_and_history(capsys):
+    from workbench.experiments.unlearning import DiffusionRow, Explored, ExploredDiffusion
+    from workbench.ui import unlearning as UI
+
+    sc = E.Scores(0.0, 0.99, 0.9, 5.0, 0.1, 0.3)
+    calls = []
+
+    def fake(method, kind, strength, num_steps):
+        calls.append((method, kind, strength, num_steps))
+        if strength > 10:
+            raise ValueError("alpha too large")
+        return Explored(method, sc, 0.5, 0.01, sc)
+
+    p = UI.unlearning_panel(fake)
+    assert set(p.controls) == {"method", "kind", "strength", "num_steps"}
+    assert p.run().scores.retain_accuracy == 0.99
+    p.controls["strength"].value = 20.0
+    assert isinstance(p.run(), ValueError)
+    out = capsys.readouterr().out
+    assert "error: alpha too large" in out and "oracle" in out and len(calls) == 2
+
+    row = DiffusionRow("remap", 0.0, 1.0, 0.8, 0.1, 1.0, 0.4, 3.8, 1.0)
+    d = UI.diffusion_panel(lambda **kw: ExploredDiffusion(row, np.zeros((2, 10, 8, 8)), ["original", "remap"]))
+    assert set(d.controls) == {"method", "forget_class", "weight", "num_steps"}
+    assert d.run().row.method == "remap"
+    assert "floor 0.400" in capsys.readouterr().out

@@ -557,6 +557,9 @@ def many(method: str | Callable, loss_fn: Callable, params: PyTree, forget: PyTr
     if sizes != {m}:
         raise ValueError(f"params and per_model options need a leading axis of {m} models (one per key), got {sizes}")
     if fn is datamodel_matching:
+        for required in ("predict_fn", "learning_rate", "num_steps"):
+            if required not in options:
+                raise TypeError(f"datamodel_matching needs the option {required}=")
         take = lambda i: jax.tree.map(lambda a: a[i], params)
         match_keys = []
         xs, ts = [], []
