@@ -95,11 +95,12 @@ print(f"denoiser trained in {ds.seconds:.1f} s; loss {ds.losses[:50].mean():.2f}
 rows, params = X.diffusion_methods(ds, forget_class, num_steps=unlearn_steps, samples_per_class=samples_per_class,
                                    sample_steps=sample_steps, seed=seed)
 print(f"{'method':14} {'forget acc':>10} {'retain acc':>10} {'Frechet':>8} | {'integrity px':>12} {'feat':>6} | "
-      f"{'floor px':>8} {'feat':>6} | {'s':>5}")
+      f"{'floor px':>8} {'feat':>6} | {'s*':>5}")
 for r in rows:
     print(f"{r.method:14} {r.forget_accuracy:10.3f} {r.retain_accuracy:10.3f} {r.frechet:8.3f} | "
           f"{r.integrity_pixel:12.3f} {r.integrity_feature:6.3f} | {r.floor_pixel:8.3f} {r.floor_feature:6.3f} | "
           f"{r.seconds:5.1f}")
+print("* wall seconds of the forgetting run, including its compilation")
 fig = P.integrity_bars(rows)
 workbench.save_figure(fig, "integrity")
 plt.show()

@@ -21,6 +21,7 @@ from workbench.unlearning.methods import (
     Unlearned,
     datamodel_matching,
     datamodel_targets,
+    fisher_diagonal,
     gradient_ascent,
     many,
     match_outputs,
@@ -34,6 +35,6 @@ from workbench.unlearning.methods import (
 
 __all__ = [
     "METHODS", "Split", "Unlearned", "datamodel_matching", "datamodel_targets", "diffusion",
-    "evaluate", "gradient_ascent", "many", "match_outputs", "neggrad_plus", "oracle_matching",
+    "evaluate", "fisher_diagonal", "gradient_ascent", "many", "match_outputs", "neggrad_plus", "oracle_matching",
     "retrain", "scrub", "split", "ssd",
 ]
