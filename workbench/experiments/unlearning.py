@@ -150,26 +150,34 @@ class Benchmark(NamedTuple):
 def calibrate_scale(setup: Setup, models, key: jax.Array, fraction: float = 0.05, num_pairs: int = 2,
                     options: dict | None = None) -> float:
     """Fit the datamodel scale on retrainings with another random forget set (never the one being
-    unlearned): least squares of the actual margin change at that set's points (models retrained
-    without them from the same seeds as `models`, a stack) on the influence-predicted change."""
+    unlearned): least squares of the actual mean margin change at that set's points (the mean
+    over the stack `models` against as many models retrained without the points, from the same
+    seeds) on the influence-predicted change averaged over the first `num_pairs` models.
+
+    Averaging matters: one retraining of a non-convex network differs from its original by
+    minibatch-order noise as large as the effect being predicted (single pairs can even
+    anti-correlate with the prediction)."""
     opts = dict(options or default_options(setup)["datamodel_matching"])
     num_models = jax.tree.leaves(models)[0].shape[0]
     k_set, k_t = jax.random.split(key)
     s = U.split(setup.train_data, forget_indices(setup.train_data, "random", k_set, fraction))
     oracles = train_models(setup, s.retain, _MODEL_KEYS[(num_models, id(models))])
-    num, den = 0.0, 0.0
+    y = s.forget.y
+    actual = np.asarray(jnp.mean(E.stacked_margins(setup.predict_fn, oracles, s.forget)
+                                 - E.stacked_margins(setup.predict_fn, models, s.forget), axis=0), np.float64)
+    predicted = []
     for i in range(min(num_pairs, num_models)):
-        model, oracle = (jax.tree.map(lambda a: a[i], t) for t in (models, oracles))
+        model = jax.tree.map(lambda a: a[i], models)
         t = U.datamodel_targets(setup.loss_fn, model, s.forget, s.retain, k_t, predict_fn=setup.predict_fn,
                                 estimator=opts.get("estimator", "arnoldi"), retain_sample=0,
                                 estimator_options=opts.get("estimator_options"))
-        y = s.forget.y
         base = E.margins(setup.predict_fn(model, t.x), y)
-        pred = np.asarray(E.margins(t.targets, y) - base, np.float64)
-        actual = np.asarray(E.margins(setup.predict_fn(oracle, t.x), y) - base, np.float64)
-        num, den = num + float(pred @ actual), den + float(pred @ pred)
+        predicted.append(np.asarray(E.margins(t.targets, y) - base, np.float64))
+    pred = np.mean(predicted, axis=0)
+    num, den = float(pred @ actual), float(pred @ pred)
     if not den > 0 or not num > 0:
-        raise ValueError("calibrate_scale: the influence-predicted changes do not correlate with retraining")
+        raise ValueError("calibrate_scale: the influence-predicted changes do not correlate with retraining "
+                         f"(correlation {np.corrcoef(pred, actual)[0, 1]:.2f}); try more pairs or another estimator")
     return num / den
 
 
