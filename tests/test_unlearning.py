@@ -162,17 +162,24 @@ def test_neggrad_plus_full_batch_matches_gradient_descent_loop(problem, key):
     np.testing.assert_allclose(ga.params["w"], p["w"] + lr * g["w"], rtol=1e-12)  # ascent: + gradient
 
 
-def test_scrub_first_step_is_max_then_min(problem, key):
+def test_scrub_alternates_max_and_min_steps(problem, key):
+    """Two rounds of (max step on forget, min step on retain) against a hand-written loop; the
+    first max step has zero gradient (student = teacher), the second does not."""
     _, s, p = problem
     lr = 0.2
-    out = U.scrub(loss_fn, p, s.forget, s.retain, key, predict_fn=predict_fn, learning_rate=lr, num_steps=1,
-                  max_steps=1, batch_size=1000, ce_weight=0.5)
+    out = U.scrub(loss_fn, p, s.forget, s.retain, key, predict_fn=predict_fn, learning_rate=lr, num_steps=3,
+                  max_steps=2, batch_size=1000, ce_weight=0.5)
     kl = lambda t, q, x: U.methods._kl_logits(predict_fn(t, x), predict_fn(q, x))
-    q = jax.tree.map(lambda a, g: a - lr * g, p, jax.grad(lambda q: -kl(p, q, s.forget.x))(p))
-    q = jax.tree.map(lambda a, g: a - lr * g, q,
-                     jax.grad(lambda q: kl(p, q, s.retain.x) + 0.5 * loss_fn(q, s.retain))(q))
+    max_grad = jax.jit(jax.grad(lambda q: -kl(p, q, s.forget.x)))
+    min_grad = jax.jit(jax.grad(lambda q: kl(p, q, s.retain.x) + 0.5 * loss_fn(q, s.retain)))
+    q = p
+    for step in range(3):
+        if step < 2:
+            q = jax.tree.map(lambda a, g: a - lr * g, q, max_grad(q))
+        q = jax.tree.map(lambda a, g: a - lr * g, q, min_grad(q))
     for k in p:
         np.testing.assert_allclose(out.params[k], q[k], rtol=1e-10)
+    assert float(jnp.abs(max_grad(jax.tree.map(lambda a: 1.1 * a, p))["w"]).max()) > 1e-4
 
 
 def test_many_equals_one_model_at_a_time(problem, key):
