@@ -189,7 +189,7 @@ def test_many_equals_one_model_at_a_time(problem, key):
     opts = dict(learning_rate=0.1, num_steps=5, batch_size=4)
     out = U.many("neggrad_plus", loss_fn, stack, s.forget, s.retain, keys, **opts)
     for i in range(3):
-        one = U.neggrad_plus(loss_fn, jax.tree.map(lambda a: a[i], stack), s.forget, s.retain, keys[i], **opts)
+        one = U.neggrad_plus(loss_fn, jax.tree.map(lambda a: a[i], stack), s.forget, s.retain, keys[i], **opts)  # noqa: B023
         np.testing.assert_allclose(out.params["w"][i], one.params["w"], rtol=1e-10)
     with pytest.raises(ValueError, match="leading axis of 2"):
         U.many("neggrad_plus", loss_fn, stack, s.forget, s.retain, keys[:2], **opts)

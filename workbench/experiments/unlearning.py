@@ -167,7 +167,7 @@ def calibrate_scale(setup: Setup, models, key: jax.Array, fraction: float = 0.05
                                  - E.stacked_margins(setup.predict_fn, models, s.forget), axis=0), np.float64)
     predicted = []
     for i in range(min(num_pairs, num_models)):
-        model = jax.tree.map(lambda a: a[i], models)
+        model = jax.tree.map(lambda a: a[i], models)  # noqa: B023 (called inside the loop)
         t = U.datamodel_targets(setup.loss_fn, model, s.forget, s.retain, k_t, predict_fn=setup.predict_fn,
                                 estimator=opts.get("estimator", "arnoldi"), retain_sample=0,
                                 estimator_options=opts.get("estimator_options"))
@@ -232,18 +232,18 @@ def benchmark(kind: str = "random", num_models: int = 16, methods: Sequence[str]
         elif name == "retrain":
             rkeys = jax.random.split(k_retrain, num_models)
             params = train_models(setup, retain, rkeys)
-            secs = _timed(lambda: train_models(setup, retain, rkeys))[1] / num_models
+            secs = _timed(lambda: train_models(setup, retain, rkeys))[1] / num_models  # noqa: B023 (called inside the loop)
         else:
             o = opts[name]
             per_model = {"oracle_params": oracles} if name == "oracle_matching" else {}
-            run = lambda: U.many(name, setup.loss_fn, originals, forget, retain, ukeys, per_model=per_model, **o)
+            run = lambda: U.many(name, setup.loss_fn, originals, forget, retain, ukeys, per_model=per_model, **o)  # noqa: B023 (called inside the loop)
             params = run().params
             if name == "datamodel_matching":
                 first = jax.tree.map(lambda a: a[0], originals)
                 _, t_targets = _timed(lambda: U.datamodel_targets(
-                    setup.loss_fn, first, forget, retain, ukeys[0], predict_fn=setup.predict_fn,
-                    estimator=o.get("estimator", "arnoldi"), retain_sample=o.get("retain_sample", 256),
-                    estimator_options=o.get("estimator_options"), scale=o.get("scale", 1.0)).targets)
+                    setup.loss_fn, first, forget, retain, ukeys[0], predict_fn=setup.predict_fn,  # noqa: B023 (called inside the loop)
+                    estimator=o.get("estimator", "arnoldi"), retain_sample=o.get("retain_sample", 256),  # noqa: B023 (called inside the loop)
+                    estimator_options=o.get("estimator_options"), scale=o.get("scale", 1.0)).targets)  # noqa: B023 (called inside the loop)
                 secs = t_targets  # the matching is timed with oracle matching (the same fine-tuning)
             else:
                 secs = _timed(run)[1] / num_models
@@ -331,7 +331,7 @@ def ssd_sweep(kind: str = "class", alphas: Sequence[float] = (1, 2, 5, 10, 20), 
                 sel[i, j] = 0.0
                 continue
             if np.isnan(secs):
-                secs = _timed(lambda: U.ssd(setup.loss_fn, model, s.forget, s.retain, k_u, alpha=a, lam=lam).params)[1]
+                secs = _timed(lambda: U.ssd(setup.loss_fn, model, s.forget, s.retain, k_u, alpha=a, lam=lam).params)[1]  # noqa: B023 (called inside the loop)
             sc = E.scores(setup.predict_fn, out.params, s.forget, s.retain, setup.test_data)
             sel[i, j], fa[i, j], ra[i, j], ta[i, j] = (float(out.selected), sc.forget_accuracy, sc.retain_accuracy,
                                                        sc.test_accuracy)

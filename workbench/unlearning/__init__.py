@@ -14,19 +14,20 @@ for it, and the integrity metric of Schioppa, Hoogeboom & Heek (2024): the dista
 original and the unlearned model's samples for the same class and the same initial noise.
 """
 
-from workbench.unlearning import diffusion, evaluate
-from workbench.unlearning.methods import (
-    METHODS,
-    Split,
-    Unlearned,
+from workbench.unlearning import diffusion, evaluate, matching, methods
+from workbench.unlearning.batch import METHODS, many
+from workbench.unlearning.matching import (
     datamodel_matching,
     datamodel_targets,
+    match_outputs,
+    oracle_matching,
+)
+from workbench.unlearning.methods import (
+    Split,
+    Unlearned,
     fisher_diagonal,
     gradient_ascent,
-    many,
-    match_outputs,
     neggrad_plus,
-    oracle_matching,
     retrain,
     scrub,
     split,
@@ -35,6 +36,6 @@ from workbench.unlearning.methods import (
 
 __all__ = [
     "METHODS", "Split", "Unlearned", "datamodel_matching", "datamodel_targets", "diffusion",
-    "evaluate", "fisher_diagonal", "gradient_ascent", "many", "match_outputs", "neggrad_plus", "oracle_matching",
+    "evaluate", "fisher_diagonal", "matching", "methods", "gradient_ascent", "many", "match_outputs", "neggrad_plus", "oracle_matching",
     "retrain", "scrub", "split", "ssd",
 ]

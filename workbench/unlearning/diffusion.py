@@ -132,7 +132,7 @@ def _scan(objective, optimizer, params, sets, key, num_steps, batch_size):
 
     def body(carry, i):
         p, s = carry
-        batches = tuple(jax.tree.map(lambda a: a[ix[i]], d) for d, ix in zip(sets, idx))
+        batches = tuple(jax.tree.map(lambda a, ix=ix: a[ix[i]], d) for d, ix in zip(sets, idx))
         p, s, loss = step(objective, optimizer, p, s, (*batches, step_keys[i]))
         return (p, s), loss
 
