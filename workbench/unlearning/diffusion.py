@@ -1,0 +1,319 @@
+"""A tiny class-conditional diffusion model, class forgetting for it, and the integrity metric.
+
+The model predicts the clean image x0 from a noised one x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t)
+eps, the time step (sinusoidal embedding) and the class (one-hot), with an MLP: enough for 8x8
+digits scaled to [-1, 1]. Sampling is deterministic DDIM (eta = 0), so the same initial noise
+and class give the same image: the premise of the integrity metric of Schioppa, Hoogeboom & Heek
+(2024), which compares the original and the unlearned model's samples for the same class and
+the same noise. Its scale is the *noise floor*: the same distance between the original model's
+samples for the same class under two independent noises (a model that kept nothing of its
+retain-class behaviour would sit there).
+
+Class forgetting (`forget` holds the forget class's examples, `retain` the rest; data are
+(x, y) pairs with x in [-1, 1]):
+- `ascent`: ascend the denoising loss on the forget class while descending it on the retain data;
+- `remap`: teach the model to draw another class (`target_class`) when asked for the forget
+  class, fine-tuning on the retain data meanwhile;
+- `remap_distill`: the same remapping, but on the retain classes the targets are the original
+  model's own predictions (distillation) rather than the data.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from workbench.train import NonFiniteLossError, batch_indices, step
+from workbench.unlearning.methods import Unlearned, check_sets
+
+PyTree = Any
+
+
+# ----------------------------------------------------------------------------- model and schedule
+
+
+class Denoiser(nnx.Module):
+    """x0-prediction MLP: [x_t, time embedding, class one-hot] -> hidden (SiLU) x depth -> x0."""
+
+    def __init__(self, dim: int = 64, num_classes: int = 10, hidden: int = 256, depth: int = 2,
+                 time_features: int = 32, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.num_classes, self.time_features = num_classes, time_features
+        self.time = nnx.Linear(time_features, time_features, rngs=rngs, param_dtype=param_dtype)
+        sizes = [dim + time_features + num_classes] + [hidden] * depth
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs, param_dtype=param_dtype)
+                                for a, b in zip(sizes[:-1], sizes[1:])])
+        self.out = nnx.Linear(hidden, dim, rngs=rngs, param_dtype=param_dtype,
+                              kernel_init=nnx.initializers.zeros)
+
+    def __call__(self, x_t, t, labels):
+        half = self.time_features // 2
+        freqs = jnp.exp(-math.log(1000.0) * jnp.arange(half, dtype=x_t.dtype) / half)
+        angles = t.astype(x_t.dtype)[:, None] * 1000.0 * freqs[None]
+        temb = jax.nn.silu(self.time(jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=1)))
+        h = jnp.concatenate([x_t, temb, jax.nn.one_hot(labels, self.num_classes, dtype=x_t.dtype)], axis=1)
+        for layer in self.layers:
+            h = jax.nn.silu(layer(h))
+        return self.out(h)
+
+
+class Model(NamedTuple):
+    """A denoiser as a params pytree and `apply_fn(params, x_t, t, labels) -> x0 prediction`,
+    with `t` the time in [0, 1]."""
+
+    params: PyTree
+    apply_fn: Callable
+
+
+def denoiser(key: jax.Array, dim: int = 64, num_classes: int = 10, hidden: int = 256, depth: int = 2,
+             param_dtype=jnp.float32) -> Model:
+    """Build a `Denoiser` from `key` and split it once into pure params + apply_fn."""
+    module = Denoiser(dim, num_classes, hidden, depth, rngs=nnx.Rngs(key), param_dtype=param_dtype)
+    graphdef, state = nnx.split(module, nnx.Param)
+    params = nnx.to_pure_dict(state)
+
+    def apply_fn(params, x_t, t, labels):
+        s = jax.tree.map(lambda a: a, state)
+        nnx.replace_by_pure_dict(s, params)
+        return nnx.merge(graphdef, s)(x_t, t, labels)
+
+    return Model(params, _stable(apply_fn, (dim, num_classes, hidden, depth, jnp.dtype(param_dtype).name)))
+
+
+_APPLY_CACHE: dict = {}
+
+
+def _stable(fn, config):
+    """One apply_fn object per architecture, so jitted training/sampling compile once per shape."""
+    return _APPLY_CACHE.setdefault(config, fn)
+
+
+def alpha_bar(t: jax.Array) -> jax.Array:
+    """Cosine schedule (Nichol & Dhariwal 2021): the signal fraction abar(t), t in [0, 1]."""
+    s = 0.008
+    f = lambda u: jnp.cos((u + s) / (1 + s) * jnp.pi / 2) ** 2
+    return jnp.clip(f(t) / f(jnp.zeros_like(t)), 1e-4, 1.0)
+
+
+def noised(x0, t, eps):
+    ab = alpha_bar(t)[:, None]
+    return jnp.sqrt(ab) * x0 + jnp.sqrt(1 - ab) * eps
+
+
+def _draw(key, x0):
+    kt, ke = jax.random.split(key)
+    t = jax.random.uniform(kt, (x0.shape[0],), x0.dtype, 1e-3, 1.0)
+    return t, jax.random.normal(ke, x0.shape, x0.dtype)
+
+
+def denoising_loss(apply_fn, params, batch, key):
+    """Mean squared error of the x0 prediction at a random time and noise per example."""
+    x0, y = batch
+    t, eps = _draw(key, x0)
+    return jnp.mean(jnp.sum((apply_fn(params, noised(x0, t, eps), t, y) - x0) ** 2, axis=1))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _scan(objective, optimizer, params, sets, key, num_steps, batch_size):
+    """optax steps of objective(params, (batches..., step_key)) with minibatches of every set."""
+    keys = jax.random.split(key, len(sets) + 1)
+    idx = [batch_indices(k, jax.tree.leaves(d)[0].shape[0], min(batch_size, jax.tree.leaves(d)[0].shape[0]),
+                         num_steps) for k, d in zip(keys[:-1], sets)]
+    step_keys = jax.random.split(keys[-1], num_steps)
+
+    def body(carry, i):
+        p, s = carry
+        batches = tuple(jax.tree.map(lambda a, ix=ix: a[ix[i]], d) for d, ix in zip(sets, idx))
+        p, s, loss = step(objective, optimizer, p, s, (*batches, step_keys[i]))
+        return (p, s), loss
+
+    (params, _), losses = jax.lax.scan(body, (params, optimizer.init(params)), jnp.arange(num_steps))
+    return params, losses
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "num_steps", "batch_size"))
+def _train(apply_fn, num_steps, batch_size, params, data, key, lr):
+    schedule = optax.cosine_decay_schedule(lr, num_steps, 0.05)
+    objective = lambda p, b: denoising_loss(apply_fn, p, b[0], b[1])
+    return _scan(objective, optax.adam(schedule), params, (data,), key, num_steps, batch_size)
+
+
+def _check_run(name, params, losses, hint):
+    losses = np.asarray(losses)
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        raise NonFiniteLossError(f"{name}: the loss became {losses[bad[0]]} at step {bad[0]}; {hint}")
+    if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(params)):
+        raise NonFiniteLossError(f"{name}: the params hold NaN or inf; {hint}")
+
+
+def train_denoiser(model: Model, data, key: jax.Array, *, learning_rate: float = 2e-3, num_steps: int = 3000,
+                   batch_size: int = 128) -> tuple[PyTree, np.ndarray]:
+    """Adam with cosine decay on the denoising loss; (params, losses). `key` draws batches,
+    times and noise."""
+    if num_steps < 1 or batch_size < 1 or not learning_rate > 0:
+        raise ValueError("num_steps, batch_size and learning_rate must be positive")
+    params, losses = _train(model.apply_fn, int(num_steps), int(batch_size), model.params, data, key,
+                            jnp.asarray(learning_rate, _dtype(model.params)))
+    _check_run("train_denoiser", params, losses, "lower learning_rate")
+    return params, np.asarray(losses)
+
+
+def _dtype(params):
+    return jnp.result_type(*jax.tree.leaves(params))
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "num_steps"))
+def _ddim(apply_fn, num_steps, params, labels, noise):
+    times = jnp.linspace(1.0, 0.0, num_steps + 1, dtype=noise.dtype)
+
+    def body(x, ts):
+        t, t_next = ts
+        tt = jnp.full((x.shape[0],), t)
+        x0 = jnp.clip(apply_fn(params, x, tt, labels), -1, 1)
+        ab, ab_next = alpha_bar(t), alpha_bar(t_next)
+        eps = (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1 - ab)
+        return jnp.sqrt(ab_next) * x0 + jnp.sqrt(1 - ab_next) * eps, x0
+
+    _, x0s = jax.lax.scan(body, noise, (times[:-1], times[1:]))
+    return x0s[-1]
+
+
+def sample(model_or_apply, params: PyTree, labels: jax.Array, noise: jax.Array, num_steps: int = 25) -> jax.Array:
+    """Deterministic DDIM (eta = 0) from `noise` [n, dim] for class `labels` [n]: the last x0
+    prediction, in [-1, 1]. Same noise, same labels, same params -> the same images."""
+    apply_fn = model_or_apply.apply_fn if isinstance(model_or_apply, Model) else model_or_apply
+    if np.shape(labels)[0] != np.shape(noise)[0]:
+        raise ValueError(f"labels and noise need one number of rows, got {np.shape(labels)[0]} and {np.shape(noise)[0]}")
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    return _ddim(apply_fn, int(num_steps), params, jnp.asarray(labels), noise)
+
+
+# ----------------------------------------------------------------------------- class forgetting
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "kind", "num_steps", "batch_size"))
+def _forget(apply_fn, kind, num_steps, batch_size, params, forget, retain, remapped, key, lr, weight):
+    teacher = params
+
+    def objective(p, b):
+        f, r, m, k = b
+        k1, k2, k3 = jax.random.split(k, 3)
+        if kind == "ascent":
+            return denoising_loss(apply_fn, p, r, k1) - weight * denoising_loss(apply_fn, p, f, k2)
+        remap = denoising_loss(apply_fn, p, m, k2)
+        if kind == "remap":
+            return denoising_loss(apply_fn, p, r, k1) + weight * remap
+        x0, y = r  # distillation: match the original model's prediction on noised retain data
+        t, eps = _draw(k3, x0)
+        xt = noised(x0, t, eps)
+        target = jax.lax.stop_gradient(apply_fn(teacher, xt, t, y))
+        return jnp.mean(jnp.sum((apply_fn(p, xt, t, y) - target) ** 2, axis=1)) + weight * remap
+
+    return _scan(objective, optax.adam(lr), params, (forget, retain, remapped), key, num_steps, batch_size)
+
+
+FORGETTING = ("ascent", "remap", "remap_distill")
+
+
+def forget_class(kind: str, model: Model, params: PyTree, forget, retain, key: jax.Array, *,
+                 learning_rate: float = 1e-3, num_steps: int = 300, batch_size: int = 128,
+                 weight: float = 1.0, target_class: int | None = None) -> Unlearned:
+    """Make the model stop drawing the forget class by `kind` in `FORGETTING` (see the module
+    docstring). `weight` scales the forget term (ascent) or the remapping term; `target_class`
+    (remap kinds) is the class drawn instead, default the smallest retain class."""
+    if kind not in FORGETTING:
+        raise ValueError(f"kind must be one of {FORGETTING}, got {kind!r}")
+    check_sets(forget, retain)
+    f_classes = np.unique(np.asarray(forget[1]))
+    r_labels = np.asarray(retain[1])
+    if np.intersect1d(f_classes, r_labels).size:
+        raise ValueError(f"class forgetting needs the retain set to hold none of the forget classes {f_classes}")
+    if f_classes.size != 1:
+        raise ValueError(f"forget one class at a time, got classes {f_classes}")
+    if target_class is None:
+        target_class = int(np.min(r_labels))
+    if int(target_class) not in set(r_labels.tolist()):
+        raise ValueError(f"target_class={target_class} must be a retain class")
+    if num_steps < 1 or batch_size < 1:
+        raise ValueError("num_steps and batch_size must be positive")
+    dt = _dtype(params)
+    lr = jnp.asarray(float(learning_rate), dt)
+    if not float(learning_rate) > 0:
+        raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+    sel = r_labels == int(target_class)
+    remapped = (retain[0][sel], jnp.full((int(sel.sum()),), int(f_classes[0]), dtype=retain[1].dtype))
+    new, losses = _forget(model.apply_fn, kind, int(num_steps), int(batch_size), params, forget, retain,
+                          remapped, key, lr, jnp.asarray(float(weight), dt))
+    _check_run(f"forget_class({kind!r})", new, losses, "lower learning_rate, weight or num_steps")
+    return Unlearned(new, jnp.asarray(losses), jnp.ones((), dt))
+
+
+# ----------------------------------------------------------------------------- integrity and FD
+
+
+class Integrity(NamedTuple):
+    """Mean distance between two models' samples drawn with shared noise (pixel RMSE and
+    classifier-feature L2), and the noise floor: the same distances between the first model's
+    samples under two independent noises."""
+
+    pixel: float
+    feature: float
+    pixel_floor: float
+    feature_floor: float
+
+
+def _distances(a, b, feature_fn):
+    pix = jnp.sqrt(jnp.mean((a - b) ** 2, axis=1))
+    feat = jnp.linalg.norm(feature_fn(a) - feature_fn(b), axis=1)
+    return float(jnp.mean(pix)), float(jnp.mean(feat))
+
+
+def integrity(model: Model, params: PyTree, unlearned_params: PyTree, labels: jax.Array, key: jax.Array, *,
+              feature_fn: Callable[[jax.Array], jax.Array], num_steps: int = 25) -> Integrity:
+    """The integrity metric on the classes `labels` (use retain classes): distances between the
+    original and unlearned model's DDIM samples from the same noise, beside the noise floor."""
+    k1, k2 = jax.random.split(key)
+    dim = jax.tree.leaves(params)[0].dtype
+    n = int(np.shape(labels)[0])
+    size = _output_dim(model, params)
+    noise, other = (jax.random.normal(k, (n, size), dim) for k in (k1, k2))
+    a = sample(model, params, labels, noise, num_steps)
+    b = sample(model, unlearned_params, labels, noise, num_steps)
+    c = sample(model, params, labels, other, num_steps)
+    pix, feat = _distances(a, b, feature_fn)
+    pix0, feat0 = _distances(a, c, feature_fn)
+    return Integrity(pix, feat, pix0, feat0)
+
+
+def _output_dim(model: Model, params) -> int:
+    return int(params["out"]["kernel"].shape[1])
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2) between Gaussian fits of
+    two feature sets [n, d] (FID's formula, in whatever feature space is given), in float64."""
+    a, b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(a.shape[0], b.shape[0]) < 2:
+        raise ValueError(f"features need shapes [n >= 2, d] with one d, got {a.shape} and {b.shape}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise FloatingPointError("features hold NaN or inf")
+    mu = a.mean(0) - b.mean(0)
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(sa)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    mid = np.linalg.eigvalsh(root_a @ sb @ root_a)
+    return float(mu @ mu + np.trace(sa) + np.trace(sb) - 2 * np.sum(np.sqrt(np.clip(mid, 0, None))))
