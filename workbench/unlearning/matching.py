@@ -117,8 +117,10 @@ def datamodel_targets(loss_fn: Callable, params: PyTree, forget: PyTree, retain:
     n_f, n_r = check_sets(forget, retain)
     x, _ = _matching_set(forget, retain, key, retain_sample)
     full = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), forget, retain)
-    est = influence.make(estimator, loss_fn, params, full, measure_fn=_logit_measure(predict_fn),
-                         **(estimator_options or {}))
+    options = dict(estimator_options or {})
+    if estimator in ("arnoldi", "lissa", "trak"):  # randomised: its key comes from ours
+        options.setdefault("key", jax.random.fold_in(key, 1))
+    est = influence.make(estimator, loss_fn, params, full, measure_fn=_logit_measure(predict_fn), **options)
     base = predict_fn(params, x)
     m, num_classes = base.shape
     ys = forget[1]
