@@ -1,16 +1,12 @@
 """workbench.unlearning: methods against float64 references, evaluations against brute force,
 the bad-input contract, the tiny diffusion model, and the papers' claims on their last run."""
 
-import json
-import re
-from pathlib import Path
 
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import yaml
 
 from workbench import unlearning as U
 from workbench.data import Dataset
@@ -362,31 +358,7 @@ def test_forget_class_methods_run_and_validate(tiny_diffusion, key):
                        weight=1e38)
 
 
-# ----------------------------------------------------------------------------- the papers' claims
-
-
-def _claims(name):
-    text = (Path(__file__).parents[1] / "notebooks" / f"{name}.py").read_text()
-    header = "\n".join(line[2:] for line in text.split("# ---")[1].splitlines() if line.startswith("# "))
-    return yaml.safe_load(header)["jupyter"]["workbench"]["claims"]
-
-
-def _check(claim, value):
-    if isinstance(claim, list):
-        return claim[0] <= value <= claim[1]
-    op, bound = claim[0], float(claim[1:])
-    return value < bound if op == "<" else value > bound
-
-
-@pytest.mark.parametrize("name", ["unlearning", "diffusion_unlearning"])
-def test_last_quick_run_meets_the_claims(name):
-    runs = sorted((Path(__file__).parents[1] / "runs" / name).glob("*/metrics.json"))
-    runs = [r for r in runs if re.search(r"profile: quick", (r.parent / "params.yaml").read_text())]
-    if not runs:
-        pytest.skip(f"no quick run of {name}: run `python -m workbench run {name}` first")
-    metrics = json.loads(runs[-1].read_text())
-    for key, claim in _claims(name).items():
-        assert _check(claim, metrics[key]), f"{name}: {key} = {metrics[key]} fails the claim {claim}"
+# The papers' claims are checked on every quick run by tests/test_notebooks.py.
 
 
 # ----------------------------------------------------------------------------- panels
