@@ -32,6 +32,7 @@ def test_estimator_builders_pass_budgets_and_key():
     no_cos = estimator_builders(loss_fn, params, train, key, checkpoints=[params], learning_rate=1.0, cosine=False,
                                 **budgets)
     assert "grad_cos" not in no_cos and len(no_cos) == 8
+    assert builders["cg"]().info["num_iters"] == 400 and builders["lissa"]().info["num_iters"] == 11
     for name, opts in (("cg", dict(num_iters=400)), ("lissa", dict(num_iters=11, key=key))):
         want = influence.make(name, loss_fn, params, train, damping=0.1, **opts).scores(problem.test)
         np.testing.assert_array_equal(np.asarray(builders[name]().scores(problem.test)), np.asarray(want))
