@@ -4,7 +4,11 @@ Notation: N = next power of two >= dim_in (the input is zero-padded to N), D = d
 B = diag of N random signs, G_v = diag of i.i.d. N(0, 1), R_D = keep the FIRST D coordinates.
 H_N is the orthonormal Walsh-Hadamard matrix applied as a Kronecker product of small Sylvester
 factors H_N = H_{f_1} (x) ... (x) H_{f_k} (N split greedily into factors of at most `max_factor`,
-the remainder first), i.e. one reshape and one small matmul per mode. The randomness that a
+the remainder first), i.e. one reshape and one small matmul per mode. The paper uses factors up to
+~1024 on accelerators; our default is 16, the fastest on CPU in `benchmarks/bench_sketch.py`
+(pass max_factor=1024 for the paper's layout). The factor size changes which permutations are
+drawn, not the properties below (exact unbiasedness, flat H^{pi2} entries), which the tests check
+at several factor sizes. The randomness that a
 Fastfood permutation provides is moved into the factors: H^{pi1} = (P_1 H_{f_1}) (x) ... permutes
 the ROWS of every factor and H^{pi2} = (H_{f_1} P'_1) (x) ... their COLUMNS (state: the sum of
 the factor sizes, no N-long index gather).
@@ -46,10 +50,43 @@ import numpy as np
 
 from workbench.sketch.core import Family, cast, pad_to, register
 from workbench.sketch.hadamard import _hadamard_np, next_power_of_two
-from workbench.sketch.kronecker import mode_products, mode_products_transpose
+
+
+def kron_apply(x, mats, dims):
+    """(M_1 (x) ... (x) M_k) x for x [b, prod dims] with M_i [r_i, dims_i] -> [b, prod r_i].
+
+    One einsum per mode on the [b, pre, f, post] view (as `fwht` does): no axis is moved, so a
+    mode costs one pass over the data and a small matmul, which is what a CPU does well."""
+    b = x.shape[0]
+    done, todo = [], list(dims)
+    y = x
+    for m in mats:
+        f = todo.pop(0)
+        pre, post = int(np.prod(done)) if done else 1, int(np.prod(todo)) if todo else 1
+        if post == 1:  # the contiguous mode: one [b pre, f] x [f, r] matmul
+            y = y.reshape(-1, f) @ m.T
+        else:
+            y = jnp.einsum("ij,bpjq->bpiq", m, y.reshape(b, pre, f, post))
+        done.append(m.shape[0])
+    return y.reshape(b, -1)
+
+
+def kron_apply_t(y, mats, dims):
+    """The adjoint of `kron_apply`: y [b, prod r_i] -> [b, prod dims]."""
+    b = y.shape[0]
+    rows = [m.shape[0] for m in mats]
+    z = y
+    for i, m in enumerate(mats):
+        pre = int(np.prod(dims[:i])) if i else 1
+        post = int(np.prod(rows[i + 1:])) if i + 1 < len(rows) else 1
+        if post == 1:
+            z = z.reshape(-1, rows[i]) @ m
+        else:
+            z = jnp.einsum("ji,bpjq->bpiq", m, z.reshape(b, pre, rows[i], post))
+    return z.reshape(b, -1)
 
 PRECONDITIONERS = ("hadamard", "fft", "q")
-DEFAULT_MAX_FACTOR = 1024  # the paper's factor cap; `benchmarks/bench_sketch.py` measures others
+DEFAULT_MAX_FACTOR = 16  # measured on CPU (bench_sketch.py); the paper uses factors up to ~1024 on accelerators
 
 
 def greedy_factors(n: int, cap: int) -> tuple[int, ...]:
@@ -128,8 +165,7 @@ def precondition(state, cfg, x, rows: int | None = None):
         z = _real_fourier(x)
         return z if rows is None else z[:, :rows]
     lead = None if rows is None else _first_rows(rows, cfg["factors"])
-    t = mode_products(x.reshape(b, *cfg["factors"]), _pre_mats(state, cfg, x.dtype, lead))
-    z = t.reshape(b, -1) * _pre_scale(cfg, x.dtype)
+    z = kron_apply(x, _pre_mats(state, cfg, x.dtype, lead), cfg["factors"]) * _pre_scale(cfg, x.dtype)
     return z if rows is None else z[:, :rows]
 
 
@@ -139,9 +175,8 @@ def precondition_t(state, cfg, y):
     if cfg["preconditioner"] == "fft":
         return _real_fourier_t(pad_to(y, n))
     lead = _first_rows(r, cfg["factors"]) if r < n else cfg["factors"][0]
-    t = pad_to(y, lead * (n // cfg["factors"][0])).reshape(b, lead, *cfg["factors"][1:])
-    x = mode_products_transpose(t, _pre_mats(state, cfg, y.dtype, lead)).reshape(b, n)
-    return x * _pre_scale(cfg, y.dtype)
+    t = pad_to(y, lead * (n // cfg["factors"][0]))
+    return kron_apply_t(t, _pre_mats(state, cfg, y.dtype, lead), cfg["factors"]) * _pre_scale(cfg, y.dtype)
 
 
 def _init_common(kind, key, n, d, opts, gauss_len):
@@ -188,16 +223,15 @@ def _affd_apply(state, cfg, x):
     z = precondition(state, cfg, pad_to(x, n) * cast(state["signs"], x))
     z = z * cast(state["gauss"], x)
     lead = _first_rows(d, cfg["factors"])
-    t = mode_products(z.reshape(b, *cfg["factors"]), _post_mats(state, cfg, x.dtype, lead))
-    return t.reshape(b, -1)[:, :d] * jnp.asarray(1.0 / math.sqrt(d), x.dtype)  # sqrt(N/D) / sqrt(N)
+    t = kron_apply(z, _post_mats(state, cfg, x.dtype, lead), cfg["factors"])
+    return t[:, :d] * jnp.asarray(1.0 / math.sqrt(d), x.dtype)  # sqrt(N/D) / sqrt(N)
 
 
 def _affd_transpose(state, cfg, y):
     n, d, b = cfg["padded"], cfg["dim_out"], y.shape[0]
     lead = _first_rows(d, cfg["factors"])
     t = pad_to(y * jnp.asarray(1.0 / math.sqrt(d), y.dtype), lead * (n // cfg["factors"][0]))
-    z = mode_products_transpose(t.reshape(b, lead, *cfg["factors"][1:]), _post_mats(state, cfg, y.dtype, lead))
-    z = z.reshape(b, n) * cast(state["gauss"], y)
+    z = kron_apply_t(t, _post_mats(state, cfg, y.dtype, lead), cfg["factors"]) * cast(state["gauss"], y)
     return (precondition_t(state, cfg, z) * cast(state["signs"], y))[:, : cfg["dim_in"]]
 
 

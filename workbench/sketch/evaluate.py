@@ -15,7 +15,7 @@ from workbench.sketch.core import for_params, make
 from workbench.sketch.hadamard import _hadamard_np
 
 PER_LEAF = "kronecker_per_leaf"  # our Kronecker sketch with one pair per params leaf (`for_params`)
-KEY_BATCH = 250  # draws vmapped at once (larger vmapped QR + matmul batches compile badly on CPU)
+KEY_BATCH = 32  # draws vmapped at once: XLA CPU stalls on a vmapped QR + matmul batch of ~100 or more (QK)
 
 
 class CorrelationTable(NamedTuple):
