@@ -101,12 +101,24 @@ def greedy_factors(n: int, cap: int) -> tuple[int, ...]:
 
 
 def haar_orthogonal(key: jax.Array, n: int, rows: int | None = None) -> jax.Array:
-    """The first `rows` rows of a Haar-random n x n orthogonal matrix (QR of a Gaussian, with the
-    signs of R's diagonal moved into Q so the distribution is exactly Haar)."""
-    g = jax.random.normal(key, (n, n), jnp.float32)
-    q, r = jnp.linalg.qr(g)
-    q = q * jnp.where(jnp.diag(r) < 0, -1.0, 1.0).astype(q.dtype)[None, :]
-    return q.T[: (n if rows is None else rows)]  # rows of Q^T: orthonormal, Haar as well
+    """The first `rows` rows of a Haar-random n x n orthogonal matrix, [rows, n].
+
+    Gram-Schmidt (twice, for float32 stability) on `rows` i.i.d. Gaussian vectors in R^n: this is
+    the Q of the QR decomposition with a positive diagonal R, which is exactly Haar distributed,
+    and the first `rows` vectors only depend on the first `rows` Gaussian columns. Written with
+    matmuls in a `fori_loop` rather than LAPACK's QR, which deadlocked XLA's CPU runtime here when
+    many draws ran at once (a batched QR under `lax.map` waiting on OpenBLAS threads)."""
+    r = n if rows is None else int(rows)
+    g = jax.random.normal(key, (n, r), jnp.float32)
+    idx = jnp.arange(r)
+
+    def body(j, q):
+        v = g[:, j]
+        for _ in range(2):
+            v = v - q @ (jnp.where(idx < j, 1.0, 0.0).astype(q.dtype) * (q.T @ v))
+        return q.at[:, j].set(v / jnp.linalg.norm(v))
+
+    return jax.lax.fori_loop(0, r, body, jnp.zeros((n, r), jnp.float32)).T
 
 
 def _hadamard(f: int, dtype) -> jax.Array:
