@@ -133,7 +133,7 @@ class RestrictionResult(NamedTuple):
     eig_error_sketch: np.ndarray  # [draws] the same for Phi H Phi^T
 
 
-def layer_restriction(problem: GradientProblem, hessian: jax.Array, key: jax.Array, *, layer: int = -2,
+def layer_restriction(problem: GradientProblem, hessian: jax.Array, key: jax.Array, *, layer: int = -1,
                       kind: str = "affd", k: int = 10, num_draws: int = 5) -> RestrictionResult:
     """Table 1's point: gradients restricted to one layer (leaf `layer` in `jax.tree.leaves`
     order, default the output kernel) against a whole-model sketch with no more coordinates."""
