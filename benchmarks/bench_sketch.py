@@ -1,12 +1,16 @@
-"""Sketch throughput and distortion against dense JL (JAX, TRAK, scikit-learn) and a single read.
+"""Sketch throughput, explicit vs implicit gradient sketching, per-example cost, peak memory.
 
 Usage: PYTHONPATH=. python benchmarks/bench_sketch.py [--quick]
 Writes benchmarks/results/sketch.json and sketch.md. Times are wall-clock medians of warm calls
-(after `block_until_ready`); the first call (compile included) is reported separately. Inputs
-are float32 Gaussian batches of `batch` vectors; throughput is input bytes / warm time.
-Distortion: max over the batch of | ||Phi x||^2 / ||x||^2 - 1 |, plus the same for one
-adversarial vector whose mass sits in one 1024-wide block. Combos whose estimated time exceeds
-the budget are skipped and listed with the reason.
+(after `block_until_ready`); inputs are float32. Sections:
+1. throughput at N = 2^20 -> D = 2^12 for every kind and pre-conditioner / factor variant, as a
+   multiple of one read of the same input (`jnp.sum`: the memory-traffic floor);
+2. time against D (2^10 .. 2^16) at N = 2^16: dense regenerated on the fly vs AFFD and QK;
+3. explicit (grad, then apply_tree) vs implicit (grad of L(theta0 + Phi^T w) at w = 0) time for the
+   gradient of a 301k-parameter MLP on a batch of 256, per kind;
+4. per-example gradients of that MLP (256 examples) with and without sketching, per kind;
+5. peak memory per kind at N = 2^22 from XLA's compiled memory analysis of `apply` on one vector
+   (arguments + temporaries + output; no execution).
 """
 
 # ruff: noqa: B023  (timing lambdas are called inside the loop iteration that defines them)
@@ -25,254 +29,192 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench import sketch as sk
-from workbench.sketch.hadamard import fwht
+from workbench import tree as tu
 
 RESULTS = Path(__file__).parent / "results"
-OURS = ("countsketch", "srht", "fjl", "ffd", "affd", "afjl", "qk")
-GEN_RATE = None  # dense numbers generated per second, measured once
+VARIANTS = {  # label -> (kind, options)
+    "fjl": ("fjl", {}), "ffd": ("ffd", {}),
+    "affd": ("affd", {}), "affd[f=32]": ("affd", {"max_factor": 32}), "affd[f=128]": ("affd", {"max_factor": 128}),
+    "affd[fft]": ("affd", {"preconditioner": "fft"}), "affd[q]": ("affd", {"preconditioner": "q"}),
+    "afjl": ("afjl", {}), "afjl[f=32]": ("afjl", {"max_factor": 32}), "afjl[f=128]": ("afjl", {"max_factor": 128}),
+    "afjl[fft]": ("afjl", {"preconditioner": "fft"}), "afjl[q]": ("afjl", {"preconditioner": "q"}),
+    "qk": ("qk", {}), "qk[f=128]": ("qk", {"max_factor": 128}),
+    "countsketch": ("countsketch", {}), "srht": ("srht", {}), "kronecker": ("kronecker", {}),
+}
+MEMORY_KINDS = ("fjl", "ffd", "affd", "afjl", "qk", "countsketch", "srht", "kronecker")
 
 
 def timed(fn, reps=3):
     t0 = time.perf_counter()
-    out = fn()
+    fn()
     first = time.perf_counter() - t0
     warm = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
         warm.append(time.perf_counter() - t0)
-    return out, first, float(np.median(warm))
+    return first, float(np.median(warm))
 
 
-def distortion(y, x):
-    y, x = np.asarray(y, np.float64), np.asarray(x, np.float64)
-    r = (y**2).sum(-1) / (x**2).sum(-1)
-    return float(np.max(np.abs(r - 1)))
-
-
-def inputs(n, batch):
-    x = jax.random.normal(jax.random.key(1), (batch, n), jnp.float32)
-    adv = np.zeros((1, n), np.float32)
-    adv[0, 1024:2048] = np.random.default_rng(0).normal(size=1024)
-    return x, jnp.asarray(adv)
-
-
-def inputs_and_floor(n):
-    """A batch of 2^21 floats in all (at least one vector), an adversarial vector, and the time of
-    one read of the batch (`jnp.sum`): the memory-traffic floor."""
+def throughput(log_n=20, log_d=12):
+    n, d = 1 << log_n, 1 << log_d
     batch = max(1, (1 << 21) // n)
-    x, adv = inputs(n, batch)
+    x = jax.random.normal(jax.random.key(1), (batch, n), jnp.float32)
     read = jax.jit(jnp.sum)
-    _, _, floor = timed(lambda: read(x).block_until_ready(), reps=5)
-    return batch, x, adv, floor
-
-
-def bench_ours(kind, n, d, x, adv):
-    t0 = time.perf_counter()
-    s = sk.make(kind, jax.random.key(0), n, d)
-    jax.block_until_ready(s.state)
-    make_s = time.perf_counter() - t0
+    _, floor = timed(lambda: read(x).block_until_ready(), reps=7)
     f = jax.jit(lambda s_, v: s_.apply(v))
-    y, first, warm = timed(lambda: f(s, x).block_until_ready())
-    ya = f(s, adv)
-    return dict(make_s=make_s, first_s=first, warm_s=warm, distortion=distortion(y, x),
-                adversarial=distortion(ya, adv), state_floats=s.state_size)
+    rows = []
+    for label, (kind, opts) in VARIANTS.items():
+        s = sk.make(kind, jax.random.key(0), n, d, **opts)
+        first, warm = timed(lambda: f(s, x).block_until_ready())
+        y = np.asarray(f(s, x), np.float64)
+        dist = float(np.max(np.abs((y**2).sum(-1) / np.asarray((x.astype(jnp.float64) ** 2).sum(-1)) - 1)))
+        rows.append(dict(method=label, log2_dim_in=log_n, log2_dim_out=log_d, batch=batch, first_s=first,
+                         warm_s=warm, floor_s=floor, x_floor=warm / floor, distortion=dist))
+        print(rows[-1], flush=True)
+    return rows
 
 
-def bench_dense_jax(n, d, x, adv):
-    s = sk.make("dense", jax.random.key(0), n, d, materialize_max=0)
+def time_against_dim(log_n=16, log_dims=(10, 12, 14, 16), budget=30.0):
+    n = 1 << log_n
+    x = jax.random.normal(jax.random.key(1), (8, n), jnp.float32)
     f = jax.jit(lambda s_, v: s_.apply(v))
-    y, first, warm = timed(lambda: f(s, x).block_until_ready(), reps=1)
-    return dict(first_s=first, warm_s=warm, distortion=distortion(y, x), adversarial=distortion(f(s, adv), adv))
-
-
-def bench_trak(n, d, x, adv):
-    import torch
-    from trak.projectors import BasicProjector, ProjectionType
-
-    torch.set_num_threads(2)
-    proj = BasicProjector(n, d, seed=0, proj_type=ProjectionType.normal, device=torch.device("cpu"))
-    xt, at = torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(adv))
-    scale = 1.0 / np.sqrt(d)  # BasicProjector is unscaled: entries N(0, 1)
-    y, first, warm = timed(lambda: proj.project(xt, model_id=0), reps=1)
-    return dict(first_s=first, warm_s=warm, distortion=distortion(y.numpy() * scale, x),
-                adversarial=distortion(proj.project(at, model_id=0).numpy() * scale, adv))
-
-
-def bench_sklearn(kind, n, d, x, adv):
-    from sklearn import random_projection
-
-    cls = random_projection.GaussianRandomProjection if kind == "gaussian" else random_projection.SparseRandomProjection
-    xn, an = np.asarray(x), np.asarray(adv)
-    t0 = time.perf_counter()
-    proj = cls(n_components=d, random_state=0).fit(xn[:1])
-    fit = time.perf_counter() - t0
-    y, first, warm = timed(lambda: proj.transform(xn), reps=1)
-    return dict(fit_s=fit, first_s=first + fit, warm_s=warm, distortion=distortion(y, xn),
-                adversarial=distortion(proj.transform(an), an))
-
-
-def fwht_layouts(n=1 << 20, batch=4):
-    x = jnp.ones((batch, n), jnp.float32)
     out = {}
-    for b in (2, 4, 8, 16, 32, 64, 256, 1024):
-        f = jax.jit(lambda v, b=b: fwht(v, b))
-        _, first, warm = timed(lambda: f(x).block_until_ready())
-        out[b] = dict(first_s=first, warm_s=warm)
-    return out
+    for kind in ("dense", "affd", "qk"):
+        out[kind] = {}
+        for log_d in log_dims:
+            d = 1 << log_d
+            if kind == "dense" and out[kind] and max(out[kind].values()) * d / (1 << max(int(k) for k in out[kind])) > budget:
+                out[kind][str(log_d)] = None  # estimated past the budget (linear in D)
+                continue
+            s = sk.make(kind, jax.random.key(0), n, d, **({"materialize_max": 0} if kind == "dense" else {}))
+            _, warm = timed(lambda: f(s, x).block_until_ready(), reps=1 if kind == "dense" else 3)
+            out[kind][str(log_d)] = warm
+        print(kind, out[kind], flush=True)
+    return dict(log2_dim_in=log_n, batch=8, seconds=out)
 
 
-def per_example_cost(d=1 << 12):
-    """Per-example gradients of a ~300k-parameter MLP on 256 examples, with and without sketching."""
+def _mlp():
     from flax import nnx
 
     from workbench import data as wd
     from workbench import models
-    from workbench import tree as tu
 
-    model = models.MLP(64, [512, 512], 10, rngs=nnx.Rngs(0))
-    fn = models.functional(model)
+    fn = models.functional(models.MLP(64, [512, 512], 10, rngs=nnx.Rngs(0)))
     data = wd.make_classification(jax.random.key(0), 256, 64, 10)
+    return fn, data
+
+
+def explicit_vs_implicit(d=1 << 12):
+    from workbench.sketch.gradients import implicit_grad_fn
+
+    fn, data = _mlp()
+    n = tu.size(fn.params)
+    out = dict(num_params=n, batch=256, dim_out=d)
+    for kind in ("fjl", "ffd", "affd", "afjl", "qk", "countsketch", "kronecker"):
+        s = sk.make(kind, jax.random.key(0), n, d)
+        exp = jax.jit(lambda s_, p, b: s_.apply_tree(jax.grad(fn.loss_fn)(p, b)))
+        imp = jax.jit(lambda s_, p, b: implicit_grad_fn(fn.loss_fn, s_, p)(b))
+        _, te = timed(lambda: exp(s, fn.params, data).block_until_ready())
+        _, ti = timed(lambda: imp(s, fn.params, data).block_until_ready())
+        err = float(jnp.max(jnp.abs(exp(s, fn.params, data) - imp(s, fn.params, data))))
+        out[kind] = dict(explicit_s=te, implicit_s=ti, implicit_over_explicit=ti / te, max_abs_diff=err)
+        print(kind, out[kind], flush=True)
+    return out
+
+
+def per_example_cost(d=1 << 12):
+    fn, data = _mlp()
     n = tu.size(fn.params)
 
     def ex_loss(p, ex):
         return fn.loss_fn(p, jax.tree.map(lambda a: a[None], ex))
 
-    # the per-example gradients themselves, materialised as [examples, n] (what any sketch must read)
     grads = jax.jit(lambda p, b: sk.ravel_leaves(jax.vmap(jax.grad(ex_loss), in_axes=(None, 0))(p, b), True))
-    _, g_first, g_warm = timed(lambda: jax.block_until_ready(grads(fn.params, data)))
-    out = dict(num_params=n, examples=256, grads_only_s=g_warm, grads_first_s=g_first, dim_out=d)
-    for kind in ("srht", "affd", "afjl", "qk", "countsketch", "qk_per_leaf"):
-        s = sk.for_params("qk", jax.random.key(0), fn.params, d) if kind == "qk_per_leaf" else sk.make(kind, jax.random.key(0), n, d)
+    _, g_warm = timed(lambda: jax.block_until_ready(grads(fn.params, data)))
+    out = dict(num_params=n, examples=256, grads_only_s=g_warm, dim_out=d)
+    for kind in ("affd", "afjl", "qk", "ffd", "fjl", "countsketch", "kronecker_per_leaf"):
+        s = (sk.for_params("kronecker", jax.random.key(0), fn.params, d) if kind == "kronecker_per_leaf"
+             else sk.make(kind, jax.random.key(0), n, d))
         f = jax.jit(lambda s_, p, b: s_.apply_tree(jax.vmap(jax.grad(ex_loss), in_axes=(None, 0))(p, b), batched=True))
-        _, first, warm = timed(lambda: f(s, fn.params, data).block_until_ready())
-        out[kind] = dict(warm_s=warm, first_s=first, overhead=warm / g_warm - 1)
+        _, warm = timed(lambda: f(s, fn.params, data).block_until_ready())
+        out[kind] = dict(warm_s=warm, overhead=warm / g_warm - 1)
+        print(kind, out[kind], flush=True)
     return out
+
+
+def peak_memory(log_n=22, log_d=12):
+    n, d = 1 << log_n, 1 << log_d
+    x = jax.ShapeDtypeStruct((1, n), jnp.float32)
+    out = {}
+    for kind in MEMORY_KINDS:
+        s = sk.make(kind, jax.random.key(0), n, d)
+        compiled = jax.jit(lambda s_, v: s_.apply(v)).lower(s, x).compile()
+        m = compiled.memory_analysis()
+        total = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
+        out[kind] = dict(state_mb=sum(int(a.nbytes) for a in jax.tree.leaves(s.state) if hasattr(a, "nbytes")) / 2**20,
+                         temp_mb=m.temp_size_in_bytes / 2**20, total_mb=total / 2**20)
+        print(kind, out[kind], flush=True)
+    return dict(log2_dim_in=log_n, log2_dim_out=log_d, kinds=out)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="only dim_in = 2^16")
-    ap.add_argument("--only", default="", help="comma list of sections to rerun into the existing "
-                    "results: trak (TRAK rows at n=2^16), ours (our kinds at n=2^20, 2^22), per_example, layouts")
-    ap.add_argument("--budget", type=float, default=40.0, help="skip a peer whose estimate exceeds this (s)")
+    ap.add_argument("--quick", action="store_true", help="N = 2^16 for throughput, skip time-vs-D and per-example")
     args = ap.parse_args()
-    global GEN_RATE
     RESULTS.mkdir(exist_ok=True)
-    # dense on-the-fly cost is dominated by drawing D*n Gaussians: measure the rate once
-    s = sk.make("dense", jax.random.key(0), 1 << 16, 1 << 10, materialize_max=0)
-    f = jax.jit(lambda s_, v: s_.apply(v))
-    v = jnp.ones((1, 1 << 16), jnp.float32)
-    _, _, w = timed(lambda: f(s, v).block_until_ready())
-    GEN_RATE = (1 << 26) / w
-    if args.only:
-        return rerun(args.only.split(","))
-    rows, skipped = [], []
-    dims_in = [16] if args.quick else [16, 20, 22]
-    for log_n in dims_in:
-        n = 1 << log_n
-        batch, x, adv, floor = inputs_and_floor(n)
-        for log_d in (10, 12, 14):
-            d = 1 << log_d
-            base = dict(log2_dim_in=log_n, log2_dim_out=log_d, batch=batch, floor_s=floor)
-            for kind in OURS:
-                try:
-                    r = bench_ours(kind, n, d, x, adv)
-                    rows.append({**base, "method": kind, **r})
-                except Exception as e:  # noqa: BLE001 - record and go on
-                    skipped.append(f"{kind} n=2^{log_n} D=2^{log_d}: {type(e).__name__}: {e}")
-                print(rows[-1], flush=True)
-            est = n * d / GEN_RATE
-            if est > args.budget:
-                skipped.append(f"dense JAX / TRAK / sklearn-gaussian n=2^{log_n} D=2^{log_d}: "
-                               f"estimated {est:.0f} s per call > budget {args.budget:.0f} s")
-            else:
-                for name, fn in (("dense_jax_on_the_fly", lambda: bench_dense_jax(n, d, x, adv)),
-                                 ("trak_basic_projector", lambda: bench_trak(n, d, x, adv)),
-                                 ("sklearn_gaussian", lambda: bench_sklearn("gaussian", n, d, x, adv))):
-                    try:
-                        rows.append({**base, "method": name, **fn()})
-                        print(rows[-1], flush=True)
-                    except Exception as e:  # noqa: BLE001
-                        skipped.append(f"{name} n=2^{log_n} D=2^{log_d}: {type(e).__name__}: {e}")
-            if n * d / 1e9 * 20 < args.budget:  # sparse sklearn: ~ sqrt(n) * d nonzeros
-                try:
-                    rows.append({**base, "method": "sklearn_sparse", **bench_sklearn("sparse", n, d, x, adv)})
-                    print(rows[-1], flush=True)
-                except Exception as e:  # noqa: BLE001
-                    skipped.append(f"sklearn_sparse n=2^{log_n} D=2^{log_d}: {type(e).__name__}: {e}")
-            _write(rows, skipped, None, None)
-    layouts = fwht_layouts()
-    pe = per_example_cost()
-    _write(rows, skipped, layouts, pe)
-
-
-def rerun(sections):
-    """Rerun some sections and merge them into benchmarks/results/sketch.json."""
-    global GEN_RATE
-    old = json.loads((RESULTS / "sketch.json").read_text())
-    GEN_RATE = old["env"]["dense_gen_rate_per_s"]
-    rows, skipped = old["rows"], old["skipped"]
-    layouts, pe = old.get("fwht_layouts"), old.get("per_example")
-    if "trak" in sections:
-        import torch  # noqa: F401  (a first import inside the sweep once failed half-way; import up front)
-
-        for log_d in (10, 12):
-            n, d = 1 << 16, 1 << log_d
-            x, adv = inputs(n, 32)
-            floor = next(r["floor_s"] for r in rows if r["log2_dim_in"] == 16)
-            rows = [r for r in rows if not (r["method"] == "trak_basic_projector" and r["log2_dim_out"] == log_d and r["log2_dim_in"] == 16)]
-            rows.append(dict(log2_dim_in=16, log2_dim_out=log_d, batch=32, floor_s=floor,
-                             method="trak_basic_projector", **bench_trak(n, d, x, adv)))
-        skipped = [s for s in skipped if not s.startswith("trak_basic_projector n=2^16")]
-    if "ours" in sections:  # our kinds (and the floor) at dim_in 2^20 and 2^22, no dense peers
-        for log_n in (20, 22):
-            n = 1 << log_n
-            batch, x, adv, floor = inputs_and_floor(n)
-            for log_d in (10, 12, 14):
-                base = dict(log2_dim_in=log_n, log2_dim_out=log_d, batch=batch, floor_s=floor)
-                for kind in OURS:
-                    rows = [r for r in rows if not (r["method"] == kind and r["log2_dim_in"] == log_n
-                                                    and r["log2_dim_out"] == log_d)]
-                    rows.append({**base, "method": kind, **bench_ours(kind, n, 1 << log_d, x, adv)})
-        for r in rows:  # peers at these sizes keep their old floor only if measured then
-            if r["log2_dim_in"] in (20, 22) and r["method"] not in OURS:
-                r["floor_s"] = next(q["floor_s"] for q in rows if q["log2_dim_in"] == r["log2_dim_in"] and q["method"] in OURS)
-    if "layouts" in sections:
-        layouts = fwht_layouts()
-    if "per_example" in sections:
-        pe = per_example_cost()
-    _write(rows, skipped, layouts, pe)
-
-
-def _write(rows, skipped, layouts, per_example):
+    t0 = time.time()
+    res = dict(throughput=throughput(16 if args.quick else 20, 12))
+    res["peak_memory"] = peak_memory()
+    res["explicit_vs_implicit"] = explicit_vs_implicit()
+    if not args.quick:
+        res["per_example"] = per_example_cost()
+        res["time_against_dim"] = time_against_dim()
     env = dict(python=sys.version.split()[0], jax=jax.__version__, machine=platform.machine(),
-               cpus=jax.local_device_count(), backend=jax.default_backend(),
-               dense_gen_rate_per_s=GEN_RATE)
-    (RESULTS / "sketch.json").write_text(json.dumps(
-        dict(env=env, rows=rows, skipped=skipped, fwht_layouts=layouts, per_example=per_example), indent=1))
-    lines = ["# Sketch throughput (CPU)", "",
-             f"JAX {env['jax']} on {env['backend']}; float32 inputs; warm = median wall time; "
-             "`xfloor` = warm time / single read of the input; distortion = max over the batch of "
-             "| ||Phi x||^2/||x||^2 - 1 |; adversarial = one vector with its mass in one 1024-block.", "",
-             "| log2 n | log2 D | batch | method | first call (s) | warm (ms) | GB/s | x floor | distortion | adversarial |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        gbs = r["batch"] * (1 << r["log2_dim_in"]) * 4 / r["warm_s"] / 1e9
-        lines.append(f"| {r['log2_dim_in']} | {r['log2_dim_out']} | {r['batch']} | {r['method']} | "
-                     f"{r['first_s']:.2f} | {r['warm_s'] * 1e3:.1f} | {gbs:.2f} | {r['warm_s'] / r['floor_s']:.0f} | "
-                     f"{r['distortion']:.3f} | {r['adversarial']:.3f} |")
-    if layouts:
-        lines += ["", "## FWHT layout (n = 2^20, batch 4)", "", "| block size | first call (s) | warm (ms) |", "|---|---|---|"]
-        lines += [f"| {b} | {v['first_s']:.2f} | {v['warm_s'] * 1e3:.1f} |" for b, v in layouts.items()]
-    if per_example:
-        pe = per_example
+               backend=jax.default_backend(), wall_s=time.time() - t0)
+    res["env"] = env
+    (RESULTS / "sketch.json").write_text(json.dumps(res, indent=1))
+    _write_md(res)
+
+
+def _write_md(res):
+    env = res["env"]
+    lines = ["# Sketch benchmarks (CPU)", "",
+             f"JAX {env['jax']} on {env['backend']}, float32. Measured once on the shared 2-core machine while "
+             "other jobs ran (load ~8): absolute times are noisy; ratios within one section are the result.", "",
+             "## Throughput, N = 2^20 -> D = 2^12", "",
+             "`x floor` = warm time / one read of the same input (`jnp.sum`); distortion = max over the batch of "
+             "| ||Phi x||^2/||x||^2 - 1 | on Gaussian inputs. [f=k]: Kronecker factors of at most k; [fft], [q]: "
+             "the pre-conditioner variants.", "",
+             "| kind | batch | first call (s) | warm (ms) | x floor | distortion |", "|---|---|---|---|---|---|"]
+    for r in res["throughput"]:
+        lines.append(f"| {r['method']} | {r['batch']} | {r['first_s']:.2f} | {r['warm_s'] * 1e3:.1f} | "
+                     f"{r['x_floor']:.1f} | {r['distortion']:.3f} |")
+    if res.get("time_against_dim"):
+        t = res["time_against_dim"]
+        dims = sorted({k for v in t["seconds"].values() for k in v}, key=int)
+        lines += ["", f"## Time against D (N = 2^{t['log2_dim_in']}, batch {t['batch']}; ms per apply)", "",
+                  "| kind | " + " | ".join(f"D = 2^{k}" for k in dims) + " |", "|---" * (len(dims) + 1) + "|"]
+        for kind, v in t["seconds"].items():
+            lines.append(f"| {kind}{' (on the fly)' if kind == 'dense' else ''} | " + " | ".join(
+                "skipped (> budget)" if v.get(k) is None else f"{v[k] * 1e3:.1f}" for k in dims) + " |")
+    e = res["explicit_vs_implicit"]
+    lines += ["", f"## Explicit vs implicit ({e['num_params']} params, gradient of a batch of {e['batch']}, D = {e['dim_out']})", "",
+              "| kind | explicit (ms) | implicit (ms) | implicit / explicit | max abs diff |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {v['explicit_s'] * 1e3:.1f} | {v['implicit_s'] * 1e3:.1f} | {v['implicit_over_explicit']:.2f} | {v['max_abs_diff']:.1e} |"
+              for k, v in e.items() if isinstance(v, dict)]
+    if res.get("per_example"):
+        pe = res["per_example"]
         lines += ["", f"## Per-example gradients + sketch ({pe['num_params']} params, {pe['examples']} examples, D = {pe['dim_out']})",
                   "", f"Gradients alone: {pe['grads_only_s'] * 1e3:.1f} ms warm.", "",
                   "| kind | warm (ms) | overhead vs gradients alone |", "|---|---|---|"]
         lines += [f"| {k} | {v['warm_s'] * 1e3:.1f} | {v['overhead'] * 100:.0f}% |" for k, v in pe.items() if isinstance(v, dict)]
-    if skipped:
-        lines += ["", "## Skipped", ""] + [f"- {s}" for s in skipped]
+    m = res["peak_memory"]
+    lines += ["", f"## Peak memory of `apply` on one vector, N = 2^{m['log2_dim_in']}, D = 2^{m['log2_dim_out']} "
+              "(XLA compiled memory analysis; the input alone is 16 MiB)", "",
+              "| kind | random state (MiB) | temporaries (MiB) | arguments + temporaries + output (MiB) |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['state_mb']:.1f} | {v['temp_mb']:.1f} | {v['total_mb']:.1f} |" for k, v in m["kinds"].items()]
+    lines += ["", f"Total wall time {env['wall_s']:.0f} s."]
     (RESULTS / "sketch.md").write_text("\n".join(lines) + "\n")
 
 

@@ -106,10 +106,10 @@ def test_raw_gradients_without_a_sketch(problem, tmp_path):
         sk.per_example_gradients(fn.loss_fn, fn.params, data, None, store=tmp_path / "x.zarr")
 
 
-def test_per_leaf_qk_matches_the_raveled_gradients(problem, key, tmp_path):
+def test_per_leaf_kronecker_matches_the_raveled_gradients(problem, key, tmp_path):
     """The per-leaf path (no concatenation) gives Phi applied to each raveled gradient."""
     fn, data = problem
-    s = sk.for_params("qk", key, fn.params, 12)
+    s = sk.for_params("kronecker", key, fn.params, 12)
     assert s.options["leaf_shapes"] == tuple(tuple(leaf.shape) for leaf in jax.tree.leaves(fn.params))
     got = sk.per_example_gradients(fn.loss_fn, fn.params, data, s, batch_size=5)
     grad = jax.jit(jax.grad(fn.loss_fn))

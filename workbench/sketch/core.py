@@ -155,7 +155,8 @@ def _as_key(key) -> jax.Array:
 def make(kind: str, key: jax.Array, dim_in: int, dim_out: int, **options) -> Sketch:
     """A random sketch Phi: R^dim_in -> R^dim_out of the given kind (see `KINDS`).
 
-    Kinds: dense, countsketch, srht, fjl, ffd, affd, afjl, qk. Each is scaled so that
+    Kinds: the paper's fjl, ffd, affd, afjl, qk (`PAPER_KINDS`) and our dense, countsketch, srht,
+    kronecker. Each is scaled so that
     E||Phi x||^2 = ||x||^2; `transpose` is the exact adjoint; the same key gives the same map.
     Options per kind are listed in `workbench.sketch.describe(kind)`; unknown ones are refused.
     """
@@ -182,13 +183,13 @@ def make(kind: str, key: jax.Array, dim_in: int, dim_out: int, **options) -> Ske
 
 
 def for_params(kind: str, key: jax.Array, params: PyTree, dim_out: int, **options) -> Sketch:
-    """A sketch of the raveled `params` tree (dim_in = its size); for `qk` one Kronecker sketch
-    per leaf (`leaf_shapes`), so `apply_tree` on per-example gradients never concatenates them."""
+    """A sketch of the raveled `params` tree (dim_in = its size); for `kronecker` one Kronecker
+    pair per leaf (`leaf_shapes`), so `apply_tree` on per-example gradients never concatenates them."""
     leaves = jax.tree.leaves(params)
     if not leaves:
         raise ValueError("for_params: params has no leaves")
     dim_in = sum(int(jnp.size(leaf)) for leaf in leaves)
-    if kind == "qk" and "leaf_shapes" not in options:
+    if kind == "kronecker" and "leaf_shapes" not in options:
         options = {**options, "leaf_shapes": tuple(tuple(jnp.shape(leaf)) for leaf in leaves)}
     return make(kind, key, dim_in, dim_out, **options)
 

@@ -25,7 +25,7 @@ from workbench.numerics import check_positive_int
 from workbench.sketch.core import make
 from workbench.train import optimize
 
-NESTED_KINDS = ("dense", "srht", "ffd", "affd")
+NESTED_KINDS = ("dense", "srht", "affd", "afjl")  # a prefix of rows of one is one of the same kind
 
 
 class IntrinsicResult(NamedTuple):

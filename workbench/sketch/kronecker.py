@@ -1,4 +1,9 @@
-"""QK: a Kronecker-product sketch applied mode by mode to the input viewed as a tensor.
+"""`kronecker` (ours, not the paper's QK): a Kronecker product of small i.i.d. Gaussian factors,
+applied mode by mode to the input viewed as a tensor, over the whole vector or one pair per params
+leaf. (The paper's QK, `workbench.sketch.qk`, uses Haar-orthogonal factors, a greedy split of N
+and truncation to the first D; this kind is the Lotfi et al. style projection with balanced
+factors, kept because its per-leaf form sketches per-example gradients at the cost of the
+gradients themselves.)
 
 The input is zero-padded to N = n_1 * ... * n_k and viewed as a tensor X [n_1, ..., n_k];
 Phi = Q_1 (x) ... (x) Q_k with independent Q_i [D_i, n_i] of i.i.d. N(0, 1/D_i) (or +-1/sqrt(D_i))
@@ -113,15 +118,15 @@ def _kronecker_transpose(y, mats, size):
 def _init_leaves(key, n, d, opts):
     shapes = tuple(tuple(int(v) for v in shape) for shape in opts["leaf_shapes"])
     if int(opts["factors"]) != 2 or opts["dims_in"] is not None:
-        raise ValueError("qk sketch: leaf_shapes sketches each leaf as a matrix; it needs factors=2 and no dims_in")
+        raise ValueError("kronecker sketch: leaf_shapes sketches each leaf as a matrix; it needs factors=2 and no dims_in")
     sizes = [int(np.prod(shape)) for shape in shapes]
     if sum(sizes) != n:
-        raise ValueError(f"qk sketch: leaf_shapes {shapes} hold {sum(sizes)} scalars but dim_in={n}")
+        raise ValueError(f"kronecker sketch: leaf_shapes {shapes} hold {sum(sizes)} scalars but dim_in={n}")
     dims_out = tuple(opts["dims_out"]) if opts["dims_out"] is not None else balanced_output_dims(d, 2)
     if len(dims_out) != 2 or int(np.prod(dims_out)) != d:
-        raise ValueError(f"qk sketch: dims_out {dims_out} must be two factors multiplying to dim_out={d}")
+        raise ValueError(f"kronecker sketch: dims_out {dims_out} must be two factors multiplying to dim_out={d}")
     if opts["dims_out"] is None and min(dims_out) == 1:
-        raise ValueError(f"qk sketch: dim_out={d} has no balanced factorisation without a width-1 factor "
+        raise ValueError(f"kronecker sketch: dim_out={d} has no balanced factorisation without a width-1 factor "
                          f"(got {dims_out}); pick dim_out with more divisors or pass dims_out")
     keys = jax.random.split(key, 2 * len(shapes))
     pairs = tuple(_draw_factors(keys[2 * i: 2 * i + 2], dims_out, leaf_matrix_shape(shape), opts["distribution"])
@@ -149,21 +154,21 @@ def _transpose_by_leaf(state, cfg, y):
 
 def _init(key, n, d, opts):
     if opts["distribution"] not in ("gaussian", "rademacher"):
-        raise ValueError(f"qk sketch: distribution must be 'gaussian' or 'rademacher', got {opts['distribution']!r}")
+        raise ValueError(f"kronecker sketch: distribution must be 'gaussian' or 'rademacher', got {opts['distribution']!r}")
     if opts["leaf_shapes"] is not None:
         return _init_leaves(key, n, d, opts)
     k = int(opts["factors"])
     if k < 1:
-        raise ValueError(f"qk sketch: factors must be >= 1, got {k}")
+        raise ValueError(f"kronecker sketch: factors must be >= 1, got {k}")
     dims_out = tuple(opts["dims_out"]) if opts["dims_out"] is not None else balanced_output_dims(d, k)
     dims_in = tuple(opts["dims_in"]) if opts["dims_in"] is not None else balanced_input_dims(n, len(dims_out))
     if int(np.prod(dims_out)) != d:
-        raise ValueError(f"qk sketch: dims_out {dims_out} must multiply to dim_out={d}")
+        raise ValueError(f"kronecker sketch: dims_out {dims_out} must multiply to dim_out={d}")
     if len(dims_in) != len(dims_out) or int(np.prod(dims_in)) < n:
-        raise ValueError(f"qk sketch: dims_in {dims_in} must have {len(dims_out)} factors with product >= dim_in={n}")
+        raise ValueError(f"kronecker sketch: dims_in {dims_in} must have {len(dims_out)} factors with product >= dim_in={n}")
     if opts["dims_out"] is None and len(dims_out) > 1 and min(dims_out) == 1:
         raise ValueError(
-            f"qk sketch: dim_out={d} has no balanced factorisation into {k} factors without a width-1 "
+            f"kronecker sketch: dim_out={d} has no balanced factorisation into {k} factors without a width-1 "
             f"factor (got {dims_out}); pick dim_out with more divisors, fewer factors, or pass dims_out"
         )
     mats = _draw_factors(jax.random.split(key, len(dims_out)), dims_out, dims_in, opts["distribution"])
@@ -182,6 +187,6 @@ def _transpose(state, cfg, y):
     return _kronecker_transpose(y, state["factors"], cfg["dim_in"])
 
 
-register("qk", Family(_init, _apply, _transpose,
+register("kronecker", Family(_init, _apply, _transpose,
                       {"factors": 2, "dims_in": None, "dims_out": None, "distribution": "gaussian",
                        "leaf_shapes": None}, __doc__, _apply_leaves))

@@ -1,31 +1,31 @@
-"""Hashing sketches: CountSketch, and the fast JL transforms FJL / AFJL (Hadamard + sparse Gaussian).
+"""Sparse sketches: CountSketch (ours) and the paper's FJL baseline (Ailon-Chazelle, eq. 2).
 
-- `countsketch` (Charikar et al.; Clarkson-Woodruff): (Phi x)_k = sum_{i: h(i)=k} s_i x_i with
-  h uniform in [D] and s_i = +-1. E||Phi x||^2 = ||x||^2 and
+- `countsketch` (Charikar et al.; Clarkson-Woodruff; not a paper kind): (Phi x)_k =
+  sum_{i: h(i)=k} s_i x_i with h uniform in [D] and s_i = +-1. E||Phi x||^2 = ||x||^2 and
   Var(||Phi x||^2) = (2/D)(||x||^4 - ||x||_4^4) <= 2||x||^4 / D. Any D (also D > dim_in).
-- `fjl` (Ailon-Chazelle fast JL with a sparse Gaussian projection): Phi = S H_N E, with E a
-  diagonal of random signs, H_N the orthonormal Walsh-Hadamard transform on the input zero-padded
-  to N = next power of two, and S a D x N column-sparse matrix: column j has `sparsity` = s
-  entries at rows h_1(j)..h_s(j) (uniform, independent) with values g_tj / sqrt(s), g ~ N(0, 1).
-  E S^T S = I, so E||Phi x||^2 = ||x||^2; with z = H E x,
-  Var(||Phi x||^2) <= (2/D)||z||^4 + (2/s) sum_j z_j^4, and the randomized Hadamard flattens z
-  (z_j^2 ~ ||x||^2/N) so the second term is O(||x||^4/(sN)).
-- `afjl` (the blocked "A" variant): the same with the Hadamard applied per block of width B
-  (padding to a multiple of B instead of a power of two, O(N log B) work):
-  Phi = S (I_{N/B} (x) H_B) E. Because every column of S is hashed independently, input mass
-  confined to one block still meets all D rows: with z flat over that block,
-  Var <= (2/D + 6/(s B)) ||x||^4, so the default B = next power of two >= D keeps it O(1/D).
-State: O(s N) ints and floats, never a D x N matrix.
+- `fjl` (the paper's FJL baseline, Ailon & Chazelle's fast JL transform): Phi = c G_s H_N B, with
+  B random signs, H_N the orthonormal Walsh-Hadamard transform on the input zero-padded to
+  N = next power of two, and G_s a sparse D x N Gaussian matrix with about D log^2 M non-zeros
+  (we take M = N, the input size, for the number of points the guarantee covers; option
+  `nonzeros`, default D * ceil(log2 N)^2, at most D N). The non-zeros are K = `nonzeros` i.i.d.
+  positions (row uniform in [D], column uniform in [N], repeats add: the Poissonised form of
+  "each entry non-zero with probability q = K/(DN)") with N(0, 1) values, and c = sqrt(N/K).
+  With z = H B x: E||G_s z||^2 = K ||z||^2 / N, so E||Phi x||^2 = ||x||^2; the randomized
+  Hadamard flattens z (z_j^2 ~ ||x||^2/N) so each row sees ~ log^2 N coordinates and the
+  distortion is that of a Gaussian sketch, ~ sqrt(2/D).
+State: O(N) for countsketch, O(N + K) for fjl (three K-long arrays), never a D x N matrix.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from workbench.sketch.core import Family, cast, pad_to, register
-from workbench.sketch.hadamard import block_fwht, fwht, next_power_of_two
+from workbench.sketch.hadamard import fwht, next_power_of_two
 
 # XLA's CPU scatter/gather moving whole rows of a [dim, batch] layout is ~5x faster than moving
 # single elements of [batch, dim] once the batch has a few vectors (measured in bench_sketch.py).
@@ -78,74 +78,37 @@ def _cs_transpose(state, cfg, y):
 register("countsketch", Family(_cs_init, _cs_apply, _cs_transpose, {}, __doc__))
 
 
-# --------------------------------------------------------------------------- fjl / afjl
 
 
-def _check_sparsity(s):
-    if not isinstance(s, int) or s < 1:
-        raise ValueError(f"sparsity must be a positive int, got {s!r}")
+# --------------------------------------------------------------------------- fjl (the paper's)
 
 
-def _hashed_gaussian(key, s, n_pad, d):
-    k1, k2 = jax.random.split(key)
-    rows = jax.random.randint(k1, (s, n_pad), 0, d, jnp.int32)
-    vals = jax.random.normal(k2, (s, n_pad), jnp.float32) * np.float32(1.0 / np.sqrt(s))
-    return rows, vals
+def default_nonzeros(n_pad: int, d: int) -> int:
+    return int(min(d * n_pad, d * max(1, math.ceil(math.log2(max(n_pad, 2)))) ** 2))
 
 
 def _fjl_init(key, n, d, opts):
-    _check_sparsity(opts["sparsity"])
     n_pad = next_power_of_two(n)
-    k1, k2 = jax.random.split(key)
-    rows, vals = _hashed_gaussian(k2, opts["sparsity"], n_pad, d)
-    signs = jax.random.rademacher(k1, (n_pad,), jnp.float32)
-    return {"signs": signs, "rows": rows, "vals": vals}, {
-        "padded": n_pad, "sparsity": opts["sparsity"], "fwht_block": opts["fwht_block"]}
+    k = opts["nonzeros"] if opts["nonzeros"] is not None else default_nonzeros(n_pad, d)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"fjl sketch: nonzeros must be a positive int, got {opts['nonzeros']!r}")
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    state = {"signs": jax.random.rademacher(k1, (n_pad,), jnp.float32),
+             "rows": jax.random.randint(k2, (1, k), 0, d, jnp.int32),
+             "cols": jax.random.randint(k3, (k,), 0, n_pad, jnp.int32),
+             "vals": jax.random.normal(k4, (1, k), jnp.float32) * np.float32(math.sqrt(n_pad / k))}
+    return state, {"padded": n_pad, "nonzeros": k, "fwht_block": opts["fwht_block"]}
 
 
 def _fjl_apply(state, cfg, x):
     z = fwht(pad_to(x, cfg["padded"]) * cast(state["signs"], x), cfg["fwht_block"])
-    return _scatter_add(z, state["rows"], state["vals"], cfg["dim_out"])
+    return _scatter_add(z[:, state["cols"]], state["rows"], state["vals"], cfg["dim_out"])
 
 
 def _fjl_transpose(state, cfg, y):
-    z = _gather(y, state["rows"], state["vals"])
+    u = _gather(y, state["rows"], state["vals"])  # [b, K]
+    z = jnp.zeros((y.shape[0], cfg["padded"]), y.dtype).at[:, state["cols"]].add(u)
     return (fwht(z, cfg["fwht_block"]) * cast(state["signs"], y))[:, : cfg["dim_in"]]
 
 
-register("fjl", Family(_fjl_init, _fjl_apply, _fjl_transpose,
-                       {"sparsity": 1, "fwht_block": None}, __doc__))
-
-
-def blocked_width(n: int, d: int, block: int | None) -> int:
-    """Block width B of the A-variants: max(block, next pow2 >= D), at most next pow2 >= n."""
-    if block is not None and (block < 1 or block & (block - 1)):
-        raise ValueError(f"block must be a power of two, got {block!r}")
-    width = max(block or 1, next_power_of_two(d))
-    return min(width, next_power_of_two(n))
-
-
-def _afjl_init(key, n, d, opts):
-    _check_sparsity(opts["sparsity"])
-    width = blocked_width(n, d, opts["block"])
-    n_pad = -(-n // width) * width
-    k1, k2 = jax.random.split(key)
-    rows, vals = _hashed_gaussian(k2, opts["sparsity"], n_pad, d)
-    signs = jax.random.rademacher(k1, (n_pad,), jnp.float32)
-    return {"signs": signs, "rows": rows, "vals": vals}, {
-        "padded": n_pad, "block": width, "sparsity": opts["sparsity"], "fwht_block": opts["fwht_block"]}
-
-
-def _afjl_apply(state, cfg, x):
-    z = block_fwht(pad_to(x, cfg["padded"]) * cast(state["signs"], x), cfg["block"], cfg["fwht_block"])
-    return _scatter_add(z, state["rows"], state["vals"], cfg["dim_out"])
-
-
-def _afjl_transpose(state, cfg, y):
-    z = _gather(y, state["rows"], state["vals"])
-    z = block_fwht(z, cfg["block"], cfg["fwht_block"]) * cast(state["signs"], y)
-    return z[:, : cfg["dim_in"]]
-
-
-register("afjl", Family(_afjl_init, _afjl_apply, _afjl_transpose,
-                        {"sparsity": 1, "block": None, "fwht_block": None}, __doc__))
+register("fjl", Family(_fjl_init, _fjl_apply, _fjl_transpose, {"nonzeros": None, "fwht_block": None}, __doc__))

@@ -11,6 +11,11 @@ Store layout (a zarr v3 group at PATH):
   never rewritten, so an interrupted run resumes where it stopped and a repeated run is a no-op.
 The group itself is created in a temporary directory and renamed into place, so a half-created
 store never exists.
+
+Format 2 (issue 17): the kinds fjl, ffd, affd, afjl and qk were rebuilt as the paper defines them,
+so a format-1 store written by one of them holds sketches of a map no kind computes any more. It
+is refused (reading and resuming) with a message naming the change (`CHANGED_KINDS`); format-1
+stores of the unchanged kinds (dense, countsketch, srht) are still read and resumed.
 """
 
 from __future__ import annotations
@@ -30,11 +35,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench import tree as tu
-from workbench.pergrad import sketched_per_example_grads
+from workbench.pergrad import example_loss, sketched_per_example_grads
 from workbench.sketch.core import Sketch
+from workbench.sketch.gradients import implicit_grad_fn
 
 STORE_ATTR = "workbench_sketch_store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# kind -> what it meant in format 1, and what to use now
+CHANGED_KINDS = {
+    "ffd": "a block-diagonal Fastfood (blocks of 1024) followed by row subsampling; 'ffd' is now the "
+           "paper's FFD (the transpose of the Fastfood feature map: a sum over input blocks of size D)",
+    "affd": "a sum of independent per-block Fastfoods with permutation gathers and random kept rows; "
+            "'affd' is now the paper's global R_D(sqrt(N/D) H^pi2 G H^pi1 B x)",
+    "afjl": "a blocked Hadamard followed by a hashed sparse Gaussian scatter; 'afjl' is now the "
+            "paper's R_D(sqrt(N/D) G H^pi1 B x)",
+    "qk": "a Kronecker product of i.i.d. Gaussian factors (balanced, per leaf through for_params), "
+          "now the kind 'kronecker'; 'qk' is now the paper's Haar-orthogonal QK truncated to the first D",
+    "fjl": "a Hadamard followed by a column-hashed sparse Gaussian (sparsity nonzeros per column); "
+           "'fjl' is now the paper's FJL with ~D log^2 N i.i.d. sparse Gaussian non-zeros",
+}
 DEFAULT_MAX_MEMORY_BYTES = 256 * 2**20
 
 
@@ -109,7 +128,22 @@ def open_store(path: str | Path, mode: str = "r") -> GradientStore:
     meta = dict(group.attrs.get(STORE_ATTR) or {})
     if not meta:
         raise ValueError(f"store: {path} is a zarr group but not a workbench gradient store")
+    check_format(meta, path)
     return GradientStore(group["sketches"], meta, path)
+
+
+def check_format(meta: dict, path) -> None:
+    """Refuse a store whose sketch kind has changed meaning since it was written (never reinterpret)."""
+    version = meta.get("format_version")
+    if version == FORMAT_VERSION:
+        return
+    kind = meta.get("kind")
+    if version == 1 and kind in CHANGED_KINDS:
+        raise ValueError(
+            f"store: {path} was written (format 1) by the old {kind!r} sketch, {CHANGED_KINDS[kind]}. "
+            f"Its sketches cannot be read as the new {kind!r}; recompute it into a new path")
+    if version != 1:
+        raise ValueError(f"store: {path} has format_version {version!r}; this workbench reads 1 (unchanged kinds) and {FORMAT_VERSION}")
 
 
 def _create_or_open(path: Path, meta: dict, explicit_chunk_rows: bool) -> GradientStore:
@@ -118,6 +152,8 @@ def _create_or_open(path: Path, meta: dict, explicit_chunk_rows: bool) -> Gradie
     if path.exists():
         store = open_store(path, mode="r+")
         old = store.metadata
+        if old.get("format_version") == 1:  # an unchanged kind (check_format refused the rest)
+            meta = {**meta, "format_version": 1}
         if not explicit_chunk_rows and old.get("chunk_rows") != meta["chunk_rows"]:
             meta = {**meta, "chunk_rows": old["chunk_rows"], "num_chunks": old["num_chunks"]}
         diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
@@ -149,9 +185,12 @@ def _create_or_open(path: Path, meta: dict, explicit_chunk_rows: bool) -> Gradie
     return open_store(path, mode="r+")
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _sketch_chunk(loss_fn, sketch, params, batch):
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _sketch_chunk(loss_fn, sketch, params, batch, method="explicit"):
     # module level and keyed on loss_fn: repeated calls (new sketches, params, chunks) reuse the compile
+    if method == "implicit":
+        grad_w = implicit_grad_fn(lambda p, z: example_loss(loss_fn, p, z), sketch, params)
+        return jax.vmap(grad_w)(batch)
     return sketched_per_example_grads(loss_fn, params, batch, sketch)
 
 
@@ -167,6 +206,7 @@ def per_example_gradients(
     callback: Callable[[int, np.ndarray], None] | None = None,
     progress: bool = False,
     shard: tuple[int, int] | None = None,
+    method: str = "explicit",
 ):
     """Sketched per-example gradients Phi grad_theta loss(theta, example_i) for every example.
 
@@ -180,10 +220,16 @@ def per_example_gradients(
     `sketch=None` returns the raw flattened gradients [n_data, n_params] (in memory only).
     `shard=(index, count)` (with `store`) computes only the chunks c with c % count == index, so
     `count` processes can fill one store together (see `workbench.distributed.gradient_store`).
+    `method="implicit"` sketches each gradient as d/dw loss(theta0 + Phi^T w, example) at w = 0
+    (`workbench.sketch.gradients`): the same numbers by another route (stores do not record it).
     """
     from tqdm.auto import tqdm
 
     n_params = tu.size(params)
+    if method not in ("explicit", "implicit"):
+        raise ValueError(f"method must be 'explicit' or 'implicit', got {method!r}")
+    if sketch is None and method == "implicit":
+        raise ValueError("method='implicit' needs a sketch")
     if sketch is None and store is not None:
         raise ValueError("store needs a sketch: raw gradients are returned in memory only")
     if shard is not None and (store is None or len(shard) != 2 or not 0 <= shard[0] < shard[1]):
@@ -218,7 +264,7 @@ def per_example_gradients(
     for c in tqdm(todo, disable=not progress, desc="per-example gradients"):
         lo, hi = c * batch_size, min(n, (c + 1) * batch_size)
         idx = np.minimum(np.arange(lo, lo + batch_size), n - 1)  # pad the last chunk: one compile
-        values = np.asarray(_sketch_chunk(loss_fn, sketch, params, jax.tree.map(lambda a, idx=idx: a[idx], data)))[: hi - lo]
+        values = np.asarray(_sketch_chunk(loss_fn, sketch, params, jax.tree.map(lambda a, idx=idx: a[idx], data), method))[: hi - lo]
         if callback is not None:
             callback(c, values)
         if gstore is None:

@@ -1,0 +1,273 @@
+"""The paper's AFFD and AFJL (Schioppa 2024, eqs. 6-7): one global N-point transform, no blocks.
+
+Notation: N = next power of two >= dim_in (the input is zero-padded to N), D = dim_out,
+B = diag of N random signs, G_v = diag of i.i.d. N(0, 1), R_D = keep the FIRST D coordinates.
+H_N is the orthonormal Walsh-Hadamard matrix applied as a Kronecker product of small Sylvester
+factors H_N = H_{f_1} (x) ... (x) H_{f_k} (N split greedily into factors of at most `max_factor`,
+the remainder first), i.e. one reshape and one small matmul per mode. The paper uses factors up to
+~1024 on accelerators; our default is 16, the fastest on CPU in `benchmarks/bench_sketch.py`
+(pass max_factor=1024 for the paper's layout). The factor size changes which permutations are
+drawn, not the properties below (exact unbiasedness, flat H^{pi2} entries), which the tests check
+at several factor sizes. The randomness that a
+Fastfood permutation provides is moved into the factors: H^{pi1} = (P_1 H_{f_1}) (x) ... permutes
+the ROWS of every factor and H^{pi2} = (H_{f_1} P'_1) (x) ... their COLUMNS (state: the sum of
+the factor sizes, no N-long index gather).
+
+- `affd`: Phi x = R_D( sqrt(N/D) H^{pi2} G_v H^{pi1} B x ).
+  H^{pi1} B flattens x, G_v randomises, H^{pi2} (entries +-1/sqrt(N)) spreads every coordinate
+  evenly, so E||Phi x||^2 = (N/D) D ||x||^2 / N = ||x||^2 exactly (any x). Theorem 3.2: failure
+  probability delta1 + 2 exp(-C eps^2 D / (4 log^2(2N/delta1))), distortion ~ log(N)/sqrt(D).
+- `afjl`: Phi x = R_D( sqrt(N/D) G_v H^{pi1} B x ): AFFD without the second transform, i.e. an
+  SRHT over all N coordinates (the first D rows of the row-permuted Hadamard) in which every kept
+  coordinate carries its own N(0, 1) weight. E_B (H B x)_i^2 = ||x||^2 / N and E g^2 = 1, so it is
+  unbiased; the Gaussian weights add variance (E g^4 = 3): about 4x a Gaussian sketch's on flat
+  inputs, which is why the paper's Table 6 needs ~4x the D of AFFD.
+Only the rows that survive R_D are computed: the leading Kronecker mode is applied with its
+first ceil(D / (N / f_1)) rows only.
+
+Pre-conditioner variants (the paper's Table 4, option `preconditioner`), replacing H^{pi1}:
+- "hadamard" (default): the row-permuted Kronecker Hadamard above.
+- "fft": the orthonormal real Fourier transform (cos/sin pairs of `jnp.fft.rfft`, norm "ortho",
+  laid out as [DC, Nyquist, Re_1, Im_1, Re_2, Im_2, ...] times sqrt 2 for the pairs). It is
+  orthogonal (transpose = inverse = `irfft`), and every input coordinate puts exactly D/N of its
+  energy into the first D rows (cos^2 + sin^2 = 1 per kept pair), so both kinds stay exactly
+  unbiased.
+- "q": a random Kronecker orthogonal matrix Q_{f_1} (x) ... (x) Q_{f_k}, each factor Haar (QR of
+  a Gaussian, sign-corrected), state sum f_i^2. Rows of a Haar factor are uniform on the sphere,
+  so E (Q B x)_i^2 = ||x||^2 / N and the kinds stay unbiased.
+The second transform of AFFD (H^{pi2}) is always the Kronecker Hadamard. `transpose` is the exact
+adjoint (every step is a matmul, a diagonal, an orthogonal FFT or a crop / zero-pad).
+Needs D <= N.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workbench.sketch.core import Family, cast, pad_to, register
+from workbench.sketch.hadamard import _hadamard_np, next_power_of_two
+
+
+def kron_apply(x, mats, dims):
+    """(M_1 (x) ... (x) M_k) x for x [b, prod dims] with M_i [r_i, dims_i] -> [b, prod r_i].
+
+    One einsum per mode on the [b, pre, f, post] view (as `fwht` does): no axis is moved, so a
+    mode costs one pass over the data and a small matmul, which is what a CPU does well."""
+    b = x.shape[0]
+    done, todo = [], list(dims)
+    y = x
+    for m in mats:
+        f = todo.pop(0)
+        pre, post = int(np.prod(done)) if done else 1, int(np.prod(todo)) if todo else 1
+        if post == 1:  # the contiguous mode: one [b pre, f] x [f, r] matmul
+            y = y.reshape(-1, f) @ m.T
+        else:
+            y = jnp.einsum("ij,bpjq->bpiq", m, y.reshape(b, pre, f, post))
+        done.append(m.shape[0])
+    return y.reshape(b, -1)
+
+
+def kron_apply_t(y, mats, dims):
+    """The adjoint of `kron_apply`: y [b, prod r_i] -> [b, prod dims]."""
+    b = y.shape[0]
+    rows = [m.shape[0] for m in mats]
+    z = y
+    for i, m in enumerate(mats):
+        pre = int(np.prod(dims[:i])) if i else 1
+        post = int(np.prod(rows[i + 1:])) if i + 1 < len(rows) else 1
+        if post == 1:
+            z = z.reshape(-1, rows[i]) @ m
+        else:
+            z = jnp.einsum("ji,bpjq->bpiq", m, z.reshape(b, pre, rows[i], post))
+    return z.reshape(b, -1)
+
+PRECONDITIONERS = ("hadamard", "fft", "q")
+DEFAULT_MAX_FACTOR = 16  # measured on CPU (bench_sketch.py); the paper uses factors up to ~1024 on accelerators
+
+
+def greedy_factors(n: int, cap: int) -> tuple[int, ...]:
+    """n = f_1 * ... * f_k (n, cap powers of two), every f_i = cap except the first (the remainder)."""
+    k, c = int(n).bit_length() - 1, int(cap).bit_length() - 1
+    if n < 1 or n & (n - 1) or cap < 2 or cap & (cap - 1):
+        raise ValueError(f"greedy_factors needs powers of two (cap >= 2), got n={n}, cap={cap}")
+    if k == 0:
+        return (1,)
+    rest = k % c
+    return ((1 << rest,) if rest else ()) + (cap,) * (k // c)
+
+
+def haar_orthogonal(key: jax.Array, n: int, rows: int | None = None) -> jax.Array:
+    """The first `rows` rows of a Haar-random n x n orthogonal matrix, [rows, n].
+
+    Gram-Schmidt (twice, for float32 stability) on `rows` i.i.d. Gaussian vectors in R^n: this is
+    the Q of the QR decomposition with a positive diagonal R, which is exactly Haar distributed,
+    and the first `rows` vectors only depend on the first `rows` Gaussian columns. Written with
+    matmuls in a `fori_loop` rather than LAPACK's QR, which deadlocked XLA's CPU runtime here when
+    many draws ran at once (a batched QR under `lax.map` waiting on OpenBLAS threads)."""
+    r = n if rows is None else int(rows)
+    g = jax.random.normal(key, (n, r), jnp.float32)
+    idx = jnp.arange(r)
+
+    def body(j, q):
+        v = g[:, j]
+        for _ in range(2):
+            v = v - q @ (jnp.where(idx < j, 1.0, 0.0).astype(q.dtype) * (q.T @ v))
+        return q.at[:, j].set(v / jnp.linalg.norm(v))
+
+    return jax.lax.fori_loop(0, r, body, jnp.zeros((n, r), jnp.float32)).T
+
+
+def _hadamard(f: int, dtype) -> jax.Array:
+    return jnp.asarray(_hadamard_np(f), dtype)
+
+
+def _first_rows(d: int, factors: tuple[int, ...]) -> int:
+    """How many rows of the leading factor the first d coordinates of the Kronecker output touch."""
+    return -(-d // (int(np.prod(factors)) // factors[0]))
+
+
+# ----------------------------------------------------------------------------- pre-conditioners
+
+
+def _real_fourier(x):
+    n = x.shape[-1]
+    if n == 1:
+        return x
+    z = jnp.fft.rfft(x, norm="ortho")
+    pairs = jnp.stack([z[:, 1:n // 2].real, z[:, 1:n // 2].imag], axis=-1).reshape(x.shape[0], -1)
+    sqrt2 = jnp.asarray(math.sqrt(2.0), x.dtype)
+    return jnp.concatenate([z[:, :1].real, z[:, n // 2:n // 2 + 1].real, sqrt2 * pairs], axis=-1).astype(x.dtype)
+
+
+def _real_fourier_t(y):
+    n = y.shape[-1]
+    if n == 1:
+        return y
+    half = y[:, 2:].reshape(y.shape[0], -1, 2) / jnp.asarray(math.sqrt(2.0), y.dtype)
+    zero = jnp.zeros_like(y[:, :1])
+    re = jnp.concatenate([y[:, :1], half[..., 0], y[:, 1:2]], axis=-1)
+    im = jnp.concatenate([zero, half[..., 1], zero], axis=-1)
+    z = jax.lax.complex(re, im)
+    return jnp.fft.irfft(z, n=n, norm="ortho").astype(y.dtype)
+
+
+def _pre_mats(state, cfg, dtype, rows=None):
+    """The Kronecker factors of H^{pi1} (rows permuted) or Q, the leading one cut to `rows` rows."""
+    if cfg["preconditioner"] == "q":
+        mats = [cast(q, jnp.zeros((), dtype)) for q in state["q_factors"]]
+    else:
+        mats = [_hadamard(f, dtype)[p] for f, p in zip(cfg["factors"], state["perm_rows"])]
+    if rows is not None:
+        mats[0] = mats[0][:rows]
+    return mats
+
+
+def _pre_scale(cfg, dtype):
+    return jnp.asarray(1.0 if cfg["preconditioner"] == "q" else 1.0 / math.sqrt(cfg["padded"]), dtype)
+
+
+def precondition(state, cfg, x, rows: int | None = None):
+    """The first `rows` coordinates (all when None) of P x, P = H^{pi1}, the real FFT or Q."""
+    if cfg["preconditioner"] == "fft":
+        z = _real_fourier(x)
+        return z if rows is None else z[:, :rows]
+    lead = None if rows is None else _first_rows(rows, cfg["factors"])
+    z = kron_apply(x, _pre_mats(state, cfg, x.dtype, lead), cfg["factors"]) * _pre_scale(cfg, x.dtype)
+    return z if rows is None else z[:, :rows]
+
+
+def precondition_t(state, cfg, y):
+    """P^T y for y [b, r] holding the first r coordinates (the rest zero)."""
+    n, r = cfg["padded"], y.shape[1]
+    if cfg["preconditioner"] == "fft":
+        return _real_fourier_t(pad_to(y, n))
+    lead = _first_rows(r, cfg["factors"]) if r < n else cfg["factors"][0]
+    t = pad_to(y, lead * (n // cfg["factors"][0]))
+    return kron_apply_t(t, _pre_mats(state, cfg, y.dtype, lead), cfg["factors"]) * _pre_scale(cfg, y.dtype)
+
+
+def _init_common(kind, key, n, d, opts, gauss_len):
+    n_pad = next_power_of_two(n)
+    if d > n_pad:
+        raise ValueError(f"{kind} sketch cannot map up: dim_out={d} exceeds the padded input size {n_pad}")
+    pre = opts["preconditioner"]
+    if pre not in PRECONDITIONERS:
+        raise ValueError(f"{kind} sketch: preconditioner must be one of {PRECONDITIONERS}, got {pre!r}")
+    cap = int(opts["max_factor"])
+    if cap < 2 or cap & (cap - 1):
+        raise ValueError(f"{kind} sketch: max_factor must be a power of two >= 2, got {opts['max_factor']!r}")
+    factors = greedy_factors(n_pad, cap)
+    k_sign, k_gauss, k_pre, k_post = jax.random.split(key, 4)
+    state = {"signs": jax.random.rademacher(k_sign, (n_pad,), jnp.float32),
+             "gauss": jax.random.normal(k_gauss, (gauss_len(n_pad, d),), jnp.float32)}
+    keys = jax.random.split(k_pre, len(factors))
+    if pre == "q":
+        state["q_factors"] = tuple(haar_orthogonal(kk, f) for kk, f in zip(keys, factors))
+    else:
+        state["perm_rows"] = tuple(jax.random.permutation(kk, f).astype(jnp.int32) for kk, f in zip(keys, factors))
+    cfg = {"padded": n_pad, "factors": factors, "preconditioner": pre, "max_factor": cap}
+    return state, cfg, k_post
+
+
+# ----------------------------------------------------------------------------- affd
+
+
+def _affd_init(key, n, d, opts):
+    state, cfg, k_post = _init_common("affd", key, n, d, opts, lambda n_pad, d: n_pad)
+    keys = jax.random.split(k_post, len(cfg["factors"]))
+    state["perm_cols"] = tuple(jax.random.permutation(kk, f).astype(jnp.int32) for kk, f in zip(keys, cfg["factors"]))
+    return state, cfg
+
+
+def _post_mats(state, cfg, dtype, rows):
+    mats = [_hadamard(f, dtype)[:, p] for f, p in zip(cfg["factors"], state["perm_cols"])]
+    mats[0] = mats[0][:rows]
+    return mats
+
+
+def _affd_apply(state, cfg, x):
+    n, d = cfg["padded"], cfg["dim_out"]
+    z = precondition(state, cfg, pad_to(x, n) * cast(state["signs"], x))
+    z = z * cast(state["gauss"], x)
+    lead = _first_rows(d, cfg["factors"])
+    t = kron_apply(z, _post_mats(state, cfg, x.dtype, lead), cfg["factors"])
+    return t[:, :d] * jnp.asarray(1.0 / math.sqrt(d), x.dtype)  # sqrt(N/D) / sqrt(N)
+
+
+def _affd_transpose(state, cfg, y):
+    n, d = cfg["padded"], cfg["dim_out"]
+    lead = _first_rows(d, cfg["factors"])
+    t = pad_to(y * jnp.asarray(1.0 / math.sqrt(d), y.dtype), lead * (n // cfg["factors"][0]))
+    z = kron_apply_t(t, _post_mats(state, cfg, y.dtype, lead), cfg["factors"]) * cast(state["gauss"], y)
+    return (precondition_t(state, cfg, z) * cast(state["signs"], y))[:, : cfg["dim_in"]]
+
+
+OPTIONS = {"preconditioner": "hadamard", "max_factor": DEFAULT_MAX_FACTOR}
+register("affd", Family(_affd_init, _affd_apply, _affd_transpose, dict(OPTIONS), __doc__))
+
+
+# ----------------------------------------------------------------------------- afjl
+
+
+def _afjl_init(key, n, d, opts):
+    state, cfg, _ = _init_common("afjl", key, n, d, opts, lambda n_pad, d: d)
+    return state, cfg
+
+
+def _afjl_apply(state, cfg, x):
+    n, d = cfg["padded"], cfg["dim_out"]
+    z = precondition(state, cfg, pad_to(x, n) * cast(state["signs"], x), rows=d)
+    return z * cast(state["gauss"], x) * jnp.asarray(math.sqrt(n / d), x.dtype)
+
+
+def _afjl_transpose(state, cfg, y):
+    n, d = cfg["padded"], cfg["dim_out"]
+    z = y * cast(state["gauss"], y) * jnp.asarray(math.sqrt(n / d), y.dtype)
+    return (precondition_t(state, cfg, z) * cast(state["signs"], y))[:, : cfg["dim_in"]]
+
+
+register("afjl", Family(_afjl_init, _afjl_apply, _afjl_transpose, dict(OPTIONS), __doc__))
