@@ -44,6 +44,7 @@
 #       num_draws: 10
 #       qk_factor: 256
 #       text_examples: 64
+#       text_log2_step: 1
 #       text_steps: 400
 #       timing_log2_dim_in: 16
 #       timing_log2_dims:
@@ -82,12 +83,12 @@ qk_factor: int = 64  # QK factor width B_i for the per-factor study (input size:
 hidden_size: int = 16  # digits MLP width (16 gives 1210 parameters: a cheap dense Hessian)
 train_steps: int = 300  # Adam steps for the digits MLP
 num_examples: int = 48  # per-example gradients used for the dot-product correlations
-text_examples: int = 32  # per-example gradients of the character-level transformer
-text_steps: int = 100  # Adam steps for the transformer
+text_examples: int = 16  # per-example gradients of the character-level transformer
+text_steps: int = 40  # Adam steps for the transformer
 num_draws: int = 5  # independent sketch draws per (kind, D) for the error bars
-text_log2_step: int = 2  # log2 D step for the transformer (1 in the full profile)
+text_log2_step: int = 3  # log2 D step for the transformer (1 in the full profile)
 timing_log2_dim_in: int = 14  # log2 N for time against D
-timing_log2_dims: list[int] = [8, 10, 12]  # log2 D for time against D
+timing_log2_dims: list[int] = [8, 12]  # log2 D for time against D
 seed: int = 0  # data split, initialisation and sketch seeds
 profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
 interactive: bool = False  # show the kind / D panel
