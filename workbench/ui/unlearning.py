@@ -24,6 +24,18 @@ def _guarded(fn: Callable, history: list) -> Callable:
     return run
 
 
+def _or_error(show: Callable[[Any], None]) -> Callable[[Any], None]:
+    """`show` for a result, or the error message in the panel when the call raised."""
+
+    def wrapped(result):
+        if isinstance(result, Exception):
+            print(f"error: {result}")
+            return
+        show(result)
+
+    return wrapped
+
+
 def unlearning_panel(fn: Callable[..., Any], methods=("gradient_ascent", "neggrad_plus", "scrub", "ssd",
                                                       "oracle_matching", "datamodel_matching")) -> Panel:
     """Method, forget set, strength (learning rate, or alpha for SSD) and steps for
@@ -39,10 +51,8 @@ def unlearning_panel(fn: Callable[..., Any], methods=("gradient_ascent", "neggra
         "num_steps": w.IntSlider(value=40, min=5, max=300, step=5, description="steps"),
     }
 
+    @_or_error
     def show(result):
-        if isinstance(result, Exception):
-            print(f"error: {result}")
-            return
         s, o = result.scores, result.oracle
         print(f"{'':12} forget  retain  held-out")
         print(f"{result.method:12} {s.forget_accuracy:6.3f}  {s.retain_accuracy:6.3f}  {s.test_accuracy:6.3f}")
@@ -73,10 +83,8 @@ def diffusion_panel(fn: Callable[..., Any], methods=("ascent", "remap", "remap_d
         "num_steps": w.IntSlider(value=200, min=20, max=1000, step=20, description="steps"),
     }
 
+    @_or_error
     def show(result):
-        if isinstance(result, Exception):
-            print(f"error: {result}")
-            return
         r = result.row
         print(f"{r.method}: forget-class acc {r.forget_accuracy:.3f}, retain acc {r.retain_accuracy:.3f}, "
               f"Frechet {r.frechet:.3f}; integrity pixel {r.integrity_pixel:.3f} (floor {r.floor_pixel:.3f}), "
