@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from workbench.experiments.timing import best_time
+
 RESULTS = Path(__file__).parent / "results"
 NOTES: set[str] = set()
 
@@ -35,16 +37,6 @@ def ott_version() -> str:
     import ott
 
     return ott.__version__
-
-
-def _best(fn, repeats=3):
-    out = fn()  # compile
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
 
 
 def worker(out_dir: str, examples: int, features: int, steps: int, ot_points: int, ot_steps: int) -> None:
@@ -61,7 +53,7 @@ def worker(out_dir: str, examples: int, features: int, steps: int, ot_points: in
     data = dist.shard_examples((x[blk], y[blk]))
     p0 = {"w": np.zeros(features), "b": np.zeros(())}
     run = lambda: dist.lbfgs(binary_loss, p0, data, l2=1e-3, num_steps=steps, tol=0.0, require_convergence=False)
-    r, sec = _best(run)
+    r, sec = best_time(run, warmup=True)
     fn = lambda p, d: jax.value_and_grad(lambda q: dist.objective_value(binary_loss, q, d, 1e-3))(p)
     lr_profile = dist.collective_bytes(fn, dist.replicate(p0, data.mesh), data)
     assert lr_profile.in_loops == 0, "a collective inside a loop: bytes/eval would be undercounted"
@@ -70,8 +62,8 @@ def worker(out_dir: str, examples: int, features: int, steps: int, ot_points: in
     xs, ys = point_clouds(0, ot_points)
     px = dist.shard_examples(xs[dist.local_block(ot_points)])
     py = dist.shard_examples(ys[dist.local_block(ot_points)])
-    ot, ot_sec = _best(lambda: dist.entropic_ot(px, py, 0.05, chunk_size=256, num_steps=ot_steps, tol=0.0,
-                                                require_convergence=False))
+    ot, ot_sec = best_time(lambda: dist.entropic_ot(px, py, 0.05, chunk_size=256, num_steps=ot_steps, tol=0.0,
+                                                require_convergence=False), warmup=True)
     start, args = dist.dual_problem(px, py, 0.05, 256)
     ot_profile = dist.collective_bytes(lambda p, a: jax.value_and_grad(dist.negative_dual)(p, a), start, args)
     assert ot_profile.in_loops == 0, "a collective inside a loop: bytes/eval would be undercounted"

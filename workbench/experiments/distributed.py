@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from workbench.experiments.timing import best_time
 
 RESULTS_FILE = "results.npz"
 
@@ -103,17 +104,6 @@ def binary_data(seed: int, n: int, d: int):
 # ----------------------------------------------------------------------------- the job (every process)
 
 
-def _timed(fn, repeats: int = 1):
-    """(result, seconds): a first call compiles, then the fastest of `repeats` timed calls."""
-    out = fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
-
-
 def _payload(loss_fn, params, data, l2=0.0) -> int:
     import jax
 
@@ -142,7 +132,7 @@ def job(out_dir: str | Path, config: JobConfig) -> None:
     blk = dist.local_block(len(x))
     data = dist.shard_examples((x[blk], y[blk]))
     p0 = {"w": np.zeros((x.shape[1], 10)), "b": np.zeros(10)}
-    r, sec = _timed(lambda: dist.lbfgs(softmax_loss, p0, data, l2=config.l2, num_steps=1000, tol=1e-12))
+    r, sec = best_time(lambda: dist.lbfgs(softmax_loss, p0, data, l2=config.l2, num_steps=1000, tol=1e-12), repeats=1, warmup=True)
     logits = np.asarray(test.x, np.float64) @ r.params["w"] + r.params["b"]
     res.update(clf_w=r.params["w"], clf_b=r.params["b"], clf_value=r.value, clf_steps=r.num_steps,
                clf_evals=r.num_evaluations, clf_seconds=sec, clf_examples=len(x),
@@ -154,7 +144,7 @@ def job(out_dir: str | Path, config: JobConfig) -> None:
     blk = dist.local_block(len(xr))
     data = dist.shard_examples((xr[blk], yr[blk]))
     q0 = {"w": np.zeros(config.regression_features)}
-    r, sec = _timed(lambda: dist.owlqn(squared_loss, q0, data, l1=config.l1, num_steps=1000))
+    r, sec = best_time(lambda: dist.owlqn(squared_loss, q0, data, l1=config.l1, num_steps=1000), repeats=1, warmup=True)
     res.update(l1_w=r.params["w"], l1_value=r.value, l1_steps=r.num_steps, l1_evals=r.num_evaluations,
                l1_seconds=sec, l1_true_w=w_true, l1_bytes_per_eval=_payload(squared_loss, q0, data))
 
@@ -162,7 +152,7 @@ def job(out_dir: str | Path, config: JobConfig) -> None:
     xs, ys = point_clouds(config.seed, config.ot_points)
     px = dist.shard_examples(xs[dist.local_block(len(xs))])
     py = dist.shard_examples(ys[dist.local_block(len(ys))])
-    r, sec = _timed(lambda: dist.entropic_ot(px, py, config.epsilon, chunk_size=config.ot_chunk, num_steps=5000))
+    r, sec = best_time(lambda: dist.entropic_ot(px, py, config.epsilon, chunk_size=config.ot_chunk, num_steps=5000), repeats=1, warmup=True)
     start, args = dist.ot.dual_problem(px, py, config.epsilon, config.ot_chunk)
     fn = lambda pot, a: jax.value_and_grad(dist.ot.negative_dual)(pot, a)
     res.update(ot_bytes_per_eval=profile.collective_bytes(fn, start, args).total)
@@ -177,9 +167,9 @@ def job(out_dir: str | Path, config: JobConfig) -> None:
         blk = dist.local_block(n)
         data = dist.shard_examples((xb[blk], yb[blk]))
         b0 = {"w": np.zeros(config.scaling_features), "b": np.zeros(())}
-        r, sec = _timed(lambda data=data, b0=b0: dist.lbfgs(
+        r, sec = best_time(lambda data=data, b0=b0: dist.lbfgs(
             binary_loss, b0, data, l2=1e-3, num_steps=config.scaling_steps, tol=0.0, require_convergence=False),
-            repeats=3)
+            repeats=3, warmup=True)
         per_step.append(sec / max(r.num_steps, 1))
     res.update(scaling_sizes=np.asarray(config.scaling_sizes), scaling_seconds_per_step=np.asarray(per_step))
 

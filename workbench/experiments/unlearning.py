@@ -18,6 +18,7 @@ from flax import nnx
 from workbench import train
 from workbench import unlearning as U
 from workbench.data import Dataset, load_digits
+from workbench.experiments.timing import best_time
 from workbench.models import MLP, functional
 from workbench.unlearning import diffusion as D
 from workbench.unlearning import evaluate as E
@@ -184,16 +185,6 @@ def calibrate_scale(setup: Setup, models, key: jax.Array, fraction: float = 0.05
 _MODEL_KEYS: dict = {}
 
 
-def _timed(fn, repeats: int = 3) -> tuple[Any, float]:
-    """(result, the fastest of `repeats` wall times): the minimum is the least noisy on a shared machine."""
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - t0)
-    return out, best
-
-
 def benchmark(kind: str = "random", num_models: int = 16, methods: Sequence[str] | None = None, seed: int = 0,
               options: dict | None = None, setup: Setup | None = None, fraction: float = 0.05,
               forget_class: int = 0, klom_estimator: str = "gaussian", calibrate: bool = True,
@@ -232,7 +223,7 @@ def benchmark(kind: str = "random", num_models: int = 16, methods: Sequence[str]
         elif name == "retrain":
             rkeys = jax.random.split(k_retrain, num_models)
             params = train_models(setup, retain, rkeys)
-            secs = _timed(lambda: train_models(setup, retain, rkeys))[1] / num_models  # noqa: B023 (called inside the loop)
+            secs = best_time(lambda: train_models(setup, retain, rkeys))[1] / num_models  # noqa: B023 (called inside the loop)
         else:
             o = opts[name]
             per_model = {"oracle_params": oracles} if name == "oracle_matching" else {}
@@ -240,13 +231,13 @@ def benchmark(kind: str = "random", num_models: int = 16, methods: Sequence[str]
             params = run().params
             if name == "datamodel_matching":
                 first = jax.tree.map(lambda a: a[0], originals)
-                _, t_targets = _timed(lambda: U.datamodel_targets(
+                _, t_targets = best_time(lambda: U.datamodel_targets(
                     setup.loss_fn, first, forget, retain, ukeys[0], predict_fn=setup.predict_fn,  # noqa: B023 (called inside the loop)
                     estimator=o.get("estimator", "arnoldi"), retain_sample=o.get("retain_sample", 256),  # noqa: B023 (called inside the loop)
                     estimator_options=o.get("estimator_options"), scale=o.get("scale", 1.0)).targets)  # noqa: B023 (called inside the loop)
                 secs = t_targets  # the matching is timed with oracle matching (the same fine-tuning)
             else:
-                secs = _timed(run)[1] / num_models
+                secs = best_time(run)[1] / num_models
         kl = E.klom(setup.predict_fn, params, oracles, forget, retain, test, estimator=klom_estimator)
         sc = E.stacked_scores(setup.predict_fn, params, forget, retain, test)
         mia = float(np.mean(E.stacked_mia(setup.predict_fn, params, forget, test)))
@@ -331,7 +322,7 @@ def ssd_sweep(kind: str = "class", alphas: Sequence[float] = (1, 2, 5, 10, 20), 
                 sel[i, j] = 0.0
                 continue
             if np.isnan(secs):
-                secs = _timed(lambda: U.ssd(setup.loss_fn, model, s.forget, s.retain, k_u, alpha=a, lam=lam).params)[1]  # noqa: B023 (called inside the loop)
+                secs = best_time(lambda: U.ssd(setup.loss_fn, model, s.forget, s.retain, k_u, alpha=a, lam=lam).params)[1]  # noqa: B023 (called inside the loop)
             sc = E.scores(setup.predict_fn, out.params, s.forget, s.retain, setup.test_data)
             sel[i, j], fa[i, j], ra[i, j], ta[i, j] = (float(out.selected), sc.forget_accuracy, sc.retain_accuracy,
                                                        sc.test_accuracy)
@@ -340,7 +331,7 @@ def ssd_sweep(kind: str = "class", alphas: Sequence[float] = (1, 2, 5, 10, 20), 
                             learning_rate=setup.learning_rate, num_steps=setup.num_steps,
                             batch_size=setup.batch_size).params
     jax.block_until_ready(run())
-    retrain_secs = _timed(run)[1]
+    retrain_secs = best_time(run)[1]
     oracles = train_models(setup, s.retain, jax.random.split(k_o, num_oracles))
     oracle = E.stacked_scores(setup.predict_fn, oracles, s.forget, s.retain, setup.test_data)
     oracle = type(oracle)(*[float(np.mean(v)) for v in oracle])
@@ -489,7 +480,7 @@ def explore(method: str = "gradient_ascent", kind: str = "class", strength: floa
         opts.update(learning_rate=float(strength), num_steps=int(num_steps))
     if method == "oracle_matching":
         opts["oracle_params"] = jax.tree.map(lambda a: a[0], oracles)
-    out, secs = _timed(lambda: U.METHODS[method](setup.loss_fn, model, s.forget, s.retain, k_u, **opts).params)
+    out, secs = best_time(lambda: U.METHODS[method](setup.loss_fn, model, s.forget, s.retain, k_u, **opts).params)
     sc = E.scores(setup.predict_fn, out, s.forget, s.retain, setup.test_data)
     oracle = E.stacked_scores(setup.predict_fn, oracles, s.forget, s.retain, setup.test_data)
     return Explored(method, sc, E.mia(setup.predict_fn, out, s.forget, setup.test_data), secs,
