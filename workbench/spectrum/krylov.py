@@ -123,12 +123,35 @@ def _power_jit(op, key, num_iters, tol):
 # ----------------------------------------------------------------------------- Krylov core
 
 
-def _orthogonalize(basis, w):
-    """Two passes of classical Gram-Schmidt against the rows of `basis` (zero rows are inert)."""
+def _orthogonalize(basis, w, active=None):
+    """Two passes of classical Gram-Schmidt against the rows of `basis` (zero rows are inert);
+    `active` (bool per row) masks rows that hold stale data, so a restart need not zero them."""
     h1 = basis @ w
+    h1 = h1 if active is None else jnp.where(active, h1, 0)
     w = w - h1 @ basis
     h2 = basis @ w
+    h2 = h2 if active is None else jnp.where(active, h2, 0)
     return w - h2 @ basis, h1 + h2
+
+
+_COLUMN_BLOCK = 1 << 14
+
+
+def _combine_rows_in_place(basis, coefficients):
+    """basis[:r] <- coefficients.T @ basis ([m + 1, r] coefficients), one column block at a time,
+    so the only temporary is a block instead of an [r, dim] copy (the basis dominates memory)."""
+    dim = basis.shape[1]
+
+    def update(basis, start, width):
+        block = jax.lax.dynamic_slice_in_dim(basis, start, width, axis=1)
+        return jax.lax.dynamic_update_slice(basis, coefficients.T @ block, (0, start))
+
+    width = min(_COLUMN_BLOCK, dim)
+    full = dim // width
+    basis = jax.lax.fori_loop(0, full, lambda i, b: update(b, i * width, width), basis)
+    if dim % width:
+        basis = update(basis, full * width, dim % width)
+    return basis
 
 
 def _hash_vector(seed, n: int, dtype):
@@ -146,15 +169,16 @@ def _extend(mv, basis, hess, finite, key, start, stop: int):
 
     def body(j, state):
         basis, hess, finite, key = state
+        active = jnp.arange(basis.shape[0]) <= j  # rows past j may be stale after a restart
         w = mv(basis[j])
         ok = jnp.all(jnp.isfinite(w))
         w = jnp.where(ok, w, jnp.zeros_like(w))
         scale = jnp.linalg.norm(w)
-        w, h = _orthogonalize(basis, w)
+        w, h = _orthogonalize(basis, w, active)
         beta = jnp.linalg.norm(w)
         def fresh(_):  # invariant subspace: continue from a new vector orthogonal to the basis
             r0 = _hash_vector(j.astype(dtype) + key.astype(dtype), w.shape[0], dtype)
-            r = _orthogonalize(basis, _orthogonalize(basis, r0)[0])[0]
+            r = _orthogonalize(basis, _orthogonalize(basis, r0, active)[0], active)[0]
             norm = jnp.linalg.norm(r)
             alive = norm > 1e-3 * jnp.linalg.norm(r0)  # else the basis already spans everything
             r = jnp.where(alive, r / jnp.where(alive, norm, 1), jnp.zeros_like(r))
@@ -313,17 +337,21 @@ def _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, true_residua
     basis, hess, finite, key = _start(op, key, m)
     dtype = basis.dtype
 
-    def restart(basis, hess, theta, s):
-        sk = s[:, kept]
-        new_basis = jnp.zeros_like(basis).at[:keep].set(sk.T @ basis[:m]).at[keep].set(basis[m])
+    first_keep = np.eye(m)[:, :keep]  # on the first pass the restart below keeps the basis as is
+
+    def restart(basis, hess, theta, s, first):
+        sk = jnp.where(first, first_keep.astype(dtype), s[:, kept])
+        # Rows 0..keep become the kept Ritz vectors and the residual row m; rows past keep stay
+        # stale (masked in `_extend`).
+        coefficients = jnp.zeros((m + 1, keep + 1), dtype).at[:m, :keep].set(sk).at[m, keep].set(1)
+        new_basis = _combine_rows_in_place(basis, coefficients)
         new_hess = jnp.zeros_like(hess).at[jnp.arange(keep), jnp.arange(keep)].set(theta[kept])
         return new_basis, new_hess.at[keep, :keep].set(hess[m] @ sk)
 
     def body(state):
         passes, basis, hess, finite, key, theta, s, _ = state
-        basis, hess = jax.lax.cond(
-            passes > 0, restart, lambda b, h, t, u: (b, h), basis, hess, theta, s
-        )
+        # No lax.cond: a cond's pass-through branch makes XLA copy the whole basis.
+        basis, hess = restart(basis, hess, theta, s, passes == 0)
         start = jnp.where(passes > 0, keep, 0)
         basis, hess, finite, key = _extend(op.mv, basis, hess, finite, key, start, m)
         theta, s = jnp.linalg.eigh(0.5 * (hess[:m] + hess[:m].T))
@@ -338,13 +366,12 @@ def _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, true_residua
 
     init = (0, basis, hess, finite, key, jnp.zeros(m, dtype), jnp.eye(m, dtype=dtype), False)
     passes, basis, hess, finite, _, theta, s, _ = jax.lax.while_loop(cond, body, init)
-    vectors = s[:, wanted].T @ basis[:m]
+    vectors = jnp.zeros((m + 1, k), dtype).at[:m].set(s[:, wanted]).T @ basis
     vectors = vectors / jnp.linalg.norm(vectors, axis=1, keepdims=True)
     values = theta[wanted]
     norm = jnp.max(jnp.abs(theta))
     if true_residuals:
-        products = jax.lax.map(op.mv, vectors)
-        residuals = jnp.linalg.norm(products - values[:, None] * vectors, axis=1)
+        residuals = jax.lax.map(lambda pair: jnp.linalg.norm(op.mv(pair[0]) - pair[1] * pair[0]), (vectors, values))
     else:  # from A V_m = V_{m+1} H: exact up to rounding with full reorthogonalization
         residuals = jnp.abs(hess[m] @ s[:, wanted])
     matvecs = m + (passes - 1) * (m - keep) + (k if true_residuals else 0)
