@@ -16,20 +16,14 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+from servers import REPO, Server, allow_root, free_port, status, wait_http
 
 from workbench import lab
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = {"steps": 60, "compare_learning_rates": [0.05], "interactive": True}  # tour in seconds
 FIGURES = "img, .js-plotly-plot, canvas"  # what a figure is on the page
 WIDGET_ERROR = "Error displaying widget"
@@ -51,57 +45,6 @@ def _chromium() -> str:
             pytest.fail(message + " (required on CI)")
         pytest.skip(message)
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"server did not answer {url} within {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-class Server:
-    """A server process in its own session, stopped by its PID (and its kernels with it)."""
-
-    def __init__(self, cmd: list[str], log: Path, cwd: Path):
-        env = dict(os.environ, PYTHONPATH=str(REPO), MPLBACKEND="module://matplotlib_inline.backend_inline")
-        self.log = log
-        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status
-    except urllib.error.HTTPError as err:
-        return err.code
-
-
-def _allow_root() -> list[str]:
-    return ["--allow-root"] if os.geteuid() == 0 else []
 
 
 @pytest.fixture(scope="module")
@@ -156,14 +99,14 @@ def _click_and_expect_figure(page, scope, name: str) -> None:
 def test_jupyterlab_runs_tour_and_its_panel(browser, tmp_path):
     folder = tmp_path / "lab"
     lab.prepare_copies(folder, ["tour"], parameters=SMALL, quiet=True)
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     server = Server([sys.executable, "-m", "jupyter", "lab", f"--config={REPO / 'jupyter' / 'lab_config.py'}",
                      f"--ServerApp.root_dir={folder}", f"--port={port}", "--no-browser",
-                     f"--IdentityProvider.token={token}", *_allow_root()], tmp_path / "lab.log", folder)
+                     f"--IdentityProvider.token={token}", *allow_root()], tmp_path / "lab.log", folder)
     try:
         base = f"http://127.0.0.1:{port}"
-        _wait_http(f"{base}/api/status?token={token}", server.proc, server.log)
-        assert _status(f"{base}/api/status") == 403, "JupyterLab answered without its token"
+        wait_http(f"{base}/api/status?token={token}", server.proc, server.log)
+        assert status(f"{base}/api/status") == 403, "JupyterLab answered without its token"
         page = browser.new_page(viewport={"width": 1300, "height": 900})
         page.goto(f"{base}/lab/tree/tour.ipynb?token={token}")
         page.locator(".jp-Notebook").first.wait_for(timeout=60_000)
@@ -184,11 +127,11 @@ def test_jupyterlab_runs_tour_and_its_panel(browser, tmp_path):
 def test_voila_app_of_tour_runs_its_panel(browser, tmp_path):
     folder = tmp_path / "workshop"
     lab.prepare_workshop(folder, ["tour"], overrides=SMALL)
-    port = _free_port()
+    port = free_port()
     server = Server(lab.voila_command(folder, port=port), tmp_path / "voila.log", folder)
     try:
         base = f"http://127.0.0.1:{port}"
-        _wait_http(f"{base}/", server.proc, server.log)
+        wait_http(f"{base}/", server.proc, server.log)
         page = browser.new_page(viewport={"width": 1300, "height": 900})
         page.goto(f"{base}/voila/render/tour.ipynb", timeout=120_000)
         _click_and_expect_figure(page, page.locator("body"), "voila-tour")
