@@ -40,18 +40,19 @@ lab-save: $(STAMP)
 
 # Every paper as a voila app with interactive=True (see the README's workshop guide).
 # make workshop WORKSHOP_IP=0.0.0.0 serves a classroom network; PAPERS="tour schedule_bounds"
-# serves only those; WORKSHOP_ARGS="--preheat" keeps an executed kernel ready per paper.
+# serves only those; PREHEAT=1 keeps one executed kernel ready per paper (start it early).
 WORKSHOP_IP ?= 127.0.0.1
 WORKSHOP_PORT ?= 8866
 WORKSHOP_ARGS ?=
 PAPERS ?=
+PREHEAT ?=
 WORKSHOP_STAMP := $(VENV)/.workshop
 $(WORKSHOP_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet --quiet -e '.[dev,workshop]'
 	@touch $(WORKSHOP_STAMP)
 
 workshop: $(WORKSHOP_STAMP)
-	$(BIN)/python -m workbench.lab workshop --serve --ip=$(WORKSHOP_IP) --port=$(WORKSHOP_PORT) $(WORKSHOP_ARGS) $(PAPERS)
+	$(BIN)/python -m workbench.lab workshop --serve --ip=$(WORKSHOP_IP) --port=$(WORKSHOP_PORT) $(if $(PREHEAT),--preheat) $(WORKSHOP_ARGS) $(PAPERS)
 
 workshop-clean:
 	rm -rf workshop

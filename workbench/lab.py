@@ -218,8 +218,9 @@ def voila_command(folder: Path, ip: str = "127.0.0.1", port: int = 8866, preheat
     """The voila command line serving every notebook in `folder` (a listing page, one app each)."""
     cmd = [sys.executable, "-m", "voila", str(folder), f"--Voila.ip={ip}", f"--port={port}",
            "--no-browser", "--show_tracebacks=True", "--theme=light"]
-    if preheat:
-        cmd += ["--preheat_kernel=True", "--pool_size=1"]
+    # A preheated kernel has executed the paper before the visitor comes; without one, the page
+    # shows each cell as it finishes (the two are exclusive in voila).
+    cmd += ["--preheat_kernel=True", "--pool_size=1"] if preheat else ["--progressive_rendering=True"]
     return cmd + list(extra or [])
 
 
