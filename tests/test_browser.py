@@ -33,6 +33,8 @@ INSTALL = "apt-get install chromium && pip install -e '.[dev]'"
 def _chromium() -> str:
     required = os.environ.get("CI", "").lower() in ("1", "true", "yes")
     path = os.environ.get("WORKBENCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is not None and not Path(path).is_file():
+        path = None
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
@@ -87,8 +89,13 @@ def _click_and_expect_figure(page, scope, name: str) -> None:
     _shot(page, f"{name}-before")
     before = _figures(scope)
     button.click()
-    page.wait_for_function(
-        "([sel, n]) => document.querySelectorAll(sel).length > n", arg=[FIGURES, before], timeout=90_000)
+    try:
+        page.wait_for_function(
+            "([sel, n]) => document.querySelectorAll(sel).length > n", arg=[FIGURES, before], timeout=90_000)
+    except Exception as err:  # playwright's TimeoutError
+        _shot(page, f"{name}-failure")
+        raise AssertionError(f"{name}: no new figure within 90 s of clicking {button.inner_text()!r}"
+                             f" ({before} before); page says: {page.inner_text('body')[-800:]}") from err
     page.wait_for_timeout(500)
     _shot(page, f"{name}-after")
     assert _figures(scope) > before
@@ -117,6 +124,7 @@ def test_jupyterlab_runs_tour_and_its_panel(browser, tmp_path):
         page.get_by_text("Run All Cells", exact=True).click()
         notebook = page.locator(".jp-Notebook").first
         _click_and_expect_figure(page, notebook, "lab-tour")
+        assert "Jupyter news" not in page.inner_text("body"), "the news announcement pop-up is shown"
         page.close()
     finally:
         server.stop()

@@ -186,6 +186,13 @@ def test_make_lab_command_line():
     assert "--config=jupyter/lab_config.py" in line and line.endswith("--port=9999 --no-browser")
     assert ("--allow-root" in line) == (os.geteuid() == 0)
     assert "python -m workbench.lab copies" in out
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("lab_config.py", str(REPO / "jupyter")).load_config()
+    assert Path(config.ServerApp.root_dir) == REPO / "lab" and config.ServerApp.ip == "127.0.0.1"
+    assert config.ContentsManager.pre_save_hook == "workbench.lab.pre_save"
+    ignored = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", "lab/tour.ipynb"])
+    assert ignored.returncode == 0, "lab/ must be git-ignored"
 
 
 def test_plotly_figures_share_one_plotlyjs(tmp_path, monkeypatch):
