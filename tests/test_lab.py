@@ -30,7 +30,9 @@ WIDGET_OUTPUT = {"output_type": "display_data", "metadata": {},
 
 
 def _git_status() -> str:
-    return subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=all"],
+    """What git sees of the papers and the lab (other tests may write elsewhere meanwhile)."""
+    return subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=all",
+                           "--", "notebooks", "lab", "jupytext.toml"],
                           capture_output=True, text=True, check=True).stdout
 
 
