@@ -169,7 +169,11 @@ def test_save_copy_writes_the_pair_without_outputs(tmp_path, monkeypatch):
 
 def test_workshop_copy_injects_interactive_without_editing_the_paper(tmp_path):
     paper = P.get_paper("tour")
+    (tmp_path / "schedule_bounds.ipynb").write_text("{}")  # an app from an earlier workshop
+    with pytest.raises(P.PaperError, match="no paper named"):
+        lab.prepare_workshop(tmp_path, ["tour", "tuor"])
     [path] = lab.prepare_workshop(tmp_path, ["tour"])
+    assert sorted(p.name for p in tmp_path.glob("*.ipynb")) == ["tour.ipynb"]
     nb = nbformat.read(path, as_version=4)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and "interactive = True" in injected[0].source

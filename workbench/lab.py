@@ -193,15 +193,22 @@ def workshop_parameters(paper: P.Paper, profile: str = "quick") -> dict[str, Any
 def prepare_workshop(folder: Path | None = None, names: list[str] | None = None, profile: str = "quick",
                      overrides: dict[str, Any] | None = None) -> list[Path]:
     """Write `folder/NAME.ipynb` (default `workshop/`) for each paper with `interactive = True`
-    injected; every file is rewritten, so preparing again resets the workshop."""
+    injected; every file is rewritten and apps of papers not asked for are removed, so preparing
+    again resets the workshop."""
     import jupytext
     import nbformat
 
     folder = Path(folder) if folder is not None else workshop_dir()
     folder.mkdir(parents=True, exist_ok=True)
     papers = P.discover()
+    names = names or list(papers)
+    for name in names:
+        P.get_paper(name, papers)  # every name checked before anything is written
+    for stale in folder.glob("*.ipynb"):
+        if stale.stem not in names:
+            stale.unlink()
     written = []
-    for name in names or list(papers):
+    for name in names:
         paper = P.get_paper(name, papers)
         params = workshop_parameters(paper, profile)
         params.update({k: P.coerce(k, paper.parameters[k].type, v) for k, v in (overrides or {}).items()})
