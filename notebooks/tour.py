@@ -74,7 +74,8 @@ plt.show()
 # %% [markdown]
 # ## The learning rate decides the speed
 # The same model and data at several step sizes. The interactive version (plotly) lets you hover
-# over the curves; it is saved as a self-contained HTML file in the run directory.
+# over the curves (shown below the static plot); it is saved as HTML in the run directory, sharing one
+# plotly.js with the run's other interactive figures.
 
 # %%
 fits = {lr: digits.fit_digits_mlp(hidden_size, lr, steps, seed=seed) for lr in compare_learning_rates}
@@ -83,7 +84,7 @@ fig = plots.training.loss_curves(histories)
 workbench.save_figure(fig, "learning_rates")
 plt.show()
 figly = plots.training.loss_curves_plotly(histories)
-workbench.save_figure(figly, "learning_rates_interactive")
+workbench.show(figly, "learning_rates_interactive")  # hover for each curve's values
 for lr, f in fits.items():
     print(f"lr={lr:<6} test accuracy {f.test_accuracy:.3f}")
 

@@ -36,7 +36,7 @@ API convention, followed everywhere:
   looks like a result.
 """
 
-from workbench.results import record, save_figure
+from workbench.results import record, save_figure, show
 
-__all__ = ["record", "save_figure"]
+__all__ = ["record", "save_figure", "show"]
 __version__ = "0.1.0"

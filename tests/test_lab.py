@@ -1,0 +1,217 @@
+"""Live sessions cannot dirty the repository: a simulated JupyterLab session, the lab working
+copies, saving them back on purpose, the workshop copies, `make lab`'s command line, and plotly
+figures sharing one plotly.js per run directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+from servers import Server, allow_root, free_port, wait_http
+
+from workbench import lab
+from workbench import papers as P
+
+REPO = Path(__file__).resolve().parents[1]
+WIDGET_OUTPUT = {"output_type": "display_data", "metadata": {},
+                 "data": {lab.WIDGET_VIEW: {"model_id": "abc", "version_major": 2, "version_minor": 0},
+                          "text/plain": "VBox(children=(Button(),))"}}
+
+
+def _git_status() -> str:
+    """What git sees of the papers and the lab (other tests may write elsewhere meanwhile)."""
+    return subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=all",
+                           "--", "notebooks", "lab", "jupytext.toml"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _request(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, {}
+
+
+@pytest.mark.notebook
+def test_lab_session_never_changes_what_tests_and_runs_see(tmp_path):
+    """A session through the server's REST API (the `make lab` configuration) saves tour with
+    outputs, a widget and a scratch cell: its copy keeps them (minus the widget), the committed
+    pair is byte-identical, `git status` is unchanged, the server refuses paths outside its root,
+    and `workbench run` executes the committed source."""
+    committed = [REPO / "notebooks" / "tour.py", REPO / "notebooks" / "tour.ipynb"]
+    before = {p: _sha(p) for p in committed}
+    status_before = _git_status()
+    folder = REPO / "lab" / f".session-test-{os.getpid()}-{secrets.token_hex(3)}"  # inside git-ignored lab/
+    lab.prepare_copies(folder, ["tour"], quiet=True)
+    port, token = free_port(), secrets.token_hex(16)
+    server = Server([sys.executable, "-m", "jupyter", "lab", f"--config={REPO / 'jupyter' / 'lab_config.py'}",
+                     f"--ServerApp.root_dir={folder}", f"--port={port}", "--no-browser",
+                     f"--IdentityProvider.token={token}", *allow_root()], tmp_path / "lab.log", folder)
+    marker = f"SCRATCH_{secrets.token_hex(4)}"
+    try:
+        api = f"http://127.0.0.1:{port}/api/contents"
+        wait_http(f"{api}?token={token}", server.proc, server.log)
+        code, model = _request("GET", f"{api}/tour.ipynb?content=1&token={token}")
+        assert code == 200 and model["type"] == "notebook"
+        nb = model["content"]
+        nb["cells"].append({"cell_type": "code", "metadata": {}, "execution_count": 1, "id": "scratch",
+                            "source": f"print('{marker}')",
+                            "outputs": [{"output_type": "stream", "name": "stdout", "text": marker + "\n"},
+                                        WIDGET_OUTPUT]})
+        nb["metadata"]["widgets"] = {lab.WIDGET_STATE: {"state": {}}}
+        code, _ = _request("PUT", f"{api}/tour.ipynb?token={token}", {"type": "notebook", "content": nb})
+        assert code == 200
+        for outside in ("../../notebooks/tour.ipynb", "%2E%2E/%2E%2E/notebooks/tour.ipynb"):
+            code, _ = _request("PUT", f"{api}/{outside}?token={token}", {"type": "notebook", "content": nb})
+            assert code >= 400, f"the server saved {outside} outside its root"
+        code, saved = _request("GET", f"{api}/tour.ipynb?content=1&token={token}")
+    finally:
+        server.stop()
+    try:
+        cell = saved["content"]["cells"][-1]
+        assert marker in cell["source"]
+        assert [o["output_type"] for o in cell["outputs"]] == ["stream"], "the widget view was saved"
+        assert "widgets" not in saved["content"]["metadata"]
+        assert marker in (folder / "tour.py").read_text(), "the copy's jupytext pair was not updated"
+        assert {p: _sha(p) for p in committed} == before, "the committed pair changed"
+        assert _git_status() == status_before
+    finally:
+        shutil.rmtree(folder)
+    paper = P.get_paper("tour")
+    params = P.resolve_parameters(paper, {"steps": 20, "compare_learning_rates": [0.05]})
+    result = P.run_paper(paper, params, tmp_path / "runs")
+    assert result.ok, result.error
+    executed = nbformat.read(result.path / "tour.ipynb", as_version=4)
+    sources = [c.source.strip() for c in executed.cells
+               if "injected-parameters" not in c.metadata.get("tags", [])]
+    assert sources == [c.source.strip() for c in jupytext.read(paper.source).cells]
+    assert marker not in json.dumps(executed)
+
+
+def test_pre_save_drops_widget_views_and_state_only():
+    nb = {"metadata": {"widgets": {lab.WIDGET_STATE: {}}, "kernelspec": {}},
+          "cells": [{"cell_type": "code", "outputs": [
+              json.loads(json.dumps(WIDGET_OUTPUT)),
+              {"output_type": "display_data", "metadata": {},
+               "data": {lab.WIDGET_VIEW: {"model_id": "x"}, "image/png": "iVBOR", "text/plain": "Figure"}},
+              {"output_type": "stream", "name": "stdout", "text": "hello\n"}]},
+              {"cell_type": "markdown", "source": "# t"}]}
+    lab.pre_save({"type": "notebook", "content": nb}, "x.ipynb")
+    assert nb["metadata"] == {"kernelspec": {}}
+    assert nb["cells"][0]["outputs"] == [
+        {"output_type": "display_data", "metadata": {}, "data": {"image/png": "iVBOR"}},
+        {"output_type": "stream", "name": "stdout", "text": "hello\n"}]
+    model = {"type": "file", "content": "text"}
+    lab.pre_save(model, "x.py")
+    assert model == {"type": "file", "content": "text"}
+
+
+def test_copies_follow_the_paper_until_edited(tmp_path):
+    folder = tmp_path / "lab"
+    assert lab.prepare_copies(folder, ["tour", "schedule_bounds"], quiet=True) == []
+    assert (folder / "jupytext.toml").read_text() == (REPO / "jupytext.toml").read_text()
+    source = (REPO / "notebooks" / "tour.py").read_text()
+    assert (folder / "tour.py").read_text() == source
+    # the committed paper changed since the copies were made: an unedited copy follows it...
+    old = source.replace("# # A tour of the workbench", "# # An older tour")
+    for name in ("tour", "schedule_bounds"):
+        (folder / ".origin" / f"{name}.py").write_text(old if name == "tour" else "changed")
+    (folder / "tour.py").write_text(old)
+    edited = (folder / "schedule_bounds.py").read_text() + "\n# %%\nprint('mine')\n"
+    (folder / "schedule_bounds.py").write_text(edited)
+    notes = lab.prepare_copies(folder, ["tour", "schedule_bounds"], quiet=True)
+    assert (folder / "tour.py").read_text() == source
+    # ...an edited one is kept, with a note that says how to start again
+    assert (folder / "schedule_bounds.py").read_text() == edited
+    assert len(notes) == 1 and "make lab-reset NAME=schedule_bounds" in notes[0]
+    lab.reset_copies(["schedule_bounds"], folder)
+    assert (folder / "schedule_bounds.py").read_text() == (REPO / "notebooks" / "schedule_bounds.py").read_text()
+
+
+def test_save_copy_writes_the_pair_without_outputs(tmp_path, monkeypatch):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    for suffix in (".py", ".ipynb"):
+        shutil.copy(REPO / "notebooks" / f"tour{suffix}", notebooks)
+    monkeypatch.setenv("WORKBENCH_NOTEBOOKS", str(notebooks))
+    folder = tmp_path / "lab"
+    lab.prepare_copies(folder, ["tour"], quiet=True)
+    nb = nbformat.read(folder / "tour.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("print('kept on purpose')", execution_count=3,
+                                              outputs=[nbformat.v4.new_output("stream", text="x\n")]))
+    jupytext.write(nb, folder / "tour.py", fmt="py:percent")
+    lab.save_copy("tour", folder)
+    saved = nbformat.read(notebooks / "tour.ipynb", as_version=4)
+    assert saved.cells[-1].source == "print('kept on purpose')"
+    assert all(not c.get("outputs") for c in saved.cells if c.cell_type == "code")
+    assert [c.source for c in jupytext.read(notebooks / "tour.py").cells] == [c.source for c in saved.cells]
+    with pytest.raises(P.PaperError, match="no lab copy"):
+        lab.save_copy("tour", tmp_path / "nowhere")
+
+
+def test_workshop_copy_injects_interactive_without_editing_the_paper(tmp_path):
+    paper = P.get_paper("tour")
+    (tmp_path / "schedule_bounds.ipynb").write_text("{}")  # an app from an earlier workshop
+    with pytest.raises(P.PaperError, match="no paper named"):
+        lab.prepare_workshop(tmp_path, ["tour", "tuor"])
+    [path] = lab.prepare_workshop(tmp_path, ["tour"])
+    assert sorted(p.name for p in tmp_path.glob("*.ipynb")) == ["tour.ipynb"]
+    nb = nbformat.read(path, as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "interactive = True" in injected[0].source
+    rest = [c.source.strip() for c in nb.cells if c not in injected]
+    assert rest == [c.source.strip() for c in jupytext.read(paper.source).cells]
+    assert lab.workshop_parameters(paper, "full") == {"interactive": True, "profile": "full", **paper.full}
+    cmd = lab.voila_command(tmp_path, ip="0.0.0.0", port=9000, preheat=True)
+    assert "--Voila.ip=0.0.0.0" in cmd and "--port=9000" in cmd and "--preheat_kernel=True" in cmd
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_make_lab_command_line():
+    out = subprocess.run(["make", "-n", "-C", str(REPO), "lab", "LAB_ARGS=--port=9999 --no-browser"],
+                         capture_output=True, text=True, check=True).stdout
+    line = [x for x in out.splitlines() if "jupyter lab" in x][-1]
+    assert "--config=jupyter/lab_config.py" in line and line.endswith("--port=9999 --no-browser")
+    assert ("--allow-root" in line) == (os.geteuid() == 0)
+    assert "python -m workbench.lab copies" in out
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("lab_config.py", str(REPO / "jupyter")).load_config()
+    assert Path(config.ServerApp.root_dir) == REPO / "lab" and config.ServerApp.ip == "127.0.0.1"
+    assert config.ContentsManager.pre_save_hook == "workbench.lab.pre_save"
+    ignored = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", "lab/tour.ipynb"])
+    assert ignored.returncode == 0, "lab/ must be git-ignored"
+
+
+def test_plotly_figures_share_one_plotlyjs(tmp_path, monkeypatch):
+    import plotly.graph_objects as go
+
+    from workbench import results
+
+    monkeypatch.setenv(results.RUN_DIR_ENV, str(tmp_path))
+    for name in ("a", "b"):
+        results.save_figure(go.Figure(go.Scatter(x=[1, 2], y=[3, 4], name=name)), name)
+    figures = tmp_path / results.FIGURES_DIR
+    assert sorted(p.name for p in figures.iterdir()) == ["a.html", "b.html", "plotly.min.js"]
+    for name in ("a", "b"):
+        html = (figures / f"{name}.html").read_text()
+        assert 'src="plotly.min.js"' in html and len(html) < 50_000
+    assert (figures / "plotly.min.js").stat().st_size > 1_000_000
