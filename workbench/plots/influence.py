@@ -163,6 +163,7 @@ def estimator_view(name: str, scores: np.ndarray, reference: np.ndarray, test_im
     fig = plt.figure(figsize=(4 + 1.3 * (top_k + 1), 3.6))
     left, right = fig.subfigures(1, 2, width_ratios=[4, 1.3 * (top_k + 1)])
     ax = left.subplots()
+    left.subplots_adjust(left=0.2, bottom=0.17, right=0.95)
     s, r = np.asarray(scores).ravel(), np.asarray(reference).ravel()
     ax.scatter(r, s, s=2, alpha=0.3)
     corr = float(np.corrcoef(r, s)[0, 1])
