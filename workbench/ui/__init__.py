@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -32,6 +33,16 @@ def _figure_png(fig, dpi: int = 30) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _in_kernel() -> bool:
+    """Whether an IPython kernel is running (so an Output widget captures what is printed)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    ip = get_ipython()
+    return ip is not None and getattr(ip, "kernel", None) is not None
 
 
 def _fmt(value: Any) -> str:
@@ -129,9 +140,15 @@ class Panel:
         return result
 
     def _show_error(self, err: BaseException) -> None:
+        """Called inside `with self.output:`. In a kernel the output area captures what is printed
+        (setting `outputs` from the kernel would race with the captured messages); outside one
+        (tests, scripts) the message is appended to the widget's outputs directly."""
         self.last_error = err
         message = f"{type(err).__name__}: {err}"
-        self.output.append_stderr(f"error: {message}\n")
+        if _in_kernel():
+            print(f"error: {message}", file=sys.stderr)
+        else:
+            self.output.append_stderr(f"error: {message}\n")
         self.status.value = f"<span style='color:#b00'>error: {html.escape(message)}</span>"
 
     def clear(self) -> None:
