@@ -52,7 +52,7 @@ learning_rate: float = 3.0  # fine-tuning step size
 weight: float = 0.0  # new weight of the selected examples: 0 removes them, -1 unlearns them
 seed: int = 0  # data split and the random baseline
 profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
-interactive: bool = False  # show widgets
+interactive: bool = False  # show the panel: k, steps, weight -> mispredictions fixed
 
 # %%
 import jax
@@ -112,19 +112,20 @@ plt.show()
 
 # %% [markdown]
 # ## Explore
-# With `interactive=True`: change k, the number of steps and the weight (0 removes, negative
-# unlearns) and rerun the correction.
+# With `interactive=True`: change k, the number of fine-tuning steps and the new weight of the k
+# most harmful examples (0 removes them, negative unlearns) and rerun the correction; the table
+# keeps each setting's fix rate and damage against random examples.
 
 # %%
 if interactive:
-    import ipywidgets as widgets
+    import functools
+
     from IPython.display import display
 
-    def show(k=10, fine_tune_steps=10, new_weight=0.0):
-        r = ev.correct_mispredictions(model.loss_fn, model.predict_fn, params, train_set, test_set, scores,
-                                      jax.random.key(seed), k=k, num_steps=fine_tune_steps,
-                                      learning_rate=learning_rate, weight=new_weight)
-        print(f"fixed {r.fix_rate:.2f} (random {r.fix_rate_random:.2f}), damage {r.damage:+.4f} (random {r.damage_random:+.4f})")
+    from workbench.ui import influence as influence_ui
 
-    display(widgets.interactive_output(show, {"k": widgets.IntSlider(10, 1, 100), "fine_tune_steps": widgets.IntSlider(10, 1, 100),
-                                              "new_weight": widgets.FloatSlider(0.0, min=-5.0, max=1.0)}))
+    panel = influence_ui.correction_panel(functools.partial(
+        ev.correct_mispredictions, model.loss_fn, model.predict_fn, params, train_set, test_set, scores,
+        jax.random.key(seed), learning_rate=learning_rate))
+    display(panel.widget)
+

@@ -63,7 +63,7 @@ samples_per_class: int = 30  # DDIM samples per retain class for the metrics
 sample_steps: int = 25  # DDIM steps
 seed: int = 0  # initialisation, batches, noise
 profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
-interactive: bool = False  # show the exploration panel
+interactive: bool = False  # show the panel: method, class, strength -> samples and integrity
 
 # %%
 import functools

@@ -63,7 +63,7 @@ epsilon: float = 0.05  # entropic regularisation of the OT problem (squared-dist
 scaling_sizes: list[int] = [2000, 8000]  # examples for the time-per-iteration sweep
 seed: int = 0  # data of every problem
 profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
-interactive: bool = False  # show the OT job panel
+interactive: bool = False  # show the panel: processes, points, epsilon -> OT plan (real jobs)
 
 # %%
 import tempfile

@@ -54,7 +54,7 @@ trace_probes: int = 100  # matvecs for each trace estimator
 dense_reference: bool = True  # form the dense Hessian and compare (small models only)
 seed: int = 0  # data split, initialisation, probes
 profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
-interactive: bool = False  # show widgets
+interactive: bool = False  # show the panel: Lanczos steps, probes, kernel width -> density
 
 # %%
 import time
@@ -170,18 +170,17 @@ workbench.record(**metrics)
 # %% [markdown]
 # ## Explore
 # With `interactive=True`: vary the Lanczos steps, the number of probes and the kernel width and
-# watch the density sharpen or smooth out (each change reruns `spectrum.spectral_density`).
+# watch the density sharpen or smooth out (each run calls `spectrum.spectral_density`; the table
+# keeps the extreme Ritz values of each setting).
 
 # %%
 if interactive:
-    import ipywidgets as widgets
+    import functools
 
-    def show(iters, probes, log10_sigma2):
-        d = spectrum.spectral_density(hessian, key, int(iters), int(probes), 10.0**log10_sigma2)
-        plots.spectra.spectral_densities({"Hessian": d})
-        plt.show()
+    from IPython.display import display
 
-    widgets.interact(show, iters=widgets.IntSlider(value=num_iters, min=10, max=200, step=10, description="Lanczos steps"),
-                     probes=widgets.IntSlider(value=num_probes, min=1, max=50, description="probes"),
-                     log10_sigma2=widgets.FloatSlider(value=float(np.log10(sigma2)), min=-7.0, max=-2.0, step=0.5,
-                                                      description="log10 sigma2"))
+    from workbench.ui.spectra import density_panel
+
+    panel = density_panel(functools.partial(spectrum.spectral_density, hessian, key), num_iters, num_probes, sigma2)
+    display(panel.widget)
+

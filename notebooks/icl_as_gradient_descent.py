@@ -71,7 +71,7 @@ depth_learning_rate: float = 0.005  # Adam peak step size for the depth comparis
 depth_init_scale: float = 0.05  # std of the initial weights of the depth-comparison models
 seed: int = 0  # initialisation, task draws
 profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
-interactive: bool = False  # show the exploration panel
+interactive: bool = False  # show the panel: d, N, conditioning, depth -> trained vs GD/GD++/Newton
 
 # %%
 import jax

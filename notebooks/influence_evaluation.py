@@ -63,7 +63,7 @@ flip_fraction: float = 0.1  # fraction of training labels flipped for mislabel d
 damping_margin: float = 0.01  # MLP: damping above -lambda_min of the Hessian
 seed: int = 0  # data split, subsets, flips
 profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
-interactive: bool = False  # show widgets
+interactive: bool = False  # show the panel: estimator and model -> LDS per test point
 
 # %%
 import jax
@@ -103,7 +103,7 @@ lr_model = models.functional(models.LogisticRegression(64, 10, rngs=nnx.Rngs(see
 lr_margin = influence.margin_output(lr_model.predict_fn)  # TRAK's output function
 lr_params, _ = ev.fit(lr_model.loss_fn, lr_model.params, train_set)
 lr_truth = ev.lds_ground_truth(lr_model.loss_fn, lr_params, train_set, test_set, key_lds, num_subsets=num_subsets)
-sgd = train.train(lr_model.loss_fn, lr_model.params, train_set, jax.random.key(seed), optimizer=optax.sgd(1.0), num_steps=200, checkpoint_steps=list(range(0, 200, 20)), progress=False)
+sgd = train.train(lr_model.loss_fn, lr_model.params, train_set, jax.random.key(seed), optimizer=optax.sgd(1.0), num_steps=200, checkpoint_steps=list(range(0, 200, 20)))
 lr_builders = estimator_builders(lr_model.loss_fn, lr_params, train_set, jax.random.key(seed), checkpoints=sgd.checkpoints,
                                  learning_rate=1.0, margin=lr_margin, **budgets)
 lr_rows, _ = ev.compare(lr_builders, test_set, lds_truth=lr_truth)
@@ -116,7 +116,7 @@ lr_rows, _ = ev.compare(lr_builders, test_set, lds_truth=lr_truth)
 
 # %%
 mlp_model = models.functional(models.MLP(64, [hidden], 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=l2)
-mlp_run = train.train(mlp_model.loss_fn, mlp_model.params, train_set, jax.random.key(seed), optimizer=optax.adam(mlp_lr), num_steps=mlp_steps, checkpoint_steps=list(range(0, mlp_steps, mlp_steps // 10)), progress=False)
+mlp_run = train.train(mlp_model.loss_fn, mlp_model.params, train_set, jax.random.key(seed), optimizer=optax.adam(mlp_lr), num_steps=mlp_steps, checkpoint_steps=list(range(0, mlp_steps, mlp_steps // 10)))
 mlp_params = mlp_run.params
 mlp_margin = influence.margin_output(mlp_model.predict_fn)
 mlp_truth = ev.lds_ground_truth(mlp_model.loss_fn, mlp_model.params, train_set, test_set, key_lds, num_subsets=num_subsets,
@@ -137,11 +137,11 @@ mlp_rows, _ = ev.compare(mlp_builders, test_set, lds_truth=mlp_truth)
 # %%
 noisy, flipped = ev.flip_labels(key_flip, train_set, flip_fraction, 10)
 lr_noisy, _ = ev.fit(lr_model.loss_fn, lr_model.params, noisy)
-sgd_noisy = train.train(lr_model.loss_fn, lr_model.params, noisy, jax.random.key(seed), optimizer=optax.sgd(1.0), num_steps=200, checkpoint_steps=list(range(0, 200, 20)), progress=False)
+sgd_noisy = train.train(lr_model.loss_fn, lr_model.params, noisy, jax.random.key(seed), optimizer=optax.sgd(1.0), num_steps=200, checkpoint_steps=list(range(0, 200, 20)))
 lr_auc = ev.mislabel_aucs(estimator_builders(lr_model.loss_fn, lr_noisy, noisy, jax.random.key(seed),
                                              checkpoints=sgd_noisy.checkpoints, learning_rate=1.0, cosine=False,
                                              margin=lr_margin, **budgets), flipped)
-mlp_noisy = train.train(mlp_model.loss_fn, mlp_model.params, noisy, jax.random.key(seed), optimizer=optax.adam(mlp_lr), num_steps=mlp_steps, checkpoint_steps=list(range(0, mlp_steps, mlp_steps // 10)), progress=False)
+mlp_noisy = train.train(mlp_model.loss_fn, mlp_model.params, noisy, jax.random.key(seed), optimizer=optax.adam(mlp_lr), num_steps=mlp_steps, checkpoint_steps=list(range(0, mlp_steps, mlp_steps // 10)))
 choice_noisy = influence.damping_above_min_eigenvalue(mlp_model.loss_fn, mlp_noisy.params, noisy, margin=damping_margin)
 eigen_noisy, damping_noisy = choice_noisy.eigen, choice_noisy.damping
 mlp_auc = ev.mislabel_aucs(estimator_builders(mlp_model.loss_fn, mlp_noisy.params, noisy, jax.random.key(seed),
@@ -168,18 +168,15 @@ plt.show()
 
 # %% [markdown]
 # ## Explore
-# With `interactive=True`: the LDS per test point of one estimator, to see whether a low mean
-# comes from a few test points or from all of them.
+# With `interactive=True`: the LDS per test point of one estimator on either model, to see whether
+# a low mean comes from a few test points or from all of them.
 
 # %%
 if interactive:
-    import ipywidgets as widgets
     from IPython.display import display
 
-    def show(estimator="exact", model_name="logistic"):
-        truth, b = (lr_truth, lr_builders) if model_name == "logistic" else (mlp_truth, mlp_builders)
-        per = ev.lds(b[estimator]().scores(test_set), truth).per_test
-        plots.influence.lds_per_test(per, f"{estimator} on {model_name}: LDS {np.nanmean(per):.3f}")
-        plt.show()
+    from workbench.ui import influence as influence_ui
 
-    display(widgets.interactive(show, estimator=list(lr_builders), model_name=["logistic", "mlp"]))
+    panel = influence_ui.lds_panel({"logistic": (lr_builders, lr_truth), "mlp": (mlp_builders, mlp_truth)}, test_set)
+    display(panel.widget)
+

@@ -60,7 +60,7 @@ l2: float = 0.0001  # L2 regularisation
 damping_margin: float = 0.01  # damping above -lambda_min that makes H + damping I positive definite
 seed: int = 0  # data split, initialisation and batch order
 profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
-interactive: bool = False  # show widgets
+interactive: bool = False  # show the panel: removal and test point -> effect over training
 
 # %%
 import jax
@@ -83,7 +83,7 @@ jax.config.update("jax_enable_x64", True)
 train_full, test_full = data.load_digits(seed=seed, dtype=jnp.float64)
 train_set, test_set = train_full.take(np.arange(n_train)), test_full.take(np.arange(n_test))
 model = models.functional(models.MLP(64, [hidden], 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=l2)
-run = train.train(model.loss_fn, model.params, train_set, jax.random.key(seed), optimizer=optax.sgd(learning_rate), num_steps=pretrain_steps, batch_size=batch_size, progress=False)
+run = train.train(model.loss_fn, model.params, train_set, jax.random.key(seed), optimizer=optax.sgd(learning_rate), num_steps=pretrain_steps, batch_size=batch_size)
 params = run.params
 print(f"test accuracy at the removal point: {models.accuracy(model.predict_fn, params, test_set):.3f}")
 
@@ -136,16 +136,15 @@ plt.show()
 # %% [markdown]
 # ## Explore
 # With `interactive=True`: pick a removed example and a test point and follow its actual effect
-# over training against the (constant) prediction.
+# over training against the (constant) prediction; the panel redraws when a slider is released.
 
 # %%
 if interactive:
-    import ipywidgets as widgets
     from IPython.display import display
 
-    def show(removed_index=0, test_index=0):
-        plots.influence.removal_effect(result.steps, result.actual[:, test_index, removed_index],
-                                       predicted[test_index, removed_index])
-        plt.show()
+    from workbench.ui import influence as influence_ui
 
-    display(widgets.interactive(show, removed_index=(0, num_removed - 1), test_index=(0, n_test - 1)))
+    panel = influence_ui.fading_panel(result.steps, result.actual, predicted, removed)
+    panel.run()
+    display(panel.widget)
+

@@ -65,7 +65,7 @@ search_check_every: int = 50  # steps between checks of the doubling search (the
 search_max_steps: int = 2000  # step budget of one doubling search
 seed: int = 0  # data split, initialisation, subspace seed
 profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
-interactive: bool = False  # no widgets in this paper
+interactive: bool = False  # show the panel: subspace dimension -> test accuracy
 
 # %%
 import jax
@@ -157,3 +157,23 @@ workbench.record(
     search_over_sweep_mlp=(searches["mlp"].d_star / results["mlp"].d_int90
                            if searches["mlp"].d_star and results["mlp"].d_int90 else -1.0),
 )
+
+# %% [markdown]
+# ## Explore
+# With `interactive=True`: train the MLP in a random subspace of your chosen dimension d (and
+# sketch kind); each click adds a point to the accuracy-against-d curve, so a few clicks bracket
+# the intrinsic dimension.
+
+# %%
+if interactive:
+    import functools
+
+    from IPython.display import display
+
+    from workbench.ui.sketching import intrinsic_panel
+
+    mlp = models.functional(candidates["mlp"])
+    panel = intrinsic_panel(functools.partial(intrinsic_dimension, mlp.loss_fn, mlp.params, train_data, test_data,
+                                              jax.random.key(seed), predict_fn=mlp.predict_fn, num_steps=steps,
+                                              optimizer=optax.adam(learning_rate)), dim=40)
+    display(panel.widget)

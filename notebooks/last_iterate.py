@@ -57,7 +57,7 @@ lr_factors: list[float] = [1.0, 10.0]  # multiples of each schedule's bound-opti
 harvey_horizons: list[int] = [16, 64, 256, 1024, 4096]  # horizons T for the Harvey construction
 seed: int = 0  # data and SGD seeds
 profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
-interactive: bool = False  # no widgets in this paper
+interactive: bool = False  # show the panel: seeds, T, step size -> last-iterate quantiles
 
 # %%
 import time
@@ -169,3 +169,21 @@ workbench.record(
     harvey_last_sqrtT_over_logT=harvey.last * np.sqrt(T) / np.log(T),
     harvey_uniform_sqrtT_over_logT=harvey.uniform * np.sqrt(T) / np.log(T),
 )
+
+# %% [markdown]
+# ## Explore
+# With `interactive=True`: rerun the comparison with another number of seeds, horizon T and
+# step-size factor (`convex.compare_schedules`) and read the last iterate's quantiles; the table
+# keeps each schedule's 90% quantile at T.
+
+# %%
+if interactive:
+    import functools
+
+    from IPython.display import display
+
+    from workbench.ui.convex import last_iterate_panel
+
+    panel = last_iterate_panel(functools.partial(convex.compare_schedules, problem, shapes, jax.random.key(seed)),
+                               num_seeds=50, num_steps=min(steps, 1000), lr_factor=lr_factors[0])
+    display(panel.widget)

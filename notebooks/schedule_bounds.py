@@ -51,7 +51,7 @@ horizons: list[int] = [10, 100, 1000, 10000, 100000]  # run lengths T at which t
 cooldown_fraction: float = 0.2  # WSD: fraction of the run spent cooling down
 seed: int = 0  # unused here (the bound is deterministic); kept for the runner
 profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
-interactive: bool = False  # show the draw-your-own-schedule panel
+interactive: bool = False  # show the panel: warm-up, cool-down, T -> schedule and bound (live)
 
 # %%
 import matplotlib.pyplot as plt
@@ -119,32 +119,19 @@ plt.show()
 
 # %% [markdown]
 # ## Draw your own schedule
-# With `interactive=True`, a panel builds a warm-up / hold / cool-down schedule and shows its
-# bound curve next to linear decay's.
+# With `interactive=True`, a panel builds a warm-up / hold / cool-down schedule
+# (`schedules.custom_shape`) and shows it, with its bound curve next to linear decay's; it redraws
+# when a slider is released (well under a second).
 
 # %%
-def custom_bound(warmup_fraction: float, cooldown_fraction: float, cooldown: str):
-    return schedules.bound_curve(schedules.custom_shape(warmup_fraction, cooldown_fraction, cooldown),
-                                 horizons)
-
-
 if interactive:
-    import ipywidgets as w
     from IPython.display import display
 
-    from workbench import ui
+    from workbench.ui.schedules import bound_panel
 
-    def show(curve):
-        fig = plots.schedules.custom_bound(horizons, table["linear decay"], curve)
-        display(fig)
-        plt.close(fig)
-
-    controls = {
-        "warmup_fraction": w.FloatSlider(value=0.0, min=0.0, max=0.5, step=0.05, description="warm-up"),
-        "cooldown_fraction": w.FloatSlider(value=0.5, min=0.05, max=0.5, step=0.05, description="cool-down"),
-        "cooldown": w.Dropdown(options=["linear", "1-sqrt"], description="shape"),
-    }
-    display(ui.panel(custom_bound, controls, show, button_text="Bound").widget)
+    panel = bound_panel(horizons, table["linear decay"], cooldown_fraction=cooldown_fraction)
+    panel.run()
+    display(panel.widget)
 
 # %% [markdown]
 # ## Headline numbers

@@ -49,7 +49,7 @@ peak_lrs: list[float] = [1.0]  # peak learning rates tried; each schedule is sco
 tau: float = 0.1  # median-filter window as a fraction of the run
 seed: int = 0  # data split, initialisation and batch order
 profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
-interactive: bool = False  # no widgets in this paper
+interactive: bool = False  # show the panel: model, T, peak lr, window -> refined schedule
 
 # %%
 import matplotlib.pyplot as plt
@@ -126,3 +126,21 @@ workbench.record(
     refined_peak_fraction={label: float(np.argmax(res.refined.values) / steps)
                            for label, res in shown.items()},
 )
+
+# %% [markdown]
+# ## Explore
+# With `interactive=True`: refine a schedule for another model, horizon, peak learning rate or
+# filter window: the panel trains with linear decay, reads its gradient norms, refines, and trains
+# again with cosine and the refined schedule (`experiments.schedules.digits_refinement`).
+
+# %%
+if interactive:
+    import functools
+
+    from IPython.display import display
+
+    from workbench.ui.schedules import refinement_panel
+
+    panel = refinement_panel(functools.partial(refinement.digits_refinement, batch_size=batch_size, seed=seed),
+                             num_steps=300, peak_lr=peak_lrs[0], tau=tau)
+    display(panel.widget)

@@ -91,7 +91,7 @@ timing_log2_dim_in: int = 14  # log2 N for time against D
 timing_log2_dims: list[int] = [8, 12]  # log2 D for time against D
 seed: int = 0  # data split, initialisation and sketch seeds
 profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
-interactive: bool = False  # show the kind / D panel
+interactive: bool = False  # show the panel: sketch kind and D -> correlation and distortion
 
 # %%
 from pathlib import Path
@@ -249,26 +249,17 @@ workbench.record(
 
 # %% [markdown]
 # ## Explore
-# With `interactive=True`: pick a kind and D and see sketched against exact dot products of the
-# digits gradients.
+# With `interactive=True`: pick a kind and D and see sketched against exact inner products of the
+# digits gradients, and how much each gradient's squared norm is distorted.
 
 # %%
 if interactive:
-    import ipywidgets as widgets
+    from IPython.display import display
 
     from workbench import sketch as sk
+    from workbench.ui.sketching import sketch_panel
 
-    def show(kind="affd", log2_dim=8):
-        s = sk.make(kind, jax.random.fold_in(key, log2_dim), digits.num_params, 1 << log2_dim)
-        y = np.asarray(s.apply(digits.grads))
-        g = np.asarray(digits.grads)
-        iu = np.triu_indices(g.shape[0], 1)
-        exact_dots, sketched_dots = (g @ g.T)[iu], (y @ y.T)[iu]
-        f, a = plt.subplots(figsize=(5, 5))
-        a.scatter(exact_dots, sketched_dots, s=3)
-        a.set(xlabel="exact <g_i, g_j>", ylabel="sketched",
-              title=f"{kind}, D=2^{log2_dim}, r={np.corrcoef(exact_dots, sketched_dots)[0, 1]:.3f}")
-        plt.show()
+    panel = sketch_panel(digits.grads, jax.random.fold_in(key, 9), sk.KINDS, log2_dim=8,
+                         max_log2_dim=max_d["digits_mlp"])
+    display(panel.widget)
 
-    widgets.interact(show, kind=list(sk.KINDS), log2_dim=widgets.IntSlider(value=8, min=4, max=max_d["digits_mlp"],
-                                                                            description="log2 D"))

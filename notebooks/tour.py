@@ -42,7 +42,7 @@ steps: int = 400  # optimisation steps (minibatches of 128)
 compare_learning_rates: list[float] = [0.001, 0.01, 0.1]  # step sizes for the comparison plot
 seed: int = 0  # data split, initialisation and batch order
 profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
-interactive: bool = False  # show the widget panel
+interactive: bool = False  # show the panel: hidden size, learning rate, steps -> loss curve
 
 # %%
 import matplotlib.pyplot as plt

@@ -63,7 +63,7 @@ cliff_learning_rates: list[float] = [0.01, 0.03, 0.1, 0.3, 1.0]  # gradient asce
 cliff_steps: list[int] = [10, 30, 100]  # gradient ascent step counts
 seed: int = 0  # data split, forget sets, initialisations and batch orders
 profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
-interactive: bool = False  # show the exploration panel
+interactive: bool = False  # show the panel: method, forget set, strength -> accuracies vs oracle
 
 # %%
 import matplotlib.pyplot as plt

@@ -356,7 +356,9 @@ def test_ot_panel_runs_a_job_and_keeps_a_history():
     def failing(out_dir, num_processes, config):
         raise dist.LaunchError("process 1 of 2 failed")
 
-    assert isinstance(ot_job_panel(failing, JobConfig()).run(), dist.LaunchError)  # shown, not raised
+    failed = ot_job_panel(failing, JobConfig())
+    assert failed.run() is None and isinstance(failed.last_error, dist.LaunchError)  # shown, not raised
+    assert "process 1 of 2 failed" in failed.status.value
 
 
 def test_fisher_and_ggn_add_l2_identity():

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 # (layer name, top-level modules), in import order: a module imports only from its own layer or
 # the ones before it.
 LAYERS = [
-    ("core foundation", {"tree", "numerics", "pergrad"}),
+    ("core foundation", {"tree", "numerics", "pergrad", "progress"}),
     ("data and models", {"data", "models"}),
     ("engines", {"curvature", "train"}),
     ("capabilities", {"spectrum", "sketch", "influence", "schedules", "convex", "icl",

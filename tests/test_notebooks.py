@@ -43,9 +43,11 @@ def test_paper_runs_on_quick_profile(name, tmp_path):
 
 
 def run_and_check_paper(name, tmp_path):
-    """Run `name` on its quick profile through the runner and check its outputs and claims."""
+    """Run `name` on its quick profile through the runner and check its outputs and claims, with
+    `interactive=True` so its exploration panel is built under papermill too (panels run their
+    function on a button, so this adds only the widgets' construction)."""
     paper = P.get_paper(name)
-    result = P.run_paper(paper, P.resolve_parameters(paper, profile="quick"), tmp_path)
+    result = P.run_paper(paper, P.resolve_parameters(paper, {"interactive": True}, profile="quick"), tmp_path)
     assert result.ok, f"{name} failed: {result.error}\nsee {result.path / 'error.txt'}:\n" + (
         (result.path / "error.txt").read_text()[-3000:] if (result.path / "error.txt").exists() else "")
     metrics = json.loads((result.path / "metrics.json").read_text())

@@ -39,6 +39,7 @@ from typing import Any
 
 import yaml
 
+from workbench.progress import PROGRESS_ENV
 from workbench.results import FIGURES_DIR, METRICS_FILE, RUN_DIR_ENV
 
 PROFILES = ("quick", "full")
@@ -418,9 +419,10 @@ def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None
     (tmp / METRICS_FILE).write_text("{}\n")
     output_nb = tmp / f"{paper.name}.ipynb"
     error = None
-    saved_env = {k: os.environ.get(k) for k in (RUN_DIR_ENV, "MPLBACKEND")}
+    saved_env = {k: os.environ.get(k) for k in (RUN_DIR_ENV, "MPLBACKEND", PROGRESS_ENV)}
     os.environ[RUN_DIR_ENV] = str(tmp.resolve())
     os.environ["MPLBACKEND"] = "Agg"
+    os.environ[PROGRESS_ENV] = "log"  # long loops print one summary line each, not a widget bar
     t0 = time.perf_counter()
     try:
         papermill.execute_notebook(

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import serialization
-from tqdm.auto import tqdm
 
 from workbench.numerics import num_examples
+from workbench.progress import bar
 from workbench.tree import check_same_structure
 
 PyTree = Any
@@ -223,7 +223,7 @@ def train(
 
     done = 0
     handle_events(0)
-    with tqdm(total=steps, disable=not progress, desc="train", leave=False) as bar:
+    with bar(total=steps, disable=not progress, desc="train", unit="steps") as pbar:
         for target in events:
             while done < target:
                 stop = min(done + chunk_size, target)
@@ -242,12 +242,12 @@ def train(
                     losses.append(chunk_losses[: bad[0] + 1])
                     lrs.append(np.asarray(chunk_lrs[: bad[0] + 1]))
                     diverged, done = True, first
-                    bar.update(int(bad[0]) + 1)
+                    pbar.update(int(bad[0]) + 1)
                     break
                 losses.append(chunk_losses)
                 lrs.append(np.asarray(chunk_lrs[: stop - done]))
-                bar.update(stop - done)
-                bar.set_postfix(loss=f"{chunk_losses[-1]:.4g}")
+                pbar.update(stop - done)
+                pbar.set_postfix(loss=f"{chunk_losses[-1]:.4g}")
                 done = stop
             if diverged:
                 break

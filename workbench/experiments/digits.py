@@ -36,7 +36,7 @@ def fit_classifier(
     batch_size: int | None = 128,
     l2: float = 0.0,
     optimizer: str = "adam",
-    progress: bool = False,
+    progress: bool = True,
 ) -> Fit:
     """Train `model_fn()` (an NNX classifier) with cross-entropy; the recipe notebooks share."""
     if optimizer not in OPTIMIZERS:
@@ -58,7 +58,7 @@ def fit_digits_mlp(
     num_steps: int = 500,
     seed: int = 0,
     batch_size: int | None = 128,
-    progress: bool = False,
+    progress: bool = True,
 ) -> Fit:
     """Train a one-hidden-layer tanh MLP on the digits split of `seed` (the tour's experiment)."""
     if hidden_size < 1:

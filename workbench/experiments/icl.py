@@ -73,7 +73,7 @@ def evaluate_fit(fit: LSAFit, tasks: icl.Tasks) -> float:
 
 def fit_lsa(setup: TaskSetup, num_layers: int = 1, *, mlp: bool = False, num_steps: int = 3000,
             tasks_per_step: int = 1024, learning_rate: float = 1e-3, init_scale: float = 0.002,
-            num_test_tasks: int = 4096, seed: int = 0, progress: bool = False) -> LSAFit:
+            num_test_tasks: int = 4096, seed: int = 0, progress: bool = True) -> LSAFit:
     """Train a `num_layers` LSA (with ReLU MLPs if `mlp`) with Adam on fresh tasks every step;
     the learning rate decays by cosine to 1% of `learning_rate`. Raises when the loss diverges."""
     if not isinstance(num_steps, int) or num_steps < 1:
@@ -135,7 +135,7 @@ class DepthComparison(NamedTuple):
 def compare_depths(setup: TaskSetup, depths=(1, 2, 3), *, mlp: bool = False, num_steps: int = 600,
                    tasks_per_step: int = 256, learning_rate: float = 5e-3, init_scale: float = 0.05,
                    num_test_tasks: int = 2048, num_fit_tasks: int = 1024, gdpp_steps: int = 200, seed: int = 0,
-                   progress: bool = False) -> DepthComparison:
+                   progress: bool = True) -> DepthComparison:
     """Train one LSA per depth and evaluate it with every baseline on the same held-out tasks.
     Baselines are tuned (eta*, GD++ scalars) on separate tasks, never on the test tasks.
 
@@ -222,7 +222,7 @@ class OneLayerStudy(NamedTuple):
 
 def one_layer_study(setup: TaskSetup | None = None, *, num_steps: int = 1000, tasks_per_step: int = 256,
                     learning_rate: float = 2e-3, init_scale: float = 0.002, num_test_tasks: int = 4096,
-                    seed: int = 0, progress: bool = False) -> OneLayerStudy:
+                    seed: int = 0, progress: bool = True) -> OneLayerStudy:
     """Train one LSA layer, line-search eta* on separate tasks, and compare both on test tasks
     (`setup` defaults to the paper's d = 10, N = 10, x ~ U(-1, 1))."""
     setup = TaskSetup() if setup is None else setup

@@ -11,6 +11,7 @@ from flax import nnx
 
 from workbench.data import load_digits
 from workbench.models import MLP, LogisticRegression, accuracy, functional
+from workbench.progress import bar
 from workbench.schedules import (
     Refined,
     cosine,
@@ -64,9 +65,13 @@ def digits_refinement(model: str = "logreg", num_steps: int = 1000, peak_lr: flo
 
     linear = linear_decay(peak_lr, steps)
     callback = grad_norm_callback(f.loss_fn, train_data, jax.random.fold_in(key, 1), batch_size=batch_size)
-    res, linear_run = fit(linear, callback)
-    norms = per_step(res.history["callback_step"], res.history["grad_norm"], steps)
-    refined = refine(norms, tau=tau)
-    runs = {"linear decay": linear_run, "cosine": fit(cosine(peak_lr, steps))[1],
-            "refined": fit(scaled(refined.schedule, peak_lr))[1]}
+    with bar(total=3, desc=f"refinement ({model}, T={steps})", unit="runs") as pbar:
+        res, linear_run = fit(linear, callback)
+        pbar.update(1)
+        norms = per_step(res.history["callback_step"], res.history["grad_norm"], steps)
+        refined = refine(norms, tau=tau)
+        runs = {"linear decay": linear_run}
+        for name, schedule in (("cosine", cosine(peak_lr, steps)), ("refined", scaled(refined.schedule, peak_lr))):
+            runs[name] = fit(schedule)[1]
+            pbar.update(1)
     return RefinementResult(norms, refined, runs)

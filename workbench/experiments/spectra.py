@@ -40,7 +40,7 @@ def gd_sharpness_run(
     num_steps: int,
     every: int = 10,
     num_iters: int = 20,
-    progress: bool = False,
+    progress: bool = True,
 ) -> SharpnessRun:
     """Full-batch gradient descent with step size `learning_rate`, sharpness every `every` steps
     (Cohen et al. 2021, "Edge of Stability")."""
@@ -72,3 +72,17 @@ def top_eigenvalues_exact_and_sketched(loss_fn, params, data, sketch: Sketch, ke
     exact = spectrum.top_eigenpairs(op, key, k).values
     approx = spectrum.top_eigenpairs(sketched_operator(op, sketch), key, k).values
     return np.sort(np.asarray(exact))[::-1], np.sort(np.asarray(approx))[::-1]
+
+
+def digits_sharpness_run(data: Any, key: jax.Array, *, learning_rate: float, hidden_size: int = 64,
+                         num_steps: int = 400, every: int = 25, seed: int = 0, progress: bool = True) -> SharpnessRun:
+    """`gd_sharpness_run` for a fresh 64-h-h-10 tanh MLP (squared loss on one-hot `data.y`, as in
+    the edge-of-stability paper), initialised from `seed`: one call per (step size, width)."""
+    from flax import nnx
+
+    from workbench import models
+
+    model = models.MLP(64, [hidden_size, hidden_size], 10, activation="tanh", rngs=nnx.Rngs(seed))
+    fn = models.functional(model, loss="mse")
+    return gd_sharpness_run(fn.loss_fn, fn.params, data, key, learning_rate=learning_rate, num_steps=num_steps,
+                            every=every, progress=progress)

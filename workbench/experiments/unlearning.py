@@ -20,6 +20,7 @@ from workbench import unlearning as U
 from workbench.data import Dataset, load_digits
 from workbench.experiments.timing import best_time
 from workbench.models import MLP, functional
+from workbench.progress import bar
 from workbench.unlearning import diffusion as D
 from workbench.unlearning import evaluate as E
 
@@ -273,8 +274,10 @@ def ascent_cliff(kind: str = "class", learning_rates: Sequence[float] = (0.01, 0
     shape = (len(learning_rates), len(steps))
     fa, ra, ta = (np.full(shape, np.nan) for _ in range(3))
     base = default_options(setup)[method]
+    pbar = bar(total=fa.size, desc=f"{method} grid", unit="runs")
     for i, lr in enumerate(learning_rates):
         for j, n in enumerate(steps):
+            pbar.update(1)
             try:
                 out = U.METHODS[method](setup.loss_fn, model, s.forget, s.retain, k_u,
                                         **{**base, "learning_rate": lr, "num_steps": int(n)})
@@ -282,6 +285,7 @@ def ascent_cliff(kind: str = "class", learning_rates: Sequence[float] = (0.01, 0
                 continue
             sc = E.scores(setup.predict_fn, out.params, s.forget, s.retain, setup.test_data)
             fa[i, j], ra[i, j], ta[i, j] = sc.forget_accuracy, sc.retain_accuracy, sc.test_accuracy
+    pbar.close()
     return Cliff(np.asarray(learning_rates), np.asarray(steps), fa, ra, ta)
 
 

@@ -150,3 +150,49 @@ def fix_rate(k_values: Sequence[int], results: Sequence[object]):
     ax2.legend()
     fig.tight_layout()
     return fig
+
+
+def estimator_view(name: str, scores: np.ndarray, reference: np.ndarray, test_image: np.ndarray, test_label: int,
+                   train_images: np.ndarray, train_labels: np.ndarray, proponents, opponents, image_shape=(8, 8)):
+    """One estimator at a glance: left, its scores of every (test, training) pair against the
+    reference estimator's; right, the test image and its top proponents / opponents (training
+    images with label and score), as in `proponents_opponents`."""
+    import matplotlib.pyplot as plt
+
+    top_k = len(np.asarray(proponents.indices[0]))
+    fig = plt.figure(figsize=(4 + 1.3 * (top_k + 1), 3.6))
+    left, right = fig.subfigures(1, 2, width_ratios=[4, 1.3 * (top_k + 1)])
+    ax = left.subplots()
+    left.subplots_adjust(left=0.2, bottom=0.17, right=0.95)
+    s, r = np.asarray(scores).ravel(), np.asarray(reference).ravel()
+    ax.scatter(r, s, s=2, alpha=0.3)
+    corr = float(np.corrcoef(r, s)[0, 1])
+    ax.set(xlabel="reference (exact) score", ylabel=f"{name} score", title=f"{name}: r = {corr:.3f}")
+    axes = right.subplots(2, top_k + 1)
+    axes[0, 0].imshow(np.asarray(test_image).reshape(image_shape), cmap="gray_r")
+    axes[0, 0].set_title(f"test: {int(test_label)}", fontsize=8)
+    axes[1, 0].axis("off")
+    for row, (label, ranked) in enumerate((("pro", proponents), ("opp", opponents))):
+        for j, (i, v) in enumerate(zip(np.asarray(ranked.indices[0]), np.asarray(ranked.scores[0]))):
+            a = axes[row, j + 1]
+            a.imshow(np.asarray(train_images[i]).reshape(image_shape), cmap="gray_r")
+            a.set_title(f"{label} y={int(train_labels[i])}\n{v:.2g}", fontsize=7)
+    for a in axes.ravel():
+        a.set_xticks([]), a.set_yticks([])
+    return fig
+
+
+def correction(result, k: int):
+    """One `evaluate.correct_mispredictions` result: fraction of mispredictions fixed and accuracy
+    lost on the other test points, for the k most harmful examples against k random ones."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(7, 3))
+    labels = ["most harmful", "random"]
+    ax1.bar(labels, [result.fix_rate, result.fix_rate_random], color=["C0", "C7"])
+    ax1.set(ylabel="fraction of mispredictions fixed", ylim=(0, 1), title=f"k = {k}")
+    ax2.bar(labels, [result.damage, result.damage_random], color=["C0", "C7"])
+    ax2.axhline(0, color="k", lw=0.6)
+    ax2.set(ylabel="accuracy lost on other test points")
+    fig.tight_layout()
+    return fig

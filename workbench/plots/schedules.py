@@ -102,3 +102,20 @@ def schedule_losses(results: Mapping[str, object], window: int):
         ax.set(yscale="log", xlabel="step", ylabel="minibatch loss (smoothed)", title=label)
         ax.legend(fontsize=8)
     return fig
+
+
+def schedule_and_bound(T: int, values: np.ndarray, horizons: Sequence[int], reference: np.ndarray, curve: np.ndarray,
+                       reference_label: str = "linear decay"):
+    """Left: a schedule's learning rate over a run of T steps (relative to its peak); right: its
+    last-iterate bound against T beside a reference schedule's (dashed)."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.16, top=0.9, wspace=0.3)  # fixed: cheap for live panels
+    ax1.plot(np.arange(len(values)), np.asarray(values) / max(float(np.max(values)), 1e-300))
+    ax1.set(xlabel="step t", ylabel="learning rate / peak", title=f"your schedule, T = {T}")
+    ax2.plot(horizons, reference, "k--", label=reference_label)
+    ax2.plot(horizons, curve, "o-", label="yours")
+    ax2.set(xscale="log", xlabel="horizon T", ylabel="bound x sqrt(T) / (D G)")
+    ax2.legend()
+    return fig

@@ -105,3 +105,36 @@ def search_trace(results: dict):
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def sketched_dots(exact: np.ndarray, sketched: np.ndarray, ratios: np.ndarray, title: str):
+    """Left: sketched against exact inner products <g_i, g_j> of per-example gradients (the line
+    y = x dashed); right: the distortion ||Phi g_i||^2 / ||g_i||^2 of each gradient."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.8))
+    ax1.scatter(exact, sketched, s=3, alpha=0.5)
+    lim = [min(exact.min(), sketched.min()), max(exact.max(), sketched.max())]
+    ax1.plot(lim, lim, "k--", lw=0.8)
+    ax1.set(xlabel="exact <g_i, g_j>", ylabel="sketched <Phi g_i, Phi g_j>", title=title)
+    ax2.hist(ratios, bins=30)
+    ax2.axvline(1.0, color="k", ls="--", lw=0.8)
+    ax2.set(xlabel="||Phi g||^2 / ||g||^2 (1 = no distortion)", ylabel="examples")
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_dim(dims: np.ndarray, accuracy: np.ndarray, full_accuracy: float, threshold: float, title: str):
+    """Test accuracy after training in random subspaces of dimension d, with the full model's
+    accuracy and the 90% threshold as horizontal lines."""
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(dims)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(np.asarray(dims)[order], np.asarray(accuracy)[order], "o-", label="subspace training")
+    ax.axhline(full_accuracy, color="k", lw=0.8, label="full model")
+    ax.axhline(threshold, color="k", ls="--", lw=0.8, label="90% of full")
+    ax.set(xscale="log", xlabel="subspace dimension d", ylabel="test accuracy", ylim=(0, 1.02), title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -127,3 +127,22 @@ def integrity_bars(rows: Sequence):
         a.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return fig
+
+
+def accuracy_bars(result):
+    """One explored unlearning run (`experiments.unlearning.Explored`): forget / retain / held-out
+    accuracy of the unlearned model beside the retrained oracle's, MIA AUC and time in the title."""
+    import matplotlib.pyplot as plt
+
+    s, o = result.scores, result.oracle
+    x = np.arange(3)
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.bar(x - 0.2, [s.forget_accuracy, s.retain_accuracy, s.test_accuracy], 0.4, label=result.method)
+    ax.bar(x + 0.2, [o.forget_accuracy, o.retain_accuracy, o.test_accuracy], 0.4, label="oracle (retrained)",
+           color="C7")
+    ax.set_xticks(x, ["forget", "retain", "held-out"])
+    ax.set(ylabel="accuracy", ylim=(0, 1.05),
+           title=f"MIA AUC {result.mia_auc:.3f}, {result.seconds * 1e3:.0f} ms")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig

@@ -223,7 +223,7 @@ def per_example_gradients(
     `method="implicit"` sketches each gradient as d/dw loss(theta0 + Phi^T w, example) at w = 0
     (`workbench.sketch.gradients`): the same numbers by another route (stores do not record it).
     """
-    from tqdm.auto import tqdm
+    from workbench.progress import bar
 
     n_params = tu.size(params)
     if method not in ("explicit", "implicit"):
@@ -261,7 +261,7 @@ def per_example_gradients(
     done = _committed(gstore.path) if gstore is not None else set()
     todo = [c for c in range(num_chunks) if c not in done and (shard is None or c % shard[1] == shard[0])]
     results = []
-    for c in tqdm(todo, disable=not progress, desc="per-example gradients"):
+    for c in bar(todo, disable=not progress, desc="per-example gradients"):
         lo, hi = c * batch_size, min(n, (c + 1) * batch_size)
         idx = np.minimum(np.arange(lo, lo + batch_size), n - 1)  # pad the last chunk: one compile
         values = np.asarray(_sketch_chunk(loss_fn, sketch, params, jax.tree.map(lambda a, idx=idx: a[idx], data), method))[: hi - lo]

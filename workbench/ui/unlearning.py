@@ -1,98 +1,63 @@
 """Exploration panels for the unlearning papers: pick a method, a forget set and a strength, see
-the metrics (and, for diffusion, the samples); each run is added to a small history table."""
+the metrics (and, for diffusion, the samples); each run is added to the panel's history table."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from workbench.ui import Panel, panel
-
-
-def _guarded(fn: Callable, history: list) -> Callable:
-    """Call fn; on error return the exception so the panel shows it instead of raising."""
-
-    def run(**values):
-        try:
-            out = fn(**values)
-        except Exception as err:  # shown in the panel
-            return err
-        history.append((values, out))
-        del history[:-8]
-        return out
-
-    return run
-
-
-def _or_error(show: Callable[[Any], None]) -> Callable[[Any], None]:
-    """`show` for a result, or the error message in the panel when the call raised."""
-
-    def wrapped(result):
-        if isinstance(result, Exception):
-            print(f"error: {result}")
-            return
-        show(result)
-
-    return wrapped
+from workbench.ui import Panel, panel, slider_style
 
 
 def unlearning_panel(fn: Callable[..., Any], methods=("gradient_ascent", "neggrad_plus", "scrub", "ssd",
                                                       "oracle_matching", "datamodel_matching")) -> Panel:
     """Method, forget set, strength (learning rate, or alpha for SSD) and steps for
     `fn` (e.g. `workbench.experiments.unlearning.explore`), showing the forget / retain / held-out
-    accuracy against the oracles', the MIA AUC and the time, with the last runs kept below."""
+    accuracy against the oracle's, the MIA AUC and the time."""
     import ipywidgets as w
 
-    history: list = []
+    from workbench.plots.unlearning import accuracy_bars
+
     controls = {
         "method": w.Dropdown(options=list(methods), value=methods[0], description="method"),
         "kind": w.Dropdown(options=["class", "random", "skewed"], value="class", description="forget set"),
-        "strength": w.FloatLogSlider(value=0.05, base=10, min=-3, max=1.5, description="lr or alpha"),
-        "num_steps": w.IntSlider(value=40, min=5, max=300, step=5, description="steps"),
+        "strength": w.FloatLogSlider(value=0.05, base=10, min=-3, max=1.5, readout_format=".3g",
+                                     description="learning rate (or SSD alpha)", continuous_update=False),
+        "num_steps": w.IntSlider(value=40, min=5, max=300, step=5, description="steps", continuous_update=False),
     }
+    slider_style(*controls.values())
 
-    @_or_error
-    def show(result):
-        s, o = result.scores, result.oracle
-        print(f"{'':12} forget  retain  held-out")
-        print(f"{result.method:12} {s.forget_accuracy:6.3f}  {s.retain_accuracy:6.3f}  {s.test_accuracy:6.3f}")
-        print(f"{'oracle':12} {o.forget_accuracy:6.3f}  {o.retain_accuracy:6.3f}  {o.test_accuracy:6.3f}")
-        print(f"MIA AUC {result.mia_auc:.3f}, {result.seconds * 1e3:.1f} ms")
-        print("history:")
-        for values, out in history[-5:]:
-            print(f"  {values} -> forget {out.scores.forget_accuracy:.3f} retain {out.scores.retain_accuracy:.3f}")
+    def summary(result):
+        s = result.scores
+        return {"forget acc": s.forget_accuracy, "retain acc": s.retain_accuracy, "held-out acc": s.test_accuracy,
+                "oracle forget acc": result.oracle.forget_accuracy, "MIA AUC": result.mia_auc}
 
-    return panel(_guarded(fn, history), controls, show, button_text="Unlearn")
+    return panel(fn, controls, accuracy_bars, summary=summary, button_text="Unlearn",
+                 title="Unlearn a forget set and compare with the retrained oracle")
 
 
 def diffusion_panel(fn: Callable[..., Any], methods=("ascent", "remap", "remap_distill")) -> Panel:
     """Method, forget class, strength (weight of the forget term) and steps for `fn` (e.g.
     `functools.partial(workbench.experiments.unlearning.explore_diffusion, setup)`), showing the
-    integrity distances beside the noise floor, accuracy, Frechet distance and the samples."""
+    samples; the history keeps integrity (beside its noise floor), accuracy and Frechet distance."""
     import ipywidgets as w
-    import matplotlib.pyplot as plt
-    from IPython.display import display
 
     from workbench.plots.unlearning import sample_grid
 
-    history: list = []
     controls = {
         "method": w.Dropdown(options=list(methods), value=methods[-1], description="method"),
-        "forget_class": w.IntSlider(value=0, min=0, max=9, description="forget class"),
-        "weight": w.FloatLogSlider(value=1.0, base=10, min=-2, max=1, description="strength"),
-        "num_steps": w.IntSlider(value=200, min=20, max=1000, step=20, description="steps"),
+        "forget_class": w.IntSlider(value=0, min=0, max=9, description="forget class (digit)", continuous_update=False),
+        "weight": w.FloatLogSlider(value=1.0, base=10, min=-2, max=1, readout_format=".3g",
+                                   description="strength (forget-term weight)", continuous_update=False),
+        "num_steps": w.IntSlider(value=200, min=20, max=1000, step=20, description="steps", continuous_update=False),
     }
+    slider_style(*controls.values())
 
-    @_or_error
-    def show(result):
+    def summary(result):
         r = result.row
-        print(f"{r.method}: forget-class acc {r.forget_accuracy:.3f}, retain acc {r.retain_accuracy:.3f}, "
-              f"Frechet {r.frechet:.3f}; integrity pixel {r.integrity_pixel:.3f} (floor {r.floor_pixel:.3f}), "
-              f"feature {r.integrity_feature:.3f} (floor {r.floor_feature:.3f})")
-        fig = sample_grid(result.images, result.names)
-        display(fig)
-        plt.close(fig)
-        for values, out in history[-5:]:
-            print(f"  {values} -> integrity pixel {out.row.integrity_pixel:.3f}, forget acc {out.row.forget_accuracy:.3f}")
+        return {"forget-class acc": r.forget_accuracy, "retain acc": r.retain_accuracy, "Frechet": r.frechet,
+                "integrity (pixel)": r.integrity_pixel, "floor (pixel)": r.floor_pixel,
+                "integrity (feature)": r.integrity_feature, "floor (feature)": r.floor_feature}
 
-    return panel(_guarded(fn, history), controls, show, button_text="Forget")
+    return panel(fn, controls, lambda result: sample_grid(result.images, result.names), summary=summary,
+                 button_text="Forget", title="Forget a class of the diffusion model")

@@ -30,11 +30,11 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
-from tqdm.auto import tqdm
 
 from workbench.influence.inverse import dense_hessian
 from workbench.numerics import default_tol, num_examples
 from workbench.pergrad import example_loss, per_example_losses
+from workbench.progress import bar
 from workbench.train import optimize
 
 PyTree = Any
@@ -155,7 +155,7 @@ def _map_models(run, weights, models_per_batch):
     if pad:
         weights = jnp.concatenate([weights, jnp.repeat(weights[:1], pad, axis=0)])
     parts = [run(weights[c * models_per_batch : (c + 1) * models_per_batch])
-             for c in tqdm(range(chunks), desc="retraining", leave=False, disable=chunks < 4)]
+             for c in bar(range(chunks), desc="retraining", disable=chunks < 4)]
     return jax.tree.map(lambda *a: jnp.concatenate(a)[:m], *parts)
 
 
