@@ -54,8 +54,11 @@ def _log_bar_class():
 
 
 def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", disable: bool = False,
-        leave: bool = False, unit: str = "it", **kwargs: Any):
-    """A progress bar (context manager and iterable wrapper, tqdm's interface) for a long loop."""
+        leave: bool = True, unit: str = "it", **kwargs: Any):
+    """A progress bar (context manager and iterable wrapper, tqdm's interface) for a long loop.
+
+    Finished bars stay (`leave=True`): a notebook bar with leave=False closes its widget model
+    while the output still refers to it, and voila then shows "Error displaying widget"."""
     how = mode()
     if how == "off":
         disable = True
