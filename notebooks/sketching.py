@@ -47,6 +47,10 @@
 #       text_examples: 64
 #       text_log2_step: 1
 #       text_steps: 400
+#       theorem_dims:
+#       - 64
+#       - 256
+#       - 1024
 #       timing_log2_dim_in: 16
 #       timing_log2_dims:
 #       - 10
@@ -78,7 +82,7 @@
 # (5) A dense projection regenerated on the fly costs time linear in D; AFFD and QK do not.
 
 # %% tags=["parameters"]
-theorem_dims: list[int] = [64, 256, 1024]  # D for Theorem 3.1 (the input has 4 blocks of width D)
+theorem_dims: list[int] = [64, 1024]  # D for Theorem 3.1 (the input has 4 blocks of width D; full: 64, 256, 1024)
 theorem_draws: int = 2000  # independent sketches per kind and D
 qk_factor: int = 64  # QK factor width B_i for the per-factor study (input size: its square)
 hidden_size: int = 16  # digits MLP width (16 gives 1210 parameters: a cheap dense Hessian)
