@@ -74,23 +74,3 @@ def test_off_and_users_own_jax_setting(tmp_path):
     own = probe(tmp_path, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "own"))
     assert own["source"] == "jax" and own["path"] == str(tmp_path / "own") and own["entries"] >= 1
     assert not (tmp_path / "xdg").exists()
-
-
-
-def test_task_sampler_compiled_at_level_1_draws_the_same_tasks():
-    """The ICL task sampler is compiled at LLVM level 1 (its threefry draws compile ~4x faster):
-    it draws exactly the tasks the default level draws, on uniform and Gaussian inputs. (Not
-    every program is so: QK's Gram-Schmidt initialiser differs in the last bits at level 1,
-    which is why `sketch.make` keeps the default.)"""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from workbench.icl import tasks as T
-
-    same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-    default = jax.jit(T.sample_with_factor.__wrapped__, static_argnums=(2, 3, 4, 5, 6, 7, 8))
-    for factor, n, d, inputs, noise in ((None, 256, 10, "uniform", 0.0),
-                                        (jnp.eye(5, dtype=jnp.float32) * 0.5, 128, 5, "gaussian", 0.1)):
-        args = (jax.random.key(3), factor, n, d, 10, inputs, 1.0, noise, jnp.float32)
-        assert same(T.sample_with_factor(*args), default(*args)), inputs

@@ -111,10 +111,7 @@ def sample_tasks(
     return sample_with_factor(key, factor, num_tasks, dim, context_length, inputs, float(input_range), float(noise_std), dtype)
 
 
-# Compiled at LLVM optimisation level 1: its threefry draws compile about 4x faster there (2.5 s
-# down to 0.6 s of CPU for 4096 tasks) and draw the same bits (tests/test_compilation_cache.py).
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7, 8),
-                   compiler_options={"xla_backend_optimization_level": 1})
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7, 8))
 def sample_with_factor(key, factor, num_tasks, dim, context_length, inputs, input_range, noise_std, dtype) -> Tasks:
     """The sampler without validation (used inside jitted training losses); `factor` is the
     Cholesky factor for gaussian inputs."""
