@@ -40,12 +40,17 @@
 #       time_affd_growth: <3
 #       time_dense_growth: '>4'
 #     full:
+#       digits_log2_step: 1
 #       hidden_size: 32
 #       num_draws: 10
 #       qk_factor: 256
 #       text_examples: 64
 #       text_log2_step: 1
 #       text_steps: 400
+#       theorem_dims:
+#       - 64
+#       - 256
+#       - 1024
 #       timing_log2_dim_in: 16
 #       timing_log2_dims:
 #       - 10
@@ -77,7 +82,7 @@
 # (5) A dense projection regenerated on the fly costs time linear in D; AFFD and QK do not.
 
 # %% tags=["parameters"]
-theorem_dims: list[int] = [64, 256, 1024]  # D for Theorem 3.1 (the input has 4 blocks of width D)
+theorem_dims: list[int] = [64, 1024]  # D for Theorem 3.1 (the input has 4 blocks of width D; full: 64, 256, 1024)
 theorem_draws: int = 2000  # independent sketches per kind and D
 qk_factor: int = 64  # QK factor width B_i for the per-factor study (input size: its square)
 hidden_size: int = 16  # digits MLP width (16 gives 1210 parameters: a cheap dense Hessian)
@@ -86,6 +91,7 @@ num_examples: int = 48  # per-example gradients used for the dot-product correla
 text_examples: int = 16  # per-example gradients of the character-level transformer
 text_steps: int = 40  # Adam steps for the transformer
 num_draws: int = 5  # independent sketch draws per (kind, D) for the error bars
+digits_log2_step: int = 2  # log2 D step for the digits MLP's tables 6 and 7 (1 in the full profile)
 text_log2_step: int = 3  # log2 D step for the transformer (1 in the full profile)
 timing_log2_dim_in: int = 14  # log2 N for time against D
 timing_log2_dims: list[int] = [8, 12]  # log2 D for time against D
@@ -139,13 +145,15 @@ print("QK splits", qk_tab.dims_out, "variance", np.round(qk_tab.variance, 3), "f
 # the finding. With the paper's factor cap of 1024, QK on a model this small has one wide
 # factor and is nearly a dense orthogonal projection; GPT-2 under that cap has three factors
 # (1024^2 < 1.2e8 < 1024^3), so we cap QK's factors at the smallest power of two f with
-# f^3 >= N to put it in the paper's regime (`qk_caps` below).
+# f^3 >= N to put it in the paper's regime (`qk_caps` below). The quick profile tries every other
+# power of two on the MLP and every third on the transformer, so its smallest D are rounded up to
+# those; the full profile tries every one.
 
 # %%
 digits = ex.digits_problem(num_examples, train_steps, seed, hidden_size)
 text = ex.text_problem(text_examples, text_steps, seed)
 max_d = {p.name: int(np.log2(p.num_params)) for p in (digits, text)}
-steps = {"digits_mlp": 1, "char_transformer": text_log2_step}
+steps = {"digits_mlp": digits_log2_step, "char_transformer": text_log2_step}
 qk_caps = {p.name: 1 << int(np.ceil(np.log2(p.num_params) / 3)) for p in (digits, text)}
 print("QK factor caps (three factors, as GPT-2 under the paper's 1024):", qk_caps)
 tables = {p.name: evaluate.dot_product_correlation(p.grads, PAPER, range(4, max_d[p.name] + 1, steps[p.name]),
@@ -171,7 +179,8 @@ print("paper (GPT-2): FJL 10/12/13, AFFD 10/12/13, FFD 10/12/14, AFJL 12/13/15, 
 
 # %%
 hessian = ex.dense_hessian(digits)
-eig = evaluate.eigenvalue_errors(hessian, PAPER, range(5, max_d["digits_mlp"] + 1), jax.random.fold_in(key, 4),
+eig_dims = [d for d in range(5, max_d["digits_mlp"] + 1) if (d - 4) % digits_log2_step == 0]  # D of table 6 (2^8 always)
+eig = evaluate.eigenvalue_errors(hessian, PAPER, eig_dims, jax.random.fold_in(key, 4),
                                  k=10, num_draws=max(2, num_draws // 2),
                                  options={"qk": {"max_factor": qk_caps["digits_mlp"]}})
 fig = plots.eigen_error_curves(eig)

@@ -3,6 +3,10 @@
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# No persistent compilation cache in tests: every test compiles as a fresh CI machine does, and
+# nothing is written to the user's ~/.cache. Inherited by the kernels the paper tests start; the
+# tests of the cache itself point it at a temporary folder.
+os.environ["WORKBENCH_JAX_CACHE"] = "off"
 
 import jax
 import pytest

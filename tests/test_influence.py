@@ -80,11 +80,12 @@ def test_exact_against_leave_one_out_retraining(problem, exact_est):
     # (the influence function is this step with H in place of H_-i), and against retraining
     flat, unravel = jax.flatten_util.ravel_pytree(params)
     n = truth.num_train
-    one = lambda v, i: f.loss_fn(unravel(v), train.take(np.array([i])))
+    one = lambda v, example: f.loss_fn(unravel(v), example)
+    hess_one, grad_one = jax.jit(jax.hessian(one)), jax.jit(jax.grad(one))  # compiled once, not per example
     hess = np.asarray(jax.hessian(lambda v: f.loss_fn(unravel(v), train))(flat))
     g_test = np.asarray(jax.vmap(lambda x, y: jax.grad(lambda v: f.loss_fn(unravel(v), (x[None], y[None])))(flat))(test.x, test.y))
-    newton = np.stack([g_test @ np.linalg.solve((n * hess - np.asarray(jax.hessian(one)(flat, int(i)))) / (n - 1),
-                                                 np.asarray(jax.grad(one)(flat, int(i)))) / (n - 1)
+    newton = np.stack([g_test @ np.linalg.solve((n * hess - np.asarray(hess_one(flat, train.take(np.array([i]))))) / (n - 1),
+                                                 np.asarray(grad_one(flat, train.take(np.array([i]))))) / (n - 1)
                        for i in truth.removed], axis=1)  # [n_test, removed]
     predicted = scores[:, truth.removed] / (n - 1)
     slope = lambda a, b: float(np.dot(a.ravel(), b.ravel()) / np.dot(a.ravel(), a.ravel()))

@@ -23,7 +23,7 @@ LAYERS = [
                       "unlearning", "distributed"}),
     ("experiments", {"experiments"}),
     ("presentation", {"plots", "ui"}),
-    ("running", {"results", "papers", "lab", "__main__"}),
+    ("running", {"results", "papers", "lab", "__main__", "compilation_cache"}),
 ]
 RANK = {mod: i for i, (_, mods) in enumerate(LAYERS) for mod in mods}
 # Beyond the order: engines and capabilities take pure functions and pytrees, never a dataset

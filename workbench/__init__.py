@@ -1,7 +1,9 @@
 """A notebook-first research workbench for understanding how neural networks train.
 
 Submodules are imported on use (`from workbench import curvature`); the package root only
-carries the two calls every notebook makes: `record(...)` and `save_figure(fig, name)`.
+carries the two calls every notebook makes: `record(...)` and `save_figure(fig, name)`. Importing
+it turns on JAX's persistent compilation cache (`workbench.compilation_cache`: a folder under
+~/.cache/workbench/jax, safe to delete; `WORKBENCH_JAX_CACHE=off` turns it off).
 
 Layers (a module imports only from its own layer or those above it; `tests/test_layers.py`
 enforces it):
@@ -36,7 +38,12 @@ API convention, followed everywhere:
   looks like a result.
 """
 
+from workbench import compilation_cache as _compilation_cache
 from workbench.results import record, save_figure, show
+
+# JAX's persistent compilation cache, so a paper rerun loads its compiled programs instead of
+# compiling them again (see workbench/compilation_cache.py; WORKBENCH_JAX_CACHE=off turns it off).
+_compilation_cache.enable()
 
 __all__ = ["record", "save_figure", "show"]
 __version__ = "0.1.0"

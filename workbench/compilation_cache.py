@@ -1,0 +1,95 @@
+"""JAX's persistent compilation cache, on by default for paper runs and notebooks.
+
+Most of a paper's quick run is XLA compiling the same programs it compiled last time. `import
+workbench` points JAX's persistent compilation cache at a folder under the user's cache
+directory, so a second run (`make papers`, `workbench run NAME`, a notebook reopened in
+JupyterLab) loads compiled programs from disk instead of compiling them again. A program loaded
+from the cache is the one that was compiled, so results are the same numbers.
+
+Where: `$WORKBENCH_JAX_CACHE` if set to a path; otherwise `$XDG_CACHE_HOME/workbench/jax`, or
+`~/.cache/workbench/jax` without XDG_CACHE_HOME. `WORKBENCH_JAX_CACHE=off` (or `0`, `false`,
+`no`, `none`) turns it off. A cache directory the user gave JAX itself (`JAX_COMPILATION_CACHE_DIR`
+or `jax.config.update("jax_compilation_cache_dir", ...)` before `import workbench`) is left as it
+is. The folder only holds compiled programs keyed by a hash of the program, the JAX version and
+the configuration: it is safe to delete at any time (the next run compiles again), e.g.
+`rm -rf ~/.cache/workbench/jax`. It is not pruned; the quick profiles of all papers fill about
+the size `info()` reports after a `make papers`.
+
+Only programs whose compilation took at least `MIN_COMPILE_SECONDS` are written: smaller ones
+compile about as fast as they load.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+ENV = "WORKBENCH_JAX_CACHE"
+OFF = ("off", "0", "false", "no", "none")
+MIN_COMPILE_SECONDS = 0.1
+
+
+class CacheInfo(NamedTuple):
+    """Where the persistent compilation cache is (None when off), how many entries and bytes it
+    holds, and who chose the folder ("workbench", "jax" for the user's own JAX setting, "off")."""
+
+    path: Path | None
+    entries: int
+    bytes: int
+    source: str
+
+
+def default_dir() -> Path:
+    """`$XDG_CACHE_HOME/workbench/jax`, or `~/.cache/workbench/jax`."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "workbench" / "jax"
+
+
+def requested_dir() -> Path | None:
+    """The folder `WORKBENCH_JAX_CACHE` asks for: a path, the default when unset, None when off."""
+    setting = os.environ.get(ENV, "").strip()
+    if setting.lower() in OFF:
+        return None
+    return Path(setting).expanduser() if setting else default_dir()
+
+
+_source = "off"
+
+
+def enable() -> Path | None:
+    """Point JAX's persistent compilation cache at `requested_dir()` (called by `import
+    workbench`); returns the folder in use, or None when the cache is off.
+
+    Takes effect for programs compiled after the call, so it belongs before the first
+    computation (it is part of `import workbench`). A folder the user already gave JAX wins.
+    """
+    global _source
+    import jax
+
+    own = jax.config.jax_compilation_cache_dir
+    if own and _source != "workbench":
+        _source = "jax"
+        return Path(own)
+    path = requested_dir()
+    if path is None:
+        if _source == "workbench":  # switched off after an earlier enable()
+            jax.config.update("jax_compilation_cache_dir", None)
+        _source = "off"
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    _source = "workbench"
+    return path
+
+
+def info() -> CacheInfo:
+    """The cache folder in use and its size."""
+    import jax
+
+    folder = jax.config.jax_compilation_cache_dir if _source != "off" else None
+    if not folder:
+        return CacheInfo(None, 0, 0, "off")
+    path = Path(folder)
+    files = [f for f in path.glob("*-cache") if f.is_file()] if path.is_dir() else []
+    return CacheInfo(path, len(files), sum(f.stat().st_size for f in files), _source)
