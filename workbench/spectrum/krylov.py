@@ -299,25 +299,44 @@ def _wanted(count: int, m: int, which: str) -> np.ndarray:
     return np.concatenate([np.arange(m - top, m)[::-1], np.arange(count - top)[::-1]])
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
+def _order(count, m: int, which: str) -> jax.Array:
+    """`_wanted` for a traced `count`: [m] indices into ascending Ritz values whose first `count`
+    entries are the wanted ones in `_wanted`'s order (the rest are filler, masked by callers)."""
+    i = jnp.arange(m, dtype=jnp.int32)
+    if which == "largest":
+        return m - 1 - i
+    if which == "smallest":
+        return i
+    top = (count + 1) // 2
+    return jnp.where(i < top, m - 1 - i, jnp.maximum(count - 1 - i, 0))
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
 def _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, true_residuals):
     """Krylov-Schur (thick-restart Lanczos) for the k wanted eigenpairs of a symmetric operator.
 
     One while loop: each pass (after the first) compresses the basis to the `keep` wanted Ritz
     vectors plus the residual vector, then extends it back to depth m with full
     reorthogonalization. A single matvec and eigh site keeps compile time small.
+
+    Compiled once per (operator kind, which, depth m): k, max_restarts, tol and true_residuals
+    are traced, so asking for k = 1 and then k = 5 (or another tolerance) reuses the program.
+    Returns all m Ritz pairs in wanted order (callers keep the first k) and the finite flag.
     """
-    keep = min(m - 1, max(k + (m - k) // 2, k))
-    wanted = _wanted(k, m, which)
-    kept = _wanted(keep, m, which)
+    k = jnp.asarray(k, jnp.int32)
+    keep = jnp.minimum(m - 1, jnp.maximum(k + (m - k) // 2, k))
+    slots = jnp.arange(m, dtype=jnp.int32)
+    wanted = _order(k, m, which)
+    kept = _order(keep, m, which)
     basis, hess, finite, key = _start(op, key, m)
     dtype = basis.dtype
+    tol = jnp.asarray(tol, dtype)
 
     def restart(basis, hess, theta, s):
-        sk = s[:, kept]
-        new_basis = jnp.zeros_like(basis).at[:keep].set(sk.T @ basis[:m]).at[keep].set(basis[m])
-        new_hess = jnp.zeros_like(hess).at[jnp.arange(keep), jnp.arange(keep)].set(theta[kept])
-        return new_basis, new_hess.at[keep, :keep].set(hess[m] @ sk)
+        sk = jnp.where(slots < keep, s[:, kept], 0)  # [m, m]: kept Ritz vectors, zero columns after
+        new_basis = jnp.zeros_like(basis).at[:m].set(sk.T @ basis[:m]).at[keep].set(basis[m])
+        new_hess = jnp.zeros_like(hess).at[slots, slots].set(jnp.where(slots < keep, theta[kept], 0))
+        return new_basis, new_hess.at[keep].set(hess[m] @ sk)
 
     def body(state):
         passes, basis, hess, finite, key, theta, s, _ = state
@@ -329,26 +348,41 @@ def _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, true_residua
         theta, s = jnp.linalg.eigh(0.5 * (hess[:m] + hess[:m].T))
         res = jnp.abs(hess[m] @ s)
         norm = jnp.maximum(jnp.max(jnp.abs(theta)), jnp.finfo(dtype).tiny)
-        done = jnp.all(res[wanted] <= tol * norm)
+        done = jnp.all((res[wanted] <= tol * norm) | (slots >= k))
         return passes + 1, basis, hess, finite, key, theta, s, done
 
     def cond(state):
         passes, _, _, finite, _, _, _, done = state
         return (passes <= max_restarts) & finite & ~done
 
-    init = (0, basis, hess, finite, key, jnp.zeros(m, dtype), jnp.eye(m, dtype=dtype), False)
+    init = (jnp.int32(0), basis, hess, finite, key, jnp.zeros(m, dtype), jnp.eye(m, dtype=dtype), False)
     passes, basis, hess, finite, _, theta, s, _ = jax.lax.while_loop(cond, body, init)
     vectors = s[:, wanted].T @ basis[:m]
     vectors = vectors / jnp.linalg.norm(vectors, axis=1, keepdims=True)
     values = theta[wanted]
     norm = jnp.max(jnp.abs(theta))
-    if true_residuals:
-        products = jax.lax.map(op.mv, vectors)
-        residuals = jnp.linalg.norm(products - values[:, None] * vectors, axis=1)
-    else:  # from A V_m = V_{m+1} H: exact up to rounding with full reorthogonalization
-        residuals = jnp.abs(hess[m] @ s[:, wanted])
-    matvecs = m + (passes - 1) * (m - keep) + (k if true_residuals else 0)
+    # from A V_m = V_{m+1} H: exact up to rounding with full reorthogonalization
+    residuals = jnp.abs(hess[m] @ s[:, wanted])
+
+    def true_residual(i, residuals):
+        r = jnp.linalg.norm(op.mv(vectors[i]) - values[i] * vectors[i])
+        return residuals.at[i].set(r)
+
+    extra = jnp.where(true_residuals, k, 0)
+    residuals = jax.lax.fori_loop(jnp.int32(0), extra, true_residual, residuals)
+    matvecs = m + (passes - 1) * (m - keep) + extra
     return EigenResult(values, vectors, residuals, residuals <= 10 * tol * norm, matvecs), finite
+
+
+def _first(result: EigenResult, k: int) -> EigenResult:
+    """The first k pairs of a wanted-order result. Outside a trace the cut happens on the host
+    (NumPy), so a new k compiles nothing."""
+    if isinstance(result.values, jax.core.Tracer):
+        return result._replace(**{f: getattr(result, f)[:k] for f in _PAIR_FIELDS})
+    return result._replace(**{f: jax.device_put(np.asarray(getattr(result, f))[:k]) for f in _PAIR_FIELDS})
+
+
+_PAIR_FIELDS = ("values", "vectors", "residuals", "converged")
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
@@ -410,6 +444,7 @@ def top_eigenpairs(
         result, finite = _thick_restart_lanczos(
             op, key, int(k), which, num_iters, int(max_restarts), tol, bool(true_residuals)
         )
+        result = _first(result, int(k))
     else:
         result, finite = _arnoldi_eigen(op, key, int(k), which, num_iters, tol)
     _check_finite(finite, "top_eigenpairs")

@@ -35,7 +35,8 @@ def _top_values_fn(loss_fn, k, num_iters, max_restarts, tol, kind, batch_size):
         result, finite = _thick_restart_lanczos(
             op, key, k, "largest", m, max_restarts, tol or default_tol(op.dtype), False
         )
-        return result.values, finite & jnp.all(jnp.isfinite(result.values))
+        values = result.values[:k]
+        return values, finite & jnp.all(jnp.isfinite(values))
 
     return top
 
