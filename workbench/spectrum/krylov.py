@@ -131,16 +131,27 @@ def _orthogonalize(basis, w):
     return w - h2 @ basis, h1 + h2
 
 
-def _hash_vector(seed, n: int, dtype):
-    """A cheap pseudo-random vector (sine hash) for breakdown restarts; avoids compiling an RNG
-    inside the loop. It only needs to lie outside the current Krylov space."""
-    seed = jnp.asarray(seed, dtype)
-    x = jnp.sin((jnp.arange(n, dtype=dtype) + 1) * (12.9898 + seed) + 78.233 * seed) * 43758.5453
-    return x - jnp.floor(x) - 0.5
+def _hash_words(words, n: int, dtype):
+    """n pseudo-random numbers in [-0.5, 0.5) hashed from uint32 `words` (murmur3's finalizer of
+    counter and words): one elementwise loop, where a threefry program would cost a notebook's
+    first call about a second of compiling on CPU. For start and restart vectors, where any
+    vector with generic overlaps will do (never for Monte Carlo probes)."""
+    words = jnp.asarray(words).ravel().astype(jnp.uint32)
+    x = jnp.arange(n, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9)
+    for i in range(words.shape[0]):
+        x = x ^ (words[i] + jnp.uint32(0x7F4A7C15))
+        for shift, mult in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
+            x = (x ^ (x >> shift)) * jnp.uint32(mult)
+        x = x ^ (x >> 16)
+    return (x >> 8).astype(dtype) * jnp.asarray(2.0**-24, dtype) - jnp.asarray(0.5, dtype)
 
 
 def _extend(mv, basis, hess, finite, key, start, stop: int):
-    """Arnoldi steps j = start..stop-1: fill basis[j + 1] and column j of `hess`."""
+    """Arnoldi steps j = start..stop-1: fill basis[j + 1] and column j of `hess`.
+
+    A breakdown (the Krylov space became invariant) continues from a pseudo-random vector
+    orthogonalized together with the product (one block Gram-Schmidt, no branch: the same cost
+    under vmap, and a smaller program to compile)."""
     dtype = basis.dtype
     breakdown_tol = 1e3 * jnp.finfo(dtype).eps
 
@@ -150,21 +161,22 @@ def _extend(mv, basis, hess, finite, key, start, stop: int):
         ok = jnp.all(jnp.isfinite(w))
         w = jnp.where(ok, w, jnp.zeros_like(w))
         scale = jnp.linalg.norm(w)
-        w, h = _orthogonalize(basis, w)
+        r0 = _hash_words(jnp.stack([key, j.astype(key.dtype)]), w.shape[0], dtype)
+        block = jnp.stack([w, r0])  # [2, dim]: the product and a fresh candidate
+        h1 = block @ basis.T
+        block = block - h1 @ basis
+        h2 = block @ basis.T
+        block = block - h2 @ basis
+        w, r = block[0], block[1]
+        h = h1[0] + h2[0]
         beta = jnp.linalg.norm(w)
-        def fresh(_):  # invariant subspace: continue from a new vector orthogonal to the basis
-            r0 = _hash_vector(j.astype(dtype) + key.astype(dtype), w.shape[0], dtype)
-            r = _orthogonalize(basis, _orthogonalize(basis, r0)[0])[0]
-            norm = jnp.linalg.norm(r)
-            alive = norm > 1e-3 * jnp.linalg.norm(r0)  # else the basis already spans everything
-            r = jnp.where(alive, r / jnp.where(alive, norm, 1), jnp.zeros_like(r))
-            return r, jnp.zeros((), dtype)
-
-        def keep(_):
-            return w / beta, beta
-
         broke = beta <= breakdown_tol * jnp.maximum(scale, jnp.finfo(dtype).tiny)
-        nxt, beta = jax.lax.cond(broke, fresh, keep, None)
+        norm = jnp.linalg.norm(r)  # invariant subspace: continue from r, orthogonal to the basis
+        alive = norm > 1e-3 * jnp.linalg.norm(r0)  # else the basis already spans everything
+        one = jnp.ones((), dtype)
+        fresh = jnp.where(alive, r / jnp.where(alive, norm, one), jnp.zeros_like(r))
+        nxt = jnp.where(broke, fresh, w / jnp.where(broke, one, beta))
+        beta = jnp.where(broke, jnp.zeros_like(beta), beta)
         h = h.at[j + 1].set(beta)
         return basis.at[j + 1].set(nxt), hess.at[:, j].set(h), finite & ok, key
 
@@ -172,9 +184,9 @@ def _extend(mv, basis, hess, finite, key, start, stop: int):
 
 
 def _start(op, key, num_iters, v0=None):
-    """Basis with the unit start vector (random normal unless given) and an integer seed for
-    breakdown restarts."""
-    v0 = jax.random.normal(key, (op.dim,), op.dtype) if v0 is None else v0
+    """Basis with the unit start vector (pseudo-random from `key` unless given) and an integer
+    seed for breakdown restarts."""
+    v0 = _hash_words(jax.random.key_data(key), op.dim, op.dtype) if v0 is None else v0
     key = jnp.sum(jax.random.key_data(key) % (1 << 16)).astype(jnp.int32)  # no RNG compile
     basis = jnp.zeros((num_iters + 1, op.dim), op.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
     hess = jnp.zeros((num_iters + 1, num_iters), op.dtype)
@@ -189,7 +201,7 @@ def _arnoldi_jit(op, key, num_iters):
 
 
 def arnoldi(op, key, num_iters: int) -> ArnoldiResult:
-    """`num_iters` Arnoldi steps with full reorthogonalization from a random start vector."""
+    """`num_iters` Arnoldi steps with full reorthogonalization from a pseudo-random start vector (hashed from `key`)."""
     _check_op(op)
     num_iters = _check_iters(num_iters, op.dim)
     result = _arnoldi_jit(op, key, num_iters)
@@ -224,7 +236,7 @@ def _plain_recurrence(op, v0, num_iters):
 
 @functools.partial(jax.jit, static_argnums=(2,))
 def _lanczos_plain(op, key, num_iters):
-    v0 = jax.random.normal(key, (op.dim,), op.dtype)
+    v0 = _hash_words(jax.random.key_data(key), op.dim, op.dtype)  # the start vector of `_start`
     alphas, betas, finite = _plain_recurrence(op, v0 / jnp.linalg.norm(v0), num_iters)
     return LanczosResult(alphas, betas, None, finite)
 
@@ -236,7 +248,8 @@ def _lanczos_full(op, key, num_iters):
 
 
 def lanczos(op, key, num_iters: int, reorthogonalize: bool = True) -> LanczosResult:
-    """`num_iters` Lanczos steps on a symmetric operator from a random unit start vector.
+    """`num_iters` Lanczos steps on a symmetric operator from a pseudo-random unit start vector
+    (hashed from `key`).
 
     With `reorthogonalize` (default) the basis is kept and fully reorthogonalized; without it the
     plain three-term recurrence runs in O(dim) memory and returns no basis (enough for SLQ).
@@ -329,10 +342,13 @@ def _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, true_residua
     wanted = _order(k, m, which)
     kept = _order(keep, m, which)
     basis, hess, finite, key = _start(op, key, m)
+    basis = basis.at[m].set(basis[0]).at[0].set(0)  # the first pass "restarts" from v0 with keep 0
     dtype = basis.dtype
     tol = jnp.asarray(tol, dtype)
 
-    def restart(basis, hess, theta, s):
+    def restart(basis, hess, theta, s, keep):
+        """Keep the `keep` wanted Ritz vectors and the residual vector (no branch: the first
+        pass is the same code with keep = 0)."""
         sk = jnp.where(slots < keep, s[:, kept], 0)  # [m, m]: kept Ritz vectors, zero columns after
         new_basis = jnp.zeros_like(basis).at[:m].set(sk.T @ basis[:m]).at[keep].set(basis[m])
         new_hess = jnp.zeros_like(hess).at[slots, slots].set(jnp.where(slots < keep, theta[kept], 0))
@@ -340,10 +356,8 @@ def _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, true_residua
 
     def body(state):
         passes, basis, hess, finite, key, theta, s, _ = state
-        basis, hess = jax.lax.cond(
-            passes > 0, restart, lambda b, h, t, u: (b, h), basis, hess, theta, s
-        )
         start = jnp.where(passes > 0, keep, 0)
+        basis, hess = restart(basis, hess, theta, s, start)
         basis, hess, finite, key = _extend(op.mv, basis, hess, finite, key, start, m)
         theta, s = jnp.linalg.eigh(0.5 * (hess[:m] + hess[:m].T))
         res = jnp.abs(hess[m] @ s)
