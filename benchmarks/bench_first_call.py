@@ -7,9 +7,11 @@ feels on the first call of that function (the model's own jit of its loss is war
 point's program is not). "again" is a second call with other options in the same process
 (e.g. k=5 after k=1: it should compile nothing), "warm" the best of 3 later calls.
 
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_first_call.py [--only NAME ...]
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_first_call.py [--out NAME] [--before JSON] [--only NAME ...]
 
-Writes benchmarks/results/first_call.json and first_call.md.
+Writes benchmarks/results/first_call.json and first_call.md (`--out` renames them; `--before`
+adds the first/warm columns of an earlier run, e.g. of the code before a change, made with
+PYTHONPATH pointing at that checkout).
 """
 
 from __future__ import annotations
@@ -164,13 +166,16 @@ def markdown(results):
              "`first` is the first call of the entry point (compile included), `again` a second call "
              "with other options (k=5 after k=1), `warm` the best of 3 later calls. "
              f"{results['note']}", "",
-             "| entry point | workbench first s | again s | warm s | matfree first s | matfree warm s |",
-             "|---|---|---|---|---|---|"]
+             "| entry point | before: first s | before: again s | before: warm s | workbench first s "
+             "| again s | warm s | matfree first s | matfree again s | matfree warm s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     f = lambda r, k: f"{r[k]:.3f}" if r and k in r else ""  # noqa: E731
+    before = results.get("before", {})
     for name, row in results["workbench"].items():
-        m = results["matfree"].get(name)
-        lines.append(f"| {name} | {f(row, 'first_s')} | {f(row, 'again_s')} | {f(row, 'warm_s')} "
-                     f"| {f(m, 'first_s')} | {f(m, 'warm_s')} |")
+        m, b = results["matfree"].get(name), before.get(name)
+        lines.append(f"| {name} | {f(b, 'first_s')} | {f(b, 'again_s')} | {f(b, 'warm_s')} | {f(row, 'first_s')} "
+                     f"| {f(row, 'again_s')} | {f(row, 'warm_s')} | {f(m, 'first_s')} | {f(m, 'again_s')} "
+                     f"| {f(m, 'warm_s')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -179,13 +184,17 @@ def main():
         child(*sys.argv[2:5])
         return
     only = sys.argv[sys.argv.index("--only") + 1:] if "--only" in sys.argv else None
+    out_name = sys.argv[sys.argv.index("--out") + 1] if "--out" in sys.argv else "first_call"
+    before = json.loads(Path(sys.argv[sys.argv.index("--before") + 1]).read_text())["workbench"] \
+        if "--before" in sys.argv else {}
+    skip_matfree = "--no-matfree" in sys.argv
     env = dict(os.environ)
     env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
     with tempfile.TemporaryDirectory() as tmp:
         weights = str(Path(tmp) / "mlp.npz")
         _train(weights)
         results = {"machine": platform.processor() or platform.machine(), "workbench": {}, "matfree": {},
-                   "note": os.environ.get("BENCH_NOTE", "")}
+                   "before": before, "note": os.environ.get("BENCH_NOTE", "")}
         fn, params, train_data, test_data = _mlp(weights)
         names = {"workbench": list(entries(fn, params, train_data, test_data))}
         try:
@@ -193,6 +202,8 @@ def main():
 
             names["matfree"] = list(matfree_entries(fn, params, train_data))
         except ImportError:
+            names["matfree"] = []
+        if skip_matfree:
             names["matfree"] = []
         for peer, rows in names.items():
             for name in rows:
@@ -204,9 +215,8 @@ def main():
                 results[peer][name] = json.loads(lines[-1][7:]) if lines else {"failed": out.stderr[-300:]}
                 print(peer, name, results[peer][name], flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "_partial" if only else ""
-    (RESULTS / f"first_call{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / f"first_call{suffix}.md").write_text(markdown(results))
+    (RESULTS / f"{out_name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{out_name}.md").write_text(markdown(results))
     print(markdown(results))
 
 
