@@ -434,8 +434,10 @@ def top_eigenpairs(
     unrestarted Arnoldi factorization of depth `num_iters` (default max(4k, 80)) and takes the
     real parts of the Ritz values (for operators that may not be exactly symmetric). Residuals
     are recomputed with k extra matvecs (`true_residuals=False` reads them off the Krylov-Schur
-    relation instead, saving the matvecs and their compile time); `converged[i]` is
-    residual <= 10 * tol * |largest Ritz value|.
+    relation instead, saving the matvecs); `converged[i]` is
+    residual <= 10 * tol * |largest Ritz value|. "lanczos" compiles once per (operator kind,
+    `which`, Krylov depth): k (at the default depth 40 for every k <= 10), `max_restarts`, `tol`
+    and `true_residuals` are traced values, so trying another of them compiles nothing.
     """
     _check_op(op)
     if which not in WHICH:
