@@ -78,6 +78,7 @@ def ours(fn, params, ds, key):
         "trace_hutch++": lambda: spectrum.trace(op, key, 100, "hutch++").estimate,
         "trace_xtrace": lambda: spectrum.trace(op, key, 100, "xtrace").estimate,
         "density": lambda: spectrum.spectral_density(op, key, 90, 10),
+        "density_one_probe_at_a_time": lambda: spectrum.spectral_density(op, key, 90, 10, batch_bytes=1),
     }, op
 
 

@@ -72,7 +72,7 @@ def _slq_nodes(op, key, num_iters, num_probes, reorthogonalize, batch):
         v0 = v0 / jnp.linalg.norm(v0)
         if reorthogonalize:
             basis, hess, finite, k_run = _start(op, k_run, num_iters, v0)
-            _, hess, finite, _ = _extend(op.mv, basis, hess, finite, k_run, 0, num_iters)
+            _, hess, finite, _ = _extend(op.mv, basis, hess, finite, k_run, 0, num_iters, False)
             idx = jnp.arange(num_iters)
             alphas, betas = hess[idx, idx], hess[idx + 1, idx]
         else:
@@ -130,7 +130,9 @@ def spectral_density(
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def _grid_density(nodes, weights, sigma2, grid_size):
-    lo, hi = jnp.min(nodes), jnp.max(nodes)
+    held = weights > 0  # nodes decoupled by a breakdown carry no weight: keep them off the grid
+    lo = jnp.min(jnp.where(held, nodes, jnp.inf))
+    hi = jnp.max(jnp.where(held, nodes, -jnp.inf))
     var = sigma2 * jnp.maximum(1.0, hi - lo)
     pad = 0.01 * (hi - lo) + 5 * jnp.sqrt(var)
     grid = jnp.linspace(lo - pad, hi + pad, grid_size, dtype=nodes.dtype)

@@ -146,14 +146,29 @@ def _hash_words(words, n: int, dtype):
     return (x >> 8).astype(dtype) * jnp.asarray(2.0**-24, dtype) - jnp.asarray(0.5, dtype)
 
 
-def _extend(mv, basis, hess, finite, key, start, stop: int):
+def _extend(mv, basis, hess, finite, key, start, stop: int, fresh_on_breakdown: bool = True):
     """Arnoldi steps j = start..stop-1: fill basis[j + 1] and column j of `hess`.
 
     A breakdown (the Krylov space became invariant) continues from a pseudo-random vector
     orthogonalized together with the product (one block Gram-Schmidt, no branch: the same cost
-    under vmap, and a smaller program to compile)."""
+    under vmap, and a smaller program to compile). With `fresh_on_breakdown=False` (SLQ, where
+    the quadrature is already exact then) it freezes instead: beta = 0 and zero vectors, so the
+    remaining Ritz values decouple with zero weight, at the cost of one vector per step."""
     dtype = basis.dtype
     breakdown_tol = 1e3 * jnp.finfo(dtype).eps
+
+    def frozen(j, state):
+        basis, hess, finite, key = state
+        w = mv(basis[j])
+        ok = jnp.all(jnp.isfinite(w))
+        w = jnp.where(ok, w, jnp.zeros_like(w))
+        scale = jnp.linalg.norm(w)
+        w, h = _orthogonalize(basis, w)
+        beta = jnp.linalg.norm(w)
+        broke = beta <= breakdown_tol * jnp.maximum(scale, jnp.finfo(dtype).tiny)
+        nxt = jnp.where(broke, jnp.zeros_like(w), w / jnp.where(broke, jnp.ones_like(beta), beta))
+        h = h.at[j + 1].set(jnp.where(broke, jnp.zeros_like(beta), beta))
+        return basis.at[j + 1].set(nxt), hess.at[:, j].set(h), finite & ok, key
 
     def body(j, state):
         basis, hess, finite, key = state
@@ -180,7 +195,7 @@ def _extend(mv, basis, hess, finite, key, start, stop: int):
         h = h.at[j + 1].set(beta)
         return basis.at[j + 1].set(nxt), hess.at[:, j].set(h), finite & ok, key
 
-    return jax.lax.fori_loop(start, stop, body, (basis, hess, finite, key))
+    return jax.lax.fori_loop(start, stop, body if fresh_on_breakdown else frozen, (basis, hess, finite, key))
 
 
 def _start(op, key, num_iters, v0=None):
