@@ -269,9 +269,11 @@ def _precondition_chunk(precondition, state, features):
 
 
 def _precondition_rows(precondition, state, features, chunk_size):
-    """P psi, `chunk_size` rows at a time (one compiled program per chunk shape)."""
+    """P psi, `chunk_size` rows at a time (fewer rows are never padded up: a preconditioner can
+    cost far more per row than the features, e.g. CG or LiSSA solves)."""
+    size = min(chunk_size, features.shape[0])
     out = [np.asarray(_precondition_chunk(precondition, state, chunk))[:rows]
-           for rows, chunk in _host_chunks(features, chunk_size)]
+           for rows, chunk in _host_chunks(features, size)]
     return jnp.asarray(np.concatenate(out))
 
 
