@@ -32,8 +32,9 @@ jax.config.update("jax_enable_x64", True)
 from flax import nnx  # noqa: E402
 from scipy.stats import wasserstein_distance  # noqa: E402
 
-from workbench import curvature, data, models, spectrum, train  # noqa: E402
+from workbench import curvature, data, models, spectrum  # noqa: E402
 from workbench import tree as tu  # noqa: E402
+from workbench.experiments import digits  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 TASKS = ("top1", "top5", "trace", "density")
@@ -60,7 +61,7 @@ def rel(a, b):
 
 
 def setup():
-    fit = train.fit_digits_mlp(32, 0.01, 300, seed=0)
+    fit = digits.fit_digits_mlp(32, 0.01, 300, seed=0)
     train_data, _ = data.load_digits(seed=0, dtype=jnp.float64)
     params = tu.cast(fit.result.params, jnp.float64)
     fn = models.functional(models.MLP(64, [32], 10, rngs=nnx.Rngs(0), param_dtype=jnp.float64))
@@ -73,9 +74,11 @@ def ours(fn, params, ds, key):
         "top1": lambda: spectrum.top_eigenpairs(op, key, 1).values,
         "top5": lambda: spectrum.top_eigenpairs(op, key, 5).values,
         "trace": lambda: spectrum.trace(op, key, 100, "hutchinson").estimate,
+        "trace_one_probe_at_a_time": lambda: spectrum.trace(op, key, 100, "hutchinson", batch_bytes=1).estimate,
         "trace_hutch++": lambda: spectrum.trace(op, key, 100, "hutch++").estimate,
         "trace_xtrace": lambda: spectrum.trace(op, key, 100, "xtrace").estimate,
         "density": lambda: spectrum.spectral_density(op, key, 90, 10),
+        "density_one_probe_at_a_time": lambda: spectrum.spectral_density(op, key, 90, 10, batch_bytes=1),
     }, op
 
 
@@ -92,7 +95,7 @@ def matfree_tasks(op, key):
     tridiag = decomp.tridiag_sym(90, reortho="full")
 
     @jax.jit
-    def density(k):  # SLQ from matfree's tridiagonalisation (matfree has no density routine)
+    def density(k):  # SLQ from matfree's tridiagonalisation under vmap (matfree has no density routine)
         probes = jax.random.rademacher(k, (10, op.dim), jnp.float64)
 
         def one(v):
@@ -100,7 +103,7 @@ def matfree_tasks(op, key):
             nodes, vecs = jnp.linalg.eigh(t)
             return nodes, vecs[0] ** 2
 
-        nodes, weights = jax.lax.map(one, probes)
+        nodes, weights = jax.vmap(one)(probes)
         return nodes, weights / probes.shape[0]
 
     return {

@@ -149,6 +149,6 @@ def test_thick_restart_memory_is_one_krylov_basis():
     dim, depth = 100_000, 40
     diagonal = jnp.linspace(1.0, 2.0, dim)
     op = curvature.LinearOperator(lambda d, v: d * v, diagonal, jax.ShapeDtypeStruct((dim,), diagonal.dtype))
-    compiled = _thick_restart_lanczos.lower(op, jax.random.key(0), 5, "largest", depth, 200, 1e-8, True).compile()
+    compiled = _thick_restart_lanczos.lower(op, jax.random.key(0), 5, "largest", depth, 200, 1e-8, True, 8).compile()
     basis_bytes = (depth + 1) * dim * 8
     assert compiled.memory_analysis().temp_size_in_bytes < 1.35 * basis_bytes

@@ -43,7 +43,13 @@ def num_examples(data: PyTree, name: str = "data") -> int:
 def check_finite(tree: PyTree, name: str) -> None:
     """Raise ValueError naming the first leaf of `tree` that holds NaN or inf."""
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) and not bool(jnp.all(jnp.isfinite(leaf))):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+            continue
+        if isinstance(leaf, jax.core.Tracer):
+            finite = bool(jnp.all(jnp.isfinite(leaf)))
+        else:  # on the host: no program compiled per leaf shape on a first call
+            finite = bool(np.all(np.isfinite(np.asarray(leaf))))
+        if not finite:
             where = jax.tree_util.keystr(path) or "<root>"
             raise ValueError(f"{name} contains NaN or infinite values (at leaf {where})")
 

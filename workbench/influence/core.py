@@ -152,7 +152,7 @@ class Estimator:
             if self._train_reader is not None:
                 feats = jnp.concatenate([rows for _, rows in self._read_chunks()])
             else:
-                feats = _map_features(self._featurize, self.state, self.train_data, self.chunk_size)
+                feats, _ = _host_features(self._featurize, self.state, self.train_data, self.chunk_size)
             self._check(feats, "training features")
             self._train_features = feats
         return self._train_features
@@ -168,14 +168,14 @@ class Estimator:
     def test_features(self, test_batch: PyTree) -> jax.Array:
         """P psi of each test example, [n_test, d]."""
         check_like_training(test_batch, self.train_data)
-        feats, raw_finite = _map_test_features(self._featurize_test, self._precondition, self.state,
-                                               test_batch, self.chunk_size)
+        raw, raw_finite = _host_features(self._featurize_test, self.state, test_batch, self.chunk_size)
         bad = np.flatnonzero(~np.asarray(raw_finite))
         if bad.size:
             raise FloatingPointError(
                 f"influence estimator {self.name!r}: the gradients of test examples {bad[:5].tolist()}"
                 f"{' ...' if bad.size > 5 else ''} are NaN or infinite; check the loss (or measure) and "
                 "the params at those test points")
+        feats = _precondition_rows(self._precondition, self.state, raw, self.chunk_size)
         self._check(feats, "preconditioned test features")
         return feats
 
@@ -187,7 +187,7 @@ class Estimator:
         """Influence of every training example on each test example, [n_test, n_train]."""
         phi = self.test_features(test_batch)
         if self._train_features is not None or self._cached(phi.shape[1], phi.dtype):
-            out = phi @ self.train_features().T.astype(phi.dtype)
+            out = _products(phi, self.train_features())
         elif self._train_reader is not None:  # stream the stored features; never hold them all
             out = jnp.concatenate([phi @ rows.astype(phi.dtype).T for _, rows in self._read_chunks()], axis=1)
         else:  # stream the training set in chunks; never hold all its features
@@ -217,8 +217,9 @@ class Estimator:
         return Ranked(ranked.indices, -ranked.scores)
 
     def _check(self, x: jax.Array, what: str) -> None:
-        if not bool(jnp.all(jnp.isfinite(x))):
-            for kind, present in (("nan", jnp.any(jnp.isnan(x))), ("inf", jnp.any(jnp.isinf(x)))):
+        x = np.asarray(x)  # on the host: no program to compile per result shape
+        if not np.all(np.isfinite(x)):
+            for kind, present in (("nan", np.any(np.isnan(x))), ("inf", np.any(np.isinf(x)))):
                 if bool(present) and kind in self.nonfinite_reasons:
                     error, message = self.nonfinite_reasons[kind]
                     raise error(f"influence estimator {self.name!r}: {message}")
@@ -231,20 +232,55 @@ class Estimator:
         return f"Estimator({self.name!r}, num_train={self.num_train}, info={self.info})"
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _map_features(featurize, state, data, chunk_size):
-    return map_chunks(lambda chunk: featurize(state, chunk), data, chunk_size)
+@functools.partial(jax.jit, static_argnums=(0,))
+def _featurize_chunk(featurize, state, chunk):
+    raw = featurize(state, chunk)
+    return raw, jnp.all(jnp.isfinite(raw), axis=1)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 4))
-def _map_test_features(featurize, precondition, state, data, chunk_size):
-    """(P psi(z) [n, d], psi(z) finite [n]) so a bad test point is told apart from a failed solve."""
+def _host_chunks(data, chunk_size):
+    """(rows, chunk) over `data` in chunks of exactly `chunk_size` rows (the last one padded by
+    repeating its final row), sliced on the host so that no slice is compiled."""
+    leaves, treedef = jax.tree.flatten(data)
+    leaves = [np.asarray(a) for a in leaves]
+    n = leaves[0].shape[0]
+    for lo in range(0, n, chunk_size):
+        rows = min(chunk_size, n - lo)
+        parts = [a[lo : lo + rows] for a in leaves]
+        if rows < chunk_size:
+            parts = [np.concatenate([p, np.repeat(p[-1:], chunk_size - rows, axis=0)]) for p in parts]
+        yield rows, treedef.unflatten(parts)
 
-    def chunk_fn(chunk):
-        raw = featurize(state, chunk)
-        return precondition(state, raw), jnp.all(jnp.isfinite(raw), axis=1)
 
-    return map_chunks(chunk_fn, data, chunk_size)
+def _host_features(featurize, state, data, chunk_size):
+    """(psi [n, d], psi finite [n]): one compiled program per (featurize, chunk shape) serves
+    the training set and every test batch, whatever their sizes."""
+    feats, finite = [], []
+    for rows, chunk in _host_chunks(data, chunk_size):
+        f, ok = _featurize_chunk(featurize, state, chunk)
+        feats.append(np.asarray(f)[:rows])
+        finite.append(np.asarray(ok)[:rows])
+    return jnp.asarray(np.concatenate(feats)), np.concatenate(finite)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _precondition_chunk(precondition, state, features):
+    return precondition(state, features)
+
+
+def _precondition_rows(precondition, state, features, chunk_size):
+    """P psi, `chunk_size` rows at a time (fewer rows are never padded up: a preconditioner can
+    cost far more per row than the features, e.g. CG or LiSSA solves)."""
+    size = min(chunk_size, features.shape[0])
+    out = [np.asarray(_precondition_chunk(precondition, state, chunk))[:rows]
+           for rows, chunk in _host_chunks(features, size)]
+    return jnp.asarray(np.concatenate(out))
+
+
+@jax.jit
+def _products(phi, train_features):
+    """[n_test, n_train] scores from preconditioned test and training features."""
+    return phi @ train_features.T.astype(phi.dtype)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))

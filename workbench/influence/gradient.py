@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from workbench import tree as tu
@@ -60,6 +61,14 @@ def _learning_rates(steps: Sequence[int], learning_rates) -> list[float]:
     return rates
 
 
+def _stack_flat(trees) -> jax.Array:
+    """[len(trees), p]: each pytree raveled (like `ravel_pytree`) and stacked, on the host, so a
+    first call compiles no reshape/concatenate/stack per leaf shape."""
+    dtype = jnp.result_type(*jax.tree.leaves(trees[0]))
+    return jnp.asarray(np.stack([
+        np.concatenate([np.ravel(np.asarray(a)).astype(dtype) for a in jax.tree.leaves(t)]) for t in trees]))
+
+
 @functools.lru_cache(maxsize=128)
 def _checkpoint_featurizer(loss_fn: Callable) -> Callable:
     def featurize(state, chunk):
@@ -100,9 +109,9 @@ def tracin(
     for s in steps:
         tu.check_same_structure(params, checkpoints[s], "params", f"checkpoints[{s}]")
         check_finite(checkpoints[s], f"checkpoints[{s}]")
-    stacked = jnp.stack([ravel_pytree(checkpoints[s])[0] for s in steps])  # [C, p]
+    stacked = _stack_flat([checkpoints[s] for s in steps])  # [C, p]
     state = {"params": params, "checkpoints": stacked,
-             "root_rates": jnp.sqrt(jnp.asarray(rates, stacked.dtype))}
+             "root_rates": jnp.asarray(np.sqrt(np.asarray(rates, stacked.dtype)))}
     info = {"checkpoint_steps": steps, "learning_rates": rates}
     return Estimator(
         "tracin", train_data, _checkpoint_featurizer(loss_fn), identity_precondition, state,

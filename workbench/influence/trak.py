@@ -21,17 +21,22 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from workbench import sketch as sk
 from workbench import tree as tu
-from workbench.influence.core import Estimator
+from workbench.influence.core import Estimator, _host_features
 from workbench.numerics import check_finite, num_examples
-from workbench.pergrad import sketched_gradients, sketched_per_example_grads
+from workbench.pergrad import sketched_per_example_grads
 
 
-def _sketch_in_memory(loss_fn, params, data, sketch, batch_size):
-    return sketched_gradients(loss_fn, sketch, params, data, int(batch_size or 256))
+def _stack(trees):
+    """Leafwise stack of pytrees on the host (a first call compiles no stack per leaf shape)."""
+    def stack(*leaves):
+        if jnp.issubdtype(jnp.result_type(leaves[0]), jax.dtypes.prng_key):
+            return jnp.stack(leaves)
+        return jnp.asarray(np.stack([np.asarray(a) for a in leaves]))
+
+    return jax.tree.map(stack, *trees)
 
 
 @functools.lru_cache(maxsize=64)
@@ -115,17 +120,27 @@ def trak(
     if stores is not None and len(stores) != len(models):
         raise ValueError(f"stores must give one path per model: {len(stores)} paths for {len(models)} models")
     n = num_examples(train_data, "train_data")
-    flat, _ = ravel_pytree(params)
+    flat = jax.ShapeDtypeStruct((sum(int(np.size(a)) for a in jax.tree.leaves(params)),),
+                                jnp.result_type(*jax.tree.leaves(params)))  # size and dtype only
     dim = int(min(dim, flat.size))
     if dim < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")
     if key is None:
         raise ValueError("trak needs key= (a jax.random key; model m's sketch uses fold_in(key, m))")
-    sketches, features, inverses, dampings = [], [], [], []
-    for m, p in enumerate(models):
-        s = sk.make(sketch_kind, jax.random.fold_in(key, m), int(flat.size), dim)
+    sketches = [sk.make(sketch_kind, jax.random.fold_in(key, m), int(flat.size), dim)
+                for m in range(len(models))]
+    # the state the estimator will hold (inverses still zero): the in-memory training features
+    # go through the same compiled chunk program as the test features later
+    state = {"models": _stack(models), "sketches": _stack(sketches),
+             "inverses": jnp.asarray(np.zeros((len(models), dim, dim), flat.dtype))}
+    chunk = int(options.get("chunk_size", 256))
+    if stores is None:
+        in_memory = {f: np.asarray(_host_features(_ensemble_featurizer(f), state, train_data, chunk)[0])
+                     for f in {loss_fn, output_fn} - {None}}
+    features, inverses, dampings = [], [], []
+    for m, (p, s) in enumerate(zip(models, sketches, strict=True)):
         if stores is None:
-            feats = np.asarray(_sketch_in_memory(loss_fn, p, train_data, s, batch_size))
+            feats = in_memory[loss_fn][:, m * dim : (m + 1) * dim]
         else:
             store = sk.per_example_gradients(loss_fn, p, train_data, s, batch_size, store=stores[m])
             if store.metadata.get("n_data") != n or store.metadata.get("dim_out") != dim:
@@ -135,7 +150,7 @@ def trak(
         gram_feats = feats
         if output_fn is not None:
             if stores is None:
-                gram_feats = np.asarray(_sketch_in_memory(output_fn, p, train_data, s, batch_size))
+                gram_feats = in_memory[output_fn][:, m * dim : (m + 1) * dim]
             else:
                 gram_feats = sk.per_example_gradients(output_fn, p, train_data, s, batch_size,
                                                       store=f"{stores[m]}.output").sketches
@@ -156,8 +171,7 @@ def trak(
         if factor is None or not np.all(np.diag(factor) > 1e-10 * np.sqrt(max(np.trace(gram) / dim, 1e-300))):
             raise ValueError(f"F^T F / n + damping I is singular for model {m}: use damping > 0")
         inv_factor = np.linalg.solve(factor, np.eye(dim))  # L^{-1}; (L L^T)^{-1} = L^{-T} L^{-1}
-        inverses.append(jnp.asarray(inv_factor.T @ inv_factor, flat.dtype))
-        sketches.append(s)
+        inverses.append((inv_factor.T @ inv_factor).astype(flat.dtype))
         features.append(feats)
         dampings.append(lam)
     info = {"dim": dim, "sketch_kind": sketch_kind, "num_models": len(models),
@@ -166,8 +180,7 @@ def trak(
     def read(lo, hi):
         return np.concatenate([np.asarray(f[lo:hi]) for f in features], axis=1)
 
-    stack = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-    state = {"models": stack(models), "sketches": stack(sketches), "inverses": jnp.stack(inverses)}
+    state["inverses"] = _stack(inverses)
     featurizer = _ensemble_featurizer
     return Estimator(
         "trak", train_data, featurizer(loss_fn), _ensemble_precondition, state,

@@ -27,7 +27,7 @@ from workbench.spectrum.krylov import (
 )
 
 TRACE_METHODS = ("hutchinson", "hutch++", "xtrace")
-_PROBE_MEMORY = 1 << 30  # bytes of probe vectors processed together
+BATCH_BYTES = 1 << 26  # default budget: bytes of probe vectors (and Krylov bases) pushed together
 
 
 class Density(NamedTuple):
@@ -43,14 +43,20 @@ class TraceEstimate(NamedTuple):
     num_matvecs: int
 
 
-def _probe_batch(op, count: int, per_probe: int) -> int:
-    """How many probes to push through the operator at once within the memory budget."""
+def _probe_batch(op, count: int, per_probe: int, batch_bytes) -> int:
+    """How many probes to push through the operator at once within `batch_bytes`."""
+    if not isinstance(batch_bytes, int | float | np.integer | np.floating) or not batch_bytes > 0:
+        raise ValueError(f"batch_bytes must be a positive number of bytes, got {batch_bytes!r}")
     itemsize = jnp.dtype(op.dtype).itemsize
-    return max(1, min(count, _PROBE_MEMORY // max(1, per_probe * op.dim * itemsize)))
+    return int(max(1, min(count, batch_bytes // max(1, per_probe * op.dim * itemsize))))
 
 
 def _map_rows(fn, xs, batch_size):
-    return jax.lax.map(fn, xs, batch_size=batch_size if batch_size < xs.shape[0] else None)
+    """fn over the rows of xs: all at once (vmap: one batched operator product per step) when
+    they fit, else `batch_size` rows at a time in a loop (a batch of 1 is a plain loop)."""
+    if batch_size >= xs.shape[0]:
+        return jax.vmap(fn)(xs)
+    return jax.lax.map(fn, xs, batch_size=batch_size if batch_size > 1 else None)
 
 
 # ----------------------------------------------------------------------------- SLQ density
@@ -66,7 +72,7 @@ def _slq_nodes(op, key, num_iters, num_probes, reorthogonalize, batch):
         v0 = v0 / jnp.linalg.norm(v0)
         if reorthogonalize:
             basis, hess, finite, k_run = _start(op, k_run, num_iters, v0)
-            _, hess, finite, _ = _extend(op.mv, basis, hess, finite, k_run, 0, num_iters)
+            _, hess, finite, _ = _extend(op.mv, basis, hess, finite, k_run, 0, num_iters, False)
             idx = jnp.arange(num_iters)
             alphas, betas = hess[idx, idx], hess[idx + 1, idx]
         else:
@@ -96,13 +102,16 @@ def spectral_density(
     sigma2: float = 1e-5,
     grid_size: int = 10_000,
     reorthogonalize: bool = True,
+    batch_bytes: float = BATCH_BYTES,
 ) -> Density:
     """Eigenvalue density of a symmetric operator by stochastic Lanczos quadrature.
 
     `num_probes` Rademacher probes, `num_iters` Lanczos steps each (fully reorthogonalized by
     default; set False for O(dim) memory per probe). The Gaussian kernel has variance
     sigma2 * max(1, spectral range) (PyHessian's scaling), on `grid_size` points spanning the
-    Ritz values plus a margin; the returned density integrates to 1.
+    Ritz values plus a margin; the returned density integrates to 1. The probes run together
+    (one batched operator product per Lanczos step) as far as their Krylov bases fit in
+    `batch_bytes`, the rest in sequential chunks; the numbers do not depend on the chunking.
     """
     _check_op(op)
     num_iters = _check_iters(num_iters, op.dim)
@@ -111,7 +120,7 @@ def spectral_density(
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not sigma2 > 0:
         raise ValueError(f"sigma2 must be positive, got {sigma2!r}")
-    batch = _probe_batch(op, num_probes, num_iters + 2 if reorthogonalize else 4)
+    batch = _probe_batch(op, num_probes, num_iters + 2 if reorthogonalize else 4, batch_bytes)
     nodes, weights, finite = _slq_nodes(
         op, key, num_iters, int(num_probes), bool(reorthogonalize), batch
     )
@@ -121,7 +130,9 @@ def spectral_density(
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def _grid_density(nodes, weights, sigma2, grid_size):
-    lo, hi = jnp.min(nodes), jnp.max(nodes)
+    held = weights > 0  # nodes decoupled by a breakdown carry no weight: keep them off the grid
+    lo = jnp.min(jnp.where(held, nodes, jnp.inf))
+    hi = jnp.max(jnp.where(held, nodes, -jnp.inf))
     var = sigma2 * jnp.maximum(1.0, hi - lo)
     pad = 0.01 * (hi - lo) + 5 * jnp.sqrt(var)
     grid = jnp.linspace(lo - pad, hi + pad, grid_size, dtype=nodes.dtype)
@@ -181,14 +192,18 @@ def _xtrace(op, key, m, batch):
     return samples.mean(), samples.std(ddof=1) / jnp.sqrt(t), finite
 
 
-def trace(op, key, num_probes: int = 100, method: str = "hutchinson") -> TraceEstimate:
+def trace(
+    op, key, num_probes: int = 100, method: str = "hutchinson", *, batch_bytes: float = BATCH_BYTES
+) -> TraceEstimate:
     """Stochastic trace estimate using `num_probes` operator products, with its standard error.
 
     "hutchinson": mean of z^T A z over Rademacher z. "hutch++": a third of the budget sketches
     the top subspace Q, a third computes tr(Q^T A Q) exactly, the rest runs Hutchinson on the
     deflated remainder (needs >= 4 probes). "xtrace": num_probes/2 Gaussian test vectors used
     leave-one-out (needs >= 4; assumes a symmetric operator). The deflating estimators have far
-    lower variance than Hutchinson when the spectrum decays fast.
+    lower variance than Hutchinson when the spectrum decays fast. Probes are pushed through the
+    operator together (vmap) as far as they fit in `batch_bytes`, the rest in sequential chunks;
+    the estimate does not depend on the chunking.
     """
     _check_op(op)
     if method not in TRACE_METHODS:
@@ -200,7 +215,7 @@ def trace(op, key, num_probes: int = 100, method: str = "hutchinson") -> TraceEs
         raise ValueError(f"num_probes={num_probes} is too many for {method} on dimension {op.dim}")
     num_probes = int(num_probes)
     fn = {"hutchinson": _hutchinson, "hutch++": _hutchpp, "xtrace": _xtrace}[method]
-    estimate, std_error, finite = fn(op, key, num_probes, _probe_batch(op, num_probes, 2))
+    estimate, std_error, finite = fn(op, key, num_probes, _probe_batch(op, num_probes, 2, batch_bytes))
     _check_finite(finite, "trace")
     used = num_probes if method != "xtrace" else 2 * (num_probes // 2)
     return TraceEstimate(estimate, std_error, used)

@@ -123,14 +123,11 @@ def _power_jit(op, key, num_iters, tol):
 # ----------------------------------------------------------------------------- Krylov core
 
 
-def _orthogonalize(basis, w, active=None):
-    """Two passes of classical Gram-Schmidt against the rows of `basis` (zero rows are inert);
-    `active` (bool per row) masks rows that hold stale data, so a restart need not zero them."""
+def _orthogonalize(basis, w):
+    """Two passes of classical Gram-Schmidt against the rows of `basis` (zero rows are inert)."""
     h1 = basis @ w
-    h1 = h1 if active is None else jnp.where(active, h1, 0)
     w = w - h1 @ basis
     h2 = basis @ w
-    h2 = h2 if active is None else jnp.where(active, h2, 0)
     return w - h2 @ basis, h1 + h2
 
 
@@ -138,8 +135,9 @@ _COLUMN_BLOCK = 1 << 14
 
 
 def _combine_rows_in_place(basis, coefficients):
-    """basis[:r] <- coefficients.T @ basis ([m + 1, r] coefficients), one column block at a time,
-    so the only temporary is a block instead of an [r, dim] copy (the basis dominates memory)."""
+    """basis <- coefficients.T @ basis for a square [m + 1, m + 1] `coefficients`, one column
+    block at a time: the only temporary is a block, never a second [m + 1, dim] basis (the basis
+    dominates memory on large models)."""
     dim = basis.shape[1]
 
     def update(basis, start, width):
@@ -154,51 +152,77 @@ def _combine_rows_in_place(basis, coefficients):
     return basis
 
 
-def _hash_vector(seed, n: int, dtype):
-    """A cheap pseudo-random vector (sine hash) for breakdown restarts; avoids compiling an RNG
-    inside the loop. It only needs to lie outside the current Krylov space."""
-    seed = jnp.asarray(seed, dtype)
-    x = jnp.sin((jnp.arange(n, dtype=dtype) + 1) * (12.9898 + seed) + 78.233 * seed) * 43758.5453
-    return x - jnp.floor(x) - 0.5
+def _hash_words(words, n: int, dtype):
+    """n pseudo-random numbers in [-0.5, 0.5) hashed from uint32 `words` (murmur3's finalizer of
+    counter and words): one elementwise loop, where a threefry program would cost a notebook's
+    first call about a second of compiling on CPU. For start and restart vectors, where any
+    vector with generic overlaps will do (never for Monte Carlo probes)."""
+    words = jnp.asarray(words).ravel().astype(jnp.uint32)
+    x = jnp.arange(n, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9)
+    for i in range(words.shape[0]):
+        x = x ^ (words[i] + jnp.uint32(0x7F4A7C15))
+        for shift, mult in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
+            x = (x ^ (x >> shift)) * jnp.uint32(mult)
+        x = x ^ (x >> 16)
+    return (x >> 8).astype(dtype) * jnp.asarray(2.0**-24, dtype) - jnp.asarray(0.5, dtype)
 
 
-def _extend(mv, basis, hess, finite, key, start, stop: int):
-    """Arnoldi steps j = start..stop-1: fill basis[j + 1] and column j of `hess`."""
+def _extend(mv, basis, hess, finite, key, start, stop: int, fresh_on_breakdown: bool = True):
+    """Arnoldi steps j = start..stop-1: fill basis[j + 1] and column j of `hess`.
+
+    A breakdown (the Krylov space became invariant) continues from a pseudo-random vector
+    orthogonalized together with the product (one block Gram-Schmidt, no branch: the same cost
+    under vmap, and a smaller program to compile). With `fresh_on_breakdown=False` (SLQ, where
+    the quadrature is already exact then) it freezes instead: beta = 0 and zero vectors, so the
+    remaining Ritz values decouple with zero weight, at the cost of one vector per step."""
     dtype = basis.dtype
     breakdown_tol = 1e3 * jnp.finfo(dtype).eps
 
-    def body(j, state):
+    def frozen(j, state):
         basis, hess, finite, key = state
-        active = jnp.arange(basis.shape[0]) <= j  # rows past j may be stale after a restart
         w = mv(basis[j])
         ok = jnp.all(jnp.isfinite(w))
         w = jnp.where(ok, w, jnp.zeros_like(w))
         scale = jnp.linalg.norm(w)
-        w, h = _orthogonalize(basis, w, active)
+        w, h = _orthogonalize(basis, w)
         beta = jnp.linalg.norm(w)
-        def fresh(_):  # invariant subspace: continue from a new vector orthogonal to the basis
-            r0 = _hash_vector(j.astype(dtype) + key.astype(dtype), w.shape[0], dtype)
-            r = _orthogonalize(basis, _orthogonalize(basis, r0, active)[0], active)[0]
-            norm = jnp.linalg.norm(r)
-            alive = norm > 1e-3 * jnp.linalg.norm(r0)  # else the basis already spans everything
-            r = jnp.where(alive, r / jnp.where(alive, norm, 1), jnp.zeros_like(r))
-            return r, jnp.zeros((), dtype)
-
-        def keep(_):
-            return w / beta, beta
-
         broke = beta <= breakdown_tol * jnp.maximum(scale, jnp.finfo(dtype).tiny)
-        nxt, beta = jax.lax.cond(broke, fresh, keep, None)
+        nxt = jnp.where(broke, jnp.zeros_like(w), w / jnp.where(broke, jnp.ones_like(beta), beta))
+        h = h.at[j + 1].set(jnp.where(broke, jnp.zeros_like(beta), beta))
+        return basis.at[j + 1].set(nxt), hess.at[:, j].set(h), finite & ok, key
+
+    def body(j, state):
+        basis, hess, finite, key = state
+        w = mv(basis[j])
+        ok = jnp.all(jnp.isfinite(w))
+        w = jnp.where(ok, w, jnp.zeros_like(w))
+        scale = jnp.linalg.norm(w)
+        r0 = _hash_words(jnp.stack([key, j.astype(key.dtype)]), w.shape[0], dtype)
+        block = jnp.stack([w, r0])  # [2, dim]: the product and a fresh candidate
+        h1 = block @ basis.T
+        block = block - h1 @ basis
+        h2 = block @ basis.T
+        block = block - h2 @ basis
+        w, r = block[0], block[1]
+        h = h1[0] + h2[0]
+        beta = jnp.linalg.norm(w)
+        broke = beta <= breakdown_tol * jnp.maximum(scale, jnp.finfo(dtype).tiny)
+        norm = jnp.linalg.norm(r)  # invariant subspace: continue from r, orthogonal to the basis
+        alive = norm > 1e-3 * jnp.linalg.norm(r0)  # else the basis already spans everything
+        one = jnp.ones((), dtype)
+        fresh = jnp.where(alive, r / jnp.where(alive, norm, one), jnp.zeros_like(r))
+        nxt = jnp.where(broke, fresh, w / jnp.where(broke, one, beta))
+        beta = jnp.where(broke, jnp.zeros_like(beta), beta)
         h = h.at[j + 1].set(beta)
         return basis.at[j + 1].set(nxt), hess.at[:, j].set(h), finite & ok, key
 
-    return jax.lax.fori_loop(start, stop, body, (basis, hess, finite, key))
+    return jax.lax.fori_loop(start, stop, body if fresh_on_breakdown else frozen, (basis, hess, finite, key))
 
 
 def _start(op, key, num_iters, v0=None):
-    """Basis with the unit start vector (random normal unless given) and an integer seed for
-    breakdown restarts."""
-    v0 = jax.random.normal(key, (op.dim,), op.dtype) if v0 is None else v0
+    """Basis with the unit start vector (pseudo-random from `key` unless given) and an integer
+    seed for breakdown restarts."""
+    v0 = _hash_words(jax.random.key_data(key), op.dim, op.dtype) if v0 is None else v0
     key = jnp.sum(jax.random.key_data(key) % (1 << 16)).astype(jnp.int32)  # no RNG compile
     basis = jnp.zeros((num_iters + 1, op.dim), op.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
     hess = jnp.zeros((num_iters + 1, num_iters), op.dtype)
@@ -213,7 +237,7 @@ def _arnoldi_jit(op, key, num_iters):
 
 
 def arnoldi(op, key, num_iters: int) -> ArnoldiResult:
-    """`num_iters` Arnoldi steps with full reorthogonalization from a random start vector."""
+    """`num_iters` Arnoldi steps with full reorthogonalization from a pseudo-random start vector (hashed from `key`)."""
     _check_op(op)
     num_iters = _check_iters(num_iters, op.dim)
     result = _arnoldi_jit(op, key, num_iters)
@@ -248,7 +272,7 @@ def _plain_recurrence(op, v0, num_iters):
 
 @functools.partial(jax.jit, static_argnums=(2,))
 def _lanczos_plain(op, key, num_iters):
-    v0 = jax.random.normal(key, (op.dim,), op.dtype)
+    v0 = _hash_words(jax.random.key_data(key), op.dim, op.dtype)  # the start vector of `_start`
     alphas, betas, finite = _plain_recurrence(op, v0 / jnp.linalg.norm(v0), num_iters)
     return LanczosResult(alphas, betas, None, finite)
 
@@ -260,7 +284,8 @@ def _lanczos_full(op, key, num_iters):
 
 
 def lanczos(op, key, num_iters: int, reorthogonalize: bool = True) -> LanczosResult:
-    """`num_iters` Lanczos steps on a symmetric operator from a random unit start vector.
+    """`num_iters` Lanczos steps on a symmetric operator from a pseudo-random unit start vector
+    (hashed from `key`).
 
     With `reorthogonalize` (default) the basis is kept and fully reorthogonalized; without it the
     plain three-term recurrence runs in O(dim) memory and returns no basis (enough for SLQ).
@@ -323,59 +348,105 @@ def _wanted(count: int, m: int, which: str) -> np.ndarray:
     return np.concatenate([np.arange(m - top, m)[::-1], np.arange(count - top)[::-1]])
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
-def _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, true_residuals):
+def _order(count, m: int, which: str) -> jax.Array:
+    """`_wanted` for a traced `count`: [m] indices into ascending Ritz values whose first `count`
+    entries are the wanted ones in `_wanted`'s order (the rest are filler, masked by callers)."""
+    i = jnp.arange(m, dtype=jnp.int32)
+    if which == "largest":
+        return m - 1 - i
+    if which == "smallest":
+        return i
+    top = (count + 1) // 2
+    return jnp.where(i < top, m - 1 - i, jnp.maximum(count - 1 - i, 0))
+
+
+def _output_count(k: int, m: int) -> int:
+    """How many Ritz pairs the compiled solver returns for k: a bucket (8, 16, 32, ...), so
+    k = 1..8 share one program while the output stays far smaller than the basis."""
+    return min(m, max(8, 1 << (int(k) - 1).bit_length()))
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 8))
+def _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, true_residuals, count):
     """Krylov-Schur (thick-restart Lanczos) for the k wanted eigenpairs of a symmetric operator.
 
     One while loop: each pass (after the first) compresses the basis to the `keep` wanted Ritz
     vectors plus the residual vector, then extends it back to depth m with full
     reorthogonalization. A single matvec and eigh site keeps compile time small.
+
+    Compiled once per (operator kind, which, depth m, output bucket `count`): k, max_restarts,
+    tol and true_residuals are traced, so asking for k = 1 and then k = 5 (or another tolerance)
+    reuses the program. Returns the first `count` >= k Ritz pairs in wanted order (callers keep
+    the first k) and the finite flag.
+
+    Memory: one Krylov basis. The restart rewrites it in place column block by column block
+    (a `lax.cond` or a sliced `basis[:m]` would make XLA copy the whole basis).
     """
-    keep = min(m - 1, max(k + (m - k) // 2, k))
-    wanted = _wanted(k, m, which)
-    kept = _wanted(keep, m, which)
+    k = jnp.asarray(k, jnp.int32)
+    keep = jnp.minimum(m - 1, jnp.maximum(k + (m - k) // 2, k))
+    slots = jnp.arange(m, dtype=jnp.int32)
+    wanted = _order(k, m, which)
+    kept = _order(keep, m, which)
     basis, hess, finite, key = _start(op, key, m)
+    basis = basis.at[m].set(basis[0]).at[0].set(0)  # the first pass "restarts" from v0 with keep 0
     dtype = basis.dtype
+    tol = jnp.asarray(tol, dtype)
 
-    first_keep = np.eye(m)[:, :keep]  # on the first pass the restart below keeps the basis as is
-
-    def restart(basis, hess, theta, s, first):
-        sk = jnp.where(first, first_keep.astype(dtype), s[:, kept])
-        # Rows 0..keep become the kept Ritz vectors and the residual row m; rows past keep stay
-        # stale (masked in `_extend`).
-        coefficients = jnp.zeros((m + 1, keep + 1), dtype).at[:m, :keep].set(sk).at[m, keep].set(1)
+    def restart(basis, hess, theta, s, keep):
+        """Keep the `keep` wanted Ritz vectors and the residual vector (no branch: the first
+        pass is the same code with keep = 0)."""
+        sk = jnp.where(slots < keep, s[:, kept], 0)  # [m, m]: kept Ritz vectors, zero columns after
+        # rows < keep: the kept Ritz vectors; row keep: the residual vector basis[m]; rows after: 0
+        coefficients = jnp.zeros((m + 1, m + 1), dtype).at[:m, :m].set(sk).at[m, keep].set(1)
         new_basis = _combine_rows_in_place(basis, coefficients)
-        new_hess = jnp.zeros_like(hess).at[jnp.arange(keep), jnp.arange(keep)].set(theta[kept])
-        return new_basis, new_hess.at[keep, :keep].set(hess[m] @ sk)
+        new_hess = jnp.zeros_like(hess).at[slots, slots].set(jnp.where(slots < keep, theta[kept], 0))
+        return new_basis, new_hess.at[keep].set(hess[m] @ sk)
 
     def body(state):
         passes, basis, hess, finite, key, theta, s, _ = state
-        # No lax.cond: a cond's pass-through branch makes XLA copy the whole basis.
-        basis, hess = restart(basis, hess, theta, s, passes == 0)
         start = jnp.where(passes > 0, keep, 0)
+        basis, hess = restart(basis, hess, theta, s, start)
         basis, hess, finite, key = _extend(op.mv, basis, hess, finite, key, start, m)
         theta, s = jnp.linalg.eigh(0.5 * (hess[:m] + hess[:m].T))
         res = jnp.abs(hess[m] @ s)
         norm = jnp.maximum(jnp.max(jnp.abs(theta)), jnp.finfo(dtype).tiny)
-        done = jnp.all(res[wanted] <= tol * norm)
+        done = jnp.all((res[wanted] <= tol * norm) | (slots >= k))
         return passes + 1, basis, hess, finite, key, theta, s, done
 
     def cond(state):
         passes, _, _, finite, _, _, _, done = state
         return (passes <= max_restarts) & finite & ~done
 
-    init = (0, basis, hess, finite, key, jnp.zeros(m, dtype), jnp.eye(m, dtype=dtype), False)
+    init = (jnp.int32(0), basis, hess, finite, key, jnp.zeros(m, dtype), jnp.eye(m, dtype=dtype), False)
     passes, basis, hess, finite, _, theta, s, _ = jax.lax.while_loop(cond, body, init)
-    vectors = jnp.zeros((m + 1, k), dtype).at[:m].set(s[:, wanted]).T @ basis
+    wanted = wanted[:count]
+    # zero-padded coefficients read the whole basis: no sliced copy of it
+    vectors = jnp.zeros((m + 1, count), dtype).at[:m].set(s[:, wanted]).T @ basis
     vectors = vectors / jnp.linalg.norm(vectors, axis=1, keepdims=True)
     values = theta[wanted]
     norm = jnp.max(jnp.abs(theta))
-    if true_residuals:
-        residuals = jax.lax.map(lambda pair: jnp.linalg.norm(op.mv(pair[0]) - pair[1] * pair[0]), (vectors, values))
-    else:  # from A V_m = V_{m+1} H: exact up to rounding with full reorthogonalization
-        residuals = jnp.abs(hess[m] @ s[:, wanted])
-    matvecs = m + (passes - 1) * (m - keep) + (k if true_residuals else 0)
+    # from A V_m = V_{m+1} H: exact up to rounding with full reorthogonalization
+    residuals = jnp.abs(hess[m] @ s[:, wanted])
+
+    def true_residual(i, residuals):
+        r = jnp.linalg.norm(op.mv(vectors[i]) - values[i] * vectors[i])
+        return residuals.at[i].set(r)
+
+    extra = jnp.where(true_residuals, jnp.minimum(k, count), 0)
+    residuals = jax.lax.fori_loop(jnp.int32(0), extra, true_residual, residuals)
+    matvecs = m + (passes - 1) * (m - keep) + extra
     return EigenResult(values, vectors, residuals, residuals <= 10 * tol * norm, matvecs), finite
+
+
+def _first(result: EigenResult, k: int) -> EigenResult:
+    """The first k pairs of a wanted-order result. Outside a trace the cut happens on the host
+    (NumPy), so a new k compiles nothing."""
+    if isinstance(result.values, jax.core.Tracer):
+        return result._replace(**{f: getattr(result, f)[:k] for f in _PAIR_FIELDS})
+    return result._replace(**{f: jax.device_put(np.asarray(getattr(result, f))[:k]) for f in _PAIR_FIELDS})
+
+
+_PAIR_FIELDS = ("values", "vectors", "residuals", "converged")
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
@@ -413,8 +484,10 @@ def top_eigenpairs(
     unrestarted Arnoldi factorization of depth `num_iters` (default max(4k, 80)) and takes the
     real parts of the Ritz values (for operators that may not be exactly symmetric). Residuals
     are recomputed with k extra matvecs (`true_residuals=False` reads them off the Krylov-Schur
-    relation instead, saving the matvecs and their compile time); `converged[i]` is
-    residual <= 10 * tol * |largest Ritz value|.
+    relation instead, saving the matvecs); `converged[i]` is
+    residual <= 10 * tol * |largest Ritz value|. "lanczos" compiles once per (operator kind,
+    `which`, Krylov depth): k (at the default depth 40 for every k <= 10), `max_restarts`, `tol`
+    and `true_residuals` are traced values, so trying another of them compiles nothing.
     """
     _check_op(op)
     if which not in WHICH:
@@ -435,8 +508,10 @@ def top_eigenpairs(
         if num_iters == k:  # the whole space: one pass is exact
             max_restarts = 0
         result, finite = _thick_restart_lanczos(
-            op, key, int(k), which, num_iters, int(max_restarts), tol, bool(true_residuals)
+            op, key, int(k), which, num_iters, int(max_restarts), tol, bool(true_residuals),
+            _output_count(k, num_iters),
         )
+        result = _first(result, int(k))
     else:
         result, finite = _arnoldi_eigen(op, key, int(k), which, num_iters, tol)
     _check_finite(finite, "top_eigenpairs")

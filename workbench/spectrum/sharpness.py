@@ -19,7 +19,7 @@ import numpy as np
 
 from workbench import curvature
 from workbench.numerics import default_tol
-from workbench.spectrum.krylov import _thick_restart_lanczos
+from workbench.spectrum.krylov import _output_count, _thick_restart_lanczos
 
 
 @functools.lru_cache(maxsize=64)
@@ -33,9 +33,11 @@ def _top_values_fn(loss_fn, k, num_iters, max_restarts, tol, kind, batch_size):
         op = curvature.operator(loss_fn, params, data, kind, batch_size=batch_size)
         m = min(op.dim, max(num_iters, k + 1))
         result, finite = _thick_restart_lanczos(
-            op, key, k, "largest", m, max_restarts, tol or default_tol(op.dtype), False
+            op, key, k, "largest", m, max_restarts, tol or default_tol(op.dtype), False,
+            _output_count(k, m),
         )
-        return result.values, finite & jnp.all(jnp.isfinite(result.values))
+        values = result.values[:k]
+        return values, finite & jnp.all(jnp.isfinite(values))
 
     return top
 

@@ -1,0 +1,224 @@
+"""First calls (compile included) of every spectrum / influence entry point a notebook calls,
+each in a fresh subprocess, next to its warm time; matfree's equivalents measured the same way.
+
+Problem: the digits MLP 64-32-10 (2410 params, float64, 1347 training images), weights trained
+once by the parent and loaded by every child, so a child's "first" is what a notebook user
+feels on the first call of that function (the model's own jit of its loss is warm; the entry
+point's program is not). "again" is a second call with other options in the same process
+(e.g. k=5 after k=1: it should compile nothing), "warm" the best of 3 later calls.
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_first_call.py [--out NAME] [--before JSON] [--only NAME ...]
+
+Writes benchmarks/results/first_call.json and first_call.md (`--out` renames them; `--before`
+adds the first/warm columns of an earlier run, e.g. of the code before a change, made with
+PYTHONPATH pointing at that checkout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+jax.config.update("jax_enable_x64", True)
+RESULTS = Path(__file__).parent / "results"
+
+
+def _timed(fn):
+    import jax
+
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+
+
+def _mlp(weights):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from workbench import data, models
+
+    train_data, test_data = data.load_digits(seed=0, dtype=jnp.float64)
+    fn = models.functional(models.MLP(64, [32], 10, rngs=nnx.Rngs(0), param_dtype=jnp.float64), l2=0.01)
+    flat = np.load(weights)
+    params = jax.tree.unflatten(jax.tree.structure(fn.params), [jnp.asarray(flat[f"a{i}"]) for i in range(len(flat.files))])
+    return fn, params, train_data, test_data
+
+
+def entries(fn, params, train_data, test_data):
+    """name -> (first call, a second call with other options or None, warm call)."""
+    import jax
+
+    from workbench import curvature, influence, spectrum
+
+    key = jax.random.key(0)
+    op = curvature.operator(fn, params, train_data)
+    test = test_data.take(slice(0, 50))
+
+    def est(kind, **kw):
+        return lambda: influence.make(kind, fn.loss_fn, params, train_data, **kw).scores(test)
+
+    ckpts = {s: jax.tree.map(lambda a, s=s: a * (1 + 0.01 * s), params) for s in range(0, 100, 10)}
+    top = lambda k: (lambda: spectrum.top_eigenpairs(op, key, k).values)  # noqa: E731
+    out = {
+        "top_eigenpairs k=1 then k=5": (top(1), top(5), top(5)),
+        "top_eigenpairs k=5": (top(5), None, top(5)),
+        "top_eigenpairs smallest k=3": (lambda: spectrum.top_eigenpairs(op, key, 3, which="smallest").values, None,
+                                        lambda: spectrum.top_eigenpairs(op, key, 3, which="smallest").values),
+        "spectral_density 90x10": (lambda: spectrum.spectral_density(op, key, 90, 10).density, None,
+                                   lambda: spectrum.spectral_density(op, key, 90, 10).density),
+        "spectral_density 80x10": (lambda: spectrum.spectral_density(op, key, 80, 10).density, None,
+                                   lambda: spectrum.spectral_density(op, key, 80, 10).density),
+        "sharpness": (lambda: spectrum.sharpness(fn.loss_fn, params, train_data, key), None,
+                      lambda: spectrum.sharpness(fn.loss_fn, params, train_data, key)),
+    }
+    for method in ("hutchinson", "hutch++", "xtrace"):
+        t = lambda m=method: spectrum.trace(op, key, 100, m).estimate  # noqa: E731
+        out[f"trace {method} 100"] = (t, None, t)
+    damping = 0.05
+    for kind, kw in (("exact", dict(damping=damping)), ("cg", dict(damping=damping)),
+                     ("lissa", dict(damping=damping, num_iters=100, key=key)),
+                     ("arnoldi", dict(damping=damping, k=50, key=key)), ("grad_dot", {}),
+                     ("tracin", dict(checkpoints=ckpts, learning_rates=0.1)),
+                     ("trak", dict(dim=512, key=key))):
+        out[f"influence {kind} (build + 50 test scores)"] = (est(kind, **kw), None, est(kind, **kw))
+    return out
+
+
+def matfree_entries(fn, params, train_data):
+    import jax
+    import jax.numpy as jnp
+    from matfree import decomp, eig, stochtrace
+
+    from workbench import curvature
+
+    key = jax.random.key(0)
+    op = curvature.operator(fn, params, train_data)
+    v0 = jax.random.normal(key, (op.dim,), jnp.float64)
+
+    @jax.jit
+    def top(v):  # the operator passed as an argument, as ours is
+        return eig.eigh_partial(decomp.tridiag_sym(40, reortho="full"))(op.mv, v)[0]
+
+    def slq(num_iters):
+        tridiag = decomp.tridiag_sym(num_iters, reortho="full")
+
+        @jax.jit
+        def density(k):
+            probes = jax.random.rademacher(k, (10, op.dim), jnp.float64)
+
+            def one(v):
+                _, t, *_ = tridiag(op.mv, v / jnp.linalg.norm(v))
+                nodes, vecs = jnp.linalg.eigh(t)
+                return nodes, vecs[0] ** 2
+
+            return jax.vmap(one)(probes)
+
+        return lambda: density(key)
+
+    est = stochtrace.estimator_monte_carlo(stochtrace.monte_carlo_trace(), stochtrace.sampler_signs(v0, num=100))
+    trace = jax.jit(lambda k: est(op.mv, k))
+    return {
+        "top_eigenpairs k=1 then k=5": (lambda: top(v0)[-1:], lambda: top(v0)[::-1][:5], lambda: top(v0)[::-1][:5]),
+        "top_eigenpairs k=5": (lambda: top(v0)[::-1][:5], None, lambda: top(v0)[::-1][:5]),
+        "spectral_density 90x10": (slq(90), None, None),
+        "spectral_density 80x10": (slq(80), None, None),
+        "trace hutchinson 100": (lambda: trace(key), None, lambda: trace(key)),
+    }
+
+
+def child(peer, name, weights):
+    fn, params, train_data, test_data = _mlp(weights)
+    table = entries(fn, params, train_data, test_data) if peer == "workbench" else matfree_entries(fn, params, train_data)
+    first, again, warm = table[name]
+    row = {"first_s": _timed(first)}
+    if again is not None:
+        row["again_s"] = _timed(again)
+    warm = warm or first
+    row["warm_s"] = min(_timed(warm) for _ in range(3))
+    print("RESULT " + json.dumps(row))
+
+
+def _train(path):
+    import jax
+    import jax.numpy as jnp
+
+    from workbench import tree as tu
+    from workbench.experiments import digits
+
+    fit = digits.fit_digits_mlp(32, 0.01, 300, seed=0)
+    params = tu.cast(fit.result.params, jnp.float64)
+    np.savez(path, **{f"a{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(params))})
+
+
+def markdown(results):
+    lines = ["# First calls (compile included) vs warm", "",
+             "Digits MLP 64-32-10 (2410 params, float64, 1347 examples). Each row is a fresh process: "
+             "`first` is the first call of the entry point (compile included), `again` a second call "
+             "with other options (k=5 after k=1), `warm` the best of 3 later calls. "
+             f"{results['note']}", "",
+             "| entry point | before: first s | before: again s | before: warm s | workbench first s "
+             "| again s | warm s | matfree first s | matfree again s | matfree warm s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    f = lambda r, k: f"{r[k]:.3f}" if r and k in r else ""  # noqa: E731
+    before = results.get("before", {})
+    for name, row in results["workbench"].items():
+        m, b = results["matfree"].get(name), before.get(name)
+        lines.append(f"| {name} | {f(b, 'first_s')} | {f(b, 'again_s')} | {f(b, 'warm_s')} | {f(row, 'first_s')} "
+                     f"| {f(row, 'again_s')} | {f(row, 'warm_s')} | {f(m, 'first_s')} | {f(m, 'again_s')} "
+                     f"| {f(m, 'warm_s')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    if sys.argv[1:2] == ["--child"]:
+        child(*sys.argv[2:5])
+        return
+    only = sys.argv[sys.argv.index("--only") + 1:] if "--only" in sys.argv else None
+    out_name = sys.argv[sys.argv.index("--out") + 1] if "--out" in sys.argv else "first_call"
+    before = json.loads(Path(sys.argv[sys.argv.index("--before") + 1]).read_text())["workbench"] \
+        if "--before" in sys.argv else {}
+    skip_matfree = "--no-matfree" in sys.argv
+    env = dict(os.environ)
+    env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = str(Path(tmp) / "mlp.npz")
+        _train(weights)
+        results = {"machine": platform.processor() or platform.machine(), "workbench": {}, "matfree": {},
+                   "before": before, "note": os.environ.get("BENCH_NOTE", "")}
+        fn, params, train_data, test_data = _mlp(weights)
+        names = {"workbench": list(entries(fn, params, train_data, test_data))}
+        try:
+            import matfree  # noqa: F401
+
+            names["matfree"] = list(matfree_entries(fn, params, train_data))
+        except ImportError:
+            names["matfree"] = []
+        if skip_matfree:
+            names["matfree"] = []
+        for peer, rows in names.items():
+            for name in rows:
+                if only and not any(o in name for o in only):
+                    continue
+                out = subprocess.run([sys.executable, __file__, "--child", peer, name, weights],
+                                     capture_output=True, text=True, env=env)
+                lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+                results[peer][name] = json.loads(lines[-1][7:]) if lines else {"failed": out.stderr[-300:]}
+                print(peer, name, results[peer][name], flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{out_name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{out_name}.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
