@@ -198,13 +198,8 @@ def _extend(mv, basis, hess, finite, key, start, stop: int, fresh_on_breakdown: 
         w = jnp.where(ok, w, jnp.zeros_like(w))
         scale = jnp.linalg.norm(w)
         r0 = _hash_words(jnp.stack([key, j.astype(key.dtype)]), w.shape[0], dtype)
-        block = jnp.stack([w, r0])  # [2, dim]: the product and a fresh candidate
-        h1 = block @ basis.T
-        block = block - h1 @ basis
-        h2 = block @ basis.T
-        block = block - h2 @ basis
-        w, r = block[0], block[1]
-        h = h1[0] + h2[0]
+        w, h = _orthogonalize(basis, w)
+        r = _orthogonalize(basis, r0)[0]
         beta = jnp.linalg.norm(w)
         broke = beta <= breakdown_tol * jnp.maximum(scale, jnp.finfo(dtype).tiny)
         norm = jnp.linalg.norm(r)  # invariant subspace: continue from r, orthogonal to the basis
