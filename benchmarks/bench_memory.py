@@ -49,7 +49,10 @@ eigenvectors it returns, and the operator's activations. Before this round (comm
 same k = 5 run peaked at 979 MB with 476 MB of temporaries (2.9 copies of the Krylov basis: the
 lax.cond around the restart copied the basis, the restart's `basis[:m]` slice and compressed
 [keep, dim] product were two more); the restart now combines rows in place, one column block at a
-time, and the true residuals are reduced inside the map. The 3.8 GB of issue 11 was not
+time, and the true residuals are reduced inside the map. One more copy lived outside XLA's plan:
+orthogonalizing a [2, dim] block with one matrix-matrix product made the CPU GEMM library pack a
+transposed copy of the basis (+150 MB); each vector now takes its own matrix-vector passes.
+Measured with the persistent compilation cache off (WORKBENCH_JAX_CACHE=off), so every row compiles. The 3.8 GB of issue 11 was not
 reproduced on this MLP (952 MB at the commit before round 9)."""
 
 
