@@ -139,6 +139,14 @@ workbench.save_figure(fig, "predicted_vs_actual")
 plt.show()
 
 # %% [markdown]
+# The exact panel again, live: hover a point to see which training example was removed and which
+# test point it moved (outliers are often mislabeled or atypical digits).
+
+# %%
+workbench.show(plots.influence.predicted_vs_actual_hover(scores["exact"][:, removed] / (n_train - 1), truth.actual,
+                                                         removed, train_set.y, test_set.y), "predicted_vs_actual_hover")
+
+# %% [markdown]
 # ## Proponents and opponents
 # For one test digit: the training digits whose removal would hurt it most (proponents, usually
 # the same class and a similar shape) and those whose removal would help it most (opponents,

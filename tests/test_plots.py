@@ -105,6 +105,12 @@ def test_influence_predicted_vs_actual_and_proponents():
     assert len(exact_ax.lines) == 1 and len(dot_ax.lines) == 0  # diagonal only for curvature estimators
     assert len(exact_ax.collections[0].get_offsets()) == actual.size
 
+    removed = np.array([7, 2, 9, 0, 4])  # hover text names the removed example and the test point
+    fig = plots.influence.predicted_vs_actual_hover(predicted["exact"], actual, removed, np.arange(10) % 3, np.arange(4))
+    points = fig.data[0]
+    assert len(points.x) == actual.size and points.y[1 * 5 + 2] == actual[1, 2]
+    assert points.text[1 * 5 + 1].startswith("removed training example #2 (label 2)") and "test point #1" in points.text[6]
+
     ranked = NS(indices=np.array([[0, 1, 2]]), scores=np.array([[0.3, 0.2, 0.1]]))
     fig = plots.influence.proponents_opponents(RNG.random(64), 3, RNG.random((5, 64)), np.arange(5), ranked, ranked)
     assert len(fig.axes) == 2 * 4

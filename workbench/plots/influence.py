@@ -32,6 +32,31 @@ def predicted_vs_actual(predicted: Mapping[str, np.ndarray], actual: np.ndarray,
     return fig
 
 
+def predicted_vs_actual_hover(predicted: np.ndarray, actual: np.ndarray, removed: Sequence[int],
+                              train_labels: np.ndarray, test_labels: np.ndarray, name: str = "exact"):
+    """Plotly version of one `predicted_vs_actual` panel, for hovering: each point names its
+    removed training example (index and label) and its test point, so an outlier can be looked up.
+    `predicted` and `actual` are [n_test, n_removed]."""
+    import plotly.graph_objects as go
+
+    predicted, actual = np.asarray(predicted), np.asarray(actual)
+    n_test, n_removed = actual.shape
+    test_idx, removed_idx = np.meshgrid(np.arange(n_test), np.asarray(removed), indexing="ij")
+    text = [f"removed training example #{r} (label {int(train_labels[r])})<br>test point #{t} (label {int(test_labels[t])})"
+            for t, r in zip(test_idx.ravel(), removed_idx.ravel())]
+    lim = float(np.abs(actual).max())
+    fig = go.Figure([
+        go.Scattergl(x=predicted.ravel(), y=actual.ravel(), mode="markers", text=text, name=name,
+                     hovertemplate="%{text}<br>predicted %{x:.3g}, actual %{y:.3g}<extra></extra>",
+                     marker={"size": 4, "opacity": 0.5}),
+        go.Scatter(x=[-lim, lim], y=[-lim, lim], mode="lines", name="y = x", line={"dash": "dash", "color": "black"}),
+    ])
+    fig.update_layout(title=f"{name}: predicted against actual change of test loss (hover a point)",
+                      xaxis_title="predicted change of test loss", yaxis_title="actual (LOO retraining)",
+                      width=640, height=480)
+    return fig
+
+
 def proponents_opponents(test_image: np.ndarray, test_label: int, train_images: np.ndarray,
                          train_labels: np.ndarray, proponents, opponents, image_shape=(8, 8)):
     """The test image, and on two rows its proponents and opponents (`influence.Ranked` for one
