@@ -65,18 +65,25 @@ def proponents_opponents(test_image: np.ndarray, test_label: int, train_images: 
 
     top_k = len(np.asarray(proponents.indices[0]))
     fig, axes = plt.subplots(2, top_k + 1, figsize=(1.6 * (top_k + 1), 3.6))
-    axes[0, 0].imshow(np.asarray(test_image).reshape(image_shape), cmap="gray_r")
-    axes[0, 0].set_title(f"test: {int(test_label)}")
-    axes[1, 0].axis("off")
-    for row, (label, ranked) in enumerate((("proponent", proponents), ("opponent", opponents))):
-        for j, (i, s) in enumerate(zip(np.asarray(ranked.indices[0]), np.asarray(ranked.scores[0]))):
-            ax = axes[row, j + 1]
-            ax.imshow(np.asarray(train_images[i]).reshape(image_shape), cmap="gray_r")
-            ax.set_title(f"{label}\ny={int(train_labels[i])} s={s:.2g}", fontsize=7)
-    for ax in axes.ravel():
-        ax.set_xticks([]), ax.set_yticks([])
+    _image_rows(axes, test_image, test_label, train_images, train_labels, proponents, opponents, image_shape,
+                names=("proponent", "opponent"), title="{label}\ny={y} s={score:.2g}", test_fontsize=None)
     fig.tight_layout()
     return fig
+
+
+def _image_rows(axes, test_image, test_label, train_images, train_labels, proponents, opponents, image_shape,
+                names, title, test_fontsize):
+    """The test image at axes[0, 0], then proponents (row 0) and opponents (row 1) with titles."""
+    axes[0, 0].imshow(np.asarray(test_image).reshape(image_shape), cmap="gray_r")
+    axes[0, 0].set_title(f"test: {int(test_label)}", fontsize=test_fontsize)
+    axes[1, 0].axis("off")
+    for row, (label, ranked) in enumerate(zip(names, (proponents, opponents))):
+        for j, (i, score) in enumerate(zip(np.asarray(ranked.indices[0]), np.asarray(ranked.scores[0]))):
+            ax = axes[row, j + 1]
+            ax.imshow(np.asarray(train_images[i]).reshape(image_shape), cmap="gray_r")
+            ax.set_title(title.format(label=label, y=int(train_labels[i]), score=score), fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([]), ax.set_yticks([])
 
 
 def _value(v) -> float:
@@ -194,16 +201,8 @@ def estimator_view(name: str, scores: np.ndarray, reference: np.ndarray, test_im
     corr = float(np.corrcoef(r, s)[0, 1])
     ax.set(xlabel="reference (exact) score", ylabel=f"{name} score", title=f"{name}: r = {corr:.3f}")
     axes = right.subplots(2, top_k + 1)
-    axes[0, 0].imshow(np.asarray(test_image).reshape(image_shape), cmap="gray_r")
-    axes[0, 0].set_title(f"test: {int(test_label)}", fontsize=8)
-    axes[1, 0].axis("off")
-    for row, (label, ranked) in enumerate((("pro", proponents), ("opp", opponents))):
-        for j, (i, v) in enumerate(zip(np.asarray(ranked.indices[0]), np.asarray(ranked.scores[0]))):
-            a = axes[row, j + 1]
-            a.imshow(np.asarray(train_images[i]).reshape(image_shape), cmap="gray_r")
-            a.set_title(f"{label} y={int(train_labels[i])}\n{v:.2g}", fontsize=7)
-    for a in axes.ravel():
-        a.set_xticks([]), a.set_yticks([])
+    _image_rows(axes, test_image, test_label, train_images, train_labels, proponents, opponents, image_shape,
+                names=("pro", "opp"), title="{label} y={y}\n{score:.2g}", test_fontsize=8)
     return fig
 
 

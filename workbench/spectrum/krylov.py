@@ -178,40 +178,29 @@ def _extend(mv, basis, hess, finite, key, start, stop: int, fresh_on_breakdown: 
     dtype = basis.dtype
     breakdown_tol = 1e3 * jnp.finfo(dtype).eps
 
-    def frozen(j, state):
-        basis, hess, finite, key = state
-        w = mv(basis[j])
-        ok = jnp.all(jnp.isfinite(w))
-        w = jnp.where(ok, w, jnp.zeros_like(w))
-        scale = jnp.linalg.norm(w)
-        w, h = _orthogonalize(basis, w)
-        beta = jnp.linalg.norm(w)
-        broke = beta <= breakdown_tol * jnp.maximum(scale, jnp.finfo(dtype).tiny)
-        nxt = jnp.where(broke, jnp.zeros_like(w), w / jnp.where(broke, jnp.ones_like(beta), beta))
-        h = h.at[j + 1].set(jnp.where(broke, jnp.zeros_like(beta), beta))
-        return basis.at[j + 1].set(nxt), hess.at[:, j].set(h), finite & ok, key
-
     def body(j, state):
         basis, hess, finite, key = state
         w = mv(basis[j])
         ok = jnp.all(jnp.isfinite(w))
         w = jnp.where(ok, w, jnp.zeros_like(w))
         scale = jnp.linalg.norm(w)
-        r0 = _hash_words(jnp.stack([key, j.astype(key.dtype)]), w.shape[0], dtype)
         w, h = _orthogonalize(basis, w)
-        r = _orthogonalize(basis, r0)[0]
         beta = jnp.linalg.norm(w)
         broke = beta <= breakdown_tol * jnp.maximum(scale, jnp.finfo(dtype).tiny)
-        norm = jnp.linalg.norm(r)  # invariant subspace: continue from r, orthogonal to the basis
-        alive = norm > 1e-3 * jnp.linalg.norm(r0)  # else the basis already spans everything
         one = jnp.ones((), dtype)
-        fresh = jnp.where(alive, r / jnp.where(alive, norm, one), jnp.zeros_like(r))
-        nxt = jnp.where(broke, fresh, w / jnp.where(broke, one, beta))
-        beta = jnp.where(broke, jnp.zeros_like(beta), beta)
-        h = h.at[j + 1].set(beta)
+        if fresh_on_breakdown:  # invariant subspace: continue from r, orthogonal to the basis
+            r0 = _hash_words(jnp.stack([key, j.astype(key.dtype)]), w.shape[0], dtype)
+            r = _orthogonalize(basis, r0)[0]
+            norm = jnp.linalg.norm(r)
+            alive = norm > 1e-3 * jnp.linalg.norm(r0)  # else the basis already spans everything
+            replacement = jnp.where(alive, r / jnp.where(alive, norm, one), jnp.zeros_like(r))
+        else:  # freeze: the remaining Ritz values decouple with zero weight
+            replacement = jnp.zeros_like(w)
+        nxt = jnp.where(broke, replacement, w / jnp.where(broke, one, beta))
+        h = h.at[j + 1].set(jnp.where(broke, jnp.zeros_like(beta), beta))
         return basis.at[j + 1].set(nxt), hess.at[:, j].set(h), finite & ok, key
 
-    return jax.lax.fori_loop(start, stop, body if fresh_on_breakdown else frozen, (basis, hess, finite, key))
+    return jax.lax.fori_loop(start, stop, body, (basis, hess, finite, key))
 
 
 def _start(op, key, num_iters, v0=None):
