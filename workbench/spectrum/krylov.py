@@ -350,18 +350,86 @@ def _output_count(k: int, m: int) -> int:
     return min(m, max(8, 1 << (int(k) - 1).bit_length()))
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 8))
-def _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, true_residuals, count):
+def _relation_residuals(hess, s, theta):
+    """||A x_i - theta_i x_i|| for the Ritz vectors x_i = V_m s_i, read off the Arnoldi relation
+    A V_m = V_{m+1} H: the norm of H s_i - theta_i [s_i; 0]. The whole Hessenberg column enters
+    (not only its last row), so an operator that is not symmetric shows in the residual."""
+    m = s.shape[0]
+    return jnp.linalg.norm(hess @ s - jnp.zeros_like(hess[:, : s.shape[1]]).at[:m].set(s * theta), axis=0)
+
+
+def _symmetric_ritz(hess, m):
+    """Ritz values (ascending) and vectors of the projected matrix, and every relation residual."""
+    theta, s = jnp.linalg.eigh(0.5 * (hess[:m] + hess[:m].T))
+    return theta, s, _relation_residuals(hess, s, theta)
+
+
+def _converged_mask(res, theta, wanted, k, tol):
+    norm = jnp.maximum(jnp.max(jnp.abs(theta)), jnp.finfo(theta.dtype).tiny)
+    slots = jnp.arange(wanted.shape[0], dtype=jnp.int32)
+    return jnp.all((res[wanted] <= tol * norm) | (slots >= k))
+
+
+def _wanted_pairs(basis, hess, theta, s, wanted, count, tol, matvecs):
+    """The first `count` wanted Ritz pairs as an EigenResult (residuals from the relation), and
+    the spectral-norm estimate max |theta| that `converged` is judged against."""
+    m = s.shape[0]
+    wanted = wanted[:count]
+    # zero-padded coefficients read the whole basis: no sliced copy of it
+    vectors = jnp.zeros((m + 1, count), basis.dtype).at[:m].set(s[:, wanted]).T @ basis
+    vectors = vectors / jnp.linalg.norm(vectors, axis=1, keepdims=True)
+    values = theta[wanted]
+    residuals = _relation_residuals(hess, s[:, wanted], values)
+    norm = jnp.max(jnp.abs(theta))
+    return EigenResult(values, vectors, residuals, residuals <= 10 * tol * norm, matvecs), norm
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _first_pass(op, key, k, which, m, count, tol):
+    """One Lanczos pass of depth m from the start vector, without the restart machinery: the
+    program a first call compiles, about the size of a plain Lanczos + eigh. A breakdown
+    freezes the factorization (fresh vectors are the restart program's job). Returns the
+    pairs and norm estimate, the basis and state `_thick_restart_lanczos` continues from, the
+    finite flag,
+    `done` (every wanted pair converged) and `broke` (a breakdown before the last step)."""
+    k = jnp.asarray(k, jnp.int32)
+    basis, hess, finite, seed = _start(op, key, m)
+    basis, hess, finite, _ = _extend(op.mv, basis, hess, finite, seed, 0, m, fresh_on_breakdown=False)
+    theta, s, res = _symmetric_ritz(hess, m)
+    tol = jnp.asarray(tol, basis.dtype)
+    wanted = _order(k, m, which)
+    steps = jnp.arange(m - 1)
+    broke = jnp.any(hess[steps + 1, steps] == 0)
+    done = _converged_mask(res, theta, wanted, k, tol) & ~broke
+    pairs, norm = _wanted_pairs(basis, hess, theta, s, wanted, count, tol, jnp.int32(m))
+    state = (jnp.int32(1), hess, finite, seed, theta, s, done)
+    return pairs, norm, basis, state, finite, done, broke
+
+
+def _initial_state(op, key, m):
+    """The restart loop's basis and state before its first pass: v0 in the residual slot, keep 0."""
+    basis, hess, finite, seed = _start(op, key, m)
+    basis = basis.at[m].set(basis[0]).at[0].set(0)
+    dtype = basis.dtype
+    return basis, (jnp.int32(0), hess, finite, seed, jnp.zeros(m, dtype), jnp.eye(m, dtype=dtype),
+                   jnp.asarray(False))
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 7), donate_argnums=(8,))
+def _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, count, basis=None, state=None):
     """Krylov-Schur (thick-restart Lanczos) for the k wanted eigenpairs of a symmetric operator.
 
     One while loop: each pass (after the first) compresses the basis to the `keep` wanted Ritz
     vectors plus the residual vector, then extends it back to depth m with full
-    reorthogonalization. A single matvec and eigh site keeps compile time small.
+    reorthogonalization. A single matvec and eigh site keeps compile time small. Continues from
+    `basis` and `state` (what `_first_pass` returns; the basis is donated and rewritten in
+    place) or, without them, starts from the start vector hashed from `key`.
 
-    Compiled once per (operator kind, which, depth m, output bucket `count`): k, max_restarts,
-    tol and true_residuals are traced, so asking for k = 1 and then k = 5 (or another tolerance)
-    reuses the program. Returns the first `count` >= k Ritz pairs in wanted order (callers keep
-    the first k) and the finite flag.
+    Compiled once per (operator kind, which, depth m, output bucket `count`): k, max_restarts
+    and tol are traced, so asking for k = 1 and then k = 5 (or another tolerance) reuses the
+    program. Returns the first `count` >= k Ritz pairs in wanted order (callers keep the first
+    k), the norm estimate, the finite flag and the final basis (an output only so that a donated
+    `state` basis can be rewritten in place; callers drop it).
 
     Memory: one Krylov basis. The restart rewrites it in place column block by column block
     (a `lax.cond` or a sliced `basis[:m]` would make XLA copy the whole basis).
@@ -371,8 +439,7 @@ def _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, true_residua
     slots = jnp.arange(m, dtype=jnp.int32)
     wanted = _order(k, m, which)
     kept = _order(keep, m, which)
-    basis, hess, finite, key = _start(op, key, m)
-    basis = basis.at[m].set(basis[0]).at[0].set(0)  # the first pass "restarts" from v0 with keep 0
+    basis, state = _initial_state(op, key, m) if state is None else (basis, state)
     dtype = basis.dtype
     tol = jnp.asarray(tol, dtype)
 
@@ -387,39 +454,49 @@ def _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, true_residua
         return new_basis, new_hess.at[keep].set(hess[m] @ sk)
 
     def body(state):
-        passes, basis, hess, finite, key, theta, s, _ = state
+        passes, basis, hess, finite, seed, theta, s, _ = state
         start = jnp.where(passes > 0, keep, 0)
         basis, hess = restart(basis, hess, theta, s, start)
-        basis, hess, finite, key = _extend(op.mv, basis, hess, finite, key, start, m)
-        theta, s = jnp.linalg.eigh(0.5 * (hess[:m] + hess[:m].T))
-        res = jnp.abs(hess[m] @ s)
-        norm = jnp.maximum(jnp.max(jnp.abs(theta)), jnp.finfo(dtype).tiny)
-        done = jnp.all((res[wanted] <= tol * norm) | (slots >= k))
-        return passes + 1, basis, hess, finite, key, theta, s, done
+        basis, hess, finite, seed = _extend(op.mv, basis, hess, finite, seed, start, m)
+        theta, s, res = _symmetric_ritz(hess, m)
+        return passes + 1, basis, hess, finite, seed, theta, s, _converged_mask(res, theta, wanted, k, tol)
 
     def cond(state):
         passes, _, _, finite, _, _, _, done = state
         return (passes <= max_restarts) & finite & ~done
 
-    init = (jnp.int32(0), basis, hess, finite, key, jnp.zeros(m, dtype), jnp.eye(m, dtype=dtype), False)
+    passes, *state = state
+    init = (passes, basis, *state)
     passes, basis, hess, finite, _, theta, s, _ = jax.lax.while_loop(cond, body, init)
-    wanted = wanted[:count]
-    # zero-padded coefficients read the whole basis: no sliced copy of it
-    vectors = jnp.zeros((m + 1, count), dtype).at[:m].set(s[:, wanted]).T @ basis
-    vectors = vectors / jnp.linalg.norm(vectors, axis=1, keepdims=True)
-    values = theta[wanted]
-    norm = jnp.max(jnp.abs(theta))
-    # from A V_m = V_{m+1} H: exact up to rounding with full reorthogonalization
-    residuals = jnp.abs(hess[m] @ s[:, wanted])
+    matvecs = m + (passes - 1) * (m - keep)
+    pairs, norm = _wanted_pairs(basis, hess, theta, s, wanted, count, tol, matvecs)
+    return pairs, norm, finite, basis  # the basis out, so a donated one is updated in place
 
-    def true_residual(i, residuals):
-        r = jnp.linalg.norm(op.mv(vectors[i]) - values[i] * vectors[i])
-        return residuals.at[i].set(r)
 
-    extra = jnp.where(true_residuals, jnp.minimum(k, count), 0)
-    residuals = jax.lax.fori_loop(jnp.int32(0), extra, true_residual, residuals)
-    matvecs = m + (passes - 1) * (m - keep) + extra
-    return EigenResult(values, vectors, residuals, residuals <= 10 * tol * norm, matvecs), finite
+@jax.jit
+def _true_residuals(op, vectors, values, k):
+    """||A x_i - value_i x_i|| of the first k pairs by k operator products (the rest stay 0)."""
+
+    def one(i, residuals):
+        return residuals.at[i].set(jnp.linalg.norm(op.mv(vectors[i]) - values[i] * vectors[i]))
+
+    k = jnp.minimum(jnp.asarray(k, jnp.int32), values.shape[0])
+    return jax.lax.fori_loop(jnp.int32(0), k, one, jnp.zeros_like(values))
+
+
+def _krylov_schur(op, key, k, which, m, max_restarts, tol, count):
+    """(pairs, norm estimate, finite). Outside a trace the first pass runs alone (one small
+    program) and the restart program compiles only when a wanted pair has not converged;
+    inside a trace, the restart program runs from the start."""
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((op, key))):
+        return _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, count)[:3]
+    pairs, norm, basis, state, finite, done, broke = _first_pass(op, key, k, which, m, count, tol)
+    if bool(done) or not bool(finite) or (max_restarts == 0 and not bool(broke)):
+        return pairs, norm, finite
+    del pairs  # not held while the restart program runs
+    if bool(broke):  # the frozen factorization has zero rows: start over with fresh vectors
+        basis = state = None
+    return _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, count, basis, state)[:3]
 
 
 def _first(result: EigenResult, k: int) -> EigenResult:
@@ -457,7 +534,7 @@ def top_eigenpairs(
     num_iters: int | None = None,
     max_restarts: int = 200,
     tol: float | None = None,
-    true_residuals: bool = True,
+    true_residuals: bool = False,
 ) -> EigenResult:
     """The k largest / smallest (algebraic) eigenpairs, or both ends ("both": ceil(k/2) largest
     and floor(k/2) smallest).
@@ -466,12 +543,19 @@ def top_eigenpairs(
     `num_iters` (default max(2k + 20, 40), capped at dim), restarted until every wanted Ritz pair
     has residual <= tol * |largest Ritz value| or `max_restarts` is spent. "arnoldi" runs one
     unrestarted Arnoldi factorization of depth `num_iters` (default max(4k, 80)) and takes the
-    real parts of the Ritz values (for operators that may not be exactly symmetric). Residuals
-    are recomputed with k extra matvecs (`true_residuals=False` reads them off the Krylov-Schur
-    relation instead, saving the matvecs); `converged[i]` is
-    residual <= 10 * tol * |largest Ritz value|. "lanczos" compiles once per (operator kind,
-    `which`, Krylov depth): k (at the default depth 40 for every k <= 10), `max_restarts`, `tol`
-    and `true_residuals` are traced values, so trying another of them compiles nothing.
+    real parts of the Ritz values (for operators that may not be exactly symmetric).
+
+    Residuals ||A x - value x|| are read off the Arnoldi relation A V_m = V_{m+1} H (exact up to
+    rounding for any linear operator: the whole projected column enters, so asymmetry shows);
+    `true_residuals=True` recomputes them with k more operator products instead (it also
+    catches an operator that is not linear or not deterministic). `converged[i]` is
+    residual <= 10 * tol * |largest Ritz value|.
+
+    Compile cost: a first call compiles one Lanczos pass (about the size of a plain Lanczos +
+    eigh); the restart program compiles only when a wanted pair has not converged after it.
+    Both compile once per (operator kind, `which`, Krylov depth): k (at the default depth 40
+    for every k <= 10), `max_restarts` and `tol` are traced values, so trying another of them
+    compiles nothing.
     """
     _check_op(op)
     if which not in WHICH:
@@ -491,10 +575,13 @@ def top_eigenpairs(
     if method == "lanczos":
         if num_iters == k:  # the whole space: one pass is exact
             max_restarts = 0
-        result, finite = _thick_restart_lanczos(
-            op, key, int(k), which, num_iters, int(max_restarts), tol, bool(true_residuals),
-            _output_count(k, num_iters),
+        result, norm, finite = _krylov_schur(
+            op, key, int(k), which, num_iters, int(max_restarts), tol, _output_count(k, num_iters)
         )
+        if true_residuals:
+            residuals = _true_residuals(op, result.vectors, result.values, int(k))
+            result = result._replace(residuals=residuals, converged=residuals <= 10 * tol * norm,
+                                     num_matvecs=result.num_matvecs + int(k))
         result = _first(result, int(k))
     else:
         result, finite = _arnoldi_eigen(op, key, int(k), which, num_iters, tol)

@@ -32,9 +32,8 @@ def _top_values_fn(loss_fn, k, num_iters, max_restarts, tol, kind, batch_size):
     def top(params, data, key):
         op = curvature.operator(loss_fn, params, data, kind, batch_size=batch_size)
         m = min(op.dim, max(num_iters, k + 1))
-        result, finite = _thick_restart_lanczos(
-            op, key, k, "largest", m, max_restarts, tol or default_tol(op.dtype), False,
-            _output_count(k, m),
+        result, _, finite, _ = _thick_restart_lanczos(
+            op, key, k, "largest", m, max_restarts, tol or default_tol(op.dtype), _output_count(k, m)
         )
         values = result.values[:k]
         return values, finite & jnp.all(jnp.isfinite(values))
