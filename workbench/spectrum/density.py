@@ -23,7 +23,6 @@ from workbench.spectrum.krylov import (
     _check_op,
     _extend,
     _plain_recurrence,
-    _start,
 )
 
 TRACE_METHODS = ("hutchinson", "hutch++", "xtrace")
@@ -62,17 +61,17 @@ def _map_rows(fn, xs, batch_size):
 # ----------------------------------------------------------------------------- SLQ density
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
 def _slq_nodes(op, key, num_iters, num_probes, reorthogonalize, batch):
-    keys = jax.random.split(key, num_probes)
+    """Per probe: the Ritz values and quadrature weights of its Lanczos tridiagonal."""
+    probes = jax.random.rademacher(key, (num_probes, op.dim), op.dtype)  # one draw for all probes
 
-    def one_probe(k):
-        k_probe, k_run = jax.random.split(k)
-        v0 = jax.random.rademacher(k_probe, (op.dim,), op.dtype)
+    def one_probe(v0):
         v0 = v0 / jnp.linalg.norm(v0)
         if reorthogonalize:
-            basis, hess, finite, k_run = _start(op, k_run, num_iters, v0)
-            _, hess, finite, _ = _extend(op.mv, basis, hess, finite, k_run, 0, num_iters, False)
+            basis = jnp.zeros((num_iters + 1, op.dim), op.dtype).at[0].set(v0)
+            hess = jnp.zeros((num_iters + 1, num_iters), op.dtype)
+            # a breakdown freezes the recurrence (no fresh vector, so no seed is needed)
+            _, hess, finite, _ = _extend(op.mv, basis, hess, True, 0, 0, num_iters, False)
             idx = jnp.arange(num_iters)
             alphas, betas = hess[idx, idx], hess[idx + 1, idx]
         else:
@@ -82,8 +81,15 @@ def _slq_nodes(op, key, num_iters, num_probes, reorthogonalize, batch):
         nodes, vecs = jnp.linalg.eigh(t)
         return nodes, vecs[0] ** 2, finite
 
-    nodes, weights, finite = _map_rows(one_probe, keys, batch)
+    nodes, weights, finite = _map_rows(one_probe, probes, batch)
     return nodes, weights, jnp.all(finite)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
+def _slq(op, key, num_iters, num_probes, reorthogonalize, batch, grid_size, sigma2):
+    """Nodes, weights and the broadened density in one program (one compile on a first call)."""
+    nodes, weights, finite = _slq_nodes(op, key, num_iters, num_probes, reorthogonalize, batch)
+    return _grid_density(nodes, weights, sigma2, grid_size), finite
 
 
 def broaden(nodes, weights, grid, sigma2):
@@ -121,14 +127,13 @@ def spectral_density(
     if not sigma2 > 0:
         raise ValueError(f"sigma2 must be positive, got {sigma2!r}")
     batch = _probe_batch(op, num_probes, num_iters + 2 if reorthogonalize else 4, batch_bytes)
-    nodes, weights, finite = _slq_nodes(
-        op, key, num_iters, int(num_probes), bool(reorthogonalize), batch
+    result, finite = _slq(
+        op, key, num_iters, int(num_probes), bool(reorthogonalize), batch, int(grid_size), float(sigma2)
     )
     _check_finite(finite, "spectral_density")
-    return _grid_density(nodes, weights, float(sigma2), int(grid_size))
+    return result
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
 def _grid_density(nodes, weights, sigma2, grid_size):
     held = weights > 0  # nodes decoupled by a breakdown carry no weight: keep them off the grid
     lo = jnp.min(jnp.where(held, nodes, jnp.inf))
