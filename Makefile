@@ -19,7 +19,7 @@ papers: $(STAMP)
 
 # One BLAS thread per pytest worker: two workers on two cores, no oversubscription.
 test: $(STAMP)
-	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 # JupyterLab on lab/, git-ignored working copies of the papers (jupyter/lab_config.py): a lab
 # session never touches notebooks/. 127.0.0.1 and token authentication; --allow-root only for

@@ -91,6 +91,21 @@ def entries(fn, params, train_data, test_data):
                      ("tracin", dict(checkpoints=ckpts, learning_rates=0.1)),
                      ("trak", dict(dim=512, key=key))):
         out[f"influence {kind} (build + 50 test scores)"] = (est(kind, **kw), None, est(kind, **kw))
+    import optax
+
+    from workbench import sketch, train
+
+    def fit():
+        return train.train(fn.loss_fn, params, train_data, key, optimizer=optax.adam(1e-3), num_steps=100,
+                           batch_size=128).params
+
+    out["train.train (100 Adam steps, batch 128)"] = (fit, None, fit)
+    for kind in ("dense", "fjl", "affd", "qk"):
+        def grads(kind=kind):
+            s = sketch.for_params(kind, key, params, 256)
+            return sketch.per_example_gradients(fn.loss_fn, params, train_data, s)
+
+        out[f"sketch.for_params {kind} + per_example_gradients (D=256)"] = (grads, None, grads)
     return out
 
 
