@@ -133,3 +133,36 @@ def test_fit_digits_mlp_learns():
     assert fit.test_accuracy > 0.9
     with pytest.raises(ValueError, match="hidden_size"):
         digits.fit_digits_mlp(hidden_size=0)
+
+
+@pytest.mark.standard_promotion  # optax's schedules mix int steps and float rates
+def test_an_equal_fresh_optimizer_reuses_the_compiled_chunk(problem):
+    """A notebook cell `train(..., optimizer=optax.adam(1e-2))` run twice compiles once; another
+    learning rate, schedule or chain is another program, and each gives its own numbers."""
+    f, tr, _ = problem
+
+    def run(opt):
+        return train.train(f.loss_fn, f.params, tr, jax.random.key(0), optimizer=opt, num_steps=12,
+                           progress=False, chunk_size=6)
+
+    def chain(lr):
+        return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(lr, 12)))
+
+    before = len(train._RUNNERS)
+    first = run(optax.adam(1e-2))
+    again = run(optax.adam(1e-2))
+    assert len(train._RUNNERS) == before + 1
+    np.testing.assert_array_equal(first.history["loss"], again.history["loss"])
+    runs = {"adam 3e-2": run(optax.adam(3e-2)), "sgd 1e-2": run(optax.sgd(1e-2)),
+            "chain 1e-2": run(chain(1e-2)), "chain 3e-2": run(chain(3e-2))}
+    run(chain(3e-2))
+    assert len(train._RUNNERS) == before + 5
+    losses = [first.history["loss"][-1]] + [r.history["loss"][-1] for r in runs.values()]
+    assert len(set(np.round(losses, 12).tolist())) == 5  # five optimizers, five trajectories
+    opt = chain(3e-2)  # the cached program computes what the optimizer given computes
+    params, state = f.params, opt.init(f.params)
+    for _ in range(12):
+        g = jax.grad(f.loss_fn)(params, tr)
+        updates, state = opt.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(tu.ravel(runs["chain 3e-2"].params)[0], tu.ravel(params)[0], rtol=1e-10)

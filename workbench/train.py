@@ -7,6 +7,7 @@ record, save and update the progress bar.
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -119,11 +120,65 @@ def optimize(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data: 
     return params, losses
 
 
-@functools.lru_cache(maxsize=64)
+class _Same:
+    """Equality by identity for a value the fingerprint cannot read; holding the value keeps
+    its id from being reused while a cache entry refers to it."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __eq__(self, other):
+        return isinstance(other, _Same) and other.value is self.value
+
+    def __hash__(self):
+        return id(self.value)
+
+
+def _fingerprint(value, seen=()):
+    """A hashable key equal for two optimizers built by the same calls with the same numbers
+    (e.g. `optax.adam(1e-3)` in a notebook cell run twice): functions by code, defaults and
+    closure contents, containers by their items, scalars and small arrays by value. Anything
+    else, and any cycle, is keyed by identity (a new object compiles anew, as before)."""
+    if value is None or isinstance(value, bool | int | float | complex | str | bytes):
+        return (type(value), value)
+    if id(value) in seen:
+        return _Same(value)
+    seen = (*seen, id(value))
+    if isinstance(value, tuple | list):
+        return (type(value), tuple(_fingerprint(v, seen) for v in value))
+    if isinstance(value, dict):
+        return (dict, tuple((k, _fingerprint(v, seen)) for k, v in sorted(value.items(), key=lambda kv: repr(kv[0]))))
+    if isinstance(value, np.ndarray | jax.Array | np.generic) and np.size(value) <= 64:
+        array = np.asarray(value)
+        return (np.ndarray, array.dtype.str, array.shape, array.tobytes())
+    if isinstance(value, functools.partial):
+        return (functools.partial, _fingerprint(value.func, seen), _fingerprint(value.args, seen),
+                _fingerprint(value.keywords, seen))
+    code = getattr(value, "__code__", None)
+    if code is not None and not hasattr(value, "__self__"):
+        cells = tuple(c.cell_contents for c in (value.__closure__ or ()))
+        return (code, _fingerprint(value.__defaults__, seen), _fingerprint(value.__kwdefaults__, seen),
+                _fingerprint(cells, seen))
+    return _Same(value)
+
+
+_RUNNERS: collections.OrderedDict = collections.OrderedDict()  # the 64 most recent chunk programs
+
+
 def _chunk_runner(loss_fn, optimizer, full_batch: bool, chunk_size: int, has_lr: bool):
     """The jitted chunk of `chunk_size` steps, cached per (loss_fn, optimizer, configuration) so
-    repeated `train` calls with the same functions compile once."""
+    repeated `train` calls compile once: the optimizer is compared by what it computes (a fresh
+    `optax.adam(1e-3)` equals the last one), the loss function by identity."""
+    key = (loss_fn, _fingerprint(optimizer), full_batch, chunk_size, has_lr)
+    if key not in _RUNNERS:
+        _RUNNERS[key] = _make_chunk_runner(loss_fn, optimizer, full_batch, chunk_size, has_lr)
+        if len(_RUNNERS) > 64:
+            _RUNNERS.popitem(last=False)
+    _RUNNERS.move_to_end(key)
+    return _RUNNERS[key]
 
+
+def _make_chunk_runner(loss_fn, optimizer, full_batch: bool, chunk_size: int, has_lr: bool):
     @jax.jit
     def run_chunk(params, opt_state, start, stop, last, data, indices):
         # data and indices are arguments, not closed-over constants, so they stay out of the HLO.
