@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 papers: $(STAMP)
-	$(BIN)/python -m workbench run --all --profile quick
+	$(BIN)/python -m workbench run --all --profile quick --jobs 2
 
 # One BLAS thread per pytest worker: two workers on two cores, no oversubscription.
 test: $(STAMP)

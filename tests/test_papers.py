@@ -149,6 +149,19 @@ def test_run_all_summarises_and_fails_if_any_failed(tmp_path):
     assert "echo_paper" in out.stdout and "FAILED" in out.stdout
 
 
+def test_run_all_two_at_a_time_gives_the_same_summary(tmp_path):
+    out = cli("run", "--all", "--jobs", "2", runs_dir=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert "running 2 papers, 2 at a time" in out.stdout and "papers: 1 ran, 1 failed" in out.stdout
+    rows = [line.split()[0] for line in out.stdout.splitlines() if line.startswith(("echo_paper ", "fail_paper "))]
+    assert rows == sorted(rows) == ["echo_paper", "fail_paper"]  # the table keeps the order asked
+    assert len(run_dirs(tmp_path, "echo_paper")) == 1
+    assert json.loads((run_dirs(tmp_path, "echo_paper")[0] / "manifest.json").read_text())["status"] == "ok"
+    bad = cli("run", "--all", "--jobs", "0", runs_dir=tmp_path / "none")
+    assert bad.returncode == 2 and "--jobs must be at least 1" in bad.stderr
+    assert not (tmp_path / "none").exists()
+
+
 def test_claims_are_checked_recorded_and_fail_the_run_command(tmp_path):
     paper = P.get_paper("echo_paper", P.discover(FIXTURES))
     assert [(c.metric, c.profiles) for c in paper.claims] == [

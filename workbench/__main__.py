@@ -1,4 +1,4 @@
-"""`python -m workbench list | describe NAME | run NAME [-p k=v ...] [-f params.yaml] [--profile] | run --all`."""
+"""`python -m workbench list | describe NAME | run NAME [-p k=v ...] [-f params.yaml] [--profile] | run --all [--jobs N]`."""
 
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ def cmd_run(args) -> int:
     available = P.discover()
     if args.all == bool(args.names):
         raise P.PaperError("give paper names or --all (not both)")
+    if args.jobs < 1:
+        raise P.PaperError(f"--jobs must be at least 1, got {args.jobs}")
     names = list(available) if args.all else args.names
     chosen = [P.get_paper(n, available) for n in names]
     overrides = {}
@@ -59,21 +61,8 @@ def cmd_run(args) -> int:
     plans = [(paper, P.resolve_parameters(paper, overrides, args.profile)) for paper in chosen]
     runs_dir = Path(args.runs_dir) if args.runs_dir else P.repo_root() / "runs"
     P.cleanup_stale_temporaries(runs_dir)
-    results = []
     t0 = time.perf_counter()
-    for i, (paper, params) in enumerate(plans, 1):
-        print(f"[{i}/{len(plans)}] {paper.name} ({params['profile']}) ...", flush=True)
-        result = P.run_paper(paper, params, runs_dir, progress=args.progress)
-        results.append(result)
-        status = "ok" if result.ok else "FAILED"
-        print(f"[{i}/{len(plans)}] {paper.name}: {status} in {result.seconds:.1f} s -> {result.path}", flush=True)
-        for c in result.claims:
-            mark = "pass" if c.passed else "FAIL"
-            print(f"    claim {mark}: {c.metric} {c.claim} (value {_short(c.value)})"
-                  + (f" - {c.reason}" if c.reason else ""), flush=True)
-        if not result.ok:
-            print(f"    {result.error.splitlines()[-1] if result.error else ''}\n"
-                  f"    traceback: {result.path / 'error.txt'}", file=sys.stderr)
+    results = _run_plans(plans, runs_dir, args.progress, min(args.jobs, len(plans)))
     if len(results) > 1:
         print()
         rows = [[r.paper, "ok" if r.ok else "FAILED", _claims_cell(r), f"{r.seconds:.1f} s", str(r.path)]
@@ -85,6 +74,44 @@ def cmd_run(args) -> int:
               f"{sum(c.passed for r in results for c in r.claims)} held, {bad_claims} did not; "
               f"{time.perf_counter() - t0:.0f} s")
     return 0 if all(r.ok and r.claims_ok for r in results) else 1
+
+
+def _report(i: int, total: int, result) -> None:
+    status = "ok" if result.ok else "FAILED"
+    print(f"[{i}/{total}] {result.paper}: {status} in {result.seconds:.1f} s -> {result.path}", flush=True)
+    for c in result.claims:
+        mark = "pass" if c.passed else "FAIL"
+        print(f"    claim {mark}: {c.metric} {c.claim} (value {_short(c.value)})"
+              + (f" - {c.reason}" if c.reason else ""), flush=True)
+    if not result.ok:
+        print(f"    {result.error.splitlines()[-1] if result.error else ''}\n"
+              f"    traceback: {result.path / 'error.txt'}", file=sys.stderr)
+
+
+def _run_plans(plans, runs_dir: Path, progress: bool, jobs: int) -> list:
+    """Run the papers, `jobs` at a time (each in its own worker process and kernel; the longest
+    quick runs start first), reporting each as it ends; results in the order asked."""
+    total = len(plans)
+    if jobs <= 1:
+        results = []
+        for i, (paper, params) in enumerate(plans, 1):
+            print(f"[{i}/{total}] {paper.name} ({params['profile']}) ...", flush=True)
+            results.append(P.run_paper(paper, params, runs_dir, progress=progress))
+            _report(i, total, results[-1])
+        return results
+    import concurrent.futures
+    import multiprocessing
+
+    order = sorted(range(total), key=lambda i: -(plans[i][0].quick_seconds or 0))
+    results = [None] * total
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        futures = {pool.submit(P.run_paper, *plans[i], runs_dir, False): i for i in order}
+        print(f"running {total} papers, {jobs} at a time ...", flush=True)
+        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            results[futures[future]] = future.result()
+            _report(done, total, results[futures[future]])
+    return results
 
 
 def _short(value) -> str:
@@ -114,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", choices=P.PROFILES, help="quick (CI-sized, the default) or full (paper-sized)")
     r.add_argument("--runs-dir", help="where run directories go (default: runs/ in the repository)")
     r.add_argument("--progress", action="store_true", help="show papermill's per-cell progress bar")
+    r.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run N papers at a time, each in its own process (default 1)")
     r.set_defaults(func=cmd_run)
     return parser
 
