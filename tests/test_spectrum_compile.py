@@ -148,6 +148,10 @@ def test_influence_features_share_one_program_across_set_sizes(small):
     grads = np.asarray(pergrad.flat_per_example_grads(fn.loss_fn, fn.params, train))
     tgrads = np.asarray(pergrad.flat_per_example_grads(fn.loss_fn, fn.params, test))
     np.testing.assert_allclose(full, tgrads @ grads.T, rtol=1e-10, atol=1e-12)
+    # exact and cg read the same gradients through other states: still the same program
+    for kind in ("exact", "cg"):
+        influence.make(kind, fn.loss_fn, fn.params, train, chunk_size=64, damping=1.0).scores(test.take(slice(0, 3)))
+    assert core._featurize_chunk._cache_size() <= before + 1
 
 
 def test_trak_in_memory_features_equal_the_sketched_gradients(small, key):

@@ -191,7 +191,8 @@ class Estimator:
         elif self._train_reader is not None:  # stream the stored features; never hold them all
             out = jnp.concatenate([phi @ rows.astype(phi.dtype).T for _, rows in self._read_chunks()], axis=1)
         else:  # stream the training set in chunks; never hold all its features
-            out = _streamed_scores(self._featurize, self.state, self.train_data, phi, self.chunk_size)
+            state = _read_by(self._featurize, self.state)
+            out = _streamed_scores(self._featurize, state, self.train_data, phi, self.chunk_size)
         self._check(out, "scores")
         return out
 
@@ -252,9 +253,18 @@ def _host_chunks(data, chunk_size):
         yield rows, treedef.unflatten(parts)
 
 
+def _read_by(featurize, state):
+    """The part of `state` that `featurize` reads (its `state_keys`, when it declares them): so
+    estimators sharing a featurizer (exact, cg, lissa, grad_dot on one model) share its program
+    although their states differ."""
+    keys = getattr(featurize, "state_keys", None)
+    return state if keys is None else {k: state[k] for k in keys}
+
+
 def _host_features(featurize, state, data, chunk_size):
     """(psi [n, d], psi finite [n]): one compiled program per (featurize, chunk shape) serves
     the training set and every test batch, whatever their sizes."""
+    state = _read_by(featurize, state)
     feats, finite = [], []
     for rows, chunk in _host_chunks(data, chunk_size):
         f, ok = _featurize_chunk(featurize, state, chunk)
@@ -315,6 +325,7 @@ def grad_featurizer(loss_fn: Callable, normalize: bool = False) -> Callable:
             g = g / (jnp.linalg.norm(g, axis=1, keepdims=True) + 1e-12)
         return g
 
+    featurize.state_keys = ("params",)
     return featurize
 
 
