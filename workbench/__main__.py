@@ -88,15 +88,6 @@ def _report(i: int, total: int, result) -> None:
               f"    traceback: {result.path / 'error.txt'}", file=sys.stderr)
 
 
-def _one_blas_thread() -> None:
-    """In a worker running papers side by side: one BLAS thread per kernel (unless the user set
-    it), as the test workers do; several busy-waiting BLAS pools on few cores stall each other."""
-    import os
-
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(name, "1")
-
-
 def _run_plans(plans, runs_dir: Path, progress: bool, jobs: int) -> list:
     """Run the papers, `jobs` at a time (each in its own worker process and kernel; the longest
     quick runs start first), reporting each as it ends; results in the order asked."""
@@ -114,7 +105,7 @@ def _run_plans(plans, runs_dir: Path, progress: bool, jobs: int) -> list:
     order = sorted(range(total), key=lambda i: -(plans[i][0].quick_seconds or 0))
     results = [None] * total
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_one_blas_thread) as pool:
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=P.one_blas_thread) as pool:
         futures = {pool.submit(P.run_paper, *plans[i], runs_dir, False): i for i in order}
         print(f"running {total} papers, {jobs} at a time ...", flush=True)
         for done, future in enumerate(concurrent.futures.as_completed(futures), 1):

@@ -402,6 +402,14 @@ def _unique(path: Path) -> Path:
     return candidate
 
 
+def one_blas_thread() -> None:
+    """For a worker process running papers side by side (`workbench run --jobs N`): one BLAS
+    thread per kernel unless the user set it, as the test workers do; several busy-waiting
+    BLAS pools on few cores stall each other."""
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+
+
 def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None, progress: bool = False) -> RunResult:
     """Execute `paper` with already-resolved `params` into a new run directory."""
     import jupytext
