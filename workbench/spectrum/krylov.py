@@ -390,8 +390,8 @@ def _first_pass(op, key, k, which, m, count, tol):
     program a first call compiles, about the size of a plain Lanczos + eigh. A breakdown
     freezes the factorization (fresh vectors are the restart program's job). Returns the
     pairs and norm estimate, the basis and state `_thick_restart_lanczos` continues from, the
-    finite flag,
-    `done` (every wanted pair converged) and `broke` (a breakdown before the last step)."""
+    finite flag, `done` (every wanted pair converged) and `broke` (a breakdown before the last
+    step)."""
     k = jnp.asarray(k, jnp.int32)
     basis, hess, finite, seed = _start(op, key, m)
     basis, hess, finite, _ = _extend(op.mv, basis, hess, finite, seed, 0, m, fresh_on_breakdown=False)
