@@ -1,5 +1,6 @@
-"""First calls (compile included) of every spectrum / influence entry point a notebook calls,
-each in a fresh subprocess, next to its warm time; matfree's equivalents measured the same way.
+"""First calls (compile included) of the entry points the notebooks call (spectrum, influence,
+training, sketched gradients, convex SGD, schedule bounds, ICL), each in a fresh subprocess, next
+to its warm time; matfree's equivalents measured the same way.
 
 Problem: the digits MLP 64-32-10 (2410 params, float64, 1347 training images), weights trained
 once by the parent and loaded by every child, so a child's "first" is what a notebook user
@@ -106,6 +107,24 @@ def entries(fn, params, train_data, test_data):
             return sketch.per_example_gradients(fn.loss_fn, params, train_data, s)
 
         out[f"sketch.for_params {kind} + per_example_gradients (D=256)"] = (grads, None, grads)
+    from workbench import convex, icl, schedules
+
+    problem = convex.make_problem("logistic", seed=0, n=400, dim=10)
+    shapes = {name: schedules.standard_shapes()[name] for name in ("constant", "linear decay")}
+
+    def sgd():
+        return convex.compare_schedules(problem, shapes, key, num_steps=1000, num_seeds=32)
+
+    out["convex.compare_schedules (2 shapes, 1000 steps x 32 seeds)"] = (sgd, None, sgd)
+    curve = lambda: schedules.bound_curve(shapes["linear decay"], [100, 1000, 10_000])  # noqa: E731
+    out["schedules.bound_curve (3 horizons)"] = (curve, None, curve)
+
+    def gd():
+        tasks = icl.sample_tasks(key, 256, dim=10, context_length=20)
+        eta = icl.line_search_eta(tasks, 4).eta
+        return icl.gd_predictions(tasks, eta, 4)
+
+    out["icl.sample_tasks + line_search_eta + gd_predictions (4 steps)"] = (gd, None, gd)
     return out
 
 
