@@ -110,7 +110,14 @@ def top_eigenvalues(matrix: np.ndarray, k: int) -> np.ndarray:
 def sketched_matrix(sketch, matrix: jax.Array) -> jax.Array:
     """Phi H Phi^T for a dense symmetric H [n, n] (two batched applies, no transpose needed)."""
     h_phi_t = sketch.apply(matrix)  # row i: Phi H[i] = (H Phi^T)[i]
-    return sketch.apply(h_phi_t.T)
+    n, d = h_phi_t.shape
+    if d >= n:
+        return sketch.apply(h_phi_t.T)
+    # zero-pad the D rows of (H Phi^T)^T to the n rows of the first call so both calls share one
+    # compiled program (rows are sketched independently; the padding rows are dropped)
+    rows = np.zeros((n, n), np.asarray(h_phi_t).dtype)
+    rows[:d] = np.asarray(h_phi_t).T
+    return jnp.asarray(np.asarray(sketch.apply(rows))[:d])
 
 
 def eigenvalue_errors(
