@@ -5,7 +5,10 @@ It is a pytree (its random state arrays are children, its kind and sizes are sta
 be passed into `jax.jit`/`vmap` as an argument, and `make` itself traces (vmap over keys works).
 Each kind is a `Family` of three pure functions registered in `FAMILIES`:
 `init(key, dim_in, dim_out, options) -> (state, config)`, `apply(state, config, x[b, dim_in])`
-and `transpose(state, config, y[b, dim_out])`, the exact adjoint of `apply`.
+and `transpose(state, config, y[b, dim_out])`, the exact adjoint of `apply`. A family with
+`stream=True` (the paper kinds and `dense`) gets, in place of the key, a `randomness.Randomness`
+over ONE threefry draw of a power-of-two length shared by every kind and size (threefry costs
+~1 s of XLA compile per distinct shape; its initialiser then compiles without it).
 """
 
 from __future__ import annotations
