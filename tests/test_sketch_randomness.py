@@ -99,3 +99,13 @@ def test_one_threefry_program_per_stream_length_and_none_in_the_initialisers(key
     words = jnp.zeros((randomness.bucket(core._words_needed("affd", 1000, 64, opts)),), jnp.uint32)
     jaxpr = str(jax.make_jaxpr(lambda w, k: core._init_stream_jit("affd", 1000, 64, opts, w, k)[0])(words, key))
     assert "threefry" not in jaxpr and "random_bits" not in jaxpr
+
+
+def test_norm_ratio_batches_divide_the_draws_and_do_not_change_the_ratios(key, monkeypatch):
+    from workbench.sketch import evaluate
+
+    assert [evaluate.even_batch(t, c) for t, c in ((2000, 32), (1210, 64), (2003, 32), (10, 32))] == [25, 55, 32, 10]
+    x = evaluate.hadamard_row_input(4 * 16, 16, which=1, row=1)
+    a = evaluate.norm_ratios("affd", x, 16, key, 60)
+    monkeypatch.setattr(evaluate, "KEY_BATCH", 7)  # 60 = 6 batches of ... 6 (largest divisor <= 7)
+    np.testing.assert_allclose(evaluate.norm_ratios("affd", x, 16, key, 60), a, rtol=1e-6)
