@@ -266,3 +266,27 @@ def test_panel_builds_and_reports_errors(capsys):
     assert panel.run() is None and calls[0]["num_layers"] == 3
     # the error is shown in the panel (status line and output area), not raised
     assert "ValueError: boom" in panel.status.value and isinstance(panel.last_error, ValueError)
+
+
+def test_task_counts_and_line_search_depths_share_compiled_programs(key):
+    """The sampler draws at a bucketed task count (the first rows are the smaller draw, exactly)
+    and the line search takes its GD step count traced: one program each across counts/depths."""
+    from workbench.icl import algorithms
+    from workbench.icl import tasks as T
+
+    before = T.sample_with_factor._cache_size()
+    small = icl.sample_tasks(key, 100, dim=3, context_length=5)
+    mid = icl.sample_tasks(key, 1000, dim=3, context_length=5)
+    big = icl.sample_tasks(key, 5000, dim=3, context_length=5)  # another bucket: a second program
+    assert T.sample_with_factor._cache_size() - before == 2
+    assert small.x.shape == (100, 5, 3) and mid.query_y.shape == (1000,)
+    for a, b, c in zip(small, mid, big):
+        np.testing.assert_array_equal(a, b[:100])
+        np.testing.assert_array_equal(a, c[:100])
+    before = algorithms._line_search._cache_size()
+    etas = [icl.line_search_eta(mid, k).eta for k in (1, 2, 5)]
+    assert algorithms._line_search._cache_size() - before == 1
+    assert etas[0] != etas[1] != etas[2]
+    one_step = float(icl.icl_loss(icl.gd_predictions(mid, etas[1], 2)[-1], mid))
+    assert one_step <= min(float(icl.icl_loss(icl.gd_predictions(mid, e, 2)[-1], mid)) for e in
+                           (0.9 * etas[1], 1.1 * etas[1])) + 1e-12

@@ -158,6 +158,42 @@ def test_neggrad_plus_full_batch_matches_gradient_descent_loop(problem, key):
     np.testing.assert_allclose(ga.params["w"], p["w"] + lr * g["w"], rtol=1e-12)  # ascent: + gradient
 
 
+def test_step_counts_share_one_compiled_program_and_give_the_same_numbers(problem, key):
+    """num_steps is traced (the loop length is a static bucket): a sweep over step counts compiles
+    once, and k steps are exactly the first k steps of a longer run (same minibatches)."""
+    from workbench.unlearning import matching, methods
+
+    _, s, p = problem
+    before = methods._neggrad._cache_size()
+    runs = {n: U.gradient_ascent(loss_fn, p, s.forget, s.retain, key, learning_rate=0.1, num_steps=n, batch_size=4)
+            for n in (3, 10, 37)}
+    assert methods._neggrad._cache_size() - before == 1
+    assert [r.losses.shape for r in runs.values()] == [(3,), (10,), (37,)]
+    np.testing.assert_allclose(runs[10].losses[:3], runs[3].losses, rtol=1e-12)
+    np.testing.assert_allclose(runs[37].losses[:10], runs[10].losses, rtol=1e-12)
+    # ...and a step count actually changes the result (the loop is not run to the bucket)
+    assert not np.allclose(runs[3].params["w"], runs[10].params["w"])
+    before = matching._match._cache_size()
+    for n in (5, 20):
+        U.match_outputs(predict_fn, p, s.forget.x, predict_fn(p, s.forget.x), key, learning_rate=0.01, num_steps=n,
+                        optimizer="sgd")
+    assert matching._match._cache_size() - before == 1
+
+
+@pytest.mark.standard_promotion  # optax.adam (the digits setup) is not strict-safe
+def test_model_stacks_of_different_sizes_share_one_compiled_fit():
+    from workbench.experiments import unlearning as X
+
+    setup = X.digits_setup(num_steps=5, seed=0)
+    keys = jax.random.split(jax.random.key(0), 4)
+    one, four = X.train_models(setup, setup.train_data, keys[:1]), X.train_models(setup, setup.train_data, keys)
+    fit = X._FITS[(setup.loss_fn, setup.init_fn, setup.learning_rate, setup.num_steps, setup.batch_size)]
+    assert fit._cache_size() == 1
+    assert jax.tree.leaves(one)[0].shape[0] == 1 and jax.tree.leaves(four)[0].shape[0] == 4
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)):  # the padding never leaks into a model
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
+
+
 def test_scrub_alternates_max_and_min_steps(problem, key):
     """Two rounds of (max step on forget, min step on retain) against a hand-written loop; the
     first max step has zero gradient (student = teacher), the second does not."""

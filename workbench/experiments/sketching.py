@@ -116,7 +116,7 @@ def dense_hessian(problem: GradientProblem, num_examples: int = 256) -> jax.Arra
     batch = problem.train_data.take(slice(0, num_examples))
     hvp = jax.jit(lambda v: jax.jvp(jax.grad(lambda w: problem.loss_fn(unravel(w), batch)), (flat,), (v,))[1])
     eye = jnp.eye(flat.size, dtype=flat.dtype)
-    return jax.lax.map(hvp, eye, batch_size=64)
+    return jax.lax.map(hvp, eye, batch_size=evaluate.even_batch(flat.size, 64))  # no remainder: one body to compile
 
 
 # ----------------------------------------------------------------------------- Table 1

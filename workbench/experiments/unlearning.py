@@ -94,6 +94,7 @@ def _fit_many(loss_fn, init_fn, lr, num_steps, batch_size):
 
 
 _FITS: dict = {}
+MIN_STACK = 16  # model stacks are padded to a power of two >= this (one compile for 1, 4 or 16 models)
 
 
 def train_models(setup: Setup, data, keys: jax.Array):
@@ -102,10 +103,16 @@ def train_models(setup: Setup, data, keys: jax.Array):
     config = (setup.loss_fn, setup.init_fn, setup.learning_rate, setup.num_steps, setup.batch_size)
     if config not in _FITS:
         _FITS[config] = _fit_many(*config)
-    params, losses = _FITS[config](keys, data)
-    if not bool(jnp.all(jnp.isfinite(losses))):
+    # pad the stack to a bucket (repeating the first key) so stacks of 1, 4 and 16 models share
+    # one compiled program per data size; the padding models are dropped (vmapped rows are independent)
+    m = int(keys.shape[0])
+    size = max(MIN_STACK, 1 << max(0, m - 1).bit_length())
+    raw = np.asarray(jax.random.key_data(keys))
+    padded = jax.random.wrap_key_data(np.concatenate([raw, np.repeat(raw[:1], size - m, axis=0)]))
+    params, losses = _FITS[config](padded, data)
+    if not np.isfinite(np.asarray(losses)[:m]).all():
         raise train.NonFiniteLossError("training a model stack produced a NaN/inf loss; lower the learning rate")
-    return params
+    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a)[:m]), params)
 
 
 def default_options(setup: Setup, kind: str = "random") -> dict[str, dict]:
@@ -165,8 +172,8 @@ def calibrate_scale(setup: Setup, models, key: jax.Array, fraction: float = 0.05
     s = U.split(setup.train_data, forget_indices(setup.train_data, "random", k_set, fraction))
     oracles = train_models(setup, s.retain, _MODEL_KEYS[(num_models, id(models))])
     y = s.forget.y
-    actual = np.asarray(jnp.mean(E.stacked_margins(setup.predict_fn, oracles, s.forget)
-                                 - E.stacked_margins(setup.predict_fn, models, s.forget), axis=0), np.float64)
+    actual = np.mean(E.stacked_margins(setup.predict_fn, oracles, s.forget)
+                     - E.stacked_margins(setup.predict_fn, models, s.forget), axis=0)
     predicted = []
     for i in range(min(num_pairs, num_models)):
         model = jax.tree.map(lambda a: a[i], models)  # noqa: B023 (called inside the loop)

@@ -135,7 +135,7 @@ def line_search_eta(tasks: Tasks, num_steps: int = 1, *, num_grid: int = 64, num
         eta_range = (1e-3 / top, 4.0 / top)
     dtype = tasks.x.dtype
     log_grid = jnp.linspace(math.log(eta_range[0]), math.log(eta_range[1]), num_grid, dtype=dtype)
-    eta, loss, losses = _line_search(log_grid, tasks, num_steps, int(num_iters))
+    eta, loss, losses = _line_search(log_grid, tasks, jnp.asarray(num_steps, jnp.int32), int(num_iters))
     losses = np.asarray(losses)
     if not np.isfinite(losses).any() or not math.isfinite(float(loss)):
         raise FloatingPointError("every step size on the grid gave a non-finite loss; check the tasks")
@@ -144,10 +144,25 @@ def line_search_eta(tasks: Tasks, num_steps: int = 1, *, num_grid: int = 64, num
     return LineSearch(eta, loss, grid, losses)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
+def _gd_last_prediction(tasks: Tasks, eta, num_steps) -> jax.Array:
+    """The prediction after `num_steps` GD steps of size eta from zero (`_gd_predictions(...)[-1]`),
+    with a traced step count: one compiled program for every count."""
+    n = tasks.context_length
+
+    def body(_, w):
+        grad = jnp.einsum("bnd,bn->bd", tasks.x, jnp.einsum("bnd,bd->bn", tasks.x, w) - tasks.y) / n
+        return w - eta * grad
+
+    w = jax.lax.fori_loop(0, num_steps, body, jnp.zeros_like(tasks.query_x))
+    return jnp.einsum("bd,bd->b", w, tasks.query_x)
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
 def _line_search(log_grid, tasks, num_steps, num_iters):
-    """Grid, then golden-section search in log eta between the best grid point's neighbours."""
-    loss_at = jax.vmap(lambda le: icl_loss(_gd_predictions(tasks, jnp.exp(le), num_steps)[-1], tasks))
+    """Grid, then golden-section search in log eta between the best grid point's neighbours
+    (`num_steps` traced: line searches for 1, 2, 3 or 32 steps share one program)."""
+    loss_at = jax.vmap(lambda le: icl_loss(_gd_last_prediction(tasks, jnp.exp(le).astype(tasks.x.dtype), num_steps),
+                                           tasks))
     losses = loss_at(log_grid)
     safe = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
     best = jnp.argmin(safe)

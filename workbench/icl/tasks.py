@@ -74,6 +74,9 @@ def conditioned_covariance(dim: int, condition_number: float, key: jax.Array | N
     return (q * eigs) @ q.T
 
 
+MIN_TASK_BUCKET = 4096
+
+
 def sample_tasks(
     key: jax.Array,
     num_tasks: int,
@@ -108,7 +111,14 @@ def sample_tasks(
     factor = None
     if inputs == "gaussian":
         factor = jnp.eye(dim, dtype=dtype) if covariance is None else covariance_factor(covariance, dim).astype(dtype)
-    return sample_with_factor(key, factor, num_tasks, dim, context_length, inputs, float(input_range), float(noise_std), dtype)
+    # Draw at a bucketed task count and keep the first num_tasks: JAX's (default, partitionable)
+    # threefry numbers each entry by its position, so the first rows of a larger draw are exactly the draw of num_tasks rows; every
+    # count up to the bucket then shares one compiled sampler (a threefry program costs ~1 s to compile)
+    bucket = max(MIN_TASK_BUCKET, 1 << max(0, num_tasks - 1).bit_length())
+    tasks = sample_with_factor(key, factor, bucket, dim, context_length, inputs, float(input_range), float(noise_std), dtype)
+    if bucket == num_tasks:
+        return tasks
+    return Tasks(*(jnp.asarray(np.asarray(a)[:num_tasks]) for a in tasks))  # host slice: no per-count program
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7, 8))

@@ -109,7 +109,12 @@ def haar_orthogonal(key: jax.Array, n: int, rows: int | None = None) -> jax.Arra
     matmuls in a `fori_loop` rather than LAPACK's QR, which deadlocked XLA's CPU runtime here when
     many draws ran at once (a batched QR under `lax.map` waiting on OpenBLAS threads)."""
     r = n if rows is None else int(rows)
-    g = jax.random.normal(key, (n, r), jnp.float32)
+    return haar_rows(jax.random.normal(key, (n, r), jnp.float32))
+
+
+def haar_rows(g: jax.Array) -> jax.Array:
+    """`haar_orthogonal` from its i.i.d. N(0, 1) matrix g [n, rows]: Gram-Schmidt on g's columns."""
+    n, r = g.shape
     idx = jnp.arange(r)
 
     def body(j, q):
@@ -190,7 +195,7 @@ def precondition_t(state, cfg, y):
     return kron_apply_t(t, _pre_mats(state, cfg, y.dtype, lead), cfg["factors"]) * _pre_scale(cfg, y.dtype)
 
 
-def _init_common(kind, key, n, d, opts, gauss_len):
+def _init_common(kind, rand, n, d, opts, gauss_len):
     n_pad = next_power_of_two(n)
     if d > n_pad:
         raise ValueError(f"{kind} sketch cannot map up: dim_out={d} exceeds the padded input size {n_pad}")
@@ -201,25 +206,22 @@ def _init_common(kind, key, n, d, opts, gauss_len):
     if cap < 2 or cap & (cap - 1):
         raise ValueError(f"{kind} sketch: max_factor must be a power of two >= 2, got {opts['max_factor']!r}")
     factors = greedy_factors(n_pad, cap)
-    k_sign, k_gauss, k_pre, k_post = jax.random.split(key, 4)
-    state = {"signs": jax.random.rademacher(k_sign, (n_pad,), jnp.float32),
-             "gauss": jax.random.normal(k_gauss, (gauss_len(n_pad, d),), jnp.float32)}
-    keys = jax.random.split(k_pre, len(factors))
+    # all randomness from one stream (`randomness.Randomness`), in this order
+    state = {"signs": rand.rademacher((n_pad,)), "gauss": rand.normal((gauss_len(n_pad, d),))}
     if pre == "q":
-        state["q_factors"] = tuple(haar_orthogonal(kk, f) for kk, f in zip(keys, factors))
+        state["q_factors"] = tuple(haar_rows(rand.normal((f, f))) for f in factors)
     else:
-        state["perm_rows"] = tuple(jax.random.permutation(kk, f).astype(jnp.int32) for kk, f in zip(keys, factors))
+        state["perm_rows"] = tuple(rand.permutation(f) for f in factors)
     cfg = {"padded": n_pad, "factors": factors, "preconditioner": pre, "max_factor": cap}
-    return state, cfg, k_post
+    return state, cfg
 
 
 # ----------------------------------------------------------------------------- affd
 
 
-def _affd_init(key, n, d, opts):
-    state, cfg, k_post = _init_common("affd", key, n, d, opts, lambda n_pad, d: n_pad)
-    keys = jax.random.split(k_post, len(cfg["factors"]))
-    state["perm_cols"] = tuple(jax.random.permutation(kk, f).astype(jnp.int32) for kk, f in zip(keys, cfg["factors"]))
+def _affd_init(rand, n, d, opts):
+    state, cfg = _init_common("affd", rand, n, d, opts, lambda n_pad, d: n_pad)
+    state["perm_cols"] = tuple(rand.permutation(f) for f in cfg["factors"])
     return state, cfg
 
 
@@ -247,15 +249,14 @@ def _affd_transpose(state, cfg, y):
 
 
 OPTIONS = {"preconditioner": "hadamard", "max_factor": DEFAULT_MAX_FACTOR}
-register("affd", Family(_affd_init, _affd_apply, _affd_transpose, dict(OPTIONS), __doc__))
+register("affd", Family(_affd_init, _affd_apply, _affd_transpose, dict(OPTIONS), __doc__, stream=True))
 
 
 # ----------------------------------------------------------------------------- afjl
 
 
-def _afjl_init(key, n, d, opts):
-    state, cfg, _ = _init_common("afjl", key, n, d, opts, lambda n_pad, d: d)
-    return state, cfg
+def _afjl_init(rand, n, d, opts):
+    return _init_common("afjl", rand, n, d, opts, lambda n_pad, d: d)
 
 
 def _afjl_apply(state, cfg, x):
@@ -270,4 +271,4 @@ def _afjl_transpose(state, cfg, y):
     return (precondition_t(state, cfg, z) * cast(state["signs"], y))[:, : cfg["dim_in"]]
 
 
-register("afjl", Family(_afjl_init, _afjl_apply, _afjl_transpose, dict(OPTIONS), __doc__))
+register("afjl", Family(_afjl_init, _afjl_apply, _afjl_transpose, dict(OPTIONS), __doc__, stream=True))

@@ -5,7 +5,10 @@ It is a pytree (its random state arrays are children, its kind and sizes are sta
 be passed into `jax.jit`/`vmap` as an argument, and `make` itself traces (vmap over keys works).
 Each kind is a `Family` of three pure functions registered in `FAMILIES`:
 `init(key, dim_in, dim_out, options) -> (state, config)`, `apply(state, config, x[b, dim_in])`
-and `transpose(state, config, y[b, dim_out])`, the exact adjoint of `apply`.
+and `transpose(state, config, y[b, dim_out])`, the exact adjoint of `apply`. A family with
+`stream=True` (the paper kinds and `dense`) gets, in place of the key, a `randomness.Randomness`
+over ONE threefry draw of a power-of-two length shared by every kind and size (threefry costs
+~1 s of XLA compile per distinct shape; its initialiser then compiles without it).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from workbench.sketch import randomness
 
 PyTree = Any
 
@@ -30,6 +35,9 @@ class Family(NamedTuple):
     # apply_leaves(state, config, leaves [b, *shape_i]) -> [b, dim_out], or None: a kind whose map
     # is block-diagonal over a tree's leaves can skip concatenating them (per-example gradients)
     apply_leaves: Callable | None = None
+    # True: `init` takes a `randomness.Randomness` (one threefry draw per sketch, shared programs)
+    # in place of the key; False: `init` draws from the key itself
+    stream: bool = False
 
 
 FAMILIES: dict[str, Family] = {}
@@ -176,7 +184,14 @@ def make(kind: str, key: jax.Array, dim_in: int, dim_out: int, **options) -> Ske
         hash(tuple(opts.items()))
     except TypeError as e:
         raise ValueError(f"{kind} sketch: options must be hashable values, got {opts}") from e
-    state, config = _init_jit(kind, dim_in, dim_out, tuple(sorted(opts.items())), key)
+    opts = tuple(sorted(opts.items()))
+    if fam.stream:
+        # draw every random word the kind needs in ONE program shared by all kinds and sizes of
+        # that length, then build the state from it without threefry (cheap to compile)
+        words = randomness.draw(key, randomness.bucket(_words_needed(kind, dim_in, dim_out, opts)))
+        state, config = _init_stream_jit(kind, dim_in, dim_out, opts, words, key)
+    else:
+        state, config = _init_jit(kind, dim_in, dim_out, opts, key)
     config = config.value
     state = {**state, "key": key}  # kept for provenance (stores record it); one scalar key
     return Sketch(state, kind, dim_in, dim_out, tuple(sorted(config.items())))
@@ -202,6 +217,20 @@ def _freeze(value):
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _init_jit(kind, dim_in, dim_out, opts, key):
     state, config = FAMILIES[kind].init(key, dim_in, dim_out, dict(opts))
+    return state, _Static(config)
+
+
+@functools.lru_cache(maxsize=1024)
+def _words_needed(kind, dim_in, dim_out, opts) -> int:
+    """How many stream words `kind`'s initialiser consumes at these sizes (traced abstractly)."""
+    source = randomness.Randomness(None)
+    jax.eval_shape(lambda: FAMILIES[kind].init(source, dim_in, dim_out, dict(opts))[0])
+    return source.used
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _init_stream_jit(kind, dim_in, dim_out, opts, words, key):
+    state, config = FAMILIES[kind].init(randomness.Randomness(words, key), dim_in, dim_out, dict(opts))
     return state, _Static(config)
 
 

@@ -23,17 +23,17 @@ def _draw(key, shape, distribution):
     return jax.random.rademacher(key, shape, jnp.float32)
 
 
-def _init(key, n, d, opts):
+def _init(rand, n, d, opts):
     distribution = opts["distribution"]
     if distribution not in ("gaussian", "rademacher"):
         raise ValueError(f"dense sketch: distribution must be 'gaussian' or 'rademacher', got {distribution!r}")
     materialize = d * n <= int(opts["materialize_max"])
     chunk = opts["chunk"] or max(1, min(n, (1 << 22) // d))
     config = dict(distribution=distribution, materialized=materialize, chunk=int(chunk))
-    if materialize:
-        g = _draw(key, (d, n), distribution) * np.float32(1.0 / np.sqrt(d))
+    if materialize:  # from the one stream of `make` (`randomness.Randomness`)
+        g = (rand.normal((d, n)) if distribution == "gaussian" else rand.rademacher((d, n))) * np.float32(1.0 / np.sqrt(d))
         return {"matrix": g}, config
-    return {"key": key}, config
+    return {"key": rand.key}, config  # regenerated per chunk on every call
 
 
 def _chunk_matrix(key, c, d, chunk, distribution):
@@ -77,6 +77,6 @@ register(
     Family(
         _init, _apply, _transpose,
         {"distribution": "gaussian", "materialize_max": 1 << 24, "chunk": None},
-        __doc__,
+        __doc__, stream=True,
     ),
 )

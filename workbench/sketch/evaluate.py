@@ -100,17 +100,29 @@ class EigenTable(NamedTuple):
 def top_eigenvalues(matrix: np.ndarray, k: int) -> np.ndarray:
     """The k largest eigenvalues of a symmetric matrix, largest first (float64)."""
     import scipy.linalg
+    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
     a = np.asarray(matrix, np.float64)
     n = a.shape[0]
     k = min(k, n)
-    return scipy.linalg.eigh((a + a.T) / 2, eigvals_only=True, subset_by_index=(n - k, n - 1))[::-1]
+    # One BLAS thread for this call only: right after JAX work, XLA's CPU threads and a
+    # multi-threaded OpenBLAS eigensolver fight over the cores and a 1024 x 1024 solve took 2-7 s
+    # here instead of 0.1 s (measured on the 2-core box; the result is the same).
+    with threadpool_limits(limits=1, user_api="blas"):
+        return scipy.linalg.eigh((a + a.T) / 2, eigvals_only=True, subset_by_index=(n - k, n - 1))[::-1]
 
 
 def sketched_matrix(sketch, matrix: jax.Array) -> jax.Array:
     """Phi H Phi^T for a dense symmetric H [n, n] (two batched applies, no transpose needed)."""
     h_phi_t = sketch.apply(matrix)  # row i: Phi H[i] = (H Phi^T)[i]
-    return sketch.apply(h_phi_t.T)
+    n, d = h_phi_t.shape
+    if d >= n:
+        return sketch.apply(h_phi_t.T)
+    # zero-pad the D rows of (H Phi^T)^T to the n rows of the first call so both calls share one
+    # compiled program (rows are sketched independently; the padding rows are dropped)
+    rows = np.zeros((n, n), np.asarray(h_phi_t).dtype)
+    rows[:d] = np.asarray(h_phi_t).T
+    return jnp.asarray(np.asarray(sketch.apply(rows))[:d])
 
 
 def eigenvalue_errors(
@@ -169,5 +181,14 @@ def norm_ratios(kind: str, x: jax.Array, dim_out: int, key: jax.Array, num_keys:
     def one(k):
         return jnp.sum(make(kind, k, n, dim_out, **options).apply(x) ** 2, axis=-1) / jnp.sum(x**2, axis=-1)
 
-    run = jax.jit(lambda keys: jax.lax.map(one, keys, batch_size=KEY_BATCH))
+    run = jax.jit(lambda keys: jax.lax.map(one, keys, batch_size=even_batch(num_keys, KEY_BATCH)))
     return np.asarray(run(jax.random.split(key, num_keys)))
+
+
+def even_batch(total: int, cap: int) -> int:
+    """The largest divisor of `total` that is at most `cap` (if it is at least cap / 2), else cap.
+
+    `lax.map(..., batch_size=b)` compiles its body twice when b does not divide the length (the
+    batches and the remainder): 2000 draws in batches of 32 cost twice the compile of batches of 25."""
+    best = max(b for b in range(1, min(cap, total) + 1) if total % b == 0)
+    return best if 2 * best >= min(cap, total) else cap

@@ -71,15 +71,15 @@ register("srht", Family(_srht_init, _srht_apply, _srht_transpose, {"fwht_block":
 # --------------------------------------------------------------------------- ffd (the paper's)
 
 
-def _ffd_init(key, n, d, opts):
+def _ffd_init(rand, n, d, opts):
     if d & (d - 1):
         raise ValueError(f"ffd sketch: dim_out must be a power of two (it is Fastfood's Hadamard size), got {d}")
     num_blocks = -(-n // d)
-    k1, k2, k3 = jax.random.split(key, 3)
-    perm = jax.vmap(lambda k: jax.random.permutation(k, d))(jax.random.split(k3, num_blocks)).astype(jnp.int32)
+    signs, gauss = rand.rademacher((num_blocks, d)), rand.normal((num_blocks, d))  # one stream, in order
+    perm = rand.permutations(num_blocks, d)
     state = {
-        "signs": jax.random.rademacher(k1, (num_blocks, d), jnp.float32),
-        "gauss": jax.random.normal(k2, (num_blocks, d), jnp.float32),
+        "signs": signs,
+        "gauss": gauss,
         "perm": perm,
         "inv_perm": jnp.argsort(perm, axis=1).astype(jnp.int32),
     }
@@ -103,4 +103,4 @@ def _ffd_transpose(state, cfg, y):
     return u.reshape(b, cfg["padded"])[:, : cfg["dim_in"]]
 
 
-register("ffd", Family(_ffd_init, _ffd_apply, _ffd_transpose, {"fwht_block": None}, __doc__))
+register("ffd", Family(_ffd_init, _ffd_apply, _ffd_transpose, {"fwht_block": None}, __doc__, stream=True))

@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.sketch.affd import haar_orthogonal
+from workbench.sketch.affd import haar_rows
 from workbench.sketch.core import Family, cast, pad_to, register
 from workbench.sketch.kronecker import mode_products, mode_products_transpose
 
@@ -61,7 +60,7 @@ def _lead_rows(d, dims_out):
     return -(-d // (int(np.prod(dims_out)) // dims_out[0]))
 
 
-def _init(key, n, d, opts):
+def _init(rand, n, d, opts):
     cap = int(opts["max_factor"])
     dims_in = tuple(int(v) for v in opts["dims_in"]) if opts["dims_in"] is not None else greedy_split(n, cap)
     if int(np.prod(dims_in)) < n:
@@ -76,8 +75,7 @@ def _init(key, n, d, opts):
             raise ValueError(f"qk sketch: dims_out {dims_out} multiply to less than dim_out={d}")
     else:
         dims_out = default_dims_out(d, dims_in)
-    keys = jax.random.split(key, len(dims_in))
-    factors = tuple(haar_orthogonal(kk, b, r) for kk, b, r in zip(keys, dims_in, dims_out))
+    factors = tuple(haar_rows(rand.normal((b, r))) for b, r in zip(dims_in, dims_out))  # one stream
     return {"factors": factors}, {"dims_in": dims_in, "dims_out": dims_out,
                                   "padded": int(np.prod(dims_in)), "max_factor": cap}
 
@@ -104,4 +102,5 @@ def _transpose(state, cfg, y):
     return x.reshape(b, -1)[:, : cfg["dim_in"]]
 
 
-register("qk", Family(_init, _apply, _transpose, {"max_factor": 1024, "dims_in": None, "dims_out": None}, __doc__))
+register("qk", Family(_init, _apply, _transpose, {"max_factor": 1024, "dims_in": None, "dims_out": None}, __doc__,
+                          stream=True))

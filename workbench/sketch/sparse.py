@@ -87,16 +87,15 @@ def default_nonzeros(n_pad: int, d: int) -> int:
     return int(min(d * n_pad, d * max(1, math.ceil(math.log2(max(n_pad, 2)))) ** 2))
 
 
-def _fjl_init(key, n, d, opts):
+def _fjl_init(rand, n, d, opts):
     n_pad = next_power_of_two(n)
     k = opts["nonzeros"] if opts["nonzeros"] is not None else default_nonzeros(n_pad, d)
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"fjl sketch: nonzeros must be a positive int, got {opts['nonzeros']!r}")
-    k1, k2, k3, k4 = jax.random.split(key, 4)
-    state = {"signs": jax.random.rademacher(k1, (n_pad,), jnp.float32),
-             "rows": jax.random.randint(k2, (1, k), 0, d, jnp.int32),
-             "cols": jax.random.randint(k3, (k,), 0, n_pad, jnp.int32),
-             "vals": jax.random.normal(k4, (1, k), jnp.float32) * np.float32(math.sqrt(n_pad / k))}
+    state = {"signs": rand.rademacher((n_pad,)),  # one stream (`randomness.Randomness`), in this order
+             "rows": rand.randint((1, k), d),
+             "cols": rand.randint((k,), n_pad),
+             "vals": rand.normal((1, k)) * np.float32(math.sqrt(n_pad / k))}
     return state, {"padded": n_pad, "nonzeros": k, "fwht_block": opts["fwht_block"]}
 
 
@@ -111,4 +110,5 @@ def _fjl_transpose(state, cfg, y):
     return (fwht(z, cfg["fwht_block"]) * cast(state["signs"], y))[:, : cfg["dim_in"]]
 
 
-register("fjl", Family(_fjl_init, _fjl_apply, _fjl_transpose, {"nonzeros": None, "fwht_block": None}, __doc__))
+register("fjl", Family(_fjl_init, _fjl_apply, _fjl_transpose, {"nonzeros": None, "fwht_block": None}, __doc__,
+                      stream=True))

@@ -59,17 +59,47 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def _check_finite_logits(logits, name):
-    if not bool(jnp.all(jnp.isfinite(logits))):
+    if not np.isfinite(np.asarray(logits)).all():  # on the host: no compiled program per shape
         raise FloatingPointError(f"the model's outputs on {name} hold NaN or inf; the model is broken")
+
+
+# The judging below runs on the host in float64 once the logits are computed: evaluated eagerly in
+# JAX, every op was its own compiled program for each of the forget / retain / held-out sizes.
+
+
+def _np_log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _np_cross_entropy(logits, labels) -> np.ndarray:
+    lp = _np_log_softmax(logits)
+    return -np.take_along_axis(lp, np.asarray(labels, np.int64)[..., None], axis=-1)[..., 0]
+
+
+def _np_margins(logits, labels) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    labels = np.broadcast_to(np.asarray(labels, np.int64), z.shape[:-1])
+    correct = np.take_along_axis(z, labels[..., None], axis=-1)[..., 0]
+    others = np.where(np.arange(z.shape[-1]) == labels[..., None], -np.inf, z)
+    top = others.max(-1, keepdims=True)
+    return correct - (top[..., 0] + np.log(np.exp(others - top).sum(-1)))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(predict_fn, params, x):
+    return predict_fn(params, x)
 
 
 def scores(predict_fn: Callable, params: PyTree, forget, retain, test) -> Scores:
     """Accuracy and cross-entropy of one model on each of the three (x, y) sets."""
     out = []
     for name, (x, y) in (("forget", forget), ("retain", retain), ("test", test)):
-        logits = predict_fn(params, x)
+        logits = np.asarray(_logits(predict_fn, params, x))
         _check_finite_logits(logits, name)
-        out.append((float(jnp.mean(jnp.argmax(logits, -1).astype(y.dtype) == y)), float(jnp.mean(cross_entropy(logits, y)))))
+        y = np.asarray(y)
+        out.append((float(np.mean(np.argmax(logits, -1) == y)), float(np.mean(_np_cross_entropy(logits, y)))))
     (fa, fl), (ra, rl), (ta, tl) = out
     return Scores(fa, ra, ta, fl, rl, tl)
 
@@ -81,7 +111,7 @@ def _stacked_logits(predict_fn, params, x):
 
 def stacked_logits(predict_fn: Callable, params: PyTree, x: jax.Array) -> jax.Array:
     """Logits [num_models, n, C] of a stack of models (leading axis on every params leaf)."""
-    logits = _stacked_logits(predict_fn, params, x)
+    logits = np.asarray(_stacked_logits(predict_fn, params, x))
     _check_finite_logits(logits, "the evaluation data")
     return logits
 
@@ -89,24 +119,24 @@ def stacked_logits(predict_fn: Callable, params: PyTree, x: jax.Array) -> jax.Ar
 def stacked_margins(predict_fn: Callable, params: PyTree, data) -> jax.Array:
     """Margins [num_models, n] of a stack of models."""
     x, y = data
-    return margins(stacked_logits(predict_fn, params, x), y[None])
+    return _np_margins(stacked_logits(predict_fn, params, x), np.asarray(y)[None])
 
 
 def stacked_scores(predict_fn: Callable, params: PyTree, forget, retain, test) -> Scores:
     """`Scores` of a stack of models, each field an array [num_models]."""
     out = []
     for x, y in (forget, retain, test):
-        logits = stacked_logits(predict_fn, params, x)
-        out.append((np.asarray(jnp.mean(jnp.argmax(logits, -1).astype(y.dtype) == y[None], axis=1)),
-                    np.asarray(jnp.mean(cross_entropy(logits, y[None]), axis=1))))
+        logits, y = stacked_logits(predict_fn, params, x), np.asarray(y)
+        out.append((np.mean(np.argmax(logits, -1) == y[None], axis=1),
+                    np.mean(_np_cross_entropy(logits, y[None]), axis=1)))
     (fa, fl), (ra, rl), (ta, tl) = out
     return Scores(fa, ra, ta, fl, rl, tl)
 
 
 def stacked_mia(predict_fn: Callable, params: PyTree, forget, test) -> np.ndarray:
     """`mia` of each model of a stack, [num_models]."""
-    lf = np.asarray(cross_entropy(stacked_logits(predict_fn, params, forget[0]), forget[1][None]))
-    lt = np.asarray(cross_entropy(stacked_logits(predict_fn, params, test[0]), test[1][None]))
+    lf = _np_cross_entropy(stacked_logits(predict_fn, params, forget[0]), np.asarray(forget[1])[None])
+    lt = _np_cross_entropy(stacked_logits(predict_fn, params, test[0]), np.asarray(test[1])[None])
     return np.asarray([auc(-a, -b) for a, b in zip(lf, lt)])
 
 

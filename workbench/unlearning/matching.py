@@ -24,6 +24,7 @@ from workbench.unlearning.methods import (
     _scan,
     _steps,
     check_sets,
+    step_bucket,
 )
 
 PyTree = Any
@@ -34,11 +35,11 @@ def _mse(a, b):
     return 0.5 * jnp.mean(jnp.sum((a - b) ** 2, axis=-1))
 
 
-@functools.partial(jax.jit, static_argnames=("predict_fn", "optimizer", "num_steps", "batch_size"))
-def _match(predict_fn, optimizer, num_steps, batch_size, params, x, targets, key, lr):
+@functools.partial(jax.jit, static_argnames=("predict_fn", "optimizer", "length", "batch_size"))
+def _match(predict_fn, optimizer, length, batch_size, params, x, targets, key, lr, num_steps):
     opt = OPTIMIZERS[optimizer](lr)
     objective = lambda p, b: _mse(predict_fn(p, b[0][0]), b[0][1])
-    params, losses = _scan(objective, opt, params, ((x, targets),), key, num_steps, (batch_size,))
+    params, losses = _scan(objective, opt, params, ((x, targets),), key, num_steps, (batch_size,), length)
     return Unlearned(params, losses, _one(_dtype(params)))
 
 
@@ -51,8 +52,10 @@ def match_outputs(predict_fn: Callable, params: PyTree, x: jax.Array, targets: j
     if np.shape(x)[0] != np.shape(targets)[0] or np.shape(x)[0] == 0:
         raise ValueError(f"x and targets need one non-zero number of rows, got {np.shape(x)[0]} and "
                          f"{np.shape(targets)[0]}")
-    out = _match(predict_fn, optimizer, int(num_steps), int(batch_size), params, x, targets, key,
-                 jnp.asarray(_positive(learning_rate, "learning_rate"), _dtype(params)))
+    out = _match(predict_fn, optimizer, step_bucket(num_steps), int(batch_size), params, x, targets, key,
+                 jnp.asarray(_positive(learning_rate, "learning_rate"), _dtype(params)),
+                 jnp.asarray(int(num_steps), jnp.int32))  # traced: one program for every count
+    out = out._replace(losses=out.losses[: int(num_steps)])
     return _finish("match_outputs", out, "lower learning_rate")
 
 

@@ -178,7 +178,7 @@ def _finish(method: str, result: Unlearned, hint: str) -> Unlearned:
         raise NonFiniteLossError(f"{method}: the unlearning objective became {losses[where]} at step "
                                  f"{where[-1]}{model}; {hint}")
     for leaf in jax.tree.leaves(result.params):
-        if not bool(jnp.all(jnp.isfinite(leaf))):
+        if not np.isfinite(np.asarray(leaf)).all():  # on the host: no compiled program per shape
             raise NonFiniteLossError(f"{method}: the unlearned params hold NaN or inf; {hint}")
     return result
 
@@ -190,22 +190,41 @@ def _dtype(params):
 # ----------------------------------------------------------------------------- the shared scan
 
 
-def _scan(objective, optimizer, params, sets, key, num_steps: int, batch_sizes):
+MIN_STEP_BUCKET = 128
+
+
+def step_bucket(num_steps: int) -> int:
+    """The static loop length compiled for `num_steps` steps: the next power of two, at least
+    MIN_STEP_BUCKET. The step count itself is a traced argument, so every count up to the bucket
+    shares one program (a sweep over step counts compiles once)."""
+    return max(MIN_STEP_BUCKET, 1 << max(0, int(num_steps) - 1).bit_length())
+
+
+def _scan(objective, optimizer, params, sets, key, num_steps, batch_sizes, length: int | None = None):
     """`num_steps` optax steps of `objective(params, batches)`, where batches[i] is a minibatch of
-    sets[i] (without replacement within each pass over that set); (params, losses)."""
+    sets[i] (without replacement within each pass over that set); (params, losses).
+
+    `num_steps` may be traced when the static `length` >= it is given: the loop then runs exactly
+    `num_steps` steps (a while loop, no wasted steps) and `losses` has `length` entries, the first
+    `num_steps` of them filled. The minibatch indices are drawn for `length` steps; their first
+    `num_steps` rows are the ones `num_steps` alone would draw (`batch_indices` splits its key per
+    epoch, and split keys do not depend on how many are drawn), so the numbers do not depend on
+    `length`."""
+    length = int(num_steps) if length is None else int(length)
     keys = jax.random.split(key, len(sets))
     indices = []
     for k, data, b in zip(keys, sets, batch_sizes):
         n = jax.tree.leaves(data)[0].shape[0]
-        indices.append(batch_indices(k, n, min(b, n), num_steps))
+        indices.append(batch_indices(k, n, min(b, n), length))
 
-    def body(carry, i):
-        p, s = carry
+    def body(i, carry):
+        p, s, losses = carry
         batches = tuple(jax.tree.map(lambda a, ix=ix: a[ix[i]], d) for d, ix in zip(sets, indices))
         p, s, loss = step(objective, optimizer, p, s, batches)
-        return (p, s), loss
+        return p, s, losses.at[i].set(loss.astype(losses.dtype))
 
-    (params, _), losses = jax.lax.scan(body, (params, optimizer.init(params)), jnp.arange(num_steps))
+    init = (params, optimizer.init(params), jnp.zeros((length,), _dtype(params)))
+    params, _, losses = jax.lax.fori_loop(0, num_steps, body, init)
     return params, losses
 
 
@@ -244,15 +263,15 @@ def retrain(loss_fn: Callable, params: PyTree, forget: PyTree, retain: PyTree, k
 # ----------------------------------------------------------------------------- gradient ascent, NegGrad+
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "optimizer", "num_steps", "batch_size"))
-def _neggrad(loss_fn, optimizer, num_steps, batch_size, params, forget, retain, key, lr, retain_weight):
+@functools.partial(jax.jit, static_argnames=("loss_fn", "optimizer", "length", "batch_size"))
+def _neggrad(loss_fn, optimizer, length, batch_size, params, forget, retain, key, lr, retain_weight, num_steps):
     opt = OPTIMIZERS[optimizer](lr)
 
     def objective(p, batches):
         f, r = batches
         return retain_weight * loss_fn(p, r) - (1 - retain_weight) * loss_fn(p, f)
 
-    params, losses = _scan(objective, opt, params, (forget, retain), key, num_steps, (batch_size, batch_size))
+    params, losses = _scan(objective, opt, params, (forget, retain), key, num_steps, (batch_size, batch_size), length)
     return Unlearned(params, losses, _one(_dtype(params)))
 
 
@@ -277,8 +296,10 @@ def neggrad_plus(loss_fn: Callable, params: PyTree, forget: PyTree, retain: PyTr
     if not 0.0 <= w < 1.0:
         raise ValueError(f"retain_weight must lie in [0, 1) (1 would ignore the forget set), got {w}")
     dt = _dtype(params)
-    out = _neggrad(loss_fn, optimizer, int(num_steps), int(batch_size), params, forget, retain, key,
-                   jnp.asarray(_positive(learning_rate, "learning_rate"), dt), jnp.asarray(w, dt))
+    out = _neggrad(loss_fn, optimizer, step_bucket(num_steps), int(batch_size), params, forget, retain, key,
+                   jnp.asarray(_positive(learning_rate, "learning_rate"), dt), jnp.asarray(w, dt),
+                   jnp.asarray(int(num_steps), jnp.int32))  # traced: one program for every count
+    out = out._replace(losses=out.losses[: int(num_steps)])
     return _finish(_name, out, "lower learning_rate or num_steps (ascent on an unbounded loss diverges)")
 
 
