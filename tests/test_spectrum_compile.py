@@ -102,10 +102,11 @@ def test_top_eigenpairs_under_jit_slices_inside_the_trace(small, key):
 @pytest.mark.parametrize("method", ["hutchinson", "hutch++", "xtrace"])
 def test_batched_probes_equal_chunked_and_looped_probes(small, key, method):
     *_, op, eigs = small
-    batched = spectrum.trace(op, key, 24, method)  # all 24 probes in one vmap
+    batched = spectrum.trace(op, key, 24, method, max_batch=24)  # all 24 probes in one vmap
     looped = spectrum.trace(op, key, 24, method, batch_bytes=1)  # one probe at a time
-    chunked = spectrum.trace(op, key, 24, method, batch_bytes=5 * 2 * op.dim * 8)  # 5 at a time
-    for other in (looped, chunked):
+    chunked = spectrum.trace(op, key, 24, method, batch_bytes=5 * 2 * op.dim * 8)  # 5 -> 4 at a time
+    default = spectrum.trace(op, key, 24, method)  # at most 8 at a time
+    for other in (looped, chunked, default):
         np.testing.assert_allclose(other.estimate, batched.estimate, rtol=1e-12)
         np.testing.assert_allclose(other.std_error, batched.std_error, rtol=1e-9)
     assert abs(float(batched.estimate) - eigs.sum()) < 5 * float(batched.std_error) + 1e-8
@@ -125,6 +126,9 @@ def test_batch_bytes_is_validated(small, key):
     for bad in (0, -1.0, "1GB", None):
         with pytest.raises(ValueError, match="batch_bytes must be a positive number of bytes"):
             spectrum.trace(op, key, 10, batch_bytes=bad)
+    for bad in (0, 2.0, None):
+        with pytest.raises(ValueError, match="max_batch must be a positive int"):
+            spectrum.trace(op, key, 10, max_batch=bad)
     with pytest.raises(ValueError, match="batch_bytes"):
         spectrum.spectral_density(op, key, 10, 2, batch_bytes=0)
 

@@ -27,6 +27,10 @@ from workbench.spectrum.krylov import (
 
 TRACE_METHODS = ("hutchinson", "hutch++", "xtrace")
 BATCH_BYTES = 1 << 26  # default budget: bytes of probe vectors (and Krylov bases) pushed together
+# Trace probes pushed through the operator together, at most: a product per probe is memory-bound
+# on CPU, and 100 probes at once ran 1.3-2x slower than 5 at a time (8 asked, a divisor of 100
+# used) on digits MLPs of 2.4k and 85k params (benchmarks/results/probe_batch.md).
+TRACE_MAX_BATCH = 8
 
 
 class Density(NamedTuple):
@@ -52,10 +56,13 @@ def _probe_batch(op, count: int, per_probe: int, batch_bytes) -> int:
 
 def _map_rows(fn, xs, batch_size):
     """fn over the rows of xs: all at once (vmap: one batched operator product per step) when
-    they fit, else `batch_size` rows at a time in a loop (a batch of 1 is a plain loop)."""
-    if batch_size >= xs.shape[0]:
+    they fit, else in a loop over equal batches of at most `batch_size` rows (the largest divisor
+    of the row count: a remainder batch would compile the operator a second time)."""
+    n = xs.shape[0]
+    if batch_size >= n:
         return jax.vmap(fn)(xs)
-    return jax.lax.map(fn, xs, batch_size=batch_size if batch_size > 1 else None)
+    batch = max(d for d in range(1, batch_size + 1) if n % d == 0)
+    return jax.lax.map(fn, xs, batch_size=batch if batch > 1 else None)
 
 
 # ----------------------------------------------------------------------------- SLQ density
@@ -198,7 +205,8 @@ def _xtrace(op, key, m, batch):
 
 
 def trace(
-    op, key, num_probes: int = 100, method: str = "hutchinson", *, batch_bytes: float = BATCH_BYTES
+    op, key, num_probes: int = 100, method: str = "hutchinson", *, batch_bytes: float = BATCH_BYTES,
+    max_batch: int = TRACE_MAX_BATCH,
 ) -> TraceEstimate:
     """Stochastic trace estimate using `num_probes` operator products, with its standard error.
 
@@ -207,8 +215,8 @@ def trace(
     deflated remainder (needs >= 4 probes). "xtrace": num_probes/2 Gaussian test vectors used
     leave-one-out (needs >= 4; assumes a symmetric operator). The deflating estimators have far
     lower variance than Hutchinson when the spectrum decays fast. Probes are pushed through the
-    operator together (vmap) as far as they fit in `batch_bytes`, the rest in sequential chunks;
-    the estimate does not depend on the chunking.
+    operator together (vmap), at most `max_batch` at a time and as far as they fit in
+    `batch_bytes`, the batches one after another; the estimate does not depend on the batching.
     """
     _check_op(op)
     if method not in TRACE_METHODS:
@@ -218,9 +226,12 @@ def trace(
         raise ValueError(f"num_probes must be an int >= {least} for {method}, got {num_probes!r}")
     if method != "hutchinson" and num_probes // (3 if method == "hutch++" else 2) > op.dim:
         raise ValueError(f"num_probes={num_probes} is too many for {method} on dimension {op.dim}")
+    if not isinstance(max_batch, int | np.integer) or max_batch < 1:
+        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
     num_probes = int(num_probes)
     fn = {"hutchinson": _hutchinson, "hutch++": _hutchpp, "xtrace": _xtrace}[method]
-    estimate, std_error, finite = fn(op, key, num_probes, _probe_batch(op, num_probes, 2, batch_bytes))
+    batch = min(int(max_batch), _probe_batch(op, num_probes, 2, batch_bytes))
+    estimate, std_error, finite = fn(op, key, num_probes, batch)
     _check_finite(finite, "trace")
     used = num_probes if method != "xtrace" else 2 * (num_probes // 2)
     return TraceEstimate(estimate, std_error, used)
