@@ -159,6 +159,11 @@ def test_an_equal_fresh_optimizer_reuses_the_compiled_chunk(problem):
     assert len(train._RUNNERS) == before + 5
     losses = [first.history["loss"][-1]] + [r.history["loss"][-1] for r in runs.values()]
     assert len(set(np.round(losses, 12).tolist())) == 5  # five optimizers, five trajectories
+    def late():  # a closure over a variable assigned after it: an empty cell, keyed by identity
+        return later
+
+    assert train._fingerprint(late) != train._fingerprint(lambda: 0)
+    later = 1  # noqa: F841
     opt = chain(3e-2)  # the cached program computes what the optimizer given computes
     params, state = f.params, opt.init(f.params)
     for _ in range(12):

@@ -156,10 +156,17 @@ def _fingerprint(value, seen=()):
                 _fingerprint(value.keywords, seen))
     code = getattr(value, "__code__", None)
     if code is not None and not hasattr(value, "__self__"):
-        cells = tuple(c.cell_contents for c in (value.__closure__ or ()))
+        cells = tuple(_contents(c) for c in (value.__closure__ or ()))
         return (code, _fingerprint(value.__defaults__, seen), _fingerprint(value.__kwdefaults__, seen),
                 _fingerprint(cells, seen))
     return _Same(value)
+
+
+def _contents(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:  # an empty cell (a closure variable not assigned yet): compare by identity
+        return _Same(cell)
 
 
 _RUNNERS: collections.OrderedDict = collections.OrderedDict()  # the 64 most recent chunk programs
