@@ -92,6 +92,8 @@ def test_breakdown_is_handled_not_nan(key):
     for method in ("lanczos", "arnoldi"):
         low = spectrum.top_eigenpairs(op, key, 2, which="smallest", method=method, num_iters=12)
         np.testing.assert_allclose(low.values, [1.0, 1.0], rtol=1e-10)
+    # the largest: the first pass freezes at the breakdown and hands over to fresh vectors
+    np.testing.assert_allclose(spectrum.top_eigenpairs(op, key, 2, num_iters=12).values, [3.0, 3.0], rtol=1e-10)
     for reorth in (True, False):
         d = spectrum.spectral_density(op, key, num_iters=12, num_probes=4, reorthogonalize=reorth)
         assert np.all(np.isfinite(d.nodes)) and np.all(np.isfinite(d.density))

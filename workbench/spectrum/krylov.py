@@ -485,10 +485,12 @@ def _true_residuals(op, vectors, values, k):
 
 
 def _krylov_schur(op, key, k, which, m, max_restarts, tol, count):
-    """(pairs, norm estimate, finite). Outside a trace the first pass runs alone (one small
-    program) and the restart program compiles only when a wanted pair has not converged;
-    inside a trace, the restart program runs from the start."""
-    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((op, key))):
+    """(pairs, norm estimate, finite). Outside a trace, for the largest eigenvalues, the first
+    pass runs alone (one small program) and the restart program compiles only when a wanted
+    pair has not converged; inside a trace, and for the smallest (interior-leaning, rarely
+    converged after one pass: two programs would compile), the restart program runs from the
+    start."""
+    if which != "largest" or any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((op, key))):
         return _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, count)[:3]
     pairs, norm, basis, state, finite, done, broke = _first_pass(op, key, k, which, m, count, tol)
     if bool(done) or not bool(finite) or (max_restarts == 0 and not bool(broke)):
@@ -551,8 +553,9 @@ def top_eigenpairs(
     catches an operator that is not linear or not deterministic). `converged[i]` is
     residual <= 10 * tol * |largest Ritz value|.
 
-    Compile cost: a first call compiles one Lanczos pass (about the size of a plain Lanczos +
-    eigh); the restart program compiles only when a wanted pair has not converged after it.
+    Compile cost: a first call for the largest eigenvalues compiles one Lanczos pass (about the
+    size of a plain Lanczos + eigh); the restart program compiles only when a wanted pair has
+    not converged after it ("smallest" and "both" go to the restart program directly).
     Both compile once per (operator kind, `which`, Krylov depth): k (at the default depth 40
     for every k <= 10), `max_restarts` and `tol` are traced values, so trying another of them
     compiles nothing.
