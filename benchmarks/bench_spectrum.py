@@ -79,6 +79,8 @@ def ours(fn, params, ds, key):
         "trace_xtrace": lambda: spectrum.trace(op, key, 100, "xtrace").estimate,
         "density": lambda: spectrum.spectral_density(op, key, 90, 10),
         "density_one_probe_at_a_time": lambda: spectrum.spectral_density(op, key, 90, 10, batch_bytes=1),
+        # fewer steps, still more accurate than every peer's 90-step density (equal-accuracy speed)
+        "density_50_steps": lambda: spectrum.spectral_density(op, key, 50, 10),
     }, op
 
 
