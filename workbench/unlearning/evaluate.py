@@ -45,17 +45,28 @@ class KLoM(NamedTuple):
     test_p95: float
 
 
+def _margins(xp, logits, labels):
+    labels = xp.broadcast_to(xp.asarray(labels).astype(xp.int32), logits.shape[:-1])
+    correct = xp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    others = xp.where(xp.arange(logits.shape[-1], dtype=labels.dtype) == labels[..., None], -xp.inf, logits)
+    top = others.max(-1, keepdims=True)
+    return correct - (top[..., 0] + xp.log(xp.exp(others - top).sum(-1)))
+
+
+def _cross_entropy(xp, logits, labels):
+    z = logits - logits.max(-1, keepdims=True)
+    log_probs = z - xp.log(xp.exp(z).sum(-1, keepdims=True))
+    return -xp.take_along_axis(log_probs, xp.asarray(labels).astype(xp.int32)[..., None], axis=-1)[..., 0]
+
+
 def margins(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Correct-class margin logit_y - logsumexp_{c != y} logit_c, per example (any leading axes)."""
-    correct = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    others = jnp.where(jax.nn.one_hot(labels, logits.shape[-1], dtype=bool), -jnp.inf, logits)
-    return correct - jax.nn.logsumexp(others, axis=-1)
+    return _margins(jnp, logits, labels)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Per-example softmax cross-entropy."""
-    lp = jax.nn.log_softmax(logits)
-    return -jnp.take_along_axis(lp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return _cross_entropy(jnp, logits, labels)
 
 
 def _check_finite_logits(logits, name):
@@ -67,24 +78,12 @@ def _check_finite_logits(logits, name):
 # JAX, every op was its own compiled program for each of the forget / retain / held-out sizes.
 
 
-def _np_log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, np.float64)
-    z = z - z.max(-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-
 def _np_cross_entropy(logits, labels) -> np.ndarray:
-    lp = _np_log_softmax(logits)
-    return -np.take_along_axis(lp, np.asarray(labels, np.int64)[..., None], axis=-1)[..., 0]
+    return _cross_entropy(np, np.asarray(logits, np.float64), np.asarray(labels))
 
 
 def _np_margins(logits, labels) -> np.ndarray:
-    z = np.asarray(logits, np.float64)
-    labels = np.broadcast_to(np.asarray(labels, np.int64), z.shape[:-1])
-    correct = np.take_along_axis(z, labels[..., None], axis=-1)[..., 0]
-    others = np.where(np.arange(z.shape[-1]) == labels[..., None], -np.inf, z)
-    top = others.max(-1, keepdims=True)
-    return correct - (top[..., 0] + np.log(np.exp(others - top).sum(-1)))
+    return _margins(np, np.asarray(logits, np.float64), np.asarray(labels))
 
 
 @functools.partial(jax.jit, static_argnums=0)
