@@ -76,3 +76,50 @@ def check_positive_int(name: str, value, least: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
         raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
     return int(value)
+
+
+# XLA's CPU backend runs LLVM at -O3 on the loops it generates. For programs whose time goes to
+# operator products (library matrix calls either way), -O1 compiles 10-20% faster with equal
+# warm times (measured on the spectrum programs: benchmarks/results/first_call.md).
+QUICK_CPU_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+class QuickCompileOnCpu:
+    """`jax.jit(fun, **jit_kwargs)`, compiled with `QUICK_CPU_OPTIONS` when the default backend
+    is the CPU (other backends keep XLA's defaults). Calls, `lower`, `trace` and `_cache_size`
+    go to the jitted function for the current backend; inside an outer trace it inlines like
+    any jitted function."""
+
+    def __init__(self, fun, **jit_kwargs):
+        self._default = jax.jit(fun, **jit_kwargs)
+        self._cpu = jax.jit(fun, compiler_options=QUICK_CPU_OPTIONS, **jit_kwargs)
+        functools.update_wrapper(self, fun)
+
+    def _jitted(self):
+        return self._cpu if jax.default_backend() == "cpu" else self._default
+
+    def __call__(self, *args, **kwargs):
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
+            return self._default(*args, **kwargs)  # inlined into the caller's program
+        try:
+            return self._jitted()(*args, **kwargs)
+        except ValueError as error:  # inside a trace with constant arguments only
+            if "compiler_options" not in str(error):
+                raise
+            return self._default(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        return self._jitted().lower(*args, **kwargs)
+
+    def trace(self, *args, **kwargs):
+        return self._jitted().trace(*args, **kwargs)
+
+    def _cache_size(self) -> int:
+        return self._default._cache_size() + self._cpu._cache_size()
+
+
+def quick_compile_on_cpu(fun=None, **jit_kwargs):
+    """Decorator form of `QuickCompileOnCpu`: `@quick_compile_on_cpu(static_argnums=(2,))`."""
+    if fun is None:
+        return functools.partial(quick_compile_on_cpu, **jit_kwargs)
+    return QuickCompileOnCpu(fun, **jit_kwargs)

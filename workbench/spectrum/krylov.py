@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.numerics import check_finite_flag as _check_finite
-from workbench.numerics import default_tol
+from workbench.numerics import default_tol, quick_compile_on_cpu
 
 WHICH = ("largest", "smallest", "both")
 METHODS = ("lanczos", "arnoldi")
@@ -98,7 +98,7 @@ def power_iteration(op, key, num_iters: int = 500, tol: float | None = None) -> 
     return result
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
+@quick_compile_on_cpu(static_argnums=(2, 3))
 def _power_jit(op, key, num_iters, tol):
     x0 = jax.random.normal(key, (op.dim,), op.dtype)
 
@@ -168,21 +168,21 @@ def _hash_words(words, n: int, dtype):
 
 
 def _extend(mv, basis, hess, finite, key, start, stop: int, fresh_on_breakdown: bool = True):
-    """Arnoldi steps j = start..stop-1: fill basis[j + 1] and column j of `hess`.
+    """Arnoldi steps j = start..stop-1: fill basis[j + 1] and column j of `hess`. `finite` comes
+    back false when a product was not finite, judged once on the projected matrix (a check per
+    step cost a first call ~0.05 s of compiling and changes no answer: a non-finite result raises).
 
     A breakdown (the Krylov space became invariant) continues from a pseudo-random vector
-    orthogonalized together with the product (one block Gram-Schmidt, no branch: the same cost
-    under vmap, and a smaller program to compile). With `fresh_on_breakdown=False` (SLQ, where
+    orthogonalized against the basis (no branch: the same cost under vmap, and a smaller program
+    to compile). With `fresh_on_breakdown=False` (SLQ, where
     the quadrature is already exact then) it freezes instead: beta = 0 and zero vectors, so the
     remaining Ritz values decouple with zero weight, at the cost of one vector per step."""
     dtype = basis.dtype
     breakdown_tol = 1e3 * jnp.finfo(dtype).eps
 
     def body(j, state):
-        basis, hess, finite, key = state
+        basis, hess, key = state
         w = mv(basis[j])
-        ok = jnp.all(jnp.isfinite(w))
-        w = jnp.where(ok, w, jnp.zeros_like(w))
         scale = jnp.linalg.norm(w)
         w, h = _orthogonalize(basis, w)
         beta = jnp.linalg.norm(w)
@@ -198,9 +198,11 @@ def _extend(mv, basis, hess, finite, key, start, stop: int, fresh_on_breakdown: 
             replacement = jnp.zeros_like(w)
         nxt = jnp.where(broke, replacement, w / jnp.where(broke, one, beta))
         h = h.at[j + 1].set(jnp.where(broke, jnp.zeros_like(beta), beta))
-        return basis.at[j + 1].set(nxt), hess.at[:, j].set(h), finite & ok, key
+        return basis.at[j + 1].set(nxt), hess.at[:, j].set(h), key
 
-    return jax.lax.fori_loop(start, stop, body, (basis, hess, finite, key))
+    basis, hess, key = jax.lax.fori_loop(start, stop, body, (basis, hess, key))
+    # a non-finite product reaches its column of the projected matrix (h = V w, beta = |w - V h|)
+    return basis, hess, finite & jnp.all(jnp.isfinite(hess)), key
 
 
 def _start(op, key, num_iters, v0=None):
@@ -213,7 +215,7 @@ def _start(op, key, num_iters, v0=None):
     return basis, hess, jnp.asarray(True), key
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
+@quick_compile_on_cpu(static_argnums=(2,))
 def _arnoldi_jit(op, key, num_iters):
     basis, hess, finite, key = _start(op, key, num_iters)
     basis, hess, finite, _ = _extend(op.mv, basis, hess, finite, key, 0, num_iters)
@@ -235,10 +237,8 @@ def _plain_recurrence(op, v0, num_iters):
     tol = 1e3 * jnp.finfo(op.dtype).eps
 
     def body(carry, _):
-        v_prev, v, beta_prev, finite = carry
+        v_prev, v, beta_prev = carry
         w = op.mv(v)
-        ok = jnp.all(jnp.isfinite(w))
-        w = jnp.where(ok, w, jnp.zeros_like(w))
         scale = jnp.linalg.norm(w)
         w = w - beta_prev * v_prev
         alpha = jnp.vdot(v, w)
@@ -247,14 +247,15 @@ def _plain_recurrence(op, v0, num_iters):
         broke = beta <= tol * jnp.maximum(scale, jnp.finfo(op.dtype).tiny)
         beta = jnp.where(broke, jnp.zeros_like(beta), beta)
         nxt = jnp.where(broke, jnp.zeros_like(w), w / jnp.where(broke, jnp.ones_like(beta), beta))
-        return (v, nxt, beta, finite & ok), (alpha, beta)
+        return (v, nxt, beta), (alpha, beta)
 
-    init = (jnp.zeros_like(v0), v0, jnp.zeros((), op.dtype), jnp.asarray(True))
-    (_, _, _, finite), (alphas, betas) = jax.lax.scan(body, init, None, length=num_iters)
-    return alphas, betas, finite
+    init = (jnp.zeros_like(v0), v0, jnp.zeros((), op.dtype))
+    _, (alphas, betas) = jax.lax.scan(body, init, None, length=num_iters)
+    # a non-finite product reaches alpha = v . w and beta: judged once, not per step
+    return alphas, betas, jnp.all(jnp.isfinite(alphas)) & jnp.all(jnp.isfinite(betas))
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
+@quick_compile_on_cpu(static_argnums=(2,))
 def _lanczos_plain(op, key, num_iters):
     v0 = _hash_words(jax.random.key_data(key), op.dim, op.dtype)  # the start vector of `_start`
     alphas, betas, finite = _plain_recurrence(op, v0 / jnp.linalg.norm(v0), num_iters)
@@ -332,16 +333,17 @@ def _wanted(count: int, m: int, which: str) -> np.ndarray:
     return np.concatenate([np.arange(m - top, m)[::-1], np.arange(count - top)[::-1]])
 
 
-def _order(count, m: int, which: str) -> jax.Array:
+def _order(count, m: int, which: str, xp=jnp):
     """`_wanted` for a traced `count`: [m] indices into ascending Ritz values whose first `count`
-    entries are the wanted ones in `_wanted`'s order (the rest are filler, masked by callers)."""
-    i = jnp.arange(m, dtype=jnp.int32)
+    entries are the wanted ones in `_wanted`'s order (the rest are filler, masked by callers).
+    `xp`: jax.numpy in programs, numpy on the host."""
+    i = xp.arange(m, dtype=xp.int32)
     if which == "largest":
         return m - 1 - i
     if which == "smallest":
         return i
     top = (count + 1) // 2
-    return jnp.where(i < top, m - 1 - i, jnp.maximum(count - 1 - i, 0))
+    return xp.where(i < top, m - 1 - i, xp.maximum(count - 1 - i, 0))
 
 
 def _output_count(k: int, m: int) -> int:
@@ -350,12 +352,12 @@ def _output_count(k: int, m: int) -> int:
     return min(m, max(8, 1 << (int(k) - 1).bit_length()))
 
 
-def _relation_residuals(hess, s, theta):
+def _relation_residuals(hess, s, theta, xp=jnp):
     """||A x_i - theta_i x_i|| for the Ritz vectors x_i = V_m s_i, read off the Arnoldi relation
     A V_m = V_{m+1} H: the norm of H s_i - theta_i [s_i; 0]. The whole Hessenberg column enters
     (not only its last row), so an operator that is not symmetric shows in the residual."""
-    m = s.shape[0]
-    return jnp.linalg.norm(hess @ s - jnp.zeros_like(hess[:, : s.shape[1]]).at[:m].set(s * theta), axis=0)
+    shifted = xp.concatenate([s * theta, xp.zeros((1, s.shape[1]), s.dtype)])
+    return xp.linalg.norm(hess @ s - shifted, axis=0)
 
 
 def _symmetric_ritz(hess, m):
@@ -364,10 +366,10 @@ def _symmetric_ritz(hess, m):
     return theta, s, _relation_residuals(hess, s, theta)
 
 
-def _converged_mask(res, theta, wanted, k, tol):
-    norm = jnp.maximum(jnp.max(jnp.abs(theta)), jnp.finfo(theta.dtype).tiny)
-    slots = jnp.arange(wanted.shape[0], dtype=jnp.int32)
-    return jnp.all((res[wanted] <= tol * norm) | (slots >= k))
+def _converged_mask(res, theta, wanted, k, tol, xp=jnp):
+    norm = xp.maximum(xp.max(xp.abs(theta)), xp.finfo(theta.dtype).tiny)
+    slots = xp.arange(wanted.shape[0], dtype=xp.int32)
+    return xp.all((res[wanted] <= tol * norm) | (slots >= k))
 
 
 def _wanted_pairs(basis, hess, theta, s, wanted, count, tol, matvecs):
@@ -384,26 +386,66 @@ def _wanted_pairs(basis, hess, theta, s, wanted, count, tol, matvecs):
     return EigenResult(values, vectors, residuals, residuals <= 10 * tol * norm, matvecs), norm
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5))
-def _first_pass(op, key, k, which, m, count, tol):
-    """One Lanczos pass of depth m from the start vector, without the restart machinery: the
-    program a first call compiles, about the size of a plain Lanczos + eigh. A breakdown
-    freezes the factorization (fresh vectors are the restart program's job). Returns the
-    pairs and norm estimate, the basis and state `_thick_restart_lanczos` continues from, the
-    finite flag, `done` (every wanted pair converged) and `broke` (a breakdown before the last
-    step)."""
-    k = jnp.asarray(k, jnp.int32)
+@quick_compile_on_cpu(static_argnums=(2,))
+def _first_pass(op, key, m):
+    """One Lanczos pass of depth m from the start vector: the only program a first call for the
+    largest eigenvalues compiles (operator products and Gram-Schmidt; the small projected
+    matrix is finished on the host by `_finish_first_pass`, so no eigensolver, sort or Ritz
+    vectors are compiled into it, and it is shared by every k, tol and max_restarts). A
+    breakdown freezes the factorization (fresh vectors are the restart program's job). Returns
+    the basis, the projected matrix and the seed the restart program continues with."""
     basis, hess, finite, seed = _start(op, key, m)
-    basis, hess, finite, _ = _extend(op.mv, basis, hess, finite, seed, 0, m, fresh_on_breakdown=False)
-    theta, s, res = _symmetric_ritz(hess, m)
-    tol = jnp.asarray(tol, basis.dtype)
-    wanted = _order(k, m, which)
-    steps = jnp.arange(m - 1)
-    broke = jnp.any(hess[steps + 1, steps] == 0)
-    done = _converged_mask(res, theta, wanted, k, tol) & ~broke
-    pairs, norm = _wanted_pairs(basis, hess, theta, s, wanted, count, tol, jnp.int32(m))
-    state = (jnp.int32(1), hess, finite, seed, theta, s, done)
-    return pairs, norm, basis, state, finite, done, broke
+    basis, hess, _, _ = _extend(op.mv, basis, hess, finite, seed, 0, m, fresh_on_breakdown=False)
+    return basis, hess, seed
+
+
+@jax.jit
+def _ritz_vectors_on_device(coefficients, basis):
+    vectors = coefficients @ basis
+    return vectors / jnp.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _ritz_vectors(coefficients, basis):
+    """Unit rows of coefficients @ basis: in NumPy when the basis lives in host memory (CPU: a
+    view, nothing to compile), else a small program on its device (no basis transfer)."""
+    if all(device.platform == "cpu" for device in basis.devices()):
+        vectors = coefficients @ np.asarray(basis)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return _ritz_vectors_on_device(coefficients, basis)
+
+
+def _finish_first_pass(basis, hess, seed, k, which, m, count, tol):
+    """The first pass's Ritz pairs, computed on the host in float64 from the [m + 1, m]
+    projected matrix (microseconds of LAPACK, where compiling them cost a first call ~0.2 s),
+    and the Ritz vectors by `_ritz_vectors`. Returns the pairs (an EigenResult), the norm
+    estimate, the restart program's state, `done` (every wanted pair converged) and `broke` (a
+    breakdown before the last step froze the factorization; then only the two flags)."""
+    dtype = hess.dtype
+    h = np.asarray(hess, np.float64)
+    theta, s = np.linalg.eigh(0.5 * (h[:m] + h[:m].T))
+    if np.any(h[np.arange(1, m), np.arange(m - 1)] == 0):  # zero rows: the restart program
+        return None, None, None, False, True  # starts over, these pairs would be discarded
+    wanted = _order(k, m, which, np)
+    done = bool(_converged_mask(_relation_residuals(h, s, theta, np), theta, wanted, k, tol, np))
+    picked = wanted[:count]
+    coefficients = np.zeros((count, m + 1), dtype)
+    coefficients[:, :m] = s[:, picked].T  # zero-padded: the product reads the whole basis, no sliced copy
+    values = theta[picked]
+    residuals = _relation_residuals(h, s[:, picked], values, np)
+    norm = float(np.max(np.abs(theta)))
+    pairs = EigenResult(values.astype(dtype), _ritz_vectors(coefficients, basis), residuals.astype(dtype),
+                        residuals <= 10 * tol * norm, np.int32(m))
+    state = (np.int32(1), hess, np.bool_(True), seed, theta.astype(dtype), s.astype(dtype), np.bool_(done))
+    return pairs, norm, state, done, False
+
+
+def _continued_state_shapes(hess, seed):
+    """The shapes of the state `_finish_first_pass` hands the restart program, from the first
+    pass's output shapes (to lower the continuing restart program without a run)."""
+    m, dtype = hess.shape[1], hess.dtype
+    scalar = lambda d: jax.ShapeDtypeStruct((), d)  # noqa: E731
+    return (scalar(jnp.int32), hess, scalar(bool), seed, jax.ShapeDtypeStruct((m,), dtype),
+            jax.ShapeDtypeStruct((m, m), dtype), scalar(bool))
 
 
 def _initial_state(op, key, m):
@@ -415,7 +457,7 @@ def _initial_state(op, key, m):
                    jnp.asarray(False))
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 7), donate_argnums=(8,))
+@quick_compile_on_cpu(static_argnums=(3, 4, 7), donate_argnums=(8,))
 def _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, count, basis=None, state=None):
     """Krylov-Schur (thick-restart Lanczos) for the k wanted eigenpairs of a symmetric operator.
 
@@ -473,7 +515,7 @@ def _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, count, basis
     return pairs, norm, finite, basis  # the basis out, so a donated one is updated in place
 
 
-@jax.jit
+@quick_compile_on_cpu
 def _true_residuals(op, vectors, values, k):
     """||A x_i - value_i x_i|| of the first k pairs by k operator products (the rest stay 0)."""
 
@@ -492,11 +534,14 @@ def _krylov_schur(op, key, k, which, m, max_restarts, tol, count):
     start."""
     if which != "largest" or any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((op, key))):
         return _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, count)[:3]
-    pairs, norm, basis, state, finite, done, broke = _first_pass(op, key, k, which, m, count, tol)
-    if bool(done) or not bool(finite) or (max_restarts == 0 and not bool(broke)):
-        return pairs, norm, finite
+    basis, hess, seed = _first_pass(op, key, m)
+    if not np.all(np.isfinite(np.asarray(hess))):  # a non-finite product reaches its column
+        return None, None, False
+    pairs, norm, state, done, broke = _finish_first_pass(basis, hess, seed, k, which, m, count, tol)
+    if done or (max_restarts == 0 and not broke):
+        return pairs, norm, True
     del pairs  # not held while the restart program runs
-    if bool(broke):  # the frozen factorization has zero rows: start over with fresh vectors
+    if broke:  # the frozen factorization has zero rows: start over with fresh vectors
         basis = state = None
     return _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, count, basis, state)[:3]
 
@@ -512,7 +557,7 @@ def _first(result: EigenResult, k: int) -> EigenResult:
 _PAIR_FIELDS = ("values", "vectors", "residuals", "converged")
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+@quick_compile_on_cpu(static_argnums=(2, 3, 4, 5))
 def _arnoldi_eigen(op, key, k, which, m, tol):
     basis, hess, finite = _arnoldi_jit(op, key, m)
     theta, s = jnp.linalg.eig(hess[:m])  # general: no symmetry assumed
@@ -553,12 +598,13 @@ def top_eigenpairs(
     catches an operator that is not linear or not deterministic). `converged[i]` is
     residual <= 10 * tol * |largest Ritz value|.
 
-    Compile cost: a first call for the largest eigenvalues compiles one Lanczos pass (about the
-    size of a plain Lanczos + eigh); the restart program compiles only when a wanted pair has
-    not converged after it ("smallest" and "both" go to the restart program directly).
-    Both compile once per (operator kind, `which`, Krylov depth): k (at the default depth 40
-    for every k <= 10), `max_restarts` and `tol` are traced values, so trying another of them
-    compiles nothing.
+    Compile cost: a first call for the largest eigenvalues compiles one Lanczos pass (operator
+    products and Gram-Schmidt only: the small projected matrix's eigenpairs are computed on the
+    host, in float64), shared by every k, `tol` and `max_restarts`; the restart program
+    compiles only when a wanted pair has not converged after it ("smallest" and "both" go to
+    the restart program directly). It compiles once per (operator kind, `which`, Krylov depth):
+    k (at the default depth 40 for every k <= 10), `max_restarts` and `tol` are traced values,
+    so trying another of them compiles nothing.
     """
     _check_op(op)
     if which not in WHICH:
@@ -581,6 +627,8 @@ def top_eigenpairs(
         result, norm, finite = _krylov_schur(
             op, key, int(k), which, num_iters, int(max_restarts), tol, _output_count(k, num_iters)
         )
+        if finite is False:  # the first pass met a non-finite product: no pairs to return
+            _check_finite(finite, "top_eigenpairs")
         if true_residuals:
             residuals = _true_residuals(op, result.vectors, result.values, int(k))
             result = result._replace(residuals=residuals, converged=residuals <= 10 * tol * norm,
