@@ -8,11 +8,12 @@ feels on the first call of that function (the model's own jit of its loss is war
 point's program is not). "again" is a second call with other options in the same process
 (e.g. k=5 after k=1: it should compile nothing), "warm" the best of 3 later calls.
 
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_first_call.py [--out NAME] [--before JSON] [--only NAME ...]
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_first_call.py [--out NAME] [--before JSON] [--repeat N] [--only NAME ...]
 
 Writes benchmarks/results/first_call.json and first_call.md (`--out` renames them; `--before`
 adds the first/warm columns of an earlier run, e.g. of the code before a change, made with
-PYTHONPATH pointing at that checkout).
+PYTHONPATH pointing at that checkout; `--repeat N` measures the rows matfree shares N times, in
+alternating fresh processes, and reports medians and the ratio within each pair).
 """
 
 from __future__ import annotations
@@ -222,6 +223,19 @@ def markdown(results):
         lines.append(f"| {name} | {f(b, 'first_s')} | {f(b, 'again_s')} | {f(b, 'warm_s')} | {f(row, 'first_s')} "
                      f"| {f(row, 'again_s')} | {f(row, 'warm_s')} | {f(m, 'first_s')} | {f(m, 'again_s')} "
                      f"| {f(m, 'warm_s')} |")
+    pairs = {n: r for n, r in results["workbench"].items() if "first_ratio_runs" in r}
+    if pairs:
+        runs = len(next(iter(pairs.values()))["first_ratio_runs"])
+        lines += ["", f"## Head to head: {runs} alternating pairs of fresh processes (ours, then matfree)", "",
+                  "The rows above give medians. A shared machine drifts by 10-20% between runs; alternating "
+                  "the two in pairs lets the drift hit both alike, and the ratio is taken within each pair.", "",
+                  "| entry point | workbench first s (min-max) | matfree first s (min-max) | ratio ours/matfree: "
+                  "median (min-max) | pairs where ours was faster |", "|---|---|---|---|---|"]
+        span = lambda xs: f"{np.median(xs):.3f} ({min(xs):.3f}-{max(xs):.3f})"  # noqa: E731
+        for name, row in pairs.items():
+            ratios = row["first_ratio_runs"]
+            lines.append(f"| {name} | {span(row['first_s_runs'])} | {span(results['matfree'][name]['first_s_runs'])} "
+                         f"| {span(ratios)} | {sum(r < 1 for r in ratios)} of {len(ratios)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -234,6 +248,7 @@ def main():
     before = json.loads(Path(sys.argv[sys.argv.index("--before") + 1]).read_text())["workbench"] \
         if "--before" in sys.argv else {}
     skip_matfree = "--no-matfree" in sys.argv
+    repeat = int(sys.argv[sys.argv.index("--repeat") + 1]) if "--repeat" in sys.argv else 1
     env = dict(os.environ)
     env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
     with tempfile.TemporaryDirectory() as tmp:
@@ -251,15 +266,30 @@ def main():
             names["matfree"] = []
         if skip_matfree:
             names["matfree"] = []
+        def measure(peer, name):
+            out = subprocess.run([sys.executable, __file__, "--child", peer, name, weights],
+                                 capture_output=True, text=True, env=env)
+            lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+            row = json.loads(lines[-1][7:]) if lines else {"failed": out.stderr[-300:]}
+            print(peer, name, row, flush=True)
+            return row
+
+        wanted = lambda name: not only or any(o in name for o in only)  # noqa: E731
+        shared = [n for n in names["workbench"] if n in names["matfree"] and wanted(n)]
+        for name in shared:  # head to head: alternating fresh processes, so drift hits both alike
+            runs = [(measure("workbench", name), measure("matfree", name)) for _ in range(repeat)]
+            if any("failed" in r for pair in runs for r in pair):
+                results["workbench"][name], results["matfree"][name] = runs[-1]
+                continue
+            for i, peer in enumerate(("workbench", "matfree")):
+                rows = [pair[i] for pair in runs]
+                results[peer][name] = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
+                results[peer][name]["first_s_runs"] = [r["first_s"] for r in rows]
+            results["workbench"][name]["first_ratio_runs"] = [a["first_s"] / b["first_s"] for a, b in runs]
         for peer, rows in names.items():
             for name in rows:
-                if only and not any(o in name for o in only):
-                    continue
-                out = subprocess.run([sys.executable, __file__, "--child", peer, name, weights],
-                                     capture_output=True, text=True, env=env)
-                lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-                results[peer][name] = json.loads(lines[-1][7:]) if lines else {"failed": out.stderr[-300:]}
-                print(peer, name, results[peer][name], flush=True)
+                if wanted(name) and name not in shared:
+                    results[peer][name] = measure(peer, name)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{out_name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / f"{out_name}.md").write_text(markdown(results))

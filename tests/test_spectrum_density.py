@@ -48,6 +48,24 @@ def test_density_jit_matches_eager(digits_small, key):
     np.testing.assert_allclose(jitted.density, eager.density, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++", "xtrace"])
+def test_trace_jit_matches_eager(method, key):
+    """Eager calls finish the estimate on the host (NumPy float64), traced calls in the program:
+    the same numbers, and a non-finite product raises either way."""
+    rng = np.random.default_rng(0)
+    half = rng.normal(size=(40, 40))
+    matrix = jnp.asarray(half @ half.T)
+    op = curvature.LinearOperator(lambda a, v: a @ v, matrix, jax.ShapeDtypeStruct((40,), matrix.dtype))
+    eager = spectrum.trace(op, key, 24, method)
+    traced = jax.jit(lambda k: spectrum.trace(op, k, 24, method)[:2])(key)
+    np.testing.assert_allclose(traced, eager[:2], rtol=1e-12)
+    assert 0 < float(eager.std_error) < 0.2 * float(eager.estimate)
+    broken = curvature.LinearOperator(lambda a, v: jnp.where(v[0] > 0, jnp.inf, 1.0) * (a @ v), matrix,
+                                      jax.ShapeDtypeStruct((40,), matrix.dtype))
+    with pytest.raises(FloatingPointError, match="trace"):
+        spectrum.trace(broken, key, 24, method)
+
+
 @pytest.fixture(scope="module")
 def decaying():
     eigenvalues = 1.0 / jnp.arange(1, 81, dtype=jnp.float64) ** 2
