@@ -139,3 +139,17 @@ def test_check_same_structure_names_first_mismatch():
         tu.check_same_structure(a, {"layer1": {"w": jnp.zeros((2, 3)), "b": jnp.zeros(3)}})
     with pytest.raises(ValueError, match="leaves"):
         tu.check_same_structure(a, {"layer0": {"b": jnp.zeros(3)}})
+
+
+def test_quick_compile_on_cpu_compiles_with_its_options_and_inlines_under_jit():
+    """Eager calls on CPU use the -O1 program; under an outer jit (traced or constant arguments
+    only, where JAX refuses compiler options on a nested jit) the default one inlines."""
+    from workbench.numerics import quick_compile_on_cpu
+
+    scaled = quick_compile_on_cpu(lambda x, n: x * n, static_argnums=(1,))
+    x = jnp.arange(3.0)
+    eager = scaled(x, 2)
+    assert (scaled._cpu._cache_size(), scaled._default._cache_size()) == (1, 0)
+    np.testing.assert_array_equal(jax.jit(lambda y: scaled(y, 2))(x), eager)
+    np.testing.assert_array_equal(jax.jit(lambda: scaled(x, 2))(), eager)
+    np.testing.assert_array_equal(eager, [0.0, 2.0, 4.0])
