@@ -372,17 +372,33 @@ def _converged_mask(res, theta, wanted, k, tol, xp=jnp):
     return xp.all((res[wanted] <= tol * norm) | (slots >= k))
 
 
-def _wanted_pairs(basis, hess, theta, s, wanted, count, tol, matvecs):
+def _unit_rows(coefficients, basis, xp=jnp):
+    vectors = coefficients @ basis
+    return vectors / xp.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+_ritz_vectors_on_device = jax.jit(_unit_rows)
+
+
+def _ritz_vectors(coefficients, basis):
+    """Unit rows of coefficients @ basis: in NumPy when the basis lives in host memory (CPU: a
+    view, nothing to compile), else a small program on its device (no basis transfer)."""
+    if all(device.platform == "cpu" for device in basis.devices()):
+        return _unit_rows(coefficients, np.asarray(basis), np)
+    return _ritz_vectors_on_device(coefficients, basis)
+
+
+def _wanted_pairs(basis, hess, theta, s, wanted, count, tol, matvecs, xp=jnp):
     """The first `count` wanted Ritz pairs as an EigenResult (residuals from the relation), and
-    the spectral-norm estimate max |theta| that `converged` is judged against."""
-    m = s.shape[0]
-    wanted = wanted[:count]
+    the spectral-norm estimate max |theta| that `converged` is judged against. `xp`: jax.numpy
+    in the restart program, numpy for the host finish of the first pass."""
+    picked = wanted[:count]
     # zero-padded coefficients read the whole basis: no sliced copy of it
-    vectors = jnp.zeros((m + 1, count), basis.dtype).at[:m].set(s[:, wanted]).T @ basis
-    vectors = vectors / jnp.linalg.norm(vectors, axis=1, keepdims=True)
-    values = theta[wanted]
-    residuals = _relation_residuals(hess, s[:, wanted], values)
-    norm = jnp.max(jnp.abs(theta))
+    coefficients = xp.concatenate([s[:, picked], xp.zeros((1, count), s.dtype)]).T.astype(basis.dtype)
+    vectors = (_ritz_vectors if xp is np else _ritz_vectors_on_device)(coefficients, basis)
+    values = theta[picked]
+    residuals = _relation_residuals(hess, s[:, picked], values, xp)
+    norm = xp.max(xp.abs(theta))
     return EigenResult(values, vectors, residuals, residuals <= 10 * tol * norm, matvecs), norm
 
 
@@ -399,21 +415,6 @@ def _first_pass(op, key, m):
     return basis, hess, seed
 
 
-@jax.jit
-def _ritz_vectors_on_device(coefficients, basis):
-    vectors = coefficients @ basis
-    return vectors / jnp.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-def _ritz_vectors(coefficients, basis):
-    """Unit rows of coefficients @ basis: in NumPy when the basis lives in host memory (CPU: a
-    view, nothing to compile), else a small program on its device (no basis transfer)."""
-    if all(device.platform == "cpu" for device in basis.devices()):
-        vectors = coefficients @ np.asarray(basis)
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    return _ritz_vectors_on_device(coefficients, basis)
-
-
 def _finish_first_pass(basis, hess, seed, k, which, m, count, tol):
     """The first pass's Ritz pairs, computed on the host in float64 from the [m + 1, m]
     projected matrix (microseconds of LAPACK, where compiling them cost a first call ~0.2 s),
@@ -427,16 +428,10 @@ def _finish_first_pass(basis, hess, seed, k, which, m, count, tol):
         return None, None, None, False, True  # starts over, these pairs would be discarded
     wanted = _order(k, m, which, np)
     done = bool(_converged_mask(_relation_residuals(h, s, theta, np), theta, wanted, k, tol, np))
-    picked = wanted[:count]
-    coefficients = np.zeros((count, m + 1), dtype)
-    coefficients[:, :m] = s[:, picked].T  # zero-padded: the product reads the whole basis, no sliced copy
-    values = theta[picked]
-    residuals = _relation_residuals(h, s[:, picked], values, np)
-    norm = float(np.max(np.abs(theta)))
-    pairs = EigenResult(values.astype(dtype), _ritz_vectors(coefficients, basis), residuals.astype(dtype),
-                        residuals <= 10 * tol * norm, np.int32(m))
+    pairs, norm = _wanted_pairs(basis, h, theta, s, wanted, count, tol, np.int32(m), np)
+    pairs = pairs._replace(values=pairs.values.astype(dtype), residuals=pairs.residuals.astype(dtype))
     state = (np.int32(1), hess, np.bool_(True), seed, theta.astype(dtype), s.astype(dtype), np.bool_(done))
-    return pairs, norm, state, done, False
+    return pairs, float(norm), state, done, False
 
 
 def _continued_state_shapes(hess, seed):
