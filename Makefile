@@ -27,16 +27,16 @@ test: $(STAMP)
 LAB_ARGS ?=
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: $(STAMP)
-	$(BIN)/python -m workbench.lab copies
+	$(BIN)/python -m workbench lab copies
 	$(BIN)/jupyter lab --config=jupyter/lab_config.py $(ALLOW_ROOT) $(LAB_ARGS)
 
 # Start lab copies afresh from the committed papers (all, or NAME=tour).
 lab-reset: $(STAMP)
-	$(BIN)/python -m workbench.lab reset $(NAME)
+	$(BIN)/python -m workbench lab reset $(NAME)
 
 # Make your lab copy of paper NAME the committed paper (source and pair, without outputs).
 lab-save: $(STAMP)
-	$(BIN)/python -m workbench.lab save $(NAME)
+	$(BIN)/python -m workbench lab save $(NAME)
 
 # Every paper as a voila app with interactive=True (see the README's workshop guide).
 # make workshop WORKSHOP_IP=0.0.0.0 serves a classroom network; PAPERS="tour schedule_bounds"
@@ -52,7 +52,7 @@ $(WORKSHOP_STAMP): $(STAMP)
 	@touch $(WORKSHOP_STAMP)
 
 workshop: $(WORKSHOP_STAMP)
-	$(BIN)/python -m workbench.lab workshop --serve --ip=$(WORKSHOP_IP) --port=$(WORKSHOP_PORT) $(if $(PREHEAT),--preheat) $(WORKSHOP_ARGS) $(PAPERS)
+	$(BIN)/python -m workbench workshop --serve --ip=$(WORKSHOP_IP) --port=$(WORKSHOP_PORT) $(if $(PREHEAT),--preheat) $(WORKSHOP_ARGS) $(PAPERS)
 
 workshop-clean:
 	rm -rf workshop

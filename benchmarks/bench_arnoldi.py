@@ -7,7 +7,7 @@ does the time go? Checks the target "Arnoldi within 0.02 LDS of exact at 10x les
 2. a bigger logistic regression where the exact inverse is genuinely expensive: digits through
    `RF` random Fourier features (cos(x W + b), W ~ N(0, 1/64 * 4)), 10 (RF + 1) parameters;
    exact (dense Hessian + eigh) vs arnoldi at a few k. LDS against real retraining
-   (`workbench.influence.evaluate.lds_ground_truth`, Newton to convergence).
+   (`workbench.influence.validation.lds_ground_truth`, Newton to convergence).
 
 Times are warm (a first call compiles; its time is reported apart).
 
@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from workbench import data, influence, models
-from workbench.influence import evaluate as ev
+from workbench.influence import validation as ev
 
 jax.config.update("jax_enable_x64", True)
 RESULTS = Path(__file__).parent / "results"

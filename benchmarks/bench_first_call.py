@@ -199,7 +199,7 @@ def _train(path):
     import jax
     import jax.numpy as jnp
 
-    from workbench import tree as tu
+    from workbench.core import tree as tu
     from workbench.experiments import digits
 
     fit = digits.fit_digits_mlp(32, 0.01, 300, seed=0)

@@ -1,7 +1,7 @@
 """Influence estimators on digits: LOO and LDS correlation, mislabel AUC, and time, side by side.
 
 Logistic regression (L2 0.01, float64, the whole digits training split) and a 64-16-10 tanh MLP
-on a subset. Ground truths by real retraining (`workbench.influence.evaluate`). Each estimator
+on a subset. Ground truths by real retraining (`workbench.influence.validation`). Each estimator
 is built and scored twice: the first call includes compilation, the second reuses it (warm).
 
     PYTHONPATH=. python benchmarks/bench_influence.py [--quick]
@@ -24,7 +24,7 @@ import optax
 from flax import nnx
 
 from workbench import data, influence, models, train
-from workbench.influence import evaluate as ev
+from workbench.influence import validation as ev
 
 jax.config.update("jax_enable_x64", True)
 RESULTS = Path(__file__).parent / "results"

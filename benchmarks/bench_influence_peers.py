@@ -38,7 +38,7 @@ import optax
 from flax import nnx
 
 from workbench import data, influence, models, spectrum, train
-from workbench.influence import evaluate as ev
+from workbench.influence import validation as ev
 
 jax.config.update("jax_enable_x64", True)
 RESULTS = Path(__file__).parent / "results"

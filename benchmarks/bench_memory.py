@@ -32,8 +32,8 @@ seconds = time.perf_counter() - start
 depth = min(op.dim, max(2 * k + 20, 40))
 peak = rss()
 # XLA's buffer plan for the same call (compiled again after the peak was read).
-from workbench.numerics import default_tol
-from workbench.spectrum.krylov import _continued_state_shapes, _first_pass, _output_count, _thick_restart_lanczos
+from workbench.core.numerics import default_tol
+from workbench.spectrum.eigensolver import _continued_state_shapes, _first_pass, _output_count, _thick_restart_lanczos
 args = (op, jax.random.key(0), k, "largest", depth)
 first_pass = _first_pass.lower(op, jax.random.key(0), depth)
 basis, hess, seed = first_pass.out_info  # the restart program continues from the first pass's basis and state

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from workbench import curvature, data, models, spectrum
-from workbench import tree as tu
+from workbench.core import tree as tu
 from workbench.experiments import digits
 
 jax.config.update("jax_enable_x64", True)

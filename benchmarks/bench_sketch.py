@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench import sketch as sk
-from workbench import tree as tu
+from workbench.core import tree as tu
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = {  # label -> (kind, options)

@@ -33,7 +33,7 @@ from flax import nnx  # noqa: E402
 from scipy.stats import wasserstein_distance  # noqa: E402
 
 from workbench import curvature, data, models, spectrum  # noqa: E402
-from workbench import tree as tu  # noqa: E402
+from workbench.core import tree as tu  # noqa: E402
 from workbench.experiments import digits  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

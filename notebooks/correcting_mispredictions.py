@@ -61,7 +61,7 @@ import matplotlib.pyplot as plt
 import workbench
 from workbench import influence, models, plots
 from workbench.experiments.influence import fit_digits_logistic
-from workbench.influence import evaluate as ev
+from workbench.influence import validation as ev
 
 jax.config.update("jax_enable_x64", True)
 

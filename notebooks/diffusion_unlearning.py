@@ -71,7 +71,7 @@ import functools
 import matplotlib.pyplot as plt
 
 import workbench
-from workbench.experiments import unlearning as X
+from workbench.experiments import diffusion_unlearning as X
 from workbench.plots import unlearning as P
 from workbench.ui import unlearning as UI
 

@@ -77,7 +77,7 @@ from workbench import distributed as dist
 from workbench.experiments import distributed as exp
 from workbench.plots import distributed as dplots
 
-work = workbench.results.run_dir() or Path(tempfile.mkdtemp(prefix="distributed-"))
+work = workbench.run.results.run_dir() or Path(tempfile.mkdtemp(prefix="distributed-"))
 config = exp.JobConfig(seed=seed, l2=l2, regression_examples=regression_examples,
                        regression_features=regression_features, l1=l1, ot_points=ot_points,
                        epsilon=epsilon, scaling_sizes=tuple(scaling_sizes))

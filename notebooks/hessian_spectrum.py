@@ -66,7 +66,7 @@ import numpy as np
 
 import workbench
 from workbench import curvature, data, plots, spectrum
-from workbench import tree as tu
+from workbench.core import tree as tu
 from workbench.experiments import digits
 
 jax.config.update("jax_enable_x64", True)  # curvature in float64: references to 1e-8

@@ -76,7 +76,7 @@ from flax import nnx
 import workbench
 from workbench import data, influence, models, plots, train
 from workbench.experiments.influence import estimator_builders
-from workbench.influence import evaluate as ev
+from workbench.influence import validation as ev
 
 jax.config.update("jax_enable_x64", True)
 train_full, test_full = data.load_digits(seed=seed, dtype=jnp.float64)

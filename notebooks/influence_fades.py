@@ -72,7 +72,7 @@ from flax import nnx
 
 import workbench
 from workbench import data, influence, models, plots, train
-from workbench.influence import evaluate as ev
+from workbench.influence import validation as ev
 
 jax.config.update("jax_enable_x64", True)
 

@@ -109,7 +109,7 @@ import numpy as np
 import workbench
 from workbench.experiments import sketching as ex
 from workbench.plots import sketching as plots
-from workbench.sketch import evaluate
+from workbench.sketch import quality
 
 key = jax.random.key(seed)
 PAPER = ("affd", "fjl", "ffd", "afjl", "qk")
@@ -156,7 +156,7 @@ max_d = {p.name: int(np.log2(p.num_params)) for p in (digits, text)}
 steps = {"digits_mlp": digits_log2_step, "char_transformer": text_log2_step}
 qk_caps = {p.name: 1 << int(np.ceil(np.log2(p.num_params) / 3)) for p in (digits, text)}
 print("QK factor caps (three factors, as GPT-2 under the paper's 1024):", qk_caps)
-tables = {p.name: evaluate.dot_product_correlation(p.grads, PAPER, range(4, max_d[p.name] + 1, steps[p.name]),
+tables = {p.name: quality.dot_product_correlation(p.grads, PAPER, range(4, max_d[p.name] + 1, steps[p.name]),
                                                    jax.random.fold_in(key, 3), num_draws=num_draws,
                                                    options={"qk": {"max_factor": qk_caps[p.name]}})
           for p in (digits, text)}
@@ -180,7 +180,7 @@ print("paper (GPT-2): FJL 10/12/13, AFFD 10/12/13, FFD 10/12/14, AFJL 12/13/15, 
 # %%
 hessian = ex.dense_hessian(digits)
 eig_dims = [d for d in range(5, max_d["digits_mlp"] + 1) if (d - 4) % digits_log2_step == 0]  # D of table 6 (2^8 always)
-eig = evaluate.eigenvalue_errors(hessian, PAPER, eig_dims, jax.random.fold_in(key, 4),
+eig = quality.eigenvalue_errors(hessian, PAPER, eig_dims, jax.random.fold_in(key, 4),
                                  k=10, num_draws=max(2, num_draws // 2),
                                  options={"qk": {"max_factor": qk_caps["digits_mlp"]}})
 fig = plots.eigen_error_curves(eig)

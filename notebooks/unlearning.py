@@ -138,7 +138,7 @@ print(f"settings that forget (<= 0.05) and keep retain within 0.02 of the oracle
 # method (one vmapped call per method) and compute, at every forget, retain and held-out point,
 # the KL divergence between the unlearned models' and the oracles' distributions of the
 # correct-class margin (KLoM; with tens of models we fit a normal to each side rather than
-# histogramming, see `workbench.unlearning.evaluate.klom_values`). "retrain" is a second,
+# histogramming, see `workbench.unlearning.metrics.klom_values`). "retrain" is a second,
 # independent set of oracles: the value an exact method reaches with this many models. The
 # datamodel scale of datamodel matching is fitted once on a *different* random forget set.
 # MIA: AUC of telling forget from held-out points by their loss (0.5 = indistinguishable).

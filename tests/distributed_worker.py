@@ -128,7 +128,7 @@ def main(argv):
         import jax.numpy as jnp
 
         from workbench import sketch as sk
-        from workbench import tree as tu
+        from workbench.core import tree as tu
 
         path = argv[2]
         params = jax.tree.map(jnp.asarray, w0)

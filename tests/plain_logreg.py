@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench import data
-from workbench.influence import evaluate as ev
+from workbench.influence import validation as ev
 
 
 class PlainLogReg(NamedTuple):

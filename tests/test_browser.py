@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from servers import REPO, Server, allow_root, free_port, status, wait_http
 
-from workbench import lab
+from workbench.run import lab, workshop
 
 SMALL = {"steps": 60, "compare_learning_rates": [0.05], "interactive": True}  # tour in seconds
 FIGURES = "img, .js-plotly-plot, canvas"  # what a figure is on the page
@@ -134,9 +134,9 @@ def test_jupyterlab_runs_tour_and_its_panel(browser, tmp_path):
 @pytest.mark.notebook
 def test_voila_app_of_tour_runs_its_panel(browser, tmp_path):
     folder = tmp_path / "workshop"
-    lab.prepare_workshop(folder, ["tour"], overrides=SMALL)
+    workshop.prepare_workshop(folder, ["tour"], overrides=SMALL)
     port = free_port()
-    server = Server(lab.voila_command(folder, port=port), tmp_path / "voila.log", folder)
+    server = Server(workshop.voila_command(folder, port=port), tmp_path / "voila.log", folder)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/", server.proc, server.log)

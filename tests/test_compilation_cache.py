@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from workbench import compilation_cache as cc
+from workbench.run import compilation_cache as cc
 
 # Compiles one program big enough to pass MIN_COMPILE_SECONDS on any machine and prints what the
 # cache did: the folder in use, whether the program came from the cache, and the result's bytes.
@@ -17,7 +17,7 @@ import json, jax, jax.numpy as jnp
 hits = []
 jax.monitoring.register_event_listener(lambda event, **kw: hits.append(event) if event == "/jax/compilation_cache/cache_hits" else None)
 import workbench
-from workbench import compilation_cache as cc
+from workbench.run import compilation_cache as cc
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # this probe may compile fast
 
 @jax.jit

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from workbench import data, models
-from workbench import tree as tu
+from workbench.core import tree as tu
 
 
 def test_digits_split_is_deterministic_stratified_and_disjoint():
@@ -144,7 +144,7 @@ def test_check_same_structure_names_first_mismatch():
 def test_quick_compile_on_cpu_compiles_with_its_options_and_inlines_under_jit():
     """Eager calls on CPU use the -O1 program; under an outer jit (traced or constant arguments
     only, where JAX refuses compiler options on a nested jit) the default one inlines."""
-    from workbench.numerics import quick_compile_on_cpu
+    from workbench.core.numerics import quick_compile_on_cpu
 
     scaled = quick_compile_on_cpu(lambda x, n: x * n, static_argnums=(1,))
     x = jnp.arange(3.0)

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from workbench import curvature, data, models
-from workbench import tree as tu
+from workbench.core import tree as tu
 
 
 @pytest.fixture(scope="module")

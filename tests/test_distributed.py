@@ -16,7 +16,7 @@ import scipy.optimize as so
 from workbench import curvature, spectrum
 from workbench import distributed as dist
 from workbench import sketch as sk
-from workbench import tree as tu
+from workbench.core import tree as tu
 from workbench.sketch.store import open_store
 
 WORKER = Path(__file__).with_name("distributed_worker.py")

@@ -18,7 +18,7 @@ import jax, jax.numpy as jnp, numpy as np, optax
 from flax import nnx
 assert not jax.config.jax_enable_x64
 from workbench import curvature, data, influence, models, spectrum, train
-from workbench.numerics import default_tol
+from workbench.core.numerics import default_tol
 out = {}
 ds = data.make_classification(jax.random.key(1), 200, 8, num_classes=3)
 fn = models.functional(models.MLP(8, [6], 3, rngs=nnx.Rngs(0)), l2=1e-2)

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from workbench import data, influence, models
-from workbench.influence import evaluate as ev
+from workbench.influence import validation as ev
 
 N_TRAIN, N_TEST, L2 = 150, 12, 1e-2
 

@@ -10,8 +10,8 @@ import pytest
 from plain_logreg import fitted_digits, plain_logreg  # tests/ helper module
 
 from workbench import influence
-from workbench.influence import evaluate as ev
 from workbench.influence import inverse
+from workbench.influence import validation as ev
 
 LogReg = plain_logreg(1e-2)
 

@@ -6,7 +6,7 @@ import pytest
 from plain_logreg import fitted_digits, plain_logreg
 
 from workbench import influence
-from workbench.influence import evaluate as ev
+from workbench.influence import validation as ev
 
 L2 = 1e-3
 

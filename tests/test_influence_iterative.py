@@ -9,7 +9,7 @@ import pytest
 from plain_logreg import fitted_digits, plain_logreg  # tests/ helper module
 
 from workbench import curvature, data, influence, spectrum  # noqa: E402
-from workbench.influence import evaluate as ev  # noqa: E402
+from workbench.influence import validation as ev  # noqa: E402
 
 N_TRAIN, N_TEST, L2 = 120, 10, 1e-2
 

@@ -20,8 +20,8 @@ import nbformat
 import pytest
 from servers import Server, allow_root, free_port, wait_http
 
-from workbench import lab
-from workbench import papers as P
+from workbench.run import lab, runner, workshop
+from workbench.run import papers as registry
 
 REPO = Path(__file__).resolve().parents[1]
 WIDGET_OUTPUT = {"output_type": "display_data", "metadata": {},
@@ -95,9 +95,9 @@ def test_lab_session_never_changes_what_tests_and_runs_see(tmp_path):
         assert _git_status() == status_before
     finally:
         shutil.rmtree(folder)
-    paper = P.get_paper("tour")
-    params = P.resolve_parameters(paper, {"steps": 20, "compare_learning_rates": [0.05]})
-    result = P.run_paper(paper, params, tmp_path / "runs")
+    paper = registry.get_paper("tour")
+    params = registry.resolve_parameters(paper, {"steps": 20, "compare_learning_rates": [0.05]})
+    result = runner.run_paper(paper, params, tmp_path / "runs")
     assert result.ok, result.error
     executed = nbformat.read(result.path / "tour.ipynb", as_version=4)
     sources = [c.source.strip() for c in executed.cells
@@ -163,24 +163,24 @@ def test_save_copy_writes_the_pair_without_outputs(tmp_path, monkeypatch):
     assert saved.cells[-1].source == "print('kept on purpose')"
     assert all(not c.get("outputs") for c in saved.cells if c.cell_type == "code")
     assert [c.source for c in jupytext.read(notebooks / "tour.py").cells] == [c.source for c in saved.cells]
-    with pytest.raises(P.PaperError, match="no lab copy"):
+    with pytest.raises(registry.PaperError, match="no lab copy"):
         lab.save_copy("tour", tmp_path / "nowhere")
 
 
 def test_workshop_copy_injects_interactive_without_editing_the_paper(tmp_path):
-    paper = P.get_paper("tour")
+    paper = registry.get_paper("tour")
     (tmp_path / "schedule_bounds.ipynb").write_text("{}")  # an app from an earlier workshop
-    with pytest.raises(P.PaperError, match="no paper named"):
-        lab.prepare_workshop(tmp_path, ["tour", "tuor"])
-    [path] = lab.prepare_workshop(tmp_path, ["tour"])
+    with pytest.raises(registry.PaperError, match="no paper named"):
+        workshop.prepare_workshop(tmp_path, ["tour", "tuor"])
+    [path] = workshop.prepare_workshop(tmp_path, ["tour"])
     assert sorted(p.name for p in tmp_path.glob("*.ipynb")) == ["tour.ipynb"]
     nb = nbformat.read(path, as_version=4)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and "interactive = True" in injected[0].source
     rest = [c.source.strip() for c in nb.cells if c not in injected]
     assert rest == [c.source.strip() for c in jupytext.read(paper.source).cells]
-    assert lab.workshop_parameters(paper, "full") == {"interactive": True, "profile": "full", **paper.full}
-    cmd = lab.voila_command(tmp_path, ip="0.0.0.0", port=9000, preheat=True)
+    assert workshop.workshop_parameters(paper, "full") == {"interactive": True, "profile": "full", **paper.full}
+    cmd = workshop.voila_command(tmp_path, ip="0.0.0.0", port=9000, preheat=True)
     assert "--Voila.ip=0.0.0.0" in cmd and "--port=9000" in cmd and "--preheat_kernel=True" in cmd
 
 
@@ -191,12 +191,12 @@ def test_make_lab_command_line():
     line = [x for x in out.splitlines() if "jupyter lab" in x][-1]
     assert "--config=jupyter/lab_config.py" in line and line.endswith("--port=9999 --no-browser")
     assert ("--allow-root" in line) == (os.geteuid() == 0)
-    assert "python -m workbench.lab copies" in out
+    assert "python -m workbench lab copies" in out
     from traitlets.config.loader import PyFileConfigLoader
 
     config = PyFileConfigLoader("lab_config.py", str(REPO / "jupyter")).load_config()
     assert Path(config.ServerApp.root_dir) == REPO / "lab" and config.ServerApp.ip == "127.0.0.1"
-    assert config.ContentsManager.pre_save_hook == "workbench.lab.pre_save"
+    assert config.ContentsManager.pre_save_hook == "workbench.run.lab.pre_save"
     ignored = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", "lab/tour.ipynb"])
     assert ignored.returncode == 0, "lab/ must be git-ignored"
 
@@ -204,7 +204,7 @@ def test_make_lab_command_line():
 def test_plotly_figures_share_one_plotlyjs(tmp_path, monkeypatch):
     import plotly.graph_objects as go
 
-    from workbench import results
+    from workbench.run import results
 
     monkeypatch.setenv(results.RUN_DIR_ENV, str(tmp_path))
     for name in ("a", "b"):

@@ -2,7 +2,7 @@
 
 Every `import workbench.X` / `from workbench.X import ...` in the package (function-level imports
 included) is checked against the layer order below. A capability may import the engines and the
-core foundation (tree, numerics, pergrad) and other capabilities, but never a dataset, a model,
+core foundation (`workbench.core`) and other capabilities, but never a dataset, a model,
 an experiment, a figure, a panel or the paper runner.
 """
 
@@ -16,14 +16,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 # (layer name, top-level modules), in import order: a module imports only from its own layer or
 # the ones before it.
 LAYERS = [
-    ("core foundation", {"tree", "numerics", "pergrad", "progress"}),
+    ("core foundation", {"core"}),
     ("data and models", {"data", "models"}),
     ("engines", {"curvature", "train"}),
     ("capabilities", {"spectrum", "sketch", "influence", "schedules", "convex", "icl",
                       "unlearning", "distributed"}),
     ("experiments", {"experiments"}),
     ("presentation", {"plots", "ui"}),
-    ("running", {"results", "papers", "lab", "__main__", "compilation_cache"}),
+    ("running", {"run", "__main__"}),
 ]
 RANK = {mod: i for i, (_, mods) in enumerate(LAYERS) for mod in mods}
 # Beyond the order: engines and capabilities take pure functions and pytrees, never a dataset
@@ -104,7 +104,7 @@ def test_the_check_sees_an_upward_import(tmp_path):
     (fake / "experiments" / "__init__.py").write_text("")
     (fake / "spectrum" / "__init__.py").write_text(
         "def f():\n    from workbench.experiments import digits\n    return digits\n")
-    (fake / "spectrum" / "ok.py").write_text("from workbench import tree, curvature\n")
+    (fake / "spectrum" / "ok.py").write_text("from workbench.core import tree\nfrom workbench import curvature\n")
     (fake / "spectrum" / "models_user.py").write_text(
         "from . import helper\nimport workbench.models\nfrom workbench.data import Dataset\n"
         "from workbench.data import load_digits\n")

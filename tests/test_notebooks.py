@@ -11,9 +11,10 @@ import jupytext
 import nbformat
 import pytest
 
-from workbench import papers as P
+from workbench.run import papers as registry
+from workbench.run import runner
 
-NOTEBOOKS = sorted(P.notebooks_dir().glob("*.py"))
+NOTEBOOKS = sorted(registry.notebooks_dir().glob("*.py"))
 
 
 def _cells(nb):
@@ -48,8 +49,8 @@ def run_and_check_paper(name, tmp_path):
     """Run `name` on its quick profile through the runner and check its outputs and claims, with
     `interactive=True` so its exploration panel is built under papermill too (panels run their
     function on a button, so this adds only the widgets' construction)."""
-    paper = P.get_paper(name)
-    result = P.run_paper(paper, P.resolve_parameters(paper, {"interactive": True}, profile="quick"), tmp_path)
+    paper = registry.get_paper(name)
+    result = runner.run_paper(paper, registry.resolve_parameters(paper, {"interactive": True}, profile="quick"), tmp_path)
     assert result.ok, f"{name} failed: {result.error}\nsee {result.path / 'error.txt'}:\n" + (
         (result.path / "error.txt").read_text()[-3000:] if (result.path / "error.txt").exists() else "")
     metrics = json.loads((result.path / "metrics.json").read_text())

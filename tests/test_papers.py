@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workbench import papers as P
+from workbench.run import claims, runner
+from workbench.run import papers as registry
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
 
@@ -27,18 +28,18 @@ def run_dirs(runs_dir, name):
 
 @pytest.fixture(scope="module")
 def fixture_papers():
-    return P.discover(FIXTURES)
+    return registry.discover(FIXTURES)
 
 
 def test_parse_parameters_types_defaults_help():
-    params = P.parse_parameters('a: int = 3  # the a\nb: float = 1e-3  # the b\nc: list[str] = ["x"]  # c\nd: bool = False\n')
-    assert params["a"] == P.Parameter("a", "int", 3, "the a")
+    params = registry.parse_parameters('a: int = 3  # the a\nb: float = 1e-3  # the b\nc: list[str] = ["x"]  # c\nd: bool = False\n')
+    assert params["a"] == registry.Parameter("a", "int", 3, "the a")
     assert params["b"].default == 1e-3 and params["b"].help == "the b"
     assert params["c"].default == ["x"] and params["d"].help == ""
-    with pytest.raises(P.PaperError, match="unsupported type 'dict'"):
-        P.parse_parameters("a: dict = {}\n")
-    with pytest.raises(P.PaperError, match="expected `name: type = default"):
-        P.parse_parameters("a = 3\n")
+    with pytest.raises(registry.PaperError, match="unsupported type 'dict'"):
+        registry.parse_parameters("a: dict = {}\n")
+    with pytest.raises(registry.PaperError, match="expected `name: type = default"):
+        registry.parse_parameters("a = 3\n")
 
 
 @pytest.mark.parametrize(
@@ -48,7 +49,7 @@ def test_parse_parameters_types_defaults_help():
      ("list[int]", "1,2,3", [1, 2, 3]), ("list[float]", "[0.1, 1]", [0.1, 1.0])],
 )
 def test_coerce_accepts(type_name, text, expected):
-    value = P.coerce("x", type_name, text)
+    value = registry.coerce("x", type_name, text)
     assert value == expected and type(value) is type(expected)
 
 
@@ -57,20 +58,20 @@ def test_coerce_accepts(type_name, text, expected):
                         ("bool", "maybe"), ("list[int]", "1,x")],
 )
 def test_coerce_rejects_with_name_and_type(type_name, text):
-    with pytest.raises(P.PaperError, match=rf"parameter 'x' expects {type_name.replace('[', '.').replace(']', '.')}"):
-        P.coerce("x", type_name, text)
+    with pytest.raises(registry.PaperError, match=rf"parameter 'x' expects {type_name.replace('[', '.').replace(']', '.')}"):
+        registry.coerce("x", type_name, text)
 
 
 def test_resolve_profiles_and_overrides(fixture_papers):
     paper = fixture_papers["echo_paper"]
-    assert P.resolve_parameters(paper)["n"] == 10
-    full = P.resolve_parameters(paper, profile="full")
+    assert registry.resolve_parameters(paper)["n"] == 10
+    full = registry.resolve_parameters(paper, profile="full")
     assert full["n"] == 1000 and full["profile"] == "full"
-    assert P.resolve_parameters(paper, {"n": "7"}, profile="full")["n"] == 7  # user beats profile
-    with pytest.raises(P.PaperError, match=r"unknown parameter\(s\).*'scal' \(did you mean 'scale'\?\).*Valid parameters: n, scale"):
-        P.resolve_parameters(paper, {"scal": "2"})
-    with pytest.raises(P.PaperError, match="profile must be one of"):
-        P.resolve_parameters(paper, {"profile": "medium"})
+    assert registry.resolve_parameters(paper, {"n": "7"}, profile="full")["n"] == 7  # user beats profile
+    with pytest.raises(registry.PaperError, match=r"unknown parameter\(s\).*'scal' \(did you mean 'scale'\?\).*Valid parameters: n, scale"):
+        registry.resolve_parameters(paper, {"scal": "2"})
+    with pytest.raises(registry.PaperError, match="profile must be one of"):
+        registry.resolve_parameters(paper, {"profile": "medium"})
 
 
 def test_cli_list_and_describe():
@@ -117,7 +118,7 @@ def test_run_writes_complete_run_dir_and_is_deterministic(tmp_path):
     for key in ("packages", "jax", "git", "python", "platform", "start", "end", "duration_seconds", "seed"):
         assert key in manifest
     assert manifest["status"] == "ok" and manifest["packages"]["jax"]
-    assert run.name.endswith(P.params_hash(params))
+    assert run.name.endswith(registry.params_hash(params))
     other = cli("run", "echo_paper", "-p", "seed=1", runs_dir=tmp_path)
     assert other.returncode == 0
     newest = max(run_dirs(tmp_path, "echo_paper"), key=lambda d: json.loads((d / "manifest.json").read_text())["start"])
@@ -163,7 +164,7 @@ def test_run_all_two_at_a_time_gives_the_same_summary(tmp_path):
 
 
 def test_claims_are_checked_recorded_and_fail_the_run_command(tmp_path):
-    paper = P.get_paper("echo_paper", P.discover(FIXTURES))
+    paper = registry.get_paper("echo_paper", registry.discover(FIXTURES))
     assert [(c.metric, c.profiles) for c in paper.claims] == [
         ("n", ("quick", "full")), ("scale", ("quick", "full")), ("total", ("quick",))]
     good = cli("run", "echo_paper", runs_dir=tmp_path)
@@ -178,19 +179,19 @@ def test_claims_are_checked_recorded_and_fail_the_run_command(tmp_path):
     newest = [d for d in run_dirs(tmp_path, "echo_paper") if d != run][0]
     assert {"n", "scale"} <= set(json.loads((newest / "manifest.json").read_text())["claims"]["failed"])
     metrics = {"n": 5}
-    results = {c.metric: c for c in P.check_claims(paper, "quick", metrics)}
+    results = {c.metric: c for c in claims.check_claims(paper.claims, "quick", metrics)}
     assert results["n"].passed and not results["total"].passed and results["total"].reason == "metric not recorded"
-    assert not P.Claim("x", ">0").check({"x": [1.0, float("nan")]}).passed  # every entry, and NaN fails
-    assert P.Claim("x", [0, 1]).check({"x": 1.0}).passed and not P.Claim("x", "<1").check({"x": 1.0}).passed
-    assert P.Claim("a/b c/d", ">=2").check({"a": {"b c": {"d": 2}}}).passed  # a nested entry
-    with pytest.raises(P.PaperError, match="expected"):
-        P.parse_claims({"x": "about 3"}, "here")
-    with pytest.raises(P.PaperError, match="unknown profiles"):
-        P.parse_claims({"x": {"medium": ">1"}}, "here")
+    assert not claims.Claim("x", ">0").check({"x": [1.0, float("nan")]}).passed  # every entry, and NaN fails
+    assert claims.Claim("x", [0, 1]).check({"x": 1.0}).passed and not claims.Claim("x", "<1").check({"x": 1.0}).passed
+    assert claims.Claim("a/b c/d", ">=2").check({"a": {"b c": {"d": 2}}}).passed  # a nested entry
+    with pytest.raises(registry.PaperError, match="expected"):
+        claims.parse_claims({"x": "about 3"}, "here")
+    with pytest.raises(registry.PaperError, match="unknown profiles"):
+        claims.parse_claims({"x": {"medium": ">1"}}, "here")
 
 
 def test_every_real_paper_declares_valid_metadata():
-    papers = P.discover()
+    papers = registry.discover()
     assert "tour" in papers
     for paper in papers.values():
         assert paper.title != paper.name, f"{paper.name}: give a title in the jupytext header"
@@ -199,11 +200,11 @@ def test_every_real_paper_declares_valid_metadata():
             assert param.help, f"{paper.name}: parameter {name} has no help comment"
             # papermill's own parser warns about (and mis-reads) a help comment holding '='
             assert "=" not in param.help, f"{paper.name}: help of {name} contains '='"
-        P.resolve_parameters(paper, profile="full")
+        registry.resolve_parameters(paper, profile="full")
 
 
 def test_stale_temporaries_of_dead_runs_are_cleaned(tmp_path):
     stale = tmp_path / "echo_paper" / ".tmp-20200101T000000Z-abc-999999999"
     stale.mkdir(parents=True)
-    P.cleanup_stale_temporaries(tmp_path)
+    runner.cleanup_stale_temporaries(tmp_path)
     assert not stale.exists()

@@ -15,7 +15,7 @@ from workbench import plots
 from workbench.convex import HarveyResult, SGDResult
 from workbench.experiments.schedules import RefinementResult, ScheduleRun
 from workbench.experiments.spectra import SharpnessRun
-from workbench.influence.evaluate import EvaluationRow
+from workbench.influence.validation import EvaluationRow
 from workbench.spectrum import Density, TraceEstimate
 
 RNG = np.random.default_rng(0)

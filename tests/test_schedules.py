@@ -190,7 +190,8 @@ def test_bound_curve_and_shapes():
 
 
 def test_grad_norm_callback_matches_direct_computation(key):
-    from workbench import data, tree
+    from workbench import data
+    from workbench.core import tree
 
     ds, _ = data.make_regression(key, 40, 3, dtype=jnp.float64)
     loss_fn = lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2)

@@ -10,8 +10,8 @@ import pytest
 import scipy.linalg
 
 from workbench import sketch as sk
-from workbench.sketch import evaluate
-from workbench.sketch.kronecker import balanced_output_dims
+from workbench.sketch import quality
+from workbench.sketch.kinds.kronecker import balanced_output_dims
 
 STRUCTURED = ("countsketch", "srht", "fjl", "ffd", "affd", "afjl", "qk", "kronecker")
 # every construction, with the pre-conditioner variants, and small factors so several modes run
@@ -201,7 +201,7 @@ def test_qk_is_the_papers_truncated_kronecker_of_orthogonal_rows(key):
 def test_qk_factors_are_haar_distributed(key):
     """A column of the first D rows of a Haar B x B matrix has ||.||^2 ~ Beta(D/2, (B-D)/2):
     check its mean and variance over draws, and that the entries are sign-symmetric."""
-    from workbench.sketch.affd import haar_orthogonal
+    from workbench.sketch.kinds.affd import haar_orthogonal
 
     qs = np.asarray(jax.jit(jax.vmap(lambda k: haar_orthogonal(k, 16, 4)))(jax.random.split(key, 3000)), np.float64)
     col = (qs[:, :, 0] ** 2).sum(1)
@@ -235,7 +235,7 @@ def test_theorem_3_1_ffd_norm_ratio_is_chi_square_one(d, key):
     hit coordinate, exactly, draw by draw; so P(ratio < 0.1) = 0.248 and P(|ratio - 1| > 0.5) =
     0.741 at every D, while AFFD and AFJL concentrate on the same input."""
     n, row = 4 * d, 3
-    x = evaluate.hadamard_row_input(n, d, which=1, row=row)
+    x = quality.hadamard_row_input(n, d, which=1, row=row)
     keys = jax.random.split(key, 2000)
     r = _ratios("ffd", key, jnp.asarray(x), d, num_keys=2000)
     g = np.asarray(jax.jit(jax.vmap(lambda k: sk.make("ffd", k, n, d).state["gauss"][1, row]))(keys), np.float64)

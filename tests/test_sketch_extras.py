@@ -10,9 +10,9 @@ from flax import nnx
 from workbench import curvature, models, spectrum
 from workbench import data as wd
 from workbench import sketch as sk
-from workbench import tree as tu
+from workbench.core import tree as tu
 from workbench.experiments.spectra import top_eigenvalues_exact_and_sketched
-from workbench.sketch import evaluate
+from workbench.sketch import quality
 
 
 @pytest.fixture(scope="module")
@@ -71,25 +71,25 @@ def test_intrinsic_dimension_full_subspace_matches_full_training(tiny, key):
 def test_correlation_table_and_one_block_input(key):
     k1, k2 = jax.random.split(jax.random.key(4))  # low rank: dot products spread widely
     g = jax.random.normal(k1, (20, 3), jnp.float64) @ jax.random.normal(k2, (3, 300), jnp.float64)
-    table = evaluate.dot_product_correlation(g, ["dense", "srht"], [2, 8], key, num_draws=3)
+    table = quality.dot_product_correlation(g, ["dense", "srht"], [2, 8], key, num_draws=3)
     assert table.pearson.shape == (2, 2, 3) and table.mean.shape == (2, 2)
     assert (table.mean[:, 1] > 0.97).all() and (table.mean[:, 0] < table.mean[:, 1]).all()
     assert table.smallest_log2_dim(0.97) == {"dense": 8, "srht": 8}
     assert table.smallest_log2_dim(1.01) == {"dense": None, "srht": None}
-    big = evaluate.dot_product_correlation(g, ["srht"], [10], key, num_draws=2)  # 2^10 > 512: cannot map up
+    big = quality.dot_product_correlation(g, ["srht"], [10], key, num_draws=2)  # 2^10 > 512: cannot map up
     assert np.isnan(big.pearson).all()
-    x = evaluate.one_block_input(256, 32, which=2)
+    x = quality.one_block_input(256, 32, which=2)
     assert np.flatnonzero(x).min() >= 64 and np.flatnonzero(x).max() < 96
     with pytest.raises(ValueError, match="does not fit"):
-        evaluate.one_block_input(64, 32, which=2)
+        quality.one_block_input(64, 32, which=2)
 
 
 def test_a_mistyped_option_is_an_error_not_a_nan_table(key):
     """dot_product_correlation used to swallow every ValueError into NaN entries."""
     grads = jax.random.normal(key, (6, 64))
     with pytest.raises((ValueError, TypeError)):
-        evaluate.dot_product_correlation(grads, ["affd"], [4], key, options={"affd": {"preconditioner": "fourier"}})
+        quality.dot_product_correlation(grads, ["affd"], [4], key, options={"affd": {"preconditioner": "fourier"}})
     with pytest.raises(ValueError):
-        evaluate.dot_product_correlation(grads, ["no_such_kind"], [4], key)
-    table = evaluate.dot_product_correlation(grads, ["dense"], [4, 7], key)  # 2^7 > 64: no entry, by design
+        quality.dot_product_correlation(grads, ["no_such_kind"], [4], key)
+    table = quality.dot_product_correlation(grads, ["dense"], [4, 7], key)  # 2^7 > 64: no entry, by design
     assert np.all(np.isfinite(np.asarray(table.pearson)[0, 0])) and np.all(np.isnan(np.asarray(table.pearson)[0, 1]))

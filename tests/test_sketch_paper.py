@@ -15,9 +15,9 @@ from flax import nnx
 from workbench import data as wd
 from workbench import models
 from workbench import sketch as sk
-from workbench import tree as tu
+from workbench.core import tree as tu
 from workbench.experiments import sketching as ex
-from workbench.sketch import evaluate
+from workbench.sketch import quality
 from workbench.sketch.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,11 +98,11 @@ def test_eigenvalue_errors_against_dense_references(key):
     rng = np.random.default_rng(0)
     q, _ = np.linalg.qr(rng.normal(size=(64, 64)))
     h = (q * np.concatenate([np.geomspace(50, 5, 10), np.full(54, 0.01)])) @ q.T
-    np.testing.assert_allclose(evaluate.top_eigenvalues(h, 10), np.linalg.eigvalsh(h)[::-1][:10], rtol=1e-10)
+    np.testing.assert_allclose(quality.top_eigenvalues(h, 10), np.linalg.eigvalsh(h)[::-1][:10], rtol=1e-10)
     s = sk.make("qk", key, 64, 16, max_factor=8)
     phi = np.asarray(s.apply(jnp.eye(64))).T
-    np.testing.assert_allclose(evaluate.sketched_matrix(s, jnp.asarray(h)), phi @ h @ phi.T, rtol=1e-9, atol=1e-12)
-    t = evaluate.eigenvalue_errors(jnp.asarray(h), ["srht", "affd"], [4, 6], key, k=10, num_draws=2)
+    np.testing.assert_allclose(quality.sketched_matrix(s, jnp.asarray(h)), phi @ h @ phi.T, rtol=1e-9, atol=1e-12)
+    t = quality.eigenvalue_errors(jnp.asarray(h), ["srht", "affd"], [4, 6], key, k=10, num_draws=2)
     assert t.rel_error.shape == (2, 2, 2)
     assert t.rel_error[0, 1].max() < 1e-8  # srht with D = N = 64 is orthogonal: exact eigenvalues
     assert t.smallest_log2_dim(1e-6)["srht"] == 6

@@ -1,4 +1,4 @@
-"""The one-draw random stream behind the paper kinds (`workbench.sketch.randomness`): exact
+"""The one-draw random stream behind the paper kinds (`workbench.sketch.kinds.randomness`): exact
 distributions, determinism (also across processes and under vmap), and the compile budget it buys
 (one threefry program per stream length, none in the initialisers)."""
 
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from workbench import sketch as sk
-from workbench.sketch import core, randomness
+from workbench.sketch import base as core
+from workbench.sketch.kinds import randomness
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAM_KINDS = ("fjl", "ffd", "affd", "afjl", "qk", "dense")
@@ -102,10 +103,10 @@ def test_one_threefry_program_per_stream_length_and_none_in_the_initialisers(key
 
 
 def test_norm_ratio_batches_divide_the_draws_and_do_not_change_the_ratios(key, monkeypatch):
-    from workbench.sketch import evaluate
+    from workbench.sketch import quality
 
-    assert [evaluate.even_batch(t, c) for t, c in ((2000, 32), (1210, 64), (2003, 32), (10, 32))] == [25, 55, 32, 10]
-    x = evaluate.hadamard_row_input(4 * 16, 16, which=1, row=1)
-    a = evaluate.norm_ratios("affd", x, 16, key, 60)
-    monkeypatch.setattr(evaluate, "KEY_BATCH", 7)  # 60 = 6 batches of ... 6 (largest divisor <= 7)
-    np.testing.assert_allclose(evaluate.norm_ratios("affd", x, 16, key, 60), a, rtol=1e-6)
+    assert [quality.even_batch(t, c) for t, c in ((2000, 32), (1210, 64), (2003, 32), (10, 32))] == [25, 55, 32, 10]
+    x = quality.hadamard_row_input(4 * 16, 16, which=1, row=1)
+    a = quality.norm_ratios("affd", x, 16, key, 60)
+    monkeypatch.setattr(quality, "KEY_BATCH", 7)  # 60 = 6 batches of ... 6 (largest divisor <= 7)
+    np.testing.assert_allclose(quality.norm_ratios("affd", x, 16, key, 60), a, rtol=1e-6)

@@ -9,7 +9,7 @@ from flax import nnx
 from workbench import data as wd
 from workbench import models
 from workbench import sketch as sk
-from workbench import tree as tu
+from workbench.core import tree as tu
 from workbench.sketch.store import open_store
 
 

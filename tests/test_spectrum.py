@@ -64,7 +64,7 @@ def test_lanczos_and_arnoldi_relations_and_jit(key):
     plain = spectrum.lanczos(op, key, 8, reorthogonalize=False)
     assert plain.basis is None  # early steps agree before orthogonality is lost
     np.testing.assert_allclose(plain.alphas, lz.alphas[:8], rtol=1e-8)
-    ar = spectrum.arnoldi(op, key, 25)
+    ar = spectrum.arnoldi_factorization(op, key, 25)
     np.testing.assert_allclose(ar.basis[:25] @ a @ ar.basis[:26].T, ar.hessenberg.T, atol=1e-12)
 
 
@@ -86,7 +86,7 @@ def test_breakdown_is_handled_not_nan(key):
     assert float(lz.betas[2]) == 0.0
     np.testing.assert_allclose(lz.basis @ lz.basis.T, np.eye(13), atol=1e-12)
     # Arnoldi keeps no spurious (near-zero) Ritz values: every Ritz value is a true eigenvalue.
-    ar = spectrum.arnoldi(op, key, 12)
+    ar = spectrum.arnoldi_factorization(op, key, 12)
     ritz = np.linalg.eigvals(np.asarray(ar.hessenberg[:12])).real
     assert np.min(np.abs(ritz[:, None] - np.array([1.0, 2.0, 3.0])), axis=1).max() < 1e-10
     for method in ("lanczos", "arnoldi"):
@@ -126,7 +126,7 @@ def test_bad_input(key):
     nan_op = curvature.from_matrix(jnp.full((4, 4), jnp.nan))
     for call in (lambda: spectrum.top_eigenpairs(nan_op, key, 2),
                  lambda: spectrum.lanczos(nan_op, key, 3),
-                 lambda: spectrum.arnoldi(nan_op, key, 3),
+                 lambda: spectrum.arnoldi_factorization(nan_op, key, 3),
                  lambda: spectrum.power_iteration(nan_op, key),
                  lambda: spectrum.spectral_density(nan_op, key, num_iters=3, num_probes=2),
                  lambda: spectrum.trace(nan_op, key, 8)):
@@ -148,7 +148,7 @@ def test_thick_restart_memory_is_one_krylov_basis():
     temporaries); it now combines rows in place, leaving one basis plus small blocks, in the
     first-pass program, in the restart program from scratch, and in the restart program
     continuing from the first pass's basis (donated: no second copy)."""
-    from workbench.spectrum.krylov import (
+    from workbench.spectrum.eigensolver import (
         _continued_state_shapes,
         _first_pass,
         _thick_restart_lanczos,

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from workbench import curvature, data, influence, models, pergrad, spectrum
+from workbench import curvature, data, influence, models, spectrum
 from workbench import sketch as sk
-from workbench.influence import core
-from workbench.spectrum import density, krylov
+from workbench.core import per_example as pergrad
+from workbench.influence import estimator as core
+from workbench.spectrum import density, eigensolver, krylov
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def small():
 
 
 def _programs():
-    return krylov._first_pass._cache_size(), krylov._thick_restart_lanczos._cache_size()
+    return eigensolver._first_pass._cache_size(), eigensolver._thick_restart_lanczos._cache_size()
 
 
 def test_top_eigenpairs_compiles_once_for_k_tol_and_restarts(small, key):

@@ -17,7 +17,7 @@ def test_sharpness_callback_matches_dense_and_plugs_into_train(key):
     callback = spectrum.sharpness_callback(fn.loss_fn, ds, key, k=2)
     result = train.train(fn.loss_fn, fn.params, ds, key, optimizer=optax.sgd(0.5), num_steps=6, callback=callback, callback_every=3, progress=False)
     assert list(result.history["callback_step"]) == [0, 3, 6]
-    from workbench.tree import ravel
+    from workbench.core.tree import ravel
 
     flat, unravel = ravel(result.params)
     dense = jax.jit(jax.hessian(lambda x: fn.loss_fn(unravel(x), ds)))(flat)

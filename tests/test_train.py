@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from workbench import data, models, train
-from workbench import tree as tu
+from workbench.core import tree as tu
 from workbench.experiments import digits
 
 

@@ -183,7 +183,7 @@ def test_hessian_spectrum_panel(logistic):
 
 def test_influence_panels(logistic):
     from workbench import influence
-    from workbench.influence import evaluate as ev
+    from workbench.influence import validation as ev
     from workbench.ui import influence as iu
 
     model, params, train, test, _ = logistic
@@ -287,7 +287,7 @@ def test_icl_panel():
 def test_unlearning_panel():
     from workbench.experiments import unlearning as X
     from workbench.ui.unlearning import unlearning_panel
-    from workbench.unlearning.evaluate import Scores
+    from workbench.unlearning.metrics import Scores
 
     def explore(method, kind, strength, num_steps):
         return X.Explored(method, Scores(0.1, 0.95, 0.9, 2.0, 0.1, 0.3), 0.52, 0.01, Scores(0.0, 0.96, 0.91, 3.0, 0.1, 0.3))
@@ -298,7 +298,7 @@ def test_unlearning_panel():
 
 
 def test_diffusion_panel():
-    from workbench.experiments import unlearning as X
+    from workbench.experiments import diffusion_unlearning as X
     from workbench.ui.unlearning import diffusion_panel
 
     def explore(method, forget_class, weight, num_steps):
@@ -335,7 +335,8 @@ def test_distributed_panel():
 def test_progress_is_quiet_under_the_runner_and_changes_no_result(monkeypatch, capsys):
     import optax
 
-    from workbench import progress, train
+    from workbench import train
+    from workbench.core import progress
 
     data = (jnp.arange(8.0), jnp.arange(8.0) * 2)
     loss = lambda p, b: jnp.mean((p * b[0] - b[1]) ** 2)  # noqa: E731

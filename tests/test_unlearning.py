@@ -12,7 +12,7 @@ from workbench import unlearning as U
 from workbench.data import Dataset
 from workbench.train import NonFiniteLossError
 from workbench.unlearning import diffusion as D
-from workbench.unlearning import evaluate as E
+from workbench.unlearning import metrics as E
 
 # ----------------------------------------------------------------------------- a small problem
 
@@ -401,7 +401,8 @@ def test_forget_class_methods_run_and_validate(tiny_diffusion, key):
 
 
 def test_panels_show_results_errors_and_history(capsys):
-    from workbench.experiments.unlearning import DiffusionRow, Explored, ExploredDiffusion
+    from workbench.experiments.diffusion_unlearning import DiffusionRow, ExploredDiffusion
+    from workbench.experiments.unlearning import Explored
     from workbench.ui import unlearning as UI
 
     sc = E.Scores(0.0, 0.99, 0.9, 5.0, 0.1, 0.3)

@@ -2,7 +2,7 @@
 
 Submodules are imported on use (`from workbench import curvature`); the package root only
 carries the two calls every notebook makes: `record(...)` and `save_figure(fig, name)`. Importing
-it turns on JAX's persistent compilation cache (`workbench.compilation_cache`: a folder under
+it turns on JAX's persistent compilation cache (`workbench.run.compilation_cache`: a folder under
 ~/.cache/workbench/jax, safe to delete; `WORKBENCH_JAX_CACHE=off` turns it off).
 
 Layers (a module imports only from its own layer or those above it; `tests/test_layers.py`
@@ -38,8 +38,8 @@ API convention, followed everywhere:
   looks like a result.
 """
 
-from workbench import compilation_cache as _compilation_cache
-from workbench.results import record, save_figure, show
+from workbench.run import compilation_cache as _compilation_cache
+from workbench.run.results import record, save_figure, show
 
 # JAX's persistent compilation cache, so a paper rerun loads its compiled programs instead of
 # compiling them again (see workbench/compilation_cache.py; WORKBENCH_JAX_CACHE=off turns it off).

@@ -21,10 +21,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from workbench import tree as tu
+from workbench.core import tree as tu
+from workbench.core.numerics import num_examples
+from workbench.core.per_example import mean_loss, per_example_losses
 from workbench.models import Functional
-from workbench.numerics import num_examples
-from workbench.pergrad import mean_loss, per_example_losses
 
 PyTree = Any
 KINDS = ("hessian", "ggn", "fisher")

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.numerics import num_examples  # noqa: F401 (re-exported: data.num_examples)
+from workbench.core.numerics import num_examples  # noqa: F401 (re-exported: data.num_examples)
 
 
 class Dataset(NamedTuple):

@@ -20,9 +20,9 @@ import numpy as np
 import optax
 from flax import serialization
 
-from workbench.numerics import num_examples
-from workbench.progress import bar
-from workbench.tree import check_same_structure
+from workbench.core.numerics import num_examples
+from workbench.core.progress import bar
+from workbench.core.tree import check_same_structure
 
 PyTree = Any
 NONFINITE_POLICIES = ("raise", "stop")

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.convex.problems import Problem, objective
-from workbench.numerics import check_positive_int
+from workbench.core.numerics import check_positive_int
 from workbench.schedules import last_iterate_bound, scaled, values
 
 

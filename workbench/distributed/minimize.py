@@ -34,7 +34,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from workbench import tree as tu
+from workbench.core import tree as tu
 from workbench.distributed.operator import _example_sum
 from workbench.distributed.sharding import AXIS, ShardedData, global_sum, replicate, to_host
 

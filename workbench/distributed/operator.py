@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench import curvature
+from workbench.core.per_example import per_example_losses
 from workbench.distributed.sharding import ShardedData, global_sum, replicate
-from workbench.pergrad import per_example_losses
 
 KINDS = curvature.KINDS
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench import tree as tu
+from workbench.core import tree as tu
 from workbench.distributed.launch import barrier
 from workbench.distributed.sharding import _allgather_host, _decode, _encode
 from workbench.sketch.store import (

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from workbench import data, influence, models
-from workbench.influence.evaluate import fit
+from workbench.influence.validation import fit
 
 PyTree = Any
 

@@ -9,9 +9,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from workbench.core.progress import bar
 from workbench.data import load_digits
 from workbench.models import MLP, LogisticRegression, accuracy, functional
-from workbench.progress import bar
 from workbench.schedules import (
     Refined,
     cosine,

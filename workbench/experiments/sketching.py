@@ -18,9 +18,9 @@ from flax import nnx
 from workbench import data as wd
 from workbench import models
 from workbench import sketch as sk
-from workbench import tree as tu
+from workbench.core import tree as tu
 from workbench.experiments.digits import fit_digits_mlp
-from workbench.sketch import evaluate
+from workbench.sketch import quality
 from workbench.train import train
 
 # ----------------------------------------------------------------------------- Theorems 3.1 / 3.3
@@ -43,9 +43,9 @@ def theorem_3_1_table(key: jax.Array, dims: Sequence[int] = (64, 256, 1024), *, 
     shape = (len(kinds), len(dims))
     p_below, p_far, q90 = np.zeros(shape), np.zeros(shape), np.zeros(shape)
     for j, d in enumerate(dims):
-        x = evaluate.hadamard_row_input(blocks * int(d), int(d), which=1, row=1).astype(np.float32)
+        x = quality.hadamard_row_input(blocks * int(d), int(d), which=1, row=1).astype(np.float32)
         for i, kind in enumerate(kinds):
-            r = evaluate.norm_ratios(kind, x, int(d), jax.random.fold_in(key, int(d)), num_draws)
+            r = quality.norm_ratios(kind, x, int(d), jax.random.fold_in(key, int(d)), num_draws)
             p_below[i, j], p_far[i, j] = np.mean(r < 0.1), np.mean(np.abs(r - 1) > 0.5)
             q90[i, j] = np.quantile(np.abs(r - 1), 0.9)
     return NormRatioTable(tuple(kinds), dims, p_below, p_far, q90, num_draws)
@@ -69,7 +69,7 @@ def qk_factor_table(key: jax.Array, splits: Sequence[tuple[int, int]] = ((32, 32
     var, pred, far = [], [], []
     for t, split in enumerate(splits):
         d = int(np.prod(split))
-        r = evaluate.norm_ratios("qk", x, d, jax.random.fold_in(key, t), num_draws, max_factor=factor, dims_out=tuple(split))
+        r = quality.norm_ratios("qk", x, d, jax.random.fold_in(key, t), num_draws, max_factor=factor, dims_out=tuple(split))
         var.append(r.var())
         pred.append(np.prod([1 + 2 * (factor - di) / (di * (factor + 2)) for di in split]) - 1)
         far.append(np.mean(np.abs(r - 1) > 0.5))
@@ -116,7 +116,7 @@ def dense_hessian(problem: GradientProblem, num_examples: int = 256) -> jax.Arra
     batch = problem.train_data.take(slice(0, num_examples))
     hvp = jax.jit(lambda v: jax.jvp(jax.grad(lambda w: problem.loss_fn(unravel(w), batch)), (flat,), (v,))[1])
     eye = jnp.eye(flat.size, dtype=flat.dtype)
-    return jax.lax.map(hvp, eye, batch_size=evaluate.even_batch(flat.size, 64))  # no remainder: one body to compile
+    return jax.lax.map(hvp, eye, batch_size=quality.even_batch(flat.size, 64))  # no remainder: one body to compile
 
 
 # ----------------------------------------------------------------------------- Table 1
@@ -147,11 +147,11 @@ def layer_restriction(problem: GradientProblem, hessian: jax.Array, key: jax.Arr
     exact = (g @ g.T)[iu]
     gl = g[:, lo:hi]
     r_layer = np.corrcoef(exact, (gl @ gl.T)[iu])[0, 1]
-    table = evaluate.dot_product_correlation(problem.grads, [kind], [log_d], key, num_draws=num_draws)
+    table = quality.dot_product_correlation(problem.grads, [kind], [log_d], key, num_draws=num_draws)
     h = np.asarray(hessian, np.float64)
-    top = evaluate.top_eigenvalues(h, k)
-    err_layer = float(np.mean(np.abs(evaluate.top_eigenvalues(h[lo:hi, lo:hi], k) / top - 1)))
-    eig = evaluate.eigenvalue_errors(hessian, [kind], [log_d], key, k=k, num_draws=num_draws)
+    top = quality.top_eigenvalues(h, k)
+    err_layer = float(np.mean(np.abs(quality.top_eigenvalues(h[lo:hi, lo:hi], k) / top - 1)))
+    eig = quality.eigenvalue_errors(hessian, [kind], [log_d], key, k=k, num_draws=num_draws)
     return RestrictionResult(jax.tree_util.keystr(leaves[idx][0]), hi - lo, log_d, float(r_layer),
                              table.pearson[0, 0], err_layer, eig.rel_error[0, 0])
 

@@ -1,11 +1,10 @@
 """Recipes for the unlearning papers: digits classifiers trained from many seeds in one vmapped
 call, forget sets (a class, a random 5%, a class-skewed 5%), every method judged against
-retrained oracles (accuracies, KLoM, MIA, time), the gradient-ascent cliff, the SSD alpha sweep;
-and the tiny digits diffusion model with class forgetting judged by integrity."""
+retrained oracles (accuracies, KLoM, MIA, time), the gradient-ascent cliff, the SSD alpha sweep.
+The diffusion model's class forgetting is `workbench.experiments.diffusion_unlearning`."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -17,12 +16,11 @@ from flax import nnx
 
 from workbench import train
 from workbench import unlearning as U
+from workbench.core.progress import bar
 from workbench.data import Dataset, load_digits
 from workbench.experiments.timing import best_time
 from workbench.models import MLP, functional
-from workbench.progress import bar
-from workbench.unlearning import diffusion as D
-from workbench.unlearning import evaluate as E
+from workbench.unlearning import metrics as E
 
 FORGET_KINDS = ("class", "random", "skewed")
 
@@ -350,114 +348,6 @@ def ssd_sweep(kind: str = "class", alphas: Sequence[float] = (1, 2, 5, 10, 20), 
                       float(retrain_secs), oracle)
 
 
-# ----------------------------------------------------------------------------- diffusion
-
-
-class DiffusionSetup(NamedTuple):
-    """Digits in [-1, 1], a trained denoiser, and a digits classifier for features and accuracy."""
-
-    data: Dataset
-    model: D.Model
-    params: Any
-    losses: np.ndarray
-    classifier: Callable  # images in [-1, 1] [n, 64] -> logits
-    features: Callable  # images -> hidden features of the classifier
-    seconds: float
-
-
-_DIFFUSION: dict = {}
-
-
-def diffusion_setup(hidden: int = 256, num_steps: int = 3000, batch_size: int = 128, learning_rate: float = 2e-3,
-                    seed: int = 0) -> DiffusionSetup:
-    """Train the class-conditional denoiser on all 1797 digits and a 64-64-10 classifier (cached)."""
-    config = (hidden, num_steps, batch_size, learning_rate, seed)
-    if config in _DIFFUSION:
-        return _DIFFUSION[config]
-    tr, te = load_digits(seed=seed)
-    data = Dataset(jnp.concatenate([tr.x, te.x]) * 2 - 1, jnp.concatenate([tr.y, te.y]))
-    key = jax.random.key(seed)
-    k_model, k_train, k_cls = jax.random.split(key, 3)
-    model = D.denoiser(k_model, hidden=hidden)
-    t0 = time.perf_counter()
-    params, losses = D.train_denoiser(model, data, k_train, learning_rate=learning_rate, num_steps=num_steps,
-                                      batch_size=batch_size)
-    secs = time.perf_counter() - t0
-    f = functional(MLP(64, [64], 10, rngs=nnx.Rngs(seed)), l2=1e-4)
-    cls = train.optimize(f.loss_fn, f.params, data, k_cls, optimizer=optax.adam(1e-2), num_steps=600,
-                         batch_size=128)[0]
-    w1, b1 = cls["layers"][0]["kernel"], cls["layers"][0]["bias"]
-    features = jax.jit(lambda x: jnp.tanh(x @ w1 + b1))
-    classifier = jax.jit(lambda x: f.predict_fn(cls, x))
-    out = DiffusionSetup(data, model, params, losses, classifier, features, secs)
-    _DIFFUSION[config] = out
-    return out
-
-
-class DiffusionRow(NamedTuple):
-    """One forgetting method: forget-class accuracy of its samples (lower = forgotten), retain-class
-    accuracy, Frechet distance to real retain digits (classifier features), integrity distances
-    on retain classes (pixel RMSE, feature L2) and their noise floors, and its time."""
-
-    method: str
-    forget_accuracy: float
-    retain_accuracy: float
-    frechet: float
-    integrity_pixel: float
-    integrity_feature: float
-    floor_pixel: float
-    floor_feature: float
-    seconds: float
-
-
-def diffusion_methods(ds: DiffusionSetup, forget_class: int = 0, methods: Sequence[str] = D.FORGETTING,
-                      num_steps: int = 300, weight: float = 1.0, learning_rate: float = 1e-3,
-                      samples_per_class: int = 50, sample_steps: int = 25, seed: int = 0,
-                      target_class: int | None = None) -> tuple[list[DiffusionRow], dict[str, Any]]:
-    """Forget `forget_class` by each method and judge the samples; also returns each method's params."""
-    key = jax.random.key(seed + 1)
-    k_forget, k_int, k_fd = jax.random.split(key, 3)
-    y = np.asarray(ds.data.y)
-    forget = ds.data.take(np.flatnonzero(y == forget_class))
-    retain = ds.data.take(np.flatnonzero(y != forget_class))
-    retain_classes = [c for c in range(10) if c != forget_class]
-    labels_r = jnp.asarray(np.repeat(retain_classes, samples_per_class))
-    labels_f = jnp.full((samples_per_class,), forget_class)
-    real_r = retain.x
-    rows, all_params = [], {"original": ds.params}
-    for name in ["original", *methods]:
-        if name == "original":
-            params, secs = ds.params, 0.0
-        else:
-            t0 = time.perf_counter()
-            params = D.forget_class(name, ds.model, ds.params, forget, retain, k_forget, num_steps=num_steps,
-                                    weight=weight, learning_rate=learning_rate, target_class=target_class).params
-            secs = time.perf_counter() - t0
-            all_params[name] = params
-        noise_f = jax.random.normal(k_fd, (labels_f.shape[0], 64))
-        xf = D.sample(ds.model, params, labels_f, noise_f, sample_steps)
-        integ = D.integrity(ds.model, ds.params, params, labels_r, k_int, feature_fn=ds.features,
-                            num_steps=sample_steps)
-        xr = D.sample(ds.model, params, labels_r, jax.random.normal(k_int, (labels_r.shape[0], 64)), sample_steps)
-        acc_f = float(jnp.mean(jnp.argmax(ds.classifier(xf), -1) == forget_class))
-        acc_r = float(jnp.mean(jnp.argmax(ds.classifier(xr), -1) == labels_r))
-        fd = D.frechet_distance(np.asarray(ds.features(xr)), np.asarray(ds.features(real_r)))
-        rows.append(DiffusionRow(name, acc_f, acc_r, fd, integ.pixel, integ.feature, integ.pixel_floor,
-                                 integ.feature_floor, secs))
-    return rows, all_params
-
-
-def sample_grid(ds: DiffusionSetup, params_by_method: dict[str, Any], per_class: int = 2, seed: int = 0,
-                sample_steps: int = 25) -> tuple[np.ndarray, list[str]]:
-    """Images [methods, per_class * 10, 8, 8] in [0, 1] drawn with one shared noise per column."""
-    labels = jnp.asarray(np.tile(np.arange(10), per_class))
-    noise = jax.random.normal(jax.random.key(seed + 7), (labels.shape[0], 64))
-    names = list(params_by_method)
-    imgs = [np.asarray(D.sample(ds.model, params_by_method[n], labels, noise, sample_steps)) for n in names]
-    order = np.argsort(np.asarray(labels), kind="stable")
-    return (np.stack(imgs)[:, order].reshape(len(names), -1, 8, 8) + 1) / 2, names
-
-
 # ----------------------------------------------------------------------------- exploration (panels)
 
 
@@ -496,21 +386,3 @@ def explore(method: str = "gradient_ascent", kind: str = "class", strength: floa
     oracle = E.stacked_scores(setup.predict_fn, oracles, s.forget, s.retain, setup.test_data)
     return Explored(method, sc, E.mia(setup.predict_fn, out, s.forget, setup.test_data), secs,
                     type(oracle)(*[float(np.mean(v)) for v in oracle]))
-
-
-class ExploredDiffusion(NamedTuple):
-    """One class-forgetting run: its table row and a sample grid (original vs unlearned)."""
-
-    row: DiffusionRow
-    images: np.ndarray
-    names: list[str]
-
-
-def explore_diffusion(ds: DiffusionSetup, method: str = "remap_distill", forget_class: int = 0,
-                      weight: float = 1.0, num_steps: int = 200, seed: int = 0) -> ExploredDiffusion:
-    """Forget `forget_class` from the trained denoiser by `method` at `weight` (strength of the
-    forget term) and judge it as `diffusion_methods` does."""
-    rows, params = diffusion_methods(ds, forget_class, methods=[method], num_steps=num_steps, weight=weight,
-                                     samples_per_class=20, seed=seed)
-    images, names = sample_grid(ds, params, per_class=1, seed=seed)
-    return ExploredDiffusion(rows[-1], images, names)

@@ -19,17 +19,19 @@ Estimators (`ESTIMATORS`): `exact` (dense inverse Hessian, small models), `grad_
 `arnoldi` (on `workbench.spectrum`) and `trak` (on `workbench.sketch` stores).
 
 Ground-truth evaluations (leave-one-out, LDS, mislabel detection, correcting mispredictions,
-influence fading) live in `workbench.influence.evaluate`.
+influence fading) live in `workbench.influence.validation`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from workbench.core.numerics import check_finite, num_examples
+from workbench.core.per_example import mean_loss
 from workbench.influence import arnoldi as arnoldi_module  # noqa: F401 (TAIL_SPREAD_WARNING etc.)
-from workbench.influence import evaluate
+from workbench.influence import validation
 from workbench.influence.arnoldi import arnoldi
-from workbench.influence.core import Estimator, Ranked
+from workbench.influence.estimator import Estimator, Ranked
 from workbench.influence.gradient import grad_cos, grad_dot, tracin
 from workbench.influence.inverse import (
     DampingChoice,
@@ -40,8 +42,6 @@ from workbench.influence.inverse import (
 from workbench.influence.iterative import cg, lissa
 from workbench.influence.trak import margin_output, trak  # noqa: F401 (margin_output is public API)
 from workbench.models import Functional
-from workbench.numerics import check_finite, num_examples
-from workbench.pergrad import mean_loss
 
 ESTIMATORS: dict[str, Callable[..., Estimator]] = {
     "exact": exact,
@@ -105,7 +105,7 @@ __all__ = [
     "Ranked",
     "damping_above_min_eigenvalue",
     "dense_hessian",
-    "evaluate",
+    "validation",
     "exact",
     "grad_cos",
     "grad_dot",

@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from workbench.influence.core import Estimator, check_damping, grad_featurizer
+from workbench.core.per_example import example_loss
+from workbench.influence.estimator import Estimator, check_damping, grad_featurizer
 from workbench.influence.iterative import curvature_operator
-from workbench.pergrad import example_loss
 
 
 @functools.lru_cache(maxsize=64)

@@ -16,14 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from workbench import tree as tu
-from workbench.influence.core import (
+from workbench.core import tree as tu
+from workbench.core.numerics import check_finite
+from workbench.core.per_example import flat_per_example_grads
+from workbench.influence.estimator import (
     Estimator,
     grad_featurizer,
     identity_precondition,
 )
-from workbench.numerics import check_finite
-from workbench.pergrad import flat_per_example_grads
 
 
 def grad_dot(loss_fn: Callable, params, train_data, *, measure_fn: Callable | None = None,

@@ -15,13 +15,13 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from workbench.influence.core import (
+from workbench.core.numerics import num_examples
+from workbench.influence.estimator import (
     Estimator,
     check_damping,
     grad_featurizer,
     matrix_precondition,
 )
-from workbench.numerics import num_examples
 
 MAX_EXACT_PARAMS = 20_000
 

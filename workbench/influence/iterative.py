@@ -16,8 +16,13 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from workbench import curvature
-from workbench.influence.core import Estimator, check_damping, check_loss_finite, grad_featurizer
-from workbench.numerics import default_tol
+from workbench.core.numerics import default_tol
+from workbench.influence.estimator import (
+    Estimator,
+    check_damping,
+    check_loss_finite,
+    grad_featurizer,
+)
 
 
 def curvature_operator(loss_fn: Callable, params, train_data, kind: str = "hessian", **operator_options):

@@ -23,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench import sketch as sk
-from workbench import tree as tu
-from workbench.influence.core import Estimator, _host_features
-from workbench.numerics import check_finite, num_examples
-from workbench.pergrad import sketched_per_example_grads
+from workbench.core import tree as tu
+from workbench.core.numerics import check_finite, num_examples
+from workbench.core.per_example import sketched_per_example_grads
+from workbench.influence.estimator import Estimator, _host_features
 
 
 def _stack(trees):

@@ -8,7 +8,7 @@ stability, `influence` the influence-function evaluations (predicted vs retraine
 proponents, LDS and mislabel AUC, fading, correcting mispredictions), `schedules` learning-rate
 schedules, their last-iterate bounds and refinement, `convex` the SGD suboptimality quantiles and
 the Harvey construction. Plots sit in the presentation layer: they may import any capability or
-experiment for its result types, and only notebooks, `workbench.ui` and `workbench.papers` import
+experiment for its result types, and only notebooks, `workbench.ui` and `workbench.run.papers` import
 them.
 """
 

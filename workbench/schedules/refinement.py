@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage
 
-from workbench.numerics import num_examples
+from workbench.core.numerics import num_examples
+from workbench.core.tree import vdot
 from workbench.schedules.bounds import _check_grad_norms
 from workbench.schedules.shapes import Schedule, from_values
-from workbench.tree import vdot
 
 
 class Refined(NamedTuple):

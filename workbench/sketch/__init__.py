@@ -24,12 +24,12 @@ Stores written before format 2 by a kind whose map changed are refused (`store.C
 - `fwht(x, block_size)`: the orthonormal fast Walsh-Hadamard transform.
 """
 
-from workbench.sketch import affd, dense, fastfood, kronecker, qk, sparse  # noqa: F401  (register kinds)
-from workbench.sketch.core import FAMILIES, Sketch, for_params, make, ravel_leaves
+from workbench.sketch import kinds  # noqa: F401  (registers every kind)
+from workbench.sketch.base import FAMILIES, Sketch, for_params, make, ravel_leaves
 from workbench.sketch.gradients import sketch_gradient
-from workbench.sketch.hadamard import DEFAULT_BLOCK_SIZE, fwht
 from workbench.sketch.intrinsic import IntrinsicResult, intrinsic_dimension
 from workbench.sketch.intrinsic_search import SearchResult, intrinsic_search
+from workbench.sketch.kinds.hadamard import DEFAULT_BLOCK_SIZE, fwht
 from workbench.sketch.operator import sketched_operator
 from workbench.sketch.store import GradientStore, open_store, per_example_gradients
 

@@ -16,8 +16,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from workbench import tree as tu
-from workbench.sketch.core import Sketch
+from workbench.core import tree as tu
+from workbench.sketch.base import Sketch
 
 METHODS = ("explicit", "implicit")
 

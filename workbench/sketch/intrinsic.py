@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from workbench import tree as tu
-from workbench.numerics import check_positive_int
-from workbench.sketch.core import make
+from workbench.core import tree as tu
+from workbench.core.numerics import check_positive_int
+from workbench.sketch.base import make
 from workbench.train import optimize
 
 NESTED_KINDS = ("dense", "srht", "affd", "afjl")  # a prefix of rows of one is one of the same kind

@@ -32,8 +32,8 @@ import numpy as np
 import optax
 
 from workbench import train
-from workbench import tree as tu
-from workbench.sketch.core import make
+from workbench.core import tree as tu
+from workbench.sketch.base import make
 
 NESTED_KINDS = ("dense", "srht", "affd", "afjl", "qk")
 

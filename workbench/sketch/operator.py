@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 
 from workbench.curvature import LinearOperator
-from workbench.sketch.core import Sketch
+from workbench.sketch.base import Sketch
 
 
 def _sketched_product(args, y):

@@ -34,9 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench import tree as tu
-from workbench.pergrad import example_loss, sketched_per_example_grads
-from workbench.sketch.core import Sketch
+from workbench.core import tree as tu
+from workbench.core.per_example import example_loss, sketched_per_example_grads
+from workbench.sketch.base import Sketch
 from workbench.sketch.gradients import implicit_grad_fn
 
 STORE_ATTR = "workbench_sketch_store"
@@ -223,7 +223,7 @@ def per_example_gradients(
     `method="implicit"` sketches each gradient as d/dw loss(theta0 + Phi^T w, example) at w = 0
     (`workbench.sketch.gradients`): the same numbers by another route (stores do not record it).
     """
-    from workbench.progress import bar
+    from workbench.core.progress import bar
 
     n_params = tu.size(params)
     if method not in ("explicit", "implicit"):

@@ -1,6 +1,8 @@
 """Spectra of curvature operators: eigensolvers, spectral density, traces, sharpness.
 
-- `krylov`: `power_iteration`, `lanczos`, `arnoldi`, `top_eigenpairs` (thick-restart Lanczos);
+- `krylov`: the factorizations `power_iteration`, `lanczos`, `arnoldi_factorization`, and
+  `ritz_pairs` read off them;
+- `eigensolver`: `top_eigenpairs` (thick-restart Lanczos, or one Arnoldi factorization);
 - `density`: `spectral_density` (stochastic Lanczos quadrature), `trace` (Hutchinson, Hutch++,
   XTrace, each with a standard error);
 - `sharpness`: the top Hessian eigenvalue as a training callback.
@@ -14,17 +16,16 @@ from workbench.spectrum.density import (
     trace,
     wasserstein_to_eigenvalues,
 )
+from workbench.spectrum.eigensolver import EigenResult, top_eigenpairs
 from workbench.spectrum.krylov import (
     ArnoldiResult,
-    EigenResult,
     LanczosResult,
     PowerResult,
     RitzPairs,
-    arnoldi,
+    arnoldi_factorization,
     lanczos,
     power_iteration,
     ritz_pairs,
-    top_eigenpairs,
     tridiagonal,
 )
 from workbench.spectrum.sharpness import (
@@ -34,6 +35,6 @@ from workbench.spectrum.sharpness import (
 
 __all__ = [
     "ArnoldiResult", "Density", "EigenResult", "LanczosResult", "PowerResult", "TraceEstimate",
-    "RitzPairs", "arnoldi", "lanczos", "ritz_pairs", "power_iteration", "spectral_density", "top_eigenpairs",
+    "RitzPairs", "arnoldi_factorization", "lanczos", "ritz_pairs", "power_iteration", "spectral_density", "top_eigenpairs",
     "trace", "tridiagonal", "sharpness", "sharpness_callback", "wasserstein_to_eigenvalues",
 ]

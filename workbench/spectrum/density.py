@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.numerics import quick_compile_on_cpu
+from workbench.core.numerics import quick_compile_on_cpu
 from workbench.spectrum.krylov import (
     _check_finite,
     _check_iters,

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench import curvature
-from workbench.numerics import default_tol
-from workbench.spectrum.krylov import _output_count, _thick_restart_lanczos
+from workbench.core.numerics import default_tol
+from workbench.spectrum.eigensolver import _output_count, _thick_restart_lanczos
 
 
 @functools.lru_cache(maxsize=64)

@@ -82,7 +82,7 @@ def lds_panel(problems: Mapping[str, tuple[Mapping[str, Callable], Any]], test_d
     `builders[estimator]().scores(test_data)` against the subset-retraining truth."""
     import ipywidgets as w
 
-    from workbench.influence import evaluate as ev
+    from workbench.influence import validation as ev
     from workbench.plots.influence import lds_per_test
 
     names = list(problems)

@@ -38,7 +38,7 @@ def unlearning_panel(fn: Callable[..., Any], methods=("gradient_ascent", "neggra
 
 def diffusion_panel(fn: Callable[..., Any], methods=("ascent", "remap", "remap_distill")) -> Panel:
     """Method, forget class, strength (weight of the forget term) and steps for `fn` (e.g.
-    `functools.partial(workbench.experiments.unlearning.explore_diffusion, setup)`), showing the
+    `functools.partial(workbench.experiments.diffusion_unlearning.explore_diffusion, setup)`), showing the
     samples; the history keeps integrity (beside its noise floor), accuracy and Frechet distance."""
     import ipywidgets as w
 

@@ -14,7 +14,7 @@ for it, and the integrity metric of Schioppa, Hoogeboom & Heek (2024): the dista
 original and the unlearned model's samples for the same class and the same initial noise.
 """
 
-from workbench.unlearning import diffusion, evaluate, matching, methods
+from workbench.unlearning import diffusion, matching, methods, metrics
 from workbench.unlearning.batch import METHODS, many
 from workbench.unlearning.matching import (
     datamodel_matching,
@@ -23,19 +23,18 @@ from workbench.unlearning.matching import (
     oracle_matching,
 )
 from workbench.unlearning.methods import (
-    Split,
     Unlearned,
     fisher_diagonal,
     gradient_ascent,
     neggrad_plus,
     retrain,
     scrub,
-    split,
     ssd,
 )
+from workbench.unlearning.sets import Split, split
 
 __all__ = [
     "METHODS", "Split", "Unlearned", "datamodel_matching", "datamodel_targets", "diffusion",
-    "evaluate", "fisher_diagonal", "matching", "methods", "gradient_ascent", "many", "match_outputs", "neggrad_plus", "oracle_matching",
+    "metrics", "fisher_diagonal", "matching", "methods", "gradient_ascent", "many", "match_outputs", "neggrad_plus", "oracle_matching",
     "retrain", "scrub", "split", "ssd",
 ]

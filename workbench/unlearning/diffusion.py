@@ -32,7 +32,8 @@ import optax
 from flax import nnx
 
 from workbench.train import NonFiniteLossError, batch_indices, step
-from workbench.unlearning.methods import Unlearned, check_sets
+from workbench.unlearning.methods import Unlearned
+from workbench.unlearning.sets import check_sets
 
 PyTree = Any
 

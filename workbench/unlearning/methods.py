@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from workbench.train import NonFiniteLossError, batch_indices, step
+from workbench.unlearning.sets import check_sets, is_traced
 
 PyTree = Any
 OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam}
@@ -37,112 +38,6 @@ class Unlearned(NamedTuple):
     params: PyTree
     losses: jax.Array
     selected: jax.Array
-
-
-class Split(NamedTuple):
-    """A training set cut into the examples to forget and those to keep, with their indices."""
-
-    forget: PyTree
-    retain: PyTree
-    forget_indices: np.ndarray
-    retain_indices: np.ndarray
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-def _num(data: PyTree, name: str) -> int:
-    leaves = jax.tree.leaves(data)
-    if not leaves:
-        raise ValueError(f"{name} holds no arrays")
-    sizes = {int(np.shape(a)[0]) if np.ndim(a) else -1 for a in leaves}
-    if len(sizes) != 1 or -1 in sizes:
-        raise ValueError(f"{name}: every array needs the same leading example axis, got sizes {sorted(sizes)}")
-    return sizes.pop()
-
-
-def _row_keys(data: PyTree) -> list[bytes]:
-    """One hashable key per example: the bytes of all its leaves."""
-    leaves = [np.ascontiguousarray(np.asarray(a).reshape(np.shape(a)[0], -1)) for a in jax.tree.leaves(data)]
-    return [b"".join(leaf[i].tobytes() for leaf in leaves) for i in range(leaves[0].shape[0])]
-
-
-def _is_tracer(tree: PyTree) -> bool:
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
-
-
-def check_sets(forget: PyTree, retain: PyTree) -> tuple[int, int]:
-    """Both sets non-empty, with one structure; no forget example appears in the retain set."""
-    n_f, n_r = _num(forget, "forget"), _num(retain, "retain")
-    if n_f == 0:
-        raise ValueError("forget is empty: there is nothing to unlearn (pass at least one example)")
-    if n_r == 0:
-        raise ValueError("retain is empty: every method needs examples to keep")
-    if jax.tree.structure(forget) != jax.tree.structure(retain):
-        raise ValueError(f"forget and retain need one structure, got {jax.tree.structure(forget)} "
-                         f"and {jax.tree.structure(retain)}")
-    if _is_tracer(forget) or _is_tracer(retain):
-        return n_f, n_r
-    for name, data in (("forget", forget), ("retain", retain)):
-        for leaf in jax.tree.leaves(data):
-            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) and not np.all(np.isfinite(np.asarray(leaf))):
-                raise ValueError(f"{name} contains NaN or infinite values")
-    shared = set(_row_keys(forget)) & set(_row_keys(retain))
-    if shared:
-        raise ValueError(f"retain overlaps forget: {len(shared)} forget example(s) also appear in retain; "
-                         "an example cannot be both forgotten and kept (build the sets with unlearning.split)")
-    return n_f, n_r
-
-
-def split(train_data: PyTree, forget, retain=None) -> Split:
-    """Cut `train_data` into (forget, retain).
-
-    `forget` is an integer index array, a boolean mask over the examples, or a pytree of examples
-    (matched to rows of `train_data` exactly). `retain` (indices) defaults to every other example.
-    Raises ValueError when the forget set is empty, has indices out of range or repeated, holds
-    examples that are not in `train_data`, or when `retain` overlaps it.
-    """
-    n = _num(train_data, "train_data")
-    if isinstance(forget, (np.ndarray, jax.Array, list, range)):  # indices or a mask
-        idx = np.asarray(forget)
-        if idx.dtype == bool:
-            if idx.shape != (n,):
-                raise ValueError(f"a boolean forget mask needs shape ({n},), got {idx.shape}")
-            idx = np.flatnonzero(idx)
-        elif idx.size and not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError(f"forget indices must be integers, got dtype {idx.dtype}")
-        idx = idx.astype(np.int64)
-    else:  # examples: find them in the training set
-        keys = {k: i for i, k in enumerate(_row_keys(train_data))}
-        try:
-            rows = _row_keys(forget)
-        except (ValueError, IndexError) as err:
-            raise ValueError(f"forget must be indices, a mask or examples shaped like train_data: {err}") from err
-        missing = [j for j, k in enumerate(rows) if k not in keys]
-        if missing:
-            raise ValueError(f"forget is not a subset of train_data: {len(missing)} of its {len(rows)} examples "
-                             f"(e.g. row {missing[0]}) are not in the training set")
-        idx = np.asarray([keys[k] for k in rows], dtype=np.int64)
-    if idx.size == 0:
-        raise ValueError("forget is empty: there is nothing to unlearn (pass at least one example)")
-    if idx.min() < 0 or idx.max() >= n:
-        raise ValueError(f"forget indices must lie in [0, {n}) (the training set), got range "
-                         f"[{idx.min()}, {idx.max()}]: forget is not a subset of train_data")
-    if np.unique(idx).size != idx.size:
-        raise ValueError("forget indices repeat an example")
-    if retain is None:
-        ridx = np.setdiff1d(np.arange(n), idx)
-    else:
-        ridx = np.asarray(retain, dtype=np.int64)
-        if ridx.size and (ridx.min() < 0 or ridx.max() >= n):
-            raise ValueError(f"retain indices must lie in [0, {n})")
-        both = np.intersect1d(idx, ridx)
-        if both.size:
-            raise ValueError(f"retain overlaps forget: {both.size} example(s), e.g. index {both[0]}, are in both")
-    if ridx.size == 0:
-        raise ValueError("retain is empty: forgetting every training example leaves nothing to keep")
-    take = lambda ix: jax.tree.map(lambda a: a[ix], train_data)
-    return Split(take(idx), take(ridx), idx, ridx)
 
 
 def _positive(value, name: str) -> float:
@@ -168,7 +63,7 @@ def _optimizer(name: str):
 def _finish(method: str, result: Unlearned, hint: str) -> Unlearned:
     """Raise when the objective or the params became NaN/inf (skipped under tracing; `many`
     checks after its vmapped call)."""
-    if _is_tracer(result):
+    if is_traced(result):
         return result
     losses = np.asarray(result.losses)
     bad = np.argwhere(~np.isfinite(losses))
@@ -425,7 +320,7 @@ def ssd(loss_fn: Callable, params: PyTree, forget: PyTree, retain: PyTree, key: 
                          f"always (F_full averages F_forget with weight |D_f|/|D|); choose alpha < {bound:.4g}")
     dt = _dtype(params)
     out = _ssd(loss_fn, int(chunk_size), params, forget, retain, jnp.asarray(alpha, dt), jnp.asarray(lam, dt))
-    if not _is_tracer(out) and float(out.selected) == 0.0:
+    if not is_traced(out) and float(out.selected) == 0.0:
         raise ValueError(f"alpha={alpha} selected no weight (no parameter has F_forget > alpha * F_full); "
                          "the model would be unchanged: lower alpha")
     return _finish("ssd", out, "the Fisher diagonals are not finite; check params and data")

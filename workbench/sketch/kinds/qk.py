@@ -29,9 +29,9 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.sketch.affd import haar_rows
-from workbench.sketch.core import Family, cast, pad_to, register
-from workbench.sketch.kronecker import mode_products, mode_products_transpose
+from workbench.sketch.base import Family, cast, pad_to, register
+from workbench.sketch.kinds.affd import haar_rows
+from workbench.sketch.kinds.kronecker import mode_products, mode_products_transpose
 
 
 def greedy_split(n: int, cap: int) -> tuple[int, ...]:

@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from workbench.core.numerics import num_examples
 from workbench.data import Dataset
-from workbench.influence.core import check_like_training
-from workbench.influence.evaluate.metrics import Correlations, correlations, spearman_rows
-from workbench.influence.evaluate.retraining import outputs, retrain
-from workbench.numerics import num_examples
+from workbench.influence.estimator import check_like_training
+from workbench.influence.validation.metrics import Correlations, correlations, spearman_rows
+from workbench.influence.validation.retraining import outputs, retrain
 
 
 class LOOResult(NamedTuple):

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.sketch.core import for_params, make
-from workbench.sketch.hadamard import _hadamard_np
+from workbench.sketch.base import for_params, make
+from workbench.sketch.kinds.hadamard import _hadamard_np
 
 PER_LEAF = "kronecker_per_leaf"  # our Kronecker sketch with one pair per params leaf (`for_params`)
 KEY_BATCH = 32  # draws vmapped at once: XLA CPU stalls on a vmapped QR + matmul batch of ~100 or more (QK)

@@ -14,7 +14,7 @@ Sign convention (the same for every estimator): **score > 0 means that removing 
 example would increase the test loss**, i.e. the example helps the test prediction (a
 proponent); score < 0 marks an opponent. For the exact influence function, removing z_i from
 the training objective mean_j loss_fn(params, z_j) and retraining changes the test loss by
-about score / (n_train - 1) (see `workbench.influence.evaluate.loo`).
+about score / (n_train - 1) (see `workbench.influence.validation.loo`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.numerics import check_finite, num_examples
-from workbench.pergrad import flat_per_example_grads, map_chunks, per_example_losses
+from workbench.core.numerics import check_finite, num_examples
+from workbench.core.per_example import flat_per_example_grads, map_chunks, per_example_losses
 
 PyTree = Any
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from workbench.numerics import num_examples
+from workbench.core.numerics import num_examples
 
 PyTree = Any
 

@@ -9,13 +9,13 @@
   as training continues after it (and how far the two runs' parameters drift apart).
 """
 
-from workbench.influence.evaluate.dynamics import (
+from workbench.influence.validation.dynamics import (
     CorrectionResult,
     FadingResult,
     correct_mispredictions,
     fading,
 )
-from workbench.influence.evaluate.ground_truth import (
+from workbench.influence.validation.ground_truth import (
     LDSGroundTruth,
     LDSResult,
     LOOResult,
@@ -26,14 +26,14 @@ from workbench.influence.evaluate.ground_truth import (
     loo_correlation,
     loo_summary,
 )
-from workbench.influence.evaluate.metrics import (
+from workbench.influence.validation.metrics import (
     Correlations,
     auc,
     correlations,
     pearson_rows,
     spearman_rows,
 )
-from workbench.influence.evaluate.report import (
+from workbench.influence.validation.report import (
     Comparison,
     EstimatorScore,
     EvaluationRow,
@@ -43,7 +43,7 @@ from workbench.influence.evaluate.report import (
     markdown_table,
     mislabel_aucs,
 )
-from workbench.influence.evaluate.retraining import (
+from workbench.influence.validation.retraining import (
     RetrainResult,
     fit,
     outputs,

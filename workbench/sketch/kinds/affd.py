@@ -48,8 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.sketch.core import Family, cast, pad_to, register
-from workbench.sketch.hadamard import _hadamard_np, next_power_of_two
+from workbench.sketch.base import Family, cast, pad_to, register
+from workbench.sketch.kinds.hadamard import _hadamard_np, next_power_of_two
 
 
 def kron_apply(x, mats, dims):

@@ -19,11 +19,11 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from workbench.influence.core import check_like_training
-from workbench.influence.evaluate.metrics import pearson_rows, spearman_rows
-from workbench.influence.evaluate.retraining import outputs
-from workbench.numerics import num_examples
-from workbench.pergrad import per_example_losses
+from workbench.core.numerics import num_examples
+from workbench.core.per_example import per_example_losses
+from workbench.influence.estimator import check_like_training
+from workbench.influence.validation.metrics import pearson_rows, spearman_rows
+from workbench.influence.validation.retraining import outputs
 from workbench.train import batch_indices, step
 
 

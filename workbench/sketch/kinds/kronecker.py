@@ -1,6 +1,6 @@
 """`kronecker` (ours, not the paper's QK): a Kronecker product of small i.i.d. Gaussian factors,
 applied mode by mode to the input viewed as a tensor, over the whole vector or one pair per params
-leaf. (The paper's QK, `workbench.sketch.qk`, uses Haar-orthogonal factors, a greedy split of N
+leaf. (The paper's QK, `workbench.sketch.kinds.qk`, uses Haar-orthogonal factors, a greedy split of N
 and truncation to the first D; this kind is the Lotfi et al. style projection with balanced
 factors, kept because its per-leaf form sketches per-example gradients at the cost of the
 gradients themselves.)
@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.sketch.core import Family, cast, pad_to, register
+from workbench.sketch.base import Family, cast, pad_to, register
 
 
 def balanced_input_dims(n: int, k: int) -> tuple[int, ...]:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.sketch.core import Family, cast, pad_to, register
+from workbench.sketch.base import Family, cast, pad_to, register
 
 
 def _draw(key, shape, distribution):

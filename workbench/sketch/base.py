@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from workbench.sketch import randomness
+from workbench.sketch.kinds import randomness
 
 PyTree = Any
 

@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.sketch.core import Family, cast, pad_to, register
-from workbench.sketch.hadamard import fwht, next_power_of_two
+from workbench.sketch.base import Family, cast, pad_to, register
+from workbench.sketch.kinds.hadamard import fwht, next_power_of_two
 
 
 def _check_dim(kind, d, limit, why):

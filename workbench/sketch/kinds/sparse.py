@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.sketch.core import Family, cast, pad_to, register
-from workbench.sketch.hadamard import fwht, next_power_of_two
+from workbench.sketch.base import Family, cast, pad_to, register
+from workbench.sketch.kinds.hadamard import fwht, next_power_of_two
 
 # XLA's CPU scatter/gather moving whole rows of a [dim, batch] layout is ~5x faster than moving
 # single elements of [batch, dim] once the batch has a few vectors (measured in bench_sketch.py).

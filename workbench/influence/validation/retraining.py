@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from workbench.core.numerics import default_tol, num_examples
+from workbench.core.per_example import example_loss, per_example_losses
+from workbench.core.progress import bar
 from workbench.influence.inverse import dense_hessian
-from workbench.numerics import default_tol, num_examples
-from workbench.pergrad import example_loss, per_example_losses
-from workbench.progress import bar
 from workbench.train import optimize
 
 PyTree = Any

@@ -1,0 +1,8 @@
+"""The foundation every other layer stands on: nothing here imports the rest of the package.
+
+- `tree`: inner products, norms and axpy over params-shaped pytrees;
+- `numerics`: dtype-aware tolerances, finiteness checks, argument validators, CPU compile options;
+- `per_example`: per-example losses and gradients (flat, per leaf, sketched), the one
+  implementation every capability uses;
+- `progress`: progress bars (`tqdm.auto`) for long loops.
+"""

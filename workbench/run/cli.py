@@ -1,0 +1,203 @@
+"""The command line: `python -m workbench list | describe NAME | run NAME [-p k=v ...] [-f params.yaml]
+[--profile] | run --all [--jobs N] | lab copies|reset|save | workshop [--serve] [NAME...]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from workbench.run import papers as registry
+from workbench.run import runner
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+
+
+def _seconds(value) -> str:
+    return "?" if value is None else (f"~{value:.0f} s" if value < 120 else f"~{value / 60:.0f} min")
+
+
+def cmd_list(args) -> int:
+    papers = registry.discover()
+    rows = [[p.name, p.title, _seconds(p.quick_seconds)] for p in papers.values()]
+    print(_table(rows, ["paper", "title", "quick run"]))
+    return 0
+
+
+def cmd_describe(args) -> int:
+    paper = registry.get_paper(args.name)
+    print(f"{paper.name}: {paper.title}")
+    print(f"source: {paper.source}")
+    print(f"quick profile: {_seconds(paper.quick_seconds)}; full profile overrides: "
+          + (", ".join(f"{k}={v}" for k, v in paper.full.items()) or "none"))
+    print()
+    rows = [[p.name, p.type, repr(p.default), repr(paper.full[p.name]) if p.name in paper.full else "", p.help]
+            for p in paper.parameters.values()]
+    print(_table(rows, ["parameter", "type", "default (quick)", "full", "help"]))
+    if paper.claims:
+        print("\nclaims (checked after every run):")
+        for c in paper.claims:
+            print(f"  {c.metric} {c.spec}" + ("" if len(c.profiles) == 2 else f" ({c.profiles[0]} profile)"))
+    print(f"\nexample: python -m workbench run {paper.name} -p seed=1 --profile quick")
+    return 0
+
+
+def cmd_run(args) -> int:
+    available = registry.discover()
+    if args.all == bool(args.names):
+        raise registry.PaperError("give paper names or --all (not both)")
+    if args.jobs < 1:
+        raise registry.PaperError(f"--jobs must be at least 1, got {args.jobs}")
+    names = list(available) if args.all else args.names
+    chosen = [registry.get_paper(n, available) for n in names]
+    overrides = {}
+    for path in args.file or []:
+        overrides.update(registry.load_parameter_file(path))
+    overrides.update(registry.parse_assignments(args.param or []))
+    # validate every request before executing anything
+    plans = [(paper, registry.resolve_parameters(paper, overrides, args.profile)) for paper in chosen]
+    runs_dir = Path(args.runs_dir) if args.runs_dir else registry.repo_root() / "runs"
+    runner.cleanup_stale_temporaries(runs_dir)
+    t0 = time.perf_counter()
+    results = _run_plans(plans, runs_dir, args.progress, min(args.jobs, len(plans)))
+    if len(results) > 1:
+        print()
+        rows = [[r.paper, "ok" if r.ok else "FAILED", _claims_cell(r), f"{r.seconds:.1f} s", str(r.path)]
+                for r in results]
+        print(_table(rows, ["paper", "status", "claims", "time", "run directory"]))
+        failed = sum(not r.ok for r in results)
+        bad_claims = sum(not c.passed for r in results for c in r.claims)
+        print(f"\npapers: {len(results) - failed} ran, {failed} failed; claims: "
+              f"{sum(c.passed for r in results for c in r.claims)} held, {bad_claims} did not; "
+              f"{time.perf_counter() - t0:.0f} s")
+    return 0 if all(r.ok and r.claims_ok for r in results) else 1
+
+
+def cmd_lab(args) -> int:
+    from workbench.run import lab
+
+    if args.lab_command == "copies":
+        lab.prepare_copies()
+    elif args.lab_command == "reset":
+        lab.reset_copies(args.names)
+    else:
+        print(f"saved lab/{args.name}.py -> {lab.save_copy(args.name)} (and its .ipynb)")
+    return 0
+
+
+def cmd_workshop(args) -> int:
+    from workbench.run import workshop
+
+    written = workshop.prepare_workshop(names=args.names, profile=args.profile)
+    print(f"workshop: {len(written)} apps in {workshop.workshop_dir()}")
+    if args.serve:
+        import os
+
+        cmd = workshop.voila_command(workshop.workshop_dir(), args.ip, args.port, args.preheat, args.extra)
+        os.execv(cmd[0], cmd)
+    return 0
+
+
+def _report(i: int, total: int, result) -> None:
+    status = "ok" if result.ok else "FAILED"
+    print(f"[{i}/{total}] {result.paper}: {status} in {result.seconds:.1f} s -> {result.path}", flush=True)
+    for c in result.claims:
+        mark = "pass" if c.passed else "FAIL"
+        print(f"    claim {mark}: {c.metric} {c.claim} (value {_short(c.value)})"
+              + (f" - {c.reason}" if c.reason else ""), flush=True)
+    if not result.ok:
+        print(f"    {result.error.splitlines()[-1] if result.error else ''}\n"
+              f"    traceback: {result.path / 'error.txt'}", file=sys.stderr)
+
+
+def _run_plans(plans, runs_dir: Path, progress: bool, jobs: int) -> list:
+    """Run the papers, `jobs` at a time (each in its own worker process and kernel; the longest
+    quick runs start first), reporting each as it ends; results in the order asked."""
+    total = len(plans)
+    if jobs <= 1:
+        results = []
+        for i, (paper, params) in enumerate(plans, 1):
+            print(f"[{i}/{total}] {paper.name} ({params['profile']}) ...", flush=True)
+            results.append(runner.run_paper(paper, params, runs_dir, progress=progress))
+            _report(i, total, results[-1])
+        return results
+    import concurrent.futures
+    import multiprocessing
+
+    order = sorted(range(total), key=lambda i: -(plans[i][0].quick_seconds or 0))
+    results = [None] * total
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=runner.one_blas_thread) as pool:
+        futures = {pool.submit(runner.run_paper, *plans[i], runs_dir, False): i for i in order}
+        print(f"running {total} papers, {jobs} at a time ...", flush=True)
+        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            results[futures[future]] = future.result()
+            _report(done, total, results[futures[future]])
+    return results
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _claims_cell(result) -> str:
+    if not result.claims:
+        return "-"
+    held = sum(c.passed for c in result.claims)
+    return f"{held}/{len(result.claims)}" + ("" if held == len(result.claims) else " FAILED")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench", description="Run the workbench's paper notebooks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="every paper with its title and quick-profile time").set_defaults(func=cmd_list)
+    d = sub.add_parser("describe", help="a paper's parameters: type, default, help")
+    d.add_argument("name")
+    d.set_defaults(func=cmd_describe)
+    r = sub.add_parser("run", help="execute papers into runs/NAME/<time>-<hash>/")
+    r.add_argument("names", nargs="*", metavar="NAME")
+    r.add_argument("--all", action="store_true", help="run every paper")
+    r.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a parameter")
+    r.add_argument("-f", "--file", action="append", metavar="PARAMS.yaml", help="parameters from a YAML file")
+    r.add_argument("--profile", choices=registry.PROFILES, help="quick (CI-sized, the default) or full (paper-sized)")
+    r.add_argument("--runs-dir", help="where run directories go (default: runs/ in the repository)")
+    r.add_argument("--progress", action="store_true", help="show papermill's per-cell progress bar")
+    r.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run N papers at a time, each in its own process (default 1)")
+    r.set_defaults(func=cmd_run)
+    lab_parser = sub.add_parser("lab", help="JupyterLab working copies of the papers (lab/)")
+    lab_sub = lab_parser.add_subparsers(dest="lab_command", required=True)
+    lab_sub.add_parser("copies", help="create or refresh the lab/ working copies")
+    reset = lab_sub.add_parser("reset", help="discard lab/ working copies (all, or the papers named)")
+    reset.add_argument("names", nargs="*", metavar="NAME")
+    save = lab_sub.add_parser("save", help="make the lab copy of a paper the committed paper")
+    save.add_argument("name")
+    lab_parser.set_defaults(func=cmd_lab)
+    shop = sub.add_parser("workshop", help="write workshop/ (interactive copies of the papers) and serve it")
+    shop.add_argument("names", nargs="*", metavar="NAME")
+    shop.add_argument("--profile", default="quick", choices=registry.PROFILES)
+    shop.add_argument("--serve", action="store_true", help="then serve them with voila")
+    shop.add_argument("--ip", default="127.0.0.1", help="address to listen on (0.0.0.0: every network)")
+    shop.add_argument("--port", type=int, default=8866)
+    shop.add_argument("--preheat", action="store_true", help="keep one executed kernel ready per paper")
+    shop.set_defaults(func=cmd_workshop)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = build_parser().parse_known_args(argv)
+    if extra and args.command != "workshop":  # only voila takes flags of its own
+        build_parser().parse_args(argv)  # exits with argparse's message for the unknown flags
+    args.extra = extra
+    try:
+        return args.func(args)
+    except registry.PaperError as err:
+        print(f"workbench: error: {err}", file=sys.stderr)
+        return 2
+

@@ -1,0 +1,227 @@
+"""The paper registry: papers, their typed parameters and profiles, validated before anything runs.
+
+A paper is a notebook pair `notebooks/NAME.py` (jupytext percent, the source) + `NAME.ipynb`.
+Its jupytext header carries `workbench: {title, quick_seconds, full: {param: value}, claims: {...}}`
+(claims: `workbench.run.claims`), and its cell tagged `parameters` declares typed defaults
+(`name: type = default  # help`), which are the quick profile. Running a paper is
+`workbench.run.runner`.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import hashlib
+import io
+import json
+import math
+import os
+import tokenize
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from workbench.run.claims import PROFILES, Claim, PaperError, parse_claims
+
+SCALAR_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+LIST_TYPES = {f"list[{t}]": t for t in SCALAR_TYPES if t != "bool"}
+REQUIRED_PARAMETERS = ("seed", "profile", "interactive")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    type: str
+    default: Any
+    help: str
+
+
+@dataclass(frozen=True)
+class Paper:
+    name: str
+    title: str
+    source: Path
+    quick_seconds: float | None
+    full: dict[str, Any]
+    parameters: dict[str, Parameter] = field(repr=False)
+    claims: tuple[Claim, ...] = ()
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def notebooks_dir() -> Path:
+    """WORKBENCH_NOTEBOOKS if set, else the repository's notebooks/ folder."""
+    return Path(os.environ.get("WORKBENCH_NOTEBOOKS") or repo_root() / "notebooks")
+
+
+def parse_parameters(cell_source: str, where: str = "parameters cell") -> dict[str, Parameter]:
+    """Read `name: type = default  # help` lines of a parameters cell."""
+    comments = {}
+    for tok in tokenize.generate_tokens(io.StringIO(cell_source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    params: dict[str, Parameter] = {}
+    for node in ast.parse(cell_source).body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value):
+            raise PaperError(f"{where}, line {node.lineno}: expected `name: type = default  # help`")
+        name, type_name = node.target.id, ast.unparse(node.annotation)
+        if type_name not in SCALAR_TYPES and type_name not in LIST_TYPES:
+            raise PaperError(f"{where}: parameter {name!r} has unsupported type {type_name!r}; use "
+                             f"one of {sorted(SCALAR_TYPES) + sorted(LIST_TYPES)}")
+        try:
+            default = ast.literal_eval(node.value)
+        except ValueError as err:
+            raise PaperError(f"{where}: default of {name!r} must be a literal") from err
+        params[name] = Parameter(name, type_name, coerce(name, type_name, default), comments.get(node.lineno, ""))
+    return params
+
+
+def load_paper(source: Path) -> Paper:
+    import jupytext
+
+    nb = jupytext.read(source)
+    meta = nb.metadata.get("workbench", {})
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise PaperError(f"{source}: needs exactly one cell tagged 'parameters', found {len(cells)}")
+    params = parse_parameters(cells[0].source, f"{source.name} parameters cell")
+    missing = [p for p in REQUIRED_PARAMETERS if p not in params]
+    if missing:
+        raise PaperError(f"{source}: parameters cell lacks {missing}")
+    full = dict(meta.get("full") or {})
+    claims = parse_claims(meta.get("claims"), str(source))
+    paper = Paper(source.stem, meta.get("title", source.stem), source, meta.get("quick_seconds"), full,
+                  params, claims)
+    unknown = [k for k in full if k not in params]
+    if unknown:
+        raise PaperError(f"{source}: full profile names unknown parameters {unknown}")
+    for k, v in full.items():
+        coerce(k, params[k].type, v)
+    return paper
+
+
+def discover(folder: Path | None = None) -> dict[str, Paper]:
+    """Every paper in `folder` (default: notebooks/), by name."""
+    folder = folder or notebooks_dir()
+    return {p.stem: load_paper(p) for p in sorted(folder.glob("*.py"))}
+
+
+def get_paper(name: str, papers: dict[str, Paper] | None = None) -> Paper:
+    papers = papers if papers is not None else discover()
+    if name not in papers:
+        close = difflib.get_close_matches(name, papers, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise PaperError(f"no paper named {name!r}.{hint} Papers: {', '.join(papers)}")
+    return papers[name]
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def coerce(name: str, type_name: str, value: Any) -> Any:
+    """`value` (a string from the command line or a YAML value) as the declared type, or an error."""
+
+    def fail(detail=""):
+        raise PaperError(f"parameter {name!r} expects {type_name}, got {value!r}{detail}")
+
+    if type_name in LIST_TYPES:
+        items = value
+        if isinstance(value, str):
+            text = value.strip()
+            items = yaml.safe_load(text) if text.startswith("[") else [s for s in text.split(",") if s.strip()]
+        if not isinstance(items, list | tuple):
+            fail()
+        try:
+            return [coerce(name, LIST_TYPES[type_name], item) for item in items]
+        except PaperError as err:
+            raise PaperError(f"parameter {name!r} expects {type_name}, got {value!r} ({err})") from None
+    if type_name == "str":
+        if isinstance(value, bool | int | float) and not isinstance(value, str):
+            return str(value)
+        return value if isinstance(value, str) else fail()
+    if type_name == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "yes", "1", "on"):
+            return True
+        if text in ("false", "no", "0", "off"):
+            return False
+        fail(" (use true or false)")
+    if isinstance(value, bool):
+        fail()
+    if type_name == "int":
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).strip().replace("_", ""))
+        except ValueError:
+            fail()
+    if type_name == "float":
+        try:
+            number = float(value) if not isinstance(value, str) else float(value.strip())
+        except ValueError:
+            fail()
+        if math.isnan(number):
+            fail(" (NaN is not allowed)")
+        return number
+    fail()
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, str]:
+    """`key=value` strings from `-p` into a dict (values stay strings until checked)."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise PaperError(f"-p expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+def resolve_parameters(
+    paper: Paper, overrides: dict[str, Any] | None = None, profile: str | None = None
+) -> dict[str, Any]:
+    """Defaults, then the full profile (if asked), then `overrides`; every value type-checked."""
+    overrides = dict(overrides or {})
+    unknown = [k for k in overrides if k not in paper.parameters]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, paper.parameters, n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise PaperError(f"unknown parameter(s) for paper {paper.name!r}: {', '.join(hints)}. "
+                         f"Valid parameters: {', '.join(paper.parameters)}")
+    if profile is None:
+        profile = coerce("profile", "str", overrides.get("profile", paper.parameters["profile"].default))
+    if profile not in PROFILES:
+        raise PaperError(f"profile must be one of {PROFILES}, got {profile!r}")
+    values = {name: p.default for name, p in paper.parameters.items()}
+    if profile == "full":
+        values.update(paper.full)
+    values.update({k: coerce(k, paper.parameters[k].type, v) for k, v in overrides.items()})
+    values["profile"] = profile
+    return values
+
+
+def load_parameter_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise PaperError(f"parameter file not found: {path}")
+    content = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(content, dict):
+        raise PaperError(f"{path}: expected a mapping of parameter names to values")
+    return content
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]

@@ -1,0 +1,190 @@
+"""Running a paper end to end with papermill.
+
+Each run goes to `runs/NAME/<UTC time>-<param hash>/` through a temporary directory renamed on
+success; a failed run is kept as `...-failed/` with its traceback, and earlier runs are never
+touched. After each run the paper's claims are checked (`workbench.run.claims`) and written to
+`claims.json` and the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from workbench.core.progress import PROGRESS_ENV
+from workbench.run.claims import ClaimResult, check_claims
+from workbench.run.papers import Paper, params_hash, repo_root
+from workbench.run.results import FIGURES_DIR, METRICS_FILE, RUN_DIR_ENV
+
+VERSIONED_PACKAGES = (
+    "workbench", "jax", "jaxlib", "flax", "optax", "numpy", "scipy", "scikit-learn", "zarr",
+    "matplotlib", "plotly", "papermill", "jupytext", "ipykernel",
+)
+
+
+@dataclass
+class RunResult:
+    paper: str
+    ok: bool
+    path: Path
+    seconds: float
+    error: str | None = None
+    claims: tuple[ClaimResult, ...] = ()
+
+    @property
+    def claims_ok(self) -> bool:
+        return all(c.passed for c in self.claims)
+
+
+def _git_state(root: Path) -> dict[str, Any]:
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": None, "dirty": None}
+        dirty = bool(git("status", "--porcelain").stdout.strip())
+        return {"commit": head.stdout.strip(), "dirty": dirty}
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _jax_devices() -> dict[str, Any]:
+    try:
+        import jax
+
+        return {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
+    except Exception as err:  # the manifest records what it can; a broken JAX shows up in the run
+        return {"backend": None, "devices": [], "error": repr(err)}
+
+
+def _unique(path: Path) -> Path:
+    candidate, i = path, 2
+    while candidate.exists():
+        candidate = path.with_name(f"{path.name}-{i}")
+        i += 1
+    return candidate
+
+
+def one_blas_thread() -> None:
+    """For a worker process running papers side by side (`workbench run --jobs N`): one BLAS
+    thread per kernel unless the user set it, as the test workers do; several busy-waiting
+    BLAS pools on few cores stall each other."""
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+
+
+def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None, progress: bool = False) -> RunResult:
+    """Execute `paper` with already-resolved `params` into a new run directory."""
+    import jupytext
+    import papermill
+
+    runs_dir = Path(runs_dir) if runs_dir is not None else repo_root() / "runs"
+    start = datetime.now(UTC)
+    stem = f"{start.strftime('%Y%m%dT%H%M%SZ')}-{params_hash(params)}"
+    paper_dir = runs_dir / paper.name
+    paper_dir.mkdir(parents=True, exist_ok=True)
+    tmp = paper_dir / f".tmp-{stem}-{os.getpid()}"
+    tmp.mkdir()
+    (tmp / FIGURES_DIR).mkdir()
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=True))
+    (tmp / METRICS_FILE).write_text("{}\n")
+    output_nb = tmp / f"{paper.name}.ipynb"
+    error = None
+    saved_env = {k: os.environ.get(k) for k in (RUN_DIR_ENV, "MPLBACKEND", PROGRESS_ENV)}
+    os.environ[RUN_DIR_ENV] = str(tmp.resolve())
+    os.environ["MPLBACKEND"] = "Agg"
+    os.environ[PROGRESS_ENV] = "log"  # long loops print one summary line each, not a widget bar
+    t0 = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            jupytext.read(paper.source), str(output_nb), parameters=params, kernel_name="python3",
+            cwd=str(tmp), progress_bar=progress, log_output=False,
+            # quiet the kernel's own start-up warnings (it listens on localhost only)
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        )
+    except Exception as err:  # any failure is recorded in the -failed directory
+        error = "".join(traceback.format_exception_only(type(err), err)).strip()
+        (tmp / "error.txt").write_text(traceback.format_exc())
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    seconds = time.perf_counter() - t0
+    end = datetime.now(UTC)
+    claims: list[ClaimResult] = []
+    if not error:
+        metrics = json.loads((tmp / METRICS_FILE).read_text())
+        claims = check_claims(paper.claims, str(params.get("profile")), metrics)
+        (tmp / "claims.json").write_text(json.dumps(
+            [c.__dict__ for c in claims], indent=2, default=str) + "\n")
+    manifest = {
+        "paper": paper.name,
+        "title": paper.title,
+        "status": "failed" if error else "ok",
+        "params_hash": params_hash(params),
+        "seed": params.get("seed"),
+        "profile": params.get("profile"),
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "duration_seconds": round(seconds, 3),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "git": _git_state(repo_root()),
+        "jax": _jax_devices(),
+        "packages": _versions(),
+    }
+    if error:
+        manifest["error"] = error
+    else:
+        manifest["claims"] = {"passed": sum(c.passed for c in claims),
+                              "failed": [c.metric for c in claims if not c.passed]}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    final = _unique(paper_dir / (f"{stem}-failed" if error else stem))
+    tmp.rename(final)
+    return RunResult(paper.name, error is None, final, seconds, error, tuple(claims))
+
+
+def cleanup_stale_temporaries(runs_dir: Path) -> None:
+    """Remove `.tmp-*` directories left by runs that were killed (never a finished run)."""
+    for tmp in Path(runs_dir).glob("*/.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
