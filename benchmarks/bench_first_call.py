@@ -199,11 +199,12 @@ def _train(path):
     import jax
     import jax.numpy as jnp
 
-    from workbench.core import tree as tu
     from workbench.experiments import digits
 
     fit = digits.fit_digits_mlp(32, 0.01, 300, seed=0)
-    params = tu.cast(fit.result.params, jnp.float64)
+    import optax
+
+    params = optax.tree.cast(fit.result.params, jnp.float64)
     np.savez(path, **{f"a{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(params))})
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from workbench import curvature, data, models, spectrum
-from workbench.core import tree as tu
 from workbench.experiments import digits
 
 jax.config.update("jax_enable_x64", True)
@@ -41,7 +41,7 @@ def main():
     small = digits.fit_digits_mlp(32, 0.01, 300, seed=0)
     small_fn = models.functional(models.MLP(64, [32], 10, rngs=nnx.Rngs(0), param_dtype=jnp.float64), l2=0.01)
     big = models.functional(models.MLP(64, [256, 256], 10, rngs=nnx.Rngs(0), param_dtype=jnp.float64), l2=0.01)
-    ops = {"MLP 64-32-10": curvature.operator(small_fn, tu.cast(small.result.params, jnp.float64), train),
+    ops = {"MLP 64-32-10": curvature.operator(small_fn, optax.tree.cast(small.result.params, jnp.float64), train),
            "MLP 64-256-256-10": curvature.operator(big, big.params, train)}
     key = jax.random.key(0)
     rows = []

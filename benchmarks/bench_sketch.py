@@ -27,9 +27,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from workbench import sketch as sk
-from workbench.core import tree as tu
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = {  # label -> (kind, options)
@@ -109,7 +109,7 @@ def explicit_vs_implicit(d=1 << 12):
     from workbench.sketch.gradients import implicit_grad_fn
 
     fn, data = _mlp()
-    n = tu.size(fn.params)
+    n = optax.tree.size(fn.params)
     out = dict(num_params=n, batch=256, dim_out=d)
     for kind in ("fjl", "ffd", "affd", "afjl", "qk", "countsketch", "kronecker"):
         s = sk.make(kind, jax.random.key(0), n, d)
@@ -125,7 +125,7 @@ def explicit_vs_implicit(d=1 << 12):
 
 def per_example_cost(d=1 << 12):
     fn, data = _mlp()
-    n = tu.size(fn.params)
+    n = optax.tree.size(fn.params)
 
     def ex_loss(p, ex):
         return fn.loss_fn(p, jax.tree.map(lambda a: a[None], ex))

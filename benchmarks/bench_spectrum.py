@@ -26,6 +26,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 jax.config.update("jax_enable_x64", True)
 
@@ -33,7 +34,6 @@ from flax import nnx  # noqa: E402
 from scipy.stats import wasserstein_distance  # noqa: E402
 
 from workbench import curvature, data, models, spectrum  # noqa: E402
-from workbench.core import tree as tu  # noqa: E402
 from workbench.experiments import digits  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -63,7 +63,7 @@ def rel(a, b):
 def setup():
     fit = digits.fit_digits_mlp(32, 0.01, 300, seed=0)
     train_data, _ = data.load_digits(seed=0, dtype=jnp.float64)
-    params = tu.cast(fit.result.params, jnp.float64)
+    params = optax.tree.cast(fit.result.params, jnp.float64)
     fn = models.functional(models.MLP(64, [32], 10, rngs=nnx.Rngs(0), param_dtype=jnp.float64))
     return fn, params, train_data
 

@@ -63,10 +63,10 @@ import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
+import optax
 
 import workbench
 from workbench import curvature, data, plots, spectrum
-from workbench.core import tree as tu
 from workbench.experiments import digits
 
 jax.config.update("jax_enable_x64", True)  # curvature in float64: references to 1e-8
@@ -80,7 +80,7 @@ jax.config.update("jax_enable_x64", True)  # curvature in float64: references to
 fit = digits.fit_digits_mlp(hidden_size, learning_rate, steps, seed=seed)
 train_data, _ = data.load_digits(seed=seed, dtype=jnp.float64)
 subset = train_data.take(slice(0, num_examples))
-params = tu.cast(fit.result.params, jnp.float64)
+params = optax.tree.cast(fit.result.params, jnp.float64)
 hessian = curvature.operator(fit.model, params, subset, "hessian")
 ggn = curvature.operator(fit.model, params, subset, "ggn")
 print(f"{hessian.dim} parameters, test accuracy {fit.test_accuracy:.3f}")

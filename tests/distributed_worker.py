@@ -13,6 +13,7 @@ import os
 import sys
 
 import numpy as np
+import optax
 
 N, D, K = 37, 4, 3  # examples, features, classes: 15 parameters
 L2 = 0.05
@@ -128,12 +129,11 @@ def main(argv):
         import jax.numpy as jnp
 
         from workbench import sketch as sk
-        from workbench.core import tree as tu
 
         path = argv[2]
         params = jax.tree.map(jnp.asarray, w0)
         seed = 1 if (mode == "bad-store" and info.process_index == 1) else 0
-        s = sk.make("srht", jax.random.key(seed), tu.size(params), 6)
+        s = sk.make("srht", jax.random.key(seed), optax.tree.size(params), 6)
         fail = int(argv[argv.index("--fail-chunk") + 1]) if "--fail-chunk" in argv else None
 
         def callback(chunk, values):

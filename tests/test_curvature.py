@@ -10,6 +10,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -119,7 +120,7 @@ def test_parameter_subset_is_the_hessian_block(small, key):
 
 def test_float32_params_accumulate_in_float64(small, key):
     fn, ds, flat, unravel, hess = small
-    p32 = tu.cast(fn.params, jnp.float32)
+    p32 = optax.tree.cast(fn.params, jnp.float32)
     ds32 = data.Dataset(ds.x.astype(jnp.float32), ds.y)
     op = curvature.operator(fn, p32, ds32, batch_size=5, accumulate_dtype=jnp.float64)
     assert op.dtype == jnp.float32

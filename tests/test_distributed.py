@@ -10,13 +10,13 @@ import distributed_worker as W
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import scipy.optimize as so
 
 from workbench import curvature, spectrum
 from workbench import distributed as dist
 from workbench import sketch as sk
-from workbench.core import tree as tu
 from workbench.sketch.store import open_store
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -285,7 +285,7 @@ def test_four_processes_equal_one_process(reference, one_process, tmp_path):
 def test_gradient_store_two_writers_killed_and_resumed(tmp_path):
     x, y, w0 = W.problem()
     params = jax.tree.map(jnp.asarray, w0)
-    s = sk.make("srht", jax.random.key(0), tu.size(params), 6)
+    s = sk.make("srht", jax.random.key(0), optax.tree.size(params), 6)
     single = sk.per_example_gradients(W.loss_fn, params, (jnp.asarray(x), jnp.asarray(y)), s,
                                       batch_size=5, store=tmp_path / "single.zarr")
     path = tmp_path / "multi.zarr"

@@ -191,16 +191,15 @@ def test_bound_curve_and_shapes():
 
 def test_grad_norm_callback_matches_direct_computation(key):
     from workbench import data
-    from workbench.core import tree
 
     ds, _ = data.make_regression(key, 40, 3, dtype=jnp.float64)
     loss_fn = lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
     params = {"w": jnp.arange(3.0, dtype=jnp.float64)}
     full = S.grad_norm_callback(loss_fn, ds, key, batch_size=None)(0, params)["grad_norm"]
-    assert float(full) == pytest.approx(float(tree.norm(jax.grad(loss_fn)(params, ds))), rel=1e-12)
+    assert float(full) == pytest.approx(float(optax.tree.norm(jax.grad(loss_fn)(params, ds))), rel=1e-12)
     mini = S.grad_norm_callback(loss_fn, ds, key, batch_size=5, num_batches=4)(7, params)["grad_norm"]
     idx = jax.random.randint(jax.random.fold_in(key, 7), (4, 5), 0, 40)
-    sq = [float(tree.vdot(g, g)) for g in (jax.grad(loss_fn)(params, ds.take(i)) for i in idx)]
+    sq = [float(optax.tree.vdot(g, g)) for g in (jax.grad(loss_fn)(params, ds.take(i)) for i in idx)]
     assert float(mini) == pytest.approx(math.sqrt(np.mean(sq)), rel=1e-10)
     np.testing.assert_allclose(S.per_step([0, 10], [1.0, 2.0], 11), np.linspace(1, 2, 11))
 

@@ -10,7 +10,6 @@ from flax import nnx
 from workbench import curvature, models, spectrum
 from workbench import data as wd
 from workbench import sketch as sk
-from workbench.core import tree as tu
 from workbench.experiments.spectra import top_eigenvalues_exact_and_sketched
 from workbench.sketch import quality
 
@@ -25,7 +24,7 @@ def tiny():
 def test_orthogonal_sketch_keeps_the_hessian_spectrum(tiny, key):
     """srht with D = N = n is orthogonal, so Phi H Phi^T has exactly the eigenvalues of H."""
     fn, data = tiny
-    n = tu.size(fn.params)
+    n = optax.tree.size(fn.params)
     assert n == 16
     s = sk.make("srht", key, n, n)
     exact, approx = top_eigenvalues_exact_and_sketched(fn.loss_fn, fn.params, data, s, key, 3)

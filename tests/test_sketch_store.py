@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -32,7 +33,7 @@ def _exact(fn, data, sketch):
 
 def test_in_memory_matches_single_gradients(problem, key):
     fn, data = problem
-    s = sk.make("srht", key, tu.size(fn.params), 8)
+    s = sk.make("srht", key, optax.tree.size(fn.params), 8)
     got = sk.per_example_gradients(fn.loss_fn, fn.params, data, s, batch_size=5)  # 23 = 4*5 + 3
     np.testing.assert_allclose(got, _exact(fn, data, s), rtol=1e-10, atol=1e-12)
     # default batch size from the memory cap gives the same numbers
@@ -41,7 +42,7 @@ def test_in_memory_matches_single_gradients(problem, key):
 
 def test_store_round_trips_resumes_and_refuses(problem, key, tmp_path):
     fn, data = problem
-    s = sk.make("affd", key, tu.size(fn.params), 8)
+    s = sk.make("affd", key, optax.tree.size(fn.params), 8)
     path = tmp_path / "grads.zarr"
     exact = _exact(fn, data, s)
 
@@ -69,13 +70,13 @@ def test_store_round_trips_resumes_and_refuses(problem, key, tmp_path):
     assert out.complete and out.sketches.shape == (23, 8)
     np.testing.assert_allclose(out.sketches[:], exact, rtol=1e-10)
     meta = out.metadata
-    assert (meta["dim_in"], meta["dim_out"], meta["n_data"], meta["dtype"]) == (tu.size(fn.params), 8, 23, "float64")
+    assert (meta["dim_in"], meta["dim_out"], meta["n_data"], meta["dtype"]) == (optax.tree.size(fn.params), 8, 23, "float64")
 
     seen.clear()  # a repeated run recomputes nothing and changes nothing
     sk.per_example_gradients(fn.loss_fn, fn.params, data, s, store=path, callback=lambda c, v: seen.append(c))
     assert seen == []
 
-    other = sk.make("affd", jax.random.key(5), tu.size(fn.params), 8)
+    other = sk.make("affd", jax.random.key(5), optax.tree.size(fn.params), 8)
     with pytest.raises(ValueError, match="another configuration.*(seed|sketch_state_hash)"):
         sk.per_example_gradients(fn.loss_fn, fn.params, data, other, store=path)
     with pytest.raises(ValueError, match="n_data"):
@@ -89,7 +90,7 @@ def test_bad_inputs(problem, key, tmp_path):
     fn, data = problem
     with pytest.raises(ValueError, match="dim_in=10 but params have"):
         sk.per_example_gradients(fn.loss_fn, fn.params, data, sk.make("srht", key, 10, 4))
-    s = sk.make("srht", key, tu.size(fn.params), 4)
+    s = sk.make("srht", key, optax.tree.size(fn.params), 4)
     with pytest.raises(ValueError, match="batch_size"):
         sk.per_example_gradients(fn.loss_fn, fn.params, data, s, batch_size=0)
     with pytest.raises(FileNotFoundError):
@@ -100,7 +101,7 @@ def test_raw_gradients_without_a_sketch(problem, tmp_path):
     fn, data = problem
     raw = sk.per_example_gradients(fn.loss_fn, fn.params, data, None, batch_size=7)
     g0 = jax.flatten_util.ravel_pytree(jax.grad(fn.loss_fn)(fn.params, data.take(slice(0, 1))))[0]
-    assert raw.shape == (23, tu.size(fn.params))
+    assert raw.shape == (23, optax.tree.size(fn.params))
     np.testing.assert_allclose(raw[0], g0, rtol=1e-12)
     with pytest.raises(ValueError, match="store needs a sketch"):
         sk.per_example_gradients(fn.loss_fn, fn.params, data, None, store=tmp_path / "x.zarr")

@@ -72,7 +72,7 @@ def test_checkpoints_callbacks_eval_and_files(problem, tmp_path):
 
     def callback(step, params):
         seen.append(step)
-        return {"param_norm": tu.norm(params)}
+        return {"param_norm": optax.tree.norm(params)}
 
     result = train.train(f.loss_fn, f.params, tr, jax.random.key(0), optimizer=optax.sgd(0.5), num_steps=50, checkpoint_steps=[0, 20, 50], checkpoint_dir=tmp_path, callback=callback, callback_every=15, eval_fn=lambda p: {"acc": models.accuracy(f.predict_fn, p, te)}, eval_every=25, progress=False)
     assert seen == [0, 15, 30, 45, 50]

@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -64,7 +65,7 @@ def ggn_vp(
     hjv = jax.jvp(jax.grad(mean_loss), (outputs,), (jv,))[1]
     _, vjp = jax.vjp(lambda p: predict_fn(p, x), params)
     out = vjp(hjv)[0]
-    return tu.axpy(l2, v, out) if l2 else out
+    return optax.tree.add_scale(out, l2, v) if l2 else out
 
 
 def fisher_vp(loss_fn: Callable, params: PyTree, batch: Any, v: PyTree) -> PyTree:
@@ -75,7 +76,7 @@ def fisher_vp(loss_fn: Callable, params: PyTree, batch: Any, v: PyTree) -> PyTre
     losses_at = lambda p: per_example_losses(loss_fn, p, batch)
     losses, vjp = jax.vjp(losses_at, params)
     jv = jax.jvp(losses_at, (params,), (v,))[1]
-    return tu.scale(jnp.asarray(1.0 / n, losses.dtype), vjp(jv)[0])
+    return optax.tree.scale(jnp.asarray(1.0 / n, losses.dtype), vjp(jv)[0])
 
 
 # ----------------------------------------------------------------------------- linear operators
@@ -344,7 +345,7 @@ def _dataset_product(
             return hvp(lambda q, b: loss_fn(merge(q, fixed), b), sub, batch, v)
         if kind == "fisher":
             out = fisher_vp(lambda q, b: loss_fn(merge(q, fixed), b), sub, batch, v)
-            return tu.axpy(l2, _cast_like(v, sub), out) if l2 else out
+            return optax.tree.add_scale(out, l2, _cast_like(v, sub)) if l2 else out
         return ggn_vp(lambda q, x: predict_fn(merge(q, fixed), x), output_loss_fn, sub, batch, v, l2=l2)
 
     def ravel(t):

@@ -16,8 +16,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from workbench.core import tree as tu
-
 PyTree = Any
 _ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu}
 
@@ -210,7 +208,7 @@ def functional(model: nnx.Module, loss: str = "cross_entropy", l2: float = 0.0) 
     def loss_fn(params, batch):
         value = jnp.mean(per_example_loss_fn(params, batch))
         if l2:
-            value = value + 0.5 * l2 * tu.vdot(params, params)
+            value = value + 0.5 * l2 * optax.tree.vdot(params, params)
         return value
 
     return Functional(params, loss_fn, per_example_loss_fn, predict_fn, output_loss_fn, l2)

@@ -1,7 +1,9 @@
-"""Tree math in one place: inner products, norms and axpy over params-shaped pytrees.
+"""What pytree code needs beyond `optax.tree`: flattening at an algorithm's boundary, and one
+check that two trees match (paths, shapes and dtype kinds) with a message naming the first leaf
+that differs.
 
-Every curvature, spectrum and influence routine works on pytrees; these helpers keep that code
-free of `jax.tree.map` boilerplate and give one place that checks two trees match.
+Tree arithmetic (`vdot`, `norm`, `add_scale`, `scale`, `sub`, `size`, `cast`, `random_like`)
+is `optax.tree`'s, used directly everywhere.
 """
 
 from __future__ import annotations
@@ -13,63 +15,6 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 PyTree = Any
-
-
-def vdot(a: PyTree, b: PyTree) -> jax.Array:
-    """Sum over leaves of <a_leaf, b_leaf>, accumulated in the leaves' result dtype."""
-    parts = jax.tree.leaves(jax.tree.map(lambda x, y: jnp.vdot(x, y), a, b))
-    return sum(parts[1:], parts[0]) if parts else jnp.zeros(())
-
-
-def norm(a: PyTree) -> jax.Array:
-    """Euclidean norm of the whole tree, as if it were one flat vector."""
-    return jnp.sqrt(vdot(a, a))
-
-
-def axpy(alpha: jax.Array | float, x: PyTree, y: PyTree) -> PyTree:
-    """alpha * x + y, leaf by leaf."""
-    return jax.tree.map(lambda xi, yi: alpha * xi + yi, x, y)
-
-
-def scale(alpha: jax.Array | float, x: PyTree) -> PyTree:
-    return jax.tree.map(lambda xi: alpha * xi, x)
-
-
-def add(x: PyTree, y: PyTree) -> PyTree:
-    return jax.tree.map(jnp.add, x, y)
-
-
-def sub(x: PyTree, y: PyTree) -> PyTree:
-    return jax.tree.map(jnp.subtract, x, y)
-
-
-def zeros_like(x: PyTree) -> PyTree:
-    return jax.tree.map(jnp.zeros_like, x)
-
-
-def size(x: PyTree) -> int:
-    """Number of scalars in the tree."""
-    return sum(int(leaf.size) for leaf in jax.tree.leaves(x))
-
-
-def cast(x: PyTree, dtype) -> PyTree:
-    """Cast every floating leaf to `dtype` (integer leaves are left alone)."""
-    return jax.tree.map(
-        lambda leaf: leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf, x
-    )
-
-
-def random_like(key: jax.Array, x: PyTree, kind: str = "normal") -> PyTree:
-    """A tree shaped like `x` with i.i.d. entries: `normal` or `rademacher` (+-1)."""
-    leaves, treedef = jax.tree.flatten(x)
-    keys = jax.random.split(key, len(leaves))
-    if kind == "normal":
-        draw = lambda k, leaf: jax.random.normal(k, leaf.shape, leaf.dtype)
-    elif kind == "rademacher":
-        draw = lambda k, leaf: jax.random.rademacher(k, leaf.shape, leaf.dtype)
-    else:
-        raise ValueError(f"kind must be 'normal' or 'rademacher', got {kind!r}")
-    return jax.tree.unflatten(treedef, [draw(k, leaf) for k, leaf in zip(keys, leaves)])
 
 
 def ravel(x: PyTree) -> tuple[jax.Array, Any]:

@@ -34,7 +34,6 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from workbench.core import tree as tu
 from workbench.distributed.operator import _example_sum
 from workbench.distributed.sharding import AXIS, ShardedData, global_sum, replicate, to_host
 
@@ -65,7 +64,7 @@ def objective_value(loss_fn: Callable, params: PyTree, data: ShardedData, l2=0.0
     total = global_sum(lambda p, rows, w: _example_sum(loss_fn)(p, (rows, w)), params, data,
                        chunk_size=chunk_size)
     value = total / jnp.asarray(data.num_examples, total.dtype)
-    return value + 0.5 * jnp.asarray(l2, value.dtype) * tu.vdot(params, params)
+    return value + 0.5 * jnp.asarray(l2, value.dtype) * optax.tree.vdot(params, params)
 
 
 def block_params(params: PyTree, data: ShardedData) -> PyTree:
@@ -147,9 +146,9 @@ def _lbfgs_run(value_fn, params, args, tol, *, num_steps, memory_size):
         new_value = optax.tree_utils.tree_get(s, "value")
         new_grad = optax.tree_utils.tree_get(s, "grad")
         trials = optax.tree_utils.tree_get(s, "num_linesearch_steps").astype(evals.dtype)
-        return p, s, k + 1, new_value, tu.norm(new_grad), vals.at[k + 1].set(new_value), evals + trials
+        return p, s, k + 1, new_value, optax.tree.norm(new_grad), vals.at[k + 1].set(new_value), evals + trials
 
-    init = (params, opt.init(params), jnp.asarray(0), value0, tu.norm(grad0), values, jnp.asarray(1))
+    init = (params, opt.init(params), jnp.asarray(0), value0, optax.tree.norm(grad0), values, jnp.asarray(1))
     p, _, k, value, gnorm, values, evals = jax.lax.while_loop(cond, body, init)
     return p, value, gnorm, k, values, evals
 
@@ -200,28 +199,28 @@ def pseudo_gradient(grad: PyTree, params: PyTree, l1) -> PyTree:
 def _two_loop(pg, s_hist, y_hist, rho, count, memory_size):
     """-H pg by the L-BFGS two-loop recursion over the `count` newest pairs (ring buffer)."""
     newest = (count - 1) % memory_size
-    dot = lambda a, b: tu.vdot(a, b)
+    dot = lambda a, b: optax.tree.vdot(a, b)
     take = lambda h, i: jax.tree.map(lambda a: a[i], h)
 
     def first(j, c):
         q, alphas = c
         i = (newest - j) % memory_size
         alpha = jnp.where(j < count, rho[i] * dot(take(s_hist, i), q), 0.0)
-        return tu.axpy(-alpha, take(y_hist, i), q), alphas.at[i].set(alpha)
+        return optax.tree.add_scale(q, -alpha, take(y_hist, i)), alphas.at[i].set(alpha)
 
     q, alphas = jax.lax.fori_loop(0, memory_size, first, (pg, jnp.zeros_like(rho)))
     s_new, y_new = take(s_hist, newest), take(y_hist, newest)
     gamma = jnp.where(count > 0, dot(s_new, y_new) / jnp.maximum(dot(y_new, y_new), 1e-300), 1.0)
-    r = tu.scale(gamma, q)
+    r = optax.tree.scale(gamma, q)
 
     def second(j, r):
         i = (newest - (count - 1) + j) % memory_size
         beta = rho[i] * dot(take(y_hist, i), r)
         step = jnp.where(j < count, alphas[i] - beta, 0.0)
-        return tu.axpy(step, take(s_hist, i), r)
+        return optax.tree.add_scale(r, step, take(s_hist, i))
 
     r = jax.lax.fori_loop(0, memory_size, second, r)
-    return tu.scale(-1.0, r)
+    return optax.tree.scale(-1.0, r)
 
 
 @functools.partial(jax.jit, static_argnames=("value_fn", "num_steps", "memory_size", "max_backtracks"))
@@ -247,14 +246,14 @@ def _owlqn_run(value_fn, params, args, l1, tol, *, num_steps, memory_size, max_b
         d = jax.tree.map(lambda di, pgi: jnp.where(di * pgi < 0, di, jnp.zeros_like(di)), d, pg)
         orthant = jax.tree.map(lambda xi, pgi: jnp.where(xi != 0, jnp.sign(xi), -jnp.sign(pgi)), x, pg)
         F = full(x, f)
-        step0 = jnp.where(count > 0, 1.0, 1.0 / jnp.maximum(tu.norm(pg), 1e-300)).astype(dtype)
+        step0 = jnp.where(count > 0, 1.0, 1.0 / jnp.maximum(optax.tree.norm(pg), 1e-300)).astype(dtype)
 
         def trial(alpha):
             xn = jax.tree.map(lambda xi, di, oi: jnp.where(jnp.sign(xi + alpha * di) == oi, xi + alpha * di,
                                                            jnp.zeros_like(xi)), x, d, orthant)
             fn, gn = jax.value_and_grad(smooth)(xn)
             Fn = full(xn, fn)
-            ok = jnp.isfinite(Fn) & (Fn <= F + c1 * tu.vdot(pg, tu.sub(xn, x)))
+            ok = jnp.isfinite(Fn) & (Fn <= F + c1 * optax.tree.vdot(pg, optax.tree.sub(xn, x)))
             return xn, fn, gn, ok
 
         def ls_cond(s):
@@ -266,9 +265,9 @@ def _owlqn_run(value_fn, params, args, l1, tol, *, num_steps, memory_size, max_b
 
         ls = jax.lax.while_loop(ls_cond, ls_body, (step0, *trial(step0), jnp.asarray(0)))
         _, xn, fn, gn, accepted, backtracks = ls
-        sk, yk = tu.sub(xn, x), tu.sub(gn, g)
-        sy = tu.vdot(sk, yk)
-        keep = accepted & (sy > 1e-12 * tu.norm(sk) * tu.norm(yk))
+        sk, yk = optax.tree.sub(xn, x), optax.tree.sub(gn, g)
+        sy = optax.tree.vdot(sk, yk)
+        keep = accepted & (sy > 1e-12 * optax.tree.norm(sk) * optax.tree.norm(yk))
         slot = count % memory_size
         put = lambda h, v: jax.tree.map(lambda a, b: jnp.where(keep, a.at[slot].set(b), a), h, v)
         s_hist, y_hist = put(s_hist, sk), put(y_hist, yk)
@@ -276,12 +275,12 @@ def _owlqn_run(value_fn, params, args, l1, tol, *, num_steps, memory_size, max_b
         count = count + keep.astype(count.dtype)
         x, f, g = (jax.tree.map(lambda a, b: jnp.where(accepted, a, b), new, old)
                    for new, old in ((xn, x), (fn, f), (gn, g)))
-        gnorm = tu.norm(pseudo_gradient(g, x, l1))
+        gnorm = optax.tree.norm(pseudo_gradient(g, x, l1))
         return (x, f, g, s_hist, y_hist, rho, k + 1, gnorm, accepted, count,
                 vals.at[k + 1].set(full(x, f)), c[11] + backtracks + 1)
 
     init = (params, f0, g0, hist, hist, jnp.zeros((memory_size,), dtype), jnp.asarray(0),
-            tu.norm(pg0), jnp.isfinite(f0), jnp.asarray(0), values, jnp.asarray(1))
+            optax.tree.norm(pg0), jnp.isfinite(f0), jnp.asarray(0), values, jnp.asarray(1))
     out = jax.lax.while_loop(cond, body, init)
     x, f, k, gnorm, values, evals = out[0], out[1], out[6], out[7], out[10], out[11]
     return x, full(x, f), gnorm, k, values, evals

@@ -21,8 +21,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from workbench.core import tree as tu
 from workbench.distributed.launch import barrier
 from workbench.distributed.sharding import _allgather_host, _decode, _encode
 from workbench.sketch.store import (
@@ -56,7 +56,7 @@ def gradient_store(
     `RuntimeError` if another process does not finish within `timeout_s`."""
     if sketch is None:
         raise ValueError("sketch: a multi-process store needs a sketch (raw gradients stay in memory)")
-    n_params = tu.size(params)
+    n_params = optax.tree.size(params)
     dtype = jnp.result_type(*jax.tree.leaves(params))
     n = int(jax.tree.leaves(data)[0].shape[0])
     rows = batch_size or max(1, min(n, int(max_memory_bytes) // (4 * n_params * np.dtype(dtype).itemsize)))

@@ -94,7 +94,7 @@ def digits_problem(num_examples: int = 64, num_steps: int = 300, seed: int = 0, 
     fit = fit_digits_mlp(hidden_size=hidden_size, num_steps=num_steps, seed=seed)
     train_data, _ = wd.load_digits(seed=seed)
     grads = sk.per_example_gradients(fit.model.loss_fn, fit.result.params, train_data.take(slice(0, num_examples)), None)
-    return GradientProblem("digits_mlp", fit.model.loss_fn, fit.result.params, train_data, grads, tu.size(fit.result.params))
+    return GradientProblem("digits_mlp", fit.model.loss_fn, fit.result.params, train_data, grads, optax.tree.size(fit.result.params))
 
 
 def text_problem(num_examples: int = 48, num_steps: int = 150, seed: int = 0, seq_len: int = 32,
@@ -107,7 +107,7 @@ def text_problem(num_examples: int = 48, num_steps: int = 150, seed: int = 0, se
     result = train(fn.loss_fn, fn.params, data, jax.random.key(seed), optimizer=optax.adam(3e-3),
                    num_steps=num_steps, batch_size=32)
     grads = sk.per_example_gradients(fn.loss_fn, result.params, data.take(slice(0, num_examples)), None)
-    return GradientProblem("char_transformer", fn.loss_fn, result.params, data, grads, tu.size(result.params))
+    return GradientProblem("char_transformer", fn.loss_fn, result.params, data, grads, optax.tree.size(result.params))
 
 
 def dense_hessian(problem: GradientProblem, num_examples: int = 256) -> jax.Array:

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from workbench.core import tree as tu
 from workbench.sketch.base import Sketch
@@ -27,7 +28,7 @@ def _check(sketch, params, method):
         raise TypeError(f"sketch must be a workbench.sketch.Sketch, got {type(sketch).__name__}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    n = tu.size(params)
+    n = optax.tree.size(params)
     if sketch.dim_in != n:
         raise ValueError(f"sketch: dim_in={sketch.dim_in} but params have {n} scalars")
 

@@ -33,8 +33,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from workbench.core import tree as tu
 from workbench.core.per_example import example_loss, sketched_per_example_grads
 from workbench.sketch.base import Sketch
 from workbench.sketch.gradients import implicit_grad_fn
@@ -225,7 +225,7 @@ def per_example_gradients(
     """
     from workbench.core.progress import bar
 
-    n_params = tu.size(params)
+    n_params = optax.tree.size(params)
     if method not in ("explicit", "implicit"):
         raise ValueError(f"method must be 'explicit' or 'implicit', got {method!r}")
     if sketch is None and method == "implicit":
