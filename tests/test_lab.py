@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -259,3 +260,42 @@ def test_workshop_subcommand_prepares_then_hands_voila_its_own_flags(tmp_path, m
     assert cmd[:3] == [sys.executable, "-m", "voila"] and cmd[3] == str(tmp_path)
     assert "--port=9001" in cmd and "--preheat_kernel=True" in cmd
     assert cmd[-1] == "--VoilaConfiguration.file_allowlist=.*"
+
+
+def _workbench_command_lines(text: str) -> list[list[str]]:
+    """The arguments of every `python -m workbench ...` command in `text` (comments cut off)."""
+    import shlex
+
+    found = []
+    for line in text.splitlines():
+        match = re.search(r"python -m workbench (.*)", line)
+        if match:
+            found.append(shlex.split(match.group(1).split(" #")[0]))
+    return found
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_readme_and_makefile_command_lines_parse():
+    """Every `python -m workbench ...` example in the README's shell blocks and every one the
+    Makefile runs is a valid command line of `workbench.run.cli` (so they cannot drift apart)."""
+    from workbench.run import cli
+
+    readme = (REPO / "README.md").read_text()
+    blocks = "\n".join(re.findall(r"```bash\n(.*?)```", readme, re.S))
+    made = subprocess.run(["make", "-n", "-B", "-C", str(REPO), "lab", "lab-reset", "lab-save", "workshop",
+                           "NAME=tour", "PAPERS=tour", "PREHEAT=1"], capture_output=True, text=True, check=True).stdout
+    examples = _workbench_command_lines(blocks) + _workbench_command_lines(made)
+    commands = {argv[0] for argv in examples}
+    assert {"list", "describe", "run", "lab", "workshop"} <= commands, commands
+    parser = cli.build_parser()
+    for argv in examples:
+        args, extra = parser.parse_known_args(argv)
+        assert not extra or args.command == "workshop", argv
+    import importlib.util
+
+    for module in set(re.findall(r"python -m (workbench[\w.]*)", readme + made)):
+        # `python -m workbench.lab ...` was the old spelling: every module named must run
+        spec = importlib.util.find_spec(module)
+        runnable = spec is not None and (spec.submodule_search_locations is None
+                                         or importlib.util.find_spec(f"{module}.__main__") is not None)
+        assert runnable, f"README/Makefile run `python -m {module}`, which does not exist"
