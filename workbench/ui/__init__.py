@@ -67,10 +67,12 @@ class Panel:
                  live: bool = False, title: str | None = None, history_size: int = HISTORY_SIZE):
         import ipywidgets as w
 
+        from workbench.core.numerics import check_positive_int
+
         self.fn, self.show, self.summary = fn, show, summary
         self.controls = dict(controls)
         self.history: list[dict] = []
-        self.history_size = int(history_size)
+        self.history_size = check_positive_int("history_size", history_size)
         self.last_error: BaseException | None = None
         self.on_clear: Callable[[], Any] | None = None  # also forget a panel's own overlay state
         self.output = w.Output()
