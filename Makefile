@@ -1,16 +1,20 @@
 # Two commands: `make papers` and `make test`. Both create .venv on first use and reinstall only
-# when pyproject.toml changes.
+# when pyproject.toml or requirements.lock changes. requirements.lock pins the exact versions the
+# test suite passes with (pip constraints; pyproject.toml keeps the ranges); `make lock` rewrites
+# it from what .venv holds.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --quiet -c $(LOCK)
 
-.PHONY: papers test lab lab-reset lab-save workshop workshop-clean lint sync bench clean
+.PHONY: papers test lab lab-reset lab-save workshop workshop-clean lint sync lock bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --quiet -e '.[dev]'
+	$(PIP_INSTALL) -e '.[dev]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $(STAMP)
 
@@ -48,7 +52,7 @@ PAPERS ?=
 PREHEAT ?=
 WORKSHOP_STAMP := $(VENV)/.workshop
 $(WORKSHOP_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet --quiet -e '.[dev,workshop]'
+	$(PIP_INSTALL) -e '.[dev,workshop]'
 	@touch $(WORKSHOP_STAMP)
 
 workshop: $(WORKSHOP_STAMP)
@@ -64,10 +68,17 @@ lint: $(STAMP)
 sync: $(STAMP)
 	$(BIN)/jupytext --sync notebooks/*.py
 
+# Rewrite requirements.lock from the versions installed in .venv: the closure of the package's
+# requirements and its dev and workshop extras (.ci/lock.py). To move to newer versions:
+# .venv/bin/python -m pip install --upgrade -e '.[dev,workshop]', then make test, then make lock.
+lock:
+	@test -x $(BIN)/python || { echo "make lock: no $(VENV) yet; run make test first"; exit 1; }
+	$(BIN)/python .ci/lock.py
+
 # Peers for benchmarks; torch first so pip takes the CPU wheel from local disk.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet --quiet -e '.[dev,bench]'
+	$(PIP_INSTALL) -e '.[dev,bench]'
 
 clean:
 	rm -rf $(VENV) runs

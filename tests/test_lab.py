@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -215,3 +216,86 @@ def test_plotly_figures_share_one_plotlyjs(tmp_path, monkeypatch):
         html = (figures / f"{name}.html").read_text()
         assert 'src="plotly.min.js"' in html and len(html) < 50_000
     assert (figures / "plotly.min.js").stat().st_size > 1_000_000
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["lab"], "usage: workbench lab"),  # a lab command is required
+    (["lab", "save"], "the following arguments are required: name"),
+    (["lab", "frobnicate"], "invalid choice: 'frobnicate'"),
+    (["lab", "copies", "--bogus"], "unrecognized arguments: --bogus"),
+    (["run", "tour", "--bogus"], "unrecognized arguments: --bogus"),  # only workshop passes flags on
+    (["workshop", "--port", "many"], "invalid int value: 'many'"),
+])
+def test_lab_and_workshop_subcommands_reject_malformed_command_lines(argv, message, capsys):
+    from workbench.run import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: workbench" in err and message in err
+
+
+def test_lab_subcommands_name_an_unknown_paper(capsys):
+    from workbench.run import cli
+
+    for argv in (["lab", "save", "tuor"], ["lab", "reset", "tuor"]):
+        assert cli.main(argv) == 2
+        assert "no paper named 'tuor'. Did you mean 'tour'?" in capsys.readouterr().err
+
+
+def test_workshop_subcommand_prepares_then_hands_voila_its_own_flags(tmp_path, monkeypatch, capsys):
+    """`workbench workshop --serve --preheat NAME --Voila.x=1`: the apps are written for NAME, then
+    this process becomes voila with the preheat flags and the flag it does not know passed on."""
+    from workbench.run import cli
+
+    executed = []
+    monkeypatch.setattr(workshop, "workshop_dir", lambda: tmp_path)
+    monkeypatch.setattr(os, "execv", lambda path, cmd: executed.append(cmd))
+    assert cli.main(["workshop", "--serve", "--preheat", "--port", "9001", "tour",
+                     "--VoilaConfiguration.file_allowlist=.*"]) == 0
+    assert [p.name for p in tmp_path.glob("*.ipynb")] == ["tour.ipynb"]
+    assert "workshop: 1 apps in" in capsys.readouterr().out
+    [cmd] = executed
+    assert cmd[:3] == [sys.executable, "-m", "voila"] and cmd[3] == str(tmp_path)
+    assert "--port=9001" in cmd and "--preheat_kernel=True" in cmd
+    assert cmd[-1] == "--VoilaConfiguration.file_allowlist=.*"
+
+
+def _workbench_command_lines(text: str) -> list[list[str]]:
+    """The arguments of every `python -m workbench ...` command in `text` (comments cut off)."""
+    import shlex
+
+    found = []
+    for line in text.splitlines():
+        match = re.search(r"python -m workbench (.*)", line)
+        if match:
+            found.append(shlex.split(match.group(1).split(" #")[0]))
+    return found
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_readme_and_makefile_command_lines_parse():
+    """Every `python -m workbench ...` example in the README's shell blocks and every one the
+    Makefile runs is a valid command line of `workbench.run.cli` (so they cannot drift apart)."""
+    from workbench.run import cli
+
+    readme = (REPO / "README.md").read_text()
+    blocks = "\n".join(re.findall(r"```bash\n(.*?)```", readme, re.S))
+    made = subprocess.run(["make", "-n", "-B", "-C", str(REPO), "lab", "lab-reset", "lab-save", "workshop",
+                           "NAME=tour", "PAPERS=tour", "PREHEAT=1"], capture_output=True, text=True, check=True).stdout
+    examples = _workbench_command_lines(blocks) + _workbench_command_lines(made)
+    commands = {argv[0] for argv in examples}
+    assert {"list", "describe", "run", "lab", "workshop"} <= commands, commands
+    parser = cli.build_parser()
+    for argv in examples:
+        args, extra = parser.parse_known_args(argv)
+        assert not extra or args.command == "workshop", argv
+    import importlib.util
+
+    for module in set(re.findall(r"python -m (workbench[\w.]*)", readme + made)):
+        # `python -m workbench.lab ...` was the old spelling: every module named must run
+        spec = importlib.util.find_spec(module)
+        runnable = spec is not None and (spec.submodule_search_locations is None
+                                         or importlib.util.find_spec(f"{module}.__main__") is not None)
+        assert runnable, f"README/Makefile run `python -m {module}`, which does not exist"

@@ -114,6 +114,17 @@ def test_live_panel_reruns_on_control_change():
     assert [h["values"]["a"] for h in p.history] == [4]
 
 
+def test_panel_history_keeps_the_newest_runs_and_its_size_is_validated():
+    p = ui.Panel(lambda a: a, {"a": w.IntText(value=0)}, lambda r: None, history_size=np.int64(2))
+    for value in (1, 2, 3):
+        p.controls["a"].value = value
+        p.run()
+    assert [h["values"]["a"] for h in p.history] == [3, 2]
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="history_size must be an int >= 1"):
+            ui.Panel(lambda a: a, {"a": w.IntText(value=0)}, lambda r: None, history_size=bad)
+
+
 def test_widgets_are_built_with_keywords_only():
     """No positional arguments to an ipywidgets constructor anywhere in the panels or notebooks
     (`FloatSlider(0.0, 1.0, 0.1)` breaks with ipywidgets 8; `IntSlider(10, 1, 100)` misreads)."""

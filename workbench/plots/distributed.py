@@ -9,7 +9,18 @@ import numpy as np
 
 def ot_plan(x: np.ndarray, y: np.ndarray, plan: np.ndarray, max_lines: int = 400):
     """Left: the two clouds with a line for each of the heaviest plan entries (opacity ~ mass).
-    Right: the plan as an image, rows and columns sorted by angle around each cloud's centre."""
+    Right: the plan as an image, rows and columns sorted by angle around each cloud's centre.
+
+    Args:
+        x: the source points, shape (n, 2).
+        y: the target points, shape (m, 2).
+        plan: the transport plan, shape (n, m), nonnegative (e.g. `distributed.plan`); drawn
+            scaled by n m, so 1 is the mass of the independent coupling.
+        max_lines: how many of the heaviest entries get a line (default 400).
+
+    Returns:
+        A matplotlib figure with the two panels.
+    """
     import matplotlib.pyplot as plt
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [1.25, 1]})
@@ -34,7 +45,16 @@ def ot_plan(x: np.ndarray, y: np.ndarray, plan: np.ndarray, max_lines: int = 400
 
 
 def time_per_step(sizes: Sequence[int], seconds_per_step: dict[str, Sequence[float]]):
-    """Milliseconds per L-BFGS step against the number of examples, one line per label."""
+    """Milliseconds per L-BFGS step against the number of examples, one line per label.
+
+    Args:
+        sizes: the numbers of examples (all processes together), the x values, log scale.
+        seconds_per_step: seconds per step by label (e.g. a number of processes), each one value
+            per entry of `sizes`.
+
+    Returns:
+        A matplotlib figure (log-log).
+    """
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.6, 3.6))

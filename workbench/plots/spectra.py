@@ -11,7 +11,19 @@ import numpy as np
 def spectral_densities(densities: Mapping[str, object], eigenvalues: Mapping[str, np.ndarray | None] | None = None,
                        *, bins: int = 120, floor: float = 1e-8, ymin: float = 1e-5):
     """One panel per named `spectrum.Density` (log-scale SLQ density, clipped below at `floor`),
-    over the histogram of the exact eigenvalues `eigenvalues[name]` when given (not None)."""
+    over the histogram of the exact eigenvalues `eigenvalues[name]` when given (not None).
+
+    Args:
+        densities: `spectrum.Density` results by panel title (each with `grid` and `density`).
+        eigenvalues: exact eigenvalues, shape (n,), by the same titles; a missing or None entry
+            draws no histogram; None for none at all.
+        bins: histogram bins of the exact eigenvalues (default 120).
+        floor: the density is clipped below at this value so the log scale shows it (default 1e-8).
+        ymin: the lower limit of the density axis (default 1e-5).
+
+    Returns:
+        A matplotlib figure, one panel per density side by side, sharing the density axis.
+    """
     import matplotlib.pyplot as plt
 
     eigenvalues = eigenvalues or {}
@@ -34,7 +46,16 @@ def spectral_densities(densities: Mapping[str, object], eigenvalues: Mapping[str
 def top_eigenvalues(curves: Mapping[str, np.ndarray], reference: np.ndarray | None = None,
                     reference_label: str = "dense eigh"):
     """Eigenvalue against rank (1 = largest) on a log scale, one marked line per named estimate,
-    and black dots for `reference` (e.g. the largest eigenvalues of the dense matrix)."""
+    and black dots for `reference` (e.g. the largest eigenvalues of the dense matrix).
+
+    Args:
+        curves: estimated eigenvalues by label, each shape (k,) in decreasing order.
+        reference: reference eigenvalues, shape (k,), drawn as black dots; None for none.
+        reference_label: the legend entry of `reference` (default "dense eigh").
+
+    Returns:
+        A matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
@@ -54,7 +75,16 @@ def top_eigenvalues(curves: Mapping[str, np.ndarray], reference: np.ndarray | No
 
 
 def trace_estimates(estimates: Mapping[str, object], exact: float | None = None):
-    """Each named `spectrum.TraceEstimate` with +- 2 standard errors, and the exact trace dashed."""
+    """Each named `spectrum.TraceEstimate` with +- 2 standard errors, and the exact trace dashed.
+
+    Args:
+        estimates: `spectrum.TraceEstimate` results (with `estimate` and `std_error`) by method name,
+            one point each along the x axis.
+        exact: the exact trace, drawn as a dashed line; None for none.
+
+    Returns:
+        A matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     names = list(estimates)
@@ -73,7 +103,15 @@ def trace_estimates(estimates: Mapping[str, object], exact: float | None = None)
 
 def sharpness_vs_threshold(runs: Sequence[object]):
     """Left: the sharpness of each `experiments.spectra.SharpnessRun` (history "callback_step",
-    "sharpness") with its threshold 2/lr dashed in the same colour; right: its training loss."""
+    "sharpness") with its threshold 2/lr dashed in the same colour; right: its training loss.
+
+    Args:
+        runs: `experiments.spectra.SharpnessRun`s, each with `learning_rate` and a `history` holding
+            "callback_step" and "sharpness" (measured steps) and "step" and "loss" (every step).
+
+    Returns:
+        A matplotlib figure with the two panels.
+    """
     import matplotlib.pyplot as plt
 
     fig, (ax_s, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
@@ -97,7 +135,15 @@ def sharpness_vs_threshold(runs: Sequence[object]):
 
 
 def sharpness_run(run) -> object:
-    """One `SharpnessRun` alone: its sharpness against step and the threshold 2/lr."""
+    """One `SharpnessRun` alone: its sharpness against step and the threshold 2/lr.
+
+    Args:
+        run: an `experiments.spectra.SharpnessRun` (its `learning_rate` and `history`'s
+            "callback_step" and "sharpness").
+
+    Returns:
+        A matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))

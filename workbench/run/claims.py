@@ -44,6 +44,7 @@ class Claim:
                          f"got {spec!r}")
 
     def check(self, metrics: dict[str, Any]) -> ClaimResult:
+        """This claim checked against a run's `metrics` (the content of its `metrics.json`)."""
         lo, hi, lo_in, hi_in = self.bounds()
         value = _lookup(metrics, self.metric)
         if value is _MISSING:
@@ -76,6 +77,10 @@ def _lookup(metrics: dict[str, Any], name: str) -> Any:
 
 @dataclass(frozen=True)
 class ClaimResult:
+    """One checked claim: the metric, the claim as written, the value found (None when missing),
+    whether it held, and why not ("metric not recorded", "metric is not numeric", "outside the
+    claim"; empty when it held)."""
+
     metric: str
     claim: str
     value: Any
@@ -84,7 +89,20 @@ class ClaimResult:
 
 
 def parse_claims(raw: Any, where: str) -> tuple[Claim, ...]:
-    """The header's `claims` mapping as Claims (validated; see the module docstring)."""
+    """The header's `claims` mapping as Claims, each validated before anything runs.
+
+    Args:
+        raw: the `claims` value of a paper's jupytext header: a mapping of metric name to a claim
+            (">x", "<x", ">=x", "<=x", [lo, hi]) or to `{quick: claim, full: claim}`; None for a
+            paper without claims.
+        where: where `raw` comes from (the notebook path), named in error messages.
+
+    Returns:
+        One `Claim` per metric and profile it applies to; an empty tuple when `raw` is None.
+
+    Raises:
+        PaperError: `raw` is not a mapping, names an unknown profile, or a claim is malformed.
+    """
     if raw is None:
         return ()
     if not isinstance(raw, dict):
@@ -104,5 +122,15 @@ def parse_claims(raw: Any, where: str) -> tuple[Claim, ...]:
 
 
 def check_claims(claims: tuple[Claim, ...], profile: str, metrics: dict[str, Any]) -> list[ClaimResult]:
-    """Every claim of `claims` that applies to `profile`, checked against `metrics`."""
+    """Every claim of `claims` that applies to `profile`, checked against `metrics`.
+
+    Args:
+        claims: the paper's claims (`Paper.claims`).
+        profile: the profile the run used, "quick" or "full"; claims of the other profile are
+            skipped.
+        metrics: the run's metrics (the content of its `metrics.json`; nested dicts allowed).
+
+    Returns:
+        One `ClaimResult` per applicable claim, in the order of `claims`.
+    """
     return [c.check(metrics) for c in claims if profile in c.profiles]

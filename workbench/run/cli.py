@@ -1,5 +1,16 @@
-"""The command line: `python -m workbench list | describe NAME | run NAME [-p k=v ...] [-f params.yaml]
-[--profile] | run --all [--jobs N] | lab copies|reset|save | workshop [--serve] [NAME...]`."""
+"""The command line, `python -m workbench` (or `workbench` once installed):
+
+    list                                     every paper, its title and quick-run time
+    describe NAME                            a paper's parameters, profiles and claims
+    run NAME... [-p k=v] [-f params.yaml] [--profile quick|full] [--jobs N] [--runs-dir DIR]
+    run --all [--jobs N]                     every paper
+    lab copies | reset [NAME...] | save NAME JupyterLab working copies (`workbench.run.lab`)
+    workshop [--profile P] [--serve] [--preheat] [--ip IP] [--port N] [NAME...]
+                                             every paper as a voila app (`workbench.run.workshop`)
+
+Errors in a request (unknown paper or parameter, bad value) exit with status 2 and a message,
+before anything runs; argparse does the same for unknown flags.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +34,15 @@ def _seconds(value) -> str:
 
 
 def cmd_list(args) -> int:
+    """`workbench list`: print every paper with its title and quick-profile time.
+
+    Args:
+        args: the parsed command line (`argparse.Namespace` from `build_parser`); it has no
+            options.
+
+    Returns:
+        The exit status: 0 on success.
+    """
     papers = registry.discover()
     rows = [[p.name, p.title, _seconds(p.quick_seconds)] for p in papers.values()]
     print(_table(rows, ["paper", "title", "quick run"]))
@@ -30,6 +50,14 @@ def cmd_list(args) -> int:
 
 
 def cmd_describe(args) -> int:
+    """`workbench describe NAME`: print a paper's source, profiles, parameters and claims.
+
+    Args:
+        args: the parsed command line (`argparse.Namespace` from `build_parser`); `args.name` is the paper.
+
+    Returns:
+        The exit status: 0 on success.
+    """
     paper = registry.get_paper(args.name)
     print(f"{paper.name}: {paper.title}")
     print(f"source: {paper.source}")
@@ -48,6 +76,24 @@ def cmd_describe(args) -> int:
 
 
 def cmd_run(args) -> int:
+    """`workbench run`: validate every requested run, then execute the papers and report each.
+
+    All names and parameters are checked before anything executes; the runs go to
+    `runs/NAME/<time>-<hash>/` (or `--runs-dir`), `--jobs` at a time, and a summary table follows
+    when there was more than one.
+
+    Args:
+        args: the parsed command line (`argparse.Namespace` from `build_parser`): `names` or
+            `all`, `param` (KEY=VALUE strings), `file` (YAML parameter files), `profile`,
+            `runs_dir`, `progress` and `jobs`.
+
+    Returns:
+        The exit status: 0 when every paper ran and every claim held, 1 otherwise.
+
+    Raises:
+        PaperError: names and --all both or neither given, --jobs below 1, an unknown paper or
+            parameter, or a value of the wrong type.
+    """
     available = registry.discover()
     if args.all == bool(args.names):
         raise registry.PaperError("give paper names or --all (not both)")
@@ -79,6 +125,15 @@ def cmd_run(args) -> int:
 
 
 def cmd_lab(args) -> int:
+    """`workbench lab copies | reset [NAME...] | save NAME`: manage the JupyterLab working copies.
+
+    Args:
+        args: the parsed command line (`argparse.Namespace` from `build_parser`); `args.lab_command`
+            is "copies", "reset" (with `args.names`, empty for all) or "save" (with `args.name`).
+
+    Returns:
+        The exit status: 0 on success.
+    """
     from workbench.run import lab
 
     if args.lab_command == "copies":
@@ -91,6 +146,15 @@ def cmd_lab(args) -> int:
 
 
 def cmd_workshop(args) -> int:
+    """`workbench workshop`: write `workshop/` and, with `--serve`, replace this process by voila.
+
+    Args:
+        args: the parsed command line (`argparse.Namespace` from `build_parser`); `args.extra` holds
+            flags passed on to voila.
+
+    Returns:
+        The exit status: 0 on success.
+    """
     from workbench.run import workshop
 
     written = workshop.prepare_workshop(names=args.names, profile=args.profile)
@@ -154,6 +218,11 @@ def _claims_cell(result) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `python -m workbench` (subcommands list, describe, run, lab, workshop).
+
+    Returns:
+        An `argparse.ArgumentParser` whose subcommands set `func` to the `cmd_*` that handles them.
+    """
     parser = argparse.ArgumentParser(prog="workbench", description="Run the workbench's paper notebooks.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every paper with its title and quick-profile time").set_defaults(func=cmd_list)
@@ -191,6 +260,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse `argv` and run the subcommand; a `PaperError` becomes a message and status 2.
+
+    Only `workshop` accepts flags it does not know (they are passed to voila); for any other
+    subcommand an unknown flag is argparse's usage error.
+
+    Args:
+        argv: the arguments after the program name; None reads `sys.argv[1:]`.
+
+    Returns:
+        The exit status: 0 on success, 1 when a paper failed or a claim did not hold, 2 for an
+        invalid request.
+
+    Raises:
+        SystemExit: from argparse, with status 2 and a usage message, for a malformed command line
+            (and status 0 for `--help`).
+    """
     args, extra = build_parser().parse_known_args(argv)
     if extra and args.command != "workshop":  # only voila takes flags of its own
         build_parser().parse_args(argv)  # exits with argparse's message for the unknown flags

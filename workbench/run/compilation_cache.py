@@ -41,13 +41,22 @@ class CacheInfo(NamedTuple):
 
 
 def default_dir() -> Path:
-    """`$XDG_CACHE_HOME/workbench/jax`, or `~/.cache/workbench/jax`."""
+    """The cache folder used when `WORKBENCH_JAX_CACHE` is unset.
+
+    Returns:
+        `$XDG_CACHE_HOME/workbench/jax`, or `~/.cache/workbench/jax` without XDG_CACHE_HOME.
+    """
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "workbench" / "jax"
 
 
 def requested_dir() -> Path | None:
-    """The folder `WORKBENCH_JAX_CACHE` asks for: a path, the default when unset, None when off."""
+    """The folder `WORKBENCH_JAX_CACHE` asks for.
+
+    Returns:
+        The path it names (with `~` expanded), `default_dir()` when it is unset or empty, None
+        when it is one of `OFF` ("off", "0", "false", "no", "none").
+    """
     setting = os.environ.get(ENV, "").strip()
     if setting.lower() in OFF:
         return None
@@ -63,6 +72,11 @@ def enable() -> Path | None:
 
     Takes effect for programs compiled after the call, so it belongs before the first
     computation (it is part of `import workbench`). A folder the user already gave JAX wins.
+    Calling it again follows a changed `WORKBENCH_JAX_CACHE` (and switches the cache off when it
+    now says off).
+
+    Returns:
+        The cache folder in use (the user's own JAX setting if there is one), or None when off.
     """
     global _source
     import jax
@@ -84,7 +98,12 @@ def enable() -> Path | None:
 
 
 def info() -> CacheInfo:
-    """The cache folder in use and its size."""
+    """The cache folder in use and its size.
+
+    Returns:
+        A `CacheInfo`: the folder (None when off), its number of cache entries and their total
+        bytes, and who chose the folder.
+    """
     import jax
 
     folder = jax.config.jax_compilation_cache_dir if _source != "off" else None

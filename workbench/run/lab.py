@@ -33,6 +33,11 @@ JUPYTEXT_TOML = "jupytext.toml"
 
 
 def lab_dir() -> Path:
+    """The folder of the JupyterLab working copies.
+
+    Returns:
+        `lab/` in the repository (git-ignored).
+    """
     return registry.repo_root() / "lab"
 
 
@@ -45,6 +50,12 @@ def strip_widgets(nb: dict[str, Any]) -> dict[str, Any]:
     A widget's view refers to a model that lives in the kernel; saved, it becomes "Error
     displaying widget: model not found" when the notebook is reopened. An output that was only a
     widget view is dropped; other outputs keep their other representations.
+
+    Args:
+        nb: a notebook as a JSON dict (nbformat 4: "metadata", "cells", each cell's "outputs").
+
+    Returns:
+        The same dict, changed in place.
     """
     nb.get("metadata", {}).pop("widgets", None)
     for cell in nb.get("cells", []):
@@ -64,7 +75,14 @@ def strip_widgets(nb: dict[str, Any]) -> dict[str, Any]:
 
 
 def pre_save(model: dict[str, Any], path: str, contents_manager: Any = None, **kwargs: Any) -> None:
-    """Jupyter server pre-save hook (`ContentsManager.pre_save_hook`): `strip_widgets` on notebooks."""
+    """Jupyter server pre-save hook (`ContentsManager.pre_save_hook`): `strip_widgets` on notebooks.
+
+    Args:
+        model: the contents model being saved; only `type == "notebook"` models are changed.
+        path: the file's path relative to the server root (unused).
+        contents_manager: the server's contents manager (unused).
+        **kwargs: further arguments Jupyter may pass (unused).
+    """
     if model.get("type") == "notebook" and isinstance(model.get("content"), dict):
         strip_widgets(model["content"])
 
@@ -86,7 +104,15 @@ def _write_pair(nb, folder: Path, name: str) -> None:
 
 
 def inject_parameters(nb, parameters: dict[str, Any]):
-    """`nb` with papermill's injected-parameters cell (nothing executed)."""
+    """`nb` with papermill's injected-parameters cell (nothing executed).
+
+    Args:
+        nb: a notebook (`nbformat.NotebookNode`) with a cell tagged `parameters`.
+        parameters: the values papermill writes into the `injected-parameters` cell after it.
+
+    Returns:
+        A new notebook with that cell; `nb` is left as it was.
+    """
     import papermill
 
     return papermill.execute_notebook(nb, None, parameters=parameters, prepare_only=True,
@@ -100,6 +126,18 @@ def prepare_copies(folder: Path | None = None, names: list[str] | None = None,
     A missing copy is created; a copy whose cells still equal the source it was made from follows
     the committed paper; an edited copy is kept. `parameters` (tests, workshops) are injected by
     papermill into new copies.
+
+    Args:
+        folder: where the copies go; None means `lab/`.
+        names: the papers to copy; None (or empty) means every paper.
+        parameters: values injected into new copies by papermill; None injects nothing.
+        quiet: do not print the notes to stderr (default: print them).
+
+    Returns:
+        A note per edited copy that was kept although its paper changed.
+
+    Raises:
+        PaperError: a name that is not a paper.
     """
     import jupytext
 
@@ -133,7 +171,15 @@ def prepare_copies(folder: Path | None = None, names: list[str] | None = None,
 
 
 def reset_copies(names: list[str] | None = None, folder: Path | None = None) -> None:
-    """Discard the working copies `names` (default: all) and make them afresh from the papers."""
+    """Discard the working copies `names` and make them afresh from the papers.
+
+    Args:
+        names: the papers whose copies are discarded; None (or empty) means every paper.
+        folder: where the copies are; None means `lab/`.
+
+    Raises:
+        PaperError: a name that is not a paper.
+    """
     folder = Path(folder) if folder is not None else lab_dir()
     names = names or list(registry.discover())
     for name in names:
@@ -145,7 +191,19 @@ def reset_copies(names: list[str] | None = None, folder: Path | None = None) -> 
 
 def save_copy(name: str, folder: Path | None = None) -> Path:
     """Make the lab copy of paper `name` the paper: its cells (no outputs) into notebooks/NAME.py
-    and the paired .ipynb. This is the one way lab edits reach the repository."""
+    and the paired .ipynb. This is the one way lab edits reach the repository.
+
+    Args:
+        name: the paper.
+        folder: where the copies are; None means `lab/`.
+
+    Returns:
+        The path of the paper's source that was written (`notebooks/NAME.py`).
+
+    Raises:
+        PaperError: `name` is not a paper, it has no lab copy, the copy carries papermill's
+            injected-parameters cell, or the saved notebook is no longer a valid paper.
+    """
     import jupytext
 
     folder = Path(folder) if folder is not None else lab_dir()

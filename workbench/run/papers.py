@@ -32,6 +32,9 @@ REQUIRED_PARAMETERS = ("seed", "profile", "interactive")
 
 @dataclass(frozen=True)
 class Parameter:
+    """One typed parameter of a paper: its name, type name ("int", "list[float]", ...), quick-profile
+    default (already of that type) and the help text from its comment."""
+
     name: str
     type: str
     default: Any
@@ -40,6 +43,9 @@ class Parameter:
 
 @dataclass(frozen=True)
 class Paper:
+    """A paper: its name (the notebook's stem), title, jupytext source, the expected quick-run time
+    in seconds (None when unknown), the full profile's overrides, its parameters and its claims."""
+
     name: str
     title: str
     source: Path
@@ -53,16 +59,38 @@ class Paper:
 
 
 def repo_root() -> Path:
+    """The repository's root folder (the one holding `workbench/` and `notebooks/`).
+
+    Returns:
+        The absolute path of the root of the checkout this package was imported from.
+    """
     return Path(__file__).resolve().parents[2]
 
 
 def notebooks_dir() -> Path:
-    """WORKBENCH_NOTEBOOKS if set, else the repository's notebooks/ folder."""
+    """The folder the papers are read from.
+
+    Returns:
+        `$WORKBENCH_NOTEBOOKS` if set (tests point it at a folder of their own), else the
+        repository's `notebooks/`.
+    """
     return Path(os.environ.get("WORKBENCH_NOTEBOOKS") or repo_root() / "notebooks")
 
 
 def parse_parameters(cell_source: str, where: str = "parameters cell") -> dict[str, Parameter]:
-    """Read `name: type = default  # help` lines of a parameters cell."""
+    """Read the `name: type = default  # help` lines of a paper's parameters cell.
+
+    Args:
+        cell_source: the source of the cell tagged `parameters`; every statement must be an
+            annotated assignment of a literal, with a type of `SCALAR_TYPES` or `LIST_TYPES`.
+        where: what to call the cell in error messages (default "parameters cell").
+
+    Returns:
+        The parameters by name, in the order declared, defaults coerced to their types.
+
+    Raises:
+        PaperError: a statement that is not `name: type = literal`, or an unsupported type.
+    """
     comments = {}
     for tok in tokenize.generate_tokens(io.StringIO(cell_source).readline):
         if tok.type == tokenize.COMMENT:
@@ -84,6 +112,19 @@ def parse_parameters(cell_source: str, where: str = "parameters cell") -> dict[s
 
 
 def load_paper(source: Path) -> Paper:
+    """Read one paper from its jupytext source and validate its header and parameters.
+
+    Args:
+        source: the notebook's `.py` (jupytext percent) file.
+
+    Returns:
+        The `Paper`, with its parameters, full-profile overrides and claims.
+
+    Raises:
+        PaperError: not exactly one `parameters` cell, a required parameter (`seed`, `profile`,
+            `interactive`) missing, a full-profile override naming an unknown parameter or of the
+            wrong type, or a malformed claim.
+    """
     import jupytext
 
     nb = jupytext.read(source)
@@ -108,12 +149,34 @@ def load_paper(source: Path) -> Paper:
 
 
 def discover(folder: Path | None = None) -> dict[str, Paper]:
-    """Every paper in `folder` (default: notebooks/), by name."""
+    """Every paper in a folder, by name.
+
+    Args:
+        folder: where the `NAME.py` sources are; None means `notebooks_dir()`.
+
+    Returns:
+        The papers by name, sorted by name.
+
+    Raises:
+        PaperError: a source in `folder` is not a valid paper (see `load_paper`).
+    """
     folder = folder or notebooks_dir()
     return {p.stem: load_paper(p) for p in sorted(folder.glob("*.py"))}
 
 
 def get_paper(name: str, papers: dict[str, Paper] | None = None) -> Paper:
+    """The paper called `name`, or an error that suggests the closest name.
+
+    Args:
+        name: the paper's name (its notebook's stem).
+        papers: the registry to look in, as `discover()` returns it; None discovers it anew.
+
+    Returns:
+        The `Paper`.
+
+    Raises:
+        PaperError: no paper has that name (the message lists them).
+    """
     papers = papers if papers is not None else discover()
     if name not in papers:
         close = difflib.get_close_matches(name, papers, n=1)
@@ -126,7 +189,22 @@ def get_paper(name: str, papers: dict[str, Paper] | None = None) -> Paper:
 
 
 def coerce(name: str, type_name: str, value: Any) -> Any:
-    """`value` (a string from the command line or a YAML value) as the declared type, or an error."""
+    """`value` (a string from the command line or a YAML value) as the declared type, or an error.
+
+    Strings are parsed ("1_000" as an int, "true"/"no" as a bool, "1,2" or "[1, 2]" as a list);
+    bools are never taken for numbers, floats only for ints when integral, NaN never.
+
+    Args:
+        name: the parameter's name, used in error messages.
+        type_name: its declared type, a key of `SCALAR_TYPES` or `LIST_TYPES` ("int", "list[float]").
+        value: the value given.
+
+    Returns:
+        `value` as an `int`, `float`, `str`, `bool` or list of these.
+
+    Raises:
+        PaperError: `value` cannot be read as `type_name` (the message names the parameter).
+    """
 
     def fail(detail=""):
         raise PaperError(f"parameter {name!r} expects {type_name}, got {value!r}{detail}")
@@ -178,7 +256,17 @@ def coerce(name: str, type_name: str, value: Any) -> Any:
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, str]:
-    """`key=value` strings from `-p` into a dict (values stay strings until checked)."""
+    """`key=value` strings from `-p` into a dict (values stay strings until checked).
+
+    Args:
+        pairs: the `-p` arguments, each "key=value" (the value may itself contain "=").
+
+    Returns:
+        The values by key (whitespace stripped from keys); a later key wins.
+
+    Raises:
+        PaperError: an item without "=".
+    """
     out = {}
     for pair in pairs:
         if "=" not in pair:
@@ -191,7 +279,21 @@ def parse_assignments(pairs: list[str]) -> dict[str, str]:
 def resolve_parameters(
     paper: Paper, overrides: dict[str, Any] | None = None, profile: str | None = None
 ) -> dict[str, Any]:
-    """Defaults, then the full profile (if asked), then `overrides`; every value type-checked."""
+    """A paper's parameters for one run: defaults, then the full profile (if asked), then `overrides`.
+
+    Args:
+        paper: the paper.
+        overrides: values by parameter name (strings from the command line or YAML values);
+            None for none.
+        profile: "quick" or "full"; None takes `overrides["profile"]`, else the notebook's default.
+
+    Returns:
+        Every parameter by name, each of its declared type, with `profile` set.
+
+    Raises:
+        PaperError: an override names an unknown parameter (with the closest valid name), a value
+            has the wrong type, or the profile is unknown.
+    """
     overrides = dict(overrides or {})
     unknown = [k for k in overrides if k not in paper.parameters]
     if unknown:
@@ -214,6 +316,17 @@ def resolve_parameters(
 
 
 def load_parameter_file(path: str | Path) -> dict[str, Any]:
+    """The parameter overrides in a YAML file (`workbench run -f params.yaml`).
+
+    Args:
+        path: the YAML file: a mapping of parameter names to values (empty means none).
+
+    Returns:
+        The mapping, values as YAML read them (checked later by `resolve_parameters`).
+
+    Raises:
+        PaperError: the file does not exist or does not hold a mapping.
+    """
     path = Path(path)
     if not path.exists():
         raise PaperError(f"parameter file not found: {path}")
@@ -224,4 +337,12 @@ def load_parameter_file(path: str | Path) -> dict[str, Any]:
 
 
 def params_hash(params: dict[str, Any]) -> str:
+    """A short hash of a run's resolved parameters, the suffix of its run directory's name.
+
+    Args:
+        params: the resolved parameters (JSON-serialisable values); key order does not matter.
+
+    Returns:
+        The first 8 hexadecimal digits of the SHA-256 of `params` as sorted JSON.
+    """
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]

@@ -22,13 +22,19 @@ _metrics: dict[str, Any] = {}
 
 
 def run_dir() -> Path | None:
-    """The directory of the paper run this process belongs to, or None outside a run."""
+    """The directory of the paper run this process belongs to.
+
+    Returns:
+        The path in `$WORKBENCH_RUN_DIR` (set by the runner for the notebook's kernel), or None
+        outside a paper run.
+    """
     value = os.environ.get(RUN_DIR_ENV)
     return Path(value) if value else None
 
 
 def _to_json(value: Any, name: str) -> Any:
-    """Plain JSON values from numpy/JAX scalars and arrays; NaN stays visible as null + a flag."""
+    """Plain JSON values from numpy/JAX scalars and arrays; a non-finite float becomes its string
+    ("nan", "inf"), visible in metrics.json and failing any claim on it."""
     if hasattr(value, "tolist"):  # numpy / jax arrays and scalars
         value = value.tolist()
     if isinstance(value, dict):
@@ -47,7 +53,18 @@ def record(**metrics: Any) -> dict[str, Any]:
     """Record headline numbers of this run; returns every metric recorded so far.
 
     Values may be Python or numpy/JAX numbers, strings, or (nested) lists and dicts of them.
-    A metric recorded twice keeps its last value.
+    A metric recorded twice keeps its last value. Inside a paper run the metrics are merged into
+    the run's `metrics.json` (written atomically); a non-finite float is written as its string
+    ("nan", "inf") so it stays visible and fails any claim on it.
+
+    Args:
+        **metrics: the headline numbers by name (a name becomes a key of `metrics.json`).
+
+    Returns:
+        Every metric recorded so far by this process, by name, as plain JSON values.
+
+    Raises:
+        TypeError: a value is not a number, string, list or dict of them.
     """
     for name, value in metrics.items():
         _metrics[name] = _to_json(value, name)
@@ -67,7 +84,17 @@ def save_figure(fig: Any, name: str) -> Path | None:
 
     Every plotly HTML of a run loads one shared `figures/plotly.min.js` (written next to it once),
     so the run directory opens offline without carrying 4.8 MB of JavaScript per figure.
-    Returns the path written, or None outside a paper run.
+
+    Args:
+        fig: a matplotlib `Figure` (saved as PNG at 110 dpi) or a plotly `Figure` (saved as HTML).
+        name: the file stem, e.g. "loss_curves" (no folder, not starting with ".").
+
+    Returns:
+        The path written, or None outside a paper run (nothing is written then).
+
+    Raises:
+        ValueError: `name` is empty, contains "/" or starts with ".".
+        TypeError: `fig` is neither a matplotlib nor a plotly figure.
     """
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"figure name must be a plain file stem, got {name!r}")
@@ -96,6 +123,17 @@ def show(fig: Any, name: str) -> Path | None:
 
     A plotly figure is shown through JupyterLab's (and voila's) plotly renderer, without
     embedding plotly.js in the notebook, so an executed notebook stays small.
+
+    Args:
+        fig: a matplotlib or plotly figure.
+        name: the file stem it is saved under (see `save_figure`).
+
+    Returns:
+        The path written, or None outside a paper run.
+
+    Raises:
+        ValueError: `name` is not a plain file stem.
+        TypeError: `fig` is neither a matplotlib nor a plotly figure.
     """
     from IPython.display import display
 

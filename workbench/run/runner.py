@@ -36,6 +36,10 @@ VERSIONED_PACKAGES = (
 
 @dataclass
 class RunResult:
+    """One paper run: the paper's name, whether the notebook ran, its run directory (ending in
+    `-failed` when it did not), the seconds it took, the error's last line (None when it ran) and
+    the checked claims (empty when it failed)."""
+
     paper: str
     ok: bool
     path: Path
@@ -45,6 +49,7 @@ class RunResult:
 
     @property
     def claims_ok(self) -> bool:
+        """Whether every checked claim held (True when there were none)."""
         return all(c.passed for c in self.claims)
 
 
@@ -94,13 +99,28 @@ def _unique(path: Path) -> Path:
 def one_blas_thread() -> None:
     """For a worker process running papers side by side (`workbench run --jobs N`): one BLAS
     thread per kernel unless the user set it, as the test workers do; several busy-waiting
-    BLAS pools on few cores stall each other."""
+    BLAS pools on few cores stall each other. Sets OMP/OPENBLAS/MKL_NUM_THREADS where unset."""
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, "1")
 
 
 def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None, progress: bool = False) -> RunResult:
-    """Execute `paper` with already-resolved `params` into a new run directory."""
+    """Execute `paper` with already-resolved `params` into a new run directory.
+
+    The notebook runs in a fresh kernel (papermill) inside `.tmp-<stem>-<pid>/`, with
+    `WORKBENCH_RUN_DIR` pointing there; afterwards its claims are checked against `metrics.json`,
+    a `manifest.json` records parameters, times, git state, devices and package versions, and the
+    folder is renamed to `<UTC time>-<params hash>` (or `...-failed`, with `error.txt`).
+
+    Args:
+        paper: the paper to run.
+        params: its resolved parameters (`papers.resolve_parameters`), injected by papermill.
+        runs_dir: the folder holding one subfolder per paper; None means `runs/` in the repository.
+        progress: show papermill's per-cell progress bar (default off).
+
+    Returns:
+        The `RunResult`; a failing notebook is reported in it, never raised.
+    """
     import jupytext
     import papermill
 
@@ -173,7 +193,14 @@ def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None
 
 
 def cleanup_stale_temporaries(runs_dir: Path) -> None:
-    """Remove `.tmp-*` directories left by runs that were killed (never a finished run)."""
+    """Remove `.tmp-*` directories left by runs that were killed (never a finished run).
+
+    A temporary directory is removed only when the process named in its suffix is gone, so runs
+    in progress (other `--jobs` workers, another terminal) are left alone.
+
+    Args:
+        runs_dir: the runs folder (`runs/` or `--runs-dir`); a missing folder is fine.
+    """
     for tmp in Path(runs_dir).glob("*/.tmp-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):

@@ -67,10 +67,12 @@ class Panel:
                  live: bool = False, title: str | None = None, history_size: int = HISTORY_SIZE):
         import ipywidgets as w
 
+        from workbench.core.numerics import check_positive_int
+
         self.fn, self.show, self.summary = fn, show, summary
         self.controls = dict(controls)
         self.history: list[dict] = []
-        self.history_size = int(history_size)
+        self.history_size = check_positive_int("history_size", history_size)
         self.last_error: BaseException | None = None
         self.on_clear: Callable[[], Any] | None = None  # also forget a panel's own overlay state
         self.output = w.Output()
@@ -93,6 +95,7 @@ class Panel:
                                        self.output, self.history_view])
 
     def values(self) -> dict[str, Any]:
+        """The controls' current values by argument name (what `run` passes to `fn`)."""
         return {name: control.value for name, control in self.controls.items()}
 
     def _set_busy(self, busy: bool) -> None:
@@ -152,6 +155,7 @@ class Panel:
         self.status.value = f"<span style='color:#b00'>error: {html.escape(message)}</span>"
 
     def clear(self) -> None:
+        """Empty the history table (and a panel's own overlay state, through `on_clear`)."""
         self.history.clear()
         if self.on_clear is not None:
             self.on_clear()
@@ -182,19 +186,49 @@ def panel(fn: Callable[..., Any], controls: Mapping[str, Any], show: Callable[[A
     """A `Panel` calling `fn(**{name: control.value})`; `show(result)` returns a matplotlib figure
     (or None, printing instead) and `summary(result)` the headline numbers kept in the history.
     `live=True` reruns on every control change (use `continuous_update=False` sliders) instead of
-    on a button."""
+    on a button.
+
+    Args:
+        fn: the package function the panel calls with the controls' values as keywords.
+        controls: ipywidgets controls by `fn`'s argument name.
+        show: turns `fn`'s result into a matplotlib figure (or returns None after printing).
+        summary: turns the result into headline numbers by label for the history table; None
+            keeps none.
+        button_text: the run button's label (default "Run").
+        live: rerun whenever a control changes, with no button (default off).
+        title: a bold heading above the controls; None for none.
+
+    Returns:
+        The `Panel`; display `panel.widget`, or call `panel.run()` (tests do).
+    """
     return Panel(fn, controls, show, summary=summary, button_text=button_text, live=live, title=title)
 
 
 def slider_style(*controls: Any) -> None:
-    """Let long descriptions ("learning rate", "steps") show in full."""
+    """Let long descriptions ("learning rate", "steps") show in full.
+
+    Args:
+        *controls: ipywidgets controls whose `style` is set (in place) to an unclipped description
+            width.
+    """
     for c in controls:
         c.style = {"description_width": "initial"}
 
 
 def training_panel(fn: Callable[..., Any], hidden_size: int = 32, learning_rate: float = 1e-2, num_steps: int = 500) -> Panel:
     """Hidden size, learning rate and steps for `fn` (e.g. `workbench.experiments.digits.fit_digits_mlp`), showing
-    the loss curve of the returned `Fit`; the history keeps test accuracy and final loss."""
+    the loss curve of the returned `Fit`; the history keeps test accuracy and final loss.
+
+    Args:
+        fn: the training function; called with keywords `hidden_size`, `learning_rate` and
+            `num_steps`, it returns a `Fit` (with `test_accuracy` and `result.history["loss"]`).
+        hidden_size: the slider's starting number of hidden units (default 32; 4 to 256).
+        learning_rate: the slider's starting Adam learning rate (default 1e-2; 1e-4 to 1).
+        num_steps: the slider's starting number of training steps (default 500; 50 to 5000).
+
+    Returns:
+        The `Panel`.
+    """
     import ipywidgets as w
 
     from workbench.plots import loss_curves

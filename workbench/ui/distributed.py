@@ -12,7 +12,18 @@ from workbench.ui import Panel, panel, slider_style
 
 def ot_job_panel(run_job: Callable[..., Any], base_config: Any, num_processes: int = 2) -> Panel:
     """Controls: processes, points per cloud, epsilon. `run_job(out_dir, num_processes, config)` is
-    `workbench.experiments.distributed.run_job`; the history keeps the dual value, steps and time."""
+    `workbench.experiments.distributed.run_job`; the history keeps the dual value, steps and time.
+
+    Args:
+        run_job: the job launcher, `run_job(out_dir, num_processes, config)` returning a job whose
+            `results` hold "ot_x", "ot_y", "ot_u", "ot_v", "ot_dual", "ot_steps" and "ot_seconds".
+        base_config: the job's configuration (a dataclass with `ot_points` and `epsilon`); the
+            panel replaces those two and solves at one scaling size (1000).
+        num_processes: the slider's starting number of processes (default 2; 1 to 4).
+
+    Returns:
+        The `Panel`; each run writes into a fresh temporary folder.
+    """
     import dataclasses
 
     import ipywidgets as w

@@ -12,7 +12,20 @@ def sharpness_panel(fn: Callable, learning_rate: float = 0.05, hidden_size: int 
                     overlay: int = 4) -> Panel:
     """`fn(learning_rate, hidden_size, num_steps) -> SharpnessRun` (e.g. a partial of
     `experiments.spectra.digits_sharpness_run`): trains by full-batch GD and shows the sharpness of
-    the last `overlay` runs against their thresholds 2/lr (dashed) and their losses."""
+    the last `overlay` runs against their thresholds 2/lr (dashed) and their losses.
+
+    Args:
+        fn: the training function; called with keywords `learning_rate`, `hidden_size` and
+            `num_steps`, it returns an `experiments.spectra.SharpnessRun`.
+        learning_rate: the slider's starting GD learning rate (default 0.05; range 10^-2.5 to
+            10^-0.5).
+        hidden_size: the slider's starting width in units per layer (default 32; 8 to 128).
+        num_steps: the slider's starting number of GD steps (default 300; 100 to 3000).
+        overlay: how many of the latest runs are drawn together (default 4); Clear forgets them.
+
+    Returns:
+        The `Panel`; display `panel.widget`.
+    """
     import ipywidgets as w
 
     from workbench.experiments.spectra import stability_ratio
@@ -46,7 +59,19 @@ def sharpness_panel(fn: Callable, learning_rate: float = 0.05, hidden_size: int 
 
 def density_panel(fn: Callable, num_iters: int = 40, num_probes: int = 4, sigma2: float = 1e-4) -> Panel:
     """`fn(num_iters, num_probes, sigma2) -> spectrum.Density` (e.g. a partial of
-    `spectrum.spectral_density` on the Hessian operator): the density, log-scaled."""
+    `spectrum.spectral_density` on the Hessian operator): the density, log-scaled.
+
+    Args:
+        fn: the estimator; called with keywords `num_iters`, `num_probes` and `sigma2`, it returns
+            a `spectrum.Density`.
+        num_iters: the slider's starting number of Lanczos steps (default 40; 10 to 200).
+        num_probes: the slider's starting number of probe vectors (default 4; 1 to 50).
+        sigma2: the slider's starting Gaussian kernel variance, relative to the squared spectral
+            range (default 1e-4; 1e-7 to 1e-1).
+
+    Returns:
+        The `Panel`; the history keeps the largest and smallest Ritz values.
+    """
     import ipywidgets as w
     import numpy as np
 
