@@ -182,12 +182,12 @@ def test_step_counts_share_one_compiled_program_and_give_the_same_numbers(proble
 
 @pytest.mark.standard_promotion  # optax.adam (the digits setup) is not strict-safe
 def test_model_stacks_of_different_sizes_share_one_compiled_fit():
-    from workbench.experiments import unlearning as X
+    from workbench.experiments import unlearning as recipes
 
-    setup = X.digits_setup(num_steps=5, seed=0)
+    setup = recipes.digits_setup(num_steps=5, seed=0)
     keys = jax.random.split(jax.random.key(0), 4)
-    one, four = X.train_models(setup, setup.train_data, keys[:1]), X.train_models(setup, setup.train_data, keys)
-    fit = X._FITS[(setup.loss_fn, setup.init_fn, setup.learning_rate, setup.num_steps, setup.batch_size)]
+    one, four = recipes.train_models(setup, setup.train_data, keys[:1]), recipes.train_models(setup, setup.train_data, keys)
+    fit = recipes._FITS[(setup.loss_fn, setup.init_fn, setup.learning_rate, setup.num_steps, setup.batch_size)]
     assert fit._cache_size() == 1
     assert jax.tree.leaves(one)[0].shape[0] == 1 and jax.tree.leaves(four)[0].shape[0] == 4
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)):  # the padding never leaks into a model
@@ -460,8 +460,8 @@ def test_forget_class_methods_run_and_validate(tiny_diffusion, key):
 
 def test_panels_show_results_errors_and_history(capsys):
     from workbench.experiments.diffusion_unlearning import DiffusionRow, ExploredDiffusion
-    from workbench.experiments.unlearning import Explored
-    from workbench.ui import unlearning as UI
+    from workbench.experiments.unlearning_sweeps import Explored
+    from workbench.ui import unlearning as panels
 
     sc = E.Scores(0.0, 0.99, 0.9, 5.0, 0.1, 0.3)
     calls = []
@@ -472,7 +472,7 @@ def test_panels_show_results_errors_and_history(capsys):
             raise ValueError("alpha too large")
         return Explored(method, sc, 0.5, 0.01, sc)
 
-    p = UI.unlearning_panel(fake)
+    p = panels.unlearning_panel(fake)
     assert set(p.controls) == {"method", "kind", "strength", "num_steps"}
     assert p.run().scores.retain_accuracy == 0.99
     p.controls["strength"].value = 20.0
@@ -480,7 +480,7 @@ def test_panels_show_results_errors_and_history(capsys):
     assert len(p.history) == 1 and p.history[0]["numbers"]["oracle forget acc"] == 0.0
 
     row = DiffusionRow("remap", 0.0, 1.0, 0.8, 0.1, 1.0, 0.4, 3.8, 1.0)
-    d = UI.diffusion_panel(lambda **kw: ExploredDiffusion(row, np.zeros((2, 10, 8, 8)), ["original", "remap"]))
+    d = panels.diffusion_panel(lambda **kw: ExploredDiffusion(row, np.zeros((2, 10, 8, 8)), ["original", "remap"]))
     assert set(d.controls) == {"method", "forget_class", "weight", "num_steps"}
     assert d.run().row.method == "remap"
     assert d.history[0]["numbers"]["floor (pixel)"] == 0.4
