@@ -484,3 +484,39 @@ def test_panels_show_results_errors_and_history(capsys):
     assert set(d.controls) == {"method", "forget_class", "weight", "num_steps"}
     assert d.run().row.method == "remap"
     assert d.history[0]["numbers"]["floor (pixel)"] == 0.4
+
+
+def test_headline_numbers_are_computed_from_the_recipes_results():
+    """The papers' claimed metrics come from package code: the SSD cell, the bound, the count of
+    good ascent settings and the KLoM ratios (unlearning); gaps and ratios (diffusion)."""
+    from workbench.experiments import diffusion_unlearning as diffusion_recipes
+    from workbench.experiments import unlearning as recipes
+    from workbench.experiments import unlearning_sweeps as sweeps
+
+    oracle = E.Scores(0.0, 0.99, 0.9, 5.0, 0.1, 0.3)
+    grid = lambda *v: np.asarray(v, float).reshape(3, 2)
+    sweep = sweeps.AlphaSweep(np.array([1.0, 5.0, 20.0]), np.array([0.1, 1.0]), grid(0.3, 0.2, 0.1, 0.05, 0, 0),
+                              grid(0.5, 0.6, 0.02, 0.4, np.nan, np.nan), grid(0.9, 0.95, 0.985, 0.99, np.nan, np.nan),
+                              grid(*[0.8] * 6), 10.0, 0.01, 0.05, oracle)
+    cliff = sweeps.Cliff(np.array([0.1, 1.0]), np.array([10, 30]), np.array([[0.9, 0.04], [0.0, np.nan]]),
+                         np.array([[0.99, 0.975], [0.5, np.nan]]), np.zeros((2, 2)))
+    assert sweeps.good_ascent_settings(cliff, 0.99) == 1  # only (0.1, 30): forgets and keeps retain
+    row = lambda name, klom: recipes.MethodRow(name, 0, 0, 0, klom, 0, 0, 0.5, 0)
+    bench = recipes.Benchmark([row("oracle_matching", 1.0), row("datamodel_matching", 4.0),
+                               row("gradient_ascent", 16.0), row("neggrad_plus", 8.0)], 10, 4, 2.0)
+    h = sweeps.headline(sweep, cliff, bench, 5.0, 0.1)
+    assert (h.ssd_forget_accuracy, h.ssd_bound, h.ascent_good_settings) == (0.02, 10.0, 1)
+    assert h.ssd_retain_gap == pytest.approx(0.005) and h.ssd_speedup == pytest.approx(5.0)
+    assert h.ssd_selected_above_bound == 0.0  # alpha=20 >= bound selects nothing
+    assert (h.klom_om_over_dmm, h.klom_dmm_over_ascent) == (0.25, 0.5)  # against the better of ascent/NegGrad+
+    with pytest.raises(ValueError, match="no cell alpha=2"):
+        sweeps.headline(sweep, cliff, bench, 2.0, 0.1)
+
+    drow = lambda name, acc_r, fd, feat, pix: diffusion_recipes.DiffusionRow(name, 0.0, acc_r, fd, pix, feat, 0.4, 4.0, 1)
+    d = diffusion_recipes.diffusion_headline([drow("original", 1, 1, 0, 0), drow("remap", 0.97, 1.0, 2.0, 0.3),
+                                              drow("remap_distill", 0.99, 0.8, 1.0, 0.2)])
+    assert d.remap_retain_accuracy_gap == pytest.approx(0.02)
+    assert (d.remap_frechet_ratio, d.remap_integrity_ratio) == (1.25, 2.0)
+    assert d.remap_integrity_pixel_ratio == pytest.approx(1.5) and d.distill_integrity_over_floor == 0.25
+    with pytest.raises(ValueError, match="remap_distill"):
+        diffusion_recipes.diffusion_headline([drow("remap", 1, 1, 1, 1)])

@@ -90,7 +90,7 @@ class DiffusionRow(NamedTuple):
     seconds: float
 
 
-class Comparison(NamedTuple):
+class DiffusionComparison(NamedTuple):
     """The rows of `diffusion_methods` ("original" first) and each model's params by name."""
 
     rows: list[DiffusionRow]
@@ -100,7 +100,7 @@ class Comparison(NamedTuple):
 def diffusion_methods(ds: DiffusionSetup, forget_class: int = 0, methods: Sequence[str] = diffusion.FORGETTING,
                       num_steps: int = 300, weight: float = 1.0, learning_rate: float = 1e-3,
                       samples_per_class: int = 50, sample_steps: int = 25, seed: int = 0,
-                      target_class: int | None = None) -> Comparison:
+                      target_class: int | None = None) -> DiffusionComparison:
     """Forget `forget_class` by each method and judge the samples.
 
     Args:
@@ -116,7 +116,7 @@ def diffusion_methods(ds: DiffusionSetup, forget_class: int = 0, methods: Sequen
       target_class: the class drawn instead (remap kinds); None means the smallest retain class.
 
     Returns:
-      `Comparison(rows, params)`.
+      `DiffusionComparison(rows, params)`.
     """
     key = jax.random.key(seed + 1)
     k_forget, k_int, k_fd = jax.random.split(key, 3)
@@ -147,7 +147,7 @@ def diffusion_methods(ds: DiffusionSetup, forget_class: int = 0, methods: Sequen
         fd = diffusion.frechet_distance(np.asarray(ds.features(xr)), np.asarray(ds.features(real_r)))
         rows.append(DiffusionRow(name, acc_f, acc_r, fd, integ.pixel, integ.feature, integ.pixel_floor,
                                  integ.feature_floor, secs))
-    return Comparison(rows, all_params)
+    return DiffusionComparison(rows, all_params)
 
 
 class SampleGrid(NamedTuple):
@@ -163,7 +163,7 @@ def sample_grid(ds: DiffusionSetup, params_by_method: dict[str, Any], per_class:
 
     Args:
       ds: the trained setup (for the model's `apply_fn`).
-      params_by_method: params by model name (e.g. `Comparison.params`).
+      params_by_method: params by model name (e.g. `DiffusionComparison.params`).
       per_class: samples per class.
       seed: the shared noise (key `seed + 7`).
       sample_steps: DDIM steps.
