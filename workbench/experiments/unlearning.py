@@ -16,6 +16,7 @@ import optax
 from flax import nnx
 
 from workbench import train, unlearning
+from workbench.core.numerics import num_examples
 from workbench.data import Dataset, load_digits
 from workbench.experiments.timing import best_time
 from workbench.models import MLP, functional
@@ -233,7 +234,7 @@ def calibrate_scale(setup: Setup, models, key: jax.Array, fraction: float = 0.05
       ValueError: when the predicted changes do not correlate positively with retraining.
     """
     opts = dict(options or default_options(setup)["datamodel_matching"])
-    num_models = jax.tree.leaves(models)[0].shape[0]
+    num_models = num_examples(models, "models")
     k_set, k_t = jax.random.split(key)
     s = unlearning.split(setup.train_data, forget_indices(setup.train_data, "random", k_set, fraction))
     oracles = train_models(setup, s.retain, _MODEL_KEYS[(num_models, id(models))])

@@ -32,8 +32,8 @@ import optax
 from flax import nnx
 
 from workbench.core.numerics import check_positive_int
-from workbench.train import NonFiniteLossError, optimize_streams
-from workbench.unlearning.methods import Unlearned, _dtype, _positive
+from workbench.train import optimize_streams
+from workbench.unlearning.methods import Unlearned, _dtype, _finish, _positive
 from workbench.unlearning.sets import check_sets
 
 PyTree = Any
@@ -176,15 +176,6 @@ def _train(apply_fn, num_steps, batch_size, params, data, key, lr):
                             batch_sizes=(batch_size,), step_keys=True)
 
 
-def _check_run(name, params, losses, hint):
-    losses = np.asarray(losses)
-    bad = np.flatnonzero(~np.isfinite(losses))
-    if bad.size:
-        raise NonFiniteLossError(f"{name}: the loss became {losses[bad[0]]} at step {bad[0]}; {hint}")
-    if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(params)):
-        raise NonFiniteLossError(f"{name}: the params hold NaN or inf; {hint}")
-
-
 class Trained(NamedTuple):
     """A trained denoiser's params and its loss at each step [num_steps]."""
 
@@ -215,8 +206,7 @@ def train_denoiser(model: Model, data, key: jax.Array, *, learning_rate: float =
     batch_size = check_positive_int("batch_size", batch_size)
     lr = jnp.asarray(_positive(learning_rate, "learning_rate"), _dtype(model.params))
     params, losses = _train(model.apply_fn, num_steps, batch_size, model.params, data, key, lr)
-    _check_run("train_denoiser", params, losses, "lower learning_rate")
-    return Trained(params, np.asarray(losses))
+    return _finish("train_denoiser", Trained(params, np.asarray(losses)), "lower learning_rate")
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -344,8 +334,8 @@ def forget_class(kind: str, model: Model, params: PyTree, forget, retain, key: j
     remapped = (retain[0][sel], jnp.full((int(sel.sum()),), int(f_classes[0]), dtype=retain[1].dtype))
     new, losses = _forget(model.apply_fn, kind, num_steps, batch_size, params, forget, retain,
                           remapped, key, lr, jnp.asarray(float(weight), dt))
-    _check_run(f"forget_class({kind!r})", new, losses, "lower learning_rate, weight or num_steps")
-    return Unlearned(new, jnp.asarray(losses), jnp.ones((), dt))
+    return _finish(f"forget_class({kind!r})", Unlearned(new, jnp.asarray(losses), jnp.ones((), dt)),
+                   "lower learning_rate, weight or num_steps")
 
 
 # ----------------------------------------------------------------------------- integrity and FD

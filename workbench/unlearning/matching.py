@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench import influence
-from workbench.core.numerics import check_positive_int
+from workbench.core.numerics import check_positive_int, num_examples
 from workbench.train import optimize_streams
 from workbench.unlearning.methods import (
     OPTIMIZERS,
@@ -83,7 +83,7 @@ def match_outputs(predict_fn: Callable, params: PyTree, x: jax.Array, targets: j
 
 def _matching_set(forget, retain, key, retain_sample: int):
     """Inputs to match on: every forget example and `retain_sample` retain examples drawn by key."""
-    n_r = jax.tree.leaves(retain)[0].shape[0]
+    n_r = num_examples(retain, "retain")
     check_positive_int("retain_sample", retain_sample, least=0)
     idx = jax.random.permutation(key, n_r)[: min(retain_sample, n_r)]
     return jnp.concatenate([forget[0], retain[0][idx]]), idx

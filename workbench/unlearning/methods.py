@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from workbench.core.numerics import check_positive_int
+from workbench.core.numerics import check_positive_int, num_examples
 from workbench.core.per_example import per_example_grads
 from workbench.train import NonFiniteLossError, batch_indices, optimize_streams, step
 from workbench.unlearning.sets import check_sets, is_traced
@@ -62,9 +62,10 @@ def _optimizer(name: str):
     return OPTIMIZERS[name]
 
 
-def _finish(method: str, result: Unlearned, hint: str) -> Unlearned:
-    """Raise when the objective or the params became NaN/inf (skipped under tracing; `many`
-    checks after its vmapped call)."""
+def _finish(method: str, result, hint: str):
+    """`result` (any NamedTuple with `params` and `losses`) unless the objective or the params
+    became NaN/inf, then NonFiniteLossError (skipped under tracing; `many` checks after its
+    vmapped call)."""
     if is_traced(result):
         return result
     losses = np.asarray(result.losses)
@@ -72,7 +73,7 @@ def _finish(method: str, result: Unlearned, hint: str) -> Unlearned:
     if bad.size:
         where = tuple(bad[0])
         model = f" (model {where[0]})" if losses.ndim == 2 else ""
-        raise NonFiniteLossError(f"{method}: the unlearning objective became {losses[where]} at step "
+        raise NonFiniteLossError(f"{method}: the objective became {losses[where]} at step "
                                  f"{where[-1]}{model}; {hint}")
     for leaf in jax.tree.leaves(result.params):
         if not np.isfinite(np.asarray(leaf)).all():  # on the host: no compiled program per shape
@@ -266,8 +267,7 @@ def _scrub(loss_fn, predict_fn, optimizer_name, num_steps, max_steps, batch_size
     opt = OPTIMIZERS[optimizer_name](lr)
     teacher = params
     k_f, k_r = jax.random.split(key)
-    n_f = jax.tree.leaves(forget)[0].shape[0]
-    n_r = jax.tree.leaves(retain)[0].shape[0]
+    n_f, n_r = num_examples(forget, "forget"), num_examples(retain, "retain")
     idx_f = batch_indices(k_f, n_f, min(batch_size, n_f), num_steps)
     idx_r = batch_indices(k_r, n_r, min(batch_size, n_r), num_steps)
 
@@ -329,8 +329,8 @@ def scrub(loss_fn: Callable, params: PyTree, forget: PyTree, retain: PyTree, key
     check_sets(forget, retain)
     _steps(num_steps, batch_size)
     _optimizer(optimizer_name)
-    max_steps = num_steps // 2 if max_steps is None else int(max_steps)
-    if not 0 <= max_steps <= num_steps:
+    max_steps = num_steps // 2 if max_steps is None else check_positive_int("max_steps", max_steps, least=0)
+    if max_steps > num_steps:
         raise ValueError(f"max_steps must lie in [0, num_steps={num_steps}], got {max_steps}")
     dt = _dtype(params)
     out = _scrub(loss_fn, predict_fn, optimizer_name, int(num_steps), max_steps, int(batch_size), params, forget,
@@ -359,7 +359,7 @@ def fisher_diagonal(loss_fn: Callable, params: PyTree, data: PyTree, chunk_size:
     Returns:
       A params-shaped pytree of the diagonal's entries (non-negative).
     """
-    n = jax.tree.leaves(data)[0].shape[0]
+    n = num_examples(data)
     c = max(1, min(chunk_size, n))
     chunks = -(-n // c)
     pad = chunks * c - n
@@ -378,8 +378,7 @@ def fisher_diagonal(loss_fn: Callable, params: PyTree, data: PyTree, chunk_size:
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "chunk_size"))
 def _ssd(loss_fn, chunk_size, params, forget, retain, alpha, lam):
-    n_f = jax.tree.leaves(forget)[0].shape[0]
-    n_r = jax.tree.leaves(retain)[0].shape[0]
+    n_f, n_r = num_examples(forget, "forget"), num_examples(retain, "retain")
     f_forget = fisher_diagonal(loss_fn, params, forget, chunk_size)
     f_retain = fisher_diagonal(loss_fn, params, retain, chunk_size)
     f_full = jax.tree.map(lambda a, b: (n_f * a + n_r * b) / (n_f + n_r), f_forget, f_retain)
