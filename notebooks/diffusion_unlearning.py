@@ -71,9 +71,9 @@ import functools
 import matplotlib.pyplot as plt
 
 import workbench
-from workbench.experiments import diffusion_unlearning as X
-from workbench.plots import unlearning as P
-from workbench.ui import unlearning as UI
+from workbench.experiments import diffusion_unlearning as recipes
+from workbench.plots import unlearning as figures
+from workbench.ui import unlearning as panels
 
 # %% [markdown]
 # ## Train the diffusion model
@@ -81,7 +81,7 @@ from workbench.ui import unlearning as UI
 # it: its hidden layer is our offline "perceptual" feature space, its predictions our accuracy.
 
 # %%
-ds = X.diffusion_setup(hidden=denoiser_hidden, num_steps=denoiser_steps, seed=seed)
+ds = recipes.diffusion_setup(hidden=denoiser_hidden, num_steps=denoiser_steps, seed=seed)
 print(f"denoiser trained in {ds.seconds:.1f} s; loss {ds.losses[:50].mean():.2f} -> {ds.losses[-200:].mean():.2f}")
 
 # %% [markdown]
@@ -92,16 +92,10 @@ print(f"denoiser trained in {ds.seconds:.1f} s; loss {ds.losses[:50].mean():.2f}
 # the original model's, drawn from the same noise.
 
 # %%
-rows, params = X.diffusion_methods(ds, forget_class, num_steps=unlearn_steps, samples_per_class=samples_per_class,
-                                   sample_steps=sample_steps, seed=seed)
-print(f"{'method':14} {'forget acc':>10} {'retain acc':>10} {'Frechet':>8} | {'integrity px':>12} {'feat':>6} | "
-      f"{'floor px':>8} {'feat':>6} | {'s*':>5}")
-for r in rows:
-    print(f"{r.method:14} {r.forget_accuracy:10.3f} {r.retain_accuracy:10.3f} {r.frechet:8.3f} | "
-          f"{r.integrity_pixel:12.3f} {r.integrity_feature:6.3f} | {r.floor_pixel:8.3f} {r.floor_feature:6.3f} | "
-          f"{r.seconds:5.1f}")
-print("* wall seconds of the forgetting run, including its compilation")
-fig = P.integrity_bars(rows)
+comparison = recipes.diffusion_methods(ds, forget_class, num_steps=unlearn_steps,
+                                       samples_per_class=samples_per_class, sample_steps=sample_steps, seed=seed)
+print(figures.diffusion_table(comparison.rows))
+fig = figures.integrity_bars(comparison.rows)
 workbench.save_figure(fig, "integrity")
 plt.show()
 
@@ -118,8 +112,8 @@ plt.show()
 # models draw 1s where 0s were asked for; look for small changes in the other columns.
 
 # %%
-images, names = X.sample_grid(ds, params, per_class=2, seed=seed, sample_steps=sample_steps)
-fig = P.sample_grid(images, names, title="same noise down each column")
+grid = recipes.sample_grid(ds, comparison.params, per_class=2, seed=seed, sample_steps=sample_steps)
+fig = figures.sample_grid(grid.images, grid.names, title="same noise down each column")
 workbench.save_figure(fig, "samples")
 plt.show()
 
@@ -130,23 +124,12 @@ plt.show()
 
 # %%
 if interactive:
-    panel = UI.diffusion_panel(functools.partial(X.explore_diffusion, ds))
+    panel = panels.diffusion_panel(functools.partial(recipes.explore_diffusion, ds))
     display(panel.widget)  # noqa: F821 (IPython builtin)
 
 # %% [markdown]
 # ## Headline numbers
 
 # %%
-by = {r.method: r for r in rows}
-remap, distill = by["remap"], by["remap_distill"]
-workbench.record(
-    remap_forget_accuracy=remap.forget_accuracy,
-    remap_distill_forget_accuracy=distill.forget_accuracy,
-    remap_retain_accuracy_gap=abs(remap.retain_accuracy - distill.retain_accuracy),
-    remap_frechet_ratio=remap.frechet / distill.frechet,
-    remap_integrity_ratio=remap.integrity_feature / distill.integrity_feature,
-    remap_integrity_pixel_ratio=remap.integrity_pixel / distill.integrity_pixel,
-    distill_integrity_over_floor=distill.integrity_feature / distill.floor_feature,
-    denoiser_seconds=ds.seconds,
-    table=[r._asdict() for r in rows],
-)
+headline = recipes.diffusion_headline(comparison.rows)
+workbench.record(**headline._asdict(), denoiser_seconds=ds.seconds, table=[r._asdict() for r in comparison.rows])

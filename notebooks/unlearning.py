@@ -67,14 +67,14 @@ interactive: bool = False  # show the panel: method, forget set, strength -> acc
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 
 import workbench
-from workbench.experiments import unlearning as X
-from workbench.plots import unlearning as P
-from workbench.ui import unlearning as UI
+from workbench.experiments import unlearning as recipes
+from workbench.experiments import unlearning_sweeps as sweeps
+from workbench.plots import unlearning as figures
+from workbench.ui import unlearning as panels
 
-setup = X.digits_setup(seed=seed)
+setup = recipes.digits_setup(seed=seed)
 print(f"{setup.train_data.y.shape[0]} training and {setup.test_data.y.shape[0]} held-out digits; "
       f"MLP 64-32-10 trained with Adam for {setup.num_steps} steps")
 
@@ -92,28 +92,17 @@ print(f"{setup.train_data.y.shape[0]} training and {setup.test_data.y.shape[0]} 
 # right panel: the dampened fraction falls to zero at the red line.
 
 # %%
-sweep = X.ssd_sweep("class", alphas=ssd_alphas, lams=ssd_lams, seed=seed)
-fig = P.ssd_sweep(sweep, oracle_retain=sweep.oracle.retain_accuracy)
+sweep = sweeps.ssd_sweep("class", alphas=ssd_alphas, lams=ssd_lams, seed=seed)
+fig = figures.ssd_sweep(sweep, oracle_retain=sweep.oracle.retain_accuracy)
 workbench.save_figure(fig, "ssd_sweep")
 plt.show()
-print(f"bound |D|/|D_f| = {sweep.bound:.2f}; oracles: forget {sweep.oracle.forget_accuracy:.3f}, "
-      f"retain {sweep.oracle.retain_accuracy:.3f}, held-out {sweep.oracle.test_accuracy:.3f}")
-print("alpha  lambda  dampened  forget  retain  held-out")
-for i, a in enumerate(sweep.alphas):
-    for j, lam in enumerate(sweep.lams):
-        print(f"{a:5g}  {lam:6g}  {sweep.selected[i, j]:8.4f}  {sweep.forget_accuracy[i, j]:6.3f}  "
-              f"{sweep.retain_accuracy[i, j]:6.3f}  {sweep.test_accuracy[i, j]:8.3f}")
-print(f"one SSD call {sweep.seconds * 1e3:.1f} ms, one retraining {sweep.retrain_seconds * 1e3:.1f} ms")
+print(figures.ssd_table(sweep))
 
 # %% [markdown]
 # Read the table honestly: lambda = 1 (the paper's default) leaves a fifth or more of the class
 # recognised at every alpha that selects anything; lambda = 0.1 forgets it. The right (alpha,
 # lambda) depends on the data set, as users of SSD report. Held-out accuracy drops by about a
 # tenth for every model that forgets a class: the forgotten class is a tenth of the held-out set.
-
-# %%
-i, j = list(sweep.alphas).index(ssd_alpha), list(sweep.lams).index(ssd_lam)
-above = sweep.selected[sweep.alphas >= sweep.bound]
 
 # %% [markdown]
 # ## 2. Gradient ascent's cliff
@@ -124,12 +113,12 @@ above = sweep.selected[sweep.alphas >= sweep.bound]
 # transfer.
 
 # %%
-cliff = X.ascent_cliff("class", learning_rates=cliff_learning_rates, steps=cliff_steps, seed=seed)
-fig = P.cliff(cliff)
+cliff = sweeps.ascent_cliff("class", learning_rates=cliff_learning_rates, steps=cliff_steps, seed=seed)
+fig = figures.cliff(cliff)
 workbench.save_figure(fig, "ascent_cliff")
 plt.show()
-good = (cliff.forget_accuracy <= 0.05) & (cliff.retain_accuracy >= sweep.oracle.retain_accuracy - 0.02)
-print(f"settings that forget (<= 0.05) and keep retain within 0.02 of the oracles: {int(good.sum())} of {good.size}")
+good = sweeps.good_ascent_settings(cliff, sweep.oracle.retain_accuracy)
+print(f"settings that forget (<= 0.05) and keep retain within 0.02 of the oracles: {good} of {cliff.forget_accuracy.size}")
 
 # %% [markdown]
 # ## 3. KLoM against oracles, on random forget sets
@@ -146,17 +135,9 @@ print(f"settings that forget (<= 0.05) and keep retain within 0.02 of the oracle
 # %%
 tables = {}
 for kind in forget_kinds:
-    bench = X.benchmark(kind, num_models=num_models, seed=seed)
-    tables[kind] = bench
-    print(f"\nforget set: {kind} ({bench.forget_size} examples), {bench.num_models} models per side, "
-          f"datamodel scale {bench.datamodel_scale:.2f}")
-    print(f"{'method':19} {'forget':>6} {'retain':>6} {'heldout':>7} | {'KLoM95 f':>8} {'r':>7} {'h':>7} | "
-          f"{'MIA':>5} {'ms/model':>8}")
-    for r in bench.rows:
-        print(f"{r.method:19} {r.forget_accuracy:6.3f} {r.retain_accuracy:6.3f} {r.test_accuracy:7.3f} | "
-              f"{r.klom_forget_p95:8.3f} {r.klom_retain_p95:7.3f} {r.klom_test_p95:7.3f} | {r.mia_auc:5.3f} "
-              f"{r.seconds * 1e3:8.1f}")
-    fig = P.method_bars(bench.rows, title=f"forget set: {kind}")
+    tables[kind] = bench = recipes.benchmark(kind, num_models=num_models, seed=seed)
+    print(figures.method_table(bench, kind), end="\n\n")
+    fig = figures.method_bars(bench.rows, title=f"forget set: {kind}")
     workbench.save_figure(fig, f"methods_{kind}")
     plt.show()
 
@@ -187,24 +168,16 @@ for kind in forget_kinds:
 
 # %%
 if interactive:
-    panel = UI.unlearning_panel(X.explore)
+    panel = panels.unlearning_panel(sweeps.explore)
     display(panel.widget)  # noqa: F821 (IPython builtin)
 
 # %% [markdown]
 # ## Headline numbers
 
 # %%
-rows = {r.method: r for r in tables["random"].rows} if "random" in tables else {}
+headline = sweeps.headline(sweep, cliff, tables["random"], ssd_alpha, ssd_lam)
 workbench.record(
-    ssd_forget_accuracy=float(sweep.forget_accuracy[i, j]),
-    ssd_retain_gap=float(abs(sweep.retain_accuracy[i, j] - sweep.oracle.retain_accuracy)),
-    ssd_speedup=float(sweep.retrain_seconds / sweep.seconds),
-    ssd_selected_above_bound=float(np.max(above)) if above.size else 0.0,
-    ssd_bound=sweep.bound,
-    ascent_good_settings=int(good.sum()),
-    klom_om_over_dmm=rows["oracle_matching"].klom_forget_p95 / rows["datamodel_matching"].klom_forget_p95,
-    klom_dmm_over_ascent=rows["datamodel_matching"].klom_forget_p95
-    / min(rows["gradient_ascent"].klom_forget_p95, rows["neggrad_plus"].klom_forget_p95),
+    **headline._asdict(),
     tables={kind: [r._asdict() for r in b.rows] for kind, b in tables.items()},
     datamodel_scale={kind: b.datamodel_scale for kind, b in tables.items()},
 )

@@ -296,12 +296,12 @@ def test_icl_panel():
 # stand-ins of the same signature returning the recipes' result types.
 
 def test_unlearning_panel():
-    from workbench.experiments import unlearning as X
+    from workbench.experiments.unlearning_sweeps import Explored
     from workbench.ui.unlearning import unlearning_panel
     from workbench.unlearning.metrics import Scores
 
     def explore(method, kind, strength, num_steps):
-        return X.Explored(method, Scores(0.1, 0.95, 0.9, 2.0, 0.1, 0.3), 0.52, 0.01, Scores(0.0, 0.96, 0.91, 3.0, 0.1, 0.3))
+        return Explored(method, Scores(0.1, 0.95, 0.9, 2.0, 0.1, 0.3), 0.52, 0.01, Scores(0.0, 0.96, 0.91, 3.0, 0.1, 0.3))
 
     p = unlearning_panel(explore)
     run_and_check(p)
@@ -309,12 +309,12 @@ def test_unlearning_panel():
 
 
 def test_diffusion_panel():
-    from workbench.experiments import diffusion_unlearning as X
+    from workbench.experiments.diffusion_unlearning import DiffusionRow, ExploredDiffusion
     from workbench.ui.unlearning import diffusion_panel
 
     def explore(method, forget_class, weight, num_steps):
-        row = X.DiffusionRow(method, 0.05, 0.9, 3.0, 0.2, 0.5, 0.1, 0.3, 1.0)
-        return X.ExploredDiffusion(row, np.zeros((2, 10, 8, 8)), ["original", method])
+        row = DiffusionRow(method, 0.05, 0.9, 3.0, 0.2, 0.5, 0.1, 0.3, 1.0)
+        return ExploredDiffusion(row, np.zeros((2, 10, 8, 8)), ["original", method])
 
     p = diffusion_panel(explore)
     run_and_check(p)

@@ -81,7 +81,7 @@ def test_methods_reject_empty_or_overlapping_sets(problem, key):
     with pytest.raises(ValueError, match="retain overlaps forget"):
         U.neggrad_plus(loss_fn, p, s.forget, data, key, **opts)  # the full data contains the forget set
     with pytest.raises(ValueError, match="retain overlaps forget"):
-        U.ssd(loss_fn, p, s.forget, data, key)
+        U.ssd(loss_fn, p, s.forget, data)
     nan = Dataset(s.forget.x.at[0, 0].set(jnp.nan), s.forget.y)
     with pytest.raises(ValueError, match="NaN"):
         U.scrub(loss_fn, p, nan, s.retain, key, predict_fn=predict_fn, **opts)
@@ -91,10 +91,10 @@ def test_ssd_alpha_that_selects_nothing_raises(problem, key):
     data, s, p = problem
     bound = 60 / 6
     with pytest.raises(ValueError, match=r"\|D\|/\|D_f\|"):
-        U.ssd(loss_fn, p, s.forget, s.retain, key, alpha=bound)
+        U.ssd(loss_fn, p, s.forget, s.retain, alpha=bound)
     # just below the bound nothing is selected either (it needs F_retain = 0): an error, not a no-op
     with pytest.raises(ValueError, match="selected no weight"):
-        U.ssd(loss_fn, p, s.forget, s.retain, key, alpha=0.999 * bound)
+        U.ssd(loss_fn, p, s.forget, s.retain, alpha=0.999 * bound)
 
 
 def test_nan_losses_raise_instead_of_returning_a_model(problem, key):
@@ -125,7 +125,7 @@ def test_fisher_diagonal_matches_per_example_loop(problem):
 def test_ssd_matches_dense_formula(problem, key):
     data, s, p = problem
     alpha, lam = 1.5, 0.7
-    out = U.ssd(loss_fn, p, s.forget, s.retain, key, alpha=alpha, lam=lam)
+    out = U.ssd(loss_fn, p, s.forget, s.retain, alpha=alpha, lam=lam)
     ff = U.methods.fisher_diagonal(loss_fn, p, s.forget)
     fd = U.methods.fisher_diagonal(loss_fn, p, data)  # the full data, in one pass
     selected = 0
@@ -176,18 +176,18 @@ def test_step_counts_share_one_compiled_program_and_give_the_same_numbers(proble
     before = matching._match._cache_size()
     for n in (5, 20):
         U.match_outputs(predict_fn, p, s.forget.x, predict_fn(p, s.forget.x), key, learning_rate=0.01, num_steps=n,
-                        optimizer="sgd")
+                        optimizer_name="sgd")
     assert matching._match._cache_size() - before == 1
 
 
 @pytest.mark.standard_promotion  # optax.adam (the digits setup) is not strict-safe
 def test_model_stacks_of_different_sizes_share_one_compiled_fit():
-    from workbench.experiments import unlearning as X
+    from workbench.experiments import unlearning as recipes
 
-    setup = X.digits_setup(num_steps=5, seed=0)
+    setup = recipes.digits_setup(num_steps=5, seed=0)
     keys = jax.random.split(jax.random.key(0), 4)
-    one, four = X.train_models(setup, setup.train_data, keys[:1]), X.train_models(setup, setup.train_data, keys)
-    fit = X._FITS[(setup.loss_fn, setup.init_fn, setup.learning_rate, setup.num_steps, setup.batch_size)]
+    one, four = recipes.train_models(setup, setup.train_data, keys[:1]), recipes.train_models(setup, setup.train_data, keys)
+    fit = recipes._FITS[(setup.loss_fn, setup.init_fn, setup.learning_rate, setup.num_steps, setup.batch_size)]
     assert fit._cache_size() == 1
     assert jax.tree.leaves(one)[0].shape[0] == 1 and jax.tree.leaves(four)[0].shape[0] == 4
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)):  # the padding never leaks into a model
@@ -225,6 +225,64 @@ def test_many_equals_one_model_at_a_time(problem, key):
         np.testing.assert_allclose(out.params["w"][i], one.params["w"], rtol=1e-10)
     with pytest.raises(ValueError, match="leading axis of 2"):
         U.many("neggrad_plus", loss_fn, stack, s.forget, s.retain, keys[:2], **opts)
+
+
+def test_method_names_keys_and_unknown_methods(problem, key):
+    """Unknown names are a ValueError listing the valid ones; SSD takes no key (by name it is
+    given none, `many` vmaps it without keys) and the others refuse to run without one."""
+    _, s, p = problem
+    with pytest.raises(ValueError, match="unknown unlearning method 'foo'.*gradient_ascent"):
+        U.many("foo", loss_fn, p, s.forget, s.retain, key[None])
+    with pytest.raises(ValueError, match="unknown unlearning method"):
+        U.unlearn("foo", loss_fn, p, s.forget, s.retain, key)
+    assert not U.takes_key("ssd") and U.takes_key("scrub") and U.takes_key(U.retrain)
+    with pytest.raises(ValueError, match="pass a key"):
+        U.unlearn("gradient_ascent", loss_fn, p, s.forget, s.retain, learning_rate=0.1, num_steps=2)
+    one = U.unlearn("ssd", loss_fn, p, s.forget, s.retain, key, alpha=1.5)  # the key is not passed on
+    np.testing.assert_array_equal(one.params["w"], U.ssd(loss_fn, p, s.forget, s.retain, alpha=1.5).params["w"])
+    stack = jax.tree.map(lambda a: jnp.stack([a, a]), p)
+    both = U.many("ssd", loss_fn, stack, s.forget, s.retain, alpha=1.5)
+    np.testing.assert_allclose(both.params["w"][1], one.params["w"], rtol=1e-12)
+    with pytest.raises(ValueError, match="optimizer_name must be one of"):
+        U.gradient_ascent(loss_fn, p, s.forget, s.retain, key, learning_rate=0.1, num_steps=2, optimizer_name="lbfgs")
+    with pytest.raises(ValueError, match="num_steps must be an int >= 1"):
+        U.gradient_ascent(loss_fn, p, s.forget, s.retain, key, learning_rate=0.1, num_steps=0)
+
+
+def test_optimize_streams_matches_a_hand_written_loop_and_traced_step_counts(key):
+    """The one multi-stream training scan: two streams, SGD, step keys; a traced step count with a
+    longer static loop gives the same numbers as the exact count."""
+    import optax
+
+    from workbench.train import batch_indices, optimize_streams
+
+    a = jnp.arange(10.0)
+    b = jnp.arange(7.0) * 2
+
+    def objective(p, batches):
+        x, y, k = batches
+        return jnp.mean((p - x) ** 2) + jnp.mean((p - y) ** 2) + jax.random.uniform(k) * p
+
+    params, losses = optimize_streams(objective, jnp.array(0.5), (a, b), key, optimizer=optax.sgd(0.1),
+                                      num_steps=4, batch_sizes=(3, 2), step_keys=True)
+    ka, kb, ks = jax.random.split(key, 3)
+    ia, ib, step_key = batch_indices(ka, 10, 3, 4), batch_indices(kb, 7, 2, 4), jax.random.split(ks, 4)
+    p, ref = jnp.array(0.5), []
+    for i in range(4):
+        value, grad = jax.value_and_grad(objective)(p, (a[ia[i]], b[ib[i]], step_key[i]))
+        ref.append(float(value))
+        p = p - 0.1 * grad
+    np.testing.assert_allclose(params, p, rtol=1e-12)
+    np.testing.assert_allclose(losses, ref, rtol=1e-12)
+    run = jax.jit(lambda n: optimize_streams(objective, jnp.array(0.5), (a, b), key, optimizer=optax.sgd(0.1),
+                                             num_steps=n, batch_sizes=(3, 2), max_steps=16, step_keys=True))
+    traced_params, traced_losses = run(jnp.asarray(4))
+    np.testing.assert_allclose(traced_params, params, rtol=1e-12)
+    np.testing.assert_allclose(traced_losses[:4], losses, rtol=1e-12)
+    assert not np.any(np.asarray(traced_losses[4:]))
+    with pytest.raises(ValueError, match="one batch size per stream"):
+        optimize_streams(objective, jnp.array(0.5), (a, b), key, optimizer=optax.sgd(0.1), num_steps=2,
+                         batch_sizes=(3,))
 
 
 @pytest.mark.standard_promotion  # Adam
@@ -291,8 +349,8 @@ def test_float32_methods_keep_float32(key):
     data = _data(key, dtype=jnp.float32)
     s = U.split(data, np.arange(6))
     p = _params(jax.random.fold_in(key, 2), dtype=jnp.float32)
-    for fn, opts in [(U.neggrad_plus, dict(learning_rate=0.1, num_steps=3)), (U.ssd, dict(alpha=1.5))]:
-        out = fn(loss_fn, p, s.forget, s.retain, key, **opts)
+    for name, opts in [("neggrad_plus", dict(learning_rate=0.1, num_steps=3)), ("ssd", dict(alpha=1.5))]:
+        out = U.unlearn(name, loss_fn, p, s.forget, s.retain, key, **opts)
         assert out.params["w"].dtype == jnp.float32
         assert bool(jnp.all(jnp.isfinite(out.params["w"])))
 
@@ -402,8 +460,8 @@ def test_forget_class_methods_run_and_validate(tiny_diffusion, key):
 
 def test_panels_show_results_errors_and_history(capsys):
     from workbench.experiments.diffusion_unlearning import DiffusionRow, ExploredDiffusion
-    from workbench.experiments.unlearning import Explored
-    from workbench.ui import unlearning as UI
+    from workbench.experiments.unlearning_sweeps import Explored
+    from workbench.ui import unlearning as panels
 
     sc = E.Scores(0.0, 0.99, 0.9, 5.0, 0.1, 0.3)
     calls = []
@@ -414,7 +472,7 @@ def test_panels_show_results_errors_and_history(capsys):
             raise ValueError("alpha too large")
         return Explored(method, sc, 0.5, 0.01, sc)
 
-    p = UI.unlearning_panel(fake)
+    p = panels.unlearning_panel(fake)
     assert set(p.controls) == {"method", "kind", "strength", "num_steps"}
     assert p.run().scores.retain_accuracy == 0.99
     p.controls["strength"].value = 20.0
@@ -422,7 +480,43 @@ def test_panels_show_results_errors_and_history(capsys):
     assert len(p.history) == 1 and p.history[0]["numbers"]["oracle forget acc"] == 0.0
 
     row = DiffusionRow("remap", 0.0, 1.0, 0.8, 0.1, 1.0, 0.4, 3.8, 1.0)
-    d = UI.diffusion_panel(lambda **kw: ExploredDiffusion(row, np.zeros((2, 10, 8, 8)), ["original", "remap"]))
+    d = panels.diffusion_panel(lambda **kw: ExploredDiffusion(row, np.zeros((2, 10, 8, 8)), ["original", "remap"]))
     assert set(d.controls) == {"method", "forget_class", "weight", "num_steps"}
     assert d.run().row.method == "remap"
     assert d.history[0]["numbers"]["floor (pixel)"] == 0.4
+
+
+def test_headline_numbers_are_computed_from_the_recipes_results():
+    """The papers' claimed metrics come from package code: the SSD cell, the bound, the count of
+    good ascent settings and the KLoM ratios (unlearning); gaps and ratios (diffusion)."""
+    from workbench.experiments import diffusion_unlearning as diffusion_recipes
+    from workbench.experiments import unlearning as recipes
+    from workbench.experiments import unlearning_sweeps as sweeps
+
+    oracle = E.Scores(0.0, 0.99, 0.9, 5.0, 0.1, 0.3)
+    grid = lambda *v: np.asarray(v, float).reshape(3, 2)
+    sweep = sweeps.AlphaSweep(np.array([1.0, 5.0, 20.0]), np.array([0.1, 1.0]), grid(0.3, 0.2, 0.1, 0.05, 0, 0),
+                              grid(0.5, 0.6, 0.02, 0.4, np.nan, np.nan), grid(0.9, 0.95, 0.985, 0.99, np.nan, np.nan),
+                              grid(*[0.8] * 6), 10.0, 0.01, 0.05, oracle)
+    cliff = sweeps.Cliff(np.array([0.1, 1.0]), np.array([10, 30]), np.array([[0.9, 0.04], [0.0, np.nan]]),
+                         np.array([[0.99, 0.975], [0.5, np.nan]]), np.zeros((2, 2)))
+    assert sweeps.good_ascent_settings(cliff, 0.99) == 1  # only (0.1, 30): forgets and keeps retain
+    row = lambda name, klom: recipes.MethodRow(name, 0, 0, 0, klom, 0, 0, 0.5, 0)
+    bench = recipes.Benchmark([row("oracle_matching", 1.0), row("datamodel_matching", 4.0),
+                               row("gradient_ascent", 16.0), row("neggrad_plus", 8.0)], 10, 4, 2.0)
+    h = sweeps.headline(sweep, cliff, bench, 5.0, 0.1)
+    assert (h.ssd_forget_accuracy, h.ssd_bound, h.ascent_good_settings) == (0.02, 10.0, 1)
+    assert h.ssd_retain_gap == pytest.approx(0.005) and h.ssd_speedup == pytest.approx(5.0)
+    assert h.ssd_selected_above_bound == 0.0  # alpha=20 >= bound selects nothing
+    assert (h.klom_om_over_dmm, h.klom_dmm_over_ascent) == (0.25, 0.5)  # against the better of ascent/NegGrad+
+    with pytest.raises(ValueError, match="no cell alpha=2"):
+        sweeps.headline(sweep, cliff, bench, 2.0, 0.1)
+
+    drow = lambda name, acc_r, fd, feat, pix: diffusion_recipes.DiffusionRow(name, 0.0, acc_r, fd, pix, feat, 0.4, 4.0, 1)
+    d = diffusion_recipes.diffusion_headline([drow("original", 1, 1, 0, 0), drow("remap", 0.97, 1.0, 2.0, 0.3),
+                                              drow("remap_distill", 0.99, 0.8, 1.0, 0.2)])
+    assert d.remap_retain_accuracy_gap == pytest.approx(0.02)
+    assert (d.remap_frechet_ratio, d.remap_integrity_ratio) == (1.25, 2.0)
+    assert d.remap_integrity_pixel_ratio == pytest.approx(1.5) and d.distill_integrity_over_floor == 0.25
+    with pytest.raises(ValueError, match="remap_distill"):
+        diffusion_recipes.diffusion_headline([drow("remap", 1, 1, 1, 1)])

@@ -355,3 +355,74 @@ def load_checkpoint(path: str | Path, like: PyTree) -> PyTree:
         raise ValueError(f"checkpoint {path} does not match the expected params: {err}") from err
     check_same_structure(like, restored, "the expected params", f"checkpoint {path}")
     return jax.tree.map(jnp.asarray, restored)
+
+
+def optimize_streams(objective: Callable[[PyTree, tuple], jax.Array], params: PyTree, streams: Sequence[Any],
+                     key: jax.Array, *, optimizer: optax.GradientTransformation, num_steps: int | jax.Array,
+                     batch_sizes: Sequence[int], max_steps: int | None = None,
+                     step_keys: bool = False) -> tuple[PyTree, jax.Array]:
+    """`num_steps` optax steps of an objective that reads one minibatch from each of several data
+    streams: (final params, losses [max_steps]).
+
+    Step i calls `step(objective, optimizer, params, state, batches)` with `batches[j]` the i-th
+    minibatch of `streams[j]` (`batch_indices` of its own key, so without replacement within
+    each pass over that stream) and, with `step_keys`, a fresh key appended as the last element
+    (`(*batches, key_i)`: for objectives that draw noise, e.g. a denoising loss). Unlearning
+    needs this rather than `optimize`: its objectives mix a forget and a retain batch, and its
+    step count is a traced value, so a sweep over step counts compiles once.
+
+    A pure function for use under `jit`/`vmap`. With a static `max_steps` >= `num_steps`,
+    `num_steps` may be traced: the loop runs exactly `num_steps` steps (a while loop, no wasted
+    steps) and `losses` has `max_steps` entries, the first `num_steps` filled and the rest 0.
+    The minibatches and step keys are drawn for `max_steps` steps; their first `num_steps` rows
+    are the ones `num_steps` alone would draw (a split key does not depend on how many are drawn),
+    so the numbers do not depend on `max_steps`.
+
+    Args:
+      objective: `objective(params, batches) -> scalar`, batches a tuple of one minibatch per
+        stream (plus the step key with `step_keys`).
+      params: the initial params pytree.
+      streams: the data sets, each a pytree of arrays with a leading example axis.
+      key: draws each stream's minibatch order (split once per stream, plus one for step keys).
+      optimizer: the optax transformation; its state starts at `optimizer.init(params)`.
+      num_steps: optimisation steps, a positive int, or a traced int32 scalar with `max_steps`.
+      batch_sizes: examples per minibatch of each stream (one per stream; a size >= the stream's
+        length takes the whole stream every step).
+      max_steps: the static loop length compiled; None means `num_steps` (then a Python int).
+      step_keys: append a per-step key to the batches.
+
+    Returns:
+      `(params, losses)`: the params after `num_steps` steps and the objective before each step
+      ([max_steps], in the params' dtype).
+
+    Raises:
+      ValueError: when the streams and batch sizes differ in number, or a size is not a positive
+        int.
+    """
+    from workbench.core.numerics import check_positive_int
+
+    if len(streams) != len(batch_sizes):
+        raise ValueError(f"one batch size per stream: got {len(streams)} streams and {len(batch_sizes)} sizes")
+    for size in batch_sizes:
+        check_positive_int("batch_sizes", size)
+    length = check_positive_int("num_steps" if max_steps is None else "max_steps",
+                                num_steps if max_steps is None else max_steps)
+    keys = jax.random.split(key, len(streams) + (1 if step_keys else 0))
+    indices = []
+    for k, data, size in zip(keys, streams, batch_sizes):
+        n = num_examples(data, "each stream")
+        indices.append(batch_indices(k, n, min(int(size), n), length))
+    step_key = jax.random.split(keys[-1], length) if step_keys else None
+
+    def body(i, carry):
+        p, s, losses = carry
+        batches = tuple(jax.tree.map(lambda a, ix=ix: a[ix[i]], d) for d, ix in zip(streams, indices))
+        if step_keys:
+            batches = (*batches, step_key[i])
+        p, s, loss = step(objective, optimizer, p, s, batches)
+        return p, s, losses.at[i].set(loss.astype(losses.dtype))
+
+    dtype = jnp.result_type(*jax.tree.leaves(params))
+    init = (params, optimizer.init(params), jnp.zeros((length,), dtype))
+    params, _, losses = jax.lax.fori_loop(0, num_steps, body, init)
+    return params, losses

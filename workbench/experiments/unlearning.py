@@ -1,12 +1,13 @@
-"""Recipes for the unlearning papers: digits classifiers trained from many seeds in one vmapped
-call, forget sets (a class, a random 5%, a class-skewed 5%), every method judged against
-retrained oracles (accuracies, KLoM, MIA, time), the gradient-ascent cliff, the SSD alpha sweep.
-The diffusion model's class forgetting is `workbench.experiments.diffusion_unlearning`."""
+"""Recipes for the unlearning paper on digits: classifiers trained from many seeds in one vmapped
+call, forget sets (a class, a random 5%, a class-skewed 5%), and every method judged against
+retrained oracles (accuracies, KLoM, MIA, time). The gradient-ascent cliff, the SSD sweep, the
+exploration panel's recipe and the headline numbers are `workbench.experiments.unlearning_sweeps`;
+the diffusion model's class forgetting is `workbench.experiments.diffusion_unlearning`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -14,13 +15,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from workbench import train
-from workbench import unlearning as U
-from workbench.core.progress import bar
+from workbench import train, unlearning
+from workbench.core.numerics import num_examples
 from workbench.data import Dataset, load_digits
 from workbench.experiments.timing import best_time
 from workbench.models import MLP, functional
-from workbench.unlearning import metrics as E
+from workbench.unlearning import metrics
 
 FORGET_KINDS = ("class", "random", "skewed")
 
@@ -43,8 +43,22 @@ _SETUPS: dict = {}
 
 def digits_setup(hidden: int = 32, learning_rate: float = 1e-2, num_steps: int = 300, batch_size: int = 128,
                  l2: float = 1e-4, seed: int = 0) -> Setup:
-    """A one-hidden-layer tanh MLP on the digits split of `seed` (cached per configuration, so
-    every call shares compiled code)."""
+    """A one-hidden-layer tanh MLP on the digits split of `seed`, as pure functions.
+
+    Cached per configuration, so every call shares compiled code.
+
+    Args:
+      hidden: width of the hidden layer.
+      learning_rate: Adam's step size for training originals and oracles.
+      num_steps: training steps per model.
+      batch_size: examples per training step.
+      l2: the weight of the L2 regulariser in the loss.
+      seed: the digits train/held-out split.
+
+    Returns:
+      `Setup(train_data, test_data, loss_fn, predict_fn, init_fn, learning_rate, num_steps,
+      batch_size)`.
+    """
     config = (hidden, learning_rate, num_steps, batch_size, l2, seed)
     if config not in _SETUPS:
         train_data, test_data = load_digits(seed=seed)
@@ -60,8 +74,24 @@ def digits_setup(hidden: int = 32, learning_rate: float = 1e-2, num_steps: int =
 
 def forget_indices(train_data: Dataset, kind: str, key: jax.Array, fraction: float = 0.05,
                    forget_class: int = 0, skew_classes: Sequence[int] = (3, 8), skew: float = 0.8) -> np.ndarray:
-    """Indices of a forget set: every example of `forget_class` ("class"), a uniform random
-    `fraction` ("random"), or a `fraction` drawn `skew` of it from `skew_classes` ("skewed")."""
+    """Indices of a forget set of one of three kinds.
+
+    Args:
+      train_data: the training set (its labels `y` are read).
+      kind: "class" (every example of `forget_class`), "random" (a uniform random `fraction`) or
+        "skewed" (a `fraction`, a share `skew` of it from `skew_classes`).
+      key: draws the random kinds (its last key word seeds a NumPy generator).
+      fraction: the forget set's share of the training set (random and skewed kinds).
+      forget_class: the class forgotten by the "class" kind.
+      skew_classes: the classes the skewed kind draws most of its examples from.
+      skew: the share of the skewed forget set drawn from `skew_classes`.
+
+    Returns:
+      Sorted int indices into `train_data`.
+
+    Raises:
+      ValueError: for an unknown kind.
+    """
     y = np.asarray(train_data.y)
     n = y.size
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel()[-1])
@@ -96,8 +126,22 @@ MIN_STACK = 16  # model stacks are padded to a power of two >= this (one compile
 
 
 def train_models(setup: Setup, data, keys: jax.Array):
-    """Train one model per key on `data` in one vmapped call (`train.optimize` under vmap):
-    stacked params; the key sets the initialisation and the batch order."""
+    """Train one model per key on `data` in one vmapped call (`train.optimize` under vmap).
+
+    The stack is padded to a power of two >= MIN_STACK models (repeating the first key) so that
+    stacks of 1, 4 and 16 models share one compiled program per data size.
+
+    Args:
+      setup: the digits setup (loss, initialisation and training recipe).
+      data: the training examples (x, y).
+      keys: one key per model [m]; each sets the initialisation and the batch order.
+
+    Returns:
+      The stacked params: every leaf has a leading axis of m models.
+
+    Raises:
+      NonFiniteLossError: when any model's training loss became NaN/inf.
+    """
     config = (setup.loss_fn, setup.init_fn, setup.learning_rate, setup.num_steps, setup.batch_size)
     if config not in _FITS:
         _FITS[config] = _fit_many(*config)
@@ -114,9 +158,18 @@ def train_models(setup: Setup, data, keys: jax.Array):
 
 
 def default_options(setup: Setup, kind: str = "random") -> dict[str, dict]:
-    """Settings of each method for the digits MLP (chosen once on seed 0). SSD: the paper's
-    alpha=10, lambda=1 for small forget sets; for a whole class (|D|/|D_f| ~ 10, so alpha=10
-    selects nothing) alpha=5, lambda=0.1, the setting the class sweep found."""
+    """Settings of each method for the digits MLP (chosen once on seed 0).
+
+    SSD: the paper's alpha=10, lambda=1 for small forget sets; for a whole class (|D|/|D_f| ~ 10,
+    so alpha=10 selects nothing) alpha=5, lambda=0.1, the setting the class sweep found.
+
+    Args:
+      setup: the digits setup (its `predict_fn` goes to the methods that compare outputs).
+      kind: the forget set kind the settings are for ("class" changes SSD's).
+
+    Returns:
+      Keyword options per method name (every method of `unlearning.METHODS` but "retrain").
+    """
     p = setup.predict_fn
     ssd = dict(alpha=5.0, lam=0.1) if kind == "class" else dict(alpha=10.0, lam=1.0)
     return {
@@ -163,23 +216,39 @@ def calibrate_scale(setup: Setup, models, key: jax.Array, fraction: float = 0.05
 
     Averaging matters: one retraining of a non-convex network differs from its original by
     minibatch-order noise as large as the effect being predicted (single pairs can even
-    anti-correlate with the prediction)."""
+    anti-correlate with the prediction).
+
+    Args:
+      setup: the digits setup.
+      models: the stacked original models (from `train_models` in `benchmark`, whose keys are
+        reused for the retrainings).
+      key: draws the calibration forget set and the estimator's key.
+      fraction: the calibration forget set's share of the training set.
+      num_pairs: models whose influence predictions are averaged.
+      options: datamodel matching's options; None means `default_options(setup)`'s.
+
+    Returns:
+      The fitted scale, positive.
+
+    Raises:
+      ValueError: when the predicted changes do not correlate positively with retraining.
+    """
     opts = dict(options or default_options(setup)["datamodel_matching"])
-    num_models = jax.tree.leaves(models)[0].shape[0]
+    num_models = num_examples(models, "models")
     k_set, k_t = jax.random.split(key)
-    s = U.split(setup.train_data, forget_indices(setup.train_data, "random", k_set, fraction))
+    s = unlearning.split(setup.train_data, forget_indices(setup.train_data, "random", k_set, fraction))
     oracles = train_models(setup, s.retain, _MODEL_KEYS[(num_models, id(models))])
     y = s.forget.y
-    actual = np.mean(E.stacked_margins(setup.predict_fn, oracles, s.forget)
-                     - E.stacked_margins(setup.predict_fn, models, s.forget), axis=0)
+    actual = np.mean(metrics.stacked_margins(setup.predict_fn, oracles, s.forget)
+                     - metrics.stacked_margins(setup.predict_fn, models, s.forget), axis=0)
     predicted = []
     for i in range(min(num_pairs, num_models)):
         model = jax.tree.map(lambda a: a[i], models)  # noqa: B023 (called inside the loop)
-        t = U.datamodel_targets(setup.loss_fn, model, s.forget, s.retain, k_t, predict_fn=setup.predict_fn,
+        t = unlearning.datamodel_targets(setup.loss_fn, model, s.forget, s.retain, k_t, predict_fn=setup.predict_fn,
                                 estimator=opts.get("estimator", "arnoldi"), retain_sample=0,
                                 estimator_options=opts.get("estimator_options"))
-        base = E.margins(setup.predict_fn(model, t.x), y)
-        predicted.append(np.asarray(E.margins(t.targets, y) - base, np.float64))
+        base = metrics.margins(setup.predict_fn(model, t.x), y)
+        predicted.append(np.asarray(metrics.margins(t.targets, y) - base, np.float64))
     pred = np.mean(predicted, axis=0)
     num, den = float(pred @ actual), float(pred @ pred)
     if not den > 0 or not num > 0:
@@ -201,11 +270,29 @@ def benchmark(kind: str = "random", num_models: int = 16, methods: Sequence[str]
     (a second, warm vmapped call divided by the number of models; for datamodel matching one
     model's influence targets plus its share of the vmapped matching). "retrain" is a second,
     independent set of oracles: its KLoM is the floor an exact method reaches with this many
-    models. With `calibrate`, datamodel matching's scale is fitted on another forget set first."""
+    models. With `calibrate`, datamodel matching's scale is fitted on another forget set first.
+
+    Args:
+      kind: the forget set, "class", "random" or "skewed" (see `forget_indices`).
+      num_models: models per side (originals, oracles, unlearned).
+      methods: the rows, among "original", "retrain" and the methods of the options; None means
+        all of them.
+      seed: the digits split, forget set, models and keys.
+      options: per-method options overriding `default_options(setup, kind)`.
+      setup: the digits setup; None means `digits_setup(seed=seed)`.
+      fraction: the forget set's share of the training set (random and skewed kinds).
+      forget_class: the class forgotten by the "class" kind.
+      klom_estimator: "gaussian" or "histogram" (see `metrics.klom_values`).
+      calibrate: fit datamodel matching's scale on another random forget set first.
+      progress: called with a short message before each stage; None for silence.
+
+    Returns:
+      `Benchmark(rows, forget_size, num_models, datamodel_scale)`.
+    """
     setup = setup or digits_setup(seed=seed)
     key = jax.random.key(seed)
     k_set, k_models, k_oracles, k_unlearn, k_retrain, k_cal = jax.random.split(key, 6)
-    s = U.split(setup.train_data, forget_indices(setup.train_data, kind, k_set, fraction, forget_class))
+    s = unlearning.split(setup.train_data, forget_indices(setup.train_data, kind, k_set, fraction, forget_class))
     forget, retain, test = s.forget, s.retain, setup.test_data
     model_keys = jax.random.split(k_models, num_models)
     originals = train_models(setup, setup.train_data, model_keys)
@@ -233,20 +320,20 @@ def benchmark(kind: str = "random", num_models: int = 16, methods: Sequence[str]
         else:
             o = opts[name]
             per_model = {"oracle_params": oracles} if name == "oracle_matching" else {}
-            run = lambda: U.many(name, setup.loss_fn, originals, forget, retain, ukeys, per_model=per_model, **o)  # noqa: B023 (called inside the loop)
+            run = lambda: unlearning.many(name, setup.loss_fn, originals, forget, retain, ukeys, per_model=per_model, **o)  # noqa: B023 (called inside the loop)
             params = run().params
             if name == "datamodel_matching":
                 first = jax.tree.map(lambda a: a[0], originals)
-                _, t_targets = best_time(lambda: U.datamodel_targets(
+                _, t_targets = best_time(lambda: unlearning.datamodel_targets(
                     setup.loss_fn, first, forget, retain, ukeys[0], predict_fn=setup.predict_fn,  # noqa: B023 (called inside the loop)
                     estimator=o.get("estimator", "arnoldi"), retain_sample=o.get("retain_sample", 256),  # noqa: B023 (called inside the loop)
                     estimator_options=o.get("estimator_options"), scale=o.get("scale", 1.0)).targets)  # noqa: B023 (called inside the loop)
                 secs = t_targets  # the matching is timed with oracle matching (the same fine-tuning)
             else:
                 secs = best_time(run)[1] / num_models
-        kl = E.klom(setup.predict_fn, params, oracles, forget, retain, test, estimator=klom_estimator)
-        sc = E.stacked_scores(setup.predict_fn, params, forget, retain, test)
-        mia = float(np.mean(E.stacked_mia(setup.predict_fn, params, forget, test)))
+        kl = metrics.klom(setup.predict_fn, params, oracles, forget, retain, test, estimator=klom_estimator)
+        sc = metrics.stacked_scores(setup.predict_fn, params, forget, retain, test)
+        mia = float(np.mean(metrics.stacked_mia(setup.predict_fn, params, forget, test)))
         rows.append(MethodRow(name, float(np.mean(sc.forget_accuracy)), float(np.mean(sc.retain_accuracy)),
                               float(np.mean(sc.test_accuracy)), kl.forget_p95, kl.retain_p95, kl.test_p95, mia,
                               float(secs)))
@@ -254,135 +341,3 @@ def benchmark(kind: str = "random", num_models: int = 16, methods: Sequence[str]
         om = next(r for r in rows if r.method == "oracle_matching")
         rows = [r._replace(seconds=r.seconds + om.seconds) if r.method == "datamodel_matching" else r for r in rows]
     return Benchmark(rows, int(s.forget_indices.size), num_models, scale)
-
-
-class Cliff(NamedTuple):
-    """Gradient ascent over a grid: forget and retain accuracy [len(learning_rates), len(steps)]
-    (NaN where the objective diverged)."""
-
-    learning_rates: np.ndarray
-    steps: np.ndarray
-    forget_accuracy: np.ndarray
-    retain_accuracy: np.ndarray
-    test_accuracy: np.ndarray
-
-
-def ascent_cliff(kind: str = "class", learning_rates: Sequence[float] = (0.01, 0.03, 0.1, 0.3),
-                 steps: Sequence[int] = (10, 30, 100), seed: int = 0, setup: Setup | None = None,
-                 method: str = "gradient_ascent", fraction: float = 0.05) -> Cliff:
-    """Gradient ascent (or NegGrad+) on one model over learning rates x step counts."""
-    setup = setup or digits_setup(seed=seed)
-    key = jax.random.key(seed)
-    k_set, k_model, k_u = jax.random.split(key, 3)
-    s = U.split(setup.train_data, forget_indices(setup.train_data, kind, k_set, fraction))
-    model = jax.tree.map(lambda a: a[0], train_models(setup, setup.train_data, k_model[None]))
-    shape = (len(learning_rates), len(steps))
-    fa, ra, ta = (np.full(shape, np.nan) for _ in range(3))
-    base = default_options(setup)[method]
-    pbar = bar(total=fa.size, desc=f"{method} grid", unit="runs")
-    for i, lr in enumerate(learning_rates):
-        for j, n in enumerate(steps):
-            pbar.update(1)
-            try:
-                out = U.METHODS[method](setup.loss_fn, model, s.forget, s.retain, k_u,
-                                        **{**base, "learning_rate": lr, "num_steps": int(n)})
-            except train.NonFiniteLossError:
-                continue
-            sc = E.scores(setup.predict_fn, out.params, s.forget, s.retain, setup.test_data)
-            fa[i, j], ra[i, j], ta[i, j] = sc.forget_accuracy, sc.retain_accuracy, sc.test_accuracy
-    pbar.close()
-    return Cliff(np.asarray(learning_rates), np.asarray(steps), fa, ra, ta)
-
-
-class AlphaSweep(NamedTuple):
-    """SSD over alpha x lambda: the fraction of weights dampened and the accuracies [alphas, lams]
-    (NaN where alpha selected nothing), the bound |D|/|D_f| above which nothing can be selected,
-    one warm SSD call's time and one warm retraining's time (same model, single call), and the
-    oracles' mean retain/forget/held-out accuracy."""
-
-    alphas: np.ndarray
-    lams: np.ndarray
-    selected: np.ndarray
-    forget_accuracy: np.ndarray
-    retain_accuracy: np.ndarray
-    test_accuracy: np.ndarray
-    bound: float
-    seconds: float
-    retrain_seconds: float
-    oracle: Any
-
-
-def ssd_sweep(kind: str = "class", alphas: Sequence[float] = (1, 2, 5, 10, 20), lams: Sequence[float] = (0.1, 1.0),
-              seed: int = 0, setup: Setup | None = None, fraction: float = 0.05, num_oracles: int = 4) -> AlphaSweep:
-    """SSD on one model for each (alpha, lambda), beside `num_oracles` retrained oracles."""
-    setup = setup or digits_setup(seed=seed)
-    key = jax.random.key(seed)
-    k_set, k_model, k_u, k_o = jax.random.split(key, 4)
-    s = U.split(setup.train_data, forget_indices(setup.train_data, kind, k_set, fraction))
-    model = jax.tree.map(lambda a: a[0], train_models(setup, setup.train_data, k_model[None]))
-    shape = (len(alphas), len(lams))
-    sel, fa, ra, ta = (np.full(shape, np.nan) for _ in range(4))
-    secs = np.nan
-    for i, a in enumerate(alphas):
-        for j, lam in enumerate(lams):
-            try:
-                out = U.ssd(setup.loss_fn, model, s.forget, s.retain, k_u, alpha=a, lam=lam)
-            except ValueError:
-                sel[i, j] = 0.0
-                continue
-            if np.isnan(secs):
-                secs = best_time(lambda: U.ssd(setup.loss_fn, model, s.forget, s.retain, k_u, alpha=a, lam=lam).params)[1]  # noqa: B023 (called inside the loop)
-            sc = E.scores(setup.predict_fn, out.params, s.forget, s.retain, setup.test_data)
-            sel[i, j], fa[i, j], ra[i, j], ta[i, j] = (float(out.selected), sc.forget_accuracy, sc.retain_accuracy,
-                                                       sc.test_accuracy)
-    bound = setup.train_data.y.shape[0] / s.forget_indices.size
-    run = lambda: U.retrain(setup.loss_fn, model, s.forget, s.retain, k_o, init_fn=setup.init_fn,
-                            learning_rate=setup.learning_rate, num_steps=setup.num_steps,
-                            batch_size=setup.batch_size).params
-    jax.block_until_ready(run())
-    retrain_secs = best_time(run)[1]
-    oracles = train_models(setup, s.retain, jax.random.split(k_o, num_oracles))
-    oracle = E.stacked_scores(setup.predict_fn, oracles, s.forget, s.retain, setup.test_data)
-    oracle = type(oracle)(*[float(np.mean(v)) for v in oracle])
-    return AlphaSweep(np.asarray(alphas, float), np.asarray(lams, float), sel, fa, ra, ta, float(bound), float(secs),
-                      float(retrain_secs), oracle)
-
-
-# ----------------------------------------------------------------------------- exploration (panels)
-
-
-class Explored(NamedTuple):
-    """One model unlearned by one method at one strength: its scores, MIA, time, and the mean
-    scores of retrained oracles on the same forget set."""
-
-    method: str
-    scores: E.Scores
-    mia_auc: float
-    seconds: float
-    oracle: E.Scores
-
-
-def explore(method: str = "gradient_ascent", kind: str = "class", strength: float = 0.05, num_steps: int = 40,
-            seed: int = 0) -> Explored:
-    """Unlearn one digits model: `strength` is the learning rate of fine-tuning methods and alpha
-    for SSD (lambda = 0.1); `num_steps` is ignored by SSD."""
-    if method not in U.METHODS or method == "retrain":
-        raise ValueError(f"method must be one of {sorted(set(U.METHODS) - {'retrain'})}, got {method!r}")
-    setup = digits_setup(seed=seed)
-    key = jax.random.key(seed)
-    k_set, k_model, k_u, k_o = jax.random.split(key, 4)
-    s = U.split(setup.train_data, forget_indices(setup.train_data, kind, k_set))
-    model = jax.tree.map(lambda a: a[0], train_models(setup, setup.train_data, k_model[None]))
-    oracles = train_models(setup, s.retain, jax.random.split(k_o, 2))
-    opts = dict(default_options(setup, kind)[method])
-    if method == "ssd":
-        opts.update(alpha=float(strength), lam=0.1)
-    else:
-        opts.update(learning_rate=float(strength), num_steps=int(num_steps))
-    if method == "oracle_matching":
-        opts["oracle_params"] = jax.tree.map(lambda a: a[0], oracles)
-    out, secs = best_time(lambda: U.METHODS[method](setup.loss_fn, model, s.forget, s.retain, k_u, **opts).params)
-    sc = E.scores(setup.predict_fn, out, s.forget, s.retain, setup.test_data)
-    oracle = E.stacked_scores(setup.predict_fn, oracles, s.forget, s.retain, setup.test_data)
-    return Explored(method, sc, E.mia(setup.predict_fn, out, s.forget, setup.test_data), secs,
-                    type(oracle)(*[float(np.mean(v)) for v in oracle]))

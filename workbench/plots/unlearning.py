@@ -1,5 +1,5 @@
-"""Figures for the unlearning papers: method tables as bars, the gradient-ascent cliff, the SSD
-sweep, and diffusion sample grids."""
+"""Figures and printed tables for the unlearning papers: method tables as bars and text, the
+gradient-ascent cliff, the SSD sweep, and diffusion sample grids."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ import numpy as np
 
 
 def method_bars(rows: Sequence, title: str = ""):
-    """Accuracies (forget / retain / held-out) and KLoM 95th percentiles per method, two panels."""
+    """Accuracies (forget / retain / held-out) and KLoM 95th percentiles per method, two panels.
+
+    Args:
+      rows: `experiments.unlearning.MethodRow`s, one bar group per method.
+      title: the figure's title; "" for none.
+
+    Returns:
+      The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     names = [r.method for r in rows]
@@ -37,7 +45,15 @@ def method_bars(rows: Sequence, title: str = ""):
 
 
 def cliff(result, title: str = "gradient ascent: forget vs retain accuracy"):
-    """Two heat maps over learning rate x steps: forget accuracy and retain accuracy."""
+    """Two heat maps over learning rate x steps: forget accuracy and retain accuracy.
+
+    Args:
+      result: an `experiments.unlearning_sweeps.Cliff` ("div" marks diverged cells).
+      title: the figure's title.
+
+    Returns:
+      The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8), constrained_layout=True)
@@ -58,8 +74,17 @@ def cliff(result, title: str = "gradient ascent: forget vs retain accuracy"):
 
 
 def ssd_sweep(result, oracle_retain: float | None = None):
-    """Forget and retain accuracy and the dampened fraction against alpha, per lambda, with the
-    bound |D|/|D_f| above which nothing can be selected."""
+    """Forget and retain accuracy and the dampened fraction against alpha, per lambda.
+
+    The red line is the bound |D|/|D_f| above which nothing can be selected.
+
+    Args:
+      result: an `experiments.unlearning_sweeps.AlphaSweep`.
+      oracle_retain: the oracles' retain accuracy, drawn as a dotted line; None for none.
+
+    Returns:
+      The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -85,7 +110,16 @@ def ssd_sweep(result, oracle_retain: float | None = None):
 
 
 def sample_grid(images: np.ndarray, names: Sequence[str], title: str = ""):
-    """Rows = models, columns = samples (shared noise down each column); images in [0, 1]."""
+    """Rows = models, columns = samples (shared noise down each column).
+
+    Args:
+      images: [models, samples, h, w] in [0, 1].
+      names: one name per model (row labels).
+      title: the figure's title; "" for none.
+
+    Returns:
+      The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     rows, cols = images.shape[:2]
@@ -105,7 +139,14 @@ def sample_grid(images: np.ndarray, names: Sequence[str], title: str = ""):
 
 def integrity_bars(rows: Sequence):
     """Per forgetting method: integrity distance (pixel, feature) as a fraction of the noise floor,
-    beside retain-class accuracy and the Frechet distance."""
+    beside retain-class accuracy and the Frechet distance.
+
+    Args:
+      rows: `experiments.diffusion_unlearning.DiffusionRow`s.
+
+    Returns:
+      The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     names = [r.method for r in rows]
@@ -130,8 +171,14 @@ def integrity_bars(rows: Sequence):
 
 
 def accuracy_bars(result):
-    """One explored unlearning run (`experiments.unlearning.Explored`): forget / retain / held-out
-    accuracy of the unlearned model beside the retrained oracle's, MIA AUC and time in the title."""
+    """Forget / retain / held-out accuracy of an unlearned model beside the retrained oracle's.
+
+    Args:
+      result: an `experiments.unlearning_sweeps.Explored` (MIA AUC and time go in the title).
+
+    Returns:
+      The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     s, o = result.scores, result.oracle
@@ -146,3 +193,69 @@ def accuracy_bars(result):
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- printed tables
+
+
+def ssd_table(result) -> str:
+    """The SSD sweep as text: the bound, the oracles' accuracies, one line per (alpha, lambda).
+
+    Args:
+      result: an `experiments.unlearning_sweeps.AlphaSweep`.
+
+    Returns:
+      The table, lines joined by newlines.
+    """
+    o = result.oracle
+    lines = [f"bound |D|/|D_f| = {result.bound:.2f}; oracles: forget {o.forget_accuracy:.3f}, "
+             f"retain {o.retain_accuracy:.3f}, held-out {o.test_accuracy:.3f}",
+             "alpha  lambda  dampened  forget  retain  held-out"]
+    for i, a in enumerate(result.alphas):
+        for j, lam in enumerate(result.lams):
+            lines.append(f"{a:5g}  {lam:6g}  {result.selected[i, j]:8.4f}  {result.forget_accuracy[i, j]:6.3f}  "
+                         f"{result.retain_accuracy[i, j]:6.3f}  {result.test_accuracy[i, j]:8.3f}")
+    lines.append(f"one SSD call {result.seconds * 1e3:.1f} ms, one retraining {result.retrain_seconds * 1e3:.1f} ms")
+    return "\n".join(lines)
+
+
+def method_table(bench, kind: str) -> str:
+    """A KLoM benchmark as text: one line per method (accuracies, KLoM95, MIA, time per model).
+
+    Args:
+      bench: an `experiments.unlearning.Benchmark`.
+      kind: the forget set's kind, for the header.
+
+    Returns:
+      The table, lines joined by newlines.
+    """
+    scale = "none" if bench.datamodel_scale is None else f"{bench.datamodel_scale:.2f}"
+    lines = [f"forget set: {kind} ({bench.forget_size} examples), {bench.num_models} models per side, "
+             f"datamodel scale {scale}",
+             f"{'method':19} {'forget':>6} {'retain':>6} {'heldout':>7} | {'KLoM95 f':>8} {'r':>7} {'h':>7} | "
+             f"{'MIA':>5} {'ms/model':>8}"]
+    for r in bench.rows:
+        lines.append(f"{r.method:19} {r.forget_accuracy:6.3f} {r.retain_accuracy:6.3f} {r.test_accuracy:7.3f} | "
+                     f"{r.klom_forget_p95:8.3f} {r.klom_retain_p95:7.3f} {r.klom_test_p95:7.3f} | {r.mia_auc:5.3f} "
+                     f"{r.seconds * 1e3:8.1f}")
+    return "\n".join(lines)
+
+
+def diffusion_table(rows: Sequence) -> str:
+    """The diffusion comparison as text: one line per method (accuracies, Frechet, integrity and
+    its floor, wall seconds of the forgetting run including its compilation).
+
+    Args:
+      rows: `experiments.diffusion_unlearning.DiffusionRow`s.
+
+    Returns:
+      The table, lines joined by newlines.
+    """
+    lines = [f"{'method':14} {'forget acc':>10} {'retain acc':>10} {'Frechet':>8} | {'integrity px':>12} "
+             f"{'feat':>6} | {'floor px':>8} {'feat':>6} | {'s*':>5}"]
+    for r in rows:
+        lines.append(f"{r.method:14} {r.forget_accuracy:10.3f} {r.retain_accuracy:10.3f} {r.frechet:8.3f} | "
+                     f"{r.integrity_pixel:12.3f} {r.integrity_feature:6.3f} | {r.floor_pixel:8.3f} "
+                     f"{r.floor_feature:6.3f} | {r.seconds:5.1f}")
+    lines.append("* wall seconds of the forgetting run, including its compilation")
+    return "\n".join(lines)

@@ -11,9 +11,20 @@ from workbench.ui import Panel, panel, slider_style
 
 def unlearning_panel(fn: Callable[..., Any], methods=("gradient_ascent", "neggrad_plus", "scrub", "ssd",
                                                       "oracle_matching", "datamodel_matching")) -> Panel:
-    """Method, forget set, strength (learning rate, or alpha for SSD) and steps for
-    `fn` (e.g. `workbench.experiments.unlearning.explore`), showing the forget / retain / held-out
-    accuracy against the oracle's, the MIA AUC and the time."""
+    """A panel over one unlearning run: method, forget set, strength and steps.
+
+    Shows the forget / retain / held-out accuracy against the oracle's, the MIA AUC and the time;
+    each run joins the panel's history.
+
+    Args:
+      fn: `fn(method, kind, strength, num_steps) -> Explored`, e.g.
+        `workbench.experiments.unlearning_sweeps.explore` (strength: the learning rate, or alpha
+        for SSD).
+      methods: the method names offered, the first selected.
+
+    Returns:
+      The `Panel`.
+    """
     import ipywidgets as w
 
     from workbench.plots.unlearning import accuracy_bars
@@ -37,9 +48,19 @@ def unlearning_panel(fn: Callable[..., Any], methods=("gradient_ascent", "neggra
 
 
 def diffusion_panel(fn: Callable[..., Any], methods=("ascent", "remap", "remap_distill")) -> Panel:
-    """Method, forget class, strength (weight of the forget term) and steps for `fn` (e.g.
-    `functools.partial(workbench.experiments.diffusion_unlearning.explore_diffusion, setup)`), showing the
-    samples; the history keeps integrity (beside its noise floor), accuracy and Frechet distance."""
+    """A panel over one class-forgetting run of the diffusion model: method, class, strength, steps.
+
+    Shows the samples; the history keeps integrity (beside its noise floor), accuracy and Frechet
+    distance.
+
+    Args:
+      fn: `fn(method, forget_class, weight, num_steps) -> ExploredDiffusion`, e.g.
+        `functools.partial(workbench.experiments.diffusion_unlearning.explore_diffusion, setup)`.
+      methods: the forgetting kinds offered, the last selected.
+
+    Returns:
+      The `Panel`.
+    """
     import ipywidgets as w
 
     from workbench.plots.unlearning import sample_grid

@@ -31,8 +31,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from workbench.train import NonFiniteLossError, batch_indices, step
-from workbench.unlearning.methods import Unlearned
+from workbench.core.numerics import check_positive_int
+from workbench.train import optimize_streams
+from workbench.unlearning.methods import Unlearned, _dtype, _finish, _positive
 from workbench.unlearning.sets import check_sets
 
 PyTree = Any
@@ -75,7 +76,20 @@ class Model(NamedTuple):
 
 def denoiser(key: jax.Array, dim: int = 64, num_classes: int = 10, hidden: int = 256, depth: int = 2,
              param_dtype=jnp.float32) -> Model:
-    """Build a `Denoiser` from `key` and split it once into pure params + apply_fn."""
+    """Build a `Denoiser` from `key` and split it once into pure params + apply_fn.
+
+    Args:
+      key: draws the initial weights (the output layer starts at zero).
+      dim: pixels per image (64 for 8x8 digits).
+      num_classes: classes the model is conditioned on.
+      hidden: width of the hidden layers.
+      depth: number of hidden layers.
+      param_dtype: the params' dtype.
+
+    Returns:
+      `Model(params, apply_fn)`; `apply_fn` is one object per architecture, so jitted training
+      and sampling compile once per shape.
+    """
     module = Denoiser(dim, num_classes, hidden, depth, rngs=nnx.Rngs(key), param_dtype=param_dtype)
     graphdef, state = nnx.split(module, nnx.Param)
     params = nnx.to_pure_dict(state)
@@ -97,13 +111,33 @@ def _stable(fn, config):
 
 
 def alpha_bar(t: jax.Array) -> jax.Array:
-    """Cosine schedule (Nichol & Dhariwal 2021): the signal fraction abar(t), t in [0, 1]."""
+    """Cosine schedule (Nichol & Dhariwal 2021): the signal fraction abar(t).
+
+    abar(t) = f(t) / f(0) with f(u) = cos((u + s) / (1 + s) pi / 2)^2, s = 0.008, clipped to
+    [1e-4, 1] so that the noise never swamps the signal completely.
+
+    Args:
+      t: times in [0, 1], any shape.
+
+    Returns:
+      abar(t), the shape of `t`.
+    """
     s = 0.008
     f = lambda u: jnp.cos((u + s) / (1 + s) * jnp.pi / 2) ** 2
     return jnp.clip(f(t) / f(jnp.zeros_like(t)), 1e-4, 1.0)
 
 
-def noised(x0, t, eps):
+def noised(x0: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
+    """The forward process: x_t = sqrt(abar(t)) x0 + sqrt(1 - abar(t)) eps.
+
+    Args:
+      x0: clean images [n, dim].
+      t: one time per image [n], in [0, 1].
+      eps: standard normal noise [n, dim].
+
+    Returns:
+      The noised images x_t [n, dim].
+    """
     ab = alpha_bar(t)[:, None]
     return jnp.sqrt(ab) * x0 + jnp.sqrt(1 - ab) * eps
 
@@ -114,8 +148,18 @@ def _draw(key, x0):
     return t, jax.random.normal(ke, x0.shape, x0.dtype)
 
 
-def denoising_loss(apply_fn, params, batch, key):
-    """Mean squared error of the x0 prediction at a random time and noise per example."""
+def denoising_loss(apply_fn: Callable, params: PyTree, batch, key: jax.Array) -> jax.Array:
+    """Mean squared error of the x0 prediction at a random time and noise per example.
+
+    Args:
+      apply_fn: `apply_fn(params, x_t, t, labels) -> x0 prediction` (a `Model`'s).
+      params: the denoiser's params.
+      batch: (x0 [n, dim], labels [n]).
+      key: draws one time in [1e-3, 1) and one noise per example.
+
+    Returns:
+      The batch mean of ||x0_pred - x0||^2, a scalar.
+    """
     x0, y = batch
     t, eps = _draw(key, x0)
     return jnp.mean(jnp.sum((apply_fn(params, noised(x0, t, eps), t, y) - x0) ** 2, axis=1))
@@ -124,53 +168,45 @@ def denoising_loss(apply_fn, params, batch, key):
 # ----------------------------------------------------------------------------- training
 
 
-def _scan(objective, optimizer, params, sets, key, num_steps, batch_size):
-    """optax steps of objective(params, (batches..., step_key)) with minibatches of every set."""
-    keys = jax.random.split(key, len(sets) + 1)
-    idx = [batch_indices(k, jax.tree.leaves(d)[0].shape[0], min(batch_size, jax.tree.leaves(d)[0].shape[0]),
-                         num_steps) for k, d in zip(keys[:-1], sets)]
-    step_keys = jax.random.split(keys[-1], num_steps)
-
-    def body(carry, i):
-        p, s = carry
-        batches = tuple(jax.tree.map(lambda a, ix=ix: a[ix[i]], d) for d, ix in zip(sets, idx))
-        p, s, loss = step(objective, optimizer, p, s, (*batches, step_keys[i]))
-        return (p, s), loss
-
-    (params, _), losses = jax.lax.scan(body, (params, optimizer.init(params)), jnp.arange(num_steps))
-    return params, losses
-
-
 @functools.partial(jax.jit, static_argnames=("apply_fn", "num_steps", "batch_size"))
 def _train(apply_fn, num_steps, batch_size, params, data, key, lr):
     schedule = optax.cosine_decay_schedule(lr, num_steps, 0.05)
     objective = lambda p, b: denoising_loss(apply_fn, p, b[0], b[1])
-    return _scan(objective, optax.adam(schedule), params, (data,), key, num_steps, batch_size)
+    return optimize_streams(objective, params, (data,), key, optimizer=optax.adam(schedule), num_steps=num_steps,
+                            batch_sizes=(batch_size,), step_keys=True)
 
 
-def _check_run(name, params, losses, hint):
-    losses = np.asarray(losses)
-    bad = np.flatnonzero(~np.isfinite(losses))
-    if bad.size:
-        raise NonFiniteLossError(f"{name}: the loss became {losses[bad[0]]} at step {bad[0]}; {hint}")
-    if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(params)):
-        raise NonFiniteLossError(f"{name}: the params hold NaN or inf; {hint}")
+class Trained(NamedTuple):
+    """A trained denoiser's params and its loss at each step [num_steps]."""
+
+    params: PyTree
+    losses: np.ndarray
 
 
 def train_denoiser(model: Model, data, key: jax.Array, *, learning_rate: float = 2e-3, num_steps: int = 3000,
-                   batch_size: int = 128) -> tuple[PyTree, np.ndarray]:
-    """Adam with cosine decay on the denoising loss; (params, losses). `key` draws batches,
-    times and noise."""
-    if num_steps < 1 or batch_size < 1 or not learning_rate > 0:
-        raise ValueError("num_steps, batch_size and learning_rate must be positive")
-    params, losses = _train(model.apply_fn, int(num_steps), int(batch_size), model.params, data, key,
-                            jnp.asarray(learning_rate, _dtype(model.params)))
-    _check_run("train_denoiser", params, losses, "lower learning_rate")
-    return params, np.asarray(losses)
+                   batch_size: int = 128) -> Trained:
+    """Train a denoiser: Adam with cosine decay (to 5% of `learning_rate`) on the denoising loss.
 
+    Args:
+      model: the `Model` to train from (its params are the start).
+      data: (x [n, dim] in [-1, 1], labels [n]).
+      key: draws the minibatches, times and noise.
+      learning_rate: the peak step size, positive.
+      num_steps: optimisation steps, a positive int.
+      batch_size: examples per step.
 
-def _dtype(params):
-    return jnp.result_type(*jax.tree.leaves(params))
+    Returns:
+      `Trained(params, losses [num_steps])`.
+
+    Raises:
+      ValueError: on a non-positive argument.
+      NonFiniteLossError: when the loss or the params become NaN/inf.
+    """
+    num_steps = check_positive_int("num_steps", num_steps)
+    batch_size = check_positive_int("batch_size", batch_size)
+    lr = jnp.asarray(_positive(learning_rate, "learning_rate"), _dtype(model.params))
+    params, losses = _train(model.apply_fn, num_steps, batch_size, model.params, data, key, lr)
+    return _finish("train_denoiser", Trained(params, np.asarray(losses)), "lower learning_rate")
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -193,14 +229,30 @@ def _ddim(apply_fn, num_steps, params, labels, noise):
 
 
 def sample(model_or_apply, params: PyTree, labels: jax.Array, noise: jax.Array, num_steps: int = 25) -> jax.Array:
-    """Deterministic DDIM (eta = 0) from `noise` [n, dim] for class `labels` [n]: the last x0
-    prediction, in [-1, 1]. Same noise, same labels, same params -> the same images."""
+    """Deterministic DDIM (eta = 0) from `noise` for class `labels`.
+
+    Each of `num_steps` steps predicts x0 (clipped to [-1, 1]), infers the noise it implies and
+    moves to the next time on a uniform grid from 1 to 0. No randomness: same noise, same labels,
+    same params -> the same images (what the integrity metric needs).
+
+    Args:
+      model_or_apply: a `Model` or its `apply_fn`.
+      params: the denoiser's params.
+      labels: one class per image [n].
+      noise: the initial noise [n, dim].
+      num_steps: DDIM steps, a positive int.
+
+    Returns:
+      The last x0 prediction [n, dim], in [-1, 1].
+
+    Raises:
+      ValueError: when labels and noise differ in rows, or num_steps is not a positive int.
+    """
     apply_fn = model_or_apply.apply_fn if isinstance(model_or_apply, Model) else model_or_apply
     if np.shape(labels)[0] != np.shape(noise)[0]:
         raise ValueError(f"labels and noise need one number of rows, got {np.shape(labels)[0]} and {np.shape(noise)[0]}")
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    return _ddim(apply_fn, int(num_steps), params, jnp.asarray(labels), noise)
+    num_steps = check_positive_int("num_steps", num_steps)
+    return _ddim(apply_fn, num_steps, params, jnp.asarray(labels), noise)
 
 
 # ----------------------------------------------------------------------------- class forgetting
@@ -224,7 +276,8 @@ def _forget(apply_fn, kind, num_steps, batch_size, params, forget, retain, remap
         target = jax.lax.stop_gradient(apply_fn(teacher, xt, t, y))
         return jnp.mean(jnp.sum((apply_fn(p, xt, t, y) - target) ** 2, axis=1)) + weight * remap
 
-    return _scan(objective, optax.adam(lr), params, (forget, retain, remapped), key, num_steps, batch_size)
+    return optimize_streams(objective, params, (forget, retain, remapped), key, optimizer=optax.adam(lr),
+                            num_steps=num_steps, batch_sizes=(batch_size,) * 3, step_keys=True)
 
 
 FORGETTING = ("ascent", "remap", "remap_distill")
@@ -233,9 +286,33 @@ FORGETTING = ("ascent", "remap", "remap_distill")
 def forget_class(kind: str, model: Model, params: PyTree, forget, retain, key: jax.Array, *,
                  learning_rate: float = 1e-3, num_steps: int = 300, batch_size: int = 128,
                  weight: float = 1.0, target_class: int | None = None) -> Unlearned:
-    """Make the model stop drawing the forget class by `kind` in `FORGETTING` (see the module
-    docstring). `weight` scales the forget term (ascent) or the remapping term; `target_class`
-    (remap kinds) is the class drawn instead, default the smallest retain class."""
+    """Make the model stop drawing the forget class by `kind` in `FORGETTING` (see the module docstring).
+
+    Adam on the kind's objective, one minibatch of the forget set, the retain set and the remapped
+    examples (retain images of `target_class` labelled as the forget class) per step.
+
+    Args:
+      kind: "ascent", "remap" or "remap_distill".
+      model: the `Model` (its `apply_fn` is used).
+      params: the trained denoiser's params (the start, and the teacher of "remap_distill").
+      forget: (x, y) of the one class to forget.
+      retain: (x, y) of the other classes.
+      key: draws the minibatches, times and noise.
+      learning_rate: Adam's step size, positive.
+      num_steps: optimisation steps, a positive int.
+      batch_size: examples per step from each set.
+      weight: the weight of the forget term (ascent) or of the remapping term.
+      target_class: the retain class drawn instead (remap kinds); None means the smallest retain
+        class.
+
+    Returns:
+      `Unlearned(params, losses [num_steps], selected=1)`.
+
+    Raises:
+      ValueError: on an unknown kind, bad sets (several forget classes, a forget class in the
+        retain set), a target class outside the retain classes, or a non-positive argument.
+      NonFiniteLossError: when the objective or the params become NaN/inf.
+    """
     if kind not in FORGETTING:
         raise ValueError(f"kind must be one of {FORGETTING}, got {kind!r}")
     check_sets(forget, retain)
@@ -249,18 +326,16 @@ def forget_class(kind: str, model: Model, params: PyTree, forget, retain, key: j
         target_class = int(np.min(r_labels))
     if int(target_class) not in set(r_labels.tolist()):
         raise ValueError(f"target_class={target_class} must be a retain class")
-    if num_steps < 1 or batch_size < 1:
-        raise ValueError("num_steps and batch_size must be positive")
+    num_steps = check_positive_int("num_steps", num_steps)
+    batch_size = check_positive_int("batch_size", batch_size)
     dt = _dtype(params)
-    lr = jnp.asarray(float(learning_rate), dt)
-    if not float(learning_rate) > 0:
-        raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+    lr = jnp.asarray(_positive(learning_rate, "learning_rate"), dt)
     sel = r_labels == int(target_class)
     remapped = (retain[0][sel], jnp.full((int(sel.sum()),), int(f_classes[0]), dtype=retain[1].dtype))
-    new, losses = _forget(model.apply_fn, kind, int(num_steps), int(batch_size), params, forget, retain,
+    new, losses = _forget(model.apply_fn, kind, num_steps, batch_size, params, forget, retain,
                           remapped, key, lr, jnp.asarray(float(weight), dt))
-    _check_run(f"forget_class({kind!r})", new, losses, "lower learning_rate, weight or num_steps")
-    return Unlearned(new, jnp.asarray(losses), jnp.ones((), dt))
+    return _finish(f"forget_class({kind!r})", Unlearned(new, jnp.asarray(losses), jnp.ones((), dt)),
+                   "lower learning_rate, weight or num_steps")
 
 
 # ----------------------------------------------------------------------------- integrity and FD
@@ -285,8 +360,24 @@ def _distances(a, b, feature_fn):
 
 def integrity(model: Model, params: PyTree, unlearned_params: PyTree, labels: jax.Array, key: jax.Array, *,
               feature_fn: Callable[[jax.Array], jax.Array], num_steps: int = 25) -> Integrity:
-    """The integrity metric on the classes `labels` (use retain classes): distances between the
-    original and unlearned model's DDIM samples from the same noise, beside the noise floor."""
+    """The integrity metric (Schioppa, Hoogeboom & Heek 2024) on the classes `labels`.
+
+    The distances between the original and the unlearned model's DDIM samples from the same
+    noise, beside the noise floor (the original model's samples under two independent noises).
+
+    Args:
+      model: the `Model` (its `apply_fn` is used).
+      params: the original denoiser's params.
+      unlearned_params: the unlearned denoiser's params.
+      labels: the classes to sample [n] (use retain classes).
+      key: draws the shared noise and the floor's second noise.
+      feature_fn: images [n, dim] -> features [n, d] (e.g. a classifier's hidden layer).
+      num_steps: DDIM steps.
+
+    Returns:
+      `Integrity(pixel, feature, pixel_floor, feature_floor)`: mean pixel RMSE and mean feature
+      L2 distance, and the same distances of the floor.
+    """
     k1, k2 = jax.random.split(key)
     dim = jax.tree.leaves(params)[0].dtype
     n = int(np.shape(labels)[0])
@@ -305,8 +396,22 @@ def _output_dim(model: Model, params) -> int:
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2) between Gaussian fits of
-    two feature sets [n, d] (FID's formula, in whatever feature space is given), in float64."""
+    """The Frechet distance between Gaussian fits of two feature sets (FID's formula).
+
+    ||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), in float64, in whatever
+    feature space is given.
+
+    Args:
+      features_a: features [n_a >= 2, d].
+      features_b: features [n_b >= 2, d].
+
+    Returns:
+      The distance, a float >= 0 (up to rounding).
+
+    Raises:
+      ValueError: on bad shapes.
+      FloatingPointError: when a feature is NaN/inf.
+    """
     a, b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(a.shape[0], b.shape[0]) < 2:
         raise ValueError(f"features need shapes [n >= 2, d] with one d, got {a.shape} and {b.shape}")

@@ -60,13 +60,19 @@ def _cross_entropy(xp, logits, labels):
 
 
 def margins(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Correct-class margin logit_y - logsumexp_{c != y} logit_c, per example (any leading axes)."""
+    """Correct-class margin logit_y - logsumexp_{c != y} logit_c, per example.
+
+    The quantity KLoM compares: positive when the model prefers the true class, and (unlike the
+    accuracy) continuous in the logits.
+
+    Args:
+      logits: [..., C], any leading axes.
+      labels: integer classes, broadcastable to the leading axes of `logits`.
+
+    Returns:
+      The margins, the leading shape of `logits`.
+    """
     return _margins(jnp, logits, labels)
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example softmax cross-entropy."""
-    return _cross_entropy(jnp, logits, labels)
 
 
 def _check_finite_logits(logits, name):
@@ -92,7 +98,21 @@ def _logits(predict_fn, params, x):
 
 
 def scores(predict_fn: Callable, params: PyTree, forget, retain, test) -> Scores:
-    """Accuracy and cross-entropy of one model on each of the three (x, y) sets."""
+    """Accuracy and mean cross-entropy of one model on each of the three (x, y) sets.
+
+    Args:
+      predict_fn: `predict_fn(params, x) -> logits` [n, C].
+      params: the model's params.
+      forget: (x, y) of the forget set.
+      retain: (x, y) of the retain set.
+      test: (x, y) of held-out data.
+
+    Returns:
+      `Scores` of floats (losses computed in float64 on the host).
+
+    Raises:
+      FloatingPointError: when the model's outputs hold NaN/inf.
+    """
     out = []
     for name, (x, y) in (("forget", forget), ("retain", retain), ("test", test)):
         logits = np.asarray(_logits(predict_fn, params, x))
@@ -108,21 +128,53 @@ def _stacked_logits(predict_fn, params, x):
     return jax.vmap(predict_fn, in_axes=(0, None))(params, x)
 
 
-def stacked_logits(predict_fn: Callable, params: PyTree, x: jax.Array) -> jax.Array:
-    """Logits [num_models, n, C] of a stack of models (leading axis on every params leaf)."""
+def stacked_logits(predict_fn: Callable, params: PyTree, x: jax.Array) -> np.ndarray:
+    """The logits of a stack of models at shared inputs, in one vmapped call.
+
+    Args:
+      predict_fn: `predict_fn(params, x) -> logits` [n, C].
+      params: stacked params: a leading model axis on every leaf.
+      x: inputs [n, ...].
+
+    Returns:
+      Logits [num_models, n, C] as a NumPy array.
+
+    Raises:
+      FloatingPointError: when a logit is NaN/inf.
+    """
     logits = np.asarray(_stacked_logits(predict_fn, params, x))
     _check_finite_logits(logits, "the evaluation data")
     return logits
 
 
-def stacked_margins(predict_fn: Callable, params: PyTree, data) -> jax.Array:
-    """Margins [num_models, n] of a stack of models."""
+def stacked_margins(predict_fn: Callable, params: PyTree, data) -> np.ndarray:
+    """The correct-class margins (`margins`) of a stack of models, in float64.
+
+    Args:
+      predict_fn: `predict_fn(params, x) -> logits` [n, C].
+      params: stacked params: a leading model axis on every leaf.
+      data: (x [n, ...], y [n]).
+
+    Returns:
+      Margins [num_models, n].
+    """
     x, y = data
     return _np_margins(stacked_logits(predict_fn, params, x), np.asarray(y)[None])
 
 
 def stacked_scores(predict_fn: Callable, params: PyTree, forget, retain, test) -> Scores:
-    """`Scores` of a stack of models, each field an array [num_models]."""
+    """`scores` of each model of a stack.
+
+    Args:
+      predict_fn: `predict_fn(params, x) -> logits` [n, C].
+      params: stacked params: a leading model axis on every leaf.
+      forget: (x, y) of the forget set.
+      retain: (x, y) of the retain set.
+      test: (x, y) of held-out data.
+
+    Returns:
+      `Scores` whose fields are arrays [num_models].
+    """
     out = []
     for x, y in (forget, retain, test):
         logits, y = stacked_logits(predict_fn, params, x), np.asarray(y)
@@ -133,7 +185,17 @@ def stacked_scores(predict_fn: Callable, params: PyTree, forget, retain, test) -
 
 
 def stacked_mia(predict_fn: Callable, params: PyTree, forget, test) -> np.ndarray:
-    """`mia` of each model of a stack, [num_models]."""
+    """`mia` of each model of a stack (losses in float64 on the host).
+
+    Args:
+      predict_fn: `predict_fn(params, x) -> logits` [n, C].
+      params: stacked params: a leading model axis on every leaf.
+      forget: (x, y) of the forget set (the members).
+      test: (x, y) of held-out data (the non-members).
+
+    Returns:
+      The AUCs [num_models].
+    """
     lf = _np_cross_entropy(stacked_logits(predict_fn, params, forget[0]), np.asarray(forget[1])[None])
     lt = _np_cross_entropy(stacked_logits(predict_fn, params, test[0]), np.asarray(test[1])[None])
     return np.asarray([auc(-a, -b) for a, b in zip(lf, lt)])
@@ -153,6 +215,21 @@ def klom_values(unlearned: jax.Array, oracle: jax.Array, num_bins: int = 20, eps
     the value saturates near log(1/eps)). estimator="gaussian": KL between normal fits (means and
     standard deviations, the latter floored at 1e-3 of the pooled spread + 1e-6), usable with
     ~10-50 models.
+
+    Args:
+      unlearned: margins [M, n] of M >= 2 unlearned models at n points.
+      oracle: margins [K, n] of K >= 2 oracles at the same points.
+      num_bins: histogram bins per point (histogram estimator).
+      eps: probability added to every bin before renormalising (histogram estimator).
+      clip: margins are clipped to [-clip, clip] first.
+      estimator: "histogram" or "gaussian".
+
+    Returns:
+      KLoM per point [n], in nats.
+
+    Raises:
+      ValueError: on an unknown estimator, mismatched shapes or fewer than 2 models a side.
+      FloatingPointError: when a margin is NaN.
     """
     if estimator not in KLOM_ESTIMATORS:
         raise ValueError(f"estimator must be one of {KLOM_ESTIMATORS}, got {estimator!r}")
@@ -186,7 +263,21 @@ def klom_values(unlearned: jax.Array, oracle: jax.Array, num_bins: int = 20, eps
 
 def klom(predict_fn: Callable, unlearned_params: PyTree, oracle_params: PyTree, forget, retain, test,
          num_bins: int = 20, estimator: str = "histogram") -> KLoM:
-    """KLoM on the forget, retain and held-out sets for stacks of unlearned models and oracles."""
+    """KLoM on the forget, retain and held-out sets for stacks of unlearned models and oracles.
+
+    Args:
+      predict_fn: `predict_fn(params, x) -> logits` [n, C].
+      unlearned_params: stacked params of the unlearned models (leading model axis).
+      oracle_params: stacked params of the oracles (leading model axis).
+      forget: (x, y) of the forget set.
+      retain: (x, y) of the retain set.
+      test: (x, y) of held-out data.
+      num_bins: histogram bins per point (see `klom_values`).
+      estimator: "histogram" or "gaussian" (see `klom_values`).
+
+    Returns:
+      `KLoM` with the per-point values and their 95th percentiles per set.
+    """
     vals = []
     for data in (forget, retain, test):
         vals.append(klom_values(stacked_margins(predict_fn, unlearned_params, data),
@@ -215,9 +306,22 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
 def mia(predict_fn: Callable, params: PyTree, forget, test) -> float:
     """Loss-threshold membership inference: the AUC of telling forget examples from held-out ones
     by low loss (members have lower loss). 0.5: the forget set looks like unseen data, as it does
-    to an oracle on a random forget set; near 1: the model still remembers it."""
-    lf = cross_entropy(predict_fn(params, forget[0]), forget[1])
-    lt = cross_entropy(predict_fn(params, test[0]), test[1])
+    to an oracle on a random forget set; near 1: the model still remembers it.
+
+    Args:
+      predict_fn: `predict_fn(params, x) -> logits` [n, C].
+      params: the model's params.
+      forget: (x, y) of the forget set (the members).
+      test: (x, y) of held-out data (the non-members).
+
+    Returns:
+      The AUC, in [0, 1].
+
+    Raises:
+      FloatingPointError: when a loss is NaN/inf.
+    """
+    lf = _cross_entropy(jnp, predict_fn(params, forget[0]), forget[1])
+    lt = _cross_entropy(jnp, predict_fn(params, test[0]), test[1])
     if not (bool(jnp.all(jnp.isfinite(lf))) and bool(jnp.all(jnp.isfinite(lt)))):
         raise FloatingPointError("losses hold NaN or inf: the model is broken")
     return auc(-np.asarray(lf), -np.asarray(lt))

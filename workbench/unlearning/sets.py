@@ -2,7 +2,7 @@
 
 `split(train_data, forget, retain=None)` builds a `Split` from indices or a boolean mask;
 `check_sets(forget, retain)` is the boundary check every method runs (both sets non-empty, the
-same structure, and no example of the forget set in the retain set).
+same structure, and no example of the forget set in the retain set); it returns their `SetSizes`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from workbench.core.numerics import num_examples
 
 PyTree = Any
 
@@ -25,17 +27,14 @@ class Split(NamedTuple):
     retain_indices: np.ndarray
 
 
+class SetSizes(NamedTuple):
+    """The number of examples in the forget and the retain set."""
+
+    forget: int
+    retain: int
+
+
 # ----------------------------------------------------------------------------- validation
-
-
-def _num(data: PyTree, name: str) -> int:
-    leaves = jax.tree.leaves(data)
-    if not leaves:
-        raise ValueError(f"{name} holds no arrays")
-    sizes = {int(np.shape(a)[0]) if np.ndim(a) else -1 for a in leaves}
-    if len(sizes) != 1 or -1 in sizes:
-        raise ValueError(f"{name}: every array needs the same leading example axis, got sizes {sorted(sizes)}")
-    return sizes.pop()
 
 
 def _row_keys(data: PyTree) -> list[bytes]:
@@ -45,21 +44,41 @@ def _row_keys(data: PyTree) -> list[bytes]:
 
 
 def is_traced(tree: PyTree) -> bool:
+    """Whether any leaf of `tree` is a JAX tracer (inside `jit`/`vmap`, where host checks are skipped).
+
+    Args:
+      tree: any pytree.
+
+    Returns:
+      True when at least one leaf is a `jax.core.Tracer`.
+    """
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
 
 
-def check_sets(forget: PyTree, retain: PyTree) -> tuple[int, int]:
-    """Both sets non-empty, with one structure; no forget example appears in the retain set."""
-    n_f, n_r = _num(forget, "forget"), _num(retain, "retain")
-    if n_f == 0:
-        raise ValueError("forget is empty: there is nothing to unlearn (pass at least one example)")
-    if n_r == 0:
-        raise ValueError("retain is empty: every method needs examples to keep")
+def check_sets(forget: PyTree, retain: PyTree) -> SetSizes:
+    """The boundary check every method runs: two valid, disjoint sets of examples.
+
+    Both sets are non-empty with one structure and finite values, and no forget example appears
+    in the retain set (examples are compared by the bytes of all their leaves). Under tracing only
+    the shapes are checked.
+
+    Args:
+      forget: the examples to forget, a pytree with a leading example axis.
+      retain: the examples to keep, with the structure of `forget`.
+
+    Returns:
+      `SetSizes(forget, retain)`, the number of examples of each.
+
+    Raises:
+      ValueError: when a set is empty or its arrays disagree on the example count, the structures
+        differ, a set holds NaN/inf, or the sets overlap.
+    """
+    n_f, n_r = num_examples(forget, "forget"), num_examples(retain, "retain")
     if jax.tree.structure(forget) != jax.tree.structure(retain):
         raise ValueError(f"forget and retain need one structure, got {jax.tree.structure(forget)} "
                          f"and {jax.tree.structure(retain)}")
     if is_traced(forget) or is_traced(retain):
-        return n_f, n_r
+        return SetSizes(n_f, n_r)
     for name, data in (("forget", forget), ("retain", retain)):
         for leaf in jax.tree.leaves(data):
             if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) and not np.all(np.isfinite(np.asarray(leaf))):
@@ -68,18 +87,29 @@ def check_sets(forget: PyTree, retain: PyTree) -> tuple[int, int]:
     if shared:
         raise ValueError(f"retain overlaps forget: {len(shared)} forget example(s) also appear in retain; "
                          "an example cannot be both forgotten and kept (build the sets with unlearning.split)")
-    return n_f, n_r
+    return SetSizes(n_f, n_r)
 
 
 def split(train_data: PyTree, forget, retain=None) -> Split:
-    """Cut `train_data` into (forget, retain).
+    """Cut `train_data` into a forget set and a retain set, validated.
 
-    `forget` is an integer index array, a boolean mask over the examples, or a pytree of examples
-    (matched to rows of `train_data` exactly). `retain` (indices) defaults to every other example.
-    Raises ValueError when the forget set is empty, has indices out of range or repeated, holds
-    examples that are not in `train_data`, or when `retain` overlaps it.
+    Args:
+      train_data: the training set, a pytree of arrays with a leading example axis (e.g. a
+        `Dataset`).
+      forget: an integer index array, a boolean mask over the examples, or a pytree of examples
+        (matched to rows of `train_data` exactly).
+      retain: integer indices of the examples to keep; None means every other example.
+
+    Returns:
+      `Split(forget, retain, forget_indices, retain_indices)`: the two sets (leaves indexed by
+      the indices) and their int64 indices into `train_data`.
+
+    Raises:
+      ValueError: when the forget set is empty, has indices out of range or repeated, holds
+        examples that are not in `train_data`, when `retain` overlaps it, or nothing is left to
+        keep.
     """
-    n = _num(train_data, "train_data")
+    n = num_examples(train_data, "train_data")
     if isinstance(forget, (np.ndarray, jax.Array, list, range)):  # indices or a mask
         idx = np.asarray(forget)
         if idx.dtype == bool:
