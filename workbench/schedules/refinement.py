@@ -11,10 +11,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import scipy.ndimage
 
 from workbench.core.numerics import num_examples
-from workbench.core.tree import vdot
 from workbench.schedules.bounds import _check_grad_norms
 from workbench.schedules.shapes import Schedule, from_values
 
@@ -73,9 +73,9 @@ def _grad_norm_fn(loss_fn: Callable, batch_size: int | None, num_batches: int, n
     def norm(params, data, key, step):
         if full:
             g = jax.grad(loss_fn)(params, data)
-            return jnp.sqrt(vdot(g, g))
+            return jnp.sqrt(optax.tree.vdot(g, g))
         idx = jax.random.randint(jax.random.fold_in(key, step), (num_batches, batch_size), 0, n)
-        sq = jax.vmap(lambda i: (lambda g: vdot(g, g))(jax.grad(loss_fn)(
+        sq = jax.vmap(lambda i: (lambda g: optax.tree.vdot(g, g))(jax.grad(loss_fn)(
             params, jax.tree.map(lambda a: a[i], data))))(idx)
         return jnp.sqrt(jnp.mean(sq))
 
