@@ -159,8 +159,9 @@ def test_schedules_figures():
     fig = plots.schedules.refined_bound(np.ones(T), np.linspace(0, 1, T), np.linspace(1, 0, T), horizons, bounds)
     ax1, ax2 = fig.axes
     assert len(ax1.lines) == 3 and len(ax2.lines) == 2 and ax1.get_title() == "Norms and the refined schedule (T = 100)"
-    fig = plots.schedules.custom_bound(horizons, bounds["linear decay"], bounds["constant"])
-    assert len(fig.axes[0].lines) == 2
+    fig = plots.schedules.schedule_and_bound(T, np.linspace(1, 0, T), horizons, bounds["linear decay"],
+                                             bounds["constant"])
+    assert len(fig.axes[1].lines) == 2 and fig.axes[0].get_title() == "your schedule, T = 100"
 
     runs = {name: ScheduleRun(np.linspace(1, 0, T), {"loss": np.exp(-np.arange(T) / 30)}, 0.1, 0.9)
             for name in ("linear decay", "cosine", "refined")}
