@@ -12,7 +12,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from workbench import plots
-from workbench.convex import HarveyResult, SGDResult
+from workbench.convex import HarveyResult, ScheduleComparison, SGDResult
 from workbench.experiments.schedules import RefinementResult, ScheduleRun
 from workbench.experiments.spectra import SharpnessRun
 from workbench.influence.validation import EvaluationRow
@@ -179,7 +179,8 @@ def test_schedules_figures():
 def test_convex_figures():
     steps = np.array([1, 10, 100])
     res = SGDResult(steps, *(RNG.random((20, 3)) for _ in range(3)))
-    results = {"lr x1": {"constant": res, "cosine": res}, "lr x10": {"constant": res, "cosine": res}}
+    comparison = ScheduleComparison(("constant", "cosine"), (res, res), np.ones(2))
+    results = {"lr x1": comparison, "lr x10": comparison}
     fig = plots.convex.suboptimality_quantiles(results, "lad: 20 seeds")
     assert len(fig.axes) == 4
     assert fig.axes[0].get_title() == "constant, lr x1" and fig.axes[0].get_ylabel() == "f(x) - f*"
