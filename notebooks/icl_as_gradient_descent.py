@@ -193,8 +193,10 @@ plt.show()
 
 # %%
 if interactive:
+    from IPython.display import display
+
     panel = icl_ui.icl_panel(recipes.explore)
-    display(panel.widget)  # noqa: F821 (IPython builtin)
+    display(panel.widget)
 
 # %% [markdown]
 # ## Headline numbers
