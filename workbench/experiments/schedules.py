@@ -11,6 +11,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from workbench.core.numerics import check_positive_int
 from workbench.core.progress import bar
 from workbench.data import load_digits
 from workbench.models import MLP, LogisticRegression, accuracy, functional
@@ -67,7 +68,7 @@ def digits_refinement(model: str = "logreg", num_steps: int = 1000, peak_lr: flo
         raise ValueError(f"model must be 'logreg' or 'mlp', got {model!r}")
     if not peak_lr > 0:
         raise ValueError(f"peak_lr must be positive, got {peak_lr!r}")
-    steps = num_steps
+    num_steps = check_positive_int("num_steps", num_steps)
     train_data, test_data = load_digits(seed=seed)
     net = (LogisticRegression(64, 10, rngs=nnx.Rngs(seed)) if model == "logreg"
            else MLP(64, [32], 10, rngs=nnx.Rngs(seed)))
@@ -76,21 +77,21 @@ def digits_refinement(model: str = "logreg", num_steps: int = 1000, peak_lr: flo
 
     def fit(schedule, callback=None):
         res = train(f.loss_fn, f.params, train_data, key, optimizer=optax.sgd(schedule),
-                    num_steps=steps, batch_size=batch_size, callback=callback,
+                    num_steps=num_steps, batch_size=batch_size, callback=callback,
                     callback_every=norm_every if callback else 0, progress=False)
         final = float(f.loss_fn(res.params, train_data))
         acc = accuracy(f.predict_fn, res.params, test_data)
-        return res, ScheduleRun(values(schedule, steps), res.history, final, acc)
+        return res, ScheduleRun(values(schedule, num_steps), res.history, final, acc)
 
-    linear = linear_decay(peak_lr, steps)
+    linear = linear_decay(peak_lr, num_steps)
     callback = grad_norm_callback(f.loss_fn, train_data, jax.random.fold_in(key, 1), batch_size=batch_size)
-    with bar(total=3, desc=f"refinement ({model}, T={steps})", unit="runs") as pbar:
+    with bar(total=3, desc=f"refinement ({model}, T={num_steps})", unit="runs") as pbar:
         res, linear_run = fit(linear, callback)
         pbar.update(1)
-        norms = per_step(res.history["callback_step"], res.history["grad_norm"], steps)
+        norms = per_step(res.history["callback_step"], res.history["grad_norm"], num_steps)
         refined = refine(norms, tau=tau)
         runs = {"linear decay": linear_run}
-        for name, schedule in (("cosine", cosine(peak_lr, steps)), ("refined", scaled(refined.schedule, peak_lr))):
+        for name, schedule in (("cosine", cosine(peak_lr, num_steps)), ("refined", scaled(refined.schedule, peak_lr))):
             runs[name] = fit(schedule)[1]
             pbar.update(1)
     return RefinementResult(norms, refined, runs)

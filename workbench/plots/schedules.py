@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from workbench.plots.training import smooth
+
 
 def schedule_shapes(curves: Mapping[str, np.ndarray], title: str):
     """Learning rate against step, one line per named schedule (values per step).
@@ -131,8 +133,7 @@ def schedule_losses(results: Mapping[str, object], window: int):
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 3.6), squeeze=False)
     for ax, (label, res) in zip(axes[0], results.items(), strict=True):
         for name, run in res.runs.items():
-            loss = np.asarray(run.history["loss"])
-            ax.plot(np.convolve(loss, np.ones(window) / window, mode="valid"), label=name)
+            ax.plot(smooth(run.history["loss"], window)[window - 1:], label=name)  # full windows only
         ax.set(yscale="log", xlabel="step", ylabel="minibatch loss (smoothed)", title=label)
         ax.legend(fontsize=8)
     return fig
