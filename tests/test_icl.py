@@ -301,3 +301,13 @@ def test_icl_losses_lsa_loss_and_has_mlp(key):
     params = icl.gd_weights(3, 6, 0.3, num_layers=2, dtype=jnp.float64)
     assert float(icl.lsa_loss(params, tasks)) == pytest.approx(float(losses[1]), rel=1e-10)
     assert not icl.has_mlp(params) and icl.has_mlp(icl.init_params(key, 3, mlp=True))
+
+
+def test_depth_comparison_record_and_ratio():
+    comp = recipes.DepthComparison(recipes.TaskSetup(), np.array([1, 2]), np.array([0.5, 0.2]), np.array([0.6, 0.4]),
+                                   np.array([0.5, 0.3]), np.array([0.9, 0.7, 0.5]), 0.01, np.array([1.0, 0.8]), (), ())
+    assert comp.deepest_over_gd() == pytest.approx(0.5)
+    rec = comp.record()
+    assert rec == {"depths": [1, 2], "trained": [0.5, 0.2], "gd": [0.6, 0.4], "gdpp": [0.5, 0.3],
+                   "newton": [0.9, 0.7, 0.5], "least_squares": 0.01}
+    assert all(type(v) is list for k, v in rec.items() if k != "least_squares")

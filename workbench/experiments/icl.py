@@ -159,6 +159,16 @@ class DepthComparison(NamedTuple):
     fits: tuple  # the LSAFit of each depth
     gdpp_fits: tuple
 
+    def deepest_over_gd(self) -> float:
+        """The deepest trained model's test loss over that of as many GD steps (below 1: the
+        model does better than GD)."""
+        return float(self.trained[-1] / self.gd[-1])
+
+    def record(self) -> dict:
+        """The losses per depth as plain lists, for `workbench.record`."""
+        return {"depths": self.depths.tolist(), "trained": self.trained.tolist(), "gd": self.gd.tolist(),
+                "gdpp": self.gdpp.tolist(), "newton": self.newton.tolist(), "least_squares": self.least_squares}
+
     def table(self) -> str:
         """The losses as a fixed-width text table, one row per depth."""
         lines = ["  K   trained      GD(eta*)     GD++         Newton", ]

@@ -22,6 +22,11 @@ def _check_positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
 
+def _check_peak_and_horizon(peak: float, num_steps: int) -> None:
+    _check_positive("peak", peak)
+    check_positive_int("num_steps", num_steps)
+
+
 def _as_float(s) -> jax.Array:
     """The step as the default float dtype (strict dtype promotion forbids int + float)."""
     return jnp.asarray(s).astype(jnp.result_type(float))
@@ -88,8 +93,7 @@ def linear_decay(peak: float, num_steps: int, warmup_steps: int = 0) -> Schedule
     Raises:
         ValueError: if `peak` is not positive or a step count is not a valid integer.
     """
-    _check_positive("peak", peak)
-    check_positive_int("num_steps", num_steps)
+    _check_peak_and_horizon(peak, num_steps)
     body = optax.linear_schedule(peak, 0.0, max(num_steps - warmup_steps, 1))
     return _with_warmup(peak, warmup_steps, body)
 
@@ -110,10 +114,9 @@ def cosine(peak: float, num_steps: int, warmup_steps: int = 0, final: float = 0.
         The schedule `step -> lr`.
 
     Raises:
-        ValueError: if an argument is out of range.
+        ValueError: if `peak` or `num_steps` is invalid, or `final` lies outside [0, peak].
     """
-    _check_positive("peak", peak)
-    check_positive_int("num_steps", num_steps)
+    _check_peak_and_horizon(peak, num_steps)
     if not 0.0 <= final <= peak:
         raise ValueError(f"final must lie in [0, peak={peak}], got {final}")
     decay_steps = max(num_steps - warmup_steps, 1)
@@ -146,8 +149,7 @@ def wsd(peak: float, num_steps: int, cooldown_fraction: float = 0.2, cooldown: s
     Raises:
         ValueError: if an argument is out of range or the warm-up overlaps the cool-down.
     """
-    _check_positive("peak", peak)
-    check_positive_int("num_steps", num_steps)
+    _check_peak_and_horizon(peak, num_steps)
     if not 0.0 < cooldown_fraction <= 1.0:
         raise ValueError(f"cooldown_fraction must lie in (0, 1], got {cooldown_fraction}")
     if cooldown not in ("linear", "1-sqrt"):
@@ -179,13 +181,13 @@ def step(peak: float, num_steps: int, boundaries: Sequence[float] = (0.5, 0.75),
         factor: the multiplier applied at each boundary, positive (default 0.1).
 
     Returns:
-        The schedule `step -> lr`.
+        The schedule `step -> lr` (float).
 
     Raises:
-        ValueError: if an argument is out of range.
+        ValueError: if `peak`, `num_steps` or `factor` is invalid, or the boundaries are not
+            increasing fractions of T.
     """
-    _check_positive("peak", peak)
-    check_positive_int("num_steps", num_steps)
+    _check_peak_and_horizon(peak, num_steps)
     _check_positive("factor", factor)
     if any(not 0.0 < b < 1.0 for b in boundaries) or list(boundaries) != sorted(boundaries):
         raise ValueError(f"boundaries must be increasing fractions in (0, 1), got {boundaries}")
