@@ -63,7 +63,7 @@ def test_nnx_module_and_pure_forward_agree(key):
                                     init_scale=0.3, param_dtype=jnp.float64)
     params = icl.init_params(key, 4, num_layers=2, mlp=True, init_scale=0.3, dtype=jnp.float64)
     toks = icl.tokens(_tasks(key, dim=4, num=8))
-    np.testing.assert_allclose(model(toks), icl.forward(params, toks)[0], rtol=1e-13)
+    np.testing.assert_allclose(model(toks), icl.forward(params, toks).tokens, rtol=1e-13)
     assert set(params["layers"][0]) == {"query", "key", "value", "projection", "mlp_in", "mlp_in_bias", "mlp_out"}
     plain = {"layers": {i: {k: v for k, v in lay.items() if not k.startswith("mlp")} for i, lay in params["layers"].items()}}
     assert not np.allclose(icl.predict(params, toks), icl.predict(plain, toks))  # the MLP acts

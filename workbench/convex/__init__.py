@@ -38,7 +38,7 @@ Example:
     array([0.065, 0.058])
 """
 
-from workbench.convex.harvey import HarveyResult, harvey_gd, harvey_value
+from workbench.convex.harvey import HarveyResult, HarveyValue, harvey_gd, harvey_value
 from workbench.convex.problems import (
     PROBLEMS,
     Problem,
@@ -66,5 +66,6 @@ from workbench.convex.runner import (
 __all__ = [
     "Problem", "least_absolute_deviations", "hinge_svm", "l1_logistic", "objective",
     "log_steps", "sample_indices", "SGDRunner", "Trace", "make_sgd", "suboptimality", "run_sgd", "SGDResult",
-    "quantiles", "make_problem", "compare_schedules", "ScheduleComparison", "final_quantiles", "PROBLEMS", "HarveyResult", "harvey_gd", "harvey_value",
+    "quantiles", "make_problem", "compare_schedules", "ScheduleComparison", "final_quantiles", "PROBLEMS", "HarveyResult", "HarveyValue", "harvey_gd",
+    "harvey_value",
 ]

@@ -43,6 +43,7 @@ from workbench.icl.alignment import (
 )
 from workbench.icl.lsa import (
     EffectiveWeights,
+    Forward,
     LinearSelfAttention,
     canonical_scale,
     check_tokens,
@@ -72,5 +73,5 @@ __all__ = [
     "covariance_factor", "effective_weights", "fit_gdpp", "forward", "from_effective", "gd_predictions",
     "gd_weights", "gdpp_predictions", "gdpp_weights", "icl_loss", "init_params", "interpolation_losses",
     "layer_predictions", "least_squares_predictions", "line_search_eta", "lsa_predictor", "match_steps",
-    "newton_predictions", "predict", "query_sensitivity", "sample_tasks", "tokens", "icl_losses", "lsa_loss", "has_mlp",
+    "newton_predictions", "predict", "query_sensitivity", "sample_tasks", "tokens", "icl_losses", "lsa_loss", "has_mlp", "Forward",
 ]

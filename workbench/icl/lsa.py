@@ -57,7 +57,7 @@ class LinearSelfAttention(nnx.Module):
                                          param_dtype=param_dtype) for _ in range(num_layers)])
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        return forward(nnx.to_pure_dict(nnx.state(self, nnx.Param)), tokens)[0]
+        return forward(nnx.to_pure_dict(nnx.state(self, nnx.Param)), tokens).tokens
 
 
 def init_params(key: jax.Array, dim: int, *, num_layers: int = 1, mlp: bool = False, mlp_width: int | None = None,
@@ -161,8 +161,15 @@ def _layer(layer: dict, e: jax.Array) -> jax.Array:
     return e
 
 
+class Forward(NamedTuple):
+    """A forward pass: the tokens after the last layer and the read-out after each layer."""
+
+    tokens: jax.Array  # [B, N + 1, d + 1]
+    predictions: jax.Array  # [L, B]
+
+
 @jax.jit
-def forward(params: PyTree, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+def forward(params: PyTree, tokens: jax.Array) -> Forward:
     """(final tokens [B, N + 1, d + 1], predictions after each layer [L, B]); a prediction is minus
     the query token's last entry.
 
@@ -171,7 +178,8 @@ def forward(params: PyTree, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
         tokens: the token sequences [B, N + 1, d + 1] (`tasks.tokens`).
 
     Returns:
-        (tokens after the last layer [B, N + 1, d + 1], read-outs after each layer [L, B]).
+        `Forward(tokens, predictions)`: the tokens after the last layer [B, N + 1, d + 1] and
+        the read-outs after each layer [L, B].
 
     Raises:
         ValueError: when the tokens' size does not match the model.
@@ -181,7 +189,7 @@ def forward(params: PyTree, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
     for layer in _layers(params):
         e = _layer(layer, e)
         preds.append(-e[:, -1, -1])
-    return e, jnp.stack(preds)
+    return Forward(e, jnp.stack(preds))
 
 
 def predict(params: PyTree, tokens: jax.Array) -> jax.Array:
@@ -194,7 +202,7 @@ def predict(params: PyTree, tokens: jax.Array) -> jax.Array:
     Returns:
         Minus the query token's last entry after the last layer, [B].
     """
-    return forward(params, tokens)[1][-1]
+    return forward(params, tokens).predictions[-1]
 
 
 def layer_predictions(params: PyTree, tokens: jax.Array) -> jax.Array:
@@ -207,7 +215,7 @@ def layer_predictions(params: PyTree, tokens: jax.Array) -> jax.Array:
     Returns:
         The read-outs [L, B].
     """
-    return forward(params, tokens)[1]
+    return forward(params, tokens).predictions
 
 
 class EffectiveWeights(NamedTuple):
