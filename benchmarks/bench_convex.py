@@ -20,6 +20,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 from workbench import convex, schedules  # noqa: E402
+from workbench.core.numerics import num_examples  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -52,7 +53,7 @@ def bench(problem, steps: int, seeds: int, loop_seeds: int, repeats: int) -> dic
 
     def naive(key):
         x = jax.numpy.zeros(problem.dim, problem.data.x.dtype)
-        idx = convex.sample_indices(key, jax.numpy.arange(steps), len(problem.data), 1)
+        idx = convex.sample_indices(key, jax.numpy.arange(steps), num_examples(problem.data), 1)
         for t in range(steps):
             x = one_step(x, t, idx[t])
         return x
@@ -77,7 +78,8 @@ def main() -> None:
     parser.add_argument("--loop-seeds", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    problems = [convex.least_absolute_deviations(), convex.hinge_svm(), convex.l1_logistic()]
+    key = jax.random.key(0)
+    problems = [convex.least_absolute_deviations(key), convex.hinge_svm(key), convex.l1_logistic(key)]
     rows = [bench(p, args.steps, seeds, args.loop_seeds, args.repeats)
             for p in problems for seeds in args.seeds]
     meta = {"jax": jax.__version__, "platform": platform.platform(),

@@ -110,7 +110,7 @@ def entries(fn, params, train_data, test_data):
         out[f"sketch.for_params {kind} + per_example_gradients (D=256)"] = (grads, None, grads)
     from workbench import convex, icl, schedules
 
-    problem = convex.make_problem("logistic", seed=0, n=400, dim=10)
+    problem = convex.make_problem("logistic", jax.random.key(0), n=400, dim=10)
     shapes = {name: schedules.standard_shapes()[name] for name in ("constant", "linear decay")}
 
     def sgd():

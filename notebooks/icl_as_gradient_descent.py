@@ -193,8 +193,10 @@ plt.show()
 
 # %%
 if interactive:
+    from IPython.display import display
+
     panel = icl_ui.icl_panel(recipes.explore)
-    display(panel.widget)  # noqa: F821 (IPython builtin)
+    display(panel.widget)
 
 # %% [markdown]
 # ## Headline numbers
@@ -212,10 +214,7 @@ workbench.record(
     prediction_difference=study.alignment.prediction_difference,
     relative_prediction_difference=study.alignment.relative_prediction_difference,
     interpolation_max_loss=float(study.interpolation.losses.max()),
-    depth_table={label: {"depths": comp.depths.tolist(), "trained": comp.trained.tolist(), "gd": comp.gd.tolist(),
-                         "gdpp": comp.gdpp.tolist(), "newton": comp.newton.tolist(),
-                         "least_squares": comp.least_squares}
-                 for label, comp in comparisons.items()},
-    deepest_trained_over_gd_ill=float(ill.trained[-1] / ill.gd[-1]),
-    deepest_trained_over_gd_well=float(well.trained[-1] / well.gd[-1]),
+    depth_table={label: comp.record() for label, comp in comparisons.items()},
+    deepest_trained_over_gd_ill=ill.deepest_over_gd(),
+    deepest_trained_over_gd_well=well.deepest_over_gd(),
 )

@@ -25,7 +25,7 @@
 #       - 4096
 #       - 16384
 #       num_seeds: 1000
-#       steps: 100000
+#       num_steps: 100000
 #     quick_seconds: 40
 #     title: The last iterate of SGD across seeds (Harvey et al. 2019, Defazio et al.
 #       2023)
@@ -51,7 +51,7 @@
 problem_kind: str = "lad"  # lad (least absolute deviations), hinge (L1 hinge SVM) or logistic (L1)
 n: int = 400  # examples
 dim: int = 10  # features
-steps: int = 2000  # SGD steps (batch size 1); the largest T
+num_steps: int = 2000  # SGD steps (batch size 1); the largest T
 num_seeds: int = 200  # independent SGD runs
 lr_factors: list[float] = [1.0, 10.0]  # multiples of each schedule's bound-optimal scale
 harvey_horizons: list[int] = [16, 64, 256, 1024, 4096]  # horizons T for the Harvey construction
@@ -64,7 +64,6 @@ import time
 
 import jax
 import matplotlib.pyplot as plt
-import numpy as np
 
 jax.config.update("jax_enable_x64", True)  # optima are exact to ~1e-12; keep SGD in float64 too
 
@@ -78,9 +77,8 @@ from workbench import convex, plots, schedules
 # bound-constrained L-BFGS-B solve to 1e-12 (L1-logistic).
 
 # %%
-problem = convex.make_problem(problem_kind, seed=seed, n=n, dim=dim)
-D = float(np.linalg.norm(problem.w_star))
-print(f"{problem.name}: n={n}, dim={dim}, f* = {problem.f_star:.6f}, D = ||w*|| = {D:.3f}, "
+problem = convex.make_problem(problem_kind, jax.random.key(seed), n=n, dim=dim)
+print(f"{problem.name}: n={n}, dim={dim}, f* = {problem.f_star:.6f}, D = ||w*|| = {problem.distance:.3f}, "
       f"G = {problem.lipschitz:.3f}")
 
 # %% [markdown]
@@ -90,7 +88,7 @@ print(f"{problem.name}: n={n}, dim={dim}, f* = {problem.f_star:.6f}, D = ||w*|| 
 # cautious (SGD is still travelling towards w* at the end); factor 10 reaches the regime where
 # gradient noise dominates, which is where last iterate and averages part ways. Every schedule sees
 # the same seeds; `compare_schedules` runs `num_seeds` SGD runs per schedule in one compiled call
-# (lax.scan over steps, vmap over seeds). Every schedule is set for the final horizon T = `steps`;
+# (lax.scan over steps, vmap over seeds). Every schedule is set for the final horizon T = `num_steps`;
 # the curves at smaller T read the same runs part-way, so a decaying schedule has not annealed yet
 # there. Only the right end of each curve is the last iterate of a run planned for that T.
 
@@ -98,9 +96,10 @@ print(f"{problem.name}: n={n}, dim={dim}, f* = {problem.f_star:.6f}, D = ||w*|| 
 shapes = {name: schedules.standard_shapes()[name]
           for name in ("constant", "1/sqrt(t)", "linear decay", "cosine")}
 start = time.perf_counter()
-results = {factor: convex.compare_schedules(problem, shapes, jax.random.key(seed), num_steps=steps, num_seeds=num_seeds, lr_factor=factor)
+results = {factor: convex.compare_schedules(problem, shapes, jax.random.key(seed), num_steps=num_steps,
+                                            num_seeds=num_seeds, lr_factor=factor)
            for factor in lr_factors}
-print(f"{len(lr_factors)} factors x {len(shapes)} schedules x {num_seeds} seeds x {steps} steps "
+print(f"{len(lr_factors)} factors x {len(shapes)} schedules x {num_seeds} seeds x {num_steps} steps "
       f"in {time.perf_counter() - start:.1f} s")
 
 # %% [markdown]
@@ -126,19 +125,15 @@ plt.show()
 
 # %% [markdown]
 # ## The numbers at the largest T
-# Median, 90% and 95% quantile of f(x) - f* across seeds at T = `steps`.
+# Median, 90% and 95% quantile of f(x) - f* across seeds at T = `num_steps` (`convex.final_quantiles`).
 
 # %%
-final = {}
+final = {f"lr x{factor:g}": convex.final_quantiles(results[factor]) for factor in lr_factors}
 print(f"{'factor':>6s} {'schedule':14s} {'iterate':8s} {'median':>10s} {'q90':>10s} {'q95':>10s}")
-for factor in lr_factors:
-    final[f"lr x{factor:g}"] = table = {}
-    for name, res in results[factor].items():
-        table[name] = {}
-        for kind in ("last", "uniform", "suffix"):
-            q = convex.quantiles(getattr(res, kind)[:, -1:], (0.5, 0.9, 0.95))[:, 0]
-            table[name][kind] = {"median": float(q[0]), "q90": float(q[1]), "q95": float(q[2])}
-            print(f"{factor:6g} {name:14s} {kind:8s} {q[0]:10.2e} {q[1]:10.2e} {q[2]:10.2e}")
+for factor, table in zip(lr_factors, final.values(), strict=True):
+    for name, by_kind in table.items():
+        for kind, q in by_kind.items():
+            print(f"{factor:6g} {name:14s} {kind:8s} {q['median']:10.2e} {q['q90']:10.2e} {q['q95']:10.2e}")
 
 # %% [markdown]
 # ## The Harvey et al. construction: log T is real
@@ -151,7 +146,6 @@ for factor in lr_factors:
 
 # %%
 harvey = convex.harvey_gd(harvey_horizons)
-T = harvey.steps.astype(float)
 fig = plots.convex.harvey(harvey)
 workbench.save_figure(fig, "harvey")
 plt.show()
@@ -163,11 +157,11 @@ plt.show()
 workbench.record(
     problem=problem.name,
     f_star=problem.f_star,
-    largest_T=int(steps),
+    largest_T=int(num_steps),
     quantiles_at_largest_T=final,
     harvey_horizons=harvey.steps,
-    harvey_last_sqrtT_over_logT=harvey.last * np.sqrt(T) / np.log(T),
-    harvey_uniform_sqrtT_over_logT=harvey.uniform * np.sqrt(T) / np.log(T),
+    harvey_last_sqrtT_over_logT=harvey.over_rate("last"),
+    harvey_uniform_sqrtT_over_logT=harvey.over_rate("uniform"),
 )
 
 # %% [markdown]
@@ -185,5 +179,5 @@ if interactive:
     from workbench.ui.convex import last_iterate_panel
 
     panel = last_iterate_panel(functools.partial(convex.compare_schedules, problem, shapes, jax.random.key(seed)),
-                               num_seeds=50, num_steps=min(steps, 1000), lr_factor=lr_factors[0])
+                               num_seeds=50, num_steps=min(num_steps, 1000), lr_factor=lr_factors[0])
     display(panel.widget)

@@ -55,10 +55,10 @@ interactive: bool = False  # show the panel: warm-up, cool-down, T -> schedule a
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 
 import workbench
 from workbench import plots, schedules
+from workbench.experiments.schedules import varying_norms
 
 shapes = schedules.standard_shapes(cooldown_fraction)
 
@@ -96,21 +96,16 @@ for name, curve in table.items():
 # Linear decay is optimal only for constant norms. Take norms that are large early and rise again
 # at the end (a common picture in deep learning). `schedules.refine` computes the schedule that
 # minimises the bound for these norms: it grows a warm-up (large early norms make early steps
-# costly) and anneals faster at the end. Its bound is below linear decay's.
+# costly) and anneals faster at the end. Its bound is below linear decay's. The norms are
+# `experiments.schedules.varying_norms`: g(t) = 1 + 4 exp(-t/0.05) + 2 t^4 over the fraction t of training.
 
 # %%
-def varying_norms(T):
-    t = np.arange(T) / T
-    return 1.0 + 4.0 * np.exp(-t / 0.05) + 2.0 * t**4
-
-
 T_ref = horizons[-1]
 refined = schedules.refine(varying_norms(T_ref), tau=0.1)
 varying = {
     "linear decay": schedules.bound_curve(shapes["linear decay"], horizons, varying_norms),
     "cosine": schedules.bound_curve(shapes["cosine"], horizons, varying_norms),
-    "refined for these norms": schedules.bound_curve(
-        lambda T: schedules.refine(varying_norms(T), tau=0.1).values, horizons, varying_norms),
+    "refined for these norms": schedules.refined_bound_curve(varying_norms, horizons, tau=0.1),
 }
 fig = plots.schedules.refined_bound(varying_norms(T_ref), refined.values,
                                    schedules.values(shapes["linear decay"](T_ref), T_ref), horizons, varying)

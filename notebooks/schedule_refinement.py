@@ -18,12 +18,12 @@
 #       test_accuracy/MLP 64-32-10/refined: '>0.9'
 #       test_accuracy/logistic regression/refined: '>0.9'
 #     full:
+#       num_steps: 5000
 #       peak_lrs:
 #       - 0.25
 #       - 0.5
 #       - 1.0
 #       - 2.0
-#       steps: 5000
 #     quick_seconds: 40
 #     title: Refined learning-rate schedules from gradient norms (Defazio et al. 2023)
 # ---
@@ -43,7 +43,7 @@
 # SGD with the refined schedule against linear decay and cosine at the same peak step size.
 
 # %% tags=["parameters"]
-steps: int = 1000  # SGD steps (minibatches of batch_size)
+num_steps: int = 1000  # SGD steps (minibatches of batch_size)
 batch_size: int = 32  # examples per step
 peak_lrs: list[float] = [1.0]  # peak learning rates tried; each schedule is scored at its best
 tau: float = 0.1  # median-filter window as a fraction of the run
@@ -68,15 +68,13 @@ from workbench.experiments import schedules as refinement
 
 # %%
 models = {"logistic regression": "logreg", "MLP 64-32-10": "mlp"}
-results = {label: {lr: refinement.digits_refinement(kind, num_steps=steps, peak_lr=lr, batch_size=batch_size,
+results = {label: {lr: refinement.digits_refinement(kind, num_steps=num_steps, peak_lr=lr, batch_size=batch_size,
                                                    seed=seed, tau=tau)
                    for lr in peak_lrs}
            for label, kind in models.items()}
 
 # best peak per schedule (the tuned comparison); the norms are shown for the middle peak
-best = {label: {name: min((r.runs[name] for r in by_lr.values()), key=lambda run: run.final_loss)
-                for name in ("linear decay", "cosine", "refined")}
-        for label, by_lr in results.items()}
+best = {label: refinement.best_runs(by_lr) for label, by_lr in results.items()}
 shown = {label: by_lr[peak_lrs[len(peak_lrs) // 2]] for label, by_lr in results.items()}
 
 # %% [markdown]
@@ -103,7 +101,7 @@ plt.show()
 # schedule at its own best peak.
 
 # %%
-fig = plots.schedules.schedule_losses(shown, window=max(1, steps // 50))
+fig = plots.schedules.schedule_losses(shown, window=max(1, num_steps // 50))
 workbench.save_figure(fig, "training_loss")
 plt.show()
 
@@ -123,7 +121,7 @@ workbench.record(
                       for label, runs in best.items()},
     test_accuracy={label: {name: run.test_accuracy for name, run in runs.items()}
                    for label, runs in best.items()},
-    refined_peak_fraction={label: float(np.argmax(res.refined.values) / steps)
+    refined_peak_fraction={label: float(np.argmax(res.refined.values) / num_steps)
                            for label, res in shown.items()},
 )
 

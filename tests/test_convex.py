@@ -15,13 +15,13 @@ from workbench.convex import harvey
 
 @pytest.fixture(scope="module")
 def problems():
-    return {"lad": C.least_absolute_deviations(seed=1, n=120, dim=4),
-            "hinge": C.hinge_svm(seed=2, n=120, dim=4),
-            "logistic": C.l1_logistic(seed=3, n=150, dim=6, l1=0.08)}
+    return {"lad": C.least_absolute_deviations(jax.random.key(1), n=120, dim=4),
+            "hinge": C.hinge_svm(jax.random.key(2), n=120, dim=4),
+            "logistic": C.l1_logistic(jax.random.key(3), n=150, dim=6, l1=0.08)}
 
 
 def test_lad_one_dimensional_optimum_is_weighted_median():
-    p = C.least_absolute_deviations(seed=5, n=101, dim=1)
+    p = C.least_absolute_deviations(jax.random.key(5), n=101, dim=1)
     x, y = np.asarray(p.data.x[:, 0]), np.asarray(p.data.y)
     # min_w sum |x_i| |w - y_i/x_i|: a weighted median of the ratios
     ratio, weight = y / x, np.abs(x)
@@ -144,7 +144,7 @@ def test_bad_runner_input(problems, key):
     with pytest.raises(ValueError, match="num_seeds"):
         C.run_sgd(p, S.constant(0.1), key, num_steps=10, num_seeds=0)
     with pytest.raises(ValueError, match="l1 must be > 0"):
-        C.l1_logistic(l1=0.0)
+        C.l1_logistic(jax.random.key(0), l1=0.0)
     with pytest.raises(ValueError, match="horizons must be >= 2"):
         C.harvey_gd([1])
 
@@ -196,10 +196,10 @@ def test_compare_schedules_shares_seeds_and_matches_run_sgd(problems, key):
     D = float(np.linalg.norm(p.w_star))
     scale = 2.0 * S.last_iterate_bound(S.linear_decay(1.0, 300), np.full(300, p.lipschitz), D).scale
     ref = C.run_sgd(p, S.scaled(S.linear_decay(1.0, 300), scale), key, num_steps=300, num_seeds=8)
-    np.testing.assert_allclose(out["linear decay"].last, ref.last, rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(out["linear decay"].suffix, ref.suffix, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(out.result("linear decay").last, ref.last, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(out.result("linear decay").suffix, ref.suffix, rtol=1e-10, atol=1e-14)
     with pytest.raises(ValueError, match="problem must be one of"):
-        C.make_problem("lasso")
+        C.make_problem("lasso", key)
 
 
 def test_sample_indices_uniform_and_seed_dependent(key):
@@ -213,3 +213,39 @@ def test_sample_indices_uniform_and_seed_dependent(key):
     assert np.all(np.abs(pairs - draws.size / n**2) < 0.25 * draws.size / n**2)
     other = np.asarray(C.sample_indices(jax.random.key(1), jnp.arange(64), n, 2)).ravel()
     assert np.mean(other == draws[: other.size]) < 0.3
+
+
+def test_problem_data_from_a_key_are_the_seeded_numpy_draws():
+    # key(s) draws exactly what np.random.default_rng(s) drew (the papers' numbers do not move)
+    p = C.least_absolute_deviations(jax.random.key(7), n=30, dim=3, dtype=jnp.float64)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((30, 3))
+    np.testing.assert_array_equal(np.asarray(p.data.x), x)
+    other = C.least_absolute_deviations(jax.random.fold_in(jax.random.key(7), 1), n=30, dim=3)
+    assert not np.allclose(np.asarray(other.data.x), x[:, :3])
+    assert p.distance == pytest.approx(float(np.linalg.norm(p.w_star)))
+    with pytest.raises(ValueError, match="n must be an int >= 2"):
+        C.hinge_svm(jax.random.key(0), n=1)
+
+
+def test_schedule_comparison_final_quantiles_and_lookup(problems, key):
+    p = problems["hinge"]
+    shapes = {k: S.standard_shapes()[k] for k in ("constant", "cosine")}
+    out = C.compare_schedules(p, shapes, key, num_steps=50, num_seeds=6)
+    assert out.names == ("constant", "cosine") and out.scales.shape == (2,)
+    assert [name for name, _ in out.items()] == list(out.names)
+    assert out.result("cosine") is out.results[1]
+    with pytest.raises(KeyError, match="no schedule named 'wsd'"):
+        out.result("wsd")
+    table = C.final_quantiles(out)
+    q = np.quantile(out.result("cosine").last[:, -1], [0.5, 0.9, 0.95])
+    assert table["cosine"]["last"] == pytest.approx({"median": q[0], "q90": q[1], "q95": q[2]}, rel=1e-15)
+    assert set(table["constant"]) == {"last", "uniform", "suffix"}
+    with pytest.raises(ValueError, match="shapes is empty"):
+        C.compare_schedules(p, {}, key, num_steps=50, num_seeds=6)
+
+
+def test_harvey_over_rate():
+    res = C.HarveyResult(np.array([16, 64]), np.array([0.1, 0.2]), np.array([0.3, 0.4]), np.zeros(2))
+    np.testing.assert_allclose(res.over_rate("uniform"), [0.3 * 4 / np.log(16), 0.4 * 8 / np.log(64)])
+    np.testing.assert_allclose(res.over_rate(), [0.1 * 4 / np.log(16), 0.2 * 8 / np.log(64)])

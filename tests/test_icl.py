@@ -61,14 +61,14 @@ def test_gdpp_construction_matches_gdpp_algorithm(key):
 def test_nnx_module_and_pure_forward_agree(key):
     model = icl.LinearSelfAttention(4, num_layers=2, mlp=True, rngs=__import__("flax").nnx.Rngs(params=key),
                                     init_scale=0.3, param_dtype=jnp.float64)
-    params = icl.init_params(4, key, num_layers=2, mlp=True, init_scale=0.3, dtype=jnp.float64)
+    params = icl.init_params(key, 4, num_layers=2, mlp=True, init_scale=0.3, dtype=jnp.float64)
     toks = icl.tokens(_tasks(key, dim=4, num=8))
-    np.testing.assert_allclose(model(toks), icl.forward(params, toks)[0], rtol=1e-13)
+    np.testing.assert_allclose(model(toks), icl.forward(params, toks).tokens, rtol=1e-13)
     assert set(params["layers"][0]) == {"query", "key", "value", "projection", "mlp_in", "mlp_in_bias", "mlp_out"}
     plain = {"layers": {i: {k: v for k, v in lay.items() if not k.startswith("mlp")} for i, lay in params["layers"].items()}}
     assert not np.allclose(icl.predict(params, toks), icl.predict(plain, toks))  # the MLP acts
     # constructions have the attention-only structure of init_params
-    ref = icl.init_params(4, key, num_layers=2)
+    ref = icl.init_params(key, 4, num_layers=2)
     assert jax.tree.structure(icl.gd_weights(4, 9, 0.1, num_layers=2)) == jax.tree.structure(ref)
     assert jax.tree.structure(icl.gdpp_weights(4, 9, [0.1, 0.2], [0.0, 0.1])) == jax.tree.structure(ref)
 
@@ -117,10 +117,10 @@ def test_fit_gdpp_beats_gd_and_reduces_to_gd_for_one_layer(key):
     tasks = _tasks(key, inputs="gaussian", num=256, dtype=jnp.float32, dim=4, n=10,
                    covariance=icl.conditioned_covariance(4, 20.0))
     gd2 = icl.line_search_eta(tasks, 2).loss
-    fit = icl.fit_gdpp(tasks, 2, key, num_steps=100)
+    fit = icl.fit_gdpp(tasks, key, 2, num_steps=100)
     assert np.all(np.isfinite(fit.losses))
     assert fit.loss < 0.8 * gd2
-    one = icl.fit_gdpp(tasks, 1, key, num_steps=30)  # gamma cannot help a single layer's prediction
+    one = icl.fit_gdpp(tasks, key, 1, num_steps=30)  # gamma cannot help a single layer's prediction
     assert one.loss == pytest.approx(icl.line_search_eta(tasks, 1).loss, rel=1e-3)
 
 
@@ -290,3 +290,24 @@ def test_task_counts_and_line_search_depths_share_compiled_programs(key):
     one_step = float(icl.icl_loss(icl.gd_predictions(mid, etas[1], 2)[-1], mid))
     assert one_step <= min(float(icl.icl_loss(icl.gd_predictions(mid, e, 2)[-1], mid)) for e in
                            (0.9 * etas[1], 1.1 * etas[1])) + 1e-12
+
+
+def test_icl_losses_lsa_loss_and_has_mlp(key):
+    tasks = icl.sample_tasks(key, 32, dim=3, context_length=6, dtype=jnp.float64)
+    preds = icl.gd_predictions(tasks, 0.3, 4)
+    losses = icl.icl_losses(preds, tasks)
+    np.testing.assert_allclose(losses, [0.5 * np.mean((np.asarray(p) - np.asarray(tasks.query_y)) ** 2)
+                                        for p in preds], rtol=1e-12)
+    params = icl.gd_weights(3, 6, 0.3, num_layers=2, dtype=jnp.float64)
+    assert float(icl.lsa_loss(params, tasks)) == pytest.approx(float(losses[1]), rel=1e-10)
+    assert not icl.has_mlp(params) and icl.has_mlp(icl.init_params(key, 3, mlp=True))
+
+
+def test_depth_comparison_record_and_ratio():
+    comp = recipes.DepthComparison(recipes.TaskSetup(), np.array([1, 2]), np.array([0.5, 0.2]), np.array([0.6, 0.4]),
+                                   np.array([0.5, 0.3]), np.array([0.9, 0.7, 0.5]), 0.01, np.array([1.0, 0.8]), (), ())
+    assert comp.deepest_over_gd() == pytest.approx(0.5)
+    rec = comp.record()
+    assert rec == {"depths": [1, 2], "trained": [0.5, 0.2], "gd": [0.6, 0.4], "gdpp": [0.5, 0.3],
+                   "newton": [0.9, 0.7, 0.5], "least_squares": 0.01}
+    assert all(type(v) is list for k, v in rec.items() if k != "least_squares")

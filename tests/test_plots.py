@@ -12,7 +12,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from workbench import plots
-from workbench.convex import HarveyResult, SGDResult
+from workbench.convex import HarveyResult, ScheduleComparison, SGDResult
 from workbench.experiments.schedules import RefinementResult, ScheduleRun
 from workbench.experiments.spectra import SharpnessRun
 from workbench.influence.validation import EvaluationRow
@@ -159,8 +159,9 @@ def test_schedules_figures():
     fig = plots.schedules.refined_bound(np.ones(T), np.linspace(0, 1, T), np.linspace(1, 0, T), horizons, bounds)
     ax1, ax2 = fig.axes
     assert len(ax1.lines) == 3 and len(ax2.lines) == 2 and ax1.get_title() == "Norms and the refined schedule (T = 100)"
-    fig = plots.schedules.custom_bound(horizons, bounds["linear decay"], bounds["constant"])
-    assert len(fig.axes[0].lines) == 2
+    fig = plots.schedules.schedule_and_bound(T, np.linspace(1, 0, T), horizons, bounds["linear decay"],
+                                             bounds["constant"])
+    assert len(fig.axes[1].lines) == 2 and fig.axes[0].get_title() == "your schedule, T = 100"
 
     runs = {name: ScheduleRun(np.linspace(1, 0, T), {"loss": np.exp(-np.arange(T) / 30)}, 0.1, 0.9)
             for name in ("linear decay", "cosine", "refined")}
@@ -178,7 +179,8 @@ def test_schedules_figures():
 def test_convex_figures():
     steps = np.array([1, 10, 100])
     res = SGDResult(steps, *(RNG.random((20, 3)) for _ in range(3)))
-    results = {"lr x1": {"constant": res, "cosine": res}, "lr x10": {"constant": res, "cosine": res}}
+    comparison = ScheduleComparison(("constant", "cosine"), (res, res), np.ones(2))
+    results = {"lr x1": comparison, "lr x10": comparison}
     fig = plots.convex.suboptimality_quantiles(results, "lad: 20 seeds")
     assert len(fig.axes) == 4
     assert fig.axes[0].get_title() == "constant, lr x1" and fig.axes[0].get_ylabel() == "f(x) - f*"

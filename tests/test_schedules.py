@@ -218,3 +218,30 @@ def test_digits_refinement_small_run():
         assert run.final_loss < first["linear decay"] and 0.5 < run.test_accuracy <= 1.0
     with pytest.raises(ValueError, match="model must be"):
         refinement.digits_refinement("cnn")
+
+
+def test_refined_bound_curve_is_the_bound_of_the_refined_schedule():
+    horizons = [50, 400]
+    ours = S.refined_bound_curve(refinement.varying_norms, horizons, tau=0.1)
+    direct = [S.last_iterate_bound(S.refine(refinement.varying_norms(T), tau=0.1).values,
+                                   refinement.varying_norms(T), 1.0).bound * math.sqrt(T) for T in horizons]
+    np.testing.assert_allclose(ours, direct, rtol=1e-12)
+    # refined for the norms it sees, it beats linear decay under those norms
+    linear = S.bound_curve(lambda T: S.linear_decay(1.0, T), horizons, refinement.varying_norms)
+    assert np.all(ours < linear)
+    # constant norms: refinement is linear decay, the bound ~2
+    np.testing.assert_allclose(S.refined_bound_curve(np.ones, [1000]), [2.0], atol=0.02)
+
+
+def test_varying_norms_and_best_runs():
+    g = refinement.varying_norms(100)
+    np.testing.assert_allclose(g[[0, 50]], [5.0, 1.0 + 4.0 * np.exp(-10.0) + 2.0 * 0.5**4])
+    assert g.shape == (100,) and g.min() >= 1.0
+    run = lambda loss: refinement.ScheduleRun(np.ones(3), {}, loss, 1.0 - loss)  # noqa: E731
+    by_peak = {0.5: refinement.RefinementResult(g, None, {"linear decay": run(0.3), "refined": run(0.2)}),
+               1.0: refinement.RefinementResult(g, None, {"linear decay": run(0.1), "refined": run(0.4)})}
+    best = refinement.best_runs(by_peak)
+    assert list(best) == ["linear decay", "refined"]
+    assert best["linear decay"].final_loss == 0.1 and best["refined"].final_loss == 0.2
+    with pytest.raises(ValueError, match="by_peak is empty"):
+        refinement.best_runs({})

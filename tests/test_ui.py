@@ -274,12 +274,12 @@ def test_last_iterate_panel():
     from workbench import convex, schedules
     from workbench.ui.convex import last_iterate_panel
 
-    problem = convex.make_problem("lad", seed=0, n=50, dim=4)
+    problem = convex.make_problem("lad", jax.random.key(0), n=50, dim=4)
     shapes = {n: schedules.standard_shapes()[n] for n in ("constant", "linear decay")}
     fn = lambda num_seeds, num_steps, lr_factor: convex.compare_schedules(  # noqa: E731
         problem, shapes, jax.random.key(0), num_steps=num_steps, num_seeds=num_seeds, lr_factor=lr_factor)
     results = run_and_check(last_iterate_panel(fn, num_seeds=10, num_steps=100))
-    assert results["constant"].last.shape[0] == 10
+    assert results.result("constant").last.shape[0] == 10
 
 
 @pytest.mark.standard_promotion  # Adam

@@ -10,11 +10,35 @@ Problems (a `Problem` NamedTuple: data, a batch objective, its exact minimiser a
 over seeds; each run records the last iterate, the uniform average and the suffix average at a
 log-spaced set of T, so one compiled call gives the whole suboptimality-vs-T curve for every seed.
 
+`compare_schedules` runs several schedule shapes on the same seeds (a `ScheduleComparison`) and
+`final_quantiles` reads the quantiles across seeds at the largest T.
+
 `harvey_gd(T)` is the Harvey, Liaw, Plan, Randhawa (2019) construction on which deterministic
 gradient descent with steps 1/sqrt(t) has a last iterate Theta(log T / sqrt T) above the optimum.
+
+Problems take a `jax.random.key`; their data are drawn by NumPy from the key's bits, so
+`jax.random.key(s)` gives the data `np.random.default_rng(s)` gave.
+
+Example:
+    SGD with linear decay on a small LAD regression, 8 seeds in one compiled call, ends close to
+    the exact optimum; on Harvey et al.'s function the last iterate of GD stays above the
+    theorem's log(T) / (32 sqrt T):
+
+    >>> import jax
+    >>> import numpy as np
+    >>> from workbench import convex, schedules
+    >>> problem = convex.least_absolute_deviations(jax.random.key(0), n=40, dim=2)
+    >>> res = convex.run_sgd(problem, schedules.linear_decay(0.2, 300), jax.random.key(1),
+    ...                      num_steps=300, num_seeds=8)
+    >>> res.last.shape[0], int(res.steps[-1])
+    (8, 300)
+    >>> bool(np.median(res.last[:, -1]) < 0.02 < np.median(res.last[:, 0]))
+    True
+    >>> np.round(convex.harvey_gd([16, 64]).over_rate("last"), 3)
+    array([0.065, 0.058])
 """
 
-from workbench.convex.harvey import HarveyResult, harvey_gd, harvey_value
+from workbench.convex.harvey import HarveyResult, HarveyValue, harvey_gd, harvey_value
 from workbench.convex.problems import (
     PROBLEMS,
     Problem,
@@ -25,10 +49,12 @@ from workbench.convex.problems import (
     objective,
 )
 from workbench.convex.runner import (
+    ScheduleComparison,
     SGDResult,
     SGDRunner,
     Trace,
     compare_schedules,
+    final_quantiles,
     log_steps,
     make_sgd,
     quantiles,
@@ -40,5 +66,6 @@ from workbench.convex.runner import (
 __all__ = [
     "Problem", "least_absolute_deviations", "hinge_svm", "l1_logistic", "objective",
     "log_steps", "sample_indices", "SGDRunner", "Trace", "make_sgd", "suboptimality", "run_sgd", "SGDResult",
-    "quantiles", "make_problem", "compare_schedules", "PROBLEMS", "HarveyResult", "harvey_gd", "harvey_value",
+    "quantiles", "make_problem", "compare_schedules", "ScheduleComparison", "final_quantiles", "PROBLEMS", "HarveyResult", "HarveyValue", "harvey_gd",
+    "harvey_value",
 ]

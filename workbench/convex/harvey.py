@@ -19,15 +19,38 @@ class HarveyResult(NamedTuple):
     uniform: np.ndarray
     suffix: np.ndarray
 
+    def over_rate(self, kind: str = "last") -> np.ndarray:
+        """Suboptimality x sqrt(T) / log T of `kind` ("last", "uniform" or "suffix"): the
+        theorem bounds it below by 1/32 for the last iterate, while the averages tend to 0."""
+        T = np.asarray(self.steps, dtype=np.float64)
+        return np.asarray(getattr(self, kind)) * np.sqrt(T) / np.log(T)
+
+
+class HarveyValue(NamedTuple):
+    """f(x) on the Harvey construction and the smallest index i attaining the maximum."""
+
+    value: jax.Array
+    index: jax.Array
+
 
 def _harvey_coefficients(T: int) -> tuple[np.ndarray, np.ndarray]:
     j = np.arange(1, T + 1, dtype=np.float64)
     return 1.0 / (8.0 * (T - j + 1.0)), np.sqrt(j) / (2.0 * math.sqrt(T))
 
 
-def harvey_value(x: jax.Array, a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+def harvey_value(x: jax.Array, a: jax.Array, b: jax.Array) -> HarveyValue:
     """(f(x), first maximising index) for f(x) = max_{i=1..T+1} h_i.x, in O(T) via a cumsum:
-    h_i.x = sum_{j<i} a_j x_j - b_i x_i for i <= T and h_{T+1}.x = sum_j a_j x_j (0-based i)."""
+    h_i.x = sum_{j<i} a_j x_j - b_i x_i for i <= T and h_{T+1}.x = sum_j a_j x_j (0-based i).
+
+    Args:
+        x: the point [T].
+        a: the coefficients a_j [T] of the construction.
+        b: the coefficients b_j [T].
+
+    Returns:
+        `HarveyValue(value, index)`: f(x), a scalar, and the smallest index attaining it (ties
+        within 1/(32 T), a quarter of the smallest gap of the construction), int.
+    """
     prefix = jnp.cumsum(a * x)
     vals = jnp.concatenate([prefix - a * x - b * x, prefix[-1:]])
     top = jnp.max(vals)
@@ -36,7 +59,7 @@ def harvey_value(x: jax.Array, a: jax.Array, b: jax.Array) -> tuple[jax.Array, j
     # taken within a quarter of the smallest true gap, b_1 / (4 sqrt T) = 1/(8T): relative to the
     # problem, never an absolute 1e-10 that float32 rounding (~1e-7) exceeds.
     i = jnp.argmax(vals >= top - 1.0 / (32.0 * a.shape[0]))
-    return top, i
+    return HarveyValue(top, i)
 
 
 def harvey_gd(horizons: Sequence[int], dtype=None) -> HarveyResult:
@@ -48,6 +71,18 @@ def harvey_gd(horizons: Sequence[int], dtype=None) -> HarveyResult:
     x_j > 0, so h_{T+1}.x > 0). From x_1 = 0 the oracle answers h_t at step t, coordinate t
     rises to eta_t b_t = 1/(2 sqrt T) and later falls by at most 1/(4 sqrt T), so
     f(x_{T+1}) >= sum_j a_j / (4 sqrt T) >= log(T) / (32 sqrt T), while the averages stay O(1/sqrt T).
+
+    Args:
+        horizons: the horizons T, ints >= 2 (one compiled run per distinct T).
+        dtype: the dtype of the run (default None: JAX's default float dtype).
+
+    Returns:
+        `HarveyResult(steps, last, uniform, suffix)`: the horizons and, for each, the
+        suboptimality (f* = 0) of the last iterate, the uniform average and the suffix average
+        (last ceil(T/2) iterates), float64.
+
+    Raises:
+        ValueError: if a horizon is below 2.
     """
     out = []
     for T in horizons:
@@ -77,5 +112,5 @@ def _harvey_run(a, b):
 
     zeros = jnp.zeros_like(a)
     (x, total, tail), _ = jax.lax.scan(body, (zeros, zeros, zeros), jnp.arange(T))
-    f = lambda z: harvey_value(z, a, b)[0]
+    f = lambda z: harvey_value(z, a, b).value
     return jnp.stack([f(x), f(total / T), f(tail / (T - half))])

@@ -10,15 +10,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.convex.problems import Problem, objective
-from workbench.core.numerics import check_positive_int
+from workbench.core.numerics import check_positive_int, num_examples
 from workbench.schedules import last_iterate_bound, scaled, values
 
 
-def log_steps(total_steps: int, num: int = 25) -> np.ndarray:
-    """About `num` distinct, log-spaced integers in [1, total_steps], ending at total_steps."""
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    return np.unique(np.round(np.geomspace(1, total_steps, num)).astype(np.int64))
+def log_steps(num_steps: int, num: int = 25) -> np.ndarray:
+    """About `num` distinct, log-spaced integers in [1, num_steps], ending at num_steps.
+
+    Args:
+        num_steps: the largest step T, an int >= 1.
+        num: the number of log-spaced points before rounding and removing repeats.
+
+    Returns:
+        The increasing steps [<= num], int64, from 1 to T.
+    """
+    num_steps = check_positive_int("num_steps", num_steps)
+    return np.unique(np.round(np.geomspace(1, num_steps, num)).astype(np.int64))
 
 
 def _hash32(x: jax.Array) -> jax.Array:
@@ -37,6 +44,15 @@ def sample_indices(key: jax.Array, steps: jax.Array, n: int, batch_size: int) ->
     A counter-based hash keyed by the seed's key data: ~10 integer operations per index where
     threefry `randint` costs ~100 (and dominated the runner's time). Statistically fine for
     drawing examples (modulo bias <= n / 2^32), not meant for cryptography.
+
+    Args:
+        key: the PRNG key of one run (its data words seed the hash).
+        steps: the step numbers, any integer array shape.
+        n: the number of examples to draw from.
+        batch_size: indices per step.
+
+    Returns:
+        The indices [*steps.shape, batch_size], int32 in [0, n).
     """
     seed = jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
     counter = (jnp.asarray(steps).astype(jnp.uint32)[..., None] * jnp.uint32(batch_size)
@@ -74,11 +90,30 @@ def make_sgd(problem: Problem, schedule: Callable, *, num_steps: int, batch_size
     with replacement (`sample_indices`, a counter-based hash of (key, t)); P projects onto the ball of `radius` around 0 (no
     projection by default). Averages are kept as prefix sums saved at the record steps (and
     the suffix starts), so each step costs O(dim) beyond the gradient, whatever the number of
-    record steps. `record_at` defaults to `log_steps(num_steps)`.
+    record steps.
+
+    Args:
+        problem: the convex `Problem`.
+        schedule: the learning rate, an optax schedule or an array of its `num_steps` values.
+        num_steps: the number of SGD steps T, an int >= 1.
+        batch_size: examples per stochastic subgradient (default 1).
+        record_at: the increasing steps in [1, T] at which iterates and averages are kept
+            (default None: `log_steps(num_steps)`).
+        suffix_fraction: the suffix average at step T covers the last ceil(fraction * T)
+            iterates, in (0, 1] (default 0.5: the last half).
+        x0: the start point [dim] (default None: zero).
+        radius: the radius of the ball projected onto (default None: no projection).
+
+    Returns:
+        An `SGDRunner`: `run_one(key)`, `run_many(keys)` (one compiled call for every seed),
+        `record_at`, the schedule's values `lrs` and `run_many_with(keys, lrs)` for another
+        schedule through the same compiled code.
+
+    Raises:
+        ValueError: if an argument is out of range or the schedule is invalid.
     """
     steps = check_positive_int("num_steps", num_steps)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = check_positive_int("batch_size", batch_size)
     if not 0.0 < suffix_fraction <= 1.0:
         raise ValueError(f"suffix_fraction must lie in (0, 1], got {suffix_fraction}")
     if radius is not None and not radius > 0:
@@ -87,7 +122,7 @@ def make_sgd(problem: Problem, schedule: Callable, *, num_steps: int, batch_size
     if record.ndim != 1 or record.size == 0 or np.any(np.diff(record) <= 0) \
             or record[0] < 1 or record[-1] > steps:
         raise ValueError(f"record_at must be increasing integers in [1, num_steps={steps}], got {record}")
-    dim, n = problem.dim, len(problem.data)
+    dim, n = problem.dim, num_examples(problem.data, "problem.data")
     dtype = problem.data.x.dtype
     x_init = jnp.zeros(dim, dtype) if x0 is None else jnp.asarray(x0, dtype)
     if x_init.shape != (dim,):
@@ -136,7 +171,15 @@ def make_sgd(problem: Problem, schedule: Callable, *, num_steps: int, batch_size
 
 
 def suboptimality(problem: Problem, trace: Trace) -> Trace:
-    """f(point) - f* for every point of a trace (any leading axes), as float64 numpy arrays."""
+    """f(point) - f* for every point of a trace (any leading axes), as float64 numpy arrays.
+
+    Args:
+        problem: the `Problem` the trace was run on.
+        trace: a `Trace` of points [..., dim].
+
+    Returns:
+        A `Trace` of the suboptimalities [...] (float64).
+    """
     f = jax.jit(lambda pts: jax.lax.map(lambda w: objective(problem, w),
                                         pts.reshape(-1, problem.dim), batch_size=256))
     return Trace(*(np.asarray(f(p), np.float64).reshape(p.shape[:-1]) - problem.f_star
@@ -154,38 +197,122 @@ class SGDResult(NamedTuple):
 
 def run_sgd(problem: Problem, schedule: Callable, key: jax.Array, *, num_steps: int,
             num_seeds: int, **kwargs) -> SGDResult:
-    """`num_seeds` SGD runs in one compiled call (`make_sgd`), evaluated against f*."""
-    if not isinstance(num_seeds, int) or num_seeds < 1:
-        raise ValueError(f"num_seeds must be a positive integer, got {num_seeds!r}")
+    """`num_seeds` SGD runs in one compiled call (`make_sgd`), evaluated against f*.
+
+    Args:
+        problem: the convex `Problem`.
+        schedule: the learning rate, an optax schedule or an array of its values.
+        key: the PRNG key, split into one key per seed (the examples each run draws).
+        num_steps: the number of SGD steps T.
+        num_seeds: the number of independent runs, an int >= 1.
+        **kwargs: the other options of `make_sgd` (batch_size, record_at, suffix_fraction, x0,
+            radius).
+
+    Returns:
+        `SGDResult(steps, last, uniform, suffix)`: suboptimality [num_seeds, K] at the record
+        steps [K].
+    """
+    num_seeds = check_positive_int("num_seeds", num_seeds)
     runner = make_sgd(problem, schedule, num_steps=num_steps, **kwargs)
     gaps = suboptimality(problem, runner.run_many(jax.random.split(key, num_seeds)))
     return SGDResult(runner.record_at, *gaps)
 
 
+class ScheduleComparison(NamedTuple):
+    """SGD under several schedules on the same seeds: one `SGDResult` per schedule, in order."""
+
+    names: tuple[str, ...]
+    results: tuple[SGDResult, ...]
+    scales: np.ndarray  # [schedules] the step-size scale each unit-peak shape ran at
+
+    def items(self):
+        """(name, SGDResult) pairs, in the order the shapes were given."""
+        return zip(self.names, self.results, strict=True)
+
+    def result(self, name: str) -> SGDResult:
+        """The `SGDResult` of the schedule called `name`."""
+        if name not in self.names:
+            raise KeyError(f"no schedule named {name!r}; the comparison has {list(self.names)}")
+        return self.results[self.names.index(name)]
+
+
 def compare_schedules(problem: Problem, shapes: dict[str, Callable[[int], Callable]],
                       key: jax.Array, *, num_steps: int, num_seeds: int, lr_factor: float = 1.0,
-                      **kwargs) -> dict[str, SGDResult]:
+                      **kwargs) -> ScheduleComparison:
     """SGD from x0 = 0 with each schedule shape (T -> schedule), scaled to minimise its
     last-iterate bound for D = ||w*|| and constant norms G = `problem.lipschitz`, times
     `lr_factor` (the worst-case G makes that scale cautious); every schedule sees the same seeds
-    (same sampled examples) and runs through the same compiled code."""
+    (same sampled examples) and runs through the same compiled code.
+
+    Args:
+        problem: the convex `Problem`.
+        shapes: schedule name -> (T -> unit-peak schedule), e.g. from
+            `schedules.standard_shapes()`.
+        key: the PRNG key, split into one key per seed, shared by every schedule.
+        num_steps: the number of SGD steps T every schedule is set for.
+        num_seeds: the number of independent runs per schedule.
+        lr_factor: the multiple of each schedule's bound-optimal scale, positive (default 1).
+        **kwargs: the other options of `make_sgd` (batch_size, record_at, suffix_fraction, x0,
+            radius).
+
+    Returns:
+        A `ScheduleComparison(names, results, scales)`: one `SGDResult` per schedule
+        (suboptimality [num_seeds, K] at the record steps) and the scale each ran at.
+
+    Raises:
+        ValueError: if `lr_factor` is not positive or `shapes` is empty.
+    """
     if not lr_factor > 0:
         raise ValueError(f"lr_factor must be positive, got {lr_factor}")
-    D = float(np.linalg.norm(problem.w_star))
-    G = problem.lipschitz
-    steps = num_steps
-    keys = jax.random.split(key, num_seeds)
-    runner, out = None, {}
-    for name, make in shapes.items():
-        shape = make(steps)
-        scale = lr_factor * last_iterate_bound(shape, np.full(steps, G), D).scale
+    if not shapes:
+        raise ValueError("shapes is empty; pass at least one schedule shape")
+    D, G = problem.distance, problem.lipschitz
+    keys = jax.random.split(key, check_positive_int("num_seeds", num_seeds))
+    runner, results, scales = None, [], []
+    for make in shapes.values():
+        shape = make(num_steps)
+        scale = lr_factor * last_iterate_bound(shape, np.full(num_steps, G), D).scale
         if runner is None:  # compiled once; the other schedules reuse it through run_many_with
-            runner = make_sgd(problem, scaled(shape, scale), num_steps=steps, **kwargs)
-        trace = runner.run_many_with(keys, values(scaled(shape, scale), steps))
-        out[name] = SGDResult(runner.record_at, *suboptimality(problem, trace))
-    return out
+            runner = make_sgd(problem, scaled(shape, scale), num_steps=num_steps, **kwargs)
+        trace = runner.run_many_with(keys, values(scaled(shape, scale), num_steps))
+        results.append(SGDResult(runner.record_at, *suboptimality(problem, trace)))
+        scales.append(scale)
+    return ScheduleComparison(tuple(shapes), tuple(results), np.asarray(scales))
 
 
 def quantiles(values: np.ndarray, qs: Sequence[float] = (0.5, 0.9, 0.95)) -> np.ndarray:
-    """Quantiles across seeds (axis 0): [len(qs), K]."""
+    """Quantiles across seeds (axis 0): [len(qs), K].
+
+    Args:
+        values: suboptimalities [seeds, K] (e.g. `SGDResult.last`).
+        qs: the quantile levels in [0, 1].
+
+    Returns:
+        The quantiles [len(qs), K].
+    """
     return np.quantile(np.asarray(values), np.asarray(qs), axis=0)
+
+
+def _quantile_name(q: float) -> str:
+    return "median" if q == 0.5 else f"q{round(100 * q):d}"
+
+
+def final_quantiles(comparison: ScheduleComparison, qs: Sequence[float] = (0.5, 0.9, 0.95)) -> dict:
+    """The high-probability picture at the largest T: quantiles across seeds of the last iterate
+    and both averages, for each schedule.
+
+    Args:
+        comparison: a `compare_schedules` result.
+        qs: the quantile levels in [0, 1] (default: median, 90% and 95%).
+
+    Returns:
+        A nested dict schedule name -> "last" / "uniform" / "suffix" -> {"median": ..., "q90":
+        ..., "q95": ...} (a level q other than 0.5 is named f"q{100 q}"), Python floats.
+    """
+    table = {}
+    for name, res in comparison.items():
+        table[name] = {}
+        for kind in ("last", "uniform", "suffix"):
+            q = quantiles(getattr(res, kind)[:, -1:], qs)[:, 0]
+            table[name][kind] = {_quantile_name(level): float(v) for level, v in zip(qs, q, strict=True)}
+    return table

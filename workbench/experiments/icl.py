@@ -14,6 +14,7 @@ import numpy as np
 import optax
 
 from workbench import icl
+from workbench.core.numerics import check_positive_int
 from workbench.icl.tasks import covariance_factor, sample_with_factor
 from workbench.train import TrainResult, train
 
@@ -29,17 +30,22 @@ class TaskSetup(NamedTuple):
     noise_std: float = 0.0
 
     def covariance(self) -> np.ndarray | None:
+        """The input covariance (diagonal, eigenvalues 1 .. 1/condition_number) for Gaussian
+        inputs; None for uniform inputs."""
         if self.inputs != "gaussian":
             return None
         return icl.conditioned_covariance(self.dim, self.condition_number)
 
     def sample(self, key, num_tasks: int, dtype=jnp.float32) -> icl.Tasks:
+        """`num_tasks` tasks drawn from `key` (`icl.sample_tasks` with this setup)."""
         return icl.sample_tasks(key, num_tasks, dim=self.dim, context_length=self.context_length,
                                 inputs=self.inputs, covariance=self.covariance(), noise_std=self.noise_std,
                                 dtype=dtype)
 
 
 class LSAFit(NamedTuple):
+    """A trained LSA: its parameters, the `train` result, the task setup and its test loss."""
+
     params: dict
     result: TrainResult
     setup: TaskSetup
@@ -55,34 +61,64 @@ def _training_loss(inputs: str, dim: int, context_length: int, tasks_per_step: i
         key = jax.random.wrap_key_data(batch["key"][0])
         factor = batch["factor"][0]
         tasks = sample_with_factor(key, factor, tasks_per_step, dim, context_length, inputs, 1.0, noise_std, factor.dtype)
-        return icl.icl_loss(icl.predict(params, icl.tokens(tasks)), tasks)
+        return icl.lsa_loss(params, tasks)
 
     return loss_fn
 
 
 def evaluate_fit(fit: LSAFit, tasks: icl.Tasks) -> float:
     """The trained model's in-context loss on `tasks`, which must have the dimension and context
-    length it was trained on (a ValueError says which one differs)."""
+    length it was trained on.
+
+    Args:
+        fit: the trained `LSAFit`.
+        tasks: the `Tasks` to evaluate on.
+
+    Returns:
+        The in-context loss, a Python float.
+
+    Raises:
+        ValueError: naming the dimension or context length that differs from training.
+    """
     if tasks.dim != fit.setup.dim:
         raise ValueError(f"tasks have dim {tasks.dim} but the model was trained with dim={fit.setup.dim}")
     if tasks.context_length != fit.setup.context_length:
         raise ValueError(f"tasks have context_length {tasks.context_length} but the model was trained with "
                          f"context_length={fit.setup.context_length}")
-    return float(icl.icl_loss(icl.predict(fit.params, icl.tokens(tasks)), tasks))
+    return float(icl.lsa_loss(fit.params, tasks))
 
 
 def fit_lsa(setup: TaskSetup, num_layers: int = 1, *, mlp: bool = False, num_steps: int = 3000,
             tasks_per_step: int = 1024, learning_rate: float = 1e-3, init_scale: float = 0.002,
             num_test_tasks: int = 4096, seed: int = 0, progress: bool = True) -> LSAFit:
     """Train a `num_layers` LSA (with ReLU MLPs if `mlp`) with Adam on fresh tasks every step;
-    the learning rate decays by cosine to 1% of `learning_rate`. Raises when the loss diverges."""
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+    the learning rate decays by cosine to 1% of `learning_rate`.
+
+    Args:
+        setup: the `TaskSetup` tasks are drawn from (fresh tasks every step).
+        num_layers: the number of LSA layers.
+        mlp: whether each layer ends with a residual ReLU MLP.
+        num_steps: Adam steps, an int >= 1.
+        tasks_per_step: tasks per training step.
+        learning_rate: Adam's peak step size, positive.
+        init_scale: the standard deviation of the initial weights.
+        num_test_tasks: held-out tasks for the test loss.
+        seed: the initialisation, training tasks and test tasks (`jax.random.key(seed)`, split).
+        progress: whether to show a progress bar.
+
+    Returns:
+        The `LSAFit` (parameters, training result, setup, test loss).
+
+    Raises:
+        ValueError: if an argument is out of range.
+        FloatingPointError: if training diverges.
+    """
+    check_positive_int("num_steps", num_steps)
     if not (math.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"learning_rate must be positive and finite, got {learning_rate!r}")
     key = jax.random.key(seed)
     k_init, k_train, k_order, k_test = jax.random.split(key, 4)
-    params = icl.init_params(setup.dim, k_init, num_layers=num_layers, mlp=mlp, init_scale=init_scale)
+    params = icl.init_params(k_init, setup.dim, num_layers=num_layers, mlp=mlp, init_scale=init_scale)
     cov = setup.covariance()
     factor = jnp.eye(setup.dim, dtype=jnp.float32) if cov is None else covariance_factor(cov, setup.dim).astype(jnp.float32)
     data = {"key": jax.random.key_data(jax.random.split(k_train, num_steps)),
@@ -95,7 +131,7 @@ def fit_lsa(setup: TaskSetup, num_layers: int = 1, *, mlp: bool = False, num_ste
     except FloatingPointError as err:
         raise FloatingPointError(f"training the {num_layers}-layer LSA diverged: {err}") from err
     test = setup.sample(k_test, num_test_tasks)
-    test_loss = float(icl.icl_loss(icl.predict(result.params, icl.tokens(test)), test))
+    test_loss = float(icl.lsa_loss(result.params, test))
     if not math.isfinite(test_loss):
         raise FloatingPointError(f"the trained {num_layers}-layer LSA gives a non-finite test loss ({test_loss}); "
                                  "training diverged: lower learning_rate")
@@ -123,6 +159,16 @@ class DepthComparison(NamedTuple):
     fits: tuple  # the LSAFit of each depth
     gdpp_fits: tuple
 
+    def deepest_over_gd(self) -> float:
+        """The deepest trained model's test loss over that of as many GD steps (below 1: the
+        model does better than GD)."""
+        return float(self.trained[-1] / self.gd[-1])
+
+    def record(self) -> dict:
+        """The losses per depth as plain lists, for `workbench.record`."""
+        return {"depths": self.depths.tolist(), "trained": self.trained.tolist(), "gd": self.gd.tolist(),
+                "gdpp": self.gdpp.tolist(), "newton": self.newton.tolist(), "least_squares": self.least_squares}
+
     def table(self) -> str:
         """The losses as a fixed-width text table, one row per depth."""
         lines = ["  K   trained      GD(eta*)     GD++         Newton", ]
@@ -140,14 +186,35 @@ def compare_depths(setup: TaskSetup, depths=(1, 2, 3), *, mlp: bool = False, num
     Baselines are tuned (eta*, GD++ scalars) on separate tasks, never on the test tasks.
 
     The default init_scale (0.05, larger than the one-layer study's 0.002) lets deeper models leave
-    the small-weight plateau within a few hundred steps."""
+    the small-weight plateau within a few hundred steps.
+
+    Args:
+        setup: the `TaskSetup`.
+        depths: the depths K to train and compare, ints >= 1.
+        mlp: whether the models have MLPs.
+        num_steps: Adam steps per model.
+        tasks_per_step: tasks per training step.
+        learning_rate: Adam's peak step size.
+        init_scale: the standard deviation of the initial weights.
+        num_test_tasks: the held-out tasks every method is scored on.
+        num_fit_tasks: the tasks eta* and the GD++ scalars are tuned on.
+        gdpp_steps: Adam steps of the GD++ fit.
+        seed: the seed of training (`fit_lsa`) and, offset by 1000, of the test and tuning tasks.
+        progress: whether to show progress bars.
+
+    Returns:
+        The `DepthComparison`.
+
+    Raises:
+        ValueError: if `depths` is empty or not positive.
+    """
     depths = [int(k) for k in depths]
     if not depths or min(depths) < 1:
         raise ValueError(f"depths must be positive ints, got {depths!r}")
     key = jax.random.key(seed + 1000)
     k_test, k_fit, k_gdpp = jax.random.split(key, 3)
     test, fit_tasks = setup.sample(k_test, num_test_tasks), setup.sample(k_fit, num_fit_tasks)
-    newton = np.asarray(jax.vmap(lambda p: icl.icl_loss(p, test))(icl.newton_predictions(test, max(depths))))
+    newton = np.asarray(icl.icl_losses(icl.newton_predictions(test, max(depths)), test))
     rows = {"trained": [], "gd": [], "gdpp": [], "newton": [], "eta": []}
     fits, gdpp_fits = [], []
     for k in depths:
@@ -155,10 +222,10 @@ def compare_depths(setup: TaskSetup, depths=(1, 2, 3), *, mlp: bool = False, num
                       learning_rate=learning_rate, init_scale=init_scale, num_test_tasks=num_test_tasks,
                       seed=seed, progress=progress)
         ls = icl.line_search_eta(fit_tasks, k)
-        gdpp = icl.fit_gdpp(fit_tasks, k, k_gdpp, num_steps=gdpp_steps)
+        gdpp = icl.fit_gdpp(fit_tasks, k_gdpp, k, num_steps=gdpp_steps)
         fits.append(fit)
         gdpp_fits.append(gdpp)
-        rows["trained"].append(float(icl.icl_loss(icl.predict(fit.params, icl.tokens(test)), test)))
+        rows["trained"].append(float(icl.lsa_loss(fit.params, test)))
         rows["gd"].append(float(icl.icl_loss(icl.gd_predictions(test, ls.eta, k)[-1], test)))
         rows["gdpp"].append(float(icl.icl_loss(icl.gdpp_predictions(test, gdpp.etas, gdpp.gammas)[-1], test)))
         rows["newton"].append(float(newton[k]))
@@ -182,7 +249,19 @@ def track_layers(fit: LSAFit, gdpp: icl.GDPlusPlus, *, max_gd_steps: int = 32, m
                  num_tasks: int = 1024, seed: int = 0) -> LayerTracking:
     """Compare each layer's read-out with GD steps 1..max_gd_steps (at the eta* line-searched for
     max_gd_steps steps, so long runs stay stable), Newton iterations 0..max_newton_iters-1 and the
-    fitted GD++ layers, on fresh tasks."""
+    fitted GD++ layers, on fresh tasks.
+
+    Args:
+        fit: the trained `LSAFit` (usually the deepest).
+        gdpp: the fitted `icl.GDPlusPlus` of the same depth.
+        max_gd_steps: GD steps compared.
+        max_newton_iters: Newton iterations compared (k = 0 .. max_newton_iters - 1).
+        num_tasks: fresh test tasks (and as many for the line search).
+        seed: the tasks' seed, offset by 2000.
+
+    Returns:
+        `LayerTracking(gd, newton, gdpp, gd_eta)`: an `icl.StepMatch` per algorithm and the GD step.
+    """
     k_test, k_fit = jax.random.split(jax.random.key(seed + 2000))
     test = fit.setup.sample(k_test, num_tasks)
     layers = icl.layer_predictions(fit.params, icl.tokens(test))
@@ -196,7 +275,18 @@ def track_layers(fit: LSAFit, gdpp: icl.GDPlusPlus, *, max_gd_steps: int = 32, m
 def construction_error(setup: TaskSetup, key: jax.Array, *, num_tasks: int = 1024, num_layers: int = 1,
                        dtype=jnp.float32) -> float:
     """Max over random tasks (and a random start w0 and step eta from `key`) of
-    |LSA(gd_weights) prediction - GD prediction| / max(1, |GD prediction|), per layer/step."""
+    |LSA(gd_weights) prediction - GD prediction| / max(1, |GD prediction|), per layer/step.
+
+    Args:
+        setup: the `TaskSetup` of the tasks.
+        key: the PRNG key of the tasks, the start w0 and the step eta.
+        num_tasks: the number of random tasks.
+        num_layers: layers of the construction (= GD steps compared).
+        dtype: the dtype of tasks and weights (default float32).
+
+    Returns:
+        The worst relative error, a Python float (float32 rounding: ~1e-7 .. 1e-6).
+    """
     k_tasks, k_w0, k_eta = jax.random.split(key, 3)
     tasks = setup.sample(k_tasks, num_tasks, dtype=dtype)
     w0 = jax.random.normal(k_w0, (setup.dim,), dtype)
@@ -224,14 +314,28 @@ def one_layer_study(setup: TaskSetup | None = None, *, num_steps: int = 1000, ta
                     learning_rate: float = 2e-3, init_scale: float = 0.002, num_test_tasks: int = 4096,
                     seed: int = 0, progress: bool = True) -> OneLayerStudy:
     """Train one LSA layer, line-search eta* on separate tasks, and compare both on test tasks
-    (`setup` defaults to the paper's d = 10, N = 10, x ~ U(-1, 1))."""
+    (`setup` defaults to the paper's d = 10, N = 10, x ~ U(-1, 1)).
+
+    Args:
+        setup: the `TaskSetup` (default None: `TaskSetup()`).
+        num_steps: Adam steps of the one-layer model.
+        tasks_per_step: tasks per training step.
+        learning_rate: Adam's peak step size.
+        init_scale: the standard deviation of the initial weights.
+        num_test_tasks: held-out tasks (and as many for the line search).
+        seed: the training seed (`fit_lsa`) and, offset by 3000, of the test and tuning tasks.
+        progress: whether to show a progress bar.
+
+    Returns:
+        The `OneLayerStudy`.
+    """
     setup = TaskSetup() if setup is None else setup
     fit = fit_lsa(setup, 1, num_steps=num_steps, tasks_per_step=tasks_per_step, learning_rate=learning_rate,
                   init_scale=init_scale, num_test_tasks=num_test_tasks, seed=seed, progress=progress)
     k_test, k_fit = jax.random.split(jax.random.key(seed + 3000))
     test = setup.sample(k_test, num_test_tasks)
     eta = icl.line_search_eta(setup.sample(k_fit, num_test_tasks), 1).eta
-    trained = float(icl.icl_loss(icl.predict(fit.params, icl.tokens(test)), test))
+    trained = float(icl.lsa_loss(fit.params, test))
     gd = float(icl.icl_loss(icl.gd_predictions(test, eta, 1)[-1], test))
     constructed = icl.gd_weights(setup.dim, setup.context_length, eta)
     align = icl.alignment(icl.lsa_predictor(fit.params), icl.lsa_predictor(constructed), test)
@@ -254,18 +358,32 @@ def explore(dim: int = 5, context_length: int = 10, condition_number: float = 1.
             num_steps: int = 500, *, tasks_per_step: int = 256, learning_rate: float = 5e-3, init_scale: float = 0.05,
             seed: int = 0) -> Exploration:
     """The panel's computation: train a `num_layers` LSA on Gaussian tasks of the given shape and
-    conditioning, and evaluate it and every algorithm, layer by layer, on the same test tasks."""
+    conditioning, and evaluate it and every algorithm, layer by layer, on the same test tasks.
+
+    Args:
+        dim: the input dimension d.
+        context_length: context pairs N per task.
+        condition_number: the condition number of the Gaussian input covariance.
+        num_layers: the model depth K.
+        num_steps: Adam steps.
+        tasks_per_step: tasks per training step.
+        learning_rate: Adam's peak step size.
+        init_scale: the standard deviation of the initial weights.
+        seed: the training seed and, offset by 4000, of the test and tuning tasks.
+
+    Returns:
+        The `Exploration`.
+    """
     setup = TaskSetup(dim=dim, context_length=context_length, inputs="gaussian", condition_number=condition_number)
     fit = fit_lsa(setup, num_layers, num_steps=num_steps, tasks_per_step=tasks_per_step,
                   learning_rate=learning_rate, init_scale=init_scale, seed=seed)
     k_test, k_fit, k_gdpp = jax.random.split(jax.random.key(seed + 4000), 3)
     test, fit_tasks = setup.sample(k_test, 2048), setup.sample(k_fit, 1024)
-    losses = jax.vmap(lambda p: icl.icl_loss(p, test))
     eta = icl.line_search_eta(fit_tasks, num_layers).eta
-    gdpp = icl.fit_gdpp(fit_tasks, num_layers, k_gdpp, num_steps=200)
+    gdpp = icl.fit_gdpp(fit_tasks, k_gdpp, num_layers, num_steps=200)
     return Exploration(
-        fit, np.asarray(losses(icl.layer_predictions(fit.params, icl.tokens(test)))),
-        np.asarray(losses(icl.gd_predictions(test, eta, num_layers))),
-        np.asarray(losses(icl.gdpp_predictions(test, gdpp.etas, gdpp.gammas))),
-        np.asarray(losses(icl.newton_predictions(test, num_layers))),
+        fit, np.asarray(icl.icl_losses(icl.layer_predictions(fit.params, icl.tokens(test)), test)),
+        np.asarray(icl.icl_losses(icl.gd_predictions(test, eta, num_layers), test)),
+        np.asarray(icl.icl_losses(icl.gdpp_predictions(test, gdpp.etas, gdpp.gammas), test)),
+        np.asarray(icl.icl_losses(icl.newton_predictions(test, num_layers), test)),
         float(icl.icl_loss(icl.least_squares_predictions(test), test)))

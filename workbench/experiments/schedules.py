@@ -1,7 +1,9 @@
-"""Schedule refinement on digits: the recipe behind the `schedule_refinement` paper."""
+"""Schedule refinement on digits, the recipe behind the `schedule_refinement` paper, and the
+gradient-norm profile of the `schedule_bounds` paper."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax
@@ -9,6 +11,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from workbench.core.numerics import check_positive_int
 from workbench.core.progress import bar
 from workbench.data import load_digits
 from workbench.models import MLP, LogisticRegression, accuracy, functional
@@ -43,12 +46,29 @@ def digits_refinement(model: str = "logreg", num_steps: int = 1000, peak_lr: flo
                       norm_every: int = 10) -> RefinementResult:
     """Refinement on digits: train with SGD + linear decay, recording gradient norms every
     `norm_every` steps, refine them into a schedule, then train from the same initialisation
-    and batch order with the refined schedule, linear decay and cosine (all at `peak_lr`)."""
+    and batch order with the refined schedule, linear decay and cosine (all at `peak_lr`).
+
+    Args:
+        model: "logreg" (logistic regression 64 -> 10) or "mlp" (64-32-10 ReLU MLP).
+        num_steps: SGD steps T of every run.
+        peak_lr: the peak learning rate shared by the three schedules, positive.
+        batch_size: examples per SGD step (also the minibatch size of the norm estimate).
+        seed: the data split, initialisation and batch order (`jax.random.key(seed)`).
+        tau: the median-filter window of `schedules.refine`, as a fraction of T.
+        norm_every: record the gradient norm every this many steps (interpolated between).
+
+    Returns:
+        `RefinementResult(grad_norms, refined, runs)`: the per-step norms of the linear-decay run,
+        the refined schedule, and a `ScheduleRun` for "linear decay", "cosine" and "refined".
+
+    Raises:
+        ValueError: if `model` is unknown or `peak_lr` is not positive.
+    """
     if model not in ("logreg", "mlp"):
         raise ValueError(f"model must be 'logreg' or 'mlp', got {model!r}")
     if not peak_lr > 0:
         raise ValueError(f"peak_lr must be positive, got {peak_lr!r}")
-    steps = num_steps
+    num_steps = check_positive_int("num_steps", num_steps)
     train_data, test_data = load_digits(seed=seed)
     net = (LogisticRegression(64, 10, rngs=nnx.Rngs(seed)) if model == "logreg"
            else MLP(64, [32], 10, rngs=nnx.Rngs(seed)))
@@ -57,21 +77,55 @@ def digits_refinement(model: str = "logreg", num_steps: int = 1000, peak_lr: flo
 
     def fit(schedule, callback=None):
         res = train(f.loss_fn, f.params, train_data, key, optimizer=optax.sgd(schedule),
-                    num_steps=steps, batch_size=batch_size, callback=callback,
+                    num_steps=num_steps, batch_size=batch_size, callback=callback,
                     callback_every=norm_every if callback else 0, progress=False)
         final = float(f.loss_fn(res.params, train_data))
         acc = accuracy(f.predict_fn, res.params, test_data)
-        return res, ScheduleRun(values(schedule, steps), res.history, final, acc)
+        return res, ScheduleRun(values(schedule, num_steps), res.history, final, acc)
 
-    linear = linear_decay(peak_lr, steps)
+    linear = linear_decay(peak_lr, num_steps)
     callback = grad_norm_callback(f.loss_fn, train_data, jax.random.fold_in(key, 1), batch_size=batch_size)
-    with bar(total=3, desc=f"refinement ({model}, T={steps})", unit="runs") as pbar:
+    with bar(total=3, desc=f"refinement ({model}, T={num_steps})", unit="runs") as pbar:
         res, linear_run = fit(linear, callback)
         pbar.update(1)
-        norms = per_step(res.history["callback_step"], res.history["grad_norm"], steps)
+        norms = per_step(res.history["callback_step"], res.history["grad_norm"], num_steps)
         refined = refine(norms, tau=tau)
         runs = {"linear decay": linear_run}
-        for name, schedule in (("cosine", cosine(peak_lr, steps)), ("refined", scaled(refined.schedule, peak_lr))):
+        for name, schedule in (("cosine", cosine(peak_lr, num_steps)), ("refined", scaled(refined.schedule, peak_lr))):
             runs[name] = fit(schedule)[1]
             pbar.update(1)
     return RefinementResult(norms, refined, runs)
+
+
+def best_runs(by_peak: Mapping[float, RefinementResult]) -> dict[str, ScheduleRun]:
+    """Each schedule at its best peak learning rate: the tuned comparison of the paper.
+
+    Args:
+        by_peak: peak learning rate -> the `digits_refinement` result at that peak.
+
+    Returns:
+        Schedule name ("linear decay", "cosine", "refined") -> the run with the lowest final
+        full-batch training loss among the peaks (the first such peak on ties).
+
+    Raises:
+        ValueError: if `by_peak` is empty.
+    """
+    if not by_peak:
+        raise ValueError("by_peak is empty; pass at least one digits_refinement result")
+    names = next(iter(by_peak.values())).runs
+    return {name: min((r.runs[name] for r in by_peak.values()), key=lambda run: run.final_loss)
+            for name in names}
+
+
+def varying_norms(num_steps: int) -> np.ndarray:
+    """Gradient norms that are large early and rise again at the end, the picture common in deep
+    learning: g(t) = 1 + 4 exp(-t / 0.05) + 2 t^4 with t = s / T the fraction of training done.
+
+    Args:
+        num_steps: the number of steps T.
+
+    Returns:
+        The norms at steps 0..T-1 [T], float64, between 1 and 5.
+    """
+    t = np.arange(num_steps) / num_steps
+    return 1.0 + 4.0 * np.exp(-t / 0.05) + 2.0 * t**4

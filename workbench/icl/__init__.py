@@ -4,6 +4,20 @@ NNX with K layers, with or without MLPs, and the weights that make it run gradie
 GD++ (`lsa`), the in-context baselines GD with a line-searched step, fitted GD++ and iterative
 Newton (`algorithms`), and alignment measures between a trained model and an algorithm
 (`alignment`). Training a model on tasks is a recipe in `workbench.experiments.icl`.
+
+Example:
+    The construction: one LSA layer with W_K = W_Q = [[I,0],[0,0]], W_V = [[0,0],[0,-1]],
+    P = eta/N I predicts exactly like one GD step of size eta on each task's context:
+
+    >>> import jax
+    >>> import numpy as np
+    >>> from workbench import icl
+    >>> tasks = icl.sample_tasks(jax.random.key(0), 64, dim=3, context_length=8)
+    >>> layer = icl.gd_weights(3, 8, 0.5)
+    >>> lsa = icl.predict(layer, icl.tokens(tasks))
+    >>> gd = icl.gd_predictions(tasks, 0.5, 1)[-1]
+    >>> bool(np.max(np.abs(lsa - gd)) < 1e-5), lsa.shape
+    (True, (64,))
 """
 
 from workbench.icl.algorithms import (
@@ -22,12 +36,14 @@ from workbench.icl.alignment import (
     StepMatch,
     alignment,
     interpolation_losses,
+    lsa_loss,
     lsa_predictor,
     match_steps,
     query_sensitivity,
 )
 from workbench.icl.lsa import (
     EffectiveWeights,
+    Forward,
     LinearSelfAttention,
     canonical_scale,
     check_tokens,
@@ -36,6 +52,7 @@ from workbench.icl.lsa import (
     from_effective,
     gd_weights,
     gdpp_weights,
+    has_mlp,
     init_params,
     layer_predictions,
     predict,
@@ -45,6 +62,7 @@ from workbench.icl.tasks import (
     conditioned_covariance,
     covariance_factor,
     icl_loss,
+    icl_losses,
     sample_tasks,
     tokens,
 )
@@ -55,5 +73,5 @@ __all__ = [
     "covariance_factor", "effective_weights", "fit_gdpp", "forward", "from_effective", "gd_predictions",
     "gd_weights", "gdpp_predictions", "gdpp_weights", "icl_loss", "init_params", "interpolation_losses",
     "layer_predictions", "least_squares_predictions", "line_search_eta", "lsa_predictor", "match_steps",
-    "newton_predictions", "predict", "query_sensitivity", "sample_tasks", "tokens",
+    "newton_predictions", "predict", "query_sensitivity", "sample_tasks", "tokens", "icl_losses", "lsa_loss", "has_mlp", "Forward",
 ]

@@ -16,32 +16,47 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from workbench.core.numerics import check_positive_int
 from workbench.icl.tasks import Tasks, icl_loss
 from workbench.train import optimize
 
 
-def _check_steps(num_steps, name="num_steps"):
-    if not isinstance(num_steps, int | np.integer) or isinstance(num_steps, bool) or num_steps < 1:
-        raise ValueError(f"{name} must be a positive int, got {num_steps!r}")
-    return int(num_steps)
+def _gd_gradient(tasks: Tasks, w: jax.Array) -> jax.Array:
+    """The gradient of L(w) = 1/(2N) sum_i (w.x_i - y_i)^2 for every task, [B, d]."""
+    n = tasks.context_length
+    return jnp.einsum("bnd,bn->bd", tasks.x, jnp.einsum("bnd,bd->bn", tasks.x, w) - tasks.y) / n
+
+
+def _top_curvature(tasks: Tasks) -> float:
+    """lambda_max of the mean X^T X / N over the tasks: the scale of stable GD step sizes."""
+    s = jnp.einsum("bnd,bne->de", tasks.x, tasks.x) / (tasks.x.shape[0] * tasks.context_length)
+    return float(jnp.linalg.eigvalsh(s)[-1])
 
 
 def gd_predictions(tasks: Tasks, eta, num_steps: int, w0=None) -> jax.Array:
     """Predictions at the queries after 1..num_steps GD steps of size `eta` (scalar or one per
-    step) on L(w) = 1/(2N) sum_i (w.x_i - y_i)^2 from w0 (zero by default): [num_steps, B]."""
-    return _gd_predictions(tasks, eta, _check_steps(num_steps), w0)
+    step) on L(w) = 1/(2N) sum_i (w.x_i - y_i)^2 from w0 (zero by default): [num_steps, B].
+
+    Args:
+        tasks: the `Tasks` (each task runs its own GD on its context).
+        eta: the step size, a scalar or one per step [num_steps].
+        num_steps: the number of GD steps K, an int >= 1.
+        w0: the start point [d] (or one per task [B, d]; default None: zero).
+
+    Returns:
+        The predictions after each step [K, B].
+    """
+    return _gd_predictions(tasks, eta, check_positive_int("num_steps", num_steps), w0)
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
 def _gd_predictions(tasks: Tasks, eta, num_steps: int, w0=None) -> jax.Array:
     dtype = tasks.x.dtype
     etas = jnp.broadcast_to(jnp.asarray(eta, dtype), (num_steps,))
-    n = tasks.context_length
     w = jnp.zeros_like(tasks.query_x) if w0 is None else jnp.broadcast_to(jnp.asarray(w0, dtype), tasks.query_x.shape)
 
     def body(w, e):
-        grad = jnp.einsum("bnd,bn->bd", tasks.x, jnp.einsum("bnd,bd->bn", tasks.x, w) - tasks.y) / n
-        w = w - e * grad
+        w = w - e * _gd_gradient(tasks, w)
         return w, jnp.einsum("bd,bd->b", w, tasks.query_x)
 
     return jax.lax.scan(body, w, etas)[1]
@@ -51,7 +66,15 @@ def _gd_predictions(tasks: Tasks, eta, num_steps: int, w0=None) -> jax.Array:
 def gdpp_predictions(tasks: Tasks, etas, gammas) -> jax.Array:
     """GD++ as a token algorithm (what `gdpp_weights` layers compute): each step moves the context
     targets by a GD step of size etas[k] and every input x to (I - gammas[k] X^T X / N) x.
-    Returns the predictions after each step, [K, B]."""
+
+    Args:
+        tasks: the `Tasks`.
+        etas: the GD step of each step [K].
+        gammas: the input-transform strength of each step, one number or [K].
+
+    Returns:
+        The predictions after each step, [K, B].
+    """
     dtype = tasks.x.dtype
     etas = jnp.asarray(etas, dtype).reshape(-1)
     gammas = jnp.broadcast_to(jnp.asarray(gammas, dtype).reshape(-1), etas.shape)
@@ -78,8 +101,18 @@ def newton_predictions(tasks: Tasks, num_iters: int, alpha=None) -> jax.Array:
 
     alpha defaults to 1 / ||S||_2^2 per task, the largest such scale for which every direction
     converges (M_k -> S^{-1}, the least-squares solution); 2 / ||S S^T||_2 would put the top
-    eigen-direction exactly on the boundary, where it never converges."""
-    return _newton_predictions(tasks, _check_steps(num_iters, "num_iters"), alpha)
+    eigen-direction exactly on the boundary, where it never converges.
+
+    Args:
+        tasks: the `Tasks`.
+        num_iters: the number of Newton iterations, an int >= 1.
+        alpha: the scale of M_0 = alpha S, a scalar or one per task [B] (default None:
+            1 / ||S||_2^2 per task).
+
+    Returns:
+        The predictions after iterations 0..num_iters, [num_iters + 1, B].
+    """
+    return _newton_predictions(tasks, check_positive_int("num_iters", num_iters), alpha)
 
 
 @functools.partial(jax.jit, static_argnums=(1,))
@@ -104,7 +137,14 @@ def _newton_predictions(tasks: Tasks, num_iters: int, alpha=None) -> jax.Array:
 
 @jax.jit
 def least_squares_predictions(tasks: Tasks) -> jax.Array:
-    """Minimum-norm least-squares predictions (the limit of Newton; pseudo-inverse), [B]."""
+    """Minimum-norm least-squares predictions (the limit of Newton; pseudo-inverse), [B].
+
+    Args:
+        tasks: the `Tasks`.
+
+    Returns:
+        x_q . pinv(X) y for every task, [B].
+    """
     w = jnp.einsum("bdn,bn->bd", jnp.linalg.pinv(tasks.x), tasks.y)
     return jnp.einsum("bd,bd->b", w, tasks.query_x)
 
@@ -124,14 +164,29 @@ def line_search_eta(tasks: Tasks, num_steps: int = 1, *, num_grid: int = 64, num
     the stable range, 1e-3 .. 4 / lambda_max of the mean X^T X / N), then golden-section search in
     log eta between the grid neighbours of the best point (`num_iters` iterations).
 
-    One step has a closed form (the loss is quadratic in eta); the search agrees with it."""
-    num_steps = _check_steps(num_steps)
-    _check_steps(num_iters, "num_iters")
-    if num_grid < 3:
-        raise ValueError(f"num_grid must be >= 3, got {num_grid}")
+    One step has a closed form (the loss is quadratic in eta); the search agrees with it.
+
+    Args:
+        tasks: the `Tasks` the step is tuned on (keep them apart from the test tasks).
+        num_steps: the number of GD steps K the step size is tuned for, an int >= 1.
+        num_grid: the number of log-spaced grid points, >= 3.
+        num_iters: golden-section iterations after the grid, an int >= 1.
+        eta_range: (lowest, highest) step size of the grid (default None: 1e-3 / lambda_max to
+            4 / lambda_max).
+
+    Returns:
+        `LineSearch(eta, loss, grid, grid_losses)`: the best step, its in-context loss after K
+        steps, and the grid tried with its losses.
+
+    Raises:
+        ValueError: if an argument is out of range.
+        FloatingPointError: if every step size on the grid gives a non-finite loss.
+    """
+    num_steps = check_positive_int("num_steps", num_steps)
+    check_positive_int("num_iters", num_iters)
+    check_positive_int("num_grid", num_grid, least=3)
     if eta_range is None:
-        s = jnp.einsum("bnd,bne->de", tasks.x, tasks.x) / (tasks.x.shape[0] * tasks.context_length)
-        top = float(jnp.linalg.eigvalsh(s)[-1])
+        top = _top_curvature(tasks)
         eta_range = (1e-3 / top, 4.0 / top)
     dtype = tasks.x.dtype
     log_grid = jnp.linspace(math.log(eta_range[0]), math.log(eta_range[1]), num_grid, dtype=dtype)
@@ -147,11 +202,8 @@ def line_search_eta(tasks: Tasks, num_steps: int = 1, *, num_grid: int = 64, num
 def _gd_last_prediction(tasks: Tasks, eta, num_steps) -> jax.Array:
     """The prediction after `num_steps` GD steps of size eta from zero (`_gd_predictions(...)[-1]`),
     with a traced step count: one compiled program for every count."""
-    n = tasks.context_length
-
     def body(_, w):
-        grad = jnp.einsum("bnd,bn->bd", tasks.x, jnp.einsum("bnd,bd->bn", tasks.x, w) - tasks.y) / n
-        return w - eta * grad
+        return w - eta * _gd_gradient(tasks, w)
 
     w = jax.lax.fori_loop(0, num_steps, body, jnp.zeros_like(tasks.query_x))
     return jnp.einsum("bd,bd->b", w, tasks.query_x)
@@ -193,17 +245,32 @@ class GDPlusPlus(NamedTuple):
     losses: np.ndarray  # fitting curve
 
 
-def fit_gdpp(tasks: Tasks, num_layers: int, key: jax.Array, *, num_steps: int = 500,
+def fit_gdpp(tasks: Tasks, key: jax.Array, num_layers: int, *, num_steps: int = 500,
              learning_rate: float = 0.02, batch_size: int | None = None) -> GDPlusPlus:
     """Fit the 2 K scalars of K-layer GD++ to minimise the in-context loss on `tasks` with Adam
     (through `workbench.train.optimize`), starting from the line-searched GD step and gamma = 0.
     The parameters are scaled by 1 / lambda_max of the mean X^T X / N so one learning rate suits
-    every input scale. `key` draws minibatches when `batch_size` is set."""
-    num_layers = _check_steps(num_layers, "num_layers")
-    num_steps = _check_steps(num_steps)
+    every input scale.
+
+    Args:
+        tasks: the `Tasks` the scalars are fitted on (keep them apart from the test tasks).
+        key: the PRNG key of the minibatches (used when `batch_size` is set).
+        num_layers: the number of GD++ layers K, an int >= 1.
+        num_steps: Adam steps, an int >= 1.
+        learning_rate: Adam's step size on the scaled parameters.
+        batch_size: tasks per Adam step (default None: all tasks every step).
+
+    Returns:
+        `GDPlusPlus(etas [K], gammas [K], loss, losses [num_steps])`: the fitted scalars, their
+        in-context loss on `tasks`, and the fitting curve.
+
+    Raises:
+        FloatingPointError: if the fit diverges (lower `learning_rate`).
+    """
+    num_layers = check_positive_int("num_layers", num_layers)
+    num_steps = check_positive_int("num_steps", num_steps)
     dtype = tasks.x.dtype
-    s = jnp.einsum("bnd,bne->de", tasks.x, tasks.x) / (tasks.x.shape[0] * tasks.context_length)
-    scale = 1.0 / float(jnp.linalg.eigvalsh(s)[-1])
+    scale = 1.0 / _top_curvature(tasks)
     eta0 = line_search_eta(tasks, num_layers).eta / scale
     params = {"eta": jnp.full((num_layers,), eta0, dtype), "gamma": jnp.zeros((num_layers,), dtype)}
     fitted, losses = _fit_gdpp(params, tasks, key, jnp.asarray(scale, dtype), float(learning_rate), num_steps,

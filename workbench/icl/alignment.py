@@ -11,11 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from workbench.core.numerics import check_positive_int
 from workbench.icl.lsa import (
     EffectiveWeights,
     canonical_scale,
     effective_weights,
     from_effective,
+    has_mlp,
     predict,
 )
 from workbench.icl.tasks import Tasks, icl_loss, tokens
@@ -32,13 +34,34 @@ class Alignment(NamedTuple):
 
 def query_sensitivity(predict_fn: Callable[[Tasks], jax.Array], tasks: Tasks) -> jax.Array:
     """d prediction / d x_q for every task, [B, d]; `predict_fn(tasks) -> [B]` predicts each task
-    from its own query, so the gradient of the sum is the per-task gradient."""
+    from its own query, so the gradient of the sum is the per-task gradient.
+
+    Args:
+        predict_fn: `tasks -> predictions [B]`, differentiable in the queries.
+        tasks: the `Tasks`.
+
+    Returns:
+        The sensitivities [B, d].
+    """
     return jax.grad(lambda xq: jnp.sum(predict_fn(tasks._replace(query_x=xq))))(tasks.query_x)
 
 
 def alignment(model_fn: Callable[[Tasks], jax.Array], algorithm_fn: Callable[[Tasks], jax.Array],
               tasks: Tasks) -> Alignment:
-    """Compare two predictors `fn(tasks) -> [B]` (e.g. a trained LSA and GD with eta*)."""
+    """Compare two predictors `fn(tasks) -> [B]` (e.g. a trained LSA and GD with eta*).
+
+    Args:
+        model_fn: the first predictor, `tasks -> [B]` (e.g. `lsa_predictor(trained)`).
+        algorithm_fn: the second predictor, the reference.
+        tasks: the test `Tasks`.
+
+    Returns:
+        `Alignment(prediction_difference, relative_prediction_difference, sensitivity_cosine,
+        sensitivity_difference)`, Python floats.
+
+    Raises:
+        FloatingPointError: if a measure is not finite.
+    """
     a, b = model_fn(tasks), algorithm_fn(tasks)
     ga, gb = query_sensitivity(model_fn, tasks), query_sensitivity(algorithm_fn, tasks)
     na, nb = jnp.linalg.norm(ga, axis=-1), jnp.linalg.norm(gb, axis=-1)
@@ -53,11 +76,33 @@ def alignment(model_fn: Callable[[Tasks], jax.Array], algorithm_fn: Callable[[Ta
 
 
 def lsa_predictor(params) -> Callable[[Tasks], jax.Array]:
-    """`tasks -> predictions` for LSA parameters (tokens with the query entry 0)."""
+    """`tasks -> predictions` for LSA parameters (tokens with the query entry 0).
+
+    Args:
+        params: LSA parameters.
+
+    Returns:
+        The predictor `tasks -> [B]`.
+    """
     return lambda tasks: predict(params, tokens(tasks))
 
 
+def lsa_loss(params, tasks: Tasks) -> jax.Array:
+    """The in-context loss of an LSA model on tasks (query entries 0).
+
+    Args:
+        params: LSA parameters.
+        tasks: the `Tasks`.
+
+    Returns:
+        0.5 * mean over tasks of (prediction - query_y)^2, a scalar.
+    """
+    return icl_loss(predict(params, tokens(tasks)), tasks)
+
+
 class Interpolation(NamedTuple):
+    """The in-context loss at points t along the straight path from trained to constructed."""
+
     t: np.ndarray  # 0 = trained, 1 = constructed
     losses: np.ndarray
 
@@ -66,9 +111,23 @@ def interpolation_losses(trained, constructed, tasks: Tasks, num_points: int = 2
     """The in-context loss along (1 - t) A + t B between the trained and constructed weights,
     interpolating each layer's products kq = W_K^T W_Q and pv = P W_V after removing their
     c / (1/c) scale symmetry (`canonical_scale`), so the path compares functions, not a
-    parameterisation. Attention-only models (an MLP has no counterpart in the construction)."""
+    parameterisation. Attention-only models (an MLP has no counterpart in the construction).
+
+    Args:
+        trained: LSA parameters of the trained model (attention only).
+        constructed: LSA parameters of the construction, with as many layers.
+        tasks: the `Tasks` the loss is measured on.
+        num_points: the number of points t, evenly spaced in [0, 1], an int >= 2.
+
+    Returns:
+        `Interpolation(t [num_points], losses [num_points])`.
+
+    Raises:
+        ValueError: if a model has MLP layers or the two differ in shape.
+    """
+    check_positive_int("num_points", num_points, least=2)
     for name, p in (("trained", trained), ("constructed", constructed)):
-        if any("mlp_in" in lay for lay in (p["layers"].values() if isinstance(p["layers"], dict) else p["layers"])):
+        if has_mlp(p):
             raise ValueError(f"{name} has MLP layers; interpolation compares attention-only models")
     a, b = canonical_scale(effective_weights(trained)), canonical_scale(effective_weights(constructed))
     if a.kq.shape != b.kq.shape:
@@ -94,7 +153,18 @@ class StepMatch(NamedTuple):
 
 
 def match_steps(layer_preds: jax.Array, algorithm_preds: jax.Array) -> StepMatch:
-    """Which step of an algorithm ([K, B] predictions) each layer read-out ([L, B]) tracks."""
+    """Which step of an algorithm ([K, B] predictions) each layer read-out ([L, B]) tracks.
+
+    Args:
+        layer_preds: the read-out after each model layer [L, B] (`layer_predictions`).
+        algorithm_preds: the algorithm's predictions after each step [K, B], on the same tasks.
+
+    Returns:
+        `StepMatch(best_step [L] (1-based), best_error [L], errors [L, K])`.
+
+    Raises:
+        ValueError: if the two cover different tasks.
+    """
     lp, ap = jnp.asarray(layer_preds), jnp.asarray(algorithm_preds)
     if lp.shape[-1] != ap.shape[-1]:
         raise ValueError(f"layer and algorithm predictions cover different tasks: {lp.shape} vs {ap.shape}")

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from workbench.core.numerics import check_positive_int
+
 INPUT_KINDS = ("uniform", "gaussian")
 
 
@@ -30,22 +32,29 @@ class Tasks(NamedTuple):
 
     @property
     def dim(self) -> int:
+        """The input dimension d."""
         return self.x.shape[-1]
 
     @property
     def context_length(self) -> int:
+        """The number N of context pairs per task."""
         return self.x.shape[-2]
 
 
-def _check_positive_int(name: str, value) -> int:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
 def covariance_factor(covariance, dim: int) -> jax.Array:
-    """The Cholesky factor of `covariance` ([dim, dim], symmetric positive definite); raises a
-    ValueError naming the problem (shape, asymmetry, not positive definite) otherwise."""
+    """The Cholesky factor of `covariance` ([dim, dim], symmetric positive definite).
+
+    Args:
+        covariance: the input covariance [dim, dim].
+        dim: the input dimension it must match.
+
+    Returns:
+        The lower-triangular L [dim, dim] with L L^T = covariance (float64 values).
+
+    Raises:
+        ValueError: naming the problem: wrong shape, non-finite entries, asymmetry, or not
+            positive definite.
+    """
     c = np.asarray(covariance, dtype=np.float64)
     if c.shape != (dim, dim):
         raise ValueError(f"covariance must have shape ({dim}, {dim}) to match dim={dim}, got {c.shape}")
@@ -62,8 +71,21 @@ def covariance_factor(covariance, dim: int) -> jax.Array:
 def conditioned_covariance(dim: int, condition_number: float, key: jax.Array | None = None) -> np.ndarray:
     """A [dim, dim] covariance with eigenvalues spaced geometrically from 1 down to
     1/condition_number (condition_number=1 gives the identity). With `key` the eigenbasis is a
-    random rotation drawn from it; without, the covariance is diagonal (axis-aligned)."""
-    dim = _check_positive_int("dim", dim)
+    random rotation drawn from it; without, the covariance is diagonal (axis-aligned).
+
+    Args:
+        dim: the input dimension, an int >= 1.
+        condition_number: the ratio of the largest to the smallest eigenvalue, >= 1.
+        key: the PRNG key of a random eigenbasis (default None: the diagonal covariance; no
+            randomness is used then).
+
+    Returns:
+        The covariance [dim, dim], float64 NumPy.
+
+    Raises:
+        ValueError: if `dim` or `condition_number` is out of range.
+    """
+    dim = check_positive_int("dim", dim)
     if not np.isfinite(condition_number) or condition_number < 1:
         raise ValueError(f"condition_number must be a finite number >= 1, got {condition_number!r}")
     eigs = np.geomspace(1.0, 1.0 / condition_number, dim)
@@ -91,15 +113,30 @@ def sample_tasks(
 ) -> Tasks:
     """`num_tasks` regression tasks y = w.x, w ~ N(0, I_dim), each with `context_length` pairs.
 
+    The first rows of a larger draw are exactly a smaller draw from the same key, so a task
+    count can grow without changing the tasks already drawn.
+
     Args:
-      inputs: "uniform" (x ~ U[-input_range, input_range]^dim) or "gaussian"
-        (x ~ N(0, covariance), identity when covariance is None).
-      covariance: [dim, dim] symmetric positive definite (gaussian inputs only).
-      noise_std: standard deviation of Gaussian noise added to the context targets.
+        key: the PRNG key the weights, inputs and noise are drawn from.
+        num_tasks: the number of tasks B, an int >= 1.
+        dim: the input dimension d, an int >= 1.
+        context_length: the number N of context pairs per task, an int >= 1.
+        inputs: "uniform" (x ~ U[-input_range, input_range]^dim) or "gaussian"
+            (x ~ N(0, covariance), identity when covariance is None).
+        input_range: the half-width of the uniform inputs, positive (uniform inputs only).
+        covariance: [dim, dim] symmetric positive definite (gaussian inputs only).
+        noise_std: standard deviation of Gaussian noise added to the context targets.
+        dtype: the dtype of the tasks (default float32).
+
+    Returns:
+        `Tasks(x [B, N, d], y [B, N], query_x [B, d], query_y [B], w [B, d])`.
+
+    Raises:
+        ValueError: if an argument is out of range or does not fit the input kind.
     """
-    num_tasks = _check_positive_int("num_tasks", num_tasks)
-    dim = _check_positive_int("dim", dim)
-    context_length = _check_positive_int("context_length", context_length)
+    num_tasks = check_positive_int("num_tasks", num_tasks)
+    dim = check_positive_int("dim", dim)
+    context_length = check_positive_int("context_length", context_length)
     if inputs not in INPUT_KINDS:
         raise ValueError(f"inputs must be one of {INPUT_KINDS}, got {inputs!r}")
     if noise_std < 0 or not np.isfinite(noise_std):
@@ -123,8 +160,23 @@ def sample_tasks(
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7, 8))
 def sample_with_factor(key, factor, num_tasks, dim, context_length, inputs, input_range, noise_std, dtype) -> Tasks:
-    """The sampler without validation (used inside jitted training losses); `factor` is the
-    Cholesky factor for gaussian inputs."""
+    """The sampler without validation (used inside jitted training losses).
+
+    Args:
+        key: the PRNG key (split into weights, inputs and noise).
+        factor: the Cholesky factor [dim, dim] of the input covariance (gaussian inputs; None or
+            ignored for uniform inputs).
+        num_tasks: the number of tasks B (static).
+        dim: the input dimension d (static).
+        context_length: the context pairs N per task (static).
+        inputs: "uniform" or "gaussian" (static).
+        input_range: the half-width of uniform inputs (static).
+        noise_std: the standard deviation of the context-target noise (static).
+        dtype: the dtype of the tasks (static).
+
+    Returns:
+        The `Tasks` (see `sample_tasks`).
+    """
     kw, kx, kn = jax.random.split(key, 3)
     w = jax.random.normal(kw, (num_tasks, dim), dtype)
     shape = (num_tasks, context_length + 1, dim)
@@ -143,7 +195,18 @@ def tokens(tasks: Tasks, w0: jax.Array | None = None) -> jax.Array:
     """[B, N + 1, d + 1] token sequences: (x_j, y_j) for the context, (x_q, -w0.x_q) last.
 
     With the query entry -w0.x_q, the constructed gradient-descent layers started from w0 leave
-    minus the prediction of GD from w0 there (w0 = None: start from zero)."""
+    minus the prediction of GD from w0 there (w0 = None: start from zero).
+
+    Args:
+        tasks: the `Tasks`.
+        w0: the start point of the GD the tokens are read by [d] (default None: zero).
+
+    Returns:
+        The tokens [B, N + 1, d + 1].
+
+    Raises:
+        ValueError: if `w0` does not have shape [d].
+    """
     if w0 is not None and np.shape(w0) != (tasks.dim,):
         raise ValueError(f"w0 must have shape ({tasks.dim},) to match the tasks' dim, got {np.shape(w0)}")
     q = jnp.zeros_like(tasks.query_y) if w0 is None else -(tasks.query_x @ jnp.asarray(w0, tasks.x.dtype))
@@ -153,5 +216,26 @@ def tokens(tasks: Tasks, w0: jax.Array | None = None) -> jax.Array:
 
 
 def icl_loss(predictions: jax.Array, tasks: Tasks) -> jax.Array:
-    """The in-context loss of the papers: 0.5 * mean over tasks of (prediction - query_y)^2."""
+    """The in-context loss of the papers: 0.5 * mean over tasks of (prediction - query_y)^2.
+
+    Args:
+        predictions: the predictions at the queries [B].
+        tasks: the `Tasks` (their noiseless query targets).
+
+    Returns:
+        The loss, a scalar.
+    """
     return 0.5 * jnp.mean((predictions - tasks.query_y) ** 2)
+
+
+def icl_losses(predictions: jax.Array, tasks: Tasks) -> jax.Array:
+    """`icl_loss` of each row of predictions: the loss after every step or layer.
+
+    Args:
+        predictions: predictions at the queries after each of K steps or layers [K, B].
+        tasks: the `Tasks`.
+
+    Returns:
+        The losses [K].
+    """
+    return jax.vmap(lambda p: icl_loss(p, tasks))(predictions)

@@ -11,7 +11,16 @@ LABELS = {"trained": "trained LSA", "gd": "GD (eta*)", "gdpp": "GD++ (fitted)", 
 
 
 def weight_heatmaps(trained, constructed, layer: int = 0):
-    """Layer `layer`'s W_K^T W_Q and P W_V, trained (scale symmetry removed) beside the construction."""
+    """Layer `layer`'s W_K^T W_Q and P W_V, trained (scale symmetry removed) beside the construction.
+
+    Args:
+        trained: the trained LSA parameters.
+        constructed: the constructed parameters (e.g. `icl.gd_weights`).
+        layer: the layer shown.
+
+    Returns:
+        The matplotlib figure (2 x 2 heat maps).
+    """
     import matplotlib.pyplot as plt
 
     a = icl.canonical_scale(icl.effective_weights(trained))
@@ -33,7 +42,16 @@ def weight_heatmaps(trained, constructed, layer: int = 0):
 
 
 def interpolation(result: icl.Interpolation, trained_loss: float | None = None, gd_loss: float | None = None):
-    """Test loss along the straight path from the trained weights (t=0) to the construction (t=1)."""
+    """Test loss along the straight path from the trained weights (t=0) to the construction (t=1).
+
+    Args:
+        result: the `icl.Interpolation`.
+        trained_loss: the trained model's loss, drawn as a reference line (default None: none).
+        gd_loss: one GD step's loss, drawn as a reference line (default None: none).
+
+    Returns:
+        The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
@@ -49,7 +67,14 @@ def interpolation(result: icl.Interpolation, trained_loss: float | None = None, 
 
 
 def depth_losses(comparisons: dict):
-    """Test loss against depth K, one panel per setting ({label: DepthComparison})."""
+    """Test loss against depth K, one panel per setting ({label: DepthComparison}).
+
+    Args:
+        comparisons: setting label -> `experiments.icl.DepthComparison`.
+
+    Returns:
+        The matplotlib figure (one axes per setting).
+    """
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(comparisons), figsize=(5.2 * len(comparisons), 3.8), squeeze=False)
@@ -70,7 +95,14 @@ def depth_losses(comparisons: dict):
 
 def layer_tracking(tracks: dict):
     """Relative prediction error of each trained layer's read-out against GD step k and Newton
-    iteration k ({label: LayerTracking}); the minimum marks the step the layer tracks."""
+    iteration k ({label: LayerTracking}); the minimum marks the step the layer tracks.
+
+    Args:
+        tracks: setting label -> `experiments.icl.LayerTracking`.
+
+    Returns:
+        The matplotlib figure (one row per setting: GD, Newton).
+    """
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(tracks), 2, figsize=(10, 3.4 * len(tracks)), squeeze=False)
@@ -94,7 +126,14 @@ def layer_tracking(tracks: dict):
 
 def exploration(result):
     """The panel's figure: training curve with the algorithms' losses at depth K, and the loss of
-    each layer / step for the trained model and every algorithm (`experiments.icl.Exploration`)."""
+    each layer / step for the trained model and every algorithm (`experiments.icl.Exploration`).
+
+    Args:
+        result: the `experiments.icl.Exploration`.
+
+    Returns:
+        The matplotlib figure (two axes).
+    """
     import matplotlib.pyplot as plt
 
     from workbench.plots import smooth

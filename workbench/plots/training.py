@@ -8,7 +8,15 @@ import numpy as np
 
 
 def smooth(values, window: int) -> np.ndarray:
-    """Trailing moving average (window clipped at the start), for noisy minibatch losses."""
+    """Trailing moving average (window clipped at the start), for noisy minibatch losses.
+
+    Args:
+        values: the sequence to smooth [T].
+        window: the number of trailing values averaged (<= 1: no smoothing).
+
+    Returns:
+        The smoothed values [T], float; entry t averages values[max(0, t - window + 1) .. t].
+    """
     values = np.asarray(values, dtype=float)
     if window <= 1 or values.size == 0:
         return values
@@ -19,7 +27,16 @@ def smooth(values, window: int) -> np.ndarray:
 
 
 def loss_curves(histories: Mapping[str, Mapping[str, np.ndarray]], smooth_window: int = 20, log_y: bool = True):
-    """Matplotlib figure of training loss against step, one line per labelled history."""
+    """Matplotlib figure of training loss against step, one line per labelled history.
+
+    Args:
+        histories: label -> a `train` history with "step" and "loss" arrays [T].
+        smooth_window: the trailing moving-average window of the bold line (`smooth`).
+        log_y: whether the loss axis is logarithmic.
+
+    Returns:
+        The matplotlib figure (raw losses faint, smoothed ones bold).
+    """
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
@@ -37,7 +54,16 @@ def loss_curves(histories: Mapping[str, Mapping[str, np.ndarray]], smooth_window
 
 
 def loss_curves_plotly(histories: Mapping[str, Mapping[str, np.ndarray]], smooth_window: int = 20, log_y: bool = True):
-    """The same as `loss_curves`, as an interactive plotly figure (hover for values)."""
+    """The same as `loss_curves`, as an interactive plotly figure (hover for values).
+
+    Args:
+        histories: label -> a `train` history with "step" and "loss" arrays [T].
+        smooth_window: the trailing moving-average window (`smooth`).
+        log_y: whether the loss axis is logarithmic.
+
+    Returns:
+        The plotly figure (smoothed losses only).
+    """
     import plotly.graph_objects as go
 
     fig = go.Figure()

@@ -10,7 +10,8 @@ from typing import NamedTuple
 import numpy as np
 import scipy.optimize
 
-from workbench.schedules.shapes import Schedule, _check_positive, _check_steps, values
+from workbench.core.numerics import check_positive_int
+from workbench.schedules.shapes import Schedule, _check_positive, values
 
 
 def _check_grad_norms(grad_norms, strictly_positive: bool) -> np.ndarray:
@@ -68,7 +69,22 @@ def last_iterate_bound(schedule, grad_norms, D: float, *, optimal_scale: bool = 
     constant norms G it tends to 2 D G / sqrt(T); for constant and 1/sqrt(t) schedules it is of
     order D G log(T) / sqrt(T).
 
-    `schedule` is an optax schedule (evaluated at steps 0..T-1, T = len(grad_norms)) or an array.
+    Args:
+        schedule: an optax schedule (evaluated at steps 0..T-1, T = len(grad_norms)) or an array
+            of its T values, non-negative and not all zero.
+        grad_norms: the gradient norms g_1..g_T [T], finite and non-negative (for stochastic
+            gradients, sqrt(E ||g_t||^2)).
+        D: the distance ||x_1 - x*|| from the start to a minimiser, positive.
+        optimal_scale: if True (default), minimise over a common scale c of the schedule;
+            if False, evaluate the schedule as given.
+
+    Returns:
+        `Bound(bound, scale, last_weight)`: the bound on f(x_T) - f*, the scale c it was taken
+        at (1 when `optimal_scale=False`; inf when every norm is 0) and the weight chosen for
+        the last step.
+
+    Raises:
+        ValueError: if the norms or the schedule are invalid, or the schedule is zero everywhere.
     """
     g = _check_grad_norms(grad_norms, strictly_positive=False)
     _check_positive("D", D)
@@ -103,12 +119,22 @@ def bound_curve(make_schedule: Callable[[int], Schedule | np.ndarray], horizons:
                 G: float = 1.0) -> np.ndarray:
     """last_iterate_bound * sqrt(T) / (D G) for each horizon T, at the best scale.
 
-    `make_schedule(T)` gives the schedule (or values) for horizon T; `grad_norms(T)` the norms
-    (default: constant G). Linear decay gives ~2 for every T; anytime schedules grow like log T.
+    Linear decay gives ~2 for every T; anytime schedules (constant, 1/sqrt(t)) grow like log T.
+
+    Args:
+        make_schedule: T -> the schedule (or its T values) for horizon T, e.g. a value of
+            `standard_shapes()`.
+        horizons: the horizons T, ints >= 1.
+        grad_norms: T -> the gradient norms [T] for horizon T (default None: constant G).
+        D: the distance to the optimum used in the bound and the normalisation (default 1).
+        G: the norm used for the normalisation, and for the norms when `grad_norms` is None.
+
+    Returns:
+        The normalised bounds [len(horizons)], float64.
     """
     out = []
     for T in horizons:
-        _check_steps("horizon", int(T))
+        check_positive_int("horizon", int(T))
         g = np.full(int(T), G) if grad_norms is None else grad_norms(int(T))
         out.append(last_iterate_bound(make_schedule(int(T)), g, D).bound * math.sqrt(T) / (D * G))
     return np.asarray(out)

@@ -11,8 +11,18 @@ from workbench.ui import Panel, panel, slider_style
 
 
 def last_iterate_panel(fn: Callable, num_seeds: int = 50, num_steps: int = 500, lr_factor: float = 1.0) -> Panel:
-    """`fn(num_seeds, num_steps, lr_factor) -> {schedule: convex.SGDResult}` (e.g. a partial of
-    `convex.compare_schedules` on the paper's problem and schedules)."""
+    """`fn(num_seeds, num_steps, lr_factor) -> convex.ScheduleComparison` (e.g. a partial of
+    `convex.compare_schedules` on the paper's problem and schedules).
+
+    Args:
+        fn: the computation the "Run SGD" button runs.
+        num_seeds: the initial number of SGD seeds.
+        num_steps: the initial horizon T.
+        lr_factor: the initial multiple of each schedule's bound-optimal step size.
+
+    Returns:
+        The `Panel`; its summary keeps each schedule's 90% quantile of the last iterate at T.
+    """
     import ipywidgets as w
 
     from workbench.plots.convex import suboptimality_quantiles

@@ -12,7 +12,19 @@ def icl_panel(fn: Callable, dim: int = 5, context_length: int = 10, condition_nu
               num_layers: int = 2, num_steps: int = 500) -> Panel:
     """Controls for `fn(dim, context_length, condition_number, num_layers, num_steps)` (e.g.
     `workbench.experiments.icl.explore`); shows `plots.icl.exploration` of the result; the history
-    keeps each setting's final losses."""
+    keeps each setting's final losses.
+
+    Args:
+        fn: the computation the "Train" button runs.
+        dim: the initial input dimension d.
+        context_length: the initial context length N.
+        condition_number: the initial condition number of the input covariance.
+        num_layers: the initial depth K.
+        num_steps: the initial number of Adam steps.
+
+    Returns:
+        The `Panel`.
+    """
     import ipywidgets as w
 
     from workbench.plots.icl import exploration

@@ -19,7 +19,19 @@ class CustomBound(NamedTuple):
 
 def custom_bound(horizons: Sequence[int], *, warmup_fraction: float, cooldown_fraction: float, cooldown: str,
                  log10_T: float) -> CustomBound:
-    """`schedules.custom_shape(...)`: its values over T = 10^log10_T steps and its bound curve."""
+    """`schedules.custom_shape(...)`: its values over T = 10^log10_T steps and its bound curve.
+
+    Args:
+        horizons: the horizons T of the bound curve.
+        warmup_fraction: the fraction of T spent warming up, in [0, 1).
+        cooldown_fraction: the fraction of T spent cooling down.
+        cooldown: the cool-down shape, "linear" or "1-sqrt".
+        log10_T: log10 of the horizon whose schedule is shown.
+
+    Returns:
+        `CustomBound(T, values, curve)`: the shown horizon, the schedule over it [T] and the
+        normalised bound at each horizon (`schedules.bound_curve`).
+    """
     from workbench import schedules
 
     make = schedules.custom_shape(warmup_fraction, cooldown_fraction, cooldown)
@@ -30,7 +42,17 @@ def custom_bound(horizons: Sequence[int], *, warmup_fraction: float, cooldown_fr
 def bound_panel(horizons: Sequence[int], reference: np.ndarray, warmup_fraction: float = 0.0,
                 cooldown_fraction: float = 0.5) -> Panel:
     """Live: warm-up and cool-down fractions, cool-down shape and the horizon shown -> the schedule
-    and its bound curve against `reference` (linear decay's, at `horizons`)."""
+    and its bound curve against `reference` (linear decay's, at `horizons`).
+
+    Args:
+        horizons: the horizons T of the bound curves.
+        reference: the reference schedule's normalised bound at each horizon.
+        warmup_fraction: the initial warm-up slider value (fraction of T).
+        cooldown_fraction: the initial cool-down slider value (fraction of T).
+
+    Returns:
+        The `Panel` (redraws when a slider is released).
+    """
     import functools
 
     import ipywidgets as w
@@ -61,7 +83,18 @@ def refinement_panel(fn: Callable, model: str = "logreg", num_steps: int = 300, 
                      tau: float = 0.1) -> Panel:
     """`fn(model, num_steps, peak_lr, tau) -> RefinementResult` (e.g. a partial of
     `experiments.schedules.digits_refinement`): the gradient norms of a linear-decay run, the
-    refined schedule, and each schedule's training loss."""
+    refined schedule, and each schedule's training loss.
+
+    Args:
+        fn: the computation the "Refine" button runs.
+        model: the initial model, "logreg" or "mlp".
+        num_steps: the initial number of SGD steps T.
+        peak_lr: the initial peak learning rate.
+        tau: the initial median-filter window fraction.
+
+    Returns:
+        The `Panel`.
+    """
     import ipywidgets as w
 
     from workbench.plots.schedules import norms_and_schedules
