@@ -138,3 +138,24 @@ def accuracy_vs_dim(dims: np.ndarray, accuracy: np.ndarray, full_accuracy: float
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def sweep_curves(sweeps: dict):
+    """Test accuracy against subspace dimension d, one curve per model, each with its dashed
+    threshold (90% of the full model's accuracy): where a curve crosses its line is d_int90.
+
+    Args:
+        sweeps: model name -> its `workbench.sketch.IntrinsicSweepResult`.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (name, r), color in zip(sweeps.items(), ("C0", "C1", "C2", "C3")):
+        ax.plot(r.dims, r.accuracy, "o-", color=color, label=f"{name} (n={r.num_params}), d_int90={r.d_int90}")
+        ax.axhline(r.threshold, color=color, ls="--", lw=0.8)
+    ax.set(xscale="log", xlabel="subspace dimension d", ylabel="test accuracy", title="Intrinsic dimension on digits")
+    ax.legend()
+    return fig
