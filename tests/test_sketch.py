@@ -329,7 +329,7 @@ def test_bad_input_errors(key):
         sk.make("afjl", key, 100, 16, max_factor=6)
     with pytest.raises(ValueError, match="dims_out"):
         sk.make("qk", key, 100, 16, max_factor=16, dims_out=(2, 2))
-    with pytest.raises(ValueError, match="nonzeros must be a positive int"):
+    with pytest.raises(ValueError, match="nonzeros must be an int >= 1"):
         sk.make("fjl", key, 100, 16, nonzeros=0)
     with pytest.raises(ValueError, match="unknown option"):
         sk.make("srht", key, 100, 16, blok=4)
@@ -337,7 +337,7 @@ def test_bad_input_errors(key):
         sk.make("gauss", key, 100, 16)
     with pytest.raises(ValueError, match="width-1"):
         sk.make("kronecker", key, 100, 13)
-    with pytest.raises(ValueError, match="dim_out must be a positive int"):
+    with pytest.raises(ValueError, match="dim_out must be an int >= 1"):
         sk.make("dense", key, 100, 0)
 
 

@@ -39,7 +39,19 @@ class NormRatioTable(NamedTuple):
 def theorem_3_1_table(key: jax.Array, dims: Sequence[int] = (64, 256, 1024), *, num_draws: int = 2000,
                       kinds: Sequence[str] = ("ffd", "affd", "afjl"), blocks: int = 4) -> NormRatioTable:
     """||Phi x||^2 / ||x||^2 over `num_draws` sketches on Theorem 3.1's input (a row of H_D in the
-    second of `blocks` blocks of width D, N = blocks * D), for each kind and D."""
+    second of `blocks` blocks of width D, N = blocks * D), for each kind and D.
+
+    Args:
+        key: PRNG key; the draws at D use fold_in(key, D).
+        dims: the sketch dimensions D (each input has N = blocks * D).
+        num_draws: independent sketches per kind and D.
+        kinds: sketch kinds compared (FFD first: the metrics read it by name).
+        blocks: the number of blocks of width D in the input.
+
+    Returns:
+        A `NormRatioTable`: P(ratio < 0.1), P(|ratio - 1| > 0.5) and the 90% quantile of
+        |ratio - 1| per kind and D.
+    """
     dims = np.asarray(list(dims))
     shape = (len(kinds), len(dims))
     p_below, p_far, q90 = np.zeros(shape), np.zeros(shape), np.zeros(shape)
@@ -63,7 +75,17 @@ class FactorTable(NamedTuple):
 def qk_factor_table(key: jax.Array, splits: Sequence[tuple[int, int]] = ((32, 32), (128, 8), (512, 2)), *,
                     factor: int = 1024, num_draws: int = 2000) -> FactorTable:
     """QK's concentration against its per-factor sizes (Theorem 3.3), same D = prod D_i, on a
-    one-hot input of N = factor^2 (no truncation: the ratio is a product of scaled Betas)."""
+    one-hot input of N = factor^2 (no truncation: the ratio is a product of scaled Betas).
+
+    Args:
+        key: PRNG key; split t uses fold_in(key, t).
+        splits: the per-factor output sizes (D_1, D_2) compared.
+        factor: the factor width B (the input has N = B^2).
+        num_draws: independent sketches per split.
+
+    Returns:
+        A `FactorTable`: measured and predicted Var(ratio) and P(|ratio - 1| > 0.5) per split.
+    """
     n = factor * factor
     x = np.zeros(n, np.float32)
     x[n // 3 + 5] = 1.0
@@ -91,7 +113,17 @@ class GradientProblem(NamedTuple):
 
 def digits_problem(num_examples: int = 64, num_steps: int = 300, seed: int = 0, hidden_size: int = 32) -> GradientProblem:
     """The tour's digits MLP (64-32-10 tanh, 2410 parameters) trained with Adam, and the exact
-    per-example gradients of its first `num_examples` training examples."""
+    per-example gradients of its first `num_examples` training examples.
+
+    Args:
+        num_examples: how many training examples get exact per-example gradients.
+        num_steps: Adam steps of the fit.
+        seed: data split, initialisation and training seed.
+        hidden_size: the MLP's hidden width.
+
+    Returns:
+        A `GradientProblem` named "digits_mlp".
+    """
     fit = fit_digits_mlp(hidden_size=hidden_size, num_steps=num_steps, seed=seed)
     train_data, _ = wd.load_digits(seed=seed)
     grads = sk.per_example_gradients(fit.model.loss_fn, fit.result.params, train_data.take(slice(0, num_examples)), None)
@@ -101,7 +133,18 @@ def digits_problem(num_examples: int = 64, num_steps: int = 300, seed: int = 0, 
 def text_problem(num_examples: int = 48, num_steps: int = 150, seed: int = 0, seq_len: int = 32,
                  d_model: int = 32) -> GradientProblem:
     """A one-block character-level transformer (d_model 32) on Python's own module sources,
-    trained with Adam, and the exact per-example gradients of `num_examples` sequences."""
+    trained with Adam, and the exact per-example gradients of `num_examples` sequences.
+
+    Args:
+        num_examples: how many sequences get exact per-example gradients.
+        num_steps: Adam steps (batch 32, learning rate 3e-3).
+        seed: initialisation and training seed.
+        seq_len: characters per sequence.
+        d_model: the transformer's width.
+
+    Returns:
+        A `GradientProblem` named "char_transformer".
+    """
     data, vocab = wd.load_text(seq_len=seq_len)
     model = models.TinyTransformer(len(vocab), seq_len, d_model=d_model, rngs=nnx.Rngs(seed))
     fn = models.functional(model)
@@ -136,7 +179,21 @@ class RestrictionResult(NamedTuple):
 def layer_restriction(problem: GradientProblem, hessian: jax.Array, key: jax.Array, *, layer: int = -1,
                       kind: str = "affd", k: int = 10, num_draws: int = 5) -> RestrictionResult:
     """Table 1's point: gradients restricted to one layer (leaf `layer` in `jax.tree.leaves`
-    order, default the output kernel) against a whole-model sketch with no more coordinates."""
+    order, default the output kernel) against a whole-model sketch with no more coordinates.
+
+    Args:
+        problem: the model and its exact per-example gradients.
+        hessian: its dense Hessian [n, n].
+        key: PRNG key of the whole-model sketches.
+        layer: the leaf index kept (in `jax.tree.leaves` order; -1 = the last, the output kernel).
+        kind: the whole-model sketch kind.
+        k: number of top eigenvalues compared.
+        num_draws: independent whole-model sketches.
+
+    Returns:
+        A `RestrictionResult`: Pearson r and eigenvalue errors of the one-layer restriction and of
+        the sketch with D = the largest power of two <= the layer's size.
+    """
     leaves = jax.tree_util.tree_flatten_with_path(problem.params)[0]
     sizes = [int(np.size(v)) for _, v in leaves]
     offsets = np.cumsum([0] + sizes)
@@ -171,7 +228,18 @@ class TimingTable(NamedTuple):
 def time_against_dim(log2_dim_in: int = 14, log2_dims: Sequence[int] = (8, 10, 12), *,
                      kinds: Sequence[str] = ("dense", "affd", "qk"), batch: int = 8, reps: int = 3) -> TimingTable:
     """Warm time of `apply` on a float32 [batch, 2^log2_dim_in] input against D (Table 11's shape):
-    `dense` regenerates its Gaussian matrix on the fly (TRAK-style), so it grows linearly in D."""
+    `dense` regenerates its Gaussian matrix on the fly (TRAK-style), so it grows linearly in D.
+
+    Args:
+        log2_dim_in: log2 of the input size N.
+        log2_dims: log2 of the sketch dimensions D timed.
+        kinds: sketch kinds timed (`dense` regenerated on the fly).
+        batch: rows per apply.
+        reps: warm repetitions per (kind, D); the median is kept.
+
+    Returns:
+        A `TimingTable` of seconds per apply [kinds, dims].
+    """
     n = 1 << log2_dim_in
     x = jax.random.normal(jax.random.key(1), (batch, n), jnp.float32)
     log2_dims = np.asarray(list(log2_dims))

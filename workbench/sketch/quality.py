@@ -118,7 +118,15 @@ class EigenTable(NamedTuple):
 
 
 def top_eigenvalues(matrix: np.ndarray, k: int) -> np.ndarray:
-    """The k largest eigenvalues of a symmetric matrix, largest first (float64)."""
+    """The k largest eigenvalues of a symmetric matrix, largest first (float64).
+
+    Args:
+        matrix: [n, n] symmetric matrix (symmetrised as (A + A^T) / 2).
+        k: how many eigenvalues (at most n).
+
+    Returns:
+        float64 [min(k, n)] eigenvalues in decreasing order.
+    """
     import scipy.linalg
     from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
@@ -133,7 +141,15 @@ def top_eigenvalues(matrix: np.ndarray, k: int) -> np.ndarray:
 
 
 def sketched_matrix(sketch, matrix: jax.Array) -> jax.Array:
-    """Phi H Phi^T for a dense symmetric H [n, n] (two batched applies, no transpose needed)."""
+    """Phi H Phi^T for a dense symmetric H [n, n] (two batched applies, no transpose needed).
+
+    Args:
+        sketch: Phi, a `Sketch` with dim_in = n.
+        matrix: [n, n] symmetric matrix H.
+
+    Returns:
+        The [D, D] matrix Phi H Phi^T.
+    """
     h_phi_t = sketch.apply(matrix)  # row i: Phi H[i] = (H Phi^T)[i]
     n, d = h_phi_t.shape
     if d >= n:
@@ -197,7 +213,20 @@ def eigenvalue_errors(
 
 def hadamard_row_input(dim: int, block: int, which: int = 0, row: int = 1) -> np.ndarray:
     """Theorem 3.1's adversarial input: supported on block `which` of width `block` (a power of
-    two, FFD's D) and equal there to row `row` of the orthonormal H_block, so H x_b = e_row."""
+    two, FFD's D) and equal there to row `row` of the orthonormal H_block, so H x_b = e_row.
+
+    Args:
+        dim: the input size N (at least (which + 1) * block).
+        block: the block width (FFD's D), a power of two.
+        which: the index of the block holding the row.
+        row: the Hadamard row used.
+
+    Returns:
+        float64 [dim] unit vector.
+
+    Raises:
+        ValueError: `block` is not a power of two or the block does not fit in `dim`.
+    """
     if block & (block - 1) or block < 1:
         raise ValueError(f"block must be a power of two, got {block}")
     if (which + 1) * block > dim:
@@ -208,7 +237,20 @@ def hadamard_row_input(dim: int, block: int, which: int = 0, row: int = 1) -> np
 
 
 def one_block_input(dim: int, block: int, which: int = 1, seed: int = 0) -> np.ndarray:
-    """A Gaussian vector supported on the `which`-th block of width `block` (zeros elsewhere)."""
+    """A Gaussian vector supported on the `which`-th block of width `block` (zeros elsewhere).
+
+    Args:
+        dim: the input size N.
+        block: the block width.
+        which: the index of the non-zero block.
+        seed: NumPy seed of the Gaussian values.
+
+    Returns:
+        float32 [dim] vector.
+
+    Raises:
+        ValueError: the block does not fit in `dim`.
+    """
     if (which + 1) * block > dim:
         raise ValueError(f"block {which} of width {block} does not fit in dim={dim}")
     x = np.zeros(dim, np.float32)
@@ -252,6 +294,14 @@ def even_batch(total: int, cap: int) -> int:
     """The largest divisor of `total` that is at most `cap` (if it is at least cap / 2), else cap.
 
     `lax.map(..., batch_size=b)` compiles its body twice when b does not divide the length (the
-    batches and the remainder): 2000 draws in batches of 32 cost twice the compile of batches of 25."""
+    batches and the remainder): 2000 draws in batches of 32 cost twice the compile of batches of 25.
+
+    Args:
+        total: the number of items mapped.
+        cap: the largest batch wanted.
+
+    Returns:
+        The batch size for `lax.map(..., batch_size=...)`.
+    """
     best = max(b for b in range(1, min(cap, total) + 1) if total % b == 0)
     return best if 2 * best >= min(cap, total) else cap

@@ -71,13 +71,28 @@ class GradientStore(NamedTuple):
 
 
 def params_fingerprint(params) -> str:
-    """Hash of the params structure: leaf paths, shapes and dtypes (not the values)."""
+    """Hash of the params structure: leaf paths, shapes and dtypes (not the values).
+
+    Args:
+        params: a params pytree.
+
+    Returns:
+        A 16-hex-digit hash that changes with the structure, shapes or dtypes, not with the values.
+    """
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     desc = [(jax.tree_util.keystr(p), tuple(np.shape(x)), str(jnp.asarray(x).dtype)) for p, x in leaves]
     return hashlib.sha256(repr(desc).encode()).hexdigest()[:16]
 
 
 def array_fingerprint(tree) -> str:
+    """Hash of every leaf's shape, dtype and bytes (PRNG keys by their key data): what a store was made from.
+
+    Args:
+        tree: a pytree of arrays (the data, or a sketch's random state).
+
+    Returns:
+        A 16-hex-digit hash of the values.
+    """
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(tree):
         a = np.asarray(jax.random.key_data(leaf) if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key) else leaf)
@@ -87,6 +102,19 @@ def array_fingerprint(tree) -> str:
 
 
 def store_metadata(sketch: Sketch, params, data, chunk_rows: int, dtype) -> dict:
+    """The configuration a store records and checks on reopening (see the module docstring).
+
+    Args:
+        sketch: the `Sketch` whose rows are stored.
+        params: the params pytree (its structure is recorded, not its values).
+        data: the dataset (its size and a hash of its values are recorded).
+        chunk_rows: rows per chunk.
+        dtype: the stored dtype.
+
+    Returns:
+        A JSON-serialisable dict (format version, kind, seed, state hash, dims, options, dtype,
+        params structure, data size and hash, chunk_rows, num_chunks).
+    """
     n = int(jax.tree.leaves(data)[0].shape[0])
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sketch.options.items()}
     return {
@@ -119,7 +147,19 @@ def _commit(path: Path, chunk: int) -> None:
 
 
 def open_store(path: str | Path, mode: str = "r") -> GradientStore:
-    """Open an existing store (read-only by default)."""
+    """Open an existing store (read-only by default).
+
+    Args:
+        path: the store's directory.
+        mode: zarr mode, "r" (read-only) or "r+" (to resume writing).
+
+    Returns:
+        The `GradientStore`.
+
+    Raises:
+        FileNotFoundError: no store at `path`.
+        ValueError: `path` is a zarr group but not a gradient store, or of a refused format.
+    """
     import zarr
 
     path = Path(path)
@@ -134,7 +174,15 @@ def open_store(path: str | Path, mode: str = "r") -> GradientStore:
 
 
 def check_format(meta: dict, path) -> None:
-    """Refuse a store whose sketch kind has changed meaning since it was written (never reinterpret)."""
+    """Refuse a store whose sketch kind has changed meaning since it was written (never reinterpret).
+
+    Args:
+        meta: the store's recorded metadata.
+        path: the store's path (for the message).
+
+    Raises:
+        ValueError: a format-1 store of a changed kind, or an unknown format version.
+    """
     version = meta.get("format_version")
     if version == FORMAT_VERSION:
         return

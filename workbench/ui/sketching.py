@@ -21,7 +21,17 @@ class SketchedDots(NamedTuple):
 
 def sketched_dots(grads, key, *, kind: str, log2_dim: int) -> SketchedDots:
     """Sketch the per-example gradients `grads` [n, p] to D = 2^log2_dim with `sketch.make(kind)`
-    and compare inner products and norms with the exact ones."""
+    and compare inner products and norms with the exact ones.
+
+    Args:
+        grads: [n, p] per-example gradients.
+        key: PRNG key; the sketch uses fold_in(key, log2_dim).
+        kind: the sketch kind.
+        log2_dim: log2 of the sketch dimension D (at most log2 p).
+
+    Returns:
+        A `SketchedDots`: exact and sketched upper-triangle inner products and the norm ratios.
+    """
     import jax
 
     from workbench import sketch
@@ -37,7 +47,18 @@ def sketched_dots(grads, key, *, kind: str, log2_dim: int) -> SketchedDots:
 
 def sketch_panel(grads, key, kinds, log2_dim: int = 8, max_log2_dim: int = 14) -> Panel:
     """Kind and log2 D -> `sketched_dots` for `grads` [n, p]: the correlation of sketched with
-    exact inner products and the spread of the norm distortion."""
+    exact inner products and the spread of the norm distortion.
+
+    Args:
+        grads: [n, p] per-example gradients.
+        key: PRNG key of the sketches.
+        kinds: the sketch kinds offered.
+        log2_dim: the initial log2 D.
+        max_log2_dim: the slider's largest log2 D.
+
+    Returns:
+        The `Panel`.
+    """
     import functools
 
     import ipywidgets as w
@@ -62,10 +83,20 @@ def sketch_panel(grads, key, kinds, log2_dim: int = 8, max_log2_dim: int = 14) -
 
 
 def intrinsic_panel(fn: Callable, dim: int = 40, kinds=("dense", "srht", "affd")) -> Panel:
-    """`fn(dims=[d], kind=kind) -> sketch.IntrinsicResult` (a partial of `sketch.intrinsic_dimension`
+    """`fn(dims=[d], kind=kind) -> sketch.IntrinsicSweepResult` (a partial of `sketch.intrinsic_sweep`
     with everything but the dimensions and the kind): one subspace dimension per run; the accuracy
     of every dimension tried so far is drawn on one curve, so a few clicks trace the paper's
-    accuracy-against-d plot."""
+    accuracy-against-d plot.
+
+    Args:
+        fn: `fn(dims=[d], kind=kind) -> IntrinsicSweepResult`, e.g. a partial of
+            `experiments.intrinsic_dimension.digits_intrinsic_sweep`.
+        dim: the initial subspace dimension d.
+        kinds: the subspace sketch kinds offered.
+
+    Returns:
+        The `Panel` (its history keeps every d tried).
+    """
     import ipywidgets as w
 
     from workbench.plots.sketching import accuracy_vs_dim
