@@ -104,3 +104,16 @@ def test_digits_model_names():
     assert idim.digits_model("logistic").params is not None
     with pytest.raises(ValueError, match="model must be one of"):
         idim.digits_model("cnn")
+
+
+def test_sketched_dots_pairs_and_ratios(key):
+    g = np.asarray(jax.random.normal(jax.random.key(4), (5, 32)), np.float64)
+    g[4] = 0.0  # a zero vector: ratio 0, not NaN
+    r = quality.sketched_dots(jnp.asarray(g), "srht", key, 5)  # D = p = 32: orthogonal
+    iu = np.triu_indices(5, 1)
+    assert r.dim == 32 and r.exact.shape == (10,)
+    np.testing.assert_allclose(r.exact, (g @ g.T)[iu], rtol=1e-6)
+    np.testing.assert_allclose(r.sketched, r.exact, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(r.ratios, [1, 1, 1, 1, 0], atol=1e-4)
+    small = quality.sketched_dots(jnp.asarray(g), "dense", key, 3)
+    assert small.dim == 8 and np.all(np.isfinite(small.ratios))

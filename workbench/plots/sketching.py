@@ -155,7 +155,7 @@ def search_trace(results: dict):
     return fig
 
 
-def sketched_dots(exact: np.ndarray, sketched: np.ndarray, ratios: np.ndarray, title: str):
+def dots_scatter(exact: np.ndarray, sketched: np.ndarray, ratios: np.ndarray, title: str):
     """Left: sketched against exact inner products <g_i, g_j> of per-example gradients (the line
     y = x dashed); right: the distortion ||Phi g_i||^2 / ||g_i||^2 of each gradient.
 

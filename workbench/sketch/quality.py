@@ -305,3 +305,35 @@ def even_batch(total: int, cap: int) -> int:
     """
     best = max(b for b in range(1, min(cap, total) + 1) if total % b == 0)
     return best if 2 * best >= min(cap, total) else cap
+
+
+class SketchedDots(NamedTuple):
+    kind: str
+    dim: int  # the sketch dimension D
+    exact: np.ndarray  # [pairs] upper-triangle <g_i, g_j>
+    sketched: np.ndarray  # [pairs] the same pairs after the sketch, <Phi g_i, Phi g_j>
+    ratios: np.ndarray  # [n] ||Phi g_i||^2 / ||g_i||^2
+
+
+def sketched_dots(grads: jax.Array, kind: str, key: jax.Array, log2_dim: int) -> SketchedDots:
+    """Exact against sketched inner products and squared norms of `grads` for one sketch draw.
+
+    One row of `dot_product_correlation`, kept whole for a scatter plot: the pairs (i < j) and
+    each vector's distortion ||Phi g||^2 / ||g||^2 (a zero vector counts as ratio 0).
+
+    Args:
+        grads: [n, p] vectors (e.g. per-example gradients), one per row.
+        kind: the sketch kind (`workbench.sketch.KINDS`).
+        key: PRNG key; the sketch uses fold_in(key, log2_dim).
+        log2_dim: log2 of the sketch dimension D (D <= p).
+
+    Returns:
+        A `SketchedDots`.
+    """
+    g = np.asarray(grads)
+    dim = 1 << int(log2_dim)
+    y = np.asarray(make(kind, jax.random.fold_in(key, int(log2_dim)), g.shape[1], dim).apply(grads))
+    iu = np.triu_indices(g.shape[0], 1)
+    norms = (g * g).sum(1)
+    ratios = (y * y).sum(1) / np.where(norms > 0, norms, 1.0)
+    return SketchedDots(kind, dim, (g @ g.T)[iu], (y @ y.T)[iu], ratios)
