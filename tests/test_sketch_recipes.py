@@ -107,7 +107,7 @@ def test_digits_model_names():
 
 
 def test_sketched_dots_pairs_and_ratios(key):
-    g = np.asarray(jax.random.normal(jax.random.key(4), (5, 32)), np.float64)
+    g = np.array(jax.random.normal(jax.random.key(4), (5, 32)), np.float64)
     g[4] = 0.0  # a zero vector: ratio 0, not NaN
     r = quality.sketched_dots(jnp.asarray(g), "srht", key, 5)  # D = p = 32: orthogonal
     iu = np.triu_indices(5, 1)
