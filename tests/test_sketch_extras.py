@@ -77,10 +77,10 @@ def test_correlation_table_and_one_block_input(key):
     assert table.smallest_log2_dim(1.01) == {"dense": None, "srht": None}
     big = quality.dot_product_correlation(g, ["srht"], key, [10], num_draws=2)  # 2^10 > 512: cannot map up
     assert np.isnan(big.pearson).all()
-    x = quality.one_block_input(256, 32, which=2)
+    x = quality.one_block_input(key, 256, 32, which=2)
     assert np.flatnonzero(x).min() >= 64 and np.flatnonzero(x).max() < 96
     with pytest.raises(ValueError, match="does not fit"):
-        quality.one_block_input(64, 32, which=2)
+        quality.one_block_input(key, 64, 32, which=2)
 
 
 def test_a_mistyped_option_is_an_error_not_a_nan_table(key):

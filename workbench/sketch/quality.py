@@ -236,14 +236,14 @@ def hadamard_row_input(dim: int, block: int, which: int = 0, row: int = 1) -> np
     return x
 
 
-def one_block_input(dim: int, block: int, which: int = 1, seed: int = 0) -> np.ndarray:
+def one_block_input(key: jax.Array, dim: int, block: int, which: int = 1) -> np.ndarray:
     """A Gaussian vector supported on the `which`-th block of width `block` (zeros elsewhere).
 
     Args:
+        key: PRNG key of the Gaussian values.
         dim: the input size N.
         block: the block width.
         which: the index of the non-zero block.
-        seed: NumPy seed of the Gaussian values.
 
     Returns:
         float32 [dim] vector.
@@ -254,7 +254,7 @@ def one_block_input(dim: int, block: int, which: int = 1, seed: int = 0) -> np.n
     if (which + 1) * block > dim:
         raise ValueError(f"block {which} of width {block} does not fit in dim={dim}")
     x = np.zeros(dim, np.float32)
-    x[which * block: (which + 1) * block] = np.random.default_rng(seed).normal(size=block)
+    x[which * block: (which + 1) * block] = np.asarray(jax.random.normal(key, (block,), jnp.float32))
     return x
 
 
