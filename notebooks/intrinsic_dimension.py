@@ -68,21 +68,13 @@ profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
 interactive: bool = False  # show the panel: subspace dimension -> test accuracy
 
 # %%
-import jax
+import functools
+
 import matplotlib.pyplot as plt
-import optax
-from flax import nnx
 
 import workbench
-from workbench import data as wd
-from workbench import models
-from workbench.sketch import intrinsic_dimension
-
-train_data, test_data = wd.load_digits(seed=seed)
-candidates = {
-    "mlp": models.MLP(64, [hidden_size], 10, rngs=nnx.Rngs(seed)),
-    "logistic": models.LogisticRegression(64, 10, rngs=nnx.Rngs(seed)),
-}
+from workbench.experiments import intrinsic_dimension as recipes
+from workbench.plots import sketching as figures
 
 # %% [markdown]
 # ## Training in random subspaces
@@ -91,14 +83,10 @@ candidates = {
 # same optimizer and number of steps for the reference accuracy.
 
 # %%
-results = {}
-for name, model in candidates.items():
-    fn = models.functional(model)
-    results[name] = intrinsic_dimension(
-        fn.loss_fn, fn.params, train_data, test_data, jax.random.key(seed), dims,
-        predict_fn=fn.predict_fn, num_steps=steps, optimizer=optax.adam(learning_rate), kind=kind,
-    )
-    r = results[name]
+sweeps = {name: recipes.digits_intrinsic_sweep(name, dims=dims, seed=seed, hidden_size=hidden_size, num_steps=steps,
+                                               learning_rate=learning_rate, kind=kind)
+          for name in recipes.MODELS}
+for name, r in sweeps.items():
     print(f"{name}: n={r.num_params}, full accuracy {r.full_accuracy:.3f}, d_int90={r.d_int90}")
 
 # %% [markdown]
@@ -108,20 +96,11 @@ for name, model in candidates.items():
 # 650 parameters). The sweep is on a grid, so d_int90 is the first grid point past the line.
 
 # %%
-fig, ax = plt.subplots(figsize=(7, 4))
-for (name, r), color in zip(results.items(), ("C0", "C1")):
-    ax.plot(r.dims, r.accuracy, "o-", color=color, label=f"{name} (n={r.num_params}), d_int90={r.d_int90}")
-    ax.axhline(r.threshold, color=color, ls="--", lw=0.8)
-ax.set(xscale="log", xlabel="subspace dimension d", ylabel="test accuracy", title="Intrinsic dimension on digits")
-ax.legend()
+fig = figures.sweep_curves(sweeps)
 workbench.save_figure(fig, "accuracy_vs_dim")
 
 # %%
-workbench.record(
-    **{f"d_int90_{name}": r.d_int90 for name, r in results.items()},
-    **{f"full_accuracy_{name}": r.full_accuracy for name, r in results.items()},
-    **{f"num_params_{name}": r.num_params for name, r in results.items()},
-)
+workbench.record(**recipes.sweep_metrics(sweeps))
 
 # %% [markdown]
 # ## The paper's search: one run that doubles d when it stalls
@@ -129,34 +108,24 @@ workbench.record(
 # accuracy every c steps, doubles d whenever it improved by less than 0.1 accuracy points, and
 # stops at 90% of the fully trained model's accuracy (D*); a separate run at D*/2 confirms. Both
 # use the same nested subspaces as the sweep (the first d coordinates of one AFFD sketch) and the
-# same normalisation sqrt(D_max / n) Phi^T (see `workbench.sketch.intrinsic_search`). **Look at**
+# same normalisation sqrt(D_max / n) Phi^T (see `workbench.sketch.intrinsic`). **Look at**
 # the staircase of d against steps and where the accuracy crosses its dashed line; D* is a power
 # of two, so it can only match the sweep's grid value to within a factor of two.
 
 # %%
-from workbench.experiments.sketching import digits_intrinsic_search
-from workbench.plots.sketching import search_trace
-
-searches = {name: digits_intrinsic_search(name, seed=seed, hidden_size=hidden_size, learning_rate=learning_rate,
-                                          kind=search_kind, check_every=search_check_every,
-                                          max_steps=search_max_steps, full_steps=steps)
-            for name in ("mlp", "logistic")}
+searches = {name: recipes.digits_intrinsic_search(name, seed=seed, hidden_size=hidden_size, learning_rate=learning_rate,
+                                                  kind=search_kind, check_every=search_check_every,
+                                                  max_steps=search_max_steps, full_steps=steps)
+            for name in recipes.MODELS}
 for name, r in searches.items():
-    print(f"{name}: D*={r.d_star} after {r.steps} steps (sweep d_int90={results[name].d_int90}); "
+    print(f"{name}: D*={r.d_star} after {r.steps} steps (sweep d_int90={sweeps[name].d_int90}); "
           f"confirmation at D*/2={r.confirm_dim}: accuracy {r.confirm_metric} vs threshold {r.threshold:.3f}")
-fig = search_trace(searches)
+fig = figures.search_trace(searches)
 workbench.save_figure(fig, "doubling_search")
 plt.show()
 
 # %%
-workbench.record(
-    **{f"search_d_star_{name}": r.d_star for name, r in searches.items()},
-    **{f"search_reached_{name}": float(r.d_star is not None) for name, r in searches.items()},
-    **{f"search_steps_{name}": r.steps for name, r in searches.items()},
-    **{f"search_confirm_metric_{name}": r.confirm_metric for name, r in searches.items()},
-    search_over_sweep_mlp=(searches["mlp"].d_star / results["mlp"].d_int90
-                           if searches["mlp"].d_star and results["mlp"].d_int90 else -1.0),
-)
+workbench.record(**recipes.search_metrics(searches, sweeps))
 
 # %% [markdown]
 # ## Explore
@@ -166,14 +135,10 @@ workbench.record(
 
 # %%
 if interactive:
-    import functools
-
     from IPython.display import display
 
     from workbench.ui.sketching import intrinsic_panel
 
-    mlp = models.functional(candidates["mlp"])
-    panel = intrinsic_panel(functools.partial(intrinsic_dimension, mlp.loss_fn, mlp.params, train_data, test_data,
-                                              jax.random.key(seed), predict_fn=mlp.predict_fn, num_steps=steps,
-                                              optimizer=optax.adam(learning_rate)), dim=40)
+    panel = intrinsic_panel(functools.partial(recipes.digits_intrinsic_sweep, "mlp", seed=seed, hidden_size=hidden_size,
+                                              num_steps=steps, learning_rate=learning_rate), dim=40)
     display(panel.widget)

@@ -100,19 +100,14 @@ profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
 interactive: bool = False  # show the panel: sketch kind and D -> correlation and distortion
 
 # %%
-from pathlib import Path
-
 import jax
 import matplotlib.pyplot as plt
-import numpy as np
 
 import workbench
-from workbench.experiments import sketching as ex
-from workbench.plots import sketching as plots
-from workbench.sketch import quality
+from workbench.experiments import sketching as recipes
+from workbench.plots import sketching as figures
 
 key = jax.random.key(seed)
-PAPER = ("affd", "fjl", "ffd", "afjl", "qk")
 
 # %% [markdown]
 # ## Theorem 3.1: FFD's norm is a chi-square(1) on one input, at every D
@@ -124,16 +119,15 @@ PAPER = ("affd", "fjl", "ffd", "afjl", "qk")
 # *smallest* factor (Theorem 3.3).
 
 # %%
-thm = ex.theorem_3_1_table(jax.random.fold_in(key, 1), theorem_dims, num_draws=theorem_draws)
-splits = [(8, 8), (32, 2), (64, 1)] if qk_factor == 64 else [(16, 16), (64, 4), (256, 1)]
-qk_tab = ex.qk_factor_table(jax.random.fold_in(key, 2), splits, factor=qk_factor, num_draws=theorem_draws)
-fig = plots.norm_ratio_table(thm, qk_tab)
+thm = recipes.theorem_3_1_table(jax.random.fold_in(key, 1), theorem_dims, num_draws=theorem_draws)
+qk_tab = recipes.qk_factor_table(jax.random.fold_in(key, 2), recipes.qk_splits(qk_factor), factor=qk_factor,
+                                 num_draws=theorem_draws)
+fig = figures.norm_ratio_table(thm, qk_tab)
 workbench.save_figure(fig, "theorem_3_1")
 plt.show()
-print("D:", thm.dims.tolist())
-for kind, pb, pf in zip(thm.kinds, thm.p_below, thm.p_far):
-    print(f"{kind:5s} P(r<0.1) {np.round(pb, 3).tolist()}  P(|r-1|>0.5) {np.round(pf, 3).tolist()}")
-print("QK splits", qk_tab.dims_out, "variance", np.round(qk_tab.variance, 3), "formula", np.round(qk_tab.predicted, 3))
+print(thm)
+print(qk_tab)
+workbench.record(**recipes.theorem_metrics(thm, qk_tab))
 
 # %% [markdown]
 # ## Table 6: dot products of real per-example gradients
@@ -145,30 +139,21 @@ print("QK splits", qk_tab.dims_out, "variance", np.round(qk_tab.variance, 3), "f
 # the finding. With the paper's factor cap of 1024, QK on a model this small has one wide
 # factor and is nearly a dense orthogonal projection; GPT-2 under that cap has three factors
 # (1024^2 < 1.2e8 < 1024^3), so we cap QK's factors at the smallest power of two f with
-# f^3 >= N to put it in the paper's regime (`qk_caps` below). The quick profile tries every other
-# power of two on the MLP and every third on the transformer, so its smallest D are rounded up to
-# those; the full profile tries every one.
+# f^3 >= N to put it in the paper's regime (`recipes.qk_factor_cap`). The quick profile tries every
+# other power of two on the MLP and every third on the transformer, so its smallest D are rounded
+# up to those; the full profile tries every one.
 
 # %%
-digits = ex.digits_problem(num_examples, train_steps, seed, hidden_size)
-text = ex.text_problem(text_examples, text_steps, seed)
-max_d = {p.name: int(np.log2(p.num_params)) for p in (digits, text)}
-steps = {"digits_mlp": digits_log2_step, "char_transformer": text_log2_step}
-qk_caps = {p.name: 1 << int(np.ceil(np.log2(p.num_params) / 3)) for p in (digits, text)}
-print("QK factor caps (three factors, as GPT-2 under the paper's 1024):", qk_caps)
-tables = {p.name: quality.dot_product_correlation(p.grads, PAPER, range(4, max_d[p.name] + 1, steps[p.name]),
-                                                   jax.random.fold_in(key, 3), num_draws=num_draws,
-                                                   options={"qk": {"max_factor": qk_caps[p.name]}})
-          for p in (digits, text)}
-fig = plots.correlation_curves({f"{k} ({p.num_params} params)": tables[k] for k, p in
-                                (("digits_mlp", digits), ("char_transformer", text))})
+digits = recipes.digits_problem(num_examples, train_steps, seed, hidden_size)
+text = recipes.text_problem(text_examples, text_steps, seed)
+tables = recipes.correlation_tables([digits, text], jax.random.fold_in(key, 3),
+                                    {digits.name: digits_log2_step, text.name: text_log2_step}, num_draws=num_draws)
+fig = figures.correlation_curves({f"{p.name} ({p.num_params} params)": tables[p.name] for p in (digits, text)})
 workbench.save_figure(fig, "table6_correlation")
 plt.show()
-smallest = {name: {t: tab.smallest_log2_dim(t) for t in (0.95, 0.98, 0.99)} for name, tab in tables.items()}
-for name, by_t in smallest.items():
-    print(name, "smallest log2 D with r > 0.95 / 0.98 / 0.99:")
-    for kind in PAPER:
-        print(f"   {kind:5s}", [by_t[t][kind] for t in (0.95, 0.98, 0.99)])
+table6 = workbench.record(**recipes.correlation_metrics(tables, [digits, text]))
+print("QK factor caps (three factors, as GPT-2 under the paper's 1024):", table6["qk_factor_caps"])
+print("smallest log2 D with r > 0.95 / 0.98 / 0.99:", table6["table6_smallest_log2_dim"])
 print("paper (GPT-2): FJL 10/12/13, AFFD 10/12/13, FFD 10/12/14, AFJL 12/13/15, QK 14/16/17")
 
 # %% [markdown]
@@ -178,17 +163,14 @@ print("paper (GPT-2): FJL 10/12/13, AFFD 10/12/13, FFD 10/12/14, AFJL 12/13/15, 
 # AFFD and FJL first, QK last (the paper: AFFD 9/10/10, AFJL 12, QK 13 for errors 0.2/0.1/0.05).
 
 # %%
-hessian = ex.dense_hessian(digits)
-eig_dims = [d for d in range(5, max_d["digits_mlp"] + 1) if (d - 4) % digits_log2_step == 0]  # D of table 6 (2^8 always)
-eig = quality.eigenvalue_errors(hessian, PAPER, eig_dims, jax.random.fold_in(key, 4),
-                                 k=10, num_draws=max(2, num_draws // 2),
-                                 options={"qk": {"max_factor": qk_caps["digits_mlp"]}})
-fig = plots.eigen_error_curves(eig)
+hessian = recipes.dense_hessian(digits)
+eig = recipes.eigen_table(digits, hessian, jax.random.fold_in(key, 4), digits_log2_step,
+                          num_draws=max(2, num_draws // 2))
+fig = figures.eigen_error_curves(eig)
 workbench.save_figure(fig, "table7_eigenvalues")
 plt.show()
-eig_smallest = {t: eig.smallest_log2_dim(t) for t in (0.2, 0.1, 0.05)}
-for kind in PAPER:
-    print(f"{kind:5s} smallest log2 D with error < 0.2 / 0.1 / 0.05:", [eig_smallest[t][kind] for t in (0.2, 0.1, 0.05)])
+table7 = workbench.record(**recipes.eigen_metrics(eig))
+print("smallest log2 D with error < 0.2 / 0.1 / 0.05:", table7["table7_smallest_log2_dim"])
 
 # %% [markdown]
 # ## Table 1: one layer against the whole model
@@ -198,12 +180,12 @@ for kind in PAPER:
 # every dot product and of every top eigenvector, which no amount of D in that layer recovers.
 
 # %%
-restriction = ex.layer_restriction(digits, hessian, jax.random.fold_in(key, 5), num_draws=num_draws)
-fig = plots.restriction_bars(restriction)
+restriction = recipes.layer_restriction(digits, hessian, jax.random.fold_in(key, 5), num_draws=num_draws)
+fig = figures.restriction_bars(restriction)
 workbench.save_figure(fig, "table1_restriction")
 plt.show()
-print(restriction._replace(pearson_sketch=np.round(restriction.pearson_sketch, 3),
-                           eig_error_sketch=np.round(restriction.eig_error_sketch, 3)))
+print(restriction)
+workbench.record(**recipes.restriction_metrics(restriction))
 
 # %% [markdown]
 # ## Time against D (Table 11's shape)
@@ -213,48 +195,15 @@ print(restriction._replace(pearson_sketch=np.round(restriction.pearson_sketch, 3
 # (a shared 2-core CPU here, a V100 in the paper). Full throughput tables: `benchmarks/results/sketch.md`.
 
 # %%
-timing = ex.time_against_dim(timing_log2_dim_in, timing_log2_dims)
-fig = plots.timing_curves(timing)
+timing = recipes.time_against_dim(timing_log2_dim_in, timing_log2_dims)
+fig = figures.timing_curves(timing)
 workbench.save_figure(fig, "time_against_dim")
 plt.show()
-growth = {kind: float(row[-1] / row[0]) for kind, row in zip(timing.kinds, timing.seconds)}
-print("time at the largest D / time at the smallest:", {k: round(v, 2) for k, v in growth.items()})
+timed = workbench.record(**recipes.timing_metrics(timing))
+print("time at the largest D / time at the smallest:", {k: round(timed[f"time_{k}_growth"], 2) for k in timing.kinds})
 
 # %%
-results = Path(workbench.__file__).resolve().parents[1] / "benchmarks" / "results" / "sketch.md"
-print(results.read_text()[:3000] if results.exists() else "run benchmarks/bench_sketch.py to measure throughput")
-
-# %%
-r95 = {name: by_t[0.95] for name, by_t in smallest.items()}
-d_err = float(np.nanmean(eig.rel_error[PAPER.index("qk"), :, :][eig.log2_dims == 8]))
-a_err = float(np.nanmean(eig.rel_error[PAPER.index("affd"), :, :][eig.log2_dims == 8]))
-fail = 99  # a kind that never crosses counts as beyond the largest D
-workbench.record(
-    **{f"thm31_{kind}_p_below_D{int(d)}": float(v) for kind, row in zip(thm.kinds, thm.p_below) for d, v in zip(thm.dims, row)},
-    **{f"thm31_{kind}_p_far_D{int(d)}": float(v) for kind, row in zip(thm.kinds, thm.p_far) for d, v in zip(thm.dims, row)},
-    thm31_ffd_p_below_min=float(thm.p_below[0].min()), thm31_ffd_p_below_max=float(thm.p_below[0].max()),
-    thm31_ffd_p_far_min=float(thm.p_far[0].min()), thm31_ffd_p_far_max=float(thm.p_far[0].max()),
-    thm31_affd_p_far_max=float(thm.p_far[1].max()), thm31_afjl_p_far_max=float(thm.p_far[2].max()),
-    thm31_num_draws=theorem_draws,
-    qk_split_variance={"x".join(map(str, s)): float(v) for s, v in zip(qk_tab.dims_out, qk_tab.variance)},
-    qk_worst_over_best_variance=float(qk_tab.variance.max() / qk_tab.variance.min()),
-    qk_factor_caps=qk_caps,
-    table6_smallest_log2_dim=smallest,
-    table6_pearson_mean={name: {k: np.round(m, 4).tolist() for k, m in zip(t.kinds, t.mean)} for name, t in tables.items()},
-    table6_pearson_std={name: {k: np.round(s, 4).tolist() for k, s in zip(t.kinds, t.std)} for name, t in tables.items()},
-    table6_afjl_minus_affd_log2_r95=float(np.mean([(r95[n]["afjl"] or fail) - (r95[n]["affd"] or fail) for n in r95])),
-    table6_qk_minus_affd_log2_r95=float(np.mean([(r95[n]["qk"] or fail) - (r95[n]["affd"] or fail) for n in r95])),
-    table7_smallest_log2_dim=eig_smallest,
-    table7_rel_error_mean={k: np.round(np.nanmean(e, -1), 4).tolist() for k, e in zip(eig.kinds, eig.rel_error)},
-    table7_qk_over_affd_error=d_err / a_err,
-    table1_layer=restriction.layer, table1_log2_dim=restriction.log2_dim,
-    table1_pearson_layer=restriction.pearson_layer, table1_pearson_sketch=float(np.mean(restriction.pearson_sketch)),
-    table1_layer_minus_sketch_pearson=restriction.pearson_layer - float(np.mean(restriction.pearson_sketch)),
-    table1_eig_error_layer=restriction.eig_error_layer, table1_eig_error_sketch=float(np.mean(restriction.eig_error_sketch)),
-    table1_layer_over_sketch_eig_error=restriction.eig_error_layer / float(np.mean(restriction.eig_error_sketch)),
-    time_seconds={k: row.tolist() for k, row in zip(timing.kinds, timing.seconds)},
-    time_dense_growth=growth["dense"], time_affd_growth=growth["affd"], time_qk_growth=growth["qk"],
-)
+print(recipes.benchmark_summary())
 
 # %% [markdown]
 # ## Explore
@@ -265,10 +214,9 @@ workbench.record(
 if interactive:
     from IPython.display import display
 
-    from workbench import sketch as sk
+    from workbench import sketch
     from workbench.ui.sketching import sketch_panel
 
-    panel = sketch_panel(digits.grads, jax.random.fold_in(key, 9), sk.KINDS, log2_dim=8,
-                         max_log2_dim=max_d["digits_mlp"])
+    panel = sketch_panel(digits.grads, jax.random.fold_in(key, 9), sketch.KINDS, log2_dim=8,
+                         max_log2_dim=int(digits.num_params).bit_length() - 1)
     display(panel.widget)
-

@@ -286,8 +286,8 @@ def test_gradient_store_two_writers_killed_and_resumed(tmp_path):
     x, y, w0 = W.problem()
     params = jax.tree.map(jnp.asarray, w0)
     s = sk.make("srht", jax.random.key(0), optax.tree.size(params), 6)
-    single = sk.per_example_gradients(W.loss_fn, params, (jnp.asarray(x), jnp.asarray(y)), s,
-                                      batch_size=5, store=tmp_path / "single.zarr")
+    single = sk.write_gradient_store(W.loss_fn, params, (jnp.asarray(x), jnp.asarray(y)), s,
+                                     tmp_path / "single.zarr", chunk_size=5)
     path = tmp_path / "multi.zarr"
     # chunk 3 belongs to process 1 (chunks alternate): it dies there, process 0 is stopped
     with pytest.raises(dist.LaunchError, match=r"process 1: exit status 17"):

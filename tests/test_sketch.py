@@ -329,7 +329,7 @@ def test_bad_input_errors(key):
         sk.make("afjl", key, 100, 16, max_factor=6)
     with pytest.raises(ValueError, match="dims_out"):
         sk.make("qk", key, 100, 16, max_factor=16, dims_out=(2, 2))
-    with pytest.raises(ValueError, match="nonzeros must be a positive int"):
+    with pytest.raises(ValueError, match="nonzeros must be an int >= 1"):
         sk.make("fjl", key, 100, 16, nonzeros=0)
     with pytest.raises(ValueError, match="unknown option"):
         sk.make("srht", key, 100, 16, blok=4)
@@ -337,7 +337,7 @@ def test_bad_input_errors(key):
         sk.make("gauss", key, 100, 16)
     with pytest.raises(ValueError, match="width-1"):
         sk.make("kronecker", key, 100, 13)
-    with pytest.raises(ValueError, match="dim_out must be a positive int"):
+    with pytest.raises(ValueError, match="dim_out must be an int >= 1"):
         sk.make("dense", key, 100, 0)
 
 
@@ -374,7 +374,7 @@ def test_explicit_and_implicit_sketching_of_a_gradient_agree(kind, key):
     g = jax.flatten_util.ravel_pytree(jax.grad(loss_fn)(params, data))[0]
     np.testing.assert_allclose(explicit, s.apply(g), rtol=1e-12)
     np.testing.assert_allclose(implicit, explicit, rtol=1e-10, atol=1e-13)
-    pe = [sk.per_example_gradients(loss_fn, params, data, s, batch_size=4, method=m) for m in ("explicit", "implicit")]
+    pe = [sk.per_example_gradients(loss_fn, params, data, s, chunk_size=4, method=m) for m in ("explicit", "implicit")]
     np.testing.assert_allclose(pe[1], pe[0], rtol=1e-10, atol=1e-13)
     with pytest.raises(ValueError, match="method must be one of"):
         sk.sketch_gradient(loss_fn, params, data, s, method="both")

@@ -51,10 +51,10 @@ def test_sketched_operator_with_the_spectrum_module(tiny, key):
         sk.sketched_operator(op, sk.make("affd", key, op.dim + 1, 8))
 
 
-def test_intrinsic_dimension_full_subspace_matches_full_training(tiny, key):
+def test_intrinsic_sweep_full_subspace_matches_full_training(tiny, key):
     fn, data = tiny
     train, test = data.take(slice(0, 40)), data.take(slice(40, 60))
-    r = sk.intrinsic_dimension(fn.loss_fn, fn.params, train, test, key, [1, 4, 16],
+    r = sk.intrinsic_sweep(fn.loss_fn, fn.params, train, test, key, [1, 4, 16],
                                predict_fn=fn.predict_fn, num_steps=200, optimizer=optax.adam(0.05))
     assert r.num_params == 16 and list(r.dims) == [1, 4, 16]
     assert abs(r.accuracy[-1] - r.full_accuracy) <= 0.1  # d = n: the subspace is everything
@@ -62,33 +62,33 @@ def test_intrinsic_dimension_full_subspace_matches_full_training(tiny, key):
     reached = [d for d, a in zip(r.dims, r.accuracy) if a >= 0.9 * r.full_accuracy]
     assert r.d_int90 == (reached[0] if reached else None)
     with pytest.raises(ValueError, match="dims must not exceed"):
-        sk.intrinsic_dimension(fn.loss_fn, fn.params, train, test, key, [17], predict_fn=fn.predict_fn)
+        sk.intrinsic_sweep(fn.loss_fn, fn.params, train, test, key, [17], predict_fn=fn.predict_fn)
     with pytest.raises(ValueError, match="kind must be one of"):
-        sk.intrinsic_dimension(fn.loss_fn, fn.params, train, test, key, [2], predict_fn=fn.predict_fn, kind="qk")
+        sk.intrinsic_sweep(fn.loss_fn, fn.params, train, test, key, [2], predict_fn=fn.predict_fn, kind="qk")
 
 
 def test_correlation_table_and_one_block_input(key):
     k1, k2 = jax.random.split(jax.random.key(4))  # low rank: dot products spread widely
     g = jax.random.normal(k1, (20, 3), jnp.float64) @ jax.random.normal(k2, (3, 300), jnp.float64)
-    table = quality.dot_product_correlation(g, ["dense", "srht"], [2, 8], key, num_draws=3)
+    table = quality.dot_product_correlation(g, ["dense", "srht"], key, [2, 8], num_draws=3)
     assert table.pearson.shape == (2, 2, 3) and table.mean.shape == (2, 2)
     assert (table.mean[:, 1] > 0.97).all() and (table.mean[:, 0] < table.mean[:, 1]).all()
     assert table.smallest_log2_dim(0.97) == {"dense": 8, "srht": 8}
     assert table.smallest_log2_dim(1.01) == {"dense": None, "srht": None}
-    big = quality.dot_product_correlation(g, ["srht"], [10], key, num_draws=2)  # 2^10 > 512: cannot map up
+    big = quality.dot_product_correlation(g, ["srht"], key, [10], num_draws=2)  # 2^10 > 512: cannot map up
     assert np.isnan(big.pearson).all()
-    x = quality.one_block_input(256, 32, which=2)
+    x = quality.one_block_input(key, 256, 32, which=2)
     assert np.flatnonzero(x).min() >= 64 and np.flatnonzero(x).max() < 96
     with pytest.raises(ValueError, match="does not fit"):
-        quality.one_block_input(64, 32, which=2)
+        quality.one_block_input(key, 64, 32, which=2)
 
 
 def test_a_mistyped_option_is_an_error_not_a_nan_table(key):
     """dot_product_correlation used to swallow every ValueError into NaN entries."""
     grads = jax.random.normal(key, (6, 64))
     with pytest.raises((ValueError, TypeError)):
-        quality.dot_product_correlation(grads, ["affd"], [4], key, options={"affd": {"preconditioner": "fourier"}})
+        quality.dot_product_correlation(grads, ["affd"], key, [4], options={"affd": {"preconditioner": "fourier"}})
     with pytest.raises(ValueError):
-        quality.dot_product_correlation(grads, ["no_such_kind"], [4], key)
-    table = quality.dot_product_correlation(grads, ["dense"], [4, 7], key)  # 2^7 > 64: no entry, by design
+        quality.dot_product_correlation(grads, ["no_such_kind"], key, [4])
+    table = quality.dot_product_correlation(grads, ["dense"], key, [4, 7])  # 2^7 > 64: no entry, by design
     assert np.all(np.isfinite(np.asarray(table.pearson)[0, 0])) and np.all(np.isnan(np.asarray(table.pearson)[0, 1]))

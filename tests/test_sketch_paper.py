@@ -44,22 +44,22 @@ def test_a_format_1_store_of_a_changed_kind_is_refused_naming_the_change(problem
     fn, data = problem
     s = sk.make(kind, key, optax.tree.size(fn.params), 8)
     path = tmp_path / "old.zarr"
-    sk.per_example_gradients(fn.loss_fn, fn.params, data, s, batch_size=8, store=path)
+    sk.write_gradient_store(fn.loss_fn, fn.params, data, s, path, chunk_size=8)
     _rewrite_attrs(path, format_version=1)  # what a store written before issue 17 carries
     expected = {"affd": "per-block Fastfoods", "qk": "now the kind 'kronecker'", "fjl": "column-hashed"}[kind]
     with pytest.raises(ValueError, match=f"old '{kind}' sketch.*{expected}"):
         open_store(path)
     with pytest.raises(ValueError, match="recompute it into a new path"):  # resuming is refused too
-        sk.per_example_gradients(fn.loss_fn, fn.params, data, s, batch_size=8, store=path)
+        sk.write_gradient_store(fn.loss_fn, fn.params, data, s, path, chunk_size=8)
 
 
 def test_a_format_1_store_of_an_unchanged_kind_still_reads_and_resumes(problem, key, tmp_path):
     fn, data = problem
     s = sk.make("srht", key, optax.tree.size(fn.params), 8)
     path = tmp_path / "old.zarr"
-    first = sk.per_example_gradients(fn.loss_fn, fn.params, data, s, batch_size=8, store=path)
+    first = sk.write_gradient_store(fn.loss_fn, fn.params, data, s, path, chunk_size=8)
     _rewrite_attrs(path, format_version=1)
-    again = sk.per_example_gradients(fn.loss_fn, fn.params, data, s, batch_size=8, store=path)
+    again = sk.write_gradient_store(fn.loss_fn, fn.params, data, s, path, chunk_size=8)
     np.testing.assert_array_equal(np.asarray(again.sketches[:]), np.asarray(first.sketches[:]))
     _rewrite_attrs(path, format_version=7)
     with pytest.raises(ValueError, match="format_version 7"):
@@ -101,7 +101,7 @@ def test_eigenvalue_errors_against_dense_references(key):
     s = sk.make("qk", key, 64, 16, max_factor=8)
     phi = np.asarray(s.apply(jnp.eye(64))).T
     np.testing.assert_allclose(quality.sketched_matrix(s, jnp.asarray(h)), phi @ h @ phi.T, rtol=1e-9, atol=1e-12)
-    t = quality.eigenvalue_errors(jnp.asarray(h), ["srht", "affd"], [4, 6], key, k=10, num_draws=2)
+    t = quality.eigenvalue_errors(jnp.asarray(h), ["srht", "affd"], key, [4, 6], k=10, num_draws=2)
     assert t.rel_error.shape == (2, 2, 2)
     assert t.rel_error[0, 1].max() < 1e-8  # srht with D = N = 64 is orthogonal: exact eigenvalues
     assert t.smallest_log2_dim(1e-6)["srht"] == 6

@@ -107,6 +107,6 @@ def test_norm_ratio_batches_divide_the_draws_and_do_not_change_the_ratios(key, m
 
     assert [quality.even_batch(t, c) for t, c in ((2000, 32), (1210, 64), (2003, 32), (10, 32))] == [25, 55, 32, 10]
     x = quality.hadamard_row_input(4 * 16, 16, which=1, row=1)
-    a = quality.norm_ratios("affd", x, 16, key, 60)
+    a = quality.norm_ratios(x, "affd", key, 16, 60)
     monkeypatch.setattr(quality, "KEY_BATCH", 7)  # 60 = 6 batches of ... 6 (largest divisor <= 7)
-    np.testing.assert_allclose(quality.norm_ratios("affd", x, 16, key, 60), a, rtol=1e-6)
+    np.testing.assert_allclose(quality.norm_ratios(x, "affd", key, 16, 60), a, rtol=1e-6)

@@ -239,7 +239,7 @@ def test_sketching_panels(logistic):
     assert r.dim == 256 and r.exact.shape == (66,)
 
     model, params, train, test, _ = logistic
-    fn = functools.partial(sketch.intrinsic_dimension, model.loss_fn, params, train, test, jax.random.key(0),
+    fn = functools.partial(sketch.intrinsic_sweep, model.loss_fn, params, train, test, jax.random.key(0),
                            predict_fn=model.predict_fn, num_steps=30, optimizer=optax.adam(0.05))
     p = intrinsic_panel(fn, dim=20)
     run_and_check(p)

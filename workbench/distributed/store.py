@@ -29,8 +29,8 @@ from workbench.sketch.store import (
     DEFAULT_MAX_MEMORY_BYTES,
     GradientStore,
     open_store,
-    per_example_gradients,
     store_metadata,
+    write_gradient_store,
 )
 
 _calls = itertools.count()
@@ -72,8 +72,8 @@ def gradient_store(
                 f"configurations (fields {', '.join(fields)}); every process must pass the same sketch, "
                 "params structure, data and batch_size")
     k, i = jax.process_count(), jax.process_index()
-    per_example_gradients(loss_fn, params, data, sketch, batch_size=rows, store=path,
-                          max_memory_bytes=max_memory_bytes, callback=callback, shard=(i, k))
+    write_gradient_store(loss_fn, params, data, sketch, path, rows,
+                         max_memory_bytes=max_memory_bytes, callback=callback, shard=(i, k))
     barrier(f"workbench_gradient_store_{next(_calls)}", timeout_s)
     store = open_store(path)
     if not store.complete:

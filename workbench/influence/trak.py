@@ -142,7 +142,7 @@ def trak(
         if stores is None:
             feats = in_memory[loss_fn][:, m * dim : (m + 1) * dim]
         else:
-            store = sk.per_example_gradients(loss_fn, p, train_data, s, batch_size, store=stores[m])
+            store = sk.write_gradient_store(loss_fn, p, train_data, s, stores[m], batch_size)
             if store.metadata.get("n_data") != n or store.metadata.get("dim_out") != dim:
                 raise ValueError(f"stores[{m}] at {store.path} holds {store.metadata.get('n_data')} x "
                                  f"{store.metadata.get('dim_out')} sketches; expected {n} x {dim}")
@@ -152,8 +152,8 @@ def trak(
             if stores is None:
                 gram_feats = in_memory[output_fn][:, m * dim : (m + 1) * dim]
             else:
-                gram_feats = sk.per_example_gradients(output_fn, p, train_data, s, batch_size,
-                                                      store=f"{stores[m]}.output").sketches
+                gram_feats = sk.write_gradient_store(output_fn, p, train_data, s, f"{stores[m]}.output",
+                                                      batch_size).sketches
         gram = np.zeros((dim, dim))
         for lo in range(0, n, read_rows):
             rows = np.asarray(gram_feats[lo : lo + read_rows], dtype=np.float64)

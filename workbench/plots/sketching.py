@@ -7,7 +7,15 @@ import numpy as np
 
 
 def norm_ratio_table(table, qk_table=None):
-    """P(ratio < 0.1) and P(|ratio - 1| > 0.5) against D per kind, with chi-square(1) lines."""
+    """P(ratio < 0.1) and P(|ratio - 1| > 0.5) against D per kind, with chi-square(1) lines.
+
+    Args:
+        table: a `NormRatioTable` (`experiments.sketching.theorem_3_1_table`).
+        qk_table: a `FactorTable` for a third panel (None: two panels).
+
+    Returns:
+        The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     ncols = 3 if qk_table is not None else 2
@@ -33,7 +41,15 @@ def norm_ratio_table(table, qk_table=None):
 
 
 def correlation_curves(tables: dict, thresholds=(0.95, 0.98, 0.99)):
-    """Mean Pearson r (error bars: std over draws) against log2 D, one panel per model."""
+    """Mean Pearson r (error bars: std over draws) against log2 D, one panel per model.
+
+    Args:
+        tables: panel title -> `quality.CorrelationTable`.
+        thresholds: the r drawn as dashed lines.
+
+    Returns:
+        The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 4), squeeze=False)
@@ -49,6 +65,15 @@ def correlation_curves(tables: dict, thresholds=(0.95, 0.98, 0.99)):
 
 
 def eigen_error_curves(table, title="Top-10 eigenvalues of Phi H Phi^T"):
+    """Mean relative error of the top eigenvalues of Phi H Phi^T against log2 D per kind (error bars: std over draws), with dashed lines at 0.2 / 0.1 / 0.05.
+
+    Args:
+        table: a `quality.EigenTable`.
+        title: the panel title.
+
+    Returns:
+        The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -63,6 +88,14 @@ def eigen_error_curves(table, title="Top-10 eigenvalues of Phi H Phi^T"):
 
 
 def restriction_bars(result):
+    """Table 1 as bars: one layer's gradients against a whole-model sketch, for dot products (Pearson r) and top-10 Hessian eigenvalues (relative error).
+
+    Args:
+        result: a `RestrictionResult` (`experiments.sketching.layer_restriction`).
+
+    Returns:
+        The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -79,6 +112,14 @@ def restriction_bars(result):
 
 
 def timing_curves(table):
+    """Milliseconds per apply against log2 D per kind (log scale): the slopes are the finding.
+
+    Args:
+        table: a `TimingTable` (`experiments.sketching.time_against_dim`).
+
+    Returns:
+        The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -91,7 +132,14 @@ def timing_curves(table):
 
 
 def search_trace(results: dict):
-    """Metric and d against step for the doubling search, one line per model."""
+    """Metric and d against step for the doubling search, one line per model.
+
+    Args:
+        results: model name -> `workbench.sketch.IntrinsicSearchResult`.
+
+    Returns:
+        The matplotlib figure (metric and d against step).
+    """
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -107,9 +155,19 @@ def search_trace(results: dict):
     return fig
 
 
-def sketched_dots(exact: np.ndarray, sketched: np.ndarray, ratios: np.ndarray, title: str):
+def dots_scatter(exact: np.ndarray, sketched: np.ndarray, ratios: np.ndarray, title: str):
     """Left: sketched against exact inner products <g_i, g_j> of per-example gradients (the line
-    y = x dashed); right: the distortion ||Phi g_i||^2 / ||g_i||^2 of each gradient."""
+    y = x dashed); right: the distortion ||Phi g_i||^2 / ||g_i||^2 of each gradient.
+
+    Args:
+        exact: [pairs] exact inner products.
+        sketched: [pairs] the same pairs after the sketch.
+        ratios: [examples] squared-norm ratios.
+        title: the left panel's title.
+
+    Returns:
+        The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.8))
@@ -126,7 +184,18 @@ def sketched_dots(exact: np.ndarray, sketched: np.ndarray, ratios: np.ndarray, t
 
 def accuracy_vs_dim(dims: np.ndarray, accuracy: np.ndarray, full_accuracy: float, threshold: float, title: str):
     """Test accuracy after training in random subspaces of dimension d, with the full model's
-    accuracy and the 90% threshold as horizontal lines."""
+    accuracy and the 90% threshold as horizontal lines.
+
+    Args:
+        dims: [m] subspace dimensions tried (any order).
+        accuracy: [m] test accuracy at each.
+        full_accuracy: the full model's accuracy.
+        threshold: the d_int90 threshold.
+        title: the panel title.
+
+    Returns:
+        The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     order = np.argsort(dims)
@@ -137,4 +206,25 @@ def accuracy_vs_dim(dims: np.ndarray, accuracy: np.ndarray, full_accuracy: float
     ax.set(xscale="log", xlabel="subspace dimension d", ylabel="test accuracy", ylim=(0, 1.02), title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def sweep_curves(sweeps: dict):
+    """Test accuracy against subspace dimension d, one curve per model, each with its dashed
+    threshold (90% of the full model's accuracy): where a curve crosses its line is d_int90.
+
+    Args:
+        sweeps: model name -> its `workbench.sketch.IntrinsicSweepResult`.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (name, r), color in zip(sweeps.items(), ("C0", "C1", "C2", "C3")):
+        ax.plot(r.dims, r.accuracy, "o-", color=color, label=f"{name} (n={r.num_params}), d_int90={r.d_int90}")
+        ax.axhline(r.threshold, color=color, ls="--", lw=0.8)
+    ax.set(xscale="log", xlabel="subspace dimension d", ylabel="test accuracy", title="Intrinsic dimension on digits")
+    ax.legend()
     return fig

@@ -1,5 +1,9 @@
 """Random projections of gradients and Hessian-vector products (Schioppa, NeurIPS 2024).
 
+A sketch is a random linear map Phi: R^dim_in -> R^dim_out (D = dim_out much smaller than the
+number of parameters) scaled so that E||Phi x||^2 = ||x||^2: dot products of gradients and the
+top of a Hessian's spectrum survive it, in D numbers per vector instead of dim_in.
+
 Two groups of kinds, each stated precisely by `describe(kind)`:
 - the paper's constructions, rebuilt from its equations (see ../shared/references and the module
   docstrings): `fjl` (Hadamard + sparse Gaussian with ~D log^2 N non-zeros), `ffd` (Fastfood used
@@ -16,22 +20,54 @@ Stores written before format 2 by a kind whose map changed are refused (`store.C
   `transpose` (the exact adjoint). `for_params(kind, key, params, dim_out)`.
 - `sketch_gradient(loss_fn, params, data, sketch, method="explicit"|"implicit")`: Phi grad L,
   either applied to the gradient or as d/dw L(theta0 + Phi^T w) at w = 0 (same numbers).
-- `per_example_gradients(loss_fn, params, data, sketch, batch_size, store=PATH)`: sketched
-  per-example gradients, streamed to a resumable zarr store (`open_store`).
-- `sketched_operator(op, sketch)`: Phi H Phi^T for `workbench.spectrum`;
-  `intrinsic_dimension(...)`: the vmapped sweep; `intrinsic_search(...)`: the paper's doubling
-  search (`workbench.sketch.intrinsic_search`).
+- `per_example_gradients(loss_fn, params, data, sketch, chunk_size)`: sketched per-example
+  gradients [n, D] in memory; `write_gradient_store(loss_fn, params, data, sketch, path)`: the
+  same rows streamed to a resumable zarr store (`open_store` reads it).
+- `sketched_operator(op, sketch)`: Phi H Phi^T for `workbench.spectrum`.
+- `intrinsic_sweep(...)`: train in random subspaces of each d of a grid at once;
+  `intrinsic_search(...)`: the paper's doubling search (both in `workbench.sketch.intrinsic`).
+- `quality`: how well a sketch keeps geometry (dot-product correlation, eigenvalue errors, norm
+  ratios over many draws: the paper's Tables 6 and 7 and Theorems 3.1 and 3.3).
 - `fwht(x, block_size)`: the orthonormal fast Walsh-Hadamard transform.
+
+Example:
+    A sketch of R^64 to R^16 keeps a vector's squared norm in expectation, and `transpose` is
+    its exact adjoint, <Phi x, y> = <x, Phi^T y>:
+
+    >>> import jax, numpy as np
+    >>> from workbench import sketch
+    >>> phi = sketch.make("srht", jax.random.key(0), 64, 16)
+    >>> x = jax.random.normal(jax.random.key(1), (64,))
+    >>> y = jax.random.normal(jax.random.key(2), (16,))
+    >>> phi.apply(x).shape, phi.transpose(y).shape
+    ((16,), (64,))
+    >>> bool(np.isclose(phi.apply(x) @ y, x @ phi.transpose(y), rtol=1e-4))
+    True
+    >>> ratios = sketch.quality.norm_ratios(x, "srht", jax.random.key(3), 16, num_draws=100)
+    >>> print(round(float(ratios.mean()), 1))
+    1.0
 """
 
-from workbench.sketch import kinds  # noqa: F401  (registers every kind)
+from workbench.sketch import (
+    kinds,  # noqa: F401  (registers every kind)
+    quality,  # noqa: F401  (sketch.quality.*)
+)
 from workbench.sketch.base import FAMILIES, Sketch, for_params, make, ravel_leaves
 from workbench.sketch.gradients import sketch_gradient
-from workbench.sketch.intrinsic import IntrinsicResult, intrinsic_dimension
-from workbench.sketch.intrinsic_search import SearchResult, intrinsic_search
+from workbench.sketch.intrinsic import (
+    IntrinsicSearchResult,
+    IntrinsicSweepResult,
+    intrinsic_search,
+    intrinsic_sweep,
+)
 from workbench.sketch.kinds.hadamard import DEFAULT_BLOCK_SIZE, fwht
 from workbench.sketch.operator import sketched_operator
-from workbench.sketch.store import GradientStore, open_store, per_example_gradients
+from workbench.sketch.store import (
+    GradientStore,
+    open_store,
+    per_example_gradients,
+    write_gradient_store,
+)
 
 PAPER_KINDS = ("fjl", "ffd", "affd", "afjl", "qk")
 OUR_KINDS = ("dense", "countsketch", "srht", "kronecker")
@@ -44,7 +80,17 @@ _ORIGIN = {
 
 
 def describe(kind: str) -> str:
-    """Whose construction a kind is, its map, scaling and distortion bound, options and defaults."""
+    """Whose construction a kind is, its map, scaling and distortion bound, options and defaults.
+
+    Args:
+        kind: a sketch kind (`KINDS`).
+
+    Returns:
+        A few lines of text: origin (the paper's or ours), the map and its options with defaults.
+
+    Raises:
+        ValueError: `kind` is unknown.
+    """
     if kind not in FAMILIES:
         raise ValueError(f"kind must be one of {sorted(FAMILIES)}, got {kind!r}")
     fam = FAMILIES[kind]
@@ -53,7 +99,7 @@ def describe(kind: str) -> str:
 
 __all__ = [
     "KINDS", "OUR_KINDS", "PAPER_KINDS", "DEFAULT_BLOCK_SIZE", "GradientStore", "Sketch", "describe",
-    "for_params", "fwht", "make", "IntrinsicResult", "intrinsic_dimension", "SearchResult",
-    "intrinsic_search", "open_store", "per_example_gradients", "ravel_leaves", "sketch_gradient",
-    "sketched_operator",
+    "for_params", "fwht", "make", "IntrinsicSweepResult", "intrinsic_sweep", "IntrinsicSearchResult",
+    "intrinsic_search", "open_store", "per_example_gradients", "quality", "ravel_leaves", "sketch_gradient",
+    "sketched_operator", "write_gradient_store",
 ]

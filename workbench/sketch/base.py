@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from workbench.core.numerics import check_positive_int
 from workbench.sketch.kinds import randomness
 
 PyTree = Any
@@ -44,6 +45,12 @@ FAMILIES: dict[str, Family] = {}
 
 
 def register(kind: str, family: Family) -> None:
+    """Register a sketch kind's `Family` under `kind` (called once by each kinds module on import).
+
+    Args:
+        kind: the name `make` accepts.
+        family: the kind's init / apply / transpose functions, options and description.
+    """
     FAMILIES[kind] = family
 
 
@@ -132,7 +139,20 @@ def _transpose_jit(sketch: Sketch, y: jax.Array) -> jax.Array:
 
 
 def ravel_leaves(tree: PyTree, batched: bool, dim_in: int | None = None, who: str = "sketch") -> jax.Array:
-    """Concatenate the leaves of `tree` as `ravel_pytree` does (optionally keeping a batch axis)."""
+    """Concatenate the leaves of `tree` as `ravel_pytree` does (optionally keeping a batch axis).
+
+    Args:
+        tree: a pytree of arrays sharing one dtype.
+        batched: True when every leaf carries a common leading batch axis [b, ...].
+        dim_in: the expected number of scalars per example (None: not checked).
+        who: the name used in error messages.
+
+    Returns:
+        [n] (or [b, n]) array, the leaves raveled row-major in `jax.tree.leaves` order.
+
+    Raises:
+        ValueError: the tree has no leaves, mixed dtypes, no common batch axis, or not `dim_in` scalars.
+    """
     leaves = jax.tree.leaves(tree)
     if not leaves:
         raise ValueError(f"{who}: tree has no leaves")
@@ -167,12 +187,24 @@ def make(kind: str, key: jax.Array, dim_in: int, dim_out: int, **options) -> Ske
     kronecker. Each is scaled so that
     E||Phi x||^2 = ||x||^2; `transpose` is the exact adjoint; the same key gives the same map.
     Options per kind are listed in `workbench.sketch.describe(kind)`; unknown ones are refused.
+
+    Args:
+        kind: the sketch kind (`workbench.sketch.KINDS`).
+        key: PRNG key (`jax.random.key` or a legacy uint32 [2] key); the same key gives the same map.
+        dim_in: the input dimension n (a positive int).
+        dim_out: the sketch dimension D (a positive int).
+        **options: the kind's options (`describe(kind)`); missing ones take their defaults.
+
+    Returns:
+        The `Sketch`, a pytree usable as a `jit` / `vmap` argument.
+
+    Raises:
+        ValueError: unknown kind or option, non-hashable option values, dims not positive ints, or
+            sizes the kind cannot map.
     """
     if kind not in FAMILIES:
         raise ValueError(f"kind must be one of {sorted(FAMILIES)}, got {kind!r}")
-    for name, value in (("dim_in", dim_in), ("dim_out", dim_out)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    dim_in, dim_out = check_positive_int("dim_in", dim_in), check_positive_int("dim_out", dim_out)
     fam = FAMILIES[kind]
     unknown = set(options) - set(fam.options)
     if unknown:
@@ -199,7 +231,21 @@ def make(kind: str, key: jax.Array, dim_in: int, dim_out: int, **options) -> Ske
 
 def for_params(kind: str, key: jax.Array, params: PyTree, dim_out: int, **options) -> Sketch:
     """A sketch of the raveled `params` tree (dim_in = its size); for `kronecker` one Kronecker
-    pair per leaf (`leaf_shapes`), so `apply_tree` on per-example gradients never concatenates them."""
+    pair per leaf (`leaf_shapes`), so `apply_tree` on per-example gradients never concatenates them.
+
+    Args:
+        kind: the sketch kind.
+        key: PRNG key.
+        params: the params pytree whose raveled size is dim_in.
+        dim_out: the sketch dimension D.
+        **options: the kind's options (for kronecker, `leaf_shapes` defaults to the params' leaves).
+
+    Returns:
+        The `Sketch` with dim_in = number of params.
+
+    Raises:
+        ValueError: `params` has no leaves, or `make` refuses the arguments.
+    """
     leaves = jax.tree.leaves(params)
     if not leaves:
         raise ValueError("for_params: params has no leaves")
@@ -245,10 +291,27 @@ jax.tree_util.register_pytree_node(_Static, lambda s: ((), s.value), lambda aux,
 
 
 def pad_to(x: jax.Array, n: int) -> jax.Array:
-    """Zero-pad the last axis of x to length n."""
+    """Zero-pad the last axis of x to length n.
+
+    Args:
+        x: [..., m] array with m <= n.
+        n: the length wanted.
+
+    Returns:
+        [..., n] array, x followed by zeros (x itself when m == n).
+    """
     extra = n - x.shape[-1]
     return x if extra == 0 else jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)])
 
 
 def cast(a: jax.Array, like: jax.Array) -> jax.Array:
+    """`a` in the dtype of `like`: a kind's stored random state (float32) meets inputs of any float dtype.
+
+    Args:
+        a: the array to cast.
+        like: an array of the dtype wanted.
+
+    Returns:
+        `a.astype(like.dtype)`.
+    """
     return a.astype(like.dtype)

@@ -34,7 +34,16 @@ def _check(sketch, params, method):
 
 
 def implicit_grad_fn(loss_fn: Callable, sketch: Sketch, params: Any) -> Callable:
-    """batch -> d/dw loss_fn(theta0 + Phi^T w, batch) at w = 0 (a [dim_out] vector)."""
+    """batch -> d/dw loss_fn(theta0 + Phi^T w, batch) at w = 0 (a [dim_out] vector).
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`.
+        sketch: Phi, with dim_in = number of params.
+        params: theta0, the params pytree.
+
+    Returns:
+        A function batch -> [dim_out] sketched gradient, computed through `sketch.transpose` only.
+    """
     flat0, unravel = tu.ravel(params)
 
     def lifted(w, batch):
@@ -45,7 +54,22 @@ def implicit_grad_fn(loss_fn: Callable, sketch: Sketch, params: Any) -> Callable
 
 def sketch_gradient(loss_fn: Callable, params: Any, data: Any, sketch: Sketch, *, method: str = "explicit") -> jax.Array:
     """Phi grad_theta loss_fn(params, data), explicitly (apply to the gradient) or implicitly
-    (d/dw loss_fn(theta0 + Phi^T w, data) at w = 0); both give the same vector [dim_out]."""
+    (d/dw loss_fn(theta0 + Phi^T w, data) at w = 0); both give the same vector [dim_out].
+
+    Args:
+        loss_fn: `loss_fn(params, data) -> scalar`.
+        params: the params pytree theta0.
+        data: the batch the loss is evaluated on.
+        sketch: Phi, with dim_in = number of params.
+        method: "explicit" (apply Phi to the gradient) or "implicit" (differentiate through Phi^T).
+
+    Returns:
+        The [dim_out] vector Phi grad loss_fn(params, data).
+
+    Raises:
+        TypeError: `sketch` is not a `Sketch`.
+        ValueError: unknown `method`, or dim_in differs from the number of params.
+    """
     _check(sketch, params, method)
     if method == "explicit":
         return sketch.apply_tree(jax.grad(loss_fn)(params, data))

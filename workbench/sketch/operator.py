@@ -27,6 +27,18 @@ def sketched_operator(op, sketch: Sketch):
 
     Returns a `workbench.curvature.LinearOperator` (usable with `workbench.spectrum`), whose
     products cost one `sketch.transpose`, one product of `op`, and one `sketch.apply`.
+
+    Args:
+        op: a linear operator with `dim`, `dtype` and a flat `mv` or `matvec` (e.g. a
+            `workbench.curvature` operator).
+        sketch: Phi, with dim_in = op.dim.
+
+    Returns:
+        The [dim_out x dim_out] `LinearOperator` y -> Phi H Phi^T y.
+
+    Raises:
+        TypeError: `op` is not an operator or `sketch` not a `Sketch`.
+        ValueError: the sketch's dim_in differs from the operator's dim.
     """
     if not (hasattr(op, "dim") and (hasattr(op, "mv") or hasattr(op, "matvec"))):
         raise TypeError(f"op must be a linear operator with `dim` and `mv`/`matvec`, got {type(op).__name__}")

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from workbench.core.numerics import check_positive_int
 from workbench.sketch.base import for_params, make
 from workbench.sketch.kinds.hadamard import _hadamard_np
 
@@ -50,17 +51,36 @@ def _make(kind, key, n, d, params, options):
 
 
 def dot_product_correlation(
-    grads: jax.Array, kinds: Sequence[str], log2_dims: Sequence[int], key: jax.Array, *,
+    grads: jax.Array, kinds: Sequence[str], key: jax.Array, log2_dims: Sequence[int], *,
     num_draws: int = 5, params=None, options: dict | None = None,
 ) -> CorrelationTable:
-    """Pearson r between exact and sketched dot products <g_i, g_j> (i < j), per kind, D and
-    independent sketch draw. `grads` is [m, n]; `options` maps a kind to its `make` options. The
-    kind `"kronecker_per_leaf"` is our per-leaf Kronecker sketch of the `params` tree."""
+    """Pearson r between exact and sketched dot products <g_i, g_j> (i < j), per kind, D and draw.
+
+    The paper's Table 6: a sketch that keeps geometry keeps every pairwise dot product of the
+    per-example gradients, so r -> 1 as D grows; the smallest D with r above 0.95 / 0.98 / 0.99
+    ranks the kinds. A D larger than n gets no entry (NaN): a sketch does not map up.
+
+    Args:
+        grads: [m, n] vectors (e.g. per-example gradients), one per row.
+        kinds: sketch kinds (`workbench.sketch.KINDS`, or `"kronecker_per_leaf"`: our per-leaf
+            Kronecker sketch of the `params` tree).
+        key: PRNG key; draw t at D = 2^log2_d uses fold_in(fold_in(key, log2_d), t) for every kind.
+        log2_dims: log2 of the sketch dimensions D to try.
+        num_draws: independent sketches per (kind, D), for the error bars.
+        params: the params tree the gradients ravel (needed only by `"kronecker_per_leaf"`).
+        options: kind -> its `make` options (None: every kind's defaults).
+
+    Returns:
+        A `CorrelationTable` with `pearson` and `distortion` of shape [kinds, dims, draws].
+
+    Raises:
+        ValueError: `grads` is not 2-D, `num_draws` is not a positive int, or a kind or option
+            is unknown (never swallowed into NaN).
+    """
     grads = jnp.asarray(grads)
     if grads.ndim != 2:
         raise ValueError(f"grads must be [num_vectors, dim], got shape {grads.shape}")
-    if num_draws < 1:
-        raise ValueError(f"num_draws must be >= 1, got {num_draws}")
+    num_draws = check_positive_int("num_draws", num_draws)
     options = options or {}
     m, n = grads.shape
     iu = np.triu_indices(m, k=1)
@@ -98,7 +118,15 @@ class EigenTable(NamedTuple):
 
 
 def top_eigenvalues(matrix: np.ndarray, k: int) -> np.ndarray:
-    """The k largest eigenvalues of a symmetric matrix, largest first (float64)."""
+    """The k largest eigenvalues of a symmetric matrix, largest first (float64).
+
+    Args:
+        matrix: [n, n] symmetric matrix (symmetrised as (A + A^T) / 2).
+        k: how many eigenvalues (at most n).
+
+    Returns:
+        float64 [min(k, n)] eigenvalues in decreasing order.
+    """
     import scipy.linalg
     from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
@@ -113,7 +141,15 @@ def top_eigenvalues(matrix: np.ndarray, k: int) -> np.ndarray:
 
 
 def sketched_matrix(sketch, matrix: jax.Array) -> jax.Array:
-    """Phi H Phi^T for a dense symmetric H [n, n] (two batched applies, no transpose needed)."""
+    """Phi H Phi^T for a dense symmetric H [n, n] (two batched applies, no transpose needed).
+
+    Args:
+        sketch: Phi, a `Sketch` with dim_in = n.
+        matrix: [n, n] symmetric matrix H.
+
+    Returns:
+        The [D, D] matrix Phi H Phi^T.
+    """
     h_phi_t = sketch.apply(matrix)  # row i: Phi H[i] = (H Phi^T)[i]
     n, d = h_phi_t.shape
     if d >= n:
@@ -126,14 +162,37 @@ def sketched_matrix(sketch, matrix: jax.Array) -> jax.Array:
 
 
 def eigenvalue_errors(
-    hessian: jax.Array, kinds: Sequence[str], log2_dims: Sequence[int], key: jax.Array, *,
+    hessian: jax.Array, kinds: Sequence[str], key: jax.Array, log2_dims: Sequence[int], *,
     k: int = 10, num_draws: int = 3, params=None, options: dict | None = None,
 ) -> EigenTable:
-    """Relative error of the top-k eigenvalues of Phi H Phi^T against those of a dense H (Table 7)."""
+    """Relative error of the top-k eigenvalues of Phi H Phi^T against those of a dense H (Table 7).
+
+    If H = sum_i lambda_i u_i u_i^T, Phi H Phi^T has eigenvalues close to the lambda_i once the
+    sketched directions Phi u_i are nearly orthonormal, i.e. once D is well above k. Each entry is
+    mean_i |lambda_i(Phi H Phi^T) / lambda_i(H) - 1| over the top k; D < k or D > n gets NaN.
+
+    Args:
+        hessian: [n, n] dense symmetric matrix.
+        kinds: sketch kinds, as in `dot_product_correlation`.
+        key: PRNG key; draw t at D = 2^log2_d uses fold_in(fold_in(key, log2_d), t).
+        log2_dims: log2 of the sketch dimensions D to try.
+        k: number of top eigenvalues compared.
+        num_draws: independent sketches per (kind, D).
+        params: the params tree (only for `"kronecker_per_leaf"`).
+        options: kind -> its `make` options (None: defaults).
+
+    Returns:
+        An `EigenTable`: the exact top-k eigenvalues and `rel_error` [kinds, dims, draws].
+
+    Raises:
+        ValueError: `hessian` is not square, or `k` / `num_draws` is not a positive int.
+    """
     hessian = jnp.asarray(hessian)
     n = hessian.shape[0]
     if hessian.shape != (n, n):
         raise ValueError(f"hessian must be a square matrix, got shape {hessian.shape}")
+    k = check_positive_int("k", k)
+    num_draws = check_positive_int("num_draws", num_draws)
     options = options or {}
     exact = top_eigenvalues(np.asarray(hessian), k)
     log2_dims = np.asarray(list(log2_dims))
@@ -154,7 +213,20 @@ def eigenvalue_errors(
 
 def hadamard_row_input(dim: int, block: int, which: int = 0, row: int = 1) -> np.ndarray:
     """Theorem 3.1's adversarial input: supported on block `which` of width `block` (a power of
-    two, FFD's D) and equal there to row `row` of the orthonormal H_block, so H x_b = e_row."""
+    two, FFD's D) and equal there to row `row` of the orthonormal H_block, so H x_b = e_row.
+
+    Args:
+        dim: the input size N (at least (which + 1) * block).
+        block: the block width (FFD's D), a power of two.
+        which: the index of the block holding the row.
+        row: the Hadamard row used.
+
+    Returns:
+        float64 [dim] unit vector.
+
+    Raises:
+        ValueError: `block` is not a power of two or the block does not fit in `dim`.
+    """
     if block & (block - 1) or block < 1:
         raise ValueError(f"block must be a power of two, got {block}")
     if (which + 1) * block > dim:
@@ -164,31 +236,104 @@ def hadamard_row_input(dim: int, block: int, which: int = 0, row: int = 1) -> np
     return x
 
 
-def one_block_input(dim: int, block: int, which: int = 1, seed: int = 0) -> np.ndarray:
-    """A Gaussian vector supported on the `which`-th block of width `block` (zeros elsewhere)."""
+def one_block_input(key: jax.Array, dim: int, block: int, which: int = 1) -> np.ndarray:
+    """A Gaussian vector supported on the `which`-th block of width `block` (zeros elsewhere).
+
+    Args:
+        key: PRNG key of the Gaussian values.
+        dim: the input size N.
+        block: the block width.
+        which: the index of the non-zero block.
+
+    Returns:
+        float32 [dim] vector.
+
+    Raises:
+        ValueError: the block does not fit in `dim`.
+    """
     if (which + 1) * block > dim:
         raise ValueError(f"block {which} of width {block} does not fit in dim={dim}")
     x = np.zeros(dim, np.float32)
-    x[which * block: (which + 1) * block] = np.random.default_rng(seed).normal(size=block)
+    x[which * block: (which + 1) * block] = np.asarray(jax.random.normal(key, (block,), jnp.float32))
     return x
 
 
-def norm_ratios(kind: str, x: jax.Array, dim_out: int, key: jax.Array, num_keys: int = 200, **options) -> np.ndarray:
-    """||Phi x||^2 / ||x||^2 for `num_keys` independent sketches of one kind ([keys] or [keys, batch])."""
+def norm_ratios(x: jax.Array, kind: str, key: jax.Array, dim_out: int, num_draws: int = 200, **options) -> np.ndarray:
+    """||Phi x||^2 / ||x||^2 for `num_draws` independent sketches of one kind.
+
+    The distribution of this ratio over draws is what Theorems 3.1 and 3.3 bound: it has mean 1
+    for every kind (E Phi^T Phi = I) and concentrates around 1 for a good sketch. The draws are
+    vmapped `KEY_BATCH` (or a divisor of `num_draws` near it) at a time under one compiled `lax.map`.
+
+    Args:
+        x: [n] input, or [batch, n] inputs measured with the same draws.
+        kind: sketch kind (`workbench.sketch.KINDS`).
+        key: PRNG key, split into `num_draws` sketch keys.
+        dim_out: the sketch dimension D.
+        num_draws: number of independent sketches.
+        **options: the kind's `make` options.
+
+    Returns:
+        float array [num_draws] (or [num_draws, batch]) of squared-norm ratios.
+
+    Raises:
+        ValueError: `dim_out` or `num_draws` is not a positive int, or an option is unknown.
+    """
     x = jnp.asarray(x)
     n = x.shape[-1]
+    num_draws = check_positive_int("num_draws", num_draws)
 
     def one(k):
         return jnp.sum(make(kind, k, n, dim_out, **options).apply(x) ** 2, axis=-1) / jnp.sum(x**2, axis=-1)
 
-    run = jax.jit(lambda keys: jax.lax.map(one, keys, batch_size=even_batch(num_keys, KEY_BATCH)))
-    return np.asarray(run(jax.random.split(key, num_keys)))
+    run = jax.jit(lambda keys: jax.lax.map(one, keys, batch_size=even_batch(num_draws, KEY_BATCH)))
+    return np.asarray(run(jax.random.split(key, num_draws)))
 
 
 def even_batch(total: int, cap: int) -> int:
     """The largest divisor of `total` that is at most `cap` (if it is at least cap / 2), else cap.
 
     `lax.map(..., batch_size=b)` compiles its body twice when b does not divide the length (the
-    batches and the remainder): 2000 draws in batches of 32 cost twice the compile of batches of 25."""
+    batches and the remainder): 2000 draws in batches of 32 cost twice the compile of batches of 25.
+
+    Args:
+        total: the number of items mapped.
+        cap: the largest batch wanted.
+
+    Returns:
+        The batch size for `lax.map(..., batch_size=...)`.
+    """
     best = max(b for b in range(1, min(cap, total) + 1) if total % b == 0)
     return best if 2 * best >= min(cap, total) else cap
+
+
+class SketchedDots(NamedTuple):
+    kind: str
+    dim: int  # the sketch dimension D
+    exact: np.ndarray  # [pairs] upper-triangle <g_i, g_j>
+    sketched: np.ndarray  # [pairs] the same pairs after the sketch, <Phi g_i, Phi g_j>
+    ratios: np.ndarray  # [n] ||Phi g_i||^2 / ||g_i||^2
+
+
+def sketched_dots(grads: jax.Array, kind: str, key: jax.Array, log2_dim: int) -> SketchedDots:
+    """Exact against sketched inner products and squared norms of `grads` for one sketch draw.
+
+    One row of `dot_product_correlation`, kept whole for a scatter plot: the pairs (i < j) and
+    each vector's distortion ||Phi g||^2 / ||g||^2 (a zero vector counts as ratio 0).
+
+    Args:
+        grads: [n, p] vectors (e.g. per-example gradients), one per row.
+        kind: the sketch kind (`workbench.sketch.KINDS`).
+        key: PRNG key; the sketch uses fold_in(key, log2_dim).
+        log2_dim: log2 of the sketch dimension D (D <= p).
+
+    Returns:
+        A `SketchedDots`.
+    """
+    g = np.asarray(grads)
+    dim = 1 << int(log2_dim)
+    y = np.asarray(make(kind, jax.random.fold_in(key, int(log2_dim)), g.shape[1], dim).apply(grads))
+    iu = np.triu_indices(g.shape[0], 1)
+    norms = (g * g).sum(1)
+    ratios = (y * y).sum(1) / np.where(norms > 0, norms, 1.0)
+    return SketchedDots(kind, dim, (g @ g.T)[iu], (y @ y.T)[iu], ratios)

@@ -35,9 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from workbench.core.numerics import check_positive_int, num_examples
 from workbench.core.per_example import example_loss, sketched_per_example_grads
 from workbench.sketch.base import Sketch
-from workbench.sketch.gradients import implicit_grad_fn
+from workbench.sketch.gradients import METHODS, implicit_grad_fn
 
 STORE_ATTR = "workbench_sketch_store"
 FORMAT_VERSION = 2
@@ -70,13 +71,28 @@ class GradientStore(NamedTuple):
 
 
 def params_fingerprint(params) -> str:
-    """Hash of the params structure: leaf paths, shapes and dtypes (not the values)."""
+    """Hash of the params structure: leaf paths, shapes and dtypes (not the values).
+
+    Args:
+        params: a params pytree.
+
+    Returns:
+        A 16-hex-digit hash that changes with the structure, shapes or dtypes, not with the values.
+    """
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     desc = [(jax.tree_util.keystr(p), tuple(np.shape(x)), str(jnp.asarray(x).dtype)) for p, x in leaves]
     return hashlib.sha256(repr(desc).encode()).hexdigest()[:16]
 
 
 def array_fingerprint(tree) -> str:
+    """Hash of every leaf's shape, dtype and bytes (PRNG keys by their key data): what a store was made from.
+
+    Args:
+        tree: a pytree of arrays (the data, or a sketch's random state).
+
+    Returns:
+        A 16-hex-digit hash of the values.
+    """
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(tree):
         a = np.asarray(jax.random.key_data(leaf) if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key) else leaf)
@@ -86,6 +102,19 @@ def array_fingerprint(tree) -> str:
 
 
 def store_metadata(sketch: Sketch, params, data, chunk_rows: int, dtype) -> dict:
+    """The configuration a store records and checks on reopening (see the module docstring).
+
+    Args:
+        sketch: the `Sketch` whose rows are stored.
+        params: the params pytree (its structure is recorded, not its values).
+        data: the dataset (its size and a hash of its values are recorded).
+        chunk_rows: rows per chunk.
+        dtype: the stored dtype.
+
+    Returns:
+        A JSON-serialisable dict (format version, kind, seed, state hash, dims, options, dtype,
+        params structure, data size and hash, chunk_rows, num_chunks).
+    """
     n = int(jax.tree.leaves(data)[0].shape[0])
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sketch.options.items()}
     return {
@@ -118,7 +147,19 @@ def _commit(path: Path, chunk: int) -> None:
 
 
 def open_store(path: str | Path, mode: str = "r") -> GradientStore:
-    """Open an existing store (read-only by default)."""
+    """Open an existing store (read-only by default).
+
+    Args:
+        path: the store's directory.
+        mode: zarr mode, "r" (read-only) or "r+" (to resume writing).
+
+    Returns:
+        The `GradientStore`.
+
+    Raises:
+        FileNotFoundError: no store at `path`.
+        ValueError: `path` is a zarr group but not a gradient store, or of a refused format.
+    """
     import zarr
 
     path = Path(path)
@@ -133,7 +174,15 @@ def open_store(path: str | Path, mode: str = "r") -> GradientStore:
 
 
 def check_format(meta: dict, path) -> None:
-    """Refuse a store whose sketch kind has changed meaning since it was written (never reinterpret)."""
+    """Refuse a store whose sketch kind has changed meaning since it was written (never reinterpret).
+
+    Args:
+        meta: the store's recorded metadata.
+        path: the store's path (for the message).
+
+    Raises:
+        ValueError: a format-1 store of a changed kind, or an unknown format version.
+    """
     version = meta.get("format_version")
     if version == FORMAT_VERSION:
         return
@@ -194,84 +243,147 @@ def _sketch_chunk(loss_fn, sketch, params, batch, method="explicit"):
     return sketched_per_example_grads(loss_fn, params, batch, sketch)
 
 
+class _Plan(NamedTuple):
+    n: int  # examples in `data`
+    chunk_size: int  # examples per computed chunk
+    dtype: Any  # the params' one floating dtype
+
+
+def _plan(loss_fn, params, data, sketch, chunk_size, max_memory_bytes, method) -> _Plan:
+    """Validate the arguments shared by `per_example_gradients` and `write_gradient_store`."""
+    n_params = optax.tree.size(params)
+    if method not in METHODS:
+        raise ValueError(f"method must be 'explicit' or 'implicit', got {method!r}")
+    if sketch is None and method == "implicit":
+        raise ValueError("method='implicit' needs a sketch")
+    if sketch is not None and sketch.dim_in != n_params:
+        raise ValueError(f"sketch: dim_in={sketch.dim_in} but params have {n_params} scalars")
+    n = num_examples(data)
+    dtypes = {jnp.asarray(p).dtype for p in jax.tree.leaves(params)}
+    if len(dtypes) != 1:
+        raise ValueError(f"params: all leaves must share one floating dtype, got {sorted(map(str, dtypes))}")
+    dtype = dtypes.pop()
+    if chunk_size is None:
+        chunk_size = max(1, min(n, int(max_memory_bytes) // (4 * n_params * np.dtype(dtype).itemsize)))
+    return _Plan(n, check_positive_int("chunk_size", chunk_size), dtype)
+
+
+def _compute_chunks(loss_fn, params, data, sketch, method, n, chunk_size, chunks, callback, progress):
+    """Yield (chunk, lo, hi, values [hi - lo, D]) for each chunk index in `chunks`."""
+    from workbench.core.progress import bar
+
+    for c in bar(chunks, disable=not progress, desc="per-example gradients"):
+        lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
+        idx = np.minimum(np.arange(lo, lo + chunk_size), n - 1)  # pad the last chunk: one compile
+        batch = jax.tree.map(lambda a, idx=idx: a[idx], data)
+        values = np.asarray(_sketch_chunk(loss_fn, sketch, params, batch, method))[: hi - lo]
+        if callback is not None:
+            callback(c, values)
+        yield c, lo, hi, values
+
+
 def per_example_gradients(
     loss_fn: Callable,
     params,
     data,
     sketch: Sketch | None,
-    batch_size: int | None = None,
-    store: str | Path | None = None,
+    chunk_size: int | None = None,
+    *,
+    max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
+    callback: Callable[[int, np.ndarray], None] | None = None,
+    progress: bool = False,
+    method: str = "explicit",
+) -> jax.Array:
+    """Sketched per-example gradients Phi grad_theta loss(theta, example_i) for every example, in memory.
+
+    Gradients are computed by `vmap` over `chunk_size` examples at a time, sketched with
+    `sketch.apply_tree(..., batched=True)` and discarded, so memory holds one [chunk, dim_in]
+    block at a time. `loss_fn(params, batch)` is evaluated on one-example batches (a batch mean
+    of one). The last chunk is padded with copies of the last example, so every chunk shares
+    one compiled program. `write_gradient_store` streams the same rows to a resumable zarr store.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar` batch-mean loss (or a `Functional`'s loss_fn).
+        params: the params pytree theta (one floating dtype); the gradients ravel it as `ravel_pytree`.
+        data: a `Dataset` or pytree of arrays with a common leading example axis [n, ...].
+        sketch: a `Sketch` with dim_in = number of params, or None for the raw flattened gradients.
+        chunk_size: examples per vmapped chunk; None = as many as fit in `max_memory_bytes`.
+        max_memory_bytes: memory cap used to choose `chunk_size` (counting ~4 copies of a
+            [chunk, dim_in] gradient block).
+        callback: `callback(chunk, values)` after each chunk is computed (None: nothing).
+        progress: show a progress bar over chunks.
+        method: "explicit" (sketch the gradient) or "implicit" (d/dw loss(theta0 + Phi^T w) at w = 0,
+            `workbench.sketch.gradients`): the same numbers by another route.
+
+    Returns:
+        A [n, dim_out] array ([n, n_params] when `sketch` is None), in the params' dtype.
+
+    Raises:
+        ValueError: the sketch does not match the params, the data has no common example axis,
+            `chunk_size` is not a positive int, or `method` is unknown / implicit without a sketch.
+    """
+    plan = _plan(loss_fn, params, data, sketch, chunk_size, max_memory_bytes, method)
+    chunks = range(-(-plan.n // plan.chunk_size))
+    rows = [values for *_, values in _compute_chunks(loss_fn, params, data, sketch, method, plan.n,
+                                                      plan.chunk_size, chunks, callback, progress)]
+    return jnp.asarray(np.concatenate(rows, axis=0))
+
+
+def write_gradient_store(
+    loss_fn: Callable,
+    params,
+    data,
+    sketch: Sketch,
+    path: str | Path,
+    chunk_size: int | None = None,
     *,
     max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
     callback: Callable[[int, np.ndarray], None] | None = None,
     progress: bool = False,
     shard: tuple[int, int] | None = None,
     method: str = "explicit",
-):
-    """Sketched per-example gradients Phi grad_theta loss(theta, example_i) for every example.
+) -> GradientStore:
+    """`per_example_gradients` streamed to a resumable zarr store at `path` (see the module docstring).
 
-    Gradients are computed by `vmap` over `batch_size` examples at a time (default: as many as
-    fit in `max_memory_bytes`, counting a few copies of a [batch, dim_in] gradient block), sketched
-    with `sketch.apply_tree(..., batched=True)` and discarded. `loss_fn(params, batch)` is
-    evaluated on one-example batches. Returns a [n_data, dim_out] jax array, or, with
-    `store=PATH`, a read-only `GradientStore` whose `sketches` is the zarr array (see the module
-    docstring for resume and refusal rules). `callback(chunk, values)` runs after each chunk is
-    computed and before it is written (a raising callback simulates an interruption).
-    `sketch=None` returns the raw flattened gradients [n_data, n_params] (in memory only).
-    `shard=(index, count)` (with `store`) computes only the chunks c with c % count == index, so
-    `count` processes can fill one store together (see `workbench.distributed.gradient_store`).
-    `method="implicit"` sketches each gradient as d/dw loss(theta0 + Phi^T w, example) at w = 0
-    (`workbench.sketch.gradients`): the same numbers by another route (stores do not record it).
+    Each chunk of `chunk_size` rows is written and then committed by an atomic marker, so an
+    interrupted run resumes at the first uncommitted chunk and a repeated run is a no-op; a store
+    made with another configuration (sketch, params structure, data, chunk size) is refused.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar` batch-mean loss.
+        params: the params pytree (one floating dtype).
+        data: a `Dataset` or pytree of arrays with a common leading example axis [n, ...].
+        sketch: a `Sketch` with dim_in = number of params (raw gradients are never stored).
+        path: the store's directory (created atomically when missing).
+        chunk_size: rows per chunk; None = the existing store's, or as many as fit in
+            `max_memory_bytes` for a new store. An explicit value must match an existing store.
+        max_memory_bytes: memory cap used to choose `chunk_size`.
+        callback: `callback(chunk, values)` after each chunk is computed and before it is
+            written (a raising callback simulates an interruption).
+        progress: show a progress bar over chunks.
+        shard: (index, count): compute only the chunks c with c % count == index, so `count`
+            processes fill one store together (`workbench.distributed.gradient_store`); None: all.
+        method: "explicit" or "implicit", as in `per_example_gradients` (stores do not record it).
+
+    Returns:
+        The reopened read-only `GradientStore` (`sketches` [n, dim_out] zarr array, `metadata`).
+
+    Raises:
+        ValueError: `sketch` is None, `shard` is malformed, the store was made with another
+            configuration, or any argument `per_example_gradients` refuses.
     """
-    from workbench.core.progress import bar
-
-    n_params = optax.tree.size(params)
-    if method not in ("explicit", "implicit"):
-        raise ValueError(f"method must be 'explicit' or 'implicit', got {method!r}")
-    if sketch is None and method == "implicit":
-        raise ValueError("method='implicit' needs a sketch")
-    if sketch is None and store is not None:
+    if sketch is None:
         raise ValueError("store needs a sketch: raw gradients are returned in memory only")
-    if shard is not None and (store is None or len(shard) != 2 or not 0 <= shard[0] < shard[1]):
-        raise ValueError(f"shard must be (index, count) with 0 <= index < count and a store, got {shard!r}")
-    if sketch is not None and sketch.dim_in != n_params:
-        raise ValueError(f"sketch: dim_in={sketch.dim_in} but params have {n_params} scalars")
-    leaves = jax.tree.leaves(data)
-    if not leaves:
-        raise ValueError("data must be a Dataset (or a pytree of arrays with a leading example axis)")
-    n = int(leaves[0].shape[0])
-    if any(int(a.shape[0]) != n for a in leaves):
-        raise ValueError(f"data: every array must have the same number of examples, got {[a.shape for a in leaves]}")
-    dtypes = {jnp.asarray(p).dtype for p in jax.tree.leaves(params)}
-    if len(dtypes) != 1:
-        raise ValueError(f"params: all leaves must share one floating dtype, got {sorted(map(str, dtypes))}")
-    dtype = dtypes.pop()
-    explicit = batch_size is not None
-    if batch_size is None:
-        batch_size = max(1, min(n, int(max_memory_bytes) // (4 * n_params * np.dtype(dtype).itemsize)))
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-
-    gstore = None
-    if store is not None:
-        meta = store_metadata(sketch, params, data, batch_size, dtype)
-        gstore = _create_or_open(Path(store), meta, explicit)
-        batch_size = gstore.metadata["chunk_rows"]
-    num_chunks = -(-n // batch_size)
-    done = _committed(gstore.path) if gstore is not None else set()
-    todo = [c for c in range(num_chunks) if c not in done and (shard is None or c % shard[1] == shard[0])]
-    results = []
-    for c in bar(todo, disable=not progress, desc="per-example gradients"):
-        lo, hi = c * batch_size, min(n, (c + 1) * batch_size)
-        idx = np.minimum(np.arange(lo, lo + batch_size), n - 1)  # pad the last chunk: one compile
-        values = np.asarray(_sketch_chunk(loss_fn, sketch, params, jax.tree.map(lambda a, idx=idx: a[idx], data), method))[: hi - lo]
-        if callback is not None:
-            callback(c, values)
-        if gstore is None:
-            results.append(values)
-        else:
-            gstore.sketches[lo:hi] = values
-            _commit(gstore.path, c)
-    if gstore is None:
-        return jnp.asarray(np.concatenate(results, axis=0))
+    if shard is not None and (len(shard) != 2 or not 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
+    plan = _plan(loss_fn, params, data, sketch, chunk_size, max_memory_bytes, method)
+    meta = store_metadata(sketch, params, data, plan.chunk_size, plan.dtype)
+    gstore = _create_or_open(Path(path), meta, chunk_size is not None)
+    rows = gstore.metadata["chunk_rows"]
+    done = _committed(gstore.path)
+    todo = [c for c in range(-(-plan.n // rows)) if c not in done and (shard is None or c % shard[1] == shard[0])]
+    for c, lo, hi, values in _compute_chunks(loss_fn, params, data, sketch, method, plan.n, rows, todo,
+                                             callback, progress):
+        gstore.sketches[lo:hi] = values
+        _commit(gstore.path, c)
     return open_store(gstore.path)

@@ -4,45 +4,32 @@ inner products survive (correlation, distortion); subspace dimension -> test acc
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
 
 import numpy as np
 
 from workbench.ui import Panel, panel, slider_style
 
 
-class SketchedDots(NamedTuple):
-    kind: str
-    dim: int
-    exact: np.ndarray  # upper-triangle <g_i, g_j>
-    sketched: np.ndarray  # the same pairs after the sketch
-    ratios: np.ndarray  # ||Phi g_i||^2 / ||g_i||^2
-
-
-def sketched_dots(grads, key, *, kind: str, log2_dim: int) -> SketchedDots:
-    """Sketch the per-example gradients `grads` [n, p] to D = 2^log2_dim with `sketch.make(kind)`
-    and compare inner products and norms with the exact ones."""
-    import jax
-
-    from workbench import sketch
-
-    g = np.asarray(grads)
-    dim = 1 << int(log2_dim)
-    y = np.asarray(sketch.make(kind, jax.random.fold_in(key, int(log2_dim)), g.shape[1], dim).apply(grads))
-    iu = np.triu_indices(g.shape[0], 1)
-    norms = (g * g).sum(1)
-    ratios = (y * y).sum(1) / np.where(norms > 0, norms, 1.0)
-    return SketchedDots(kind, dim, (g @ g.T)[iu], (y @ y.T)[iu], ratios)
-
-
 def sketch_panel(grads, key, kinds, log2_dim: int = 8, max_log2_dim: int = 14) -> Panel:
-    """Kind and log2 D -> `sketched_dots` for `grads` [n, p]: the correlation of sketched with
-    exact inner products and the spread of the norm distortion."""
+    """Kind and log2 D -> `workbench.sketch.quality.sketched_dots` for `grads` [n, p]: the
+    correlation of sketched with exact inner products and the spread of the norm distortion.
+
+    Args:
+        grads: [n, p] per-example gradients.
+        key: PRNG key of the sketches.
+        kinds: the sketch kinds offered.
+        log2_dim: the initial log2 D.
+        max_log2_dim: the slider's largest log2 D.
+
+    Returns:
+        The `Panel`.
+    """
     import functools
 
     import ipywidgets as w
 
-    from workbench.plots.sketching import sketched_dots as draw
+    from workbench.plots.sketching import dots_scatter
+    from workbench.sketch import quality
 
     kinds = list(kinds)
     controls = {
@@ -56,16 +43,26 @@ def sketch_panel(grads, key, kinds, log2_dim: int = 8, max_log2_dim: int = 14) -
         return {"D": r.dim, "correlation": float(np.corrcoef(r.exact, r.sketched)[0, 1]),
                 "median |distortion - 1|": float(np.median(np.abs(r.ratios - 1)))}
 
-    return panel(functools.partial(sketched_dots, grads, key), controls,
-                 lambda r: draw(r.exact, r.sketched, r.ratios, f"{r.kind}, D = {r.dim}"), summary=summary,
+    return panel(functools.partial(quality.sketched_dots, grads, key=key), controls,
+                 lambda r: dots_scatter(r.exact, r.sketched, r.ratios, f"{r.kind}, D = {r.dim}"), summary=summary,
                  button_text="Sketch", title="Per-example gradients before and after the sketch")
 
 
 def intrinsic_panel(fn: Callable, dim: int = 40, kinds=("dense", "srht", "affd")) -> Panel:
-    """`fn(dims=[d], kind=kind) -> sketch.IntrinsicResult` (a partial of `sketch.intrinsic_dimension`
+    """`fn(dims=[d], kind=kind) -> sketch.IntrinsicSweepResult` (a partial of `sketch.intrinsic_sweep`
     with everything but the dimensions and the kind): one subspace dimension per run; the accuracy
     of every dimension tried so far is drawn on one curve, so a few clicks trace the paper's
-    accuracy-against-d plot."""
+    accuracy-against-d plot.
+
+    Args:
+        fn: `fn(dims=[d], kind=kind) -> IntrinsicSweepResult`, e.g. a partial of
+            `experiments.intrinsic_dimension.digits_intrinsic_sweep`.
+        dim: the initial subspace dimension d.
+        kinds: the subspace sketch kinds offered.
+
+    Returns:
+        The `Panel` (its history keeps every d tried).
+    """
     import ipywidgets as w
 
     from workbench.plots.sketching import accuracy_vs_dim

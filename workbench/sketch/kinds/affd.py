@@ -56,7 +56,16 @@ def kron_apply(x, mats, dims):
     """(M_1 (x) ... (x) M_k) x for x [b, prod dims] with M_i [r_i, dims_i] -> [b, prod r_i].
 
     One einsum per mode on the [b, pre, f, post] view (as `fwht` does): no axis is moved, so a
-    mode costs one pass over the data and a small matmul, which is what a CPU does well."""
+    mode costs one pass over the data and a small matmul, which is what a CPU does well.
+
+    Args:
+        x: [b, prod dims] input rows.
+        mats: one matrix M_i [r_i, dims_i] per factor.
+        dims: the factor widths dims_i.
+
+    Returns:
+        The [b, prod r_i] rows (M_1 (x) ... (x) M_k) x.
+    """
     b = x.shape[0]
     done, todo = [], list(dims)
     y = x
@@ -72,7 +81,16 @@ def kron_apply(x, mats, dims):
 
 
 def kron_apply_t(y, mats, dims):
-    """The adjoint of `kron_apply`: y [b, prod r_i] -> [b, prod dims]."""
+    """The adjoint of `kron_apply`: y [b, prod r_i] -> [b, prod dims].
+
+    Args:
+        y: [b, prod r_i] rows.
+        mats: the matrices M_i [r_i, dims_i] of `kron_apply`.
+        dims: the factor widths dims_i.
+
+    Returns:
+        The [b, prod dims] rows (M_1^T (x) ... (x) M_k^T) y.
+    """
     b = y.shape[0]
     rows = [m.shape[0] for m in mats]
     z = y
@@ -90,7 +108,18 @@ DEFAULT_MAX_FACTOR = 16  # measured on CPU (bench_sketch.py); the paper uses fac
 
 
 def greedy_factors(n: int, cap: int) -> tuple[int, ...]:
-    """n = f_1 * ... * f_k (n, cap powers of two), every f_i = cap except the first (the remainder)."""
+    """n = f_1 * ... * f_k (n, cap powers of two), every f_i = cap except the first (the remainder).
+
+    Args:
+        n: the size to factor (a power of two).
+        cap: the largest factor (a power of two >= 2).
+
+    Returns:
+        The factors (remainder, cap, ..., cap), product n.
+
+    Raises:
+        ValueError: n or cap is not a power of two, or cap < 2.
+    """
     k, c = int(n).bit_length() - 1, int(cap).bit_length() - 1
     if n < 1 or n & (n - 1) or cap < 2 or cap & (cap - 1):
         raise ValueError(f"greedy_factors needs powers of two (cap >= 2), got n={n}, cap={cap}")
@@ -107,13 +136,29 @@ def haar_orthogonal(key: jax.Array, n: int, rows: int | None = None) -> jax.Arra
     the Q of the QR decomposition with a positive diagonal R, which is exactly Haar distributed,
     and the first `rows` vectors only depend on the first `rows` Gaussian columns. Written with
     matmuls in a `fori_loop` rather than LAPACK's QR, which deadlocked XLA's CPU runtime here when
-    many draws ran at once (a batched QR under `lax.map` waiting on OpenBLAS threads)."""
+    many draws ran at once (a batched QR under `lax.map` waiting on OpenBLAS threads).
+
+    Args:
+        key: PRNG key of the Gaussian matrix.
+        n: the matrix order.
+        rows: how many rows to return (None: all n).
+
+    Returns:
+        A [rows, n] matrix with orthonormal rows.
+    """
     r = n if rows is None else int(rows)
     return haar_rows(jax.random.normal(key, (n, r), jnp.float32))
 
 
 def haar_rows(g: jax.Array) -> jax.Array:
-    """`haar_orthogonal` from its i.i.d. N(0, 1) matrix g [n, rows]: Gram-Schmidt on g's columns."""
+    """`haar_orthogonal` from its i.i.d. N(0, 1) matrix g [n, rows]: Gram-Schmidt on g's columns.
+
+    Args:
+        g: [n, rows] i.i.d. N(0, 1) matrix.
+
+    Returns:
+        The [rows, n] orthonormal rows (Gram-Schmidt of g's columns, applied twice).
+    """
     n, r = g.shape
     idx = jnp.arange(r)
 
@@ -176,7 +221,17 @@ def _pre_scale(cfg, dtype):
 
 
 def precondition(state, cfg, x, rows: int | None = None):
-    """The first `rows` coordinates (all when None) of P x, P = H^{pi1}, the real FFT or Q."""
+    """The first `rows` coordinates (all when None) of P x, P = H^{pi1}, the real FFT or Q.
+
+    Args:
+        state: the kind's random state (signs, permutations, Q factors).
+        cfg: the kind's static configuration (padded size, factors, preconditioner).
+        x: [b, padded] rows.
+        rows: how many leading coordinates to keep (None: all).
+
+    Returns:
+        [b, rows] (or [b, padded]) preconditioned rows.
+    """
     if cfg["preconditioner"] == "fft":
         z = _real_fourier(x)
         return z if rows is None else z[:, :rows]
@@ -186,7 +241,16 @@ def precondition(state, cfg, x, rows: int | None = None):
 
 
 def precondition_t(state, cfg, y):
-    """P^T y for y [b, r] holding the first r coordinates (the rest zero)."""
+    """P^T y for y [b, r] holding the first r coordinates (the rest zero).
+
+    Args:
+        state: the kind's random state.
+        cfg: the kind's static configuration.
+        y: [b, r] rows, the first r coordinates of P x.
+
+    Returns:
+        The [b, padded] rows P^T y (the adjoint of `precondition`).
+    """
     n, r = cfg["padded"], y.shape[1]
     if cfg["preconditioner"] == "fft":
         return _real_fourier_t(pad_to(y, n))

@@ -25,10 +25,26 @@ DEFAULT_BLOCK_SIZE = 8
 
 
 def is_power_of_two(n: int) -> bool:
+    """Whether `n` is a positive power of two (1, 2, 4, ...).
+
+    Args:
+        n: the integer tested.
+
+    Returns:
+        True when n >= 1 and n has one bit set.
+    """
     return n >= 1 and (n & (n - 1)) == 0
 
 
 def next_power_of_two(n: int) -> int:
+    """The smallest power of two >= `n` (1 for n <= 1): the padded length of a Hadamard transform.
+
+    Args:
+        n: a length.
+
+    Returns:
+        2^ceil(log2 n) as an int.
+    """
     return 1 << max(0, int(n - 1).bit_length())
 
 
@@ -54,6 +70,17 @@ def fwht(x: jax.Array, block_size: int | None = None) -> jax.Array:
     """Orthonormal Walsh-Hadamard transform of `x` along its last axis (length a power of two).
 
     `block_size` (a power of two >= 2) sets the Kronecker layout, not the result.
+
+    Args:
+        x: [..., n] floating array, n a power of two.
+        block_size: largest Hadamard factor applied as one small matmul (None: `DEFAULT_BLOCK_SIZE`).
+
+    Returns:
+        H_n x / sqrt(n) along the last axis, same shape and dtype (its own inverse).
+
+    Raises:
+        ValueError: n is not a power of two, x is not floating point, or `block_size` is not a
+            power of two >= 2.
     """
     n = x.shape[-1]
     if not is_power_of_two(n):
@@ -84,7 +111,19 @@ def fwht(x: jax.Array, block_size: int | None = None) -> jax.Array:
 
 
 def block_fwht(x: jax.Array, block: int, block_size: int | None = None) -> jax.Array:
-    """(I_{N/block} (x) H_block) x along the last axis: an independent transform per block."""
+    """(I_{N/block} (x) H_block) x along the last axis: an independent transform per block.
+
+    Args:
+        x: [..., N] floating array, N a multiple of `block`.
+        block: the transform's width (a power of two).
+        block_size: passed to `fwht`.
+
+    Returns:
+        The blockwise orthonormal transform, same shape as x.
+
+    Raises:
+        ValueError: N is not a multiple of `block`.
+    """
     n = x.shape[-1]
     if n % block:
         raise ValueError(f"block_fwht: last axis {n} is not a multiple of block {block}")

@@ -41,7 +41,15 @@ from workbench.sketch.base import Family, cast, pad_to, register
 
 
 def balanced_input_dims(n: int, k: int) -> tuple[int, ...]:
-    """n_1 >= ... >= n_k as equal as possible with prod n_i >= n (little padding)."""
+    """n_1 >= ... >= n_k as equal as possible with prod n_i >= n (little padding).
+
+    Args:
+        n: the size to cover.
+        k: the number of factors.
+
+    Returns:
+        k ints in non-increasing order whose product is >= n.
+    """
     dims, rest = [], n
     for i in range(k, 0, -1):
         f = max(1, math.ceil(round(rest ** (1.0 / i), 9)))
@@ -51,7 +59,15 @@ def balanced_input_dims(n: int, k: int) -> tuple[int, ...]:
 
 
 def balanced_output_dims(d: int, k: int) -> tuple[int, ...]:
-    """D_1 * ... * D_k = d exactly, each D_i the divisor of the remainder closest to its fair share."""
+    """D_1 * ... * D_k = d exactly, each D_i the divisor of the remainder closest to its fair share.
+
+    Args:
+        d: the product wanted (the sketch dimension D).
+        k: the number of factors.
+
+    Returns:
+        k divisors D_i in non-increasing order with prod D_i = d.
+    """
     dims, rest = [], d
     for i in range(k, 1, -1):
         target = rest ** (1.0 / i)
@@ -68,7 +84,15 @@ def mode_products(t: jax.Array, mats) -> jax.Array:
 
     The last (contiguous) mode goes first, as one [b n_1 ... n_{k-1}, n_k] x [n_k, D_k] product:
     that step reads the whole input and shrinks it by n_k / D_k, so the rest is cheap. (XLA's
-    einsum path picks the other order and runs ~2.5x slower on CPU.)"""
+    einsum path picks the other order and runs ~2.5x slower on CPU.)
+
+    Args:
+        t: [b, n_1, ..., n_k] input tensor.
+        mats: k factor matrices Q_i [D_i, n_i].
+
+    Returns:
+        The [b, D_1, ..., D_k] tensor (Q_1 (x) ... (x) Q_k) t.
+    """
     for q in reversed(mats):
         lead = t.shape[:-1]
         t = (t.reshape(-1, t.shape[-1]) @ q.T).reshape(*lead, q.shape[0])
@@ -78,7 +102,15 @@ def mode_products(t: jax.Array, mats) -> jax.Array:
 
 def mode_products_transpose(t: jax.Array, mats) -> jax.Array:
     """The adjoint of `mode_products`: t [b, D_1, ..., D_k] -> [b, n_1, ..., n_k], the largest
-    product (mode k, writing the whole output contiguously) last."""
+    product (mode k, writing the whole output contiguously) last.
+
+    Args:
+        t: [b, D_1, ..., D_k] tensor.
+        mats: the factor matrices Q_i [D_i, n_i] of `mode_products`.
+
+    Returns:
+        The [b, n_1, ..., n_k] tensor (Q_1^T (x) ... (x) Q_k^T) t.
+    """
     for q in mats:
         t = jnp.moveaxis(t, 1, -1)
         lead = t.shape[:-1]
@@ -88,7 +120,14 @@ def mode_products_transpose(t: jax.Array, mats) -> jax.Array:
 
 def leaf_matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     """The [rows, cols] view a per-leaf QK sketches: (prod(shape[:-1]), shape[-1]) for a matrix or
-    higher tensor; a vector or scalar of size n is zero-padded to balanced factors (n_1, n_2)."""
+    higher tensor; a vector or scalar of size n is zero-padded to balanced factors (n_1, n_2).
+
+    Args:
+        shape: a params leaf's shape.
+
+    Returns:
+        (rows, cols) whose product covers the leaf's size.
+    """
     if len(shape) >= 2:
         return int(np.prod(shape[:-1])), int(shape[-1])
     dims = balanced_input_dims(max(1, int(np.prod(shape))), 2)

@@ -35,7 +35,18 @@ from workbench.sketch.kinds.kronecker import mode_products, mode_products_transp
 
 
 def greedy_split(n: int, cap: int) -> tuple[int, ...]:
-    """(B_1, cap, ..., cap) with B_1 = ceil(n / cap^(K-1)) <= cap and K as small as possible."""
+    """(B_1, cap, ..., cap) with B_1 = ceil(n / cap^(K-1)) <= cap and K as small as possible.
+
+    Args:
+        n: the input size N to cover.
+        cap: the largest factor width (the paper's 1024).
+
+    Returns:
+        The factor widths (B_1, cap, ..., cap) with product >= n.
+
+    Raises:
+        ValueError: n < 1 or cap < 2.
+    """
     if n < 1 or cap < 2:
         raise ValueError(f"greedy_split needs n >= 1 and cap >= 2, got n={n}, cap={cap}")
     k = 1
@@ -45,7 +56,15 @@ def greedy_split(n: int, cap: int) -> tuple[int, ...]:
 
 
 def default_dims_out(d: int, dims_in: tuple[int, ...]) -> tuple[int, ...]:
-    """D_i = min(B_i, ceil(B_i r)) with r = (d / prod B_i)^(1/K): the same shrink on every factor."""
+    """D_i = min(B_i, ceil(B_i r)) with r = (d / prod B_i)^(1/K): the same shrink on every factor.
+
+    Args:
+        d: the sketch dimension D.
+        dims_in: the factor widths B_i.
+
+    Returns:
+        The per-factor output sizes D_i <= B_i with prod D_i >= d.
+    """
     r = (d / float(np.prod(dims_in))) ** (1.0 / len(dims_in))
     dims = [min(b, max(1, math.ceil(round(b * r, 9)))) for b in dims_in]
     i = 0

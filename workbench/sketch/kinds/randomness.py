@@ -33,7 +33,14 @@ MIN_BUCKET = 256
 
 
 def bucket(num_words: int) -> int:
-    """The stream length drawn for `num_words` words: the next power of two, at least MIN_BUCKET."""
+    """The stream length drawn for `num_words` words: the next power of two, at least MIN_BUCKET.
+
+    Args:
+        num_words: how many uint32 words a kind's initialiser consumes.
+
+    Returns:
+        The power-of-two length drawn (so kinds and sizes share a few compiled draws).
+    """
     return max(MIN_BUCKET, 1 << max(0, int(num_words - 1).bit_length()))
 
 

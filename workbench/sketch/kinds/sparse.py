@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from workbench.core.numerics import check_positive_int
 from workbench.sketch.base import Family, cast, pad_to, register
 from workbench.sketch.kinds.hadamard import fwht, next_power_of_two
 
@@ -84,14 +85,22 @@ register("countsketch", Family(_cs_init, _cs_apply, _cs_transpose, {}, __doc__))
 
 
 def default_nonzeros(n_pad: int, d: int) -> int:
+    """FJL's default number of non-zeros: D ceil(log2 N)^2, at most the D N entries of a dense map.
+
+    Args:
+        n_pad: the padded input size N (a power of two).
+        d: the sketch dimension D.
+
+    Returns:
+        The number k of i.i.d. sparse Gaussian entries.
+    """
     return int(min(d * n_pad, d * max(1, math.ceil(math.log2(max(n_pad, 2)))) ** 2))
 
 
 def _fjl_init(rand, n, d, opts):
     n_pad = next_power_of_two(n)
     k = opts["nonzeros"] if opts["nonzeros"] is not None else default_nonzeros(n_pad, d)
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"fjl sketch: nonzeros must be a positive int, got {opts['nonzeros']!r}")
+    k = check_positive_int("fjl sketch: nonzeros", k)
     state = {"signs": rand.rademacher((n_pad,)),  # one stream (`randomness.Randomness`), in this order
              "rows": rand.randint((1, k), d),
              "cols": rand.randint((k,), n_pad),

@@ -1,0 +1,119 @@
+"""The sketching papers' recipes: every claimed metric is computed here from known tables, and
+the table recipes run on a tiny problem (the full numbers are the paper runs')."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from workbench import sketch as sk
+from workbench.experiments import intrinsic_dimension as idim
+from workbench.experiments import sketching as ex
+from workbench.sketch import quality
+
+
+def test_qk_caps_and_splits():
+    assert [ex.qk_factor_cap(n) for n in (1210, 2410, 4096, 4097)] == [16, 16, 16, 32]
+    for factor in (64, 256):
+        splits = ex.qk_splits(factor)
+        assert len({int(np.prod(s)) for s in splits}) == 1 and max(max(s) for s in splits) == factor
+
+
+def test_theorem_metrics_read_each_kind_by_name():
+    dims = np.array([64, 1024])
+    thm = ex.NormRatioTable(("ffd", "affd", "afjl"), dims, np.array([[0.24, 0.26], [0.0, 0.0], [0.01, 0.0]]),
+                            np.array([[0.73, 0.75], [0.2, 0.05], [0.4, 0.3]]), np.zeros((3, 2)), 100)
+    qk = ex.FactorTable(((8, 8), (64, 1)), (64, 64), np.array([0.5, 2.0]), np.array([0.5, 2.0]), np.array([0.1, 0.4]))
+    m = ex.theorem_metrics(thm, qk)
+    assert (m["thm31_ffd_p_below_min"], m["thm31_ffd_p_below_max"]) == (0.24, 0.26)
+    assert (m["thm31_ffd_p_far_min"], m["thm31_ffd_p_far_max"]) == (0.73, 0.75)
+    assert m["thm31_affd_p_far_max"] == 0.2 and m["thm31_afjl_p_far_max"] == 0.4
+    assert m["thm31_afjl_p_far_D1024"] == 0.3 and m["thm31_num_draws"] == 100
+    assert m["qk_split_variance"] == {"8x8": 0.5, "64x1": 2.0} and m["qk_worst_over_best_variance"] == 4.0
+
+
+def _correlation_table(crossing):
+    """A table whose kind k first exceeds 0.95 at log2 D = crossing[k] (None: never)."""
+    log2_dims = np.arange(4, 12)
+    pearson = np.stack([np.where(log2_dims >= (c if c is not None else 99), 0.999, 0.5) for c in crossing.values()])
+    pearson = np.repeat(pearson[:, :, None], 2, axis=2)
+    return quality.CorrelationTable(tuple(crossing), log2_dims, pearson, np.zeros_like(pearson))
+
+
+def test_correlation_metrics_are_gaps_against_affd():
+    tables = {"a": _correlation_table({"affd": 6, "afjl": 8, "qk": 11}),
+              "b": _correlation_table({"affd": 5, "afjl": 5, "qk": None})}
+    problems = [ex.GradientProblem("a", None, None, None, None, 2410), ex.GradientProblem("b", None, None, None, None, 64)]
+    m = ex.correlation_metrics(tables, problems)
+    assert m["table6_afjl_minus_affd_log2_r95"] == 1.0  # (2 + 0) / 2
+    assert m["table6_qk_minus_affd_log2_r95"] == (5 + ex.NEVER - 5) / 2  # never crossing counts as NEVER
+    assert m["table6_smallest_log2_dim"]["a"][0.95] == {"affd": 6, "afjl": 8, "qk": 11}
+    assert m["qk_factor_caps"] == {"a": 16, "b": 4}
+    assert m["table6_pearson_mean"]["a"]["affd"][2] == 0.999
+
+
+def test_eigen_restriction_and_timing_metrics():
+    err = np.full((2, 3, 2), np.nan)
+    err[0, 1] = [0.1, 0.3]  # affd at log2 D = 8
+    err[1, 1] = [0.8, np.nan]  # qk at log2 D = 8 (one draw missing)
+    err[:, 2] = 0.01
+    eig = quality.EigenTable(("affd", "qk"), np.array([6, 8, 10]), np.ones(10), err)
+    m = ex.eigen_metrics(eig)
+    assert m["table7_qk_over_affd_error"] == pytest.approx(0.8 / 0.2)
+    assert m["table7_smallest_log2_dim"][0.05] == {"affd": 10, "qk": 10}
+    r = ex.RestrictionResult("['w']", 100, 6, 0.5, np.array([0.9, 0.7]), 1.2, np.array([0.1, 0.3]))
+    m = ex.restriction_metrics(r)
+    assert m["table1_layer_minus_sketch_pearson"] == pytest.approx(-0.3)
+    assert m["table1_layer_over_sketch_eig_error"] == pytest.approx(6.0)
+    t = ex.TimingTable(("dense", "affd"), np.array([8, 12]), np.array([[1.0, 10.0], [2.0, 3.0]]), 1 << 14, 8)
+    m = ex.timing_metrics(t)
+    assert m["time_dense_growth"] == 10.0 and m["time_affd_growth"] == 1.5 and m["time_seconds"]["affd"] == [2.0, 3.0]
+
+
+def test_correlation_and_eigen_tables_on_a_tiny_problem(key):
+    g = jax.random.normal(jax.random.key(3), (6, 64))
+    problem = ex.GradientProblem("tiny", None, None, None, g, 64)
+    tables = ex.correlation_tables([problem], key, {"tiny": 2}, num_draws=2, kinds=("srht", "qk"))
+    assert list(tables) == ["tiny"] and list(tables["tiny"].log2_dims) == [4, 6]
+    assert np.all(tables["tiny"].mean[:, -1] > 0.99)  # D = N: (nearly) orthogonal maps
+    h = jnp.asarray(np.diag(np.geomspace(10.0, 0.1, 64)))
+    eig = ex.eigen_table(problem, h, key, 2, num_draws=2, kinds=("srht",), k=4)
+    assert list(eig.log2_dims) == [6] and eig.rel_error[0, 0].max() < 1e-4  # srht at D = N is orthogonal
+
+
+def _sweep(d_int90, n=100):
+    return sk.IntrinsicSweepResult(np.array([10, 20]), np.array([0.5, 0.9]), np.zeros(2), 0.95, 0.855, d_int90, n)
+
+
+def _search(d_star):
+    return sk.IntrinsicSearchResult(d_star, 150, np.array([50, 100, 150]), np.array([8, 16, 32]),
+                                    np.array([0.3, 0.6, 0.9]), 0.95, 0.855, None, None, 100)
+
+
+def test_intrinsic_metrics():
+    m = idim.sweep_metrics({"mlp": _sweep(20), "logistic": _sweep(None, 50)})
+    assert m == {"d_int90_mlp": 20, "d_int90_logistic": None, "full_accuracy_mlp": 0.95,
+                 "full_accuracy_logistic": 0.95, "num_params_mlp": 100, "num_params_logistic": 50}
+    m = idim.search_metrics({"mlp": _search(32), "logistic": _search(None)}, {"mlp": _sweep(20)})
+    assert m["search_reached_mlp"] == 1.0 and m["search_reached_logistic"] == 0.0
+    assert m["search_over_sweep_mlp"] == 32 / 20 and m["search_steps_mlp"] == 150
+    assert idim.search_metrics({"mlp": _search(None)}, {"mlp": _sweep(20)})["search_over_sweep_mlp"] == -1.0
+
+
+def test_digits_model_names():
+    assert idim.digits_model("logistic").params is not None
+    with pytest.raises(ValueError, match="model must be one of"):
+        idim.digits_model("cnn")
+
+
+def test_sketched_dots_pairs_and_ratios(key):
+    g = np.array(jax.random.normal(jax.random.key(4), (5, 32)), np.float64)
+    g[4] = 0.0  # a zero vector: ratio 0, not NaN
+    r = quality.sketched_dots(jnp.asarray(g), "srht", key, 5)  # D = p = 32: orthogonal
+    iu = np.triu_indices(5, 1)
+    assert r.dim == 32 and r.exact.shape == (10,)
+    np.testing.assert_allclose(r.exact, (g @ g.T)[iu], rtol=1e-6)
+    np.testing.assert_allclose(r.sketched, r.exact, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(r.ratios, [1, 1, 1, 1, 0], atol=1e-4)
+    small = quality.sketched_dots(jnp.asarray(g), "dense", key, 3)
+    assert small.dim == 8 and np.all(np.isfinite(small.ratios))
