@@ -23,13 +23,13 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from workbench.core import tree as tu
-from workbench.core.numerics import num_examples
+from workbench.core.numerics import check_positive_int, num_examples
 from workbench.core.per_example import mean_loss, per_example_losses
 from workbench.models import Functional
 
 PyTree = Any
 KINDS = ("hessian", "ggn", "fisher")
-_AUTO_FULL_BATCH = 4096  # batch_size=None: the whole dataset in one batch up to this many examples
+_AUTO_FULL_BATCH = 4096  # chunk_size=None: the whole dataset in one chunk up to this many examples
 
 
 # ----------------------------------------------------------------------------- single-batch products
@@ -257,7 +257,7 @@ def operator(
     data: Any,
     kind: str = "hessian",
     *,
-    batch_size: int | None = None,
+    chunk_size: int | None = None,
     select: str | Sequence[str] | Callable[[str], bool] | None = None,
     predict_fn: Callable | None = None,
     output_loss_fn: Callable | None = None,
@@ -276,7 +276,7 @@ def operator(
     per-example gradients come from its per-example loss without the regulariser; with a plain
     `loss_fn`, pass the data loss and `l2=` separately.
     The batch operators are summed weighted by batch size and divided by N, so a short last batch
-    does not bias the result. `batch_size=None` takes the whole dataset at once up to 4096
+    does not bias the result. `chunk_size=None` takes the whole dataset at once up to 4096
     examples and batches of 1024 beyond. `select` restricts the operator to a subset of the params
     (a '/'-path prefix like "layers/0", a list of them, or a predicate on the path); its vectors
     are then the selected leaves only. `accumulate_dtype` is the dtype of the batch sum (default
@@ -289,11 +289,9 @@ def operator(
     if not leaves or not all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves):
         raise ValueError("params must be a non-empty pytree of floating-point arrays")
     n = num_examples(data)
-    if batch_size is None:
-        batch_size = n if n <= _AUTO_FULL_BATCH else 1024
-    if not isinstance(batch_size, int | np.integer) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    batch_size = min(int(batch_size), n)
+    if chunk_size is None:
+        chunk_size = n if n <= _AUTO_FULL_BATCH else 1024
+    chunk_size = min(check_positive_int("chunk_size", chunk_size), n)
 
     flat_leaves, treedef = jax.tree.flatten(params)
     mask = tuple(_selection_mask(params, select))
@@ -303,34 +301,34 @@ def operator(
     acc_dtype = jnp.dtype(accumulate_dtype or dtype)
 
     devices = tuple(jax.local_devices() if devices is None else devices)
-    num_full = n // batch_size
+    num_full = n // chunk_size
     per_device = num_full // len(devices) if len(devices) > 1 else 0
     num_sharded = per_device * len(devices)  # full batches spread over the devices
     mesh = Mesh(np.array(devices), ("batch",)) if num_sharded else None
 
     def stack(a, lo, hi):
         a = jnp.asarray(a)
-        return a[lo * batch_size : hi * batch_size].reshape((hi - lo, batch_size) + a.shape[1:])
+        return a[lo * chunk_size : hi * chunk_size].reshape((hi - lo, chunk_size) + a.shape[1:])
 
     args = {
         "sub": sub,
         "fixed": fixed,
         "stacked": jax.tree.map(lambda a: stack(a, num_sharded, num_full), data),
-        "tail": jax.tree.map(lambda a: jnp.asarray(a)[num_full * batch_size :], data),
+        "tail": jax.tree.map(lambda a: jnp.asarray(a)[num_full * chunk_size :], data),
     }
     if num_sharded:
         sharding = NamedSharding(mesh, P("batch"))
         args["sharded"] = jax.tree.map(lambda a: jax.device_put(stack(a, 0, num_sharded), sharding), data)
     fn = _dataset_product(
-        loss_fn, kind, predict_fn, output_loss_fn, l2, treedef, mask, batch_size, n,
-        num_full - num_sharded, n - num_full * batch_size, mesh, acc_dtype,
+        loss_fn, kind, predict_fn, output_loss_fn, l2, treedef, mask, chunk_size, n,
+        num_full - num_sharded, n - num_full * chunk_size, mesh, acc_dtype,
     )
     return LinearOperator(fn, args, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), sub))
 
 
 @functools.lru_cache(maxsize=64)
 def _dataset_product(
-    loss_fn, kind, predict_fn, output_loss_fn, l2, treedef, mask, batch_size, n,
+    loss_fn, kind, predict_fn, output_loss_fn, l2, treedef, mask, chunk_size, n,
     num_local, tail_size, mesh, acc_dtype,
 ):
     """The `fn(args, flat)` of a dataset-averaged operator; cached so equal configurations share
@@ -383,7 +381,7 @@ def _dataset_product(
             v.append(x[start : start + a.size].reshape(a.shape).astype(a.dtype))
             start += a.size
         v = jax.tree.unflatten(jax.tree.structure(sub), v)
-        weight = jnp.asarray(batch_size, acc_dtype)  # every batch product is a batch mean
+        weight = jnp.asarray(chunk_size, acc_dtype)  # every batch product is a batch mean
         total = jnp.zeros((start,), acc_dtype)
         if mesh is not None:
             total = total + sharded_sum(sub, fixed, v, args["sharded"]) * weight
