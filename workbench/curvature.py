@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 from workbench.core import tree as tu
 from workbench.core.numerics import check_positive_int, num_examples
-from workbench.core.per_example import mean_loss, per_example_losses
+from workbench.core.per_example import map_chunks, mean_loss, per_example_losses
 from workbench.models import Functional
 
 PyTree = Any
@@ -144,9 +144,21 @@ class LinearOperator:
         """Products with the rows of `vs` [m, dim], vmapped (jit-compiled)."""
         return _apply_rows(self, jnp.asarray(vs).astype(self.dtype))
 
-    def dense(self) -> jax.Array:
-        """The full [dim, dim] matrix (dim matvecs): for references on small problems only."""
-        return self.matmat(jnp.eye(self.dim, dtype=self.dtype)).T
+    def dense(self, max_vectors: int | None = None) -> jax.Array:
+        """The full [dim, dim] matrix (dim matvecs): for references on small problems only.
+
+        Args:
+            max_vectors: the most products computed together (vmapped); None computes all dim
+                at once. Bounds the memory (`core.per_example.map_chunks`) without changing the
+                columns.
+
+        Returns:
+            The matrix A [dim, dim], column j the product with the j-th unit vector.
+        """
+        eye = jnp.eye(self.dim, dtype=self.dtype)
+        if max_vectors is None:
+            return self.matmat(eye).T
+        return _apply_rows_chunked(self, eye, check_positive_int("max_vectors", max_vectors)).T
 
     def __repr__(self):
         return f"LinearOperator(dim={self.dim}, dtype={self.dtype})"
@@ -160,6 +172,11 @@ def _apply(op: LinearOperator, x: jax.Array) -> jax.Array:
 @jax.jit
 def _apply_rows(op: LinearOperator, xs: jax.Array) -> jax.Array:
     return jax.vmap(op.mv)(xs)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _apply_rows_chunked(op: LinearOperator, xs: jax.Array, max_rows: int) -> jax.Array:
+    return map_chunks(jax.vmap(op.mv), xs, max_rows, even=True)
 
 
 def linear_operator(mv_tree: Callable[[PyTree], PyTree], like: PyTree) -> LinearOperator:
@@ -393,3 +410,28 @@ def _dataset_product(
         return (total / jnp.asarray(n, acc_dtype)).astype(dtype)
 
     return fn
+
+
+def dense_hessian(loss_fn, params: PyTree, data: Any, *, chunk_size: int | None = None,
+                  max_vectors: int = 64) -> jax.Array:
+    """The Hessian of the loss averaged over all of `data`, as a dense symmetric [p, p] matrix.
+
+    The one dense Hessian of the package (influence's exact inverse, the sketching paper's
+    references, tests): the columns are products of `operator(loss_fn, params, data)` with the
+    unit vectors, each batch weighted by its size, so the result is the full-batch Hessian
+    whatever `chunk_size`; it is then symmetrized, 0.5 (H + H^T), to remove rounding asymmetry.
+    Costs p operator products: for references on small models only.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar` (a batch mean), or a `models.Functional`
+            (its objective, l2 term included, is differentiated).
+        params: the point (pytree of floating arrays, p entries in all, `ravel_pytree` order).
+        data: pytree of arrays with a leading example axis.
+        chunk_size: examples per batch product (as in `operator`; None: all at once up to 4096).
+        max_vectors: the most Hessian-vector products computed together (memory bound).
+
+    Returns:
+        The symmetric Hessian [p, p] in the params' dtype.
+    """
+    hessian = operator(loss_fn, params, data, "hessian", chunk_size=chunk_size).dense(max_vectors)
+    return 0.5 * (hessian + hessian.T)

@@ -64,14 +64,35 @@ def mean_loss(per_example_loss_fn: Callable) -> Callable:
     return lambda params, batch: jnp.mean(per_example_loss_fn(params, batch))
 
 
-def map_chunks(fn: Callable, data: PyTree, chunk_size: int) -> jax.Array:
-    """fn(chunk) -> [c, ...] applied to fixed-size chunks of `data` under lax.map, concatenated.
+def map_chunks(fn: Callable, data: PyTree, chunk_size: int, *, even: bool = False) -> PyTree:
+    """`fn(chunk)` over fixed-size chunks of `data` under `lax.map`, concatenated: the one way the
+    package bounds the memory of a batched computation over many rows (examples, probes,
+    basis vectors) while compiling `fn` for one chunk shape only.
 
-    The data is padded (with copies of the first example) to a multiple of `chunk_size` so
-    there is one compiled shape; the padding rows are dropped from the result.
+    By default the rows are padded (with copies of the first row) to a multiple of `chunk_size`
+    and the padding rows are dropped from the result. With `even=True` the chunk is instead the
+    largest divisor of the row count that is at most `chunk_size`, when that divisor is at least
+    `chunk_size / 2` (no padding, no wasted rows), and padding is used otherwise; and when every
+    row fits in one chunk, `fn(data)` runs once, outside any loop.
+
+    Args:
+        fn: `fn(chunk) -> pytree of [c, ...]`, rows of the output matching the rows of the chunk
+            (e.g. `jax.vmap(per_row_fn)`).
+        data: a pytree of arrays with a common leading row axis [n, ...].
+        chunk_size: the most rows `fn` sees at once (values above n mean one chunk).
+        even: prefer an unpadded chunk size that divides n (see above).
+
+    Returns:
+        The pytree `fn` returns, with leading axis n (the rows of every chunk, in order).
     """
     n = num_examples(data)
     chunk_size = max(1, min(int(chunk_size), n))
+    if even:
+        if chunk_size == n:
+            return fn(data)
+        divisor = max(d for d in range(1, chunk_size + 1) if n % d == 0)
+        if 2 * divisor >= chunk_size:
+            chunk_size = divisor
     num_chunks = -(-n // chunk_size)
     pad = num_chunks * chunk_size - n
 

@@ -17,12 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.core.numerics import quick_compile_on_cpu
+from workbench.core.per_example import map_chunks
 from workbench.spectrum.krylov import (
     _check_finite,
     _check_iters,
     _check_op,
     _extend,
     _plain_recurrence,
+    tridiagonal,
 )
 
 TRACE_METHODS = ("hutchinson", "hutch++", "xtrace")
@@ -56,13 +58,10 @@ def _probe_batch(op, count: int, per_probe: int, batch_bytes) -> int:
 
 def _map_rows(fn, xs, batch_size):
     """fn over the rows of xs: all at once (vmap: one batched operator product per step) when
-    they fit, else in a loop over equal batches of at most `batch_size` rows (the largest divisor
-    of the row count: a remainder batch would compile the operator a second time)."""
-    n = xs.shape[0]
-    if batch_size >= n:
-        return jax.vmap(fn)(xs)
-    batch = max(d for d in range(1, batch_size + 1) if n % d == 0)
-    return jax.lax.map(fn, xs, batch_size=batch if batch > 1 else None)
+    they fit, else in a loop over equal batches of at most `batch_size` rows (a divisor of the
+    row count when one is at least half of it: a remainder batch would compile the operator a
+    second time)."""
+    return map_chunks(jax.vmap(fn), xs, batch_size, even=True)
 
 
 # ----------------------------------------------------------------------------- SLQ density
@@ -83,9 +82,7 @@ def _slq_nodes(op, key, num_iters, num_probes, reorthogonalize, batch):
             alphas, betas = hess[idx, idx], hess[idx + 1, idx]
         else:
             alphas, betas, finite = _plain_recurrence(op, v0, num_iters)
-        off = betas[: num_iters - 1]
-        t = jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)
-        nodes, vecs = jnp.linalg.eigh(t)
+        nodes, vecs = jnp.linalg.eigh(tridiagonal(alphas, betas))
         return nodes, vecs[0] ** 2, finite
 
     nodes, weights, finite = _map_rows(one_probe, probes, batch)
