@@ -24,7 +24,13 @@ from jax.sharding import PartitionSpec as P
 
 from workbench.core import tree as tu
 from workbench.core.numerics import check_positive_int, num_examples
-from workbench.core.per_example import map_chunks, mean_loss, per_example_losses
+from workbench.core.per_example import (
+    map_chunks,
+    mean_loss,
+    per_example_losses,
+    sharded_sum,
+    sum_chunks,
+)
 from workbench.models import Functional
 
 PyTree = Any
@@ -320,36 +326,29 @@ def operator(
     devices = tuple(jax.local_devices() if devices is None else devices)
     num_full = n // chunk_size
     per_device = num_full // len(devices) if len(devices) > 1 else 0
-    num_sharded = per_device * len(devices)  # full batches spread over the devices
+    num_sharded = per_device * len(devices) * chunk_size  # rows of the full chunks spread over devices
     mesh = Mesh(np.array(devices), ("batch",)) if num_sharded else None
 
-    def stack(a, lo, hi):
-        a = jnp.asarray(a)
-        return a[lo * chunk_size : hi * chunk_size].reshape((hi - lo, chunk_size) + a.shape[1:])
-
-    args = {
-        "sub": sub,
-        "fixed": fixed,
-        "stacked": jax.tree.map(lambda a: stack(a, num_sharded, num_full), data),
-        "tail": jax.tree.map(lambda a: jnp.asarray(a)[num_full * chunk_size :], data),
-    }
+    args = {"sub": sub, "fixed": fixed}
     if num_sharded:
         sharding = NamedSharding(mesh, P("batch"))
-        args["sharded"] = jax.tree.map(lambda a: jax.device_put(stack(a, 0, num_sharded), sharding), data)
+        args["sharded"] = jax.tree.map(lambda a: jax.device_put(jnp.asarray(a)[:num_sharded], sharding), data)
+    if num_sharded < n:
+        args["rows"] = jax.tree.map(lambda a: jnp.asarray(a)[num_sharded:], data)
     fn = _dataset_product(
-        loss_fn, kind, predict_fn, output_loss_fn, l2, treedef, mask, chunk_size, n,
-        num_full - num_sharded, n - num_full * chunk_size, mesh, acc_dtype,
+        loss_fn, kind, predict_fn, output_loss_fn, l2, treedef, mask, chunk_size, n, mesh, acc_dtype,
     )
     return LinearOperator(fn, args, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), sub))
 
 
 @functools.lru_cache(maxsize=64)
 def _dataset_product(
-    loss_fn, kind, predict_fn, output_loss_fn, l2, treedef, mask, chunk_size, n,
-    num_local, tail_size, mesh, acc_dtype,
+    loss_fn, kind, predict_fn, output_loss_fn, l2, treedef, mask, chunk_size, n, mesh, acc_dtype,
 ):
     """The `fn(args, flat)` of a dataset-averaged operator; cached so equal configurations share
-    one function object (and so one compiled algorithm per operator kind)."""
+    one function object (and so one compiled algorithm per operator kind). The sum over chunks
+    is `core.per_example.sum_chunks` on this device and `sharded_sum` over `mesh`: the same
+    reduction `distributed.curvature_operator` runs over the devices of several processes."""
 
     def merge(sub, fixed):
         chosen, rest = iter(jax.tree.leaves(sub)), iter(fixed)
@@ -363,31 +362,12 @@ def _dataset_product(
             return optax.tree.add_scale(out, l2, _cast_like(v, sub)) if l2 else out
         return ggn_vp(lambda q, x: predict_fn(merge(q, fixed), x), output_loss_fn, sub, batch, v, l2=l2)
 
-    def ravel(t):
-        return jnp.concatenate([jnp.ravel(a).astype(acc_dtype) for a in jax.tree.leaves(t)])
-
-    def scan_sum(sub, fixed, v, batches, varying=False):
-        def body(acc, b):
-            return acc + ravel(batch_product(sub, fixed, b, v)), None
-
-        size = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(sub))
-        init = jnp.zeros((size,), acc_dtype)
-        if varying:  # inside shard_map the carry must be typed device-varying like the batches
-            init = jax.lax.pcast(init, "batch", to="varying")
-        if jax.tree.leaves(batches)[0].shape[0] == 1:  # one batch: skip the loop
-            return body(init, jax.tree.map(lambda a: a[0], batches))[0]
-        return jax.lax.scan(body, init, batches)[0]
-
-    def per_device_sum(sub, fixed, v, batches):
-        # Mark the replicated inputs device-varying: otherwise differentiating with respect to
-        # them inserts its own psum, and the explicit one below would count every batch twice.
-        sub, fixed, v = jax.lax.pcast((sub, fixed, v), "batch", to="varying")
-        return jax.lax.psum(scan_sum(sub, fixed, v, batches, varying=True), "batch")
-
-    if mesh is not None:
-        sharded_sum = jax.shard_map(
-            per_device_sum, mesh=mesh, in_specs=(P(), P(), P(), P("batch")), out_specs=P()
-        )
+    def weighted_product(rep, chunk):
+        """The chunk's product (a chunk mean) times its size: its share of the dataset sum."""
+        sub, fixed, v = rep
+        out = batch_product(sub, fixed, chunk, v)
+        flat = jnp.concatenate([jnp.ravel(a).astype(acc_dtype) for a in jax.tree.leaves(out)])
+        return flat * jnp.asarray(num_examples(chunk), acc_dtype)
 
     def fn(args, x):
         sub, fixed = args["sub"], args["fixed"]
@@ -397,16 +377,13 @@ def _dataset_product(
         for a in leaves:
             v.append(x[start : start + a.size].reshape(a.shape).astype(a.dtype))
             start += a.size
-        v = jax.tree.unflatten(jax.tree.structure(sub), v)
-        weight = jnp.asarray(chunk_size, acc_dtype)  # every batch product is a batch mean
-        total = jnp.zeros((start,), acc_dtype)
+        rep = (sub, fixed, jax.tree.unflatten(jax.tree.structure(sub), v))
+        parts = []
         if mesh is not None:
-            total = total + sharded_sum(sub, fixed, v, args["sharded"]) * weight
-        if num_local:
-            total = total + scan_sum(sub, fixed, v, args["stacked"]) * weight
-        if tail_size:
-            tail = ravel(batch_product(sub, fixed, args["tail"], v))
-            total = total + tail * jnp.asarray(tail_size, acc_dtype)
+            parts.append(sharded_sum(weighted_product, rep, args["sharded"], mesh, chunk_size))
+        if "rows" in args:
+            parts.append(sum_chunks(lambda chunk: weighted_product(rep, chunk), args["rows"], chunk_size))
+        total = parts[0] if len(parts) == 1 else parts[0] + parts[1]
         return (total / jnp.asarray(n, acc_dtype)).astype(dtype)
 
     return fn

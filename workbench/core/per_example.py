@@ -105,6 +105,72 @@ def map_chunks(fn: Callable, data: PyTree, chunk_size: int, *, even: bool = Fals
     return jax.tree.map(lambda o: o.reshape(num_chunks * chunk_size, *o.shape[2:])[:n], out)
 
 
+def sum_chunks(fn: Callable, data: PyTree, chunk_size: int) -> PyTree:
+    """The sum of `fn(chunk)` over consecutive chunks of `data`: the full chunks under one
+    `lax.scan` (one compiled chunk shape, whatever the row count), the remainder as one smaller
+    chunk. The accumulation of every dataset-averaged quantity (curvature operators, local or
+    sharded over processes).
+
+    The first chunk's value starts the sum (no zero carry: inside `shard_map` its type is the
+    chunk's own), so one chunk is `fn(data)` exactly.
+
+    Args:
+        fn: `fn(chunk) -> pytree of arrays` (a sum or a size-weighted value over the chunk's rows;
+            the chunk holds `chunk_size` rows, the remainder fewer).
+        data: a pytree of arrays with a common leading row axis [n, ...].
+        chunk_size: rows per chunk (values above n mean one chunk).
+
+    Returns:
+        The pytree sum of `fn` over the chunks.
+    """
+    n = num_examples(data)
+    chunk_size = max(1, min(int(chunk_size), n))
+    num_full, tail = divmod(n, chunk_size)
+    take = lambda a: a[: num_full * chunk_size].reshape((num_full, chunk_size) + a.shape[1:])  # noqa: E731
+    chunks = jax.tree.map(take, data)
+    total = fn(jax.tree.map(lambda a: a[0], chunks))
+    if num_full > 1:
+        body = lambda acc, c: (jax.tree.map(jnp.add, acc, fn(c)), None)  # noqa: E731
+        total = jax.lax.scan(body, total, jax.tree.map(lambda a: a[1:], chunks))[0]
+    if tail:
+        part = fn(jax.tree.map(lambda a: a[num_full * chunk_size:], data))
+        total = jax.tree.map(jnp.add, total, part)
+    return total
+
+
+def sharded_sum(fn: Callable, replicated: PyTree, data: PyTree, mesh, chunk_size: int | None = None,
+                axis: str = "batch") -> PyTree:
+    """`sum_chunks` of `fn(replicated, chunk)` on every device's rows of `data`, `psum`-med over
+    the mesh: the one reduction of a dataset-averaged quantity over local devices and over the
+    devices of several processes alike.
+
+    `replicated` (params, the vector) is marked device-varying inside the `shard_map`, so
+    differentiating with respect to it does not insert its own `psum` (which would count
+    every row twice). Call it inside `jit`.
+
+    Args:
+        fn: `fn(replicated, chunk) -> pytree of arrays`, summed over chunks and devices.
+        replicated: pytree replicated on every device.
+        data: pytree of arrays [rows, ...] split over `axis` (each device holds rows / devices).
+        mesh: the `jax.sharding.Mesh` whose `axis` the rows are split over.
+        chunk_size: rows each device passes to `fn` at once (None: all of its rows).
+        axis: the mesh axis name.
+
+    Returns:
+        The pytree sum over every row of every device, replicated.
+    """
+    from jax.sharding import PartitionSpec as P
+
+    per_device = num_examples(data) // mesh.devices.size
+    chunk = per_device if chunk_size is None else chunk_size
+
+    def local(rep, rows):
+        rep = jax.lax.pcast(rep, axis, to="varying")
+        return jax.lax.psum(sum_chunks(lambda c: fn(rep, c), rows, chunk), axis)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis)), out_specs=P())(replicated, data)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def sketched_gradients(loss_fn: Callable, sketch, params: PyTree, data: PyTree, chunk_size: int) -> jax.Array:
     """`sketched_per_example_grads` over a whole dataset in fixed-size chunks, jitted once per

@@ -25,6 +25,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from workbench.core.per_example import sharded_sum
+
 AXIS = "batch"
 _DESC_BYTES = 2048
 
@@ -172,45 +174,30 @@ def gather_rows(data: ShardedData, values: Any) -> Any:
     return jax.tree.map(lambda a: a[keep], host)
 
 
-def _chunked_sum(fn, replicated, rows, weights, chunk_size: int):
-    """sum of fn(replicated, chunk, chunk_weights) over chunks of `rows` (full chunks by scan)."""
-    n = weights.shape[0]
-    num_full, tail = divmod(n, chunk_size)
-    total = None
-    if num_full:
-        take = lambda a: a[: num_full * chunk_size].reshape((num_full, chunk_size) + a.shape[1:])
-        chunks = (jax.tree.map(take, rows), take(weights))
-        first = fn(replicated, jax.tree.map(lambda a: a[0], chunks[0]), chunks[1][0])
-        if num_full == 1:
-            total = first
-        else:
-            body = lambda acc, c: (jax.tree.map(jnp.add, acc, fn(replicated, *c)), None)
-            rest = jax.tree.map(lambda a: a[1:], chunks)
-            total = jax.lax.scan(body, first, rest)[0]
-    if tail:
-        part = fn(replicated, jax.tree.map(lambda a: a[num_full * chunk_size:], rows), weights[num_full * chunk_size:])
-        total = part if total is None else jax.tree.map(jnp.add, total, part)
-    return total
-
-
 def global_sum(fn: Callable, replicated: Any, data: ShardedData, *, rows: Any = None, weights=None,
                chunk_size: int | None = None) -> Any:
-    """sum over every device of `fn(replicated, rows_chunk, weights_chunk)` (a pytree of sums over
-    the chunk's rows, `weights` already applied by `fn`), replicated on every device.
+    """The sum over every device of every process of `fn(replicated, rows_chunk, weights_chunk)`.
 
-    Runs each device's rows in chunks of `chunk_size` (default: all at once) under `shard_map`,
-    then `psum`s across the mesh. Call it inside `jit` with `data` as an argument. `rows` and
-    `weights` default to `data.data` and `data.weights`.
+    `core.per_example.sharded_sum` over the `ShardedData`'s mesh (the same reduction the
+    single-process `curvature.operator` runs over local devices): each device's rows in chunks
+    of `chunk_size` under `shard_map`, then `psum` across the mesh. Call it inside `jit` with
+    `data` as an argument.
+
+    Args:
+        fn: `fn(replicated, rows_chunk, weights_chunk) -> pytree`, a sum over the chunk's rows
+            with the weights already applied by `fn`.
+        replicated: pytree replicated on every device (params, vectors).
+        data: the `ShardedData` whose mesh and rows are reduced over.
+        rows: per-example arrays laid out like `data.data` (default `data.data`).
+        weights: [slots] weights laid out like `data.weights` (default `data.weights`; 0 marks
+            padding).
+        chunk_size: rows each device passes to `fn` at once (default: all of its rows).
+
+    Returns:
+        The summed pytree, replicated on every device.
     """
     rows = data.data if rows is None else rows
     weights = data.weights if weights is None else weights
     per_device = weights.shape[0] // data.mesh.devices.size
     chunk = per_device if chunk_size is None else max(1, min(int(chunk_size), per_device))
-
-    def local(rep, rows, w):
-        # replicated inputs marked device-varying: differentiating inside must not insert its own psum
-        rep = jax.lax.pcast(rep, AXIS, to="varying")
-        return jax.lax.psum(_chunked_sum(fn, rep, rows, w, chunk), AXIS)
-
-    spec = (P(), P(AXIS), P(AXIS))
-    return jax.shard_map(local, mesh=data.mesh, in_specs=spec, out_specs=P())(replicated, rows, weights)
+    return sharded_sum(lambda rep, c: fn(rep, *c), replicated, (rows, weights), data.mesh, chunk, AXIS)
