@@ -30,6 +30,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from workbench.core.numerics import check_positive_int
+
 COORDINATOR_ENV = "WORKBENCH_COORDINATOR"
 NUM_PROCESSES_ENV = "WORKBENCH_NUM_PROCESSES"
 PROCESS_ID_ENV = "WORKBENCH_PROCESS_ID"
@@ -134,10 +136,8 @@ def launch(
     `LaunchError` with every process's status and last output lines. `timeout` (seconds) bounds
     the whole job.
     """
-    if not isinstance(num_processes, int) or num_processes < 1:
-        raise ValueError(f"num_processes must be a positive int, got {num_processes!r}")
-    if not isinstance(devices_per_process, int) or devices_per_process < 1:
-        raise ValueError(f"devices_per_process must be a positive int, got {devices_per_process!r}")
+    num_processes = check_positive_int("num_processes", num_processes)
+    devices_per_process = check_positive_int("devices_per_process", devices_per_process)
     if not timeout or timeout <= 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     target = str(target)

@@ -34,6 +34,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from workbench.core.numerics import check_positive_int
 from workbench.distributed.operator import _example_sum
 from workbench.distributed.sharding import AXIS, ShardedData, global_sum, replicate, to_host
 
@@ -95,10 +96,8 @@ def _check(params, num_steps, tol, memory_size):
     leaves = jax.tree.leaves(params)
     if not leaves or not all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves):
         raise ValueError("params must be a non-empty pytree of floating-point arrays")
-    if not isinstance(num_steps, int | np.integer) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
-    if not isinstance(memory_size, int | np.integer) or memory_size < 1:
-        raise ValueError(f"memory_size must be a positive int, got {memory_size!r}")
+    check_positive_int("num_steps", num_steps)
+    check_positive_int("memory_size", memory_size)
     dtype = jnp.result_type(*leaves)
     tol = default_tol(dtype) if tol is None else float(tol)
     if tol < 0:

@@ -30,6 +30,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from workbench.core.numerics import check_positive_int
 from workbench.distributed.minimize import minimize_lbfgs
 from workbench.distributed.sharding import AXIS, ShardedData, gather_rows, replicate, to_host
 
@@ -186,8 +187,7 @@ def entropic_ot(x: ShardedData, y: ShardedData, epsilon: float, *, num_steps: in
         raise ValueError("x and y must be sharded over the same mesh")
     if not np.isfinite(epsilon) or epsilon <= 0:
         raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    chunk_size = check_positive_int("chunk_size", chunk_size)
     if not jnp.issubdtype(x.data.dtype, jnp.floating) or y.data.dtype != x.data.dtype:
         raise ValueError(f"x and y must share one floating dtype, got {x.data.dtype} and {y.data.dtype}")
     start, args = dual_problem(x, y, epsilon, chunk_size, sharded=shard_potentials)

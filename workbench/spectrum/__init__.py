@@ -16,7 +16,12 @@ from workbench.spectrum.density import (
     trace,
     wasserstein_to_eigenvalues,
 )
-from workbench.spectrum.eigensolver import EigenResult, top_eigenpairs
+from workbench.spectrum.eigensolver import (
+    EigenResult,
+    LoweredPrograms,
+    lowered_programs,
+    top_eigenpairs,
+)
 from workbench.spectrum.krylov import (
     ArnoldiResult,
     LanczosResult,
@@ -34,7 +39,7 @@ from workbench.spectrum.sharpness import (
 )
 
 __all__ = [
-    "ArnoldiResult", "Density", "EigenResult", "LanczosResult", "PowerResult", "TraceEstimate",
+    "ArnoldiResult", "Density", "EigenResult", "LanczosResult", "LoweredPrograms", "lowered_programs", "PowerResult", "TraceEstimate",
     "RitzPairs", "arnoldi_factorization", "lanczos", "ritz_pairs", "power_iteration", "spectral_density", "top_eigenpairs",
     "trace", "tridiagonal", "sharpness", "sharpness_callback", "wasserstein_to_eigenvalues",
 ]

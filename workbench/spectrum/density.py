@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.core.numerics import quick_compile_on_cpu
+from workbench.core.numerics import check_positive_int, quick_compile_on_cpu
 from workbench.core.per_example import map_chunks
 from workbench.spectrum.krylov import (
     _check_finite,
@@ -137,9 +137,8 @@ def spectral_density(
     """
     _check_op(op)
     num_iters = _check_iters(num_iters, op.dim)
-    for name, value, least in (("num_probes", num_probes, 1), ("grid_size", grid_size, 2)):
-        if not isinstance(value, int | np.integer) or value < least:
-            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+    num_probes = check_positive_int("num_probes", num_probes)
+    grid_size = check_positive_int("grid_size", grid_size, least=2)
     if not sigma2 > 0:
         raise ValueError(f"sigma2 must be positive, got {sigma2!r}")
     batch = _probe_batch(op, num_probes, num_iters + 2 if reorthogonalize else 4, batch_bytes)
@@ -242,8 +241,7 @@ def trace(
         raise ValueError(f"num_probes must be an int >= {least} for {method}, got {num_probes!r}")
     if method != "hutchinson" and num_probes // (3 if method == "hutch++" else 2) > op.dim:
         raise ValueError(f"num_probes={num_probes} is too many for {method} on dimension {op.dim}")
-    if not isinstance(max_batch, int | np.integer) or max_batch < 1:
-        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+    check_positive_int("max_batch", max_batch)
     num_probes = int(num_probes)
     fn = {"hutchinson": _hutchinson, "hutch++": _hutchpp, "xtrace": _xtrace}[method]
     batch = min(int(max_batch), _probe_batch(op, num_probes, 2, batch_bytes))

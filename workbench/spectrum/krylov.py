@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.core.numerics import check_finite_flag as _check_finite
-from workbench.core.numerics import default_tol, quick_compile_on_cpu
+from workbench.core.numerics import check_positive_int, default_tol, quick_compile_on_cpu
 
 
 class PowerResult(NamedTuple):
@@ -63,8 +63,7 @@ def _check_op(op) -> None:
 
 
 def _check_iters(num_iters, dim: int, name: str = "num_iters") -> int:
-    if not isinstance(num_iters, int | np.integer) or num_iters < 1:
-        raise ValueError(f"{name} must be a positive int, got {num_iters!r}")
+    num_iters = check_positive_int(name, num_iters)
     if num_iters > dim:
         raise ValueError(f"{name}={num_iters} exceeds the operator dimension {dim}")
     return int(num_iters)
@@ -81,8 +80,7 @@ def power_iteration(op, key, num_iters: int = 500, tol: float | None = None) -> 
     matvecs. Convergence is linear in |lambda_2 / lambda_1|; prefer `top_eigenpairs`.
     """
     _check_op(op)
-    if not isinstance(num_iters, int | np.integer) or num_iters < 1:
-        raise ValueError(f"num_iters must be a positive int, got {num_iters!r}")
+    num_iters = check_positive_int("num_iters", num_iters)
     tol = float(np.sqrt(default_tol(op.dtype))) if tol is None else float(tol)
     result = _power_jit(op, key, int(num_iters), tol)
     _check_finite(jnp.isfinite(result.value) & jnp.isfinite(result.residual), "power_iteration")
