@@ -46,7 +46,17 @@ def _cast_like(v: PyTree, params: PyTree) -> PyTree:
 
 
 def hvp(loss_fn: Callable, params: PyTree, batch: Any, v: PyTree) -> PyTree:
-    """Hessian of `loss_fn(params, batch)` times `v` (params-shaped), by forward-over-reverse."""
+    """Hessian of `loss_fn(params, batch)` times `v` (params-shaped), by forward-over-reverse.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`.
+        params: the point (pytree).
+        batch: the batch `loss_fn` is evaluated on.
+        v: the vector, shaped like `params` (cast to the params' dtypes).
+
+    Returns:
+        H v, shaped like `params`.
+    """
     v = _cast_like(v, params)
     return jax.jvp(lambda p: jax.grad(loss_fn)(p, batch), (params,), (v,))[1]
 
@@ -63,6 +73,17 @@ def ggn_vp(
 
     `predict_fn(params, x)` gives outputs, `output_loss_fn(outputs, y)` per-example losses whose
     batch mean is the loss; H_out is the Hessian of that mean with respect to the outputs.
+
+    Args:
+        predict_fn: `predict_fn(params, x) -> outputs`.
+        output_loss_fn: `output_loss_fn(outputs, y) -> [n]` per-example losses.
+        params: the point (pytree).
+        batch: an (x, y) pair.
+        v: the vector, shaped like `params`.
+        l2: the multiple of `v` added (the regulariser's curvature); 0 adds nothing.
+
+    Returns:
+        (J^T H_out J + l2 I) v, shaped like `params`.
     """
     x, y = batch
     v = _cast_like(v, params)
@@ -75,7 +96,17 @@ def ggn_vp(
 
 
 def fisher_vp(loss_fn: Callable, params: PyTree, batch: Any, v: PyTree) -> PyTree:
-    """Empirical Fisher (1/B) sum_i g_i (g_i . v), g_i the gradient of `loss_fn` on example i alone."""
+    """Empirical Fisher (1/B) sum_i g_i (g_i . v), g_i the gradient of `loss_fn` on example i alone.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, a batch mean (evaluated on one-example batches).
+        params: the point (pytree).
+        batch: the batch, a pytree with a leading example axis [B, ...].
+        v: the vector, shaped like `params`.
+
+    Returns:
+        F v, shaped like `params`.
+    """
     v = _cast_like(v, params)
     n = jax.tree.leaves(batch)[0].shape[0]
 
@@ -186,7 +217,15 @@ def _apply_rows_chunked(op: LinearOperator, xs: jax.Array, max_rows: int) -> jax
 
 
 def linear_operator(mv_tree: Callable[[PyTree], PyTree], like: PyTree) -> LinearOperator:
-    """Wrap a pytree -> pytree linear map acting on vectors shaped like `like`."""
+    """Wrap a pytree -> pytree linear map acting on vectors shaped like `like`.
+
+    Args:
+        mv_tree: the linear map, pytree -> same-structure pytree.
+        like: a pytree of arrays (or `jax.ShapeDtypeStruct`s) describing the vectors it acts on.
+
+    Returns:
+        A `LinearOperator` of dimension size(like) on flat vectors and on pytrees shaped like `like`.
+    """
     like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), like)
     holder: list[LinearOperator] = []
 
@@ -203,7 +242,17 @@ def _matrix_product(matrix, x):
 
 
 def from_matrix(matrix: jax.Array) -> LinearOperator:
-    """The operator x -> matrix @ x on flat vectors (tests, synthetic spectra)."""
+    """The operator x -> matrix @ x on flat vectors (tests, synthetic spectra).
+
+    Args:
+        matrix: a square array [dim, dim].
+
+    Returns:
+        A `LinearOperator` of dimension dim in the matrix's dtype.
+
+    Raises:
+        ValueError: the matrix is not square.
+    """
     matrix = jnp.asarray(matrix)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"matrix must be square, got shape {matrix.shape}")
@@ -228,7 +277,14 @@ def _path_name(path) -> str:
 
 
 def leaf_names(params: PyTree) -> list[str]:
-    """'/'-joined path of every leaf, e.g. 'layers/0/kernel' (what `select=` matches)."""
+    """'/'-joined path of every leaf, e.g. 'layers/0/kernel' (what `select=` matches).
+
+    Args:
+        params: a pytree.
+
+    Returns:
+        The names, one per leaf, in `jax.tree.leaves` order.
+    """
     return [_path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
 
@@ -258,6 +314,20 @@ def resolve_roles(loss_fn, kind: str, predict_fn=None, output_loss_fn=None, l2=N
     One convention for the three kinds: data curvature + l2 I. From a `models.Functional` the
     Hessian differentiates the objective (which carries its l2 already); GGN and Fisher are built
     from the data loss alone and get `l2` I added. Explicit arguments override the Functional's.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar` or a `models.Functional`.
+        kind: "hessian", "ggn" or "fisher".
+        predict_fn: for "ggn": `predict_fn(params, x) -> outputs` (default the Functional's).
+        output_loss_fn: for "ggn": `output_loss_fn(outputs, y) -> [n]` (default the Functional's).
+        l2: the multiple of I added to "ggn" and "fisher" (default the Functional's, else None).
+
+    Returns:
+        The tuple (loss_fn, predict_fn, output_loss_fn, l2) with the Functional resolved.
+
+    Raises:
+        TypeError: `loss_fn` is neither callable nor a Functional.
+        ValueError: an unknown kind, or "ggn" without its two functions.
     """
     if isinstance(loss_fn, Functional):
         fn = loss_fn
@@ -305,6 +375,28 @@ def operator(
     are then the selected leaves only. `accumulate_dtype` is the dtype of the batch sum (default
     the params' dtype). With several `devices` (default: all local devices) the full batches are
     split across them with `shard_map` and summed.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar` (a batch mean) or a `models.Functional`.
+        params: the point (pytree of floating arrays).
+        data: pytree of arrays with a leading example axis [N, ...].
+        kind: "hessian", "ggn" or "fisher".
+        chunk_size: examples per batch product (None: all N at once up to 4096, else 1024).
+        select: the params the operator acts on (path prefix, list of prefixes or predicate);
+            None takes all.
+        predict_fn: for "ggn" (overrides the Functional's).
+        output_loss_fn: for "ggn" (overrides the Functional's).
+        l2: the multiple of I added to "ggn" and "fisher" (default the Functional's, else 0).
+        accumulate_dtype: the dtype of the sum over batches (default the params' dtype).
+        devices: the devices the full batches are split over (default all local devices).
+
+    Returns:
+        A `LinearOperator` of dimension p (the selected params' size) in the params' dtype.
+
+    Raises:
+        TypeError: `loss_fn` is neither callable nor a Functional.
+        ValueError: an unknown kind, missing GGN roles, non-floating params, empty or
+            inconsistent data, a bad `chunk_size` or a `select` matching nothing.
     """
     loss_fn, predict_fn, output_loss_fn, l2 = resolve_roles(loss_fn, kind, predict_fn, output_loss_fn, l2)
     l2 = float(l2 or 0.0)

@@ -22,27 +22,70 @@ PyTree = Any
 
 
 def one_example(z: PyTree) -> PyTree:
-    """A batch of size one from a single example (leaves without their example axis)."""
+    """A batch of size one from a single example (leaves without their example axis).
+
+    Args:
+        z: one example, a pytree of arrays without the example axis.
+
+    Returns:
+        The same pytree with a leading axis of size 1.
+    """
     return jax.tree.map(lambda a: a[None], z)
 
 
 def example_loss(loss_fn: Callable, params: PyTree, z: PyTree) -> jax.Array:
-    """The loss of the single example `z` (leaves without their example axis)."""
+    """The loss of the single example `z` (leaves without their example axis).
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, a batch mean.
+        params: the parameters.
+        z: one example (leaves without their example axis).
+
+    Returns:
+        The scalar loss of `z`.
+    """
     return loss_fn(params, one_example(z))
 
 
 def per_example_losses(loss_fn: Callable, params: PyTree, batch: PyTree) -> jax.Array:
-    """[n] losses, one per example of `batch`."""
+    """[n] losses, one per example of `batch`.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, a batch mean.
+        params: the parameters.
+        batch: a pytree of arrays with a leading example axis [n, ...].
+
+    Returns:
+        [n] the loss of each example alone.
+    """
     return jax.vmap(lambda z: example_loss(loss_fn, params, z))(batch)
 
 
 def per_example_grads(loss_fn: Callable, params: PyTree, batch: PyTree) -> PyTree:
-    """Per-leaf per-example gradients: a params-shaped tree whose leaves gain a leading [n] axis."""
+    """Per-leaf per-example gradients: a params-shaped tree whose leaves gain a leading [n] axis.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, a batch mean.
+        params: the parameters.
+        batch: a pytree of arrays with a leading example axis [n, ...].
+
+    Returns:
+        A params-shaped pytree with leaves [n, *leaf.shape], the gradient of each example's loss.
+    """
     return jax.vmap(jax.grad(lambda p, z: example_loss(loss_fn, p, z)), in_axes=(None, 0))(params, batch)
 
 
 def flat_per_example_grads(loss_fn: Callable, params: PyTree, batch: PyTree) -> jax.Array:
-    """[n, p] per-example gradients in `ravel_pytree(params)` order."""
+    """[n, p] per-example gradients in `ravel_pytree(params)` order.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, a batch mean.
+        params: the parameters (p entries in all).
+        batch: a pytree of arrays with a leading example axis [n, ...].
+
+    Returns:
+        [n, p] the flat gradient of each example's loss.
+    """
     flat, unravel = ravel_pytree(params)
     grad_one = jax.grad(lambda f, z: example_loss(loss_fn, unravel(f), z))
     return jax.vmap(grad_one, in_axes=(None, 0))(flat, batch)
@@ -50,7 +93,17 @@ def flat_per_example_grads(loss_fn: Callable, params: PyTree, batch: PyTree) -> 
 
 def sketched_per_example_grads(loss_fn: Callable, params: PyTree, batch: PyTree, sketch) -> jax.Array:
     """[n, D] sketched per-example gradients `sketch.apply_tree(g_i)` (any object with a batched
-    `apply_tree`, e.g. a `workbench.sketch.Sketch`); `sketch=None` gives the flat gradients."""
+    `apply_tree`, e.g. a `workbench.sketch.Sketch`); `sketch=None` gives the flat gradients.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, a batch mean.
+        params: the parameters.
+        batch: a pytree of arrays with a leading example axis [n, ...].
+        sketch: the sketch (with `apply_tree(tree, batched=True)`), or None for no sketch.
+
+    Returns:
+        [n, D] sketched gradients ([n, p] flat gradients when `sketch` is None).
+    """
     if sketch is None:
         return flat_per_example_grads(loss_fn, params, batch)
     return sketch.apply_tree(per_example_grads(loss_fn, params, batch), batched=True)

@@ -6,7 +6,18 @@
 - `density`: `spectral_density` (stochastic Lanczos quadrature), `trace` (Hutchinson, Hutch++,
   XTrace, each with a standard error);
 - `sharpness`: the top Hessian eigenvalue as a training callback.
-All take a `workbench.curvature.LinearOperator` and an explicit PRNG key.
+All take a `workbench.curvature.LinearOperator` and an explicit PRNG key, right after it.
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from workbench import curvature, spectrum
+    >>> op = curvature.from_matrix(jnp.diag(jnp.array([3.0, 1.0, 0.5, 0.25])))
+    >>> top = spectrum.top_eigenpairs(op, jax.random.key(0), k=2)
+    >>> [round(float(v), 4) for v in top.values], top.num_matvecs
+    ([3.0, 1.0], 4)
+    >>> est = spectrum.trace(op, jax.random.key(1), num_probes=2)  # z^T D z = tr D for z = +-1
+    >>> round(float(est.estimate), 4), est.num_matvecs
+    (4.75, 2)
 """
 
 from workbench.spectrum.density import (

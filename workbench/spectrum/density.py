@@ -112,7 +112,17 @@ def _normalized(density, grid, xp=jnp):
 
 def broaden(nodes, weights, grid, sigma2):
     """Mean over probes of sum_i w_i N(grid; node_i, sigma2), renormalized to integrate to 1 on
-    the uniform `grid` (trapezoid rule)."""
+    the uniform `grid` (trapezoid rule).
+
+    Args:
+        nodes: [num_probes, m] quadrature nodes (Ritz values) of each probe.
+        weights: [num_probes, m] quadrature weights, each row summing to 1.
+        grid: [grid_size] uniform grid of eigenvalues.
+        sigma2: the variance of the Gaussian kernel.
+
+    Returns:
+        [grid_size] density on `grid`, integrating to 1 (trapezoid rule).
+    """
     return _normalized(_gaussian_sum(nodes, weights, grid, sigma2), grid)
 
 
@@ -134,6 +144,25 @@ def spectral_density(
     Ritz values plus a margin; the returned density integrates to 1. The probes run together
     (one batched operator product per Lanczos step) as far as their Krylov bases fit in
     `batch_bytes`, the rest in sequential chunks; the numbers do not depend on the chunking.
+
+    Args:
+        op: the symmetric `curvature.LinearOperator`.
+        key: PRNG key drawing the Rademacher probes.
+        num_iters: Lanczos steps per probe (quadrature nodes per probe), at most dim.
+        num_probes: the number of probes averaged.
+        sigma2: the kernel variance relative to max(1, spectral range).
+        grid_size: the number of grid points (>= 2).
+        reorthogonalize: full reorthogonalization (a basis of num_iters + 1 vectors per probe);
+            False runs the three-term recurrence in O(dim) memory.
+        batch_bytes: the memory budget of probes (and bases) pushed through the operator at once.
+
+    Returns:
+        A `Density(grid, density, nodes, weights)`: the grid [grid_size], the density on it, and
+        each probe's nodes and weights [num_probes, num_iters].
+
+    Raises:
+        ValueError: a bad count, `sigma2` <= 0, or `num_iters` above the dimension.
+        FloatingPointError: an operator product was NaN or inf.
     """
     _check_op(op)
     num_iters = _check_iters(num_iters, op.dim)
@@ -232,6 +261,22 @@ def trace(
     lower variance than Hutchinson when the spectrum decays fast. Probes are pushed through the
     operator together (vmap), at most `max_batch` at a time and as far as they fit in
     `batch_bytes`, the batches one after another; the estimate does not depend on the batching.
+
+    Args:
+        op: the `curvature.LinearOperator` (symmetric for "xtrace").
+        key: PRNG key drawing the probes.
+        num_probes: the budget of operator products (>= 2; >= 4 for "hutch++" and "xtrace").
+        method: "hutchinson", "hutch++" or "xtrace".
+        batch_bytes: the memory budget of probe vectors pushed through the operator at once.
+        max_batch: the most probes pushed through the operator together.
+
+    Returns:
+        A `TraceEstimate(estimate, std_error, num_matvecs)`; `num_matvecs` is a Python int (xtrace
+        uses an even number of products).
+
+    Raises:
+        ValueError: an unknown method or too few or too many probes for it.
+        FloatingPointError: an operator product was NaN or inf.
     """
     _check_op(op)
     if method not in TRACE_METHODS:
@@ -260,7 +305,15 @@ def trace(
 def wasserstein_to_eigenvalues(density: Density, eigenvalues) -> float:
     """Wasserstein-1 distance between the SLQ node/weight measure (probes averaged) and the
     uniform measure on exact `eigenvalues`: how far the estimated spectrum is from the truth,
-    in eigenvalue units."""
+    in eigenvalue units.
+
+    Args:
+        density: the `Density` from `spectral_density`.
+        eigenvalues: the exact eigenvalues [dim] (e.g. `np.linalg.eigvalsh` of the dense matrix).
+
+    Returns:
+        The Wasserstein-1 distance, as a Python float.
+    """
     from scipy.stats import wasserstein_distance
 
     nodes = np.asarray(density.nodes, dtype=np.float64).ravel()

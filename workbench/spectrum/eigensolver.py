@@ -314,6 +314,26 @@ def top_eigenpairs(
     the restart program directly). It compiles once per (operator kind, `which`, Krylov depth):
     k (at the default depth 40 for every k <= 10), `max_restarts` and `tol` are traced values,
     so trying another of them compiles nothing.
+
+    Args:
+        op: the `curvature.LinearOperator` (symmetric for "lanczos").
+        key: PRNG key of the start vector.
+        k: the number of wanted eigenpairs (at most dim).
+        which: "largest", "smallest" or "both".
+        method: "lanczos" or "arnoldi".
+        num_iters: the Krylov depth (defaults above), more than k unless it equals dim.
+        max_restarts: the most restarts of thick-restart Lanczos (0: one pass).
+        tol: the relative residual asked (default `default_tol(op.dtype)`).
+        true_residuals: recompute the residuals with k more operator products.
+
+    Returns:
+        An `EigenResult(values [k], vectors [k, dim], residuals [k], converged [k], num_matvecs)`;
+        values in `which` order ("largest" descending, "smallest" ascending), `num_matvecs` a Python
+        int outside a trace.
+
+    Raises:
+        ValueError: an unknown `which` or `method`, a bad `k` or `num_iters`.
+        FloatingPointError: an operator product was NaN or inf.
     """
     _check_op(op)
     if which not in WHICH:

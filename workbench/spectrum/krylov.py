@@ -78,6 +78,18 @@ def power_iteration(op, key, num_iters: int = 500, tol: float | None = None) -> 
     Stops when the residual ||A x - value x|| <= tol * |value| (default tol: the square root of
     `default_tol`, since the eigenvalue error is about residual^2 / gap) or after `num_iters`
     matvecs. Convergence is linear in |lambda_2 / lambda_1|; prefer `top_eigenpairs`.
+
+    Args:
+        op: the `curvature.LinearOperator`.
+        key: PRNG key of the Gaussian start vector.
+        num_iters: the most operator products.
+        tol: the relative residual to stop at (default sqrt(default_tol(op.dtype))).
+
+    Returns:
+        A `PowerResult(value, vector [dim], residual, converged, num_iters)`.
+
+    Raises:
+        FloatingPointError: an operator product was NaN or inf.
     """
     _check_op(op)
     num_iters = check_positive_int("num_iters", num_iters)
@@ -212,7 +224,19 @@ def _arnoldi_jit(op, key, num_iters):
 
 
 def arnoldi_factorization(op, key, num_iters: int) -> ArnoldiResult:
-    """`num_iters` Arnoldi steps with full reorthogonalization from a pseudo-random start vector (hashed from `key`)."""
+    """`num_iters` Arnoldi steps with full reorthogonalization from a pseudo-random start vector (hashed from `key`).
+
+    Args:
+        op: the `curvature.LinearOperator`.
+        key: PRNG key hashed into the start vector.
+        num_iters: the depth m, at most dim.
+
+    Returns:
+        An `ArnoldiResult(basis [m + 1, dim], hessenberg [m + 1, m], finite)`.
+
+    Raises:
+        FloatingPointError: an operator product was NaN or inf.
+    """
     _check_op(op)
     num_iters = _check_iters(num_iters, op.dim)
     result = _arnoldi_jit(op, key, num_iters)
@@ -263,6 +287,18 @@ def lanczos(op, key, num_iters: int, reorthogonalize: bool = True) -> LanczosRes
 
     With `reorthogonalize` (default) the basis is kept and fully reorthogonalized; without it the
     plain three-term recurrence runs in O(dim) memory and returns no basis (enough for SLQ).
+
+    Args:
+        op: the symmetric `curvature.LinearOperator`.
+        key: PRNG key hashed into the start vector.
+        num_iters: the number of steps m, at most dim.
+        reorthogonalize: keep and fully reorthogonalize the basis.
+
+    Returns:
+        A `LanczosResult(alphas [m], betas [m], basis [m + 1, dim] or None, finite)`.
+
+    Raises:
+        FloatingPointError: an operator product was NaN or inf.
     """
     _check_op(op)
     num_iters = _check_iters(num_iters, op.dim)
@@ -272,7 +308,15 @@ def lanczos(op, key, num_iters: int, reorthogonalize: bool = True) -> LanczosRes
 
 
 def tridiagonal(alphas: jax.Array, betas: jax.Array) -> jax.Array:
-    """The dense [m, m] tridiagonal matrix with diagonal `alphas` and off-diagonal `betas[:m-1]`."""
+    """The dense [m, m] tridiagonal matrix with diagonal `alphas` and off-diagonal `betas[:m-1]`.
+
+    Args:
+        alphas: [m] the diagonal.
+        betas: [m] or [m - 1] the off-diagonal (entries past m - 1 are ignored).
+
+    Returns:
+        The symmetric tridiagonal matrix [m, m].
+    """
     m = alphas.shape[0]
     off = betas[: m - 1]
     return jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)

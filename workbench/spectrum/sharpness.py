@@ -54,7 +54,24 @@ def sharpness(
     """The k largest eigenvalues of the loss curvature over `data` (descending).
 
     Raises FloatingPointError when any curvature product was NaN or inf (a diverged run has no
-    sharpness; it is never reported as 0)."""
+    sharpness; it is never reported as 0).
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar` (a batch mean) or a `models.Functional`.
+        params: the point.
+        data: the dataset the curvature averages over.
+        key: PRNG key of the Lanczos start vector.
+        k: how many of the largest eigenvalues.
+        num_iters: the Krylov depth.
+        kind: "hessian", "ggn" or "fisher" (as in `curvature.operator`).
+        chunk_size: examples per operator product (as in `curvature.operator`).
+
+    Returns:
+        [k] the largest eigenvalues, descending.
+
+    Raises:
+        FloatingPointError: a curvature product was NaN or inf.
+    """
     _check_options(k, kind)
     values, finite = _top_values_fn(loss_fn, k, num_iters, 50, None, kind, chunk_size)(params, data, key)
     if not bool(finite):
@@ -82,6 +99,23 @@ def sharpness_callback(
     i-th, i >= 2). Each call runs thick-restart Lanczos of depth `num_iters` to relative residual
     `tol` (default 1e-10 in float64, 1e-4 in float32) on the Hessian averaged over all of `data`,
     with the key folded with the step so runs are reproducible.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar` (a batch mean) or a `models.Functional`.
+        data: the dataset the curvature averages over (passed to the compiled program as an
+            argument, never baked into it).
+        key: PRNG key, folded with the step number at each call.
+        k: how many of the largest eigenvalues to record.
+        num_iters: the Krylov depth.
+        max_restarts: the most thick restarts per call.
+        tol: the relative residual asked (default by dtype).
+        kind: "hessian", "ggn" or "fisher".
+        chunk_size: examples per operator product (as in `curvature.operator`).
+        name: the history key of the top eigenvalue.
+
+    Returns:
+        `callback(step, params) -> dict` of Python floats; it raises FloatingPointError naming the
+        step when a product was NaN or inf.
     """
     _check_options(k, kind)
     top = _top_values_fn(loss_fn, k, num_iters, max_restarts, tol, kind, chunk_size)
