@@ -32,7 +32,11 @@ _DESC_BYTES = 2048
 
 
 def mesh() -> Mesh:
-    """A 1-D mesh ("batch") over every device of every process, in process order."""
+    """A 1-D mesh ("batch") over every device of every process, in process order.
+
+    Returns:
+        The `jax.sharding.Mesh` with axis "batch".
+    """
     devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
     return Mesh(np.array(devices), (AXIS,))
 
@@ -68,7 +72,16 @@ class ShardedData:
 
 
 def local_block(num_examples: int, process_index: int | None = None, process_count: int | None = None) -> slice:
-    """The contiguous block of `num_examples` this process takes (sizes differ by at most one)."""
+    """The contiguous block of `num_examples` this process takes (sizes differ by at most one).
+
+    Args:
+        num_examples: the size of the whole dataset.
+        process_index: the process (default this one).
+        process_count: the number of processes (default the job's).
+
+    Returns:
+        The slice of example indices this process holds.
+    """
     i = jax.process_index() if process_index is None else process_index
     k = jax.process_count() if process_count is None else process_count
     bounds = np.linspace(0, num_examples, k + 1).round().astype(int)
@@ -101,7 +114,19 @@ def shard_examples(data: Any, *, mesh: Mesh | None = None) -> ShardedData:
     """Shard this process's rows of `data` (pytree of arrays, leading example axis) by example
     over every device of every process. Every process must call it with the same structure,
     trailing shapes and dtypes (a `ValueError` names the first process that differs); row
-    counts may differ (at least one row each)."""
+    counts may differ (at least one row each).
+
+    Args:
+        data: this process's rows, a pytree of arrays with a leading example axis.
+        mesh: the mesh (default `mesh()`: every device of every process).
+
+    Returns:
+        The `ShardedData` (global arrays padded per process, weights 0 on padding).
+
+    Raises:
+        ValueError: no arrays, a scalar leaf, disagreeing row counts, a process with no rows, or
+            processes whose structure, shapes or dtypes differ (both named).
+    """
     mesh = mesh or globals()["mesh"]()
     leaves = [np.asarray(a) for a in jax.tree.leaves(data)]
     if not leaves:
@@ -141,7 +166,15 @@ def shard_examples(data: Any, *, mesh: Mesh | None = None) -> ShardedData:
 
 
 def replicate(tree: Any, mesh: Mesh | None = None) -> Any:
-    """Host values (the same on every process) as global arrays replicated on every device."""
+    """Host values (the same on every process) as global arrays replicated on every device.
+
+    Args:
+        tree: host arrays, the same on every process.
+        mesh: the mesh (default `mesh()`).
+
+    Returns:
+        The pytree of global arrays replicated on every device of `mesh`.
+    """
     mesh = mesh or globals()["mesh"]()
     sharding = NamedSharding(mesh, P())
 
@@ -153,7 +186,14 @@ def replicate(tree: Any, mesh: Mesh | None = None) -> Any:
 
 
 def to_host(tree: Any) -> Any:
-    """Global arrays (replicated or sharded) as numpy arrays on every process."""
+    """Global arrays (replicated or sharded) as numpy arrays on every process.
+
+    Args:
+        tree: a pytree of global (or local) arrays.
+
+    Returns:
+        The pytree of numpy arrays, the whole arrays on every process.
+    """
 
     def get(a):
         if not isinstance(a, jax.Array) or a.is_fully_addressable:
@@ -167,7 +207,15 @@ def to_host(tree: Any) -> Any:
 
 def gather_rows(data: ShardedData, values: Any) -> Any:
     """Per-example values laid out like `data` ([slots, ...], sharded) as numpy arrays holding only
-    the real examples, in process order (process 0's rows first), on every process."""
+    the real examples, in process order (process 0's rows first), on every process.
+
+    Args:
+        data: the `ShardedData` the values are laid out like.
+        values: a pytree of [slots, ...] arrays sharded like `data.weights`.
+
+    Returns:
+        The pytree of numpy arrays [num_examples, ...], padding dropped.
+    """
     host = to_host(values)
     s = data.slots_per_process
     keep = np.concatenate([np.arange(p * s, p * s + c) for p, c in enumerate(data.counts)])
