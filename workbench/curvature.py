@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from workbench.core import tree as tu
-from workbench.core.numerics import check_positive_int, num_examples
+from workbench.core.numerics import check_floating, check_positive_int, num_examples
 from workbench.core.per_example import (
     map_chunks,
     mean_loss,
@@ -400,9 +400,7 @@ def operator(
     """
     loss_fn, predict_fn, output_loss_fn, l2 = resolve_roles(loss_fn, kind, predict_fn, output_loss_fn, l2)
     l2 = float(l2 or 0.0)
-    leaves = jax.tree.leaves(params)
-    if not leaves or not all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves):
-        raise ValueError("params must be a non-empty pytree of floating-point arrays")
+    check_floating(params)
     n = num_examples(data)
     if chunk_size is None:
         chunk_size = n if n <= _AUTO_FULL_BATCH else 1024

@@ -124,6 +124,26 @@ def check_positive_int(name: str, value, least: int = 1) -> int:
     return int(value)
 
 
+def check_floating(params: PyTree, name: str = "params") -> jax.typing.DTypeLike:
+    """Check that `params` is a non-empty pytree of floating-point arrays (what every
+    differentiating routine needs) and return their common dtype.
+
+    Args:
+        params: the pytree checked.
+        name: what it is called in the message.
+
+    Returns:
+        The result dtype of its leaves.
+
+    Raises:
+        ValueError: no leaves, or a leaf that is not floating-point.
+    """
+    leaves = jax.tree.leaves(params)
+    if not leaves or not all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves):
+        raise ValueError(f"{name} must be a non-empty pytree of floating-point arrays")
+    return jnp.result_type(*leaves)
+
+
 # XLA's CPU backend runs LLVM at -O3 on the loops it generates. For programs whose time goes to
 # operator products (library matrix calls either way), -O1 compiles 10-20% faster with equal
 # warm times (measured on the spectrum programs: benchmarks/results/first_call.md).

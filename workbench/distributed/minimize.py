@@ -34,7 +34,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from workbench.core.numerics import check_positive_int
+from workbench.core.numerics import check_floating, check_positive_int
 from workbench.distributed.operator import _example_sum
 from workbench.distributed.sharding import AXIS, ShardedData, global_sum, replicate, to_host
 
@@ -114,12 +114,9 @@ def _as_global(params, data):
 
 
 def _check(params, num_steps, tol, memory_size):
-    leaves = jax.tree.leaves(params)
-    if not leaves or not all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves):
-        raise ValueError("params must be a non-empty pytree of floating-point arrays")
+    dtype = check_floating(params)
     check_positive_int("num_steps", num_steps)
     check_positive_int("memory_size", memory_size)
-    dtype = jnp.result_type(*leaves)
     tol = _gradient_tol(dtype) if tol is None else float(tol)
     if tol < 0:
         raise ValueError(f"tol must be non-negative, got {tol}")

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench import curvature
-from workbench.core.numerics import check_positive_int
+from workbench.core.numerics import check_floating, check_positive_int
 from workbench.core.per_example import per_example_losses
 from workbench.distributed.sharding import ShardedData, global_sum, replicate
 
@@ -127,9 +127,8 @@ def curvature_operator(
         raise TypeError(f"data must be a ShardedData (see distributed.shard_examples), got {type(data).__name__}")
     if chunk_size is not None:
         chunk_size = check_positive_int("chunk_size", chunk_size)
+    check_floating(params)
     leaves, treedef = jax.tree.flatten(params)
-    if not leaves or not all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves):
-        raise ValueError("params must be a non-empty pytree of floating-point arrays")
     shapes = tuple((tuple(np.shape(a)), jnp.result_type(a)) for a in leaves)
     fn = _product_fn(loss_fn, kind, predict_fn, output_loss_fn, float(l2 or 0.0), treedef, shapes, chunk_size)
     dtype = _params_dtype(params)
