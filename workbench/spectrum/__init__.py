@@ -2,7 +2,8 @@
 
 - `krylov`: the factorizations `power_iteration`, `lanczos`, `arnoldi_factorization`, and
   `ritz_pairs` read off them;
-- `eigensolver`: `top_eigenpairs` (thick-restart Lanczos, or one Arnoldi factorization);
+- `eigensolver`: `top_eigenpairs` (thick-restart Lanczos, or one Arnoldi factorization), and
+  `lowered_programs` (its two programs lowered, for compile and memory measurements);
 - `density`: `spectral_density` (stochastic Lanczos quadrature), `trace` (Hutchinson, Hutch++,
   XTrace, each with a standard error);
 - `sharpness`: the top Hessian eigenvalue as a training callback.
@@ -50,7 +51,8 @@ from workbench.spectrum.sharpness import (
 )
 
 __all__ = [
-    "ArnoldiResult", "Density", "EigenResult", "LanczosResult", "LoweredPrograms", "lowered_programs", "PowerResult", "TraceEstimate",
-    "RitzPairs", "arnoldi_factorization", "lanczos", "ritz_pairs", "power_iteration", "spectral_density", "top_eigenpairs",
-    "trace", "tridiagonal", "sharpness", "sharpness_callback", "wasserstein_to_eigenvalues",
+    "ArnoldiResult", "Density", "EigenResult", "LanczosResult", "LoweredPrograms", "PowerResult",
+    "RitzPairs", "TraceEstimate", "arnoldi_factorization", "lanczos", "lowered_programs",
+    "power_iteration", "ritz_pairs", "sharpness", "sharpness_callback", "spectral_density",
+    "top_eigenpairs", "trace", "tridiagonal", "wasserstein_to_eigenvalues",
 ]
