@@ -32,13 +32,8 @@ seconds = time.perf_counter() - start
 depth = min(op.dim, max(2 * k + 20, 40))
 peak = rss()
 # XLA's buffer plan for the same call (compiled again after the peak was read).
-from workbench.core.numerics import default_tol
-from workbench.spectrum.eigensolver import _continued_state_shapes, _first_pass, _output_count, _thick_restart_lanczos
-args = (op, jax.random.key(0), k, "largest", depth)
-first_pass = _first_pass.lower(op, jax.random.key(0), depth)
-basis, hess, seed = first_pass.out_info  # the restart program continues from the first pass's basis and state
-restart = _thick_restart_lanczos.lower(*args, 200, default_tol(op.dtype), _output_count(k, depth), basis,
-                                       _continued_state_shapes(hess, seed))
+# the restart program continues from the first pass's basis and state
+first_pass, restart = spectrum.eigensolver.lowered_programs(op, jax.random.key(0), k, depth)
 temporaries = max(p.compile().memory_analysis().temp_size_in_bytes for p in (first_pass, restart)) / 2**20
 print(json.dumps({"k": k, "hidden": hidden, "num_params": num_params, "rss_after_operator_mb": before,
                   "peak_rss_mb": peak, "xla_temporaries_mb": temporaries, "krylov_basis_mb": (depth + 1) * num_params * 4 / 2**20,

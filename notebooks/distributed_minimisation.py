@@ -102,7 +102,7 @@ print(f"1 process: {one.seconds:.0f} s; {num_processes} processes: {many.seconds
 
 # %%
 diffs = exp.differences(one, many)
-for name, value in diffs.items():
+for name, value in diffs._asdict().items():
     print(f"{name:30s} {value:.2e}")
 r = many.results
 print(f"digits: {int(r['clf_steps'])} L-BFGS steps, test accuracy {float(r['clf_test_accuracy']):.3f}")
@@ -125,8 +125,8 @@ print(f"sparse regression: {int(r['l1_steps'])} OWL-QN steps, {int(np.sum(r['l1_
 rows = exp.overhead_table([one, many])
 print(f"{'solve':28s} {'procs':>5s} {'steps':>6s} {'ms/step':>9s} {'evals/step':>10s} {'bytes/eval':>10s}")
 for row in rows:
-    print(f"{row['solve']:28s} {row['processes']:5d} {row['steps']:6d} {row['ms_per_step']:9.2f} "
-          f"{row['evals_per_step']:10.2f} {row['bytes_per_eval'] if row['bytes_per_eval'] is not None else '-':>10}")
+    print(f"{row.solve:28s} {row.processes:5d} {row.steps:6d} {row.ms_per_step:9.2f} "
+          f"{row.evals_per_step:10.2f} {row.bytes_per_eval if row.bytes_per_eval is not None else '-':>10}")
 
 # %% [markdown]
 # ## Time per step against the number of examples
@@ -167,13 +167,13 @@ print(f"dual {float(r['ot_dual']):.8f} vs dense Sinkhorn {dense_dual:.8f} (rel {
 
 # %%
 workbench.record(
-    classification_max_diff=max(diffs["classification_w"], diffs["classification_b"]),
-    sparse_regression_max_diff=diffs["sparse_regression_w"],
-    ot_dual_rel_diff=diffs["ot_dual_relative"],
+    classification_max_diff=max(diffs.classification_w, diffs.classification_b),
+    sparse_regression_max_diff=diffs.sparse_regression_w,
+    ot_dual_rel_diff=diffs.ot_dual_relative,
     ot_vs_dense_sinkhorn_rel=ot_rel,
     test_accuracy=float(r["clf_test_accuracy"]),
     bytes_per_eval_over_gradient=float(r["clf_bytes_per_eval"]) / (8 * (r["clf_w"].size + r["clf_b"].size + 1)),
-    overhead=rows,
+    overhead=[row._asdict() for row in rows],
     num_processes=num_processes,
 )
 

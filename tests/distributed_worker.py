@@ -141,7 +141,7 @@ def main(argv):
                 print(f"process {info.process_index} dies at chunk {chunk}", flush=True)
                 os._exit(17)
 
-        dist.gradient_store(loss_fn, params, (jnp.asarray(x), jnp.asarray(y)), s, path, batch_size=5,
+        dist.gradient_store(loss_fn, params, (jnp.asarray(x), jnp.asarray(y)), s, path, chunk_size=5,
                             callback=callback, timeout_s=60)
     elif mode == "die":
         if info.process_index == 1:

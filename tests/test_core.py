@@ -154,3 +154,55 @@ def test_quick_compile_on_cpu_compiles_with_its_options_and_inlines_under_jit():
     np.testing.assert_array_equal(jax.jit(lambda y: scaled(y, 2))(x), eager)
     np.testing.assert_array_equal(jax.jit(lambda: scaled(x, 2))(), eager)
     np.testing.assert_array_equal(eager, [0.0, 2.0, 4.0])
+
+
+def test_map_chunks_pads_or_divides_and_keeps_rows_in_order():
+    from workbench.core.per_example import map_chunks
+
+    x = jnp.arange(30.0).reshape(10, 3)
+    calls = []
+
+    def fn(chunk):
+        calls.append(chunk.shape[0])  # traced once per compiled chunk shape
+        return chunk.sum(axis=1) * 2
+
+    expected = np.asarray(x.sum(axis=1) * 2)
+    np.testing.assert_array_equal(map_chunks(fn, x, 4), expected)  # 3 chunks of 4, 2 padding rows
+    np.testing.assert_array_equal(map_chunks(fn, x, 6, even=True), expected)  # 5 divides 10: no padding
+    np.testing.assert_array_equal(map_chunks(fn, x, 100, even=True), expected)  # one chunk, no loop
+    assert calls == [4, 5, 10]
+
+
+def test_sum_chunks_equals_the_full_sum_with_a_short_tail():
+    from workbench.core.per_example import sum_chunks
+
+    data = (jnp.arange(23.0), jnp.ones((23, 2)))
+    seen = []
+
+    def fn(chunk):
+        seen.append(chunk[0].shape[0])
+        return {"a": jnp.sum(chunk[0]), "b": jnp.sum(chunk[1], axis=0)}
+
+    out = sum_chunks(fn, data, 5)  # 4 chunks of 5 (one scan) + a tail of 3
+    assert float(out["a"]) == float(np.arange(23.0).sum())
+    np.testing.assert_array_equal(out["b"], [23.0, 23.0])
+    assert seen == [5, 5, 3]  # the first chunk, the scan body, the tail
+    one = sum_chunks(fn, data, 50)
+    assert float(one["a"]) == float(out["a"])
+
+
+def test_sharded_sum_counts_every_row_once_and_differentiates_without_double_psum():
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from workbench.core.per_example import sharded_sum
+
+    mesh = Mesh(np.array(jax.devices()), ("batch",))
+    rows = jax.device_put(jnp.arange(1.0, 13.0), NamedSharding(mesh, P("batch")))
+
+    def total(w):
+        return sharded_sum(lambda ww, c: jnp.sum(ww * c ** 2), w, rows, mesh, chunk_size=2)
+
+    value, grad = jax.jit(jax.value_and_grad(total))(jnp.asarray(3.0))
+    squares = float(np.sum(np.arange(1.0, 13.0) ** 2))
+    assert float(value) == 3.0 * squares and float(grad) == squares

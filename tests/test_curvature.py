@@ -79,8 +79,8 @@ def test_dataset_operator_with_short_last_batch_equals_full_batch(small, kind):
     fn, ds, flat, unravel, hess = small
     dense = {"hessian": hess, "ggn": _dense_ggn(fn, ds, flat, unravel),
              "fisher": _dense_fisher(fn, ds, flat, unravel)}[kind]
-    for batch_size in (None, 10):  # 37 = 3 * 10 + 7: a short last batch
-        op = curvature.operator(fn, fn.params, ds, kind, batch_size=batch_size)
+    for chunk_size in (None, 10):  # 37 = 3 * 10 + 7: a short last batch
+        op = curvature.operator(fn, fn.params, ds, kind, chunk_size=chunk_size)
         assert op.dim == flat.size and op.dtype == jnp.float64
         np.testing.assert_allclose(op.dense(), dense, rtol=1e-10, atol=1e-12)
 
@@ -122,7 +122,7 @@ def test_float32_params_accumulate_in_float64(small, key):
     fn, ds, flat, unravel, hess = small
     p32 = optax.tree.cast(fn.params, jnp.float32)
     ds32 = data.Dataset(ds.x.astype(jnp.float32), ds.y)
-    op = curvature.operator(fn, p32, ds32, batch_size=5, accumulate_dtype=jnp.float64)
+    op = curvature.operator(fn, p32, ds32, chunk_size=5, accumulate_dtype=jnp.float64)
     assert op.dtype == jnp.float32
     v = jax.random.normal(key, flat.shape, jnp.float32)
     out = op.matvec(v)
@@ -136,8 +136,8 @@ def test_operator_bad_input(small):
         curvature.operator(fn, fn.params, ds, "laplacian")
     with pytest.raises(ValueError, match="kind='ggn' needs predict_fn"):
         curvature.operator(fn.loss_fn, fn.params, ds, "ggn")
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
-        curvature.operator(fn, fn.params, ds, batch_size=0)
+    with pytest.raises(ValueError, match="chunk_size must be an int >= 1"):
+        curvature.operator(fn, fn.params, ds, chunk_size=0)
     with pytest.raises(ValueError, match="disagree on the number of examples"):
         curvature.operator(fn, fn.params, data.Dataset(ds.x, ds.y[:5]))
     with pytest.raises(ValueError, match="must be square"):
@@ -156,7 +156,7 @@ _DEVICES_CASE = textwrap.dedent(
         ds = data.make_classification(jax.random.key(1), 203, 6, num_classes=3, dtype=jnp.float64)
         fn = models.functional(models.MLP(6, [5], 3, rngs=nnx.Rngs(2), param_dtype=jnp.float64))
         v = jax.random.normal(jax.random.key(3), (53,), jnp.float64)
-        op = curvature.operator(fn, fn.params, ds, batch_size=20)  # 10 full batches + 3 examples
+        op = curvature.operator(fn, fn.params, ds, chunk_size=20)  # 10 full batches + 3 examples
         top = spectrum.top_eigenpairs(op, jax.random.key(4), 3).values
         return {"devices": jax.device_count(), "mv": op.mv(v).tolist(), "top": top.tolist()}
     """

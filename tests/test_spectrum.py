@@ -148,21 +148,17 @@ def test_thick_restart_memory_is_one_krylov_basis():
     temporaries); it now combines rows in place, leaving one basis plus small blocks, in the
     first-pass program, in the restart program from scratch, and in the restart program
     continuing from the first pass's basis (donated: no second copy)."""
-    from workbench.spectrum.eigensolver import (
-        _continued_state_shapes,
-        _first_pass,
-        _thick_restart_lanczos,
-    )
+    from workbench.spectrum.eigensolver import _thick_restart_lanczos
 
     dim, depth, count = 100_000, 40, 8
     diagonal = jnp.linspace(1.0, 2.0, dim)
     op = curvature.LinearOperator(lambda d, v: d * v, diagonal, jax.ShapeDtypeStruct((dim,), diagonal.dtype))
     args = (op, jax.random.key(0), 5, "largest", depth)
-    first = _first_pass.lower(op, jax.random.key(0), depth)
-    state = _continued_state_shapes(*first.out_info[1:])  # what the host hands the restart program
+    # the public entry: the first pass and the restart continuing from its basis and state
+    first, continuing = spectrum.lowered_programs(op, jax.random.key(0), 5, depth, tol=1e-8)
     plans = {"first pass": first,
              "restart from scratch": _thick_restart_lanczos.lower(*args, 200, 1e-8, count),
-             "restart continuing": _thick_restart_lanczos.lower(*args, 200, 1e-8, count, first.out_info[0], state)}
+             "restart continuing": continuing}
     basis_bytes, vectors_bytes = (depth + 1) * dim * 8, count * dim * 8
     for name, plan in plans.items():
         m = plan.compile().memory_analysis()

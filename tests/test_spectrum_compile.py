@@ -128,7 +128,7 @@ def test_batch_bytes_is_validated(small, key):
         with pytest.raises(ValueError, match="batch_bytes must be a positive number of bytes"):
             spectrum.trace(op, key, 10, batch_bytes=bad)
     for bad in (0, 2.0, None):
-        with pytest.raises(ValueError, match="max_batch must be a positive int"):
+        with pytest.raises(ValueError, match="max_batch must be an int >= 1"):
             spectrum.trace(op, key, 10, max_batch=bad)
     with pytest.raises(ValueError, match="batch_bytes"):
         spectrum.spectral_density(op, key, 10, 2, batch_bytes=0)

@@ -23,7 +23,7 @@ def problem():
 def test_full_batch_matches_hand_written_loop(problem):
     f, tr, _ = problem
     opt = optax.sgd(0.5, momentum=0.9)
-    result = train.train(f.loss_fn, f.params, tr, jax.random.key(0), optimizer=opt, num_steps=37, progress=False, chunk_size=8)
+    result = train.train(f.loss_fn, f.params, tr, jax.random.key(0), optimizer=opt, num_steps=37, progress=False, steps_per_chunk=8)
     params, state, losses = f.params, opt.init(f.params), []
     for _ in range(37):
         loss, g = jax.value_and_grad(f.loss_fn)(params, tr)
@@ -48,7 +48,7 @@ def test_minibatch_matches_hand_written_loop(problem):
     f, tr, _ = problem
     opt = optax.adam(1e-2)
     key = jax.random.key(3)
-    result = train.train(f.loss_fn, f.params, tr, key, optimizer=opt, num_steps=25, batch_size=64, progress=False, chunk_size=10)
+    result = train.train(f.loss_fn, f.params, tr, key, optimizer=opt, num_steps=25, batch_size=64, progress=False, steps_per_chunk=10)
     idx = train.batch_indices(key, len(tr), 64, 25)
     params, state = f.params, opt.init(f.params)
     for s in range(25):
@@ -143,7 +143,7 @@ def test_an_equal_fresh_optimizer_reuses_the_compiled_chunk(problem):
 
     def run(opt):
         return train.train(f.loss_fn, f.params, tr, jax.random.key(0), optimizer=opt, num_steps=12,
-                           progress=False, chunk_size=6)
+                           progress=False, steps_per_chunk=6)
 
     def chain(lr):
         return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(lr, 12)))

@@ -3,9 +3,12 @@
 - `hvp(loss_fn, params, batch, v)`: Hessian-vector product by forward-over-reverse.
 - `ggn_vp(predict_fn, output_loss_fn, params, batch, v)`: Gauss-Newton J^T H_out J v.
 - `fisher_vp(loss_fn, params, batch, v)`: empirical Fisher (1/B) sum_i g_i g_i^T v.
-- `operator(loss_fn, params, data, kind=...)`: the curvature of the loss averaged over a whole
-  dataset (each batch weighted by its size), as a `LinearOperator` whose `matvec` takes a flat
-  vector or a params-shaped pytree. Batches are sharded over devices when several are present.
+- `operator(loss_fn, params, data, kind=..., chunk_size=...)`: the curvature of the loss averaged
+  over a whole dataset (each chunk of examples weighted by its size), as a `LinearOperator`
+  whose `matvec` takes a flat vector or a params-shaped pytree. Chunks are summed by
+  `core.per_example.sum_chunks`, and sharded over devices (`sharded_sum`) when several are
+  present: the reduction `distributed.curvature_operator` runs over several processes.
+- `dense_hessian(loss_fn, params, data)`: the package's one dense Hessian (the operator's columns).
 - `from_matrix(A)` / `linear_operator(mv, like)`: the same operator type around any matvec.
 """
 
@@ -23,13 +26,19 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from workbench.core import tree as tu
-from workbench.core.numerics import num_examples
-from workbench.core.per_example import mean_loss, per_example_losses
+from workbench.core.numerics import check_floating, check_positive_int, num_examples
+from workbench.core.per_example import (
+    map_chunks,
+    mean_loss,
+    per_example_losses,
+    sharded_sum,
+    sum_chunks,
+)
 from workbench.models import Functional
 
 PyTree = Any
 KINDS = ("hessian", "ggn", "fisher")
-_AUTO_FULL_BATCH = 4096  # batch_size=None: the whole dataset in one batch up to this many examples
+_AUTO_FULL_BATCH = 4096  # chunk_size=None: the whole dataset in one chunk up to this many examples
 
 
 # ----------------------------------------------------------------------------- single-batch products
@@ -40,7 +49,17 @@ def _cast_like(v: PyTree, params: PyTree) -> PyTree:
 
 
 def hvp(loss_fn: Callable, params: PyTree, batch: Any, v: PyTree) -> PyTree:
-    """Hessian of `loss_fn(params, batch)` times `v` (params-shaped), by forward-over-reverse."""
+    """Hessian of `loss_fn(params, batch)` times `v` (params-shaped), by forward-over-reverse.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`.
+        params: the point (pytree).
+        batch: the batch `loss_fn` is evaluated on.
+        v: the vector, shaped like `params` (cast to the params' dtypes).
+
+    Returns:
+        H v, shaped like `params`.
+    """
     v = _cast_like(v, params)
     return jax.jvp(lambda p: jax.grad(loss_fn)(p, batch), (params,), (v,))[1]
 
@@ -57,6 +76,17 @@ def ggn_vp(
 
     `predict_fn(params, x)` gives outputs, `output_loss_fn(outputs, y)` per-example losses whose
     batch mean is the loss; H_out is the Hessian of that mean with respect to the outputs.
+
+    Args:
+        predict_fn: `predict_fn(params, x) -> outputs`.
+        output_loss_fn: `output_loss_fn(outputs, y) -> [n]` per-example losses.
+        params: the point (pytree).
+        batch: an (x, y) pair.
+        v: the vector, shaped like `params`.
+        l2: the multiple of `v` added (the regulariser's curvature); 0 adds nothing.
+
+    Returns:
+        (J^T H_out J + l2 I) v, shaped like `params`.
     """
     x, y = batch
     v = _cast_like(v, params)
@@ -69,7 +99,17 @@ def ggn_vp(
 
 
 def fisher_vp(loss_fn: Callable, params: PyTree, batch: Any, v: PyTree) -> PyTree:
-    """Empirical Fisher (1/B) sum_i g_i (g_i . v), g_i the gradient of `loss_fn` on example i alone."""
+    """Empirical Fisher (1/B) sum_i g_i (g_i . v), g_i the gradient of `loss_fn` on example i alone.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, a batch mean (evaluated on one-example batches).
+        params: the point (pytree).
+        batch: the batch, a pytree with a leading example axis [B, ...].
+        v: the vector, shaped like `params`.
+
+    Returns:
+        F v, shaped like `params`.
+    """
     v = _cast_like(v, params)
     n = jax.tree.leaves(batch)[0].shape[0]
 
@@ -144,9 +184,21 @@ class LinearOperator:
         """Products with the rows of `vs` [m, dim], vmapped (jit-compiled)."""
         return _apply_rows(self, jnp.asarray(vs).astype(self.dtype))
 
-    def dense(self) -> jax.Array:
-        """The full [dim, dim] matrix (dim matvecs): for references on small problems only."""
-        return self.matmat(jnp.eye(self.dim, dtype=self.dtype)).T
+    def dense(self, max_vectors: int | None = None) -> jax.Array:
+        """The full [dim, dim] matrix (dim matvecs): for references on small problems only.
+
+        Args:
+            max_vectors: the most products computed together (vmapped); None computes all dim
+                at once. Bounds the memory (`core.per_example.map_chunks`) without changing the
+                columns.
+
+        Returns:
+            The matrix A [dim, dim], column j the product with the j-th unit vector.
+        """
+        eye = jnp.eye(self.dim, dtype=self.dtype)
+        if max_vectors is None:
+            return self.matmat(eye).T
+        return _apply_rows_chunked(self, eye, check_positive_int("max_vectors", max_vectors)).T
 
     def __repr__(self):
         return f"LinearOperator(dim={self.dim}, dtype={self.dtype})"
@@ -162,8 +214,21 @@ def _apply_rows(op: LinearOperator, xs: jax.Array) -> jax.Array:
     return jax.vmap(op.mv)(xs)
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def _apply_rows_chunked(op: LinearOperator, xs: jax.Array, max_rows: int) -> jax.Array:
+    return map_chunks(jax.vmap(op.mv), xs, max_rows, even=True)
+
+
 def linear_operator(mv_tree: Callable[[PyTree], PyTree], like: PyTree) -> LinearOperator:
-    """Wrap a pytree -> pytree linear map acting on vectors shaped like `like`."""
+    """Wrap a pytree -> pytree linear map acting on vectors shaped like `like`.
+
+    Args:
+        mv_tree: the linear map, pytree -> same-structure pytree.
+        like: a pytree of arrays (or `jax.ShapeDtypeStruct`s) describing the vectors it acts on.
+
+    Returns:
+        A `LinearOperator` of dimension size(like) on flat vectors and on pytrees shaped like `like`.
+    """
     like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), like)
     holder: list[LinearOperator] = []
 
@@ -180,7 +245,17 @@ def _matrix_product(matrix, x):
 
 
 def from_matrix(matrix: jax.Array) -> LinearOperator:
-    """The operator x -> matrix @ x on flat vectors (tests, synthetic spectra)."""
+    """The operator x -> matrix @ x on flat vectors (tests, synthetic spectra).
+
+    Args:
+        matrix: a square array [dim, dim].
+
+    Returns:
+        A `LinearOperator` of dimension dim in the matrix's dtype.
+
+    Raises:
+        ValueError: the matrix is not square.
+    """
     matrix = jnp.asarray(matrix)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"matrix must be square, got shape {matrix.shape}")
@@ -205,7 +280,14 @@ def _path_name(path) -> str:
 
 
 def leaf_names(params: PyTree) -> list[str]:
-    """'/'-joined path of every leaf, e.g. 'layers/0/kernel' (what `select=` matches)."""
+    """'/'-joined path of every leaf, e.g. 'layers/0/kernel' (what `select=` matches).
+
+    Args:
+        params: a pytree.
+
+    Returns:
+        The names, one per leaf, in `jax.tree.leaves` order.
+    """
     return [_path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
 
@@ -235,6 +317,20 @@ def resolve_roles(loss_fn, kind: str, predict_fn=None, output_loss_fn=None, l2=N
     One convention for the three kinds: data curvature + l2 I. From a `models.Functional` the
     Hessian differentiates the objective (which carries its l2 already); GGN and Fisher are built
     from the data loss alone and get `l2` I added. Explicit arguments override the Functional's.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar` or a `models.Functional`.
+        kind: "hessian", "ggn" or "fisher".
+        predict_fn: for "ggn": `predict_fn(params, x) -> outputs` (default the Functional's).
+        output_loss_fn: for "ggn": `output_loss_fn(outputs, y) -> [n]` (default the Functional's).
+        l2: the multiple of I added to "ggn" and "fisher" (default the Functional's, else None).
+
+    Returns:
+        The tuple (loss_fn, predict_fn, output_loss_fn, l2) with the Functional resolved.
+
+    Raises:
+        TypeError: `loss_fn` is neither callable nor a Functional.
+        ValueError: an unknown kind, or "ggn" without its two functions.
     """
     if isinstance(loss_fn, Functional):
         fn = loss_fn
@@ -257,7 +353,7 @@ def operator(
     data: Any,
     kind: str = "hessian",
     *,
-    batch_size: int | None = None,
+    chunk_size: int | None = None,
     select: str | Sequence[str] | Callable[[str], bool] | None = None,
     predict_fn: Callable | None = None,
     output_loss_fn: Callable | None = None,
@@ -276,24 +372,42 @@ def operator(
     per-example gradients come from its per-example loss without the regulariser; with a plain
     `loss_fn`, pass the data loss and `l2=` separately.
     The batch operators are summed weighted by batch size and divided by N, so a short last batch
-    does not bias the result. `batch_size=None` takes the whole dataset at once up to 4096
+    does not bias the result. `chunk_size=None` takes the whole dataset at once up to 4096
     examples and batches of 1024 beyond. `select` restricts the operator to a subset of the params
     (a '/'-path prefix like "layers/0", a list of them, or a predicate on the path); its vectors
     are then the selected leaves only. `accumulate_dtype` is the dtype of the batch sum (default
     the params' dtype). With several `devices` (default: all local devices) the full batches are
     split across them with `shard_map` and summed.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar` (a batch mean) or a `models.Functional`.
+        params: the point (pytree of floating arrays).
+        data: pytree of arrays with a leading example axis [N, ...].
+        kind: "hessian", "ggn" or "fisher".
+        chunk_size: examples per batch product (None: all N at once up to 4096, else 1024).
+        select: the params the operator acts on (path prefix, list of prefixes or predicate);
+            None takes all.
+        predict_fn: for "ggn" (overrides the Functional's).
+        output_loss_fn: for "ggn" (overrides the Functional's).
+        l2: the multiple of I added to "ggn" and "fisher" (default the Functional's, else 0).
+        accumulate_dtype: the dtype of the sum over batches (default the params' dtype).
+        devices: the devices the full batches are split over (default all local devices).
+
+    Returns:
+        A `LinearOperator` of dimension p (the selected params' size) in the params' dtype.
+
+    Raises:
+        TypeError: `loss_fn` is neither callable nor a Functional.
+        ValueError: an unknown kind, missing GGN roles, non-floating params, empty or
+            inconsistent data, a bad `chunk_size` or a `select` matching nothing.
     """
     loss_fn, predict_fn, output_loss_fn, l2 = resolve_roles(loss_fn, kind, predict_fn, output_loss_fn, l2)
     l2 = float(l2 or 0.0)
-    leaves = jax.tree.leaves(params)
-    if not leaves or not all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves):
-        raise ValueError("params must be a non-empty pytree of floating-point arrays")
+    check_floating(params)
     n = num_examples(data)
-    if batch_size is None:
-        batch_size = n if n <= _AUTO_FULL_BATCH else 1024
-    if not isinstance(batch_size, int | np.integer) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    batch_size = min(int(batch_size), n)
+    if chunk_size is None:
+        chunk_size = n if n <= _AUTO_FULL_BATCH else 1024
+    chunk_size = min(check_positive_int("chunk_size", chunk_size), n)
 
     flat_leaves, treedef = jax.tree.flatten(params)
     mask = tuple(_selection_mask(params, select))
@@ -303,38 +417,31 @@ def operator(
     acc_dtype = jnp.dtype(accumulate_dtype or dtype)
 
     devices = tuple(jax.local_devices() if devices is None else devices)
-    num_full = n // batch_size
+    num_full = n // chunk_size
     per_device = num_full // len(devices) if len(devices) > 1 else 0
-    num_sharded = per_device * len(devices)  # full batches spread over the devices
+    num_sharded = per_device * len(devices) * chunk_size  # rows of the full chunks spread over devices
     mesh = Mesh(np.array(devices), ("batch",)) if num_sharded else None
 
-    def stack(a, lo, hi):
-        a = jnp.asarray(a)
-        return a[lo * batch_size : hi * batch_size].reshape((hi - lo, batch_size) + a.shape[1:])
-
-    args = {
-        "sub": sub,
-        "fixed": fixed,
-        "stacked": jax.tree.map(lambda a: stack(a, num_sharded, num_full), data),
-        "tail": jax.tree.map(lambda a: jnp.asarray(a)[num_full * batch_size :], data),
-    }
+    args = {"sub": sub, "fixed": fixed}
     if num_sharded:
         sharding = NamedSharding(mesh, P("batch"))
-        args["sharded"] = jax.tree.map(lambda a: jax.device_put(stack(a, 0, num_sharded), sharding), data)
+        args["sharded"] = jax.tree.map(lambda a: jax.device_put(jnp.asarray(a)[:num_sharded], sharding), data)
+    if num_sharded < n:
+        args["rows"] = jax.tree.map(lambda a: jnp.asarray(a)[num_sharded:], data)
     fn = _dataset_product(
-        loss_fn, kind, predict_fn, output_loss_fn, l2, treedef, mask, batch_size, n,
-        num_full - num_sharded, n - num_full * batch_size, mesh, acc_dtype,
+        loss_fn, kind, predict_fn, output_loss_fn, l2, treedef, mask, chunk_size, n, mesh, acc_dtype,
     )
     return LinearOperator(fn, args, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), sub))
 
 
 @functools.lru_cache(maxsize=64)
 def _dataset_product(
-    loss_fn, kind, predict_fn, output_loss_fn, l2, treedef, mask, batch_size, n,
-    num_local, tail_size, mesh, acc_dtype,
+    loss_fn, kind, predict_fn, output_loss_fn, l2, treedef, mask, chunk_size, n, mesh, acc_dtype,
 ):
     """The `fn(args, flat)` of a dataset-averaged operator; cached so equal configurations share
-    one function object (and so one compiled algorithm per operator kind)."""
+    one function object (and so one compiled algorithm per operator kind). The sum over chunks
+    is `core.per_example.sum_chunks` on this device and `sharded_sum` over `mesh`: the same
+    reduction `distributed.curvature_operator` runs over the devices of several processes."""
 
     def merge(sub, fixed):
         chosen, rest = iter(jax.tree.leaves(sub)), iter(fixed)
@@ -348,31 +455,12 @@ def _dataset_product(
             return optax.tree.add_scale(out, l2, _cast_like(v, sub)) if l2 else out
         return ggn_vp(lambda q, x: predict_fn(merge(q, fixed), x), output_loss_fn, sub, batch, v, l2=l2)
 
-    def ravel(t):
-        return jnp.concatenate([jnp.ravel(a).astype(acc_dtype) for a in jax.tree.leaves(t)])
-
-    def scan_sum(sub, fixed, v, batches, varying=False):
-        def body(acc, b):
-            return acc + ravel(batch_product(sub, fixed, b, v)), None
-
-        size = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(sub))
-        init = jnp.zeros((size,), acc_dtype)
-        if varying:  # inside shard_map the carry must be typed device-varying like the batches
-            init = jax.lax.pcast(init, "batch", to="varying")
-        if jax.tree.leaves(batches)[0].shape[0] == 1:  # one batch: skip the loop
-            return body(init, jax.tree.map(lambda a: a[0], batches))[0]
-        return jax.lax.scan(body, init, batches)[0]
-
-    def per_device_sum(sub, fixed, v, batches):
-        # Mark the replicated inputs device-varying: otherwise differentiating with respect to
-        # them inserts its own psum, and the explicit one below would count every batch twice.
-        sub, fixed, v = jax.lax.pcast((sub, fixed, v), "batch", to="varying")
-        return jax.lax.psum(scan_sum(sub, fixed, v, batches, varying=True), "batch")
-
-    if mesh is not None:
-        sharded_sum = jax.shard_map(
-            per_device_sum, mesh=mesh, in_specs=(P(), P(), P(), P("batch")), out_specs=P()
-        )
+    def weighted_product(rep, chunk):
+        """The chunk's product (a chunk mean) times its size: its share of the dataset sum."""
+        sub, fixed, v = rep
+        out = batch_product(sub, fixed, chunk, v)
+        flat = jnp.concatenate([jnp.ravel(a).astype(acc_dtype) for a in jax.tree.leaves(out)])
+        return flat * jnp.asarray(num_examples(chunk), acc_dtype)
 
     def fn(args, x):
         sub, fixed = args["sub"], args["fixed"]
@@ -382,16 +470,38 @@ def _dataset_product(
         for a in leaves:
             v.append(x[start : start + a.size].reshape(a.shape).astype(a.dtype))
             start += a.size
-        v = jax.tree.unflatten(jax.tree.structure(sub), v)
-        weight = jnp.asarray(batch_size, acc_dtype)  # every batch product is a batch mean
-        total = jnp.zeros((start,), acc_dtype)
+        rep = (sub, fixed, jax.tree.unflatten(jax.tree.structure(sub), v))
+        parts = []
         if mesh is not None:
-            total = total + sharded_sum(sub, fixed, v, args["sharded"]) * weight
-        if num_local:
-            total = total + scan_sum(sub, fixed, v, args["stacked"]) * weight
-        if tail_size:
-            tail = ravel(batch_product(sub, fixed, args["tail"], v))
-            total = total + tail * jnp.asarray(tail_size, acc_dtype)
+            parts.append(sharded_sum(weighted_product, rep, args["sharded"], mesh, chunk_size))
+        if "rows" in args:
+            parts.append(sum_chunks(lambda chunk: weighted_product(rep, chunk), args["rows"], chunk_size))
+        total = parts[0] if len(parts) == 1 else parts[0] + parts[1]
         return (total / jnp.asarray(n, acc_dtype)).astype(dtype)
 
     return fn
+
+
+def dense_hessian(loss_fn, params: PyTree, data: Any, *, chunk_size: int | None = None,
+                  max_vectors: int = 64) -> jax.Array:
+    """The Hessian of the loss averaged over all of `data`, as a dense symmetric [p, p] matrix.
+
+    The one dense Hessian of the package (influence's exact inverse, the sketching paper's
+    references, tests): the columns are products of `operator(loss_fn, params, data)` with the
+    unit vectors, each batch weighted by its size, so the result is the full-batch Hessian
+    whatever `chunk_size`; it is then symmetrized, 0.5 (H + H^T), to remove rounding asymmetry.
+    Costs p operator products: for references on small models only.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar` (a batch mean), or a `models.Functional`
+            (its objective, l2 term included, is differentiated).
+        params: the point (pytree of floating arrays, p entries in all, `ravel_pytree` order).
+        data: pytree of arrays with a leading example axis.
+        chunk_size: examples per batch product (as in `operator`; None: all at once up to 4096).
+        max_vectors: the most Hessian-vector products computed together (memory bound).
+
+    Returns:
+        The symmetric Hessian [p, p] in the params' dtype.
+    """
+    hessian = operator(loss_fn, params, data, "hessian", chunk_size=chunk_size).dense(max_vectors)
+    return 0.5 * (hessian + hessian.T)

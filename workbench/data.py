@@ -1,7 +1,9 @@
 """Embedded datasets (scikit-learn's bundled digits, synthetic generators) and a user .npz loader.
 
 A dataset is a `Dataset(x, y)` NamedTuple: a pytree, so `jax.tree.map(lambda a: a[idx], data)`
-takes a subset and every algorithm can treat it as a batch.
+takes a subset and every algorithm can treat it as a batch. Loaders that return more than one
+thing return NamedTuples too: `Split(train, test)`, `Regression(data, weights)`,
+`TextData(data, vocab)`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.core.numerics import num_examples  # noqa: F401 (re-exported: data.num_examples)
+from workbench.core.numerics import check_positive_int, num_examples  # noqa: F401 (re-exported: data.num_examples)
 
 
 class Dataset(NamedTuple):
@@ -36,16 +38,48 @@ class Dataset(NamedTuple):
         return Dataset(self.x[idx], self.y[idx])
 
 
+class Split(NamedTuple):
+    """A train/test split of one dataset."""
+
+    train: Dataset
+    test: Dataset
+
+
+class Regression(NamedTuple):
+    """A synthetic linear-regression problem: the data and the true weights [dim] behind it."""
+
+    data: Dataset
+    weights: jax.Array
+
+
+class TextData(NamedTuple):
+    """Character-level language-modelling data and its vocabulary (the sorted characters)."""
+
+    data: Dataset
+    vocab: str
+
+
 def load_digits(
     test_fraction: float = 0.25,
     seed: int = 0,
     image_shape: bool = False,
     dtype=jnp.float32,
-) -> tuple[Dataset, Dataset]:
+) -> Split:
     """scikit-learn's bundled 8x8 digits (1797 images, 10 classes), pixels scaled to [0, 1].
 
     The split is a stratified, seeded permutation, so the same `seed` always gives the same sets.
-    `image_shape=True` returns x as [n, 8, 8, 1] (for the CNN) instead of [n, 64].
+
+    Args:
+        test_fraction: the fraction of each class held out for testing, in (0, 1).
+        seed: seed of the NumPy generator drawing the split (a dataset choice, not a JAX key).
+        image_shape: True returns x as [n, 8, 8, 1] (for the CNN) instead of [n, 64].
+        dtype: the dtype of x (labels are int32).
+
+    Returns:
+        A `Split(train, test)` of `Dataset`s (1347 and 450 examples at the default fraction).
+
+    Raises:
+        ValueError: `test_fraction` outside (0, 1).
     """
     from sklearn.datasets import load_digits as _sk_digits
 
@@ -69,18 +103,31 @@ def load_digits(
     def make(idx):
         return Dataset(jnp.asarray(x[idx], dtype=dtype), jnp.asarray(y[idx]))
 
-    return make(train_idx), make(test_idx)
+    return Split(make(train_idx), make(test_idx))
 
 
 def make_regression(
     key: jax.Array, n: int, dim: int, noise: float = 0.1, dtype=jnp.float32
-) -> tuple[Dataset, jax.Array]:
-    """y = x @ w + noise * eps with x ~ N(0, I); returns the data and the true weights w."""
+) -> Regression:
+    """A linear-regression problem y = x @ w + noise * eps, x ~ N(0, I), w ~ N(0, I / dim).
+
+    Args:
+        key: PRNG key drawing x, w and the noise (independent streams by `jax.random.split`).
+        n: the number of examples.
+        dim: the input dimension.
+        noise: the standard deviation of the Gaussian noise on y.
+        dtype: the floating dtype of x, y and w.
+
+    Returns:
+        A `Regression(data, weights)`: `Dataset(x [n, dim], y [n])` and the true w [dim].
+    """
+    check_positive_int("n", n)
+    check_positive_int("dim", dim)
     kx, kw, ke = jax.random.split(key, 3)
     x = jax.random.normal(kx, (n, dim), dtype)
     w = jax.random.normal(kw, (dim,), dtype) / jnp.sqrt(dim)
     y = x @ w + noise * jax.random.normal(ke, (n,), dtype)
-    return Dataset(x, y), w
+    return Regression(Dataset(x, y), w)
 
 
 def make_classification(
@@ -91,9 +138,25 @@ def make_classification(
     separation: float = 2.0,
     dtype=jnp.float32,
 ) -> Dataset:
-    """Gaussian blobs: class means drawn N(0, separation^2 / dim * I), unit-variance noise."""
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    """Gaussian blobs: class means drawn N(0, 4 separation^2 / dim I), unit-variance noise.
+
+    Args:
+        key: PRNG key drawing the means, the labels and the noise.
+        n: the number of examples.
+        dim: the input dimension.
+        num_classes: the number of classes (>= 2); labels are uniform over them.
+        separation: the scale of the class means (larger: easier to separate).
+        dtype: the floating dtype of x (labels are int32).
+
+    Returns:
+        A `Dataset(x [n, dim], y [n])`.
+
+    Raises:
+        ValueError: `n` or `dim` not a positive int, or `num_classes` < 2.
+    """
+    check_positive_int("n", n)
+    check_positive_int("dim", dim)
+    check_positive_int("num_classes", num_classes, least=2)
     km, ky, kx = jax.random.split(key, 3)
     means = separation * jax.random.normal(km, (num_classes, dim), dtype) / jnp.sqrt(dim) * 2
     y = jax.random.randint(ky, (n,), 0, num_classes).astype(jnp.int32)
@@ -105,6 +168,21 @@ def load_npz(path: str | Path, x_key: str = "x", y_key: str = "y", dtype=jnp.flo
     """Load a user's dataset from an .npz file holding arrays `x_key` [n, ...] and `y_key` [n, ...].
 
     Integer targets are kept as int32 class labels; floating targets are cast to `dtype`.
+
+    Args:
+        path: the .npz file.
+        x_key: the name of the input array in the file.
+        y_key: the name of the target array in the file.
+        dtype: the dtype of x (and of floating targets).
+
+    Returns:
+        The `Dataset(x, y)`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        KeyError: the file lacks `x_key` or `y_key` (the message lists what it holds).
+        ValueError: missing example axes, different example counts, no examples, non-numeric
+            or non-finite inputs.
     """
     path = Path(path)
     if not path.exists():
@@ -134,24 +212,49 @@ def load_npz(path: str | Path, x_key: str = "x", y_key: str = "y", dtype=jnp.flo
 
 
 def save_npz(path: str | Path, data: Dataset) -> None:
+    """Write `data` as an .npz file with arrays "x" and "y" (what `load_npz` reads by default).
+
+    Args:
+        path: the file to write.
+        data: the dataset.
+    """
     np.savez(Path(path), x=np.asarray(data.x), y=np.asarray(data.y))
 
 
 def batches(data: Dataset, batch_size: int) -> Iterator[Dataset]:
-    """Consecutive batches in order; the last one may be shorter."""
+    """Consecutive batches in order; the last one may be shorter.
+
+    Args:
+        data: the dataset.
+        batch_size: examples per batch.
+
+    Yields:
+        `Dataset`s of `batch_size` consecutive examples (the last one possibly fewer).
+    """
     n = num_examples(data)
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    check_positive_int("batch_size", batch_size)
     for start in range(0, n, batch_size):
         yield data.take(slice(start, start + batch_size))
 
 
-def load_text(seq_len: int = 32, stride: int | None = None, modules: Sequence[str] = ("textwrap", "string", "difflib")):
+def load_text(seq_len: int = 32, stride: int | None = None,
+              modules: Sequence[str] = ("textwrap", "string", "difflib")) -> TextData:
     """Character-level language-modelling data from text that ships with Python (module sources).
 
-    Returns `(Dataset(x, y), vocab)`: x is int32 tokens [n, seq_len], y the same shifted by one
-    character; `vocab` is the sorted string of characters. No network, deterministic for a given
-    Python version.
+    No network, deterministic for a given Python version.
+
+    Args:
+        seq_len: characters per example (>= 2).
+        stride: characters between the starts of consecutive examples (default `seq_len`: no
+            overlap).
+        modules: the standard-library modules whose source text is used, concatenated.
+
+    Returns:
+        A `TextData(data, vocab)`: `Dataset(x, y)` with x int32 tokens [n, seq_len] and y the
+        same shifted by one character; `vocab` the sorted string of characters.
+
+    Raises:
+        ValueError: `seq_len` < 2.
     """
     import importlib
     import inspect
@@ -169,4 +272,4 @@ def load_text(seq_len: int = 32, stride: int | None = None, modules: Sequence[st
     starts = np.arange(0, len(ids) - seq_len - 1, stride)
     x = np.stack([ids[s : s + seq_len] for s in starts])
     y = np.stack([ids[s + 1 : s + seq_len + 1] for s in starts])
-    return Dataset(jnp.asarray(x), jnp.asarray(y)), vocab
+    return TextData(Dataset(jnp.asarray(x), jnp.asarray(y)), vocab)

@@ -151,13 +151,30 @@ class TinyTransformer(nnx.Module):
 
 
 def cross_entropy(outputs: jax.Array, targets: jax.Array) -> jax.Array:
-    """Per-example softmax cross-entropy with integer labels; averaged over any sequence axes."""
+    """Per-example softmax cross-entropy with integer labels; averaged over any sequence axes.
+
+    Args:
+        outputs: logits [n, ..., num_classes].
+        targets: integer labels [n, ...] (the logits' shape without the class axis).
+
+    Returns:
+        [n] losses, each the mean over the example's positions (one position for a classifier).
+    """
     losses = optax.softmax_cross_entropy_with_integer_labels(outputs, targets)
     return losses.reshape(losses.shape[0], -1).mean(axis=1)
 
 
 def squared_error(outputs: jax.Array, targets: jax.Array) -> jax.Array:
-    """Per-example 0.5 * ||output - target||^2 (a trailing output axis of 1 matches vector targets)."""
+    """Per-example 0.5 * ||output - target||^2.
+
+    Args:
+        outputs: predictions [n, ...]; a trailing axis of size 1 is dropped when `targets` has
+            one axis fewer (a scalar-output regressor against [n] targets).
+        targets: regression targets [n, ...].
+
+    Returns:
+        [n] losses, half the squared error summed over each example's entries.
+    """
     if outputs.ndim == targets.ndim + 1 and outputs.shape[-1] == 1:
         outputs = outputs[..., 0]
     diff = (outputs - targets).reshape(outputs.shape[0], -1)
@@ -187,7 +204,23 @@ class Functional(NamedTuple):
 
 
 def functional(model: nnx.Module, loss: str = "cross_entropy", l2: float = 0.0) -> Functional:
-    """Split `model` once into a params pytree and pure functions of it (see `Functional`)."""
+    """Split `model` once into a params pytree and pure functions of it (see `Functional`).
+
+    The model's non-parameter state (batch statistics, RNG streams) is captured at the split and
+    merged back, unchanged, in every `predict_fn` call: analyses run the model as it was.
+
+    Args:
+        model: a Flax NNX Module mapping inputs [n, ...] to outputs [n, ...].
+        loss: the per-example loss on outputs, "cross_entropy" (integer labels) or "mse"
+            (0.5 squared error).
+        l2: the L2 coefficient: `loss_fn` adds 0.5 * l2 * ||params||^2 (>= 0).
+
+    Returns:
+        The `Functional(params, loss_fn, per_example_loss_fn, predict_fn, output_loss_fn, l2)`.
+
+    Raises:
+        ValueError: an unknown `loss` or a negative `l2`.
+    """
     if loss not in OUTPUT_LOSSES:
         raise ValueError(f"loss must be one of {sorted(OUTPUT_LOSSES)}, got {loss!r}")
     if l2 < 0:
@@ -215,7 +248,16 @@ def functional(model: nnx.Module, loss: str = "cross_entropy", l2: float = 0.0) 
 
 
 def accuracy(predict_fn: Callable, params: PyTree, data) -> float:
-    """Fraction of examples whose arg-max output equals the integer label."""
+    """Fraction of examples whose arg-max output equals the integer label.
+
+    Args:
+        predict_fn: `predict_fn(params, x) -> logits [n, num_classes]`.
+        params: the model's params.
+        data: an (x, y) pair or `Dataset` with integer labels y [n].
+
+    Returns:
+        The accuracy in [0, 1], as a Python float.
+    """
     x, y = data
     logits = predict_fn(params, x)
     predicted = jnp.argmax(logits, axis=-1)

@@ -1,8 +1,11 @@
 """Optax training loop: jit-compiled chunks of steps, checkpoints at chosen steps, deterministic.
 
-Steps run inside `lax.scan` in fixed-size chunks (one compilation, whatever the step count);
-the host only wakes at chunk ends and at event steps (checkpoints, callbacks, evaluations) to
-record, save and update the progress bar.
+- `step(loss_fn, optimizer, params, opt_state, batch)`: the one optax step of the package.
+- `optimize(...)`: `num_steps` steps in one `lax.scan`, a pure function (under `jit`/`vmap`).
+- `train(...)`: the host loop with checkpoints, callbacks, evaluations and a progress bar.
+  Steps run inside `lax.scan` in chunks of `steps_per_chunk` (one compilation, whatever the
+  step count); the host only wakes at chunk ends and at event steps (checkpoints, callbacks,
+  evaluations) to record, save and update the progress bar.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 import optax
 from flax import serialization
 
-from workbench.core.numerics import num_examples
+from workbench.core.numerics import check_positive_int, num_examples
 from workbench.core.progress import bar
 from workbench.core.tree import check_same_structure
 
@@ -42,20 +45,48 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
-def batch_indices(key: jax.Array, num_examples: int, batch_size: int, steps: int) -> jax.Array:
-    """[steps, batch_size] example indices: a fresh permutation each epoch, last partial batch
-    of each epoch dropped so every step sees `batch_size` distinct examples."""
+class StepResult(NamedTuple):
+    """One optax step: the updated params and optimizer state, and the loss at the params
+    before the update."""
+
+    params: PyTree
+    opt_state: PyTree
+    loss: jax.Array
+
+
+class OptimizeResult(NamedTuple):
+    """The params after `num_steps` optax steps and the loss before each step [num_steps]."""
+
+    params: PyTree
+    losses: jax.Array
+
+
+def batch_indices(key: jax.Array, num_examples: int, batch_size: int, num_steps: int) -> jax.Array:
+    """Example indices of every minibatch of a run: a fresh permutation each epoch.
+
+    The last partial batch of each epoch is dropped, so every step sees `batch_size` distinct
+    examples and every epoch's batches are disjoint. Epoch e draws its permutation from
+    `jax.random.split(key, epochs)[e]`, so a longer run extends a shorter one's batches.
+
+    Args:
+        key: PRNG key drawing the permutations.
+        num_examples: the number of examples N to draw from (indices lie in [0, N)).
+        batch_size: examples per step, at most `num_examples`.
+        num_steps: how many steps (rows) to return.
+
+    Returns:
+        int32 array [num_steps, batch_size] of example indices.
+    """
     per_epoch = num_examples // batch_size
-    epochs = math.ceil(steps / per_epoch)
+    epochs = math.ceil(num_steps / per_epoch)
     perms = jax.vmap(lambda k: jax.random.permutation(k, num_examples))(jax.random.split(key, epochs))
-    return perms[:, : per_epoch * batch_size].reshape(-1, batch_size)[:steps]
+    return perms[:, : per_epoch * batch_size].reshape(-1, batch_size)[:num_steps]
 
 
 def _validate(num_steps, batch_size, n, checkpoint_steps, callback, callback_every, eval_fn, eval_every, on_nonfinite):
-    if not isinstance(num_steps, int | np.integer) or num_steps < 0:
-        raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
-    if batch_size is not None and not (isinstance(batch_size, int | np.integer) and 1 <= batch_size):
-        raise ValueError(f"batch_size must be a positive int or None (full batch), got {batch_size!r}")
+    check_positive_int("num_steps", num_steps, least=0)
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
     bad = [s for s in checkpoint_steps if not 0 <= s <= num_steps]
     if bad:
         raise ValueError(f"checkpoint_steps must lie in [0, num_steps={num_steps}], got {bad}")
@@ -77,14 +108,26 @@ def _learning_rate(opt_state) -> jax.Array | None:
     return None
 
 
-def step(loss_fn: Callable, optimizer: optax.GradientTransformation, params: PyTree, opt_state: PyTree, batch: Any):
-    """One optax step: (new params, new optimizer state, the loss at `params` before the update).
+def step(loss_fn: Callable, optimizer: optax.GradientTransformation, params: PyTree, opt_state: PyTree,
+         batch: Any) -> StepResult:
+    """One optax step: the gradient of `loss_fn` at `params` on `batch`, transformed and applied.
 
     The one training step of the package: `train`, `optimize` and every recipe go through it.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the mean loss of a batch.
+        optimizer: the optax `GradientTransformation` making the update.
+        params: the current parameters (pytree).
+        opt_state: the optimizer's state for `params` (`optimizer.init(params)` at the start).
+        batch: the batch the gradient is taken on (any pytree `loss_fn` accepts).
+
+    Returns:
+        A `StepResult(params, opt_state, loss)`: the updated params and state, and the loss at
+        `params` before the update.
     """
     loss, grads = jax.value_and_grad(loss_fn)(params, batch)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    return StepResult(optax.apply_updates(params, updates), opt_state, loss)
 
 
 def _full_batch(batch_size, n: int, key) -> bool:
@@ -101,11 +144,27 @@ def _batch(data, indices, step_index, full_batch: bool):
 
 def optimize(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data: Any, key: jax.Array | None,
              *, optimizer: optax.GradientTransformation, num_steps: int,
-             batch_size: int | None = None) -> tuple[PyTree, jax.Array]:
-    """`num_steps` optax steps inside one `lax.scan`: (final params, losses [num_steps]).
+             batch_size: int | None = None) -> OptimizeResult:
+    """`num_steps` optax steps inside one `lax.scan`, from `optimizer.init(params)`.
 
     A pure function (no host work, no events): use it under `jit`/`vmap`, e.g. to train many
     seeds or subspaces at once. Minibatches come from `batch_indices(key, ...)`, as in `train`.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the mean loss of a batch.
+        params: the initial parameters (pytree).
+        data: the training data, a pytree of arrays with a leading example axis.
+        key: PRNG key drawing the minibatch order; None only for full-batch training.
+        optimizer: the optax `GradientTransformation`.
+        num_steps: the number of steps.
+        batch_size: examples per step; None (or >= the data size) trains full-batch.
+
+    Returns:
+        An `OptimizeResult(params, losses)`: the final params and the loss before each step
+        [num_steps].
+
+    Raises:
+        ValueError: minibatch training without a key, or empty data.
     """
     n = num_examples(data)
     full_batch = _full_batch(batch_size, n, key)
@@ -117,7 +176,7 @@ def optimize(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data: 
         return (p, s), loss
 
     (params, _), losses = jax.lax.scan(body, (params, optimizer.init(params)), jnp.arange(num_steps))
-    return params, losses
+    return OptimizeResult(params, losses)
 
 
 class _Same:
@@ -172,20 +231,20 @@ def _contents(cell):
 _RUNNERS: collections.OrderedDict = collections.OrderedDict()  # the 64 most recent chunk programs
 
 
-def _chunk_runner(loss_fn, optimizer, full_batch: bool, chunk_size: int, has_lr: bool):
-    """The jitted chunk of `chunk_size` steps, cached per (loss_fn, optimizer, configuration) so
+def _chunk_runner(loss_fn, optimizer, full_batch: bool, steps_per_chunk: int, has_lr: bool):
+    """The jitted chunk of `steps_per_chunk` steps, cached per (loss_fn, optimizer, configuration) so
     repeated `train` calls compile once: the optimizer is compared by what it computes (a fresh
     `optax.adam(1e-3)` equals the last one), the loss function by identity."""
-    key = (loss_fn, _fingerprint(optimizer), full_batch, chunk_size, has_lr)
+    key = (loss_fn, _fingerprint(optimizer), full_batch, steps_per_chunk, has_lr)
     if key not in _RUNNERS:
-        _RUNNERS[key] = _make_chunk_runner(loss_fn, optimizer, full_batch, chunk_size, has_lr)
+        _RUNNERS[key] = _make_chunk_runner(loss_fn, optimizer, full_batch, steps_per_chunk, has_lr)
         if len(_RUNNERS) > 64:
             _RUNNERS.popitem(last=False)
     _RUNNERS.move_to_end(key)
     return _RUNNERS[key]
 
 
-def _make_chunk_runner(loss_fn, optimizer, full_batch: bool, chunk_size: int, has_lr: bool):
+def _make_chunk_runner(loss_fn, optimizer, full_batch: bool, steps_per_chunk: int, has_lr: bool):
     @jax.jit
     def run_chunk(params, opt_state, start, stop, last, data, indices):
         # data and indices are arguments, not closed-over constants, so they stay out of the HLO.
@@ -201,7 +260,7 @@ def _make_chunk_runner(loss_fn, optimizer, full_batch: bool, chunk_size: int, ha
             ok = ok & (jnp.isfinite(loss) | ~active)
             return (keep(new_params, params), keep(new_state, opt_state), ok), (loss, lr)
 
-        step_ids = start + jnp.arange(chunk_size)
+        step_ids = start + jnp.arange(steps_per_chunk)
         active = step_ids < stop
         safe_ids = jnp.minimum(step_ids, last)
         carry, (losses, lrs) = jax.lax.scan(one_step, (params, opt_state, jnp.array(True)), (safe_ids, active))
@@ -227,28 +286,51 @@ def train(
     eval_every: int = 0,
     on_nonfinite: str = "raise",
     progress: bool = True,
-    chunk_size: int = 100,
+    steps_per_chunk: int = 100,
 ) -> TrainResult:
     """Minimise `loss_fn(params, batch)` over `data` with `optimizer` for `num_steps` steps.
 
-    Args:
-      key: draws the minibatch order; None only for full-batch training.
-      batch_size: examples per step, sampled without replacement within each epoch from `key`;
-        None (or >= the data size) trains full-batch.
-      checkpoint_steps: steps after which params are kept in `checkpoints` (0 = initial params)
-        and, with `checkpoint_dir`, written as `step_XXXXXXXX.msgpack` (flax serialization).
-      callback: `callback(step, params) -> dict | None`, called at step 0, every `callback_every`
-        steps and at the last step; returned values are stacked into the history under their
-        keys, with their steps in `history["callback_step"]` (e.g. sharpness every k steps).
-      eval_fn: `eval_fn(params) -> dict`, at step 0, every `eval_every` steps and at the end.
-      on_nonfinite: "raise" raises NonFiniteLossError at the first NaN/inf loss; "stop" ends
-        training there and returns `diverged=True` with the history up to that step.
-
     The history holds "step" and "loss" (the minibatch loss before each update), "lr" when the
     optimizer exposes a learning rate (optax.inject_hyperparams), and the callback/eval values.
-    Steps run in jitted `lax.scan` chunks compiled once per (loss_fn, optimizer, chunk_size).
+    Steps run in jitted `lax.scan` chunks compiled once per (loss_fn, optimizer,
+    steps_per_chunk): the optimizer is compared by what it computes, so a fresh
+    `optax.adam(1e-3)` reuses the last program.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the mean loss of a batch.
+        params: the initial parameters (pytree).
+        data: the training data, a pytree of arrays with a leading example axis.
+        key: draws the minibatch order; None only for full-batch training.
+        optimizer: the optax `GradientTransformation`.
+        num_steps: the number of optimisation steps (0 runs only the step-0 events).
+        batch_size: examples per step, sampled without replacement within each epoch from `key`;
+            None (or >= the data size) trains full-batch.
+        checkpoint_steps: steps after which params are kept in `checkpoints` (0 = initial params)
+            and, with `checkpoint_dir`, written as `step_XXXXXXXX.msgpack` (flax serialization).
+        checkpoint_dir: folder for the checkpoint files; None keeps them in memory only.
+        callback: `callback(step, params) -> dict | None`, called at step 0, every
+            `callback_every` steps and at the last step; returned values are stacked into the
+            history under their keys, with their steps in `history["callback_step"]` (e.g.
+            sharpness every k steps).
+        callback_every: steps between callback calls (> 0 when `callback` is given).
+        eval_fn: `eval_fn(params) -> dict`, at step 0, every `eval_every` steps and at the end;
+            its steps go to `history["eval_step"]`.
+        eval_every: steps between evaluations (> 0 when `eval_fn` is given).
+        on_nonfinite: "raise" raises NonFiniteLossError at the first NaN/inf loss; "stop" ends
+            training there and returns `diverged=True` with the history up to that step.
+        progress: show a tqdm progress bar.
+        steps_per_chunk: optimisation steps compiled into one program (the host wakes at least
+            this often); the numbers do not depend on it.
+
+    Returns:
+        A `TrainResult(params, history, checkpoints, diverged)`.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or inf and `on_nonfinite="raise"`.
+        ValueError: a bad argument (named in the message) or empty data.
     """
     steps = num_steps
+    steps_per_chunk = check_positive_int("steps_per_chunk", steps_per_chunk)
     checkpoint_steps = sorted({int(s) for s in checkpoint_steps})
     n = num_examples(data)
     _validate(steps, batch_size, n, checkpoint_steps, callback, callback_every, eval_fn, eval_every, on_nonfinite)
@@ -256,7 +338,7 @@ def train(
     indices = None if full_batch else batch_indices(key, n, batch_size, steps)
     opt_state = optimizer.init(params)
     has_lr = _learning_rate(opt_state) is not None
-    run_chunk = _chunk_runner(loss_fn, optimizer, full_batch, int(chunk_size), has_lr)
+    run_chunk = _chunk_runner(loss_fn, optimizer, full_batch, steps_per_chunk, has_lr)
     last = max(steps - 1, 0)
 
     events = set(checkpoint_steps) | {steps}
@@ -288,7 +370,7 @@ def train(
     with bar(total=steps, disable=not progress, desc="train", unit="steps") as pbar:
         for target in events:
             while done < target:
-                stop = min(done + chunk_size, target)
+                stop = min(done + steps_per_chunk, target)
                 params, opt_state, chunk_losses, chunk_lrs = run_chunk(
                     params, opt_state, done, stop, last, data, indices
                 )
@@ -338,7 +420,15 @@ def _stack_into(history: dict, step_key: str, steps: list[int], values: list[dic
 
 
 def save_checkpoint(path: str | Path, params: PyTree) -> Path:
-    """Write params with flax serialization (msgpack), atomically (temporary file, then rename)."""
+    """Write params with flax serialization (msgpack), atomically (temporary file, then rename).
+
+    Args:
+        path: the file to write (its folder is created).
+        params: the parameters (pytree of arrays).
+
+    Returns:
+        The path written.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -348,7 +438,18 @@ def save_checkpoint(path: str | Path, params: PyTree) -> Path:
 
 
 def load_checkpoint(path: str | Path, like: PyTree) -> PyTree:
-    """Read params saved by `save_checkpoint`; `like` gives the structure (e.g. the initial params)."""
+    """Read params saved by `save_checkpoint`.
+
+    Args:
+        path: the file `save_checkpoint` wrote.
+        like: a pytree with the expected structure (e.g. the initial params).
+
+    Returns:
+        The params, as a pytree of jax arrays shaped like `like`.
+
+    Raises:
+        ValueError: the file does not hold params of `like`'s structure.
+    """
     try:
         restored = serialization.from_bytes(like, Path(path).read_bytes())
     except ValueError as err:

@@ -18,13 +18,31 @@ PyTree = Any
 
 
 def default_tol(dtype) -> float:
-    """Relative tolerance for iterative solvers: 1e-10 in float64, 1e-4 in float32 (and below)."""
+    """Relative tolerance for iterative solvers: 1e-10 in float64, 1e-4 in float32 (and below).
+
+    Args:
+        dtype: the floating dtype of the computation.
+
+    Returns:
+        The tolerance, a Python float.
+    """
     return 1e-10 if jnp.finfo(dtype).bits >= 64 else 1e-4
 
 
 def num_examples(data: PyTree, name: str = "data") -> int:
     """The common leading (example) axis of every array in `data`; raises ValueError when there
-    are no arrays, the arrays disagree, an array has no leading axis, or the data is empty."""
+    are no arrays, the arrays disagree, an array has no leading axis, or the data is empty.
+
+    Args:
+        data: a pytree of arrays with a leading example axis.
+        name: what `data` is called in error messages.
+
+    Returns:
+        The number of examples n >= 1.
+
+    Raises:
+        ValueError: as above, naming `name`.
+    """
     leaves = jax.tree.leaves(data)
     if not leaves:
         raise ValueError(f"{name} holds no arrays")
@@ -41,7 +59,15 @@ def num_examples(data: PyTree, name: str = "data") -> int:
 
 
 def check_finite(tree: PyTree, name: str) -> None:
-    """Raise ValueError naming the first leaf of `tree` that holds NaN or inf."""
+    """Raise ValueError naming the first leaf of `tree` that holds NaN or inf.
+
+    Args:
+        tree: the pytree checked (non-floating leaves are skipped).
+        name: what `tree` is called in the message.
+
+    Raises:
+        ValueError: a leaf holds NaN or inf.
+    """
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
             continue
@@ -64,7 +90,15 @@ def _raise_nonfinite(where: str, finite) -> None:
 
 def check_finite_flag(finite, where: str) -> None:
     """Raise FloatingPointError when an algorithm's `finite` flag is False. Under an outer `jit`
-    the check runs as a host callback and surfaces as a runtime error with the same message."""
+    the check runs as a host callback and surfaces as a runtime error with the same message.
+
+    Args:
+        finite: a boolean (array or traced) flag from an algorithm.
+        where: the routine named in the message.
+
+    Raises:
+        FloatingPointError: the flag is False.
+    """
     if isinstance(finite, jax.core.Tracer):
         jax.debug.callback(functools.partial(_raise_nonfinite, where), finite)
     else:
@@ -72,10 +106,42 @@ def check_finite_flag(finite, where: str) -> None:
 
 
 def check_positive_int(name: str, value, least: int = 1) -> int:
-    """`value` as an int if it is an integer >= `least`, else a ValueError naming `name`."""
+    """`value` as an int if it is an integer >= `least`, else a ValueError naming `name`.
+
+    Args:
+        name: the argument's name, used in the message.
+        value: the value checked (Python or NumPy integer; bools are refused).
+        least: the smallest value allowed (1 by default, 0 for counts that may be empty).
+
+    Returns:
+        `value` as a Python int.
+
+    Raises:
+        ValueError: `value` is not an integer >= `least`.
+    """
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
         raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
     return int(value)
+
+
+def check_floating(params: PyTree, name: str = "params") -> jax.typing.DTypeLike:
+    """Check that `params` is a non-empty pytree of floating-point arrays (what every
+    differentiating routine needs) and return their common dtype.
+
+    Args:
+        params: the pytree checked.
+        name: what it is called in the message.
+
+    Returns:
+        The result dtype of its leaves.
+
+    Raises:
+        ValueError: no leaves, or a leaf that is not floating-point.
+    """
+    leaves = jax.tree.leaves(params)
+    if not leaves or not all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves):
+        raise ValueError(f"{name} must be a non-empty pytree of floating-point arrays")
+    return jnp.result_type(*leaves)
 
 
 # XLA's CPU backend runs LLVM at -O3 on the loops it generates. For programs whose time goes to
@@ -119,7 +185,15 @@ class QuickCompileOnCpu:
 
 
 def quick_compile_on_cpu(fun=None, **jit_kwargs):
-    """Decorator form of `QuickCompileOnCpu`: `@quick_compile_on_cpu(static_argnums=(2,))`."""
+    """Decorator form of `QuickCompileOnCpu`: `@quick_compile_on_cpu(static_argnums=(2,))`.
+
+    Args:
+        fun: the function to compile (None when used as `@quick_compile_on_cpu(...)`).
+        **jit_kwargs: `jax.jit` options (static_argnums, donate_argnums ...).
+
+    Returns:
+        A `QuickCompileOnCpu` wrapping `fun` (or, without `fun`, a decorator making one).
+    """
     if fun is None:
         return functools.partial(quick_compile_on_cpu, **jit_kwargs)
     return QuickCompileOnCpu(fun, **jit_kwargs)

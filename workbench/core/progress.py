@@ -23,6 +23,15 @@ MODES = ("auto", "log", "off")
 
 
 def mode() -> str:
+    """How progress bars are shown, read from the WORKBENCH_PROGRESS environment variable.
+
+    Returns:
+        "auto" (tqdm.auto: widgets in notebooks, text in terminals; the default), "log" (one
+        line on stderr when a bar closes: papermill runs and CI) or "off".
+
+    Raises:
+        ValueError: the variable holds another value.
+    """
     value = os.environ.get(PROGRESS_ENV, "auto") or "auto"
     if value not in MODES:
         raise ValueError(f"{PROGRESS_ENV} must be one of {MODES}, got {value!r}")
@@ -58,7 +67,20 @@ def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str
     """A progress bar (context manager and iterable wrapper, tqdm's interface) for a long loop.
 
     Finished bars stay (`leave=True`): a notebook bar with leave=False closes its widget model
-    while the output still refers to it, and voila then shows "Error displaying widget"."""
+    while the output still refers to it, and voila then shows "Error displaying widget".
+
+    Args:
+        iterable: the iterable to wrap (None for a manual bar updated with `update`).
+        total: the expected number of iterations (None: unknown or len(iterable)).
+        desc: the label shown before the bar.
+        disable: draw nothing (WORKBENCH_PROGRESS=off disables every bar).
+        leave: keep the finished bar.
+        unit: the name of one iteration ("steps", "probes" ...).
+        **kwargs: further tqdm options.
+
+    Returns:
+        The tqdm bar (usable as a context manager and as an iterable).
+    """
     how = mode()
     if how == "off":
         disable = True

@@ -18,14 +18,30 @@ PyTree = Any
 
 
 def ravel(x: PyTree) -> tuple[jax.Array, Any]:
-    """(flat vector, unravel function); use only at the boundary of flat-vector algorithms."""
+    """(flat vector, unravel function); use only at the boundary of flat-vector algorithms.
+
+    Args:
+        x: the pytree.
+
+    Returns:
+        The tuple (flat [size], unravel) of `jax.flatten_util.ravel_pytree`.
+    """
     return ravel_pytree(x)
 
 
-def check_same_structure(a: PyTree, b: PyTree, a_name: str = "params", b_name: str = "vector"):
+def check_same_structure(a: PyTree, b: PyTree, a_name: str = "params", b_name: str = "vector") -> None:
     """Raise ValueError naming the first leaf where `a` and `b` differ in path, shape or dtype kind.
 
     Shapes must match exactly; dtypes may differ in precision (float32 vs float64) but not in kind.
+
+    Args:
+        a: the reference pytree.
+        b: the pytree checked against it.
+        a_name: what `a` is called in the message.
+        b_name: what `b` is called in the message.
+
+    Raises:
+        ValueError: the structures, shapes or dtype kinds differ (the first difference is named).
     """
     a_paths = jax.tree_util.tree_flatten_with_path(a)[0]
     b_paths = jax.tree_util.tree_flatten_with_path(b)[0]

@@ -8,7 +8,22 @@ process (`shard_examples`); `curvature_operator` is `workbench.curvature.operato
 `spectrum.top_eigenpairs`, `spectral_density` and `trace` run unchanged); `lbfgs` (optax) and
 `owlqn` (L1, implemented here) minimise objectives over them; `entropic_ot` solves entropic
 optimal transport by L-BFGS on the dual potentials, building the cost per block; and
-`gradient_store` fills one zarr gradient store from every process at once.
+`gradient_store` fills one zarr gradient store from every process at once. Every sum over the
+examples goes through `global_sum`, the same reduction (`core.per_example.sharded_sum`) that
+`curvature.operator` runs over one machine's devices.
+
+Example:
+    One process, its local devices: the Gauss-Newton matrix of least squares is X^T X / n.
+
+    >>> import jax.numpy as jnp, numpy as np
+    >>> from workbench import distributed as dist
+    >>> x = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]], np.float32)
+    >>> data = dist.shard_examples((x, np.array([1.0, 2.0, 0.0], np.float32)))
+    >>> loss = lambda w, batch: 0.5 * jnp.mean((batch[0] @ w - batch[1]) ** 2)
+    >>> op = dist.curvature_operator(loss, jnp.zeros(2, jnp.float32), data)
+    >>> np.round(np.asarray(op.dense()), 4)
+    array([[0.6667, 0.3333],
+           [0.3333, 1.6667]], dtype=float32)
 """
 
 from workbench.distributed import ot, profile

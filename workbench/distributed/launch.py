@@ -30,6 +30,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from workbench.core.numerics import check_positive_int
+
 COORDINATOR_ENV = "WORKBENCH_COORDINATOR"
 NUM_PROCESSES_ENV = "WORKBENCH_NUM_PROCESSES"
 PROCESS_ID_ENV = "WORKBENCH_PROCESS_ID"
@@ -50,14 +52,29 @@ class LaunchResult(NamedTuple):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (bound to port 0 and released)."""
+    """A TCP port that was free a moment ago (bound to port 0 and released).
+
+    Args:
+        host: the interface to bind.
+
+    Returns:
+        The port number.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
 def check_port_free(port: int, host: str = "127.0.0.1") -> None:
-    """Raise `LaunchError` if `port` cannot be bound on `host` (another job holds it)."""
+    """Raise `LaunchError` if `port` cannot be bound on `host` (another job holds it).
+
+    Args:
+        port: the TCP port.
+        host: the interface to bind.
+
+    Raises:
+        LaunchError: the port is in use.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind((host, int(port)))
@@ -133,11 +150,30 @@ def launch(
     `LaunchResult` when every process exits 0; otherwise stops the others at once and raises
     `LaunchError` with every process's status and last output lines. `timeout` (seconds) bounds
     the whole job.
+
+    Args:
+        target: the script path, or the module name with `module=True`.
+        num_processes: the number of processes (>= 1).
+        devices_per_process: CPU devices each process gets.
+        args: command-line arguments passed to every process.
+        module: run `target` as `python -m target`.
+        port: the coordinator's port (None: a free one).
+        timeout: seconds the whole job may take.
+        env: extra environment variables for every process.
+        cwd: the working directory of the processes.
+        echo: forward the processes' output, prefixed `[pK]`.
+        python: the interpreter (default this one).
+
+    Returns:
+        A `LaunchResult` (every process exited 0).
+
+    Raises:
+        FileNotFoundError: no such script.
+        ValueError: a bad count.
+        LaunchError: a process failed, the job timed out, or the port is in use.
     """
-    if not isinstance(num_processes, int) or num_processes < 1:
-        raise ValueError(f"num_processes must be a positive int, got {num_processes!r}")
-    if not isinstance(devices_per_process, int) or devices_per_process < 1:
-        raise ValueError(f"devices_per_process must be a positive int, got {devices_per_process!r}")
+    num_processes = check_positive_int("num_processes", num_processes)
+    devices_per_process = check_positive_int("devices_per_process", devices_per_process)
     if not timeout or timeout <= 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     target = str(target)
@@ -238,6 +274,15 @@ def initialize(timeout_s: float = 60.0) -> JobInfo:
 
     Call before any other JAX work. Raises `RuntimeError` naming the coordinator when the other
     processes do not arrive within `timeout_s`.
+
+    Args:
+        timeout_s: seconds to wait for the other processes.
+
+    Returns:
+        A `JobInfo` (process index and count, local and global device counts, coordinator).
+
+    Raises:
+        RuntimeError: the job could not be joined within `timeout_s`.
     """
     import jax
 
@@ -262,7 +307,15 @@ def initialize(timeout_s: float = 60.0) -> JobInfo:
 
 
 def barrier(name: str, timeout_s: float = 120.0) -> None:
-    """Wait until every process reaches `barrier(name)`; raise after `timeout_s` (no hang)."""
+    """Wait until every process reaches `barrier(name)`; raise after `timeout_s` (no hang).
+
+    Args:
+        name: the barrier's name (every process passes the same).
+        timeout_s: seconds to wait.
+
+    Raises:
+        RuntimeError: jax.distributed is not initialised, or the wait timed out.
+    """
     import jax
 
     if jax.process_count() == 1:
@@ -276,7 +329,11 @@ def barrier(name: str, timeout_s: float = 120.0) -> None:
 
 
 def shutdown(timeout_s: float = 120.0) -> None:
-    """Wait for every process (at most `timeout_s`), then leave the job (no-op for one process)."""
+    """Wait for every process (at most `timeout_s`), then leave the job (no-op for one process).
+
+    Args:
+        timeout_s: seconds to wait for the other processes.
+    """
     import jax
 
     if jax.process_count() > 1:

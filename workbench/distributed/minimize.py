@@ -34,6 +34,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from workbench.core.numerics import check_floating, check_positive_int
 from workbench.distributed.operator import _example_sum
 from workbench.distributed.sharding import AXIS, ShardedData, global_sum, replicate, to_host
 
@@ -51,7 +52,9 @@ class MinimizeResult(NamedTuple):
     values: np.ndarray  # [num_steps + 1] objective at every iterate
 
 
-def default_tol(dtype) -> float:
+def _gradient_tol(dtype) -> float:
+    """The default gradient-norm tolerance of the quasi-Newton loops: 1e-9 in float64, 1e-4 in
+    float32 (a gradient norm, looser than `core.numerics.default_tol`'s relative residual)."""
     return 1e-9 if jnp.dtype(dtype) == jnp.float64 else 1e-4
 
 
@@ -60,7 +63,18 @@ def default_tol(dtype) -> float:
 
 def objective_value(loss_fn: Callable, params: PyTree, data: ShardedData, l2=0.0, chunk_size=None) -> jax.Array:
     """(1/N) sum over every real example of loss_fn(params, example) + 0.5 * l2 * ||params||^2,
-    the same scalar on every device (call inside `jit` with `data` as an argument)."""
+    the same scalar on every device (call inside `jit` with `data` as an argument).
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, a batch mean (evaluated on one-example batches).
+        params: the point (replicated or `block_params`).
+        data: the `ShardedData`.
+        l2: the L2 coefficient.
+        chunk_size: examples each device evaluates at once (None: all of its rows).
+
+    Returns:
+        The objective, a scalar replicated on every device.
+    """
     total = global_sum(lambda p, rows, w: _example_sum(loss_fn)(p, (rows, w)), params, data,
                        chunk_size=chunk_size)
     value = total / jnp.asarray(data.num_examples, total.dtype)
@@ -69,7 +83,15 @@ def objective_value(loss_fn: Callable, params: PyTree, data: ShardedData, l2=0.0
 
 def block_params(params: PyTree, data: ShardedData) -> PyTree:
     """Params as global arrays sharded by block along their first axis over every device (leaves
-    whose first axis the device count does not divide are replicated)."""
+    whose first axis the device count does not divide are replicated).
+
+    Args:
+        params: host params (the same on every process).
+        data: the `ShardedData` whose mesh the params are placed on.
+
+    Returns:
+        The params as global arrays (blocks of the first axis per device, or replicated).
+    """
     k = data.mesh.devices.size
     rep = replicate(params, data.mesh)
 
@@ -92,15 +114,10 @@ def _as_global(params, data):
 
 
 def _check(params, num_steps, tol, memory_size):
-    leaves = jax.tree.leaves(params)
-    if not leaves or not all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves):
-        raise ValueError("params must be a non-empty pytree of floating-point arrays")
-    if not isinstance(num_steps, int | np.integer) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
-    if not isinstance(memory_size, int | np.integer) or memory_size < 1:
-        raise ValueError(f"memory_size must be a positive int, got {memory_size!r}")
-    dtype = jnp.result_type(*leaves)
-    tol = default_tol(dtype) if tol is None else float(tol)
+    dtype = check_floating(params)
+    check_positive_int("num_steps", num_steps)
+    check_positive_int("memory_size", memory_size)
+    tol = _gradient_tol(dtype) if tol is None else float(tol)
     if tol < 0:
         raise ValueError(f"tol must be non-negative, got {tol}")
     return tol
@@ -157,7 +174,26 @@ def minimize_lbfgs(value_fn: Callable, params: PyTree, args: Any, *, num_steps: 
                    tol: float | None = None, memory_size: int = 10, require_convergence: bool = True,
                    name: str = "lbfgs") -> MinimizeResult:
     """Minimise `value_fn(params, args)` (a pure, jittable scalar function; `args` passed as an
-    argument, never closed over) with `optax.lbfgs` until the gradient norm is <= `tol`."""
+    argument, never closed over) with `optax.lbfgs` until the gradient norm is <= `tol`.
+
+    Args:
+        value_fn: `value_fn(params, args) -> scalar`, pure and jittable (hashable: it is static).
+        params: the starting point (pytree of floating arrays).
+        args: the data `value_fn` reads (a pytree of arrays).
+        num_steps: the most L-BFGS iterations.
+        tol: the gradient norm to reach (default 1e-9 in float64, 1e-4 in float32).
+        memory_size: the number of curvature pairs kept.
+        require_convergence: raise when `tol` is not reached (False returns the last iterate).
+        name: the routine named in error messages.
+
+    Returns:
+        A `MinimizeResult(params, value, grad_norm, num_steps, num_evaluations, converged, finite,
+    values)` with params as numpy arrays, the same on every process.
+
+    Raises:
+        FloatingPointError: the objective became NaN or inf.
+        RuntimeError: not converged and `require_convergence`.
+    """
     tol = _check(params, num_steps, tol, memory_size)
     p, value, gnorm, k, values, evals = _lbfgs_run(value_fn, params, args, tol, num_steps=int(num_steps),
                                                    memory_size=int(memory_size))
@@ -174,7 +210,28 @@ def lbfgs(loss_fn: Callable, params: PyTree, data: ShardedData, *, l2: float = 0
           require_convergence: bool = True) -> MinimizeResult:
     """Minimise the `objective` of `data` (mean of `loss_fn` over every real example, plus
     0.5 * l2 * ||params||^2) with `optax.lbfgs`. `loss_fn(params, batch)` is a batch-mean loss,
-    evaluated on one-example batches; `params` are host arrays (replicated) or `block_params`."""
+    evaluated on one-example batches; `params` are host arrays (replicated) or `block_params`.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, a batch mean.
+        params: the starting point (host arrays, or `block_params`).
+        data: the `ShardedData`.
+        l2: the L2 coefficient of the objective.
+        num_steps: the most iterations.
+        tol: the gradient norm to reach (default 1e-9 in float64, 1e-4 in float32).
+        memory_size: the number of curvature pairs kept.
+        chunk_size: examples each device evaluates at once (None: all of its rows).
+        require_convergence: raise when `tol` is not reached.
+
+    Returns:
+        A `MinimizeResult(params, value, grad_norm, num_steps, num_evaluations, converged, finite,
+    values)` with params as numpy arrays, the same on every process.
+
+    Raises:
+        TypeError: `data` is not a `ShardedData`.
+        FloatingPointError: the objective became NaN or inf.
+        RuntimeError: not converged and `require_convergence`.
+    """
     if not isinstance(data, ShardedData):
         raise TypeError(f"data must be a ShardedData (see distributed.shard_examples), got {type(data).__name__}")
     params = _as_global(params, data)
@@ -187,7 +244,16 @@ def lbfgs(loss_fn: Callable, params: PyTree, data: ShardedData, *, l2: float = 0
 
 
 def pseudo_gradient(grad: PyTree, params: PyTree, l1) -> PyTree:
-    """The minimum-norm subgradient of f + l1 ||x||_1 (zero where 0 is a subgradient)."""
+    """The minimum-norm subgradient of f + l1 ||x||_1 (zero where 0 is a subgradient).
+
+    Args:
+        grad: the gradient of the smooth part f (pytree).
+        params: the point, shaped like `grad`.
+        l1: the L1 coefficient (>= 0).
+
+    Returns:
+        The pseudo-gradient, shaped like `grad`.
+    """
 
     def leaf(g, x):
         at_zero = jnp.where(g + l1 < 0, g + l1, jnp.where(g - l1 > 0, g - l1, jnp.zeros_like(g)))
@@ -291,7 +357,30 @@ def owlqn(loss_fn: Callable, params: PyTree, data: ShardedData, *, l1: float, l2
           chunk_size: int | None = None, require_convergence: bool = True) -> MinimizeResult:
     """Minimise `objective + l1 * ||params||_1` with OWL-QN; `grad_norm` is the norm of the
     pseudo-gradient (zero exactly at the minimiser). Exact zeros in the result are the features
-    L1 switched off."""
+    L1 switched off.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, a batch mean.
+        params: the starting point (host arrays, or `block_params`).
+        data: the `ShardedData`.
+        l1: the L1 coefficient (>= 0).
+        l2: the L2 coefficient of the smooth objective.
+        num_steps: the most iterations.
+        tol: the pseudo-gradient norm to reach (default 1e-9 in float64, 1e-4 in float32).
+        memory_size: the number of curvature pairs kept.
+        chunk_size: examples each device evaluates at once (None: all of its rows).
+        require_convergence: raise when `tol` is not reached.
+
+    Returns:
+        A `MinimizeResult(params, value, grad_norm, num_steps, num_evaluations, converged, finite,
+    values)` with params as numpy arrays, the same on every process. `value` includes the l1 term.
+
+    Raises:
+        TypeError: `data` is not a `ShardedData`.
+        ValueError: a negative or non-finite `l1`, or bad counts.
+        FloatingPointError: the objective became NaN or inf.
+        RuntimeError: not converged and `require_convergence`.
+    """
     if not isinstance(data, ShardedData):
         raise TypeError(f"data must be a ShardedData (see distributed.shard_examples), got {type(data).__name__}")
     if not np.isfinite(l1) or l1 < 0:

@@ -4,7 +4,8 @@
 `ShardedData`: the same Hessian / Gauss-Newton / empirical-Fisher products
 (`curvature.hvp`, `ggn_vp`, `fisher_vp`), each example weighted by its `data.weights` entry so
 padding counts for nothing, summed on every device in chunks, `psum`-med over every device of
-every process and divided by the number of real examples. The result is a
+every process (`global_sum`, i.e. `core.per_example.sharded_sum`: the reduction
+`curvature.operator` runs over local devices) and divided by the number of real examples. The result is a
 `curvature.LinearOperator` whose arrays (params, data) travel as arguments, so
 `spectrum.top_eigenpairs`, `spectral_density` and `trace` run on it unchanged, under one `jit`,
 on every process at once (SPMD) and return the same replicated numbers everywhere.
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench import curvature
+from workbench.core.numerics import check_floating, check_positive_int
 from workbench.core.per_example import per_example_losses
 from workbench.distributed.sharding import ShardedData, global_sum, replicate
 
@@ -49,7 +51,7 @@ def _product_fn(loss_fn, kind, predict_fn, output_loss_fn, l2, treedef, shapes, 
         if kind == "hessian":
             out = curvature.hvp(example_sum, params, (rows, w), v)
         elif kind == "fisher":  # fisher_vp averages g_i g_i^T v over the chunk: scale back to a sum
-            root = lambda p, b: loss_fn(p, b[0]) * jnp.sqrt(b[1][0]).astype(params_dtype(p))
+            root = lambda p, b: loss_fn(p, b[0]) * jnp.sqrt(b[1][0]).astype(_params_dtype(p))
             out = curvature.fisher_vp(root, params, (rows, w), v)
             out = jax.tree.map(lambda a: a * w.shape[0], out)
         else:  # ggn_vp differentiates the chunk mean of output_loss_fn: weight and scale to a sum
@@ -76,7 +78,7 @@ def _product_fn(loss_fn, kind, predict_fn, output_loss_fn, l2, treedef, shapes, 
     return fn
 
 
-def params_dtype(params) -> Any:
+def _params_dtype(params) -> Any:
     return jnp.result_type(*jax.tree.leaves(params))
 
 
@@ -94,26 +96,42 @@ def curvature_operator(
     """Curvature of the loss averaged over every real example of `data` (a `ShardedData`), as a
     `curvature.LinearOperator` on flat vectors (replicated on every device).
 
-    `loss_fn(params, batch)` is the mean loss of a batch (it is evaluated on one-example batches),
-    or a `workbench.models.Functional` (then GGN uses its `predict_fn`, `output_loss_fn`, `l2`).
-    One convention for the three kinds, as in `curvature.operator`: data curvature + l2 I ("hessian"
-    differentiates `loss_fn` as given; "ggn" and "fisher" add `l2` I to the data-loss curvature).
-    `kind` is "hessian", "ggn" (data must be (x, y) pairs) or "fisher", as in
-    `workbench.curvature.operator`, which gives the same operator on one process. `chunk_size`
-    caps the examples each device differentiates at once (default: all of its rows).
+    One convention for the three kinds, as in `curvature.operator` (which gives the same
+    operator on one process): data curvature + l2 I ("hessian" differentiates `loss_fn` as
+    given; "ggn" and "fisher" add `l2` I to the data-loss curvature).
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the mean loss of a batch (it is evaluated on
+            one-example batches), or a `workbench.models.Functional` (then GGN uses its
+            `predict_fn`, `output_loss_fn`, `l2`).
+        params: the point (pytree of floating arrays, the same on every process).
+        data: the examples, a `ShardedData` from `shard_examples`.
+        kind: "hessian", "ggn" (data must be (x, y) pairs) or "fisher".
+        predict_fn: `predict_fn(params, x) -> outputs` for "ggn" (overrides the Functional's).
+        output_loss_fn: `output_loss_fn(outputs, y) -> [n]` for "ggn" (overrides the Functional's).
+        l2: the multiple of the identity added for "ggn" and "fisher" (default the Functional's,
+            else 0).
+        chunk_size: the most examples each device differentiates at once (None: all of its rows).
+
+    Returns:
+        A `curvature.LinearOperator` of dimension p whose products are replicated on every
+        device and process.
+
+    Raises:
+        TypeError: `data` is not a `ShardedData`, or `loss_fn` is neither callable nor a Functional.
+        ValueError: an unknown `kind`, missing GGN roles, non-floating params or a bad `chunk_size`.
     """
     loss_fn, predict_fn, output_loss_fn, l2 = curvature.resolve_roles(
         loss_fn, kind, predict_fn, output_loss_fn, l2)
     if not isinstance(data, ShardedData):
         raise TypeError(f"data must be a ShardedData (see distributed.shard_examples), got {type(data).__name__}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    if chunk_size is not None:
+        chunk_size = check_positive_int("chunk_size", chunk_size)
+    check_floating(params)
     leaves, treedef = jax.tree.flatten(params)
-    if not leaves or not all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves):
-        raise ValueError("params must be a non-empty pytree of floating-point arrays")
     shapes = tuple((tuple(np.shape(a)), jnp.result_type(a)) for a in leaves)
     fn = _product_fn(loss_fn, kind, predict_fn, output_loss_fn, float(l2 or 0.0), treedef, shapes, chunk_size)
-    dtype = params_dtype(params)
+    dtype = _params_dtype(params)
     args = {
         "params": replicate(params, data.mesh),
         "data": data,

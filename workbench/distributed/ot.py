@@ -30,6 +30,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from workbench.core.numerics import check_positive_int
 from workbench.distributed.minimize import minimize_lbfgs
 from workbench.distributed.sharding import AXIS, ShardedData, gather_rows, replicate, to_host
 
@@ -130,14 +131,30 @@ def _negative_dual(pot, args, sharded: bool):
 def negative_dual(pot, args):
     """-D(u, v) for replicated potentials `pot = (u, v)` and the `args` of `dual_problem`: each
     device takes its rows of u; per evaluation the devices all-reduce two scalars and, in the
-    gradient, u's and v's contributions (one vector of n + m numbers)."""
+    gradient, u's and v's contributions (one vector of n + m numbers).
+
+    Args:
+        pot: the potentials (u [slots of x], v [slots of y]), replicated.
+        args: the `args` of `dual_problem`.
+
+    Returns:
+        -D(u, v), a scalar replicated on every device.
+    """
     return _negative_dual(pot, args, False)
 
 
 def negative_dual_sharded(pot, args):
     """-D(u, v) with u and v sharded by block (`dual_problem(..., sharded=True)`): each device
     holds n/P + m/P potentials and gathers v per evaluation; the optimizer's inner products
-    then become collectives too."""
+    then become collectives too.
+
+    Args:
+        pot: the potentials (u, v), sharded by block like x and y.
+        args: the `args` of `dual_problem(..., sharded=True)`.
+
+    Returns:
+        -D(u, v), a scalar replicated on every device.
+    """
     return _negative_dual(pot, args, True)
 
 
@@ -177,6 +194,27 @@ def entropic_ot(x: ShardedData, y: ShardedData, epsilon: float, *, num_steps: in
     inner product of L-BFGS; by default they are replicated and only the dual's sums and
     gradient are all-reduced. `tol` bounds the gradient norm of the dual (the marginal
     violation); default 1e-9 in float64, 1e-4 in float32.
+
+    Args:
+        x: the first point cloud, a `ShardedData` of one [n, dim] array.
+        y: the second point cloud, [m, dim], on the same mesh and dtype.
+        epsilon: the entropic regularisation (> 0), in squared-distance units.
+        num_steps: the most L-BFGS iterations.
+        tol: the dual gradient norm to reach (default 1e-9 in float64, 1e-4 in float32).
+        memory_size: the L-BFGS memory.
+        chunk_size: cost columns built at once on each device.
+        shard_potentials: keep u and v sharded by block instead of replicated.
+        require_convergence: raise when `tol` is not reached.
+
+    Returns:
+        An `OTResult` with the potentials u [n] and v [m] (numpy, process order), the dual value,
+        the transport cost, the marginal error and the solver's counts.
+
+    Raises:
+        TypeError: x or y is not a `ShardedData`.
+        ValueError: mismatched dimensions, meshes or dtypes, or a bad `epsilon` / `chunk_size`.
+        FloatingPointError: the dual became NaN or inf.
+        RuntimeError: not converged and `require_convergence`.
     """
     _check_points("x", x)
     _check_points("y", y)
@@ -186,8 +224,7 @@ def entropic_ot(x: ShardedData, y: ShardedData, epsilon: float, *, num_steps: in
         raise ValueError("x and y must be sharded over the same mesh")
     if not np.isfinite(epsilon) or epsilon <= 0:
         raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    chunk_size = check_positive_int("chunk_size", chunk_size)
     if not jnp.issubdtype(x.data.dtype, jnp.floating) or y.data.dtype != x.data.dtype:
         raise ValueError(f"x and y must share one floating dtype, got {x.data.dtype} and {y.data.dtype}")
     start, args = dual_problem(x, y, epsilon, chunk_size, sharded=shard_potentials)
@@ -206,7 +243,19 @@ def entropic_ot(x: ShardedData, y: ShardedData, epsilon: float, *, num_steps: in
 def dual_problem(x: ShardedData, y: ShardedData, epsilon: float, chunk_size: int = 256, sharded: bool = False):
     """(zero potentials (u, v), args) such that `negative_dual((u, v), args)` is -D(u, v) (call it
     inside `jit`); what `entropic_ot` minimises. The potentials are replicated, or, with
-    `sharded=True`, sharded by block like x and y (for `negative_dual_sharded`)."""
+    `sharded=True`, sharded by block like x and y (for `negative_dual_sharded`).
+
+    Args:
+        x: the first point cloud (`ShardedData` of [n, dim]).
+        y: the second point cloud ([m, dim]).
+        epsilon: the entropic regularisation.
+        chunk_size: cost columns built at once on each device.
+        sharded: shard the potentials by block instead of replicating them.
+
+    Returns:
+        The tuple ((u0, v0), args): zero potentials laid out like x's and y's weights, and the
+        arrays `negative_dual` reads.
+    """
     dtype = x.data.dtype
     chunk = min(chunk_size, y.weights.shape[0])
     args = {
@@ -233,7 +282,18 @@ def _reshard(host: np.ndarray, d: ShardedData):
 
 def plan(x: np.ndarray, y: np.ndarray, u: np.ndarray, v: np.ndarray, epsilon: float) -> np.ndarray:
     """The dense plan P_ij = exp((u_i + v_j - c_ij)/eps) / (n m) on the host (small problems,
-    for pictures and checks only)."""
+    for pictures and checks only).
+
+    Args:
+        x: [n, dim] the first points.
+        y: [m, dim] the second points.
+        u: [n] the first potential.
+        v: [m] the second potential.
+        epsilon: the entropic regularisation the potentials were computed with.
+
+    Returns:
+        The plan [n, m] (float64), summing to about 1.
+    """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     cost = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
     return np.exp((u[:, None] + v[None, :] - cost) / epsilon) / (len(x) * len(y))

@@ -42,7 +42,15 @@ def _group_size(text: str) -> int | None:
 def collective_bytes(fn: Callable, *args) -> CollectiveBytes:
     """Collective payload of one call of `jax.jit(fn)(*args)`, per device (see the module
     docstring). Collectives inside loops are counted once per appearance in the program (and
-    reported in `in_loops`), not per trip."""
+    reported in `in_loops`), not per trip.
+
+    Args:
+        fn: the function (as it would be jitted).
+        *args: its arguments (global arrays, shapes as in the real call).
+
+    Returns:
+        A `CollectiveBytes` with the bytes per collective kind and the count inside loops.
+    """
     text = jax.jit(fn).lower(*args).compile().as_text()
     loop_bodies = set(re.findall(r"\bwhile\(.*?body=%?([\w.\-]+)", text))
     by_op: dict[str, list[int]] = {}

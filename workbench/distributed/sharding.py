@@ -25,12 +25,18 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from workbench.core.per_example import sharded_sum
+
 AXIS = "batch"
 _DESC_BYTES = 2048
 
 
 def mesh() -> Mesh:
-    """A 1-D mesh ("batch") over every device of every process, in process order."""
+    """A 1-D mesh ("batch") over every device of every process, in process order.
+
+    Returns:
+        The `jax.sharding.Mesh` with axis "batch".
+    """
     devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
     return Mesh(np.array(devices), (AXIS,))
 
@@ -66,7 +72,16 @@ class ShardedData:
 
 
 def local_block(num_examples: int, process_index: int | None = None, process_count: int | None = None) -> slice:
-    """The contiguous block of `num_examples` this process takes (sizes differ by at most one)."""
+    """The contiguous block of `num_examples` this process takes (sizes differ by at most one).
+
+    Args:
+        num_examples: the size of the whole dataset.
+        process_index: the process (default this one).
+        process_count: the number of processes (default the job's).
+
+    Returns:
+        The slice of example indices this process holds.
+    """
     i = jax.process_index() if process_index is None else process_index
     k = jax.process_count() if process_count is None else process_count
     bounds = np.linspace(0, num_examples, k + 1).round().astype(int)
@@ -99,7 +114,19 @@ def shard_examples(data: Any, *, mesh: Mesh | None = None) -> ShardedData:
     """Shard this process's rows of `data` (pytree of arrays, leading example axis) by example
     over every device of every process. Every process must call it with the same structure,
     trailing shapes and dtypes (a `ValueError` names the first process that differs); row
-    counts may differ (at least one row each)."""
+    counts may differ (at least one row each).
+
+    Args:
+        data: this process's rows, a pytree of arrays with a leading example axis.
+        mesh: the mesh (default `mesh()`: every device of every process).
+
+    Returns:
+        The `ShardedData` (global arrays padded per process, weights 0 on padding).
+
+    Raises:
+        ValueError: no arrays, a scalar leaf, disagreeing row counts, a process with no rows, or
+            processes whose structure, shapes or dtypes differ (both named).
+    """
     mesh = mesh or globals()["mesh"]()
     leaves = [np.asarray(a) for a in jax.tree.leaves(data)]
     if not leaves:
@@ -139,7 +166,15 @@ def shard_examples(data: Any, *, mesh: Mesh | None = None) -> ShardedData:
 
 
 def replicate(tree: Any, mesh: Mesh | None = None) -> Any:
-    """Host values (the same on every process) as global arrays replicated on every device."""
+    """Host values (the same on every process) as global arrays replicated on every device.
+
+    Args:
+        tree: host arrays, the same on every process.
+        mesh: the mesh (default `mesh()`).
+
+    Returns:
+        The pytree of global arrays replicated on every device of `mesh`.
+    """
     mesh = mesh or globals()["mesh"]()
     sharding = NamedSharding(mesh, P())
 
@@ -151,7 +186,14 @@ def replicate(tree: Any, mesh: Mesh | None = None) -> Any:
 
 
 def to_host(tree: Any) -> Any:
-    """Global arrays (replicated or sharded) as numpy arrays on every process."""
+    """Global arrays (replicated or sharded) as numpy arrays on every process.
+
+    Args:
+        tree: a pytree of global (or local) arrays.
+
+    Returns:
+        The pytree of numpy arrays, the whole arrays on every process.
+    """
 
     def get(a):
         if not isinstance(a, jax.Array) or a.is_fully_addressable:
@@ -165,52 +207,45 @@ def to_host(tree: Any) -> Any:
 
 def gather_rows(data: ShardedData, values: Any) -> Any:
     """Per-example values laid out like `data` ([slots, ...], sharded) as numpy arrays holding only
-    the real examples, in process order (process 0's rows first), on every process."""
+    the real examples, in process order (process 0's rows first), on every process.
+
+    Args:
+        data: the `ShardedData` the values are laid out like.
+        values: a pytree of [slots, ...] arrays sharded like `data.weights`.
+
+    Returns:
+        The pytree of numpy arrays [num_examples, ...], padding dropped.
+    """
     host = to_host(values)
     s = data.slots_per_process
     keep = np.concatenate([np.arange(p * s, p * s + c) for p, c in enumerate(data.counts)])
     return jax.tree.map(lambda a: a[keep], host)
 
 
-def _chunked_sum(fn, replicated, rows, weights, chunk_size: int):
-    """sum of fn(replicated, chunk, chunk_weights) over chunks of `rows` (full chunks by scan)."""
-    n = weights.shape[0]
-    num_full, tail = divmod(n, chunk_size)
-    total = None
-    if num_full:
-        take = lambda a: a[: num_full * chunk_size].reshape((num_full, chunk_size) + a.shape[1:])
-        chunks = (jax.tree.map(take, rows), take(weights))
-        first = fn(replicated, jax.tree.map(lambda a: a[0], chunks[0]), chunks[1][0])
-        if num_full == 1:
-            total = first
-        else:
-            body = lambda acc, c: (jax.tree.map(jnp.add, acc, fn(replicated, *c)), None)
-            rest = jax.tree.map(lambda a: a[1:], chunks)
-            total = jax.lax.scan(body, first, rest)[0]
-    if tail:
-        part = fn(replicated, jax.tree.map(lambda a: a[num_full * chunk_size:], rows), weights[num_full * chunk_size:])
-        total = part if total is None else jax.tree.map(jnp.add, total, part)
-    return total
-
-
 def global_sum(fn: Callable, replicated: Any, data: ShardedData, *, rows: Any = None, weights=None,
                chunk_size: int | None = None) -> Any:
-    """sum over every device of `fn(replicated, rows_chunk, weights_chunk)` (a pytree of sums over
-    the chunk's rows, `weights` already applied by `fn`), replicated on every device.
+    """The sum over every device of every process of `fn(replicated, rows_chunk, weights_chunk)`.
 
-    Runs each device's rows in chunks of `chunk_size` (default: all at once) under `shard_map`,
-    then `psum`s across the mesh. Call it inside `jit` with `data` as an argument. `rows` and
-    `weights` default to `data.data` and `data.weights`.
+    `core.per_example.sharded_sum` over the `ShardedData`'s mesh (the same reduction the
+    single-process `curvature.operator` runs over local devices): each device's rows in chunks
+    of `chunk_size` under `shard_map`, then `psum` across the mesh. Call it inside `jit` with
+    `data` as an argument.
+
+    Args:
+        fn: `fn(replicated, rows_chunk, weights_chunk) -> pytree`, a sum over the chunk's rows
+            with the weights already applied by `fn`.
+        replicated: pytree replicated on every device (params, vectors).
+        data: the `ShardedData` whose mesh and rows are reduced over.
+        rows: per-example arrays laid out like `data.data` (default `data.data`).
+        weights: [slots] weights laid out like `data.weights` (default `data.weights`; 0 marks
+            padding).
+        chunk_size: rows each device passes to `fn` at once (default: all of its rows).
+
+    Returns:
+        The summed pytree, replicated on every device.
     """
     rows = data.data if rows is None else rows
     weights = data.weights if weights is None else weights
     per_device = weights.shape[0] // data.mesh.devices.size
     chunk = per_device if chunk_size is None else max(1, min(int(chunk_size), per_device))
-
-    def local(rep, rows, w):
-        # replicated inputs marked device-varying: differentiating inside must not insert its own psum
-        rep = jax.lax.pcast(rep, AXIS, to="varying")
-        return jax.lax.psum(_chunked_sum(fn, rep, rows, w, chunk), AXIS)
-
-    spec = (P(), P(AXIS), P(AXIS))
-    return jax.shard_map(local, mesh=data.mesh, in_specs=spec, out_specs=P())(replicated, rows, weights)
+    return sharded_sum(lambda rep, c: fn(rep, *c), replicated, (rows, weights), data.mesh, chunk, AXIS)

@@ -43,7 +43,7 @@ def gradient_store(
     sketch,
     path: str | Path,
     *,
-    batch_size: int | None = None,
+    chunk_size: int | None = None,
     max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
     callback: Callable[[int, np.ndarray], None] | None = None,
     timeout_s: float = 600.0,
@@ -52,14 +52,32 @@ def gradient_store(
     the chunks; returns the opened (read-only) store once every process has finished. Every
     process passes the same `data` (the whole dataset: its hash is part of the configuration).
     `callback(chunk, values)` runs before each chunk is written (a raising callback simulates a
-    killed process). Raises `ValueError` if the processes' configurations differ and
-    `RuntimeError` if another process does not finish within `timeout_s`."""
+    killed process).
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, a batch mean.
+        params: the point whose per-example gradients are stored (the same on every process).
+        data: the whole dataset (pytree of arrays with a leading example axis).
+        sketch: the sketch applied to each gradient (a store needs one).
+        path: the zarr store's folder (shared by every process).
+        chunk_size: examples per stored chunk (default: as many as `max_memory_bytes` allows).
+        max_memory_bytes: the memory budget of one chunk's gradients.
+        callback: `callback(chunk, values)` before each chunk is written.
+        timeout_s: how long to wait for the other processes.
+
+    Returns:
+        The completed `GradientStore`, opened read-only.
+
+    Raises:
+        ValueError: no sketch, or the processes' configurations differ (fields named).
+        RuntimeError: another process does not finish within `timeout_s`, or a chunk is missing.
+    """
     if sketch is None:
         raise ValueError("sketch: a multi-process store needs a sketch (raw gradients stay in memory)")
     n_params = optax.tree.size(params)
     dtype = jnp.result_type(*jax.tree.leaves(params))
     n = int(jax.tree.leaves(data)[0].shape[0])
-    rows = batch_size or max(1, min(n, int(max_memory_bytes) // (4 * n_params * np.dtype(dtype).itemsize)))
+    rows = chunk_size or max(1, min(n, int(max_memory_bytes) // (4 * n_params * np.dtype(dtype).itemsize)))
     meta = store_metadata(sketch, params, data, rows, dtype)
     text = json.dumps(meta, sort_keys=True)
     metas = [_decode(row) for row in _allgather_host(_encode(text, 16384))]

@@ -10,6 +10,7 @@ import jax
 import optax
 from flax import nnx
 
+from workbench.core.numerics import check_positive_int
 from workbench.data import load_digits
 from workbench.models import MLP, accuracy, functional
 from workbench.train import TrainResult, train
@@ -35,18 +36,37 @@ def fit_classifier(
     seed: int = 0,
     batch_size: int | None = 128,
     l2: float = 0.0,
-    optimizer: str = "adam",
+    optimizer_name: str = "adam",
     progress: bool = True,
 ) -> Fit:
-    """Train `model_fn()` (an NNX classifier) with cross-entropy; the recipe notebooks share."""
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+    """Train `model_fn()` (an NNX classifier) with cross-entropy; the recipe notebooks share.
+
+    Args:
+        model_fn: `model_fn() -> nnx.Module`, a fresh classifier (its own `nnx.Rngs` inside).
+        train_data: the training `Dataset` (integer labels).
+        test_data: the `Dataset` the test accuracy is measured on.
+        learning_rate: the optimizer's step size (> 0).
+        num_steps: optimisation steps.
+        seed: the seed of the minibatch order key (`jax.random.key(seed)`).
+        batch_size: examples per step; None trains full-batch.
+        l2: the L2 coefficient of the objective.
+        optimizer_name: "adam" or "sgd".
+        progress: show a progress bar.
+
+    Returns:
+        A `Fit(model, result, test_accuracy)`: the `Functional`, the `TrainResult`, the accuracy.
+
+    Raises:
+        ValueError: an unknown optimizer or a non-positive learning rate.
+    """
+    if optimizer_name not in OPTIMIZERS:
+        raise ValueError(f"optimizer_name must be one of {sorted(OPTIMIZERS)}, got {optimizer_name!r}")
     if learning_rate <= 0 or not math.isfinite(learning_rate):
         raise ValueError(f"learning_rate must be positive and finite, got {learning_rate}")
     f = functional(model_fn(), l2=l2)
     result = train(
         f.loss_fn, f.params, train_data, jax.random.key(seed),
-        optimizer=OPTIMIZERS[optimizer](learning_rate), num_steps=num_steps,
+        optimizer=OPTIMIZERS[optimizer_name](learning_rate), num_steps=num_steps,
         batch_size=batch_size, progress=progress,
     )
     return Fit(f, result, accuracy(f.predict_fn, result.params, test_data))
@@ -60,9 +80,20 @@ def fit_digits_mlp(
     batch_size: int | None = 128,
     progress: bool = True,
 ) -> Fit:
-    """Train a one-hidden-layer tanh MLP on the digits split of `seed` (the tour's experiment)."""
-    if hidden_size < 1:
-        raise ValueError(f"hidden_size must be >= 1, got {hidden_size}")
+    """Train a one-hidden-layer tanh MLP on the digits split of `seed` (the tour's experiment).
+
+    Args:
+        hidden_size: the width of the hidden layer.
+        learning_rate: Adam's step size.
+        num_steps: optimisation steps.
+        seed: the seed of the split, the initialisation and the minibatch order.
+        batch_size: examples per step; None trains full-batch.
+        progress: show a progress bar.
+
+    Returns:
+        A `Fit(model, result, test_accuracy)`.
+    """
+    check_positive_int("hidden_size", hidden_size)
     train_data, test_data = load_digits(seed=seed)
     return fit_classifier(
         lambda: MLP(64, [hidden_size], 10, rngs=nnx.Rngs(seed)), train_data, test_data,

@@ -30,6 +30,8 @@ RESULTS_FILE = "results.npz"
 
 @dataclass(frozen=True)
 class JobConfig:
+    """The job's problem sizes and strengths (passed to every process as JSON)."""
+
     seed: int = 0
     l2: float = 1e-3  # classification L2 strength
     regression_examples: int = 2000
@@ -44,16 +46,77 @@ class JobConfig:
 
 
 class JobResult(NamedTuple):
+    """One launched job: its shape, what process 0 wrote and the job's wall time."""
+
     num_processes: int
     devices_per_process: int
     results: dict  # arrays and numbers written by process 0
     seconds: float  # wall time of the whole job (start-up and compilation included)
 
 
+class SparseRegression(NamedTuple):
+    """Inputs [n, d], targets [n] and the sparse true weights [d] (about 10% non-zero)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    w: np.ndarray
+
+
+class PointClouds(NamedTuple):
+    """Two point clouds in the plane, [n, 2] each."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+
+class BinaryData(NamedTuple):
+    """Inputs [n, d] and 0/1 labels [n] (float64)."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+
+class OptimumDifferences(NamedTuple):
+    """Max absolute differences between two runs' optima (relative for the OT numbers)."""
+
+    classification_w: float
+    classification_b: float  # the softmax biases up to their common shift
+    sparse_regression_w: float
+    ot_dual_relative: float
+    ot_transport_cost_relative: float
+
+
+class SinkhornReference(NamedTuple):
+    """The entropic-OT dual value and transport cost of dense log-domain Sinkhorn."""
+
+    dual: float
+    transport_cost: float
+
+
+class OverheadRow(NamedTuple):
+    """One solve of one run: its steps, time and collective payload per step."""
+
+    solve: str
+    processes: int
+    steps: int
+    ms_per_step: float
+    evals_per_step: float
+    bytes_per_eval: int | None  # None when the run did not record it
+
+
 # ----------------------------------------------------------------------------- problems
 
 
 def softmax_loss(params, batch):
+    """Mean multinomial logistic loss of a linear model.
+
+    Args:
+        params: {"w": [d, classes], "b": [classes]}.
+        batch: (x [n, d], integer labels y [n]).
+
+    Returns:
+        The mean cross-entropy, a scalar.
+    """
     import jax
     import jax.numpy as jnp
 
@@ -63,6 +126,15 @@ def softmax_loss(params, batch):
 
 
 def squared_loss(params, batch):
+    """Half the mean squared error of a linear model without bias.
+
+    Args:
+        params: {"w": [d]}.
+        batch: (x [n, d], y [n]).
+
+    Returns:
+        0.5 mean (x w - y)^2, a scalar.
+    """
     import jax.numpy as jnp
 
     x, y = batch
@@ -70,6 +142,15 @@ def squared_loss(params, batch):
 
 
 def binary_loss(params, batch):
+    """Mean binary logistic loss of a linear model.
+
+    Args:
+        params: {"w": [d], "b": scalar}.
+        batch: (x [n, d], 0/1 labels y [n]).
+
+    Returns:
+        The mean log(1 + e^z) - y z with z = x w + b, a scalar.
+    """
     import jax.numpy as jnp
 
     x, y = batch
@@ -77,28 +158,56 @@ def binary_loss(params, batch):
     return jnp.mean(jnp.logaddexp(0.0, z) - y * z)
 
 
-def sparse_regression(seed: int, n: int, d: int):
+def sparse_regression(seed: int, n: int, d: int) -> SparseRegression:
+    """Gaussian inputs, a truth with about 10% non-zero N(0, 4) weights, noise 0.1.
+
+    Args:
+        seed: the NumPy seed (offset by 1 from the job's other draws).
+        n: the number of examples.
+        d: the number of features.
+
+    Returns:
+        `SparseRegression(x, y, w)`.
+    """
     rng = np.random.default_rng(seed + 1)
     w = np.where(rng.random(d) < 0.1, rng.normal(size=d) * 2, 0.0)
     x = rng.normal(size=(n, d))
-    return x, x @ w + 0.1 * rng.normal(size=n), w
+    return SparseRegression(x, x @ w + 0.1 * rng.normal(size=n), w)
 
 
-def point_clouds(seed: int, n: int):
-    """Two clouds in the plane: a two-blob mixture and a noisy ring."""
+def point_clouds(seed: int, n: int) -> PointClouds:
+    """Two clouds in the plane: a two-blob mixture and a noisy ring.
+
+    Args:
+        seed: the NumPy seed (offset by 2).
+        n: points per cloud.
+
+    Returns:
+        `PointClouds(x, y)`, [n, 2] each.
+    """
     rng = np.random.default_rng(seed + 2)
     centres = np.array([[-1.0, -0.5], [-0.5, 1.0]])
     x = centres[rng.integers(0, 2, n)] + 0.25 * rng.normal(size=(n, 2))
     angle = rng.uniform(0, 2 * np.pi, n)
     y = np.stack([1.2 + 0.8 * np.cos(angle), 0.8 * np.sin(angle)], 1) + 0.05 * rng.normal(size=(n, 2))
-    return x, y
+    return PointClouds(x, y)
 
 
-def binary_data(seed: int, n: int, d: int):
+def binary_data(seed: int, n: int, d: int) -> BinaryData:
+    """Labels of a noisy random linear classifier on Gaussian inputs.
+
+    Args:
+        seed: the NumPy seed (offset by 3).
+        n: the number of examples.
+        d: the number of features.
+
+    Returns:
+        `BinaryData(x, y)`.
+    """
     rng = np.random.default_rng(seed + 3)
     x = rng.normal(size=(n, d))
     w = rng.normal(size=d) / np.sqrt(d)
-    return x, (x @ w + 0.5 * rng.normal(size=n) > 0).astype(np.float64)
+    return BinaryData(x, (x @ w + 0.5 * rng.normal(size=n) > 0).astype(np.float64))
 
 
 # ----------------------------------------------------------------------------- the job (every process)
@@ -115,6 +224,13 @@ def _payload(loss_fn, params, data, l2=0.0) -> int:
 
 
 def job(out_dir: str | Path, config: JobConfig) -> None:
+    """What every process of the job runs (the four solves of the module docstring); process 0
+    writes the results to `out_dir/results.npz`.
+
+    Args:
+        out_dir: the folder of the results file.
+        config: the job's configuration.
+    """
     from workbench import distributed as dist
 
     info = dist.initialize(timeout_s=120)
@@ -185,7 +301,22 @@ def job(out_dir: str | Path, config: JobConfig) -> None:
 
 def run_job(out_dir: str | Path, num_processes: int, config: JobConfig | None = None, *,
             devices_per_process: int = 1, timeout: float = 900.0, echo: bool = False) -> JobResult:
-    """Run `job` as `num_processes` processes through the launcher; load process 0's results."""
+    """Run `job` as `num_processes` processes through the launcher; load process 0's results.
+
+    Args:
+        out_dir: the folder the job writes to.
+        num_processes: the number of processes.
+        config: the job's configuration (default `JobConfig()`).
+        devices_per_process: CPU devices per process.
+        timeout: seconds the job may take.
+        echo: forward the processes' output.
+
+    Returns:
+        The `JobResult`.
+
+    Raises:
+        workbench.distributed.LaunchError: a process failed or the job timed out.
+    """
     from workbench import distributed as dist
 
     config = config or JobConfig()
@@ -203,22 +334,42 @@ def _centred(b):
     return b - b.mean()
 
 
-def differences(a: JobResult, b: JobResult) -> dict[str, float]:
-    """Max absolute differences between two runs' optima (b of the softmax up to its shift)."""
+def differences(a: JobResult, b: JobResult) -> OptimumDifferences:
+    """Max absolute differences between two runs' optima (b of the softmax up to its shift).
+
+    Args:
+        a: one run.
+        b: the other run (the reference of the relative OT differences).
+
+    Returns:
+        The `OptimumDifferences`.
+    """
     ra, rb = a.results, b.results
     rel = lambda p, q: float(abs(p - q) / abs(q))
-    return {
-        "classification_w": float(np.max(np.abs(ra["clf_w"] - rb["clf_w"]))),
-        "classification_b": float(np.max(np.abs(_centred(ra["clf_b"]) - _centred(rb["clf_b"])))),
-        "sparse_regression_w": float(np.max(np.abs(ra["l1_w"] - rb["l1_w"]))),
-        "ot_dual_relative": rel(float(ra["ot_dual"]), float(rb["ot_dual"])),
-        "ot_transport_cost_relative": rel(float(ra["ot_cost"]), float(rb["ot_cost"])),
-    }
+    return OptimumDifferences(
+        classification_w=float(np.max(np.abs(ra["clf_w"] - rb["clf_w"]))),
+        classification_b=float(np.max(np.abs(_centred(ra["clf_b"]) - _centred(rb["clf_b"])))),
+        sparse_regression_w=float(np.max(np.abs(ra["l1_w"] - rb["l1_w"]))),
+        ot_dual_relative=rel(float(ra["ot_dual"]), float(rb["ot_dual"])),
+        ot_transport_cost_relative=rel(float(ra["ot_cost"]), float(rb["ot_cost"])),
+    )
 
 
-def sinkhorn_reference(x: np.ndarray, y: np.ndarray, epsilon: float, num_iters: int = 20000, tol: float = 1e-12):
-    """(dual, transport cost) by log-domain Sinkhorn on the dense cost matrix in numpy: the
-    one-machine reference for small clouds."""
+def sinkhorn_reference(x: np.ndarray, y: np.ndarray, epsilon: float, num_iters: int = 20000,
+                       tol: float = 1e-12) -> SinkhornReference:
+    """The dual and transport cost by log-domain Sinkhorn on the dense cost matrix in numpy: the
+    one-machine reference for small clouds.
+
+    Args:
+        x: [n, dim] the first cloud.
+        y: [m, dim] the second cloud.
+        epsilon: the entropic regularisation.
+        num_iters: the most Sinkhorn iterations.
+        tol: stop when the potential g moves less than this (max norm).
+
+    Returns:
+        `SinkhornReference(dual, transport_cost)`.
+    """
     from scipy.special import logsumexp
 
     c = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
@@ -232,11 +383,18 @@ def sinkhorn_reference(x: np.ndarray, y: np.ndarray, epsilon: float, num_iters: 
         if done:
             break
     p = np.exp((f[:, None] + g[None] - c) / epsilon) / (n * m)
-    return float(f.mean() + g.mean()), float((p * c).sum())
+    return SinkhornReference(float(f.mean() + g.mean()), float((p * c).sum()))
 
 
-def overhead_table(runs: list[JobResult]) -> list[dict]:
-    """One row per run: seconds per iteration and collective bytes per iteration of each solve."""
+def overhead_table(runs: list[JobResult]) -> list[OverheadRow]:
+    """One row per run and solve: time per iteration and collective bytes per evaluation.
+
+    Args:
+        runs: the job results.
+
+    Returns:
+        The `OverheadRow`s, three per run (classification, sparse regression, OT).
+    """
     rows = []
     for run in runs:
         r = run.results
@@ -245,16 +403,21 @@ def overhead_table(runs: list[JobResult]) -> list[dict]:
             steps = int(r[f"{key}_steps"])
             evals = int(r[f"{key}_evals"])
             per_eval = int(r.get(f"{key}_bytes_per_eval", -1))
-            rows.append({
-                "solve": name, "processes": run.num_processes, "steps": steps,
-                "ms_per_step": 1000 * float(r[f"{key}_seconds"]) / max(steps, 1),
-                "evals_per_step": evals / max(steps, 1),
-                "bytes_per_eval": per_eval if per_eval >= 0 else None,
-            })
+            rows.append(OverheadRow(
+                solve=name, processes=run.num_processes, steps=steps,
+                ms_per_step=1000 * float(r[f"{key}_seconds"]) / max(steps, 1),
+                evals_per_step=evals / max(steps, 1),
+                bytes_per_eval=per_eval if per_eval >= 0 else None,
+            ))
     return rows
 
 
 def main(argv: list[str]) -> None:
+    """The job's entry point in each launched process.
+
+    Args:
+        argv: [out_dir, config as JSON].
+    """
     raw = json.loads(argv[1])
     raw["scaling_sizes"] = tuple(raw.get("scaling_sizes", ()))
     job(argv[0], JobConfig(**raw))

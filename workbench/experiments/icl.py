@@ -127,7 +127,7 @@ def fit_lsa(setup: TaskSetup, num_layers: int = 1, *, mlp: bool = False, num_ste
     optimizer = _optimizer(learning_rate, num_steps)
     try:
         result = train(loss_fn, params, data, k_order, optimizer=optimizer, num_steps=num_steps, batch_size=1,
-                       progress=progress, chunk_size=500)
+                       progress=progress, steps_per_chunk=500)
     except FloatingPointError as err:
         raise FloatingPointError(f"training the {num_layers}-layer LSA diverged: {err}") from err
     test = setup.sample(k_test, num_test_tasks)

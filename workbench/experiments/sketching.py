@@ -16,10 +16,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from workbench import curvature, models
 from workbench import data as wd
-from workbench import models
 from workbench import sketch as sk
-from workbench.core import tree as tu
 from workbench.experiments.digits import fit_digits_mlp
 from workbench.sketch import quality
 from workbench.train import train
@@ -155,12 +154,17 @@ def text_problem(num_examples: int = 48, num_steps: int = 150, seed: int = 0, se
 
 
 def dense_hessian(problem: GradientProblem, num_examples: int = 256) -> jax.Array:
-    """The exact Hessian [n, n] of the mean loss over the first `num_examples` training examples."""
-    flat, unravel = tu.ravel(problem.params)
+    """The exact Hessian of the mean loss over the first `num_examples` training examples.
+
+    Args:
+        problem: the trained model, its loss and training data.
+        num_examples: how many training examples (from the first) the loss averages over.
+
+    Returns:
+        The symmetric Hessian [p, p] (`workbench.curvature.dense_hessian`).
+    """
     batch = problem.train_data.take(slice(0, num_examples))
-    hvp = jax.jit(lambda v: jax.jvp(jax.grad(lambda w: problem.loss_fn(unravel(w), batch)), (flat,), (v,))[1])
-    eye = jnp.eye(flat.size, dtype=flat.dtype)
-    return jax.lax.map(hvp, eye, batch_size=quality.even_batch(flat.size, 64))  # no remainder: one body to compile
+    return curvature.dense_hessian(problem.loss_fn, problem.params, batch)
 
 
 # ----------------------------------------------------------------------------- Table 1

@@ -22,6 +22,13 @@ class SharpnessRun(NamedTuple):
     diverged: bool
 
 
+class ExactAndSketched(NamedTuple):
+    """Top Hessian eigenvalues, exact and of the sketched Hessian, largest first (numpy)."""
+
+    exact: np.ndarray
+    sketched: np.ndarray
+
+
 class StabilityRatio(NamedTuple):
     """Sharpness / (2 / lr) over the last part of a run."""
 
@@ -43,7 +50,23 @@ def gd_sharpness_run(
     progress: bool = True,
 ) -> SharpnessRun:
     """Full-batch gradient descent with step size `learning_rate`, sharpness every `every` steps
-    (Cohen et al. 2021, "Edge of Stability")."""
+    (Cohen et al. 2021, "Edge of Stability").
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, a batch mean.
+        params: the initial params.
+        data: the training data (used whole at every step).
+        key: PRNG key of the sharpness callback's Lanczos start vectors.
+        learning_rate: the step size (> 0).
+        num_steps: gradient-descent steps.
+        every: steps between sharpness measurements.
+        num_iters: the Lanczos depth of each measurement.
+        progress: show a progress bar.
+
+    Returns:
+        A `SharpnessRun(learning_rate, history, params, diverged)`; a run whose loss became
+        non-finite stops there with `diverged=True`.
+    """
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
     callback = spectrum.sharpness_callback(loss_fn, data, key, num_iters=num_iters)
@@ -56,7 +79,15 @@ def gd_sharpness_run(
 
 
 def stability_ratio(run: SharpnessRun, last_fraction: float = 0.5) -> StabilityRatio:
-    """Sharpness / (2 / lr) over the last `last_fraction` of the recorded steps: mean, min, max."""
+    """Sharpness / (2 / lr) over the last `last_fraction` of the recorded steps: mean, min, max.
+
+    Args:
+        run: a `SharpnessRun`.
+        last_fraction: the fraction of the recorded steps, from the end, in (0, 1].
+
+    Returns:
+        A `StabilityRatio(mean, min, max)` (1 is the edge of stability).
+    """
     if not 0 < last_fraction <= 1:
         raise ValueError(f"last_fraction must lie in (0, 1], got {last_fraction!r}")
     steps = np.asarray(run.history["callback_step"])
@@ -65,19 +96,45 @@ def stability_ratio(run: SharpnessRun, last_fraction: float = 0.5) -> StabilityR
     return StabilityRatio(float(tail.mean()), float(tail.min()), float(tail.max()))
 
 
-def top_eigenvalues_exact_and_sketched(loss_fn, params, data, sketch: Sketch, key, k: int):
+def top_eigenvalues_exact_and_sketched(loss_fn, params, data, sketch: Sketch, key, k: int) -> ExactAndSketched:
     """Top-k Hessian eigenvalues of the dataset loss, exact and from Phi H Phi^T (thick-restart
-    Lanczos on both); (exact, sketched) numpy arrays, largest first."""
+    Lanczos on both).
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, a batch mean.
+        params: the point.
+        data: the dataset the Hessian averages over.
+        sketch: the `Sketch` Phi.
+        key: PRNG key of the Lanczos start vectors (the same for both).
+        k: the number of eigenvalues.
+
+    Returns:
+        `ExactAndSketched(exact [k], sketched [k])`, numpy, largest first.
+    """
     op = curvature.operator(loss_fn, params, data, kind="hessian")
     exact = spectrum.top_eigenpairs(op, key, k).values
     approx = spectrum.top_eigenpairs(sketched_operator(op, sketch), key, k).values
-    return np.sort(np.asarray(exact))[::-1], np.sort(np.asarray(approx))[::-1]
+    return ExactAndSketched(np.sort(np.asarray(exact))[::-1], np.sort(np.asarray(approx))[::-1])
 
 
 def digits_sharpness_run(data: Any, key: jax.Array, *, learning_rate: float, hidden_size: int = 64,
                          num_steps: int = 400, every: int = 25, seed: int = 0, progress: bool = True) -> SharpnessRun:
     """`gd_sharpness_run` for a fresh 64-h-h-10 tanh MLP (squared loss on one-hot `data.y`, as in
-    the edge-of-stability paper), initialised from `seed`: one call per (step size, width)."""
+    the edge-of-stability paper), initialised from `seed`: one call per (step size, width).
+
+    Args:
+        data: the training `Dataset` (y one-hot or regression targets [n, 10]).
+        key: PRNG key of the sharpness measurements.
+        learning_rate: the step size.
+        hidden_size: the width of both hidden layers.
+        num_steps: gradient-descent steps.
+        every: steps between sharpness measurements.
+        seed: the initialisation seed.
+        progress: show a progress bar.
+
+    Returns:
+        The `SharpnessRun`.
+    """
     from flax import nnx
 
     from workbench import models

@@ -7,7 +7,6 @@ applies its inverse to the test gradients.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -15,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from workbench.core.numerics import num_examples
+from workbench import curvature
 from workbench.influence.estimator import (
     Estimator,
     check_damping,
@@ -27,24 +26,21 @@ MAX_EXACT_PARAMS = 20_000
 
 
 def dense_hessian(loss_fn: Callable, params, data, chunk_size: int = 512) -> jax.Array:
-    """The Hessian of the dataset average of loss_fn, [p, p], accumulated chunk by chunk.
+    """The Hessian of the dataset average of loss_fn, [p, p] (`workbench.curvature.dense_hessian`).
 
     Each chunk's Hessian of loss_fn (a mean over the chunk) is weighted by the chunk's size, so
     the result equals the full-batch Hessian whatever the chunk size.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, a batch mean (the objective to invert).
+        params: the point (pytree; p entries in `ravel_pytree` order).
+        data: pytree of arrays with a leading example axis.
+        chunk_size: examples differentiated together.
+
+    Returns:
+        The symmetric Hessian [p, p].
     """
-    flat, _ = ravel_pytree(params)
-    n = num_examples(data)
-    total = jnp.zeros((flat.size, flat.size), flat.dtype)
-    for start in range(0, n, chunk_size):
-        chunk = jax.tree.map(lambda a, s=start: a[s : s + chunk_size], data)
-        total = total + _chunk_hessian(loss_fn, params, chunk) * (num_examples(chunk) / n)
-    return 0.5 * (total + total.T)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _chunk_hessian(loss_fn, params, chunk):
-    flat, unravel = ravel_pytree(params)
-    return jax.hessian(lambda f: loss_fn(unravel(f), chunk))(flat)
+    return curvature.dense_hessian(loss_fn, params, data, chunk_size=chunk_size)
 
 
 class DampingChoice(NamedTuple):

@@ -2,11 +2,23 @@
 
 - `krylov`: the factorizations `power_iteration`, `lanczos`, `arnoldi_factorization`, and
   `ritz_pairs` read off them;
-- `eigensolver`: `top_eigenpairs` (thick-restart Lanczos, or one Arnoldi factorization);
+- `eigensolver`: `top_eigenpairs` (thick-restart Lanczos, or one Arnoldi factorization), and
+  `lowered_programs` (its two programs lowered, for compile and memory measurements);
 - `density`: `spectral_density` (stochastic Lanczos quadrature), `trace` (Hutchinson, Hutch++,
   XTrace, each with a standard error);
 - `sharpness`: the top Hessian eigenvalue as a training callback.
-All take a `workbench.curvature.LinearOperator` and an explicit PRNG key.
+All take a `workbench.curvature.LinearOperator` and an explicit PRNG key, right after it.
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from workbench import curvature, spectrum
+    >>> op = curvature.from_matrix(jnp.diag(jnp.array([3.0, 1.0, 0.5, 0.25])))
+    >>> top = spectrum.top_eigenpairs(op, jax.random.key(0), k=2)
+    >>> [round(float(v), 4) for v in top.values], top.num_matvecs
+    ([3.0, 1.0], 4)
+    >>> est = spectrum.trace(op, jax.random.key(1), num_probes=2)  # z^T D z = tr D for z = +-1
+    >>> round(float(est.estimate), 4), est.num_matvecs
+    (4.75, 2)
 """
 
 from workbench.spectrum.density import (
@@ -16,7 +28,12 @@ from workbench.spectrum.density import (
     trace,
     wasserstein_to_eigenvalues,
 )
-from workbench.spectrum.eigensolver import EigenResult, top_eigenpairs
+from workbench.spectrum.eigensolver import (
+    EigenResult,
+    LoweredPrograms,
+    lowered_programs,
+    top_eigenpairs,
+)
 from workbench.spectrum.krylov import (
     ArnoldiResult,
     LanczosResult,
@@ -34,7 +51,8 @@ from workbench.spectrum.sharpness import (
 )
 
 __all__ = [
-    "ArnoldiResult", "Density", "EigenResult", "LanczosResult", "PowerResult", "TraceEstimate",
-    "RitzPairs", "arnoldi_factorization", "lanczos", "ritz_pairs", "power_iteration", "spectral_density", "top_eigenpairs",
-    "trace", "tridiagonal", "sharpness", "sharpness_callback", "wasserstein_to_eigenvalues",
+    "ArnoldiResult", "Density", "EigenResult", "LanczosResult", "LoweredPrograms", "PowerResult",
+    "RitzPairs", "TraceEstimate", "arnoldi_factorization", "lanczos", "lowered_programs",
+    "power_iteration", "ritz_pairs", "sharpness", "sharpness_callback", "spectral_density",
+    "top_eigenpairs", "trace", "tridiagonal", "wasserstein_to_eigenvalues",
 ]

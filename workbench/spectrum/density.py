@@ -16,13 +16,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.core.numerics import quick_compile_on_cpu
+from workbench.core.numerics import check_positive_int, quick_compile_on_cpu
+from workbench.core.per_example import map_chunks
 from workbench.spectrum.krylov import (
     _check_finite,
     _check_iters,
     _check_op,
     _extend,
     _plain_recurrence,
+    tridiagonal,
 )
 
 TRACE_METHODS = ("hutchinson", "hutch++", "xtrace")
@@ -56,13 +58,10 @@ def _probe_batch(op, count: int, per_probe: int, batch_bytes) -> int:
 
 def _map_rows(fn, xs, batch_size):
     """fn over the rows of xs: all at once (vmap: one batched operator product per step) when
-    they fit, else in a loop over equal batches of at most `batch_size` rows (the largest divisor
-    of the row count: a remainder batch would compile the operator a second time)."""
-    n = xs.shape[0]
-    if batch_size >= n:
-        return jax.vmap(fn)(xs)
-    batch = max(d for d in range(1, batch_size + 1) if n % d == 0)
-    return jax.lax.map(fn, xs, batch_size=batch if batch > 1 else None)
+    they fit, else in a loop over equal batches of at most `batch_size` rows (a divisor of the
+    row count when one is at least half of it: a remainder batch would compile the operator a
+    second time)."""
+    return map_chunks(jax.vmap(fn), xs, batch_size, even=True)
 
 
 # ----------------------------------------------------------------------------- SLQ density
@@ -83,9 +82,7 @@ def _slq_nodes(op, key, num_iters, num_probes, reorthogonalize, batch):
             alphas, betas = hess[idx, idx], hess[idx + 1, idx]
         else:
             alphas, betas, finite = _plain_recurrence(op, v0, num_iters)
-        off = betas[: num_iters - 1]
-        t = jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)
-        nodes, vecs = jnp.linalg.eigh(t)
+        nodes, vecs = jnp.linalg.eigh(tridiagonal(alphas, betas))
         return nodes, vecs[0] ** 2, finite
 
     nodes, weights, finite = _map_rows(one_probe, probes, batch)
@@ -115,7 +112,17 @@ def _normalized(density, grid, xp=jnp):
 
 def broaden(nodes, weights, grid, sigma2):
     """Mean over probes of sum_i w_i N(grid; node_i, sigma2), renormalized to integrate to 1 on
-    the uniform `grid` (trapezoid rule)."""
+    the uniform `grid` (trapezoid rule).
+
+    Args:
+        nodes: [num_probes, m] quadrature nodes (Ritz values) of each probe.
+        weights: [num_probes, m] quadrature weights, each row summing to 1.
+        grid: [grid_size] uniform grid of eigenvalues.
+        sigma2: the variance of the Gaussian kernel.
+
+    Returns:
+        [grid_size] density on `grid`, integrating to 1 (trapezoid rule).
+    """
     return _normalized(_gaussian_sum(nodes, weights, grid, sigma2), grid)
 
 
@@ -137,12 +144,30 @@ def spectral_density(
     Ritz values plus a margin; the returned density integrates to 1. The probes run together
     (one batched operator product per Lanczos step) as far as their Krylov bases fit in
     `batch_bytes`, the rest in sequential chunks; the numbers do not depend on the chunking.
+
+    Args:
+        op: the symmetric `curvature.LinearOperator`.
+        key: PRNG key drawing the Rademacher probes.
+        num_iters: Lanczos steps per probe (quadrature nodes per probe), at most dim.
+        num_probes: the number of probes averaged.
+        sigma2: the kernel variance relative to max(1, spectral range).
+        grid_size: the number of grid points (>= 2).
+        reorthogonalize: full reorthogonalization (a basis of num_iters + 1 vectors per probe);
+            False runs the three-term recurrence in O(dim) memory.
+        batch_bytes: the memory budget of probes (and bases) pushed through the operator at once.
+
+    Returns:
+        A `Density(grid, density, nodes, weights)`: the grid [grid_size], the density on it, and
+        each probe's nodes and weights [num_probes, num_iters].
+
+    Raises:
+        ValueError: a bad count, `sigma2` <= 0, or `num_iters` above the dimension.
+        FloatingPointError: an operator product was NaN or inf.
     """
     _check_op(op)
     num_iters = _check_iters(num_iters, op.dim)
-    for name, value, least in (("num_probes", num_probes, 1), ("grid_size", grid_size, 2)):
-        if not isinstance(value, int | np.integer) or value < least:
-            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+    num_probes = check_positive_int("num_probes", num_probes)
+    grid_size = check_positive_int("grid_size", grid_size, least=2)
     if not sigma2 > 0:
         raise ValueError(f"sigma2 must be positive, got {sigma2!r}")
     batch = _probe_batch(op, num_probes, num_iters + 2 if reorthogonalize else 4, batch_bytes)
@@ -236,6 +261,22 @@ def trace(
     lower variance than Hutchinson when the spectrum decays fast. Probes are pushed through the
     operator together (vmap), at most `max_batch` at a time and as far as they fit in
     `batch_bytes`, the batches one after another; the estimate does not depend on the batching.
+
+    Args:
+        op: the `curvature.LinearOperator` (symmetric for "xtrace").
+        key: PRNG key drawing the probes.
+        num_probes: the budget of operator products (>= 2; >= 4 for "hutch++" and "xtrace").
+        method: "hutchinson", "hutch++" or "xtrace".
+        batch_bytes: the memory budget of probe vectors pushed through the operator at once.
+        max_batch: the most probes pushed through the operator together.
+
+    Returns:
+        A `TraceEstimate(estimate, std_error, num_matvecs)`; `num_matvecs` is a Python int (xtrace
+        uses an even number of products).
+
+    Raises:
+        ValueError: an unknown method or too few or too many probes for it.
+        FloatingPointError: an operator product was NaN or inf.
     """
     _check_op(op)
     if method not in TRACE_METHODS:
@@ -245,8 +286,7 @@ def trace(
         raise ValueError(f"num_probes must be an int >= {least} for {method}, got {num_probes!r}")
     if method != "hutchinson" and num_probes // (3 if method == "hutch++" else 2) > op.dim:
         raise ValueError(f"num_probes={num_probes} is too many for {method} on dimension {op.dim}")
-    if not isinstance(max_batch, int | np.integer) or max_batch < 1:
-        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+    check_positive_int("max_batch", max_batch)
     num_probes = int(num_probes)
     fn = {"hutchinson": _hutchinson, "hutch++": _hutchpp, "xtrace": _xtrace}[method]
     batch = min(int(max_batch), _probe_batch(op, num_probes, 2, batch_bytes))
@@ -265,7 +305,15 @@ def trace(
 def wasserstein_to_eigenvalues(density: Density, eigenvalues) -> float:
     """Wasserstein-1 distance between the SLQ node/weight measure (probes averaged) and the
     uniform measure on exact `eigenvalues`: how far the estimated spectrum is from the truth,
-    in eigenvalue units."""
+    in eigenvalue units.
+
+    Args:
+        density: the `Density` from `spectral_density`.
+        eigenvalues: the exact eigenvalues [dim] (e.g. `np.linalg.eigvalsh` of the dense matrix).
+
+    Returns:
+        The Wasserstein-1 distance, as a Python float.
+    """
     from scipy.stats import wasserstein_distance
 
     nodes = np.asarray(density.nodes, dtype=np.float64).ravel()

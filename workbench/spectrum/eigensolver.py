@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.core.numerics import check_finite_flag as _check_finite
-from workbench.core.numerics import default_tol, quick_compile_on_cpu
+from workbench.core.numerics import check_positive_int, default_tol, quick_compile_on_cpu
 from workbench.spectrum.krylov import (
     _arnoldi_jit,
     _check_iters,
@@ -34,7 +34,7 @@ class EigenResult(NamedTuple):
     vectors: jax.Array  # [k, dim] unit rows (op.unravel(vectors[i]) for a params pytree)
     residuals: jax.Array  # [k] true residual norms ||A x - value x||
     converged: jax.Array  # [k] bool: residual <= tol * spectral-norm estimate
-    num_matvecs: jax.Array  # operator products used
+    num_matvecs: int  # operator products used (a traced int32 only under an outer jit)
 
 
 def _wanted(count: int, m: int, which: str) -> np.ndarray:
@@ -314,14 +314,33 @@ def top_eigenpairs(
     the restart program directly). It compiles once per (operator kind, `which`, Krylov depth):
     k (at the default depth 40 for every k <= 10), `max_restarts` and `tol` are traced values,
     so trying another of them compiles nothing.
+
+    Args:
+        op: the `curvature.LinearOperator` (symmetric for "lanczos").
+        key: PRNG key of the start vector.
+        k: the number of wanted eigenpairs (at most dim).
+        which: "largest", "smallest" or "both".
+        method: "lanczos" or "arnoldi".
+        num_iters: the Krylov depth (defaults above), more than k unless it equals dim.
+        max_restarts: the most restarts of thick-restart Lanczos (0: one pass).
+        tol: the relative residual asked (default `default_tol(op.dtype)`).
+        true_residuals: recompute the residuals with k more operator products.
+
+    Returns:
+        An `EigenResult(values [k], vectors [k, dim], residuals [k], converged [k], num_matvecs)`;
+        values in `which` order ("largest" descending, "smallest" ascending), `num_matvecs` a Python
+        int outside a trace.
+
+    Raises:
+        ValueError: an unknown `which` or `method`, a bad `k` or `num_iters`.
+        FloatingPointError: an operator product was NaN or inf.
     """
     _check_op(op)
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    k = check_positive_int("k", k)
     if k > op.dim:
         raise ValueError(f"k={k} exceeds the operator dimension {op.dim}")
     tol = default_tol(op.dtype) if tol is None else float(tol)
@@ -346,5 +365,44 @@ def top_eigenpairs(
     else:
         result, finite = _arnoldi_eigen(op, key, int(k), which, num_iters, tol)
     _check_finite(finite, "top_eigenpairs")
+    if not isinstance(result.num_matvecs, jax.core.Tracer):
+        result = result._replace(num_matvecs=int(result.num_matvecs))
     return result
 
+
+
+class LoweredPrograms(NamedTuple):
+    """The two programs `top_eigenpairs` runs for the largest eigenvalues, lowered (not run)."""
+
+    first_pass: jax.stages.Lowered  # one Lanczos pass of depth num_iters from the start vector
+    restart: jax.stages.Lowered  # thick-restart Lanczos continuing from the first pass's state
+
+
+def lowered_programs(op, key, k: int, num_iters: int | None = None, max_restarts: int = 200,
+                     tol: float | None = None) -> LoweredPrograms:
+    """The programs `top_eigenpairs(op, key, k)` compiles for the largest eigenvalues, lowered
+    without running them, so that their compile cost and buffer plan can be read
+    (`.compile().memory_analysis()`): what the memory benchmark and tests measure.
+
+    Args:
+        op: the `curvature.LinearOperator`.
+        key: PRNG key of the start vector (only its shape and dtype matter for lowering).
+        k: the number of wanted eigenpairs.
+        num_iters: the Krylov depth (default as in `top_eigenpairs`: max(2k + 20, 40), capped
+            at dim).
+        max_restarts: as in `top_eigenpairs`.
+        tol: as in `top_eigenpairs` (default `default_tol(op.dtype)`).
+
+    Returns:
+        `LoweredPrograms(first_pass, restart)`: `jax.stages.Lowered` of the first Lanczos pass
+        and of the restart program continuing from its basis and state.
+    """
+    _check_op(op)
+    k = check_positive_int("k", k)
+    depth = _check_iters(min(op.dim, max(2 * k + 20, 40)) if num_iters is None else num_iters, op.dim)
+    tol = default_tol(op.dtype) if tol is None else float(tol)
+    first = _first_pass.lower(op, key, depth)
+    basis, hess, seed = first.out_info
+    restart = _thick_restart_lanczos.lower(op, key, k, "largest", depth, max_restarts, tol,
+                                           _output_count(k, depth), basis, _continued_state_shapes(hess, seed))
+    return LoweredPrograms(first, restart)

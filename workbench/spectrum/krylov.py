@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.core.numerics import check_finite_flag as _check_finite
-from workbench.core.numerics import default_tol, quick_compile_on_cpu
+from workbench.core.numerics import check_positive_int, default_tol, quick_compile_on_cpu
 
 
 class PowerResult(NamedTuple):
@@ -63,8 +63,7 @@ def _check_op(op) -> None:
 
 
 def _check_iters(num_iters, dim: int, name: str = "num_iters") -> int:
-    if not isinstance(num_iters, int | np.integer) or num_iters < 1:
-        raise ValueError(f"{name} must be a positive int, got {num_iters!r}")
+    num_iters = check_positive_int(name, num_iters)
     if num_iters > dim:
         raise ValueError(f"{name}={num_iters} exceeds the operator dimension {dim}")
     return int(num_iters)
@@ -79,10 +78,21 @@ def power_iteration(op, key, num_iters: int = 500, tol: float | None = None) -> 
     Stops when the residual ||A x - value x|| <= tol * |value| (default tol: the square root of
     `default_tol`, since the eigenvalue error is about residual^2 / gap) or after `num_iters`
     matvecs. Convergence is linear in |lambda_2 / lambda_1|; prefer `top_eigenpairs`.
+
+    Args:
+        op: the `curvature.LinearOperator`.
+        key: PRNG key of the Gaussian start vector.
+        num_iters: the most operator products.
+        tol: the relative residual to stop at (default sqrt(default_tol(op.dtype))).
+
+    Returns:
+        A `PowerResult(value, vector [dim], residual, converged, num_iters)`.
+
+    Raises:
+        FloatingPointError: an operator product was NaN or inf.
     """
     _check_op(op)
-    if not isinstance(num_iters, int | np.integer) or num_iters < 1:
-        raise ValueError(f"num_iters must be a positive int, got {num_iters!r}")
+    num_iters = check_positive_int("num_iters", num_iters)
     tol = float(np.sqrt(default_tol(op.dtype))) if tol is None else float(tol)
     result = _power_jit(op, key, int(num_iters), tol)
     _check_finite(jnp.isfinite(result.value) & jnp.isfinite(result.residual), "power_iteration")
@@ -214,7 +224,19 @@ def _arnoldi_jit(op, key, num_iters):
 
 
 def arnoldi_factorization(op, key, num_iters: int) -> ArnoldiResult:
-    """`num_iters` Arnoldi steps with full reorthogonalization from a pseudo-random start vector (hashed from `key`)."""
+    """`num_iters` Arnoldi steps with full reorthogonalization from a pseudo-random start vector (hashed from `key`).
+
+    Args:
+        op: the `curvature.LinearOperator`.
+        key: PRNG key hashed into the start vector.
+        num_iters: the depth m, at most dim.
+
+    Returns:
+        An `ArnoldiResult(basis [m + 1, dim], hessenberg [m + 1, m], finite)`.
+
+    Raises:
+        FloatingPointError: an operator product was NaN or inf.
+    """
     _check_op(op)
     num_iters = _check_iters(num_iters, op.dim)
     result = _arnoldi_jit(op, key, num_iters)
@@ -265,6 +287,18 @@ def lanczos(op, key, num_iters: int, reorthogonalize: bool = True) -> LanczosRes
 
     With `reorthogonalize` (default) the basis is kept and fully reorthogonalized; without it the
     plain three-term recurrence runs in O(dim) memory and returns no basis (enough for SLQ).
+
+    Args:
+        op: the symmetric `curvature.LinearOperator`.
+        key: PRNG key hashed into the start vector.
+        num_iters: the number of steps m, at most dim.
+        reorthogonalize: keep and fully reorthogonalize the basis.
+
+    Returns:
+        A `LanczosResult(alphas [m], betas [m], basis [m + 1, dim] or None, finite)`.
+
+    Raises:
+        FloatingPointError: an operator product was NaN or inf.
     """
     _check_op(op)
     num_iters = _check_iters(num_iters, op.dim)
@@ -274,7 +308,15 @@ def lanczos(op, key, num_iters: int, reorthogonalize: bool = True) -> LanczosRes
 
 
 def tridiagonal(alphas: jax.Array, betas: jax.Array) -> jax.Array:
-    """The dense [m, m] tridiagonal matrix with diagonal `alphas` and off-diagonal `betas[:m-1]`."""
+    """The dense [m, m] tridiagonal matrix with diagonal `alphas` and off-diagonal `betas[:m-1]`.
+
+    Args:
+        alphas: [m] the diagonal.
+        betas: [m] or [m - 1] the off-diagonal (entries past m - 1 are ignored).
+
+    Returns:
+        The symmetric tridiagonal matrix [m, m].
+    """
     m = alphas.shape[0]
     off = betas[: m - 1]
     return jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)

@@ -18,19 +18,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench import curvature
-from workbench.core.numerics import default_tol
+from workbench.core.numerics import check_positive_int, default_tol
 from workbench.spectrum.eigensolver import _output_count, _thick_restart_lanczos
 
 
 @functools.lru_cache(maxsize=64)
-def _top_values_fn(loss_fn, k, num_iters, max_restarts, tol, kind, batch_size):
+def _top_values_fn(loss_fn, k, num_iters, max_restarts, tol, kind, chunk_size):
     """jit(params, data, key) -> (the k largest eigenvalues, every product finite), compiled once
     per (loss_fn, configuration) and params/data shapes; the data is an argument, never a
     constant baked into the program."""
 
     @jax.jit
     def top(params, data, key):
-        op = curvature.operator(loss_fn, params, data, kind, batch_size=batch_size)
+        op = curvature.operator(loss_fn, params, data, kind, chunk_size=chunk_size)
         m = min(op.dim, max(num_iters, k + 1))
         result, _, finite, _ = _thick_restart_lanczos(
             op, key, k, "largest", m, max_restarts, tol or default_tol(op.dtype), _output_count(k, m)
@@ -42,22 +42,38 @@ def _top_values_fn(loss_fn, k, num_iters, max_restarts, tol, kind, batch_size):
 
 
 def _check_options(k, kind):
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    check_positive_int("k", k)
     if kind not in curvature.KINDS:
         raise ValueError(f"kind must be one of {curvature.KINDS}, got {kind!r}")
 
 
 def sharpness(
     loss_fn, params, data, key, *, k: int = 1, num_iters: int = 20, kind: str = "hessian",
-    batch_size: int | None = None,
+    chunk_size: int | None = None,
 ) -> jax.Array:
     """The k largest eigenvalues of the loss curvature over `data` (descending).
 
     Raises FloatingPointError when any curvature product was NaN or inf (a diverged run has no
-    sharpness; it is never reported as 0)."""
+    sharpness; it is never reported as 0).
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar` (a batch mean) or a `models.Functional`.
+        params: the point.
+        data: the dataset the curvature averages over.
+        key: PRNG key of the Lanczos start vector.
+        k: how many of the largest eigenvalues.
+        num_iters: the Krylov depth.
+        kind: "hessian", "ggn" or "fisher" (as in `curvature.operator`).
+        chunk_size: examples per operator product (as in `curvature.operator`).
+
+    Returns:
+        [k] the largest eigenvalues, descending.
+
+    Raises:
+        FloatingPointError: a curvature product was NaN or inf.
+    """
     _check_options(k, kind)
-    values, finite = _top_values_fn(loss_fn, k, num_iters, 50, None, kind, batch_size)(params, data, key)
+    values, finite = _top_values_fn(loss_fn, k, num_iters, 50, None, kind, chunk_size)(params, data, key)
     if not bool(finite):
         raise FloatingPointError("sharpness: a curvature product returned NaN or inf (check the loss "
                                  "and params for non-finite values)")
@@ -74,7 +90,7 @@ def sharpness_callback(
     max_restarts: int = 50,
     tol: float | None = None,
     kind: str = "hessian",
-    batch_size: int | None = None,
+    chunk_size: int | None = None,
     name: str = "sharpness",
 ) -> Callable[[int, Any], dict]:
     """A training callback recording the top Hessian eigenvalue (and the next k-1 if k > 1).
@@ -83,9 +99,26 @@ def sharpness_callback(
     i-th, i >= 2). Each call runs thick-restart Lanczos of depth `num_iters` to relative residual
     `tol` (default 1e-10 in float64, 1e-4 in float32) on the Hessian averaged over all of `data`,
     with the key folded with the step so runs are reproducible.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar` (a batch mean) or a `models.Functional`.
+        data: the dataset the curvature averages over (passed to the compiled program as an
+            argument, never baked into it).
+        key: PRNG key, folded with the step number at each call.
+        k: how many of the largest eigenvalues to record.
+        num_iters: the Krylov depth.
+        max_restarts: the most thick restarts per call.
+        tol: the relative residual asked (default by dtype).
+        kind: "hessian", "ggn" or "fisher".
+        chunk_size: examples per operator product (as in `curvature.operator`).
+        name: the history key of the top eigenvalue.
+
+    Returns:
+        `callback(step, params) -> dict` of Python floats; it raises FloatingPointError naming the
+        step when a product was NaN or inf.
     """
     _check_options(k, kind)
-    top = _top_values_fn(loss_fn, k, num_iters, max_restarts, tol, kind, batch_size)
+    top = _top_values_fn(loss_fn, k, num_iters, max_restarts, tol, kind, chunk_size)
 
     def callback(step: int, params) -> dict:
         values, finite = top(params, data, jax.random.fold_in(key, step))
