@@ -1,0 +1,22 @@
+"""Curvature operators on pytrees: Hessian, Gauss-Newton and empirical-Fisher products.
+
+- `hvp(loss_fn, params, batch, v)`: Hessian-vector product by forward-over-reverse.
+- `ggn_vp(predict_fn, output_loss_fn, params, batch, v)`: Gauss-Newton J^T H_out J v.
+- `fisher_vp(loss_fn, params, batch, v)`: empirical Fisher (1/B) sum_i g_i g_i^T v.
+- `operator(loss_fn, params, data, kind=..., chunk_size=...)`: the curvature of the loss averaged
+  over a whole dataset (each chunk of examples weighted by its size), as a `LinearOperator`
+  whose `matvec` takes a flat vector or a params-shaped pytree. Chunks are summed by
+  `core.per_example.sum_chunks`, and sharded over devices (`sharded_sum`) when several are
+  present: the reduction `distributed.curvature_operator` runs over several processes.
+- `dense_hessian(loss_fn, params, data)`: the package's one dense Hessian (the operator's columns).
+- `from_matrix(A)` / `linear_operator(mv, like)`: the same operator type around any matvec.
+"""
+
+from workbench.curvature.averaged import KINDS, dense_hessian, operator, resolve_roles
+from workbench.curvature.linear import LinearOperator, from_matrix, leaf_names, linear_operator
+from workbench.curvature.products import fisher_vp, ggn_vp, hvp
+
+__all__ = [
+    "KINDS", "LinearOperator", "dense_hessian", "fisher_vp", "from_matrix", "ggn_vp", "hvp",
+    "leaf_names", "linear_operator", "operator", "resolve_roles",
+]
