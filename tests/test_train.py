@@ -10,6 +10,7 @@ from flax import nnx
 
 from workbench import data, models, train
 from workbench.core import tree as tu
+from workbench.core.fingerprint import fingerprint
 from workbench.experiments import digits
 
 
@@ -148,21 +149,21 @@ def test_an_equal_fresh_optimizer_reuses_the_compiled_chunk(problem):
     def chain(lr):
         return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(lr, 12)))
 
-    before = len(train._RUNNERS)
+    before = len(train.loop._RUNNERS)
     first = run(optax.adam(1e-2))
     again = run(optax.adam(1e-2))
-    assert len(train._RUNNERS) == before + 1
+    assert len(train.loop._RUNNERS) == before + 1
     np.testing.assert_array_equal(first.history["loss"], again.history["loss"])
     runs = {"adam 3e-2": run(optax.adam(3e-2)), "sgd 1e-2": run(optax.sgd(1e-2)),
             "chain 1e-2": run(chain(1e-2)), "chain 3e-2": run(chain(3e-2))}
     run(chain(3e-2))
-    assert len(train._RUNNERS) == before + 5
+    assert len(train.loop._RUNNERS) == before + 5
     losses = [first.history["loss"][-1]] + [r.history["loss"][-1] for r in runs.values()]
     assert len(set(np.round(losses, 12).tolist())) == 5  # five optimizers, five trajectories
     def late():  # a closure over a variable assigned after it: an empty cell, keyed by identity
         return later
 
-    assert train._fingerprint(late) != train._fingerprint(lambda: 0)
+    assert fingerprint(late) != fingerprint(lambda: 0)
     later = 1  # noqa: F841
     opt = chain(3e-2)  # the cached program computes what the optimizer given computes
     params, state = f.params, opt.init(f.params)

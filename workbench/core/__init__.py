@@ -1,8 +1,12 @@
 """The foundation every other layer stands on: nothing here imports the rest of the package.
 
-- `tree`: inner products, norms and axpy over params-shaped pytrees;
+- `tree`: flattening at an algorithm's boundary and one check that two trees match (tree
+  arithmetic is `optax.tree`'s);
 - `numerics`: dtype-aware tolerances, finiteness checks, argument validators, CPU compile options;
 - `per_example`: per-example losses and gradients (flat, per leaf, sketched), the one
-  implementation every capability uses;
+  implementation every capability uses, and the chunked map / sum over a dataset;
+- `statistics`: ROC AUC and correlations (NumPy / SciPy, float64 on the host);
+- `fingerprint`: a key equal for two functions that compute the same thing (compiled-program
+  caches);
 - `progress`: progress bars (`tqdm.auto`) for long loops.
 """
