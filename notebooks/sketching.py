@@ -105,6 +105,7 @@ import matplotlib.pyplot as plt
 
 import workbench
 from workbench.experiments import sketching as recipes
+from workbench.experiments import sketching_metrics
 from workbench.plots import sketching as figures
 
 key = jax.random.key(seed)
@@ -120,14 +121,14 @@ key = jax.random.key(seed)
 
 # %%
 thm = recipes.theorem_3_1_table(jax.random.fold_in(key, 1), theorem_dims, num_draws=theorem_draws)
-qk_tab = recipes.qk_factor_table(jax.random.fold_in(key, 2), recipes.qk_splits(qk_factor), factor=qk_factor,
+qk_tab = recipes.qk_factor_table(jax.random.fold_in(key, 2), sketching_metrics.qk_splits(qk_factor), factor=qk_factor,
                                  num_draws=theorem_draws)
 fig = figures.norm_ratio_table(thm, qk_tab)
 workbench.save_figure(fig, "theorem_3_1")
 plt.show()
 print(thm)
 print(qk_tab)
-workbench.record(**recipes.theorem_metrics(thm, qk_tab))
+workbench.record(**sketching_metrics.theorem_metrics(thm, qk_tab))
 
 # %% [markdown]
 # ## Table 6: dot products of real per-example gradients
@@ -139,19 +140,19 @@ workbench.record(**recipes.theorem_metrics(thm, qk_tab))
 # the finding. With the paper's factor cap of 1024, QK on a model this small has one wide
 # factor and is nearly a dense orthogonal projection; GPT-2 under that cap has three factors
 # (1024^2 < 1.2e8 < 1024^3), so we cap QK's factors at the smallest power of two f with
-# f^3 >= N to put it in the paper's regime (`recipes.qk_factor_cap`). The quick profile tries every
+# f^3 >= N to put it in the paper's regime (`sketching_metrics.qk_factor_cap`). The quick profile tries every
 # other power of two on the MLP and every third on the transformer, so its smallest D are rounded
 # up to those; the full profile tries every one.
 
 # %%
 digits = recipes.digits_problem(num_examples, train_steps, seed, hidden_size)
 text = recipes.text_problem(text_examples, text_steps, seed)
-tables = recipes.correlation_tables([digits, text], jax.random.fold_in(key, 3),
+tables = sketching_metrics.correlation_tables([digits, text], jax.random.fold_in(key, 3),
                                     {digits.name: digits_log2_step, text.name: text_log2_step}, num_draws=num_draws)
 fig = figures.correlation_curves({f"{p.name} ({p.num_params} params)": tables[p.name] for p in (digits, text)})
 workbench.save_figure(fig, "table6_correlation")
 plt.show()
-table6 = workbench.record(**recipes.correlation_metrics(tables, [digits, text]))
+table6 = workbench.record(**sketching_metrics.correlation_metrics(tables, [digits, text]))
 print("QK factor caps (three factors, as GPT-2 under the paper's 1024):", table6["qk_factor_caps"])
 print("smallest log2 D with r > 0.95 / 0.98 / 0.99:", table6["table6_smallest_log2_dim"])
 print("paper (GPT-2): FJL 10/12/13, AFFD 10/12/13, FFD 10/12/14, AFJL 12/13/15, QK 14/16/17")
@@ -164,12 +165,12 @@ print("paper (GPT-2): FJL 10/12/13, AFFD 10/12/13, FFD 10/12/14, AFJL 12/13/15, 
 
 # %%
 hessian = recipes.dense_hessian(digits)
-eig = recipes.eigen_table(digits, hessian, jax.random.fold_in(key, 4), digits_log2_step,
+eig = sketching_metrics.eigen_table(digits, hessian, jax.random.fold_in(key, 4), digits_log2_step,
                           num_draws=max(2, num_draws // 2))
 fig = figures.eigen_error_curves(eig)
 workbench.save_figure(fig, "table7_eigenvalues")
 plt.show()
-table7 = workbench.record(**recipes.eigen_metrics(eig))
+table7 = workbench.record(**sketching_metrics.eigen_metrics(eig))
 print("smallest log2 D with error < 0.2 / 0.1 / 0.05:", table7["table7_smallest_log2_dim"])
 
 # %% [markdown]
@@ -185,7 +186,7 @@ fig = figures.restriction_bars(restriction)
 workbench.save_figure(fig, "table1_restriction")
 plt.show()
 print(restriction)
-workbench.record(**recipes.restriction_metrics(restriction))
+workbench.record(**sketching_metrics.restriction_metrics(restriction))
 
 # %% [markdown]
 # ## Time against D (Table 11's shape)
@@ -199,11 +200,11 @@ timing = recipes.time_against_dim(timing_log2_dim_in, timing_log2_dims)
 fig = figures.timing_curves(timing)
 workbench.save_figure(fig, "time_against_dim")
 plt.show()
-timed = workbench.record(**recipes.timing_metrics(timing))
+timed = workbench.record(**sketching_metrics.timing_metrics(timing))
 print("time at the largest D / time at the smallest:", {k: round(timed[f"time_{k}_growth"], 2) for k in timing.kinds})
 
 # %%
-print(recipes.benchmark_summary())
+print(sketching_metrics.benchmark_summary())
 
 # %% [markdown]
 # ## Explore

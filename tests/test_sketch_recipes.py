@@ -9,13 +9,14 @@ import pytest
 from workbench import sketch as sk
 from workbench.experiments import intrinsic_dimension as idim
 from workbench.experiments import sketching as ex
+from workbench.experiments import sketching_metrics
 from workbench.sketch import quality
 
 
 def test_qk_caps_and_splits():
-    assert [ex.qk_factor_cap(n) for n in (1210, 2410, 4096, 4097)] == [16, 16, 16, 32]
+    assert [sketching_metrics.qk_factor_cap(n) for n in (1210, 2410, 4096, 4097)] == [16, 16, 16, 32]
     for factor in (64, 256):
-        splits = ex.qk_splits(factor)
+        splits = sketching_metrics.qk_splits(factor)
         assert len({int(np.prod(s)) for s in splits}) == 1 and max(max(s) for s in splits) == factor
 
 
@@ -24,7 +25,7 @@ def test_theorem_metrics_read_each_kind_by_name():
     thm = ex.NormRatioTable(("ffd", "affd", "afjl"), dims, np.array([[0.24, 0.26], [0.0, 0.0], [0.01, 0.0]]),
                             np.array([[0.73, 0.75], [0.2, 0.05], [0.4, 0.3]]), np.zeros((3, 2)), 100)
     qk = ex.FactorTable(((8, 8), (64, 1)), (64, 64), np.array([0.5, 2.0]), np.array([0.5, 2.0]), np.array([0.1, 0.4]))
-    m = ex.theorem_metrics(thm, qk)
+    m = sketching_metrics.theorem_metrics(thm, qk)
     assert (m["thm31_ffd_p_below_min"], m["thm31_ffd_p_below_max"]) == (0.24, 0.26)
     assert (m["thm31_ffd_p_far_min"], m["thm31_ffd_p_far_max"]) == (0.73, 0.75)
     assert m["thm31_affd_p_far_max"] == 0.2 and m["thm31_afjl_p_far_max"] == 0.4
@@ -44,9 +45,9 @@ def test_correlation_metrics_are_gaps_against_affd():
     tables = {"a": _correlation_table({"affd": 6, "afjl": 8, "qk": 11}),
               "b": _correlation_table({"affd": 5, "afjl": 5, "qk": None})}
     problems = [ex.GradientProblem("a", None, None, None, None, 2410), ex.GradientProblem("b", None, None, None, None, 64)]
-    m = ex.correlation_metrics(tables, problems)
+    m = sketching_metrics.correlation_metrics(tables, problems)
     assert m["table6_afjl_minus_affd_log2_r95"] == 1.0  # (2 + 0) / 2
-    assert m["table6_qk_minus_affd_log2_r95"] == (5 + ex.NEVER - 5) / 2  # never crossing counts as NEVER
+    assert m["table6_qk_minus_affd_log2_r95"] == (5 + sketching_metrics.NEVER - 5) / 2  # never crossing counts as NEVER
     assert m["table6_smallest_log2_dim"]["a"][0.95] == {"affd": 6, "afjl": 8, "qk": 11}
     assert m["qk_factor_caps"] == {"a": 16, "b": 4}
     assert m["table6_pearson_mean"]["a"]["affd"][2] == 0.999
@@ -58,26 +59,26 @@ def test_eigen_restriction_and_timing_metrics():
     err[1, 1] = [0.8, np.nan]  # qk at log2 D = 8 (one draw missing)
     err[:, 2] = 0.01
     eig = quality.EigenTable(("affd", "qk"), np.array([6, 8, 10]), np.ones(10), err)
-    m = ex.eigen_metrics(eig)
+    m = sketching_metrics.eigen_metrics(eig)
     assert m["table7_qk_over_affd_error"] == pytest.approx(0.8 / 0.2)
     assert m["table7_smallest_log2_dim"][0.05] == {"affd": 10, "qk": 10}
     r = ex.RestrictionResult("['w']", 100, 6, 0.5, np.array([0.9, 0.7]), 1.2, np.array([0.1, 0.3]))
-    m = ex.restriction_metrics(r)
+    m = sketching_metrics.restriction_metrics(r)
     assert m["table1_layer_minus_sketch_pearson"] == pytest.approx(-0.3)
     assert m["table1_layer_over_sketch_eig_error"] == pytest.approx(6.0)
     t = ex.TimingTable(("dense", "affd"), np.array([8, 12]), np.array([[1.0, 10.0], [2.0, 3.0]]), 1 << 14, 8)
-    m = ex.timing_metrics(t)
+    m = sketching_metrics.timing_metrics(t)
     assert m["time_dense_growth"] == 10.0 and m["time_affd_growth"] == 1.5 and m["time_seconds"]["affd"] == [2.0, 3.0]
 
 
 def test_correlation_and_eigen_tables_on_a_tiny_problem(key):
     g = jax.random.normal(jax.random.key(3), (6, 64))
     problem = ex.GradientProblem("tiny", None, None, None, g, 64)
-    tables = ex.correlation_tables([problem], key, {"tiny": 2}, num_draws=2, kinds=("srht", "qk"))
+    tables = sketching_metrics.correlation_tables([problem], key, {"tiny": 2}, num_draws=2, kinds=("srht", "qk"))
     assert list(tables) == ["tiny"] and list(tables["tiny"].log2_dims) == [4, 6]
     assert np.all(tables["tiny"].mean[:, -1] > 0.99)  # D = N: (nearly) orthogonal maps
     h = jnp.asarray(np.diag(np.geomspace(10.0, 0.1, 64)))
-    eig = ex.eigen_table(problem, h, key, 2, num_draws=2, kinds=("srht",), k=4)
+    eig = sketching_metrics.eigen_table(problem, h, key, 2, num_draws=2, kinds=("srht",), k=4)
     assert list(eig.log2_dims) == [6] and eig.rel_error[0, 0].max() < 1e-4  # srht at D = N is orthogonal
 
 
