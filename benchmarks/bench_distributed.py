@@ -46,7 +46,7 @@ def worker(out_dir: str, examples: int, features: int, steps: int, ot_points: in
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from workbench.experiments.distributed import binary_data, binary_loss, point_clouds
+    from workbench.experiments.distributed_problems import binary_data, binary_loss, point_clouds
 
     x, y = binary_data(0, examples, features)
     blk = dist.local_block(examples)

@@ -12,6 +12,7 @@ from workbench import unlearning as U
 from workbench.data import Dataset
 from workbench.train import NonFiniteLossError
 from workbench.unlearning import diffusion as D
+from workbench.unlearning import integrity
 from workbench.unlearning import metrics as E
 
 # ----------------------------------------------------------------------------- a small problem
@@ -114,7 +115,7 @@ def test_nan_losses_raise_instead_of_returning_a_model(problem, key):
 
 def test_fisher_diagonal_matches_per_example_loop(problem):
     data, _, p = problem
-    fisher = U.methods.fisher_diagonal(loss_fn, p, data, chunk_size=7)  # 60 = 8 chunks of 7 with padding
+    fisher = U.fisher_diagonal(loss_fn, p, data, chunk_size=7)  # 60 = 8 chunks of 7 with padding
     grad = jax.jit(jax.grad(loss_fn))
     grads = [grad(p, Dataset(data.x[i : i + 1], data.y[i : i + 1])) for i in range(60)]
     for k in p:
@@ -126,8 +127,8 @@ def test_ssd_matches_dense_formula(problem, key):
     data, s, p = problem
     alpha, lam = 1.5, 0.7
     out = U.ssd(loss_fn, p, s.forget, s.retain, alpha=alpha, lam=lam)
-    ff = U.methods.fisher_diagonal(loss_fn, p, s.forget)
-    fd = U.methods.fisher_diagonal(loss_fn, p, data)  # the full data, in one pass
+    ff = U.fisher_diagonal(loss_fn, p, s.forget)
+    fd = U.fisher_diagonal(loss_fn, p, data)  # the full data, in one pass
     selected = 0
     for k in p:
         sel = np.asarray(ff[k]) > alpha * np.asarray(fd[k])
@@ -405,8 +406,8 @@ def test_frechet_distance_matches_scipy():
     a, b = rng.normal(size=(200, 4)), rng.normal(0.3, 1.5, size=(150, 4)) @ rng.normal(size=(4, 4))
     sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     ref = np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(sa + sb - 2 * linalg.sqrtm(sa @ sb).real)
-    assert D.frechet_distance(a, b) == pytest.approx(ref, rel=1e-8)
-    assert abs(D.frechet_distance(a, a)) < 1e-8
+    assert integrity.frechet_distance(a, b) == pytest.approx(ref, rel=1e-8)
+    assert abs(integrity.frechet_distance(a, a)) < 1e-8
 
 
 # ----------------------------------------------------------------------------- diffusion
@@ -430,7 +431,7 @@ def test_ddim_is_deterministic_and_integrity_of_a_model_with_itself_is_zero(tiny
     a, b = (D.sample(model, params, labels, noise, 5) for _ in range(2))
     np.testing.assert_array_equal(a, b)
     assert a.shape == (4, 64) and float(jnp.abs(a).max()) <= 1.0
-    integ = D.integrity(model, params, params, labels, key, feature_fn=lambda x: x[:, :8], num_steps=5)
+    integ = integrity.integrity(model, params, params, labels, key, feature_fn=lambda x: x[:, :8], num_steps=5)
     assert integ.pixel == 0.0 and integ.feature == 0.0 and integ.pixel_floor > 0
 
 

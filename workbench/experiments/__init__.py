@@ -7,13 +7,16 @@ the capabilities. No capability imports it. One module per paper family, importe
 
 - `digits`: a classifier and the tour's MLP fitted on scikit-learn's digits;
 - `spectra`: GD with sharpness tracking (edge of stability), exact against sketched eigenvalues;
-- `sketching`: Schioppa (2024)'s findings on our models (the sketching and intrinsic-dimension
-  papers);
+- `sketching`, `sketching_metrics`: Schioppa (2024)'s tables on our models, and the paper's
+  recorded metrics read off them;
+- `intrinsic_dimension`: the digits intrinsic-dimension sweep and doubling search;
 - `influence`: the digits logistic regression at its exact optimum and the estimators compared;
 - `schedules`: schedule refinement on digits;
 - `icl`: linear self-attention trained on regression tasks, against GD / GD++ / Newton;
-- `unlearning`, `diffusion_unlearning`: models from many seeds, forget sets, every method judged
-  against retrained oracles; the tiny digits DDPM and class forgetting;
-- `distributed`: the distributed-minimisation paper's multi-process job;
+- `unlearning`, `unlearning_sweeps`, `diffusion_unlearning`: models from many seeds, forget sets,
+  every method judged against retrained oracles; the ascent cliff and SSD sweeps; the tiny
+  digits DDPM and class forgetting;
+- `distributed`, `distributed_problems`: the distributed-minimisation paper's multi-process job
+  and its losses and synthetic data;
 - `timing`: wall-clock timing (the fastest of a few runs) for recipes and benchmarks.
 """

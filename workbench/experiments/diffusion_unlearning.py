@@ -18,7 +18,7 @@ from flax import nnx
 from workbench import train
 from workbench.data import Dataset, load_digits
 from workbench.models import MLP, functional
-from workbench.unlearning import diffusion
+from workbench.unlearning import diffusion, integrity
 
 
 class DiffusionSetup(NamedTuple):
@@ -139,12 +139,12 @@ def diffusion_methods(ds: DiffusionSetup, forget_class: int = 0, methods: Sequen
             all_params[name] = params
         noise_f = jax.random.normal(k_fd, (labels_f.shape[0], 64))
         xf = diffusion.sample(ds.model, params, labels_f, noise_f, sample_steps)
-        integ = diffusion.integrity(ds.model, ds.params, params, labels_r, k_int, feature_fn=ds.features,
+        integ = integrity.integrity(ds.model, ds.params, params, labels_r, k_int, feature_fn=ds.features,
                             num_steps=sample_steps)
         xr = diffusion.sample(ds.model, params, labels_r, jax.random.normal(k_int, (labels_r.shape[0], 64)), sample_steps)
         acc_f = float(jnp.mean(jnp.argmax(ds.classifier(xf), -1) == forget_class))
         acc_r = float(jnp.mean(jnp.argmax(ds.classifier(xr), -1) == labels_r))
-        fd = diffusion.frechet_distance(np.asarray(ds.features(xr)), np.asarray(ds.features(real_r)))
+        fd = integrity.frechet_distance(np.asarray(ds.features(xr)), np.asarray(ds.features(real_r)))
         rows.append(DiffusionRow(name, acc_f, acc_r, fd, integ.pixel, integ.feature, integ.pixel_floor,
                                  integ.feature_floor, secs))
     return DiffusionComparison(rows, all_params)

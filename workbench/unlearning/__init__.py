@@ -3,8 +3,8 @@ models retrained without it.
 
 Every method is a pure function `method(loss_fn, params, forget, retain, key, **options) ->
 Unlearned(params, losses, selected)`: retraining from scratch on the retain set (the oracle),
-gradient ascent, NegGrad+, SCRUB, selective synaptic dampening (SSD, which draws nothing at
-random and so takes no key), oracle matching and datamodel matching (oracle outputs predicted
+gradient ascent, NegGrad+, SCRUB (`methods`), selective synaptic dampening (`ssd`, which draws
+nothing at random and so takes no key), oracle matching and datamodel matching (oracle outputs predicted
 with `workbench.influence`). Fine-tuning runs through `workbench.train.optimize_streams` with
 traced learning rates and step counts, so sweeps compile once. `split` builds a validated
 forget/retain split of a training set; `unlearn` applies a method by name to one model (a key
@@ -12,8 +12,8 @@ only to methods that take one) and `many` to a stack of models in one vmapped ca
 holds accuracies and losses on forget/retain/held-out data, KLoM (the per-point KL divergence
 between the margin distributions of many unlearned models and many oracles), and a
 loss-threshold membership-inference score. `diffusion` holds a tiny class-conditional DDPM
-(x0-prediction MLP, deterministic DDIM sampling), class forgetting for it, and the integrity
-metric of Schioppa, Hoogeboom & Heek (2024): the distance between the original and the
+(x0-prediction MLP, deterministic DDIM sampling) and class forgetting for it; `integrity` the
+integrity metric of Schioppa, Hoogeboom & Heek (2024): the distance between the original and the
 unlearned model's samples for the same class and the same initial noise.
 
 Example:
@@ -37,7 +37,7 @@ Example:
     0.9741 1.1302
 """
 
-from workbench.unlearning import diffusion, matching, methods, metrics
+from workbench.unlearning import diffusion, integrity, matching, methods, metrics
 from workbench.unlearning.batch import METHODS, many, takes_key, unlearn
 from workbench.unlearning.matching import (
     datamodel_matching,
@@ -47,17 +47,16 @@ from workbench.unlearning.matching import (
 )
 from workbench.unlearning.methods import (
     Unlearned,
-    fisher_diagonal,
     gradient_ascent,
     neggrad_plus,
     retrain,
     scrub,
-    ssd,
 )
 from workbench.unlearning.sets import SetSizes, Split, check_sets, split
+from workbench.unlearning.ssd import fisher_diagonal, ssd
 
 __all__ = [
     "METHODS", "SetSizes", "Split", "Unlearned", "check_sets", "datamodel_matching", "datamodel_targets",
-    "diffusion", "fisher_diagonal", "gradient_ascent", "many", "match_outputs", "matching", "methods",
+    "diffusion", "fisher_diagonal", "integrity", "gradient_ascent", "many", "match_outputs", "matching", "methods",
     "metrics", "neggrad_plus", "oracle_matching", "retrain", "scrub", "split", "ssd", "takes_key", "unlearn",
 ]

@@ -23,9 +23,9 @@ from workbench.unlearning.methods import (
     neggrad_plus,
     retrain,
     scrub,
-    ssd,
 )
 from workbench.unlearning.sets import check_sets
+from workbench.unlearning.ssd import ssd
 
 PyTree = Any
 
