@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from workbench import data, influence, models
+from workbench.core import statistics
 from workbench.influence import validation as ev
 
 jax.config.update("jax_enable_x64", True)
@@ -65,7 +66,7 @@ def arnoldi_row(f, params, train_set, test_set, truth, exact_scores, exact_warm,
     lds = ev.lds(np.asarray(scores), truth).mean
     row = {"estimator": f"arnoldi (tail {tail})", "k": k, "depth": depth, "first_s": first, "warm_s": warm, "eig_s": t_build,
            "train_jvp_s": t_train, "test_s": t_score, "lds": lds,
-           "corr_vs_exact": float(np.nanmean(ev.pearson_rows(np.asarray(scores), exact_scores))),
+           "corr_vs_exact": float(np.nanmean(statistics.pearson_rows(np.asarray(scores), exact_scores))),
            "exact_over_arnoldi_time": exact_warm / warm, "converged": est.info["converged"]}
     del feats
     return row

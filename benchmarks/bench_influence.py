@@ -24,6 +24,7 @@ import optax
 from flax import nnx
 
 from workbench import data, influence, models, train
+from workbench.core import statistics
 from workbench.influence import validation as ev
 
 jax.config.update("jax_enable_x64", True)
@@ -68,7 +69,7 @@ def run_model(name, loss_fn, params, train_set, test_set, bld, loo_truth, lds_tr
             row.update(loo_pearson=c.pearson, loo_spearman=c.spearman)
         row["lds"] = ev.lds(s, lds_truth).mean
         if exact_scores is not None:
-            row["vs_exact"] = float(np.nanmean(ev.pearson_rows(s, exact_scores)))
+            row["vs_exact"] = float(np.nanmean(statistics.pearson_rows(s, exact_scores)))
         rows.append(row)
         print(row, flush=True)
     return rows

@@ -38,6 +38,7 @@ import optax
 from flax import nnx
 
 from workbench import data, influence, models, spectrum, train
+from workbench.core import statistics
 from workbench.influence import validation as ev
 
 jax.config.update("jax_enable_x64", True)
@@ -143,7 +144,7 @@ def run_problem(model_name, pb, train_set, test_set):
                 s, sec = runner()
                 if s.shape != (len(test_set), len(train_set)):
                     raise ValueError(f"scores of shape {s.shape}")
-                sign = float(np.sign(np.nanmean(ev.pearson_rows(s[:, pb["loo"].removed], pb["loo"].actual)))) or 1.0
+                sign = float(np.sign(np.nanmean(statistics.pearson_rows(s[:, pb["loo"].removed], pb["loo"].actual)))) or 1.0
                 row.update({f"{peer}_s": sec, f"{peer}_sign": int(sign),
                             **{f"{peer}_{k}": v for k, v in evaluate(sign * s, pb["loo"], pb["lds"]).items()}})
             except Exception as err:  # a peer failing is a result too

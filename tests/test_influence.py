@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from workbench import data, influence, models
+from workbench.core import statistics
 from workbench.influence import validation as ev
 
 N_TRAIN, N_TEST, L2 = 150, 12, 1e-2
@@ -100,7 +101,7 @@ def test_exact_against_leave_one_out_retraining(problem, exact_est):
 
 
 def _rows_corr(a, b):
-    return float(np.mean(ev.pearson_rows(a, b)))
+    return float(np.mean(statistics.pearson_rows(a, b)))
 
 
 def test_retraining_weights_mean_dropping_the_example(problem):
@@ -234,9 +235,9 @@ def test_lds_auc_and_rank_metrics(problem, exact_est, key):
     noise = ev.lds(np.random.default_rng(0).normal(size=(N_TEST, N_TRAIN)), truth).mean
     assert good > 0.6 and abs(noise) < 0.25, (good, noise)
     a, b = np.random.default_rng(1).normal(size=(2, 30))
-    assert ev.spearman_rows(a, b)[0] == pytest.approx(spearmanr(a, b)[0], rel=1e-12)
+    assert statistics.spearman_rows(a, b)[0] == pytest.approx(spearmanr(a, b)[0], rel=1e-12)
     labels = np.arange(30) % 3 == 0
-    assert ev.auc(a, labels) == pytest.approx(roc_auc_score(labels, a), rel=1e-12)
+    assert statistics.auc(a, labels) == pytest.approx(roc_auc_score(labels, a), rel=1e-12)
 
 
 def test_flip_labels(problem, key):

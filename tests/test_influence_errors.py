@@ -10,6 +10,7 @@ import pytest
 from plain_logreg import fitted_digits, plain_logreg  # tests/ helper module
 
 from workbench import influence
+from workbench.core import statistics
 from workbench.influence import inverse
 from workbench.influence import validation as ev
 
@@ -64,9 +65,9 @@ def _cases(params, train, test, key, tmp_path):
         ("removed must be a non-empty", lambda: ev.loo(LogReg.loss_fn, params, train, test, [])),
         ("fraction must lie in", lambda: ev.lds_ground_truth(LogReg.loss_fn, params, train, test, key, fraction=1.0)),
         ("num_subsets must be >= 2", lambda: ev.lds_ground_truth(LogReg.loss_fn, params, train, test, key, num_subsets=1)),
-        ("auc needs at least one positive", lambda: ev.auc(np.arange(4.0), np.zeros(4, bool))),
-        ("scores has 3 entries", lambda: ev.auc(np.arange(3.0), np.zeros(4, bool))),
-        ("shapes differ", lambda: ev.pearson_rows(np.ones((2, 3)), np.ones((2, 4)))),
+        ("auc needs at least one positive", lambda: statistics.auc(np.arange(4.0), np.zeros(4, bool))),
+        ("scores has 3 entries", lambda: statistics.auc(np.arange(3.0), np.zeros(4, bool))),
+        ("shapes differ", lambda: statistics.pearson_rows(np.ones((2, 3)), np.ones((2, 4)))),
     ]
 
 

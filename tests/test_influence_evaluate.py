@@ -6,6 +6,7 @@ import pytest
 from plain_logreg import fitted_digits, plain_logreg
 
 from workbench import influence
+from workbench.core import statistics
 from workbench.influence import validation as ev
 
 L2 = 1e-3
@@ -46,3 +47,17 @@ def test_fading_starts_at_the_prediction_and_tracks_divergence(problem, key):
     with pytest.raises(ValueError, match="multiple of record_every"):
         ev.fading(LogReg.loss_fn, params, train, test, removed, predicted, key, optimizer=optax.sgd(1.0),
                   num_steps=7, record_every=5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_auc_equals_the_pairwise_count_with_ties(seed):
+    """core.statistics.auc = P(positive > negative) + 0.5 P(tie), counted pair by pair."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 60))
+    scores = rng.integers(0, 6, n).astype(float)  # few distinct values: many ties
+    positives = rng.random(n) < 0.4
+    positives[:2] = [True, False]
+    pos, neg = scores[positives], scores[~positives]
+    brute = np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
+    assert statistics.auc(scores, positives) == pytest.approx(brute, abs=1e-12)
+    assert statistics.auc(-scores, positives) == pytest.approx(1.0 - brute, abs=1e-12)

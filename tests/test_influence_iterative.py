@@ -9,7 +9,7 @@ import pytest
 from plain_logreg import fitted_digits, plain_logreg  # tests/ helper module
 
 from workbench import curvature, data, influence, spectrum  # noqa: E402
-from workbench.influence import validation as ev  # noqa: E402
+from workbench.core import statistics
 
 N_TRAIN, N_TEST, L2 = 120, 10, 1e-2
 
@@ -25,7 +25,7 @@ def problem():
 
 
 def _corr(a, b):
-    return float(np.mean(ev.pearson_rows(a, b)))
+    return float(np.mean(statistics.pearson_rows(a, b)))
 
 
 def test_cg_matches_exact(problem):

@@ -26,13 +26,6 @@ from workbench.influence.validation.ground_truth import (
     loo_correlation,
     loo_summary,
 )
-from workbench.influence.validation.metrics import (
-    Correlations,
-    auc,
-    correlations,
-    pearson_rows,
-    spearman_rows,
-)
 from workbench.influence.validation.report import (
     Comparison,
     EstimatorScore,

@@ -21,8 +21,8 @@ from jax.flatten_util import ravel_pytree
 
 from workbench.core.numerics import num_examples
 from workbench.core.per_example import per_example_losses
+from workbench.core.statistics import pearson_rows, spearman_rows
 from workbench.influence.estimator import check_like_training
-from workbench.influence.validation.metrics import pearson_rows, spearman_rows
 from workbench.influence.validation.retraining import outputs
 from workbench.train import batch_indices, step
 

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.core.numerics import num_examples
+from workbench.core.statistics import Correlations, correlations, spearman_rows
 from workbench.data import Dataset
 from workbench.influence.estimator import check_like_training
-from workbench.influence.validation.metrics import Correlations, correlations, spearman_rows
 from workbench.influence.validation.retraining import outputs, retrain
 
 

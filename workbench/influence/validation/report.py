@@ -10,13 +10,13 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from workbench.core.statistics import auc, pearson_rows
 from workbench.influence.validation.ground_truth import (
     LDSGroundTruth,
     LOOResult,
     lds,
     loo_correlation,
 )
-from workbench.influence.validation.metrics import auc, pearson_rows
 
 
 class EstimatorScore(NamedTuple):
