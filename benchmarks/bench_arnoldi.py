@@ -92,7 +92,7 @@ def study(name, train_set, test_set, grid, num_subsets, key):
     dim = train_set.x.shape[1]
     f = models.functional(models.LogisticRegression(dim, 10, rngs=nnx.Rngs(0), param_dtype=jnp.float64), l2=L2)
     (params, gnorm), t_fit = clock(lambda: ev.fit(f.loss_fn, f.params, train_set))
-    truth, t_truth = clock(lambda: ev.lds_ground_truth(f.loss_fn, params, train_set, test_set, key,
+    truth, t_truth = clock(lambda: ev.lds_ground_truth(f.loss_fn, params, train_set, key, test_set,
                                                        num_subsets=num_subsets))
     num_params = (dim + 1) * 10
     print(f"{name}: {num_params} params, fit {t_fit:.1f}s (grad norm {gnorm:.1e}), LDS truth {t_truth:.1f}s", flush=True)

@@ -228,7 +228,7 @@ def test_lds_auc_and_rank_metrics(problem, exact_est, key):
     from sklearn.metrics import roc_auc_score
 
     f, params, train, test = problem
-    truth = ev.lds_ground_truth(f.loss_fn, params, train, test, key, num_subsets=16)
+    truth = ev.lds_ground_truth(f.loss_fn, params, train, key, test, num_subsets=16)
     assert truth.masks.shape == (16, N_TRAIN) and (truth.masks.sum(1) == N_TRAIN // 2).all()
     assert truth.grad_norm.max() < 1e-8
     good = ev.lds(exact_est.scores(test), truth).mean
@@ -242,7 +242,7 @@ def test_lds_auc_and_rank_metrics(problem, exact_est, key):
 
 def test_flip_labels(problem, key):
     _, _, train, _ = problem
-    noisy, flipped = ev.flip_labels(key, train, 0.1, 10)
+    noisy, flipped = ev.flip_labels(train, key, 0.1, 10)
     assert flipped.sum() == 15
     assert (np.asarray(noisy.y)[flipped] != np.asarray(train.y)[flipped]).all()
     assert (np.asarray(noisy.y)[~flipped] == np.asarray(train.y)[~flipped]).all()

@@ -24,13 +24,13 @@ def problem():
 
 def test_removing_the_harmful_examples_fixes_more_than_random(problem, key):
     params, train, test, scores = problem
-    r = ev.correct_mispredictions(LogReg.loss_fn, LogReg.predict_fn, params, train, test, scores, key,
+    r = ev.correct_mispredictions(LogReg.loss_fn, LogReg.predict_fn, params, train, key, test, scores,
                                   k=20, num_steps=30, learning_rate=3.0)
     assert r.mispredicted.size > 0 and r.fixed.shape == r.mispredicted.shape
     assert r.fix_rate > r.fix_rate_random
     assert r.fix_rate > 0.2 and abs(r.damage) < 0.05
     with pytest.raises(ValueError, match="scores must have shape"):
-        ev.correct_mispredictions(LogReg.loss_fn, LogReg.predict_fn, params, train, test, scores[:, :5], key)
+        ev.correct_mispredictions(LogReg.loss_fn, LogReg.predict_fn, params, train, key, test, scores[:, :5])
 
 
 def test_fading_starts_at_the_prediction_and_tracks_divergence(problem, key):
@@ -39,13 +39,13 @@ def test_fading_starts_at_the_prediction_and_tracks_divergence(problem, key):
     params, train, test, scores = problem
     removed = np.arange(0, 300, 15)
     predicted = np.asarray(scores)[:20][:, removed] / 299
-    r = ev.fading(LogReg.loss_fn, params, train, test.take(np.arange(20)), removed, predicted, key,
+    r = ev.fading(LogReg.loss_fn, params, train, key, test.take(np.arange(20)), removed, predicted,
                   optimizer=optax.sgd(2.0), num_steps=200, record_every=50, batch_size=None)
     assert r.pearson.shape == (4,) and r.actual.shape == (4, 20, removed.size)
     assert np.all(np.diff(r.divergence) > 0)
     assert r.pearson[-1] > 0.9 and r.pearson[-1] >= r.pearson[0] - 1e-9
     with pytest.raises(ValueError, match="multiple of record_every"):
-        ev.fading(LogReg.loss_fn, params, train, test, removed, predicted, key, optimizer=optax.sgd(1.0),
+        ev.fading(LogReg.loss_fn, params, train, key, test, removed, predicted, optimizer=optax.sgd(1.0),
                   num_steps=7, record_every=5)
 
 

@@ -23,7 +23,7 @@ def test_fit_digits_logistic_reaches_the_optimum():
 def test_estimator_builders_pass_budgets_and_key():
     problem = fit_digits_logistic(40, 3, l2=0.01, seed=0)
     loss_fn, params, train = problem.model.loss_fn, problem.params, problem.train
-    budgets = dict(cg_iters=400, lissa_iters=11, arnoldi_k=5, trak_dim=16, trak_damping=0.01)
+    budgets = dict(cg_num_iters=400, lissa_num_iters=11, arnoldi_k=5, trak_dim=16, trak_damping=0.01)
     key = jax.random.key(3)
     builders = estimator_builders(loss_fn, params, train, key, checkpoints=[params], learning_rate=1.0,
                                   damping=0.1, **budgets)

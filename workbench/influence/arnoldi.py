@@ -75,7 +75,7 @@ def _auto_k(spectrum, op, key, damping: float, num_iters: int | None):
     """(k, factorization, info): the smallest k >= AUTO_MIN_K whose discarded spectrum has spread at most
     AUTO_SPREAD, from one factorization (see `arnoldi`)."""
     depth = min(op.dim, num_iters if num_iters is not None else AUTO_DEPTH)
-    factorization = spectrum.arnoldi(op, key, depth)
+    factorization = spectrum.arnoldi_factorization(op, key, depth)
     top = spectrum.ritz_pairs(factorization, depth)
     values = np.asarray(top.values)  # descending
     converged = np.asarray(top.residuals) <= 1e-6 * abs(values[0])
@@ -127,7 +127,7 @@ def arnoldi(
 
     Eigenpairs with lambda + damping <= 0 are dropped (with a count in `info`). `num_iters` is the
     Krylov depth, capped at the dimension: default 2k + 20 for method="arnoldi" (one factorization
-    with full reorthogonalisation by `workbench.spectrum.arnoldi`; the Ritz pairs are read off it
+    with full reorthogonalisation by `workbench.spectrum.arnoldi_factorization`; the Ritz pairs are read off it
     with no extra operator products), that of `top_eigenpairs` for method="lanczos".
     `tail`: "flat" (default) adds the complement of the top-k eigenspace at curvature
     lambda_{k+1} + damping; "none" is the pure top-k (JVP) estimator of the paper.
@@ -166,7 +166,7 @@ def arnoldi(
         depth = min(op.dim, num_iters if num_iters is not None else default_depth(k))
         if depth < min(k + 1, op.dim):
             raise ValueError(f"num_iters={depth} must exceed k={k} (or equal the dimension)")
-        factorization = spectrum.arnoldi(op, key, depth)
+        factorization = spectrum.arnoldi_factorization(op, key, depth)
         eig_values, eig_vectors, residuals, next_value = spectrum.ritz_pairs(factorization, k)
         converged = residuals <= 1e-6 * jnp.abs(eig_values[0])
         # Lanczos resolves both ends of the spectrum: the smallest Ritz value estimates the
