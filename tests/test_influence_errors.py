@@ -49,7 +49,7 @@ def _cases(params, train, test, key, tmp_path):
                                                          learning_rates=-0.1)),
         ("tracin needs learning_rates", lambda: mk("tracin", checkpoints={0: params})),
         ("models must hold at least one", lambda: mk("trak", models=[], key=key)),
-        ("dim must be >= 1", lambda: mk("trak", dim=0, key=key)),
+        ("dim must be an int >= 1", lambda: mk("trak", dim=0, key=key)),
         ("singular for model 0: use damping > 0", lambda: mk("trak", dim=64, damping=0.0, key=key,
                                                             measure_fn=None, models=[params],
                                                             batch_size=8)),

@@ -158,7 +158,7 @@ def test_arnoldi_defaults_report_the_tail_spread_and_warn_when_it_is_not_flat(pr
     regularised one the discarded spectrum spans decades, and the default says so."""
     params, train, test, _, ref = problem
     est = influence.make("arnoldi", LogReg.loss_fn, params, train, key=key)  # defaults: k=50, flat tail
-    assert est.info["tail_spread"] < influence.arnoldi_module.TAIL_SPREAD_WARNING
+    assert est.info["tail_spread"] < influence.TAIL_SPREAD_WARNING
     assert _corr(np.asarray(est.scores(test)), ref) >= 0.99
     # least squares whose feature scales span six decades: H = X^T X / n is anything but flat
     x = jax.random.normal(jax.random.key(5), (400, 60), jnp.float64) * jnp.logspace(0, -3, 60)

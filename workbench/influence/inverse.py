@@ -30,7 +30,17 @@ def dense_hessian(loss_fn: Callable, params, data, chunk_size: int = 512) -> jax
     """The Hessian of the dataset average of loss_fn, [p, p], accumulated chunk by chunk.
 
     Each chunk's Hessian of loss_fn (a mean over the chunk) is weighted by the chunk's size, so
-    the result equals the full-batch Hessian whatever the chunk size.
+    the result equals the full-batch Hessian whatever the chunk size. Memory p x p: small models
+    only.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, a mean over the batch.
+        params: pytree, where the Hessian is taken; p entries in all.
+        data: pytree of arrays [n, ...], the dataset averaged over.
+        chunk_size: examples whose Hessian is formed at once.
+
+    Returns:
+        Array [p, p], symmetrised, in the params' dtype (flattened like `ravel_pytree`).
     """
     flat, _ = ravel_pytree(params)
     n = num_examples(data)
@@ -58,7 +68,20 @@ class DampingChoice(NamedTuple):
 def damping_above_min_eigenvalue(loss_fn: Callable, params, data, *, margin: float = 0.01) -> DampingChoice:
     """The damping just above -lambda_min of the dense dataset Hessian (a non-convex model's
     Hessian has small negative eigenvalues): max(0, -lambda_min) + `margin`. The one place the
-    papers and benchmarks choose their damping; the eigendecomposition comes back for reuse."""
+    papers and benchmarks choose their damping; the eigendecomposition comes back for reuse.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the training objective.
+        params: pytree, where the Hessian is taken.
+        data: pytree of arrays [n, ...], the training set.
+        margin: how far above -lambda_min the damping lies (>= 0).
+
+    Returns:
+        `DampingChoice(damping, lambda_min, eigen)`; pass `eigen` as `exact(hessian=...)`.
+
+    Raises:
+        ValueError: if `margin` is negative or not finite.
+    """
     margin = check_damping(margin)
     eigen = jnp.linalg.eigh(dense_hessian(loss_fn, params, data))
     lam_min = float(eigen[0][0])
@@ -71,7 +94,15 @@ def _cholesky(hessian, damping):
 
 
 def cholesky_precondition(state, features):
-    """features (H + damping I)^{-1} from the lower Cholesky factor, two triangular solves."""
+    """P = (H + damping I)^{-1} applied to rows from its lower Cholesky factor (two triangular solves).
+
+    Args:
+        state: dict holding "cholesky", the lower factor L [p, p] of H + damping I.
+        features: array [m, p] of gradients.
+
+    Returns:
+        Array [m, p]: features (H + damping I)^{-1}.
+    """
     return jax.scipy.linalg.cho_solve((state["cholesky"], True), features.T).T
 
 
@@ -104,6 +135,25 @@ def exact(
     when you looked at the spectrum to choose the damping); otherwise it is formed with
     `dense_hessian`. Raises ValueError when H + damping I is not positive definite
     (a non-convex model needs a damping above -lambda_min, or a Gauss-Newton matrix).
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the per-example data loss whose gradients
+            are attributed.
+        params: pytree, the trained model (at most `MAX_EXACT_PARAMS` entries unless `hessian`
+            is given).
+        train_data: pytree of arrays [n, ...], the training set.
+        damping: multiple of the identity added to H (>= 0).
+        hessian: None (form it), a [p, p] matrix, or (eigenvalues [p], eigenvectors [p, p]).
+        measure_fn: the test measure; None means `loss_fn`.
+        objective_fn: the objective whose Hessian is inverted; None means `loss_fn`.
+        **options: passed to `Estimator` (`chunk_size`, `cache_bytes`).
+
+    Returns:
+        The `Estimator` "exact" (`info` holds the damping and the factorization used).
+
+    Raises:
+        ValueError: if the model is too large, `hessian` has the wrong shape or holds NaN, or
+            H + damping I is not positive definite.
     """
     damping = check_damping(damping)
     flat, _ = ravel_pytree(params)
