@@ -173,7 +173,7 @@ if interactive:
 
     from workbench.ui import influence as influence_ui
 
-    panel = influence_ui.estimator_panel(model.loss_fn, params, train_set, test_set, scores["exact"],
-                                         jax.random.key(seed), damping=max(damping, 1e-6), arnoldi_k=arnoldi_k)
+    panel = influence_ui.estimator_panel(model.loss_fn, params, train_set, jax.random.key(seed), test_set,
+                                         scores["exact"], damping=max(damping, 1e-6), arnoldi_k=arnoldi_k)
     display(panel.widget)
 

@@ -188,7 +188,7 @@ def test_influence_panels(logistic):
 
     model, params, train, test, _ = logistic
     exact = np.asarray(influence.make("exact", model.loss_fn, params, train, damping=1e-3).scores(test))
-    p = iu.estimator_panel(model.loss_fn, params, train, test, exact, jax.random.key(0), k=3)
+    p = iu.estimator_panel(model.loss_fn, params, train, jax.random.key(0), test, exact, k=3)
     view = run_and_check(p)
     assert p.history[0]["numbers"]["r vs exact"] == pytest.approx(1.0, abs=1e-9)  # exact against itself
     assert np.asarray(view.proponents.indices).shape == (1, 3)
