@@ -74,8 +74,8 @@ import optax
 from flax import nnx
 
 import workbench
-from workbench import data, influence, models, plots, train
-from workbench.experiments.influence import estimator_builders
+from workbench import data, models, plots
+from workbench.experiments.influence import estimator_builders, train_for_attribution
 from workbench.influence import validation
 
 jax.config.update("jax_enable_x64", True)
@@ -100,12 +100,10 @@ budgets = dict(cg_num_iters=cg_num_iters, lissa_num_iters=lissa_num_iters, arnol
 
 # %%
 lr_model = models.functional(models.LogisticRegression(64, 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=l2)
-lr_margin = influence.margin_output(lr_model.predict_fn)  # TRAK's output function
-lr_params, _ = validation.fit(lr_model.loss_fn, lr_model.params, train_set)
-lr_truth = validation.lds_ground_truth(lr_model.loss_fn, lr_params, train_set, key_lds, test_set, num_subsets=num_subsets)
-sgd = train.train(lr_model.loss_fn, lr_model.params, train_set, jax.random.key(seed), optimizer=optax.sgd(1.0), num_steps=200, checkpoint_steps=list(range(0, 200, 20)))
-lr_builders = estimator_builders(lr_model.loss_fn, lr_params, train_set, jax.random.key(seed), checkpoints=sgd.checkpoints,
-                                 learning_rate=1.0, margin=lr_margin, **budgets)
+lr = train_for_attribution(lr_model, train_set, jax.random.key(seed), optimizer_name="sgd", learning_rate=1.0,
+                           num_steps=200, fit_to_optimum=True)
+lr_truth = validation.lds_ground_truth(lr_model.loss_fn, lr.params, train_set, key_lds, test_set, num_subsets=num_subsets)
+lr_builders = estimator_builders(lr_model, lr, train_set, jax.random.key(seed), **budgets)
 lr_rows, _ = validation.compare(lr_builders, test_set, lds_truth=lr_truth)
 
 # %% [markdown]
@@ -116,17 +114,13 @@ lr_rows, _ = validation.compare(lr_builders, test_set, lds_truth=lr_truth)
 
 # %%
 mlp_model = models.functional(models.MLP(64, [hidden], 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=l2)
-mlp_run = train.train(mlp_model.loss_fn, mlp_model.params, train_set, jax.random.key(seed), optimizer=optax.adam(mlp_lr), num_steps=mlp_steps, checkpoint_steps=list(range(0, mlp_steps, mlp_steps // 10)))
-mlp_params = mlp_run.params
-mlp_margin = influence.margin_output(mlp_model.predict_fn)
-mlp_truth = validation.lds_ground_truth(mlp_model.loss_fn, mlp_model.params, train_set, key_lds, test_set, num_subsets=num_subsets,
-                                method="optax", optimizer=optax.adam(mlp_lr), num_steps=mlp_steps)
-choice = influence.damping_above_min_eigenvalue(mlp_model.loss_fn, mlp_params, train_set, margin=damping_margin)
-eigen, mlp_damping = choice.eigen, choice.damping
-print(f"MLP Hessian lambda_min {choice.lambda_min:.2e}; damping {mlp_damping:.3g}")
-mlp_builders = estimator_builders(mlp_model.loss_fn, mlp_params, train_set, jax.random.key(seed),
-                                  checkpoints=mlp_run.checkpoints, learning_rate=mlp_lr, damping=mlp_damping,
-                                  eigen=eigen, margin=mlp_margin, **budgets)
+mlp = train_for_attribution(mlp_model, train_set, jax.random.key(seed), optimizer_name="adam", learning_rate=mlp_lr,
+                            num_steps=mlp_steps, damping_margin=damping_margin)
+print(f"MLP Hessian lambda_min {mlp.lambda_min:.2e}; damping {mlp.damping:.3g}")
+mlp_truth = validation.lds_ground_truth(mlp_model.loss_fn, mlp_model.params, train_set, key_lds, test_set,
+                                        num_subsets=num_subsets, method="optax", optimizer=optax.adam(mlp_lr),
+                                        num_steps=mlp_steps)
+mlp_builders = estimator_builders(mlp_model, mlp, train_set, jax.random.key(seed), **budgets)
 mlp_rows, _ = validation.compare(mlp_builders, test_set, lds_truth=mlp_truth)
 
 # %% [markdown]
@@ -136,18 +130,14 @@ mlp_rows, _ = validation.compare(mlp_builders, test_set, lds_truth=mlp_truth)
 
 # %%
 noisy, flipped = validation.flip_labels(train_set, key_flip, flip_fraction, 10)
-lr_noisy, _ = validation.fit(lr_model.loss_fn, lr_model.params, noisy)
-sgd_noisy = train.train(lr_model.loss_fn, lr_model.params, noisy, jax.random.key(seed), optimizer=optax.sgd(1.0), num_steps=200, checkpoint_steps=list(range(0, 200, 20)))
-lr_auc = validation.mislabel_aucs(estimator_builders(lr_model.loss_fn, lr_noisy, noisy, jax.random.key(seed),
-                                             checkpoints=sgd_noisy.checkpoints, learning_rate=1.0, cosine=False,
-                                             margin=lr_margin, **budgets), flipped)
-mlp_noisy = train.train(mlp_model.loss_fn, mlp_model.params, noisy, jax.random.key(seed), optimizer=optax.adam(mlp_lr), num_steps=mlp_steps, checkpoint_steps=list(range(0, mlp_steps, mlp_steps // 10)))
-choice_noisy = influence.damping_above_min_eigenvalue(mlp_model.loss_fn, mlp_noisy.params, noisy, margin=damping_margin)
-eigen_noisy, damping_noisy = choice_noisy.eigen, choice_noisy.damping
-mlp_auc = validation.mislabel_aucs(estimator_builders(mlp_model.loss_fn, mlp_noisy.params, noisy, jax.random.key(seed),
-                                              checkpoints=mlp_noisy.checkpoints, learning_rate=mlp_lr,
-                                              damping=damping_noisy, eigen=eigen_noisy, cosine=False,
-                                              margin=mlp_margin, **budgets), flipped)
+lr_noisy = train_for_attribution(lr_model, noisy, jax.random.key(seed), optimizer_name="sgd", learning_rate=1.0,
+                                 num_steps=200, fit_to_optimum=True)
+lr_auc = validation.mislabel_aucs(estimator_builders(lr_model, lr_noisy, noisy, jax.random.key(seed), cosine=False,
+                                                     **budgets), flipped)
+mlp_noisy = train_for_attribution(mlp_model, noisy, jax.random.key(seed), optimizer_name="adam",
+                                  learning_rate=mlp_lr, num_steps=mlp_steps, damping_margin=damping_margin)
+mlp_auc = validation.mislabel_aucs(estimator_builders(mlp_model, mlp_noisy, noisy, jax.random.key(seed), cosine=False,
+                                                      **budgets), flipped)
 
 # %% [markdown]
 # ## The table

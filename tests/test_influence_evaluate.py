@@ -61,3 +61,27 @@ def test_auc_equals_the_pairwise_count_with_ties(seed):
     brute = np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
     assert statistics.auc(scores, positives) == pytest.approx(brute, abs=1e-12)
     assert statistics.auc(-scores, positives) == pytest.approx(1.0 - brute, abs=1e-12)
+
+
+def test_predicted_loo_effects_divides_the_removed_columns_by_n_minus_one():
+    scores = np.arange(12.0).reshape(3, 4)
+    np.testing.assert_array_equal(ev.predicted_loo_effects(scores, [3, 1]), scores[:, [3, 1]] / 3)
+    with pytest.raises(ValueError, match="n_test, n_train"):
+        ev.predicted_loo_effects(np.arange(4.0), [1])
+
+
+def test_fading_correlations_and_peak_read_the_curve():
+    rng = np.random.default_rng(0)
+    predicted = rng.normal(size=(5, 8))
+    noise = rng.normal(size=(5, 8))
+    actual = np.stack([predicted + s * noise for s in (1.0, 0.0, 3.0)])  # exact at the middle step
+    curve = ev.fading_correlations(predicted, actual)
+    assert curve.pearson.shape == (3,) and curve.spearman.shape == (3,)
+    assert curve.pearson[1] == pytest.approx(1.0) and curve.spearman[1] == pytest.approx(1.0)
+    assert curve.pearson[0] > curve.pearson[2]
+    expected = np.mean([np.corrcoef(p, a)[0, 1] for p, a in zip(predicted, actual[2])])
+    assert curve.pearson[2] == pytest.approx(expected, rel=1e-12)
+    result = ev.FadingResult(np.array([10, 20, 30]), curve.pearson, curve.spearman, np.zeros(3), actual)
+    peak = ev.fading_peak(result)
+    assert peak.peak_step == 20 and peak.peak_pearson == pytest.approx(1.0)
+    assert peak.final_pearson == curve.pearson[2]

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
-from workbench import data, influence, models
+from workbench import data, influence, models, train
 from workbench.influence.validation import fit
 
 PyTree = Any
@@ -56,18 +57,67 @@ def fit_digits_logistic(n_train: int, n_test: int, l2: float, seed: int = 0) -> 
     return FittedProblem(model, params, train, test, grad_norm)
 
 
+class Trained(NamedTuple):
+    """A model trained for attribution: where the estimators are built and what they need."""
+
+    params: PyTree  # where the estimators are built
+    checkpoints: dict  # step -> params of the training run (TracIn's checkpoints)
+    learning_rate: float  # that run's learning rate (TracIn's weights)
+    damping: float  # for the inverse-curvature estimators
+    eigen: Any  # (eigenvalues, eigenvectors) of the dense Hessian at params, or None
+    lambda_min: float | None  # the smallest Hessian eigenvalue, when `eigen` was formed
+
+
+OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam}
+
+
+def train_for_attribution(model, train_data, key, *, optimizer_name: str, learning_rate: float,
+                          num_steps: int, fit_to_optimum: bool = False,
+                          damping_margin: float | None = None) -> Trained:
+    """Train `model` from its initialisation, keeping 10 checkpoints, and prepare the curvature.
+
+    A convex model is attributed at its exact optimum (`fit_to_optimum=True`: Newton's method,
+    the training run then only serves TracIn); a non-convex one at the end of the run, with the
+    damping just above -lambda_min of its Hessian (`damping_margin`), as
+    `influence.damping_above_min_eigenvalue` chooses it.
+
+    Args:
+        model: a `workbench.models.Functional` (its `loss_fn` and initial `params`).
+        train_data: pytree of arrays [n, ...], the training set.
+        key: `jax.random` key of the training run.
+        optimizer_name: "sgd" or "adam", full-batch.
+        learning_rate: the optimizer's step size.
+        num_steps: optimisation steps; checkpoints every num_steps // 10 from step 0.
+        fit_to_optimum: attribute at the Newton optimum instead of the end of the run.
+        damping_margin: margin above -lambda_min of the damping; None means no damping and no
+            Hessian eigendecomposition.
+
+    Returns:
+        `Trained(params, checkpoints, learning_rate, damping, eigen, lambda_min)`.
+
+    Raises:
+        ValueError: for an unknown `optimizer_name`.
+    """
+    if optimizer_name not in OPTIMIZERS:
+        raise ValueError(f"optimizer_name must be one of {sorted(OPTIMIZERS)}, got {optimizer_name!r}")
+    run = train.train(model.loss_fn, model.params, train_data, key,
+                      optimizer=OPTIMIZERS[optimizer_name](learning_rate), num_steps=num_steps,
+                      checkpoint_steps=list(range(0, num_steps, max(1, num_steps // 10))))
+    params = fit(model.loss_fn, model.params, train_data).params if fit_to_optimum else run.params
+    damping, eigen, lambda_min = 0.0, None, None
+    if damping_margin is not None:
+        choice = influence.damping_above_min_eigenvalue(model.loss_fn, params, train_data, margin=damping_margin)
+        damping, eigen, lambda_min = choice.damping, choice.eigen, choice.lambda_min
+    return Trained(params, run.checkpoints, learning_rate, damping, eigen, lambda_min)
+
+
 def estimator_builders(
-    loss_fn: Callable,
-    params: PyTree,
+    model: Any,
+    trained: Trained,
     train_data: Any,
     key: Any,
     *,
-    checkpoints: Any,
-    learning_rate: float,
-    damping: float = 0.0,
-    eigen: Any = None,
     cosine: bool = True,
-    margin: Callable | None = None,
     cg_num_iters: int,
     lissa_num_iters: int,
     arnoldi_k: int,
@@ -77,22 +127,18 @@ def estimator_builders(
     """The estimators compared by the evaluation paper, as zero-argument builders.
 
     Builders (not estimators) so that `validation.compare` / `mislabel_aucs` can time each
-    build: exact, cg, lissa, arnoldi with its flat tail and `arnoldi_top_k` (`tail="none"`), trak,
-    grad_dot, grad_cos and tracin.
+    build: exact, cg, lissa, arnoldi with its flat tail and `arnoldi_top_k` (`tail="none"`), trak
+    (output function: the classification margin), grad_dot, grad_cos and tracin.
 
     Args:
-        loss_fn: `loss_fn(params, batch) -> scalar`, the training objective.
-        params: pytree, the trained model the estimators are built at.
+        model: the `workbench.models.Functional` (its `loss_fn`, the training objective, and
+            `predict_fn`, for TRAK's margin).
+        trained: the `Trained` of `train_for_attribution`: the params the estimators are built
+            at, TracIn's checkpoints and learning rate, and the damping (and Hessian
+            eigendecomposition, for exact) of the inverse-curvature estimators.
         train_data: pytree of arrays [n, ...], the training set.
         key: `jax.random` key seeding lissa, arnoldi and trak (each gets the same key).
-        checkpoints: dict step -> params of a training run, for tracin.
-        learning_rate: the learning rate of that run (tracin's weights).
-        damping: multiple of the identity added to the curvature of the inverse-curvature
-            estimators (exact, cg, lissa, arnoldi).
-        eigen: (eigenvalues, eigenvectors) of the dense Hessian for exact, or None to form it.
         cosine: include grad_cos; False for self-influence (a cosine's is 1 for every example).
-        margin: trak's output function (e.g. `influence.margin_output(predict_fn)`), or None for
-            the loss.
         cg_num_iters: most conjugate-gradient iterations per solve of cg.
         lissa_num_iters: terms of lissa's Neumann series.
         arnoldi_k: eigenpairs kept by arnoldi and arnoldi_top_k.
@@ -102,6 +148,9 @@ def estimator_builders(
     Returns:
         dict estimator name -> zero-argument function building that `Estimator`.
     """
+    loss_fn, params, damping, eigen = model.loss_fn, trained.params, trained.damping, trained.eigen
+    checkpoints, learning_rate = trained.checkpoints, trained.learning_rate
+    margin = influence.margin_output(model.predict_fn)  # TRAK's output function
     out = {
         "exact": lambda: influence.make("exact", loss_fn, params, train_data, damping=damping, hessian=eigen),
         "cg": lambda: influence.make("cg", loss_fn, params, train_data, damping=damping, num_iters=cg_num_iters),
