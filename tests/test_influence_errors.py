@@ -54,7 +54,7 @@ def _cases(params, train, test, key, tmp_path):
                                                             measure_fn=None, models=[params],
                                                             batch_size=8)),
         ("was made with another configuration", lambda: _store_mismatch(params, train, key, tmp_path)),
-        ("chunk_size must be >= 1", lambda: mk("grad_dot", chunk_size=0)),
+        ("chunk_size must be an int >= 1", lambda: mk("grad_dot", chunk_size=0)),
         ("weights must have shape", lambda: ev.retrain_weighted(LogReg.loss_fn, params, train, jnp.ones((2, n + 1)))),
         ("method='optax' needs optimizer", lambda: ev.retrain_weighted(LogReg.loss_fn, params, train,
                                                             jnp.ones((1, n)), method="optax")),
