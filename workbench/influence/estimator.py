@@ -92,7 +92,7 @@ def check_loss_finite(loss_fn: Callable, params: PyTree, data: PyTree, chunk_siz
     Raises:
         FloatingPointError: listing up to five examples whose loss is not finite.
     """
-    losses = _losses(loss_fn, params, data, int(chunk_size))
+    losses = _losses(loss_fn, params, data, check_positive_int("chunk_size", chunk_size))
     bad = np.flatnonzero(~np.isfinite(np.asarray(losses)))
     if bad.size:
         raise FloatingPointError(

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from workbench.core.numerics import num_examples
+from workbench.core.numerics import check_positive_int, num_examples
 from workbench.influence.estimator import (
     Estimator,
     check_damping,
@@ -44,6 +44,7 @@ def dense_hessian(loss_fn: Callable, params, data, chunk_size: int = 512) -> jax
     """
     flat, _ = ravel_pytree(params)
     n = num_examples(data)
+    chunk_size = check_positive_int("chunk_size", chunk_size)
     total = jnp.zeros((flat.size, flat.size), flat.dtype)
     for start in range(0, n, chunk_size):
         chunk = jax.tree.map(lambda a, s=start: a[s : s + chunk_size], data)

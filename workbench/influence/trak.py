@@ -156,6 +156,9 @@ def trak(
     flat = jax.ShapeDtypeStruct((sum(int(np.size(a)) for a in jax.tree.leaves(params)),),
                                 jnp.result_type(*jax.tree.leaves(params)))  # size and dtype only
     dim = min(check_positive_int("dim", dim), int(flat.size))
+    read_rows = check_positive_int("read_rows", read_rows)
+    if batch_size is not None:
+        batch_size = check_positive_int("batch_size", batch_size)
     if key is None:
         raise ValueError("trak needs key= (a jax.random key; model m's sketch uses fold_in(key, m))")
     sketches = [sk.make(sketch_kind, jax.random.fold_in(key, m), int(flat.size), dim)

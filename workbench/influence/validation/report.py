@@ -10,6 +10,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from workbench.core.numerics import check_positive_int
 from workbench.core.statistics import auc, pearson_rows
 from workbench.influence.validation.ground_truth import (
     LDSGroundTruth,
@@ -150,6 +151,7 @@ def markdown_table(rows: Sequence[NamedTuple | Mapping], digits: int = 3) -> str
     Returns:
         The table as one string (empty when there are no rows).
     """
+    digits = check_positive_int("digits", digits, least=0)
     if not rows:
         return ""
     rows = [r._asdict() if hasattr(r, "_asdict") else dict(r) for r in rows]
