@@ -69,18 +69,20 @@ interactive: bool = False  # show the panel: estimator and model -> LDS per test
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
-import numpy as np
 import optax
 from flax import nnx
 
 import workbench
-from workbench import data, models, plots
-from workbench.experiments.influence import estimator_builders, train_for_attribution
+from workbench import models, plots
+from workbench.experiments.influence import (
+    digits_subsets,
+    estimator_builders,
+    train_for_attribution,
+)
 from workbench.influence import validation
 
 jax.config.update("jax_enable_x64", True)
-train_full, test_full = data.load_digits(seed=seed, dtype=jnp.float64)
-train_set, test_set = train_full.take(np.arange(n_train)), test_full.take(np.arange(n_test))
+train_set, test_set = digits_subsets(n_train, n_test, seed)
 key_lds, key_flip = jax.random.split(jax.random.key(seed))
 budgets = dict(cg_num_iters=cg_num_iters, lissa_num_iters=lissa_num_iters, arnoldi_k=arnoldi_k, trak_dim=trak_dim,
                trak_damping=trak_damping)  # shared by every call of `estimator_builders` below

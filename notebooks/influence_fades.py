@@ -71,7 +71,8 @@ import optax
 from flax import nnx
 
 import workbench
-from workbench import data, influence, models, plots, train
+from workbench import influence, models, plots, train
+from workbench.experiments.influence import digits_subsets
 from workbench.influence import validation
 
 jax.config.update("jax_enable_x64", True)
@@ -80,8 +81,7 @@ jax.config.update("jax_enable_x64", True)
 # ## Train the MLP to the point of removal
 
 # %%
-train_full, test_full = data.load_digits(seed=seed, dtype=jnp.float64)
-train_set, test_set = train_full.take(np.arange(n_train)), test_full.take(np.arange(n_test))
+train_set, test_set = digits_subsets(n_train, n_test, seed)
 model = models.functional(models.MLP(64, [hidden], 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=l2)
 run = train.train(model.loss_fn, model.params, train_set, jax.random.key(seed), optimizer=optax.sgd(learning_rate), num_steps=pretrain_steps, batch_size=batch_size)
 params = run.params

@@ -8,6 +8,7 @@ import pytest
 from workbench import influence
 from workbench.experiments.influence import (
     Trained,
+    digits_subsets,
     estimator_builders,
     fit_digits_logistic,
     train_for_attribution,
@@ -61,3 +62,15 @@ def test_train_for_attribution_keeps_checkpoints_and_chooses_the_damping():
     with pytest.raises(ValueError, match="optimizer_name"):
         train_for_attribution(problem.model, problem.train, key, optimizer_name="rmsprop", learning_rate=0.1,
                               num_steps=2)
+
+
+def test_digits_subsets_are_the_first_examples_of_the_seeded_split():
+    from workbench import data
+
+    train, test = digits_subsets(30, 5, seed=2)
+    full_train, full_test = data.load_digits(seed=2, dtype=np.float64)
+    np.testing.assert_array_equal(np.asarray(train.x), np.asarray(full_train.x[:30]))
+    np.testing.assert_array_equal(np.asarray(test.y), np.asarray(full_test.y[:5]))
+    assert np.asarray(train.x).dtype == np.float64
+    with pytest.raises(ValueError, match="n_train must be in"):
+        digits_subsets(1, 5)

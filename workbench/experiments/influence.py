@@ -26,6 +26,27 @@ class FittedProblem(NamedTuple):
     grad_norm: float  # gradient norm at `params`
 
 
+def digits_subsets(n_train: int, n_test: int, seed: int = 0) -> tuple[Any, Any]:
+    """The first `n_train` training and `n_test` test examples of digits' seeded split, float64.
+
+    Args:
+        n_train: training examples, in [2, 1347].
+        n_test: test examples, in [1, 450].
+        seed: seed of the digits split.
+
+    Returns:
+        (train, test) `Dataset`s.
+
+    Raises:
+        ValueError: if `n_train` or `n_test` is out of range.
+    """
+    train_full, test_full = data.load_digits(seed=seed, dtype=jnp.float64)
+    if not 2 <= n_train <= len(train_full) or not 1 <= n_test <= len(test_full):
+        raise ValueError(f"n_train must be in [2, {len(train_full)}] and n_test in [1, {len(test_full)}], "
+                         f"got {n_train}, {n_test}")
+    return train_full.take(jnp.arange(n_train)), test_full.take(jnp.arange(n_test))
+
+
 def fit_digits_logistic(n_train: int, n_test: int, l2: float, seed: int = 0) -> FittedProblem:
     """L2-regularised logistic regression on digits, fitted to machine precision.
 
@@ -46,11 +67,7 @@ def fit_digits_logistic(n_train: int, n_test: int, l2: float, seed: int = 0) -> 
     Raises:
         ValueError: if `n_train` or `n_test` is out of range.
     """
-    train_full, test_full = data.load_digits(seed=seed, dtype=jnp.float64)
-    if not 2 <= n_train <= len(train_full) or not 1 <= n_test <= len(test_full):
-        raise ValueError(f"n_train must be in [2, {len(train_full)}] and n_test in [1, {len(test_full)}], "
-                         f"got {n_train}, {n_test}")
-    train, test = train_full.take(jnp.arange(n_train)), test_full.take(jnp.arange(n_test))
+    train, test = digits_subsets(n_train, n_test, seed)
     model = models.functional(
         models.LogisticRegression(64, 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=l2)
     params, grad_norm = fit(model.loss_fn, model.params, train)
