@@ -1,6 +1,6 @@
 """Influence functions and training data attribution behind one interface.
 
-    est = influence.make(kind, loss_fn, params, train_data, **options)
+    est = influence.make(name, loss_fn, params, train_data, **options)
     est.scores(test_batch)        # [n_test, n_train]
     est.self_influence()          # [n_train]
     est.proponents(test_batch, k) # top-k helpful training examples per test point
@@ -75,8 +75,8 @@ ESTIMATORS: dict[str, Callable[..., Estimator]] = {
 CURVATURE_ESTIMATORS = ("exact", "cg", "lissa", "arnoldi")
 
 
-def make(kind: str, loss_fn, params, train_data, **options) -> Estimator:
-    """Build the influence estimator `kind` for `loss_fn` at `params` on `train_data`.
+def make(name: str, loss_fn, params, train_data, **options) -> Estimator:
+    """Build the influence estimator `name` for `loss_fn` at `params` on `train_data`.
 
     Three roles are kept apart:
     - the **objective** whose curvature is inverted (`objective_fn=`, default `loss_fn`): the
@@ -96,7 +96,7 @@ def make(kind: str, loss_fn, params, train_data, **options) -> Estimator:
     functions (`workbench.influence.exact`, `tracin`, ...).
 
     Args:
-        kind: the estimator, a key of `ESTIMATORS` ("exact", "grad_dot", "grad_cos", "tracin",
+        name: the estimator, a key of `ESTIMATORS` ("exact", "grad_dot", "grad_cos", "tracin",
             "cg", "lissa", "arnoldi", "trak").
         loss_fn: `loss_fn(params, batch) -> scalar`, the per-example data loss (a mean over the
             batch), or a `workbench.models.Functional` (its roles are then taken from it).
@@ -109,28 +109,28 @@ def make(kind: str, loss_fn, params, train_data, **options) -> Estimator:
         The `Estimator` (`scores`, `self_influence`, `proponents`, `opponents`, `info`).
 
     Raises:
-        ValueError: for an unknown kind, `objective_fn` on a curvature-free estimator, fewer
+        ValueError: for an unknown name, `objective_fn` on a curvature-free estimator, fewer
             than 2 examples, NaN in params or data, or an invalid option.
         TypeError: if `loss_fn` is neither callable nor a `Functional`.
     """
-    if kind not in ESTIMATORS:
-        raise ValueError(f"unknown influence estimator {kind!r}; choose one of {sorted(ESTIMATORS)}")
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown influence estimator {name!r}; choose one of {sorted(ESTIMATORS)}")
     if isinstance(loss_fn, Functional):
         model, loss_fn = loss_fn, mean_loss(loss_fn.per_example_loss_fn)
-        if kind in CURVATURE_ESTIMATORS:
+        if name in CURVATURE_ESTIMATORS:
             options.setdefault("objective_fn", model.loss_fn)
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable loss_fn(params, batch) or a workbench.models."
                         f"Functional, got {type(loss_fn).__name__}")
-    if "objective_fn" in options and kind not in CURVATURE_ESTIMATORS:
+    if "objective_fn" in options and name not in CURVATURE_ESTIMATORS:
         raise ValueError(f"objective_fn= applies to the curvature estimators {CURVATURE_ESTIMATORS}, "
-                         f"not to {kind!r}")
+                         f"not to {name!r}")
     check_finite(params, "params")
     n = num_examples(train_data, "train_data")
     if n < 2:
         raise ValueError(f"train_data needs at least 2 examples, got {n}")
     check_finite(train_data, "train_data")
-    return ESTIMATORS[kind](loss_fn, params, train_data, **options)
+    return ESTIMATORS[name](loss_fn, params, train_data, **options)
 
 
 __all__ = [
