@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from workbench import data, influence, models
+from workbench import curvature, data, influence, models
+from workbench.core import statistics
 from workbench.influence import validation as ev
 
 jax.config.update("jax_enable_x64", True)
@@ -47,7 +48,7 @@ def exact_row(f, params, train_set, test_set, truth):
     run = lambda: influence.make("exact", f.loss_fn, params, train_set).scores(test_set)
     _, first = clock(run)
     scores, warm = clock(run)
-    hess, t_hess = clock(lambda: influence.dense_hessian(f.loss_fn, params, train_set))
+    hess, t_hess = clock(lambda: curvature.dense_hessian(f.loss_fn, params, train_set))
     _, t_chol = clock(lambda: jnp.linalg.cholesky(hess))
     row = {"estimator": "exact", "k": None, "depth": None, "first_s": first, "warm_s": warm,
            "hessian_s": t_hess, "cholesky_s": t_chol, "lds": ev.lds(scores, truth).mean, "lds_vs_exact": 0.0,
@@ -65,7 +66,7 @@ def arnoldi_row(f, params, train_set, test_set, truth, exact_scores, exact_warm,
     lds = ev.lds(np.asarray(scores), truth).mean
     row = {"estimator": f"arnoldi (tail {tail})", "k": k, "depth": depth, "first_s": first, "warm_s": warm, "eig_s": t_build,
            "train_jvp_s": t_train, "test_s": t_score, "lds": lds,
-           "corr_vs_exact": float(np.nanmean(ev.pearson_rows(np.asarray(scores), exact_scores))),
+           "corr_vs_exact": float(np.nanmean(statistics.pearson_rows(np.asarray(scores), exact_scores))),
            "exact_over_arnoldi_time": exact_warm / warm, "converged": est.info["converged"]}
     del feats
     return row
@@ -91,7 +92,7 @@ def study(name, train_set, test_set, grid, num_subsets, key):
     dim = train_set.x.shape[1]
     f = models.functional(models.LogisticRegression(dim, 10, rngs=nnx.Rngs(0), param_dtype=jnp.float64), l2=L2)
     (params, gnorm), t_fit = clock(lambda: ev.fit(f.loss_fn, f.params, train_set))
-    truth, t_truth = clock(lambda: ev.lds_ground_truth(f.loss_fn, params, train_set, test_set, key,
+    truth, t_truth = clock(lambda: ev.lds_ground_truth(f.loss_fn, params, train_set, key, test_set,
                                                        num_subsets=num_subsets))
     num_params = (dim + 1) * 10
     print(f"{name}: {num_params} params, fit {t_fit:.1f}s (grad norm {gnorm:.1e}), LDS truth {t_truth:.1f}s", flush=True)

@@ -24,6 +24,7 @@ import optax
 from flax import nnx
 
 from workbench import data, influence, models, train
+from workbench.core import statistics
 from workbench.influence import validation as ev
 
 jax.config.update("jax_enable_x64", True)
@@ -68,7 +69,7 @@ def run_model(name, loss_fn, params, train_set, test_set, bld, loo_truth, lds_tr
             row.update(loo_pearson=c.pearson, loo_spearman=c.spearman)
         row["lds"] = ev.lds(s, lds_truth).mean
         if exact_scores is not None:
-            row["vs_exact"] = float(np.nanmean(ev.pearson_rows(s, exact_scores)))
+            row["vs_exact"] = float(np.nanmean(statistics.pearson_rows(s, exact_scores)))
         rows.append(row)
         print(row, flush=True)
     return rows
@@ -95,7 +96,7 @@ def main():
     loo = ev.loo(f.loss_fn, params, lr_train, test_set, removed)
     t_loo = time.perf_counter() - t0
     t0 = time.perf_counter()
-    lds_truth = ev.lds_ground_truth(f.loss_fn, params, lr_train, test_set, key, num_subsets=num_subsets)
+    lds_truth = ev.lds_ground_truth(f.loss_fn, params, lr_train, key, test_set, num_subsets=num_subsets)
     t_lds = time.perf_counter() - t0
     print(f"logistic: fit {t_fit:.1f}s (grad norm {gnorm:.1e}), LOO {t_loo:.1f}s, LDS truth {t_lds:.1f}s")
     sgd = train.train(f.loss_fn, f.params, lr_train, key, optimizer=optax.sgd(1.0), num_steps=200, checkpoint_steps=list(range(0, 200, 20)), progress=False)
@@ -110,7 +111,7 @@ def main():
     rows += run_model("logistic", f.loss_fn, params, lr_train, test_set, bld, loo, lds_truth)
 
     # mislabel detection on logistic regression (self-influence AUC)
-    noisy, flipped = ev.flip_labels(jax.random.key(1), lr_train, 0.1, 10)
+    noisy, flipped = ev.flip_labels(lr_train, jax.random.key(1), 0.1, 10)
     noisy_params, _ = ev.fit(f.loss_fn, f.params, noisy)
     sgd_noisy = train.train(f.loss_fn, f.params, noisy, key, optimizer=optax.sgd(1.0), num_steps=200, checkpoint_steps=list(range(0, 200, 20)), progress=False)
     nb = builders(f.loss_fn, noisy_params, noisy, sgd_noisy.checkpoints, 1.0, 0.0)
@@ -125,7 +126,7 @@ def main():
     g = models.functional(models.MLP(64, [16], 10, rngs=nnx.Rngs(0), param_dtype=jnp.float64), l2=0.01)
     steps, lr = 300, 0.01
     run = train.train(g.loss_fn, g.params, mlp_train, key, optimizer=optax.adam(lr), num_steps=steps, checkpoint_steps=list(range(0, steps, steps // 10)), progress=False)
-    mlp_truth = ev.lds_ground_truth(g.loss_fn, g.params, mlp_train, test_set, key, num_subsets=num_subsets,
+    mlp_truth = ev.lds_ground_truth(g.loss_fn, g.params, mlp_train, key, test_set, num_subsets=num_subsets,
                                     method="optax", optimizer=optax.adam(lr), num_steps=steps)
     damping = influence.damping_above_min_eigenvalue(g.loss_fn, run.params, mlp_train, margin=0.01).damping
     mb = builders(g.loss_fn, run.params, mlp_train, run.checkpoints, lr, damping)

@@ -38,6 +38,7 @@ import optax
 from flax import nnx
 
 from workbench import data, influence, models, spectrum, train
+from workbench.core import statistics
 from workbench.influence import validation as ev
 
 jax.config.update("jax_enable_x64", True)
@@ -64,7 +65,7 @@ def logistic_problem(train_set, test_set, sizes, key):
     params, _ = ev.fit(f.loss_fn, f.params, train_set)
     removed = np.linspace(0, len(train_set) - 1, sizes["removed"]).astype(int)
     loo = ev.loo(f.loss_fn, params, train_set, test_set, removed)
-    lds_truth = ev.lds_ground_truth(f.loss_fn, params, train_set, test_set, key, num_subsets=sizes["subsets"])
+    lds_truth = ev.lds_ground_truth(f.loss_fn, params, train_set, key, test_set, num_subsets=sizes["subsets"])
     sgd = train.train(f.loss_fn, f.params, train_set, key, optimizer=optax.sgd(1.0), num_steps=200, checkpoint_steps=list(range(0, 200, 20)), progress=False)
     return dict(f=f, params=params, loo=loo, lds=lds_truth, damping=0.0, checkpoints=sgd.checkpoints,
                 lr=1.0, ensemble=[params], lissa_depth=100)
@@ -77,17 +78,17 @@ def mlp_problem(train_set, test_set, sizes, key):
     n = len(train_set)
     removed = np.linspace(0, n - 1, sizes["removed"]).astype(int)
     weights = jnp.concatenate([jnp.ones((1, n)), 1.0 - jax.nn.one_hot(jnp.asarray(removed), n)])
-    retrained = ev.retrain(f.loss_fn, f.params, train_set, weights, **opt)
+    retrained = ev.retrain_weighted(f.loss_fn, f.params, train_set, weights, **opt)
     params = jax.tree.map(lambda a: a[0], retrained.params)  # full data, same init and steps
     outs = np.asarray(ev.outputs(f.loss_fn, retrained.params, test_set))
     loo = ev.LOOResult(removed, (outs[1:] - outs[:1]).T, np.asarray(retrained.grad_norm[1:]), n)
-    lds_truth = ev.lds_ground_truth(f.loss_fn, f.params, train_set, test_set, key, num_subsets=sizes["subsets"], **opt)
+    lds_truth = ev.lds_ground_truth(f.loss_fn, f.params, train_set, key, test_set, num_subsets=sizes["subsets"], **opt)
     choice = influence.damping_above_min_eigenvalue(f.loss_fn, params, train_set, margin=0.01)
     damping, evals = choice.damping, np.asarray(choice.eigen[0])
     ensemble = [params]
     for seed in range(1, MLP_ENSEMBLE):  # TRAK's ensemble: the same training from other inits
         g = models.functional(models.MLP(64, [32], 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=L2)
-        r = ev.retrain(f.loss_fn, g.params, train_set, jnp.ones((1, n)), **opt)
+        r = ev.retrain_weighted(f.loss_fn, g.params, train_set, jnp.ones((1, n)), **opt)
         ensemble.append(jax.tree.map(lambda a: a[0], r.params))
     return dict(f=f, params=params, loo=loo, lds=lds_truth, damping=damping, checkpoints=run.checkpoints,
                 lr=MLP_LR, ensemble=ensemble, lissa_depth=100, hessian_eigs=(float(evals[0]), float(evals[-1])))
@@ -143,7 +144,7 @@ def run_problem(model_name, pb, train_set, test_set):
                 s, sec = runner()
                 if s.shape != (len(test_set), len(train_set)):
                     raise ValueError(f"scores of shape {s.shape}")
-                sign = float(np.sign(np.nanmean(ev.pearson_rows(s[:, pb["loo"].removed], pb["loo"].actual)))) or 1.0
+                sign = float(np.sign(np.nanmean(statistics.pearson_rows(s[:, pb["loo"].removed], pb["loo"].actual)))) or 1.0
                 row.update({f"{peer}_s": sec, f"{peer}_sign": int(sign),
                             **{f"{peer}_{k}": v for k, v in evaluate(sign * s, pb["loo"], pb["lds"]).items()}})
             except Exception as err:  # a peer failing is a result too

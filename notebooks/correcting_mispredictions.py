@@ -61,7 +61,7 @@ import matplotlib.pyplot as plt
 import workbench
 from workbench import influence, models, plots
 from workbench.experiments.influence import fit_digits_logistic
-from workbench.influence import validation as ev
+from workbench.influence import validation
 
 jax.config.update("jax_enable_x64", True)
 
@@ -85,9 +85,9 @@ scores = influence.make("exact", model.loss_fn, params, train_set).scores(test_s
 # ## Fine-tune without the opponents, and without random examples
 
 # %%
-results = {k: ev.correct_mispredictions(model.loss_fn, model.predict_fn, params, train_set, test_set, scores,
-                                        jax.random.key(seed), k=k, num_steps=steps, learning_rate=learning_rate,
-                                        weight=weight)
+results = {k: validation.correct_mispredictions(model.loss_fn, model.predict_fn, params, train_set,
+                                                jax.random.key(seed), test_set, scores, k=k, num_steps=steps,
+                                                learning_rate=learning_rate, weight=weight)
            for k in k_values}
 for k, r in results.items():
     print(f"k={k:3d}: fixed {r.fix_rate:.2f} (random {r.fix_rate_random:.2f}); accuracy lost on the "
@@ -125,7 +125,7 @@ if interactive:
     from workbench.ui import influence as influence_ui
 
     panel = influence_ui.correction_panel(functools.partial(
-        ev.correct_mispredictions, model.loss_fn, model.predict_fn, params, train_set, test_set, scores,
-        jax.random.key(seed), learning_rate=learning_rate))
+        validation.correct_mispredictions, model.loss_fn, model.predict_fn, params, train_set,
+        jax.random.key(seed), test_set, scores, learning_rate=learning_rate))
     display(panel.widget)
 

@@ -54,8 +54,8 @@ l2: float = 0.01  # L2 regularisation (both models)
 hidden: int = 16  # hidden width of the MLP
 mlp_steps: int = 200  # full-batch Adam steps for every MLP (full data and each half)
 mlp_lr: float = 0.01  # Adam step size
-cg_iters: int = 100  # conjugate-gradient iterations per solve
-lissa_depth: int = 150  # LiSSA: terms of the Neumann series
+cg_num_iters: int = 100  # conjugate-gradient iterations per solve
+lissa_num_iters: int = 150  # LiSSA: terms of the Neumann series
 arnoldi_k: int = 50  # Arnoldi: top-k eigenpairs kept
 trak_dim: int = 256  # TRAK: sketch dimension D (one model)
 trak_damping: float = 0.01  # TRAK: damping of the sketched Gauss-Newton matrix
@@ -69,20 +69,22 @@ interactive: bool = False  # show the panel: estimator and model -> LDS per test
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
-import numpy as np
 import optax
 from flax import nnx
 
 import workbench
-from workbench import data, influence, models, plots, train
-from workbench.experiments.influence import estimator_builders
-from workbench.influence import validation as ev
+from workbench import models, plots
+from workbench.experiments.influence import (
+    digits_subsets,
+    estimator_builders,
+    train_for_attribution,
+)
+from workbench.influence import validation
 
 jax.config.update("jax_enable_x64", True)
-train_full, test_full = data.load_digits(seed=seed, dtype=jnp.float64)
-train_set, test_set = train_full.take(np.arange(n_train)), test_full.take(np.arange(n_test))
+train_set, test_set = digits_subsets(n_train, n_test, seed)
 key_lds, key_flip = jax.random.split(jax.random.key(seed))
-budgets = dict(cg_iters=cg_iters, lissa_iters=lissa_depth, arnoldi_k=arnoldi_k, trak_dim=trak_dim,
+budgets = dict(cg_num_iters=cg_num_iters, lissa_num_iters=lissa_num_iters, arnoldi_k=arnoldi_k, trak_dim=trak_dim,
                trak_damping=trak_damping)  # shared by every call of `estimator_builders` below
 
 
@@ -90,8 +92,8 @@ budgets = dict(cg_iters=cg_iters, lissa_iters=lissa_depth, arnoldi_k=arnoldi_k, 
 # ## Logistic regression
 # The optimum by Newton's method; each half-data model is retrained (warm-started, inexact
 # Newton) to a gradient norm below 1e-10. TracIn reads 10 checkpoints of a full-batch SGD run.
-# The inverse-curvature estimators share the damping: `cg` (conjugate gradients, `cg_iters` per
-# solve) and `lissa` (`lissa_depth` Neumann terms; short of convergence it acts like extra damping)
+# The inverse-curvature estimators share the damping: `cg` (conjugate gradients, `cg_num_iters` per
+# solve) and `lissa` (`lissa_num_iters` Neumann terms; short of convergence it acts like extra damping)
 # approximate the exact solve; `arnoldi` keeps the top `arnoldi_k` curvature directions exactly and
 # treats the rest as flat at the first discarded eigenvalue (its default), while `arnoldi_top_k`
 # (the paper's estimator, `tail="none"`) drops them, and with them the flat directions where
@@ -100,13 +102,11 @@ budgets = dict(cg_iters=cg_iters, lissa_iters=lissa_depth, arnoldi_k=arnoldi_k, 
 
 # %%
 lr_model = models.functional(models.LogisticRegression(64, 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=l2)
-lr_margin = influence.margin_output(lr_model.predict_fn)  # TRAK's output function
-lr_params, _ = ev.fit(lr_model.loss_fn, lr_model.params, train_set)
-lr_truth = ev.lds_ground_truth(lr_model.loss_fn, lr_params, train_set, test_set, key_lds, num_subsets=num_subsets)
-sgd = train.train(lr_model.loss_fn, lr_model.params, train_set, jax.random.key(seed), optimizer=optax.sgd(1.0), num_steps=200, checkpoint_steps=list(range(0, 200, 20)))
-lr_builders = estimator_builders(lr_model.loss_fn, lr_params, train_set, jax.random.key(seed), checkpoints=sgd.checkpoints,
-                                 learning_rate=1.0, margin=lr_margin, **budgets)
-lr_rows, _ = ev.compare(lr_builders, test_set, lds_truth=lr_truth)
+lr = train_for_attribution(lr_model, train_set, jax.random.key(seed), optimizer_name="sgd", learning_rate=1.0,
+                           num_steps=200, fit_to_optimum=True)
+lr_truth = validation.lds_ground_truth(lr_model.loss_fn, lr.params, train_set, key_lds, test_set, num_subsets=num_subsets)
+lr_builders = estimator_builders(lr_model, lr, train_set, jax.random.key(seed), **budgets)
+lr_rows, _ = validation.compare(lr_builders, test_set, lds_truth=lr_truth)
 
 # %% [markdown]
 # ## MLP
@@ -116,18 +116,14 @@ lr_rows, _ = ev.compare(lr_builders, test_set, lds_truth=lr_truth)
 
 # %%
 mlp_model = models.functional(models.MLP(64, [hidden], 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=l2)
-mlp_run = train.train(mlp_model.loss_fn, mlp_model.params, train_set, jax.random.key(seed), optimizer=optax.adam(mlp_lr), num_steps=mlp_steps, checkpoint_steps=list(range(0, mlp_steps, mlp_steps // 10)))
-mlp_params = mlp_run.params
-mlp_margin = influence.margin_output(mlp_model.predict_fn)
-mlp_truth = ev.lds_ground_truth(mlp_model.loss_fn, mlp_model.params, train_set, test_set, key_lds, num_subsets=num_subsets,
-                                method="optax", optimizer=optax.adam(mlp_lr), num_steps=mlp_steps)
-choice = influence.damping_above_min_eigenvalue(mlp_model.loss_fn, mlp_params, train_set, margin=damping_margin)
-eigen, mlp_damping = choice.eigen, choice.damping
-print(f"MLP Hessian lambda_min {choice.lambda_min:.2e}; damping {mlp_damping:.3g}")
-mlp_builders = estimator_builders(mlp_model.loss_fn, mlp_params, train_set, jax.random.key(seed),
-                                  checkpoints=mlp_run.checkpoints, learning_rate=mlp_lr, damping=mlp_damping,
-                                  eigen=eigen, margin=mlp_margin, **budgets)
-mlp_rows, _ = ev.compare(mlp_builders, test_set, lds_truth=mlp_truth)
+mlp = train_for_attribution(mlp_model, train_set, jax.random.key(seed), optimizer_name="adam", learning_rate=mlp_lr,
+                            num_steps=mlp_steps, damping_margin=damping_margin)
+print(f"MLP Hessian lambda_min {mlp.lambda_min:.2e}; damping {mlp.damping:.3g}")
+mlp_truth = validation.lds_ground_truth(mlp_model.loss_fn, mlp_model.params, train_set, key_lds, test_set,
+                                        num_subsets=num_subsets, method="optax", optimizer=optax.adam(mlp_lr),
+                                        num_steps=mlp_steps)
+mlp_builders = estimator_builders(mlp_model, mlp, train_set, jax.random.key(seed), **budgets)
+mlp_rows, _ = validation.compare(mlp_builders, test_set, lds_truth=mlp_truth)
 
 # %% [markdown]
 # ## Mislabel detection
@@ -135,19 +131,15 @@ mlp_rows, _ = ev.compare(mlp_builders, test_set, lds_truth=mlp_truth)
 # every training example by its self-influence.
 
 # %%
-noisy, flipped = ev.flip_labels(key_flip, train_set, flip_fraction, 10)
-lr_noisy, _ = ev.fit(lr_model.loss_fn, lr_model.params, noisy)
-sgd_noisy = train.train(lr_model.loss_fn, lr_model.params, noisy, jax.random.key(seed), optimizer=optax.sgd(1.0), num_steps=200, checkpoint_steps=list(range(0, 200, 20)))
-lr_auc = ev.mislabel_aucs(estimator_builders(lr_model.loss_fn, lr_noisy, noisy, jax.random.key(seed),
-                                             checkpoints=sgd_noisy.checkpoints, learning_rate=1.0, cosine=False,
-                                             margin=lr_margin, **budgets), flipped)
-mlp_noisy = train.train(mlp_model.loss_fn, mlp_model.params, noisy, jax.random.key(seed), optimizer=optax.adam(mlp_lr), num_steps=mlp_steps, checkpoint_steps=list(range(0, mlp_steps, mlp_steps // 10)))
-choice_noisy = influence.damping_above_min_eigenvalue(mlp_model.loss_fn, mlp_noisy.params, noisy, margin=damping_margin)
-eigen_noisy, damping_noisy = choice_noisy.eigen, choice_noisy.damping
-mlp_auc = ev.mislabel_aucs(estimator_builders(mlp_model.loss_fn, mlp_noisy.params, noisy, jax.random.key(seed),
-                                              checkpoints=mlp_noisy.checkpoints, learning_rate=mlp_lr,
-                                              damping=damping_noisy, eigen=eigen_noisy, cosine=False,
-                                              margin=mlp_margin, **budgets), flipped)
+noisy, flipped = validation.flip_labels(train_set, key_flip, flip_fraction, 10)
+lr_noisy = train_for_attribution(lr_model, noisy, jax.random.key(seed), optimizer_name="sgd", learning_rate=1.0,
+                                 num_steps=200, fit_to_optimum=True)
+lr_auc = validation.mislabel_aucs(estimator_builders(lr_model, lr_noisy, noisy, jax.random.key(seed), cosine=False,
+                                                     **budgets), flipped)
+mlp_noisy = train_for_attribution(mlp_model, noisy, jax.random.key(seed), optimizer_name="adam",
+                                  learning_rate=mlp_lr, num_steps=mlp_steps, damping_margin=damping_margin)
+mlp_auc = validation.mislabel_aucs(estimator_builders(mlp_model, mlp_noisy, noisy, jax.random.key(seed), cosine=False,
+                                                      **budgets), flipped)
 
 # %% [markdown]
 # ## The table
@@ -156,8 +148,8 @@ mlp_auc = ev.mislabel_aucs(estimator_builders(mlp_model.loss_fn, mlp_noisy.param
 # included, so only a rough guide; `benchmarks/bench_influence.py` separates compile and warm time).
 
 # %%
-table = ev.evaluation_table({"logistic": (lr_rows, lr_auc), "mlp": (mlp_rows, mlp_auc)})
-print(ev.markdown_table(table))
+table = validation.evaluation_table({"logistic": (lr_rows, lr_auc), "mlp": (mlp_rows, mlp_auc)})
+print(validation.markdown_table(table))
 workbench.record(**{f"lds_{t.model}_{t.estimator}": t.lds for t in table},
                  **{f"auc_{t.model}_{t.estimator}": t.mislabel_auc for t in table if t.estimator != "grad_cos"})
 

@@ -71,8 +71,9 @@ import optax
 from flax import nnx
 
 import workbench
-from workbench import data, influence, models, plots, train
-from workbench.influence import validation as ev
+from workbench import influence, models, plots, train
+from workbench.experiments.influence import digits_subsets
+from workbench.influence import validation
 
 jax.config.update("jax_enable_x64", True)
 
@@ -80,8 +81,7 @@ jax.config.update("jax_enable_x64", True)
 # ## Train the MLP to the point of removal
 
 # %%
-train_full, test_full = data.load_digits(seed=seed, dtype=jnp.float64)
-train_set, test_set = train_full.take(np.arange(n_train)), test_full.take(np.arange(n_test))
+train_set, test_set = digits_subsets(n_train, n_test, seed)
 model = models.functional(models.MLP(64, [hidden], 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=l2)
 run = train.train(model.loss_fn, model.params, train_set, jax.random.key(seed), optimizer=optax.sgd(learning_rate), num_steps=pretrain_steps, batch_size=batch_size)
 params = run.params
@@ -99,25 +99,24 @@ print(f"Hessian eigenvalues in [{choice.lambda_min:.2e}, {float(choice.eigen[0][
 exact = influence.make("exact", model.loss_fn, params, train_set, damping=damping, hessian=choice.eigen)
 dot = influence.make("grad_dot", model.loss_fn, params, train_set)
 removed = np.linspace(0, n_train - 1, num_removed).astype(int)
-predicted = np.asarray(exact.scores(test_set))[:, removed] / (n_train - 1)
+predicted = validation.predicted_loo_effects(exact.scores(test_set), removed)
 predicted_dot = np.asarray(dot.scores(test_set))[:, removed]
 
 # %% [markdown]
 # ## Keep training, with and without each example
 
 # %%
-result = ev.fading(model.loss_fn, params, train_set, test_set, removed, predicted, jax.random.key(seed + 1),
-                   optimizer=optax.sgd(learning_rate), num_steps=steps, record_every=record_every,
-                   batch_size=batch_size)
-pearson_dot = np.array([np.nanmean(ev.pearson_rows(predicted_dot, a)) for a in result.actual])
+result = validation.fading(model.loss_fn, params, train_set, jax.random.key(seed + 1), test_set, removed, predicted,
+                           optimizer=optax.sgd(learning_rate), num_steps=steps, record_every=record_every,
+                           batch_size=batch_size)
+pearson_dot = validation.fading_correlations(predicted_dot, result.actual).pearson
 for t, p, s, d, pd in zip(result.steps, result.pearson, result.spearman, result.divergence, pearson_dot):
     print(f"step {t:5d}: IF Pearson {p:.3f}  Spearman {s:.3f}  grad-dot Pearson {pd:.3f}  divergence {d:.2e}")
-peak = int(np.argmax(result.pearson))
+peak = validation.fading_peak(result)
 workbench.record(
     fading_steps=result.steps, fading_pearson=np.round(result.pearson, 4), fading_spearman=np.round(result.spearman, 4),
     fading_divergence=result.divergence, fading_pearson_grad_dot=np.round(pearson_dot, 4),
-    peak_pearson=float(result.pearson[peak]), peak_step=int(result.steps[peak]),
-    final_pearson=float(result.pearson[-1]), damping=damping,
+    peak_pearson=peak.peak_pearson, peak_step=peak.peak_step, final_pearson=peak.final_pearson, damping=damping,
 )
 
 # %% [markdown]

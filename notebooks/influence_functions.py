@@ -56,7 +56,7 @@ num_removed: int = 80  # training examples removed one at a time for the LOO gro
 l2: float = 0.01  # L2 regularisation of the logistic regression
 damping: float = 0.0  # damping added to the Hessian (explicit; 0 is fine for a convex model)
 arnoldi_k: int = 100  # eigenpairs kept by Arnoldi influence
-lissa_depth: int = 500  # terms of LiSSA's Neumann series
+lissa_num_iters: int = 500  # terms of LiSSA's Neumann series
 tracin_steps: int = 200  # full-batch SGD steps of the trajectory TracIn reads its checkpoints from
 tracin_lr: float = 1.0  # SGD step size of that trajectory
 top_k: int = 6  # proponents / opponents shown
@@ -73,14 +73,14 @@ import optax
 import workbench
 from workbench import influence, models, plots, train
 from workbench.experiments.influence import fit_digits_logistic
-from workbench.influence import validation as ev
+from workbench.influence import validation
 
 jax.config.update("jax_enable_x64", True)
 
 # %% [markdown]
 # ## The model and its optimum
 # Logistic regression on 8x8 digits in float64, trained to machine precision by Newton's method
-# (`evaluate.fit`), because the influence function is a statement about the exact optimum.
+# (`validation.fit`), because the influence function is a statement about the exact optimum.
 
 # %%
 model, params, train_set, test_set, grad_norm = fit_digits_logistic(n_train, n_test, l2, seed)
@@ -93,7 +93,7 @@ print(f"gradient norm at the optimum {grad_norm:.1e}, test accuracy {models.accu
 
 # %%
 removed = np.linspace(0, n_train - 1, num_removed).astype(int)
-truth = ev.loo(model.loss_fn, params, train_set, test_set, removed)
+truth = validation.loo(model.loss_fn, params, train_set, test_set, removed)
 print(f"largest gradient norm after retraining: {truth.grad_norm.max():.1e}")
 
 # %% [markdown]
@@ -111,15 +111,15 @@ run = train.train(model.loss_fn, model.params, train_set, jax.random.key(seed), 
 builders = {
     "exact": lambda: influence.make("exact", model.loss_fn, params, train_set, damping=damping),
     "cg": lambda: influence.make("cg", model.loss_fn, params, train_set, damping=damping),
-    "lissa": lambda: influence.make("lissa", model.loss_fn, params, train_set, damping=damping, num_iters=lissa_depth, key=jax.random.key(seed)),
+    "lissa": lambda: influence.make("lissa", model.loss_fn, params, train_set, damping=damping, num_iters=lissa_num_iters, key=jax.random.key(seed)),
     "arnoldi": lambda: influence.make("arnoldi", model.loss_fn, params, train_set, damping=damping, k=arnoldi_k, key=jax.random.key(seed)),
     "grad_dot": lambda: influence.make("grad_dot", model.loss_fn, params, train_set),
     "grad_cos": lambda: influence.make("grad_cos", model.loss_fn, params, train_set),
     "tracin": lambda: influence.make("tracin", model.loss_fn, params, train_set,
                                      checkpoints=run.checkpoints, learning_rates=tracin_lr),
 }
-rows, scores = ev.compare(builders, test_set, loo_truth=truth, reference="exact")
-print(ev.markdown_table(rows))
+rows, scores = validation.compare(builders, test_set, loo_truth=truth, reference="exact")
+print(validation.markdown_table(rows))
 workbench.record(**{f"loo_pearson_{r.estimator}": r.loo_pearson for r in rows},
                  **{f"loo_spearman_{r.estimator}": r.loo_spearman for r in rows},
                  **{f"vs_exact_{r.estimator}": r.vs_reference for r in rows})
@@ -133,7 +133,7 @@ workbench.record(**{f"loo_pearson_{r.estimator}": r.loo_pearson for r in rows},
 # (their scale is arbitrary, so look at the shape, not the slope).
 
 # %%
-fig = plots.influence.predicted_vs_actual({name: s[:, removed] / (n_train - 1) for name, s in scores.items()},
+fig = plots.influence.predicted_vs_actual({name: validation.predicted_loo_effects(s, removed) for name, s in scores.items()},
                                          truth.actual)
 workbench.save_figure(fig, "predicted_vs_actual")
 plt.show()
@@ -143,7 +143,7 @@ plt.show()
 # test point it moved (outliers are often mislabeled or atypical digits).
 
 # %%
-workbench.show(plots.influence.predicted_vs_actual_hover(scores["exact"][:, removed] / (n_train - 1), truth.actual,
+workbench.show(plots.influence.predicted_vs_actual_hover(validation.predicted_loo_effects(scores["exact"], removed), truth.actual,
                                                          removed, train_set.y, test_set.y), "predicted_vs_actual_hover")
 
 # %% [markdown]
@@ -173,7 +173,7 @@ if interactive:
 
     from workbench.ui import influence as influence_ui
 
-    panel = influence_ui.estimator_panel(model.loss_fn, params, train_set, test_set, scores["exact"],
-                                         jax.random.key(seed), damping=max(damping, 1e-6), arnoldi_k=arnoldi_k)
+    panel = influence_ui.estimator_panel(model.loss_fn, params, train_set, jax.random.key(seed), test_set,
+                                         scores["exact"], damping=max(damping, 1e-6), arnoldi_k=arnoldi_k)
     display(panel.widget)
 

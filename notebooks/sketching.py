@@ -164,7 +164,7 @@ print("paper (GPT-2): FJL 10/12/13, AFFD 10/12/13, FFD 10/12/14, AFJL 12/13/15, 
 # AFFD and FJL first, QK last (the paper: AFFD 9/10/10, AFJL 12, QK 13 for errors 0.2/0.1/0.05).
 
 # %%
-hessian = recipes.dense_hessian(digits)
+hessian = recipes.problem_hessian(digits)
 eig = sketching_metrics.eigen_table(digits, hessian, jax.random.fold_in(key, 4), digits_log2_step,
                           num_draws=max(2, num_draws // 2))
 fig = figures.eigen_error_curves(eig)

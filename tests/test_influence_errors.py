@@ -10,6 +10,7 @@ import pytest
 from plain_logreg import fitted_digits, plain_logreg  # tests/ helper module
 
 from workbench import influence
+from workbench.core import statistics
 from workbench.influence import inverse
 from workbench.influence import validation as ev
 
@@ -48,25 +49,25 @@ def _cases(params, train, test, key, tmp_path):
                                                          learning_rates=-0.1)),
         ("tracin needs learning_rates", lambda: mk("tracin", checkpoints={0: params})),
         ("models must hold at least one", lambda: mk("trak", models=[], key=key)),
-        ("dim must be >= 1", lambda: mk("trak", dim=0, key=key)),
+        ("dim must be an int >= 1", lambda: mk("trak", dim=0, key=key)),
         ("singular for model 0: use damping > 0", lambda: mk("trak", dim=64, damping=0.0, key=key,
                                                             measure_fn=None, models=[params],
                                                             batch_size=8)),
         ("was made with another configuration", lambda: _store_mismatch(params, train, key, tmp_path)),
-        ("chunk_size must be >= 1", lambda: mk("grad_dot", chunk_size=0)),
-        ("weights must have shape", lambda: ev.retrain(LogReg.loss_fn, params, train, jnp.ones((2, n + 1)))),
-        ("method='optax' needs optimizer", lambda: ev.retrain(LogReg.loss_fn, params, train,
+        ("chunk_size must be an int >= 1", lambda: mk("grad_dot", chunk_size=0)),
+        ("weights must have shape", lambda: ev.retrain_weighted(LogReg.loss_fn, params, train, jnp.ones((2, n + 1)))),
+        ("method='optax' needs optimizer", lambda: ev.retrain_weighted(LogReg.loss_fn, params, train,
                                                             jnp.ones((1, n)), method="optax")),
-        ("method must be 'newton' or 'optax'", lambda: ev.retrain(LogReg.loss_fn, params, train,
+        ("method must be 'newton' or 'optax'", lambda: ev.retrain_weighted(LogReg.loss_fn, params, train,
                                                                 jnp.ones((1, n)), method="adam")),
-        ("retraining produced NaN", lambda: ev.retrain(LogReg.loss_fn, params, train, jnp.ones((1, n)),
+        ("retraining produced NaN", lambda: ev.retrain_weighted(LogReg.loss_fn, params, train, jnp.ones((1, n)),
                                                       method="optax", optimizer=optax.sgd(1e30), num_steps=50)),
         ("removed must be a non-empty", lambda: ev.loo(LogReg.loss_fn, params, train, test, [])),
-        ("fraction must lie in", lambda: ev.lds_ground_truth(LogReg.loss_fn, params, train, test, key, fraction=1.0)),
-        ("num_subsets must be >= 2", lambda: ev.lds_ground_truth(LogReg.loss_fn, params, train, test, key, num_subsets=1)),
-        ("auc needs at least one positive", lambda: ev.auc(np.arange(4.0), np.zeros(4, bool))),
-        ("scores has 3 entries", lambda: ev.auc(np.arange(3.0), np.zeros(4, bool))),
-        ("shapes differ", lambda: ev.pearson_rows(np.ones((2, 3)), np.ones((2, 4)))),
+        ("fraction must lie in", lambda: ev.lds_ground_truth(LogReg.loss_fn, params, train, key, test, fraction=1.0)),
+        ("num_subsets must be an int >= 2", lambda: ev.lds_ground_truth(LogReg.loss_fn, params, train, key, test, num_subsets=1)),
+        ("auc needs at least one positive", lambda: statistics.auc(np.arange(4.0), np.zeros(4, bool))),
+        ("scores has 3 entries", lambda: statistics.auc(np.arange(3.0), np.zeros(4, bool))),
+        ("shapes differ", lambda: statistics.pearson_rows(np.ones((2, 3)), np.ones((2, 4)))),
     ]
 
 

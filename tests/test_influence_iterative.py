@@ -9,7 +9,7 @@ import pytest
 from plain_logreg import fitted_digits, plain_logreg  # tests/ helper module
 
 from workbench import curvature, data, influence, spectrum  # noqa: E402
-from workbench.influence import validation as ev  # noqa: E402
+from workbench.core import statistics
 
 N_TRAIN, N_TEST, L2 = 120, 10, 1e-2
 
@@ -25,7 +25,7 @@ def problem():
 
 
 def _corr(a, b):
-    return float(np.mean(ev.pearson_rows(a, b)))
+    return float(np.mean(statistics.pearson_rows(a, b)))
 
 
 def test_cg_matches_exact(problem):
@@ -65,7 +65,7 @@ def test_arnoldi_matches_exact_and_uses_spectrum_eigenpairs(problem, key):
     assert depth == 60
     eig = spectrum.top_eigenpairs(op, key, 20, method="arnoldi", num_iters=depth)
     np.testing.assert_allclose(small.state["values"], eig.values, rtol=1e-10)
-    dense = np.linalg.eigvalsh(np.asarray(influence.dense_hessian(LogReg.loss_fn, params, train)))[::-1][:20]
+    dense = np.linalg.eigvalsh(np.asarray(curvature.dense_hessian(LogReg.loss_fn, params, train)))[::-1][:20]
     np.testing.assert_allclose(small.state["values"], dense, rtol=1e-8)
     overlap = np.abs(np.sum(np.asarray(small.state["vectors"]) * np.asarray(eig.vectors), axis=1))
     np.testing.assert_allclose(overlap, 1.0, atol=1e-6)
@@ -80,7 +80,7 @@ def test_arnoldi_flat_tail_is_the_stated_formula_and_beats_top_k(problem, key):
     top_k = influence.make("arnoldi", LogReg.loss_fn, params, train, k=20, key=key, tail="none")
     assert est.info["tail"] == "flat" and top_k.info["tail"] == "none"
     lam, vecs, c = np.asarray(est.state["values"]), np.asarray(est.state["vectors"]), est.info["tail_value"]
-    hess_eigs = np.linalg.eigvalsh(np.asarray(influence.dense_hessian(LogReg.loss_fn, params, train)))[::-1]
+    hess_eigs = np.linalg.eigvalsh(np.asarray(curvature.dense_hessian(LogReg.loss_fn, params, train)))[::-1]
     assert hess_eigs[25] <= c <= hess_eigs[20] * (1 + 1e-8)  # a Ritz value below lambda_21, above the far tail
     g_test = np.asarray(influence.make("grad_dot", LogReg.loss_fn, params, train).test_features(test))
     g_train = np.asarray(exact.train_features())
@@ -158,7 +158,7 @@ def test_arnoldi_defaults_report_the_tail_spread_and_warn_when_it_is_not_flat(pr
     regularised one the discarded spectrum spans decades, and the default says so."""
     params, train, test, _, ref = problem
     est = influence.make("arnoldi", LogReg.loss_fn, params, train, key=key)  # defaults: k=50, flat tail
-    assert est.info["tail_spread"] < influence.arnoldi_module.TAIL_SPREAD_WARNING
+    assert est.info["tail_spread"] < influence.TAIL_SPREAD_WARNING
     assert _corr(np.asarray(est.scores(test)), ref) >= 0.99
     # least squares whose feature scales span six decades: H = X^T X / n is anything but flat
     x = jax.random.normal(jax.random.key(5), (400, 60), jnp.float64) * jnp.logspace(0, -3, 60)

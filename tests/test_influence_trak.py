@@ -7,7 +7,7 @@ import pytest
 from plain_logreg import fitted_digits, plain_logreg  # tests/ helper module
 
 from workbench import influence, sketch  # noqa: E402
-from workbench.influence import validation as ev  # noqa: E402
+from workbench.core import statistics
 
 N_TRAIN, N_TEST, L2 = 120, 10, 1e-2
 
@@ -52,7 +52,7 @@ def test_trak_store_ensemble_and_refusals(problem, key, tmp_path):
     np.testing.assert_allclose(again.scores(test), a, rtol=1e-12)
     # a useful attribution: correlated with the exact influence function
     exact = np.asarray(influence.make("exact", LogReg.loss_fn, params, train).scores(test))
-    assert np.mean(ev.pearson_rows(np.asarray(a), exact)) > 0.5
+    assert np.mean(statistics.pearson_rows(np.asarray(a), exact)) > 0.5
     # a store made for another model is refused
     mlp = {"w": jnp.zeros((64, 5)), "b": jnp.zeros(5)}
     with pytest.raises(ValueError, match="another configuration"):

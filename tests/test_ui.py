@@ -199,7 +199,7 @@ def test_influence_panels(logistic):
 
     model, params, train, test, _ = logistic
     exact = np.asarray(influence.make("exact", model.loss_fn, params, train, damping=1e-3).scores(test))
-    p = iu.estimator_panel(model.loss_fn, params, train, test, exact, jax.random.key(0), k=3)
+    p = iu.estimator_panel(model.loss_fn, params, train, jax.random.key(0), test, exact, k=3)
     view = run_and_check(p)
     assert p.history[0]["numbers"]["r vs exact"] == pytest.approx(1.0, abs=1e-9)  # exact against itself
     assert np.asarray(view.proponents.indices).shape == (1, 3)
@@ -209,7 +209,7 @@ def test_influence_panels(logistic):
 
     builders = {"exact": lambda: influence.make("exact", model.loss_fn, params, train, damping=1e-3),
                 "grad_dot": lambda: influence.make("grad_dot", model.loss_fn, params, train)}
-    truth = ev.lds_ground_truth(model.loss_fn, params, train, test, jax.random.key(1), num_subsets=8)
+    truth = ev.lds_ground_truth(model.loss_fn, params, train, jax.random.key(1), test, num_subsets=8)
     res = run_and_check(iu.lds_panel({"logistic": (builders, truth)}, test))
     assert res[2].per_test.shape == (20,)
 
@@ -221,8 +221,8 @@ def test_influence_panels(logistic):
     p.controls["removal"].value = 2  # live: a release reruns
     assert p.history[0]["numbers"]["training index"] == 60 and len(p.history) == 2
 
-    fn = functools.partial(ev.correct_mispredictions, model.loss_fn, model.predict_fn, params, train, test,
-                           exact, jax.random.key(0), learning_rate=0.5)
+    fn = functools.partial(ev.correct_mispredictions, model.loss_fn, model.predict_fn, params, train,
+                           jax.random.key(0), test, exact, learning_rate=0.5)
     r = run_and_check(iu.correction_panel(fn, k=5, num_steps=5))
     assert 0 <= r.fix_rate <= 1
 

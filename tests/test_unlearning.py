@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from workbench import unlearning as U
+from workbench.core import statistics
 from workbench.data import Dataset
 from workbench.train import NonFiniteLossError
 from workbench.unlearning import diffusion as D
@@ -384,7 +385,8 @@ def test_auc_matches_pairwise_count():
     rng = np.random.default_rng(1)
     pos, neg = rng.integers(0, 5, 30).astype(float), rng.integers(0, 5, 40).astype(float)
     ref = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
-    assert E.auc(pos, neg) == pytest.approx(ref, abs=1e-12)
+    positives = np.concatenate([np.ones(pos.size, bool), np.zeros(neg.size, bool)])
+    assert statistics.auc(np.concatenate([pos, neg]), positives) == pytest.approx(ref, abs=1e-12)
 
 
 def test_margins_and_scores(problem):

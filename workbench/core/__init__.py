@@ -5,7 +5,8 @@
 - `numerics`: dtype-aware tolerances, finiteness checks, argument validators, CPU compile options;
 - `per_example`: per-example losses and gradients (flat, per leaf, sketched), the one
   implementation every capability uses, and the chunked map / sum over a dataset;
-- `statistics`: ROC AUC and correlations (NumPy / SciPy, float64 on the host);
+- `statistics`: the ROC AUC of a detector (`auc(scores, positives)`) and Pearson / Spearman
+  correlations row by row (`pearson_rows`, `spearman_rows`) or summarised (`correlations`);
 - `fingerprint`: a key equal for two functions that compute the same thing (compiled-program
   caches);
 - `progress`: progress bars (`tqdm.auto`) for long loops.

@@ -152,7 +152,7 @@ def text_problem(num_examples: int = 48, num_steps: int = 150, seed: int = 0, se
     return GradientProblem("char_transformer", fn.loss_fn, result.params, data, grads, optax.tree.size(result.params))
 
 
-def dense_hessian(problem: GradientProblem, num_examples: int = 256) -> jax.Array:
+def problem_hessian(problem: GradientProblem, num_examples: int = 256) -> jax.Array:
     """The exact Hessian of the mean loss over the first `num_examples` training examples.
 
     Args:

@@ -145,7 +145,7 @@ def eigen_table(problem: GradientProblem, hessian: jax.Array, key: jax.Array, lo
 
     Args:
         problem: the model (its parameter count sets the largest D).
-        hessian: its dense Hessian [n, n] (`dense_hessian`).
+        hessian: its dense Hessian [n, n] (`experiments.sketching.problem_hessian`).
         key: PRNG key.
         log2_step: step between the log2 D tried (as in Table 6: log2 D = 4 + multiples of it).
         num_draws: independent sketches per (kind, D).

@@ -20,6 +20,24 @@ Estimators (`ESTIMATORS`): `exact` (dense inverse Hessian, small models), `grad_
 
 Ground-truth evaluations (leave-one-out, LDS, mislabel detection, correcting mispredictions,
 influence fading) live in `workbench.influence.validation`.
+
+Example:
+    Exact influence on a least-squares fit (4 parameters, 6 examples): training example 0
+    helps its own fit the most, and example 4 is its strongest opponent (removing it would
+    lower example 0's loss the most).
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from workbench import influence
+    >>> x = jnp.array([[1.0, 0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 1], [1, 1, 0, 1], [0, 1, 1, 1], [1, 0, 1, 1]])
+    >>> y = jnp.array([1.0, 2.0, 3.0, 3.5, 4.0, 4.5])
+    >>> loss_fn = lambda w, batch: jnp.mean((batch[0] @ w - batch[1]) ** 2)
+    >>> w = jnp.linalg.lstsq(x, y)[0]  # the optimum
+    >>> est = influence.make("exact", loss_fn, w, (x, y))
+    >>> print(np.round(est.scores((x[:1], y[:1])), 3))
+    [[ 2.   -0.25 -0.25 -0.25 -1.   -0.25]]
+    >>> print(est.opponents((x[:1], y[:1]), k=1).indices)
+    [[4]]
 """
 
 from __future__ import annotations
@@ -28,19 +46,17 @@ from collections.abc import Callable
 
 from workbench.core.numerics import check_finite, num_examples
 from workbench.core.per_example import mean_loss
-from workbench.influence import arnoldi as arnoldi_module  # noqa: F401 (TAIL_SPREAD_WARNING etc.)
 from workbench.influence import validation
-from workbench.influence.arnoldi import arnoldi
+from workbench.influence.arnoldi import TAIL_SPREAD_WARNING, arnoldi
 from workbench.influence.estimator import Estimator, Ranked
 from workbench.influence.gradient import grad_cos, grad_dot, tracin
 from workbench.influence.inverse import (
     DampingChoice,
     damping_above_min_eigenvalue,
-    dense_hessian,
     exact,
 )
 from workbench.influence.iterative import cg, lissa
-from workbench.influence.trak import margin_output, trak  # noqa: F401 (margin_output is public API)
+from workbench.influence.trak import margin_output, trak
 from workbench.models import Functional
 
 ESTIMATORS: dict[str, Callable[..., Estimator]] = {
@@ -77,6 +93,24 @@ def make(name: str, loss_fn, params, train_data, **options) -> Estimator:
     scores stream over the training set). Randomised estimators (arnoldi, lissa without
     `scale=`, trak) need `key=`. Estimator-specific options are documented on the factory
     functions (`workbench.influence.exact`, `tracin`, ...).
+
+    Args:
+        name: the estimator, a key of `ESTIMATORS` ("exact", "grad_dot", "grad_cos", "tracin",
+            "cg", "lissa", "arnoldi", "trak").
+        loss_fn: `loss_fn(params, batch) -> scalar`, the per-example data loss (a mean over the
+            batch), or a `workbench.models.Functional` (its roles are then taken from it).
+        params: pytree, the trained model.
+        train_data: pytree of arrays with a leading example axis [n, ...], n >= 2.
+        **options: the estimator's options (`damping`, `key`, `k`, `num_iters`, `measure_fn`,
+            `objective_fn`, `chunk_size`, `cache_bytes`, ...).
+
+    Returns:
+        The `Estimator` (`scores`, `self_influence`, `proponents`, `opponents`, `info`).
+
+    Raises:
+        ValueError: for an unknown name, `objective_fn` on a curvature-free estimator, fewer
+            than 2 examples, NaN in params or data, or an invalid option.
+        TypeError: if `loss_fn` is neither callable nor a `Functional`.
     """
     if name not in ESTIMATORS:
         raise ValueError(f"unknown influence estimator {name!r}; choose one of {sorted(ESTIMATORS)}")
@@ -99,16 +133,22 @@ def make(name: str, loss_fn, params, train_data, **options) -> Estimator:
 
 
 __all__ = [
+    "CURVATURE_ESTIMATORS",
     "ESTIMATORS",
+    "TAIL_SPREAD_WARNING",
     "DampingChoice",
     "Estimator",
     "Ranked",
+    "arnoldi",
+    "cg",
     "damping_above_min_eigenvalue",
-    "dense_hessian",
-    "validation",
     "exact",
     "grad_cos",
     "grad_dot",
+    "lissa",
     "make",
+    "margin_output",
     "tracin",
+    "trak",
+    "validation",
 ]

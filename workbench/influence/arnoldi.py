@@ -75,7 +75,7 @@ def _auto_k(spectrum, op, key, damping: float, num_iters: int | None):
     """(k, factorization, info): the smallest k >= AUTO_MIN_K whose discarded spectrum has spread at most
     AUTO_SPREAD, from one factorization (see `arnoldi`)."""
     depth = min(op.dim, num_iters if num_iters is not None else AUTO_DEPTH)
-    factorization = spectrum.arnoldi(op, key, depth)
+    factorization = spectrum.arnoldi_factorization(op, key, depth)
     top = spectrum.ritz_pairs(factorization, depth)
     values = np.asarray(top.values)  # descending
     converged = np.asarray(top.residuals) <= 1e-6 * abs(values[0])
@@ -97,7 +97,7 @@ def _auto_k(spectrum, op, key, damping: float, num_iters: int | None):
     return k, factorization, {"k_auto": k, "smallest": smallest}
 
 
-def default_depth(k: int) -> int:
+def _default_depth(k: int) -> int:
     """The Krylov depth used for k eigenpairs unless told otherwise (see `arnoldi`)."""
     return 2 * k + 20
 
@@ -127,7 +127,7 @@ def arnoldi(
 
     Eigenpairs with lambda + damping <= 0 are dropped (with a count in `info`). `num_iters` is the
     Krylov depth, capped at the dimension: default 2k + 20 for method="arnoldi" (one factorization
-    with full reorthogonalisation by `workbench.spectrum.arnoldi`; the Ritz pairs are read off it
+    with full reorthogonalisation by `workbench.spectrum.arnoldi_factorization`; the Ritz pairs are read off it
     with no extra operator products), that of `top_eigenpairs` for method="lanczos".
     `tail`: "flat" (default) adds the complement of the top-k eigenspace at curvature
     lambda_{k+1} + damping; "none" is the pure top-k (JVP) estimator of the paper.
@@ -139,6 +139,30 @@ def arnoldi(
     is what costs the ranking: on digits logistic regression with l2 = damping = 1e-3, k = 50
     leaves a spread of 3 and Spearman 0.86 against exact, k = 150 a spread of 1.4 and 0.99.
     When no k reaches the target the largest converged one is used, with a warning.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the per-example data loss whose gradients
+            are attributed.
+        params: pytree, the trained model.
+        train_data: pytree of arrays [n, ...], the training set the curvature averages over.
+        k: eigenpairs kept, an int in [1, p], or "auto" (read off the spectrum, see above).
+        damping: multiple of the identity added to the curvature (>= 0).
+        kind: the curvature, "hessian", "ggn" or "fisher".
+        key: `jax.random` key of the Krylov start vector (required).
+        method: "arnoldi" (one factorization) or "lanczos" (`spectrum.top_eigenpairs`).
+        num_iters: Krylov depth; None means 2k + 20 (220 for k="auto").
+        measure_fn: the test measure; None means `loss_fn`.
+        objective_fn: the objective whose curvature is decomposed; None means `loss_fn`.
+        operator_options: extra options of `workbench.curvature.operator`.
+        tail: "flat" (the complement at curvature lambda_{k+1} + damping) or "none" (top-k only).
+        **options: passed to `Estimator` (`chunk_size`, `cache_bytes`).
+
+    Returns:
+        The `Estimator` "arnoldi" (`info` holds k, the depth, convergence and the tail).
+
+    Raises:
+        ValueError: if `key` is missing, `k`, `tail` or `num_iters` is invalid, or the curvature
+            beyond the top k is not positive with tail="flat".
     """
     from workbench import spectrum
 
@@ -154,8 +178,9 @@ def arnoldi(
         k, factorization, auto_info = _auto_k(spectrum, op, key, damping, num_iters)
     else:
         factorization, auto_info = None, {}
-    if not isinstance(k, int) or not 1 <= k <= op.dim:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= op.dim:
         raise ValueError(f"k must be 'auto' or an int in [1, {op.dim}] (the number of parameters), got {k!r}")
+    k = int(k)
     with_tail = tail == "flat" and k < op.dim
     if method == "arnoldi" and factorization is not None:
         depth = factorization.hessenberg.shape[1]
@@ -163,10 +188,10 @@ def arnoldi(
         converged = residuals <= 1e-6 * jnp.abs(eig_values[0])
         smallest = auto_info["smallest"]
     elif method == "arnoldi":
-        depth = min(op.dim, num_iters if num_iters is not None else default_depth(k))
+        depth = min(op.dim, num_iters if num_iters is not None else _default_depth(k))
         if depth < min(k + 1, op.dim):
             raise ValueError(f"num_iters={depth} must exceed k={k} (or equal the dimension)")
-        factorization = spectrum.arnoldi(op, key, depth)
+        factorization = spectrum.arnoldi_factorization(op, key, depth)
         eig_values, eig_vectors, residuals, next_value = spectrum.ritz_pairs(factorization, k)
         converged = residuals <= 1e-6 * jnp.abs(eig_values[0])
         # Lanczos resolves both ends of the spectrum: the smallest Ritz value estimates the

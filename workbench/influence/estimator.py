@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.core.numerics import check_finite, num_examples
+from workbench.core.numerics import check_finite, check_positive_int, num_examples
 from workbench.core.per_example import flat_per_example_grads, map_chunks, per_example_losses
 
 PyTree = Any
@@ -37,7 +37,24 @@ PyTree = Any
 
 
 def check_like_training(batch: PyTree, train_data: PyTree, name: str = "test_batch") -> int:
-    """`batch` must have train_data's tree structure, per-example shapes and dtype kinds."""
+    """Check that `batch` looks like training examples; return its number of examples.
+
+    It must have train_data's tree structure, per-example shapes and dtype kinds (integer labels
+    stay integer), and finite values: a test batch that does not match would be scored silently
+    wrong.
+
+    Args:
+        batch: pytree of arrays [m, ...], e.g. the test points.
+        train_data: pytree of arrays [n, ...], the training set it must resemble.
+        name: what `batch` is called in error messages.
+
+    Returns:
+        m, the number of examples in `batch`.
+
+    Raises:
+        ValueError: naming the leaf whose structure, shape or dtype kind differs, or the first
+            leaf holding NaN or inf.
+    """
     t_leaves, t_def = jax.tree.flatten(train_data)
     try:
         b_leaves = t_def.flatten_up_to(batch)
@@ -61,8 +78,21 @@ def check_like_training(batch: PyTree, train_data: PyTree, name: str = "test_bat
 
 
 def check_loss_finite(loss_fn: Callable, params: PyTree, data: PyTree, chunk_size: int = 1024) -> None:
-    """Raise FloatingPointError naming the first training examples whose loss is NaN or inf."""
-    losses = _losses(loss_fn, params, data, int(chunk_size))
+    """Raise FloatingPointError naming the first training examples whose loss is NaN or inf.
+
+    Run before forming a curvature operator, so that a NaN loss is reported as such and not as
+    indefinite curvature or a solver that did not converge.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, a mean over the batch.
+        params: pytree, where the loss is evaluated.
+        data: pytree of arrays [n, ...], the training set.
+        chunk_size: examples whose losses are computed together.
+
+    Raises:
+        FloatingPointError: listing up to five examples whose loss is not finite.
+    """
+    losses = _losses(loss_fn, params, data, check_positive_int("chunk_size", chunk_size))
     bad = np.flatnonzero(~np.isfinite(np.asarray(losses)))
     if bad.size:
         raise FloatingPointError(
@@ -77,6 +107,17 @@ def _losses(loss_fn, params, data, chunk_size):
 
 
 def check_damping(damping: float) -> float:
+    """`damping` as a float if it is finite and >= 0.
+
+    Args:
+        damping: multiple of the identity added to a curvature.
+
+    Returns:
+        The damping as a Python float.
+
+    Raises:
+        ValueError: if it is negative, NaN or infinite.
+    """
     damping = float(damping)
     if not np.isfinite(damping) or damping < 0:
         raise ValueError(f"damping must be a finite number >= 0, got {damping}")
@@ -128,9 +169,7 @@ class Estimator:
         self.name = name
         self.train_data = train_data
         self.num_train = num_examples(train_data, "train_data")
-        self.chunk_size = int(chunk_size)
-        if self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.chunk_size = check_positive_int("chunk_size", chunk_size)
         self.info = dict(info or {})
         self.state = state
         self._featurize = featurize
@@ -138,7 +177,7 @@ class Estimator:
         self._precondition = precondition
         self._cache_bytes = cache_bytes
         self._train_reader = train_reader
-        self._read_rows = int(read_rows)
+        self._read_rows = check_positive_int("read_rows", read_rows)
         self._train_features = None
         self._self_influence = None
         # what a NaN (or an inf) in a result means for this estimator, e.g. CG met negative
@@ -304,19 +343,44 @@ def _streamed_scores(featurize, state, train_data, phi, chunk_size):
 
 
 def identity_precondition(state, features):
+    """P = I: the features unchanged (the curvature-free estimators).
+
+    Args:
+        state: the estimator's state (unused).
+        features: array [m, d] of features.
+
+    Returns:
+        `features`, [m, d].
+    """
     return features
 
 
 def matrix_precondition(state, features):
-    """features @ state["inverse"] (the inverse is symmetric)."""
+    """P = a dense symmetric inverse: features @ state["inverse"].
+
+    Args:
+        state: dict holding "inverse", a symmetric [d, d] matrix such as (H + damping I)^{-1}.
+        features: array [m, d] of features.
+
+    Returns:
+        Array [m, d], the preconditioned features.
+    """
     return features @ state["inverse"]
 
 
 @functools.lru_cache(maxsize=128)
 def grad_featurizer(loss_fn: Callable, normalize: bool = False) -> Callable:
-    """featurize(state, chunk) -> flat per-example gradients of loss_fn at state["params"].
+    """The featurizer psi(z) = per-example gradient of `loss_fn` at state["params"], flat.
 
-    Cached per loss_fn so every estimator on one model shares the compiled gradient code.
+    Cached per loss_fn so every estimator on one model shares the compiled gradient code (it
+    declares `state_keys = ("params",)` so only the params enter its compiled program).
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, applied to one example at a time.
+        normalize: divide each gradient by its norm (+1e-12): the features of `grad_cos`.
+
+    Returns:
+        `featurize(state, chunk) -> [c, p]`, the flat gradients of the c examples of `chunk`.
     """
 
     def featurize(state, chunk):
@@ -330,7 +394,7 @@ def grad_featurizer(loss_fn: Callable, normalize: bool = False) -> Callable:
 
 
 def _top(values: jax.Array, k: int, n: int) -> Ranked:
-    if not 1 <= int(k) <= n:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= int(k) <= n:
         raise ValueError(f"k must lie in [1, n_train={n}], got {k}")
     vals, idx = jax.lax.top_k(values, int(k))
     return Ranked(idx, vals)

@@ -28,7 +28,20 @@ from workbench.influence.estimator import (
 
 def grad_dot(loss_fn: Callable, params, train_data, *, measure_fn: Callable | None = None,
              **options) -> Estimator:
-    """score = <grad measure(z), grad loss(z_i)> at `params` (no curvature)."""
+    """Gradient dot product: score = <grad measure(z), grad loss(z_i)> at `params` (no curvature).
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the per-example data loss whose gradients
+            are attributed (applied to one example at a time).
+        params: pytree, the trained model.
+        train_data: pytree of arrays [n, ...], the training set.
+        measure_fn: the test measure whose gradient is taken on test points; None means
+            `loss_fn`.
+        **options: passed to `Estimator` (`chunk_size`, `cache_bytes`).
+
+    Returns:
+        The `Estimator` "grad_dot".
+    """
     return Estimator(
         "grad_dot", train_data, grad_featurizer(loss_fn), identity_precondition, {"params": params},
         featurize_test=grad_featurizer(measure_fn) if measure_fn else None, info={}, **options,
@@ -37,7 +50,23 @@ def grad_dot(loss_fn: Callable, params, train_data, *, measure_fn: Callable | No
 
 def grad_cos(loss_fn: Callable, params, train_data, *, measure_fn: Callable | None = None,
              **options) -> Estimator:
-    """score = cosine between the two per-example gradients, in [-1, 1]."""
+    """Gradient cosine: score = the cosine between the two per-example gradients, in [-1, 1].
+
+    Scale-free, so examples with large gradients (badly fit ones) do not dominate; its
+    self-influence is 1 for every example (useless for mislabel detection).
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the per-example data loss whose gradients
+            are attributed (applied to one example at a time).
+        params: pytree, the trained model.
+        train_data: pytree of arrays [n, ...], the training set.
+        measure_fn: the test measure whose gradient is taken on test points; None means
+            `loss_fn`.
+        **options: passed to `Estimator` (`chunk_size`, `cache_bytes`).
+
+    Returns:
+        The `Estimator` "grad_cos".
+    """
     return Estimator(
         "grad_cos", train_data, grad_featurizer(loss_fn, True), identity_precondition,
         {"params": params},
@@ -97,6 +126,25 @@ def tracin(
     `learning_rates` is a float, a mapping step -> lr, a sequence in step order, or a schedule
     (callable step -> lr). The features are the gradients at all checkpoints, each scaled by
     sqrt(lr_c) and stacked, so the score is one dot product.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the per-example data loss whose gradients
+            are attributed (applied to one example at a time).
+        params: pytree, the model whose structure the checkpoints share (its values are not used).
+        train_data: pytree of arrays [n, ...], the training set.
+        checkpoints: dict step -> params pytree (required).
+        learning_rates: float, dict step -> lr, sequence in step order, or a schedule
+            step -> lr (required); all >= 0.
+        measure_fn: the test measure whose gradients are taken on test points; None means
+            `loss_fn`.
+        **options: passed to `Estimator` (`chunk_size`, `cache_bytes`).
+
+    Returns:
+        The `Estimator` "tracin" (`info` holds the checkpoint steps and learning rates).
+
+    Raises:
+        ValueError: if checkpoints or learning rates are missing, negative, of another
+            structure than `params`, or hold NaN.
     """
     if not checkpoints:
         raise ValueError("tracin needs checkpoints=: a dict step -> params (TrainResult.checkpoints)")

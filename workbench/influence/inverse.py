@@ -25,24 +25,6 @@ from workbench.influence.estimator import (
 MAX_EXACT_PARAMS = 20_000
 
 
-def dense_hessian(loss_fn: Callable, params, data, chunk_size: int = 512) -> jax.Array:
-    """The Hessian of the dataset average of loss_fn, [p, p] (`workbench.curvature.dense_hessian`).
-
-    Each chunk's Hessian of loss_fn (a mean over the chunk) is weighted by the chunk's size, so
-    the result equals the full-batch Hessian whatever the chunk size.
-
-    Args:
-        loss_fn: `loss_fn(params, batch) -> scalar`, a batch mean (the objective to invert).
-        params: the point (pytree; p entries in `ravel_pytree` order).
-        data: pytree of arrays with a leading example axis.
-        chunk_size: examples differentiated together.
-
-    Returns:
-        The symmetric Hessian [p, p].
-    """
-    return curvature.dense_hessian(loss_fn, params, data, chunk_size=chunk_size)
-
-
 class DampingChoice(NamedTuple):
     """A damping that makes H + damping I positive definite, and what it was read from."""
 
@@ -54,9 +36,22 @@ class DampingChoice(NamedTuple):
 def damping_above_min_eigenvalue(loss_fn: Callable, params, data, *, margin: float = 0.01) -> DampingChoice:
     """The damping just above -lambda_min of the dense dataset Hessian (a non-convex model's
     Hessian has small negative eigenvalues): max(0, -lambda_min) + `margin`. The one place the
-    papers and benchmarks choose their damping; the eigendecomposition comes back for reuse."""
+    papers and benchmarks choose their damping; the eigendecomposition comes back for reuse.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the training objective.
+        params: pytree, where the Hessian is taken.
+        data: pytree of arrays [n, ...], the training set.
+        margin: how far above -lambda_min the damping lies (>= 0).
+
+    Returns:
+        `DampingChoice(damping, lambda_min, eigen)`; pass `eigen` as `exact(hessian=...)`.
+
+    Raises:
+        ValueError: if `margin` is negative or not finite.
+    """
     margin = check_damping(margin)
-    eigen = jnp.linalg.eigh(dense_hessian(loss_fn, params, data))
+    eigen = jnp.linalg.eigh(curvature.dense_hessian(loss_fn, params, data))
     lam_min = float(eigen[0][0])
     return DampingChoice(max(0.0, -lam_min) + margin, lam_min, eigen)
 
@@ -67,7 +62,15 @@ def _cholesky(hessian, damping):
 
 
 def cholesky_precondition(state, features):
-    """features (H + damping I)^{-1} from the lower Cholesky factor, two triangular solves."""
+    """P = (H + damping I)^{-1} applied to rows from its lower Cholesky factor (two triangular solves).
+
+    Args:
+        state: dict holding "cholesky", the lower factor L [p, p] of H + damping I.
+        features: array [m, p] of gradients.
+
+    Returns:
+        Array [m, p]: features (H + damping I)^{-1}.
+    """
     return jax.scipy.linalg.cho_solve((state["cholesky"], True), features.T).T
 
 
@@ -98,8 +101,27 @@ def exact(
     `hessian` may be passed precomputed: a [p, p] matrix (e.g. a Gauss-Newton matrix) or its
     eigendecomposition `(eigenvalues, eigenvectors)` as returned by `jnp.linalg.eigh` (useful
     when you looked at the spectrum to choose the damping); otherwise it is formed with
-    `dense_hessian`. Raises ValueError when H + damping I is not positive definite
+    `curvature.dense_hessian`. Raises ValueError when H + damping I is not positive definite
     (a non-convex model needs a damping above -lambda_min, or a Gauss-Newton matrix).
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the per-example data loss whose gradients
+            are attributed.
+        params: pytree, the trained model (at most `MAX_EXACT_PARAMS` entries unless `hessian`
+            is given).
+        train_data: pytree of arrays [n, ...], the training set.
+        damping: multiple of the identity added to H (>= 0).
+        hessian: None (form it), a [p, p] matrix, or (eigenvalues [p], eigenvectors [p, p]).
+        measure_fn: the test measure; None means `loss_fn`.
+        objective_fn: the objective whose Hessian is inverted; None means `loss_fn`.
+        **options: passed to `Estimator` (`chunk_size`, `cache_bytes`).
+
+    Returns:
+        The `Estimator` "exact" (`info` holds the damping and the factorization used).
+
+    Raises:
+        ValueError: if the model is too large, `hessian` has the wrong shape or holds NaN, or
+            H + damping I is not positive definite.
     """
     damping = check_damping(damping)
     flat, _ = ravel_pytree(params)
@@ -109,7 +131,7 @@ def exact(
             f"with at most {MAX_EXACT_PARAMS} parameters (use 'cg', 'lissa' or 'arnoldi' beyond)"
         )
     if hessian is None:
-        hessian = dense_hessian(objective_fn or loss_fn, params, train_data)
+        hessian = curvature.dense_hessian(objective_fn or loss_fn, params, train_data)
     if isinstance(hessian, tuple | list):
         evals, evecs = (jnp.asarray(a) for a in hessian)
         if evals.shape != (flat.size,) or evecs.shape != (flat.size, flat.size):

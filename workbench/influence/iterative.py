@@ -13,10 +13,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 
 from workbench import curvature
-from workbench.core.numerics import default_tol
+from workbench.core.numerics import check_positive_int, default_tol
 from workbench.influence.estimator import (
     Estimator,
     check_damping,
@@ -27,7 +26,21 @@ from workbench.influence.estimator import (
 
 def curvature_operator(loss_fn: Callable, params, train_data, kind: str = "hessian", **operator_options):
     """`workbench.curvature.operator` on the training data, after checking that the training
-    loss is finite there (a NaN loss is reported as such, not as indefinite curvature)."""
+    loss is finite there (a NaN loss is reported as such, not as indefinite curvature).
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the objective whose curvature is taken.
+        params: pytree, where it is taken.
+        train_data: pytree of arrays [n, ...], the data it averages over.
+        kind: "hessian", "ggn" or "fisher".
+        **operator_options: passed to `workbench.curvature.operator`.
+
+    Returns:
+        The dataset-averaged curvature operator (`.mv(v)`, `.dim`, `.dtype`).
+
+    Raises:
+        FloatingPointError: if the loss is NaN or infinite on some training example.
+    """
     check_loss_finite(loss_fn, params, train_data)
     return curvature.operator(loss_fn, params, train_data, kind=kind, **operator_options)
 
@@ -93,8 +106,27 @@ def cg(
     after `num_iters` iterations. A direction of
     non-positive curvature (an indefinite or singular system) raises ValueError: raise the
     damping above -lambda_min or use kind="ggn".
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the per-example data loss whose gradients
+            are attributed.
+        params: pytree, the trained model.
+        train_data: pytree of arrays [n, ...], the training set the curvature averages over.
+        damping: multiple of the identity added to the curvature (>= 0).
+        kind: the curvature, "hessian", "ggn" or "fisher" (`workbench.curvature`).
+        num_iters: most CG iterations per solve.
+        tol: relative residual at which a solve stops; None means `numerics.default_tol`.
+        measure_fn: the test measure; None means `loss_fn`.
+        objective_fn: the objective whose curvature is inverted; None means `loss_fn`.
+        operator_options: extra options of `workbench.curvature.operator` (e.g. chunk_size).
+        **options: passed to `Estimator` (`chunk_size`, `cache_bytes`).
+
+    Returns:
+        The `Estimator` "cg"; scoring raises ValueError when CG meets non-positive curvature and
+        RuntimeError when a solve does not reach `tol` in `num_iters` iterations.
     """
     damping = check_damping(damping)
+    num_iters = check_positive_int("num_iters", num_iters)
     op = curvature_operator(objective_fn or loss_fn, params, train_data, kind, **(operator_options or {}))
     tol = default_tol(op.dtype) if tol is None else float(tol)
     info = {"damping": damping, "kind": kind, "num_iters": num_iters, "tol": tol}
@@ -147,8 +179,32 @@ def lissa(loss_fn: Callable, params, train_data, *, damping: float = 0.0, kind: 
     (`key`, required then, seeds it). The error after `num_iters` terms shrinks like
     (1 - (lambda_min + damping) / scale)^num_iters: ill-conditioned problems need more terms
     or damping. Uses the full dataset-averaged operator (deterministic), not minibatch samples.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the per-example data loss whose gradients
+            are attributed.
+        params: pytree, the trained model.
+        train_data: pytree of arrays [n, ...], the training set the curvature averages over.
+        damping: multiple of the identity added to the curvature (>= 0).
+        kind: the curvature, "hessian", "ggn" or "fisher" (`workbench.curvature`).
+        num_iters: terms of the Neumann series.
+        scale: a bound above the largest eigenvalue of C + damping I; None estimates it.
+        key: `jax.random` key of the power iteration estimating the scale; required when
+            `scale` is None, unused otherwise.
+        measure_fn: the test measure; None means `loss_fn`.
+        objective_fn: the objective whose curvature is inverted; None means `loss_fn`.
+        operator_options: extra options of `workbench.curvature.operator` (e.g. chunk_size).
+        **options: passed to `Estimator` (`chunk_size`, `cache_bytes`).
+
+    Returns:
+        The `Estimator` "lissa" (`info["scale"]` holds the scale used).
+
+    Raises:
+        ValueError: if neither `key` nor `scale` is given, or the scale is not positive.
+        RuntimeError: if the power iteration for the scale does not converge.
     """
     damping = check_damping(damping)
+    num_iters = check_positive_int("num_iters", num_iters)
     op = curvature_operator(objective_fn or loss_fn, params, train_data, kind, **(operator_options or {}))
     if scale is None:
         from workbench import spectrum
@@ -173,6 +229,3 @@ def lissa(loss_fn: Callable, params, train_data, *, damping: float = 0.0, kind: 
         featurize_test=grad_featurizer(measure_fn) if measure_fn else None, info=info, **options,
     )
 
-
-def flat_params(params) -> jax.Array:
-    return ravel_pytree(params)[0]

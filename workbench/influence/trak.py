@@ -24,7 +24,7 @@ import numpy as np
 
 from workbench import sketch as sk
 from workbench.core import tree as tu
-from workbench.core.numerics import check_finite, num_examples
+from workbench.core.numerics import check_finite, check_positive_int, num_examples
 from workbench.core.per_example import sketched_per_example_grads
 from workbench.influence.estimator import Estimator, _host_features
 
@@ -61,8 +61,17 @@ def _ensemble_precondition(state, features):
 
 
 def margin_output(predict_fn: Callable) -> Callable:
-    """(params, batch) -> mean over the batch of the margin logit_y - logsumexp_{c != y} logit_c,
-    TRAK's output function for classifiers (use as `output_fn=`)."""
+    """TRAK's output function for classifiers: the mean margin logit_y - logsumexp_{c != y} logit_c.
+
+    Use as `trak(..., output_fn=margin_output(predict_fn))`: its gradients build the Gauss-Newton
+    matrix (better than the loss's, which over-weights well-fit examples).
+
+    Args:
+        predict_fn: `predict_fn(params, x) -> logits [n, num_classes]`.
+
+    Returns:
+        `output(params, (x, y)) -> scalar`, the margin averaged over the batch.
+    """
 
     def output(params, batch):
         x, y = batch
@@ -109,6 +118,30 @@ def trak(
     side and P is block diagonal, G_m^{-1} / M on block m, so <P psi(z), psi(z_i)> is the
     ensemble mean above. Training features are read from the stores (or memory) `read_rows` at
     a time when they exceed `cache_bytes`.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the per-example data loss.
+        params: pytree, the model (its structure is every ensemble member's).
+        train_data: pytree of arrays [n, ...], the training set.
+        models: list of params pytrees, the ensemble; None means `[params]`.
+        dim: sketch dimension D (capped at the number of parameters).
+        sketch_kind: a kind of `workbench.sketch.KINDS`.
+        key: `jax.random` key of the sketches (required); model m uses fold_in(key, m).
+        damping: added to F^T F / n (>= 0); None means 0.1 x its mean eigenvalue.
+        stores: one zarr path per model for the sketched training gradients, or None (memory).
+        measure_fn: the test measure; None means `loss_fn`.
+        output_fn: the output whose gradients build the Gauss-Newton matrix; None means the loss.
+        batch_size: examples per batch when writing the stores; None means the store's default.
+        read_rows: rows of stored features read at a time.
+        **options: passed to `Estimator` (`chunk_size`, `cache_bytes`).
+
+    Returns:
+        The `Estimator` "trak" (`info` holds D, the sketch kind, the dampings and the stores).
+
+    Raises:
+        ValueError: if `key` is missing, `models` is empty or mismatched, `stores` has the wrong
+            length or holds other sketches, `damping` is negative, or F^T F / n + damping I is
+            singular.
     """
 
     models = list(models) if models is not None else [params]
@@ -122,9 +155,10 @@ def trak(
     n = num_examples(train_data, "train_data")
     flat = jax.ShapeDtypeStruct((sum(int(np.size(a)) for a in jax.tree.leaves(params)),),
                                 jnp.result_type(*jax.tree.leaves(params)))  # size and dtype only
-    dim = int(min(dim, flat.size))
-    if dim < 1:
-        raise ValueError(f"dim must be >= 1, got {dim}")
+    dim = min(check_positive_int("dim", dim), int(flat.size))
+    read_rows = check_positive_int("read_rows", read_rows)
+    if batch_size is not None:
+        batch_size = check_positive_int("batch_size", batch_size)
     if key is None:
         raise ValueError("trak needs key= (a jax.random key; model m's sketch uses fold_in(key, m))")
     sketches = [sk.make(sketch_kind, jax.random.fold_in(key, m), int(flat.size), dim)

@@ -7,14 +7,25 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-CURVATURE_ESTIMATORS = ("exact", "cg", "lissa", "arnoldi")
+from workbench.influence import CURVATURE_ESTIMATORS
 
 
 def predicted_vs_actual(predicted: Mapping[str, np.ndarray], actual: np.ndarray,
                         diagonal: Sequence[str] = CURVATURE_ESTIMATORS):
     """One scatter panel per estimator: its predicted change of each test loss
     (`predicted[name]`, [n_test, n_removed]) against the `actual` change after leave-one-out
-    retraining (same shape), on two rows; the estimators in `diagonal` get the line y = x."""
+    retraining (same shape), on two rows; the estimators in `diagonal` get the line y = x.
+
+    Args:
+        predicted: dict estimator name -> predicted effects [n_test, n_removed] (e.g.
+            `validation.predicted_loo_effects(scores, removed)`).
+        actual: actual effects [n_test, n_removed] (`LOOResult.actual`).
+        diagonal: the estimators that should sit on y = x (the inverse-curvature ones; the
+            others' scale is arbitrary).
+
+    Returns:
+        The matplotlib `Figure`.
+    """
     import matplotlib.pyplot as plt
 
     actual = np.asarray(actual)
@@ -36,7 +47,19 @@ def predicted_vs_actual_hover(predicted: np.ndarray, actual: np.ndarray, removed
                               train_labels: np.ndarray, test_labels: np.ndarray, name: str = "exact"):
     """Plotly version of one `predicted_vs_actual` panel, for hovering: each point names its
     removed training example (index and label) and its test point, so an outlier can be looked up.
-    `predicted` and `actual` are [n_test, n_removed]."""
+    `predicted` and `actual` are [n_test, n_removed].
+
+    Args:
+        predicted: predicted effects [n_test, n_removed].
+        actual: actual effects [n_test, n_removed].
+        removed: the training indices removed [n_removed].
+        train_labels: labels of the training set [n_train].
+        test_labels: labels of the test points [n_test].
+        name: the estimator, for the title and legend.
+
+    Returns:
+        The plotly `Figure`.
+    """
     import plotly.graph_objects as go
 
     predicted, actual = np.asarray(predicted), np.asarray(actual)
@@ -60,7 +83,20 @@ def predicted_vs_actual_hover(predicted: np.ndarray, actual: np.ndarray, removed
 def proponents_opponents(test_image: np.ndarray, test_label: int, train_images: np.ndarray,
                          train_labels: np.ndarray, proponents, opponents, image_shape=(8, 8)):
     """The test image, and on two rows its proponents and opponents (`influence.Ranked` for one
-    test point: `.indices[0]`, `.scores[0]`) as training images with label and score."""
+    test point: `.indices[0]`, `.scores[0]`) as training images with label and score.
+
+    Args:
+        test_image: the test point's image, any shape of `image_shape`'s size.
+        test_label: its label.
+        train_images: training images [n_train, ...].
+        train_labels: training labels [n_train].
+        proponents: `influence.Ranked` of `Estimator.proponents` for this one test point.
+        opponents: `influence.Ranked` of `Estimator.opponents` for this one test point.
+        image_shape: the shape each image is drawn in (8 x 8 for digits).
+
+    Returns:
+        The matplotlib `Figure`.
+    """
     import matplotlib.pyplot as plt
 
     top_k = len(np.asarray(proponents.indices[0]))
@@ -91,9 +127,15 @@ def _value(v) -> float:
 
 
 def lds_and_auc(table: Sequence[object]):
-    """Bars per estimator and model from `evaluate.evaluation_table` rows (`.model`, `.estimator`,
-    `.lds`, `.mislabel_auc`; None drawn as no bar): LDS on the left, mislabel AUC on the right
-    with chance (0.5) dashed."""
+    """Bars per estimator and model: LDS on the left, mislabel AUC on the right (chance dashed).
+
+    Args:
+        table: `validation.evaluation_table` rows (`.model`, `.estimator`, `.lds`,
+            `.mislabel_auc`; None drawn as no bar).
+
+    Returns:
+        The matplotlib `Figure`.
+    """
     import matplotlib.pyplot as plt
 
     model_names = list(dict.fromkeys(t.model for t in table))
@@ -118,7 +160,16 @@ def lds_and_auc(table: Sequence[object]):
 
 
 def lds_per_test(per_test: np.ndarray, title: str, bins: int = 20):
-    """Histogram of the LDS per test point (Spearman of each test point's ranking)."""
+    """Histogram of the LDS per test point (Spearman of each test point's ranking).
+
+    Args:
+        per_test: `LDSResult.per_test`, [n_test].
+        title: the axes title.
+        bins: histogram bins.
+
+    Returns:
+        The matplotlib `Figure`.
+    """
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3))
@@ -132,7 +183,19 @@ def fading(steps: np.ndarray, pearson: np.ndarray, spearman: np.ndarray, pearson
            divergence: np.ndarray):
     """Correlation of the influence function (Pearson, Spearman) and of the gradient dot product
     (Pearson) with the actual effect of each removal against the steps trained after it; the
-    parameter divergence of the two runs on a right axis."""
+    parameter divergence of the two runs on a right axis.
+
+    Args:
+        steps: training steps after the removal [T] (`FadingResult.steps`).
+        pearson: the influence function's Pearson correlation [T].
+        spearman: its Spearman correlation [T].
+        pearson_dot: the gradient dot product's Pearson correlation [T]
+            (`validation.fading_correlations(...).pearson`).
+        divergence: mean parameter distance of the runs with and without each example [T].
+
+    Returns:
+        The matplotlib `Figure`.
+    """
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -150,7 +213,16 @@ def fading(steps: np.ndarray, pearson: np.ndarray, spearman: np.ndarray, pearson
 
 def removal_effect(steps: np.ndarray, actual: np.ndarray, predicted: float):
     """The actual effect of one removal on one test loss over training, against the influence
-    function's (constant) prediction."""
+    function's (constant) prediction.
+
+    Args:
+        steps: training steps after the removal [T].
+        actual: the actual change of the test loss at each step [T].
+        predicted: the influence function's predicted change.
+
+    Returns:
+        The matplotlib `Figure`.
+    """
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3))
@@ -165,8 +237,16 @@ def removal_effect(steps: np.ndarray, actual: np.ndarray, predicted: float):
 def fix_rate(k_values: Sequence[int], results: Sequence[object]):
     """Left: fraction of mispredictions fixed against k for the influential opponents and for
     random examples; right: the accuracy lost on the other test points. `results` are
-    `evaluate.correct_mispredictions` results (`.fix_rate`, `.fix_rate_random`, `.damage`,
-    `.damage_random`), one per k."""
+    `validation.correct_mispredictions` results, one per k.
+
+    Args:
+        k_values: the numbers of training examples re-weighted.
+        results: one `CorrectionResult` per k (`.fix_rate`, `.fix_rate_random`, `.damage`,
+            `.damage_random`).
+
+    Returns:
+        The matplotlib `Figure`.
+    """
     import matplotlib.pyplot as plt
 
     results = list(results)
@@ -188,7 +268,23 @@ def estimator_view(name: str, scores: np.ndarray, reference: np.ndarray, test_im
                    train_images: np.ndarray, train_labels: np.ndarray, proponents, opponents, image_shape=(8, 8)):
     """One estimator at a glance: left, its scores of every (test, training) pair against the
     reference estimator's; right, the test image and its top proponents / opponents (training
-    images with label and score), as in `proponents_opponents`."""
+    images with label and score), as in `proponents_opponents`.
+
+    Args:
+        name: the estimator.
+        scores: its scores [n_test, n_train].
+        reference: the reference (exact) scores, same shape.
+        test_image: the test point's image.
+        test_label: its label.
+        train_images: training images [n_train, ...].
+        train_labels: training labels [n_train].
+        proponents: `influence.Ranked` of the test point's proponents.
+        opponents: `influence.Ranked` of its opponents.
+        image_shape: the shape each image is drawn in.
+
+    Returns:
+        The matplotlib `Figure`.
+    """
     import matplotlib.pyplot as plt
 
     top_k = len(np.asarray(proponents.indices[0]))
@@ -207,8 +303,16 @@ def estimator_view(name: str, scores: np.ndarray, reference: np.ndarray, test_im
 
 
 def correction(result, k: int):
-    """One `evaluate.correct_mispredictions` result: fraction of mispredictions fixed and accuracy
-    lost on the other test points, for the k most harmful examples against k random ones."""
+    """One `validation.correct_mispredictions` result: fraction of mispredictions fixed and accuracy
+    lost on the other test points, for the k most harmful examples against k random ones.
+
+    Args:
+        result: the `CorrectionResult`.
+        k: the number of examples re-weighted (for the title).
+
+    Returns:
+        The matplotlib `Figure`.
+    """
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(7, 3))

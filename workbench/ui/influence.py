@@ -9,12 +9,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from workbench.influence import CURVATURE_ESTIMATORS
 from workbench.ui import Panel, panel, slider_style
-
-CURVATURE = ("exact", "cg", "lissa", "arnoldi")
 
 
 class EstimatorView(NamedTuple):
+    """One estimator's scores of every test point and the ranking for one of them."""
+
     estimator: str
     scores: np.ndarray  # [n_test, n_train]
     proponents: Any  # influence.Ranked for the chosen test point
@@ -22,15 +23,33 @@ class EstimatorView(NamedTuple):
     test_index: int
 
 
-def estimator_view(loss_fn, params, train_data, test_data, key, *, estimator: str, damping: float, k: int,
-                   test_index: int, arnoldi_k: int = 50) -> EstimatorView:
-    """Build `influence.make(estimator, ...)` (damping for the curvature-based ones), score every
-    test point and rank the training examples for test point `test_index`."""
+def score_estimator(loss_fn, params, train_data, key, test_data, *, estimator: str, damping: float, k: int,
+                    test_index: int, arnoldi_k: int = 50) -> EstimatorView:
+    """Build `influence.make(estimator, ...)`, score every test point and rank for one of them.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the per-example data loss.
+        params: pytree, the trained model.
+        train_data: `Dataset` [n_train], the training set.
+        key: `jax.random` key of the randomised estimators (lissa, arnoldi).
+        test_data: `Dataset` [n_test], the test points.
+        estimator: the estimator's name (`influence.ESTIMATORS`).
+        damping: added to the curvature of the inverse-curvature estimators (ignored by others).
+        k: proponents and opponents ranked.
+        test_index: the test point ranked, in [0, n_test).
+        arnoldi_k: eigenpairs kept by arnoldi.
+
+    Returns:
+        `EstimatorView(estimator, scores [n_test, n_train], proponents, opponents, test_index)`.
+
+    Raises:
+        ValueError: if `test_index` is out of range (or the estimator refuses its options).
+    """
     from workbench import influence
 
     if not 0 <= test_index < len(test_data.y):
         raise ValueError(f"test_index must lie in [0, {len(test_data.y)}), got {test_index}")
-    opts: dict[str, Any] = {"damping": damping} if estimator in CURVATURE else {}
+    opts: dict[str, Any] = {"damping": damping} if estimator in CURVATURE_ESTIMATORS else {}
     if estimator in ("lissa", "arnoldi"):
         opts["key"] = key
     if estimator == "arnoldi":
@@ -41,11 +60,27 @@ def estimator_view(loss_fn, params, train_data, test_data, key, *, estimator: st
                          int(test_index))
 
 
-def estimator_panel(loss_fn, params, train_data, test_data, reference: np.ndarray, key, *,
+def estimator_panel(loss_fn, params, train_data, key, test_data, reference: np.ndarray, *,
                     estimators=("exact", "cg", "lissa", "arnoldi", "grad_dot", "grad_cos"), damping: float = 1e-3,
                     k: int = 5, arnoldi_k: int = 50) -> Panel:
     """Estimator, damping (added to the curvature), k (examples shown) and the test point ->
-    `estimator_view`, drawn beside `reference` (e.g. the exact scores [n_test, n_train])."""
+    `score_estimator`, drawn beside `reference` (e.g. the exact scores [n_test, n_train]).
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the per-example data loss.
+        params: pytree, the trained model.
+        train_data: `Dataset` [n_train] of images and labels.
+        key: `jax.random` key of the randomised estimators.
+        test_data: `Dataset` [n_test] of images and labels.
+        reference: reference scores [n_test, n_train] (e.g. exact influence).
+        estimators: the estimators offered.
+        damping: initial damping.
+        k: initial number of proponents / opponents shown.
+        arnoldi_k: eigenpairs kept by arnoldi.
+
+    Returns:
+        The `Panel` (`.widget` to display).
+    """
     import functools
 
     import ipywidgets as w
@@ -72,17 +107,26 @@ def estimator_panel(loss_fn, params, train_data, test_data, reference: np.ndarra
         return {"r vs exact": float(np.corrcoef(reference.ravel(), v.scores.ravel())[0, 1]),
                 "top proponent": int(np.asarray(v.proponents.indices[0])[0])}
 
-    fn = functools.partial(estimator_view, loss_fn, params, train_data, test_data, key, arnoldi_k=arnoldi_k)
+    fn = functools.partial(score_estimator, loss_fn, params, train_data, key, test_data, arnoldi_k=arnoldi_k)
     return panel(fn, controls, show, summary=summary, button_text="Score",
                  title="Influence estimators against the exact influence")
 
 
 def lds_panel(problems: Mapping[str, tuple[Mapping[str, Callable], Any]], test_data) -> Panel:
     """`problems[model] = (builders, lds_truth)`: estimator and model -> the LDS per test point of
-    `builders[estimator]().scores(test_data)` against the subset-retraining truth."""
+    `builders[estimator]().scores(test_data)` against the subset-retraining truth.
+
+    Args:
+        problems: dict model name -> (dict estimator name -> zero-argument builder, the
+            `LDSGroundTruth` of that model).
+        test_data: the test points the ground truths were measured on.
+
+    Returns:
+        The `Panel` (`.widget` to display).
+    """
     import ipywidgets as w
 
-    from workbench.influence import validation as ev
+    from workbench.influence import validation
     from workbench.plots.influence import lds_per_test
 
     names = list(problems)
@@ -92,7 +136,7 @@ def lds_panel(problems: Mapping[str, tuple[Mapping[str, Callable], Any]], test_d
 
     def fn(estimator, model):
         builders, truth = problems[model]
-        return estimator, model, ev.lds(builders[estimator]().scores(test_data), truth)
+        return estimator, model, validation.lds(builders[estimator]().scores(test_data), truth)
 
     def show(r):
         estimator, model, res = r
@@ -109,7 +153,17 @@ def lds_panel(problems: Mapping[str, tuple[Mapping[str, Callable], Any]], test_d
 def fading_panel(steps: np.ndarray, actual: np.ndarray, predicted: np.ndarray, removed: np.ndarray) -> Panel:
     """Live: a removed training example and a test point -> the actual change of the test loss over
     training (`actual[T, n_test, k]`) against the influence function's prediction
-    (`predicted[n_test, k]`); `removed` maps the k removals to training indices."""
+    (`predicted[n_test, k]`); `removed` maps the k removals to training indices.
+
+    Args:
+        steps: training steps after the removal [T] (`FadingResult.steps`).
+        actual: actual effects [T, n_test, k] (`FadingResult.actual`).
+        predicted: predicted effects [n_test, k].
+        removed: training indices of the k removals.
+
+    Returns:
+        The `Panel` (live: it redraws when a slider is released).
+    """
     import ipywidgets as w
 
     from workbench.plots.influence import removal_effect
@@ -136,9 +190,18 @@ def fading_panel(steps: np.ndarray, actual: np.ndarray, predicted: np.ndarray, r
 
 
 def correction_panel(fn: Callable, k: int = 10, num_steps: int = 10, weight: float = 0.0) -> Panel:
-    """`fn(k, num_steps, weight) -> CorrectionResult` (e.g. a partial of
-    `evaluate.correct_mispredictions`): k most harmful examples re-weighted to `weight`, then
-    `num_steps` fine-tuning steps; fixed mispredictions and damage against random examples."""
+    """k, fine-tuning steps and new weight -> mispredictions fixed and damage, against random.
+
+    Args:
+        fn: `fn(k, num_steps, weight) -> CorrectionResult`, e.g. a partial of
+            `validation.correct_mispredictions` with everything but these three bound.
+        k: initial number of harmful examples re-weighted.
+        num_steps: initial number of fine-tuning steps.
+        weight: initial new weight of the re-weighted examples (0 removes, negative unlearns).
+
+    Returns:
+        The `Panel` (`.widget` to display).
+    """
     import ipywidgets as w
 
     from workbench.plots.influence import correction

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from workbench.core.statistics import auc
+
 PyTree = Any
 
 
@@ -198,7 +200,15 @@ def stacked_mia(predict_fn: Callable, params: PyTree, forget, test) -> np.ndarra
     """
     lf = _np_cross_entropy(stacked_logits(predict_fn, params, forget[0]), np.asarray(forget[1])[None])
     lt = _np_cross_entropy(stacked_logits(predict_fn, params, test[0]), np.asarray(test[1])[None])
-    return np.asarray([auc(-a, -b) for a, b in zip(lf, lt)])
+    return np.asarray([_mia_auc(a, b) for a, b in zip(lf, lt)])
+
+
+
+def _mia_auc(forget_losses, test_losses) -> float:
+    """The AUC of flagging forget examples (positives) among held-out ones by low loss."""
+    forget_losses, test_losses = np.asarray(forget_losses), np.asarray(test_losses)
+    positives = np.concatenate([np.ones(forget_losses.size, bool), np.zeros(test_losses.size, bool)])
+    return auc(-np.concatenate([forget_losses.ravel(), test_losses.ravel()]), positives)
 
 
 KLOM_ESTIMATORS = ("histogram", "gaussian")
@@ -287,22 +297,6 @@ def klom(predict_fn: Callable, unlearned_params: PyTree, oracle_params: PyTree, 
     return KLoM(f, r, t, float(np.percentile(f, 95)), float(np.percentile(r, 95)), float(np.percentile(t, 95)))
 
 
-def auc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """P(score of a positive > score of a negative) + 0.5 P(tie): the ROC AUC (Mann-Whitney)."""
-    pos, neg = np.asarray(positive, np.float64), np.asarray(negative, np.float64)
-    if pos.size == 0 or neg.size == 0:
-        raise ValueError("auc needs at least one positive and one negative score")
-    allv = np.concatenate([pos, neg])
-    order = np.argsort(allv, kind="mergesort")
-    ranks = np.empty_like(allv)
-    sorted_v = allv[order]
-    # average ranks over ties
-    _, start, counts = np.unique(sorted_v, return_index=True, return_counts=True)
-    avg = start + (counts - 1) / 2.0 + 1
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
-
-
 def mia(predict_fn: Callable, params: PyTree, forget, test) -> float:
     """Loss-threshold membership inference: the AUC of telling forget examples from held-out ones
     by low loss (members have lower loss). 0.5: the forget set looks like unseen data, as it does
@@ -324,4 +318,4 @@ def mia(predict_fn: Callable, params: PyTree, forget, test) -> float:
     lt = _cross_entropy(jnp, predict_fn(params, test[0]), test[1])
     if not (bool(jnp.all(jnp.isfinite(lf))) and bool(jnp.all(jnp.isfinite(lt)))):
         raise FloatingPointError("losses hold NaN or inf: the model is broken")
-    return auc(-np.asarray(lf), -np.asarray(lt))
+    return _mia_auc(lf, lt)

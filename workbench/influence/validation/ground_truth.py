@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.core.numerics import num_examples
+from workbench.core.numerics import check_positive_int, num_examples
+from workbench.core.statistics import Correlations, correlations, spearman_rows
 from workbench.data import Dataset
 from workbench.influence.estimator import check_like_training
-from workbench.influence.validation.metrics import Correlations, correlations, spearman_rows
-from workbench.influence.validation.retraining import outputs, retrain
+from workbench.influence.validation.retraining import outputs, retrain_weighted
 
 
 class LOOResult(NamedTuple):
@@ -42,7 +42,27 @@ def loo(
 ) -> LOOResult:
     """Leave-one-out by retraining (warm-started at `params`, which should be the optimum).
 
-    `measure_fn(params, batch)` is what is attributed (default: loss_fn on the test example).
+    For each i in `removed` the model is retrained on the other n - 1 examples (weights
+    1 - e_i, all removals at once by `retrain_weighted`) and the change of the test measure is
+    recorded.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the training objective (a mean over the
+            batch, regulariser included).
+        params: pytree, the full-data optimum (e.g. from `fit`).
+        train_data: pytree of arrays [n, ...], the training set.
+        test_data: pytree like `train_data`, [n_test, ...].
+        removed: int array [k] of training indices in [0, n), each removed on its own.
+        measure_fn: `measure_fn(params, batch) -> scalar`, what is attributed; None means
+            `loss_fn` on the test example.
+        **retrain_options: passed to `retrain_weighted` (`method`, `num_iters`, `tol`, ...).
+
+    Returns:
+        `LOOResult(removed, actual [n_test, k], grad_norm [k], num_train)`: actual is
+        measure(retrained without i) - measure(params).
+
+    Raises:
+        ValueError: if `removed` is empty, not 1-d, or holds an index outside [0, n).
     """
     n = num_examples(train_data, "train_data")
     check_like_training(test_data, train_data, "test_data")
@@ -52,50 +72,105 @@ def loo(
     measure_fn = measure_fn or loss_fn
     dtype = jax.tree.leaves(params)[0].dtype
     weights = 1.0 - jax.nn.one_hot(jnp.asarray(removed), n, dtype=dtype)
-    result = retrain(loss_fn, params, train_data, weights, **retrain_options)
+    result = retrain_weighted(loss_fn, params, train_data, weights, **retrain_options)
     base = outputs(measure_fn, jax.tree.map(lambda a: a[None], params), test_data)[0]
     after = outputs(measure_fn, result.params, test_data)
     return LOOResult(removed, np.asarray(after - base[None]).T, np.asarray(result.grad_norm), n)
 
 
+def predicted_loo_effects(scores, removed) -> np.ndarray:
+    """The leave-one-out effects an estimator predicts: scores[:, removed] / (n_train - 1).
+
+    Removing z_i from the mean objective over n examples moves the optimum by about
+    H^{-1} g_i / (n - 1), so the test measure changes by score / (n - 1).
+
+    Args:
+        scores: array [n_test, n_train] of influence scores.
+        removed: int array [k] of training indices.
+
+    Returns:
+        float64 array [n_test, k], comparable with `LOOResult.actual`.
+
+    Raises:
+        ValueError: if `scores` is not 2-d.
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must have shape [n_test, n_train], got {scores.shape}")
+    return scores[:, np.asarray(removed)] / (scores.shape[1] - 1)
+
+
 def loo_correlation(scores, result: LOOResult) -> Correlations:
-    """Pearson / Spearman between predicted (scores / (n-1)) and actual leave-one-out effects."""
+    """Pearson / Spearman between predicted (scores / (n-1)) and actual leave-one-out effects.
+
+    Args:
+        scores: array [n_test, n_train] of influence scores on the test points of `result`.
+        result: the `LOOResult` of `loo`.
+
+    Returns:
+        `Correlations` of `predicted_loo_effects(scores, result.removed)` against
+        `result.actual` (per test point averaged, and pooled).
+
+    Raises:
+        ValueError: if `scores` does not have shape [n_test, n_train] of `result`.
+    """
     scores = np.asarray(scores)
     if scores.ndim != 2 or scores.shape[1] != result.num_train or scores.shape[0] != result.actual.shape[0]:
         raise ValueError(
             f"scores must have shape [n_test={result.actual.shape[0]}, n_train={result.num_train}], "
             f"got {scores.shape}"
         )
-    predicted = scores[:, result.removed] / (result.num_train - 1)
-    return correlations(predicted, result.actual)
+    return correlations(predicted_loo_effects(scores, result.removed), result.actual)
 
 
 class LDSGroundTruth(NamedTuple):
+    """Models retrained on random subsets: the subsets and the test measure of each model."""
+
     masks: np.ndarray  # [M, n_train] bool, the training subsets
     outputs: np.ndarray  # [M, n_test] measure of the model trained on each subset
     grad_norm: np.ndarray  # [M]
 
 
-def lds_ground_truth(loss_fn: Callable, params, train_data, test_data, key: jax.Array, *,
+def lds_ground_truth(loss_fn: Callable, params, train_data, key: jax.Array, test_data, *,
                      num_subsets: int = 50, fraction: float = 0.5,
                      measure_fn: Callable | None = None, **retrain_options) -> LDSGroundTruth:
-    """Train one model per random subset of round(fraction * n) examples (starting at `params`)."""
+    """Train one model per random subset of round(fraction * n) examples (starting at `params`).
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the training objective.
+        params: pytree, where every retraining starts (the full-data optimum for "newton", the
+            initialisation for method="optax").
+        train_data: pytree of arrays [n, ...], the training set the subsets are drawn from.
+        key: `jax.random` key drawing the subsets (one split per subset).
+        test_data: pytree like `train_data`, [n_test, ...].
+        num_subsets: M, the number of subsets (>= 2).
+        fraction: share of the training set in each subset, in (0, 1).
+        measure_fn: what is measured on the test points; None means `loss_fn`.
+        **retrain_options: passed to `retrain_weighted`.
+
+    Returns:
+        `LDSGroundTruth(masks [M, n] bool, outputs [M, n_test], grad_norm [M])`.
+
+    Raises:
+        ValueError: if `fraction` is outside (0, 1) or `num_subsets` < 2.
+    """
     n = num_examples(train_data, "train_data")
     check_like_training(test_data, train_data, "test_data")
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
-    if num_subsets < 2:
-        raise ValueError(f"num_subsets must be >= 2, got {num_subsets}")
+    num_subsets = check_positive_int("num_subsets", num_subsets, least=2)
     size = max(1, int(round(fraction * n)))
     keys = jax.random.split(key, num_subsets)
     masks = jax.vmap(lambda k: jnp.zeros(n, bool).at[jax.random.permutation(k, n)[:size]].set(True))(keys)
     dtype = jax.tree.leaves(params)[0].dtype
-    result = retrain(loss_fn, params, train_data, masks.astype(dtype), **retrain_options)
+    result = retrain_weighted(loss_fn, params, train_data, masks.astype(dtype), **retrain_options)
     outs = outputs(measure_fn or loss_fn, result.params, test_data)
     return LDSGroundTruth(np.asarray(masks), np.asarray(outs), np.asarray(result.grad_norm))
 
 
 class LDSResult(NamedTuple):
+    """The linear datamodeling score: its mean and its value per test point."""
+
     mean: float
     per_test: np.ndarray  # [n_test] Spearman per test point
 
@@ -105,6 +180,16 @@ def lds(scores, truth: LDSGroundTruth) -> LDSResult:
     scores of each subset and the (negated) measure of the model trained on it, averaged.
 
     The negation follows the sign convention: a subset of helpful examples lowers the test loss.
+
+    Args:
+        scores: array [n_test, n_train] of influence scores on the test points of `truth`.
+        truth: the `LDSGroundTruth` of `lds_ground_truth`.
+
+    Returns:
+        `LDSResult(mean, per_test [n_test])`; 1 is a perfect ranking, 0 chance.
+
+    Raises:
+        ValueError: if `scores` does not have n_train columns.
     """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[1] != truth.masks.shape[1]:
@@ -114,27 +199,41 @@ def lds(scores, truth: LDSGroundTruth) -> LDSResult:
     return LDSResult(float(np.nanmean(per_test)), per_test)
 
 
-def flip_labels(key: jax.Array, data: Dataset, fraction: float, num_classes: int) -> tuple[Dataset, np.ndarray]:
+class FlippedLabels(NamedTuple):
+    """A dataset with some labels flipped, and which ones."""
+
+    data: Dataset
+    flipped: np.ndarray  # [n] bool, True where the label was changed
+
+
+def flip_labels(data: Dataset, key: jax.Array, fraction: float, num_classes: int) -> FlippedLabels:
     """Give round(fraction * n) random examples a different, uniformly drawn label.
 
-    Returns the noisy dataset and the boolean mask of flipped examples.
+    Args:
+        data: `Dataset(x, y)` with integer labels y [n] in [0, num_classes).
+        key: `jax.random` key choosing the examples and their new labels.
+        fraction: share of the examples whose label is flipped, in (0, 1) (at least one is).
+        num_classes: number of classes (>= 2); a new label is never the old one.
+
+    Returns:
+        `FlippedLabels(data, flipped)`: the noisy dataset and the boolean mask [n] of flipped
+        examples.
+
+    Raises:
+        ValueError: if `fraction` is outside (0, 1) or `num_classes` < 2.
     """
     n = num_examples(data, "data")
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
+    num_classes = check_positive_int("num_classes", num_classes, least=2)
     k_idx, k_shift = jax.random.split(key)
     idx = jax.random.permutation(k_idx, n)[: max(1, int(round(fraction * n)))]
     shift = jax.random.randint(k_shift, idx.shape, 1, num_classes).astype(data.y.dtype)
     y = data.y.at[idx].set((data.y[idx] + shift) % num_classes)
     flipped = np.zeros(n, bool)
     flipped[np.asarray(idx)] = True
-    return Dataset(data.x, y), flipped
+    return FlippedLabels(Dataset(data.x, y), flipped)
 
 
-def loo_summary(estimates: dict, result: LOOResult) -> dict[str, Correlations]:
-    """loo_correlation for several estimators' scores at once: {name: {...}}."""
-    return {name: loo_correlation(s, result) for name, s in estimates.items()}
-
-
-__all__ = ["LDSGroundTruth", "LDSResult", "LOOResult", "correlations", "flip_labels", "lds",
-           "lds_ground_truth", "loo", "loo_correlation", "loo_summary"]
+__all__ = ["FlippedLabels", "LDSGroundTruth", "LDSResult", "LOOResult", "flip_labels", "lds",
+           "lds_ground_truth", "loo", "loo_correlation", "predicted_loo_effects"]

@@ -10,13 +10,14 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from workbench.core.numerics import check_positive_int
+from workbench.core.statistics import auc, pearson_rows
 from workbench.influence.validation.ground_truth import (
     LDSGroundTruth,
     LOOResult,
     lds,
     loo_correlation,
 )
-from workbench.influence.validation.metrics import auc, pearson_rows
 
 
 class EstimatorScore(NamedTuple):
@@ -31,17 +32,23 @@ class EstimatorScore(NamedTuple):
 
 
 class Comparison(NamedTuple):
+    """The rows of `compare` and the scores they were computed from."""
+
     rows: list[EstimatorScore]
     scores: dict[str, np.ndarray]  # estimator -> [n_test, n_train]
 
 
 class MislabelAUC(NamedTuple):
+    """One estimator's mislabel detection: the AUC of its self-influence, with its time."""
+
     estimator: str
     auc: float  # ROC AUC of self-influence for finding the flipped labels
     seconds: float
 
 
 class EvaluationRow(NamedTuple):
+    """One (model, estimator) of the evaluation table: LDS beside mislabel AUC."""
+
     model: str
     estimator: str
     lds: float | None
@@ -62,6 +69,18 @@ def compare(
     One row per estimator with its `seconds`, the LOO Pearson/Spearman when `loo_truth` is
     given, the LDS when `lds_truth` is given, and `vs_reference` when the reference estimator is
     among the builders.
+
+    Args:
+        builders: dict estimator name -> zero-argument function building the estimator (so its
+            build is timed), e.g. `workbench.experiments.influence.estimator_builders`.
+        test: pytree of arrays [n_test, ...], the test points scored.
+        loo_truth: the `LOOResult` of `loo` on these test points, or None.
+        lds_truth: the `LDSGroundTruth` of `lds_ground_truth` on these test points, or None.
+        reference: the estimator the others are correlated with (`vs_reference`), or None.
+
+    Returns:
+        `Comparison(rows, scores)`: one `EstimatorScore` per builder, in order, and the scores
+        [n_test, n_train] of each estimator.
     """
     rows, scores = [], {}
     for name, build in builders.items():
@@ -83,7 +102,19 @@ def compare(
 
 
 def mislabel_aucs(builders: Mapping[str, Callable[[], object]], flipped) -> list[MislabelAUC]:
-    """AUC of each estimator's self-influence for finding the flipped labels, with its time."""
+    """AUC of each estimator's self-influence for finding the flipped labels, with its time.
+
+    Mislabeled examples are badly fit and pull the model toward them: their self-influence is
+    large, so ranking by it should put them first (`core.statistics.auc`, 0.5 = chance).
+
+    Args:
+        builders: dict estimator name -> zero-argument function building the estimator on the
+            noisy training set.
+        flipped: boolean array [n_train], True where the label was flipped (`flip_labels`).
+
+    Returns:
+        One `MislabelAUC(estimator, auc, seconds)` per builder, in order.
+    """
     rows = []
     for name, build in builders.items():
         start = time.perf_counter()
@@ -94,7 +125,15 @@ def mislabel_aucs(builders: Mapping[str, Callable[[], object]], flipped) -> list
 
 
 def evaluation_table(models: Mapping[str, tuple[Sequence[EstimatorScore], Sequence[MislabelAUC]]]) -> list[EvaluationRow]:
-    """One row per (model, estimator): the LDS of `compare` beside the mislabel AUC."""
+    """One row per (model, estimator): the LDS of `compare` beside the mislabel AUC.
+
+    Args:
+        models: dict model name -> (rows of `compare`, rows of `mislabel_aucs`).
+
+    Returns:
+        `EvaluationRow(model, estimator, lds, mislabel_auc, seconds)` for each row of `compare`;
+        mislabel_auc is None for an estimator `mislabel_aucs` did not score.
+    """
     table = []
     for model, (rows, aucs) in models.items():
         auc_of = {a.estimator: a.auc for a in aucs}
@@ -103,8 +142,16 @@ def evaluation_table(models: Mapping[str, tuple[Sequence[EstimatorScore], Sequen
 
 
 def markdown_table(rows: Sequence[NamedTuple | Mapping], digits: int = 3) -> str:
-    """A markdown table of NamedTuple (or mapping) rows; columns that are None in every row are
-    left out."""
+    """A markdown table of NamedTuple (or mapping) rows; columns None in every row are left out.
+
+    Args:
+        rows: NamedTuples (or mappings) with the same fields, one per table row.
+        digits: decimals of float cells (None and NaN print as an em dash).
+
+    Returns:
+        The table as one string (empty when there are no rows).
+    """
+    digits = check_positive_int("digits", digits, least=0)
     if not rows:
         return ""
     rows = [r._asdict() if hasattr(r, "_asdict") else dict(r) for r in rows]

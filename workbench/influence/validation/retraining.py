@@ -7,10 +7,10 @@ The training objective for per-example weights w is
 so w = 1 is the objective of `loss_fn` on the whole training set, w = 1 - e_i is training on
 the other n-1 examples (leave-one-out) and w = a 0/1 mask is training on a subset (LDS).
 
-`retrain` solves many such problems at once (`lax.map` over chunks of weight vectors, vmapped
+`retrain_weighted` solves many such problems at once (`lax.map` over chunks of weight vectors, vmapped
 inside), to convergence:
 - `method="newton"` (convex models): warm-started at `params`, inexact Newton steps whose
-  systems H_w d = grad J_w are solved by `cg_iters` conjugate-gradient iterations (HVPs of J_w)
+  systems H_w d = grad J_w are solved by `cg_num_iters` conjugate-gradient iterations (HVPs of J_w)
   preconditioned with the inverse full-data Hessian at `params` (plus `damping`). For a
   leave-one-out weighting that preconditioner is within O(1/n) of exact, so one or two steps
   reach machine precision; subsets need a few more. It stops when the
@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from workbench.core.numerics import default_tol, num_examples
+from workbench import curvature
+from workbench.core.numerics import check_positive_int, default_tol, num_examples
 from workbench.core.per_example import example_loss, per_example_losses
 from workbench.core.progress import bar
-from workbench.influence.inverse import dense_hessian
 from workbench.train import optimize
 
 PyTree = Any
@@ -49,7 +49,16 @@ class RetrainResult(NamedTuple):
 
 
 def per_example_objective(loss_fn: Callable, data) -> Callable:
-    """(params, weights [n]) -> sum_j w_j loss_fn(params, z_j) / sum_j w_j."""
+    """The weighted training objective J_w as a function of (params, weights).
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, a mean over the batch; it is applied to one
+            example at a time.
+        data: pytree of arrays with a leading example axis [n, ...], the training set.
+
+    Returns:
+        `objective(params, weights [n]) -> sum_j w_j loss_fn(params, z_j) / sum_j w_j`, a scalar.
+    """
 
     def objective(params, weights):
         return jnp.sum(weights * per_example_losses(loss_fn, params, data)) / jnp.sum(weights)
@@ -57,7 +66,7 @@ def per_example_objective(loss_fn: Callable, data) -> Callable:
     return objective
 
 
-def retrain(
+def retrain_weighted(
     loss_fn: Callable,
     params: PyTree,
     data,
@@ -66,25 +75,59 @@ def retrain(
     method: str = "newton",
     num_iters: int = 30,
     tol: float | None = None,
-    cg_iters: int = 8,
+    cg_num_iters: int = 8,
     damping: float = 0.0,
     optimizer: optax.GradientTransformation | None = None,
     num_steps: int = 0,
     models_per_batch: int = 16,
 ) -> RetrainResult:
-    """Minimise J_w for every row of `weights` [M, n] (see module docstring)."""
+    """Minimise the weighted objective J_w for every row of `weights`, all models at once.
+
+    J_w(params) = sum_j w_j loss_fn(params, z_j) / sum_j w_j: a row 1 - e_i is leave-one-out, a
+    0/1 mask a subset (see the module docstring for the two methods). Models are solved
+    `models_per_batch` at a time in chunks of one shape, so the solver compiles once.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the training objective as a mean over the
+            batch (regulariser included).
+        params: pytree, the starting point of every model (the full-data optimum for "newton").
+        data: pytree of arrays [n, ...], the training set.
+        weights: array [M, n], one weighting of the training set per model.
+        method: "newton" (convex models: preconditioned inexact Newton to `tol`) or "optax"
+            (`num_steps` full-batch steps of `optimizer`).
+        num_iters: most Newton steps per model ("newton").
+        tol: gradient norm at which a Newton solve stops; None means
+            `numerics.default_tol` of the params' dtype.
+        cg_num_iters: conjugate-gradient iterations per Newton step ("newton").
+        damping: multiple of the identity added to the full-data Hessian preconditioner.
+        optimizer: optax `GradientTransformation` ("optax"; required there).
+        num_steps: full-batch optimisation steps ("optax"; must be > 0 there).
+        models_per_batch: models solved together in one vmapped chunk.
+
+    Returns:
+        `RetrainResult(params, grad_norm, steps)`: params with a leading model axis [M, ...],
+        the gradient norm of J_w at them [M] (check it against `tol`) and the iterations taken [M].
+
+    Raises:
+        ValueError: if `weights` is not [M, n], `method` is unknown, or "optax" lacks its
+            optimizer or steps.
+        FloatingPointError: if retraining produced NaN or infinite parameters.
+    """
     n = num_examples(data, "data")
+    num_iters = check_positive_int("num_iters", num_iters)
+    cg_num_iters = check_positive_int("cg_num_iters", cg_num_iters)
+    models_per_batch = check_positive_int("models_per_batch", models_per_batch)
     weights = jnp.asarray(weights)
     if weights.ndim != 2 or weights.shape[1] != n:
         raise ValueError(f"weights must have shape [M, n_train={n}], got {weights.shape}")
     flat0, unravel = ravel_pytree(params)
     weights = weights.astype(flat0.dtype)
     if method == "newton":
-        h0 = dense_hessian(loss_fn, params, data) + damping * jnp.eye(flat0.size, dtype=flat0.dtype)
+        h0 = curvature.dense_hessian(loss_fn, params, data) + damping * jnp.eye(flat0.size, dtype=flat0.dtype)
         tol = default_tol(flat0.dtype) if tol is None else tol
         precond, tol = jnp.linalg.inv(h0), jnp.asarray(tol, flat0.dtype)
         run = lambda w: _newton(loss_fn, params, data, w, precond, tol, jnp.asarray(num_iters),
-                                jnp.asarray(cg_iters))
+                                jnp.asarray(cg_num_iters))
     elif method == "optax":
         if optimizer is None or num_steps <= 0:
             raise ValueError("method='optax' needs optimizer= (an optax transformation) and num_steps > 0")
@@ -105,7 +148,7 @@ def _flat_objective_grad(loss_fn, params, data):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _newton(loss_fn, params, data, weights, precond, tol, num_iters, cg_iters):
+def _newton(loss_fn, params, data, weights, precond, tol, num_iters, cg_num_iters):
     """Inexact Newton: each step solves H_w d = -g by conjugate gradients preconditioned with
     `precond` (the inverse full-data Hessian at the start), from HVPs of J_w."""
     flat0, _ = ravel_pytree(params)
@@ -127,7 +170,7 @@ def _newton(loss_fn, params, data, weights, precond, tol, num_iters, cg_iters):
 
             z0 = precond @ g
             init = (jnp.zeros_like(g), g, z0, z0, jnp.vdot(g, z0))
-            return jax.lax.fori_loop(0, cg_iters, cg_step, init)[0]
+            return jax.lax.fori_loop(0, cg_num_iters, cg_step, init)[0]
 
         def cond(state):
             k, _, g = state
@@ -173,27 +216,48 @@ def _optax(loss_fn, params, data, weights, optimizer, num_steps):
     return jax.vmap(solve)(weights)
 
 
+class FitResult(NamedTuple):
+    """The optimum found by `fit` and the gradient norm of the objective there."""
+
+    params: PyTree
+    grad_norm: float
+
+
 def fit(
     loss_fn: Callable, params: PyTree, data, *, num_refreshes: int = 20, tol: float | None = None,
     **options
-) -> tuple[PyTree, float]:
+) -> FitResult:
     """Train on the whole dataset to convergence by Newton's method (convex models).
 
-    Each round refreshes the Hessian and runs the fixed-preconditioner iteration of `retrain`.
-    Returns (params, final gradient norm); leave-one-out and LDS ground truths are measured
-    against this optimum.
+    Each round refreshes the Hessian and runs the fixed-preconditioner iteration of
+    `retrain_weighted` (5 Newton steps unless `num_iters=` says otherwise). Leave-one-out and LDS
+    ground truths are measured against this optimum.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the training objective (regulariser
+            included), a mean over the batch.
+        params: pytree, the starting point.
+        data: pytree of arrays [n, ...], the training set.
+        num_refreshes: most Hessian refreshes (rounds of Newton steps).
+        tol: gradient norm at which to stop; None means `numerics.default_tol` of the dtype.
+        **options: passed to `retrain_weighted` (`num_iters`, `cg_num_iters`, `damping`, ...).
+
+    Returns:
+        `FitResult(params, grad_norm)`: the optimum and the gradient norm reached (compare it
+        with `tol`: it stays above when `num_refreshes` rounds were not enough).
     """
     n = num_examples(data, "data")
+    num_refreshes = check_positive_int("num_refreshes", num_refreshes)
     flat0, _ = ravel_pytree(params)
     options.setdefault("num_iters", 5)
     tol = default_tol(flat0.dtype) if tol is None else tol
     gnorm = float("inf")
     for _ in range(num_refreshes):
-        result = retrain(loss_fn, params, data, jnp.ones((1, n), flat0.dtype), tol=tol, **options)
+        result = retrain_weighted(loss_fn, params, data, jnp.ones((1, n), flat0.dtype), tol=tol, **options)
         params, gnorm = jax.tree.map(lambda a: a[0], result.params), float(result.grad_norm[0])
         if gnorm <= tol:
             break
-    return params, gnorm
+    return FitResult(params, gnorm)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -203,5 +267,15 @@ def _outputs(measure_fn, stacked_params, test):
 
 
 def outputs(measure_fn: Callable, stacked_params: PyTree, test) -> jax.Array:
-    """measure_fn(params_m, test example t) for every model m and test point t, [M, n_test]."""
+    """The test measure of every model on every test point.
+
+    Args:
+        measure_fn: `measure_fn(params, batch) -> scalar`, a mean over the batch (applied to one
+            test example at a time), e.g. the loss.
+        stacked_params: pytree whose leaves have a leading model axis [M, ...].
+        test: pytree of arrays [n_test, ...], the test points.
+
+    Returns:
+        Array [M, n_test]: measure_fn(params_m, test example t).
+    """
     return _outputs(measure_fn, stacked_params, test)
