@@ -41,8 +41,13 @@ def _section(doc: str, title: str) -> str | None:
 
 
 def _documented_names(args_section: str) -> set[str]:
-    """Argument names listed in an Args section (`name:`, `name (type):`, `*args:`)."""
-    return set(re.findall(r"^\s*\*{0,2}(\w+)(?:\s*\([^)]*\))?\s*:", args_section, re.M))
+    """Argument names listed in an Args section (`name:`, `name (type):`, `*args:`, and
+    `a, b, c: as in f` for arguments shared with a sibling function)."""
+    names = set()
+    for group in re.findall(r"^\s*((?:\*{0,2}\w+(?:\s*\([^)]*\))?\s*,\s*)*\*{0,2}\w+(?:\s*\([^)]*\))?)\s*:",
+                            args_section, re.M):
+        names |= {re.sub(r"\(.*\)", "", n).strip().lstrip("*") for n in group.split(",")}
+    return names
 
 
 def problems(func) -> list[str]:
@@ -111,7 +116,17 @@ def test_the_check_sees_a_missing_argument_and_a_missing_returns():
             x: the input.
         """
 
-    assert problems(documented) == [] and problems(quiet) == []
+    def shared(x, key):
+        """Do a thing.
+
+        Args:
+            x, key: as in `documented`.
+
+        Returns:
+            The thing.
+        """
+
+    assert problems(documented) == [] and problems(quiet) == [] and problems(shared) == []
     assert problems(stale) == ["Args: does not describe ['y']",
                                "no Returns: section (annotate `-> None` if it returns nothing)"]
 

@@ -56,13 +56,7 @@ def grad_cos(loss_fn: Callable, params, train_data, *, measure_fn: Callable | No
     self-influence is 1 for every example (useless for mislabel detection).
 
     Args:
-        loss_fn: `loss_fn(params, batch) -> scalar`, the per-example data loss whose gradients
-            are attributed (applied to one example at a time).
-        params: pytree, the trained model.
-        train_data: pytree of arrays [n, ...], the training set.
-        measure_fn: the test measure whose gradient is taken on test points; None means
-            `loss_fn`.
-        **options: passed to `Estimator` (`chunk_size`, `cache_bytes`).
+        loss_fn, params, train_data, measure_fn, options: as in `grad_dot`.
 
     Returns:
         The `Estimator` "grad_cos".

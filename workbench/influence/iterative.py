@@ -181,20 +181,12 @@ def lissa(loss_fn: Callable, params, train_data, *, damping: float = 0.0, kind: 
     or damping. Uses the full dataset-averaged operator (deterministic), not minibatch samples.
 
     Args:
-        loss_fn: `loss_fn(params, batch) -> scalar`, the per-example data loss whose gradients
-            are attributed.
-        params: pytree, the trained model.
-        train_data: pytree of arrays [n, ...], the training set the curvature averages over.
-        damping: multiple of the identity added to the curvature (>= 0).
-        kind: the curvature, "hessian", "ggn" or "fisher" (`workbench.curvature`).
+        loss_fn, params, train_data, damping, kind: as in `cg`.
         num_iters: terms of the Neumann series.
         scale: a bound above the largest eigenvalue of C + damping I; None estimates it.
         key: `jax.random` key of the power iteration estimating the scale; required when
             `scale` is None, unused otherwise.
-        measure_fn: the test measure; None means `loss_fn`.
-        objective_fn: the objective whose curvature is inverted; None means `loss_fn`.
-        operator_options: extra options of `workbench.curvature.operator` (e.g. chunk_size).
-        **options: passed to `Estimator` (`chunk_size`, `cache_bytes`).
+        measure_fn, objective_fn, operator_options, options: as in `cg`.
 
     Returns:
         The `Estimator` "lissa" (`info["scale"]` holds the scale used).

@@ -306,7 +306,7 @@ def forget_class(kind: str, model: Model, params: PyTree, forget, retain, key: j
         class.
 
     Returns:
-      `Unlearned(params, losses [num_steps], selected=1)`.
+      `Unlearned(params, losses [num_steps], selected=1)` of `forget_class`.
 
     Raises:
       ValueError: on an unknown kind, bad sets (several forget classes, a forget class in the

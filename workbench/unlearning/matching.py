@@ -63,7 +63,7 @@ def match_outputs(predict_fn: Callable, params: PyTree, x: jax.Array, targets: j
       optimizer_name: "adam" or "sgd".
 
     Returns:
-      `Unlearned(params, losses [num_steps], selected=1)`.
+      `Unlearned(params, losses [num_steps], selected=1)` of `match_outputs`.
 
     Raises:
       ValueError: on bad arguments, or when `x` and `targets` differ in rows or are empty.
@@ -113,11 +113,10 @@ def oracle_matching(loss_fn: Callable, params: PyTree, forget: PyTree, retain: P
       optimizer_name: "adam" or "sgd".
 
     Returns:
-      `Unlearned(params, losses [num_steps], selected=1)`.
+      `Unlearned(params, losses [num_steps], selected=1)` of `oracle_matching`.
 
     Raises:
-      ValueError: on bad sets or arguments.
-      NonFiniteLossError: when the objective or the params become NaN/inf.
+      ValueError, NonFiniteLossError: bad sets or arguments; a NaN/inf objective or params.
     """
     check_sets(forget, retain)
     k_s, k_t = jax.random.split(key)
@@ -225,11 +224,10 @@ def datamodel_matching(loss_fn: Callable, params: PyTree, forget: PyTree, retain
       optimizer_name: "adam" or "sgd".
 
     Returns:
-      `Unlearned(params, losses [num_steps], selected=1)`.
+      `Unlearned(params, losses [num_steps], selected=1)` of `datamodel_matching`.
 
     Raises:
-      ValueError: on bad sets or arguments.
-      NonFiniteLossError: when the objective or the params become NaN/inf.
+      ValueError, NonFiniteLossError: bad sets or arguments; a NaN/inf objective or params.
     """
     k_t, k_m = jax.random.split(key)
     t = datamodel_targets(loss_fn, params, forget, retain, k_t, predict_fn=predict_fn, estimator=estimator,

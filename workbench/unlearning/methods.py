@@ -141,7 +141,7 @@ def retrain(loss_fn: Callable, params: PyTree, forget: PyTree, retain: PyTree, k
       optimizer_name: "adam" or "sgd" (a name, so the learning rate stays a traced value).
 
     Returns:
-      `Unlearned(params, losses [num_steps], selected=1)`.
+      `Unlearned(params, losses [num_steps], selected=1)` of `retrain`.
 
     Raises:
       ValueError: on bad sets or arguments, or when `init_fn` builds another structure.
@@ -224,11 +224,10 @@ def neggrad_plus(loss_fn: Callable, params: PyTree, forget: PyTree, retain: PyTr
       optimizer_name: "sgd" or "adam".
 
     Returns:
-      `Unlearned(params, losses [num_steps], selected=1)`.
+      `Unlearned(params, losses [num_steps], selected=1)` of `neggrad_plus`.
 
     Raises:
-      ValueError: on bad sets or arguments.
-      NonFiniteLossError: when the objective or the params become NaN/inf.
+      ValueError, NonFiniteLossError: bad sets or arguments; a NaN/inf objective or params.
     """
     return _neggrad_plus("neggrad_plus", loss_fn, params, forget, retain, key, learning_rate, num_steps, batch_size,
                          retain_weight, optimizer_name)
@@ -319,11 +318,10 @@ def scrub(loss_fn: Callable, params: PyTree, forget: PyTree, retain: PyTree, key
       optimizer_name: "sgd" or "adam".
 
     Returns:
-      `Unlearned(params, losses [num_steps], selected=1)`.
+      `Unlearned(params, losses [num_steps], selected=1)` of `scrub`.
 
     Raises:
-      ValueError: on bad sets or arguments.
-      NonFiniteLossError: when the objective or the params become NaN/inf.
+      ValueError, NonFiniteLossError: bad sets or arguments; a NaN/inf objective or params.
     """
     check_sets(forget, retain)
     _steps(num_steps, batch_size)
