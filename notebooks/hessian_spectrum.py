@@ -128,7 +128,7 @@ if w1 is not None:
 
 # %%
 top_ggn = spectrum.top_eigenpairs(ggn, key, top_k)
-fig = plots.spectra.top_eigenvalues({"Hessian (Lanczos)": top.values, "GGN (Lanczos)": top_ggn.values},
+fig = plots.spectra.eigenvalues_by_rank({"Hessian (Lanczos)": top.values, "GGN (Lanczos)": top_ggn.values},
                                     exact[::-1][:top_k] if exact is not None else None, "Hessian (dense eigh)")
 workbench.save_figure(fig, "top_eigenvalues")
 plt.show()

@@ -64,7 +64,7 @@ def test_spectra_densities_top_eigenvalues_traces():
     assert len(fig.axes[0].patches) == 120 and len(fig.axes[1].patches) == 0  # histogram only with eigenvalues
     assert len(plots.spectra.spectral_densities({"Hessian": density()}).axes) == 1
 
-    fig = plots.spectra.top_eigenvalues({"H": np.arange(5, 0, -1.0), "G": np.arange(5, 0, -1.0) * 0.9},
+    fig = plots.spectra.eigenvalues_by_rank({"H": np.arange(5, 0, -1.0), "G": np.arange(5, 0, -1.0) * 0.9},
                                         np.arange(5, 0, -1.0), "Hessian (dense eigh)")
     (ax,) = fig.axes
     assert len(ax.lines) == 3 and labels(ax)[:2] == ("rank", "eigenvalue")

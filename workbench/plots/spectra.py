@@ -43,7 +43,7 @@ def spectral_densities(densities: Mapping[str, object], eigenvalues: Mapping[str
     return fig
 
 
-def top_eigenvalues(curves: Mapping[str, np.ndarray], reference: np.ndarray | None = None,
+def eigenvalues_by_rank(curves: Mapping[str, np.ndarray], reference: np.ndarray | None = None,
                     reference_label: str = "dense eigh"):
     """Eigenvalue against rank (1 = largest) on a log scale, one marked line per named estimate,
     and black dots for `reference` (e.g. the largest eigenvalues of the dense matrix).

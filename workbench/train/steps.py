@@ -148,7 +148,7 @@ def optimize(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data: 
 def optimize_streams(objective: Callable[[PyTree, tuple], jax.Array], params: PyTree, streams: Sequence[Any],
                      key: jax.Array, *, optimizer: optax.GradientTransformation, num_steps: int | jax.Array,
                      batch_sizes: Sequence[int], max_steps: int | None = None,
-                     step_keys: bool = False) -> tuple[PyTree, jax.Array]:
+                     step_keys: bool = False) -> OptimizeResult:
     """`num_steps` optax steps of an objective that reads one minibatch from each of several data
     streams: (final params, losses [max_steps]).
 
@@ -180,8 +180,8 @@ def optimize_streams(objective: Callable[[PyTree, tuple], jax.Array], params: Py
       step_keys: append a per-step key to the batches.
 
     Returns:
-      `(params, losses)`: the params after `num_steps` steps and the objective before each step
-      ([max_steps], in the params' dtype).
+      `OptimizeResult(params, losses)`: the params after `num_steps` steps and the objective
+      before each step ([max_steps], in the params' dtype).
 
     Raises:
       ValueError: when the streams and batch sizes differ in number, or a size is not a positive
@@ -212,4 +212,4 @@ def optimize_streams(objective: Callable[[PyTree, tuple], jax.Array], params: Py
     dtype = jnp.result_type(*jax.tree.leaves(params))
     init = (params, optimizer.init(params), jnp.zeros((length,), dtype))
     params, _, losses = jax.lax.fori_loop(0, num_steps, body, init)
-    return params, losses
+    return OptimizeResult(params, losses)
