@@ -158,20 +158,23 @@ def map_chunks(fn: Callable, data: PyTree, chunk_size: int, *, even: bool = Fals
     return jax.tree.map(lambda o: o.reshape(num_chunks * chunk_size, *o.shape[2:])[:n], out)
 
 
-def sum_chunks(fn: Callable, data: PyTree, chunk_size: int) -> PyTree:
+def sum_chunks(fn: Callable, data: PyTree, chunk_size: int, varying_axis: str | None = None) -> PyTree:
     """The sum of `fn(chunk)` over consecutive chunks of `data`: the full chunks under one
     `lax.scan` (one compiled chunk shape, whatever the row count), the remainder as one smaller
     chunk. The accumulation of every dataset-averaged quantity (curvature operators, local or
     sharded over processes).
 
-    The first chunk's value starts the sum (no zero carry: inside `shard_map` its type is the
-    chunk's own), so one chunk is `fn(data)` exactly.
+    The scan starts from zeros shaped like `fn`'s value (read off `jax.eval_shape`, so `fn` is
+    compiled once for the full chunks and once for the remainder, never a third time for a
+    first chunk outside the loop); 0 + x = x, so one chunk is `fn(data)` exactly.
 
     Args:
         fn: `fn(chunk) -> pytree of arrays` (a sum or a size-weighted value over the chunk's rows;
             the chunk holds `chunk_size` rows, the remainder fewer).
         data: a pytree of arrays with a common leading row axis [n, ...].
         chunk_size: rows per chunk (values above n mean one chunk).
+        varying_axis: inside `shard_map`, the mesh axis the rows vary over: the zero carry is
+            typed device-varying like `fn`'s value (None outside `shard_map`).
 
     Returns:
         The pytree sum of `fn` over the chunks.
@@ -181,10 +184,15 @@ def sum_chunks(fn: Callable, data: PyTree, chunk_size: int) -> PyTree:
     num_full, tail = divmod(n, chunk_size)
     take = lambda a: a[: num_full * chunk_size].reshape((num_full, chunk_size) + a.shape[1:])  # noqa: E731
     chunks = jax.tree.map(take, data)
-    total = fn(jax.tree.map(lambda a: a[0], chunks))
-    if num_full > 1:
+    shapes = jax.eval_shape(fn, jax.tree.map(lambda a: a[0], chunks))
+    total = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    if varying_axis is not None:
+        total = jax.lax.pcast(total, varying_axis, to="varying")
+    if num_full == 1:  # one chunk: no loop
+        total = jax.tree.map(jnp.add, total, fn(jax.tree.map(lambda a: a[0], chunks)))
+    else:
         body = lambda acc, c: (jax.tree.map(jnp.add, acc, fn(c)), None)  # noqa: E731
-        total = jax.lax.scan(body, total, jax.tree.map(lambda a: a[1:], chunks))[0]
+        total = jax.lax.scan(body, total, chunks)[0]
     if tail:
         part = fn(jax.tree.map(lambda a: a[num_full * chunk_size:], data))
         total = jax.tree.map(jnp.add, total, part)
@@ -219,7 +227,7 @@ def sharded_sum(fn: Callable, replicated: PyTree, data: PyTree, mesh, chunk_size
 
     def local(rep, rows):
         rep = jax.lax.pcast(rep, axis, to="varying")
-        return jax.lax.psum(sum_chunks(lambda c: fn(rep, c), rows, chunk), axis)
+        return jax.lax.psum(sum_chunks(lambda c: fn(rep, c), rows, chunk, varying_axis=axis), axis)
 
     return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis)), out_specs=P())(replicated, data)
 
