@@ -1,4 +1,4 @@
-"""The layering of DESIGN.md, read off the import graph: nothing imports upward.
+"""The layering of docs/architecture.md, read off the import graph: nothing imports upward.
 
 Every `import workbench.X` / `from workbench.X import ...` in the package (function-level imports
 included) is checked against the layer order below. A capability may import the engines and the

@@ -5,7 +5,7 @@ number of parameters) scaled so that E||Phi x||^2 = ||x||^2: dot products of gra
 top of a Hessian's spectrum survive it, in D numbers per vector instead of dim_in.
 
 Two groups of kinds, each stated precisely by `describe(kind)`:
-- the paper's constructions, rebuilt from its equations (see ../shared/references and the module
+- the paper's constructions, rebuilt from its equations (see the kinds' module
   docstrings): `fjl` (Hadamard + sparse Gaussian with ~D log^2 N non-zeros), `ffd` (Fastfood used
   implicitly: the transpose of the Fastfood feature map, a sum over input blocks of size D),
   `affd` = R_D(sqrt(N/D) H^{pi2} G H^{pi1} B x) and `afjl` = R_D(sqrt(N/D) G H^{pi1} B x) with the
