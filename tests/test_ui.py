@@ -259,12 +259,26 @@ def test_schedule_panels():
     assert p.button is None  # live
     r = run_and_check(p)
     assert r.T == 1000 and r.curve.shape == (3,)
-    import time
+    # A live panel must stay cheap: once warm, moving a slider compiles no new program (counted,
+    # not timed, so a busy machine cannot fail it). The first move may compile the warm-up's ops.
+    import logging
 
-    start = time.process_time()
+    import jax
+
     p.controls["warmup_fraction"].value = 0.1
-    assert time.process_time() - start < 1.0, "a live panel must answer well under a second"
     assert len(p.history) == 2
+    compiled = []
+    handler = logging.Handler()
+    handler.emit = lambda record: compiled.append(record.getMessage())
+    logging.getLogger("jax").addHandler(handler)
+    try:
+        with jax.log_compiles():
+            p.controls["warmup_fraction"].value = 0.2
+            p.controls["cooldown_fraction"].value = 0.3
+    finally:
+        logging.getLogger("jax").removeHandler(handler)
+    assert len(p.history) == 4
+    assert not [m for m in compiled if m.startswith("Compiling")], compiled
 
     res = run_and_check(refinement_panel(functools.partial(digits_refinement, batch_size=32, seed=0), num_steps=100))
     assert set(res.runs) == {"linear decay", "cosine", "refined"}
