@@ -21,7 +21,6 @@
 #       ssd_forget_accuracy: <0.05
 #       ssd_retain_gap: <0.01
 #       ssd_selected_above_bound: <1e-12
-#       ssd_speedup: '>1'
 #     full:
 #       forget_kinds:
 #       - random
