@@ -77,7 +77,9 @@ def test_residuals_show_an_operator_that_is_not_symmetric(key):
     sym = rng.normal(size=(30, 30))
     matrix = jnp.asarray(sym + sym.T + 0.3 * rng.normal(size=(30, 30)))
     op = curvature.LinearOperator(lambda a, v: a @ v, matrix, jax.ShapeDtypeStruct((30,), matrix.dtype))
-    result = spectrum.top_eigenpairs(op, key, 3, num_iters=30, max_restarts=0)
+    with pytest.raises(RuntimeError, match="did not converge.*unconverged=.return."):
+        spectrum.top_eigenpairs(op, key, 3, num_iters=30, max_restarts=0)  # the default refuses them
+    result = spectrum.top_eigenpairs(op, key, 3, num_iters=30, max_restarts=0, unconverged="return")
     x = np.asarray(result.vectors)
     true = np.linalg.norm(x @ np.asarray(matrix).T - np.asarray(result.values)[:, None] * x, axis=1)
     np.testing.assert_allclose(result.residuals, true, rtol=1e-8)

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from workbench.core.numerics import check_nonnegative
+
 PyTree = Any
 _ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu}
 
@@ -223,8 +225,7 @@ def functional(model: nnx.Module, loss: str = "cross_entropy", l2: float = 0.0) 
     """
     if loss not in OUTPUT_LOSSES:
         raise ValueError(f"loss must be one of {sorted(OUTPUT_LOSSES)}, got {loss!r}")
-    if l2 < 0:
-        raise ValueError(f"l2 must be non-negative, got {l2}")
+    l2 = check_nonnegative("l2", l2)
     graphdef, param_state, rest = nnx.split(model, nnx.Param, ...)
     params = nnx.to_pure_dict(param_state)
     output_loss_fn = OUTPUT_LOSSES[loss]

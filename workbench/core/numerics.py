@@ -124,6 +124,29 @@ def check_positive_int(name: str, value, least: int = 1) -> int:
     return int(value)
 
 
+def check_nonnegative(name: str, value, remedy: str = "") -> float:
+    """`value` as a float if it is a finite real number >= 0, else a ValueError naming `name`.
+
+    Args:
+        name: the argument's name, used in the message.
+        value: the value checked (a multiple of the identity, a regularisation strength ...).
+        remedy: an optional sentence appended to the message.
+
+    Returns:
+        `value` as a Python float.
+
+    Raises:
+        ValueError: `value` is negative, NaN, infinite or not a real number.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not np.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}" + (f"; {remedy}" if remedy else ""))
+    return number
+
+
 def check_floating(params: PyTree, name: str = "params") -> jax.typing.DTypeLike:
     """Check that `params` is a non-empty pytree of floating-point arrays (what every
     differentiating routine needs) and return their common dtype.

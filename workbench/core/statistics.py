@@ -86,9 +86,19 @@ def correlations(predicted, actual) -> Correlations:
         `Correlations(pearson, spearman, pearson_pooled, spearman_pooled)`, Python floats.
 
     Raises:
-        ValueError: if the shapes differ.
+        ValueError: if the shapes differ, either side is not finite, or either side is constant
+            (a correlation with a constant is undefined, never reported as a number).
     """
     predicted, actual = _rows(predicted), _rows(actual)
+    for name, values in (("predicted", predicted), ("actual", actual)):
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"correlations: {name} contains NaN or inf")
+        if values.size and np.all(values == values.ravel()[0]):
+            raise ValueError(f"correlations: {name} is constant ({float(values.ravel()[0]):g} everywhere); "
+                             "a correlation with a constant is undefined")
+    if predicted.shape[1] > 1 and (np.all(np.ptp(predicted, axis=1) == 0) or np.all(np.ptp(actual, axis=1) == 0)):
+        raise ValueError("correlations: every row of predicted (or of actual) is constant, so no per-row "
+                         "correlation is defined")
     return Correlations(
         float(np.nanmean(pearson_rows(predicted, actual))),
         float(np.nanmean(spearman_rows(predicted, actual))),

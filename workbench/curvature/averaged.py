@@ -17,7 +17,12 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from workbench.core.numerics import check_floating, check_positive_int, num_examples
+from workbench.core.numerics import (
+    check_floating,
+    check_nonnegative,
+    check_positive_int,
+    num_examples,
+)
 from workbench.core.per_example import (
     mean_loss,
     sharded_sum,
@@ -125,7 +130,7 @@ def operator(
             inconsistent data, a bad `chunk_size` or a `select` matching nothing.
     """
     loss_fn, predict_fn, output_loss_fn, l2 = resolve_roles(loss_fn, kind, predict_fn, output_loss_fn, l2)
-    l2 = float(l2 or 0.0)
+    l2 = check_nonnegative("l2", l2 or 0.0, "it is the regulariser's curvature, l2 I")
     check_floating(params)
     n = num_examples(data)
     if chunk_size is None:

@@ -42,6 +42,8 @@ Example:
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Callable
 
 from workbench.core.numerics import check_finite, num_examples
@@ -124,12 +126,41 @@ def make(name: str, loss_fn, params, train_data, **options) -> Estimator:
     if "objective_fn" in options and name not in CURVATURE_ESTIMATORS:
         raise ValueError(f"objective_fn= applies to the curvature estimators {CURVATURE_ESTIMATORS}, "
                          f"not to {name!r}")
+    _check_option_names(name, options)
     check_finite(params, "params")
     n = num_examples(train_data, "train_data")
     if n < 2:
         raise ValueError(f"train_data needs at least 2 examples, got {n}")
     check_finite(train_data, "train_data")
     return ESTIMATORS[name](loss_fn, params, train_data, **options)
+
+
+ESTIMATOR_OPTIONS = ("chunk_size", "cache_bytes")  # every estimator's (the `Estimator` itself)
+
+
+def option_names(name: str) -> list[str]:
+    """The options `make(name, ...)` accepts: its factory's keywords and the common ones.
+
+    Args:
+        name: an estimator name, a key of `ESTIMATORS`.
+
+    Returns:
+        The sorted option names.
+    """
+    parameters = inspect.signature(ESTIMATORS[name]).parameters.values()
+    own = {p.name for p in parameters if p.kind is p.KEYWORD_ONLY or (
+        p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in ("loss_fn", "params", "train_data"))}
+    return sorted(own | set(ESTIMATOR_OPTIONS))
+
+
+def _check_option_names(name: str, options: dict) -> None:
+    valid = option_names(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        close = {u: difflib.get_close_matches(u, valid, n=1) for u in unknown}
+        hints = "".join(f" ({u!r}: did you mean {c[0]!r}?)" for u, c in close.items() if c)
+        raise ValueError(f"influence.make({name!r}): unknown option(s) {unknown}{hints}; "
+                         f"{name!r} accepts {valid}")
 
 
 __all__ = [
@@ -148,6 +179,7 @@ __all__ = [
     "lissa",
     "make",
     "margin_output",
+    "option_names",
     "tracin",
     "trak",
     "validation",

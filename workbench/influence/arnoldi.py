@@ -198,7 +198,8 @@ def arnoldi(
         # bottom of the discarded tail, so the flat-tail assumption can be checked
         smallest = float(spectrum.ritz_pairs(factorization, 1, "smallest").values[0])
     else:
-        eig = spectrum.top_eigenpairs(op, key, k + int(with_tail), which="largest", method=method, num_iters=num_iters)
+        eig = spectrum.top_eigenpairs(op, key, k + int(with_tail), which="largest", method=method, num_iters=num_iters,
+                                      unconverged="return")  # warned about below
         eig_values, eig_vectors, converged = eig.values[:k], eig.vectors[:k], eig.converged[:k]
         next_value = eig.values[-1]
         depth = num_iters

@@ -27,7 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.core.numerics import check_finite, check_positive_int, num_examples
+from workbench.core.numerics import (
+    check_finite,
+    check_nonnegative,
+    check_positive_int,
+    num_examples,
+)
 from workbench.core.per_example import flat_per_example_grads, map_chunks, per_example_losses
 
 PyTree = Any
@@ -118,10 +123,7 @@ def check_damping(damping: float) -> float:
     Raises:
         ValueError: if it is negative, NaN or infinite.
     """
-    damping = float(damping)
-    if not np.isfinite(damping) or damping < 0:
-        raise ValueError(f"damping must be a finite number >= 0, got {damping}")
-    return damping
+    return check_nonnegative("damping", damping)
 
 
 # ----------------------------------------------------------------------------- the estimator

@@ -160,7 +160,13 @@ def _lissa_precondition(num_iters: int) -> Callable:
         def solve(b):
             # x <- b + (I - (C + damping I) / scale) x;  (C + damping I)^{-1} b = x_inf / scale
             step = lambda _, x: b + x - (op.mv(x) + damping * x) / scale
-            return jax.lax.fori_loop(0, num_iters, step, b) / scale
+            x = jax.lax.fori_loop(0, num_iters, step, b)
+            # a partial sum of a convergent series leaves a residual below |b| (each eigen-
+            # component shrinks by |1 - lambda / scale| < 1 per term); above it, it diverged
+            residual = jnp.linalg.norm(b - (op.mv(x) + damping * x) / scale)
+            bound = jnp.linalg.norm(b) * (1 + jnp.sqrt(jnp.finfo(b.dtype).eps))  # round-off
+            diverged = ~(residual <= bound) & jnp.all(jnp.isfinite(b))
+            return jnp.where(diverged, jnp.inf, x / scale)
 
         return jax.vmap(solve)(features)
 
@@ -189,7 +195,9 @@ def lissa(loss_fn: Callable, params, train_data, *, damping: float = 0.0, kind: 
         measure_fn, objective_fn, operator_options, options: as in `cg`.
 
     Returns:
-        The `Estimator` "lissa" (`info["scale"]` holds the scale used).
+        The `Estimator` "lissa" (`info["scale"]` holds the scale used); scoring raises
+        RuntimeError when the series diverged (its final residual exceeds the gradient's norm:
+        scale below half the top eigenvalue, or an indefinite curvature).
 
     Raises:
         ValueError: if neither `key` nor `scale` is given, or the scale is not positive.
@@ -214,10 +222,16 @@ def lissa(loss_fn: Callable, params, train_data, *, damping: float = 0.0, kind: 
     if not scale > 0:
         raise ValueError(f"scale must be positive, got {scale}")
     info = {"damping": damping, "kind": kind, "num_iters": num_iters, "scale": float(scale)}
-    return Estimator(
+    est = Estimator(
         "lissa", train_data, grad_featurizer(loss_fn), _lissa_precondition(int(num_iters)),
         {"params": params, "op": op, "damping": jnp.asarray(damping, op.dtype),
          "scale": jnp.asarray(scale, op.dtype)},
         featurize_test=grad_featurizer(measure_fn) if measure_fn else None, info=info, **options,
     )
+    est.nonfinite_reasons = {"inf": (RuntimeError, (
+        f"the LiSSA series diverged for some test points (its residual grew above the gradient's "
+        f"norm): scale={float(scale):.4g} must exceed half the largest eigenvalue of {kind} + damping I "
+        f"(damping={damping}), which must be positive definite. Leave scale=None to estimate it, or "
+        "raise the damping"))}
+    return est
 

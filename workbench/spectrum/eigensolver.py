@@ -23,6 +23,7 @@ from workbench.spectrum.krylov import (
     _combine_rows_in_place,
     _extend,
     _start,
+    check_start_vector,
 )
 
 WHICH = ("largest", "smallest", "both")
@@ -117,14 +118,14 @@ def _wanted_pairs(basis, hess, theta, s, wanted, count, tol, matvecs, xp=jnp):
 
 
 @quick_compile_on_cpu(static_argnums=(2,))
-def _first_pass(op, key, m):
+def _first_pass(op, key, m, v0=None):
     """One Lanczos pass of depth m from the start vector: the only program a first call for the
     largest eigenvalues compiles (operator products and Gram-Schmidt; the small projected
     matrix is finished on the host by `_finish_first_pass`, so no eigensolver, sort or Ritz
     vectors are compiled into it, and it is shared by every k, tol and max_restarts). A
     breakdown freezes the factorization (fresh vectors are the restart program's job). Returns
     the basis, the projected matrix and the seed the restart program continues with."""
-    basis, hess, finite, seed = _start(op, key, m)
+    basis, hess, finite, seed = _start(op, key, m, v0)
     basis, hess, _, _ = _extend(op.mv, basis, hess, finite, seed, 0, m, fresh_on_breakdown=False)
     return basis, hess, seed
 
@@ -157,9 +158,9 @@ def _continued_state_shapes(hess, seed):
             jax.ShapeDtypeStruct((m, m), dtype), scalar(bool))
 
 
-def _initial_state(op, key, m):
+def _initial_state(op, key, m, v0=None):
     """The restart loop's basis and state before its first pass: v0 in the residual slot, keep 0."""
-    basis, hess, finite, seed = _start(op, key, m)
+    basis, hess, finite, seed = _start(op, key, m, v0)
     basis = basis.at[m].set(basis[0]).at[0].set(0)
     dtype = basis.dtype
     return basis, (jnp.int32(0), hess, finite, seed, jnp.zeros(m, dtype), jnp.eye(m, dtype=dtype),
@@ -167,7 +168,7 @@ def _initial_state(op, key, m):
 
 
 @quick_compile_on_cpu(static_argnums=(3, 4, 7), donate_argnums=(8,))
-def _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, count, basis=None, state=None):
+def _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, count, basis=None, state=None, v0=None):
     """Krylov-Schur (thick-restart Lanczos) for the k wanted eigenpairs of a symmetric operator.
 
     One while loop: each pass (after the first) compresses the basis to the `keep` wanted Ritz
@@ -190,7 +191,7 @@ def _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, count, basis
     slots = jnp.arange(m, dtype=jnp.int32)
     wanted = _order(k, m, which)
     kept = _order(keep, m, which)
-    basis, state = _initial_state(op, key, m) if state is None else (basis, state)
+    basis, state = _initial_state(op, key, m, v0) if state is None else (basis, state)
     dtype = basis.dtype
     tol = jnp.asarray(tol, dtype)
 
@@ -235,15 +236,15 @@ def _true_residuals(op, vectors, values, k):
     return jax.lax.fori_loop(jnp.int32(0), k, one, jnp.zeros_like(values))
 
 
-def _krylov_schur(op, key, k, which, m, max_restarts, tol, count):
+def _krylov_schur(op, key, k, which, m, max_restarts, tol, count, v0=None):
     """(pairs, norm estimate, finite). Outside a trace, for the largest eigenvalues, the first
     pass runs alone (one small program) and the restart program compiles only when a wanted
     pair has not converged; inside a trace, and for the smallest (interior-leaning, rarely
     converged after one pass: two programs would compile), the restart program runs from the
     start."""
     if which != "largest" or any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((op, key))):
-        return _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, count)[:3]
-    basis, hess, seed = _first_pass(op, key, m)
+        return _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, count, None, None, v0)[:3]
+    basis, hess, seed = _first_pass(op, key, m, v0)
     if not np.all(np.isfinite(np.asarray(hess))):  # a non-finite product reaches its column
         return None, None, False
     pairs, norm, state, done, broke = _finish_first_pass(basis, hess, seed, k, which, m, count, tol)
@@ -252,7 +253,7 @@ def _krylov_schur(op, key, k, which, m, max_restarts, tol, count):
     del pairs  # not held while the restart program runs
     if broke:  # the frozen factorization has zero rows: start over with fresh vectors
         basis = state = None
-    return _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, count, basis, state)[:3]
+    return _thick_restart_lanczos(op, key, k, which, m, max_restarts, tol, count, basis, state, v0)[:3]
 
 
 def _first(result: EigenResult, k: int) -> EigenResult:
@@ -267,8 +268,8 @@ _PAIR_FIELDS = ("values", "vectors", "residuals", "converged")
 
 
 @quick_compile_on_cpu(static_argnums=(2, 3, 4, 5))
-def _arnoldi_eigen(op, key, k, which, m, tol):
-    basis, hess, finite = _arnoldi_jit(op, key, m)
+def _arnoldi_eigen(op, key, k, which, m, tol, v0=None):
+    basis, hess, finite = _arnoldi_jit(op, key, m, v0)
     theta, s = jnp.linalg.eig(hess[:m])  # general: no symmetry assumed
     order = jnp.argsort(theta.real)
     theta, s = theta.real[order], s[:, order].real
@@ -291,6 +292,9 @@ def top_eigenpairs(
     max_restarts: int = 200,
     tol: float | None = None,
     true_residuals: bool = False,
+    *,
+    start_vector=None,
+    unconverged: str = "raise",
 ) -> EigenResult:
     """The k largest / smallest (algebraic) eigenpairs, or both ends ("both": ceil(k/2) largest
     and floor(k/2) smallest).
@@ -325,6 +329,12 @@ def top_eigenpairs(
         max_restarts: the most restarts of thick-restart Lanczos (0: one pass).
         tol: the relative residual asked (default `default_tol(op.dtype)`).
         true_residuals: recompute the residuals with k more operator products.
+        start_vector: an explicit [dim] start vector (normalised here), as matfree takes one;
+            None hashes it from `key` (restart vectors always come from `key`, on a stream
+            independent of the start vector's).
+        unconverged: what a pair that has not converged does outside a trace: "raise"
+            (default: a RuntimeError naming the remedy), "warn" (a RuntimeWarning) or "return"
+            (no message: read `converged`). Inside a trace the flags are the only signal.
 
     Returns:
         An `EigenResult(values [k], vectors [k, dim], residuals [k], converged [k], num_matvecs)`;
@@ -332,10 +342,15 @@ def top_eigenpairs(
         int outside a trace.
 
     Raises:
-        ValueError: an unknown `which` or `method`, a bad `k` or `num_iters`.
+        ValueError: an unknown `which`, `method` or `unconverged`, a bad `k`, `num_iters` or
+            `start_vector`.
         FloatingPointError: an operator product was NaN or inf.
+        RuntimeError: a wanted pair has not converged and `unconverged` is "raise".
     """
     _check_op(op)
+    if unconverged not in UNCONVERGED:
+        raise ValueError(f"unconverged must be one of {UNCONVERGED}, got {unconverged!r}")
+    v0 = check_start_vector(start_vector, op)
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     if method not in METHODS:
@@ -353,7 +368,7 @@ def top_eigenpairs(
         if num_iters == k:  # the whole space: one pass is exact
             max_restarts = 0
         result, norm, finite = _krylov_schur(
-            op, key, int(k), which, num_iters, int(max_restarts), tol, _output_count(k, num_iters)
+            op, key, int(k), which, num_iters, int(max_restarts), tol, _output_count(k, num_iters), v0
         )
         if finite is False:  # the first pass met a non-finite product: no pairs to return
             _check_finite(finite, "top_eigenpairs")
@@ -363,11 +378,36 @@ def top_eigenpairs(
                                      num_matvecs=result.num_matvecs + int(k))
         result = _first(result, int(k))
     else:
-        result, finite = _arnoldi_eigen(op, key, int(k), which, num_iters, tol)
+        result, finite = _arnoldi_eigen(op, key, int(k), which, num_iters, tol, v0)
     _check_finite(finite, "top_eigenpairs")
     if not isinstance(result.num_matvecs, jax.core.Tracer):
         result = result._replace(num_matvecs=int(result.num_matvecs))
+        _report_unconverged(result, unconverged, method, num_iters, max_restarts, tol)
     return result
+
+
+UNCONVERGED = ("raise", "warn", "return")
+
+
+def _report_unconverged(result, unconverged, method, num_iters, max_restarts, tol):
+    """Raise or warn (per `unconverged`) when a returned pair has not converged."""
+    converged = np.asarray(result.converged)
+    if unconverged == "return" or converged.all():
+        return
+    values, residuals = np.asarray(result.values), np.asarray(result.residuals)
+    missing = np.flatnonzero(~converged)
+    remedy = ("raise max_restarts or num_iters" if method == "lanczos"
+              else "raise num_iters (Arnoldi does not restart)")
+    message = (
+        f"top_eigenpairs: {missing.size} of {converged.size} eigenpairs did not converge to tol={tol:.3g} "
+        f"({method}, num_iters={num_iters}" + (f", max_restarts={max_restarts}" if method == "lanczos" else "")
+        + f"); first unconverged: value {values[missing[0]]:.6g}, residual {residuals[missing[0]]:.3g}. "
+        f"Remedy: {remedy}, or loosen tol; unconverged='return' returns them with their flags")
+    if unconverged == "raise":
+        raise RuntimeError(message)
+    import warnings
+
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 

@@ -190,7 +190,7 @@ def _extend(mv, basis, hess, finite, key, start, stop: int, fresh_on_breakdown: 
         broke = beta <= breakdown_tol * jnp.maximum(scale, jnp.finfo(dtype).tiny)
         one = jnp.ones((), dtype)
         if fresh_on_breakdown:  # invariant subspace: continue from r, orthogonal to the basis
-            r0 = _hash_words(jnp.stack([key, j.astype(key.dtype)]), w.shape[0], dtype)
+            r0 = _hash_words(jnp.append(key, j.astype(key.dtype)), w.shape[0], dtype)
             r = _orthogonalize(basis, r0)[0]
             norm = jnp.linalg.norm(r)
             alive = norm > 1e-3 * jnp.linalg.norm(r0)  # else the basis already spans everything
@@ -206,30 +206,63 @@ def _extend(mv, basis, hess, finite, key, start, stop: int, fresh_on_breakdown: 
     return basis, hess, finite & jnp.all(jnp.isfinite(hess)), key
 
 
+# Tags the restart stream: restart vectors hash (key words, tag, step), the start vector the key
+# words alone, so no key makes a restart vector equal the start vector (key(0) once did, and a
+# Krylov space invariant at its first step then reported a spurious eigenvalue 0).
+_RESTART_STREAM = 0x52535452
+
+
 def _start(op, key, num_iters, v0=None):
-    """Basis with the unit start vector (pseudo-random from `key` unless given) and an integer
-    seed for breakdown restarts."""
-    v0 = _hash_words(jax.random.key_data(key), op.dim, op.dtype) if v0 is None else v0
-    key = jnp.sum(jax.random.key_data(key) % (1 << 16)).astype(jnp.int32)  # no RNG compile
+    """Basis with the unit start vector (pseudo-random from `key` unless given) and the uint32
+    seed words of the breakdown restarts (an independent stream of the same key)."""
+    words = jnp.asarray(jax.random.key_data(key)).ravel().astype(jnp.uint32)
+    v0 = _hash_words(words, op.dim, op.dtype) if v0 is None else v0
+    key = jnp.append(words, jnp.uint32(_RESTART_STREAM))  # no RNG compile
     basis = jnp.zeros((num_iters + 1, op.dim), op.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
     hess = jnp.zeros((num_iters + 1, num_iters), op.dtype)
     return basis, hess, jnp.asarray(True), key
 
 
+def check_start_vector(start_vector, op):
+    """The explicit Krylov start vector as a [dim] array of the operator's dtype, or None.
+
+    Args:
+        start_vector: None (hash one from the key) or a nonzero finite vector of length op.dim.
+        op: the operator it starts.
+
+    Returns:
+        None, or the vector as a jax array of dtype op.dtype.
+
+    Raises:
+        ValueError: the vector has another shape, is zero, or is not finite.
+    """
+    if start_vector is None or isinstance(start_vector, jax.core.Tracer):
+        return start_vector
+    v = np.asarray(start_vector)
+    if v.shape != (op.dim,):
+        raise ValueError(f"start_vector must have shape ({op.dim},) like the operator, got {v.shape}")
+    if not np.all(np.isfinite(v)) or not np.any(v):
+        raise ValueError("start_vector must be finite and nonzero")
+    return jnp.asarray(v, op.dtype)
+
+
 @quick_compile_on_cpu(static_argnums=(2,))
-def _arnoldi_jit(op, key, num_iters):
-    basis, hess, finite, key = _start(op, key, num_iters)
+def _arnoldi_jit(op, key, num_iters, v0=None):
+    basis, hess, finite, key = _start(op, key, num_iters, v0)
     basis, hess, finite, _ = _extend(op.mv, basis, hess, finite, key, 0, num_iters)
     return ArnoldiResult(basis, hess, finite)
 
 
-def arnoldi_factorization(op, key, num_iters: int) -> ArnoldiResult:
+def arnoldi_factorization(op, key, num_iters: int, *, start_vector=None) -> ArnoldiResult:
     """`num_iters` Arnoldi steps with full reorthogonalization from a pseudo-random start vector (hashed from `key`).
 
     Args:
         op: the `curvature.LinearOperator`.
-        key: PRNG key hashed into the start vector.
+        key: PRNG key hashed into the start vector and, independently, into the vectors that
+            continue the factorization after a breakdown.
         num_iters: the depth m, at most dim.
+        start_vector: an explicit [dim] start vector (normalised here), as matfree takes one;
+            None hashes it from `key`.
 
     Returns:
         An `ArnoldiResult(basis [m + 1, dim], hessenberg [m + 1, m], finite)`.
@@ -239,7 +272,7 @@ def arnoldi_factorization(op, key, num_iters: int) -> ArnoldiResult:
     """
     _check_op(op)
     num_iters = _check_iters(num_iters, op.dim)
-    result = _arnoldi_jit(op, key, num_iters)
+    result = _arnoldi_jit(op, key, num_iters, check_start_vector(start_vector, op))
     _check_finite(result.finite, "arnoldi_factorization")
     return result
 
@@ -269,19 +302,20 @@ def _plain_recurrence(op, v0, num_iters):
 
 
 @quick_compile_on_cpu(static_argnums=(2,))
-def _lanczos_plain(op, key, num_iters):
-    v0 = _hash_words(jax.random.key_data(key), op.dim, op.dtype)  # the start vector of `_start`
+def _lanczos_plain(op, key, num_iters, v0=None):
+    if v0 is None:
+        v0 = _hash_words(jax.random.key_data(key), op.dim, op.dtype)  # the start vector of `_start`
     alphas, betas, finite = _plain_recurrence(op, v0 / jnp.linalg.norm(v0), num_iters)
     return LanczosResult(alphas, betas, None, finite)
 
 
-def _lanczos_full(op, key, num_iters):
-    basis, hess, finite = _arnoldi_jit(op, key, num_iters)
+def _lanczos_full(op, key, num_iters, v0=None):
+    basis, hess, finite = _arnoldi_jit(op, key, num_iters, v0)
     idx = jnp.arange(num_iters)
     return LanczosResult(hess[idx, idx], hess[idx + 1, idx], basis, finite)
 
 
-def lanczos(op, key, num_iters: int, reorthogonalize: bool = True) -> LanczosResult:
+def lanczos(op, key, num_iters: int, reorthogonalize: bool = True, *, start_vector=None) -> LanczosResult:
     """`num_iters` Lanczos steps on a symmetric operator from a pseudo-random unit start vector
     (hashed from `key`).
 
@@ -293,6 +327,8 @@ def lanczos(op, key, num_iters: int, reorthogonalize: bool = True) -> LanczosRes
         key: PRNG key hashed into the start vector.
         num_iters: the number of steps m, at most dim.
         reorthogonalize: keep and fully reorthogonalize the basis.
+        start_vector: an explicit [dim] start vector (normalised here), as matfree takes one;
+            None hashes it from `key`.
 
     Returns:
         A `LanczosResult(alphas [m], betas [m], basis [m + 1, dim] or None, finite)`.
@@ -302,7 +338,8 @@ def lanczos(op, key, num_iters: int, reorthogonalize: bool = True) -> LanczosRes
     """
     _check_op(op)
     num_iters = _check_iters(num_iters, op.dim)
-    result = (_lanczos_full if reorthogonalize else _lanczos_plain)(op, key, num_iters)
+    v0 = check_start_vector(start_vector, op)
+    result = (_lanczos_full if reorthogonalize else _lanczos_plain)(op, key, num_iters, v0)
     _check_finite(result.finite, "lanczos")
     return result
 

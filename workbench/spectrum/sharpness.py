@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from workbench import curvature
 from workbench.core.numerics import check_positive_int, default_tol
@@ -24,7 +25,8 @@ from workbench.spectrum.eigensolver import _output_count, _thick_restart_lanczos
 
 @functools.lru_cache(maxsize=64)
 def _top_values_fn(loss_fn, k, num_iters, max_restarts, tol, kind, chunk_size):
-    """jit(params, data, key) -> (the k largest eigenvalues, every product finite), compiled once
+    """jit(params, data, key) -> (the k largest eigenvalues, every product finite, each of the k
+    converged), compiled once
     per (loss_fn, configuration) and params/data shapes; the data is an argument, never a
     constant baked into the program."""
 
@@ -36,20 +38,36 @@ def _top_values_fn(loss_fn, k, num_iters, max_restarts, tol, kind, chunk_size):
             op, key, k, "largest", m, max_restarts, tol or default_tol(op.dtype), _output_count(k, m)
         )
         values = result.values[:k]
-        return values, finite & jnp.all(jnp.isfinite(values))
+        return values, finite & jnp.all(jnp.isfinite(values)), result.converged[:k]
 
     return top
 
 
-def _check_options(k, kind):
+def _check_options(k, kind, num_iters, max_restarts):
     check_positive_int("k", k)
+    check_positive_int("num_iters", num_iters)
+    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int | np.integer) or max_restarts < 0:
+        raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
     if kind not in curvature.KINDS:
         raise ValueError(f"kind must be one of {curvature.KINDS}, got {kind!r}")
 
 
+def _check_dim(k, params):
+    dim = optax.tree.size(params)
+    if k > dim:
+        raise ValueError(f"k={k} exceeds the number of parameters {dim}: there are only {dim} eigenvalues")
+
+
+def _unconverged_message(where, values, converged, num_iters, max_restarts):
+    missing = np.flatnonzero(~np.asarray(converged))
+    return (f"{where}: {missing.size} of the {len(converged)} top eigenvalues did not converge (first: "
+            f"{float(np.asarray(values)[missing[0]]):.6g}) after {max_restarts} restarts at depth {num_iters}; "
+            "raise num_iters or max_restarts, or loosen tol")
+
+
 def sharpness(
-    loss_fn, params, data, key, *, k: int = 1, num_iters: int = 20, kind: str = "hessian",
-    chunk_size: int | None = None,
+    loss_fn, params, data, key, *, k: int = 1, num_iters: int = 20, max_restarts: int = 50,
+    tol: float | None = None, kind: str = "hessian", chunk_size: int | None = None,
 ) -> jax.Array:
     """The k largest eigenvalues of the loss curvature over `data` (descending).
 
@@ -61,8 +79,10 @@ def sharpness(
         params: the point.
         data: the dataset the curvature averages over.
         key: PRNG key of the Lanczos start vector.
-        k: how many of the largest eigenvalues.
-        num_iters: the Krylov depth.
+        k: how many of the largest eigenvalues (at most the number of parameters).
+        num_iters: the Krylov depth (raised to k + 1, capped at the number of parameters).
+        max_restarts: the most thick restarts.
+        tol: the relative residual asked (default by dtype).
         kind: "hessian", "ggn" or "fisher" (as in `curvature.operator`).
         chunk_size: examples per operator product (as in `curvature.operator`).
 
@@ -70,13 +90,19 @@ def sharpness(
         [k] the largest eigenvalues, descending.
 
     Raises:
+        ValueError: k above the number of parameters, num_iters < 1, an unknown kind.
         FloatingPointError: a curvature product was NaN or inf.
+        RuntimeError: an eigenvalue did not converge within max_restarts.
     """
-    _check_options(k, kind)
-    values, finite = _top_values_fn(loss_fn, k, num_iters, 50, None, kind, chunk_size)(params, data, key)
+    _check_options(k, kind, num_iters, max_restarts)
+    _check_dim(k, params)
+    values, finite, converged = _top_values_fn(loss_fn, k, num_iters, max_restarts, tol, kind, chunk_size)(
+        params, data, key)
     if not bool(finite):
         raise FloatingPointError("sharpness: a curvature product returned NaN or inf (check the loss "
                                  "and params for non-finite values)")
+    if not np.all(np.asarray(converged)):
+        raise RuntimeError(_unconverged_message("sharpness", values, converged, num_iters, max_restarts))
     return values
 
 
@@ -115,16 +141,24 @@ def sharpness_callback(
 
     Returns:
         `callback(step, params) -> dict` of Python floats; it raises FloatingPointError naming the
-        step when a product was NaN or inf.
+        step when a product was NaN or inf, RuntimeError when an eigenvalue did not converge, and
+        ValueError when k exceeds the number of parameters.
+
+    Raises:
+        ValueError: k or num_iters not a positive int, an unknown kind.
     """
-    _check_options(k, kind)
+    _check_options(k, kind, num_iters, max_restarts)
     top = _top_values_fn(loss_fn, k, num_iters, max_restarts, tol, kind, chunk_size)
 
     def callback(step: int, params) -> dict:
-        values, finite = top(params, data, jax.random.fold_in(key, step))
+        _check_dim(k, params)
+        values, finite, converged = top(params, data, jax.random.fold_in(key, step))
         values = np.asarray(values)
         if not bool(finite):
             raise FloatingPointError(f"{name} at step {step}: the Hessian product returned NaN or inf")
+        if not np.all(np.asarray(converged)):
+            raise RuntimeError(_unconverged_message(f"{name} at step {step}", values, converged, num_iters,
+                                                    max_restarts))
         out = {name: float(values[0])}
         out.update({f"{name}_{i + 1}": float(v) for i, v in enumerate(values[1:], start=1)})
         return out

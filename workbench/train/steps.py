@@ -97,6 +97,8 @@ def step(loss_fn: Callable, optimizer: optax.GradientTransformation, params: PyT
 
 
 def _full_batch(batch_size, n: int, key) -> bool:
+    if batch_size is not None:
+        batch_size = check_positive_int("batch_size", batch_size)
     full = batch_size is None or batch_size >= n
     if not full and key is None:
         raise ValueError("minibatch training needs a key (it draws the batch order); key=None "
@@ -130,9 +132,11 @@ def optimize(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data: 
         [num_steps].
 
     Raises:
-        ValueError: minibatch training without a key, or empty data.
+        ValueError: minibatch training without a key, empty data, or a `batch_size` or
+            `num_steps` that is not a positive int.
     """
     n = num_examples(data)
+    num_steps = check_positive_int("num_steps", num_steps, least=0)
     full_batch = _full_batch(batch_size, n, key)
     indices = None if full_batch else batch_indices(key, n, batch_size, num_steps)
 

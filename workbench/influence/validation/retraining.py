@@ -32,7 +32,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from workbench import curvature
-from workbench.core.numerics import check_positive_int, default_tol, num_examples
+from workbench.core.numerics import check_nonnegative, check_positive_int, default_tol, num_examples
 from workbench.core.per_example import example_loss, per_example_losses
 from workbench.core.progress import bar
 from workbench.train import optimize
@@ -109,14 +109,15 @@ def retrain_weighted(
         the gradient norm of J_w at them [M] (check it against `tol`) and the iterations taken [M].
 
     Raises:
-        ValueError: if `weights` is not [M, n], `method` is unknown, or "optax" lacks its
-            optimizer or steps.
+        ValueError: if `weights` is not [M, n], `method` is unknown, `damping` is negative, or
+            "optax" lacks its optimizer or steps.
         FloatingPointError: if retraining produced NaN or infinite parameters.
     """
     n = num_examples(data, "data")
     num_iters = check_positive_int("num_iters", num_iters)
     cg_num_iters = check_positive_int("cg_num_iters", cg_num_iters)
     models_per_batch = check_positive_int("models_per_batch", models_per_batch)
+    damping = check_nonnegative("damping", damping)
     weights = jnp.asarray(weights)
     if weights.ndim != 2 or weights.shape[1] != n:
         raise ValueError(f"weights must have shape [M, n_train={n}], got {weights.shape}")
@@ -136,8 +137,9 @@ def retrain_weighted(
         raise ValueError(f"method must be 'newton' or 'optax', got {method!r}")
     flats, gnorms, ks = _map_models(run, weights, models_per_batch)
     if not bool(jnp.all(jnp.isfinite(flats))):
-        raise FloatingPointError("retraining produced NaN or infinite parameters; lower the step "
-                                 "size or raise the damping")
+        advice = ("Newton's method suits convex models: raise the damping, or use method='optax' for a "
+                  "non-convex one" if method == "newton" else "lower the optimizer's step size")
+        raise FloatingPointError(f"retraining ({method}) produced NaN or infinite parameters; {advice}")
     return RetrainResult(jax.vmap(unravel)(flats), gnorms, ks)
 
 
