@@ -8,15 +8,63 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # tests of the cache itself point it at a temporary folder.
 os.environ["WORKBENCH_JAX_CACHE"] = "off"
 
+import zlib
+
+import hypothesis
 import jax
+import jax.numpy as jnp
 import pytest
 
 jax.config.update("jax_enable_x64", True)
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--key-seed", default=os.environ.get("WORKBENCH_KEY_SEED", "0"),
+        help="seed of the PRNG keys the `key` and `keys` fixtures hand out (an int, or 'random'); "
+             "each test folds in its own id, so no two tests share a key")
+
+
+def pytest_configure(config):
+    # resolved once here, so xdist workers (which receive the options) agree on it
+    if config.option.key_seed == "random":
+        config.option.key_seed = str(int.from_bytes(os.urandom(4), "little"))
+    hypothesis.settings.register_profile(
+        "workbench", max_examples=25, deadline=None, derandomize=True, print_blob=True,
+        suppress_health_check=[hypothesis.HealthCheck.too_slow])
+    hypothesis.settings.register_profile(
+        "thorough", max_examples=400, deadline=None, print_blob=True,
+        suppress_health_check=[hypothesis.HealthCheck.too_slow])
+    hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "workbench"))
+
+
+def pytest_report_header(config):
+    return (f"workbench: test keys from --key-seed={config.option.key_seed} (rerun with another seed, or "
+            f"'random', to try other keys); hypothesis profile {hypothesis.settings().max_examples} examples")
+
+
+def _test_key(request, salt: int = 0):
+    seed = int(request.config.option.key_seed)
+    return jax.random.fold_in(jax.random.key(seed), zlib.crc32(request.node.nodeid.encode()) ^ salt)
+
+
 @pytest.fixture
-def key():
-    return jax.random.key(0)
+def key(request):
+    """A key of this test's own: the session's --key-seed folded with the test's id (key(0) is
+    one of the adversarial `keys`, never everyone's default)."""
+    return _test_key(request)
+
+
+# keys whose words are all zero or all ones: where a hash or fold of the key degenerates
+ADVERSARIAL_KEYS = ((0, 0), (0xFFFFFFFF, 0xFFFFFFFF), (0, 1), (1, 0))
+
+
+@pytest.fixture
+def keys(request):
+    """Several keys for a test that must hold for any: the adversarial ones (key(0) first) and
+    three of this test's own."""
+    fixed = [jax.random.wrap_key_data(jnp.asarray(words, jnp.uint32)) for words in ADVERSARIAL_KEYS]
+    return fixed + [_test_key(request, salt) for salt in (1, 2, 3)]
 
 
 @pytest.fixture(autouse=True)

@@ -154,9 +154,8 @@ def make_classification(
     Raises:
         ValueError: `n` or `dim` not a positive int, or `num_classes` < 2.
     """
-    check_positive_int("n", n)
-    check_positive_int("dim", dim)
-    check_positive_int("num_classes", num_classes, least=2)
+    n, dim = check_positive_int("n", n), check_positive_int("dim", dim)
+    num_classes = check_positive_int("num_classes", num_classes, least=2)
     km, ky, kx = jax.random.split(key, 3)
     means = separation * jax.random.normal(km, (num_classes, dim), dtype) / jnp.sqrt(dim) * 2
     y = jax.random.randint(ky, (n,), 0, num_classes).astype(jnp.int32)

@@ -139,10 +139,10 @@ def check_nonnegative(name: str, value, remedy: str = "") -> float:
         ValueError: `value` is negative, NaN, infinite or not a real number.
     """
     try:
-        number = float(value)
+        number = float(value) if not isinstance(value, str | bytes | bool) else float("nan")
     except (TypeError, ValueError):
         number = float("nan")
-    if isinstance(value, bool) or not np.isfinite(number) or number < 0:
+    if not np.isfinite(number) or number < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}" + (f"; {remedy}" if remedy else ""))
     return number
 

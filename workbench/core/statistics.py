@@ -40,6 +40,10 @@ def pearson_rows(a, b) -> np.ndarray:
         raise ValueError(f"shapes differ: {a.shape} and {b.shape}")
     a = a - a.mean(axis=1, keepdims=True)
     b = b - b.mean(axis=1, keepdims=True)
+    # scale-free: dividing each row by its largest entry keeps tiny variances from underflowing
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = a / np.where(np.abs(a).max(axis=1, keepdims=True) > 0, np.abs(a).max(axis=1, keepdims=True), 1.0)
+        b = b / np.where(np.abs(b).max(axis=1, keepdims=True) > 0, np.abs(b).max(axis=1, keepdims=True), 1.0)
     denom = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denom > 0, (a * b).sum(axis=1) / np.where(denom > 0, denom, 1.0), np.nan)
@@ -123,12 +127,15 @@ def auc(scores, positives) -> float:
         The AUC in [0, 1], a Python float.
 
     Raises:
-        ValueError: if the sizes differ, or there is no positive or no negative example.
+        ValueError: if the sizes differ, a score is NaN, or there is no positive or no negative
+            example.
     """
     scores = np.asarray(scores, dtype=np.float64).ravel()
     positives = np.asarray(positives, dtype=bool).ravel()
     if scores.shape != positives.shape:
         raise ValueError(f"scores has {scores.size} entries but positives has {positives.size}")
+    if np.any(np.isnan(scores)):
+        raise ValueError(f"auc: scores contains NaN at {np.flatnonzero(np.isnan(scores))[:5].tolist()} (a NaN has no rank)")
     n_pos, n_neg = int(positives.sum()), int((~positives).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError("auc needs at least one positive and one negative example")

@@ -44,12 +44,14 @@ def _top_values_fn(loss_fn, k, num_iters, max_restarts, tol, kind, chunk_size):
 
 
 def _check_options(k, kind, num_iters, max_restarts):
-    check_positive_int("k", k)
-    check_positive_int("num_iters", num_iters)
+    """(k, num_iters, max_restarts) as Python ints (NumPy integers would reach the program as
+    int64 and meet its int32 loop counters)."""
+    k, num_iters = check_positive_int("k", k), check_positive_int("num_iters", num_iters)
     if isinstance(max_restarts, bool) or not isinstance(max_restarts, int | np.integer) or max_restarts < 0:
         raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
     if kind not in curvature.KINDS:
         raise ValueError(f"kind must be one of {curvature.KINDS}, got {kind!r}")
+    return k, num_iters, int(max_restarts)
 
 
 def _check_dim(k, params):
@@ -94,7 +96,7 @@ def sharpness(
         FloatingPointError: a curvature product was NaN or inf.
         RuntimeError: an eigenvalue did not converge within max_restarts.
     """
-    _check_options(k, kind, num_iters, max_restarts)
+    k, num_iters, max_restarts = _check_options(k, kind, num_iters, max_restarts)
     _check_dim(k, params)
     values, finite, converged = _top_values_fn(loss_fn, k, num_iters, max_restarts, tol, kind, chunk_size)(
         params, data, key)
@@ -147,7 +149,7 @@ def sharpness_callback(
     Raises:
         ValueError: k or num_iters not a positive int, an unknown kind.
     """
-    _check_options(k, kind, num_iters, max_restarts)
+    k, num_iters, max_restarts = _check_options(k, kind, num_iters, max_restarts)
     top = _top_values_fn(loss_fn, k, num_iters, max_restarts, tol, kind, chunk_size)
 
     def callback(step: int, params) -> dict:

@@ -138,6 +138,8 @@ def optimize(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data: 
     n = num_examples(data)
     num_steps = check_positive_int("num_steps", num_steps, least=0)
     full_batch = _full_batch(batch_size, n, key)
+    if num_steps == 0:  # nothing to scan (a minibatch body would index an empty order)
+        return OptimizeResult(params, jnp.zeros((0,), jnp.result_type(*jax.tree.leaves(params))))
     indices = None if full_batch else batch_indices(key, n, batch_size, num_steps)
 
     def body(carry, i):
