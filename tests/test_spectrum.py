@@ -165,3 +165,53 @@ def test_thick_restart_memory_is_one_krylov_basis():
         held = m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes - (0 if name == "first pass" else vectors_bytes)
         assert held < 1.35 * basis_bytes, (name, held / basis_bytes)
     assert m.alias_size_in_bytes >= basis_bytes  # the donated basis is rewritten in place
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest", "both"])
+def test_invariant_start_space_restarts_without_a_spurious_eigenvalue(keys, which):
+    """2 I makes every Krylov space invariant at its first step: the restart vector must come
+    from a stream of the key independent of the start vector's (key(0) once restarted with the
+    start vector itself and reported an eigenvalue 0 as converged)."""
+    op = curvature.from_matrix(2 * jnp.eye(7))
+    for key in keys:
+        result = spectrum.top_eigenpairs(op, key, 3, which=which)
+        np.testing.assert_allclose(result.values, 2.0, rtol=1e-12)
+        assert bool(np.all(result.converged))
+
+
+def test_restart_vectors_are_never_the_start_vector(keys):
+    """The breakdown restart hashes (key words, a stream tag, the step); the start vector the
+    key words alone: no key makes them parallel."""
+    from workbench.spectrum.krylov import _hash_words, _start
+
+    op = curvature.from_matrix(jnp.eye(64))
+    for key in keys:
+        basis, _, _, seed = _start(op, key, 4)
+        for step in range(3):
+            restart = _hash_words(jnp.append(seed, jnp.uint32(step)), 64, jnp.float64)
+            cosine = abs(float(restart @ basis[0])) / float(jnp.linalg.norm(restart))
+            assert cosine < 0.5, (jax.random.key_data(key), step, cosine)
+
+
+def test_sharpness_of_a_multiple_of_the_identity_is_that_multiple(keys):
+    def loss(p, batch):
+        return 0.005 * jnp.sum(p["w"] ** 2) + 0.0 * jnp.sum(batch)
+
+    for key in keys:
+        values = spectrum.sharpness(loss, {"w": jnp.ones(14)}, jnp.ones((3, 2)), key, k=3)
+        np.testing.assert_allclose(values, 0.01, rtol=1e-10)
+
+
+def test_an_explicit_start_vector_is_used_and_checked(key):
+    matrix = np.diag(np.arange(1.0, 9.0))
+    op = curvature.from_matrix(jnp.asarray(matrix))
+    e8 = np.eye(8)[7]  # an eigenvector: the space is invariant at once, restarts fill the rest
+    result = spectrum.top_eigenpairs(op, key, 3, start_vector=e8)
+    np.testing.assert_allclose(result.values, [8.0, 7.0, 6.0], rtol=1e-10)
+    lanczos = spectrum.lanczos(op, key, 4, start_vector=np.ones(8))
+    np.testing.assert_allclose(lanczos.basis[0], np.ones(8) / np.sqrt(8), rtol=1e-12)
+    plain = spectrum.lanczos(op, key, 4, reorthogonalize=False, start_vector=np.ones(8))
+    np.testing.assert_allclose(plain.alphas, lanczos.alphas, rtol=1e-10)
+    for bad, message in ((np.ones(7), r"shape \(8,\)"), (np.zeros(8), "nonzero"), (np.full(8, np.nan), "finite")):
+        with pytest.raises(ValueError, match=message):
+            spectrum.top_eigenpairs(op, key, 2, start_vector=bad)
