@@ -75,8 +75,9 @@ def test_same_key_same_sketch_eager_and_under_vmap(key, kind):
 
 
 def test_same_key_same_numbers_in_another_process(key):
+    words = np.asarray(jax.random.key_data(key)).tolist()
     code = ("import jax, numpy as np; from workbench import sketch as sk; "
-            "s = sk.make('affd', jax.random.key(0), 300, 32); "
+            f"s = sk.make('affd', jax.random.wrap_key_data(np.asarray({words}, np.uint32)), 300, 32); "
             "print(repr(np.asarray(s.state['gauss'][:4]).tolist()), repr(np.asarray(s.state['signs'][:4]).tolist()))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(ROOT), "WORKBENCH_JAX_CACHE": "off", "PATH": "/usr/bin:/bin"})

@@ -71,6 +71,17 @@ AUTO_MIN_K = 50  # k="auto" never keeps fewer eigenpairs than the former fixed d
 AUTO_SPREAD = 1.5  # target (lambda_{k+1} + damping) / (lambda_min + damping) of k="auto"
 
 
+def _ritz_tol(dtype) -> float:
+    """Relative residual at which a Ritz pair counts as converged: 1e-6 of lambda_max, or 100
+    rounding errors where the dtype cannot resolve 1e-6 (float32 and below)."""
+    return max(1e-6, 100 * float(jnp.finfo(dtype).eps))
+
+
+def _positive_floor(dtype) -> float:
+    """Relative size below which an eigenvalue counts as zero: 1e-12, or 10 rounding errors."""
+    return max(1e-12, 10 * float(jnp.finfo(dtype).eps))
+
+
 def _auto_k(spectrum, op, key, damping: float, num_iters: int | None):
     """(k, factorization, info): the smallest k >= AUTO_MIN_K whose discarded spectrum has spread at most
     AUTO_SPREAD, from one factorization (see `arnoldi`)."""
@@ -78,7 +89,7 @@ def _auto_k(spectrum, op, key, damping: float, num_iters: int | None):
     factorization = spectrum.arnoldi_factorization(op, key, depth)
     top = spectrum.ritz_pairs(factorization, depth)
     values = np.asarray(top.values)  # descending
-    converged = np.asarray(top.residuals) <= 1e-6 * abs(values[0])
+    converged = np.asarray(top.residuals) <= _ritz_tol(op.dtype) * abs(values[0])
     smallest = float(values[-1])
     bottom = smallest + damping
     if depth == op.dim:  # the whole space: exact
@@ -185,7 +196,7 @@ def arnoldi(
     if method == "arnoldi" and factorization is not None:
         depth = factorization.hessenberg.shape[1]
         eig_values, eig_vectors, residuals, next_value = spectrum.ritz_pairs(factorization, k)
-        converged = residuals <= 1e-6 * jnp.abs(eig_values[0])
+        converged = residuals <= _ritz_tol(op.dtype) * jnp.abs(eig_values[0])
         smallest = auto_info["smallest"]
     elif method == "arnoldi":
         depth = min(op.dim, num_iters if num_iters is not None else _default_depth(k))
@@ -193,7 +204,7 @@ def arnoldi(
             raise ValueError(f"num_iters={depth} must exceed k={k} (or equal the dimension)")
         factorization = spectrum.arnoldi_factorization(op, key, depth)
         eig_values, eig_vectors, residuals, next_value = spectrum.ritz_pairs(factorization, k)
-        converged = residuals <= 1e-6 * jnp.abs(eig_values[0])
+        converged = residuals <= _ritz_tol(op.dtype) * jnp.abs(eig_values[0])
         # Lanczos resolves both ends of the spectrum: the smallest Ritz value estimates the
         # bottom of the discarded tail, so the flat-tail assumption can be checked
         smallest = float(spectrum.ritz_pairs(factorization, 1, "smallest").values[0])
@@ -208,10 +219,10 @@ def arnoldi(
     if num_converged < k:
         warnings.warn(
             f"arnoldi: {k - num_converged} of the top {k} Ritz pairs have not converged (residual "
-            f"above 1e-6 x lambda_max at Krylov depth {depth}); their directions are approximate. "
+            f"above {_ritz_tol(op.dtype):.3g} x lambda_max at Krylov depth {depth}); their directions are approximate. "
             "Raise num_iters for exact top-k directions.", RuntimeWarning, stacklevel=3)
     values = eig_values + damping
-    keep = values > 1e-12 * jnp.max(jnp.abs(values))
+    keep = values > _positive_floor(op.dtype) * jnp.max(jnp.abs(values))
     inverse_values = jnp.where(keep, 1.0 / jnp.where(keep, values, 1.0), 0.0)
     info = {"k": k, "damping": damping, "kind": kind, "method": method, "num_iters": depth,
             "dropped_nonpositive": int(k - int(keep.sum())),
@@ -226,13 +237,13 @@ def arnoldi(
     featurizer, precondition = _jvp_featurizer, _diagonal_precondition
     if with_tail:
         tail_value = float(next_value) + damping
-        if not tail_value > 1e-12 * float(jnp.max(jnp.abs(values))):
+        if not tail_value > _positive_floor(op.dtype) * float(jnp.max(jnp.abs(values))):
             raise ValueError(
                 f"arnoldi: the curvature beyond the top {k} eigenpairs is not positive (lambda_k+1 + damping = "
                 f"{tail_value:.3g}); raise damping or pass tail='none'")
         if smallest is not None:
             bottom = smallest + damping
-            spread = tail_value / bottom if bottom > 1e-12 * tail_value else float("inf")
+            spread = tail_value / bottom if bottom > _positive_floor(op.dtype) * tail_value else float("inf")
             info["tail_spread"] = spread
             if spread > TAIL_SPREAD_WARNING:
                 warnings.warn(

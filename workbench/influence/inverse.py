@@ -76,7 +76,8 @@ def cholesky_precondition(state, features):
 
 def _check_definite(evals, damping):
     lam_min = float(evals[0])
-    if lam_min + damping <= 1e-12 * max(float(jnp.abs(evals[-1])), 1.0):
+    floor = max(1e-12, 10 * float(jnp.finfo(evals.dtype).eps))  # below: zero up to rounding
+    if lam_min + damping <= floor * max(float(jnp.abs(evals[-1])), 1.0):
         raise ValueError(
             f"H + damping I is not positive definite: the smallest Hessian eigenvalue is "
             f"{lam_min:.3g} and damping={damping}; use damping > {max(-lam_min, 0.0):.3g} "
