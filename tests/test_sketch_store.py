@@ -297,3 +297,30 @@ def test_numpy_integers_are_accepted_as_sizes(logreg_data, key):
     phi = sk.for_params("countsketch", key, params, 6)
     np.testing.assert_array_equal(sk.per_example_gradients(_logreg_loss, params, logreg_data, phi, np.int64(5)),
                                   sk.per_example_gradients(_logreg_loss, params, logreg_data, phi, 5))
+
+
+@pytest.mark.parametrize("dtype, scale", [(jnp.float32, 1 + 1e-3), (jnp.float64, 1 + 1e-8)])
+def test_the_loss_probe_tolerance_follows_the_dtype(logreg_data, tmp_path, dtype, scale):
+    """A resumed run with the same loss passes; a loss rescaled by 1e-3 (float32) or 1e-8 (float64)
+    relative, far below what a plausible wrong store would show, is refused."""
+    key = jax.random.key(11)
+    params = jax.tree.map(lambda a: a.astype(dtype), _logreg_params(key))
+    data = wd.Dataset(logreg_data.x.astype(dtype), logreg_data.y)
+    s = sk.make("countsketch", jax.random.fold_in(key, 1), FEATURES * CLASSES + CLASSES, 6)
+    path = tmp_path / "g.zarr"
+
+    def stop(chunk, values):
+        if chunk == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sk.write_gradient_store(_logreg_loss, params, data, s, path, chunk_size=8, callback=stop)
+    assert open_store(path).metadata["loss_probe"]["dtype"] == np.dtype(dtype).name
+    with pytest.raises(ValueError, match="loss_probe: the loss differs: at example 0"):
+        sk.check_store(lambda p, b: scale * _logreg_loss(p, b), params, data, s, path)
+    done = sk.write_gradient_store(_logreg_loss, params, data, s, path)  # resumes
+    assert done.complete and done.sketches.dtype == dtype
+    reference = _logreg_exact(jax.tree.map(lambda a: a.astype(jnp.float64), params),
+                              wd.Dataset(data.x.astype(jnp.float64), data.y), s)
+    np.testing.assert_allclose(done.sketches[:], reference, rtol=1e-4 if dtype == jnp.float32 else 1e-12,
+                               atol=1e-6 if dtype == jnp.float32 else 1e-14)

@@ -45,10 +45,11 @@ CHANGED_KINDS = {
     "fjl": "a Hadamard followed by a column-hashed sparse Gaussian (sparsity nonzeros per column); "
            "'fjl' is now the paper's FJL with ~D log^2 N i.i.d. sparse Gaussian non-zeros",
 }
-_SKETCH_FIELDS = {  # field -> what it is, in user terms
-    "kind": "the sketch kind", "seed": "the sketch's key", "sketch_state_hash": "the sketch's random state",
-    "dim_in": "the sketch's input dimension", "dim_out": "the sketch's dimension D",
-    "options": "the sketch's options",
+_SKETCH_FIELDS = {  # field -> what differs, in user terms
+    "kind": "the sketch kind differs", "seed": "the sketch's key differs",
+    "sketch_state_hash": "the sketch's random state differs",
+    "dim_in": "the sketch's input dimension differs", "dim_out": "the sketch's dimension D differs",
+    "options": "the sketch's options differ",
 }
 
 
@@ -232,29 +233,30 @@ def configuration_differences(stored: dict, run: dict) -> list[tuple[str, str]]:
     def differs(field):
         return stored.get(field) != run.get(field)
 
-    found = [(f, f"{what} differs: store has {stored.get(f)!r}, this run has {run.get(f)!r}")
-             for f, what in _SKETCH_FIELDS.items() if differs(f)]
-    if differs("dtype"):
-        found.append(("dtype", f"the store holds {stored.get('dtype')} sketches, this run's params are "
-                               f"{run.get('dtype')}"))
+    found = []
     params_differ = differs("params_structure") or differs("params_values")
     if differs("params_structure"):
         found.append(("params_structure", "the params' structure (leaf paths, shapes or dtypes) differs from "
-                                          "that of the params the store was made with: another model"))
+                                          "that of the params the store was made with"))
     elif differs("params_values"):
         found.append(("params_values", "the params' values differ from those the store was made with (same "
                                        "structure, other values: another model, checkpoint or training step)"))
     data_differ = differs("n_data") or differs("data_hash")
+    if not params_differ and not data_differ and differs("loss_probe"):
+        message = _probe_difference(stored.get("loss_probe") or {}, run.get("loss_probe") or {})
+        if message:
+            found.append(("loss_probe", message))
     if differs("n_data"):
         found.append(("n_data", f"the data differs: the store has {stored.get('n_data')} examples, this run "
                                 f"{run.get('n_data')}"))
     elif differs("data_hash"):
         found.append(("data_hash", "the data's values differ from those the store was made with (same "
                                    "number of examples)"))
-    if not params_differ and not data_differ and differs("loss_probe"):
-        message = _probe_difference(stored.get("loss_probe") or {}, run.get("loss_probe") or {})
-        if message:
-            found.append(("loss_probe", message))
+    found += [(f, f"{what}: store has {stored.get(f)!r}, this run has {run.get(f)!r}")
+              for f, what in _SKETCH_FIELDS.items() if differs(f)]
+    if differs("dtype"):
+        found.append(("dtype", f"the store holds {stored.get('dtype')} sketches, this run's params are "
+                               f"{run.get('dtype')}"))
     if differs("chunk_rows"):
         found.append(("chunk_rows", f"the store has {stored.get('chunk_rows')} rows per chunk, this run asks "
                                     f"for {run.get('chunk_rows')} (chunk_size=None uses the store's)"))
