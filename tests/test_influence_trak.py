@@ -53,9 +53,46 @@ def test_trak_store_ensemble_and_refusals(problem, key, tmp_path):
     # a useful attribution: correlated with the exact influence function
     exact = np.asarray(influence.make("exact", LogReg.loss_fn, params, train).scores(test))
     assert np.mean(statistics.pearson_rows(np.asarray(a), exact)) > 0.5
+    # the two models swapped between runs (same architecture, same sketches): each store was made
+    # at the other model's params values, so both runs are refused and the stores left as they were
+    before = {p: p.read_bytes() for store in stores for p in sorted(store.rglob("*")) if p.is_file()}
+    for models, paths in (([other, params], stores), ([other], stores[:1])):
+        with pytest.raises(ValueError, match="m0 was made with another configuration: params_values: the "
+                                             "params' values differ from those the store was made with"):
+            influence.make("trak", LogReg.loss_fn, params, train, models=models, dim=128, output_fn=output,
+                           damping=L2, stores=paths, key=key)
+    assert before == {p: p.read_bytes() for store in stores for p in sorted(store.rglob("*")) if p.is_file()}
+    # a store damaged after it was written (NaN or inf in a committed chunk) is named, with the remedy:
+    # a loss store when it is read for scores, an output store when it builds the Gram matrix
+    import zarr
+
+    zarr.open_group(str(stores[1]), mode="r+")["sketches"][3] = np.inf
+    est = influence.make("trak", LogReg.loss_fn, params, train, models=[params, other], dim=128,
+                         output_fn=output, damping=L2, stores=stores, key=key)
+    with pytest.raises(ValueError, match=r"m1 of model 1 holds NaN or inf from row 3 although it is marked "
+                                         r"complete.*Delete .*m1 and run again to recompute it"):
+        est.scores(test)
+    zarr.open_group(str(stores[1]) + ".output", mode="r+")["sketches"][7:9] = np.nan
+    with pytest.raises(ValueError, match=r"m1.output of model 1 holds NaN or inf from row 7"):
+        influence.make("trak", LogReg.loss_fn, params, train, models=[params, other], dim=128,
+                       output_fn=output, damping=L2, stores=stores, key=key)
     # a store made for another model is refused
     mlp = {"w": jnp.zeros((64, 5)), "b": jnp.zeros(5)}
     with pytest.raises(ValueError, match="another configuration"):
         influence.make("trak", lambda p, b: jnp.sum(p["w"]) * jnp.mean(b[0]), mlp, train, dim=128, stores=[stores[0]], key=key)
     with pytest.raises(ValueError, match="one path per model"):
         influence.make("trak", LogReg.loss_fn, params, train, dim=128, stores=stores, key=key)
+
+
+def test_trak_names_the_training_examples_whose_gradients_are_not_finite(problem, key):
+    """Finite data and models, a loss whose gradient is NaN at one example (sqrt of a negative input)."""
+    params, train, _ = problem
+    sub = train.take(np.arange(20))
+    sub = type(sub)(sub.x.at[6, 3].set(-1.0), sub.y)
+
+    def loss(p, batch):
+        return LogReg.loss_fn(p, batch) + jnp.mean(jnp.sqrt(batch[0][:, 3])) * jnp.sum(p["b"])
+
+    with pytest.raises(FloatingPointError, match=r"sketched gradients of loss_fn under model 0 are NaN or inf "
+                                                 r"at training examples \[6\]"):
+        influence.make("trak", loss, params, sub, dim=16, damping=L2, key=key)

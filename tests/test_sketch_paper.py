@@ -53,14 +53,21 @@ def test_a_format_1_store_of_a_changed_kind_is_refused_naming_the_change(problem
         sk.write_gradient_store(fn.loss_fn, fn.params, data, s, path, chunk_size=8)
 
 
-def test_a_format_1_store_of_an_unchanged_kind_still_reads_and_resumes(problem, key, tmp_path):
+def test_older_stores_still_read_but_are_never_resumed(problem, key, tmp_path):
+    """Formats 1 (unchanged kinds) and 2 lack the params' values and the loss probe: open_store
+    reads them as they are, resuming (or checking against a run) is refused without a change."""
     fn, data = problem
     s = sk.make("srht", key, optax.tree.size(fn.params), 8)
     path = tmp_path / "old.zarr"
     first = sk.write_gradient_store(fn.loss_fn, fn.params, data, s, path, chunk_size=8)
-    _rewrite_attrs(path, format_version=1)
-    again = sk.write_gradient_store(fn.loss_fn, fn.params, data, s, path, chunk_size=8)
-    np.testing.assert_array_equal(np.asarray(again.sketches[:]), np.asarray(first.sketches[:]))
+    for version in (1, 2):
+        _rewrite_attrs(path, format_version=version)
+        np.testing.assert_array_equal(np.asarray(open_store(path).sketches[:]), np.asarray(first.sketches[:]))
+        with pytest.raises(ValueError, match=f"written in format {version}, which records neither the params' "
+                                             "values nor the loss.*not resumed. Recompute it"):
+            sk.write_gradient_store(fn.loss_fn, fn.params, data, s, path, chunk_size=8)
+        with pytest.raises(ValueError, match=f"format {version}"):
+            sk.check_store(fn.loss_fn, fn.params, data, s, path)
     _rewrite_attrs(path, format_version=7)
     with pytest.raises(ValueError, match="format_version 7"):
         open_store(path)

@@ -2,8 +2,12 @@
 
 `gradient_store(loss_fn, params, data, sketch, path)` is `workbench.sketch.per_example_gradients`
 with `store=path`, called on every process: the processes first compare the store configuration
-each would write (sketch, params structure, data hash, dtype, chunk rows) and refuse a mismatch
-with an error naming the processes and fields that differ, before anything is written. Then
+each would write (`workbench.sketch.provenance.store_metadata`: the sketch, the params' structure
+and values, the loss probe, the data hash, dtype, chunk rows) and refuse a mismatch with an error
+naming the processes and what differs, before anything is written. Every field is computed by the
+same code from the same arguments on each process (the loss probe by one compiled program), and
+compared as a reopened store is (`configuration_differences`: the loss probe within its
+dtype-aware tolerance, everything else exactly). Then
 process k computes and writes the chunks c with c % process_count == k (each chunk its own zarr
 chunk and commit marker, so writers never touch the same file); the metadata is written once,
 by whichever process creates the store first (an atomic rename; the others open and check it).
@@ -25,11 +29,11 @@ import optax
 
 from workbench.distributed.launch import barrier
 from workbench.distributed.sharding import _allgather_host, _decode, _encode
+from workbench.sketch.provenance import configuration_differences, store_metadata
 from workbench.sketch.store import (
     DEFAULT_MAX_MEMORY_BYTES,
     GradientStore,
     open_store,
-    store_metadata,
     write_gradient_store,
 )
 
@@ -69,7 +73,10 @@ def gradient_store(
         The completed `GradientStore`, opened read-only.
 
     Raises:
-        ValueError: no sketch, or the processes' configurations differ (fields named).
+        ValueError: no sketch, the processes' configurations differ (fields named), or anything
+            `write_gradient_store` refuses (non-finite params, a store made with another
+            configuration).
+        FloatingPointError: a chunk's gradients hold NaN or inf (it is not written).
         RuntimeError: another process does not finish within `timeout_s`, or a chunk is missing.
     """
     if sketch is None:
@@ -78,17 +85,27 @@ def gradient_store(
     dtype = jnp.result_type(*jax.tree.leaves(params))
     n = int(jax.tree.leaves(data)[0].shape[0])
     rows = chunk_size or max(1, min(n, int(max_memory_bytes) // (4 * n_params * np.dtype(dtype).itemsize)))
-    meta = store_metadata(sketch, params, data, rows, dtype)
+    meta = store_metadata(loss_fn, params, data, sketch, rows, dtype)
     text = json.dumps(meta, sort_keys=True)
     metas = [_decode(row) for row in _allgather_host(_encode(text, 16384))]
     for p, other in enumerate(metas):
-        if other != text:
-            theirs = json.loads(other) if other.startswith("{") and other.endswith("}") else {}
-            fields = sorted(k for k in set(meta) | set(theirs) if meta.get(k) != theirs.get(k)) or ["(unreadable)"]
+        if other == text:
+            continue
+        try:
+            theirs = json.loads(other)
+        except json.JSONDecodeError:
+            theirs = None
+        if not isinstance(theirs, dict):
+            fields, details = ["(unreadable)"], f"process {p}'s configuration could not be read"
+        else:
+            fields = [field for field, _ in configuration_differences(theirs, meta)]
+            details = "; ".join(f"{f}: process {p} has {theirs.get(f)!r}, process {jax.process_index()} has "
+                                f"{meta.get(f)!r}" for f in fields)
+        if fields:
             raise ValueError(
                 f"store: process {jax.process_index()} and process {p} would write {path} with different "
-                f"configurations (fields {', '.join(fields)}); every process must pass the same sketch, "
-                "params structure, data and batch_size")
+                f"configurations (fields {', '.join(fields)}): {details}. Every process must pass the same "
+                "sketch, params, loss, data and chunk_size")
     k, i = jax.process_count(), jax.process_index()
     write_gradient_store(loss_fn, params, data, sketch, path, rows,
                          max_memory_bytes=max_memory_bytes, callback=callback, shard=(i, k))

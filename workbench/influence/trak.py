@@ -60,6 +60,27 @@ def _ensemble_precondition(state, features):
     return jnp.einsum("cmd,mde->cme", blocks, inverses).reshape(features.shape[0], -1) / num_models
 
 
+def _check_features_finite(features: np.ndarray, dim: int, which: str) -> None:
+    """Refuse in-memory features holding NaN or inf, naming the model and the training examples."""
+    bad_rows, bad_cols = np.nonzero(~np.isfinite(features))
+    if bad_rows.size:
+        examples = sorted(set(bad_rows.tolist()))
+        shown = ", ".join(map(str, examples[:8])) + (f", ... ({len(examples)} in all)" if len(examples) > 8 else "")
+        raise FloatingPointError(
+            f"trak: the sketched gradients of {which} under model {int(bad_cols[0]) // dim} are NaN or inf "
+            f"at training examples [{shown}] (the models are finite: check {which} and these examples' data)")
+
+
+def _check_stored_rows(rows: np.ndarray, lo: int, path: str, model: int) -> None:
+    """Refuse stored rows holding NaN or inf: a store commits only finite chunks, so this one was damaged."""
+    finite = np.all(np.isfinite(rows), axis=1)
+    if not np.all(finite):
+        raise ValueError(
+            f"the store {path} of model {model} holds NaN or inf from row {lo + int(np.flatnonzero(~finite)[0])} "
+            f"although it is marked complete (a store commits only finite chunks): it was changed or damaged "
+            f"after it was written. Delete {path} and run again to recompute it")
+
+
 def margin_output(predict_fn: Callable) -> Callable:
     """TRAK's output function for classifiers: the mean margin logit_y - logsumexp_{c != y} logit_c.
 
@@ -104,8 +125,9 @@ def trak(
 
     `dim` is the sketch dimension D (capped at the number of parameters), `sketch_kind` any of
     `workbench.sketch.KINDS`, each model's sketch seeded by fold_in(key, m). `stores`: one path
-    per model for the sketched training gradients (resumed if present; a store made for another
-    model, sketch or dataset is refused by `workbench.sketch`). `damping` is added to
+    per model for the sketched training gradients (resumed if present; a store made for other
+    params, even of the same architecture, another loss, sketch or dataset is refused by
+    `workbench.sketch.write_gradient_store`, naming what differs). `damping` is added to
     X^T X / n; None picks 0.1 x its mean eigenvalue (the heuristic of kronfluence; reported in
     `info["damping"]`). A model trained with L2 regularisation l2 is well served by damping=l2.
 
@@ -139,9 +161,12 @@ def trak(
         The `Estimator` "trak" (`info` holds D, the sketch kind, the dampings and the stores).
 
     Raises:
-        ValueError: if `key` is missing, `models` is empty or mismatched, `stores` has the wrong
-            length or holds other sketches, `damping` is negative, or F^T F / n + damping I is
+        ValueError: if `key` is missing, `models` is empty, mismatched or not finite, `stores` has
+            the wrong length or a store was made by another configuration (model values, loss,
+            sketch, data) or was damaged, `damping` is negative, or F^T F / n + damping I is
             singular.
+        FloatingPointError: a training example's sketched gradient is NaN or inf (the loss or
+            `output_fn` is not finite there).
     """
 
     models = list(models) if models is not None else [params]
@@ -171,6 +196,8 @@ def trak(
     if stores is None:
         in_memory = {f: np.asarray(_host_features(_ensemble_featurizer(f), state, train_data, chunk)[0])
                      for f in {loss_fn, output_fn} - {None}}
+        for f, feats in in_memory.items():
+            _check_features_finite(feats, dim, "output_fn" if f is output_fn and f is not loss_fn else "loss_fn")
     features, inverses, dampings = [], [], []
     for m, (p, s) in enumerate(zip(models, sketches, strict=True)):
         if stores is None:
@@ -191,8 +218,8 @@ def trak(
         gram = np.zeros((dim, dim))
         for lo in range(0, n, read_rows):
             rows = np.asarray(gram_feats[lo : lo + read_rows], dtype=np.float64)
-            if not np.all(np.isfinite(rows)):
-                raise ValueError(f"the sketched gradients of model {m} contain NaN (an incomplete store?)")
+            if stores is not None:
+                _check_stored_rows(rows, lo, f"{stores[m]}.output" if output_fn is not None else str(stores[m]), m)
             gram += rows.T @ rows
         gram /= n
         lam = 0.1 * np.trace(gram) / dim if damping is None else float(damping)
@@ -212,7 +239,11 @@ def trak(
             "damping": dampings[0] if len(dampings) == 1 else dampings,
             "stores": [str(p) for p in stores] if stores is not None else None}
     def read(lo, hi):
-        return np.concatenate([np.asarray(f[lo:hi]) for f in features], axis=1)
+        blocks = [np.asarray(f[lo:hi]) for f in features]
+        if stores is not None:  # the loss stores are read here first when output_fn built the Gram
+            for m, block in enumerate(blocks):
+                _check_stored_rows(block, lo, str(stores[m]), m)
+        return np.concatenate(blocks, axis=1)
 
     state["inverses"] = _stack(inverses)
     featurizer = _ensemble_featurizer

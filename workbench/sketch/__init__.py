@@ -19,10 +19,14 @@ Stores written before format 2 by a kind whose map changed are refused (`store.C
 - `make(kind, key, dim_in, dim_out, **options)` -> `Sketch` with `apply`, `apply_tree`,
   `transpose` (the exact adjoint). `for_params(kind, key, params, dim_out)`.
 - `sketch_gradient(loss_fn, params, data, sketch, method="explicit"|"implicit")`: Phi grad L,
-  either applied to the gradient or as d/dw L(theta0 + Phi^T w) at w = 0 (same numbers).
+  either applied to the gradient or as d/dw L(theta0 + Phi^T w) at w = 0 (same numbers); a
+  non-finite result raises when called eagerly (under `jit` it cannot).
 - `per_example_gradients(loss_fn, params, data, sketch, chunk_size)`: sketched per-example
   gradients [n, D] in memory; `write_gradient_store(loss_fn, params, data, sketch, path)`: the
-  same rows streamed to a resumable zarr store (`open_store` reads it).
+  same rows streamed to a resumable zarr store keyed by what made it (params' values, the loss,
+  the data, the sketch: another configuration is refused, and NaN rows are never written);
+  `check_store(loss_fn, params, data, sketch, path)` checks a store against a run without
+  writing, `open_store` reads it as it is.
 - `sketched_operator(op, sketch)`: Phi H Phi^T for `workbench.spectrum`.
 - `intrinsic_sweep(...)`: train in random subspaces of each d of a grid at once;
   `intrinsic_search(...)`: the paper's doubling search (both in `workbench.sketch.intrinsic`).
@@ -64,6 +68,7 @@ from workbench.sketch.kinds.hadamard import DEFAULT_BLOCK_SIZE, fwht
 from workbench.sketch.operator import sketched_operator
 from workbench.sketch.store import (
     GradientStore,
+    check_store,
     open_store,
     per_example_gradients,
     write_gradient_store,
@@ -98,7 +103,7 @@ def describe(kind: str) -> str:
 
 
 __all__ = [
-    "KINDS", "OUR_KINDS", "PAPER_KINDS", "DEFAULT_BLOCK_SIZE", "GradientStore", "Sketch", "describe",
+    "KINDS", "OUR_KINDS", "PAPER_KINDS", "DEFAULT_BLOCK_SIZE", "GradientStore", "Sketch", "check_store", "describe",
     "for_params", "fwht", "make", "IntrinsicSweepResult", "intrinsic_sweep", "IntrinsicSearchResult",
     "intrinsic_search", "open_store", "per_example_gradients", "quality", "ravel_leaves", "sketch_gradient",
     "sketched_operator", "write_gradient_store",

@@ -15,9 +15,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from workbench.core import tree as tu
+from workbench.core.numerics import check_finite
 from workbench.sketch.base import Sketch
 
 METHODS = ("explicit", "implicit")
@@ -56,6 +58,10 @@ def sketch_gradient(loss_fn: Callable, params: Any, data: Any, sketch: Sketch, *
     """Phi grad_theta loss_fn(params, data), explicitly (apply to the gradient) or implicitly
     (d/dw loss_fn(theta0 + Phi^T w, data) at w = 0); both give the same vector [dim_out].
 
+    Called eagerly, a result holding NaN or inf raises, naming the cause (the params, or the loss
+    at finite params). Under `jit` or `vmap` the values are tracers and nothing can raise: a
+    non-finite gradient then comes back as NaN, so check the result outside the transformation.
+
     Args:
         loss_fn: `loss_fn(params, data) -> scalar`.
         params: the params pytree theta0.
@@ -68,9 +74,21 @@ def sketch_gradient(loss_fn: Callable, params: Any, data: Any, sketch: Sketch, *
 
     Raises:
         TypeError: `sketch` is not a `Sketch`.
-        ValueError: unknown `method`, or dim_in differs from the number of params.
+        ValueError: unknown `method`, dim_in differs from the number of params, or (eagerly) the
+            params hold NaN or inf.
+        FloatingPointError: (eagerly) the gradient is NaN or inf at finite params.
     """
     _check(sketch, params, method)
     if method == "explicit":
-        return sketch.apply_tree(jax.grad(loss_fn)(params, data))
-    return implicit_grad_fn(loss_fn, sketch, params)(data)
+        out = sketch.apply_tree(jax.grad(loss_fn)(params, data))
+    else:
+        out = implicit_grad_fn(loss_fn, sketch, params)(data)
+    if not isinstance(out, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(out))):
+        try:
+            check_finite(params, "params")  # the likelier cause, named by leaf
+        except ValueError as error:
+            raise ValueError(f"sketch_gradient: {error}, so the gradient is NaN or inf") from None
+        raise FloatingPointError("sketch_gradient: the sketched gradient holds NaN or inf at finite params: "
+                                 "the loss or its gradient is not finite on this data (check the loss "
+                                 "function and the data)")
+    return out

@@ -2,27 +2,34 @@
 
 Store layout (a zarr v3 group at PATH):
 - array `sketches` [n_data, dim_out], one zarr chunk per computation chunk of `chunk_rows` rows;
-- group attribute `workbench_sketch_store`: the configuration (sketch kind, key data, a hash of
-  the sketch's random state, dims, options, dtype, a hash of the params structure, the data size
-  and a hash of the data, chunk_rows). Opening a store with another configuration is refused
-  with an error naming the fields that differ; nothing in it is touched;
+- group attribute `workbench_sketch_store`: what made the store (`provenance.store_metadata`):
+  `format_version` (3); the sketch (`kind`, `seed` (its key data), `sketch_state_hash`, `dim_in`,
+  `dim_out`, `options`); `dtype`; the params (`params_structure`: a hash of leaf paths, shapes
+  and dtypes; `params_values`: a hash of every leaf's bytes); the loss (`loss_probe`: {"dtype",
+  "values"}, the losses of the first min(n, 4) examples, each alone, as floats); the data
+  (`n_data`, `data_hash`); `chunk_rows`, `num_chunks`. Reopening a store for another
+  configuration (`check_store`, and `write_gradient_store` before resuming) is refused with an
+  error naming what differs in user terms ("the params' values differ ...", "the loss differs:
+  at example 0 ..."); nothing in it is touched;
 - `_commits/<chunk>`: one empty marker per finished chunk, created by an atomic rename *after*
   the chunk's data is written. A chunk without a marker is (re)computed; a chunk with one is
   never rewritten, so an interrupted run resumes where it stopped and a repeated run is a no-op.
+  A chunk whose gradients hold NaN or inf is refused before it is written (an error naming the
+  chunk and the examples), so every committed chunk is finite and a `complete` store is usable.
 The group itself is created in a temporary directory and renamed into place, so a half-created
 store never exists.
 
-Format 2 (issue 17): the kinds fjl, ffd, affd, afjl and qk were rebuilt as the paper defines them,
-so a format-1 store written by one of them holds sketches of a map no kind computes any more. It
-is refused (reading and resuming) with a message naming the change (`CHANGED_KINDS`); format-1
-stores of the unchanged kinds (dense, countsketch, srht) are still read and resumed.
+Older formats (`provenance.check_format`). Format 2 lacks the params' values and the loss probe:
+`open_store` still reads it as it is (it takes no params to check against), but it is never
+resumed or checked against a run (`check_resumable`: recompute it). Format 1 is read likewise for
+the kinds whose map is unchanged (dense, countsketch, srht); a format-1 store of fjl, ffd, affd,
+afjl or qk (rebuilt in issue 17 as the paper defines them) holds sketches of a map no kind
+computes any more and is refused outright, naming the change (`CHANGED_KINDS`).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -35,26 +42,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from workbench.core.numerics import check_positive_int, num_examples
+from workbench.core.numerics import check_finite, check_positive_int, num_examples
 from workbench.core.per_example import example_loss, sketched_per_example_grads
 from workbench.sketch.base import Sketch
 from workbench.sketch.gradients import METHODS, implicit_grad_fn
+from workbench.sketch.provenance import (  # noqa: F401  (CHANGED_KINDS, FORMAT_VERSION: re-exported)
+    CHANGED_KINDS,
+    FORMAT_VERSION,
+    check_format,
+    check_resumable,
+    configuration_differences,
+    describe_differences,
+    store_metadata,
+)
 
 STORE_ATTR = "workbench_sketch_store"
-FORMAT_VERSION = 2
-# kind -> what it meant in format 1, and what to use now
-CHANGED_KINDS = {
-    "ffd": "a block-diagonal Fastfood (blocks of 1024) followed by row subsampling; 'ffd' is now the "
-           "paper's FFD (the transpose of the Fastfood feature map: a sum over input blocks of size D)",
-    "affd": "a sum of independent per-block Fastfoods with permutation gathers and random kept rows; "
-            "'affd' is now the paper's global R_D(sqrt(N/D) H^pi2 G H^pi1 B x)",
-    "afjl": "a blocked Hadamard followed by a hashed sparse Gaussian scatter; 'afjl' is now the "
-            "paper's R_D(sqrt(N/D) G H^pi1 B x)",
-    "qk": "a Kronecker product of i.i.d. Gaussian factors (balanced, per leaf through for_params), "
-          "now the kind 'kronecker'; 'qk' is now the paper's Haar-orthogonal QK truncated to the first D",
-    "fjl": "a Hadamard followed by a column-hashed sparse Gaussian (sparsity nonzeros per column); "
-           "'fjl' is now the paper's FJL with ~D log^2 N i.i.d. sparse Gaussian non-zeros",
-}
 DEFAULT_MAX_MEMORY_BYTES = 256 * 2**20
 
 
@@ -67,71 +69,15 @@ class GradientStore(NamedTuple):
 
     @property
     def complete(self) -> bool:
-        return len(_committed(self.path)) == self.metadata["num_chunks"]
-
-
-def params_fingerprint(params) -> str:
-    """Hash of the params structure: leaf paths, shapes and dtypes (not the values).
-
-    Args:
-        params: a params pytree.
-
-    Returns:
-        A 16-hex-digit hash that changes with the structure, shapes or dtypes, not with the values.
-    """
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    desc = [(jax.tree_util.keystr(p), tuple(np.shape(x)), str(jnp.asarray(x).dtype)) for p, x in leaves]
-    return hashlib.sha256(repr(desc).encode()).hexdigest()[:16]
-
-
-def array_fingerprint(tree) -> str:
-    """Hash of every leaf's shape, dtype and bytes (PRNG keys by their key data): what a store was made from.
-
-    Args:
-        tree: a pytree of arrays (the data, or a sketch's random state).
-
-    Returns:
-        A 16-hex-digit hash of the values.
-    """
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(tree):
-        a = np.asarray(jax.random.key_data(leaf) if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key) else leaf)
-        h.update(repr((a.shape, str(a.dtype))).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
-
-
-def store_metadata(sketch: Sketch, params, data, chunk_rows: int, dtype) -> dict:
-    """The configuration a store records and checks on reopening (see the module docstring).
-
-    Args:
-        sketch: the `Sketch` whose rows are stored.
-        params: the params pytree (its structure is recorded, not its values).
-        data: the dataset (its size and a hash of its values are recorded).
-        chunk_rows: rows per chunk.
-        dtype: the stored dtype.
-
-    Returns:
-        A JSON-serialisable dict (format version, kind, seed, state hash, dims, options, dtype,
-        params structure, data size and hash, chunk_rows, num_chunks).
-    """
-    n = int(jax.tree.leaves(data)[0].shape[0])
-    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sketch.options.items()}
-    return {
-        "format_version": FORMAT_VERSION,
-        "kind": sketch.kind,
-        "seed": np.asarray(jax.random.key_data(sketch.state["key"])).tolist(),
-        "sketch_state_hash": array_fingerprint({k: v for k, v in sketch.state.items() if k != "key"}),
-        "dim_in": sketch.dim_in,
-        "dim_out": sketch.dim_out,
-        "options": json.loads(json.dumps(options, default=str)),
-        "dtype": str(np.dtype(dtype)),
-        "params_structure": params_fingerprint(params),
-        "n_data": n,
-        "data_hash": array_fingerprint(data),
-        "chunk_rows": int(chunk_rows),
-        "num_chunks": -(-n // int(chunk_rows)),
-    }
+        """Every chunk committed, and so finite (format 3 commits only finite chunks; an older
+        store is read through to check)."""
+        if len(_committed(self.path)) != self.metadata["num_chunks"]:
+            return False
+        if self.metadata.get("format_version") == FORMAT_VERSION:
+            return True
+        rows = self.metadata["chunk_rows"]
+        return all(np.all(np.isfinite(self.sketches[lo : lo + rows]))
+                   for lo in range(0, self.metadata["n_data"], rows))
 
 
 def _committed(path: Path) -> set[int]:
@@ -147,7 +93,11 @@ def _commit(path: Path, chunk: int) -> None:
 
 
 def open_store(path: str | Path, mode: str = "r") -> GradientStore:
-    """Open an existing store (read-only by default).
+    """Open an existing store (read-only by default), as it is: nothing checks what made it.
+
+    `check_store` opens a store only after checking it against a (loss, params, data, sketch).
+    Stores of formats 2 and 1 (unchanged kinds) are read too, though they can no longer be
+    checked or resumed (see the module docstring).
 
     Args:
         path: the store's directory.
@@ -173,46 +123,59 @@ def open_store(path: str | Path, mode: str = "r") -> GradientStore:
     return GradientStore(group["sketches"], meta, path)
 
 
-def check_format(meta: dict, path) -> None:
-    """Refuse a store whose sketch kind has changed meaning since it was written (never reinterpret).
+def _check_against(path: Path, stored: dict, run: dict, explicit_chunk_rows: bool) -> None:
+    """Refuse the store at `path` (metadata `stored`) unless the `run` configuration made it."""
+    check_resumable(stored, path)
+    if not explicit_chunk_rows and isinstance(stored.get("chunk_rows"), int) and stored["chunk_rows"] > 0:
+        rows = stored["chunk_rows"]
+        run = {**run, "chunk_rows": rows, "num_chunks": -(-run["n_data"] // rows)}
+    differences = configuration_differences(stored, run)
+    if differences:
+        raise ValueError(
+            f"store: {path} was made with another configuration: {describe_differences(differences)}. "
+            f"Nothing in it was changed; use another path, or delete {path} to recompute it")
+
+
+def check_store(loss_fn: Callable, params, data, sketch: Sketch, path: str | Path,
+                chunk_size: int | None = None) -> GradientStore:
+    """Open the store at `path` read-only after checking that (loss_fn, params, data, sketch) made it.
+
+    Nothing is written. The params' structure and values, the loss (its probe: the first
+    examples' losses, compared with `provenance.probe_rtol`), the data and the sketch are compared
+    with those the store recorded; `write_gradient_store` runs the same check before resuming.
 
     Args:
-        meta: the store's recorded metadata.
-        path: the store's path (for the message).
+        loss_fn: `loss_fn(params, batch) -> scalar` batch-mean loss.
+        params: the params pytree (one floating dtype).
+        data: a `Dataset` or pytree of arrays with a common leading example axis [n, ...].
+        sketch: the `Sketch` the store should hold.
+        path: the store's directory.
+        chunk_size: rows per chunk the store must have; None accepts the store's.
+
+    Returns:
+        The read-only `GradientStore` (check `complete` before relying on every row).
 
     Raises:
-        ValueError: a format-1 store of a changed kind, or an unknown format version.
+        FileNotFoundError: no store at `path`.
+        ValueError: the store was made with another configuration (each difference named), was
+            written before format 3 (no fingerprints to check), or the arguments are malformed.
     """
-    version = meta.get("format_version")
-    if version == FORMAT_VERSION:
-        return
-    kind = meta.get("kind")
-    if version == 1 and kind in CHANGED_KINDS:
-        raise ValueError(
-            f"store: {path} was written (format 1) by the old {kind!r} sketch, {CHANGED_KINDS[kind]}. "
-            f"Its sketches cannot be read as the new {kind!r}; recompute it into a new path")
-    if version != 1:
-        raise ValueError(f"store: {path} has format_version {version!r}; this workbench reads 1 (unchanged kinds) and {FORMAT_VERSION}")
+    stored = open_store(path).metadata
+    check_resumable(stored, path)
+    rows = stored["chunk_rows"] if chunk_size is None else chunk_size
+    plan = _plan(loss_fn, params, data, sketch, rows, DEFAULT_MAX_MEMORY_BYTES, "explicit")
+    _check_against(Path(path), stored, store_metadata(loss_fn, params, data, sketch, plan.chunk_size, plan.dtype),
+                   chunk_size is not None)
+    return open_store(path)
 
 
 def _create_or_open(path: Path, meta: dict, explicit_chunk_rows: bool) -> GradientStore:
+    """The store at `path` opened for writing: checked against `meta` if present, else created."""
     import zarr
 
     if path.exists():
-        store = open_store(path, mode="r+")
-        old = store.metadata
-        if old.get("format_version") == 1:  # an unchanged kind (check_format refused the rest)
-            meta = {**meta, "format_version": 1}
-        if not explicit_chunk_rows and old.get("chunk_rows") != meta["chunk_rows"]:
-            meta = {**meta, "chunk_rows": old["chunk_rows"], "num_chunks": old["num_chunks"]}
-        diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
-        if diff:
-            details = "; ".join(f"{k}: store has {old.get(k)!r}, this run has {meta.get(k)!r}" for k in diff)
-            raise ValueError(
-                f"store: {path} was made with another configuration ({details}); "
-                f"use another path or delete it"
-            )
-        return store
+        _check_against(path, open_store(path).metadata, meta, explicit_chunk_rows)  # read-only until accepted
+        return open_store(path, mode="r+")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
@@ -268,8 +231,30 @@ def _plan(loss_fn, params, data, sketch, chunk_size, max_memory_bytes, method) -
     return _Plan(n, check_positive_int("chunk_size", chunk_size), dtype)
 
 
-def _compute_chunks(loss_fn, params, data, sketch, method, n, chunk_size, chunks, callback, progress):
-    """Yield (chunk, lo, hi, values [hi - lo, D]) for each chunk index in `chunks`."""
+def _check_params_finite(params, who: str) -> None:
+    """Refuse non-finite params up front: every gradient at them would be NaN, and a NaN is never stored."""
+    try:
+        check_finite(params, "params")
+    except ValueError as error:
+        raise ValueError(f"{who}: {error}, so every per-example gradient would be NaN or inf; nothing "
+                         "was computed or written") from None
+
+
+def _check_chunk_finite(values: np.ndarray, chunk: int, lo: int, path: Path | None) -> None:
+    """Refuse a chunk holding NaN or inf, naming its examples (before any callback, write or commit)."""
+    bad = np.flatnonzero(~np.all(np.isfinite(values), axis=1))
+    if bad.size == 0:
+        return
+    shown = ", ".join(str(lo + int(i)) for i in bad[:8]) + (f", ... ({bad.size} in all)" if bad.size > 8 else "")
+    fate = "" if path is None else f"; the chunk was not written, so {path} stays incomplete"
+    raise FloatingPointError(
+        f"per-example gradients: chunk {chunk} (examples {lo} to {lo + len(values) - 1}) is NaN or inf at "
+        f"examples [{shown}]: the loss or its gradient is not finite there (the params are finite: check "
+        f"the loss function and these examples' data){fate}")
+
+
+def _compute_chunks(loss_fn, params, data, sketch, method, n, chunk_size, chunks, callback, progress, path=None):
+    """Yield (chunk, lo, hi, values [hi - lo, D]) for each chunk index in `chunks`, each checked finite."""
     from workbench.core.progress import bar
 
     for c in bar(chunks, disable=not progress, desc="per-example gradients"):
@@ -277,6 +262,7 @@ def _compute_chunks(loss_fn, params, data, sketch, method, n, chunk_size, chunks
         idx = np.minimum(np.arange(lo, lo + chunk_size), n - 1)  # pad the last chunk: one compile
         batch = jax.tree.map(lambda a, idx=idx: a[idx], data)
         values = np.asarray(_sketch_chunk(loss_fn, sketch, params, batch, method))[: hi - lo]
+        _check_chunk_finite(values, c, lo, path)
         if callback is not None:
             callback(c, values)
         yield c, lo, hi, values
@@ -319,10 +305,14 @@ def per_example_gradients(
         A [n, dim_out] array ([n, n_params] when `sketch` is None), in the params' dtype.
 
     Raises:
-        ValueError: the sketch does not match the params, the data has no common example axis,
-            `chunk_size` is not a positive int, or `method` is unknown / implicit without a sketch.
+        ValueError: the params hold NaN or inf, the sketch does not match the params, the data has
+            no common example axis, `chunk_size` is not a positive int, or `method` is unknown /
+            implicit without a sketch.
+        FloatingPointError: a chunk's gradients hold NaN or inf at finite params (the loss or the
+            data is not finite at the examples named); never returned as rows.
     """
     plan = _plan(loss_fn, params, data, sketch, chunk_size, max_memory_bytes, method)
+    _check_params_finite(params, "per_example_gradients")
     chunks = range(-(-plan.n // plan.chunk_size))
     rows = [values for *_, values in _compute_chunks(loss_fn, params, data, sketch, method, plan.n,
                                                       plan.chunk_size, chunks, callback, progress)]
@@ -345,9 +335,11 @@ def write_gradient_store(
 ) -> GradientStore:
     """`per_example_gradients` streamed to a resumable zarr store at `path` (see the module docstring).
 
-    Each chunk of `chunk_size` rows is written and then committed by an atomic marker, so an
-    interrupted run resumes at the first uncommitted chunk and a repeated run is a no-op; a store
-    made with another configuration (sketch, params structure, data, chunk size) is refused.
+    Each chunk of `chunk_size` rows is checked finite, written and then committed by an atomic
+    marker, so an interrupted run resumes at the first uncommitted chunk and a repeated run is a
+    no-op. An existing store is first checked against this run as `check_store` does: one made
+    with other params (structure or values), another loss, other data, another sketch or chunk
+    size, or written before format 3, is refused and left untouched.
 
     Args:
         loss_fn: `loss_fn(params, batch) -> scalar` batch-mean loss.
@@ -369,21 +361,33 @@ def write_gradient_store(
         The reopened read-only `GradientStore` (`sketches` [n, dim_out] zarr array, `metadata`).
 
     Raises:
-        ValueError: `sketch` is None, `shard` is malformed, the store was made with another
-            configuration, or any argument `per_example_gradients` refuses.
+        ValueError: `sketch` is None, `shard` is malformed, the params hold NaN or inf (nothing is
+            created), the store was made with another configuration or an older format, or any
+            argument `per_example_gradients` refuses.
+        FloatingPointError: the loss is not finite at a probed example (nothing is created), or a
+            chunk's gradients hold NaN or inf (that chunk is neither written nor committed, so
+            the store stays incomplete; the error names the chunk and its examples).
     """
     if sketch is None:
         raise ValueError("store needs a sketch: raw gradients are returned in memory only")
     if shard is not None and (len(shard) != 2 or not 0 <= shard[0] < shard[1]):
         raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
     plan = _plan(loss_fn, params, data, sketch, chunk_size, max_memory_bytes, method)
-    meta = store_metadata(sketch, params, data, plan.chunk_size, plan.dtype)
-    gstore = _create_or_open(Path(path), meta, chunk_size is not None)
+    path = Path(path)
+    _check_params_finite(params, f"store {path}")
+    meta = store_metadata(loss_fn, params, data, sketch, plan.chunk_size, plan.dtype)
+    probe = meta["loss_probe"]["values"]
+    if not np.all(np.isfinite(probe)):
+        i = int(np.flatnonzero(~np.isfinite(probe))[0])
+        raise FloatingPointError(
+            f"store {path}: the loss of example {i} alone is {probe[i]} at finite params (check the loss "
+            f"function and that example's data); nothing was written")
+    gstore = _create_or_open(path, meta, chunk_size is not None)
     rows = gstore.metadata["chunk_rows"]
     done = _committed(gstore.path)
     todo = [c for c in range(-(-plan.n // rows)) if c not in done and (shard is None or c % shard[1] == shard[0])]
     for c, lo, hi, values in _compute_chunks(loss_fn, params, data, sketch, method, plan.n, rows, todo,
-                                             callback, progress):
+                                             callback, progress, gstore.path):
         gstore.sketches[lo:hi] = values
         _commit(gstore.path, c)
     return open_store(gstore.path)

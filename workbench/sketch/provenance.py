@@ -1,0 +1,281 @@
+"""What a gradient store was made from, recorded in its metadata and checked before it is reused.
+
+A store of sketched per-example gradients is a function of four things: the params' values, the
+loss, the data and the sketch. Each is fingerprinted in the store's metadata (`store_metadata`):
+- the params: a hash of their structure (leaf paths, shapes, dtypes) and one of their values
+  (every leaf's bytes), so a refusal can say "same structure, other values";
+- the loss: functions cannot be hashed stably across processes, so a numerical probe stands in
+  for it: the per-example losses `loss_fn(params, one-example batch)` of the first
+  `PROBE_EXAMPLES` examples. With the params and data equal, a different probe means a different
+  loss (another function, a rescaled loss, another model state). It is compared with a
+  dtype-aware tolerance (`probe_rtol`): the numbers are deterministic on one machine, the
+  tolerance only admits a resume on another. A loss that is exactly 0 on every probed example
+  cannot tell a rescaled loss apart;
+- the data: its size and a hash of its values; the sketch: its kind, key data, a hash of its
+  random state, dims and options.
+`configuration_differences` says, in user terms, every way a run differs from a store.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workbench.core.per_example import per_example_losses
+from workbench.sketch.base import Sketch
+
+FORMAT_VERSION = 3
+PROBE_EXAMPLES = 4  # examples whose losses fingerprint the loss function
+# kind -> what it meant in format 1, and what to use now
+CHANGED_KINDS = {
+    "ffd": "a block-diagonal Fastfood (blocks of 1024) followed by row subsampling; 'ffd' is now the "
+           "paper's FFD (the transpose of the Fastfood feature map: a sum over input blocks of size D)",
+    "affd": "a sum of independent per-block Fastfoods with permutation gathers and random kept rows; "
+            "'affd' is now the paper's global R_D(sqrt(N/D) H^pi2 G H^pi1 B x)",
+    "afjl": "a blocked Hadamard followed by a hashed sparse Gaussian scatter; 'afjl' is now the "
+            "paper's R_D(sqrt(N/D) G H^pi1 B x)",
+    "qk": "a Kronecker product of i.i.d. Gaussian factors (balanced, per leaf through for_params), "
+          "now the kind 'kronecker'; 'qk' is now the paper's Haar-orthogonal QK truncated to the first D",
+    "fjl": "a Hadamard followed by a column-hashed sparse Gaussian (sparsity nonzeros per column); "
+           "'fjl' is now the paper's FJL with ~D log^2 N i.i.d. sparse Gaussian non-zeros",
+}
+_SKETCH_FIELDS = {  # field -> what differs, in user terms
+    "kind": "the sketch kind differs", "seed": "the sketch's key differs",
+    "sketch_state_hash": "the sketch's random state differs",
+    "dim_in": "the sketch's input dimension differs", "dim_out": "the sketch's dimension D differs",
+    "options": "the sketch's options differ",
+}
+
+
+def params_fingerprint(params) -> str:
+    """Hash of the params structure: leaf paths, shapes and dtypes (not the values).
+
+    Args:
+        params: a params pytree.
+
+    Returns:
+        A 16-hex-digit hash that changes with the structure, shapes or dtypes, not with the values.
+    """
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    desc = [(jax.tree_util.keystr(p), tuple(np.shape(x)), str(jnp.asarray(x).dtype)) for p, x in leaves]
+    return hashlib.sha256(repr(desc).encode()).hexdigest()[:16]
+
+
+def array_fingerprint(tree) -> str:
+    """Hash of every leaf's shape, dtype and bytes (PRNG keys by their key data): what a store was made from.
+
+    Args:
+        tree: a pytree of arrays (the params, the data, or a sketch's random state).
+
+    Returns:
+        A 16-hex-digit hash of the values.
+    """
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        a = np.asarray(jax.random.key_data(leaf) if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key) else leaf)
+        h.update(repr((a.shape, str(a.dtype))).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _probe_losses(loss_fn, params, batch):
+    # one compiled program per loss_fn: every process and every reopening computes the same numbers
+    return per_example_losses(loss_fn, params, batch)
+
+
+def loss_probe(loss_fn: Callable, params, data) -> dict:
+    """The loss's numerical fingerprint: the losses of the first `PROBE_EXAMPLES` examples, each alone.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, a batch mean.
+        params: the params pytree.
+        data: a pytree of arrays with a leading example axis [n, ...].
+
+    Returns:
+        {"dtype": the loss's dtype, "values": [min(n, PROBE_EXAMPLES) Python floats]}.
+    """
+    count = min(int(jax.tree.leaves(data)[0].shape[0]), PROBE_EXAMPLES)
+    values = np.asarray(_probe_losses(loss_fn, params, jax.tree.map(lambda a: a[:count], data)))
+    return {"dtype": str(values.dtype), "values": [float(v) for v in values]}
+
+
+def probe_rtol(dtype) -> float:
+    """Relative tolerance of the loss probe: 1e-10 in float64, 1e-5 in float32, 1e-2 below.
+
+    Args:
+        dtype: the loss's dtype.
+
+    Returns:
+        The tolerance, relative to the largest probed loss (deterministic on one machine; the
+        slack only admits a resume on another).
+    """
+    bits = jnp.finfo(dtype).bits
+    return 1e-10 if bits >= 64 else 1e-5 if bits >= 32 else 1e-2
+
+
+def store_metadata(loss_fn: Callable, params, data, sketch: Sketch, chunk_rows: int, dtype) -> dict:
+    """The configuration a store records and checks on reopening (see the module docstring).
+
+    Args:
+        loss_fn: the loss whose per-example gradients are stored (fingerprinted by `loss_probe`).
+        params: the params pytree (its structure and its values are hashed).
+        data: the dataset (its size and a hash of its values are recorded).
+        sketch: the `Sketch` whose rows are stored.
+        chunk_rows: rows per chunk.
+        dtype: the stored dtype.
+
+    Returns:
+        A JSON-serialisable dict (format version, the sketch's kind, seed, state hash, dims and
+        options, dtype, params structure and values hashes, loss probe, data size and hash,
+        chunk_rows, num_chunks).
+    """
+    n = int(jax.tree.leaves(data)[0].shape[0])
+    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sketch.options.items()}
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": sketch.kind,
+        "seed": np.asarray(jax.random.key_data(sketch.state["key"])).tolist(),
+        "sketch_state_hash": array_fingerprint({k: v for k, v in sketch.state.items() if k != "key"}),
+        "dim_in": sketch.dim_in,
+        "dim_out": sketch.dim_out,
+        "options": json.loads(json.dumps(options, default=str)),
+        "dtype": str(np.dtype(dtype)),
+        "params_structure": params_fingerprint(params),
+        "params_values": array_fingerprint(params),
+        "loss_probe": loss_probe(loss_fn, params, data),
+        "n_data": n,
+        "data_hash": array_fingerprint(data),
+        "chunk_rows": int(chunk_rows),
+        "num_chunks": -(-n // int(chunk_rows)),
+    }
+
+
+def check_format(meta: dict, path) -> None:
+    """Refuse to read a store whose sketch kind has changed meaning since it was written (never reinterpret).
+
+    Formats 1 (kinds unchanged since) and 2 are still read; `check_resumable` refuses to resume them.
+
+    Args:
+        meta: the store's recorded metadata.
+        path: the store's path (for the message).
+
+    Raises:
+        ValueError: a format-1 store of a changed kind, or an unknown format version.
+    """
+    version = meta.get("format_version")
+    kind = meta.get("kind")
+    if version == 1 and kind in CHANGED_KINDS:
+        raise ValueError(
+            f"store: {path} was written (format 1) by the old {kind!r} sketch, {CHANGED_KINDS[kind]}. "
+            f"Its sketches cannot be read as the new {kind!r}; recompute it into a new path")
+    if version not in (1, 2, FORMAT_VERSION):
+        raise ValueError(f"store: {path} has format_version {version!r}; this workbench reads 1 (unchanged "
+                         f"kinds), 2 and {FORMAT_VERSION}")
+
+
+def check_resumable(meta: dict, path) -> None:
+    """Refuse to resume (or check against a run) a store that lacks the fingerprints of format 3.
+
+    Args:
+        meta: the store's recorded metadata (already accepted by `check_format`).
+        path: the store's path (for the message).
+
+    Raises:
+        ValueError: the store was written before format 3.
+    """
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"store: {path} was written in format {version}, which records neither the params' values "
+            f"nor the loss it was made with, so it cannot be checked against this run and is not resumed. "
+            f"Recompute it into another path (or delete {path}); open_store still reads it as it is")
+
+
+def _probe_difference(stored: dict, run: dict) -> str | None:
+    """How the run's loss probe differs from the stored one, or None within the tolerance."""
+    if stored.get("dtype") != run.get("dtype"):
+        return (f"the loss differs: the store's loss was computed in {stored.get('dtype')}, this run's "
+                f"in {run.get('dtype')}")
+    old, new = (np.asarray(p.get("values", []), np.float64) for p in (stored, run))
+    if old.shape != new.shape:
+        return f"the loss differs: the store probed {old.size} examples' losses, this run {new.size}"
+    scale = max(np.max(np.abs(old[np.isfinite(old)]), initial=0.0), np.max(np.abs(new[np.isfinite(new)]), initial=0.0))
+    tol = probe_rtol(run["dtype"]) * max(scale, np.finfo(np.float64).tiny)
+    same = (np.abs(old - new) <= tol) | (np.isnan(old) & np.isnan(new)) | (old == new)
+    if np.all(same):
+        return None
+    i = int(np.flatnonzero(~same)[0])
+    return (f"the loss differs: at example {i} the store's loss was {float(old[i])!r}, this run's is {float(new[i])!r} "
+            f"(the params and data are the same: another loss function, a rescaled loss or another "
+            f"model state?)")
+
+
+def configuration_differences(stored: dict, run: dict) -> list[tuple[str, str]]:
+    """Every way the `run` configuration differs from the `stored` one, in user terms.
+
+    A consequence is not reported as a cause: the loss probe is compared only when the params
+    and the data agree, the data's values only when its size agrees.
+
+    Args:
+        stored: the metadata a store records (`store_metadata`).
+        run: the metadata this run would write.
+
+    Returns:
+        [(field, explanation)], empty when the store was made by this configuration.
+    """
+    def differs(field):
+        return stored.get(field) != run.get(field)
+
+    found = []
+    params_differ = differs("params_structure") or differs("params_values")
+    if differs("params_structure"):
+        found.append(("params_structure", "the params' structure (leaf paths, shapes or dtypes) differs from "
+                                          "that of the params the store was made with"))
+    elif differs("params_values"):
+        found.append(("params_values", "the params' values differ from those the store was made with (same "
+                                       "structure, other values: another model, checkpoint or training step)"))
+    data_differ = differs("n_data") or differs("data_hash")
+    if not params_differ and not data_differ and differs("loss_probe"):
+        message = _probe_difference(stored.get("loss_probe") or {}, run.get("loss_probe") or {})
+        if message:
+            found.append(("loss_probe", message))
+    if differs("n_data"):
+        found.append(("n_data", f"the data differs: the store has {stored.get('n_data')} examples, this run "
+                                f"{run.get('n_data')}"))
+    elif differs("data_hash"):
+        found.append(("data_hash", "the data's values differ from those the store was made with (same "
+                                   "number of examples)"))
+    found += [(f, f"{what}: store has {stored.get(f)!r}, this run has {run.get(f)!r}")
+              for f, what in _SKETCH_FIELDS.items() if differs(f)]
+    if differs("dtype"):
+        found.append(("dtype", f"the store holds {stored.get('dtype')} sketches, this run's params are "
+                               f"{run.get('dtype')}"))
+    if differs("chunk_rows"):
+        found.append(("chunk_rows", f"the store has {stored.get('chunk_rows')} rows per chunk, this run asks "
+                                    f"for {run.get('chunk_rows')} (chunk_size=None uses the store's)"))
+    elif differs("num_chunks") and not differs("n_data"):
+        found.append(("num_chunks", f"store has {stored.get('num_chunks')!r}, this run has {run.get('num_chunks')!r}"))
+    known = {*_SKETCH_FIELDS, "dtype", "params_structure", "params_values", "n_data", "data_hash",
+             "loss_probe", "chunk_rows", "num_chunks"}
+    for field in sorted(k for k in set(stored) | set(run) if k not in known and differs(k)):
+        found.append((field, f"store has {stored.get(field)!r}, this run has {run.get(field)!r}"))
+    return found
+
+
+def describe_differences(differences: list[tuple[str, str]]) -> str:
+    """The text of `configuration_differences` for an error message.
+
+    Args:
+        differences: [(field, explanation)] as `configuration_differences` returns.
+
+    Returns:
+        "field: explanation; field: explanation ...".
+    """
+    return "; ".join(f"{field}: {text}" for field, text in differences)
