@@ -125,6 +125,7 @@ def run_calls(tmp: Path) -> list[dict]:
             else:
                 outcome, text = "returns", np.array2string(np.asarray(value), precision=6) if not isinstance(
                     value, int | float | tuple) else repr(value)
+        text = text.replace(str(tmp), "TMP")  # the temporary folder, not a path of this machine
         rows.append({"call": name, "outcome": outcome, "detail": " ".join(text.split())[:400],
                      "intended": intended, "ok": outcome == intended})
     return rows
