@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import event, given
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from plain_logreg import plain_logreg  # tests/ helper module
 
@@ -236,3 +236,33 @@ def test_non_finite_params_or_data_are_refused_by_name(poison, where, name):
         x = x.at[3, 0].set(poison)
     with pytest.raises(ValueError, match="params|train_data"):
         influence.make(name, _LOGREG.loss_fn, params, (x, y))
+
+
+@settings(max_examples=15)  # each (size, dtype, target) compiles its own program
+@given(n=st.integers(0, 2), dtype=st.sampled_from([np.float64, np.float32, np.int32, np.float16]),
+       target=st.sampled_from(["operator", "per_example_gradients", "influence"]))
+def test_tiny_or_mistyped_data_and_params_answer_or_name_the_cause(n, dtype, target):
+    """Empty and one-example data, integer and half-precision params: a right answer or an
+    error naming the data or the params."""
+    params = jax.tree.map(lambda a: jnp.asarray(np.asarray(a), dtype), _PARAMS)
+    x, y = _DATA[0][:n].astype(dtype if np.issubdtype(dtype, np.floating) else np.float64), _DATA[1][:n]
+    floating = np.issubdtype(dtype, np.floating)
+    try:
+        if target == "operator":
+            op = curvature.operator(_LOGREG.loss_fn, params, (x, y))
+            out = np.asarray(op.mv(jnp.ones(op.dim, op.dtype)))
+        elif target == "per_example_gradients":
+            out = np.asarray(sketch.per_example_gradients(_LOGREG.loss_fn, params, (x, y), None))
+            assert out.shape == (n, 12)
+        else:
+            est = influence.make("grad_dot", _LOGREG.loss_fn, params, (x, y))
+            out = np.asarray(est.self_influence())
+            assert out.shape == (n,)
+    except (ValueError, TypeError) as err:
+        event(f"refused: {type(err).__name__}")
+        assert n == 0 or not floating or (target == "influence" and n < 2) or dtype == np.float16, err
+        assert _clear(err, "data", "train_data", "params", "examples"), err
+        return
+    event("answered")
+    assert n >= 1 and floating
+    assert np.all(np.isfinite(out))

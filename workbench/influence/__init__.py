@@ -46,7 +46,7 @@ import difflib
 import inspect
 from collections.abc import Callable
 
-from workbench.core.numerics import check_finite, num_examples
+from workbench.core.numerics import check_finite, check_floating, num_examples
 from workbench.core.per_example import mean_loss
 from workbench.influence import validation
 from workbench.influence.arnoldi import TAIL_SPREAD_WARNING, arnoldi
@@ -127,6 +127,7 @@ def make(name: str, loss_fn, params, train_data, **options) -> Estimator:
         raise ValueError(f"objective_fn= applies to the curvature estimators {CURVATURE_ESTIMATORS}, "
                          f"not to {name!r}")
     _check_option_names(name, options)
+    check_floating(params, "params")  # an integer leaf has no gradient
     check_finite(params, "params")
     n = num_examples(train_data, "train_data")
     if n < 2:

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from workbench.core.numerics import check_finite, check_positive_int, num_examples
+from workbench.core.numerics import check_finite, check_floating, check_positive_int, num_examples
 from workbench.core.per_example import example_loss, sketched_per_example_grads
 from workbench.sketch.base import Sketch
 from workbench.sketch.gradients import METHODS, implicit_grad_fn
@@ -214,6 +214,7 @@ class _Plan(NamedTuple):
 
 def _plan(loss_fn, params, data, sketch, chunk_size, max_memory_bytes, method) -> _Plan:
     """Validate the arguments shared by `per_example_gradients` and `write_gradient_store`."""
+    check_floating(params)  # an integer leaf has no gradient
     n_params = optax.tree.size(params)
     if method not in METHODS:
         raise ValueError(f"method must be 'explicit' or 'implicit', got {method!r}")
