@@ -1,12 +1,21 @@
 """Shared fixtures: float64 for reference checks, an explicit PRNG key, strict dtype promotion."""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("MPLBACKEND", "Agg")
-# No persistent compilation cache in tests: every test compiles as a fresh CI machine does, and
-# nothing is written to the user's ~/.cache. Inherited by the kernels the paper tests start; the
-# tests of the cache itself point it at a temporary folder.
-os.environ["WORKBENCH_JAX_CACHE"] = "off"
+# One fresh persistent compilation cache shared by the suite's processes (the xdist workers, the
+# paper kernels and subprocesses they start, all inheriting this variable): every program still
+# compiles once, as on a new CI machine, but a program one process compiled is loaded by the
+# next instead of compiled again. Nothing is written to the user's ~/.cache; the controller
+# removes the folder at the end. The tests of the cache itself point it at their own folders.
+if "WORKBENCH_TEST_JAX_CACHE" not in os.environ:
+    os.environ["WORKBENCH_TEST_JAX_CACHE"] = tempfile.mkdtemp(prefix="workbench-test-jax-cache-")
+    _OWN_CACHE = True
+else:
+    _OWN_CACHE = False
+os.environ["WORKBENCH_JAX_CACHE"] = os.environ["WORKBENCH_TEST_JAX_CACHE"]
 
 import zlib
 
@@ -36,6 +45,11 @@ def pytest_configure(config):
         "thorough", max_examples=400, deadline=None, print_blob=True,
         suppress_health_check=[hypothesis.HealthCheck.too_slow])
     hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "workbench"))
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:  # the process that made the shared cache folder (the xdist controller) removes it
+        shutil.rmtree(os.environ["WORKBENCH_TEST_JAX_CACHE"], ignore_errors=True)
 
 
 def pytest_report_header(config):

@@ -55,8 +55,10 @@ def test_folder_from_environment(monkeypatch, tmp_path):
         assert cc.requested_dir() is None
 
 
-def test_tests_do_not_use_the_user_cache():
-    assert cc.info() == cc.CacheInfo(None, 0, 0, "off")
+def test_tests_share_one_fresh_cache_and_never_the_users():
+    info = cc.info()
+    assert info.source == "workbench" and info.path == Path(os.environ["WORKBENCH_TEST_JAX_CACHE"])
+    assert info.path != cc.default_dir() and not str(info.path).startswith(str(Path.home() / ".cache"))
 
 
 def test_second_process_loads_from_cache_with_identical_result(tmp_path):
