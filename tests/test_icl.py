@@ -311,3 +311,22 @@ def test_depth_comparison_record_and_ratio():
     assert rec == {"depths": [1, 2], "trained": [0.5, 0.2], "gd": [0.6, 0.4], "gdpp": [0.5, 0.3],
                    "newton": [0.9, 0.7, 0.5], "least_squares": 0.01}
     assert all(type(v) is list for k, v in rec.items() if k != "least_squares")
+
+
+@pytest.mark.standard_promotion  # optax's Adam
+def test_training_chunks_cover_the_steps_without_waste_and_change_nothing(monkeypatch):
+    """`fit_lsa` trains in equal chunks of at most 500 steps (a chunk always computes its full
+    length, so 600 steps in chunks of 500 would compute 1000); the parameters are those of the
+    old fixed 500-step chunks."""
+    for n in (1, 7, 499, 500, 501, 600, 1000, 1001, 6000):
+        c = recipes._steps_per_chunk(n)
+        chunks = -(-n // c)
+        assert c <= 500 and chunks == -(-n // 500) and chunks * c - n < chunks
+    assert recipes._steps_per_chunk(600) == 300 and recipes._steps_per_chunk(5000) == 500
+    setup = recipes.TaskSetup(dim=3, context_length=5)
+    kw = dict(num_steps=7, tasks_per_step=8, num_test_tasks=16, progress=False)
+    new = recipes.fit_lsa(setup, 2, **kw)
+    monkeypatch.setattr(recipes, "_steps_per_chunk", lambda num_steps: 500)
+    old = recipes.fit_lsa(setup, 2, **kw)
+    jax.tree.map(np.testing.assert_array_equal, new.params, old.params)
+    np.testing.assert_array_equal(new.result.history["loss"], old.result.history["loss"])

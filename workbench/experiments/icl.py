@@ -127,7 +127,7 @@ def fit_lsa(setup: TaskSetup, num_layers: int = 1, *, mlp: bool = False, num_ste
     optimizer = _optimizer(learning_rate, num_steps)
     try:
         result = train(loss_fn, params, data, k_order, optimizer=optimizer, num_steps=num_steps, batch_size=1,
-                       progress=progress, steps_per_chunk=500)
+                       progress=progress, steps_per_chunk=_steps_per_chunk(num_steps))
     except FloatingPointError as err:
         raise FloatingPointError(f"training the {num_layers}-layer LSA diverged: {err}") from err
     test = setup.sample(k_test, num_test_tasks)
@@ -136,6 +136,14 @@ def fit_lsa(setup: TaskSetup, num_layers: int = 1, *, mlp: bool = False, num_ste
         raise FloatingPointError(f"the trained {num_layers}-layer LSA gives a non-finite test loss ({test_loss}); "
                                  "training diverged: lower learning_rate")
     return LSAFit(result.params, result, setup, test_loss)
+
+
+def _steps_per_chunk(num_steps: int, cap: int = 500) -> int:
+    """Equal chunks of at most `cap` steps covering `num_steps`: a chunk always runs its full
+    length (steps past the end are computed and discarded), so 600 steps in chunks of 500 would
+    compute 1000; two chunks of 300 compute 600, with one compiled program."""
+    chunks = -(-num_steps // cap)
+    return -(-num_steps // chunks)
 
 
 @functools.lru_cache(maxsize=16)
