@@ -51,27 +51,31 @@ RESULTS = ROOT / "benchmarks" / "results"
 # job is the mutated function, never the whole suite.
 
 # A selection is a list of (test file, -k expression or None) pairs, run as one pytest call.
-CURVATURE = [("tests/test_curvature.py", "not four_devices")]
+# the invariants files hold the tests written to kill the first run's survivors
+INVARIANTS_CURVATURE = [("tests/test_invariants_curvature.py", None)]
+CURVATURE = [("tests/test_curvature.py", "not four_devices")] + INVARIANTS_CURVATURE
 CURVATURE_PRODUCTS = [("tests/test_curvature.py", "ggn_and_fisher or short_last_batch")]
-CORE_CHUNKS = [("tests/test_core.py", "map_chunks or sum_chunks or sharded_sum")]
-SPECTRUM = [("tests/test_spectrum.py", "not compile_size and not memory")]
+CORE_CHUNKS = [("tests/test_core.py", "map_chunks or sum_chunks or sharded_sum")] + INVARIANTS_CURVATURE
+INVARIANTS_SPECTRUM = [("tests/test_invariants_spectrum.py", None)]
+SPECTRUM = [("tests/test_spectrum.py", "not compile_size and not memory")] + INVARIANTS_SPECTRUM
 NOT_SYMMETRIC = [("tests/test_spectrum_compile.py", "residuals_show_an_operator_that_is_not_symmetric")]
 SLQ = [("tests/test_spectrum_density.py", "slq")]
-DENSITY = [("tests/test_spectrum_density.py", None)]
+DENSITY = [("tests/test_spectrum_density.py", None)] + INVARIANTS_SPECTRUM
+INVARIANTS_DAMPING = [("tests/test_invariants_influence.py", "damping_enters")]
 INFLUENCE_EXACT = [("tests/test_influence.py", "exact_matches_dense_solve or self_influence or proponents")]
 INFLUENCE_CURVATURE_FREE = [("tests/test_influence.py", "tracin or grad_cos or self_influence")]
 ATTRIBUTION_DAMPING = [("tests/test_influence_problems.py", "train_for_attribution")]
 ITERATIVE_CG = [("tests/test_influence_iterative.py", "cg_matches_exact or indefinite")]
 ITERATIVE_LISSA = [("tests/test_influence_iterative.py", "lissa")]
-ITERATIVE_ARNOLDI = [("tests/test_influence_iterative.py", "arnoldi_matches_exact or flat_tail")]
-TRAK = [("tests/test_influence_trak.py", None)]
-SSD = [("tests/test_unlearning.py", "ssd or fisher_diagonal")]
+ITERATIVE_ARNOLDI = [("tests/test_influence_iterative.py", "arnoldi_matches_exact or flat_tail")] + INVARIANTS_DAMPING
+TRAK = [("tests/test_influence_trak.py", None), ("tests/test_invariants_influence.py", "trak")]
+SSD = [("tests/test_unlearning.py", "ssd or fisher_diagonal"), ("tests/test_invariants_unlearning.py", None)]
 SCHEDULE_BOUNDS = [("tests/test_schedules.py", "bound")]
 SCHEDULE_REFINE = [("tests/test_schedules.py", "refine")]
 STATISTICS = [("tests/test_influence_evaluate.py", "auc or correlations"),
               ("tests/test_influence.py", "lds_auc_and_rank_metrics"),
               ("tests/test_unlearning.py", "auc_matches_pairwise_count")]
-OWLQN = [("tests/test_distributed.py", "owlqn or pseudo_gradient")]
+OWLQN = [("tests/test_distributed.py", "owlqn or pseudo_gradient"), ("tests/test_invariants_minimize.py", None)]
 CONVEX_RUNNER = [("tests/test_convex.py", "runner_matches_python_reference or vmapped_runner")]
 SKETCH_DENSE = [("tests/test_sketch.py", "dense")]
 SKETCH_FWHT = [("tests/test_sketch.py", "fwht or fjl")]
@@ -257,7 +261,7 @@ MUTATIONS = [
              '"inverse": (evecs / (evals + damping)) @ evecs.T',
              '"inverse": (evecs / evals) @ evecs.T',
              "exact influence from a given eigendecomposition ignores the damping",
-             INFLUENCE_EXACT + ATTRIBUTION_DAMPING),
+             INFLUENCE_EXACT + ATTRIBUTION_DAMPING + INVARIANTS_DAMPING),
     mutation("influence.exact_cholesky_damping_dropped", "workbench/influence/inverse.py",
              "return jnp.linalg.cholesky(hessian + damping * jnp.eye(hessian.shape[0], dtype=hessian.dtype))",
              "return jnp.linalg.cholesky(hessian)",
@@ -371,6 +375,12 @@ MUTATIONS = [
              "step = jnp.where(j < count, alphas[i] - beta, 0.0)",
              "step = jnp.where(j < count, beta - alphas[i], 0.0)",
              "L-BFGS two-loop recursion with a sign flip in the second loop",
+             OWLQN),
+    mutation("owlqn.two_loop_slot_order", "workbench/distributed/minimize.py",
+             "i = (newest - (jnp.minimum(count, memory_size) - 1) + j) % memory_size",
+             "i = (newest - (count - 1) + j) % memory_size",
+             "two-loop recursion's second loop in slot order once the ring buffer wrapped (the bug "
+             "test_invariants_minimize found, re-injected)",
              OWLQN),
     mutation("convex.suffix_average_over_record", "workbench/convex/runner.py",
              "suffix = (sums[pos] - start_sums) / jnp.asarray(lengths, dtype)[:, None]",
