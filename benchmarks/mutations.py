@@ -515,7 +515,8 @@ def _summary(results: list[dict]) -> dict:
             "score_without_equivalent": round(killed / real, 4) if real else float("nan")}
 
 
-def _write(results: list[dict], summary: dict, out: Path, meta: dict) -> None:
+def _write(results: list[dict], summary: dict, out: Path, meta: dict, earlier: dict | None) -> None:
+    """Write OUT.json and OUT.md; `earlier` (an earlier run's JSON) adds its outcome per mutation."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({**meta, "summary": summary, "results": results}, indent=1) + "\n")
     lines = [
@@ -531,16 +532,25 @@ def _write(results: list[dict], summary: dict, out: Path, meta: dict) -> None:
         f"(reasons below), so {summary['score_without_equivalent']:.3f} of the non-equivalent mutations "
         f"are killed. Errors (not applied, counted apart): {summary['errors']}.",
         "",
-        "| mutation | file | what goes wrong | outcome | caught by / reason | s |",
-        "|---|---|---|---|---|---:|",
     ]
+    before = {}
+    if earlier:
+        before = {r["id"]: r["outcome"] for r in earlier["results"]}
+        e = earlier["summary"]
+        lines += [f"Earlier run ({earlier['commit']}, the `before` column): score {e['killed']} / "
+                  f"{e['killed'] + e['survived']} = {e['score']:.3f}, {e['survived']} survived "
+                  f"({e['survived_equivalent']} equivalent).", ""]
+    lines += ["| mutation | file | what goes wrong | " + ("before | " if earlier else "") + "outcome | "
+              "caught by / reason | s |",
+              "|---|---|---|" + ("---|" if earlier else "") + "---|---|---:|"]
     for r in results:
         if r["outcome"] == "survived":
             why = f"equivalent: {r['equivalent']}" if r["equivalent"] else "**not caught by any selected test**"
         else:
             why = r["detail"]
+        earlier_cell = f"{before.get(r['id'], 'not run')} | " if earlier else ""
         lines.append(f"| `{r['id']}` | {r['file'].removeprefix('workbench/')} | {r['description']} | "
-                     f"{r['outcome']} | {why.replace('|', '/')} | {r['seconds']:.0f} |")
+                     f"{earlier_cell}{r['outcome']} | {why.replace('|', '/')} | {r['seconds']:.0f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -562,6 +572,9 @@ def main(argv=None) -> int:
     parser.add_argument("--python", default=sys.executable, help="the interpreter that runs pytest")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds per mutation (default: 3x its selection's baseline + 60)")
+    parser.add_argument("--compare", default=str(RESULTS / "mutations_before.json"),
+                        help="an earlier run's JSON whose outcomes the table shows next to these "
+                             "(skipped when missing or when it is the output itself)")
     parser.add_argument("--list", action="store_true", help="print the mutation ids and exit")
     args = parser.parse_args(argv)
 
@@ -625,7 +638,11 @@ def main(argv=None) -> int:
     meta = {"commit": commit + ("+uncommitted" if dirty else ""), "platform": platform.platform(),
             "python": args.python, "jobs": jobs, "runtime_s": round(runtime, 1),
             "baseline_s": {" ".join(pytest_args(s)): r["seconds"] for s, r in baseline.items()}}
-    _write(results, summary, Path(args.out), meta)
+    compare = Path(args.compare)
+    earlier = None
+    if compare.is_file() and compare.resolve() != Path(args.out).with_suffix(".json").resolve():
+        earlier = json.loads(compare.read_text())
+    _write(results, summary, Path(args.out), meta, earlier)
     print(f"\nscore {summary['score']:.3f}: {summary['killed']} killed, {summary['survived']} survived "
           f"({summary['survived_equivalent']} equivalent), {summary['errors']} errors; {runtime:.0f} s; "
           f"written {Path(args.out).with_suffix('.md')}")
