@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --quiet -c $(LOCK)
 
-.PHONY: papers test lab lab-reset lab-save workshop workshop-clean lint sync lock bench clean
+.PHONY: papers test lab lab-reset lab-save workshop workshop-clean lint sync lock bench mutate clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -79,6 +79,13 @@ lock:
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --quiet torch==2.13.0
 	$(PIP_INSTALL) -e '.[dev,bench]'
+
+# Mutation testing of the numerical core (benchmarks/mutations.py): each recorded mutation applied
+# alone to a temporary copy of the repository and run against its targeted tests; writes
+# benchmarks/results/mutations.{json,md}. MUTATE_ARGS="--jobs 2" or "--only ID[,ID]".
+MUTATE_ARGS ?=
+mutate: $(STAMP)
+	$(BIN)/python benchmarks/mutations.py $(MUTATE_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -280,7 +280,7 @@ def _two_loop(pg, s_hist, y_hist, rho, count, memory_size):
     r = optax.tree.scale(gamma, q)
 
     def second(j, r):
-        i = (newest - (count - 1) + j) % memory_size
+        i = (newest - (jnp.minimum(count, memory_size) - 1) + j) % memory_size  # oldest kept pair first
         beta = rho[i] * dot(take(y_hist, i), r)
         step = jnp.where(j < count, alphas[i] - beta, 0.0)
         return optax.tree.add_scale(r, step, take(s_hist, i))
