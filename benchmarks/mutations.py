@@ -121,7 +121,50 @@ def mutation(id, file, original, mutated, description, tests, equivalent=None):
             "description": description, "tests": [list(part) for part in tests], "equivalent": equivalent}
 
 
+STORE = [("tests/test_sketch_store.py", "refused or non_finite or never_written")]
+BOUNDARY_SPECTRUM = [("tests/test_spectrum.py", "spurious or never_the_start or multiple_of_the_identity"),
+                     ("tests/test_spectrum_compile.py", "not_symmetric"),
+                     ("tests/test_spectrum_sharpness.py", None)]
+LISSA_DIVERGED = [("tests/test_influence_iterative.py", "lissa"), ("tests/test_influence_errors.py", None)]
+STATISTICS_BOUNDARY = [("tests/test_boundary.py", "correlations or auc")]
+
 MUTATIONS = [
+    # this round's checks (issue 27): each guards a silent wrong number
+    mutation("krylov.restart_seed_from_key_sum", "workbench/spectrum/krylov.py",
+             "key = jnp.append(words, jnp.uint32(_RESTART_STREAM))  # no RNG compile",
+             "key = jnp.sum(words % (1 << 16)).astype(jnp.uint32)[None]",
+             "breakdown restarts seeded by the key words' sum (key(0) restarts with the start vector itself)",
+             BOUNDARY_SPECTRUM),
+    mutation("eigensolver.unconverged_returned_silently", "workbench/spectrum/eigensolver.py",
+             'if unconverged == "return" or converged.all():',
+             "if True:",
+             "top_eigenpairs returns unconverged pairs without raising or warning",
+             BOUNDARY_SPECTRUM),
+    mutation("sharpness.unconverged_returned_silently", "workbench/spectrum/sharpness.py",
+             "    if not np.all(np.asarray(converged)):\n        raise RuntimeError(_unconverged_message(\"sharpness\"",
+             "    if False:\n        raise RuntimeError(_unconverged_message(\"sharpness\"",
+             "sharpness returns eigenvalues that did not converge",
+             [("tests/test_boundary.py", "sharpness")]),
+    mutation("lissa.divergence_unflagged", "workbench/influence/iterative.py",
+             "diverged = ~(residual <= bound) & jnp.all(jnp.isfinite(b))",
+             "diverged = jnp.zeros((), bool)",
+             "a diverged LiSSA series returns its huge partial sum as scores",
+             LISSA_DIVERGED),
+    mutation("store.params_values_unchecked", "workbench/sketch/provenance.py",
+             '    elif differs("params_values"):',
+             "    elif False:",
+             "a store reopened at other param values serves its old sketches",
+             STORE),
+    mutation("store.non_finite_chunk_written", "workbench/sketch/store.py",
+             "    if bad.size == 0:\n        return",
+             "    if True:\n        return",
+             "a chunk of NaN gradients is written and committed",
+             STORE),
+    mutation("statistics.constant_correlation_returned", "workbench/core/statistics.py",
+             "        if values.size and np.all(values == values.ravel()[0]):",
+             "        if False:",
+             "the correlation with a constant comes back as NaN instead of an error",
+             STATISTICS_BOUNDARY),
     # --- curvature products and the dataset-averaged operator
     mutation("curvature.fisher_not_batch_mean", "workbench/curvature/products.py",
              "return optax.tree.scale(jnp.asarray(1.0 / n, losses.dtype), vjp(jv)[0])",
@@ -278,8 +321,8 @@ MUTATIONS = [
              "CG residual updated with the wrong sign",
              ITERATIVE_CG),
     mutation("influence.lissa_not_rescaled", "workbench/influence/iterative.py",
-             "return jax.lax.fori_loop(0, num_iters, step, b) / scale",
-             "return jax.lax.fori_loop(0, num_iters, step, b)",
+             "return jnp.where(diverged, jnp.inf, x / scale)",
+             "return jnp.where(diverged, jnp.inf, x)",
              "LiSSA's Neumann sum not divided by the scale",
              ITERATIVE_LISSA),
     mutation("influence.arnoldi_damping_dropped", "workbench/influence/arnoldi.py",
