@@ -51,6 +51,20 @@ def test_lissa_matches_exact(problem):
     np.testing.assert_allclose(scores, ref, rtol=2e-2, atol=2e-3 * np.abs(ref).max())
 
 
+def test_lissa_flags_a_diverged_series_and_not_a_slow_one(problem, key):
+    """Below half the top eigenvalue the Neumann series diverges: scoring raises instead of
+    returning its partial sum; between half and all of it the series converges (slowly), with
+    no false alarm."""
+    params, train, test, _, ref = problem
+    top = float(spectrum.top_eigenpairs(curvature.operator(LogReg.loss_fn, params, train), key, 1).values[0])
+    for scale, num_iters in ((0.3 * top, 40), (0.45 * top, 200)):
+        est = influence.make("lissa", LogReg.loss_fn, params, train, scale=scale, num_iters=num_iters)
+        with pytest.raises(RuntimeError, match="LiSSA series diverged.*half the largest eigenvalue"):
+            est.scores(test)
+    slow = influence.make("lissa", LogReg.loss_fn, params, train, scale=0.6 * top, num_iters=1500)
+    np.testing.assert_allclose(slow.scores(test), ref, rtol=2e-2, atol=2e-3 * np.abs(ref).max())
+
+
 def test_arnoldi_matches_exact_and_uses_spectrum_eigenpairs(problem, key):
     params, train, test, exact, ref = problem
     large = influence.make("arnoldi", LogReg.loss_fn, params, train, k=300, key=key)
