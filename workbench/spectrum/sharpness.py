@@ -47,11 +47,10 @@ def _check_options(k, kind, num_iters, max_restarts):
     """(k, num_iters, max_restarts) as Python ints (NumPy integers would reach the program as
     int64 and meet its int32 loop counters)."""
     k, num_iters = check_positive_int("k", k), check_positive_int("num_iters", num_iters)
-    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int | np.integer) or max_restarts < 0:
-        raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
+    max_restarts = check_positive_int("max_restarts", max_restarts, least=0)
     if kind not in curvature.KINDS:
         raise ValueError(f"kind must be one of {curvature.KINDS}, got {kind!r}")
-    return k, num_iters, int(max_restarts)
+    return k, num_iters, max_restarts
 
 
 def _check_dim(k, params):
