@@ -18,6 +18,12 @@ def _rows(a) -> np.ndarray:
     return a[None] if a.ndim == 1 else a
 
 
+def _unit_rows(a: np.ndarray) -> np.ndarray:
+    """Each row divided by its largest absolute entry (a zero row stays zero)."""
+    scale = np.abs(a).max(axis=1, keepdims=True)
+    return a / np.where(scale > 0, scale, 1.0)
+
+
 def pearson_rows(a, b) -> np.ndarray:
     """Pearson correlation of each row of `a` with the same row of `b`.
 
@@ -40,10 +46,7 @@ def pearson_rows(a, b) -> np.ndarray:
         raise ValueError(f"shapes differ: {a.shape} and {b.shape}")
     a = a - a.mean(axis=1, keepdims=True)
     b = b - b.mean(axis=1, keepdims=True)
-    # scale-free: dividing each row by its largest entry keeps tiny variances from underflowing
-    with np.errstate(invalid="ignore", divide="ignore"):
-        a = a / np.where(np.abs(a).max(axis=1, keepdims=True) > 0, np.abs(a).max(axis=1, keepdims=True), 1.0)
-        b = b / np.where(np.abs(b).max(axis=1, keepdims=True) > 0, np.abs(b).max(axis=1, keepdims=True), 1.0)
+    a, b = _unit_rows(a), _unit_rows(b)  # scale-free: tiny variances do not underflow
     denom = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denom > 0, (a * b).sum(axis=1) / np.where(denom > 0, denom, 1.0), np.nan)

@@ -168,6 +168,12 @@ def _hash_words(words, n: int, dtype):
     return (x >> 8).astype(dtype) * jnp.asarray(2.0**-24, dtype) - jnp.asarray(0.5, dtype)
 
 
+def _restart_vector(seed, step, n: int, dtype):
+    """The pseudo-random vector a breakdown at `step` continues from: the hash of the restart
+    seed words (`_start`) and the step."""
+    return _hash_words(jnp.append(seed, jnp.asarray(step).astype(seed.dtype)), n, dtype)
+
+
 def _extend(mv, basis, hess, finite, key, start, stop: int, fresh_on_breakdown: bool = True):
     """Arnoldi steps j = start..stop-1: fill basis[j + 1] and column j of `hess`. `finite` comes
     back false when a product was not finite, judged once on the projected matrix (a check per
@@ -190,7 +196,7 @@ def _extend(mv, basis, hess, finite, key, start, stop: int, fresh_on_breakdown: 
         broke = beta <= breakdown_tol * jnp.maximum(scale, jnp.finfo(dtype).tiny)
         one = jnp.ones((), dtype)
         if fresh_on_breakdown:  # invariant subspace: continue from r, orthogonal to the basis
-            r0 = _hash_words(jnp.append(key, j.astype(key.dtype)), w.shape[0], dtype)
+            r0 = _restart_vector(key, j, w.shape[0], dtype)
             r = _orthogonalize(basis, r0)[0]
             norm = jnp.linalg.norm(r)
             alive = norm > 1e-3 * jnp.linalg.norm(r0)  # else the basis already spans everything
