@@ -13,7 +13,7 @@ import pytest
 
 import workbench
 
-CAPABILITIES = ("spectrum", "sketch", "influence", "schedules", "convex", "icl", "unlearning",
+CAPABILITIES = ("spectrum", "sketch", "influence", "schedules", "convex", "icl", "unlearning", "continual",
                 "distributed")
 SECTION = re.compile(r"^\s*(Args|Arguments|Returns|Yields|Raises|Example|Examples|Note|Notes):\s*$")
 
