@@ -12,7 +12,6 @@ import pytest
 from workbench import continual
 from workbench.continual import replay
 
-
 # ----------------------------------------------------------------------------- replay
 
 
@@ -98,9 +97,9 @@ def _reference(loss, predict, params, stream, key, lrs, steps_per_task, batch_si
         if s + 1 in snapshot_steps:
             snaps[s + 1] = params
         if (s + 1) % eval_every == 0:
-            a, l = evaluate(params)
+            a, lo = evaluate(params)
             accs.append(a)
-            losses.append(l)
+            losses.append(lo)
     return params, np.array(accs), np.array(losses), np.array(train_losses), snaps
 
 
