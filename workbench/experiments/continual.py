@@ -354,3 +354,37 @@ def stack_seed(result, i: int):
     """
     return jax.tree.map(lambda a: a[i], result)
 
+
+
+class Explored(NamedTuple):
+    """One setting explored: its name, `Row`, `StreamResult` (seed axis) and learning rates."""
+
+    name: str
+    row: Row
+    result: continual.StreamResult
+    lrs: np.ndarray
+
+
+def explore(fn, params, stream: continual.TaskStream, seeds: Sequence[int], *, peak_lr: float, replay_fraction: float,
+            schedule: str, steps_per_task: int, batch_size: int) -> Explored:
+    """Train one setting over `seeds` (`compare`) and summarise it: what the panel runs.
+
+    Args:
+        fn: the model's `Functional`.
+        params: its params per seed (leading axis).
+        stream: the `TaskStream`.
+        seeds: the seeds.
+        peak_lr: the peak learning rate.
+        replay_fraction: the replayed share of each batch.
+        schedule: a `continual.task_schedule` kind.
+        steps_per_task: steps of each task.
+        batch_size: examples per step.
+
+    Returns:
+        `Explored(name, row, result, lrs)`.
+    """
+    name = f"{schedule}, replay {replay_fraction:.0%}, peak {peak_lr:.3g}"
+    result = compare(fn, params, stream, {name: Setting(schedule, replay_fraction)}, seeds, peak_lr=peak_lr,
+                     steps_per_task=steps_per_task, batch_size=batch_size)[name]
+    lrs = continual.task_schedule(schedule, peak_lr, steps_per_task, stream.num_tasks)
+    return Explored(name, summarise(result, steps_per_task), result, lrs)

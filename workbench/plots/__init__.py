@@ -13,7 +13,9 @@ into the run and shown inline).
 - `convex`: SGD suboptimality quantiles and the Harvey construction;
 - `icl`: in-context learning by linear self-attention;
 - `unlearning`: method tables, the gradient-ascent cliff, the SSD sweep, diffusion samples;
-- `distributed`: the transport plan and time per step of the distributed-minimisation paper.
+- `distributed`: the transport plan and time per step of the distributed-minimisation paper;
+- `continual`: accuracy on every task at every step, the gap at a switch, SGD's path against the
+  straight line, curvature along a run.
 
 `convex`, `influence`, `schedules`, `spectra` and `training` are imported with the package; the
 others on use (`from workbench.plots import sketching`). Plots sit in the presentation layer: they

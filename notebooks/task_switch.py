@@ -1,0 +1,286 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: workbench,kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+#   workbench:
+#     claims:
+#       barrier_sgd_minus_linear: '>0.03'
+#       control_no_replay_joint_margin: <0
+#       control_no_rewarm_joint_margin: <0
+#       control_task_end_gap_growth_with_lr: <=0.03
+#       control_task_end_recovery: <=0.02
+#       gap_growth_with_lr: '>0.03'
+#       method_joint_margin: '>0'
+#       method_recovery: '>0.02'
+#     full:
+#       curvature_points: 13
+#       num_seeds: 8
+#       num_tasks: 4
+#       rehearsal_steps: 300
+#       rehearsal_tasks: 6
+#       replay_sweep:
+#       - 0.01
+#       - 0.05
+#       - 0.1
+#       - 0.25
+#       - 0.5
+#     quick_seconds: 40
+#     title: What happens at a task switch (De Lange et al. 2023, Ibrahim et al. 2024,
+#       Gandhi et al. 2024)
+# ---
+
+# %% [markdown]
+# # What happens at a task switch
+#
+# **Claims.** (1) Ibrahim et al. (2024), *Simple and scalable strategies to continually pre-train
+# large language models*: when training moves on to new data, **re-warming and re-decaying** the
+# learning rate and **replaying a little old data** end close to training on everything at once
+# (joint training); without re-warming the new data is learnt slowly, without replay the old is
+# forgotten. (2) De Lange, van de Ven and Tuytelaars (2023), *Continual evaluation for lifelong
+# learning: identifying the stability gap*: right after a switch, accuracy on the old task
+# **dips and then partly recovers**, even with replay; the dip is only visible when the model is
+# evaluated at every step, not at task ends. (3) Follow-ups (Hess et al. 2023; Kamath et al.
+# 2024) read the gap as an optimisation effect: the **straight line** between the weights at the
+# switch and at the end keeps the old task's loss low, while SGD's own path climbs over a barrier.
+# (4) Gandhi et al. (2024): revisiting old tasks with a probability that falls as a **power of
+# the time since** they were learnt, compared here with uniform and exponential rehearsal at the
+# same replay budget.
+#
+# You will see: digits, then the same digits rotated (a second task with the same labels), an
+# MLP trained through both in one compiled loop per setting and seed, scored on both test sets
+# after every step; the table of schedule x replay against joint training; the dip at the
+# switch; the two paths; the curvature along the run; and the rehearsal comparison.
+
+# %% tags=["parameters"]
+task_kind: str = "rotated"  # rotated (0, 90, 180, 270 degrees) or permuted (pixels) digits
+num_tasks: int = 2  # tasks in the stream of the main table (rotated: at most 4)
+steps_per_task: int = 300  # SGD steps on each task
+batch_size: int = 32  # examples per step
+hidden_size: int = 64  # width of the tanh MLP
+peak_lr: float = 0.3  # peak learning rate of every schedule (plain SGD)
+replay_fraction: float = 0.25  # share of each batch replayed from earlier tasks (the method)
+num_seeds: int = 3  # seeds per setting (each its own initialisation and batches)
+tolerance: float = 0.05  # "close to joint training": final accuracy within this on old and new tasks
+replay_sweep: list[float] = []  # replay fractions for the sweep (empty: skip)
+rehearsal_tasks: int = 3  # permuted-digits tasks for the rehearsal comparison (< 3: skip)
+rehearsal_steps: int = 100  # steps per task there
+rehearsal_fraction: float = 0.1  # the replay budget every rehearsal rule shares
+curvature_points: int = 5  # snapshots along the run where the top Hessian eigenvalue is computed
+seed: int = 0  # seeds are seed * num_seeds, ..., seed * num_seeds + num_seeds - 1
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+interactive: bool = False  # show the panel: peak learning rate, replay share, schedule
+
+# %%
+import functools
+
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+
+import workbench
+from workbench import continual
+from workbench.plots import continual as continual_plots
+from workbench.experiments import continual as recipes
+
+seeds = [seed * num_seeds + i for i in range(num_seeds)]
+stream = recipes.digits_stream(task_kind, num_tasks)
+fn, params = recipes.mlp_params(seeds, hidden_size)
+print(f"{num_tasks} tasks: {', '.join(stream.names)}; {stream.train_x.shape[1]} training and "
+      f"{stream.test_x.shape[1]} test images each; seeds {seeds}")
+
+# %% [markdown]
+# ## Schedule x replay, against joint training
+# Every setting runs `continual.train_stream`: plain SGD, batches of `batch_size`, a learning rate
+# per step from `continual.task_schedule`, and a `replay_fraction` share of each batch drawn
+# from earlier tasks. The settings:
+# - **re-warm + replay** (the method): each task warms up to `peak_lr` over 10% of its steps and
+#   decays (cosine) to a tenth of it; a quarter of each batch replays the old task;
+# - **no re-warm + replay** (control): after the first task the rate stays at its minimum;
+# - **re-warm, no replay** (control): the same schedule, no old data;
+# - **joint**: every batch draws from all tasks, one warm-up and cosine over the whole run; the
+#   reference;
+# - **re-warm + replay** at half and twice the peak rate, for the gap's dependence on it.
+
+# %%
+settings = {
+    "re-warm + replay": recipes.Setting("rewarm", replay_fraction),
+    "no re-warm + replay": recipes.Setting("no_rewarm", replay_fraction),
+    "re-warm, no replay": recipes.Setting("rewarm", 0.0),
+    "joint": recipes.Setting("single", joint=True),
+    "re-warm + replay, lr / 2": recipes.Setting("rewarm", replay_fraction, peak_scale=0.5),
+    "re-warm + replay, lr x 2": recipes.Setting("rewarm", replay_fraction, peak_scale=2.0),
+}
+if profile == "full":
+    settings["infinite + replay"] = recipes.Setting("infinite", replay_fraction)
+total = steps_per_task * num_tasks
+snapshot_steps = sorted({int(s) for s in np.linspace(0, total, curvature_points)} | {steps_per_task, 2 * steps_per_task})
+results = recipes.compare(fn, params, stream, settings, seeds, peak_lr=peak_lr, steps_per_task=steps_per_task,
+                          batch_size=batch_size, snapshot_steps=snapshot_steps)
+lrs = {name: continual.task_schedule(s.schedule, peak_lr * s.peak_scale, steps_per_task, num_tasks)
+       for name, s in settings.items()}
+rows = {name: recipes.summarise(r, steps_per_task) for name, r in results.items()}
+margins = {name: recipes.joint_margin(row, rows["joint"], tolerance) for name, row in rows.items()}
+print(f"{'setting':28s} {'old':>6s} {'new':>6s} {'gap':>6s} {'recov':>6s} {'min-acc':>7s} {'wc-acc':>7s} "
+      f"{'margin':>7s}")
+for name, row in rows.items():
+    print(f"{name:28s} {row.old_final:6.3f} {row.new_final:6.3f} {row.gap:6.3f} {row.recovery:6.3f} "
+          f"{row.minimum_accuracy:7.3f} {row.worst_case_accuracy:7.3f} {margins[name]:7.3f}")
+
+# %% [markdown]
+# Read the columns as: final test accuracy on the old tasks (mean) and on the last task; the
+# stability gap (accuracy at the switch minus the lowest point during the next task) and its
+# recovery (end of the next task minus that lowest point); De Lange et al.'s minimum and
+# worst-case accuracy; and the margin: `tolerance` minus the larger shortfall against joint
+# training, positive when a setting ends within `tolerance` of joint training on both old and
+# new tasks. Re-warming with replay is the only sequential setting with a positive margin:
+# without re-warming the new task is learnt too slowly, without replay the old one is lost.
+
+# %%
+main = ["re-warm + replay", "no re-warm + replay", "re-warm, no replay", "joint"]
+fig = continual_plots.stream_curves({n: results[n] for n in main}, lrs, steps_per_task, stream.names)
+workbench.save_figure(fig, "accuracy_every_step")
+plt.show()
+
+# %% [markdown]
+# ## The stability gap, and why evaluating at task ends misses it
+# The old task's accuracy around the first switch: with replay it falls within a few dozen
+# steps of the switch, while the re-warmed rate is high, and climbs back as the rate decays.
+# The dashed points are what an evaluation only at task ends records: one point before the
+# switch and one at the end, so the dip is invisible and the recovery is zero.
+
+# %%
+zoom = ["re-warm + replay, lr / 2", "re-warm + replay", "re-warm + replay, lr x 2"]
+fig = continual_plots.zoom_on_switch({n: results[n] for n in zoom}, steps_per_task)
+workbench.save_figure(fig, "gap_at_switch")
+plt.show()
+gap_growth = rows["re-warm + replay, lr x 2"].gap - rows["re-warm + replay, lr / 2"].gap
+task_end_growth = rows["re-warm + replay, lr x 2"].task_end_gap - rows["re-warm + replay, lr / 2"].task_end_gap
+print(f"gap at peak x 0.5, 1, 2: " + ", ".join(f"{rows[n].gap:.3f}" for n in zoom)
+      + f"; seen only at task ends: " + ", ".join(f"{rows[n].task_end_gap:.3f}" for n in zoom))
+
+# %% [markdown]
+# ## SGD's path against the straight line
+# For the first seed of the method: the old task's test loss along SGD's path from the switch to
+# the end of the next task, and along the straight line between the same two weights
+# (`continual.linear_path`). The barrier is how far a path climbs above the higher of its two
+# ends.
+
+# %%
+path = recipes.linear_path_vs_sgd(fn, recipes.stack_seed(results["re-warm + replay"], 0), stream,
+                                  steps_per_task=steps_per_task)
+fig = continual_plots.paths(path)
+workbench.save_figure(fig, "paths")
+plt.show()
+print(f"barrier along SGD's path {path.sgd_barrier:.3f}, along the straight line {path.linear_barrier:.3f}")
+
+# %% [markdown]
+# ## Curvature along the run
+# The top Hessian eigenvalue of the loss of the task being learnt (`spectrum.sharpness`, on 512
+# of its training images) at `curvature_points` snapshots, and the learning rate times it. For
+# gradient descent on a quadratic, a product above 2 diverges along the top direction; if the
+# dip were an edge-of-stability effect, the product would sit near 2 at the dip.
+
+# %%
+curves = {name: recipes.curvature_along_run(fn, recipes.stack_seed(results[name], 0), stream, lrs[name],
+                                            jax.random.key(seed), steps_per_task=steps_per_task)
+          for name in ("re-warm + replay", "re-warm + replay, lr x 2")}
+fig = continual_plots.curvature(curves, steps_per_task, num_tasks)
+workbench.save_figure(fig, "curvature")
+plt.show()
+for name, c in curves.items():
+    print(f"{name}: lr x top eigenvalue at most {c.lr_times_top.max():.2f} (steps {c.steps.tolist()})")
+
+# %% [markdown]
+# ## How much replay
+# With `replay_sweep` set (the full profile sweeps 1% to 50%): the final accuracies of re-warm +
+# replay against the replayed share, joint training's as dotted lines.
+
+# %%
+sweep_rows = {}
+if replay_sweep:
+    sweep = recipes.compare(fn, params, stream, {f"{f:g}": recipes.Setting("rewarm", f) for f in replay_sweep},
+                            seeds, peak_lr=peak_lr, steps_per_task=steps_per_task, batch_size=batch_size)
+    sweep_rows = {name: recipes.summarise(r, steps_per_task) for name, r in sweep.items()}
+    fig = continual_plots.final_accuracies([f"{f:.0%}" for f in replay_sweep],
+                                           [r.old_final for r in sweep_rows.values()],
+                                           [r.new_final for r in sweep_rows.values()], rows["joint"].old_final,
+                                           rows["joint"].new_final, "replayed share of each batch",
+                                           "Re-warm + replay: final accuracy against the replay share")
+    workbench.save_figure(fig, "replay_sweep")
+    plt.show()
+
+# %% [markdown]
+# ## Rehearsal by recency at one budget
+# A longer stream of permuted-digits tasks (`rehearsal_tasks` of them, `rehearsal_steps` steps
+# each), `rehearsal_fraction` of each batch replayed, the old task of each replayed example drawn
+# uniformly, by a power law of its age (exponent 1) or exponentially (rate 1). Age counts tasks
+# since the old task was learnt: our reading of Gandhi et al.'s power-law environments, whose
+# exact protocol we could not read here.
+
+# %%
+rehearsal_rows = {}
+if rehearsal_tasks >= 3:
+    long_stream = recipes.digits_stream("permuted", rehearsal_tasks)
+    rules = {"uniform": recipes.Setting("rewarm", rehearsal_fraction),
+             "power law": recipes.Setting("rewarm", rehearsal_fraction, recency="power_law"),
+             "exponential": recipes.Setting("rewarm", rehearsal_fraction, recency="exponential"),
+             "no replay": recipes.Setting("rewarm", 0.0)}
+    rehearsal = recipes.compare(fn, params, long_stream, rules, seeds, peak_lr=peak_lr, steps_per_task=rehearsal_steps,
+                                batch_size=batch_size, eval_every=rehearsal_steps // 10 or 1)
+    rehearsal_rows = {name: recipes.summarise(r, rehearsal_steps) for name, r in rehearsal.items()}
+    print(f"{rehearsal_tasks} tasks, {rehearsal_fraction:.0%} replayed: final accuracy on the old tasks / the last")
+    for name, row in rehearsal_rows.items():
+        oldest = float(np.mean(np.asarray(rehearsal[name].accuracy)[:, -1, 0]))
+        print(f"  {name:12s} {row.old_final:.3f} / {row.new_final:.3f}  (first task {oldest:.3f})")
+
+# %% [markdown]
+# ## Headline numbers
+
+# %%
+method, joint_row = rows["re-warm + replay"], rows["joint"]
+workbench.record(
+    seeds=seeds,
+    table={name: row._asdict() for name, row in rows.items()},
+    joint_margins=margins,
+    method_joint_margin=margins["re-warm + replay"],
+    control_no_rewarm_joint_margin=margins["no re-warm + replay"],
+    control_no_replay_joint_margin=margins["re-warm, no replay"],
+    method_recovery=method.recovery,
+    control_task_end_recovery=method.task_end_recovery,
+    gap_growth_with_lr=gap_growth,
+    control_task_end_gap_growth_with_lr=task_end_growth,
+    sgd_barrier=path.sgd_barrier,
+    linear_barrier=path.linear_barrier,
+    barrier_sgd_minus_linear=path.sgd_barrier - path.linear_barrier,
+    max_lr_times_top_eigenvalue={name: float(c.lr_times_top.max()) for name, c in curves.items()},
+    replay_sweep={name: row._asdict() for name, row in sweep_rows.items()},
+    rehearsal={name: row._asdict() for name, row in rehearsal_rows.items()},
+)
+
+# %% [markdown]
+# ## Explore
+# With `interactive=True`: pick the peak learning rate, the replayed share and the schedule, train
+# the stream again over the first seed, and read both tasks' accuracy at every step.
+
+# %%
+if interactive:
+    from IPython.display import display
+
+    from workbench.ui.continual import stream_panel
+
+    one_fn, one_params = recipes.mlp_params(seeds[:1], hidden_size)
+    explore = functools.partial(recipes.explore, one_fn, one_params, stream, seeds[:1],
+                                steps_per_task=steps_per_task, batch_size=batch_size)
+    panel = stream_panel(explore, steps_per_task, stream.names, peak_lr=peak_lr, replay_fraction=replay_fraction)
+    display(panel.widget)
