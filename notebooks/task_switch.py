@@ -124,7 +124,10 @@ settings = {
 if profile == "full":
     settings["infinite + replay"] = recipes.Setting("infinite", replay_fraction)
 total = steps_per_task * num_tasks
-snapshot_steps = sorted({int(s) for s in np.linspace(0, total, curvature_points)} | {steps_per_task, 2 * steps_per_task})
+warmup_steps = round(0.1 * steps_per_task)  # task_schedule's default warm-up: the peak rate after each switch
+snapshot_steps = sorted({int(s) for s in np.linspace(0, total, curvature_points)}
+                        | {k * steps_per_task + d for k in range(1, num_tasks) for d in (0, warmup_steps, 2 * warmup_steps)}
+                        | {steps_per_task, 2 * steps_per_task})
 results = recipes.compare(fn, params, stream, settings, seeds, peak_lr=peak_lr, steps_per_task=steps_per_task,
                           batch_size=batch_size, snapshot_steps=snapshot_steps)
 lrs = {name: continual.task_schedule(s.schedule, peak_lr * s.peak_scale, steps_per_task, num_tasks)
@@ -187,7 +190,8 @@ print(f"barrier along SGD's path {path.sgd_barrier:.3f}, along the straight line
 # %% [markdown]
 # ## Curvature along the run
 # The top Hessian eigenvalue of the loss of the task being learnt (`spectrum.sharpness`, on 512
-# of its training images) at `curvature_points` snapshots, and the learning rate times it. For
+# of its training images) at `curvature_points` evenly spaced snapshots plus each switch and the
+# end of its re-warm-up (where the rate peaks and the dip happens), and the learning rate times it. For
 # gradient descent on a quadratic, a product above 2 diverges along the top direction; if the
 # dip were an edge-of-stability effect, the product would sit near 2 at the dip.
 

@@ -312,7 +312,7 @@ def test_compare_runs_each_setting_as_train_stream_would():
     out = recipes.compare(fn, params, stream, settings, [3, 4], peak_lr=0.2, steps_per_task=10, batch_size=8,
                           eval_every=5, snapshot_steps=(10, 20))
     for name, s in settings.items():
-        for i, seed in enumerate([3, 4]):
+        for i, seed in [(1, 4)]:  # the second seed: a mix-up of seeds or settings shows there
             direct = continual.train_stream(
                 fn, jax.tree.map(lambda a, i=i: a[i], params), stream, jax.random.key(seed),
                 lrs=jnp.asarray(continual.task_schedule(s.schedule, 0.2 * s.peak_scale, 10, 2), jnp.float32),

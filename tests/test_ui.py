@@ -379,3 +379,19 @@ def test_progress_is_quiet_under_the_runner_and_changes_no_result(monkeypatch, c
     monkeypatch.setenv(progress.PROGRESS_ENV, "loud")
     with pytest.raises(ValueError, match="WORKBENCH_PROGRESS must be one of"):
         progress.bar(total=3)
+
+
+def test_task_switch_panel():
+    import functools
+
+    from workbench import continual
+    from workbench.experiments import continual as recipes
+    from workbench.ui.continual import stream_panel
+
+    full = recipes.digits_stream("rotated", 2)
+    stream = continual.stack_tasks(full.names, [(full.train_x[t][:64], full.train_y[t][:64]) for t in range(2)],
+                                   [(full.test_x[t][:32], full.test_y[t][:32]) for t in range(2)])
+    fn, params = recipes.mlp_params([0], 8)
+    explore = functools.partial(recipes.explore, fn, params, stream, [0], steps_per_task=20, batch_size=8)
+    result = run_and_check(stream_panel(explore, 20, stream.names, replay_fraction=0.5))
+    assert result.result.accuracy.shape == (1, 41, 2) and 0 <= result.row.old_final <= 1

@@ -18,5 +18,7 @@ the capabilities. No capability imports it. One module per paper family, importe
   digits DDPM and class forgetting;
 - `distributed`, `distributed_problems`: the distributed-minimisation paper's multi-process job
   and its losses and synthetic data;
+- `continual`: digits and text task streams, settings of schedule x replay trained over seeds in
+  one vmapped call, their summary against joint training, curvature and the linear path along a run;
 - `timing`: wall-clock timing (the fastest of a few runs) for recipes and benchmarks.
 """

@@ -271,8 +271,9 @@ def curvature_along_run(fn, result: continual.StreamResult, stream: continual.Ta
         num_examples: training examples of the current task the curvature averages over.
 
     Returns:
-        The `CurvatureAlongRun`; the snapshot at a task's last step counts as that task's
-        (step s belongs to task s // steps_per_task, the last one to the last task).
+        The `CurvatureAlongRun`. The params after step s are scored on the task the next step
+        learns (s // steps_per_task; the final params on the last task), with the learning rate
+        of that next step.
     """
     from workbench import spectrum
 
