@@ -23,10 +23,11 @@
 #       gap_growth_with_lr: '>0.03'
 #       method_joint_margin: '>0'
 #       method_recovery: '>0.02'
+#       several_switches_replay_gain:
+#         full: '>0.2'
 #     full:
 #       curvature_points: 13
 #       num_seeds: 8
-#       num_tasks: 4
 #       rehearsal_steps: 300
 #       rehearsal_tasks: 6
 #       replay_sweep:
@@ -35,6 +36,7 @@
 #       - 0.1
 #       - 0.25
 #       - 0.5
+#       switch_tasks: 4
 #     quick_seconds: 40
 #     title: What happens at a task switch (De Lange et al. 2023, Ibrahim et al. 2024,
 #       Gandhi et al. 2024)
@@ -73,6 +75,7 @@ replay_fraction: float = 0.25  # share of each batch replayed from earlier tasks
 num_seeds: int = 3  # seeds per setting (each its own initialisation and batches)
 tolerance: float = 0.05  # "close to joint training": final accuracy within this on old and new tasks
 replay_sweep: list[float] = []  # replay fractions for the sweep (empty: skip)
+switch_tasks: int = 0  # rotated-digits tasks for the several-switches table (< 3: skip)
 rehearsal_tasks: int = 3  # permuted-digits tasks for the rehearsal comparison (< 3: skip)
 rehearsal_steps: int = 100  # steps per task there
 rehearsal_fraction: float = 0.1  # the replay budget every rehearsal rule shares
@@ -121,8 +124,6 @@ settings = {
     "re-warm + replay, lr / 2": recipes.Setting("rewarm", replay_fraction, peak_scale=0.5),
     "re-warm + replay, lr x 2": recipes.Setting("rewarm", replay_fraction, peak_scale=2.0),
 }
-if profile == "full":
-    settings["infinite + replay"] = recipes.Setting("infinite", replay_fraction)
 total = steps_per_task * num_tasks
 warmup_steps = round(0.1 * steps_per_task)  # task_schedule's default warm-up: the peak rate after each switch
 snapshot_steps = sorted({int(s) for s in np.linspace(0, total, curvature_points)}
@@ -206,6 +207,38 @@ for name, c in curves.items():
     print(f"{name}: lr x top eigenvalue at most {c.lr_times_top.max():.2f} (steps {c.steps.tolist()})")
 
 # %% [markdown]
+# ## Several switches
+# With `switch_tasks` set (the full profile: the digits at 0, 90, 180 and 270 degrees): the same
+# comparison over three switches, with Ibrahim et al.'s **infinite** schedule (warm up, cool down
+# to half the peak during the first task, hold it through every later task, anneal at the very
+# end) next to re-warming, and a larger replay share. The old-task column averages the old tasks.
+
+# %%
+switch_rows = {}
+if switch_tasks >= 3:
+    long_rotations = recipes.digits_stream("rotated", switch_tasks)
+    switch_settings = {"re-warm + replay": recipes.Setting("rewarm", replay_fraction),
+                       "re-warm + replay 50%": recipes.Setting("rewarm", 0.5),
+                       "infinite + replay": recipes.Setting("infinite", replay_fraction),
+                       "no re-warm + replay": recipes.Setting("no_rewarm", replay_fraction),
+                       "re-warm, no replay": recipes.Setting("rewarm", 0.0),
+                       "joint": recipes.Setting("single", joint=True)}
+    switch_results = recipes.compare(fn, params, long_rotations, switch_settings, seeds, peak_lr=peak_lr,
+                                     steps_per_task=steps_per_task, batch_size=batch_size)
+    switch_rows = {name: recipes.summarise(r, steps_per_task) for name, r in switch_results.items()}
+    print(f"{switch_tasks} tasks: {'setting':22s} {'old':>6s} {'new':>6s} {'gap':>6s} {'recov':>6s} {'min-acc':>7s}")
+    for name, row in switch_rows.items():
+        print(f"{'':9s}{name:22s} {row.old_final:6.3f} {row.new_final:6.3f} {row.gap:6.3f} {row.recovery:6.3f} "
+              f"{row.minimum_accuracy:7.3f}")
+    switch_lrs = {name: continual.task_schedule(s.schedule, peak_lr, steps_per_task, switch_tasks)
+                  for name, s in switch_settings.items()}
+    shown = ["re-warm + replay", "infinite + replay", "re-warm, no replay", "joint"]
+    fig = continual_plots.stream_curves({n: switch_results[n] for n in shown}, switch_lrs, steps_per_task,
+                                        long_rotations.names, title=f"{switch_tasks} tasks: accuracy at every step")
+    workbench.save_figure(fig, "several_switches")
+    plt.show()
+
+# %% [markdown]
 # ## How much replay
 # With `replay_sweep` set (the full profile sweeps 1% to 50%): the final accuracies of re-warm +
 # replay against the replayed share, joint training's as dotted lines.
@@ -270,6 +303,9 @@ workbench.record(
     max_lr_times_top_eigenvalue={name: float(c.lr_times_top.max()) for name, c in curves.items()},
     replay_sweep={name: row._asdict() for name, row in sweep_rows.items()},
     rehearsal={name: row._asdict() for name, row in rehearsal_rows.items()},
+    several_switches={name: row._asdict() for name, row in switch_rows.items()},
+    several_switches_replay_gain=(switch_rows["re-warm + replay"].old_final
+                                  - switch_rows["re-warm, no replay"].old_final) if switch_rows else None,
 )
 
 # %% [markdown]

@@ -31,7 +31,7 @@ def test_plan_batch_replays_exactly_the_share_asked_with_the_recency_weights(key
     B, T, n = 40, 4, 50
     plans = jax.vmap(lambda k: continual.plan_batch(k, 3, num_tasks=T, num_examples=n, batch_size=B, fraction=0.3,
                                                     recency="power_law", exponent=1.5))(jax.random.split(key, 2000))
-    assert np.all(np.asarray(plans.replayed).sum(axis=1) == 12)  # round(0.3 * 40), every step
+    assert np.all(np.asarray(plans.replayed).sum(axis=1) == 12)  # 0.3 * 40, every step
     tasks = np.asarray(plans.tasks)
     assert np.all(tasks[~np.asarray(plans.replayed)] == 3)
     old = tasks[np.asarray(plans.replayed)]
@@ -40,6 +40,14 @@ def test_plan_batch_replays_exactly_the_share_asked_with_the_recency_weights(key
     assert np.asarray(plans.examples).min() == 0 and np.asarray(plans.examples).max() == n - 1
     first = continual.plan_batch(key, 0, num_tasks=T, num_examples=n, batch_size=B, fraction=0.3)
     assert not np.any(first.replayed) and np.all(np.asarray(first.tasks) == 0)  # nothing to replay in task 0
+
+
+def test_a_share_below_one_slot_is_replayed_on_average_not_rounded_away(key):
+    plans = jax.vmap(lambda k: continual.plan_batch(k, 1, num_tasks=2, num_examples=50, batch_size=32,
+                                                    fraction=0.01))(jax.random.split(key, 4000))
+    counts = np.asarray(plans.replayed).sum(axis=1)
+    assert set(np.unique(counts)) == {0, 1}  # within one slot of 0.32 at every step
+    assert abs(counts.mean() - 0.32) < 0.03  # 4000 steps: standard error 0.0074
 
 
 def test_plan_batch_buffer_and_joint(key):

@@ -1,7 +1,8 @@
 """Which examples a step trains on: the current task, plus a share replayed from earlier tasks.
 
-A step's batch has `batch_size` slots. During task c > 0, the first round(fraction * batch_size)
-slots replay old tasks: each draws an old task k < c from `task_weights` and an example of it;
+A step's batch has `batch_size` slots. During task c > 0, the first floor(fraction * batch_size + u)
+slots replay old tasks (u uniform in [0, 1) per step: fraction * batch_size on average, within
+one slot of it at every step, so a 1% share of a 32-example batch is not rounded away): each draws an old task k < c from `task_weights` and an example of it;
 the other slots draw examples of task c. Examples are drawn uniformly with replacement (a
 buffer of the first `buffer_size` examples of each old task when given). Joint training draws
 every slot's task uniformly from all tasks. Everything is traced, so a replay fraction or a
@@ -92,7 +93,7 @@ def plan_batch(key: jax.Array, current, *, num_tasks: int, num_examples: int, ba
         num_examples: training examples per task.
         batch_size: B, slots per step.
         fraction: the share of slots that replay old tasks, in [0, 1] (traced allowed);
-            round(fraction * B) slots exactly, from task 1 on.
+            floor(fraction * B + u) slots with u uniform, from task 1 on.
         recency: how old tasks are weighted (`task_weights`).
         exponent: the recency exponent or rate.
         buffer_size: replay only the first `buffer_size` examples of each old task (None: all).
@@ -101,7 +102,7 @@ def plan_batch(key: jax.Array, current, *, num_tasks: int, num_examples: int, ba
     Returns:
         The `BatchPlan`.
     """
-    task_key, example_key, buffer_key = jax.random.split(key, 3)
+    task_key, example_key, buffer_key, count_key = jax.random.split(key, 4)
     examples = jax.random.randint(example_key, (batch_size,), 0, num_examples)
     if joint:
         tasks = jax.random.randint(task_key, (batch_size,), 0, num_tasks)
@@ -110,7 +111,9 @@ def plan_batch(key: jax.Array, current, *, num_tasks: int, num_examples: int, ba
     logits = jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights, 1.0)), -jnp.inf)
     logits = jnp.where(current > 0, logits, 0.0)  # nothing to replay yet: any draw is masked below
     old = jax.random.categorical(task_key, logits, shape=(batch_size,))
-    count = jnp.where(current > 0, jnp.round(jnp.asarray(fraction) * batch_size).astype(jnp.int32), 0)
+    share = jnp.asarray(fraction) * batch_size
+    count = jnp.floor(share + jax.random.uniform(count_key, (), jnp.result_type(share))).astype(jnp.int32)
+    count = jnp.where(current > 0, count, 0)
     replayed = jnp.arange(batch_size, dtype=jnp.int32) < count
     if buffer_size is not None:
         buffered = jax.random.randint(buffer_key, (batch_size,), 0, min(int(buffer_size), num_examples))
