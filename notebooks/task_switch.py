@@ -93,8 +93,8 @@ import numpy as np
 
 import workbench
 from workbench import continual
-from workbench.plots import continual as continual_plots
 from workbench.experiments import continual as recipes
+from workbench.plots import continual as continual_plots
 
 seeds = [seed * num_seeds + i for i in range(num_seeds)]
 stream = recipes.digits_stream(task_kind, num_tasks)
@@ -170,8 +170,8 @@ workbench.save_figure(fig, "gap_at_switch")
 plt.show()
 gap_growth = rows["re-warm + replay, lr x 2"].gap - rows["re-warm + replay, lr / 2"].gap
 task_end_growth = rows["re-warm + replay, lr x 2"].task_end_gap - rows["re-warm + replay, lr / 2"].task_end_gap
-print(f"gap at peak x 0.5, 1, 2: " + ", ".join(f"{rows[n].gap:.3f}" for n in zoom)
-      + f"; seen only at task ends: " + ", ".join(f"{rows[n].task_end_gap:.3f}" for n in zoom))
+print("gap at peak x 0.5, 1, 2: " + ", ".join(f"{rows[n].gap:.3f}" for n in zoom)
+      + "; seen only at task ends: " + ", ".join(f"{rows[n].task_end_gap:.3f}" for n in zoom))
 
 # %% [markdown]
 # ## SGD's path against the straight line
