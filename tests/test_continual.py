@@ -153,6 +153,41 @@ def test_train_stream_with_zero_learning_rate_changes_nothing_and_runs_in_float3
     assert moved.params["w"].dtype == jnp.float32 and not np.allclose(moved.params["w"], params["w"])
 
 
+def test_a_diverged_run_has_no_accuracy_and_its_gaps_are_refused(key):
+    predict, data_loss = _softmax_model(5, 3)
+
+    def loss(p, batch):  # with an L2 term, a step of size lr scales the weights by (1 - lr)
+        return data_loss(p, batch) + 0.5 * jnp.sum(p["w"] ** 2)
+
+    stream = _small_stream(key)
+    params = {"w": jnp.ones((5, 3)), "b": jnp.zeros(3)}
+    lrs = np.r_[np.full(4, 0.1), np.full(4, 1e200), np.full(4, 0.1)]  # overflows to inf, then NaN, in task 1
+    out = continual.train_stream(loss, params, stream, key, lrs=lrs, steps_per_task=4, batch_size=8,
+                                 predict_fn=predict, eval_every=2)
+    acc = np.asarray(out.accuracy)
+    assert np.all(np.isfinite(acc[:3])) and np.all(np.isnan(acc[-1]))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        continual.switch_gaps(acc, out.eval_steps, 4)
+
+
+def test_train_stream_uses_the_optimizer_given(key):
+    import functools
+
+    import optax
+
+    predict, loss = _softmax_model(5, 3)
+    stream = _small_stream(key)
+    params = {"w": jnp.zeros((5, 3)), "b": jnp.zeros(3)}
+    lrs = np.full(12, 0.1)
+    kwargs = dict(lrs=lrs, steps_per_task=4, batch_size=8, predict_fn=predict)
+    plain = continual.train_stream(loss, params, stream, key, **kwargs)
+    same = continual.train_stream(loss, params, stream, key, optimizer_fn=optax.sgd, **kwargs)
+    heavy = continual.train_stream(loss, params, stream, key, optimizer_fn=functools.partial(optax.sgd, momentum=0.9),
+                                   **kwargs)
+    np.testing.assert_array_equal(plain.params["w"], same.params["w"])
+    assert not np.allclose(plain.params["w"], heavy.params["w"])
+
+
 def test_train_stream_vmapped_over_replay_fractions_equals_separate_runs(key):
     predict, loss = _softmax_model(5, 3)
     stream = _small_stream(key)

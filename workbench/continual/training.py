@@ -98,7 +98,8 @@ class StreamResult(NamedTuple):
 
     - `params`: the final params;
     - `accuracy`, `loss`: [num_evals, T] on each task's test set, row e after step
-      `eval_steps[e]` (row 0 before any step);
+      `eval_steps[e]` (row 0 before any step); NaN once the weights hold NaN or inf (a diverged
+      run has no accuracy, and the `metrics` functions refuse it);
     - `eval_steps`: [num_evals] the steps evaluated;
     - `train_loss`: [num_steps] the batch loss before each step;
     - `replayed`: [num_steps] the share of each batch drawn from earlier tasks;
@@ -214,11 +215,14 @@ def train_stream(loss_fn: Callable, params: PyTree, stream: TaskStream, key: jax
     optimizer = optimizer_fn(lambda count: lrs[jnp.minimum(count, num_steps - 1)])
 
     def evaluate(p):
+        # a model with NaN or inf weights has no accuracy (argmax of NaN logits would score ~1/classes)
+        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(p)]))
+
         def one(x, y):
             logits = predict_fn(p, x)
             acc = jnp.mean((jnp.argmax(logits, axis=-1).astype(y.dtype) == y).astype(dtype))
             loss = jnp.mean(per_example_loss_fn(p, (x, y))) if per_example_loss_fn else loss_fn(p, (x, y))
-            return acc, loss.astype(dtype)
+            return jnp.where(finite, acc, jnp.nan), loss.astype(dtype)
         return jax.lax.map(lambda xy: one(*xy), (stream.test_x, stream.test_y))
 
     def step(carry, s):
