@@ -211,7 +211,8 @@ for name, c in curves.items():
 # With `switch_tasks` set (the full profile: the digits at 0, 90, 180 and 270 degrees): the same
 # comparison over three switches, with Ibrahim et al.'s **infinite** schedule (warm up, cool down
 # to half the peak during the first task, hold it through every later task, anneal at the very
-# end) next to re-warming, and a larger replay share. The old-task column averages the old tasks.
+# end) and re-warming with a warm-up-stable-decay shape next to cosine re-warming, and a larger
+# replay share. The old-task column averages the old tasks.
 
 # %%
 switch_rows = {}
@@ -219,6 +220,7 @@ if switch_tasks >= 3:
     long_rotations = recipes.digits_stream("rotated", switch_tasks)
     switch_settings = {"re-warm + replay": recipes.Setting("rewarm", replay_fraction),
                        "re-warm + replay 50%": recipes.Setting("rewarm", 0.5),
+                       "re-warm (WSD) + replay": recipes.Setting("rewarm_wsd", replay_fraction),
                        "infinite + replay": recipes.Setting("infinite", replay_fraction),
                        "no re-warm + replay": recipes.Setting("no_rewarm", replay_fraction),
                        "re-warm, no replay": recipes.Setting("rewarm", 0.0),

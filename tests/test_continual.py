@@ -235,6 +235,10 @@ def test_task_schedules():
     for t in range(T):  # each task: from 0, to peak after its warm-up, down to the minimum
         assert rewarm[t * S] == 0.0 and math.isclose(rewarm[t * S + 2], peak)
         assert math.isclose(rewarm[t * S + S - 1], 0.04 + (peak - 0.04) * 0.5 * (1 + math.cos(math.pi * 7 / 8)))
+    wsd = continual.task_schedule("rewarm_wsd", peak, S, T, warmup_fraction=0.2, cooldown_fraction=0.3)
+    for t in range(T):  # warm up over 2 steps, hold, cool down linearly towards the minimum (reached at step S)
+        np.testing.assert_allclose(wsd[t * S:(t + 1) * S], [0, 0.2, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4,
+                                                            0.04 + 0.36 * 2 / 3, 0.04 + 0.36 / 3], atol=1e-12)
     no = continual.task_schedule("no_rewarm", peak, S, T, warmup_fraction=0.2)
     np.testing.assert_array_equal(no[:S], rewarm[:S])
     np.testing.assert_allclose(no[S:], 0.04)

@@ -24,7 +24,7 @@ from workbench.core.numerics import check_positive_int
 
 PyTree = Any
 
-SCHEDULES = ("rewarm", "no_rewarm", "constant", "single", "infinite")
+SCHEDULES = ("rewarm", "rewarm_wsd", "no_rewarm", "constant", "single", "infinite")
 
 
 def task_schedule(kind: str, peak: float, steps_per_task: int, num_tasks: int, *,
@@ -36,6 +36,8 @@ def task_schedule(kind: str, peak: float, steps_per_task: int, num_tasks: int, *
     pre-train large language models"):
     - "rewarm": every task re-warms linearly to `peak` and re-decays (cosine) to
       `minimum_fraction * peak`;
+    - "rewarm_wsd": every task warms up to `peak`, holds it, and cools down linearly to the
+      minimum over its last `cooldown_fraction` (warm-up-stable-decay, `schedules.wsd`);
     - "no_rewarm": the first task as "rewarm", later tasks continue at the minimum;
     - "constant": `peak` throughout;
     - "single": one warm-up and one cosine decay across the whole stream;
@@ -51,7 +53,8 @@ def task_schedule(kind: str, peak: float, steps_per_task: int, num_tasks: int, *
         warmup_fraction: the share of a task spent warming up, in [0, 1).
         minimum_fraction: the minimum as a share of `peak`, in [0, 1].
         constant_fraction: the "infinite" schedule's held rate as a share of `peak`, in [0, 1].
-        cooldown_fraction: the share of the last task the "infinite" schedule anneals over, (0, 1].
+        cooldown_fraction: the share of a task "rewarm_wsd" cools down over, and of the last task
+            the "infinite" schedule anneals over, in (0, 1].
 
     Returns:
         The per-step learning rates, a float64 NumPy array.
@@ -79,6 +82,11 @@ def task_schedule(kind: str, peak: float, steps_per_task: int, num_tasks: int, *
     total = steps_per_task * num_tasks
     if kind == "rewarm":
         return np.tile(one_task, num_tasks)
+    if kind == "rewarm_wsd":
+        shape = np.array(schedules.values(schedules.wsd(peak, steps_per_task, cooldown_fraction, "linear", warm),
+                                            steps_per_task))
+        shape[warm:] = low + (peak - low) * shape[warm:] / peak  # cool down to the minimum, not to 0
+        return np.tile(shape, num_tasks)
     if kind == "no_rewarm":
         return np.concatenate([one_task, np.full(total - steps_per_task, low)])
     if kind == "constant":
