@@ -26,30 +26,37 @@ import jax.numpy as jnp
 RECENCIES = ("uniform", "power_law", "exponential")
 
 
-def check_recency(recency: str) -> str:
-    """Check a recency rule's name.
+def check_recency(recency) -> str | jax.Array:
+    """Check a recency rule: its name, or its index in `RECENCIES` (an int, or a traced int
+    scalar so that one compiled program serves every rule).
 
     Args:
-        recency: the name to check.
+        recency: the name or index to check.
 
     Returns:
-        `recency`, when it is one of `RECENCIES`.
+        `recency` unchanged.
 
     Raises:
-        ValueError: an unknown name (the message lists the valid ones).
+        ValueError: an unknown name or an index outside `RECENCIES` (the message lists them).
     """
-    if recency not in RECENCIES:
-        raise ValueError(f"recency must be one of {RECENCIES}, got {recency!r}")
+    if isinstance(recency, str):
+        if recency not in RECENCIES:
+            raise ValueError(f"recency must be one of {RECENCIES}, got {recency!r}")
+    elif not isinstance(recency, jax.core.Tracer) and not (
+            jnp.ndim(recency) == 0 and jnp.issubdtype(jnp.asarray(recency).dtype, jnp.integer)
+            and 0 <= int(recency) < len(RECENCIES)):
+        raise ValueError(f"recency must be one of {RECENCIES} or its index 0..{len(RECENCIES) - 1}, got {recency!r}")
     return recency
 
 
-def task_weights(current, num_tasks: int, recency: str = "uniform", exponent=1.0) -> jax.Array:
+def task_weights(current, num_tasks: int, recency="uniform", exponent=1.0) -> jax.Array:
     """The probability of replaying each task while learning task `current`.
 
     Args:
         current: the task being learned (an int or a traced int scalar).
         num_tasks: the number of tasks T in the stream.
-        recency: "uniform", "power_law" or "exponential" (see the module docstring).
+        recency: "uniform", "power_law" or "exponential" (see the module docstring), or its index
+            in `RECENCIES` (may be traced).
         exponent: the power-law exponent or the exponential rate (>= 0; 0 gives uniform).
 
     Returns:
@@ -57,16 +64,15 @@ def task_weights(current, num_tasks: int, recency: str = "uniform", exponent=1.0
         during the first task, which has nothing to replay).
     """
     check_recency(recency)
+    code = RECENCIES.index(recency) if isinstance(recency, str) else recency
     k = jnp.arange(num_tasks)
     dtype = jnp.result_type(float)
     age = jnp.maximum(current - k, 1).astype(dtype)
     exponent = jnp.asarray(exponent).astype(dtype)
-    if recency == "power_law":
-        w = age ** -exponent
-    elif recency == "exponential":
-        w = jnp.exp(-exponent * (age - 1.0))  # relative to the newest old task: no underflow at large rates
-    else:
-        w = jnp.ones_like(age)
+    w = jnp.select([code == 1, code == 2],
+                   [age ** -exponent,
+                    jnp.exp(-exponent * (age - 1.0))],  # relative to the newest old task: no underflow
+                   jnp.ones_like(age))
     w = jnp.where(k < current, w, 0.0)
     total = jnp.sum(w)
     return jnp.where(total > 0, w / jnp.where(total > 0, total, 1.0), 0.0)
@@ -82,7 +88,7 @@ class BatchPlan(NamedTuple):
 
 
 def plan_batch(key: jax.Array, current, *, num_tasks: int, num_examples: int, batch_size: int,
-               fraction=0.0, recency: str = "uniform", exponent=1.0, buffer_size: int | None = None,
+               fraction=0.0, recency="uniform", exponent=1.0, buffer_size: int | None = None,
                joint: bool = False) -> BatchPlan:
     """The tasks and examples of one step's batch (see the module docstring).
 
@@ -94,7 +100,7 @@ def plan_batch(key: jax.Array, current, *, num_tasks: int, num_examples: int, ba
         batch_size: B, slots per step.
         fraction: the share of slots that replay old tasks, in [0, 1] (traced allowed);
             floor(fraction * B + u) slots with u uniform, from task 1 on.
-        recency: how old tasks are weighted (`task_weights`).
+        recency: how old tasks are weighted (`task_weights`: a name or a possibly traced index).
         exponent: the recency exponent or rate.
         buffer_size: replay only the first `buffer_size` examples of each old task (None: all).
         joint: every slot draws its task uniformly from all T tasks (joint training).

@@ -168,7 +168,7 @@ def _check_stream_options(stream, lrs, steps_per_task, batch_size, eval_every, s
 
 def train_stream(loss_fn: Callable, params: PyTree, stream: TaskStream, key: jax.Array, *,
                  lrs, steps_per_task: int, batch_size: int, predict_fn: Callable | None = None,
-                 replay_fraction=0.0, recency: str = "uniform", recency_exponent=1.0,
+                 replay_fraction=0.0, recency="uniform", recency_exponent=1.0,
                  buffer_size: int | None = None, joint: bool = False, eval_every: int = 1,
                  snapshot_steps: tuple[int, ...] = (),
                  optimizer_fn: Callable[[optax.Schedule], optax.GradientTransformation] = optax.sgd) -> StreamResult:
@@ -193,7 +193,8 @@ def train_stream(loss_fn: Callable, params: PyTree, stream: TaskStream, key: jax
             arg-max against the integer targets, averaged over every target); taken from a
             `Functional`.
         replay_fraction: the share of each batch replayed from earlier tasks, in [0, 1].
-        recency: how old tasks are weighted: "uniform", "power_law" or "exponential".
+        recency: how old tasks are weighted: "uniform", "power_law" or "exponential", or its
+            index in `replay.RECENCIES` (may be traced, so one program serves every rule).
         recency_exponent: the power-law exponent or exponential rate (>= 0).
         buffer_size: replay only the first `buffer_size` examples of each old task (None: all).
         joint: train on all tasks at once (every slot draws a task uniformly): the reference a

@@ -149,8 +149,8 @@ def compare(fn, params, stream: continual.TaskStream, settings: dict[str, Settin
             snapshot_steps: Sequence[int] = (), warmup_fraction: float = 0.1) -> dict[str, continual.StreamResult]:
     """Every setting trained on `stream` for every seed (each seed its own init and batches).
 
-    Settings that share their static options (joint or not, recency) run in one vmapped call
-    over settings and seeds, so the table compiles once per group.
+    Settings run in one vmapped call over settings and seeds per kind (sequential or joint), so
+    the table compiles at most twice.
 
     Args:
         fn: the model's `Functional`.
@@ -169,26 +169,28 @@ def compare(fn, params, stream: continual.TaskStream, settings: dict[str, Settin
         Each setting's `StreamResult`, every array with a leading seed axis.
     """
     keys = jnp.stack([jax.random.key(int(s)) for s in seeds])
-    groups: dict[tuple, list[str]] = {}
+    groups: dict[bool, list[str]] = {}
     for name, s in settings.items():
-        groups.setdefault((s.joint, s.recency), []).append(name)
+        continual.replay.check_recency(s.recency)
+        groups.setdefault(s.joint, []).append(name)
     out = {}
-    for (joint, recency), names in groups.items():
+    for joint, names in groups.items():
         lrs = jnp.stack([jnp.asarray(continual.task_schedule(
             settings[n].schedule, peak_lr * settings[n].peak_scale, steps_per_task, stream.num_tasks,
             warmup_fraction=warmup_fraction), jnp.float32) for n in names])
         fractions = jnp.asarray([settings[n].replay_fraction for n in names], jnp.float32)
         exponents = jnp.asarray([settings[n].recency_exponent for n in names], jnp.float32)
+        recencies = jnp.asarray([continual.RECENCIES.index(settings[n].recency) for n in names], jnp.int32)
 
-        def one(lr, fraction, exponent, p, key, joint=joint, recency=recency):
+        def one(lr, fraction, exponent, recency, p, key, joint=joint):
             return continual.train_stream(fn, p, stream, key, lrs=lr, steps_per_task=steps_per_task,
                                           batch_size=batch_size, replay_fraction=fraction, recency=recency,
                                           recency_exponent=exponent, joint=joint, eval_every=eval_every,
                                           snapshot_steps=tuple(snapshot_steps))
 
-        over_seeds = jax.vmap(one, in_axes=(None, None, None, 0, 0))
-        results = jax.jit(jax.vmap(over_seeds, in_axes=(0, 0, 0, None, None)))(lrs, fractions, exponents,
-                                                                               params, keys)
+        over_seeds = jax.vmap(one, in_axes=(None, None, None, None, 0, 0))
+        results = jax.jit(jax.vmap(over_seeds, in_axes=(0, 0, 0, 0, None, None)))(lrs, fractions, exponents,
+                                                                                  recencies, params, keys)
         for i, n in enumerate(names):
             out[n] = jax.tree.map(lambda a, i=i: a[i], results)
     return out
