@@ -73,7 +73,7 @@ hidden_size: int = 64  # width of the tanh MLP
 peak_lr: float = 0.3  # peak learning rate of every schedule (plain SGD)
 replay_fraction: float = 0.25  # share of each batch replayed from earlier tasks (the method)
 num_seeds: int = 3  # seeds per setting (each its own initialisation and batches)
-tolerance: float = 0.05  # "close to joint training": final accuracy within this on old and new tasks
+tolerance: float = 0.065  # "close to joint training": final accuracy within this on old and new tasks
 replay_sweep: list[float] = []  # replay fractions for the sweep (empty: skip)
 switch_tasks: int = 0  # rotated-digits tasks for the several-switches table (< 3: skip)
 rehearsal_tasks: int = 3  # permuted-digits tasks for the rehearsal comparison (< 3: skip)
@@ -147,7 +147,9 @@ for name, row in rows.items():
 # recovery (end of the next task minus that lowest point); De Lange et al.'s minimum and
 # worst-case accuracy; and the margin: `tolerance` minus the larger shortfall against joint
 # training, positive when a setting ends within `tolerance` of joint training on both old and
-# new tasks. Among the settings at the common peak rate, re-warming with replay is the only
+# new tasks. The default tolerance, 6.5 points, lies halfway between the method's largest
+# shortfall (4.2 points) and the no-re-warm control's smallest (8.6 points) over quick-profile
+# seeds 0-5 (`benchmarks/results/claims_task_switch.md`). Among the settings at the common peak rate, re-warming with replay is the only
 # sequential one with a positive margin: without re-warming the new task is learnt too slowly,
 # without replay the old one is lost. At twice the peak rate it does better still (the new task
 # is learnt further and the replayed old one recovers more), although its dip right after the
