@@ -20,11 +20,15 @@
 #       control_no_rewarm_joint_margin: <0
 #       control_task_end_gap_growth_with_lr: <=0.03
 #       control_task_end_recovery: <=0.02
+#       control_text_task_end_gap:
+#         full: <=0.05
 #       gap_growth_with_lr: '>0.03'
 #       method_joint_margin: '>0'
 #       method_recovery: '>0.02'
 #       several_switches_replay_gain:
 #         full: '>0.2'
+#       text_method_gap:
+#         full: '>0.05'
 #     full:
 #       curvature_points: 13
 #       num_seeds: 8
@@ -37,6 +41,7 @@
 #       - 0.25
 #       - 0.5
 #       switch_tasks: 4
+#       text_steps: 300
 #     quick_seconds: 40
 #     title: What happens at a task switch (De Lange et al. 2023, Ibrahim et al. 2024,
 #       Gandhi et al. 2024)
@@ -76,6 +81,7 @@ num_seeds: int = 3  # seeds per setting (each its own initialisation and batches
 tolerance: float = 0.065  # "close to joint training": final accuracy within this on old and new tasks
 replay_sweep: list[float] = []  # replay fractions for the sweep (empty: skip)
 switch_tasks: int = 0  # rotated-digits tasks for the several-switches table (< 3: skip)
+text_steps: int = 0  # steps per task of the text domain shift (prose, then code; 0: skip)
 rehearsal_tasks: int = 3  # permuted-digits tasks for the rehearsal comparison (< 3: skip)
 rehearsal_steps: int = 100  # steps per task there
 rehearsal_fraction: float = 0.1  # the replay budget every rehearsal rule shares
@@ -251,6 +257,36 @@ if switch_tasks >= 3:
     plt.show()
 
 # %% [markdown]
+# ## A text domain shift
+# With `text_steps` set (the full profile): a one-block character-level transformer learns the
+# docstrings of a few standard-library modules (prose), then their source code, next-character
+# accuracy on both scored every 10 steps; re-warm + replay against no replay and joint training,
+# peak rate 1 (plain SGD), two seeds. The same questions on a language-modelling shift.
+
+# %%
+text_rows = {}
+if text_steps:
+    text, vocab = recipes.text_stream(seq_len=32, num_examples=1024, num_test=128)
+    text_fns = [recipes.tiny_text_model(len(vocab), 32, seed=s) for s in seeds[:2]]
+    text_params = jax.tree.map(lambda *a: np.stack(a), *[f.params for f in text_fns])
+    text_settings = {"re-warm + replay": recipes.Setting("rewarm", replay_fraction),
+                     "re-warm, no replay": recipes.Setting("rewarm", 0.0),
+                     "joint": recipes.Setting("single", joint=True)}
+    text_results = recipes.compare(text_fns[0], text_params, text, text_settings, seeds[:2], peak_lr=1.0,
+                                   steps_per_task=text_steps, batch_size=batch_size, eval_every=10)
+    text_rows = {name: recipes.summarise(r, text_steps) for name, r in text_results.items()}
+    print(f"prose -> code, {len(vocab)} characters: {'setting':20s} {'prose':>6s} {'code':>6s} {'gap':>6s} "
+          f"{'recov':>6s} {'gap at task ends':>16s}")
+    for name, row in text_rows.items():
+        print(f"{'':34s}{name:20s} {row.old_final:6.3f} {row.new_final:6.3f} {row.gap:6.3f} {row.recovery:6.3f} "
+              f"{row.task_end_gap:16.3f}")
+    text_lrs = {name: continual.task_schedule(s.schedule, 1.0, text_steps, 2) for name, s in text_settings.items()}
+    fig = continual_plots.stream_curves(text_results, text_lrs, text_steps, text.names,
+                                        title="Prose, then code: next-character accuracy every 10 steps")
+    workbench.save_figure(fig, "text_shift")
+    plt.show()
+
+# %% [markdown]
 # ## How much replay
 # With `replay_sweep` set (the full profile sweeps 1% to 50%): the final accuracies of re-warm +
 # replay against the replayed share, joint training's as dotted lines.
@@ -316,6 +352,9 @@ workbench.record(
     replay_sweep={name: row._asdict() for name, row in sweep_rows.items()},
     rehearsal={name: row._asdict() for name, row in rehearsal_rows.items()},
     several_switches={name: row._asdict() for name, row in switch_rows.items()},
+    text_shift={name: row._asdict() for name, row in text_rows.items()},
+    text_method_gap=text_rows["re-warm + replay"].gap if text_rows else None,
+    control_text_task_end_gap=text_rows["re-warm + replay"].task_end_gap if text_rows else None,
     several_switches_replay_gain=(switch_rows["re-warm + replay"].old_final
                                   - switch_rows["re-warm, no replay"].old_final) if switch_rows else None,
 )
