@@ -87,9 +87,7 @@ def minimum_accuracy(accuracy, eval_steps, steps_per_task: int) -> np.ndarray:
     """Each task's lowest test accuracy after its own training ended (the last task has no "after").
 
     Args:
-        accuracy: [num_evals, T] test accuracies (`StreamResult.accuracy`).
-        eval_steps: [num_evals] the steps they were taken after.
-        steps_per_task: steps of each task.
+        accuracy, eval_steps, steps_per_task: as in `switch_gaps`.
 
     Returns:
         [T - 1] the minimum accuracy of tasks 0 .. T - 2.
@@ -102,9 +100,7 @@ def average_minimum_accuracy(accuracy, eval_steps, steps_per_task: int) -> float
     """De Lange et al.'s min-ACC at the end of the stream: `minimum_accuracy` averaged over tasks.
 
     Args:
-        accuracy: [num_evals, T] test accuracies (`StreamResult.accuracy`).
-        eval_steps: [num_evals] the steps they were taken after.
-        steps_per_task: steps of each task.
+        accuracy, eval_steps, steps_per_task: as in `switch_gaps`.
 
     Returns:
         The average minimum accuracy, a float.
@@ -116,9 +112,7 @@ def worst_case_accuracy(accuracy, eval_steps, steps_per_task: int) -> float:
     """De Lange et al.'s WC-ACC at the end: (1/T) last task's final accuracy + (1 - 1/T) min-ACC.
 
     Args:
-        accuracy: [num_evals, T] test accuracies (`StreamResult.accuracy`).
-        eval_steps: [num_evals] the steps they were taken after.
-        steps_per_task: steps of each task.
+        accuracy, eval_steps, steps_per_task: as in `switch_gaps`.
 
     Returns:
         The worst-case accuracy, a float (the final accuracy when there is one task).
@@ -134,9 +128,7 @@ def at_task_ends(accuracy, eval_steps, steps_per_task: int) -> tuple[np.ndarray,
     """The curves as an evaluation only at task ends would see them.
 
     Args:
-        accuracy: [num_evals, T] test accuracies (`StreamResult.accuracy`).
-        eval_steps: [num_evals] the steps they were taken after.
-        steps_per_task: steps of each task.
+        accuracy, eval_steps, steps_per_task: as in `switch_gaps`.
 
     Returns:
         (accuracy rows at steps 0, steps_per_task, 2 steps_per_task, ..., those steps).
