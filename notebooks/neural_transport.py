@@ -29,6 +29,7 @@
 #       - 32
 #       disks_methods:
 #       - 1-NN flow
+#       - 1-NN flow + cost
 #       - symmetric flow
 #       - symmetric flow + cost
 #       - kernel flow
@@ -42,6 +43,7 @@
 #       - Monge gap
 #       methods:
 #       - 1-NN flow
+#       - 1-NN flow + cost
 #       - 5-NN flow
 #       - symmetric flow
 #       - symmetric flow + cost
@@ -76,7 +78,7 @@
 # optimal map is known exactly: (1) the **supervised reduction** (regress T on the barycentric
 # projection of each batch's Sinkhorn plan) recovers the optimal map, while the same
 # regression with a **broken Sinkhorn** (one iteration) or a **transposed plan** does not;
-# (2) on the paper's **unit disk to four disks**, a heuristic flow needs its **transport-cost
+# (2) on the paper's **unit disk to four disks**, the 1-nearest-neighbour flow needs its **transport-cost
 # term**: without it the map it learns is far from the optimal assignment; (3) **flow
 # matching** recovers the optimal map only with an **OT coupling** of its pairs, not with
 # independent pairs.
@@ -93,14 +95,14 @@
 # %% tags=["parameters"]
 dims: list[int] = [2]  # dimensions of the Gaussian and Brenier problems
 methods: list[str] = ["symmetric flow", "Sinkhorn regression", "control: 1-iteration Sinkhorn", "control: transposed plan", "flow matching, independent", "flow matching, exact OT", "entropic map"]  # methods on the Gaussian and Brenier problems (experiments.transport.METHODS)
-disks_methods: list[str] = ["symmetric flow", "symmetric flow + cost"]  # methods on the disks problem (empty: skip it)
+disks_methods: list[str] = ["1-NN flow", "1-NN flow + cost"]  # methods on the disks problem (empty: skip it)
 num_steps: int = 300  # Adam steps per method (each phase of the Seguy dual)
 batch_size: int = 128  # points per batch of each distribution
 learning_rate: float = 0.005  # Adam step size (the Seguy dual uses 0.001)
 hidden: int = 64  # width of every network (two SiLU hidden layers)
 num_points: int = 500  # evaluation points (and exact-assignment size)
 uvp_threshold: float = 20.0  # L2-UVP (%) a method must stay under on every 2-d problem with a known map
-disks_threshold: float = 18.0  # L2-UVP (%) against the exact assignment on the disks problem
+disks_threshold: float = 40.0  # L2-UVP (%) against the exact assignment on the disks problem
 problem_seed: int = 0  # the random Gaussian and Brenier instances
 num_seeds: int = 1  # training seeds per method
 seed: int = 0  # seeds are seed * num_seeds, ..., seed * num_seeds + num_seeds - 1
@@ -206,9 +208,9 @@ if {"Sinkhorn regression", "control: 1-iteration Sinkhorn", "control: transposed
 if {"flow matching, exact OT", "flow matching, independent"} <= set(methods):
     claims.update(flow_matching_ot_margin=margin("flow matching, exact OT"),
                   control_independent_coupling_margin=margin("flow matching, independent"))
-if {"symmetric flow", "symmetric flow + cost"} <= set(disks_methods):
-    claims.update(cost_term_margin=margin("symmetric flow + cost", disks_threshold, ["disks 2-d"]),
-                  control_no_cost_term_margin=margin("symmetric flow", disks_threshold, ["disks 2-d"]))
+if {"1-NN flow", "1-NN flow + cost"} <= set(disks_methods):
+    claims.update(cost_term_margin=margin("1-NN flow + cost", disks_threshold, ["disks 2-d"]),
+                  control_no_cost_term_margin=margin("1-NN flow", disks_threshold, ["disks 2-d"]))
 for name, value in claims.items():
     print(f"{name:40s} {value:+8.2f}")
 

@@ -31,7 +31,7 @@ class Method(NamedTuple):
 
 METHODS = {
     "1-NN flow": Method("flow", "heuristic", (("kind", "knn"), ("k", 1))),
-    "1-NN flow + cost": Method("flow", "heuristic", (("kind", "knn"), ("k", 1), ("cost_weight", 0.3))),
+    "1-NN flow + cost": Method("flow", "heuristic", (("kind", "knn"), ("k", 1), ("cost_weight", 1.0))),
     "5-NN flow": Method("flow", "heuristic", (("kind", "knn"), ("k", 5))),
     "symmetric flow": Method("flow", "heuristic", (("kind", "symmetric"),)),
     "symmetric flow + cost": Method("flow", "heuristic", (("kind", "symmetric"), ("cost_weight", 0.3))),

@@ -81,7 +81,8 @@ def sinkhorn(x: jax.Array, y: jax.Array, epsilon, num_iters: int = 100, a: jax.A
         x: [n, dim] the first points.
         y: [m, dim] the second points.
         epsilon: the entropic regularisation (> 0), in squared-distance units.
-        num_iters: the number of iterations (static).
+        num_iters: the number of iterations (a Python int; a traced int is accepted where no
+            gradient flows through the iterations, e.g. under `stop_gradient`).
         a: [n] the first weights (default uniform 1/n).
         b: [m] the second weights (default uniform 1/m).
         cost: [n, m] a cost matrix to use instead of `squared_distances(x, y)`.
@@ -95,7 +96,8 @@ def sinkhorn(x: jax.Array, y: jax.Array, epsilon, num_iters: int = 100, a: jax.A
     """
     x, y = jnp.asarray(x), jnp.asarray(y)
     _check_inputs(x, y, epsilon)
-    num_iters = check_positive_int("num_iters", num_iters)
+    if not isinstance(num_iters, jax.core.Tracer):
+        num_iters = check_positive_int("num_iters", num_iters)
     dtype = jnp.result_type(x, y)
     n, m = x.shape[0], y.shape[0]
     a = jnp.full((n,), 1.0 / n, dtype) if a is None else jnp.asarray(a, dtype)

@@ -161,20 +161,17 @@ def discrepancy(kind: str, a: jax.Array, y: jax.Array, k: int = 1) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "sample_source", "sample_target", "kind", "k",
-                                             "num_steps", "batch_size", "learning_rate", "cost_weight"))
-def _train_flow(params, key, *, apply_fn, sample_source, sample_target, kind, k, num_steps, batch_size,
-                learning_rate, cost_weight):
+                                             "num_steps", "batch_size", "learning_rate"))
+def _train_flow(params, key, cost_weight, *, apply_fn, sample_source, sample_target, kind, k, num_steps,
+                batch_size, learning_rate):
     fn = DISCREPANCIES[kind]
 
     def loss_fn(p, key):
         x, y = _batches(sample_source, sample_target, key, batch_size)
         tx = apply_fn(p, x)
         scale = jax.lax.stop_gradient(jnp.maximum(fn(x, y, k), 1e-12))
-        loss = fn(tx, y, k) / scale
-        if cost_weight:
-            cost_scale = jax.lax.stop_gradient(jnp.mean(jnp.sum((x - y) ** 2, 1)))
-            loss = loss + cost_weight * jnp.mean(jnp.sum((tx - x) ** 2, 1)) / cost_scale
-        return loss
+        cost_scale = jax.lax.stop_gradient(jnp.mean(jnp.sum((x - y) ** 2, 1)))
+        return fn(tx, y, k) / scale + cost_weight * jnp.mean(jnp.sum((tx - x) ** 2, 1)) / cost_scale
 
     return _adam_scan(loss_fn, params, key, num_steps, learning_rate)
 
@@ -211,10 +208,10 @@ def train_flow(model: Model, sample_source: Sampler, sample_target: Sampler, key
         raise ValueError(f"k={k} neighbours needs batch_size >= k, got {batch_size}")
     if not cost_weight >= 0:
         raise ValueError(f"cost_weight must be >= 0, got {cost_weight!r}")
-    params, losses = _train_flow(model.params, key, apply_fn=model.apply_fn, sample_source=sample_source,
-                                 sample_target=sample_target, kind=kind, k=k, num_steps=num_steps,
-                                 batch_size=batch_size, learning_rate=float(learning_rate),
-                                 cost_weight=float(cost_weight))
+    dtype = jax.tree.leaves(model.params)[0].dtype
+    params, losses = _train_flow(model.params, key, jnp.asarray(cost_weight, dtype), apply_fn=model.apply_fn,
+                                 sample_source=sample_source, sample_target=sample_target, kind=kind, k=k,
+                                 num_steps=num_steps, batch_size=batch_size, learning_rate=float(learning_rate))
     return FittedMap(params, model.apply_fn, losses)
 
 
@@ -299,8 +296,9 @@ def batch_targets(x: jax.Array, y: jax.Array, epsilon: float, num_iters: int = 1
         x: [n, dim] the source batch.
         y: [n, dim] the target batch.
         epsilon: the entropic regularisation relative to the mean cost (> 0).
-        num_iters: Sinkhorn iterations (1: the broken-Sinkhorn control).
-        transpose_plan: read the plan the wrong way round (P^T, the transposed-plan control).
+        num_iters: Sinkhorn iterations (1: the broken-Sinkhorn control); may be traced.
+        transpose_plan: read the plan the wrong way round (P^T, the transposed-plan control); a
+            bool, or a traced boolean when x and y have the same size.
 
     Returns:
         [n, dim] the target of each x_i.
@@ -308,15 +306,18 @@ def batch_targets(x: jax.Array, y: jax.Array, epsilon: float, num_iters: int = 1
     x, y = jax.lax.stop_gradient(x), jax.lax.stop_gradient(y)
     c = squared_distances(x, y)
     result = sinkhorn(x, y, epsilon * jnp.mean(c), num_iters, cost=c)
-    plan = result.plan.T if transpose_plan else result.plan
-    return barycentric_projection(plan, y)
+    if isinstance(transpose_plan, bool):
+        plan = result.plan.T if transpose_plan else result.plan
+    else:  # traced (one compiled program for the method and its control); needs n == m
+        plan = jnp.where(transpose_plan, result.plan.T, result.plan)
+    return jax.lax.stop_gradient(barycentric_projection(plan, y))
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "sample_source", "sample_target", "num_steps",
-                                             "batch_size", "learning_rate", "epsilon", "num_iters",
-                                             "transpose_plan"))
-def _train_regression(params, key, *, apply_fn, sample_source, sample_target, num_steps, batch_size,
-                      learning_rate, epsilon, num_iters, transpose_plan):
+                                             "batch_size", "learning_rate", "epsilon"))
+def _train_regression(params, key, num_iters, transpose_plan, *, apply_fn, sample_source, sample_target,
+                      num_steps, batch_size, learning_rate, epsilon):
+    # num_iters and transpose_plan are traced: the method and its two controls share one program
     def loss_fn(p, key):
         x, y = _batches(sample_source, sample_target, key, batch_size)
         target = batch_targets(x, y, epsilon, num_iters, transpose_plan)
@@ -353,10 +354,11 @@ def train_sinkhorn_regression(model: Model, sample_source: Sampler, sample_targe
     num_steps, batch_size = _check_common(num_steps, batch_size, learning_rate)
     _check_epsilon(epsilon)
     num_iters = check_positive_int("num_iters", num_iters)
-    params, losses = _train_regression(model.params, key, apply_fn=model.apply_fn, sample_source=sample_source,
-                                       sample_target=sample_target, num_steps=num_steps, batch_size=batch_size,
-                                       learning_rate=float(learning_rate), epsilon=float(epsilon),
-                                       num_iters=num_iters, transpose_plan=bool(transpose_plan))
+    params, losses = _train_regression(model.params, key, jnp.asarray(num_iters, jnp.int32),
+                                       jnp.asarray(bool(transpose_plan)), apply_fn=model.apply_fn,
+                                       sample_source=sample_source, sample_target=sample_target,
+                                       num_steps=num_steps, batch_size=batch_size,
+                                       learning_rate=float(learning_rate), epsilon=float(epsilon))
     return FittedMap(params, model.apply_fn, losses)
 
 
