@@ -111,7 +111,6 @@ interactive: bool = False  # show the panel: pick a problem and a method, train,
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 
 import workbench
 from workbench.experiments import transport as recipes

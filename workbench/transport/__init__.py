@@ -45,7 +45,22 @@ from workbench.transport.metrics import (
     transport_cost,
     w2_against_floor,
 )
-from workbench.transport.networks import Model, map_model, potential_gradient, potential_model, velocity_model
+from workbench.transport.networks import (
+    Model,
+    map_model,
+    potential_gradient,
+    potential_model,
+    velocity_model,
+)
+from workbench.transport.plans import (
+    SinkhornResult,
+    assignment,
+    assignment_in_jit,
+    barycentric_projection,
+    entropic_map,
+    sinkhorn,
+    squared_distances,
+)
 from workbench.transport.problems import (
     BrenierPotential,
     Problem,
@@ -57,15 +72,6 @@ from workbench.transport.problems import (
     gaussian,
     gaussian_map,
     gaussian_w2_squared,
-)
-from workbench.transport.plans import (
-    SinkhornResult,
-    assignment,
-    assignment_in_jit,
-    barycentric_projection,
-    entropic_map,
-    sinkhorn,
-    squared_distances,
 )
 from workbench.transport.training import (
     COUPLINGS,
