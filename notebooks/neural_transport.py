@@ -62,7 +62,7 @@
 #       num_points: 1000
 #       num_seeds: 3
 #       num_steps: 1000
-#     quick_seconds: 60
+#     quick_seconds: 30
 #     title: Learning to transport with neural networks, heuristic flows against OT-principled
 #       estimators on problems with a known answer (Schioppa 2019)
 # ---

@@ -235,3 +235,16 @@ def test_bad_inputs_get_clear_errors(key):
         transport.l2_uvp(np.zeros((3, 2)), np.zeros((3, 3)), 1.0)
     with pytest.raises(ValueError, match="same shape"):
         transport.assignment(np.zeros((3, 2)), np.zeros((4, 2)))
+
+
+def test_discrepancies_and_divergence_vanish_on_equal_batches(key):
+    y = jax.random.normal(key, (40, 2), jnp.float64)
+    shifted = y + jnp.array([1.0, 0.0])
+    for kind in transport.DISCREPANCIES:
+        assert float(transport.discrepancy(kind, y, y)) == pytest.approx(0.0, abs=1e-12)
+        assert float(transport.discrepancy(kind, shifted, y)) > 1e-3
+    assert float(transport.sinkhorn_divergence(y, y, 0.1)) == pytest.approx(0.0, abs=1e-10)
+    assert float(transport.sinkhorn_divergence(shifted, y, 0.1)) == pytest.approx(1.0, rel=0.1)  # ~ |shift|^2
+    paired = transport.couple(y, shifted, key, "sinkhorn", epsilon=0.002, num_iters=3000)
+    # a translation: the plan sends (almost) every point to its own image
+    assert np.mean(np.all(np.asarray(paired) == np.asarray(shifted), axis=1)) > 0.9
