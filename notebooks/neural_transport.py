@@ -28,6 +28,7 @@
 #       - 8
 #       - 32
 #       disks_methods:
+#       - not moving
 #       - 1-NN flow
 #       - 1-NN flow + cost
 #       - symmetric flow
@@ -42,6 +43,7 @@
 #       - entropic map
 #       - Monge gap
 #       methods:
+#       - not moving
 #       - 1-NN flow
 #       - 1-NN flow + cost
 #       - 5-NN flow
@@ -94,7 +96,7 @@
 
 # %% tags=["parameters"]
 dims: list[int] = [2]  # dimensions of the Gaussian and Brenier problems
-methods: list[str] = ["symmetric flow", "Sinkhorn regression", "control: 1-iteration Sinkhorn", "control: transposed plan", "flow matching, independent", "flow matching, exact OT", "entropic map"]  # methods on the Gaussian and Brenier problems (experiments.transport.METHODS)
+methods: list[str] = ["not moving", "symmetric flow", "Sinkhorn regression", "control: 1-iteration Sinkhorn", "control: transposed plan", "flow matching, independent", "flow matching, exact OT", "entropic map"]  # methods on the Gaussian and Brenier problems (experiments.transport.METHODS)
 disks_methods: list[str] = ["1-NN flow", "1-NN flow + cost"]  # methods on the disks problem (empty: skip it)
 num_steps: int = 300  # Adam steps per method (each phase of the Seguy dual)
 batch_size: int = 128  # points per batch of each distribution
@@ -102,7 +104,7 @@ learning_rate: float = 0.005  # Adam step size (the Seguy dual uses 0.001)
 hidden: int = 64  # width of every network (two SiLU hidden layers)
 num_points: int = 500  # evaluation points (and exact-assignment size)
 uvp_threshold: float = 20.0  # L2-UVP (%) a method must stay under on every 2-d problem with a known map
-disks_threshold: float = 40.0  # L2-UVP (%) against the exact assignment on the disks problem
+disks_threshold: float = 33.0  # L2-UVP (%) against the exact assignment on the disks problem
 problem_seed: int = 0  # the random Gaussian and Brenier instances
 num_seeds: int = 1  # training seeds per method
 seed: int = 0  # seeds are seed * num_seeds, ..., seed * num_seeds + num_seeds - 1
@@ -231,6 +233,15 @@ for name, value in claims.items():
 #   0.3 at this training length): the cost term prevents the collapse; it does not by itself
 #   make the heuristic near-optimal here. The prototype note in the issue reported it
 #   near-optimal; we do not reproduce that in the quick profile.
+# - "not moving" (T(x) = x) is the baseline every learnt map should beat; the 1-NN flow does not
+#   always beat it.
+# - In 8 and 32 dimensions (the full profile) every method degrades at this training length
+#   (1000 steps of 128-point batches): flow matching with OT pairs degrades least, the
+#   entropic map (1024 samples) and the Monge gap most, and the batch-level estimators
+#   (Sinkhorn regression, the Seguy dual) shrink the map (cost ratio well below 1). In 32-d the
+#   W2-against-floor column stops discriminating: two 1000-point samples of the same
+#   distribution are about as far apart as a poor map's output is from the target. The claims
+#   are therefore made on the 2-d problems only.
 
 # %% [markdown]
 # ## Headline numbers

@@ -9,6 +9,7 @@ couplings, the entropic map and the Monge gap); `fit` trains one, `evaluate` sco
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -20,8 +21,8 @@ from workbench.transport import metrics, networks, training
 
 
 class Method(NamedTuple):
-    """A method of the comparison: `trainer` is one of "flow", "seguy", "regression",
-    "flow_matching", "entropic", "monge_gap"; `family` how the paper groups it; `options` the
+    """A method of the comparison: `trainer` is one of "identity" (the baseline T(x) = x), "flow",
+    "seguy", "regression", "flow_matching", "entropic", "monge_gap"; `family` how the paper groups it; `options` the
     trainer's keyword arguments."""
 
     trainer: str
@@ -30,6 +31,7 @@ class Method(NamedTuple):
 
 
 METHODS = {
+    "not moving": Method("identity", "baseline"),
     "1-NN flow": Method("flow", "heuristic", (("kind", "knn"), ("k", 1))),
     "1-NN flow + cost": Method("flow", "heuristic", (("kind", "knn"), ("k", 1), ("cost_weight", 1.0))),
     "5-NN flow": Method("flow", "heuristic", (("kind", "knn"), ("k", 5))),
@@ -107,6 +109,8 @@ def fit(problem: transport.problems.Problem, method: str, key: jax.Array, *, num
                **dict(spec.options), **overrides}
     k_net, k_u, k_v, k_train = jax.random.split(key, 4)
     source, target, dim = problem.sample_source, problem.sample_target, problem.dim
+    if spec.trainer == "identity":
+        return training.FittedMap({}, _identity, jax.numpy.zeros((0,)))
     if spec.trainer == "entropic":
         options = {k: v for k, v in options.items() if k not in ("num_steps", "batch_size", "learning_rate")}
         return training.fit_entropic_map(source, target, k_train, **options)
@@ -123,6 +127,11 @@ def fit(problem: transport.problems.Problem, method: str, key: jax.Array, *, num
     u = networks.potential_model(k_u, dim, hidden, depth, kind="mlp")
     v = networks.potential_model(k_v, dim, hidden, depth, kind="mlp")
     return training.train_seguy(model, u, v, source, target, k_train, **options)
+
+
+def _identity(params, x):
+    del params
+    return x
 
 
 class Row(NamedTuple):
@@ -187,8 +196,9 @@ def merge(*comparisons: Comparison) -> Comparison:
 
 def compare(problems: dict, methods: Sequence[str], seeds: Sequence[int], *, num_points: int = 1000,
             progress: bool = True, **fit_kwargs) -> Comparison:
-    """Every method on every problem for every seed (training key `key(seed)` folded with the
-    method's index; evaluation samples from a key of their own).
+    """Every method on every problem for every seed (training key `method_key(seed, method)`, so a
+    method's numbers do not depend on which others run; evaluation samples from a key of their
+    own).
 
     Args:
         problems: label -> `Problem`.
@@ -206,10 +216,10 @@ def compare(problems: dict, methods: Sequence[str], seeds: Sequence[int], *, num
     results, fitted_maps = {}, {}
     with bar(total=len(problems) * len(methods) * len(seeds), desc="transport", disable=not progress) as pbar:
         for label, problem in problems.items():
-            for i, method in enumerate(methods):
+            for method in methods:
                 rows = []
                 for seed in seeds:
-                    key = jax.random.fold_in(jax.random.key(seed), i)
+                    key = method_key(seed, method)
                     fitted = fit(problem, method, key, **fit_kwargs)
                     fitted_maps.setdefault((label, method), fitted)
                     rows.append(evaluate(problem, fitted, jax.random.fold_in(jax.random.key(seed), 10_000),
@@ -220,6 +230,19 @@ def compare(problems: dict, methods: Sequence[str], seeds: Sequence[int], *, num
             # reused by the next problem: free them, or a long grid runs out of memory
             jax.clear_caches()
     return Comparison(results, fitted_maps)
+
+
+def method_key(seed: int, method: str) -> jax.Array:
+    """The training key of `method` at `seed`: key(seed) folded with a checksum of the name.
+
+    Args:
+        seed: the training seed.
+        method: the method's name.
+
+    Returns:
+        The PRNG key.
+    """
+    return jax.random.fold_in(jax.random.key(seed), zlib.crc32(method.encode()) & 0x7FFFFFFF)
 
 
 def draw(problem: transport.problems.Problem, fitted: dict, seed: int, num_points: int = 500) -> dict:
@@ -286,7 +309,7 @@ def explore(problems: dict, *, problem: str, method: str, num_steps: int, seed: 
         The `Explored` result.
     """
     p = problems[problem]
-    fitted = fit(p, method, jax.random.key(seed), num_steps=num_steps, **fit_kwargs)
+    fitted = fit(p, method, method_key(seed, method), num_steps=num_steps, **fit_kwargs)
     key = jax.random.fold_in(jax.random.key(seed), 10_000)
     row = evaluate(p, fitted, key, num_points)
     x = p.sample_source(jax.random.fold_in(key, 1), num_points)

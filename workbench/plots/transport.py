@@ -46,34 +46,35 @@ def maps(panels: Mapping[str, tuple], title: str = "Where each map sends the sou
 
 def uvp_table(rows: Mapping[tuple, object], problems: Sequence[str], methods: Sequence[str],
               title: str = "L2 unexplained variance (%) by method and problem"):
-    """Horizontal bars of each method's mean L2-UVP per problem, on a log axis, with 5% and
-    10% marked.
+    """The method x problem table of mean L2-UVP as a heatmap (log colour scale, each cell
+    annotated with its value; blank where a method was not run on a problem).
 
     Args:
         rows: {(problem, method): {"mean": Row, ...}} (`experiments.transport.table`).
-        problems: the problems to show (one bar colour each).
-        methods: the methods, top to bottom.
+        problems: the problems, one column each.
+        methods: the methods, one row each, top to bottom.
         title: the figure title.
 
     Returns:
         The matplotlib figure.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
 
-    fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(methods) * max(1, len(problems)) * 0.6 + 1.5))
-    height = 0.8 / max(1, len(problems))
-    for j, problem in enumerate(problems):
-        values = [rows[(problem, m)]["mean"].l2_uvp if (problem, m) in rows else np.nan for m in methods]
-        pos = np.arange(len(methods)) + j * height
-        ax.barh(pos, np.maximum(values, 1e-2), height=height, label=problem, color=f"C{j}")
-    ax.set_yticks(np.arange(len(methods)) + 0.4 - height / 2)
+    values = np.array([[rows[(p, m)]["mean"].l2_uvp if (p, m) in rows else np.nan for p in problems]
+                       for m in methods], np.float64)
+    fig, ax = plt.subplots(figsize=(1.1 * len(problems) + 3.2, 0.32 * len(methods) + 1.6))
+    image = ax.imshow(np.clip(values, 0.1, None), cmap="viridis_r", norm=LogNorm(vmin=0.5, vmax=150), aspect="auto")
+    for i in range(len(methods)):
+        for j in range(len(problems)):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=7,
+                        color="white" if values[i, j] > 10 else "black")
+    ax.set_xticks(range(len(problems)))
+    ax.set_xticklabels(problems, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(methods)))
     ax.set_yticklabels(methods, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    for v in (5, 10, 100):
-        ax.axvline(v, color="0.5", ls=":", lw=0.8)
-    ax.set_xlabel("L2-UVP (%), log scale: 0 is the optimal map, 100 the constant map at the target mean")
-    ax.legend(fontsize=8)
-    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="L2-UVP (%): 0 optimal, 100 the constant map at nu's mean")
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
