@@ -14,7 +14,7 @@ import pytest
 import workbench
 
 CAPABILITIES = ("spectrum", "sketch", "influence", "schedules", "convex", "icl", "unlearning", "continual",
-                "distributed")
+                "distributed", "transport")
 SECTION = re.compile(r"^\s*(Args|Arguments|Returns|Yields|Raises|Example|Examples|Note|Notes):\s*$")
 
 

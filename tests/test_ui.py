@@ -395,3 +395,14 @@ def test_task_switch_panel():
     explore = functools.partial(recipes.explore, fn, params, stream, [0], steps_per_task=20, batch_size=8)
     result = run_and_check(stream_panel(explore, 20, stream.names, replay_fraction=0.5))
     assert result.result.accuracy.shape == (1, 41, 2) and 0 <= result.row.old_final <= 1
+
+
+@pytest.mark.standard_promotion  # Adam
+def test_transport_panel():
+    from workbench.experiments import transport as recipes
+    from workbench.ui.transport import transport_panel
+
+    problems = {"gaussian 2-d": recipes.make_problem("gaussian", 2)}
+    explore = functools.partial(recipes.explore, problems, batch_size=32, hidden=8, num_points=64)
+    result = run_and_check(transport_panel(explore, list(problems), list(recipes.METHODS), num_steps=50))
+    assert result.mapped.shape == (64, 2) and result.row.l2_uvp >= 0

@@ -20,5 +20,7 @@ the capabilities. No capability imports it. One module per paper family, importe
   and its losses and synthetic data;
 - `continual`: digits and text task streams, settings of schedule x replay trained over seeds in
   one vmapped call, their summary against joint training, curvature and the linear path along a run;
+- `transport`: the neural-transport methods by name, fitted on problems with a known map and
+  scored (L2-UVP, cost against W2^2, W2 against the floor) over seeds;
 - `timing`: wall-clock timing (the fastest of a few runs) for recipes and benchmarks.
 """

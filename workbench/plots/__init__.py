@@ -15,7 +15,8 @@ into the run and shown inline).
 - `unlearning`: method tables, the gradient-ascent cliff, the SSD sweep, diffusion samples;
 - `distributed`: the transport plan and time per step of the distributed-minimisation paper;
 - `continual`: accuracy on every task at every step, the gap at a switch, SGD's path against the
-  straight line, curvature along a run.
+  straight line, curvature along a run;
+- `transport`: learnt maps drawn over the target, the method x problem L2-UVP table.
 
 `convex`, `influence`, `schedules`, `spectra` and `training` are imported with the package; the
 others on use (`from workbench.plots import sketching`). Plots sit in the presentation layer: they
