@@ -1,10 +1,10 @@
-"""The second half of the papers on their quick profiles (see tests/test_notebooks.py)."""
+"""The second group of papers on their quick profiles (see tests/test_notebooks.py)."""
 
 import pytest
-from test_notebooks import NOTEBOOKS, SECOND_HALF, run_and_check_paper
+from test_notebooks import papers_of, run_and_check_paper
 
 
 @pytest.mark.notebook
-@pytest.mark.parametrize("name", [p.stem for p in NOTEBOOKS if p.stem in SECOND_HALF])
+@pytest.mark.parametrize("name", papers_of("second"))
 def test_paper_runs_on_quick_profile(name, tmp_path):
     run_and_check_paper(name, tmp_path)
