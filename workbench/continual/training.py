@@ -21,6 +21,8 @@ import optax
 from workbench.continual.replay import check_recency, plan_batch
 from workbench.continual.streams import TaskStream
 from workbench.core.numerics import check_positive_int
+from workbench.core.per_example import mean_loss
+from workbench.models import Functional
 
 PyTree = Any
 
@@ -126,11 +128,14 @@ class StreamResult(NamedTuple):
 
 
 def _resolve(loss_fn, predict_fn):
-    if hasattr(loss_fn, "per_example_loss_fn") and hasattr(loss_fn, "predict_fn"):  # a models.Functional
-        return loss_fn.loss_fn, loss_fn.per_example_loss_fn, loss_fn.predict_fn
+    """(training loss, evaluation loss, predict_fn): a Functional is evaluated on its data loss."""
+    if isinstance(loss_fn, Functional):
+        return loss_fn.loss_fn, mean_loss(loss_fn.per_example_loss_fn), predict_fn or loss_fn.predict_fn
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable or a models.Functional, got {type(loss_fn).__name__}")
     if predict_fn is None:
         raise ValueError("train_stream evaluates accuracy: pass predict_fn= (or a models.Functional as loss_fn)")
-    return loss_fn, None, predict_fn
+    return loss_fn, loss_fn, predict_fn
 
 
 def _is_concrete(x) -> bool:
@@ -213,7 +218,7 @@ def train_stream(loss_fn: Callable, params: PyTree, stream: TaskStream, key: jax
             replay fraction outside [0, 1], an unknown recency, a missing `predict_fn`, or
             snapshot steps outside the run.
     """
-    loss_fn, per_example_loss_fn, predict_fn = _resolve(loss_fn, predict_fn)
+    loss_fn, eval_loss_fn, predict_fn = _resolve(loss_fn, predict_fn)
     snapshot_steps = tuple(sorted({int(s) for s in snapshot_steps}))
     num_steps, steps_per_task, batch_size, eval_every = _check_stream_options(
         stream, lrs, steps_per_task, batch_size, eval_every, snapshot_steps, replay_fraction, recency,
@@ -230,8 +235,7 @@ def train_stream(loss_fn: Callable, params: PyTree, stream: TaskStream, key: jax
         def one(x, y):
             logits = predict_fn(p, x)
             acc = jnp.mean((jnp.argmax(logits, axis=-1).astype(y.dtype) == y).astype(dtype))
-            loss = jnp.mean(per_example_loss_fn(p, (x, y))) if per_example_loss_fn else loss_fn(p, (x, y))
-            return jnp.where(finite, acc, jnp.nan), loss.astype(dtype)
+            return jnp.where(finite, acc, jnp.nan), eval_loss_fn(p, (x, y)).astype(dtype)
         return jax.lax.map(lambda xy: one(*xy), (stream.test_x, stream.test_y))
 
     def step(carry, s):
