@@ -2,34 +2,63 @@
 on the quick profile, and once on the full profile, with the spread that sets their margins.
 
 Runs the paper through the runner (a fresh kernel per run, as `make papers` does) and writes
-`benchmarks/results/claims_NAME.md` (and `.json`). Nothing is timed into a verdict: the run
-seconds are reported only.
+`benchmarks/results/claims_NAME.md` (and `.json`) for each paper named. Nothing is timed into a
+verdict: the run seconds (wall, and the CPU seconds of the run's kernel, which a busy shared
+machine moves less) are reported only. `-p KEY=VALUE` (a YAML value, repeatable) overrides a
+parameter on the quick runs, to try a smaller quick profile on several seeds before writing it
+into a paper's header (overrides apply to every paper named; one a paper lacks is refused).
+Kernels use the user's persistent compilation cache, so a second run mostly skips XLA
+compilation; `--fresh-cache` gives every run an empty cache of its own, as `make test` on a new
+machine has, for seconds that include compiling.
 
-    python benchmarks/claims_over_seeds.py task_switch --seeds 0 1 2 [--full] [--out benchmarks/results]
+    python benchmarks/claims_over_seeds.py task_switch [sketching ...] --seeds 0 1 2 [--full] [-p steps=100] [--out benchmarks/results]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from workbench.run import papers, runner
 
 
-def run(name: str, seeds: list[int], full: bool, runs_dir: Path) -> dict:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(name: str, seeds: list[int], full: bool, runs_dir: Path, overrides: dict | None = None,
+        fresh_cache: bool = False) -> dict:
     paper = papers.get_paper(name)
     rows = {}
-    for profile, seed in [("quick", s) for s in seeds] + ([("full", seeds[0])] if full else []):
-        result = runner.run_paper(paper, papers.resolve_parameters(paper, {"seed": seed}, profile=profile), runs_dir)
+    for i, (profile, seed) in enumerate([("quick", s) for s in seeds] + ([("full", seeds[0])] if full else [])):
+        given = {**(overrides or {}), "seed": seed} if profile == "quick" else {"seed": seed}
+        params = papers.resolve_parameters(paper, given, profile=profile)
+        saved = os.environ.get("WORKBENCH_JAX_CACHE")
+        if fresh_cache:  # the kernel inherits it: an empty cache folder of this run's own
+            os.environ["WORKBENCH_JAX_CACHE"] = str(runs_dir / f"jax-cache-{i}")
+        cpu = _children_cpu()
+        try:
+            result = runner.run_paper(paper, params, runs_dir)
+        finally:
+            if fresh_cache and saved is None:
+                del os.environ["WORKBENCH_JAX_CACHE"]
+            elif fresh_cache:
+                os.environ["WORKBENCH_JAX_CACHE"] = saved
+        cpu = _children_cpu() - cpu  # the run's kernel (a finished child process)
         label = f"{profile} seed {seed}"
-        rows[label] = {"ok": result.ok, "seconds": round(result.seconds, 1), "error": result.error,
+        rows[label] = {"ok": result.ok, "seconds": round(result.seconds, 1), "cpu_seconds": round(cpu, 1),
+                       "overrides": (overrides or {}) if profile == "quick" else {}, "error": result.error,
                        "claims": {c.metric: {"claim": c.claim, "value": c.value, "passed": c.passed}
                                   for c in result.claims}}
-        print(f"{label}: {'ok' if result.ok else 'FAILED'} in {result.seconds:.1f} s, "
+        print(f"{name} {label}: {'ok' if result.ok else 'FAILED'} in {result.seconds:.1f} s ({cpu:.1f} s CPU), "
               f"{sum(c.passed for c in result.claims)}/{len(result.claims)} claims hold", flush=True)
     return rows
 
@@ -56,25 +85,41 @@ def markdown(name: str, rows: dict) -> str:
                 values.append(c["value"])
         spread = f"{min(values):.4g} .. {max(values):.4g}" if values else "–"
         lines.append(f"| {m} | `{spec}` | " + " | ".join(cells) + f" | {spread} |")
-    lines += ["", "| run | ok | seconds |", "|---|---|---|"]
-    lines += [f"| {label} | {r['ok']} | {r['seconds']} |" for label, r in rows.items()]
+    overrides = next((r["overrides"] for r in rows.values() if r.get("overrides")), None)
+    if overrides:
+        lines += ["", "Quick runs with " + ", ".join(f"`{k}={v!r}`" for k, v in overrides.items()) + "."]
+    lines += ["", "| run | ok | seconds | kernel CPU seconds |", "|---|---|---|---|"]
+    lines += [f"| {label} | {r['ok']} | {r['seconds']} | {r.get('cpu_seconds', '–')} |" for label, r in rows.items()]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("name")
+    parser.add_argument("names", nargs="+", metavar="name", help="papers, run one after the other")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter of the quick runs (a YAML value); repeatable")
+    parser.add_argument("--fresh-cache", action="store_true",
+                        help="an empty compilation cache for every run (seconds include compiling)")
     parser.add_argument("--full", action="store_true", help="also run the full profile once (first seed)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = run(args.name, args.seeds, args.full, Path(tmp))
+    overrides = {}
+    for item in args.param:
+        if "=" not in item:
+            parser.error(f"-p expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key] = yaml.safe_load(value)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"claims_{args.name}.json").write_text(json.dumps(rows, indent=1, default=float))
-    (args.out / f"claims_{args.name}.md").write_text(markdown(args.name, rows))
-    print(f"wrote {args.out / f'claims_{args.name}.md'}")
-    failed = [label for label, r in rows.items() if not r["ok"] or not all(c["passed"] for c in r["claims"].values())]
+    failed = []
+    for name in args.names:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = run(name, args.seeds, args.full, Path(tmp), overrides, args.fresh_cache)
+        (args.out / f"claims_{name}.json").write_text(json.dumps(rows, indent=1, default=float))
+        (args.out / f"claims_{name}.md").write_text(markdown(name, rows))
+        print(f"wrote {args.out / f'claims_{name}.md'}")
+        failed += [f"{name} {label}" for label, r in rows.items()
+                   if not r["ok"] or not all(c["passed"] for c in r["claims"].values())]
     raise SystemExit(1 if failed else 0)
 
 
