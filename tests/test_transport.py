@@ -248,3 +248,43 @@ def test_discrepancies_and_divergence_vanish_on_equal_batches(key):
     paired = transport.couple(y, shifted, key, "sinkhorn", epsilon=0.002, num_iters=3000)
     # a translation: the plan sends (almost) every point to its own image
     assert np.mean(np.all(np.asarray(paired) == np.asarray(shifted), axis=1)) > 0.9
+
+
+def test_one_compiled_trainer_serves_every_problem_of_the_same_shapes(key):
+    """Compile once: the problem's samples are data, not part of the compiled trainer, and
+    networks of one architecture share their apply function."""
+    assert transport.map_model(key, 2, 8).apply_fn is transport.map_model(jax.random.fold_in(key, 1), 2, 8).apply_fn
+    problems = [transport.gaussian(jax.random.key(0), 2), transport.gaussian(jax.random.key(1), 2),
+                transport.brenier(jax.random.key(2), 2, variance_samples=1000), transport.disks()]
+    compiled = transport.training._adam_steps._cache_size
+    sizes = []
+    for i, problem in enumerate(problems):
+        model = transport.map_model(jax.random.fold_in(key, i), 2, 8)
+        fitted = transport.train_flow(model, problem.sample_source, problem.sample_target, key, kind="symmetric",
+                                      cost_weight=0.25 * i, num_steps=7, batch_size=16)
+        assert bool(jnp.all(jnp.isfinite(fitted.losses)))
+        sizes.append(compiled())
+    assert sizes[1:] == sizes[:1] * 3, f"trainer programs after each problem: {sizes}"
+
+
+def test_training_in_chunks_matches_one_chunk(key, monkeypatch):
+    """Long runs draw their batches in chunks; the result is the one of a single chunk."""
+    problem = transport.gaussian(jax.random.key(5), 2, dtype=jnp.float64)
+    velocity = transport.velocity_model(key, 2, 8, param_dtype=jnp.float64)
+    k_map, k_u, k_v = jax.random.split(key, 3)
+    t_model = transport.map_model(k_map, 2, 8, param_dtype=jnp.float64)
+    u, v = (transport.potential_model(k, 2, 8, kind="mlp", param_dtype=jnp.float64) for k in (k_u, k_v))
+
+    def fit_both():
+        flow = transport.train_flow_matching(velocity, problem.sample_source, problem.sample_target, key,
+                                             coupling="sinkhorn", num_steps=30, batch_size=16)
+        seguy = transport.train_seguy(t_model, u, v, problem.sample_source, problem.sample_target, key,
+                                      num_steps=30, batch_size=16)
+        return flow, seguy
+
+    whole = fit_both()
+    monkeypatch.setattr(transport.training, "_CHUNK_BYTES", 7 * 16 * 2 * 8 * 2)  # 6 or 7 steps a chunk
+    chunked = fit_both()
+    for a, b in zip(whole, chunked):
+        np.testing.assert_allclose(a.losses, b.losses, rtol=1e-12, atol=1e-14)
+        jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-14), a.params, b.params)

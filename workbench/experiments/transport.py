@@ -226,9 +226,6 @@ def compare(problems: dict, methods: Sequence[str], seeds: Sequence[int], *, num
                                          num_points))
                     pbar.update(1)
                 results[(label, method)] = rows
-            # this problem's compiled trainers (its samplers are static arguments) are not
-            # reused by the next problem: free them, or a long grid runs out of memory
-            jax.clear_caches()
     return Comparison(results, fitted_maps)
 
 

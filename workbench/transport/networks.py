@@ -6,11 +6,13 @@
   grad phi is a monotone map) or a plain MLP;
 - `velocity_model`: an MLP v(x, t) for flow matching.
 The last layer starts at zero, so a residual map starts as the identity, a potential as 0 and a
-velocity as 0.
+velocity as 0. Networks of one architecture (sizes, dtype, kind) share one `apply_fn` object, so a
+trainer compiled for one serves them all.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -77,6 +79,34 @@ def _split(module) -> tuple[PyTree, Callable]:
     return params, call
 
 
+# One apply function per architecture (module class, sizes, dtype, head), built from an abstract
+# template (shapes only, `nnx.eval_shape`) whose values `call` replaces by the params it is
+# given: networks of the same shapes share it, so a trainer compiled for one (its apply_fn a
+# static argument) serves them all.
+
+
+@functools.cache
+def _mlp_apply(din: int, dout: int, hidden: int, depth: int, param_dtype, head: str) -> Callable:
+    _, call = _split(nnx.eval_shape(lambda: _MLP(din, dout, hidden, depth, rngs=nnx.Rngs(0),
+                                                      param_dtype=param_dtype)))
+    if head == "residual":
+        return lambda p, x: x + call(p, x)
+    if head == "scalar":
+        return lambda p, x: call(p, x)[:, 0]
+    if head == "velocity":
+        return lambda p, x, t: call(p, jnp.concatenate([x, t.astype(x.dtype)[:, None]], axis=1))
+    return call
+
+
+@functools.cache
+def _icnn_apply(dim: int, hidden: int, depth: int, param_dtype) -> Callable:
+    return _split(nnx.eval_shape(lambda: _ICNN(dim, hidden, depth, rngs=nnx.Rngs(0), param_dtype=param_dtype)))[1]
+
+
+def _params(module) -> PyTree:
+    return nnx.to_pure_dict(nnx.split(module, nnx.Param)[1])
+
+
 def map_model(key: jax.Array, dim: int, hidden: int = 64, depth: int = 2, residual: bool = True,
               param_dtype=jnp.float32) -> Model:
     """An MLP map T: [n, dim] -> [n, dim], x + f(x) when `residual` (starting at the identity).
@@ -93,10 +123,8 @@ def map_model(key: jax.Array, dim: int, hidden: int = 64, depth: int = 2, residu
         `Model(params, apply_fn(params, x) -> [n, dim])`.
     """
     dim, hidden, depth = (check_positive_int(n, v) for n, v in (("dim", dim), ("hidden", hidden), ("depth", depth)))
-    params, call = _split(_MLP(dim, dim, hidden, depth, rngs=nnx.Rngs(key), param_dtype=param_dtype))
-    if residual:
-        return Model(params, lambda p, x: x + call(p, x))
-    return Model(params, call)
+    params = _params(_MLP(dim, dim, hidden, depth, rngs=nnx.Rngs(key), param_dtype=param_dtype))
+    return Model(params, _mlp_apply(dim, dim, hidden, depth, param_dtype, "residual" if residual else "plain"))
 
 
 def potential_model(key: jax.Array, dim: int, hidden: int = 64, depth: int = 2, kind: str = "icnn",
@@ -121,11 +149,11 @@ def potential_model(key: jax.Array, dim: int, hidden: int = 64, depth: int = 2, 
     dim, hidden, depth = (check_positive_int(n, v) for n, v in (("dim", dim), ("hidden", hidden), ("depth", depth)))
     rngs = nnx.Rngs(key)
     if kind == "icnn":
-        params, call = _split(_ICNN(dim, hidden, depth, rngs=rngs, param_dtype=param_dtype))
-        return Model(params, call)
+        params = _params(_ICNN(dim, hidden, depth, rngs=rngs, param_dtype=param_dtype))
+        return Model(params, _icnn_apply(dim, hidden, depth, param_dtype))
     if kind == "mlp":
-        params, call = _split(_MLP(dim, 1, hidden, depth, rngs=rngs, param_dtype=param_dtype))
-        return Model(params, lambda p, x: call(p, x)[:, 0])
+        params = _params(_MLP(dim, 1, hidden, depth, rngs=rngs, param_dtype=param_dtype))
+        return Model(params, _mlp_apply(dim, 1, hidden, depth, param_dtype, "scalar"))
     raise ValueError(f"kind must be 'icnn' or 'mlp', got {kind!r}")
 
 
@@ -156,5 +184,5 @@ def velocity_model(key: jax.Array, dim: int, hidden: int = 64, depth: int = 2, p
         `Model(params, apply_fn(params, x, t) -> [n, dim])`.
     """
     dim, hidden, depth = (check_positive_int(n, v) for n, v in (("dim", dim), ("hidden", hidden), ("depth", depth)))
-    params, call = _split(_MLP(dim + 1, dim, hidden, depth, rngs=nnx.Rngs(key), param_dtype=param_dtype))
-    return Model(params, lambda p, x, t: call(p, jnp.concatenate([x, t.astype(x.dtype)[:, None]], axis=1)))
+    params = _params(_MLP(dim + 1, dim, hidden, depth, rngs=nnx.Rngs(key), param_dtype=param_dtype))
+    return Model(params, _mlp_apply(dim + 1, dim, hidden, depth, param_dtype, "velocity"))

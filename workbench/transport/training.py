@@ -4,7 +4,9 @@ its own key.
 
 Every trainer takes the samplers `sample_source(key, n)` and `sample_target(key, n)` (a
 `problems.Problem`'s, or any pure functions of a key) and returns a `FittedMap`, callable on
-points. The families compared by Schioppa (2019), as we read them (we could read only the
+points. Each step's batches are drawn from its key before the loop runs and passed to it as data,
+so one compiled loop serves every problem of the same shapes (networks of one architecture share
+their apply function). The families compared by Schioppa (2019), as we read them (we could read only the
 paper's abstract here; the constructions below are ours where the paper's details were needed):
 
 - `train_flow`: heuristic flows. T follows the gradient flow, in its parameters, of a
@@ -86,24 +88,64 @@ def _check_epsilon(epsilon):
         raise ValueError(f"epsilon must be > 0 (relative to the batch's mean cost), got {epsilon!r}")
 
 
-def _adam_scan(loss_fn, params, key, num_steps, learning_rate):
-    """`num_steps` Adam steps of `loss_fn(params, key_i)`, one fresh key per step."""
-    optimizer = optax.adam(learning_rate)
+# Compile once: the compiled programs below are keyed on static configuration only (the loss, its
+# networks' shared apply functions, its options, the learning rate, the batches' shapes). The
+# problem enters as data: every batch is drawn before training by `_draw` (a small program of
+# its own per sampler) and the scan steps over the drawn batches, so one compiled trainer serves
+# every problem of the same shapes. Each step's batches are those the step's key draws, as if
+# drawn inside the loop.
 
-    def body(carry, k):
-        p, s = carry
-        p, s, loss = step(loss_fn, optimizer, p, s, k)
-        return (p, s), loss
-
-    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int and float
-        (params, _), losses = jax.lax.scan(body, (params, optimizer.init(params)),
-                                           jax.random.split(key, num_steps))
-    return params, losses
+_CHUNK_BYTES = 2**26  # the most bytes of drawn batches held at once; longer runs go in chunks
 
 
 def _batches(sample_source, sample_target, key, batch_size):
     ks, kt = jax.random.split(key)
     return sample_source(ks, batch_size), sample_target(kt, batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("sample_source", "sample_target", "batch_size"))
+def _draw(keys, *, sample_source, sample_target, batch_size):
+    """The batches of each key of `keys` [num_steps]: ([num_steps, batch_size, dim]) x 2, one key
+    at a time (`lax.map`: the same operations, so the same numbers, as drawing inside the loop)."""
+    return jax.lax.map(lambda k: _batches(sample_source, sample_target, k, batch_size), keys)
+
+
+@functools.partial(jax.jit, static_argnames=("loss", "static", "learning_rate"))
+def _adam_steps(params, opt_state, batches, args, *, loss, static, learning_rate):
+    """One Adam step of `loss(params, batch, args, static)` per leading index of `batches`."""
+    optimizer = optax.adam(learning_rate)
+
+    def body(carry, batch):
+        p, s = carry
+        p, s, value = step(lambda q, b: loss(q, b, args, static), optimizer, p, s, batch)
+        return (p, s), value
+
+    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int and float
+        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), batches)
+    return params, opt_state, losses
+
+
+def _adam_loop(loss, static, params, args, keys, make_batches, learning_rate):
+    """Adam on `loss` over the batches `make_batches(keys[i])` of every step i, drawn and run in
+    chunks of at most `_CHUNK_BYTES` of batches (one chunk for the usual sizes)."""
+    num_steps = keys.shape[0]
+    with jax.numpy_dtype_promotion("standard"):  # as when the samplers ran inside the training loop
+        shapes = jax.eval_shape(make_batches, keys[:1])
+        per_step = sum(a.size * (a.dtype.itemsize if jnp.issubdtype(a.dtype, jnp.number) else 8)
+                       for a in jax.tree.leaves(shapes))
+        chunk = max(1, min(num_steps, _CHUNK_BYTES // max(per_step, 1)))
+        opt_state = optax.adam(learning_rate).init(params)
+        losses = []
+        for start in range(0, num_steps, chunk):
+            params, opt_state, part = _adam_steps(params, opt_state, make_batches(keys[start:start + chunk]), args,
+                                                  loss=loss, static=static, learning_rate=learning_rate)
+            losses.append(part)
+    return params, losses[0] if len(losses) == 1 else jnp.concatenate(losses)
+
+
+def _drawer(sample_source, sample_target, batch_size):
+    return functools.partial(_draw, sample_source=sample_source, sample_target=sample_target,
+                             batch_size=batch_size)
 
 
 # ----------------------------------------------------------------------------- heuristic flows
@@ -160,20 +202,14 @@ def discrepancy(kind: str, a: jax.Array, y: jax.Array, k: int = 1) -> jax.Array:
     return DISCREPANCIES[kind](a, y, k)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "sample_source", "sample_target", "kind", "k",
-                                             "num_steps", "batch_size", "learning_rate"))
-def _train_flow(params, key, cost_weight, *, apply_fn, sample_source, sample_target, kind, k, num_steps,
-                batch_size, learning_rate):
+def _flow_loss(p, batch, cost_weight, static):
+    apply_fn, kind, k = static
     fn = DISCREPANCIES[kind]
-
-    def loss_fn(p, key):
-        x, y = _batches(sample_source, sample_target, key, batch_size)
-        tx = apply_fn(p, x)
-        scale = jax.lax.stop_gradient(jnp.maximum(fn(x, y, k), 1e-12))
-        cost_scale = jax.lax.stop_gradient(jnp.mean(jnp.sum((x - y) ** 2, 1)))
-        return fn(tx, y, k) / scale + cost_weight * jnp.mean(jnp.sum((tx - x) ** 2, 1)) / cost_scale
-
-    return _adam_scan(loss_fn, params, key, num_steps, learning_rate)
+    x, y = batch
+    tx = apply_fn(p, x)
+    scale = jax.lax.stop_gradient(jnp.maximum(fn(x, y, k), 1e-12))
+    cost_scale = jax.lax.stop_gradient(jnp.mean(jnp.sum((x - y) ** 2, 1)))
+    return fn(tx, y, k) / scale + cost_weight * jnp.mean(jnp.sum((tx - x) ** 2, 1)) / cost_scale
 
 
 def train_flow(model: Model, sample_source: Sampler, sample_target: Sampler, key: jax.Array, *,
@@ -209,44 +245,38 @@ def train_flow(model: Model, sample_source: Sampler, sample_target: Sampler, key
     if not cost_weight >= 0:
         raise ValueError(f"cost_weight must be >= 0, got {cost_weight!r}")
     dtype = jax.tree.leaves(model.params)[0].dtype
-    params, losses = _train_flow(model.params, key, jnp.asarray(cost_weight, dtype), apply_fn=model.apply_fn,
-                                 sample_source=sample_source, sample_target=sample_target, kind=kind, k=k,
-                                 num_steps=num_steps, batch_size=batch_size, learning_rate=float(learning_rate))
+    params, losses = _adam_loop(_flow_loss, (model.apply_fn, kind, k), model.params, jnp.asarray(cost_weight, dtype),
+                                jax.random.split(key, num_steps), _drawer(sample_source, sample_target, batch_size),
+                                float(learning_rate))
     return FittedMap(params, model.apply_fn, losses)
 
 
 # ----------------------------------------------------------------------------- Seguy et al. (2018)
 
 
-def _cost_scale(sample_source, sample_target, key, n=1024):
-    x, y = _batches(sample_source, sample_target, key, n)
+@jax.jit
+def _mean_cost(x, y):
     return jnp.mean(squared_distances(x, y))
 
 
-@functools.partial(jax.jit, static_argnames=("u_fn", "v_fn", "t_fn", "sample_source", "sample_target",
-                                             "num_steps", "batch_size", "learning_rate", "epsilon"))
-def _train_seguy(potentials, map_params, key, *, u_fn, v_fn, t_fn, sample_source, sample_target, num_steps,
-                 batch_size, learning_rate, epsilon):
-    k_scale, k_dual, k_map = jax.random.split(key, 3)
-    scale = jax.lax.stop_gradient(_cost_scale(sample_source, sample_target, k_scale))
+def _log_density(u_fn, v_fn, pot, x, y, scale, epsilon):  # (u_i + v_j - c_ij) / eps in units of the mean cost
+    return (u_fn(pot[0], x)[:, None] + v_fn(pot[1], y)[None, :] - squared_distances(x, y) / scale) / epsilon
 
-    def log_density(pot, x, y):  # (u_i + v_j - c_ij) / eps in units of the mean cost
-        return (u_fn(pot[0], x)[:, None] + v_fn(pot[1], y)[None, :] - squared_distances(x, y) / scale) / epsilon
 
-    def dual_loss(pot, key):
-        x, y = _batches(sample_source, sample_target, key, batch_size)
-        u, v = u_fn(pot[0], x), v_fn(pot[1], y)
-        return -(jnp.mean(u) + jnp.mean(v) - epsilon * jnp.mean(jnp.exp(log_density(pot, x, y))))
+def _dual_loss(pot, batch, scale, static):
+    u_fn, v_fn, epsilon = static
+    x, y = batch
+    u, v = u_fn(pot[0], x), v_fn(pot[1], y)
+    return -(jnp.mean(u) + jnp.mean(v) - epsilon * jnp.mean(jnp.exp(_log_density(u_fn, v_fn, pot, x, y, scale,
+                                                                                 epsilon))))
 
-    potentials, dual_losses = _adam_scan(dual_loss, potentials, k_dual, num_steps, learning_rate)
 
-    def map_loss(p, key):
-        x, y = _batches(sample_source, sample_target, key, batch_size)
-        h = jax.lax.stop_gradient(jnp.exp(log_density(potentials, x, y)))
-        return jnp.mean(h * squared_distances(t_fn(p, x), y)) / scale
-
-    map_params, map_losses = _adam_scan(map_loss, map_params, k_map, num_steps, learning_rate)
-    return map_params, jnp.concatenate([dual_losses, map_losses])
+def _barycentric_loss(p, batch, args, static):
+    u_fn, v_fn, t_fn, epsilon = static
+    potentials, scale = args
+    x, y = batch
+    h = jax.lax.stop_gradient(jnp.exp(_log_density(u_fn, v_fn, potentials, x, y, scale, epsilon)))
+    return jnp.mean(h * squared_distances(t_fn(p, x), y)) / scale
 
 
 def train_seguy(model: Model, potential_u: Model, potential_v: Model, sample_source: Sampler,
@@ -277,11 +307,16 @@ def train_seguy(model: Model, potential_u: Model, potential_v: Model, sample_sou
     """
     num_steps, batch_size = _check_common(num_steps, batch_size, learning_rate)
     _check_epsilon(epsilon)
-    params, losses = _train_seguy((potential_u.params, potential_v.params), model.params, key,
-                                  u_fn=potential_u.apply_fn, v_fn=potential_v.apply_fn, t_fn=model.apply_fn,
-                                  sample_source=sample_source, sample_target=sample_target, num_steps=num_steps,
-                                  batch_size=batch_size, learning_rate=float(learning_rate), epsilon=float(epsilon))
-    return FittedMap(params, model.apply_fn, losses)
+    k_scale, k_dual, k_map = jax.random.split(key, 3)
+    scale = _mean_cost(*jax.tree.map(lambda a: a[0], _drawer(sample_source, sample_target, 1024)(k_scale[None])))
+    draw = _drawer(sample_source, sample_target, batch_size)
+    u_fn, v_fn, epsilon = potential_u.apply_fn, potential_v.apply_fn, float(epsilon)
+    potentials, dual_losses = _adam_loop(_dual_loss, (u_fn, v_fn, epsilon), (potential_u.params, potential_v.params),
+                                         scale, jax.random.split(k_dual, num_steps), draw, float(learning_rate))
+    params, map_losses = _adam_loop(_barycentric_loss, (u_fn, v_fn, model.apply_fn, epsilon), model.params,
+                                    (potentials, scale), jax.random.split(k_map, num_steps), draw,
+                                    float(learning_rate))
+    return FittedMap(params, model.apply_fn, jnp.concatenate([dual_losses, map_losses]))
 
 
 # ----------------------------------------------------------------------------- supervised reduction
@@ -313,18 +348,14 @@ def batch_targets(x: jax.Array, y: jax.Array, epsilon: float, num_iters: int = 1
     return jax.lax.stop_gradient(barycentric_projection(plan, y))
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "sample_source", "sample_target", "num_steps",
-                                             "batch_size", "learning_rate", "epsilon"))
-def _train_regression(params, key, num_iters, transpose_plan, *, apply_fn, sample_source, sample_target,
-                      num_steps, batch_size, learning_rate, epsilon):
+def _regression_loss(p, batch, args, static):
     # num_iters and transpose_plan are traced: the method and its two controls share one program
-    def loss_fn(p, key):
-        x, y = _batches(sample_source, sample_target, key, batch_size)
-        target = batch_targets(x, y, epsilon, num_iters, transpose_plan)
-        scale = jax.lax.stop_gradient(jnp.mean(squared_distances(x, y)))
-        return jnp.mean(jnp.sum((apply_fn(p, x) - target) ** 2, 1)) / scale
-
-    return _adam_scan(loss_fn, params, key, num_steps, learning_rate)
+    num_iters, transpose_plan = args
+    apply_fn, epsilon = static
+    x, y = batch
+    target = batch_targets(x, y, epsilon, num_iters, transpose_plan)
+    scale = jax.lax.stop_gradient(jnp.mean(squared_distances(x, y)))
+    return jnp.mean(jnp.sum((apply_fn(p, x) - target) ** 2, 1)) / scale
 
 
 def train_sinkhorn_regression(model: Model, sample_source: Sampler, sample_target: Sampler, key: jax.Array, *,
@@ -354,11 +385,10 @@ def train_sinkhorn_regression(model: Model, sample_source: Sampler, sample_targe
     num_steps, batch_size = _check_common(num_steps, batch_size, learning_rate)
     _check_epsilon(epsilon)
     num_iters = check_positive_int("num_iters", num_iters)
-    params, losses = _train_regression(model.params, key, jnp.asarray(num_iters, jnp.int32),
-                                       jnp.asarray(bool(transpose_plan)), apply_fn=model.apply_fn,
-                                       sample_source=sample_source, sample_target=sample_target,
-                                       num_steps=num_steps, batch_size=batch_size,
-                                       learning_rate=float(learning_rate), epsilon=float(epsilon))
+    params, losses = _adam_loop(_regression_loss, (model.apply_fn, float(epsilon)), model.params,
+                                (jnp.asarray(num_iters, jnp.int32), jnp.asarray(bool(transpose_plan))),
+                                jax.random.split(key, num_steps), _drawer(sample_source, sample_target, batch_size),
+                                float(learning_rate))
     return FittedMap(params, model.apply_fn, losses)
 
 
@@ -386,6 +416,17 @@ def euler(velocity_fn: Callable, params: PyTree, x: jax.Array, num_steps: int = 
         return z + h * velocity_fn(params, z, t)
 
     return jax.lax.fori_loop(0, num_steps, body, x)
+
+
+class _Integrated(NamedTuple):
+    """The map of a velocity field: `euler(velocity_fn, params, x, num_steps)` (compares by value,
+    so maps of one architecture share compiled programs)."""
+
+    velocity_fn: Callable
+    num_steps: int
+
+    def __call__(self, params, x):
+        return euler(self.velocity_fn, params, x, self.num_steps)
 
 
 def couple(x: jax.Array, y: jax.Array, key: jax.Array, coupling: str, epsilon: float = 0.01,
@@ -419,20 +460,21 @@ def couple(x: jax.Array, y: jax.Array, key: jax.Array, coupling: str, epsilon: f
     raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "sample_source", "sample_target", "coupling",
-                                             "num_steps", "batch_size", "learning_rate", "epsilon"))
-def _train_flow_matching(params, key, *, apply_fn, sample_source, sample_target, coupling, num_steps,
-                         batch_size, learning_rate, epsilon):
-    def loss_fn(p, key):
-        kb, kc, kt = jax.random.split(key, 3)
-        x0, y = _batches(sample_source, sample_target, kb, batch_size)
-        x1 = couple(x0, y, kc, coupling, epsilon)
-        t = jax.random.uniform(kt, (batch_size,), x0.dtype)
-        xt = (1.0 - t)[:, None] * x0 + t[:, None] * x1
-        scale = jax.lax.stop_gradient(jnp.mean(jnp.sum((x1 - x0) ** 2, 1)))
-        return jnp.mean(jnp.sum((apply_fn(p, xt, t) - (x1 - x0)) ** 2, 1)) / scale
+def _flow_matching_loss(p, batch, args, static):
+    del args
+    apply_fn, coupling, epsilon = static
+    x0, y, kc, kt = batch
+    x1 = couple(x0, y, kc, coupling, epsilon)
+    t = jax.random.uniform(kt, (x0.shape[0],), x0.dtype)
+    xt = (1.0 - t)[:, None] * x0 + t[:, None] * x1
+    scale = jax.lax.stop_gradient(jnp.mean(jnp.sum((x1 - x0) ** 2, 1)))
+    return jnp.mean(jnp.sum((apply_fn(p, xt, t) - (x1 - x0)) ** 2, 1)) / scale
 
-    return _adam_scan(loss_fn, params, key, num_steps, learning_rate)
+
+def _flow_matching_batches(keys, draw):
+    """Each step's key splits into (batches, coupling, times) keys, as `_flow_matching_loss` reads them."""
+    parts = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
+    return (*draw(parts[:, 0]), parts[:, 1], parts[:, 2])
 
 
 def train_flow_matching(model: Model, sample_source: Sampler, sample_target: Sampler, key: jax.Array, *,
@@ -463,15 +505,16 @@ def train_flow_matching(model: Model, sample_source: Sampler, sample_target: Sam
         raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
     _check_epsilon(epsilon)
     euler_steps = check_positive_int("euler_steps", euler_steps)
-    params, losses = _train_flow_matching(model.params, key, apply_fn=model.apply_fn, sample_source=sample_source,
-                                          sample_target=sample_target, coupling=coupling, num_steps=num_steps,
-                                          batch_size=batch_size, learning_rate=float(learning_rate),
-                                          epsilon=float(epsilon))
-    velocity = model.apply_fn
-    return FittedMap(params, lambda p, x: euler(velocity, p, x, euler_steps), losses)
+    make_batches = functools.partial(_flow_matching_batches, draw=_drawer(sample_source, sample_target, batch_size))
+    params, losses = _adam_loop(_flow_matching_loss, (model.apply_fn, coupling, float(epsilon)), model.params, (),
+                                jax.random.split(key, num_steps), make_batches, float(learning_rate))
+    return FittedMap(params, _Integrated(model.apply_fn, euler_steps), losses)
 
 
 # ----------------------------------------------------------------------------- entropic map
+
+
+_sinkhorn_jit = jax.jit(sinkhorn, static_argnames="num_iters")
 
 
 def _entropic_apply(params, x):
@@ -502,7 +545,7 @@ def fit_entropic_map(sample_source: Sampler, sample_target: Sampler, key: jax.Ar
     x, y = _batches(sample_source, sample_target, key, num_samples)
     c = squared_distances(x, y)
     eps = epsilon * jnp.mean(c)
-    result = jax.jit(sinkhorn, static_argnames="num_iters")(x, y, eps, num_iters=num_iters, cost=c)
+    result = _sinkhorn_jit(x, y, eps, num_iters=num_iters, cost=c)
     if not bool(result.finite):
         raise FloatingPointError("fit_entropic_map: Sinkhorn produced non-finite potentials")
     return FittedMap({"y": y, "g": result.g, "epsilon": eps}, _entropic_apply, result.marginal_error[None])
@@ -557,18 +600,14 @@ def sinkhorn_divergence(a: jax.Array, y: jax.Array, epsilon, num_iters: int = 50
     return value(a, y) - 0.5 * (value(a, a) + value(y, y))
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "sample_source", "sample_target", "num_steps",
-                                             "batch_size", "learning_rate", "epsilon", "gap_weight"))
-def _train_monge_gap(params, key, *, apply_fn, sample_source, sample_target, num_steps, batch_size,
-                     learning_rate, epsilon, gap_weight):
-    def loss_fn(p, key):
-        x, y = _batches(sample_source, sample_target, key, batch_size)
-        scale = jax.lax.stop_gradient(jnp.mean(squared_distances(x, y)))
-        tx = apply_fn(p, x)
-        fit = sinkhorn_divergence(tx, y, epsilon * scale)
-        return (fit + gap_weight * monge_gap(x, tx, epsilon * scale)) / scale
-
-    return _adam_scan(loss_fn, params, key, num_steps, learning_rate)
+def _monge_gap_loss(p, batch, args, static):
+    del args
+    apply_fn, epsilon, gap_weight = static
+    x, y = batch
+    scale = jax.lax.stop_gradient(jnp.mean(squared_distances(x, y)))
+    tx = apply_fn(p, x)
+    fit = sinkhorn_divergence(tx, y, epsilon * scale)
+    return (fit + gap_weight * monge_gap(x, tx, epsilon * scale)) / scale
 
 
 def train_monge_gap(model: Model, sample_source: Sampler, sample_target: Sampler, key: jax.Array, *,
@@ -595,8 +634,7 @@ def train_monge_gap(model: Model, sample_source: Sampler, sample_target: Sampler
     _check_epsilon(epsilon)
     if not gap_weight >= 0:
         raise ValueError(f"gap_weight must be >= 0, got {gap_weight!r}")
-    params, losses = _train_monge_gap(model.params, key, apply_fn=model.apply_fn, sample_source=sample_source,
-                                      sample_target=sample_target, num_steps=num_steps, batch_size=batch_size,
-                                      learning_rate=float(learning_rate), epsilon=float(epsilon),
-                                      gap_weight=float(gap_weight))
+    params, losses = _adam_loop(_monge_gap_loss, (model.apply_fn, float(epsilon), float(gap_weight)), model.params,
+                                (), jax.random.split(key, num_steps), _drawer(sample_source, sample_target, batch_size),
+                                float(learning_rate))
     return FittedMap(params, model.apply_fn, losses)
