@@ -20,7 +20,7 @@ LAYERS = [
     ("data and models", {"data", "models"}),
     ("engines", {"curvature", "train"}),
     ("capabilities", {"spectrum", "sketch", "influence", "schedules", "convex", "icl",
-                      "unlearning", "distributed", "continual", "transport"}),
+                      "unlearning", "distributed", "continual", "transport", "mixing"}),
     ("experiments", {"experiments"}),
     ("presentation", {"plots", "ui"}),
     ("running", {"run", "__main__"}),

@@ -69,7 +69,7 @@ def test_exp3s_matches_the_paper_formula_in_float64(keys, per_task, iw, beta):
         bandit = mixing.exp3s(K, eta=0.3, epsilon=0.1, beta=beta, window=window, per_task=per_task,
                               importance_weighted=iw, dtype=jnp.float64)
 
-        def body(state, tr):
+        def body(state, tr, bandit=bandit):
             probs = bandit.probabilities(state)
             return bandit.update(state, tr[0], tr[1], probs), probs
 
@@ -172,6 +172,27 @@ def test_train_mixture_draws_tasks_by_the_policy_and_rewards_the_step(key):
     expect = loss(params, draw(k_fresh)) - loss(after, draw(k_fresh))
     assert float(result.reward[0]) == pytest.approx(float(expect), rel=1e-10)
     assert float(result.train_loss[0]) == pytest.approx(float(loss(params, draw(k_batch))), rel=1e-12)
+
+
+def test_target_reward_is_the_loss_reduction_on_the_target_set(key):
+    predict, loss = _toy_loss()
+    objectives = _toy_objectives(key, noise_task=True)
+    target = tuple(a[0, :16] for a in objectives[:3])
+    params = {"table": jnp.zeros((10, 10), jnp.float64)}
+    result = mixing.train_mixture(loss, params, objectives, key, bandit=mixing.exp3s(2), lrs=jnp.full(3, 0.2, jnp.float64),
+                                  batch_size=8, reward="target", target=target, optimizer_fn=optax.sgd)
+    p = params
+    for s in range(3):
+        _, k_batch, k_fresh = jax.random.split(jax.random.fold_in(key, s), 3)
+        task = int(result.tasks[s])
+        batch = tuple(a[task, jax.random.randint(k_batch, (8,), 0, 64)] for a in objectives[:3])
+        fresh = tuple(a[jax.random.randint(k_fresh, (8,), 0, 16)] for a in target)
+        after = jax.tree.map(lambda a, g: a - 0.2 * g, p, jax.grad(loss)(p, batch))
+        assert float(result.reward[s]) == pytest.approx(float(loss(p, fresh) - loss(after, fresh)), rel=1e-10, abs=1e-14)
+        p = after
+    with pytest.raises(ValueError, match="exactly when"):
+        mixing.train_mixture(loss, params, objectives, key, bandit=mixing.exp3s(2), lrs=jnp.full(3, 0.2), batch_size=8,
+                             reward="target")
 
 
 def test_self_prediction_rewards_learning_and_training_batch_rewards_memorising(key):

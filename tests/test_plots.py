@@ -191,3 +191,24 @@ def test_convex_figures():
     ax1, ax2 = fig.axes
     assert len(ax1.lines) == 3 and len(ax2.lines) == 4  # and the 1/32 lower bound
     assert ax2.get_ylabel() == "(f(x) - f*) sqrt(T) / log T"
+
+
+def test_mixing_figures():
+    from workbench.experiments.mixing import Probes
+    from workbench.mixing import MixtureResult
+    from workbench.plots import mixing as mixing_plots
+
+    seeds, steps = 2, 200
+    probs = np.stack([1 - RNG.random((seeds, steps)), RNG.random((seeds, steps))], -1)
+    result = MixtureResult(None, (RNG.random((seeds, steps)) < 0.3).astype(int), probs, None, None,
+                           RNG.random((seeds, 11, 3)), np.tile(np.arange(0, 201, 20), (seeds, 1)))
+    fig = mixing_plots.loss_curves({"a": result, "b": result}, ["A", "B", "mt"])
+    assert len(fig.axes) == 3 and len(fig.axes[1].lines) == 2 and fig.axes[2].get_title() == "mt"
+    fig = mixing_plots.learned_ratio({"Exp3.S": result}, [0.1, 0.25], best_static=0.1, window=50)
+    ax = fig.axes[0]
+    assert len(ax.lines) == 2 + 1 + 1 + 2  # 2 seeds faint, the mean, the moving share, 2 static lines
+    np.testing.assert_allclose(ax.lines[2].get_ydata(), probs[..., 1].mean(0))
+    fig = mixing_plots.probes({"lm": Probes(0.1, 0.2, 0.1, 0.1, 0.0), "mix": Probes(0.3, 0.4, 0.1, 0.2, 0.0)})
+    assert len(fig.axes[0].patches) == 8
+    fig = mixing_plots.run_overview(result, ["A", "B", "mt"], "x")
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 3

@@ -406,3 +406,16 @@ def test_transport_panel():
     explore = functools.partial(recipes.explore, problems, batch_size=32, hidden=8, num_points=64)
     result = run_and_check(transport_panel(explore, list(problems), list(recipes.METHODS), num_steps=50))
     assert result.mapped.shape == (64, 2) and result.row.l2_uvp >= 0
+
+
+@pytest.mark.standard_promotion  # Adam
+def test_objective_mixing_panel():
+    from workbench.experiments import mixing as recipes
+    from workbench.ui.mixing import mixing_panel
+
+    data = recipes.corpus(seq_len=64, num_sequences=64, num_eval=8, b_share=0.25)
+    explore = functools.partial(recipes.explore, data, [0], steps=20, batch_size=4, d_model=16, num_layers=1)
+    p = mixing_panel(explore, data.eval_names)
+    result = run_and_check(p)
+    assert result.result.eval_loss.shape == (1, 11, 3) and 0 <= result.row.share <= 1
+    assert result.name == "Exp3.S, eta 0.02"

@@ -14,7 +14,7 @@ Layers, top to bottom (a module imports only from its own layer or those above i
     data, models      datasets; Flax NNX models -> Functional (params and pure functions)
     curvature, train  the engines: Hessian / GGN / Fisher operators; one optax step and its scans
     spectrum/ sketch/ influence/ schedules/ convex/ icl/ unlearning/ distributed/ continual/
-    transport/
+    transport/ mixing/
                       the capabilities: pure functions of loss functions, params and pytrees;
                       never a dataset loader or a model
     experiments/      the recipes papers call (fit this model on digits, GD with sharpness, ...)

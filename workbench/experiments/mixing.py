@@ -51,15 +51,8 @@ MODULES = ("argparse", "textwrap", "difflib", "calendar", "collections", "functo
            "stat", "io", "warnings", "traceback", "gc", "weakref", "abc", "numbers", "cmath", "array")
 
 
-def english(modules: Sequence[str] = MODULES) -> list[str]:
-    """The words of language A: the docstrings of `modules`, lower-cased, letters and ".,".
-
-    Args:
-        modules: standard-library modules to read.
-
-    Returns:
-        The words in order (punctuation stays attached to its word).
-    """
+@functools.lru_cache(maxsize=4)
+def _english(modules: tuple[str, ...]) -> tuple[str, ...]:
     docs = []
     with warnings.catch_warnings():  # reading some members' docstrings warns of their deprecation
         warnings.simplefilter("ignore")
@@ -72,7 +65,19 @@ def english(modules: Sequence[str] = MODULES) -> list[str]:
                     seen.add(doc)
                     docs.append(doc)
     text = re.sub(r"[^a-z.,]+", " ", "\n".join(docs).lower())
-    return [w for w in text.split() if any(c in LETTERS for c in w)]
+    return tuple(w for w in text.split() if any(c in LETTERS for c in w))
+
+
+def english(modules: Sequence[str] = MODULES) -> list[str]:
+    """The words of language A: the docstrings of `modules`, lower-cased, letters and ".,".
+
+    Args:
+        modules: standard-library modules to read.
+
+    Returns:
+        The words in order (punctuation stays attached to its word).
+    """
+    return list(_english(tuple(modules)))
 
 
 class Language(NamedTuple):
@@ -103,7 +108,15 @@ def language(seed: int = 0, *, contextual: bool = True, swap_words: bool = True)
 
 
 def translate_word(word: str, lang: Language) -> str:
-    """One word of A in language B (punctuation kept in place)."""
+    """One word of A in language B (punctuation kept in place).
+
+    Args:
+        word: a word of A (letters and ".,").
+        lang: the `Language`.
+
+    Returns:
+        The word in B: each letter through the alphabet its previous letter selects.
+    """
     out, previous = [], ""
     for c in word:
         if c in LETTERS:
@@ -135,7 +148,17 @@ def translate(words: Sequence[str], lang: Language) -> list[str]:
 
 
 def encode(text: str) -> np.ndarray:
-    """Characters to token ids of `VOCAB` (refuses characters outside it)."""
+    """Characters to token ids of `VOCAB`.
+
+    Args:
+        text: characters of `VOCAB`.
+
+    Returns:
+        int32 ids [len(text)].
+
+    Raises:
+        ValueError: characters outside the vocabulary (named).
+    """
     try:
         return np.array([VOCAB.index(c) for c in text], np.int32)
     except ValueError:
@@ -144,7 +167,14 @@ def encode(text: str) -> np.ndarray:
 
 
 def decode(ids) -> str:
-    """Token ids back to characters."""
+    """Token ids back to characters.
+
+    Args:
+        ids: token ids of `VOCAB` (any shape; read in order).
+
+    Returns:
+        The string.
+    """
     return "".join(VOCAB[int(i)] for i in np.asarray(ids).reshape(-1))
 
 
@@ -221,7 +251,9 @@ class Corpus(NamedTuple):
     - `eval_sets`: held-out (x, y, weights) for "A", "B" (language modelling) and "mt";
     - `eval_names`: their names;
     - `probe_pairs`: held-out (source, target) pairs for the in-context probes;
-    - `lang`: language B's rules.
+    - `lang`: language B's rules;
+    - `target`: (x, y, weights) the B sequences of the language-modelling stream, the set target
+      rewards are measured on (training data, not the held-out B set).
     """
 
     objectives: mixing.ObjectiveTasks
@@ -229,6 +261,7 @@ class Corpus(NamedTuple):
     eval_names: tuple[str, ...]
     probe_pairs: list[tuple[str, str]]
     lang: Language
+    target: tuple
 
 
 def corpus(*, seq_len: int = 96, num_sequences: int = 2048, b_share: float = 0.05, num_eval: int = 128,
@@ -298,8 +331,11 @@ def corpus(*, seq_len: int = 96, num_sequences: int = 2048, b_share: float = 0.0
                  (b_x[num_b:], b_y[num_b:], ones(b_x[num_b:])),
                  (ev_x[:num_eval], ev_y[:num_eval], ev_w[:num_eval]))
     objectives = mixing.stack_objectives(("lm", "mt"), [lm, mt])
+    if num_b == 0:
+        raise ValueError("b_share leaves no B sequence in the language-modelling stream; raise it")
+    target = (jnp.asarray(b_x[:num_b]), jnp.asarray(b_y[:num_b]), jnp.ones((num_b, seq_len), jnp.float32))
     return Corpus(objectives, tuple(tuple(jnp.asarray(a) for a in s) for s in eval_sets), ("A", "B", "mt"),
-                  probe_pairs, lang)
+                  probe_pairs, lang, target)
 
 
 def probe_set(pairs: Sequence[tuple[str, str]], shots: int, seq_len: int, fmt=TRAINED_FORMAT,
@@ -365,7 +401,17 @@ def induction_set(key: jax.Array, num: int, seq_len: int) -> tuple[jax.Array, ja
 
 
 def model(seq_len: int, seed: int = 0, d_model: int = 64, num_layers: int = 2, num_heads: int = 4):
-    """The char transformer as a `Functional` (about 110k parameters at the defaults)."""
+    """The char transformer (`models.TinyTransformer`) over `VOCAB` as a `Functional`.
+
+    Args:
+        seq_len: characters per sequence.
+        seed: the seed of its `nnx.Rngs`.
+        d_model, num_layers, num_heads: its width, blocks and heads (110k parameters at the
+            defaults; 63k at d_model=48).
+
+    Returns:
+        The `Functional`.
+    """
     return functional(TinyTransformer(len(VOCAB), seq_len, d_model=d_model, num_heads=num_heads,
                                       num_layers=num_layers, rngs=nnx.Rngs(seed)))
 
@@ -412,16 +458,20 @@ class Setting(NamedTuple):
 
     - `kind`: "static", "exp3s" or "moving_average";
     - `ratio`: the translation share of a static mixture;
-    - `reward`: `mixing.REWARDS` ("self_prediction"; "training_batch" is the control);
+    - `reward`: `mixing.REWARDS` ("target": B's language-modelling loss; "self_prediction": the
+      played task's; "training_batch": the batch just trained on, the control);
     - `importance_weighted`: Exp3.S divides rewards by their probability (False: the control);
-    - `per_task`: rewards rescaled against each task's own recent rewards.
+    - `per_task`: rewards rescaled against each task's own recent rewards;
+    - `seed_offset`: added to every seed (initialisation and draws): the same setting from other
+      seeds, e.g. to measure seed-to-seed noise within one compiled program.
     """
 
     kind: str
     ratio: float = 0.0
     reward: str = "self_prediction"
     importance_weighted: bool = True
-    per_task: bool = True
+    per_task: bool = False
+    seed_offset: int = 0
 
 
 KINDS = ("static", "exp3s", "moving_average")
@@ -433,7 +483,15 @@ def _model_fn(seq_len: int, d_model: int, num_layers: int, num_heads: int):
 
 
 def initial_params(seeds: Sequence[int], seq_len: int, d_model: int = 64, num_layers: int = 2, num_heads: int = 4):
-    """The model's initial params for each seed, stacked on a leading axis."""
+    """The model's initial params for each seed, stacked on a leading axis.
+
+    Args:
+        seeds: one model per seed.
+        seq_len, d_model, num_layers, num_heads: the model (see `model`).
+
+    Returns:
+        The params pytree with a leading [len(seeds)] axis.
+    """
     params = [model(seq_len, s, d_model, num_layers, num_heads).params for s in seeds]
     return jax.tree.map(lambda *a: jnp.stack(a), *params)
 
@@ -444,7 +502,7 @@ def _runner(kind: str, reward: str, importance_weighted: bool, per_task: bool, b
     fn = _model_fn(*model_config)
     loss = mixing.weighted_token_loss(fn.predict_fn)
 
-    def one(params, arrays, eval_sets, key, ratio, lrs):
+    def one(params, arrays, eval_sets, target, key, ratio, lrs):
         objectives = mixing.ObjectiveTasks(*arrays, ("lm", "mt"))
         if kind == "static":
             bandit = mixing.static(jnp.stack([1.0 - ratio, ratio]))
@@ -455,9 +513,10 @@ def _runner(kind: str, reward: str, importance_weighted: bool, per_task: bool, b
             bandit = mixing.moving_average(2, decay=decay, epsilon=epsilon, window=window, per_task=per_task)
         return mixing.train_mixture(loss, params, objectives, key, bandit=bandit, lrs=lrs, batch_size=batch_size,
                                     eval_sets=eval_sets, eval_every=eval_every,
-                                    reward="none" if kind == "static" else reward)
+                                    reward="none" if kind == "static" else reward,
+                                    target=target if reward == "target" and kind != "static" else None)
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None, None, 0, 0, None)))
+    return jax.jit(jax.vmap(one, in_axes=(0, None, None, None, 0, 0, None)))
 
 
 def run(data: Corpus, settings: dict[str, Setting], seeds: Sequence[int], *, steps: int, batch_size: int = 32,
@@ -494,20 +553,114 @@ def run(data: Corpus, settings: dict[str, Setting], seeds: Sequence[int], *, ste
             raise ValueError(f"setting {name!r}: reward must be one of {mixing.REWARDS}, got {s.reward!r}")
     seq_len = int(data.objectives.x.shape[-1])
     config = (seq_len, d_model, num_layers, num_heads)
-    params = initial_params(seeds, *config)
     lrs = jnp.asarray(schedules.values(schedules.cosine(peak_lr, steps, max(steps // 10, 1), final=peak_lr / 10), steps),
                       jnp.float32)
     groups: dict[tuple, list[str]] = {}
     for name, s in settings.items():
+        if s.kind == "static":  # the reward and its options are not used: one program for every static mix
+            s = Setting("static")
         groups.setdefault((s.kind, s.reward, s.importance_weighted, s.per_task), []).append(name)
     out = {}
     for (kind, reward, iw, per_task), names in groups.items():
         fn = _runner(kind, reward, iw, per_task, batch_size, eval_every, eta, decay, epsilon, window, config)
-        reps = len(names)
-        tile = lambda a: jnp.concatenate([a] * reps)
-        keys = jnp.stack([jax.random.key(s) for _ in names for s in seeds])
+        run_seeds = [s + settings[n].seed_offset for n in names for s in seeds]
+        params = initial_params(run_seeds, *config)
+        keys = jnp.stack([jax.random.key(s) for s in run_seeds])
         ratios = jnp.asarray([settings[n].ratio for n in names for _ in seeds], jnp.float32)
-        result = fn(jax.tree.map(tile, params), tuple(data.objectives[:3]), data.eval_sets, keys, ratios, lrs)
+        result = fn(params, tuple(data.objectives[:3]), data.eval_sets, data.target, keys, ratios, lrs)
         for i, name in enumerate(names):
-            out[name] = jax.tree.map(lambda a: a[i * len(seeds):(i + 1) * len(seeds)], result)
+            out[name] = jax.tree.map(lambda a, i=i: a[i * len(seeds):(i + 1) * len(seeds)], result)
     return out
+
+
+class Row(NamedTuple):
+    """One setting's line of the schedule table (means over seeds).
+
+    - `share`, `late_share`: the share of steps on translation, over the run and its last quarter;
+    - `loss_a`, `loss_b`, `loss_mt`: the final held-out losses (language modelling on A and on B,
+      translation on targets);
+    - `probes`: the `Probes` (seed means);
+    - `loss_b_seeds`: B's final loss per seed.
+    """
+
+    share: float
+    late_share: float
+    loss_a: float
+    loss_b: float
+    loss_mt: float
+    probes: Probes
+    loss_b_seeds: tuple[float, ...]
+
+
+def summarise(result: mixing.MixtureResult, data: Corpus, shots: int = 2) -> Row:
+    """The table row of one setting (`result` with a leading seed axis).
+
+    Args:
+        result: the setting's `mixing.MixtureResult`, seeds stacked.
+        data: the `Corpus` it trained on (for the probe pairs).
+        shots: demonstrations in the k-shot probes.
+
+    Returns:
+        The `Row`.
+
+    Raises:
+        ValueError: when a run's final held-out loss is not finite (a diverged run has no row).
+    """
+    final = np.asarray(result.eval_loss)[:, -1]
+    if not np.all(np.isfinite(final)):
+        raise ValueError("a run ended with non-finite held-out losses (diverged): lower the learning rate")
+    seq_len = int(data.objectives.x.shape[-1])
+    leaves = jax.tree.leaves(result.params)
+    num_seeds = leaves[0].shape[0]
+    fn = _model_fn(seq_len, *_config_of(result.params))
+    per_seed = [probe(fn.predict_fn, jax.tree.map(lambda a, i=i: a[i], result.params), data.probe_pairs, seq_len, shots, i)
+                for i in range(num_seeds)]
+    probes = Probes(*np.mean(np.asarray(per_seed, np.float64), axis=0).tolist())
+    return Row(float(np.mean(mixing.translation_share(result))),
+               float(np.mean(mixing.translation_share(result, last_fraction=0.25))),
+               *(float(v) for v in final.mean(0)), probes, tuple(float(v) for v in final[:, 1]))
+
+
+def _config_of(params) -> tuple[int, int, int]:
+    """(d_model, num_layers, num_heads) of stacked transformer params."""
+    d_model = int(params["embed"]["embedding"].shape[-1])
+    num_layers = len(params["blocks"])
+    heads = int(params["blocks"][0]["attn"]["query"]["kernel"].shape[-2])
+    return d_model, num_layers, heads
+
+
+class Explored(NamedTuple):
+    """What the panel shows: the setting's `name`, its `Row` and its `result`."""
+
+    name: str
+    row: Row
+    result: mixing.MixtureResult
+
+
+def explore(data: Corpus, seeds: Sequence[int], *, mixer: str, ratio: float, eta: float, steps: int,
+            **options) -> Explored:
+    """Train one setting over `seeds` (`run`) and summarise it: what the panel runs.
+
+    Args:
+        data: the `Corpus`.
+        seeds: the seeds.
+        mixer: "static", "exp3s" or "moving_average".
+        ratio: the translation share of a static mixture, in [0, 1].
+        eta: Exp3.S's step size.
+        steps: optimizer steps.
+        **options: passed to `run` (model sizes, batch size, peak learning rate, ...).
+
+    Returns:
+        `Explored(name, row, result)`.
+
+    Raises:
+        ValueError: an unknown mixer or a ratio outside [0, 1].
+    """
+    if mixer not in KINDS:
+        raise ValueError(f"mixer must be one of {KINDS}, got {mixer!r}")
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"the translation share must lie in [0, 1], got {ratio}")
+    name = f"static {ratio:.2f}" if mixer == "static" else (f"Exp3.S, eta {eta:.3g}" if mixer == "exp3s"
+                                                            else "moving average")
+    result = run(data, {name: Setting(mixer, ratio)}, seeds, steps=steps, eta=eta, **options)[name]
+    return Explored(name, summarise(result, data), result)

@@ -24,7 +24,7 @@ from workbench.mixing.bandits import Bandit
 
 PyTree = Any
 
-REWARDS = ("self_prediction", "training_batch", "none")
+REWARDS = ("self_prediction", "target", "training_batch", "none")
 
 
 class ObjectiveTasks(NamedTuple):
@@ -131,17 +131,20 @@ class MixtureResult(NamedTuple):
 
 def train_mixture(loss_fn: Callable, params: PyTree, objectives: ObjectiveTasks, key: jax.Array, *,
                   bandit: Bandit, lrs, batch_size: int, eval_sets: Sequence[tuple] = (), eval_every: int = 1,
-                  reward: str = "self_prediction",
+                  reward: str = "self_prediction", target: tuple | None = None,
                   optimizer_fn: Callable[[optax.Schedule], optax.GradientTransformation] = optax.adam
                   ) -> MixtureResult:
     """Train on the objectives, one task per step drawn from the bandit's policy.
 
     Step s: probabilities pi = bandit.probabilities(state); task a ~ pi; a batch of task a
     (examples drawn with replacement); one optimizer step at learning rate `lrs[s]`; the raw
-    reward is the loss reduction L(b, theta) - L(b, theta') with b a fresh batch of task a
-    ("self_prediction", Graves et al.'s SPG) or b the batch just trained on ("training_batch",
-    their prediction gain, which rewards memorising the batch: the control). Keys come from
-    `fold_in(key, s)`.
+    reward is the loss reduction L(b, theta) - L(b, theta') with b (Graves et al.'s names)
+    - "self_prediction": a fresh batch of task a (self-prediction gain, SPG);
+    - "target": a fresh batch of the `target` set, whichever task was played (target prediction
+      gain, TPG: the mix is judged by what it does for the objective one cares about);
+    - "training_batch": the batch just trained on (prediction gain, which also rewards
+      memorising the batch: the control).
+    Keys come from `fold_in(key, s)`.
 
     Args:
         loss_fn: `loss_fn(params, (x, y, weights)) -> scalar`, e.g. `weighted_token_loss(predict_fn)`.
@@ -154,6 +157,7 @@ def train_mixture(loss_fn: Callable, params: PyTree, objectives: ObjectiveTasks,
         eval_sets: held-out (x, y, weights) sets scored with `loss_fn` every `eval_every` steps.
         eval_every: steps between evaluations; must divide S.
         reward: one of `REWARDS` ("none" skips the two extra forward passes; for static mixtures).
+        target: (x, y, weights) [m, L], the set "target" rewards are measured on.
         optimizer_fn: `optimizer_fn(schedule) -> optax.GradientTransformation` (default Adam).
 
     Returns:
@@ -165,6 +169,8 @@ def train_mixture(loss_fn: Callable, params: PyTree, objectives: ObjectiveTasks,
     """
     if reward not in REWARDS:
         raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
+    if (reward == "target") != (target is not None):
+        raise ValueError('pass target=(x, y, weights) exactly when reward="target"')
     if not isinstance(objectives, ObjectiveTasks):
         raise TypeError(f"objectives must be mixing.ObjectiveTasks (see stack_objectives), got {type(objectives).__name__}")
     num_tasks, n = objectives.x.shape[0], objectives.x.shape[1]
@@ -188,6 +194,10 @@ def train_mixture(loss_fn: Callable, params: PyTree, objectives: ObjectiveTasks,
         idx = jax.random.randint(k, (batch_size,), 0, n)
         return objectives.x[task, idx], objectives.y[task, idx], objectives.weights[task, idx]
 
+    def draw_target(k):
+        idx = jax.random.randint(k, (batch_size,), 0, target[0].shape[0])
+        return tuple(jnp.asarray(a)[idx] for a in target)
+
     def step(carry, s):
         p, opt_state, bstate = carry
         k_task, k_batch, k_fresh = jax.random.split(jax.random.fold_in(key, s), 3)
@@ -197,8 +207,8 @@ def train_mixture(loss_fn: Callable, params: PyTree, objectives: ObjectiveTasks,
         loss, grads = jax.value_and_grad(loss_fn)(p, batch)
         updates, opt_state = optimizer.update(grads, opt_state, p)
         new_p = optax.apply_updates(p, updates)
-        if reward == "self_prediction":
-            fresh = draw(k_fresh, task)
+        if reward in ("self_prediction", "target"):
+            fresh = draw(k_fresh, task) if reward == "self_prediction" else draw_target(k_fresh)
             raw = loss_fn(p, fresh) - loss_fn(new_p, fresh)
         elif reward == "training_batch":
             raw = loss - loss_fn(new_p, batch)
