@@ -38,7 +38,7 @@
 #       - 0.25
 #       - 0.5
 #       steps: 1500
-#     quick_seconds: 45
+#     quick_seconds: 35
 #     title: Learning the mix of objectives (Schioppa, Garcia and Firat 2023; Graves
 #       et al. 2017)
 # ---

@@ -21,6 +21,7 @@ import optax
 
 from workbench.core.numerics import check_positive_int
 from workbench.mixing.bandits import Bandit
+from workbench.train.steps import step as train_step
 
 PyTree = Any
 
@@ -204,9 +205,7 @@ def train_mixture(loss_fn: Callable, params: PyTree, objectives: ObjectiveTasks,
         probs = bandit.probabilities(bstate)
         task = jax.random.choice(k_task, num_tasks, p=probs)
         batch = draw(k_batch, task)
-        loss, grads = jax.value_and_grad(loss_fn)(p, batch)
-        updates, opt_state = optimizer.update(grads, opt_state, p)
-        new_p = optax.apply_updates(p, updates)
+        new_p, opt_state, loss = train_step(loss_fn, optimizer, p, opt_state, batch)
         if reward in ("self_prediction", "target"):
             fresh = draw(k_fresh, task) if reward == "self_prediction" else draw_target(k_fresh)
             raw = loss_fn(p, fresh) - loss_fn(new_p, fresh)
