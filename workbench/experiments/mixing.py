@@ -34,6 +34,7 @@ VOCAB = " .," + LETTERS + "=|:;#"  # '=' '|' the trained pair format; ':' ';' an
 PAD = VOCAB.index("#")
 TRAINED_FORMAT = ("=", "|")
 UNSEEN_FORMAT = (":", ";")
+EVAL_NAMES = ("language modelling, A", "language modelling, B (5% of the stream)", "translation A -> B (targets)")
 MODULES = ("argparse", "textwrap", "difflib", "calendar", "collections", "functools", "inspect", "pathlib",
            "subprocess", "threading", "typing", "dataclasses", "logging", "json", "csv", "email.message",
            "unittest.case", "shutil", "tarfile", "zipfile", "random", "statistics", "decimal", "fractions",
@@ -248,7 +249,7 @@ class Corpus(NamedTuple):
 
     - `objectives`: `mixing.ObjectiveTasks` with tasks ("lm", "mt"): language modelling on a
       stream that is (1 - b_share) A and b_share B, and translation A -> B;
-    - `eval_sets`: held-out (x, y, weights) for "A", "B" (language modelling) and "mt";
+    - `eval_sets`: held-out (x, y, weights) for language modelling on A and on B, and translation;
     - `eval_names`: their names;
     - `probe_pairs`: held-out (source, target) pairs for the in-context probes;
     - `lang`: language B's rules;
@@ -334,7 +335,7 @@ def corpus(*, seq_len: int = 96, num_sequences: int = 2048, b_share: float = 0.0
     if num_b == 0:
         raise ValueError("b_share leaves no B sequence in the language-modelling stream; raise it")
     target = (jnp.asarray(b_x[:num_b]), jnp.asarray(b_y[:num_b]), jnp.ones((num_b, seq_len), jnp.float32))
-    return Corpus(objectives, tuple(tuple(jnp.asarray(a) for a in s) for s in eval_sets), ("A", "B", "mt"),
+    return Corpus(objectives, tuple(tuple(jnp.asarray(a) for a in s) for s in eval_sets), EVAL_NAMES,
                   probe_pairs, lang, target)
 
 
