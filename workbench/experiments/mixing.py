@@ -34,7 +34,7 @@ VOCAB = " .," + LETTERS + "=|:;#"  # '=' '|' the trained pair format; ':' ';' an
 PAD = VOCAB.index("#")
 TRAINED_FORMAT = ("=", "|")
 UNSEEN_FORMAT = (":", ";")
-EVAL_NAMES = ("language modelling, A", "language modelling, B (5% of the stream)", "translation A -> B (targets)")
+EVAL_NAMES = ("language modelling, A", "language modelling, B (under-represented)", "translation A -> B (targets)")
 MODULES = ("argparse", "textwrap", "difflib", "calendar", "collections", "functools", "inspect", "pathlib",
            "subprocess", "threading", "typing", "dataclasses", "logging", "json", "csv", "email.message",
            "unittest.case", "shutil", "tarfile", "zipfile", "random", "statistics", "decimal", "fractions",
