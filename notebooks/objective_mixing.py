@@ -104,15 +104,16 @@ import numpy as np
 
 import workbench
 from workbench.experiments import mixing as recipes
+from workbench.experiments import mixing_languages as languages
 from workbench.plots import mixing as mixing_plots
 
 seeds = [seed * num_seeds + i for i in range(num_seeds)]
-data = recipes.corpus(seq_len=seq_len, b_share=b_share, seed=0)
+data = languages.corpus(seq_len=seq_len, b_share=b_share, seed=0)
 src, tgt = data.probe_pairs[0]
 print(f"A (English): {src!r}\nB (its translation): {tgt!r}")
 print("a translation sequence (targets scored, ^):")
 x, w = data.objectives.x[1, 0], data.objectives.weights[1, 0]
-print(" " + recipes.decode(x)[1:])
+print(" " + languages.decode(x)[1:])
 print(" " + "".join("^" if s else " " for s in np.asarray(w)[:-1]))
 run = functools.partial(recipes.run, data, seeds=seeds, steps=steps, batch_size=batch_size, peak_lr=peak_lr,
                         d_model=d_model, eta=eta)
@@ -171,7 +172,7 @@ print(f"best static share {best_static:g}: B's loss {best.loss_b:.3f} against {b
 control_rows = {}
 if controls:
     for name, kw in {"unmasked": dict(target_only=False), "misaligned pairs": dict(aligned=False)}.items():
-        variant = recipes.corpus(seq_len=seq_len, b_share=b_share, seed=0, **kw)
+        variant = languages.corpus(seq_len=seq_len, b_share=b_share, seed=0, **kw)
         r = recipes.run(variant, {name: recipes.Setting("static", best_static)}, seeds, steps=steps,
                         batch_size=batch_size, peak_lr=peak_lr, d_model=d_model)[name]
         control_rows[name] = recipes.summarise(r, data, shots)

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from workbench import mixing
-from workbench.experiments import mixing as recipes
+from workbench.experiments import mixing_languages as recipes
 
 # ----------------------------------------------------------------------------- bandits
 

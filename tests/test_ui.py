@@ -411,9 +411,10 @@ def test_transport_panel():
 @pytest.mark.standard_promotion  # Adam
 def test_objective_mixing_panel():
     from workbench.experiments import mixing as recipes
+    from workbench.experiments.mixing_languages import corpus
     from workbench.ui.mixing import mixing_panel
 
-    data = recipes.corpus(seq_len=64, num_sequences=64, num_eval=8, b_share=0.25)
+    data = corpus(seq_len=64, num_sequences=64, num_eval=8, b_share=0.25)
     explore = functools.partial(recipes.explore, data, [0], steps=20, batch_size=4, d_model=16, num_layers=1)
     p = mixing_panel(explore, data.eval_names)
     result = run_and_check(p)

@@ -8,8 +8,8 @@
   translation task scores only its target side), `weighted_token_loss`, and `train_mixture`, one
   compiled loop in which the bandit draws each step's task and is rewarded by the loss reduction
   the step brought on a fresh batch of that task (the self-prediction gain).
-The languages, parallel pairs and in-context probes of the paper are built in
-`workbench.experiments.mixing`.
+The languages, parallel pairs and probe sets of the paper are built in
+`workbench.experiments.mixing_languages`, its runs in `workbench.experiments.mixing`.
 
 Example:
     Exp3.S over two tasks, where task 1 always brings the larger loss reduction: its probability
