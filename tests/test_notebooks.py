@@ -34,12 +34,13 @@ def test_pair_in_sync_and_without_outputs(source):
 
 # The papers run in four files so pytest-xdist (--dist loadfile) can balance them over both
 # workers and no single file holds the run's tail: the groups balance the quick-profile times
-# measured inside the suite (about 160 s each; this file also holds the determinism test). A
+# measured inside the suite (about 160-190 s each; this file also holds the determinism test). A
 # paper added later runs here.
 OTHER_FILES = {
     "second": {"sketching", "hessian_spectrum", "last_iterate", "tour", "edge_of_stability"},
     "third": {"icl_as_gradient_descent", "influence_evaluation", "task_switch", "influence_fades"},
-    "fourth": {"distributed_minimisation", "neural_transport", "diffusion_unlearning", "intrinsic_dimension"},
+    "fourth": {"distributed_minimisation", "neural_transport", "diffusion_unlearning", "intrinsic_dimension",
+               "objective_mixing"},
 }
 
 
