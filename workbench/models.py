@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 
 from workbench.core.numerics import check_nonnegative
+from workbench.core.tree import check_same_structure
 
 PyTree = Any
 _ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu}
@@ -195,6 +196,14 @@ class Functional(NamedTuple):
     - `predict_fn(params, inputs)` -> outputs (logits for classifiers);
     - `output_loss_fn(outputs, targets)` -> [n], the loss on outputs (for Gauss-Newton products).
     `batch` is a `workbench.data.Dataset(x, y)` or any (x, y) pair.
+
+    A model with non-parameter state (BatchNorm's running statistics, Dropout's RNG streams)
+    carries it here: `state` is a pure dict of the non-RNG state (e.g. the batch statistics),
+    `train_loss_fn(params, state, batch, key) -> (loss, new_state)` runs the model in training
+    mode (batch statistics, dropout drawn from `key`), and the four functions above run it in
+    `mode` ("inference": running statistics, no dropout; see `functional`). `stateful_layers`
+    names the layers that hold state ("path: Type"). `with_state(state)` is the same model with
+    other state, e.g. the running statistics `train.train` returns.
     """
 
     params: PyTree
@@ -203,49 +212,195 @@ class Functional(NamedTuple):
     predict_fn: Callable[[PyTree, jax.Array], jax.Array]
     output_loss_fn: Callable[[jax.Array, jax.Array], jax.Array]
     l2: float
+    state: PyTree = None
+    train_loss_fn: Callable | None = None
+    mode: str = "inference"
+    stateful_layers: tuple[str, ...] = ()
+    needs_key: bool = False
+    split: Any = None
+
+    # One model, one identity: compiled-program caches and jit's static arguments key on it
+    # (the fields hold dicts and functions, which a tuple hash cannot take).
+    __hash__ = object.__hash__
+
+    def __eq__(self, other):
+        return self is other
+
+    def __repr__(self) -> str:
+        leaves = jax.tree.leaves(self.params)
+        size = sum(int(getattr(a, "size", 1)) for a in leaves)
+        loss = getattr(self.output_loss_fn, "__name__", "?")
+        held = f", state in {list(self.stateful_layers)}" if self.stateful_layers else ""
+        return f"Functional({size} params in {len(leaves)} arrays, loss={loss}, l2={self.l2}, mode={self.mode!r}{held})"
+
+    def with_state(self, state: PyTree) -> Functional:
+        """The same model and params with other non-parameter state (e.g. trained statistics).
+
+        Args:
+            state: a pure dict shaped like `self.state` (`train.train(...).state`).
+
+        Returns:
+            A `Functional` whose functions evaluate the model with `state`.
+
+        Raises:
+            ValueError: `state` does not match this model's state.
+        """
+        if self.split is None:
+            raise ValueError("with_state needs a Functional made by models.functional")
+        check_same_structure(self.state, state, "the model's state", "the state given")
+        return _build(self.split, self.params, self.output_loss_fn, self.l2, self.mode, state)
 
 
-def functional(model: nnx.Module, loss: str = "cross_entropy", l2: float = 0.0) -> Functional:
+MODES = ("inference", "batch_statistics")
+
+
+class _Split(NamedTuple):
+    inference: Any  # graph definitions per mode (training flags are static attributes)
+    batch_statistics: Any
+    training: Any
+    param_template: Any
+    rng_template: Any
+    state_template: Any
+    stateful_layers: tuple
+    batch_dependent: tuple  # layers whose output mixes examples outside inference mode
+    dropout: tuple
+
+
+_BATCH_DEPENDENT = ("BatchNorm",)
+_RANDOM = ("Dropout",)
+
+
+def _describe_state(model: nnx.Module) -> tuple[tuple, tuple, tuple]:
+    """("path: Type", ...) of the layers holding non-parameter state, of those whose output
+    depends on the batch (batch normalisation) and of those that draw random numbers."""
+    stateful, batch_dependent, random = [], [], []
+    for path, node in nnx.iter_graph(model):
+        name = "/".join(map(str, path)) or "(root)"
+        kind = type(node).__name__
+        if isinstance(node, nnx.BatchNorm) or kind in _BATCH_DEPENDENT:
+            batch_dependent.append(f"{name}: {kind}")
+        if isinstance(node, nnx.Dropout):
+            random.append(f"{name}: {kind}")
+        if isinstance(node, nnx.Module) and not isinstance(node, nnx.Rngs):
+            own = [v for k, v in vars(node).items() if isinstance(v, nnx.Variable) and not isinstance(v, nnx.Param)]
+            if own or isinstance(node, nnx.Dropout):
+                stateful.append(f"{name}: {kind}")
+    return tuple(stateful), tuple(batch_dependent), tuple(random)
+
+
+def _graphdef(model: nnx.Module, **flags):
+    copy = nnx.clone(model)
+    copy.set_attributes(**flags, raise_if_not_found=False)
+    return nnx.split(copy, nnx.Param, nnx.RngState, ...)[0]
+
+
+def _merge(graphdef, split: _Split, params, state, key=None):
+    param_state = jax.tree.map(lambda a: a, split.param_template)
+    nnx.replace_by_pure_dict(param_state, params)
+    other = jax.tree.map(lambda a: a, split.state_template)
+    nnx.replace_by_pure_dict(other, state)
+    rngs = jax.tree.map(lambda a: a, split.rng_template)
+    if key is not None:  # every RNG stream restarts from this step's key
+        leaves, treedef = jax.tree.flatten(nnx.to_pure_dict(rngs))
+        fresh = [jax.random.fold_in(key, i) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+                 else jnp.zeros_like(a) for i, a in enumerate(leaves)]
+        nnx.replace_by_pure_dict(rngs, jax.tree.unflatten(treedef, fresh))
+    return nnx.merge(graphdef, param_state, rngs, other)
+
+
+def _state_of(model: nnx.Module) -> PyTree:
+    return nnx.to_pure_dict(nnx.split(model, nnx.Param, nnx.RngState, ...)[3])
+
+
+def _build(split: _Split, params, output_loss_fn, l2: float, mode: str, state) -> Functional:
+    graphdef = split.inference if mode == "inference" else split.batch_statistics
+
+    def predict_fn(params, inputs):
+        return _merge(graphdef, split, params, state)(inputs)
+
+    def data_loss(params, batch):
+        x, y = batch
+        return output_loss_fn(predict_fn(params, x), y)
+
+    if mode == "inference" or not split.batch_dependent:
+        per_example_loss_fn = data_loss
+    else:
+        def per_example_loss_fn(params, batch):
+            raise ValueError(
+                f"per-example losses are not defined for this model in mode={mode!r}: "
+                f"{', '.join(split.batch_dependent)} normalises with the batch's statistics, so one "
+                "example's loss depends on the others; use models.functional(model, mode='inference') "
+                "(running statistics) for per-example gradients, influence and sketches")
+
+    def loss_fn(params, batch):
+        value = jnp.mean(data_loss(params, batch))
+        if l2:
+            value = value + 0.5 * l2 * optax.tree.vdot(params, params)
+        return value
+
+    def train_loss_fn(params, state, batch, key):
+        model = _merge(split.training, split, params, state, key)
+        x, y = batch
+        value = jnp.mean(output_loss_fn(model(x), y))
+        if l2:
+            value = value + 0.5 * l2 * optax.tree.vdot(params, params)
+        return value, _state_of(model)
+
+    return Functional(params, loss_fn, per_example_loss_fn, predict_fn, output_loss_fn, l2, state,
+                      train_loss_fn, mode, split.stateful_layers, bool(split.dropout), split)
+
+
+def functional(model: nnx.Module, loss: str = "cross_entropy", l2: float = 0.0, *,
+               mode: str = "inference") -> Functional:
     """Split `model` once into a params pytree and pure functions of it (see `Functional`).
 
-    The model's non-parameter state (batch statistics, RNG streams) is captured at the split and
-    merged back, unchanged, in every `predict_fn` call: analyses run the model as it was.
+    The model's non-parameter state is carried, not dropped: batch statistics go to
+    `Functional.state`, and `train_loss_fn` runs the model in training mode (batch statistics
+    updated, dropout masks drawn from a key: `workbench.train.train` does both inside its
+    compiled step and returns the new state). The analysis functions (`loss_fn`,
+    `per_example_loss_fn`, `predict_fn`) run the model in `mode`:
+    - "inference" (the default, as PyHessian's `model.eval()`): BatchNorm normalises with its
+      running statistics and Dropout is off, so the loss is a deterministic function of the
+      params and each example's loss depends on that example alone: curvature, influence,
+      sketches and spectra are well defined;
+    - "batch_statistics": BatchNorm normalises with each batch's statistics (its training-time
+      behaviour) and Dropout stays off; curvature of the batch-mean loss is defined, but
+      per-example losses are not, and `per_example_loss_fn` refuses, naming the layer.
+    The model's own flags (`deterministic`, `use_running_average`) are overridden by `mode`;
+    the model object itself is not modified.
 
     Args:
         model: a Flax NNX Module mapping inputs [n, ...] to outputs [n, ...].
         loss: the per-example loss on outputs, "cross_entropy" (integer labels) or "mse"
             (0.5 squared error).
         l2: the L2 coefficient: `loss_fn` adds 0.5 * l2 * ||params||^2 (>= 0).
+        mode: "inference" or "batch_statistics" (see above).
 
     Returns:
-        The `Functional(params, loss_fn, per_example_loss_fn, predict_fn, output_loss_fn, l2)`.
+        The `Functional(params, loss_fn, per_example_loss_fn, predict_fn, output_loss_fn, l2,
+        state, train_loss_fn, mode, stateful_layers, needs_key, split)`.
 
     Raises:
-        ValueError: an unknown `loss` or a negative `l2`.
+        TypeError: `model` is not a Flax NNX Module.
+        ValueError: an unknown `loss` or `mode`, or a negative `l2`.
     """
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"models.functional takes a Flax NNX Module, got {type(model).__name__}")
     if loss not in OUTPUT_LOSSES:
         raise ValueError(f"loss must be one of {sorted(OUTPUT_LOSSES)}, got {loss!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     l2 = check_nonnegative("l2", l2)
-    graphdef, param_state, rest = nnx.split(model, nnx.Param, ...)
-    params = nnx.to_pure_dict(param_state)
-    output_loss_fn = OUTPUT_LOSSES[loss]
-
-    def predict_fn(params, inputs):
-        state = jax.tree.map(lambda a: a, param_state)
-        nnx.replace_by_pure_dict(state, params)
-        return nnx.merge(graphdef, state, rest)(inputs)
-
-    def per_example_loss_fn(params, batch):
-        x, y = batch
-        return output_loss_fn(predict_fn(params, x), y)
-
-    def loss_fn(params, batch):
-        value = jnp.mean(per_example_loss_fn(params, batch))
-        if l2:
-            value = value + 0.5 * l2 * optax.tree.vdot(params, params)
-        return value
-
-    return Functional(params, loss_fn, per_example_loss_fn, predict_fn, output_loss_fn, l2)
+    _, param_state, rng_state, other = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    stateful, batch_dependent, random = _describe_state(model)
+    split = _Split(
+        inference=_graphdef(model, deterministic=True, use_running_average=True),
+        batch_statistics=_graphdef(model, deterministic=True, use_running_average=False),
+        training=_graphdef(model, deterministic=False, use_running_average=False),
+        param_template=param_state, rng_template=rng_state, state_template=other,
+        stateful_layers=stateful, batch_dependent=batch_dependent, dropout=random,
+    )
+    return _build(split, nnx.to_pure_dict(param_state), OUTPUT_LOSSES[loss], l2, mode, nnx.to_pure_dict(other))
 
 
 def accuracy(predict_fn: Callable, params: PyTree, data) -> float:

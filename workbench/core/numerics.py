@@ -105,6 +105,30 @@ def check_finite_flag(finite, where: str) -> None:
         _raise_nonfinite(where, finite)
 
 
+def check_key(key, name: str = "key") -> jax.Array:
+    """`key` if it is a JAX PRNG key (a typed `jax.random.key(...)` or a raw uint32 [2] key),
+    else a clear error: an int where a key belongs is the common slip.
+
+    Args:
+        key: the value given.
+        name: the argument's name in the message.
+
+    Returns:
+        The key, unchanged.
+
+    Raises:
+        TypeError: `key` is not a PRNG key (the message shows how to make one).
+    """
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and getattr(key, "shape", None) == ():
+        return key
+    if dtype is not None and dtype == jnp.uint32 and getattr(key, "shape", None) == (2,):
+        return key
+    shown = f"{type(key).__name__} {key!r}" if isinstance(key, (int, float, str)) else type(key).__name__
+    raise TypeError(f"{name} must be a JAX PRNG key, e.g. jax.random.key({key if isinstance(key, int) else 0}), "
+                    f"got {shown}")
+
+
 def check_positive_int(name: str, value, least: int = 1) -> int:
     """`value` as an int if it is an integer >= `least`, else a ValueError naming `name`.
 

@@ -17,6 +17,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from workbench.core.losses import as_loss
 from workbench.core.numerics import (
     check_floating,
     check_nonnegative,
@@ -66,12 +67,14 @@ def resolve_roles(loss_fn, kind: str, predict_fn=None, output_loss_fn=None, l2=N
         predict_fn = predict_fn or fn.predict_fn
         output_loss_fn = output_loss_fn or fn.output_loss_fn
         l2 = fn.l2 if l2 is None else l2
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable or a Functional, got {type(loss_fn).__name__}")
+    loss_fn = as_loss(loss_fn, role="objective", caller="curvature.operator")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if kind == "ggn" and (predict_fn is None or output_loss_fn is None):
-        raise ValueError("kind='ggn' needs predict_fn and output_loss_fn (or pass a models.Functional)")
+        missing = [name for name, f in (("predict_fn", predict_fn), ("output_loss_fn", output_loss_fn)) if f is None]
+        raise ValueError(f"kind='ggn' needs predict_fn and output_loss_fn (missing: {', '.join(missing)}): "
+                         "pass the model's models.Functional as loss_fn (it carries both), or pass them "
+                         "as keywords")
     return loss_fn, predict_fn, output_loss_fn, l2
 
 

@@ -46,8 +46,10 @@ import difflib
 import inspect
 from collections.abc import Callable
 
-from workbench.core.numerics import check_finite, check_floating, num_examples
-from workbench.core.per_example import mean_loss
+import jax
+
+from workbench.core.losses import as_loss, check_loss_output
+from workbench.core.numerics import check_finite, check_floating, check_key, num_examples
 from workbench.influence import validation
 from workbench.influence.arnoldi import TAIL_SPREAD_WARNING, arnoldi
 from workbench.influence.estimator import Estimator, Ranked
@@ -116,23 +118,25 @@ def make(name: str, loss_fn, params, train_data, **options) -> Estimator:
     """
     if name not in ESTIMATORS:
         raise ValueError(f"unknown influence estimator {name!r}; choose one of {sorted(ESTIMATORS)}")
+    caller = f"influence.make({name!r})"
     if isinstance(loss_fn, Functional):
-        model, loss_fn = loss_fn, mean_loss(loss_fn.per_example_loss_fn)
-        if name in CURVATURE_ESTIMATORS:
-            options.setdefault("objective_fn", model.loss_fn)
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable loss_fn(params, batch) or a workbench.models."
-                        f"Functional, got {type(loss_fn).__name__}")
+        model = loss_fn
+        if name in CURVATURE_ESTIMATORS:  # the curvature operator resolves every kind's roles from it
+            options.setdefault("objective_fn", model)
+    loss_fn = as_loss(loss_fn, role="data", caller=caller)
     if "objective_fn" in options and name not in CURVATURE_ESTIMATORS:
         raise ValueError(f"objective_fn= applies to the curvature estimators {CURVATURE_ESTIMATORS}, "
                          f"not to {name!r}")
     _check_option_names(name, options)
+    if options.get("key") is not None:
+        check_key(options["key"])
     check_floating(params, "params")  # an integer leaf has no gradient
     check_finite(params, "params")
     n = num_examples(train_data, "train_data")
     if n < 2:
         raise ValueError(f"train_data needs at least 2 examples, got {n}")
     check_finite(train_data, "train_data")
+    check_loss_output(loss_fn, params, jax.tree.map(lambda a: a[:2], train_data), expects="scalar", caller=caller)
     return ESTIMATORS[name](loss_fn, params, train_data, **options)
 
 

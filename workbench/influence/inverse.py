@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from workbench import curvature
+from workbench.core.losses import as_loss, check_loss_output
 from workbench.influence.estimator import (
     Estimator,
     check_damping,
@@ -39,7 +40,8 @@ def damping_above_min_eigenvalue(loss_fn: Callable, params, data, *, margin: flo
     papers and benchmarks choose their damping; the eigendecomposition comes back for reuse.
 
     Args:
-        loss_fn: `loss_fn(params, batch) -> scalar`, the training objective.
+        loss_fn: `loss_fn(params, batch) -> scalar`, the training objective, or a
+            `models.Functional` (its objective, l2 term included).
         params: pytree, where the Hessian is taken.
         data: pytree of arrays [n, ...], the training set.
         margin: how far above -lambda_min the damping lies (>= 0).
@@ -51,6 +53,9 @@ def damping_above_min_eigenvalue(loss_fn: Callable, params, data, *, margin: flo
         ValueError: if `margin` is negative or not finite.
     """
     margin = check_damping(margin)
+    loss_fn = as_loss(loss_fn, role="objective", caller="influence.damping_above_min_eigenvalue")
+    check_loss_output(loss_fn, params, jax.tree.map(lambda a: a[:2], data), expects="scalar",
+                      caller="influence.damping_above_min_eigenvalue")
     eigen = jnp.linalg.eigh(curvature.dense_hessian(loss_fn, params, data))
     lam_min = float(eigen[0][0])
     return DampingChoice(max(0.0, -lam_min) + margin, lam_min, eigen)

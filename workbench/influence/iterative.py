@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from workbench import curvature
+from workbench.core.losses import as_loss
 from workbench.core.numerics import check_positive_int, default_tol
 from workbench.influence.estimator import (
     Estimator,
@@ -29,7 +30,8 @@ def curvature_operator(loss_fn: Callable, params, train_data, kind: str = "hessi
     loss is finite there (a NaN loss is reported as such, not as indefinite curvature).
 
     Args:
-        loss_fn: `loss_fn(params, batch) -> scalar`, the objective whose curvature is taken.
+        loss_fn: `loss_fn(params, batch) -> scalar`, the objective whose curvature is taken, or
+            a `models.Functional` (its roles resolved per kind by `curvature.operator`).
         params: pytree, where it is taken.
         train_data: pytree of arrays [n, ...], the data it averages over.
         kind: "hessian", "ggn" or "fisher".
@@ -41,7 +43,7 @@ def curvature_operator(loss_fn: Callable, params, train_data, kind: str = "hessi
     Raises:
         FloatingPointError: if the loss is NaN or infinite on some training example.
     """
-    check_loss_finite(loss_fn, params, train_data)
+    check_loss_finite(as_loss(loss_fn, role="objective", caller="influence"), params, train_data)
     return curvature.operator(loss_fn, params, train_data, kind=kind, **operator_options)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import scipy.ndimage
 
+from workbench.core.losses import as_loss
 from workbench.core.numerics import check_positive_int, num_examples
 from workbench.schedules.bounds import _check_grad_norms, bound_curve
 from workbench.schedules.shapes import Schedule, from_values
@@ -101,7 +102,9 @@ def grad_norm_callback(loss_fn: Callable, data, key: jax.Array, *, batch_size: i
     norm sqrt(E ||g_t||^2) that the last-iterate bound uses.
 
     Args:
-        loss_fn: `loss_fn(params, batch) -> scalar`, the training loss.
+        loss_fn: `loss_fn(params, batch) -> scalar`, the training loss, or a `models.Functional`
+            (its objective; a model with BatchNorm or Dropout is evaluated in its `mode`,
+            inference by default).
         data: the training data, a pytree of arrays with a leading example axis.
         key: the PRNG key the minibatches are drawn from (folded with the step, so each call
             draws fresh batches and a rerun draws the same ones).
@@ -111,9 +114,11 @@ def grad_norm_callback(loss_fn: Callable, data, key: jax.Array, *, batch_size: i
     Returns:
         `callback(step, params) -> {"grad_norm": scalar}`, for `train(..., callback=...)`.
     """
+    loss_fn = as_loss(loss_fn, role="objective", caller="schedules.grad_norm_callback")
     norm = _grad_norm_fn(loss_fn, batch_size, check_positive_int("num_batches", num_batches),
                          num_examples(data))
-    return lambda step, params: {"grad_norm": norm(params, data, key, step)}
+    # *model_state: train also passes a stateful model's state; the norm is of the loss as given
+    return lambda step, params, *model_state: {"grad_norm": norm(params, data, key, step)}
 
 
 def per_step(at_steps, at_values, num_steps: int) -> np.ndarray:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.core.numerics import check_positive_int, quick_compile_on_cpu
+from workbench.core.numerics import check_key, check_positive_int, quick_compile_on_cpu
 from workbench.core.per_example import map_chunks
 from workbench.spectrum.krylov import (
     _check_finite,
@@ -164,6 +164,7 @@ def spectral_density(
         ValueError: a bad count, `sigma2` <= 0, or `num_iters` above the dimension.
         FloatingPointError: an operator product was NaN or inf.
     """
+    key = check_key(key)
     _check_op(op)
     num_iters = _check_iters(num_iters, op.dim)
     num_probes = check_positive_int("num_probes", num_probes)
@@ -278,6 +279,7 @@ def trace(
         ValueError: an unknown method or too few or too many probes for it.
         FloatingPointError: an operator product was NaN or inf.
     """
+    key = check_key(key)
     _check_op(op)
     if method not in TRACE_METHODS:
         raise ValueError(f"method must be one of {TRACE_METHODS}, got {method!r}")

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.core.numerics import check_finite_flag as _check_finite
-from workbench.core.numerics import check_positive_int, default_tol, quick_compile_on_cpu
+from workbench.core.numerics import check_key, check_positive_int, default_tol, quick_compile_on_cpu
 from workbench.spectrum.krylov import (
     _arnoldi_jit,
     _check_iters,
@@ -347,6 +347,7 @@ def top_eigenpairs(
         FloatingPointError: an operator product was NaN or inf.
         RuntimeError: a wanted pair has not converged and `unconverged` is "raise".
     """
+    key = check_key(key)
     _check_op(op)
     if unconverged not in UNCONVERGED:
         raise ValueError(f"unconverged must be one of {UNCONVERGED}, got {unconverged!r}")

@@ -151,7 +151,7 @@ def sharpness_callback(
     k, num_iters, max_restarts = _check_options(k, kind, num_iters, max_restarts)
     top = _top_values_fn(loss_fn, k, num_iters, max_restarts, tol, kind, chunk_size)
 
-    def callback(step: int, params) -> dict:
+    def callback(step: int, params, *model_state) -> dict:  # train passes a stateful model's state
         _check_dim(k, params)
         values, finite, converged = top(params, data, jax.random.fold_in(key, step))
         values = np.asarray(values)

@@ -22,15 +22,18 @@ import optax
 from flax import serialization
 
 from workbench.core.fingerprint import fingerprint
-from workbench.core.numerics import check_positive_int, num_examples
+from workbench.core.losses import as_loss
+from workbench.core.numerics import check_key, check_positive_int, num_examples
 from workbench.core.progress import bar
 from workbench.core.tree import check_same_structure
+from workbench.models import Functional
 from workbench.train.steps import (
     NonFiniteLossError,
     _batch,
     _full_batch,
     _learning_rate,
     batch_indices,
+    stateful_step,
     step,
 )
 
@@ -40,13 +43,15 @@ NONFINITE_POLICIES = ("raise", "stop")
 
 
 class TrainResult(NamedTuple):
-    """Final params, a history of numpy arrays, params at the checkpoint steps, and whether the
-    loss became non-finite (only with `on_nonfinite="stop"`)."""
+    """Final params, a history of numpy arrays, params at the checkpoint steps, whether the
+    loss became non-finite (only with `on_nonfinite="stop"`), and the model's final
+    non-parameter state (BatchNorm statistics; None for a model without state)."""
 
     params: PyTree
     history: dict[str, np.ndarray]
     checkpoints: dict[int, PyTree]
     diverged: bool
+    state: PyTree = None
 
 
 def _validate(num_steps, batch_size, n, checkpoint_steps, callback, callback_every, eval_fn, eval_every, on_nonfinite):
@@ -69,46 +74,53 @@ def _validate(num_steps, batch_size, n, checkpoint_steps, callback, callback_eve
 _RUNNERS: collections.OrderedDict = collections.OrderedDict()  # the 64 most recent chunk programs
 
 
-def _chunk_runner(loss_fn, optimizer, full_batch: bool, steps_per_chunk: int, has_lr: bool):
+def _chunk_runner(loss_fn, optimizer, full_batch: bool, steps_per_chunk: int, has_lr: bool, stateful: bool):
     """The jitted chunk of `steps_per_chunk` steps, cached per (loss_fn, optimizer, configuration) so
     repeated `train` calls compile once: the optimizer is compared by what it computes (a fresh
     `optax.adam(1e-3)` equals the last one), the loss function by identity."""
-    key = (loss_fn, fingerprint(optimizer), full_batch, steps_per_chunk, has_lr)
+    key = (loss_fn, fingerprint(optimizer), full_batch, steps_per_chunk, has_lr, stateful)
     if key not in _RUNNERS:
-        _RUNNERS[key] = _make_chunk_runner(loss_fn, optimizer, full_batch, steps_per_chunk, has_lr)
+        _RUNNERS[key] = _make_chunk_runner(loss_fn, optimizer, full_batch, steps_per_chunk, has_lr, stateful)
         if len(_RUNNERS) > 64:
             _RUNNERS.popitem(last=False)
     _RUNNERS.move_to_end(key)
     return _RUNNERS[key]
 
 
-def _make_chunk_runner(loss_fn, optimizer, full_batch: bool, steps_per_chunk: int, has_lr: bool):
+def _make_chunk_runner(loss_fn, optimizer, full_batch: bool, steps_per_chunk: int, has_lr: bool, stateful: bool):
     @jax.jit
-    def run_chunk(params, opt_state, start, stop, last, data, indices):
+    def run_chunk(params, opt_state, model_state, start, stop, last, data, indices, noise_key):
         # data and indices are arguments, not closed-over constants, so they stay out of the HLO.
         def one_step(carry, xs):
-            params, opt_state, ok = carry
+            params, opt_state, model_state, ok = carry
             step_index, active = xs
-            new_params, new_state, loss = step(
-                loss_fn, optimizer, params, opt_state, _batch(data, indices, step_index, full_batch)
-            )
+            batch = _batch(data, indices, step_index, full_batch)
+            if stateful:  # a model with state: train_loss_fn, a dropout key per step (by index)
+                key = None if noise_key is None else jax.random.fold_in(noise_key, step_index)
+                new_params, new_state, loss, new_model_state = stateful_step(
+                    loss_fn, optimizer, params, opt_state, model_state, batch, key)
+            else:
+                new_params, new_state, loss = step(loss_fn, optimizer, params, opt_state, batch)
+                new_model_state = model_state
             take = active & ok & jnp.isfinite(loss)  # freeze once the loss is non-finite
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(take, a, b), new, old)
             lr = _learning_rate(new_state) if has_lr else jnp.zeros(())  # the rate this update used
             ok = ok & (jnp.isfinite(loss) | ~active)
-            return (keep(new_params, params), keep(new_state, opt_state), ok), (loss, lr)
+            carry = (keep(new_params, params), keep(new_state, opt_state), keep(new_model_state, model_state), ok)
+            return carry, (loss, lr)
 
         step_ids = start + jnp.arange(steps_per_chunk)
         active = step_ids < stop
         safe_ids = jnp.minimum(step_ids, last)
-        carry, (losses, lrs) = jax.lax.scan(one_step, (params, opt_state, jnp.array(True)), (safe_ids, active))
-        return carry[0], carry[1], losses, lrs
+        init = (params, opt_state, model_state, jnp.array(True))
+        carry, (losses, lrs) = jax.lax.scan(one_step, init, (safe_ids, active))
+        return carry[0], carry[1], carry[2], losses, lrs
 
     return run_chunk
 
 
 def train(
-    loss_fn: Callable[[PyTree, Any], jax.Array],
+    loss_fn: Callable[[PyTree, Any], jax.Array] | Functional,
     params: PyTree,
     data: Any,
     key: jax.Array | None,
@@ -134,11 +146,22 @@ def train(
     steps_per_chunk): the optimizer is compared by what it computes, so a fresh
     `optax.adam(1e-3)` reuses the last program.
 
+    A `models.Functional` may stand for `loss_fn`. A model without non-parameter state trains
+    on its `loss_fn`. A model with state (BatchNorm, Dropout) trains on its `train_loss_fn`:
+    each step runs the model in training mode (batch statistics, dropout on), the running
+    statistics are updated inside the compiled step and returned as `TrainResult.state` (use
+    `fn.with_state(result.state)` to analyse the trained model), and step i's dropout masks
+    come from `fold_in(fold_in(key, 1), i)`, so they do not depend on `steps_per_chunk`. With
+    such a model `callback(step, params, state)` and `eval_fn(params, state)` also receive the
+    state (evaluate with `fn.with_state(state)`).
+
     Args:
-        loss_fn: `loss_fn(params, batch) -> scalar`, the mean loss of a batch.
+        loss_fn: `loss_fn(params, batch) -> scalar`, the mean loss of a batch, or a
+            `models.Functional`.
         params: the initial parameters (pytree).
         data: the training data, a pytree of arrays with a leading example axis.
-        key: draws the minibatch order; None only for full-batch training.
+        key: draws the minibatch order (and a Functional's dropout masks); None only for
+            full-batch training of a model without dropout.
         optimizer: the optax `GradientTransformation`.
         num_steps: the number of optimisation steps (0 runs only the step-0 events).
         batch_size: examples per step, sampled without replacement within each epoch from `key`;
@@ -166,7 +189,23 @@ def train(
     Raises:
         NonFiniteLossError: the loss became NaN or inf and `on_nonfinite="raise"`.
         ValueError: a bad argument (named in the message) or empty data.
+        TypeError: `loss_fn` is neither callable nor a `models.Functional`.
     """
+    key = None if key is None else check_key(key)
+    model_state, noise_key, stateful = None, None, False
+    if isinstance(loss_fn, Functional):
+        fn = loss_fn
+        stateful = bool(jax.tree.leaves(fn.state)) or fn.needs_key
+        loss_fn = fn.train_loss_fn if stateful else fn.loss_fn
+        if stateful:
+            model_state = fn.state
+            if fn.needs_key:
+                if key is None:
+                    raise ValueError(f"training draws dropout masks ({', '.join(fn.stateful_layers)}) "
+                                     "from key: pass a PRNG key, also for full-batch training")
+                noise_key = jax.random.fold_in(key, 1)
+    else:
+        loss_fn = as_loss(loss_fn, role="objective", caller="train.train")
     steps = num_steps
     steps_per_chunk = check_positive_int("steps_per_chunk", steps_per_chunk)
     checkpoint_steps = sorted({int(s) for s in checkpoint_steps})
@@ -176,7 +215,8 @@ def train(
     indices = None if full_batch else batch_indices(key, n, batch_size, steps)
     opt_state = optimizer.init(params)
     has_lr = _learning_rate(opt_state) is not None
-    run_chunk = _chunk_runner(loss_fn, optimizer, full_batch, steps_per_chunk, has_lr)
+    run_chunk = _chunk_runner(loss_fn, optimizer, full_batch, steps_per_chunk, has_lr, stateful)
+    extra = (lambda: (model_state,)) if stateful else (lambda: ())  # what events also receive
     last = max(steps - 1, 0)
 
     events = set(checkpoint_steps) | {steps}
@@ -198,10 +238,10 @@ def train(
                 save_checkpoint(folder / f"step_{step:08d}.msgpack", params)
         if callback is not None and (step % callback_every == 0 or step == steps):
             cb_steps.append(step)
-            cb_values.append(dict(callback(step, params) or {}))
+            cb_values.append(dict(callback(step, params, *extra()) or {}))
         if eval_fn is not None and (step % eval_every == 0 or step == steps):
             ev_steps.append(step)
-            ev_values.append(dict(eval_fn(params)))
+            ev_values.append(dict(eval_fn(params, *extra())))
 
     done = 0
     handle_events(0)
@@ -209,8 +249,8 @@ def train(
         for target in events:
             while done < target:
                 stop = min(done + steps_per_chunk, target)
-                params, opt_state, chunk_losses, chunk_lrs = run_chunk(
-                    params, opt_state, done, stop, last, data, indices
+                params, opt_state, model_state, chunk_losses, chunk_lrs = run_chunk(
+                    params, opt_state, model_state, done, stop, last, data, indices, noise_key
                 )
                 chunk_losses = np.asarray(chunk_losses[: stop - done])
                 bad = np.flatnonzero(~np.isfinite(chunk_losses))
@@ -244,7 +284,7 @@ def train(
         history["lr"] = np.concatenate(lrs) if lrs else np.zeros(0)
     _stack_into(history, "callback_step", cb_steps, cb_values)
     _stack_into(history, "eval_step", ev_steps, ev_values)
-    return TrainResult(params, history, checkpoints, diverged)
+    return TrainResult(params, history, checkpoints, diverged, model_state)
 
 
 def _stack_into(history: dict, step_key: str, steps: list[int], values: list[dict]) -> None:

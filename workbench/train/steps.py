@@ -96,6 +96,39 @@ def step(loss_fn: Callable, optimizer: optax.GradientTransformation, params: PyT
     return StepResult(optax.apply_updates(params, updates), opt_state, loss)
 
 
+class StatefulStepResult(NamedTuple):
+    """One optax step of a model with state: `StepResult`'s fields and the model's new state."""
+
+    params: PyTree
+    opt_state: PyTree
+    loss: jax.Array
+    state: PyTree
+
+
+def stateful_step(train_loss_fn: Callable, optimizer: optax.GradientTransformation, params: PyTree,
+                  opt_state: PyTree, state: PyTree, batch: Any, key: jax.Array | None) -> StatefulStepResult:
+    """One optax step of a model with non-parameter state (BatchNorm statistics, Dropout).
+
+    `step` for `models.Functional.train_loss_fn`: the gradient is taken through the training-mode
+    forward pass, whose new state (e.g. updated running statistics) comes back with the update.
+
+    Args:
+        train_loss_fn: `train_loss_fn(params, state, batch, key) -> (loss, new_state)`.
+        optimizer: the optax `GradientTransformation` making the update.
+        params: the current parameters (pytree).
+        opt_state: the optimizer's state for `params`.
+        state: the model's non-parameter state before the step.
+        batch: the batch the gradient is taken on.
+        key: the step's PRNG key for dropout masks (None for a model that draws none).
+
+    Returns:
+        A `StatefulStepResult(params, opt_state, loss, state)`.
+    """
+    (loss, new_state), grads = jax.value_and_grad(train_loss_fn, has_aux=True)(params, state, batch, key)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return StatefulStepResult(optax.apply_updates(params, updates), opt_state, loss, new_state)
+
+
 def _full_batch(batch_size, n: int, key) -> bool:
     if batch_size is not None:
         batch_size = check_positive_int("batch_size", batch_size)

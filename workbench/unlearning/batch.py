@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from workbench.core.losses import as_loss
 from workbench.unlearning.matching import (
     datamodel_matching,
     datamodel_targets,
@@ -71,7 +72,8 @@ def unlearn(method: str | Callable, loss_fn: Callable, params: PyTree, forget: P
 
     Args:
       method: a name in `METHODS` or a method function.
-      loss_fn: `loss_fn(params, batch) -> scalar`, the training objective (a batch mean).
+      loss_fn: `loss_fn(params, batch) -> scalar`, the training objective (a batch mean), or a
+        `models.Functional` (its objective).
       params: the trained model's params.
       forget: the examples to forget, a pytree with a leading example axis.
       retain: the examples to keep, disjoint from `forget`.
@@ -86,6 +88,7 @@ def unlearn(method: str | Callable, loss_fn: Callable, params: PyTree, forget: P
         (and every error of the method itself).
     """
     fn, name = _method(method)
+    loss_fn = as_loss(loss_fn, role="objective", caller=f"unlearning.unlearn({name!r})")
     if not takes_key(fn):
         return fn(loss_fn, params, forget, retain, **options)
     if key is None:
@@ -103,7 +106,8 @@ def many(method: str | Callable, loss_fn: Callable, params: PyTree, forget: PyTr
 
     Args:
       method: a name in `METHODS` or a method function.
-      loss_fn: `loss_fn(params, batch) -> scalar`, the training objective (a batch mean).
+      loss_fn: `loss_fn(params, batch) -> scalar`, the training objective (a batch mean), or a
+        `models.Functional` (its objective).
       params: the stacked params: every leaf carries a leading model axis [m, ...].
       forget: the examples to forget (shared by all models).
       retain: the examples to keep, disjoint from `forget`.
@@ -121,6 +125,7 @@ def many(method: str | Callable, loss_fn: Callable, params: PyTree, forget: PyTr
       NonFiniteLossError: when any model's objective or params became NaN/inf.
     """
     fn, name = _method(method)
+    loss_fn = as_loss(loss_fn, role="objective", caller=f"unlearning.many({name!r})")
     uses_key = takes_key(fn)
     if uses_key and keys is None:
         raise ValueError(f"{name} draws random numbers: pass one key per model")
