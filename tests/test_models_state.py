@@ -154,7 +154,7 @@ def test_stateless_functional_trains_like_its_loss_fn():
     b = train.train(fn.loss_fn, fn.params, data, jax.random.key(0), optimizer=optax.adam(1e-2), num_steps=6,
                     batch_size=10, progress=False)
     jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
-    assert a.state is None
+    assert a.state == {} and b.state is None
 
 
 def test_one_boundary_errors_name_what_was_given():

@@ -247,6 +247,9 @@ class Functional(NamedTuple):
         """
         if self.split is None:
             raise ValueError("with_state needs a Functional made by models.functional")
+        if state is None:
+            raise ValueError("with_state got None: pass the state train.train returned for this Functional "
+                             "(result.state)")
         check_same_structure(self.state, state, "the model's state", "the state given")
         return _build(self.split, self.params, self.output_loss_fn, self.l2, self.mode, state)
 
@@ -272,19 +275,26 @@ _RANDOM = ("Dropout",)
 
 def _describe_state(model: nnx.Module) -> tuple[tuple, tuple, tuple]:
     """("path: Type", ...) of the layers holding non-parameter state, of those whose output
-    depends on the batch (batch normalisation) and of those that draw random numbers."""
+    depends on the batch (batch normalisation) and of those that draw random numbers (Dropout,
+    attention with dropout: any layer holding an RNG stream)."""
     stateful, batch_dependent, random = [], [], []
     for path, node in nnx.iter_graph(model):
+        if not isinstance(node, nnx.Module) or isinstance(node, (nnx.Rngs, nnx.RngStream)):
+            continue
         name = "/".join(map(str, path)) or "(root)"
-        kind = type(node).__name__
-        if isinstance(node, nnx.BatchNorm) or kind in _BATCH_DEPENDENT:
-            batch_dependent.append(f"{name}: {kind}")
-        if isinstance(node, nnx.Dropout):
-            random.append(f"{name}: {kind}")
-        if isinstance(node, nnx.Module) and not isinstance(node, nnx.Rngs):
-            own = [v for k, v in vars(node).items() if isinstance(v, nnx.Variable) and not isinstance(v, nnx.Param)]
-            if own or isinstance(node, nnx.Dropout):
-                stateful.append(f"{name}: {kind}")
+        label = f"{name}: {type(node).__name__}"
+        attributes = vars(node).values()
+        draws = isinstance(node, nnx.Dropout) or any(isinstance(v, (nnx.Rngs, nnx.RngStream)) for v in attributes)
+        holds = any(isinstance(v, nnx.Variable) and not isinstance(v, nnx.Param) for v in attributes)
+        if isinstance(node, nnx.BatchNorm) or type(node).__name__ in _BATCH_DEPENDENT:
+            batch_dependent.append(label)
+        if draws and not isinstance(node, nnx.Dropout) and any(
+                isinstance(v, nnx.Dropout) for v in attributes):  # the Dropout inside is named itself
+            draws = False
+        if draws:
+            random.append(label)
+        if holds or draws:
+            stateful.append(label)
     return tuple(stateful), tuple(batch_dependent), tuple(random)
 
 
@@ -347,7 +357,7 @@ def _build(split: _Split, params, output_loss_fn, l2: float, mode: str, state) -
         return value, _state_of(model)
 
     return Functional(params, loss_fn, per_example_loss_fn, predict_fn, output_loss_fn, l2, state,
-                      train_loss_fn, mode, split.stateful_layers, bool(split.dropout), split)
+                      train_loss_fn, mode, split.stateful_layers, bool(jax.tree.leaves(split.rng_template)), split)
 
 
 def functional(model: nnx.Module, loss: str = "cross_entropy", l2: float = 0.0, *,

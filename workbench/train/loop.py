@@ -45,7 +45,8 @@ NONFINITE_POLICIES = ("raise", "stop")
 class TrainResult(NamedTuple):
     """Final params, a history of numpy arrays, params at the checkpoint steps, whether the
     loss became non-finite (only with `on_nonfinite="stop"`), and the model's final
-    non-parameter state (BatchNorm statistics; None for a model without state)."""
+    non-parameter state (a `models.Functional`'s BatchNorm statistics, {} for a model without
+    any; None when training took a plain loss function)."""
 
     params: PyTree
     history: dict[str, np.ndarray]
@@ -197,11 +198,11 @@ def train(
         fn = loss_fn
         stateful = bool(jax.tree.leaves(fn.state)) or fn.needs_key
         loss_fn = fn.train_loss_fn if stateful else fn.loss_fn
+        model_state = fn.state  # returned as it is by a model without state
         if stateful:
-            model_state = fn.state
             if fn.needs_key:
                 if key is None:
-                    raise ValueError(f"training draws dropout masks ({', '.join(fn.stateful_layers)}) "
+                    raise ValueError(f"training draws dropout masks ({', '.join(fn.split.dropout)}) "
                                      "from key: pass a PRNG key, also for full-batch training")
                 noise_key = jax.random.fold_in(key, 1)
     else:
