@@ -29,7 +29,7 @@ test: $(STAMP)
 # the docstrings) into site/, git-ignored; --strict turns every warning (a broken link, a docstring
 # mkdocstrings cannot read) into an error. Read it at site/index.html.
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 
 # JupyterLab on lab/, git-ignored working copies of the papers (jupyter/lab_config.py): a lab
 # session never touches notebooks/. 127.0.0.1 and token authentication; --allow-root only for

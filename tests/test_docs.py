@@ -56,7 +56,7 @@ def test_pages_and_readme_link_only_inside_the_repository():
 def test_site_builds_strictly_with_api_pages_from_the_docstrings(tmp_path):
     site = tmp_path / "site"
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
-    out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(site)],
+    out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
                          cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr  # --strict: any warning fails the build
     nav = yaml.safe_load((REPO / "mkdocs.yml").read_text())["nav"]
