@@ -1,7 +1,7 @@
-# Two commands: `make papers` and `make test`. Both create .venv on first use and reinstall only
-# when pyproject.toml or requirements.lock changes. requirements.lock pins the exact versions the
-# test suite passes with (pip constraints; pyproject.toml keeps the ranges); `make lock` rewrites
-# it from what .venv holds.
+# Two commands: `make papers` and `make test` (`make docs` builds the documentation site). Each
+# creates .venv on first use and reinstalls only when pyproject.toml or requirements.lock changes.
+# requirements.lock pins the exact versions the test suite passes with (pip constraints;
+# pyproject.toml keeps the ranges); `make lock` rewrites it from what .venv holds.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --quiet -c $(LOCK)
 
-.PHONY: papers test lab lab-reset lab-save workshop workshop-clean lint sync lock bench mutate clean
+.PHONY: papers test docs lab lab-reset lab-save workshop workshop-clean lint sync lock bench mutate clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ papers: $(STAMP)
 # One BLAS thread per pytest worker: two workers on two cores, no oversubscription.
 test: $(STAMP)
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
+
+# The documentation site (mkdocs.yml: home, architecture, tutorials, the API reference built from
+# the docstrings) into site/, git-ignored; --strict turns every warning (a broken link, a docstring
+# mkdocstrings cannot read) into an error. Read it at site/index.html.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 
 # JupyterLab on lab/, git-ignored working copies of the papers (jupyter/lab_config.py): a lab
 # session never touches notebooks/. 127.0.0.1 and token authentication; --allow-root only for
@@ -88,4 +94,4 @@ mutate: $(STAMP)
 	$(BIN)/python benchmarks/mutations.py $(MUTATE_ARGS)
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

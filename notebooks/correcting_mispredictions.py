@@ -43,15 +43,15 @@
 # (gradient ascent on them) instead of removed: fewer steps fix as much, at more damage.
 
 # %% tags=["parameters"]
-n_train: int = 700  # training examples (a subset of digits)
-n_test: int = 450  # test points (the mispredicted ones are corrected)
-l2: float = 0.001  # L2 regularisation of the logistic regression
-k_values: list[int] = [5, 10, 20, 40]  # numbers of training examples re-weighted
-steps: int = 50  # fine-tuning steps (full-batch SGD)
-learning_rate: float = 3.0  # fine-tuning step size
-weight: float = 0.0  # new weight of the selected examples: 0 removes them, -1 unlearns them
-seed: int = 0  # data split and the random baseline
-profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+n_train: int = 700  # training examples (a subset of digits); in [1, 1347]
+n_test: int = 450  # test points (the mispredicted ones are corrected); in [1, 450]
+l2: float = 0.001  # L2 regularisation of the logistic regression; in [0, inf)
+k_values: list[int] = [5, 10, 20, 40]  # numbers of training examples re-weighted; in [1, inf)
+steps: int = 50  # fine-tuning steps (full-batch SGD); in [1, inf)
+learning_rate: float = 3.0  # fine-tuning step size; in (0, inf)
+weight: float = 0.0  # new weight of the selected examples: 0 removes them, -1 unlearns them; in [-10, 1]
+seed: int = 0  # data split and the random baseline; in [0, inf)
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized); in {quick, full}
 interactive: bool = False  # show the panel: k, steps, weight -> mispredictions fixed
 
 # %%

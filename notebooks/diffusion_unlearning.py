@@ -55,14 +55,14 @@
 # original model, two independent noises).
 
 # %% tags=["parameters"]
-denoiser_hidden: int = 256  # width of the denoiser's hidden layers
-denoiser_steps: int = 2000  # training steps of the denoiser (Adam, batch 128)
-forget_class: int = 0  # the digit to unlearn
-unlearn_steps: int = 300  # fine-tuning steps of each forgetting method
-samples_per_class: int = 30  # DDIM samples per retain class for the metrics
-sample_steps: int = 25  # DDIM steps
-seed: int = 0  # initialisation, batches, noise
-profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+denoiser_hidden: int = 256  # width of the denoiser's hidden layers; in [1, inf)
+denoiser_steps: int = 2000  # training steps of the denoiser (Adam, batch 128); in [1, inf)
+forget_class: int = 0  # the digit to unlearn; in [0, 9]
+unlearn_steps: int = 300  # fine-tuning steps of each forgetting method; in [1, inf)
+samples_per_class: int = 30  # DDIM samples per retain class for the metrics; in [1, inf)
+sample_steps: int = 25  # DDIM steps; in [1, inf)
+seed: int = 0  # initialisation, batches, noise; in [0, inf)
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized); in {quick, full}
 interactive: bool = False  # show the panel: method, class, strength -> samples and integrity
 
 # %%

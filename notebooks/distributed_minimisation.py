@@ -52,17 +52,17 @@
 # from cost blocks without ever forming the cost matrix, matches a dense Sinkhorn to 1e-3.
 
 # %% tags=["parameters"]
-num_processes: int = 2  # processes of the distributed job (compared with 1 process)
-devices_per_process: int = 1  # CPU devices per process (JAX_NUM_CPU_DEVICES)
-l2: float = 1e-3  # L2 strength of the digits classifier
-regression_examples: int = 2000  # examples of the sparse regression
-regression_features: int = 100  # features of the sparse regression (10% carry signal)
-l1: float = 0.05  # L1 strength of the sparse regression
-ot_points: int = 300  # points in each cloud (the same for both)
-epsilon: float = 0.05  # entropic regularisation of the OT problem (squared-distance units)
-scaling_sizes: list[int] = [2000, 8000]  # examples for the time-per-iteration sweep
-seed: int = 0  # data of every problem
-profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+num_processes: int = 2  # processes of the distributed job (compared with 1 process); in [1, 16]
+devices_per_process: int = 1  # CPU devices per process (JAX_NUM_CPU_DEVICES); in [1, 16]
+l2: float = 1e-3  # L2 strength of the digits classifier; in [0, inf)
+regression_examples: int = 2000  # examples of the sparse regression; in [1, inf)
+regression_features: int = 100  # features of the sparse regression (10% carry signal); in [10, inf)
+l1: float = 0.05  # L1 strength of the sparse regression; in [0, inf)
+ot_points: int = 300  # points in each cloud (the same for both); in [1, inf)
+epsilon: float = 0.05  # entropic regularisation of the OT problem (squared-distance units); in (0, inf)
+scaling_sizes: list[int] = [2000, 8000]  # examples for the time-per-iteration sweep; in [1, inf)
+seed: int = 0  # data of every problem; in [0, inf)
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized); in {quick, full}
 interactive: bool = False  # show the panel: processes, points, epsilon -> OT plan (real jobs)
 
 # %%

@@ -49,14 +49,14 @@
 # one sharpness curve per step size, each flattening at its own dashed line `2 / lr`.
 
 # %% tags=["parameters"]
-learning_rates: list[float] = [0.06, 0.055]  # full-batch GD step sizes (thresholds 2/lr)
-steps: int = 1600  # gradient-descent steps per step size
-num_examples: int = 256  # training images used (full batch)
-hidden_size: int = 64  # width of each of the two hidden layers
-sharpness_every: int = 25  # compute the top Hessian eigenvalue every this many steps
-last_fraction: float = 0.5  # part of training over which the ratio sharpness/(2/lr) is averaged
-seed: int = 0  # initialisation and Lanczos start vectors
-profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+learning_rates: list[float] = [0.06, 0.055]  # full-batch GD step sizes (thresholds 2/lr); in (0, inf)
+steps: int = 1600  # gradient-descent steps per step size; in [1, inf)
+num_examples: int = 256  # training images used (full batch); in [1, 1347]
+hidden_size: int = 64  # width of each of the two hidden layers; in [1, inf)
+sharpness_every: int = 25  # compute the top Hessian eigenvalue every this many steps; in [1, inf)
+last_fraction: float = 0.5  # part of training over which the ratio sharpness/(2/lr) is averaged; in (0, 1]
+seed: int = 0  # initialisation and Lanczos start vectors; in [0, inf)
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized); in {quick, full}
 interactive: bool = False  # show the panel: step size and width -> sharpness against 2/lr
 
 # %%

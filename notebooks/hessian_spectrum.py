@@ -42,18 +42,18 @@
 # to its Gauss-Newton (GGN) approximation, which is positive semi-definite by construction.
 
 # %% tags=["parameters"]
-hidden_size: int = 16  # width of the MLP's hidden layer (64-h-10)
-steps: int = 300  # Adam steps (minibatches of 128) before looking at the spectrum
-learning_rate: float = 0.01  # Adam step size
-num_examples: int = 300  # training images the Hessian is averaged over
-top_k: int = 10  # eigenvalues computed by Lanczos at the top of the spectrum
-num_iters: int = 90  # Lanczos steps per SLQ probe
-num_probes: int = 10  # SLQ probes (random Rademacher vectors)
-sigma2: float = 1e-5  # Gaussian kernel variance for the density (scaled by the spectral range)
-trace_probes: int = 100  # matvecs for each trace estimator
+hidden_size: int = 16  # width of the MLP's hidden layer (64-h-10); in [1, inf)
+steps: int = 300  # Adam steps (minibatches of 128) before looking at the spectrum; in [1, inf)
+learning_rate: float = 0.01  # Adam step size; in (0, inf)
+num_examples: int = 300  # training images the Hessian is averaged over; in [1, 1347]
+top_k: int = 10  # eigenvalues computed by Lanczos at the top of the spectrum; in [1, inf)
+num_iters: int = 90  # Lanczos steps per SLQ probe; in [1, inf)
+num_probes: int = 10  # SLQ probes (random Rademacher vectors); in [1, inf)
+sigma2: float = 1e-5  # Gaussian kernel variance for the density (scaled by the spectral range); in (0, inf)
+trace_probes: int = 100  # matvecs for each trace estimator; in [1, inf)
 dense_reference: bool = True  # form the dense Hessian and compare (small models only)
-seed: int = 0  # data split, initialisation, probes
-profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+seed: int = 0  # data split, initialisation, probes; in [0, inf)
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized); in {quick, full}
 interactive: bool = False  # show the panel: Lanczos steps, probes, kernel width -> density
 
 # %%

@@ -56,21 +56,21 @@
 # profile shows that is said below.
 
 # %% tags=["parameters"]
-dim: int = 10  # input dimension d of the one-layer study
-context_length: int = 10  # context pairs N of the one-layer study
-train_steps: int = 1000  # Adam steps for the one-layer model (fresh tasks every step)
-tasks_per_step: int = 256  # tasks per training step
-learning_rate: float = 0.002  # Adam peak step size (cosine decay to 1%)
-depths: list[int] = [1, 2, 3]  # model depths K of the depth comparison
-depth_dim: int = 5  # input dimension of the depth comparison
-depth_context_length: int = 10  # context pairs of the depth comparison
-ill_condition: float = 100.0  # condition number of the ill-conditioned input covariance
-depth_steps: int = 600  # Adam steps per depth-comparison model
-depth_tasks_per_step: int = 256  # tasks per step for the depth comparison
-depth_learning_rate: float = 0.005  # Adam peak step size for the depth comparison
-depth_init_scale: float = 0.05  # std of the initial weights of the depth-comparison models
-seed: int = 0  # initialisation, task draws
-profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+dim: int = 10  # input dimension d of the one-layer study; in [1, inf)
+context_length: int = 10  # context pairs N of the one-layer study; in [1, inf)
+train_steps: int = 1000  # Adam steps for the one-layer model (fresh tasks every step); in [1, inf)
+tasks_per_step: int = 256  # tasks per training step; in [1, inf)
+learning_rate: float = 0.002  # Adam peak step size (cosine decay to 1%); in (0, inf)
+depths: list[int] = [1, 2, 3]  # model depths K of the depth comparison; in [1, inf)
+depth_dim: int = 5  # input dimension of the depth comparison; in [1, inf)
+depth_context_length: int = 10  # context pairs of the depth comparison; in [1, inf)
+ill_condition: float = 100.0  # condition number of the ill-conditioned input covariance; in [1, inf)
+depth_steps: int = 600  # Adam steps per depth-comparison model; in [1, inf)
+depth_tasks_per_step: int = 256  # tasks per step for the depth comparison; in [1, inf)
+depth_learning_rate: float = 0.005  # Adam peak step size for the depth comparison; in (0, inf)
+depth_init_scale: float = 0.05  # std of the initial weights of the depth-comparison models; in (0, inf)
+seed: int = 0  # initialisation, task draws; in [0, inf)
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized); in {quick, full}
 interactive: bool = False  # show the panel: d, N, conditioning, depth -> trained vs GD/GD++/Newton
 
 # %%

@@ -47,22 +47,22 @@
 # everything degrades, and the damping matters).
 
 # %% tags=["parameters"]
-n_train: int = 240  # training examples (a subset of digits)
-n_test: int = 30  # test points
-num_subsets: int = 12  # M, the number of models trained on random halves
-l2: float = 0.01  # L2 regularisation (both models)
-hidden: int = 16  # hidden width of the MLP
-mlp_steps: int = 200  # full-batch Adam steps for every MLP (full data and each half)
-mlp_lr: float = 0.01  # Adam step size
-cg_num_iters: int = 100  # conjugate-gradient iterations per solve
-lissa_num_iters: int = 150  # LiSSA: terms of the Neumann series
-arnoldi_k: int = 50  # Arnoldi: top-k eigenpairs kept
-trak_dim: int = 256  # TRAK: sketch dimension D (one model)
-trak_damping: float = 0.01  # TRAK: damping of the sketched Gauss-Newton matrix
-flip_fraction: float = 0.1  # fraction of training labels flipped for mislabel detection
-damping_margin: float = 0.01  # MLP: damping above -lambda_min of the Hessian
-seed: int = 0  # data split, subsets, flips
-profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+n_train: int = 240  # training examples (a subset of digits); in [2, 1347]
+n_test: int = 30  # test points; in [1, 450]
+num_subsets: int = 12  # M, the number of models trained on random halves; in [2, inf)
+l2: float = 0.01  # L2 regularisation (both models); in [0, inf)
+hidden: int = 16  # hidden width of the MLP; in [1, inf)
+mlp_steps: int = 200  # full-batch Adam steps for every MLP (full data and each half); in [1, inf)
+mlp_lr: float = 0.01  # Adam step size; in (0, inf)
+cg_num_iters: int = 100  # conjugate-gradient iterations per solve; in [1, inf)
+lissa_num_iters: int = 150  # LiSSA: terms of the Neumann series; in [1, inf)
+arnoldi_k: int = 50  # Arnoldi: top-k eigenpairs kept; in [1, inf)
+trak_dim: int = 256  # TRAK: sketch dimension D (one model); in [1, inf)
+trak_damping: float = 0.01  # TRAK: damping of the sketched Gauss-Newton matrix; in (0, inf)
+flip_fraction: float = 0.1  # fraction of training labels flipped for mislabel detection; in (0, 1)
+damping_margin: float = 0.01  # MLP: damping above -lambda_min of the Hessian; in (0, inf)
+seed: int = 0  # data split, subsets, flips; in [0, inf)
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized); in {quick, full}
 interactive: bool = False  # show the panel: estimator and model -> LDS per test point
 
 # %%

@@ -47,19 +47,19 @@
 # comparison; they fade too, from a much lower level.
 
 # %% tags=["parameters"]
-n_train: int = 300  # training examples (a subset of digits)
-n_test: int = 40  # test points whose loss changes are tracked
-hidden: int = 32  # width of the MLP's hidden layer
-pretrain_steps: int = 1000  # SGD steps before the removal
-num_removed: int = 20  # training examples removed, each in its own run
-steps: int = 1000  # training steps after the removal
-record_every: int = 100  # compare predicted and actual every this many steps
-learning_rate: float = 0.5  # SGD step size (before and after the removal)
-batch_size: int = 32  # minibatch size
-l2: float = 0.0001  # L2 regularisation
-damping_margin: float = 0.01  # damping above -lambda_min that makes H + damping I positive definite
-seed: int = 0  # data split, initialisation and batch order
-profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+n_train: int = 300  # training examples (a subset of digits); in [1, 1347]
+n_test: int = 40  # test points whose loss changes are tracked; in [1, 450]
+hidden: int = 32  # width of the MLP's hidden layer; in [1, inf)
+pretrain_steps: int = 1000  # SGD steps before the removal; in [1, inf)
+num_removed: int = 20  # training examples removed, each in its own run; in [1, inf)
+steps: int = 1000  # training steps after the removal; in [1, inf)
+record_every: int = 100  # compare predicted and actual every this many steps; in [1, inf)
+learning_rate: float = 0.5  # SGD step size (before and after the removal); in (0, inf)
+batch_size: int = 32  # minibatch size; in [1, inf)
+l2: float = 0.0001  # L2 regularisation; in [0, inf)
+damping_margin: float = 0.01  # damping above -lambda_min that makes H + damping I positive definite; in (0, inf)
+seed: int = 0  # data split, initialisation and batch order; in [0, inf)
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized); in {quick, full}
 interactive: bool = False  # show the panel: removal and test point -> effect over training
 
 # %%

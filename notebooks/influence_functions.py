@@ -50,18 +50,18 @@
 # raise the test loss**: it helps the prediction.
 
 # %% tags=["parameters"]
-n_train: int = 400  # training examples (a subset of digits' 1347)
-n_test: int = 40  # test points scored
-num_removed: int = 80  # training examples removed one at a time for the LOO ground truth
-l2: float = 0.01  # L2 regularisation of the logistic regression
-damping: float = 0.0  # damping added to the Hessian (explicit; 0 is fine for a convex model)
-arnoldi_k: int = 100  # eigenpairs kept by Arnoldi influence
-lissa_num_iters: int = 500  # terms of LiSSA's Neumann series
-tracin_steps: int = 200  # full-batch SGD steps of the trajectory TracIn reads its checkpoints from
-tracin_lr: float = 1.0  # SGD step size of that trajectory
-top_k: int = 6  # proponents / opponents shown
-seed: int = 0  # data split
-profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+n_train: int = 400  # training examples (a subset of digits' 1347); in [1, 1347]
+n_test: int = 40  # test points scored; in [1, 450]
+num_removed: int = 80  # training examples removed one at a time for the LOO ground truth; in [1, 1347]
+l2: float = 0.01  # L2 regularisation of the logistic regression; in [0, inf)
+damping: float = 0.0  # damping added to the Hessian (explicit; 0 is fine for a convex model); in [0, inf)
+arnoldi_k: int = 100  # eigenpairs kept by Arnoldi influence; in [1, inf)
+lissa_num_iters: int = 500  # terms of LiSSA's Neumann series; in [1, inf)
+tracin_steps: int = 200  # full-batch SGD steps of the trajectory TracIn reads its checkpoints from; in [1, inf)
+tracin_lr: float = 1.0  # SGD step size of that trajectory; in (0, inf)
+top_k: int = 6  # proponents / opponents shown; in [1, inf)
+seed: int = 0  # data split; in [0, inf)
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized); in {quick, full}
 interactive: bool = False  # show the panel: estimator, damping, k -> scores and proponents
 
 # %%

@@ -55,16 +55,16 @@
 # models, with the 90% threshold, and the recorded d_int90.
 
 # %% tags=["parameters"]
-dims: list[int] = [10, 20, 40, 80, 160, 320]  # subspace dimensions d to train in
-steps: int = 300  # full-batch Adam steps per subspace (and for the full model)
-learning_rate: float = 0.03  # Adam step size
-hidden_size: int = 32  # MLP width (64-hidden-10)
-kind: str = "dense"  # sketch kind for the subspace: dense, srht or affd
-search_kind: str = "affd"  # sketch kind of the doubling search (the paper's AFFD)
-search_check_every: int = 50  # steps between checks of the doubling search (the paper's c)
-search_max_steps: int = 2000  # step budget of one doubling search
-seed: int = 0  # data split, initialisation, subspace seed
-profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+dims: list[int] = [10, 20, 40, 80, 160, 320]  # subspace dimensions d to train in; in [1, inf)
+steps: int = 300  # full-batch Adam steps per subspace (and for the full model); in [1, inf)
+learning_rate: float = 0.03  # Adam step size; in (0, inf)
+hidden_size: int = 32  # MLP width (64-hidden-10); in [1, inf)
+kind: str = "dense"  # sketch kind for the subspace: dense, srht or affd; in {dense, srht, affd, afjl}
+search_kind: str = "affd"  # sketch kind of the doubling search (the paper's AFFD); in {dense, srht, affd, afjl, qk}
+search_check_every: int = 50  # steps between checks of the doubling search (the paper's c); in [1, inf)
+search_max_steps: int = 2000  # step budget of one doubling search; in [1, inf)
+seed: int = 0  # data split, initialisation, subspace seed; in [0, inf)
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized); in {quick, full}
 interactive: bool = False  # show the panel: subspace dimension -> test accuracy
 
 # %%

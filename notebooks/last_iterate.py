@@ -48,15 +48,15 @@
 # iterate of gradient descent falls behind its average by a growing log T factor.
 
 # %% tags=["parameters"]
-problem_kind: str = "lad"  # lad (least absolute deviations), hinge (L1 hinge SVM) or logistic (L1)
-n: int = 400  # examples
-dim: int = 10  # features
-num_steps: int = 2000  # SGD steps (batch size 1); the largest T
-num_seeds: int = 200  # independent SGD runs
-lr_factors: list[float] = [1.0, 10.0]  # multiples of each schedule's bound-optimal scale
-harvey_horizons: list[int] = [16, 64, 256, 1024, 4096]  # horizons T for the Harvey construction
-seed: int = 0  # data and SGD seeds
-profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+problem_kind: str = "lad"  # lad (least absolute deviations), hinge (L1 hinge SVM) or logistic (L1); in {lad, hinge, logistic}
+n: int = 400  # examples; in [1, inf)
+dim: int = 10  # features; in [1, inf)
+num_steps: int = 2000  # SGD steps (batch size 1); the largest T; in [1, inf)
+num_seeds: int = 200  # independent SGD runs; in [1, inf)
+lr_factors: list[float] = [1.0, 10.0]  # multiples of each schedule's bound-optimal scale; in (0, inf)
+harvey_horizons: list[int] = [16, 64, 256, 1024, 4096]  # horizons T for the Harvey construction; in [1, inf)
+seed: int = 0  # data and SGD seeds; in [0, inf)
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized); in {quick, full}
 interactive: bool = False  # show the panel: seeds, T, step size -> last-iterate quantiles
 
 # %%

@@ -95,20 +95,20 @@
 # the disks problem; and the claims with their negative controls.
 
 # %% tags=["parameters"]
-dims: list[int] = [2]  # dimensions of the Gaussian and Brenier problems
-methods: list[str] = ["not moving", "symmetric flow", "Sinkhorn regression", "control: 1-iteration Sinkhorn", "control: transposed plan", "flow matching, independent", "flow matching, exact OT", "entropic map"]  # methods on the Gaussian and Brenier problems (experiments.transport.METHODS)
-disks_methods: list[str] = ["1-NN flow", "1-NN flow + cost"]  # methods on the disks problem (empty: skip it)
-num_steps: int = 300  # Adam steps per method (each phase of the Seguy dual)
-batch_size: int = 128  # points per batch of each distribution
-learning_rate: float = 0.005  # Adam step size (the Seguy dual uses 0.001)
-hidden: int = 64  # width of every network (two SiLU hidden layers)
-num_points: int = 500  # evaluation points (and exact-assignment size)
-uvp_threshold: float = 20.0  # L2-UVP (%) a method must stay under on every 2-d problem with a known map
-disks_threshold: float = 33.0  # L2-UVP (%) against the exact assignment on the disks problem
-problem_seed: int = 0  # the random Gaussian and Brenier instances
-num_seeds: int = 1  # training seeds per method
-seed: int = 0  # seeds are seed * num_seeds, ..., seed * num_seeds + num_seeds - 1
-profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+dims: list[int] = [2]  # dimensions of the Gaussian and Brenier problems; in [1, inf)
+methods: list[str] = ["not moving", "symmetric flow", "Sinkhorn regression", "control: 1-iteration Sinkhorn", "control: transposed plan", "flow matching, independent", "flow matching, exact OT", "entropic map"]  # methods on the Gaussian and Brenier problems (experiments.transport.METHODS); in {not moving, 1-NN flow, 1-NN flow + cost, 5-NN flow, symmetric flow, symmetric flow + cost, kernel flow, kernel flow + cost, covariance flow, Seguy dual, Sinkhorn regression, "control: 1-iteration Sinkhorn", "control: transposed plan", "flow matching, independent", "flow matching, Sinkhorn", "flow matching, exact OT", entropic map, Monge gap}
+disks_methods: list[str] = ["1-NN flow", "1-NN flow + cost"]  # methods on the disks problem (empty: skip it); in {not moving, 1-NN flow, 1-NN flow + cost, 5-NN flow, symmetric flow, symmetric flow + cost, kernel flow, kernel flow + cost, covariance flow, Seguy dual, Sinkhorn regression, "control: 1-iteration Sinkhorn", "control: transposed plan", "flow matching, independent", "flow matching, Sinkhorn", "flow matching, exact OT", entropic map, Monge gap}
+num_steps: int = 300  # Adam steps per method (each phase of the Seguy dual); in [1, inf)
+batch_size: int = 128  # points per batch of each distribution; in [1, inf)
+learning_rate: float = 0.005  # Adam step size (the Seguy dual uses 0.001); in (0, inf)
+hidden: int = 64  # width of every network (two SiLU hidden layers); in [1, inf)
+num_points: int = 500  # evaluation points (and exact-assignment size); in [2, inf)
+uvp_threshold: float = 20.0  # L2-UVP (%) a method must stay under on every 2-d problem with a known map; in (0, inf)
+disks_threshold: float = 33.0  # L2-UVP (%) against the exact assignment on the disks problem; in (0, inf)
+problem_seed: int = 0  # the random Gaussian and Brenier instances; in [0, inf)
+num_seeds: int = 1  # training seeds per method; in [1, inf)
+seed: int = 0  # seeds are seed * num_seeds, ..., seed * num_seeds + num_seeds - 1; in [0, inf)
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized); in {quick, full}
 interactive: bool = False  # show the panel: pick a problem and a method, train, see the map
 
 # %%

@@ -80,20 +80,20 @@
 # section says what the miniature does and does not reproduce.
 
 # %% tags=["parameters"]
-steps: int = 800  # optimizer steps (Adam, warm-up then cosine to a tenth)
-batch_size: int = 8  # sequences per step
-seq_len: int = 64  # characters per sequence
-d_model: int = 48  # transformer width (2 blocks, 4 heads)
-peak_lr: float = 0.003  # Adam's peak learning rate
-b_share: float = 0.05  # share of language B in the language-modelling stream
-static_ratios: list[float] = [0.1]  # translation shares of the static mixtures
+steps: int = 800  # optimizer steps (Adam, warm-up then cosine to a tenth); in [1, inf)
+batch_size: int = 8  # sequences per step; in [1, inf)
+seq_len: int = 64  # characters per sequence; in [2, inf)
+d_model: int = 48  # transformer width (2 blocks, 4 heads); in [4, inf)
+peak_lr: float = 0.003  # Adam's peak learning rate; in (0, inf)
+b_share: float = 0.05  # share of language B in the language-modelling stream; in [0, 1]
+static_ratios: list[float] = [0.1]  # translation shares of the static mixtures; in [0, 1]
 controls: bool = False  # also run the unmasked and misaligned-pair controls
 bandits: bool = False  # also learn the ratio (Exp3.S and the moving-average bandit)
-eta: float = 0.02  # Exp3.S step size
-num_seeds: int = 1  # seeds per setting
-shots: int = 2  # demonstrations in the k-shot probes
-seed: int = 0  # seeds are seed * num_seeds, ..., seed * num_seeds + num_seeds - 1
-profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+eta: float = 0.02  # Exp3.S step size; in (0, inf)
+num_seeds: int = 1  # seeds per setting; in [1, inf)
+shots: int = 2  # demonstrations in the k-shot probes; in [1, inf)
+seed: int = 0  # seeds are seed * num_seeds, ..., seed * num_seeds + num_seeds - 1; in [0, inf)
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized); in {quick, full}
 interactive: bool = False  # show the panel: static share or bandit, eta
 
 # %%

@@ -47,10 +47,10 @@
 # changes when gradient norms are not constant, where the *refined* schedule wins.
 
 # %% tags=["parameters"]
-horizons: list[int] = [10, 100, 1000, 10000, 100000]  # run lengths T at which to evaluate the bound
-cooldown_fraction: float = 0.2  # WSD: fraction of the run spent cooling down
-seed: int = 0  # unused here (the bound is deterministic); kept for the runner
-profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+horizons: list[int] = [10, 100, 1000, 10000, 100000]  # run lengths T at which to evaluate the bound; in [1, inf)
+cooldown_fraction: float = 0.2  # WSD: fraction of the run spent cooling down; in [0, 1]
+seed: int = 0  # unused here (the bound is deterministic); kept for the runner; in [0, inf)
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized); in {quick, full}
 interactive: bool = False  # show the panel: warm-up, cool-down, T -> schedule and bound (live)
 
 # %%

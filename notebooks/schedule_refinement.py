@@ -43,12 +43,12 @@
 # SGD with the refined schedule against linear decay and cosine at the same peak step size.
 
 # %% tags=["parameters"]
-num_steps: int = 1000  # SGD steps (minibatches of batch_size)
-batch_size: int = 32  # examples per step
-peak_lrs: list[float] = [1.0]  # peak learning rates tried; each schedule is scored at its best
-tau: float = 0.1  # median-filter window as a fraction of the run
-seed: int = 0  # data split, initialisation and batch order
-profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+num_steps: int = 1000  # SGD steps (minibatches of batch_size); in [1, inf)
+batch_size: int = 32  # examples per step; in [1, inf)
+peak_lrs: list[float] = [1.0]  # peak learning rates tried; each schedule is scored at its best; in (0, inf)
+tau: float = 0.1  # median-filter window as a fraction of the run; in (0, 1]
+seed: int = 0  # data split, initialisation and batch order; in [0, inf)
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized); in {quick, full}
 interactive: bool = False  # show the panel: model, T, peak lr, window -> refined schedule
 
 # %%

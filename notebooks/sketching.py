@@ -80,21 +80,21 @@
 # (5) A dense projection regenerated on the fly costs time linear in D; AFFD and QK do not.
 
 # %% tags=["parameters"]
-theorem_dims: list[int] = [64, 1024]  # D for Theorem 3.1 (the input has 4 blocks of width D; full: 64, 256, 1024)
-theorem_draws: int = 2000  # independent sketches per kind and D
-qk_factor: int = 64  # QK factor width B_i for the per-factor study (input size: its square)
-hidden_size: int = 16  # digits MLP width (16 gives 1210 parameters: a cheap dense Hessian)
-train_steps: int = 300  # Adam steps for the digits MLP
-num_examples: int = 48  # per-example gradients used for the dot-product correlations
-text_examples: int = 16  # per-example gradients of the character-level transformer
-text_steps: int = 40  # Adam steps for the transformer
-num_draws: int = 5  # independent sketch draws per (kind, D) for the error bars
-digits_log2_step: int = 2  # log2 D step for the digits MLP's tables 6 and 7 (1 in the full profile)
-text_log2_step: int = 3  # log2 D step for the transformer (1 in the full profile)
-timing_log2_dim_in: int = 14  # log2 N for time against D
-timing_log2_dims: list[int] = [8, 12]  # log2 D for time against D
-seed: int = 0  # data split, initialisation and sketch seeds
-profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+theorem_dims: list[int] = [64, 1024]  # D for Theorem 3.1 (the input has 4 blocks of width D; full: 64, 256, 1024); in [1, inf)
+theorem_draws: int = 2000  # independent sketches per kind and D; in [2, inf)
+qk_factor: int = 64  # QK factor width B_i for the per-factor study (input size: its square); in [1, inf)
+hidden_size: int = 16  # digits MLP width (16 gives 1210 parameters: a cheap dense Hessian); in [1, inf)
+train_steps: int = 300  # Adam steps for the digits MLP; in [1, inf)
+num_examples: int = 48  # per-example gradients used for the dot-product correlations; in [2, inf)
+text_examples: int = 16  # per-example gradients of the character-level transformer; in [2, inf)
+text_steps: int = 40  # Adam steps for the transformer; in [1, inf)
+num_draws: int = 5  # independent sketch draws per (kind, D) for the error bars; in [1, inf)
+digits_log2_step: int = 2  # log2 D step for the digits MLP's tables 6 and 7 (1 in the full profile); in [1, inf)
+text_log2_step: int = 3  # log2 D step for the transformer (1 in the full profile); in [1, inf)
+timing_log2_dim_in: int = 14  # log2 N for time against D; in [1, 24]
+timing_log2_dims: list[int] = [8, 12]  # log2 D for time against D; in [1, 24]
+seed: int = 0  # data split, initialisation and sketch seeds; in [0, inf)
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized); in {quick, full}
 interactive: bool = False  # show the panel: sketch kind and D -> correlation and distortion
 
 # %%

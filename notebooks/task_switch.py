@@ -70,24 +70,24 @@
 # switch; the two paths; the curvature along the run; and the rehearsal comparison.
 
 # %% tags=["parameters"]
-task_kind: str = "rotated"  # rotated (0, 90, 180, 270 degrees) or permuted (pixels) digits
-num_tasks: int = 2  # tasks in the stream of the main table (rotated: at most 4)
-steps_per_task: int = 300  # SGD steps on each task
-batch_size: int = 32  # examples per step
-hidden_size: int = 64  # width of the tanh MLP
-peak_lr: float = 0.3  # peak learning rate of every schedule (plain SGD)
-replay_fraction: float = 0.25  # share of each batch replayed from earlier tasks (the method)
-num_seeds: int = 3  # seeds per setting (each its own initialisation and batches)
-tolerance: float = 0.065  # "close to joint training": final accuracy within this on old and new tasks
-replay_sweep: list[float] = []  # replay fractions for the sweep (empty: skip)
-switch_tasks: int = 0  # rotated-digits tasks for the several-switches table (< 3: skip)
-text_steps: int = 0  # steps per task of the text domain shift (prose, then code; 0: skip)
-rehearsal_tasks: int = 3  # permuted-digits tasks for the rehearsal comparison (< 3: skip)
-rehearsal_steps: int = 100  # steps per task there
-rehearsal_fraction: float = 0.1  # the replay budget every rehearsal rule shares
-curvature_points: int = 5  # snapshots along the run where the top Hessian eigenvalue is computed
-seed: int = 0  # seeds are seed * num_seeds, ..., seed * num_seeds + num_seeds - 1
-profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+task_kind: str = "rotated"  # rotated (0, 90, 180, 270 degrees) or permuted (pixels) digits; in {rotated, permuted}
+num_tasks: int = 2  # tasks in the stream of the main table (rotated: at most 4); in [2, inf)
+steps_per_task: int = 300  # SGD steps on each task; in [1, inf)
+batch_size: int = 32  # examples per step; in [1, inf)
+hidden_size: int = 64  # width of the tanh MLP; in [1, inf)
+peak_lr: float = 0.3  # peak learning rate of every schedule (plain SGD); in (0, inf)
+replay_fraction: float = 0.25  # share of each batch replayed from earlier tasks (the method); in [0, 1]
+num_seeds: int = 3  # seeds per setting (each its own initialisation and batches); in [1, inf)
+tolerance: float = 0.065  # "close to joint training": final accuracy within this on old and new tasks; in [0, 1]
+replay_sweep: list[float] = []  # replay fractions for the sweep (empty: skip); in [0, 1]
+switch_tasks: int = 0  # rotated-digits tasks for the several-switches table (< 3: skip); in [0, 4]
+text_steps: int = 0  # steps per task of the text domain shift (prose, then code; 0: skip); in [0, inf)
+rehearsal_tasks: int = 3  # permuted-digits tasks for the rehearsal comparison (< 3: skip); in [0, inf)
+rehearsal_steps: int = 100  # steps per task there; in [1, inf)
+rehearsal_fraction: float = 0.1  # the replay budget every rehearsal rule shares; in [0, 1]
+curvature_points: int = 5  # snapshots along the run where the top Hessian eigenvalue is computed; in [1, inf)
+seed: int = 0  # seeds are seed * num_seeds, ..., seed * num_seeds + num_seeds - 1; in [0, inf)
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized); in {quick, full}
 interactive: bool = False  # show the panel: peak learning rate, replay share, schedule
 
 # %%

@@ -36,12 +36,12 @@
 # digits within a few hundred steps; the learning rate decides how fast and how noisily.
 
 # %% tags=["parameters"]
-hidden_size: int = 32  # width of the hidden layer
-learning_rate: float = 0.01  # Adam step size
-steps: int = 400  # optimisation steps (minibatches of 128)
-compare_learning_rates: list[float] = [0.001, 0.01, 0.1]  # step sizes for the comparison plot
-seed: int = 0  # data split, initialisation and batch order
-profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+hidden_size: int = 32  # width of the hidden layer; in [1, inf)
+learning_rate: float = 0.01  # Adam step size; in (0, inf)
+steps: int = 400  # optimisation steps (minibatches of 128); in [1, inf)
+compare_learning_rates: list[float] = [0.001, 0.01, 0.1]  # step sizes for the comparison plot; in (0, inf)
+seed: int = 0  # data split, initialisation and batch order; in [0, inf)
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized); in {quick, full}
 interactive: bool = False  # show the panel: hidden size, learning rate, steps -> loss curve
 
 # %%

@@ -52,16 +52,16 @@
 # matching < gradient ascent / NegGrad+.
 
 # %% tags=["parameters"]
-num_models: int = 16  # models per side (originals, oracles, unlearned) for KLoM, trained in one vmapped call
-forget_kinds: list[str] = ["random"]  # forget sets for the KLoM table: random, skewed (80% from classes 3 and 8), class
-ssd_alphas: list[float] = [1.0, 2.0, 5.0, 10.0, 20.0]  # SSD selection thresholds to sweep
-ssd_lams: list[float] = [0.1, 1.0]  # SSD dampening strengths to sweep
-ssd_alpha: float = 5.0  # the SSD setting the claim is checked at
-ssd_lam: float = 0.1  # the SSD dampening the claim is checked at
-cliff_learning_rates: list[float] = [0.01, 0.03, 0.1, 0.3, 1.0]  # gradient ascent learning rates (SGD)
-cliff_steps: list[int] = [10, 30, 100]  # gradient ascent step counts
-seed: int = 0  # data split, forget sets, initialisations and batch orders
-profile: str = "quick"  # quick (CI-sized) or full (paper-sized)
+num_models: int = 16  # models per side (originals, oracles, unlearned) for KLoM, trained in one vmapped call; in [1, inf)
+forget_kinds: list[str] = ["random"]  # forget sets for the KLoM table: random, skewed (80% from classes 3 and 8), class; in {random, skewed, class}
+ssd_alphas: list[float] = [1.0, 2.0, 5.0, 10.0, 20.0]  # SSD selection thresholds to sweep; in (0, inf)
+ssd_lams: list[float] = [0.1, 1.0]  # SSD dampening strengths to sweep; in (0, inf)
+ssd_alpha: float = 5.0  # the SSD setting the claim is checked at; in (0, inf)
+ssd_lam: float = 0.1  # the SSD dampening the claim is checked at; in (0, inf)
+cliff_learning_rates: list[float] = [0.01, 0.03, 0.1, 0.3, 1.0]  # gradient ascent learning rates (SGD); in (0, inf)
+cliff_steps: list[int] = [10, 30, 100]  # gradient ascent step counts; in [1, inf)
+seed: int = 0  # data split, forget sets, initialisations and batch orders; in [0, inf)
+profile: str = "quick"  # quick (CI-sized) or full (paper-sized); in {quick, full}
 interactive: bool = False  # show the panel: method, forget set, strength -> accuracies vs oracle
 
 # %%

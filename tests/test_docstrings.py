@@ -135,8 +135,8 @@ def test_the_check_sees_a_missing_argument_and_a_missing_returns():
 def test_each_capability_docstring_ends_with_an_example_that_runs(package):
     module = importlib.import_module(f"workbench.{package}")
     doc = module.__doc__ or ""
-    assert "Example:" in doc and ">>>" in doc.split("Example:")[-1], (
-        f"workbench/{package}/__init__.py: the docstring needs a closing `Example:` with >>> lines")
+    assert "Examples:" in doc and ">>>" in doc.split("Examples:")[-1], (
+        f"workbench/{package}/__init__.py: the docstring needs a closing `Examples:` with >>> lines")
     finder = doctest.DocTestFinder(recurse=False)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     tests = finder.find(module, f"workbench.{package}", globs={})

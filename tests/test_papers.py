@@ -11,9 +11,11 @@ import pytest
 import yaml
 
 from workbench.run import claims, runner
+from workbench.run import cli as cli_module
 from workbench.run import papers as registry
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
+NOTEBOOKS = registry.repo_root() / "notebooks"
 
 
 def cli(*args, runs_dir=None, notebooks=FIXTURES):
@@ -40,6 +42,45 @@ def test_parse_parameters_types_defaults_help():
         registry.parse_parameters("a: dict = {}\n")
     with pytest.raises(registry.PaperError, match="expected `name: type = default"):
         registry.parse_parameters("a = 3\n")
+
+
+def test_parse_parameters_reads_allowed_values_from_the_comment():
+    params = registry.parse_parameters(
+        "a: int = 3  # the a; in [1, inf)\nb: float = 0.5  # in (0, 1]\nc: list[str] = [\"x\"]  # c; in {x, \"y, z\"}\n"
+        "d: str = \"p\"  # letters (a, b or p) in {a, b, p}\ne: int = 2  # no declaration (64-h-10)\n")
+    assert params["a"].help == "the a" and params["a"].allowed.text == "[1, inf)"
+    assert params["b"].help == "" and params["c"].allowed.choices == ("x", "y, z")
+    assert params["d"].help == "letters (a, b or p)" and params["d"].allowed.choices == ("a", "b", "p")
+    assert params["e"].allowed is None and params["e"].help == "no declaration (64-h-10)"
+    ends = registry.parse_allowed("x", "float", "(0, 1]")
+    assert [ends.admits(v) for v in (0.0, 1e-9, 1.0, 1.5)] == [False, True, True, False]
+    ends = registry.parse_allowed("x", "int", "[-1, inf)")
+    assert [ends.admits(v) for v in (-2, -1, 10**9, float("inf"))] == [False, True, True, False]
+    with pytest.raises(registry.PaperError, match="default of parameter 'a' must be in \\[1, inf\\), got 0"):
+        registry.parse_parameters("a: int = 0  # the a; in [1, inf)\n")
+    with pytest.raises(registry.PaperError, match="expected an interval"):
+        registry.parse_parameters("a: int = 0  # the a; in [one, inf)\n")
+    with pytest.raises(registry.PaperError, match="empty interval"):
+        registry.parse_parameters("a: float = 0  # the a; in [1, 0]\n")
+    with pytest.raises(registry.PaperError, match="declare a set of choices"):
+        registry.parse_parameters("a: str = \"x\"  # the a; in [1, 2]\n")
+    with pytest.raises(registry.PaperError, match="parameter 'a' expects int, got 'x'"):
+        registry.parse_parameters("a: int = 1  # the a; in {1, x}\n")
+
+
+@pytest.mark.parametrize(
+    "name, type_name, allowed, value, message",
+    [("hidden_size", "int", "[1, inf)", "-5", "parameter 'hidden_size' must be in [1, inf), got -5"),
+     ("rate", "float", "(0, inf)", "0", "parameter 'rate' must be in (0, inf), got 0.0"),
+     ("kind", "str", "{dense, srht}", "affd", "parameter 'kind' must be one of {dense, srht}, got 'affd'"),
+     ("rates", "list[float]", "(0, inf)", "0.1,-2",
+      "parameter 'rates': every entry must be in (0, inf), got -2.0 in [0.1, -2.0]")],
+)
+def test_check_value_refuses_values_outside_the_declaration(name, type_name, allowed, value, message):
+    param = registry.Parameter(name, type_name, None, "", registry.parse_allowed(name, type_name, allowed))
+    with pytest.raises(registry.PaperError) as err:
+        registry.check_value(param, value)
+    assert str(err.value) == message
 
 
 @pytest.mark.parametrize(
@@ -96,6 +137,39 @@ def test_cli_rejects_bad_parameters_before_running(tmp_path):
     assert not (tmp_path / "echo_paper").exists()  # no run dir for a rejected request
     assert cli("run", "nosuch", runs_dir=tmp_path).returncode == 2
     assert cli("run", runs_dir=tmp_path).returncode == 2  # neither names nor --all
+
+
+@pytest.mark.parametrize(
+    "paper, assignment, message",
+    [("tour", "hidden_size=-5", "parameter 'hidden_size' must be in [1, inf), got -5"),
+     ("tour", "learning_rate=-0.01", "parameter 'learning_rate' must be in (0, inf), got -0.01"),
+     ("schedule_bounds", "cooldown_fraction=1.5", "parameter 'cooldown_fraction' must be in [0, 1], got 1.5")],
+)
+def test_cli_refuses_values_outside_a_papers_ranges_before_running(paper, assignment, message, tmp_path,
+                                                                    monkeypatch, capsys):
+    # the reported commands, on the real papers: refused with status 2 before any run directory
+    monkeypatch.setenv("WORKBENCH_NOTEBOOKS", str(NOTEBOOKS))
+    monkeypatch.setattr(runner, "run_paper", lambda *a, **k: pytest.fail("a refused request ran"))
+    status = cli_module.main(["run", paper, "-p", assignment, "--runs-dir", str(tmp_path / "runs")])
+    assert status == 2
+    assert f"workbench: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_range_error_end_to_end(tmp_path):
+    out = cli("run", "tour", "-p", "hidden_size=-5", runs_dir=tmp_path / "runs", notebooks=NOTEBOOKS)
+    assert out.returncode == 2
+    assert "parameter 'hidden_size' must be in [1, inf), got -5" in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_workshop_overrides_are_range_checked(tmp_path, monkeypatch):
+    from workbench.run import workshop
+
+    monkeypatch.setenv("WORKBENCH_NOTEBOOKS", str(NOTEBOOKS))
+    with pytest.raises(registry.PaperError, match=r"parameter 'learning_rate' must be in \(0, inf\), got -0.01"):
+        workshop.prepare_workshop(tmp_path, ["tour"], overrides={"learning_rate": "-0.01"})
+    assert [p.name for p in workshop.prepare_workshop(tmp_path, ["tour"], overrides={"steps": 3})] == ["tour.ipynb"]
 
 
 def test_run_writes_complete_run_dir_and_is_deterministic(tmp_path):
@@ -201,6 +275,40 @@ def test_every_real_paper_declares_valid_metadata():
             # papermill's own parser warns about (and mis-reads) a help comment holding '='
             assert "=" not in param.help, f"{paper.name}: help of {name} contains '='"
         registry.resolve_parameters(paper, profile="full")
+
+
+def test_every_parameter_of_every_paper_declares_its_allowed_values():
+    # a new parameter without `; in [lo, hi]` or `; in {a, b}` fails here (bools need none)
+    papers = registry.discover()
+    assert len(papers) >= 19
+    for paper in papers.values():
+        for name, param in paper.parameters.items():
+            if param.type == "bool":
+                continue
+            assert param.allowed is not None, (
+                f"{paper.name}: parameter {name} declares no allowed values; end its comment with "
+                "'; in [lo, hi]' (ends may be open: '(0, inf)') or '; in {a, b}'")
+            for value in (param.default, paper.full.get(name, param.default)):
+                registry.check_allowed(param, value)  # defaults and full values lie inside
+        assert set(paper.parameters["profile"].allowed.choices) == set(claims.PROFILES)
+        seed = paper.parameters["seed"].allowed
+        assert seed.admits(0) and not seed.admits(-1)
+
+
+def test_declared_choices_match_the_package():
+    from workbench import convex
+    from workbench.experiments import continual, unlearning
+    from workbench.experiments import transport as transport_recipes
+    from workbench.sketch import intrinsic
+
+    papers = registry.discover()
+    choices = lambda paper, name: set(papers[paper].parameters[name].allowed.choices)
+    assert choices("neural_transport", "methods") == choices("neural_transport", "disks_methods") == set(transport_recipes.METHODS)
+    assert choices("intrinsic_dimension", "kind") == set(intrinsic.SWEEP_KINDS)
+    assert choices("intrinsic_dimension", "search_kind") == set(intrinsic.NESTED_KINDS)
+    assert choices("task_switch", "task_kind") == set(continual.TASK_KINDS)
+    assert choices("unlearning", "forget_kinds") == set(unlearning.FORGET_KINDS)
+    assert choices("last_iterate", "problem_kind") == set(convex.PROBLEMS)
 
 
 def test_stale_temporaries_of_dead_runs_are_cleaned(tmp_path):

@@ -13,7 +13,7 @@
   straight line between two params.
 The digits and text streams of the paper are built in `workbench.experiments.continual`.
 
-Example:
+Examples:
     Two tasks of a 2-d problem (the second sees the features swapped), a re-warming schedule,
     and the gap read off hand-made accuracy curves (task 0 falls from 0.9 to 0.7 right after the
     switch and ends at 0.85).

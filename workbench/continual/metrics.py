@@ -87,7 +87,9 @@ def minimum_accuracy(accuracy, eval_steps, steps_per_task: int) -> np.ndarray:
     """Each task's lowest test accuracy after its own training ended (the last task has no "after").
 
     Args:
-        accuracy, eval_steps, steps_per_task: as in `switch_gaps`.
+        accuracy: as in `switch_gaps`.
+        eval_steps: as in `switch_gaps`.
+        steps_per_task: as in `switch_gaps`.
 
     Returns:
         [T - 1] the minimum accuracy of tasks 0 .. T - 2.
@@ -100,7 +102,9 @@ def average_minimum_accuracy(accuracy, eval_steps, steps_per_task: int) -> float
     """De Lange et al.'s min-ACC at the end of the stream: `minimum_accuracy` averaged over tasks.
 
     Args:
-        accuracy, eval_steps, steps_per_task: as in `switch_gaps`.
+        accuracy: as in `switch_gaps`.
+        eval_steps: as in `switch_gaps`.
+        steps_per_task: as in `switch_gaps`.
 
     Returns:
         The average minimum accuracy, a float.
@@ -112,7 +116,9 @@ def worst_case_accuracy(accuracy, eval_steps, steps_per_task: int) -> float:
     """De Lange et al.'s WC-ACC at the end: (1/T) last task's final accuracy + (1 - 1/T) min-ACC.
 
     Args:
-        accuracy, eval_steps, steps_per_task: as in `switch_gaps`.
+        accuracy: as in `switch_gaps`.
+        eval_steps: as in `switch_gaps`.
+        steps_per_task: as in `switch_gaps`.
 
     Returns:
         The worst-case accuracy, a float (the final accuracy when there is one task).
@@ -128,7 +134,9 @@ def at_task_ends(accuracy, eval_steps, steps_per_task: int) -> tuple[np.ndarray,
     """The curves as an evaluation only at task ends would see them.
 
     Args:
-        accuracy, eval_steps, steps_per_task: as in `switch_gaps`.
+        accuracy: as in `switch_gaps`.
+        eval_steps: as in `switch_gaps`.
+        steps_per_task: as in `switch_gaps`.
 
     Returns:
         (accuracy rows at steps 0, steps_per_task, 2 steps_per_task, ..., those steps).

@@ -19,7 +19,7 @@ gradient descent with steps 1/sqrt(t) has a last iterate Theta(log T / sqrt T) a
 Problems take a `jax.random.key`; their data are drawn by NumPy from the key's bits, so
 `jax.random.key(s)` gives the data `np.random.default_rng(s)` gave.
 
-Example:
+Examples:
     SGD with linear decay on a small LAD regression, 8 seeds in one compiled call, ends close to
     the exact optimum; on Harvey et al.'s function the last iterate of GD stays above the
     theorem's log(T) / (32 sqrt T):

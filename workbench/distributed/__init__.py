@@ -12,7 +12,7 @@ optimal transport by L-BFGS on the dual potentials, building the cost per block;
 examples goes through `global_sum`, the same reduction (`core.per_example.sharded_sum`) that
 `curvature.operator` runs over one machine's devices.
 
-Example:
+Examples:
     One process, its local devices: the Gauss-Newton matrix of least squares is X^T X / n.
 
     >>> import jax.numpy as jnp, numpy as np

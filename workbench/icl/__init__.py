@@ -5,7 +5,7 @@ GD++ (`lsa`), the in-context baselines GD with a line-searched step, fitted GD++
 Newton (`algorithms`), and alignment measures between a trained model and an algorithm
 (`alignment`). Training a model on tasks is a recipe in `workbench.experiments.icl`.
 
-Example:
+Examples:
     The construction: one LSA layer with W_K = W_Q = [[I,0],[0,0]], W_V = [[0,0],[0,-1]],
     P = eta/N I predicts exactly like one GD step of size eta on each task's context:
 

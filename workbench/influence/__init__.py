@@ -21,7 +21,7 @@ Estimators (`ESTIMATORS`): `exact` (dense inverse Hessian, small models), `grad_
 Ground-truth evaluations (leave-one-out, LDS, mislabel detection, correcting mispredictions,
 influence fading) live in `workbench.influence.validation`.
 
-Example:
+Examples:
     Exact influence on a least-squares fit (4 parameters, 6 examples): training example 0
     helps its own fit the most, and example 4 is its strongest opponent (removing it would
     lower example 0's loss the most).

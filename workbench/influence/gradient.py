@@ -56,7 +56,11 @@ def grad_cos(loss_fn: Callable, params, train_data, *, measure_fn: Callable | No
     self-influence is 1 for every example (useless for mislabel detection).
 
     Args:
-        loss_fn, params, train_data, measure_fn, options: as in `grad_dot`.
+        loss_fn: as in `grad_dot`.
+        params: as in `grad_dot`.
+        train_data: as in `grad_dot`.
+        measure_fn: as in `grad_dot`.
+        options: as in `grad_dot`.
 
     Returns:
         The `Estimator` "grad_cos".

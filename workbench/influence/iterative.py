@@ -189,12 +189,19 @@ def lissa(loss_fn: Callable, params, train_data, *, damping: float = 0.0, kind: 
     or damping. Uses the full dataset-averaged operator (deterministic), not minibatch samples.
 
     Args:
-        loss_fn, params, train_data, damping, kind: as in `cg`.
+        loss_fn: as in `cg`.
+        params: as in `cg`.
+        train_data: as in `cg`.
+        damping: as in `cg`.
+        kind: as in `cg`.
         num_iters: terms of the Neumann series.
         scale: a bound above the largest eigenvalue of C + damping I; None estimates it.
         key: `jax.random` key of the power iteration estimating the scale; required when
             `scale` is None, unused otherwise.
-        measure_fn, objective_fn, operator_options, options: as in `cg`.
+        measure_fn: as in `cg`.
+        objective_fn: as in `cg`.
+        operator_options: as in `cg`.
+        options: as in `cg`.
 
     Returns:
         The `Estimator` "lissa" (`info["scale"]` holds the scale used); scoring raises

@@ -11,7 +11,7 @@
 The languages, parallel pairs and probe sets of the paper are built in
 `workbench.experiments.mixing_languages`, its runs in `workbench.experiments.mixing`.
 
-Example:
+Examples:
     Exp3.S over two tasks, where task 1 always brings the larger loss reduction: its probability
     grows from one half.
 

@@ -8,8 +8,9 @@
     workshop [--profile P] [--serve] [--preheat] [--ip IP] [--port N] [NAME...]
                                              every paper as a voila app (`workbench.run.workshop`)
 
-Errors in a request (unknown paper or parameter, bad value) exit with status 2 and a message,
-before anything runs; argparse does the same for unknown flags.
+Errors in a request (unknown paper or parameter, a value of the wrong type or outside the range or
+choices its paper declares) exit with status 2 and a message, before anything runs (no run
+directory is made); argparse does the same for unknown flags.
 """
 
 from __future__ import annotations
@@ -64,9 +65,10 @@ def cmd_describe(args) -> int:
     print(f"quick profile: {_seconds(paper.quick_seconds)}; full profile overrides: "
           + (", ".join(f"{k}={v}" for k, v in paper.full.items()) or "none"))
     print()
-    rows = [[p.name, p.type, repr(p.default), repr(paper.full[p.name]) if p.name in paper.full else "", p.help]
+    rows = [[p.name, p.type, p.allowed.text if p.allowed else "", repr(p.default),
+             repr(paper.full[p.name]) if p.name in paper.full else "", p.help]
             for p in paper.parameters.values()]
-    print(_table(rows, ["parameter", "type", "default (quick)", "full", "help"]))
+    print(_table(rows, ["parameter", "type", "allowed", "default (quick)", "full", "help"]))
     if paper.claims:
         print("\nclaims (checked after every run):")
         for c in paper.claims:
@@ -92,7 +94,7 @@ def cmd_run(args) -> int:
 
     Raises:
         PaperError: names and --all both or neither given, --jobs below 1, an unknown paper or
-            parameter, or a value of the wrong type.
+            parameter, or a value of the wrong type or outside its declared range or choices.
     """
     available = registry.discover()
     if args.all == bool(args.names):

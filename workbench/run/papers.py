@@ -3,19 +3,28 @@
 A paper is a notebook pair `notebooks/NAME.py` (jupytext percent, the source) + `NAME.ipynb`.
 Its jupytext header carries `workbench: {title, quick_seconds, full: {param: value}, claims: {...}}`
 (claims: `workbench.run.claims`), and its cell tagged `parameters` declares typed defaults
-(`name: type = default  # help`), which are the quick profile. Running a paper is
+(`name: type = default  # help; in ALLOWED`), which are the quick profile. Running a paper is
 `workbench.run.runner`.
+
+`ALLOWED`, at the end of a parameter's comment, says which values it takes (`Allowed`): an
+interval `[1, inf)`, `(0, 1]`, `[-1, 1]` (square brackets closed, round ones open, `inf` and
+`-inf` as ends) or a set of choices `{dense, srht, affd}` (items with commas or colons in double
+quotes). A list parameter's declaration applies to every entry; a bool needs none. Every value a
+run gets (defaults, the full profile, `-p` and `-f` overrides) is checked against it before
+anything runs.
 """
 
 from __future__ import annotations
 
 import ast
+import csv
 import difflib
 import hashlib
 import io
 import json
 import math
 import os
+import re
 import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,14 +40,45 @@ REQUIRED_PARAMETERS = ("seed", "profile", "interactive")
 
 
 @dataclass(frozen=True)
+class Allowed:
+    """The values a parameter takes: the interval from `low` to `high` (each end closed or open,
+    either may be infinite) or, when `choices` is not None, exactly those values. `text` is the
+    declaration as written (`[1, inf)`, `{quick, full}`)."""
+
+    text: str
+    low: float = -math.inf
+    high: float = math.inf
+    low_closed: bool = False
+    high_closed: bool = False
+    choices: tuple | None = None
+
+    def admits(self, value: Any) -> bool:
+        """Whether one (scalar) value is allowed.
+
+        Args:
+            value: a value of the parameter's (scalar) type.
+
+        Returns:
+            True when `value` is one of `choices`, or lies in the interval.
+        """
+        if self.choices is not None:
+            return value in self.choices
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return bool(above and below)
+
+
+@dataclass(frozen=True)
 class Parameter:
     """One typed parameter of a paper: its name, type name ("int", "list[float]", ...), quick-profile
-    default (already of that type) and the help text from its comment."""
+    default (already of that type), the help text from its comment and the values it takes
+    (`Allowed`, from the comment's trailing `in ...`; None when not declared)."""
 
     name: str
     type: str
     default: Any
     help: str
+    allowed: Allowed | None = None
 
 
 @dataclass(frozen=True)
@@ -77,19 +117,87 @@ def notebooks_dir() -> Path:
     return Path(os.environ.get("WORKBENCH_NOTEBOOKS") or repo_root() / "notebooks")
 
 
+# the comment's trailing declaration: "in [lo, hi)" (any brackets) or "in {a, b}", after "; " or
+# at the start of the comment
+_ALLOWED = re.compile(r"(?:^|[;,]?\s+)in\s+([\[(][^\[\]()]*[\])]|\{[^{}]*\})\s*$")
+
+
+def parse_allowed(name: str, type_name: str, text: str) -> Allowed:
+    """A declaration of allowed values, `[lo, hi]`/`(lo, hi)`/mixed or `{a, b, ...}`, for one parameter.
+
+    Args:
+        name: the parameter's name, used in error messages.
+        type_name: its declared type (a key of `SCALAR_TYPES` or `LIST_TYPES`); a list's
+            declaration applies to each entry, so choices are read as the entry type.
+        text: the declaration, e.g. "[1, inf)", "(0, 1]", "{quick, full}" or
+            '{"a, b", c}' (double quotes around items holding commas).
+
+    Returns:
+        The `Allowed` values.
+
+    Raises:
+        PaperError: malformed declaration, an end that is not a number, an empty interval,
+            an interval on a str or bool parameter, or a choice not of the parameter's type.
+    """
+    scalar = LIST_TYPES.get(type_name, type_name)
+    if text.startswith("{"):
+        items = next(csv.reader([text[1:-1]], skipinitialspace=True), [])
+        items = [item.strip() for item in items if item.strip()]
+        if not items:
+            raise PaperError(f"parameter {name!r}: empty set of choices {text}")
+        return Allowed(text, choices=tuple(coerce(name, scalar, item) for item in items))
+    if scalar not in ("int", "float"):
+        raise PaperError(f"parameter {name!r} is {type_name}: declare a set of choices, not {text}")
+    ends = text[1:-1].split(",")
+    try:
+        low, high = (float(end.strip()) for end in ends)
+    except ValueError:
+        raise PaperError(f"parameter {name!r}: expected an interval such as [0, 1] or (0, inf), "
+                         f"got {text}") from None
+    if math.isnan(low) or math.isnan(high) or low > high:
+        raise PaperError(f"parameter {name!r}: empty interval {text}")
+    return Allowed(text, low, high, text[0] == "[" and math.isfinite(low),
+                   text[-1] == "]" and math.isfinite(high))
+
+
+def check_allowed(param: Parameter, value: Any) -> None:
+    """Refuse a value outside a parameter's declared range or choices (every entry of a list).
+
+    Args:
+        param: the parameter, with its `allowed` declaration (None: nothing to check).
+        value: a value already of the parameter's type (see `coerce`).
+
+    Raises:
+        PaperError: `value` (or an entry of it) is not allowed; the message names the parameter,
+            the value and the allowed range or choices.
+    """
+    if param.allowed is None:
+        return
+    entries = value if param.type in LIST_TYPES else [value]
+    bad = [v for v in entries if not param.allowed.admits(v)]
+    if not bad:
+        return
+    what = f"one of {param.allowed.text}" if param.allowed.choices is not None else f"in {param.allowed.text}"
+    if param.type in LIST_TYPES:
+        raise PaperError(f"parameter {param.name!r}: every entry must be {what}, got {bad[0]!r} in {value!r}")
+    raise PaperError(f"parameter {param.name!r} must be {what}, got {value!r}")
+
+
 def parse_parameters(cell_source: str, where: str = "parameters cell") -> dict[str, Parameter]:
-    """Read the `name: type = default  # help` lines of a paper's parameters cell.
+    """Read the `name: type = default  # help; in ALLOWED` lines of a paper's parameters cell.
 
     Args:
         cell_source: the source of the cell tagged `parameters`; every statement must be an
-            annotated assignment of a literal, with a type of `SCALAR_TYPES` or `LIST_TYPES`.
+            annotated assignment of a literal, with a type of `SCALAR_TYPES` or `LIST_TYPES`;
+            the comment may end with a declaration of the values allowed (`parse_allowed`).
         where: what to call the cell in error messages (default "parameters cell").
 
     Returns:
         The parameters by name, in the order declared, defaults coerced to their types.
 
     Raises:
-        PaperError: a statement that is not `name: type = literal`, or an unsupported type.
+        PaperError: a statement that is not `name: type = literal`, an unsupported type, a
+            malformed declaration of allowed values, or a default outside it.
     """
     comments = {}
     for tok in tokenize.generate_tokens(io.StringIO(cell_source).readline):
@@ -107,7 +215,20 @@ def parse_parameters(cell_source: str, where: str = "parameters cell") -> dict[s
             default = ast.literal_eval(node.value)
         except ValueError as err:
             raise PaperError(f"{where}: default of {name!r} must be a literal") from err
-        params[name] = Parameter(name, type_name, coerce(name, type_name, default), comments.get(node.lineno, ""))
+        help_text, allowed = comments.get(node.lineno, ""), None
+        match = _ALLOWED.search(help_text)
+        if match:
+            try:
+                allowed = parse_allowed(name, type_name, match.group(1))
+            except PaperError as err:
+                raise PaperError(f"{where}: {err}") from None
+            help_text = help_text[:match.start()].rstrip(" ;,")
+        param = Parameter(name, type_name, coerce(name, type_name, default), help_text, allowed)
+        try:
+            check_allowed(param, param.default)
+        except PaperError as err:
+            raise PaperError(f"{where}: default of {err}") from None
+        params[name] = param
     return params
 
 
@@ -122,8 +243,8 @@ def load_paper(source: Path) -> Paper:
 
     Raises:
         PaperError: not exactly one `parameters` cell, a required parameter (`seed`, `profile`,
-            `interactive`) missing, a full-profile override naming an unknown parameter or of the
-            wrong type, or a malformed claim.
+            `interactive`) missing, a full-profile override naming an unknown parameter, of the
+            wrong type or outside its allowed values, or a malformed claim.
     """
     import jupytext
 
@@ -144,7 +265,10 @@ def load_paper(source: Path) -> Paper:
     if unknown:
         raise PaperError(f"{source}: full profile names unknown parameters {unknown}")
     for k, v in full.items():
-        coerce(k, params[k].type, v)
+        try:
+            check_value(params[k], v)
+        except PaperError as err:
+            raise PaperError(f"{source}: full profile: {err}") from None
     return paper
 
 
@@ -255,6 +379,25 @@ def coerce(name: str, type_name: str, value: Any) -> Any:
     fail()
 
 
+def check_value(param: Parameter, value: Any) -> Any:
+    """`value` as `param`'s type (`coerce`), refused when outside its allowed values (`check_allowed`).
+
+    Args:
+        param: the parameter.
+        value: the value given (a string from the command line, a YAML or Python value).
+
+    Returns:
+        `value` as the parameter's type.
+
+    Raises:
+        PaperError: `value` has the wrong type or is not allowed (the message names the
+            parameter, the value and what is allowed).
+    """
+    value = coerce(param.name, param.type, value)
+    check_allowed(param, value)
+    return value
+
+
 def parse_assignments(pairs: list[str]) -> dict[str, str]:
     """`key=value` strings from `-p` into a dict (values stay strings until checked).
 
@@ -292,7 +435,8 @@ def resolve_parameters(
 
     Raises:
         PaperError: an override names an unknown parameter (with the closest valid name), a value
-            has the wrong type, or the profile is unknown.
+            has the wrong type or lies outside the parameter's allowed values, or the profile is
+            unknown.
     """
     overrides = dict(overrides or {})
     unknown = [k for k in overrides if k not in paper.parameters]
@@ -310,7 +454,7 @@ def resolve_parameters(
     values = {name: p.default for name, p in paper.parameters.items()}
     if profile == "full":
         values.update(paper.full)
-    values.update({k: coerce(k, paper.parameters[k].type, v) for k, v in overrides.items()})
+    values.update({k: check_value(paper.parameters[k], v) for k, v in overrides.items()})
     values["profile"] = profile
     return values
 

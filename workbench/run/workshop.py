@@ -59,14 +59,15 @@ def prepare_workshop(folder: Path | None = None, names: list[str] | None = None,
         folder: where the apps go; None means `workshop/`.
         names: the papers; None (or empty) means every paper.
         profile: the profile injected, "quick" (default) or "full".
-        overrides: further parameter values by name (type-checked); None for none.
+        overrides: further parameter values by name (checked for type and allowed values); None
+            for none.
 
     Returns:
         The notebooks written, in the order of `names`.
 
     Raises:
         PaperError: a name that is not a paper (checked before anything is written), an unknown
-            profile or parameter, or a value of the wrong type.
+            profile or parameter, or a value of the wrong type or outside its allowed values.
     """
     import jupytext
     import nbformat
@@ -84,7 +85,7 @@ def prepare_workshop(folder: Path | None = None, names: list[str] | None = None,
     for name in names:
         paper = registry.get_paper(name, papers)
         params = workshop_parameters(paper, profile)
-        params.update({k: registry.coerce(k, paper.parameters[k].type, v) for k, v in (overrides or {}).items()})
+        params.update({k: registry.check_value(paper.parameters[k], v) for k, v in (overrides or {}).items()})
         nb = inject_parameters(jupytext.read(paper.source), params)
         nb.metadata.pop("jupytext", None)  # a served copy, not a pair
         path = folder / f"{name}.ipynb"

@@ -15,7 +15,7 @@ schedule at s = 0, ..., T-1.
   schedule refined to each horizon's norms.
 The digits experiment that refines a schedule is `workbench.experiments.schedules`.
 
-Example:
+Examples:
     Linear decay's last-iterate bound is 2 D G / sqrt(T) up to lower-order terms; a constant step
     pays a log factor; refining for constant norms gives linear decay back:
 

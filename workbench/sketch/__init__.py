@@ -34,7 +34,7 @@ Stores written before format 2 by a kind whose map changed are refused (`store.C
   ratios over many draws: the paper's Tables 6 and 7 and Theorems 3.1 and 3.3).
 - `fwht(x, block_size)`: the orthonormal fast Walsh-Hadamard transform.
 
-Example:
+Examples:
     A sketch of R^64 to R^16 keeps a vector's squared norm in expectation, and `transpose` is
     its exact adjoint, <Phi x, y> = <x, Phi^T y>:
 

@@ -9,7 +9,7 @@
 - `sharpness`: the top Hessian eigenvalue as a training callback.
 All take a `workbench.curvature.LinearOperator` and an explicit PRNG key, right after it.
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp
     >>> from workbench import curvature, spectrum
     >>> op = curvature.from_matrix(jnp.diag(jnp.array([3.0, 1.0, 0.5, 0.25])))

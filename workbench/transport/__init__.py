@@ -15,7 +15,7 @@ the entropic map, the Monge gap) and the metrics that judge them.
   exact-assignment W2 next to the target-vs-target floor.
 The paper's method table (Schioppa 2019) is built in `workbench.experiments.transport`.
 
-Example:
+Examples:
     The closed-form Gaussian map between N(0, I) and N(1, diag(4, 1)), its W2^2, and the
     barycentric projection of a Sinkhorn plan between samples, which recovers the map (L2-UVP
     near 0, where not moving scores about 60%).

@@ -16,7 +16,7 @@ loss-threshold membership-inference score. `diffusion` holds a tiny class-condit
 integrity metric of Schioppa, Hoogeboom & Heek (2024): the distance between the original and the
 unlearned model's samples for the same class and the same initial noise.
 
-Example:
+Examples:
     Forget two points of a tiny data set from a 2-parameter logistic model by three steps of
     gradient ascent: the loss on the forget set rises.
 
