@@ -10,13 +10,26 @@
   present: the reduction `distributed.curvature_operator` runs over several processes.
 - `dense_hessian(loss_fn, params, data)`: the package's one dense Hessian (the operator's columns).
 - `from_matrix(A)` / `linear_operator(mv, like)`: the same operator type around any matvec.
+- `to_scipy(op)`: a `scipy.sparse.linalg.LinearOperator` (eigsh, cg ...); `as_matvec(op)`: the
+  pair (matvec(v, *params), params) matfree's decompositions take.
+- `diagonal(op, key=None, method=...)` / `dataset_diagonal(loss_fn, params, data, kind, ...)`:
+  the exact diagonal, or Hutchinson's estimate with its standard error per entry.
 """
 
 from workbench.curvature.averaged import KINDS, dense_hessian, operator, resolve_roles
-from workbench.curvature.linear import LinearOperator, from_matrix, leaf_names, linear_operator
+from workbench.curvature.diagonal import Diagonal, dataset_diagonal, diagonal
+from workbench.curvature.linear import (
+    LinearOperator,
+    as_matvec,
+    from_matrix,
+    leaf_names,
+    linear_operator,
+    to_scipy,
+)
 from workbench.curvature.products import fisher_vp, ggn_vp, hvp
 
 __all__ = [
-    "KINDS", "LinearOperator", "dense_hessian", "fisher_vp", "from_matrix", "ggn_vp", "hvp",
-    "leaf_names", "linear_operator", "operator", "resolve_roles",
+    "KINDS", "Diagonal", "LinearOperator", "as_matvec", "dataset_diagonal", "dense_hessian",
+    "diagonal", "fisher_vp", "from_matrix", "ggn_vp", "hvp", "leaf_names", "linear_operator",
+    "operator", "resolve_roles", "to_scipy",
 ]

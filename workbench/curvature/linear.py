@@ -1,7 +1,8 @@
 """The linear operator type every spectrum, influence and sketch routine takes: a matvec on flat
 vectors or params-shaped pytrees plus a description of its input, built around any matvec
 (`linear_operator`), a dense matrix (`from_matrix`), or a dataset's curvature
-(`workbench.curvature.operator`). `leaf_names` names the params leaves an operator can be
+(`workbench.curvature.operator`); exported to SciPy (`to_scipy`) and as matfree's
+`matvec(v, *params)` (`as_matvec`). `leaf_names` names the params leaves an operator can be
 restricted to."""
 
 
@@ -164,6 +165,85 @@ def from_matrix(matrix: jax.Array) -> LinearOperator:
     return LinearOperator(
         _matrix_product, matrix, jax.ShapeDtypeStruct((matrix.shape[0],), matrix.dtype)
     )
+
+
+def to_scipy(op: LinearOperator, dtype=None):
+    """`op` as a `scipy.sparse.linalg.LinearOperator` on flat NumPy vectors (for `eigsh`,
+    `cg`, `minres`, `svds` ...).
+
+    Each product moves the vector to the device, runs the operator's compiled product in
+    `op.dtype` and hands back a NumPy array in `dtype`; `matmat` pushes the columns through the
+    operator together (vmapped). The operator is taken as symmetric (every curvature operator
+    is): `rmatvec` is `matvec` and `rmatmat` is `matmat`.
+
+    Args:
+        op: the operator.
+        dtype: the real floating dtype SciPy sees (default `op.dtype`; float64 for ARPACK in
+            double precision: the products themselves still run in `op.dtype`).
+
+    Returns:
+        A `scipy.sparse.linalg.LinearOperator` of shape (dim, dim).
+
+    Raises:
+        TypeError: `op` is not a `LinearOperator`, or `dtype` is not a real floating dtype.
+    """
+    from scipy.sparse.linalg import LinearOperator as ScipyLinearOperator
+
+    if not isinstance(op, LinearOperator):
+        raise TypeError(f"op must be a curvature.LinearOperator, got {type(op).__name__}")
+    dtype = np.dtype(op.dtype if dtype is None else dtype)
+    if not np.issubdtype(dtype, np.floating):
+        raise TypeError(f"dtype must be a real floating dtype, got {dtype}")
+
+    def device_input(x: np.ndarray) -> jax.Array:
+        if np.iscomplexobj(x):
+            raise TypeError("the exported operator is real: complex vectors are not supported")
+        return jnp.asarray(x, dtype=op.dtype)
+
+    def matvec(x):
+        x = np.asarray(x)
+        out = _apply(op, device_input(x.reshape(-1)))
+        return np.asarray(out, dtype=dtype).reshape(x.shape)
+
+    def matmat(xs):
+        out = _apply_rows(op, device_input(np.asarray(xs).T))  # [k, dim]: row j = A x_j
+        return np.asarray(out, dtype=dtype).T
+
+    return ScipyLinearOperator((op.dim, op.dim), matvec=matvec, rmatvec=matvec, matmat=matmat,
+                               rmatmat=matmat, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _params_matvec(fn: Callable, dtype) -> Callable:
+    """One function object per operator kind, so matfree's compiled loops are reused."""
+
+    def matvec(v, args):
+        return fn(args, jnp.asarray(v).astype(dtype))
+
+    return matvec
+
+
+def as_matvec(op: LinearOperator) -> tuple[Callable, tuple]:
+    """`op` as matfree takes a linear map: a pure `matvec(v, *params)` and its `params`.
+
+    `matvec(v, *params)` is `op`'s product on a flat vector [dim] with the arrays it needs (the
+    params and data of a dataset operator) passed in explicitly, so it works under `jit`,
+    `vmap` and `grad` and inside matfree's decompositions and estimators:
+    `matfree.decomp.tridiag_sym(k)(matvec, v0, *params)`. Operators of one kind share one
+    `matvec` (only `params` differ), so compiled programs are reused across them.
+
+    Args:
+        op: the operator.
+
+    Returns:
+        The pair (matvec, params): `matvec(v, *params) == op.mv(v)`; `params` a tuple.
+
+    Raises:
+        TypeError: `op` is not a `LinearOperator`.
+    """
+    if not isinstance(op, LinearOperator):
+        raise TypeError(f"op must be a curvature.LinearOperator, got {type(op).__name__}")
+    return _params_matvec(op.fn, jnp.dtype(op.dtype)), (op.args,)
 
 
 def _path_name(path) -> str:
