@@ -35,7 +35,6 @@ from workbench.models import Functional
 from workbench.sketch.base import Sketch
 from workbench.sketch.provenance import check_resumable, sketch_from_metadata
 from workbench.sketch.store import (
-    DEFAULT_MAX_MEMORY_BYTES,
     GradientStore,
     _committed,
     check_store,
@@ -157,7 +156,6 @@ def score_store(
     normalize: bool = False,
     chunk_rows: int | None = None,
     test_chunk_size: int | None = None,
-    max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
     progress: bool = False,
 ) -> StoreScores:
     """Score sketched test gradients against every row of a store, streaming it from disk.
@@ -170,8 +168,7 @@ def score_store(
     Memory: the stored rows are read `chunk_rows` at a time, so at most the test sketches
     [n_test, D], one block [chunk_rows, D] and its scores [n_test, chunk_rows], the running
     top-k (4 arrays [n_test, top_k]) and, when `keep_scores`, the result [n_test, n_train] are
-    held, plus what `per_example_gradients` needs for the test gradients (capped by
-    `max_memory_bytes`); never the whole store. The training `data` is read once, to check it
+    held, plus a [test_chunk_size, dim_in] block of raw test gradients; never the whole store. The training `data` is read once, to check it
     is the data the store was made from (its hash; the loss is probed on its first examples).
 
     Args:
@@ -187,8 +184,8 @@ def score_store(
             memory independent of n_train.
         normalize: score cosines instead of dot products.
         chunk_rows: stored rows read and scored at a time; None = the store's own chunk rows.
-        test_chunk_size: test examples per vmapped gradient chunk (None: from `max_memory_bytes`).
-        max_memory_bytes: memory cap that chooses `test_chunk_size` when it is None.
+        test_chunk_size: test examples per vmapped gradient chunk; None = the store's chunk rows,
+            so the test gradients run the very program (and memory) that wrote the store.
         progress: show a progress bar over the blocks.
 
     Returns:
@@ -219,8 +216,8 @@ def score_store(
     sketch = sketch_from_metadata(meta, store.path)
     _check_test_data(test_data, data)
     check_store(loss_fn, params, data, sketch, store.path)
-    test = per_example_gradients(loss_fn, params, test_data, sketch, test_chunk_size,
-                                 max_memory_bytes=max_memory_bytes)
+    test = per_example_gradients(loss_fn, params, test_data, sketch,
+                                 meta["chunk_rows"] if test_chunk_size is None else test_chunk_size)
     dtype = np.dtype(meta["dtype"])
     return _stream(store, test.astype(dtype), rows, top_k, keep_scores, normalize, progress)
 
