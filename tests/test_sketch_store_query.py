@@ -107,6 +107,21 @@ def test_streaming_block_sizes_give_identical_results(problem, key, tmp_path):
     every = sk.score_store(path, _loss, params, data, test_data, top_k=N_TRAIN, chunk_rows=5)
     np.testing.assert_array_equal(np.sort(every.proponents, axis=1), np.tile(np.arange(N_TRAIN), (N_TEST, 1)))
 
+    class Reads:  # the stored array, recording every slice read from it
+        def __init__(self, array):
+            self.array, self.rows = array, []
+
+        def __getitem__(self, index):
+            self.rows.append(len(range(*index.indices(self.array.shape[0]))))
+            return self.array[index]
+
+    store = sk.open_store(path)
+    reads = Reads(store.sketches)
+    bounded = sk.score_store(store._replace(sketches=reads), _loss, params, data, test_data, top_k=7,
+                             chunk_rows=5, keep_scores=False)
+    assert reads.rows == [5] * 7 + [2]  # the store is read block by block, never whole
+    np.testing.assert_array_equal(bounded.proponents, whole.proponents)
+
 
 def test_float32_store_matches_the_float64_reference(key, tmp_path):
     params = _params(jax.random.key(21), jnp.float32)

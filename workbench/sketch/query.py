@@ -9,8 +9,8 @@ scores it against every stored row:
 
     scores[t, i] = <Phi g_test_t, Phi g_i>    (normalize=True: divided by both norms, a cosine)
 
-an estimate of <g_test_t, g_i> (the `grad_dot` / TracIn-at-one-checkpoint score) that is unbiased
-for the dense and Gaussian kinds. The stored rows are read in blocks of `chunk_rows` rows, each
+an estimate of <g_test_t, g_i> (the `grad_dot` / TracIn-at-one-checkpoint score), unbiased over
+the sketch's draw (every kind is scaled so that E[Phi^T Phi] = I). The stored rows are read in blocks of `chunk_rows` rows, each
 scored and merged into a running top-k (the `top_k` highest scores, the proponents, and the
 `top_k` lowest, the opponents) before the next is read, so the store is never in memory at once;
 with `keep_scores=False` the [n_test, n_train] matrix is never formed either. A store is scored
