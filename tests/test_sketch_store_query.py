@@ -201,6 +201,10 @@ def test_refusals_name_the_cause(problem, key, tmp_path):
     wide = wd.Dataset(jnp.zeros((N_TEST, FEATURES + 1)), test_data.y)
     with pytest.raises(ValueError, match=re.escape("test_data: array 0 holds examples of shape (6,)")):
         sk.score_store(path, _loss, params, data, wide, top_k=1)
+    with pytest.raises(ValueError, match=re.escape("test_data: array 0 holds examples of shape (5,) and dtype float32")):
+        sk.score_store(path, _loss, params, data, wd.Dataset(test_data.x.astype(jnp.float32), test_data.y))
+    labels32 = sk.score_store(path, _loss, params, data, wd.Dataset(test_data.x, test_data.y.astype(jnp.int32)), top_k=1)
+    np.testing.assert_array_equal(labels32.proponents, sk.score_store(path, _loss, params, data, test_data, top_k=1).proponents)
     with pytest.raises(ValueError, match="test_data: has 1 arrays"):
         sk.score_store(path, _loss, params, data, (test_data.x,), top_k=1)
     with pytest.raises(ValueError, match="top_k must be at most the store's 37"):

@@ -104,7 +104,10 @@ def _check_test_data(test_data, data) -> int:
     if len(train) != len(test):
         raise ValueError(f"test_data: has {len(test)} arrays per example, the store's data has {len(train)}")
     for i, (a, b) in enumerate(zip(train, test)):
-        if tuple(a.shape[1:]) != tuple(b.shape[1:]) or a.dtype != b.dtype:
+        # floats must match exactly (they meet the params); integer labels of another width are fine
+        other_dtype = a.dtype != b.dtype and (np.dtype(a.dtype).kind != np.dtype(b.dtype).kind or
+                                             jnp.issubdtype(a.dtype, jnp.floating))
+        if tuple(a.shape[1:]) != tuple(b.shape[1:]) or other_dtype:
             raise ValueError(
                 f"test_data: array {i} holds examples of shape {tuple(b.shape[1:])} and dtype {b.dtype}, the "
                 f"store's data holds {tuple(a.shape[1:])} and {a.dtype}")
@@ -177,7 +180,8 @@ def score_store(
             `workbench.models.Functional` (its per-example data loss, without the l2 term).
         params: the params pytree the store was written at.
         data: the training data the store was written from (row i of the store is example i).
-        test_data: the test examples (same per-example shapes and dtypes as `data`) [n_test, ...].
+        test_data: the test examples [n_test, ...]: per example, the shapes of `data`, its floating
+            dtypes, and its kinds of the other dtypes (integer labels of any width).
         top_k: how many proponents (highest scores) and opponents (lowest) to return per test
             example, merged block by block; None returns none.
         keep_scores: return the full [n_test, n_train] score matrix; False (needs `top_k`) keeps
