@@ -27,6 +27,13 @@ Stores written before format 2 by a kind whose map changed are refused (`store.C
   the data, the sketch: another configuration is refused, and NaN rows are never written);
   `check_store(loss_fn, params, data, sketch, path)` checks a store against a run without
   writing, `open_store` reads it as it is.
+- Asking a store (`workbench.sketch.query`): `sketch_from_store(path)` rebuilds the exact sketch
+  from the store's metadata (checked against its recorded state hash), and
+  `score_store(path, loss_fn, params, data, test_data, top_k=k)` sketches the test examples'
+  gradients with it and scores them against every stored row, <Phi g_test, Phi g_i> (or cosines),
+  reading the store in row blocks with a running top-k of proponents and opponents, so memory
+  stays bounded (`keep_scores=False`: independent of n_train). An incomplete store, or one made
+  with other params, another loss or other data, is refused.
 - `sketched_operator(op, sketch)`: Phi H Phi^T for `workbench.spectrum`.
 - `intrinsic_sweep(...)`: train in random subspaces of each d of a grid at once;
   `intrinsic_search(...)`: the paper's doubling search (both in `workbench.sketch.intrinsic`).
@@ -66,6 +73,7 @@ from workbench.sketch.intrinsic import (
 )
 from workbench.sketch.kinds.hadamard import DEFAULT_BLOCK_SIZE, fwht
 from workbench.sketch.operator import sketched_operator
+from workbench.sketch.query import StoreScores, score_store, sketch_from_store
 from workbench.sketch.store import (
     GradientStore,
     check_store,
@@ -106,5 +114,5 @@ __all__ = [
     "KINDS", "OUR_KINDS", "PAPER_KINDS", "DEFAULT_BLOCK_SIZE", "GradientStore", "Sketch", "check_store", "describe",
     "for_params", "fwht", "make", "IntrinsicSweepResult", "intrinsic_sweep", "IntrinsicSearchResult",
     "intrinsic_search", "open_store", "per_example_gradients", "quality", "ravel_leaves", "sketch_gradient",
-    "sketched_operator", "write_gradient_store",
+    "sketched_operator", "write_gradient_store", "StoreScores", "score_store", "sketch_from_store",
 ]

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.core.per_example import per_example_losses
-from workbench.sketch.base import Sketch
+from workbench.sketch.base import FAMILIES, Sketch, make
 
 FORMAT_VERSION = 3
 PROBE_EXAMPLES = 4  # examples whose losses fingerprint the loss function
@@ -120,6 +120,127 @@ def probe_rtol(dtype) -> float:
     return 1e-10 if bits >= 64 else 1e-5 if bits >= 32 else 1e-2
 
 
+def sketch_fields(sketch: Sketch) -> dict:
+    """What a store records of its sketch: enough to rebuild it (`sketch_from_metadata`) and to check it.
+
+    Args:
+        sketch: the `Sketch`.
+
+    Returns:
+        {"kind", "seed" (the key's data as a list of ints), "sketch_state_hash" (`array_fingerprint`
+        of the random state without the key), "dim_in", "dim_out", "options" (the sketch's resolved
+        options as JSON values: tuples become lists)}.
+    """
+    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sketch.options.items()}
+    return {
+        "kind": sketch.kind,
+        "seed": np.asarray(jax.random.key_data(sketch.state["key"])).tolist(),
+        "sketch_state_hash": array_fingerprint({k: v for k, v in sketch.state.items() if k != "key"}),
+        "dim_in": sketch.dim_in,
+        "dim_out": sketch.dim_out,
+        "options": json.loads(json.dumps(options, default=str)),
+    }
+
+
+def _key_candidates(seed) -> list[jax.Array]:
+    """Typed keys with key data `seed`: the default PRNG implementation first, then any other whose
+    keys have that shape (a store records the key's data, not its implementation)."""
+    words = np.asarray(seed, np.uint32)
+    default = jax.random.key_impl(jax.random.key(0))
+    impls = [default] + [name for name in ("threefry2x32", "rbg", "unsafe_rbg") if name != str(default)]
+    keys = []
+    for impl in impls:
+        try:
+            keys.append(jax.random.wrap_key_data(words, impl=impl))
+        except (TypeError, ValueError):  # another implementation's key shape
+            continue
+    return keys
+
+
+def _options_candidates(kind: str, recorded: dict) -> list[dict]:
+    """`make` options that may rebuild a sketch of `kind` whose resolved options were `recorded`.
+
+    A sketch records its resolved configuration, not the options it was made with: the kind's
+    options that appear in it are passed back as they are, and the few that a kind resolves into
+    something else are recovered (dense: `materialized` -> a `materialize_max` that gives it;
+    kronecker: `factors` from `dims_out`, and `distribution`, not recorded, tried both ways). The
+    state hash decides which candidate is the recorded sketch.
+    """
+    family = FAMILIES[kind]
+    base = {k: v for k, v in recorded.items() if k in family.options}
+    if kind == "dense" and "materialized" in recorded:
+        base["materialize_max"] = recorded["dim_in"] * recorded["dim_out"] if recorded["materialized"] else 0
+    if kind == "kronecker":
+        if base.get("leaf_shapes") is None and base.get("dims_out") is not None:
+            base["factors"] = len(base["dims_out"])
+        if "distribution" not in recorded:
+            return [{**base, "distribution": d} for d in ("gaussian", "rademacher")]
+    return [base]
+
+
+def sketch_from_metadata(meta: dict, path=None) -> Sketch:
+    """Rebuild the exact `Sketch` a store was written with, from its metadata alone.
+
+    The store records the sketch's kind, key data (`seed`), dims, resolved options and a hash of
+    its random state (`sketch_fields`). The sketch is remade with `make` from these and accepted
+    only if every recorded field, the state hash included, is reproduced: a store whose sketch
+    cannot be remade exactly is refused rather than read with another map. The key's PRNG
+    implementation is not recorded: the default one is tried first, then any other whose key
+    data has the recorded shape (a sketch whose state is its key alone, `dense` regenerated on
+    the fly, cannot tell two such implementations apart and is then refused).
+
+    Args:
+        meta: the store's metadata (`GradientStore.metadata`).
+        path: the store's path, for messages (None: not named).
+
+    Returns:
+        The `Sketch`: the same map as the one that wrote the store.
+
+    Raises:
+        ValueError: the metadata lacks a sketch field, names an unknown kind, or no sketch made
+            from it reproduces the recorded state hash and options (the differing fields named).
+    """
+    where = f"store {path}" if path is not None else "store"
+    missing = [f for f in _SKETCH_FIELDS if f not in meta]
+    if missing:
+        raise ValueError(f"{where}: its metadata lacks the sketch field(s) {missing}, so its sketch cannot be rebuilt")
+    kind = meta["kind"]
+    if kind not in FAMILIES:
+        raise ValueError(f"{where}: its sketch kind {kind!r} is unknown to this workbench (known: {sorted(FAMILIES)})")
+    recorded = {f: meta[f] for f in _SKETCH_FIELDS}
+    closest = None
+    keys = _key_candidates(meta["seed"])
+    for key in keys:
+        for options in _options_candidates(kind, meta["options"]):
+            try:
+                sketch = make(kind, key, meta["dim_in"], meta["dim_out"], **_freeze(options))
+            except ValueError as error:
+                closest = closest or [("options", f"make refused them: {error}")]
+                continue
+            rebuilt = sketch_fields(sketch)
+            differences = [(f, f"{what}: store has {recorded[f]!r}, the rebuilt sketch has {rebuilt[f]!r}")
+                           for f, what in _SKETCH_FIELDS.items() if recorded[f] != rebuilt[f]]
+            if not differences and sketch.state_size == 0 and len(keys) > 1:
+                raise ValueError(
+                    f"{where}: its sketch's key data {meta['seed']} fits several PRNG implementations and "
+                    f"its {kind} sketch holds no random state to tell them apart (only the key); pass the "
+                    f"Sketch that wrote it instead")
+            if not differences:
+                return sketch
+            if closest is None or len(differences) < len(closest):
+                closest = differences
+    raise ValueError(
+        f"{where}: its sketch cannot be rebuilt exactly from its metadata ({describe_differences(closest or [])}); "
+        f"pass the Sketch that wrote it instead")
+
+
+def _freeze(options: dict) -> dict:
+    """JSON lists back to tuples (nested too), as `make` keeps options."""
+    def freeze(v):
+        return tuple(freeze(x) for x in v) if isinstance(v, list | tuple) else v
+    return {k: freeze(v) for k, v in options.items()}
+
+
 def store_metadata(loss_fn: Callable, params, data, sketch: Sketch, chunk_rows: int, dtype) -> dict:
     """The configuration a store records and checks on reopening (see the module docstring).
 
@@ -137,15 +258,9 @@ def store_metadata(loss_fn: Callable, params, data, sketch: Sketch, chunk_rows: 
         chunk_rows, num_chunks).
     """
     n = int(jax.tree.leaves(data)[0].shape[0])
-    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sketch.options.items()}
     return {
         "format_version": FORMAT_VERSION,
-        "kind": sketch.kind,
-        "seed": np.asarray(jax.random.key_data(sketch.state["key"])).tolist(),
-        "sketch_state_hash": array_fingerprint({k: v for k, v in sketch.state.items() if k != "key"}),
-        "dim_in": sketch.dim_in,
-        "dim_out": sketch.dim_out,
-        "options": json.loads(json.dumps(options, default=str)),
+        **sketch_fields(sketch),
         "dtype": str(np.dtype(dtype)),
         "params_structure": params_fingerprint(params),
         "params_values": array_fingerprint(params),

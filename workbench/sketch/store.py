@@ -17,7 +17,8 @@ Store layout (a zarr v3 group at PATH):
   A chunk whose gradients hold NaN or inf is refused before it is written (an error naming the
   chunk and the examples), so every committed chunk is finite and a `complete` store is usable.
 The group itself is created in a temporary directory and renamed into place, so a half-created
-store never exists.
+store never exists. `workbench.sketch.query` asks a store: its sketch rebuilt from this metadata
+alone (`sketch_from_store`), test gradients scored against its rows (`score_store`).
 
 Older formats (`provenance.check_format`). Format 2 lacks the params' values and the loss probe:
 `open_store` still reads it as it is (it takes no params to check against), but it is never
