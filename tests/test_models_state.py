@@ -99,7 +99,7 @@ def _nnx_reference_training(seed, data, key, num_steps, batch_size, learning_rat
     order = train.batch_indices(key, data[0].shape[0], batch_size, num_steps)
     for step in range(num_steps):
         x, y = data[0][order[step]], data[1][order[step]]
-        grads = nnx.grad(lambda m: jnp.mean(models.cross_entropy(m(x), y)))(model)  # updates the statistics
+        grads = nnx.grad(lambda m, x=x, y=y: jnp.mean(models.cross_entropy(m(x), y)))(model)  # updates stats
         params = nnx.state(model, nnx.Param)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         nnx.update(model, optax.apply_updates(params, updates))

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from workbench.core.losses import as_loss, check_loss_output
 from workbench.core.numerics import check_finite, check_floating, check_positive_int, num_examples
 from workbench.core.per_example import example_loss, sketched_per_example_grads
 from workbench.sketch.base import Sketch
@@ -161,6 +162,7 @@ def check_store(loss_fn: Callable, params, data, sketch: Sketch, path: str | Pat
         ValueError: the store was made with another configuration (each difference named), was
             written before format 3 (no fingerprints to check), or the arguments are malformed.
     """
+    loss_fn = _data_loss(loss_fn, params, data, "sketch.check_store")
     stored = open_store(path).metadata
     check_resumable(stored, path)
     rows = stored["chunk_rows"] if chunk_size is None else chunk_size
@@ -270,6 +272,14 @@ def _compute_chunks(loss_fn, params, data, sketch, method, n, chunk_size, chunks
         yield c, lo, hi, values
 
 
+def _data_loss(loss_fn, params, data, caller: str) -> Callable:
+    """The batch-mean data loss: a `Functional`'s (without its l2 term), or `loss_fn` as given
+    after checking it returns a scalar (a per-example loss is named as such)."""
+    loss_fn = as_loss(loss_fn, role="data", caller=caller)
+    check_loss_output(loss_fn, params, jax.tree.map(lambda a: a[:2], data), expects="scalar", caller=caller)
+    return loss_fn
+
+
 def per_example_gradients(
     loss_fn: Callable,
     params,
@@ -291,7 +301,8 @@ def per_example_gradients(
     one compiled program. `write_gradient_store` streams the same rows to a resumable zarr store.
 
     Args:
-        loss_fn: `loss_fn(params, batch) -> scalar` batch-mean loss (or a `Functional`'s loss_fn).
+        loss_fn: `loss_fn(params, batch) -> scalar` batch-mean loss, or a `models.Functional` (its
+            data loss, without the l2 term).
         params: the params pytree theta (one floating dtype); the gradients ravel it as `ravel_pytree`.
         data: a `Dataset` or pytree of arrays with a common leading example axis [n, ...].
         sketch: a `Sketch` with dim_in = number of params, or None for the raw flattened gradients.
@@ -313,6 +324,7 @@ def per_example_gradients(
         FloatingPointError: a chunk's gradients hold NaN or inf at finite params (the loss or the
             data is not finite at the examples named); never returned as rows.
     """
+    loss_fn = _data_loss(loss_fn, params, data, "sketch.per_example_gradients")
     plan = _plan(loss_fn, params, data, sketch, chunk_size, max_memory_bytes, method)
     _check_params_finite(params, "per_example_gradients")
     chunks = range(-(-plan.n // plan.chunk_size))
@@ -370,6 +382,7 @@ def write_gradient_store(
             chunk's gradients hold NaN or inf (that chunk is neither written nor committed, so
             the store stays incomplete; the error names the chunk and its examples).
     """
+    loss_fn = _data_loss(loss_fn, params, data, "sketch.write_gradient_store")
     if sketch is None:
         raise ValueError("store needs a sketch: raw gradients are returned in memory only")
     if shard is not None and (len(shard) != 2 or not 0 <= shard[0] < shard[1]):
