@@ -197,3 +197,18 @@ def test_functional_roles_reach_every_curvature_kind_through_make():
         expected = grads(test) @ jnp.linalg.solve(matrix, grads(data).T)
         scores = influence.make("cg", fn, fn.params, data, kind=kind, damping=damping).scores(test)
         np.testing.assert_allclose(np.asarray(scores), np.asarray(expected), rtol=1e-6, atol=1e-9)
+
+
+def test_sketch_takes_a_functional_and_names_a_per_example_loss(tmp_path):
+    from workbench import sketch
+
+    fn = models.functional(BatchNormNet(dropout=0.3, rngs=nnx.Rngs(1)), l2=0.5)
+    data = _data(1, 12)
+    phi = sketch.make("srht", jax.random.key(0), jax.flatten_util.ravel_pytree(fn.params)[0].size, 16)
+    from_fn = sketch.per_example_gradients(fn, fn.params, data, phi)
+    data_loss = lambda p, batch: jnp.mean(fn.per_example_loss_fn(p, batch))  # without the l2 term
+    np.testing.assert_allclose(from_fn, sketch.per_example_gradients(data_loss, fn.params, data, phi), rtol=1e-12)
+    with pytest.raises(ValueError, match=r"sketch.per_example_gradients needs a batch-mean loss_fn.*shape \(2,\)"):
+        sketch.per_example_gradients(fn.per_example_loss_fn, fn.params, data, phi)
+    store = sketch.write_gradient_store(fn, fn.params, data, phi, tmp_path / "store")
+    np.testing.assert_allclose(np.asarray(store.sketches[:]), from_fn, rtol=1e-12)
