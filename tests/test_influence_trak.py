@@ -96,3 +96,32 @@ def test_trak_names_the_training_examples_whose_gradients_are_not_finite(problem
     with pytest.raises(FloatingPointError, match=r"sketched gradients of loss_fn under model 0 are NaN or inf "
                                                  r"at training examples \[6\]"):
         influence.make("trak", loss, params, sub, dim=16, damping=L2, key=key)
+
+
+def test_trak_default_output_is_the_classification_margin(key):
+    """The default is Park et al.'s margin log(p / (1 - p)), read off the cross-entropy of a classifier's
+    Functional: the same scores as margin_output(predict_fn), and not the loss's empirical Fisher."""
+    from flax import nnx
+
+    from workbench import models
+    train, test = data_subsets()
+    model = models.functional(models.LogisticRegression(64, 10, rngs=nnx.Rngs(0), param_dtype=jnp.float64), l2=L2)
+    params, _ = influence.validation.fit(model.loss_fn, model.params, train)
+    default = influence.make("trak", model, params, train, dim=64, key=key)
+    explicit = influence.make("trak", model, params, train, dim=64, key=key,
+                              output_fn=influence.margin_output(model.predict_fn))
+    loss = influence.make("trak", model, params, train, dim=64, key=key, output_fn="loss")
+    np.testing.assert_allclose(default.scores(test), explicit.scores(test), rtol=1e-7, atol=1e-10)
+    assert default.info["damping"] == pytest.approx(explicit.info["damping"], rel=1e-9)
+    assert not np.allclose(default.scores(test), loss.scores(test), rtol=1e-2)
+    with pytest.raises(ValueError, match="output_fn must be one of"):
+        influence.make("trak", model, params, train, dim=64, key=key, output_fn="logits")
+    # a loss that is not a positive cross-entropy: the margin is refused, naming the way out
+    with pytest.raises(FloatingPointError, match="output_fn='loss' or a callable"):
+        influence.make("trak", lambda p, b: model.loss_fn(p, b) - 10.0, params, train, dim=16, key=key)
+
+
+def data_subsets():
+    from workbench import data
+    train, test = data.load_digits(dtype=jnp.float64)
+    return train.take(np.arange(N_TRAIN)), test.take(np.arange(N_TEST))

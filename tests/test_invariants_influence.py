@@ -21,7 +21,7 @@ def test_trak_ensemble_is_the_mean_of_its_models_with_the_default_damping():
         models = [softmax_reference.problem(seed + 10 * m, 1, d=8, c=4)[0] for m in range(2)]
         _, x, y = softmax_reference.problem(seed, 44, d=8, c=4)
         train, test = (x[:40], y[:40]), (x[40:], y[40:])
-        est = influence.make("trak", loss_fn, models[0], train, models=models, dim=DIM,
+        est = influence.make("trak", loss_fn, models[0], train, models=models, dim=DIM, output_fn="loss",
                              key=jax.random.key(seed))
         expected_scores, expected_self, dampings = 0.0, 0.0, []
         for m, params in enumerate(models):

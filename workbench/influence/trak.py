@@ -60,7 +60,7 @@ def _ensemble_precondition(state, features):
     return jnp.einsum("cmd,mde->cme", blocks, inverses).reshape(features.shape[0], -1) / num_models
 
 
-def _check_features_finite(features: np.ndarray, dim: int, which: str) -> None:
+def _check_features_finite(features: np.ndarray, dim: int, which: str, hint: str = "") -> None:
     """Refuse in-memory features holding NaN or inf, naming the model and the training examples."""
     bad_rows, bad_cols = np.nonzero(~np.isfinite(features))
     if bad_rows.size:
@@ -68,7 +68,7 @@ def _check_features_finite(features: np.ndarray, dim: int, which: str) -> None:
         shown = ", ".join(map(str, examples[:8])) + (f", ... ({len(examples)} in all)" if len(examples) > 8 else "")
         raise FloatingPointError(
             f"trak: the sketched gradients of {which} under model {int(bad_cols[0]) // dim} are NaN or inf "
-            f"at training examples [{shown}] (the models are finite: check {which} and these examples' data)")
+            f"at training examples [{shown}] (the models are finite: check {which} and these examples' data){hint}")
 
 
 def _check_stored_rows(rows: np.ndarray, lo: int, path: str, model: int) -> None:
@@ -104,6 +104,35 @@ def margin_output(predict_fn: Callable) -> Callable:
     return output
 
 
+@functools.lru_cache(maxsize=64)
+def margin_from_loss(loss_fn: Callable) -> Callable:
+    """TRAK's margin log(p / (1 - p)) read off a cross-entropy loss, no `predict_fn` needed.
+
+    For the softmax cross-entropy l = -log p_y of one example, log(p_y / (1 - p_y)) =
+    -l - log(1 - exp(-l)), the same value as `margin_output(predict_fn)` (Park et al. 2023,
+    eq. 13). Exact only when `loss_fn` on one example is that cross-entropy (no regulariser, no
+    label smoothing); for any other loss pass `output_fn` explicitly. Cached per `loss_fn`, so one
+    loss compiles one featurizer.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar`, the per-example cross-entropy (a mean over the
+            batch).
+
+    Returns:
+        `output(params, batch) -> scalar`: the margin of a batch of one example.
+    """
+
+    def output(params, batch):
+        loss = loss_fn(params, batch)
+        defined = jnp.where(loss > 0, 1.0, jnp.nan).astype(loss.dtype)  # no p < 1: NaN value and gradient, refused
+        return defined * (-loss - jnp.log(-jnp.expm1(-loss)))
+
+    return output
+
+
+OUTPUT_FNS = ("margin", "loss")  # the named output functions of `trak`
+
+
 def trak(
     loss_fn: Callable,
     params,
@@ -116,7 +145,7 @@ def trak(
     damping: float | None = None,
     stores: Sequence[str | Path] | None = None,
     measure_fn: Callable | None = None,
-    output_fn: Callable | None = None,
+    output_fn: Callable | str = "margin",
     batch_size: int | None = None,
     read_rows: int = 4096,
     **options,
@@ -131,10 +160,21 @@ def trak(
     X^T X / n; None picks 0.1 x its mean eigenvalue (the heuristic of kronfluence; reported in
     `info["damping"]`). A model trained with L2 regularisation l2 is well served by damping=l2.
 
-    `output_fn(params, batch)` is the model output whose gradients X build the Gauss-Newton
-    matrix (TRAK uses the classification margin: `margin_output(predict_fn)`); by default the
-    loss itself (an empirical Fisher, which over-weights the well-fit examples and ranks worse).
-    Scores always pair loss gradients on both sides, so the sign convention is the common one.
+    `output_fn` is the model output whose gradients X build the Gauss-Newton matrix. The default,
+    "margin", is Park et al.'s choice for classification, f = log(p / (1 - p)) of the true class
+    (the TRAK library's `image_classification` / `text_classification` model output), read off
+    the per-example cross-entropy by `margin_from_loss`: it assumes `loss_fn` on one example is the
+    softmax cross-entropy, as `influence.make` gives it from a classifier's `Functional`.
+    For any other model (regression, a loss with a regulariser or label smoothing) pass the output
+    explicitly: a callable `output_fn(params, batch)` (`margin_output(predict_fn)` from the logits,
+    or the prediction itself for a scalar regression, whose Gram is then the Gauss-Newton matrix of
+    the squared error), or "loss" for the loss's own gradients (an empirical Fisher, which
+    down-weights the well-fit examples by (1 - p)^2). A non-positive loss under "margin" gives
+    non-finite features, refused naming output_fn. Scores always pair loss gradients on both sides
+    (TRAK's Q = 1 - p on the training side), so the sign convention is the common one.
+    The other TRAK library defaults: a projection of D = 2048 (`dim`) and no ridge
+    (`lambda_reg=0`); a ridge is needed here when D reaches the rank of F, hence the relative
+    default below.
 
     The result is the common `Estimator`: features psi(z) are the M sketched gradients side by
     side and P is block diagonal, G_m^{-1} / M on block m, so <P psi(z), psi(z_i)> is the
@@ -152,7 +192,8 @@ def trak(
         damping: added to F^T F / n (>= 0); None means 0.1 x its mean eigenvalue.
         stores: one zarr path per model for the sketched training gradients, or None (memory).
         measure_fn: the test measure; None means `loss_fn`.
-        output_fn: the output whose gradients build the Gauss-Newton matrix; None means the loss.
+        output_fn: the output whose gradients build the Gauss-Newton matrix: "margin" (default,
+            classifiers trained with cross-entropy), "loss", or a callable `(params, batch) -> scalar`.
         batch_size: examples per batch when writing the stores; None means the store's default.
         read_rows: rows of stored features read at a time.
         **options: passed to `Estimator` (`chunk_size`, `cache_bytes`).
@@ -163,12 +204,23 @@ def trak(
     Raises:
         ValueError: if `key` is missing, `models` is empty, mismatched or not finite, `stores` has
             the wrong length or a store was made by another configuration (model values, loss,
-            sketch, data) or was damaged, `damping` is negative, or F^T F / n + damping I is
-            singular.
+            sketch, data) or was damaged, `damping` is negative, `output_fn` is an unknown name,
+            or F^T F / n + damping I is singular.
         FloatingPointError: a training example's sketched gradient is NaN or inf (the loss or
             `output_fn` is not finite there).
     """
 
+    margin_hint = ""
+    if isinstance(output_fn, str):
+        if output_fn not in OUTPUT_FNS:
+            raise ValueError(f"output_fn must be one of {OUTPUT_FNS} or a callable (params, batch) -> scalar, "
+                             f"got {output_fn!r}")
+        margin_hint = (". output_fn='margin' reads log(p / (1 - p)) off a positive cross-entropy loss: for another "
+                       "loss pass output_fn='loss' or a callable") if output_fn == "margin" else ""
+        output_fn = margin_from_loss(loss_fn) if output_fn == "margin" else None
+    elif not callable(output_fn):
+        raise ValueError(f"output_fn must be one of {OUTPUT_FNS} or a callable (params, batch) -> scalar, "
+                         f"got {output_fn!r}")
     models = list(models) if models is not None else [params]
     if not models:
         raise ValueError("models must hold at least one params pytree")
@@ -196,8 +248,9 @@ def trak(
     if stores is None:
         in_memory = {f: np.asarray(_host_features(_ensemble_featurizer(f), state, train_data, chunk)[0])
                      for f in {loss_fn, output_fn} - {None}}
-        for f, feats in in_memory.items():
-            _check_features_finite(feats, dim, "output_fn" if f is output_fn and f is not loss_fn else "loss_fn")
+        for f, feats in sorted(in_memory.items(), key=lambda item: item[0] is not loss_fn):  # the loss's first
+            is_output = f is output_fn and f is not loss_fn
+            _check_features_finite(feats, dim, "output_fn" if is_output else "loss_fn", margin_hint if is_output else "")
     features, inverses, dampings = [], [], []
     for m, (p, s) in enumerate(zip(models, sketches, strict=True)):
         if stores is None:

@@ -8,16 +8,23 @@ so w = 1 is the objective of `loss_fn` on the whole training set, w = 1 - e_i is
 the other n-1 examples (leave-one-out) and w = a 0/1 mask is training on a subset (LDS).
 
 `retrain_weighted` solves many such problems at once (`lax.map` over chunks of weight vectors, vmapped
-inside), to convergence:
-- `method="newton"` (convex models): warm-started at `params`, inexact Newton steps whose
-  systems H_w d = grad J_w are solved by `cg_num_iters` conjugate-gradient iterations (HVPs of J_w)
-  preconditioned with the inverse full-data Hessian at `params` (plus `damping`). For a
-  leave-one-out weighting that preconditioner is within O(1/n) of exact, so one or two steps
-  reach machine precision; subsets need a few more. It stops when the
-  gradient norm drops below `tol` (default `numerics.default_tol`) or after `num_iters` steps, and returns that norm so convergence
-  can be checked.
-- `method="optax"`: `num_steps` full-batch steps of an optax optimizer from `params` (non-convex
-  models, or training from an initialisation).
+inside):
+- `method="newton"` (the default; convex models and small non-convex ones, warm-started at a
+  trained model): line-search Newton-CG (Nocedal & Wright 2006, Algorithm 7.1) to a gradient norm
+  below `tol`. Each step solves H_w d = -grad J_w by at most `cg_num_iters` conjugate-gradient
+  iterations (HVPs of J_w), preconditioned with |H|^{-1} of the full-data Hessian at `params`
+  (its eigenvalues' absolute values, plus `damping`: the inverse Hessian itself on a convex
+  model, positive definite on any); CG stops early at negative curvature, and a backtracking
+  (Armijo) line search on J_w makes every step a descent, so the iteration also converges from a
+  non-convex model's indefinite curvature, to the local minimum next to `params`. For a
+  leave-one-out weighting of a convex model the preconditioner is within O(1/n) of exact, so one
+  or two steps reach machine precision; subsets need a few more. A model whose gradient norm is
+  still above `tol` after `num_iters` steps is an error (RuntimeError naming the norm reached),
+  never a returned result, unless `require_convergence=False`. It needs the dense Hessian at
+  `params` (p x p): models up to a few thousand parameters.
+- `method="optax"`: `num_steps` full-batch steps of an optax optimizer from `params`: training
+  "the same way" from an initialisation (LDS of a network), any size of model; no convergence
+  is asked of it, so its results are those of a fixed training budget.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
@@ -80,6 +88,7 @@ def retrain_weighted(
     optimizer: optax.GradientTransformation | None = None,
     num_steps: int = 0,
     models_per_batch: int = 16,
+    require_convergence: bool = True,
 ) -> RetrainResult:
     """Minimise the weighted objective J_w for every row of `weights`, all models at once.
 
@@ -93,25 +102,30 @@ def retrain_weighted(
         params: pytree, the starting point of every model (the full-data optimum for "newton").
         data: pytree of arrays [n, ...], the training set.
         weights: array [M, n], one weighting of the training set per model.
-        method: "newton" (convex models: preconditioned inexact Newton to `tol`) or "optax"
-            (`num_steps` full-batch steps of `optimizer`).
+        method: "newton" (line-search Newton-CG to `tol`: convex models, and non-convex ones of
+            up to a few thousand parameters warm-started at a trained model) or "optax"
+            (`num_steps` full-batch steps of `optimizer`: any model, a fixed training budget).
         num_iters: most Newton steps per model ("newton").
         tol: gradient norm at which a Newton solve stops; None means
-            `numerics.default_tol` of the params' dtype.
-        cg_num_iters: conjugate-gradient iterations per Newton step ("newton").
-        damping: multiple of the identity added to the full-data Hessian preconditioner.
+            `numerics.default_tol` of the params' dtype (1e-10 in float64, 1e-4 in float32).
+        cg_num_iters: most conjugate-gradient iterations per Newton step ("newton").
+        damping: added to the absolute eigenvalues of the full-data Hessian preconditioner (>= 0).
         optimizer: optax `GradientTransformation` ("optax"; required there).
         num_steps: full-batch optimisation steps ("optax"; must be > 0 there).
         models_per_batch: models solved together in one vmapped chunk.
+        require_convergence: "newton" raises when a model's gradient norm stays above `tol`;
+            False returns it instead (check `grad_norm`).
 
     Returns:
         `RetrainResult(params, grad_norm, steps)`: params with a leading model axis [M, ...],
-        the gradient norm of J_w at them [M] (check it against `tol`) and the iterations taken [M].
+        the gradient norm of J_w at them [M] and the iterations taken [M].
 
     Raises:
         ValueError: if `weights` is not [M, n], `method` is unknown, `damping` is negative, or
             "optax" lacks its optimizer or steps.
         FloatingPointError: if retraining produced NaN or infinite parameters.
+        RuntimeError: "newton" left a model's gradient norm above `tol` (with
+            `require_convergence`), naming the norm reached.
     """
     n = num_examples(data, "data")
     num_iters = check_positive_int("num_iters", num_iters)
@@ -124,11 +138,11 @@ def retrain_weighted(
     flat0, unravel = ravel_pytree(params)
     weights = weights.astype(flat0.dtype)
     if method == "newton":
-        h0 = curvature.dense_hessian(loss_fn, params, data) + damping * jnp.eye(flat0.size, dtype=flat0.dtype)
-        tol = default_tol(flat0.dtype) if tol is None else tol
-        precond, tol = jnp.linalg.inv(h0), jnp.asarray(tol, flat0.dtype)
-        run = lambda w: _newton(loss_fn, params, data, w, precond, tol, jnp.asarray(num_iters),
-                                jnp.asarray(cg_num_iters))
+        h0 = curvature.dense_hessian(loss_fn, params, data)
+        tol = default_tol(flat0.dtype) if tol is None else float(tol)
+        precond = _absolute_inverse(h0, damping)
+        run = lambda w: _newton(loss_fn, params, data, w, precond, jnp.asarray(tol, flat0.dtype),
+                                jnp.asarray(num_iters), jnp.asarray(cg_num_iters))
     elif method == "optax":
         if optimizer is None or num_steps <= 0:
             raise ValueError("method='optax' needs optimizer= (an optax transformation) and num_steps > 0")
@@ -137,10 +151,29 @@ def retrain_weighted(
         raise ValueError(f"method must be 'newton' or 'optax', got {method!r}")
     flats, gnorms, ks = _map_models(run, weights, models_per_batch)
     if not bool(jnp.all(jnp.isfinite(flats))):
-        advice = ("Newton's method suits convex models: raise the damping, or use method='optax' for a "
-                  "non-convex one" if method == "newton" else "lower the optimizer's step size")
+        advice = ("check that loss_fn and the data are finite at params" if method == "newton"
+                  else "lower the optimizer's step size")
         raise FloatingPointError(f"retraining ({method}) produced NaN or infinite parameters; {advice}")
+    if method == "newton" and require_convergence:
+        gn = np.asarray(gnorms)
+        bad = np.flatnonzero(~(gn <= tol))
+        if bad.size:
+            worst = int(bad[np.argmax(gn[bad])])
+            raise RuntimeError(
+                f"retraining (newton) did not converge: {bad.size} of {len(gn)} models stopped with a gradient "
+                f"norm above tol={tol:.3g} after {num_iters} Newton steps (worst: weights row {worst}, gradient "
+                f"norm {gn[worst]:.3g}). Raise num_iters or cg_num_iters, loosen tol, or pass "
+                "require_convergence=False to inspect the result")
     return RetrainResult(jax.vmap(unravel)(flats), gnorms, ks)
+
+
+def _absolute_inverse(hessian, damping: float):
+    """(|H| + damping I)^{-1} by eigh: H + damping I inverted where H is positive definite, and a
+    positive definite preconditioner where it is not (eigenvalues floored at sqrt(eps) lambda_max)."""
+    values, vectors = jnp.linalg.eigh(hessian)
+    scale = jnp.abs(values) + damping
+    floor = jnp.sqrt(jnp.finfo(hessian.dtype).eps) * jnp.max(scale)
+    return (vectors / jnp.maximum(scale, floor)) @ vectors.T
 
 
 def _flat_objective_grad(loss_fn, params, data):
@@ -151,28 +184,61 @@ def _flat_objective_grad(loss_fn, params, data):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _newton(loss_fn, params, data, weights, precond, tol, num_iters, cg_num_iters):
-    """Inexact Newton: each step solves H_w d = -g by conjugate gradients preconditioned with
-    `precond` (the inverse full-data Hessian at the start), from HVPs of J_w."""
-    flat0, _ = ravel_pytree(params)
+    """Line-search Newton-CG (Nocedal & Wright 2006, Algorithm 7.1) on J_w for each row of `weights`.
+
+    Each step runs preconditioned CG on H_w d = -g from d = 0 until the residual drops below
+    min(0.5, sqrt|g|) |g|, `cg_num_iters` iterations, or negative curvature (then the last
+    iterate, or -P g at the first iteration, is the direction); a direction that is not a descent
+    one is replaced by -P g. The step length halves from 1 until J_w decreases (Armijo, up to the
+    objective's rounding)."""
+    flat0, unravel = ravel_pytree(params)
+    objective = per_example_objective(loss_fn, data)
     grad = _flat_objective_grad(loss_fn, params, data)
+    dtype = flat0.dtype
+    tiny, eps = jnp.finfo(dtype).tiny, jnp.finfo(dtype).eps
 
     def solve(w):
+        value = lambda f: objective(unravel(f), w)
+
         def newton_direction(flat, g):
             hvp = lambda v: jax.jvp(lambda f: grad(f, w), (flat,), (v,))[1]
+            gnorm = jnp.linalg.norm(g)
+            target = jnp.minimum(0.5, jnp.sqrt(gnorm)) * gnorm
 
-            def cg_step(_, state):
-                x, r, z, d, rz = state
+            def cg_cond(state):
+                i, _, r, _, _, _, stop = state
+                return (i < cg_num_iters) & ~stop & (jnp.linalg.norm(r) > target)
+
+            def cg_step(state):
+                i, x, r, z, d, rz, _ = state
                 hd = hvp(d)
-                alpha = rz / jnp.maximum(jnp.vdot(d, hd), jnp.finfo(d.dtype).tiny)
-                x, r = x + alpha * d, r - alpha * hd
-                z = precond @ r
-                rz_new = jnp.vdot(r, z)
-                beta = rz_new / jnp.maximum(rz, jnp.finfo(d.dtype).tiny)
-                return x, r, z, z + beta * d, rz_new
+                curvature = jnp.vdot(d, hd)
+                negative = curvature <= 0
+                alpha = rz / jnp.where(negative, 1.0, curvature)
+                x_new, r_new = x + alpha * d, r - alpha * hd
+                z_new = precond @ r_new
+                rz_new = jnp.vdot(r_new, z_new)
+                d_new = z_new + rz_new / jnp.maximum(rz, tiny) * d
+                keep = lambda old, new: jnp.where(negative, old, new)
+                return (i + 1, keep(x, x_new), keep(r, r_new), keep(z, z_new), keep(d, d_new),
+                        keep(rz, rz_new), negative)
 
-            z0 = precond @ g
-            init = (jnp.zeros_like(g), g, z0, z0, jnp.vdot(g, z0))
-            return jax.lax.fori_loop(0, cg_num_iters, cg_step, init)[0]
+            z0 = -(precond @ g)
+            init = (0, jnp.zeros_like(g), -g, z0, z0, jnp.vdot(-g, z0), jnp.asarray(False))
+            x = jax.lax.while_loop(cg_cond, cg_step, init)[1]
+            descent = jnp.vdot(g, x) < 0
+            return jnp.where(descent, x, z0)  # -P g: a descent direction (P is positive definite)
+
+        def line_search(flat, g, d):
+            j0, slope = value(flat), jnp.vdot(g, d)
+            slack = 10 * eps * jnp.abs(j0)  # differences below the objective's rounding pass
+
+            def cond(state):
+                k, step = state
+                return (k < 40) & ~(value(flat + step * d) <= j0 + 1e-4 * step * slope + slack)
+
+            return jax.lax.while_loop(cond, lambda state: (state[0] + 1, 0.5 * state[1]),
+                                      (0, jnp.asarray(1.0, dtype)))[1]
 
         def cond(state):
             k, _, g = state
@@ -180,7 +246,8 @@ def _newton(loss_fn, params, data, weights, precond, tol, num_iters, cg_num_iter
 
         def body(state):
             k, flat, g = state
-            flat = flat - newton_direction(flat, g)
+            d = newton_direction(flat, g)
+            flat = flat + line_search(flat, g, d) * d
             return k + 1, flat, grad(flat, w)
 
         k, flat, g = jax.lax.while_loop(cond, body, (0, flat0, grad(flat0, w)))
@@ -227,13 +294,14 @@ class FitResult(NamedTuple):
 
 def fit(
     loss_fn: Callable, params: PyTree, data, *, num_refreshes: int = 20, tol: float | None = None,
-    **options
+    require_convergence: bool = True, **options
 ) -> FitResult:
-    """Train on the whole dataset to convergence by Newton's method (convex models).
+    """Train on the whole dataset to a gradient norm below `tol` by Newton's method.
 
-    Each round refreshes the Hessian and runs the fixed-preconditioner iteration of
-    `retrain_weighted` (5 Newton steps unless `num_iters=` says otherwise). Leave-one-out and LDS
-    ground truths are measured against this optimum.
+    Each round refreshes the Hessian preconditioner at the current params and runs
+    `retrain_weighted`'s line-search Newton-CG (5 steps unless `num_iters=` says otherwise):
+    convex models reach their optimum, non-convex ones (a few thousand parameters at most) the
+    local minimum next to `params`. Leave-one-out and LDS ground truths are measured against it.
 
     Args:
         loss_fn: `loss_fn(params, batch) -> scalar`, the training objective (regulariser
@@ -242,11 +310,16 @@ def fit(
         data: pytree of arrays [n, ...], the training set.
         num_refreshes: most Hessian refreshes (rounds of Newton steps).
         tol: gradient norm at which to stop; None means `numerics.default_tol` of the dtype.
+        require_convergence: raise when `num_refreshes` rounds leave the gradient norm above
+            `tol`; False returns the params reached (check `grad_norm`).
         **options: passed to `retrain_weighted` (`num_iters`, `cg_num_iters`, `damping`, ...).
 
     Returns:
-        `FitResult(params, grad_norm)`: the optimum and the gradient norm reached (compare it
-        with `tol`: it stays above when `num_refreshes` rounds were not enough).
+        `FitResult(params, grad_norm)`: the optimum and the gradient norm reached.
+
+    Raises:
+        RuntimeError: the gradient norm stayed above `tol` (with `require_convergence`), naming
+            the norm reached.
     """
     n = num_examples(data, "data")
     num_refreshes = check_positive_int("num_refreshes", num_refreshes)
@@ -255,10 +328,16 @@ def fit(
     tol = default_tol(flat0.dtype) if tol is None else tol
     gnorm = float("inf")
     for _ in range(num_refreshes):
-        result = retrain_weighted(loss_fn, params, data, jnp.ones((1, n), flat0.dtype), tol=tol, **options)
+        result = retrain_weighted(loss_fn, params, data, jnp.ones((1, n), flat0.dtype), tol=tol,
+                                  require_convergence=False, **options)
         params, gnorm = jax.tree.map(lambda a: a[0], result.params), float(result.grad_norm[0])
         if gnorm <= tol:
             break
+    if require_convergence and not gnorm <= tol:
+        raise RuntimeError(
+            f"fit did not converge: gradient norm {gnorm:.3g} > tol={tol:.3g} after {num_refreshes} Hessian "
+            f"refreshes of {options['num_iters']} Newton steps. Raise num_refreshes or num_iters, loosen tol, "
+            "or pass require_convergence=False to inspect the result")
     return FitResult(params, gnorm)
 
 
