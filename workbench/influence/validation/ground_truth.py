@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from workbench.core.losses import as_loss
 from workbench.core.numerics import check_positive_int, default_tol, num_examples
 from workbench.core.statistics import Correlations, correlations, spearman_rows
 from workbench.data import Dataset
@@ -65,13 +66,14 @@ def loo(
 
     Args:
         loss_fn: `loss_fn(params, batch) -> scalar`, the training objective (a mean over the
-            batch, regulariser included).
+            batch, regulariser included), or a `models.Functional` (its objective; the default
+            measure is then its data loss, as `influence.make` attributes).
         params: pytree, the trained model (the full-data optimum, e.g. from `fit`, or near it).
         train_data: pytree of arrays [n, ...], the training set.
         test_data: pytree like `train_data`, [n_test, ...].
         removed: int array [k] of training indices in [0, n), each removed on its own.
         measure_fn: `measure_fn(params, batch) -> scalar`, what is attributed; None means
-            `loss_fn` on the test example.
+            `loss_fn` on the test example (a Functional's data loss).
         **retrain_options: passed to `retrain_weighted` (`method`, `num_iters`, `tol`, ...).
 
     Returns:
@@ -82,6 +84,8 @@ def loo(
         ValueError: if `removed` is empty, not 1-d, or holds an index outside [0, n).
         RuntimeError: method="newton" did not reach `tol` (the message names the gradient norm).
     """
+    measure_fn = measure_fn or as_loss(loss_fn, role="data", caller="validation.loo")
+    loss_fn = as_loss(loss_fn, role="objective", caller="validation.loo")
     n = num_examples(train_data, "train_data")
     check_like_training(test_data, train_data, "test_data")
     removed = np.asarray(removed, dtype=np.int64)
@@ -177,7 +181,8 @@ def lds_ground_truth(loss_fn: Callable, params, train_data, key: jax.Array, test
     """Train one model per random subset of round(fraction * n) examples (starting at `params`).
 
     Args:
-        loss_fn: `loss_fn(params, batch) -> scalar`, the training objective.
+        loss_fn: `loss_fn(params, batch) -> scalar`, the training objective, or a
+            `models.Functional` (its objective; the default measure is its data loss).
         params: pytree, where every retraining starts (the full-data optimum for "newton", the
             initialisation for method="optax").
         train_data: pytree of arrays [n, ...], the training set the subsets are drawn from.
@@ -194,6 +199,8 @@ def lds_ground_truth(loss_fn: Callable, params, train_data, key: jax.Array, test
     Raises:
         ValueError: if `fraction` is outside (0, 1) or `num_subsets` < 2.
     """
+    measure_fn = measure_fn or as_loss(loss_fn, role="data", caller="validation.lds_ground_truth")
+    loss_fn = as_loss(loss_fn, role="objective", caller="validation.lds_ground_truth")
     n = num_examples(train_data, "train_data")
     check_like_training(test_data, train_data, "test_data")
     if not 0.0 < fraction < 1.0:
@@ -204,7 +211,7 @@ def lds_ground_truth(loss_fn: Callable, params, train_data, key: jax.Array, test
     masks = jax.vmap(lambda k: jnp.zeros(n, bool).at[jax.random.permutation(k, n)[:size]].set(True))(keys)
     dtype = jax.tree.leaves(params)[0].dtype
     result = retrain_weighted(loss_fn, params, train_data, masks.astype(dtype), **retrain_options)
-    outs = outputs(measure_fn or loss_fn, result.params, test_data)
+    outs = outputs(measure_fn, result.params, test_data)
     return LDSGroundTruth(np.asarray(masks), np.asarray(outs), np.asarray(result.grad_norm))
 
 

@@ -40,6 +40,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from workbench import curvature
+from workbench.core.losses import as_loss
 from workbench.core.numerics import check_nonnegative, check_positive_int, default_tol, num_examples
 from workbench.core.per_example import example_loss, per_example_losses
 from workbench.core.progress import bar
@@ -98,7 +99,7 @@ def retrain_weighted(
 
     Args:
         loss_fn: `loss_fn(params, batch) -> scalar`, the training objective as a mean over the
-            batch (regulariser included).
+            batch (regulariser included), or a `models.Functional` (its objective).
         params: pytree, the starting point of every model (the full-data optimum for "newton").
         data: pytree of arrays [n, ...], the training set.
         weights: array [M, n], one weighting of the training set per model.
@@ -127,6 +128,7 @@ def retrain_weighted(
         RuntimeError: "newton" left a model's gradient norm above `tol` (with
             `require_convergence`), naming the norm reached.
     """
+    loss_fn = as_loss(loss_fn, role="objective", caller="validation.retrain_weighted")
     n = num_examples(data, "data")
     num_iters = check_positive_int("num_iters", num_iters)
     cg_num_iters = check_positive_int("cg_num_iters", cg_num_iters)
@@ -305,7 +307,7 @@ def fit(
 
     Args:
         loss_fn: `loss_fn(params, batch) -> scalar`, the training objective (regulariser
-            included), a mean over the batch.
+            included), a mean over the batch, or a `models.Functional` (its objective).
         params: pytree, the starting point.
         data: pytree of arrays [n, ...], the training set.
         num_refreshes: most Hessian refreshes (rounds of Newton steps).
@@ -321,6 +323,7 @@ def fit(
         RuntimeError: the gradient norm stayed above `tol` (with `require_convergence`), naming
             the norm reached.
     """
+    loss_fn = as_loss(loss_fn, role="objective", caller="validation.fit")
     n = num_examples(data, "data")
     num_refreshes = check_positive_int("num_refreshes", num_refreshes)
     flat0, _ = ravel_pytree(params)
