@@ -1,9 +1,9 @@
 """The multi-process side of tests/test_distributed.py: run by `workbench.distributed.launch` as
 every process of a job, `python distributed_worker.py MODE OUT [options]`.
 
-Modes: `checks` (Hessian operator, top eigenpairs, L-BFGS, OWL-QN and
-entropic OT on data split across the processes; every process writes OUT/p{K}.npz), `curvature`
-(Hessian, GGN and Fisher operators, top eigenpairs, spectral density, trace, L-BFGS with block-sharded parameters), `store PATH` (the multi-process gradient store; `--fail-chunk C`
+Modes: `checks` (Hessian, GGN and Fisher operators, top eigenpairs, spectral density, trace,
+L-BFGS (replicated and with block-sharded parameters), OWL-QN and entropic OT on data split
+across the processes; every process writes OUT/p{K}.npz), `store PATH` (the multi-process gradient store; `--fail-chunk C`
 makes the process owning chunk C die there), `bad-shapes`, `bad-store PATH` (process 1 uses
 another configuration), `die` (process 1 dies while process 0 waits in a collective).
 The problems are defined here so the test computes its one-process references from the same code.
@@ -110,17 +110,14 @@ def main(argv):
     jax.config.update("jax_enable_x64", True)
     mode, out_dir = argv[0], argv[1]
     x, y, w0 = problem()
-    if mode in ("checks", "curvature"):
-        if mode == "checks":
-            results = operator_results(dist, x, y, w0, spectra=False)  # density, trace: 4 processes
-            results.update(minimise_results(dist, x, y, w0))
-            results.update(ot_results(dist, *ot_points()))
-        else:
-            results = operator_results(dist, x, y, w0, kinds=("hessian", "ggn", "fisher"))
-            # parameters sharded by block over the devices (the optimizer state with them)
-            blk = dist.local_block(N)
-            data = dist.shard_examples((x[blk], y[blk]))
-            results["lbfgs_block_w"] = dist.lbfgs(loss_fn, dist.block_params(w0, data), data).params["w"]
+    if mode == "checks":
+        results = operator_results(dist, x, y, w0, kinds=("hessian", "ggn", "fisher"))
+        results.update(minimise_results(dist, x, y, w0))
+        results.update(ot_results(dist, *ot_points()))
+        # parameters sharded by block over the devices (the optimizer state with them)
+        blk = dist.local_block(N)
+        data = dist.shard_examples((x[blk], y[blk]))
+        results["lbfgs_block_w"] = dist.lbfgs(loss_fn, dist.block_params(w0, data), data).params["w"]
         np.savez(os.path.join(out_dir, f"p{info.process_index}.npz"), **results)
     elif mode == "bad-shapes":
         cols = D + (1 if info.process_index == 1 else 0)
