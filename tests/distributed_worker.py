@@ -1,11 +1,12 @@
 """The multi-process side of tests/test_distributed.py: run by `workbench.distributed.launch` as
 every process of a job, `python distributed_worker.py MODE OUT [options]`.
 
-Modes: `checks` (Hessian operator, top eigenpairs, L-BFGS, OWL-QN and
-entropic OT on data split across the processes; every process writes OUT/p{K}.npz), `curvature`
-(Hessian, GGN and Fisher operators, top eigenpairs, spectral density, trace, L-BFGS with block-sharded parameters), `store PATH` (the multi-process gradient store; `--fail-chunk C`
-makes the process owning chunk C die there), `bad-shapes`, `bad-store PATH` (process 1 uses
-another configuration), `die` (process 1 dies while process 0 waits in a collective).
+Modes: `checks` (Hessian, GGN and Fisher operators, top eigenpairs, spectral density, trace,
+L-BFGS (replicated and with block-sharded parameters), OWL-QN and entropic OT on data split
+across the processes; every process writes OUT/p{K}.npz), `store PATH` (the multi-process gradient store; `--fail-chunk C`
+makes the process owning chunk C die there), `refusals PATH` (the processes' examples differ
+in shape, then their store configurations differ; each process writes the two errors to
+OUT/refusals{K}.json), `die` (process 1 dies while process 0 waits in a collective).
 The problems are defined here so the test computes its one-process references from the same code.
 """
 
@@ -110,30 +111,44 @@ def main(argv):
     jax.config.update("jax_enable_x64", True)
     mode, out_dir = argv[0], argv[1]
     x, y, w0 = problem()
-    if mode in ("checks", "curvature"):
-        if mode == "checks":
-            results = operator_results(dist, x, y, w0, spectra=False)  # density, trace: 4 processes
-            results.update(minimise_results(dist, x, y, w0))
-            results.update(ot_results(dist, *ot_points()))
-        else:
-            results = operator_results(dist, x, y, w0, kinds=("hessian", "ggn", "fisher"))
-            # parameters sharded by block over the devices (the optimizer state with them)
-            blk = dist.local_block(N)
-            data = dist.shard_examples((x[blk], y[blk]))
-            results["lbfgs_block_w"] = dist.lbfgs(loss_fn, dist.block_params(w0, data), data).params["w"]
+    if mode == "checks":
+        results = operator_results(dist, x, y, w0, kinds=("hessian", "ggn", "fisher"))
+        results.update(minimise_results(dist, x, y, w0))
+        results.update(ot_results(dist, *ot_points()))
+        # parameters sharded by block over the devices (the optimizer state with them)
+        blk = dist.local_block(N)
+        data = dist.shard_examples((x[blk], y[blk]))
+        results["lbfgs_block_w"] = dist.lbfgs(loss_fn, dist.block_params(w0, data), data).params["w"]
         np.savez(os.path.join(out_dir, f"p{info.process_index}.npz"), **results)
-    elif mode == "bad-shapes":
+    elif mode == "refusals":  # each refusal is raised by every process alike, so the job goes on
+        import json
+
+        import jax.numpy as jnp
+
+        from workbench import sketch as sk
+
+        messages = []
         cols = D + (1 if info.process_index == 1 else 0)
-        dist.shard_examples((np.zeros((5, cols)), np.zeros(5, np.int64)))
-    elif mode in ("store", "bad-store"):
+        try:
+            dist.shard_examples((np.zeros((5, cols)), np.zeros(5, np.int64)))
+        except ValueError as err:
+            messages.append(str(err))
+        params = jax.tree.map(jnp.asarray, w0)
+        s = sk.make("srht", jax.random.key(info.process_index), optax.tree.size(params), 6)  # seeds differ
+        try:
+            dist.gradient_store(loss_fn, params, (jnp.asarray(x), jnp.asarray(y)), s, argv[2], chunk_size=5, timeout_s=60)
+        except ValueError as err:
+            messages.append(str(err))
+        with open(os.path.join(out_dir, f"refusals{info.process_index}.json"), "w") as f:
+            json.dump(messages, f)
+    elif mode == "store":
         import jax.numpy as jnp
 
         from workbench import sketch as sk
 
         path = argv[2]
         params = jax.tree.map(jnp.asarray, w0)
-        seed = 1 if (mode == "bad-store" and info.process_index == 1) else 0
-        s = sk.make("srht", jax.random.key(seed), optax.tree.size(params), 6)
+        s = sk.make("srht", jax.random.key(0), optax.tree.size(params), 6)
         fail = int(argv[argv.index("--fail-chunk") + 1]) if "--fail-chunk" in argv else None
 
         def callback(chunk, values):

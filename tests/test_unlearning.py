@@ -184,16 +184,30 @@ def test_step_counts_share_one_compiled_program_and_give_the_same_numbers(proble
 
 @pytest.mark.standard_promotion  # optax.adam (the digits setup) is not strict-safe
 def test_model_stacks_of_different_sizes_share_one_compiled_fit():
+    """Stacks of 1 and 4 models, on the training set and on a subset of it (a retain set), share
+    one compiled program, and each model is `train.optimize` from its key on its own data: the
+    padding (models, zero rows) never leaks into a model."""
+    import optax
+
+    from workbench import train
     from workbench.experiments import unlearning as recipes
 
     setup = recipes.digits_setup(num_steps=5, seed=0)
     keys = jax.random.split(jax.random.key(0), 4)
+    subset = setup.train_data.take(np.arange(1, 300, 2))
     one, four = recipes.train_models(setup, setup.train_data, keys[:1]), recipes.train_models(setup, setup.train_data, keys)
+    on_subset = recipes.train_models(setup, subset, keys)
     fit = recipes._FITS[(setup.loss_fn, setup.init_fn, setup.learning_rate, setup.num_steps, setup.batch_size)]
     assert fit._cache_size() == 1
     assert jax.tree.leaves(one)[0].shape[0] == 1 and jax.tree.leaves(four)[0].shape[0] == 4
-    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)):  # the padding never leaks into a model
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)):
         np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
+    fit_one = jax.jit(lambda k, data: train.optimize(setup.loss_fn, setup.init_fn(jax.random.split(k)[0]), data,
+                                                     jax.random.split(k)[1], optimizer=optax.adam(setup.learning_rate),
+                                                     num_steps=setup.num_steps, batch_size=setup.batch_size).params)
+    for stack, data, i in ((four, setup.train_data, 0), (on_subset, subset, 3)):
+        for a, b in zip(jax.tree.leaves(stack), jax.tree.leaves(fit_one(keys[i], data))):
+            np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6)
 
 
 def test_scrub_alternates_max_and_min_steps(problem, key):

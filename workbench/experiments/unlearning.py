@@ -6,6 +6,7 @@ the diffusion model's class forgetting is `workbench.experiments.diffusion_unlea
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -109,16 +110,31 @@ def forget_indices(train_data: Dataset, kind: str, key: jax.Array, fraction: flo
 
 
 def _fit_many(loss_fn, init_fn, lr, num_steps, batch_size):
-    @jax.jit
-    def fit(keys, data):
-        def one(k):
-            ki, kd = jax.random.split(k)
-            return train.optimize(loss_fn, init_fn(ki), data, kd, optimizer=optax.adam(lr), num_steps=num_steps,
-                                  batch_size=batch_size)
+    optimizer = optax.adam(lr)
 
-        return jax.vmap(one)(keys)
+    @jax.jit
+    def fit(keys, data, orders):
+        # `train.optimize`'s loop with its minibatch order passed in: the program depends on the
+        # (padded) data's shape only, not on how many examples the orders draw from
+        def one(k, order):
+            params = init_fn(jax.random.split(k)[0])
+
+            def body(carry, rows):
+                p, s, loss = train.step(loss_fn, optimizer, *carry, jax.tree.map(lambda a: a[rows], data))
+                return (p, s), loss
+
+            (params, _), losses = jax.lax.scan(body, (params, optimizer.init(params)), order)
+            return params, losses
+
+        return jax.vmap(one)(keys, orders)
 
     return fit
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _batch_orders(keys, num_examples, batch_size, num_steps):
+    """Each model's minibatch order, as `train.optimize` draws it from the key it is given."""
+    return jax.vmap(lambda k: train.batch_indices(jax.random.split(k)[1], num_examples, batch_size, num_steps))(keys)
 
 
 _FITS: dict = {}
@@ -128,8 +144,13 @@ MIN_STACK = 16  # model stacks are padded to a power of two >= this (one compile
 def train_models(setup: Setup, data, keys: jax.Array):
     """Train one model per key on `data` in one vmapped call (`train.optimize` under vmap).
 
-    The stack is padded to a power of two >= MIN_STACK models (repeating the first key) so that
-    stacks of 1, 4 and 16 models share one compiled program per data size.
+    Model i starts from `setup.init_fn(split(keys[i])[0])` and takes Adam steps on minibatches
+    drawn by `split(keys[i])[1]`, exactly as `train.optimize` would. Two paddings let every call
+    of the paper share one compiled program: the stack is padded to a power of two >= MIN_STACK
+    models (repeating the first key), and `data` (the training set or a retain set of it) is
+    padded with zero rows to the training set's size. The minibatch orders are drawn outside the
+    program from the true number of examples, so the padding rows are never read and the padding
+    models are dropped (vmapped rows are independent): the numbers are those of an unpadded call.
 
     Args:
       setup: the digits setup (loss, initialisation and training recipe).
@@ -145,13 +166,17 @@ def train_models(setup: Setup, data, keys: jax.Array):
     config = (setup.loss_fn, setup.init_fn, setup.learning_rate, setup.num_steps, setup.batch_size)
     if config not in _FITS:
         _FITS[config] = _fit_many(*config)
-    # pad the stack to a bucket (repeating the first key) so stacks of 1, 4 and 16 models share
-    # one compiled program per data size; the padding models are dropped (vmapped rows are independent)
     m = int(keys.shape[0])
     size = max(MIN_STACK, 1 << max(0, m - 1).bit_length())
     raw = np.asarray(jax.random.key_data(keys))
-    padded = jax.random.wrap_key_data(np.concatenate([raw, np.repeat(raw[:1], size - m, axis=0)]))
-    params, losses = _FITS[config](padded, data)
+    padded_keys = jax.random.wrap_key_data(np.concatenate([raw, np.repeat(raw[:1], size - m, axis=0)]))
+    n = num_examples(data)
+    rows = max(n, num_examples(setup.train_data))
+    padded_data = jax.tree.map(lambda a: jnp.concatenate([a, jnp.zeros((rows - n, *a.shape[1:]), a.dtype)]), data)
+    # (a batch_size >= n trains full-batch in `train.optimize`; here it takes every example in a
+    # shuffled order: the same mean loss up to rounding)
+    orders = _batch_orders(padded_keys, n, min(setup.batch_size, n), setup.num_steps)
+    params, losses = _FITS[config](padded_keys, padded_data, orders)
     if not np.isfinite(np.asarray(losses)[:m]).all():
         raise train.NonFiniteLossError("training a model stack produced a NaN/inf loss; lower the learning rate")
     return jax.tree.map(lambda a: jnp.asarray(np.asarray(a)[:m]), params)
