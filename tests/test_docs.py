@@ -77,3 +77,14 @@ def test_site_builds_strictly_with_api_pages_from_the_docstrings(tmp_path):
             if why:
                 bad.append(f"{html_file.relative_to(site)}: {target} ({why})")
     assert not bad, "the built site links outside itself: " + "; ".join(bad[:10])
+
+
+def test_tutorial_page_shows_the_papers_own_code():
+    """Every line of code on the tutorial page is a line of the paper it walks through, so the page
+    cannot drift from what `make test` runs (the paper `your_own_model` runs in the suite)."""
+    page = (REPO / "docs" / "tutorial.md").read_text()
+    paper = (REPO / "notebooks" / "your_own_model.py").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    assert len(blocks) >= 6
+    missing = [line for block in blocks for line in block.splitlines() if line.strip() and line.strip() not in paper]
+    assert not missing, f"tutorial lines not in notebooks/your_own_model.py: {missing}"

@@ -41,6 +41,7 @@ OTHER_FILES = {
     "third": {"icl_as_gradient_descent", "influence_evaluation", "task_switch", "influence_fades"},
     "fourth": {"distributed_minimisation", "neural_transport", "diffusion_unlearning", "intrinsic_dimension",
                "objective_mixing"},
+    "fifth": {"your_own_model"},
 }
 
 
