@@ -20,7 +20,7 @@
 #       cnn_test_accuracy: '>0.9'
 #       cnn_top_eigenvalue_relative_error: <1e-3
 #       refined_test_accuracy: '>0.88'
-#       store_agreement_with_grad_dot: '>0.99'
+#       store_agreement_with_grad_dot: '>0.95'
 #       text_loss_drop: '>1.0'
 #     full:
 #       num_removed: 32
