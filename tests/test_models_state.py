@@ -212,3 +212,15 @@ def test_sketch_takes_a_functional_and_names_a_per_example_loss(tmp_path):
         sketch.per_example_gradients(fn.per_example_loss_fn, fn.params, data, phi)
     store = sketch.write_gradient_store(fn, fn.params, data, phi, tmp_path / "store")
     np.testing.assert_allclose(np.asarray(store.sketches[:]), from_fn, rtol=1e-12)
+
+
+def test_trak_output_follows_the_functionals_loss():
+    """A classifier's Functional gets Park et al.'s margin, a regression's the loss (the margin of a
+    squared error is meaningless)."""
+    x = jax.random.normal(jax.random.key(0), (20, 5), jnp.float64)
+    y = jnp.sin(x[:, 0])
+    fn = models.functional(models.MLP(5, [4], 1, rngs=nnx.Rngs(0), param_dtype=jnp.float64), "mse", l2=0.1)
+    options = dict(key=jax.random.key(1), dim=16)
+    default = influence.make("trak", fn, fn.params, (x, y), **options).scores((x[:3], y[:3]))
+    as_loss_output = influence.make("trak", fn, fn.params, (x, y), output_fn="loss", **options).scores((x[:3], y[:3]))
+    np.testing.assert_array_equal(default, as_loss_output)

@@ -89,7 +89,9 @@ def make(name: str, loss_fn, params, train_data, **options) -> Estimator:
     - the **test measure** (`measure_fn=`, default the data loss).
     Pass a `workbench.models.Functional` as `loss_fn` and the roles are taken from it: its
     objective (mean loss + 0.5 l2 |theta|^2) for the curvature, its per-example loss without
-    the regulariser for the gradients and the test measure. Passing the regularised objective
+    the regulariser for the gradients and the test measure, and for "trak" the output function
+    Park et al. use (the margin of a cross-entropy classifier from its logits; the loss for any
+    other loss, e.g. "mse"). Passing the regularised objective
     as a plain `loss_fn` mixes the roles (the scores then rank wrongly when l2 matters).
 
     Options common to all: `chunk_size` (examples per vmapped chunk, default 256) and
@@ -123,6 +125,9 @@ def make(name: str, loss_fn, params, train_data, **options) -> Estimator:
         model = loss_fn
         if name in CURVATURE_ESTIMATORS:  # the curvature operator resolves every kind's roles from it
             options.setdefault("objective_fn", model)
+        if name == "trak" and "output_fn" not in options:  # Park et al.: the margin for a classifier
+            classifier = getattr(model.output_loss_fn, "__name__", "") == "cross_entropy"
+            options["output_fn"] = margin_output(model.predict_fn) if classifier else "loss"
     loss_fn = as_loss(loss_fn, role="data", caller=caller)
     if "objective_fn" in options and name not in CURVATURE_ESTIMATORS:
         raise ValueError(f"objective_fn= applies to the curvature estimators {CURVATURE_ESTIMATORS}, "
