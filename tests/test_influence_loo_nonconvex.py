@@ -28,15 +28,23 @@ def mlp():
     return model, run.params, train_set, test_set
 
 
+_COMPILED = {}  # (model, train set) -> the jitted objective, gradient and Hessian in (x, weights)
+
+
 def _trust_region(model, params, train_set, weights):
     """The reference: scipy's exact-Hessian trust region on J_w to a gradient norm of 1e-12."""
     flat0, unravel = ravel_pytree(params)
-    objective = ev.per_example_objective(model.loss_fn, train_set)
-    f = jax.jit(lambda x: objective(unravel(x), weights))
-    res = scipy.optimize.minimize(lambda x: float(f(x)), np.asarray(flat0), jac=lambda x: np.asarray(jax.grad(f)(x)),
-                                  hess=lambda x: np.asarray(jax.hessian(f)(x)), method="trust-exact",
+    key = (model, id(train_set))
+    if key not in _COMPILED:  # compiled once for every removal: the weights are an argument
+        objective = ev.per_example_objective(model.loss_fn, train_set)
+        f = lambda x, w: objective(unravel(x), w)
+        _COMPILED[key] = (jax.jit(f), jax.jit(jax.grad(f)), jax.jit(jax.hessian(f)))
+    f, grad, hess = _COMPILED[key]
+    res = scipy.optimize.minimize(lambda x: float(f(x, weights)), np.asarray(flat0),
+                                  jac=lambda x: np.asarray(grad(x, weights)),
+                                  hess=lambda x: np.asarray(hess(x, weights)), method="trust-exact",
                                   options={"gtol": 1e-12, "maxiter": 2000})
-    assert np.linalg.norm(np.asarray(jax.grad(f)(res.x))) < 1e-10
+    assert np.linalg.norm(np.asarray(grad(res.x, weights))) < 1e-10
     return unravel(jnp.asarray(res.x))
 
 
