@@ -112,7 +112,7 @@ print(fn)
 # decay `l2` is part of the objective every analysis sees; 0.01 keeps it well conditioned, so the
 # retraining of section 4 converges and influence's first-order picture holds (at 0.001 some
 # removals let the minimum drift far along flat directions of this 698-parameter model fitted
-# to 150 examples, and Newton retraining stalled). Passing the
+# to the 150 examples we tried, and Newton retraining stalled). Passing the
 # `nnx.Module` itself where a loss belongs is refused with the call to make instead:
 
 # %%
