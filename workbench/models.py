@@ -269,8 +269,7 @@ class _Split(NamedTuple):
     dropout: tuple
 
 
-_BATCH_DEPENDENT = ("BatchNorm",)
-_RANDOM = ("Dropout",)
+_BATCH_DEPENDENT = ("BatchNorm",)  # also a user's own layer of that name
 
 
 def _describe_state(model: nnx.Module) -> tuple[tuple, tuple, tuple]:
@@ -288,9 +287,6 @@ def _describe_state(model: nnx.Module) -> tuple[tuple, tuple, tuple]:
         holds = any(isinstance(v, nnx.Variable) and not isinstance(v, nnx.Param) for v in attributes)
         if isinstance(node, nnx.BatchNorm) or type(node).__name__ in _BATCH_DEPENDENT:
             batch_dependent.append(label)
-        if draws and not isinstance(node, nnx.Dropout) and any(
-                isinstance(v, nnx.Dropout) for v in attributes):  # the Dropout inside is named itself
-            draws = False
         if draws:
             random.append(label)
         if holds or draws:
