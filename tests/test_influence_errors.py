@@ -27,7 +27,7 @@ def _cases(params, train, test, key, tmp_path):
     mk = lambda name, **o: influence.make(name, LogReg.loss_fn, params, train, **o)
     big = {"w": jnp.zeros((inverse.MAX_EXACT_PARAMS + 1,))}
     return [
-        ("loss_fn must be a function loss_fn\\(params, batch\\) or a models.Functional, got builtins.int", lambda: influence.make("exact", 3, params, train)),
+        ("loss_fn must be a callable loss_fn\\(params, batch\\) or a models.Functional, got builtins.int", lambda: influence.make("exact", 3, params, train)),
         ("train_data needs at least 2 examples", lambda: influence.make(
             "exact", LogReg.loss_fn, params, train.take(slice(0, 1)))),
         ("use it for models with at most", lambda: inverse.exact(lambda p, b: jnp.sum(p["w"]), big, train)),

@@ -174,7 +174,7 @@ def test_one_boundary_errors_name_what_was_given():
         influence.make("arnoldi", fn, fn.params, (x, y), key=0)
     with pytest.raises(TypeError, match="key must be a JAX PRNG key"):
         train.train(fn, fn.params, (x, y), 3, optimizer=optax.sgd(0.1), num_steps=1)
-    with pytest.raises(TypeError, match="loss_fn must be a function"):
+    with pytest.raises(TypeError, match="loss_fn must be a callable"):
         as_loss(3.0, role="data", caller="here")
     with pytest.raises(ValueError, match=r"needs a per-example loss .* returns shape \(\): a batch mean"):
         check_loss_output(fn.loss_fn, fn.params, (x, y), expects="per_example", caller="here")

@@ -338,19 +338,17 @@ def _build(split: _Split, params, output_loss_fn, l2: float, mode: str, state) -
                 "example's loss depends on the others; use models.functional(model, mode='inference') "
                 "(running statistics) for per-example gradients, influence and sketches")
 
+    def objective(params, losses):  # the batch mean + 0.5 * l2 * ||params||^2
+        value = jnp.mean(losses)
+        return value + 0.5 * l2 * optax.tree.vdot(params, params) if l2 else value
+
     def loss_fn(params, batch):
-        value = jnp.mean(data_loss(params, batch))
-        if l2:
-            value = value + 0.5 * l2 * optax.tree.vdot(params, params)
-        return value
+        return objective(params, data_loss(params, batch))
 
     def train_loss_fn(params, state, batch, key):
         model = _merge(split.training, split, params, state, key)
         x, y = batch
-        value = jnp.mean(output_loss_fn(model(x), y))
-        if l2:
-            value = value + 0.5 * l2 * optax.tree.vdot(params, params)
-        return value, _state_of(model)
+        return objective(params, output_loss_fn(model(x), y)), _state_of(model)
 
     return Functional(params, loss_fn, per_example_loss_fn, predict_fn, output_loss_fn, l2, state,
                       train_loss_fn, mode, split.stateful_layers, bool(jax.tree.leaves(split.rng_template)), split)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+from flax import nnx
 
 from workbench.core.per_example import mean_loss
 
@@ -66,13 +67,12 @@ def as_loss(loss_fn: Any, *, role: str, caller: str) -> Callable:
         if role == "data":
             return mean_loss(loss_fn.per_example_loss_fn)
         return loss_fn.per_example_loss_fn
-    if type(loss_fn).__module__.startswith("flax") or any(
-            c.__module__.startswith("flax.nnx") for c in type(loss_fn).__mro__[1:]):
+    if isinstance(loss_fn, nnx.Module):
         raise TypeError(f"{caller}: got a Flax model ({type(loss_fn).__name__}) where a loss belongs; pass "
                         "models.functional(model, loss='cross_entropy' or 'mse') instead (a Functional), "
                         "or a function loss_fn(params, batch) -> scalar")
     if not callable(loss_fn):
-        raise TypeError(f"{caller}: loss_fn must be a function loss_fn(params, batch) or a models.Functional, "
+        raise TypeError(f"{caller}: loss_fn must be a callable loss_fn(params, batch) or a models.Functional, "
                         f"got {_what(loss_fn)}")
     return loss_fn
 

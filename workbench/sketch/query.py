@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from workbench.core.losses import as_loss
 from workbench.core.numerics import check_positive_int, num_examples
-from workbench.core.per_example import mean_loss
 from workbench.models import Functional
 from workbench.sketch.base import Sketch
 from workbench.sketch.provenance import check_resumable, sketch_from_metadata
@@ -112,15 +112,6 @@ def _check_test_data(test_data, data) -> int:
                 f"test_data: array {i} holds examples of shape {tuple(b.shape[1:])} and dtype {b.dtype}, the "
                 f"store's data holds {tuple(a.shape[1:])} and {a.dtype}")
     return n_test
-
-
-def _resolve_loss(loss_fn) -> Callable:
-    if isinstance(loss_fn, Functional):
-        return mean_loss(loss_fn.per_example_loss_fn)  # the data loss, without the l2 term
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be a callable loss_fn(params, batch) or a workbench.models.Functional, "
-                        f"got {type(loss_fn).__name__}")
-    return loss_fn
 
 
 def _merge(best_vals, best_idx, vals, idx, k):
@@ -207,7 +198,7 @@ def score_store(
         FloatingPointError: a test example's gradient is NaN or inf (named).
     """
     store = _as_store(store)
-    loss_fn = _resolve_loss(loss_fn)
+    loss_fn = as_loss(loss_fn, role="data", caller="sketch.score_store")
     meta = store.metadata
     n_train = meta["n_data"]
     if top_k is not None and not 1 <= check_positive_int("top_k", top_k) <= n_train:
