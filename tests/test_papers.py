@@ -245,8 +245,9 @@ def test_claims_are_checked_recorded_and_fail_the_run_command(tmp_path):
     assert good.returncode == 0, good.stdout + good.stderr
     assert "claim pass: n <100" in good.stdout
     run = run_dirs(tmp_path, "echo_paper")[0]
-    assert [c["passed"] for c in json.loads((run / "claims.json").read_text())] == [True, True, True]
-    assert json.loads((run / "manifest.json").read_text())["claims"] == {"passed": 3, "failed": []}
+    assert [c["passed"] for c in json.loads((run / "claims.json").read_text())] == [True, True, True, True]
+    assert json.loads((run / "manifest.json").read_text())["claims"] == {"passed": 4, "failed": [], "controls": 1}
+    assert "control pass: n_control must fail n <100 (value 200)" in good.stdout
     bad = cli("run", "echo_paper", "-p", "n=500", "-p", "scale=8", runs_dir=tmp_path)
     assert bad.returncode == 1  # the run itself succeeded; its claims did not hold
     assert "claim FAIL: n <100 (value 500)" in bad.stdout and "claim FAIL: scale" in bad.stdout
@@ -262,6 +263,39 @@ def test_claims_are_checked_recorded_and_fail_the_run_command(tmp_path):
         claims.parse_claims({"x": "about 3"}, "here")
     with pytest.raises(registry.PaperError, match="unknown profiles"):
         claims.parse_claims({"x": {"medium": ">1"}}, "here")
+
+
+def test_a_control_that_passes_its_claim_fails_the_run_and_seeds_tabulate_every_claim(tmp_path):
+    paper = registry.get_paper("echo_paper", registry.discover(FIXTURES))
+    assert paper.controls == {"n_control": "n"}
+    weak = cli("run", "echo_paper", "-p", "n=2", runs_dir=tmp_path / "weak")  # n_control = 40 < 100
+    assert weak.returncode == 1, weak.stdout + weak.stderr
+    assert "control FAIL: n_control must fail n <100 (value 40) - control satisfies the claim" in weak.stdout
+    run = run_dirs(tmp_path / "weak", "echo_paper")[0]
+    assert "n_control" in json.loads((run / "manifest.json").read_text())["claims"]["failed"]
+    results = {c.metric: c for c in claims.check_controls(paper.controls, paper.claims, "quick", {"n": 5})}
+    assert not results["n_control"].passed and results["n_control"].reason == "control not recorded"
+    nan = claims.check_controls(paper.controls, paper.claims, "quick", {"n_control": float("nan")})
+    assert not nan[0].passed and nan[0].reason == "control is not finite"  # a crashed control proves nothing
+    assert claims.Claim("x", "<1").check({"x": 0.25}).margin == 0.75
+    assert claims.Claim("x", "<1").check_control("y", {"y": [3.0, 0.5]}).passed  # one entry outside fails the claim
+    with pytest.raises(registry.PaperError, match="without a claim"):
+        claims.parse_controls({"c": "nothing"}, paper.claims, "here")
+
+    summary = tmp_path / "summary.json"
+    seeds = cli("run", "echo_paper", "--seeds", "0,5", "--summary", str(summary), runs_dir=tmp_path / "seeds")
+    assert seeds.returncode == 0, seeds.stdout + seeds.stderr
+    table = seeds.stdout.split("claims and controls by seed")[1]
+    assert "seed 0" in table and "seed 5" in table and "n_control (control of n)" in table
+    rows = json.loads(summary.read_text())
+    assert [r["seed"] for r in rows] == [0, 5] and all(r["ok"] for r in rows)
+    totals = [next(c["value"] for c in r["claims"] if c["metric"] == "total") for r in rows]
+    assert totals[0] != totals[1]  # each run had its own seed
+    for bad, message in ((["--seeds", "0,x"], "comma-separated integers"), (["--seeds", "1,1"], "distinct"),
+                         (["--seeds", "0,1", "-p", "seed=2"], "not both")):
+        out = cli("run", "echo_paper", *bad, runs_dir=tmp_path / "bad")
+        assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert not (tmp_path / "bad").exists()
 
 
 def test_every_real_paper_declares_valid_metadata():

@@ -3,6 +3,7 @@
     list                                     every paper, its title and quick-run time
     describe NAME                            a paper's parameters, profiles and claims
     run NAME... [-p k=v] [-f params.yaml] [--profile quick|full] [--jobs N] [--runs-dir DIR]
+        [--seeds 0,1,2] [--summary FILE.json]  each paper once per seed, claims tabulated by seed
     run --all [--jobs N]                     every paper
     lab copies | reset [NAME...] | save NAME JupyterLab working copies (`workbench.run.lab`)
     workshop [--profile P] [--serve] [--preheat] [--ip IP] [--port N] [NAME...]
@@ -73,6 +74,10 @@ def cmd_describe(args) -> int:
         print("\nclaims (checked after every run):")
         for c in paper.claims:
             print(f"  {c.metric} {c.spec}" + ("" if len(c.profiles) == 2 else f" ({c.profiles[0]} profile)"))
+    if paper.controls:
+        print("\ncontrols (broken or trivial variants; each must FAIL the claim it names):")
+        for control, target in paper.controls.items():
+            print(f"  {control} must fail the claim on {target}")
     print(f"\nexample: python -m workbench run {paper.name} -p seed=1 --profile quick")
     return 0
 
@@ -87,13 +92,16 @@ def cmd_run(args) -> int:
     Args:
         args: the parsed command line (`argparse.Namespace` from `build_parser`): `names` or
             `all`, `param` (KEY=VALUE strings), `file` (YAML parameter files), `profile`,
-            `runs_dir`, `progress` and `jobs`.
+            `runs_dir`, `progress`, `jobs`, `seeds` ("0,1,2" or None) and `summary` (a JSON path
+            or None).
 
     Returns:
-        The exit status: 0 when every paper ran and every claim held, 1 otherwise.
+        The exit status: 0 when every paper ran, every claim held and every control failed its
+        claim (on every seed), 1 otherwise.
 
     Raises:
-        PaperError: names and --all both or neither given, --jobs below 1, an unknown paper or
+        PaperError: names and --all both or neither given, --jobs below 1, --seeds malformed or
+            given together with -p seed=..., an unknown paper or
             parameter, or a value of the wrong type or outside its declared range or choices.
     """
     available = registry.discover()
@@ -108,7 +116,10 @@ def cmd_run(args) -> int:
         overrides.update(registry.load_parameter_file(path))
     overrides.update(registry.parse_assignments(args.param or []))
     # validate every request before executing anything
-    plans = [(paper, registry.resolve_parameters(paper, overrides, args.profile)) for paper in chosen]
+    seeds = _parse_seeds(args.seeds, overrides)
+    plans = [(paper, registry.resolve_parameters(paper, dict(overrides, **({"seed": s} if s is not None else {})),
+                                                 args.profile))
+             for paper in chosen for s in (seeds or [None])]
     runs_dir = Path(args.runs_dir) if args.runs_dir else registry.repo_root() / "runs"
     runner.cleanup_stale_temporaries(runs_dir)
     t0 = time.perf_counter()
@@ -123,7 +134,43 @@ def cmd_run(args) -> int:
         print(f"\npapers: {len(results) - failed} ran, {failed} failed; claims: "
               f"{sum(c.passed for r in results for c in r.claims)} held, {bad_claims} did not; "
               f"{time.perf_counter() - t0:.0f} s")
+    if seeds:
+        print("\nclaims and controls by seed (margin: the smallest distance inside the claim over the "
+              "seeds; for a control, how far it stays outside, negative):\n" + _seed_table(results, seeds))
+    if args.summary:
+        _write_summary(Path(args.summary), results)
     return 0 if all(r.ok and r.claims_ok for r in results) else 1
+
+
+def _parse_seeds(text: str | None, overrides: dict) -> list[int] | None:
+    """`--seeds 0,1,2` as a list of distinct ints (None when not given)."""
+    if text is None:
+        return None
+    if "seed" in overrides:
+        raise registry.PaperError("give the seed with --seeds or with -p seed=..., not both")
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise registry.PaperError(f"--seeds takes comma-separated integers such as 0,1,2, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise registry.PaperError(f"--seeds takes distinct non-negative integers such as 0,1,2, got {text!r}")
+    return seeds
+
+
+def _write_summary(path: Path, results) -> None:
+    """Every run's paper, seed, status, time, directory and checked claims and controls as JSON."""
+    import json
+
+    rows = []
+    for r in results:
+        manifest = r.path / "manifest.json"
+        seed = json.loads(manifest.read_text()).get("seed") if manifest.exists() else None
+        rows.append({"paper": r.paper, "seed": seed, "ok": r.ok, "seconds": round(r.seconds, 1),
+                     "path": str(r.path), "claims": [c.__dict__ for c in r.claims]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    tmp.replace(path)
 
 
 def cmd_lab(args) -> int:
@@ -174,8 +221,12 @@ def _report(i: int, total: int, result) -> None:
     print(f"[{i}/{total}] {result.paper}: {status} in {result.seconds:.1f} s -> {result.path}", flush=True)
     for c in result.claims:
         mark = "pass" if c.passed else "FAIL"
-        print(f"    claim {mark}: {c.metric} {c.claim} (value {_short(c.value)})"
-              + (f" - {c.reason}" if c.reason else ""), flush=True)
+        if c.is_control:
+            print(f"    control {mark}: {c.metric} must fail {c.control_of} {c.claim} (value {_short(c.value)})"
+                  + (f" - {c.reason}" if c.reason else ""), flush=True)
+        else:
+            print(f"    claim {mark}: {c.metric} {c.claim} (value {_short(c.value)})"
+                  + (f" - {c.reason}" if c.reason else ""), flush=True)
     if not result.ok:
         print(f"    {result.error.splitlines()[-1] if result.error else ''}\n"
               f"    traceback: {result.path / 'error.txt'}", file=sys.stderr)
@@ -216,7 +267,44 @@ def _claims_cell(result) -> str:
     if not result.claims:
         return "-"
     held = sum(c.passed for c in result.claims)
-    return f"{held}/{len(result.claims)}" + ("" if held == len(result.claims) else " FAILED")
+    controls = sum(c.is_control for c in result.claims)
+    return (f"{held}/{len(result.claims)}" + (f" ({controls} controls)" if controls else "")
+            + ("" if held == len(result.claims) else " FAILED"))
+
+
+def _seed_table(results, seeds: list[int]) -> str:
+    """Per paper, each claim and control (rows) at each seed (columns), and the smallest margin."""
+    lines = []
+    for name in dict.fromkeys(r.paper for r in results):
+        runs = [r for r in results if r.paper == name]
+        rows = {}
+        for seed, run in zip(seeds, runs, strict=True):
+            for c in run.claims:
+                label = f"{c.metric} (control of {c.control_of})" if c.is_control else c.metric
+                row = rows.setdefault(label, {"claim": ("must fail " if c.is_control else "") + c.claim, "cells": {}, "margins": []})
+                row["cells"][seed] = ("" if c.passed else "FAIL ") + _short(_rounded(c.value))
+                row["margins"].append(c.margin)
+        table = [[label, row["claim"], *[row["cells"].get(s, "not run") for s in seeds],
+                  _short(_rounded(_worst_margin(row["margins"], "must fail" in row["claim"])))]
+                 for label, row in rows.items()]
+        lines.append(f"{name}:\n" + _table(table, ["metric", "claim", *[f"seed {s}" for s in seeds], "margin"]))
+    return "\n\n".join(lines)
+
+
+def _worst_margin(margins, control: bool):
+    """The margin nearest to failing: the smallest for a claim, the largest (least negative) for
+    a control; None when any seed's value was not numeric."""
+    if not margins or any(m is None for m in margins):
+        return None
+    return max(margins) if control else min(margins)
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--progress", action="store_true", help="show papermill's per-cell progress bar")
     r.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="run N papers at a time, each in its own process (default 1)")
+    r.add_argument("--seeds", metavar="S,S,...",
+                   help="run each paper once per seed (for example 0,1,2) and tabulate every claim by seed")
+    r.add_argument("--summary", metavar="FILE.json", help="also write every run's claims and controls to this JSON file")
     r.set_defaults(func=cmd_run)
     lab_parser = sub.add_parser("lab", help="JupyterLab working copies of the papers (lab/)")
     lab_sub = lab_parser.add_subparsers(dest="lab_command", required=True)

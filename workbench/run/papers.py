@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from workbench.run.claims import PROFILES, Claim, PaperError, parse_claims
+from workbench.run.claims import PROFILES, Claim, PaperError, parse_claims, parse_controls
 
 SCALAR_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 LIST_TYPES = {f"list[{t}]": t for t in SCALAR_TYPES if t != "bool"}
@@ -93,6 +93,7 @@ class Paper:
     full: dict[str, Any]
     parameters: dict[str, Parameter] = field(repr=False)
     claims: tuple[Claim, ...] = ()
+    controls: dict[str, str] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -259,8 +260,9 @@ def load_paper(source: Path) -> Paper:
         raise PaperError(f"{source}: parameters cell lacks {missing}")
     full = dict(meta.get("full") or {})
     claims = parse_claims(meta.get("claims"), str(source))
+    controls = parse_controls(meta.get("controls"), claims, str(source))
     paper = Paper(source.stem, meta.get("title", source.stem), source, meta.get("quick_seconds"), full,
-                  params, claims)
+                  params, claims, controls)
     unknown = [k for k in full if k not in params]
     if unknown:
         raise PaperError(f"{source}: full profile names unknown parameters {unknown}")

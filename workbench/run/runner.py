@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from workbench.core.progress import PROGRESS_ENV
-from workbench.run.claims import ClaimResult, check_claims
+from workbench.run.claims import ClaimResult, check_claims, check_controls
 from workbench.run.papers import Paper, params_hash, repo_root
 from workbench.run.results import FIGURES_DIR, METRICS_FILE, RUN_DIR_ENV
 
@@ -38,7 +38,7 @@ VERSIONED_PACKAGES = (
 class RunResult:
     """One paper run: the paper's name, whether the notebook ran, its run directory (ending in
     `-failed` when it did not), the seconds it took, the error's last line (None when it ran) and
-    the checked claims (empty when it failed)."""
+    the checked claims and controls (empty when it failed)."""
 
     paper: str
     ok: bool
@@ -49,7 +49,8 @@ class RunResult:
 
     @property
     def claims_ok(self) -> bool:
-        """Whether every checked claim held (True when there were none)."""
+        """Whether every checked claim held and every control failed its claim (True when there
+        were none)."""
         return all(c.passed for c in self.claims)
 
 
@@ -162,7 +163,9 @@ def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None
     claims: list[ClaimResult] = []
     if not error:
         metrics = json.loads((tmp / METRICS_FILE).read_text())
-        claims = check_claims(paper.claims, str(params.get("profile")), metrics)
+        profile = str(params.get("profile"))
+        claims = (check_claims(paper.claims, profile, metrics)
+                  + check_controls(paper.controls, paper.claims, profile, metrics))
         (tmp / "claims.json").write_text(json.dumps(
             [c.__dict__ for c in claims], indent=2, default=str) + "\n")
     manifest = {
@@ -185,7 +188,8 @@ def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None
         manifest["error"] = error
     else:
         manifest["claims"] = {"passed": sum(c.passed for c in claims),
-                              "failed": [c.metric for c in claims if not c.passed]}
+                              "failed": [c.metric for c in claims if not c.passed],
+                              "controls": sum(c.is_control for c in claims)}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     final = _unique(paper_dir / (f"{stem}-failed" if error else stem))
     tmp.rename(final)
