@@ -56,7 +56,9 @@ def run(name: str, seeds: list[int], full: bool, runs_dir: Path, overrides: dict
         label = f"{profile} seed {seed}"
         rows[label] = {"ok": result.ok, "seconds": round(result.seconds, 1), "cpu_seconds": round(cpu, 1),
                        "overrides": (overrides or {}) if profile == "quick" else {}, "error": result.error,
-                       "claims": {c.metric: {"claim": c.claim, "value": c.value, "passed": c.passed}
+                       "claims": {(f"{c.metric} (control of {c.control_of})" if c.is_control else c.metric):
+                                  {"claim": ("must fail " if c.is_control else "") + c.claim, "value": c.value,
+                                   "passed": c.passed, "margin": c.margin}
                                   for c in result.claims}}
         print(f"{name} {label}: {'ok' if result.ok else 'FAILED'} in {result.seconds:.1f} s ({cpu:.1f} s CPU), "
               f"{sum(c.passed for c in result.claims)}/{len(result.claims)} claims hold", flush=True)
@@ -69,12 +71,15 @@ def markdown(name: str, rows: dict) -> str:
     quick = [label for label in labels if label.startswith("quick")]
     lines = [f"# Claims of `{name}` over seeds", "",
              "Each column is one run of the paper (quick profile unless marked full); `spread` is the "
-             "smallest and largest value over the quick seeds; a cell is marked FAIL when its claim fails.", "",
-             "| claim | spec | " + " | ".join(labels) + " | quick spread |",
-             "|---|---|" + "---|" * len(labels) + "---|"]
+             "smallest and largest value over the quick seeds; `margin` how far the worst quick seed lies "
+             "inside its claim (for a control, a broken or trivial variant that must fail the claim, how "
+             "far the nearest seed stays outside it: negative); a cell is marked FAIL when its claim "
+             "fails or its control passes.", "",
+             "| claim | spec | " + " | ".join(labels) + " | quick spread | margin |",
+             "|---|---|" + "---|" * len(labels) + "---|---|"]
     for m in metrics:
         spec = next(r["claims"][m]["claim"] for r in rows.values() if m in r["claims"])
-        cells, values = [], []
+        cells, values, margins = [], [], []
         for label in labels:
             c = rows[label]["claims"].get(m)
             if c is None or not isinstance(c["value"], int | float):
@@ -83,8 +88,11 @@ def markdown(name: str, rows: dict) -> str:
             cells.append(f"{c['value']:.4g}" + ("" if c["passed"] else " FAIL"))
             if label in quick:
                 values.append(c["value"])
+                margins.append(c.get("margin"))
         spread = f"{min(values):.4g} .. {max(values):.4g}" if values else "–"
-        lines.append(f"| {m} | `{spec}` | " + " | ".join(cells) + f" | {spread} |")
+        known = [x for x in margins if x is not None]
+        margin = "–" if not known else f"{(max(known) if spec.startswith('must fail') else min(known)):.3g}"
+        lines.append(f"| {m} | `{spec}` | " + " | ".join(cells) + f" | {spread} | {margin} |")
     overrides = next((r["overrides"] for r in rows.values() if r.get("overrides")), None)
     if overrides:
         lines += ["", "Quick runs with " + ", ".join(f"`{k}={v!r}`" for k, v in overrides.items()) + "."]
