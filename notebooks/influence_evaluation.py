@@ -81,8 +81,8 @@
 #   trains one model; spending the M - 1 retrained models themselves on datamodels (a regression of
 #   the test loss on the training subset, each subset predicted out of sample) buys an LDS of about
 #   0.3 at this M (11 models in the quick profile), TRAK about 0.65. The claim is TRAK's LDS at
-#   least 0.2 above those datamodels' (0.36 and 0.54 on seeds 0 and 1); random scores in place of
-#   TRAK's must fail it.
+#   least 0.2 above those datamodels' (0.36-0.59 on seeds 0-2); random scores in place of TRAK's
+#   must fail it.
 # - Mislabel detection: on digits, ranking the training examples by their loss finds the flipped
 #   labels as well as any self-influence (AUC about 0.99), and the gradient dot product does as
 #   well as the exact influence function: this test sees no curvature. The claim is the honest one:
