@@ -15,10 +15,18 @@
 #     name: python3
 #   workbench:
 #     claims:
+#       constant_log_slope: '>0.05'
+#       inverse_sqrt_log_slope: '>0.05'
 #       linear_decay_at_largest_T:
 #       - 1.9
 #       - 2.1
-#       varying_norms_bound_at_largest_T/refined for these norms: <3.0
+#       refined_over_linear: <0.85
+#     controls:
+#       constant_at_largest_T: linear_decay_at_largest_T
+#       cosine_log_slope: constant_log_slope
+#       cosine_over_linear: refined_over_linear
+#       linear_decay_log_slope: inverse_sqrt_log_slope
+#       unrefined_over_linear: refined_over_linear
 #     full:
 #       horizons:
 #       - 10
@@ -58,7 +66,7 @@ import matplotlib.pyplot as plt
 
 import workbench
 from workbench import plots, schedules
-from workbench.experiments.schedules import varying_norms
+from workbench.experiments.schedules import varying_norms, varying_norms_bounds
 
 shapes = schedules.standard_shapes(cooldown_fraction)
 
@@ -96,19 +104,18 @@ for name, curve in table.items():
 # Linear decay is optimal only for constant norms. Take norms that are large early and rise again
 # at the end (a common picture in deep learning). `schedules.refine` computes the schedule that
 # minimises the bound for these norms: it grows a warm-up (large early norms make early steps
-# costly) and anneals faster at the end. Its bound is below linear decay's. The norms are
-# `experiments.schedules.varying_norms`: g(t) = 1 + 4 exp(-t/0.05) + 2 t^4 over the fraction t of training.
+# costly) and anneals faster at the end. Its bound is below linear decay's (about 0.77 times it at
+# large T) and below cosine's (0.91 times linear decay's). The control "refined for constant norms"
+# is what a refinement that ignored the observed norms returns, linear decay again: its ratio is 1.
+# The norms are `experiments.schedules.varying_norms`: g(t) = 1 + 4 exp(-t/0.05) + 2 t^4 over the
+# fraction t of training.
 
 # %%
 T_ref = horizons[-1]
 refined = schedules.refine(varying_norms(T_ref), tau=0.1)
-varying = {
-    "linear decay": schedules.bound_curve(shapes["linear decay"], horizons, varying_norms),
-    "cosine": schedules.bound_curve(shapes["cosine"], horizons, varying_norms),
-    "refined for these norms": schedules.refined_bound_curve(varying_norms, horizons, tau=0.1),
-}
+varying = varying_norms_bounds(horizons, tau=0.1)
 fig = plots.schedules.refined_bound(varying_norms(T_ref), refined.values,
-                                   schedules.values(shapes["linear decay"](T_ref), T_ref), horizons, varying)
+                                   schedules.values(shapes["linear decay"](T_ref), T_ref), horizons, varying.curves)
 workbench.save_figure(fig, "refined_bound")
 plt.show()
 
@@ -131,12 +138,27 @@ if interactive:
 # %% [markdown]
 # ## Headline numbers
 # bound x sqrt(T) / (D G) per schedule at each T (constant norms), and at the largest T with the
-# varying norms.
+# varying norms. The claims: linear decay sits at 2 (the constant schedule, a control, does not);
+# constant and 1/sqrt(t) steps pay a log factor, read as the slope of bound x sqrt(T) against ln T
+# over the three largest T (about 0.15 and 0.13; linear decay and cosine, the controls, have a
+# slope near 0); and with varying norms
+# the refined schedule's bound is below 0.85 times linear decay's, which neither cosine nor the
+# schedule refined for constant norms (the controls) reach.
 
 # %%
+largest = horizons[-3:]
 workbench.record(
     horizons=horizons,
     bound_times_sqrt_T={name: curve for name, curve in table.items()},
     linear_decay_at_largest_T=float(table["linear decay"][-1]),
-    varying_norms_bound_at_largest_T={name: float(c[-1]) for name, c in varying.items()},
+    constant_at_largest_T=float(table["constant"][-1]),
+    log_slope={name: schedules.log_slope(largest, curve[-3:]) for name, curve in table.items()},
+    constant_log_slope=schedules.log_slope(largest, table["constant"][-3:]),
+    inverse_sqrt_log_slope=schedules.log_slope(largest, table["1/sqrt(t)"][-3:]),
+    linear_decay_log_slope=schedules.log_slope(largest, table["linear decay"][-3:]),
+    cosine_log_slope=schedules.log_slope(largest, table["cosine"][-3:]),
+    varying_norms_bound_at_largest_T={name: float(c[-1]) for name, c in varying.curves.items()},
+    refined_over_linear=varying.over_linear("refined for these norms"),
+    cosine_over_linear=varying.over_linear("cosine"),
+    unrefined_over_linear=varying.over_linear("refined for constant norms"),
 )

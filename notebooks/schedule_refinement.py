@@ -15,8 +15,21 @@
 #     name: python3
 #   workbench:
 #     claims:
-#       test_accuracy/MLP 64-32-10/refined: '>0.9'
-#       test_accuracy/logistic regression/refined: '>0.9'
+#       summary/MLP 64-32-10/bound_over_linear: <0.9
+#       summary/MLP 64-32-10/loss_over_same_area: <0.95
+#       summary/MLP 64-32-10/warmup_fraction: '>0.15'
+#       summary/logistic regression/bound_over_linear: <0.9
+#       summary/logistic regression/loss_over_linear: <0.95
+#       summary/logistic regression/warmup_fraction: '>0.15'
+#     controls:
+#       summary/MLP 64-32-10/cosine_bound_over_linear: summary/MLP 64-32-10/bound_over_linear
+#       summary/MLP 64-32-10/cosine_loss_over_linear: summary/MLP 64-32-10/loss_over_same_area
+#       summary/MLP 64-32-10/unrefined_bound_over_linear: summary/MLP 64-32-10/bound_over_linear
+#       summary/MLP 64-32-10/unrefined_warmup_fraction: summary/MLP 64-32-10/warmup_fraction
+#       summary/logistic regression/cosine_bound_over_linear: summary/logistic regression/bound_over_linear
+#       summary/logistic regression/cosine_loss_over_linear: summary/logistic regression/loss_over_linear
+#       summary/logistic regression/unrefined_bound_over_linear: summary/logistic regression/bound_over_linear
+#       summary/logistic regression/unrefined_warmup_fraction: summary/logistic regression/warmup_fraction
 #     full:
 #       num_steps: 5000
 #       peak_lrs:
@@ -40,7 +53,8 @@
 #
 # You will see: gradient norms from SGD runs of logistic regression and of a 64-32-10 MLP on
 # digits, the refined schedules they produce, and the final training loss and test accuracy of
-# SGD with the refined schedule against linear decay and cosine at the same peak step size.
+# SGD with the refined schedule against linear decay and cosine at the same peak step size, and
+# against linear decay given the refined schedule's total step size (its area).
 
 # %% tags=["parameters"]
 num_steps: int = 1000  # SGD steps (minibatches of batch_size); in [1, inf)
@@ -53,7 +67,6 @@ interactive: bool = False  # show the panel: model, T, peak lr, window -> refine
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 
 import workbench
 from workbench import plots
@@ -64,7 +77,9 @@ from workbench.experiments import schedules as refinement
 # For each model and peak step size, `digits_refinement` trains with SGD + linear decay while
 # recording sqrt(E ||g_t||^2) (8 random minibatches every 10 steps), refines those norms into a
 # schedule, and trains again from the same initialisation and batch order with the refined schedule,
-# linear decay and cosine, all at the same peak step size.
+# linear decay and cosine, all at the same peak step size, and with linear decay scaled to the
+# refined schedule's area (sum of learning rates), which tells a gain of the refined *shape* from
+# a gain of its larger step budget.
 
 # %%
 models = {"logistic regression": "logreg", "MLP 64-32-10": "mlp"}
@@ -93,12 +108,13 @@ plt.show()
 # ## Training with each schedule
 # Minibatch training loss (smoothed) per schedule. The refined schedule trails for most of the run
 # (warm-up: smaller early steps) and catches up in its annealing phase. In the quick profile it
-# ends with a lower full-batch training loss for logistic regression (about 10% lower) and about
-# the same for the MLP, with test accuracy unchanged within half a percent: on digits the gain is
-# in optimisation, not in generalisation. Caveats: at the same peak, the refined schedule has a
-# larger total step size (area) than linear decay, and its norms come from a noisy estimate (8
-# minibatches every 10 steps), hence its jagged shape; `peak_lrs` in the full profile scores each
-# schedule at its own best peak.
+# ends with a lower full-batch training loss for logistic regression (about 11% lower) and 2-9%
+# lower for the MLP, with test accuracy unchanged within about half a percent: on digits the gain
+# is in optimisation, not in generalisation. Caveats: at the same peak, the refined schedule has a
+# larger total step size (area, about 0.62-0.64 T against linear decay's 0.5 T): "linear decay
+# (same area)" shows what that budget alone buys (for logistic regression, all of the gain). Its
+# norms come from a noisy estimate (8 minibatches every 10 steps), hence its jagged shape;
+# `peak_lrs` in the full profile scores each schedule at its own best peak.
 
 # %%
 fig = plots.schedules.schedule_losses(shown, window=max(1, num_steps // 50))
@@ -113,16 +129,29 @@ for label, runs in best.items():
 # %% [markdown]
 # ## Headline numbers
 # Final full-batch training loss and test accuracy per model and schedule (each at its best peak
-# learning rate among `peak_lrs`), and where the refined schedule peaks (fraction of the run).
+# learning rate among `peak_lrs`), and `summary` per model (`experiments.schedules.refinement_summary`,
+# at the middle peak), on which the claims rest:
+# - **warm-up**: the refined schedule peaks after 15% of the run (seeds 0-2: 28-41% for logistic
+#   regression, 54-70% for the MLP); the control, refinement of constant norms, is linear decay and
+#   peaks at step 0;
+# - **bound**: for the norms it was refined from, its last-iterate bound is below 0.9 times linear
+#   decay's (0.77-0.82 and 0.50-0.67); cosine (about 1.05) and the control (1.00) are not;
+# - **loss**: at the same peak, logistic regression ends about 11% lower than with linear decay
+#   (cosine: 0.2% lower). But linear decay given the refined schedule's area matches it (ratio
+#   about 1.003): for logistic regression the gain is the larger step budget, not the shape. For
+#   the MLP the same-peak gain is small and seed-dependent (2-9%), while the refined schedule beats
+#   linear decay *of the same area* by 9-10% (cosine against linear decay, a same-area reshaping
+#   that is not refined: within 1.3%). That MLP claim is the one that credits the refined shape.
 
 # %%
+summary = {label: refinement.refinement_summary(res) for label, res in shown.items()}
 workbench.record(
     final_train_loss={label: {name: run.final_loss for name, run in runs.items()}
                       for label, runs in best.items()},
     test_accuracy={label: {name: run.test_accuracy for name, run in runs.items()}
                    for label, runs in best.items()},
-    refined_peak_fraction={label: float(np.argmax(res.refined.values) / num_steps)
-                           for label, res in shown.items()},
+    refined_peak_fraction={label: s.warmup_fraction for label, s in summary.items()},
+    summary={label: s._asdict() for label, s in summary.items()},
 )
 
 # %% [markdown]

@@ -249,3 +249,30 @@ def test_harvey_over_rate():
     res = C.HarveyResult(np.array([16, 64]), np.array([0.1, 0.2]), np.array([0.3, 0.4]), np.zeros(2))
     np.testing.assert_allclose(res.over_rate("uniform"), [0.3 * 4 / np.log(16), 0.4 * 8 / np.log(64)])
     np.testing.assert_allclose(res.over_rate(), [0.1 * 4 / np.log(16), 0.2 * 8 / np.log(64)])
+
+
+def test_harvey_log_growth_is_the_slope_of_the_scaled_gap():
+    res = C.harvey_gd([32, 128, 512])  # horizons compiled by the test above
+    T = np.array([32.0, 128.0, 512.0])
+    for kind in ("last", "uniform", "suffix"):
+        y = getattr(res, kind) * np.sqrt(T)
+        slope = np.cov(np.log(T), y)[0, 1] / np.var(np.log(T), ddof=1)  # least squares, written out
+        assert res.log_growth(kind) == pytest.approx(slope, rel=1e-10)
+    assert res.log_growth("last") > 1 / 32 > 0.01 > abs(res.log_growth("uniform"))
+
+
+def test_last_over_average_is_the_ratio_of_quantiles():
+    rng = np.random.default_rng(0)
+    last, suffix, uniform = (rng.uniform(0.1, 1.0, (9, 3)) for _ in range(3))
+    res = C.SGDResult(np.array([1, 10, 100]), last, uniform, suffix)
+    cmp = C.ScheduleComparison(("a",), (res,), np.ones(1))
+    # 9 seeds: the median is the 5th smallest value
+    assert C.last_over_average(cmp)["a"] == pytest.approx(np.sort(last[:, -1])[4] / np.sort(suffix[:, -1])[4])
+    assert C.last_over_average(cmp, "uniform", q=1.0)["a"] == pytest.approx(last[:, -1].max() / uniform[:, -1].max())
+    with pytest.raises(ValueError, match="average must be"):
+        C.last_over_average(cmp, "best")
+    with pytest.raises(ValueError, match="q must lie"):
+        C.last_over_average(cmp, q=1.5)
+    zero = C.ScheduleComparison(("a",), (res._replace(suffix=np.zeros_like(suffix)),), np.ones(1))
+    with pytest.raises(ValueError, match="ratio to it is undefined"):
+        C.last_over_average(zero)

@@ -209,13 +209,19 @@ def test_digits_refinement_small_run():
     assert res.grad_norms.shape == (60,) and np.all(res.grad_norms > 0)
     assert res.refined.values.max() == 1.0 and res.refined.values[-1] == 0.0
     runs = res.runs
-    assert set(runs) == {"linear decay", "cosine", "refined"}
+    assert set(runs) == {"linear decay", "cosine", "refined", "linear decay (same area)"}
     np.testing.assert_allclose(runs["refined"].lrs, 0.5 * res.refined.values, rtol=1e-6)
     # same initialisation and batch order: the first minibatch loss is shared
     first = {name: float(run.history["loss"][0]) for name, run in runs.items()}
     assert len(set(first.values())) == 1
     for run in runs.values():
         assert run.final_loss < first["linear decay"] and 0.5 < run.test_accuracy <= 1.0
+    # linear decay given the refined schedule's total step size
+    area = runs["linear decay (same area)"].lrs
+    assert area.sum() == pytest.approx(runs["refined"].lrs.sum(), rel=1e-5)
+    np.testing.assert_allclose(area / area[0], runs["linear decay"].lrs / 0.5, rtol=1e-6)
+    summary = refinement.refinement_summary(res)
+    assert summary.unrefined_warmup_fraction == 0.0 and summary.bound_over_linear < 1.0
     with pytest.raises(ValueError, match="model must be"):
         refinement.digits_refinement("cnn")
 

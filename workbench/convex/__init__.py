@@ -10,8 +10,9 @@ Problems (a `Problem` NamedTuple: data, a batch objective, its exact minimiser a
 over seeds; each run records the last iterate, the uniform average and the suffix average at a
 log-spaced set of T, so one compiled call gives the whole suboptimality-vs-T curve for every seed.
 
-`compare_schedules` runs several schedule shapes on the same seeds (a `ScheduleComparison`) and
-`final_quantiles` reads the quantiles across seeds at the largest T.
+`compare_schedules` runs several schedule shapes on the same seeds (a `ScheduleComparison`),
+`final_quantiles` reads the quantiles across seeds at the largest T and `last_over_average` how
+much worse the last iterate ends than an average.
 
 `harvey_gd(T)` is the Harvey, Liaw, Plan, Randhawa (2019) construction on which deterministic
 gradient descent with steps 1/sqrt(t) has a last iterate Theta(log T / sqrt T) above the optimum.
@@ -55,6 +56,7 @@ from workbench.convex.runner import (
     Trace,
     compare_schedules,
     final_quantiles,
+    last_over_average,
     log_steps,
     make_sgd,
     quantiles,
@@ -67,5 +69,5 @@ __all__ = [
     "Problem", "least_absolute_deviations", "hinge_svm", "l1_logistic", "objective",
     "log_steps", "sample_indices", "SGDRunner", "Trace", "make_sgd", "suboptimality", "run_sgd", "SGDResult",
     "quantiles", "make_problem", "compare_schedules", "ScheduleComparison", "final_quantiles", "PROBLEMS", "HarveyResult", "HarveyValue", "harvey_gd",
-    "harvey_value",
+    "harvey_value", "last_over_average",
 ]

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from workbench.schedules import log_slope
+
 
 class HarveyResult(NamedTuple):
     """Suboptimality (f* = 0) after T steps: last iterate, uniform and suffix (last half) average."""
@@ -24,6 +26,13 @@ class HarveyResult(NamedTuple):
         theorem bounds it below by 1/32 for the last iterate, while the averages tend to 0."""
         T = np.asarray(self.steps, dtype=np.float64)
         return np.asarray(getattr(self, kind)) * np.sqrt(T) / np.log(T)
+
+    def log_growth(self, kind: str = "last") -> float:
+        """The least-squares slope of suboptimality x sqrt(T) against ln T for `kind` ("last",
+        "uniform" or "suffix"): about 1/32 or more for the last iterate, whose gap is
+        Theta(log T / sqrt T), and near 0 for the averages, whose gap is O(1 / sqrt T)."""
+        T = np.asarray(self.steps, dtype=np.float64)
+        return log_slope(T, np.asarray(getattr(self, kind)) * np.sqrt(T))
 
 
 class HarveyValue(NamedTuple):

@@ -316,3 +316,35 @@ def final_quantiles(comparison: ScheduleComparison, qs: Sequence[float] = (0.5, 
             q = quantiles(getattr(res, kind)[:, -1:], qs)[:, 0]
             table[name][kind] = {_quantile_name(level): float(v) for level, v in zip(qs, q, strict=True)}
     return table
+
+
+def last_over_average(comparison: ScheduleComparison, average: str = "suffix", q: float = 0.5) -> dict:
+    """How much worse the last iterate ends than an average, per schedule: the q-quantile across
+    seeds of the last iterate's suboptimality at the largest T over the same quantile of the
+    average's. Near 1 for linear decay (its last iterate is as good as an average, Defazio et al.
+    2023); several times 1 for constant and 1/sqrt(t) steps once gradient noise dominates.
+
+    Args:
+        comparison: a `compare_schedules` result.
+        average: the average compared with, "suffix" or "uniform".
+        q: the quantile level in [0, 1] (default 0.5, the median).
+
+    Returns:
+        Schedule name -> the ratio, a Python float.
+
+    Raises:
+        ValueError: if `average` is not "suffix" or "uniform", `q` lies outside [0, 1], or an
+            average's quantile is not positive.
+    """
+    if average not in ("suffix", "uniform"):
+        raise ValueError(f"average must be 'suffix' or 'uniform', got {average!r}")
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must lie in [0, 1], got {q}")
+    out = {}
+    for name, res in comparison.items():
+        last, avg = (float(np.quantile(getattr(res, kind)[:, -1], q)) for kind in ("last", average))
+        if not avg > 0:
+            raise ValueError(f"the {average} average of {name!r} has quantile {avg} at the largest T; "
+                             "a ratio to it is undefined")
+        out[name] = last / avg
+    return out

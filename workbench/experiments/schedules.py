@@ -17,13 +17,17 @@ from workbench.data import load_digits
 from workbench.models import MLP, LogisticRegression, accuracy, functional
 from workbench.schedules import (
     Refined,
+    bound_curve,
     cosine,
     grad_norm_callback,
+    last_iterate_bound,
     linear_decay,
     per_step,
     refine,
+    refined_bound_curve,
     scaled,
     values,
+    warmup_fraction,
 )
 from workbench.train import train
 
@@ -38,7 +42,7 @@ class ScheduleRun(NamedTuple):
 class RefinementResult(NamedTuple):
     grad_norms: np.ndarray  # per step, from the linear-decay run
     refined: Refined
-    runs: dict[str, ScheduleRun]  # "linear decay", "cosine", "refined"
+    runs: dict[str, ScheduleRun]  # "linear decay", "cosine", "refined", "linear decay (same area)"
 
 
 def digits_refinement(model: str = "logreg", num_steps: int = 1000, peak_lr: float = 0.5,
@@ -46,7 +50,10 @@ def digits_refinement(model: str = "logreg", num_steps: int = 1000, peak_lr: flo
                       norm_every: int = 10) -> RefinementResult:
     """Refinement on digits: train with SGD + linear decay, recording gradient norms every
     `norm_every` steps, refine them into a schedule, then train from the same initialisation
-    and batch order with the refined schedule, linear decay and cosine (all at `peak_lr`).
+    and batch order with the refined schedule, linear decay and cosine (all at `peak_lr`), and
+    with linear decay scaled to the refined schedule's total step size (its sum of learning
+    rates): at one peak the refined schedule takes larger steps overall, and this run tells a gain
+    of its shape from a gain of that larger budget.
 
     Args:
         model: "logreg" (logistic regression 64 -> 10) or "mlp" (64-32-10 ReLU MLP).
@@ -59,7 +66,8 @@ def digits_refinement(model: str = "logreg", num_steps: int = 1000, peak_lr: flo
 
     Returns:
         `RefinementResult(grad_norms, refined, runs)`: the per-step norms of the linear-decay run,
-        the refined schedule, and a `ScheduleRun` for "linear decay", "cosine" and "refined".
+        the refined schedule, and a `ScheduleRun` for "linear decay", "cosine", "refined" and
+        "linear decay (same area)".
 
     Raises:
         ValueError: if `model` is unknown or `peak_lr` is not positive.
@@ -85,16 +93,68 @@ def digits_refinement(model: str = "logreg", num_steps: int = 1000, peak_lr: flo
 
     linear = linear_decay(peak_lr, num_steps)
     callback = grad_norm_callback(f.loss_fn, train_data, jax.random.fold_in(key, 1), batch_size=batch_size)
-    with bar(total=3, desc=f"refinement ({model}, T={num_steps})", unit="runs") as pbar:
+    with bar(total=4, desc=f"refinement ({model}, T={num_steps})", unit="runs") as pbar:
         res, linear_run = fit(linear, callback)
         pbar.update(1)
         norms = per_step(res.history["callback_step"], res.history["grad_norm"], num_steps)
         refined = refine(norms, tau=tau)
+        same_area = peak_lr * refined.values.sum() / values(linear_decay(1.0, num_steps), num_steps).sum()
         runs = {"linear decay": linear_run}
-        for name, schedule in (("cosine", cosine(peak_lr, num_steps)), ("refined", scaled(refined.schedule, peak_lr))):
+        for name, schedule in (("cosine", cosine(peak_lr, num_steps)),
+                               ("refined", scaled(refined.schedule, peak_lr)),
+                               ("linear decay (same area)", linear_decay(same_area, num_steps))):
             runs[name] = fit(schedule)[1]
             pbar.update(1)
     return RefinementResult(norms, refined, runs)
+
+
+class RefinementSummary(NamedTuple):
+    """The headline numbers of one `digits_refinement` result (ratios below 1 favour the refined
+    schedule); "unrefined" is `refine` of constant norms, linear decay, the schedule a refinement
+    that ignored the observed norms would return."""
+
+    warmup_fraction: float  # of the refined schedule: where it peaks, as a fraction of T
+    unrefined_warmup_fraction: float  # of the unrefined control (0)
+    bound_over_linear: float  # last-iterate bound under the observed norms, refined / linear decay
+    unrefined_bound_over_linear: float  # the same for the unrefined control
+    cosine_bound_over_linear: float  # the same for cosine
+    loss_over_linear: float  # final full-batch training loss, refined / linear decay (same peak)
+    loss_over_cosine: float  # refined / cosine (same peak)
+    cosine_loss_over_linear: float  # cosine / linear decay: an unrefined schedule's ratio
+    loss_over_same_area: float  # refined / linear decay scaled to the refined schedule's area
+
+
+def refinement_summary(result: RefinementResult) -> RefinementSummary:
+    """Where the refined schedule peaks, how much it lowers the last-iterate bound for the gradient
+    norms it was refined from, and how its final loss compares with the other schedules.
+
+    The bounds are `schedules.last_iterate_bound` at the best scale for the observed norms, so their
+    ratio does not depend on D; the unrefined control is `refine(ones(T), tau)`, linear decay.
+
+    Args:
+        result: a `digits_refinement` result.
+
+    Returns:
+        A `RefinementSummary` (see its fields).
+    """
+    norms = np.asarray(result.grad_norms)
+    T = norms.size
+    unrefined = refine(np.ones(T)).values  # constant norms: any median window leaves them constant
+    bound = lambda lrs: last_iterate_bound(lrs, norms, 1.0).bound  # noqa: E731
+    runs = result.runs
+    linear = bound(runs["linear decay"].lrs)
+    loss = {name: run.final_loss for name, run in runs.items()}
+    return RefinementSummary(
+        warmup_fraction=warmup_fraction(result.refined.values, T),
+        unrefined_warmup_fraction=warmup_fraction(unrefined, T),
+        bound_over_linear=bound(result.refined.values) / linear,
+        unrefined_bound_over_linear=bound(unrefined) / linear,
+        cosine_bound_over_linear=bound(runs["cosine"].lrs) / linear,
+        loss_over_linear=loss["refined"] / loss["linear decay"],
+        loss_over_cosine=loss["refined"] / loss["cosine"],
+        cosine_loss_over_linear=loss["cosine"] / loss["linear decay"],
+        loss_over_same_area=loss["refined"] / loss["linear decay (same area)"],
+    )
 
 
 def best_runs(by_peak: Mapping[float, RefinementResult]) -> dict[str, ScheduleRun]:
@@ -129,3 +189,42 @@ def varying_norms(num_steps: int) -> np.ndarray:
     """
     t = np.arange(num_steps) / num_steps
     return 1.0 + 4.0 * np.exp(-t / 0.05) + 2.0 * t**4
+
+
+class VaryingNormsBounds(NamedTuple):
+    """Bound x sqrt(T) / D per horizon under `varying_norms`, for linear decay, cosine, the schedule
+    refined for those norms and the control refined for constant norms (linear decay again: what a
+    refinement that ignored the norms would return)."""
+
+    horizons: np.ndarray
+    curves: dict[str, np.ndarray]
+
+    def over_linear(self, name: str) -> float:
+        """The bound of schedule `name` over linear decay's at the largest horizon (< 1: better)."""
+        if name not in self.curves:
+            raise KeyError(f"no schedule named {name!r}; the comparison has {list(self.curves)}")
+        return float(self.curves[name][-1] / self.curves["linear decay"][-1])
+
+
+def varying_norms_bounds(horizons, tau: float = 0.1) -> VaryingNormsBounds:
+    """The last-iterate bounds of the `schedule_bounds` paper under `varying_norms`: refinement's
+    gain over linear decay and cosine when the norms are not constant, next to its control.
+
+    Args:
+        horizons: the horizons T, ints, each at least the median-filter window ceil(tau T).
+        tau: the median-filter window of `schedules.refine`, as a fraction of T.
+
+    Returns:
+        `VaryingNormsBounds(horizons, curves)`: last_iterate_bound * sqrt(T) / D (D = 1) per horizon
+        for "linear decay", "cosine", "refined for these norms" (`refine(varying_norms(T))`) and
+        "refined for constant norms" (`refine(ones(T))`, the unrefined control), all evaluated
+        under `varying_norms(T)`.
+    """
+    curves = {
+        "linear decay": bound_curve(lambda T: linear_decay(1.0, T), horizons, varying_norms),
+        "cosine": bound_curve(lambda T: cosine(1.0, T), horizons, varying_norms),
+        "refined for these norms": refined_bound_curve(varying_norms, horizons, tau=tau),
+        "refined for constant norms": bound_curve(lambda T: refine(np.ones(T), tau=tau).values, horizons,
+                                                  varying_norms),
+    }
+    return VaryingNormsBounds(np.asarray(horizons, np.int64), curves)

@@ -5,14 +5,15 @@ chain: `optax.sgd(linear_decay(0.1, 1000))`. Steps are 0-indexed: a run of T ste
 schedule at s = 0, ..., T-1.
 
 - `shapes`: constant, inverse_sqrt, linear_decay, cosine, wsd, step, from_values, scaled, values,
-  and the named families (`standard_shapes`, `custom_shape`);
+  the named families (`standard_shapes`, `custom_shape`) and `warmup_fraction` (where a schedule
+  peaks);
 - `refinement`: `refine(grad_norms)` turns the gradient norms observed in one run into the
   schedule that minimises the last-iterate bound for those norms (Defazio, Cutkosky, Mehta,
   Mishchenko 2023); with constant norms it is linear decay, with norms that fall early and rise
   late it grows a warm-up and a fast anneal. `grad_norm_callback` observes the norms in training;
 - `bounds`: `last_iterate_bound(schedule, grad_norms, D)` evaluates that bound, so schedules can
   be compared without training; `bound_curve` over horizons, `refined_bound_curve` for the
-  schedule refined to each horizon's norms.
+  schedule refined to each horizon's norms, `log_slope` for how fast a curve grows with log T.
 The digits experiment that refines a schedule is `workbench.experiments.schedules`.
 
 Examples:
@@ -31,7 +32,7 @@ Examples:
     array([1.  , 0.75, 0.5 , 0.25, 0.  ])
 """
 
-from workbench.schedules.bounds import Bound, bound_curve, last_iterate_bound
+from workbench.schedules.bounds import Bound, bound_curve, last_iterate_bound, log_slope
 from workbench.schedules.refinement import (
     Refined,
     grad_norm_callback,
@@ -51,11 +52,12 @@ from workbench.schedules.shapes import (
     standard_shapes,
     step,
     values,
+    warmup_fraction,
     wsd,
 )
 
 __all__ = [
     "constant", "inverse_sqrt", "linear_decay", "cosine", "wsd", "step", "from_values", "scaled",
-    "values", "refine", "Refined", "last_iterate_bound", "Bound", "standard_shapes",
-    "custom_shape", "bound_curve", "grad_norm_callback", "per_step", "Schedule", "refined_bound_curve",
+    "values", "warmup_fraction", "refine", "Refined", "last_iterate_bound", "Bound", "standard_shapes",
+    "custom_shape", "bound_curve", "log_slope", "grad_norm_callback", "per_step", "Schedule", "refined_bound_curve",
 ]

@@ -140,3 +140,34 @@ def bound_curve(make_schedule: Callable[[int], Schedule | np.ndarray], horizons:
     return np.asarray(out)
 
 
+
+
+def log_slope(horizons: Sequence[int], curve) -> float:
+    """The least-squares slope of `curve` against ln T: how much bound x sqrt(T) grows per unit
+    of log T.
+
+    A schedule whose last iterate pays a log factor (bound ~ c D G log(T) / sqrt(T), constant
+    or 1/sqrt(t) steps) has a slope near c > 0 once T is large; linear decay and cosine, whose
+    normalised bound tends to a constant, have a slope near 0. Pass the largest horizons only,
+    where the curves are in their asymptotic regime.
+
+    Args:
+        horizons: the horizons T [H], at least two distinct values, each >= 1.
+        curve: the values at those horizons [H] (e.g. a row of `bound_curve`), finite.
+
+    Returns:
+        The slope d curve / d ln T of the least-squares line, a float.
+
+    Raises:
+        ValueError: if the shapes differ, fewer than two distinct horizons are given, a horizon
+            is below 1 or a value is not finite.
+    """
+    T = np.asarray(horizons, dtype=np.float64)
+    y = np.asarray(curve, dtype=np.float64)
+    if T.ndim != 1 or y.shape != T.shape:
+        raise ValueError(f"horizons and curve must be 1-D of one length, got shapes {T.shape} and {y.shape}")
+    if np.unique(T).size < 2 or np.any(T < 1):
+        raise ValueError(f"horizons must hold at least two distinct values >= 1, got {T.tolist()}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"curve must be finite, got {y.tolist()}")
+    return float(np.polyfit(np.log(T), y, 1)[0])

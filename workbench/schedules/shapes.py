@@ -310,3 +310,23 @@ def custom_shape(warmup_fraction: float = 0.0, cooldown_fraction: float = 1.0,
     return lambda T: wsd(1.0, T, cooldown_fraction, cooldown, int(warmup_fraction * T))
 
 
+
+
+def warmup_fraction(schedule: Schedule | Sequence[float] | np.ndarray, num_steps: int) -> float:
+    """The fraction of the run spent before the schedule first reaches its peak: 0 for a schedule
+    that starts at its peak (linear decay, cosine), w / T for a linear warm-up over w steps.
+
+    Args:
+        schedule: an optax schedule or an array of its T values (see `values`).
+        num_steps: the number of steps T, an int >= 1.
+
+    Returns:
+        argmax_s lr(s) / T (the first maximiser), a float in [0, 1).
+
+    Raises:
+        ValueError: if the values are invalid (see `values`) or zero at every step.
+    """
+    lrs = values(schedule, num_steps)
+    if not np.any(lrs > 0):
+        raise ValueError("schedule is zero at every step; it has no peak")
+    return float(np.argmax(lrs) / num_steps)
