@@ -16,12 +16,6 @@
 #   workbench:
 #     claims:
 #       barrier_sgd_minus_linear: '>0.03'
-#       control_no_replay_joint_margin: <0
-#       control_no_rewarm_joint_margin: <0
-#       control_task_end_gap_growth_with_lr: <=0.03
-#       control_task_end_recovery: <=0.02
-#       control_text_task_end_gap:
-#         full: <=0.05
 #       gap_growth_with_lr: '>0.03'
 #       method_joint_margin: '>0'
 #       method_recovery: '>0.02'
@@ -29,6 +23,12 @@
 #         full: '>0.2'
 #       text_method_gap:
 #         full: '>0.05'
+#     controls:
+#       control_no_replay_joint_margin: method_joint_margin
+#       control_no_rewarm_joint_margin: method_joint_margin
+#       control_task_end_gap_growth_with_lr: gap_growth_with_lr
+#       control_task_end_recovery: method_recovery
+#       control_text_task_end_gap: text_method_gap
 #     full:
 #       curvature_points: 13
 #       num_seeds: 8
