@@ -27,7 +27,6 @@
 #       control_random_scores_loo_spearman: cnn_loo_spearman_cg
 #       control_sign_flipped_loo_spearman: cnn_loo_spearman_arnoldi
 #       control_stale_params_store_agreement: store_agreement_with_grad_dot
-#       control_unscaled_schedule_test_accuracy: refined_test_accuracy
 #       control_untrained_test_accuracy: cnn_test_accuracy
 #     full:
 #       num_removed: 32
@@ -253,9 +252,10 @@ workbench.record(store_agreement_with_grad_dot=store_agreement_with_grad_dot,
 # Defazio et al.'s refinement turns the gradient norms observed during training into a
 # learning-rate schedule (here close to linear decay: the norms change little). A decaying
 # schedule spends less of the run near its peak, so it is run at twice the constant rate's peak
-# (Defazio et al. tune the peak of every schedule they compare). The control forgets that scaling:
-# the refined schedule's values are fractions of the peak, and used as a learning rate they give
-# Adam a peak of 1:
+# (Defazio et al. tune the peak of every schedule they compare). The accuracy claim says only that
+# the refined schedule trains this model: Adam with BatchNorm is forgiving here, and the same
+# schedule left unscaled (a peak rate of 1) reached 0.94 on seed 0, so no control of a broken
+# schedule is claimed for it.
 
 # %%
 per_step = schedules.per_step(result.history["callback_step"], result.history["grad_norm"], steps)
@@ -263,14 +263,8 @@ refined = schedules.refine(per_step)
 refined_result = train.train(fn, fn.params, train_set, key, num_steps=steps, batch_size=64, progress=False,
                              optimizer=optax.adam(schedules.scaled(refined.schedule, 2 * learning_rate)))
 refined_test_accuracy = models.accuracy(fn.with_state(refined_result.state).predict_fn, refined_result.params, test_set)
-unscaled_result = train.train(fn, fn.params, train_set, key, num_steps=steps, batch_size=64, progress=False,
-                              optimizer=optax.adam(refined.schedule))  # the control: peak 1, not a learning rate
-control_unscaled_schedule_test_accuracy = models.accuracy(fn.with_state(unscaled_result.state).predict_fn,
-                                                          unscaled_result.params, test_set)
-print(f"test accuracy with the refined schedule {refined_test_accuracy:.3f}; with the schedule not scaled to "
-      f"a learning rate {control_unscaled_schedule_test_accuracy:.3f}")
-workbench.record(refined_test_accuracy=refined_test_accuracy,
-                 control_unscaled_schedule_test_accuracy=control_unscaled_schedule_test_accuracy)
+print(f"test accuracy with the refined schedule {refined_test_accuracy:.3f}")
+workbench.record(refined_test_accuracy=refined_test_accuracy)
 fig, ax = plt.subplots(figsize=(6, 2.5))
 ax.plot(refined.values)
 ax.set(xlabel="step", ylabel="learning rate / peak", title="Refined schedule")
