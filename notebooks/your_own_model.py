@@ -209,8 +209,7 @@ estimators = {  # at a minimum the Hessian is positive definite: a small damping
 }
 scores = {name: np.asarray(est.scores(test_points)) for name, est in estimators.items()}
 strongest = np.argsort(-np.abs(scores["cg"]).max(axis=0))[:num_removed]
-retrained = influence.validation.loo(fn, params_star, influence_set, test_points, strongest, num_iters=60,
-                                     cg_num_iters=16)
+retrained = influence.validation.loo(fn, params_star, influence_set, test_points, strongest, num_iters=60)
 for name in estimators:
     agreement = influence.validation.loo_correlation(scores[name], retrained)
     print(f"{name}: Spearman {agreement.spearman:.3f} per test point, {agreement.spearman_pooled:.3f} pooled, "
