@@ -15,13 +15,14 @@
 #     name: python3
 #   workbench:
 #     claims:
-#       control_independent_coupling_margin: <0
-#       control_no_cost_term_margin: <0
-#       control_one_iteration_margin: <0
-#       control_transposed_plan_margin: <0
 #       cost_term_margin: '>0'
 #       flow_matching_ot_margin: '>0'
 #       sinkhorn_regression_margin: '>0'
+#     controls:
+#       control_independent_coupling_margin: flow_matching_ot_margin
+#       control_no_cost_term_margin: cost_term_margin
+#       control_one_iteration_margin: sinkhorn_regression_margin
+#       control_transposed_plan_margin: sinkhorn_regression_margin
 #     full:
 #       dims:
 #       - 2

@@ -16,13 +16,6 @@
 #   workbench:
 #     claims:
 #       b_gain: '>0.05'
-#       control_no_translation_b_gain: <=0.05
-#       control_target_reward_late_share:
-#         full: <=0.7
-#       control_training_batch_b_cost:
-#         full: '>=0.3'
-#       control_unmasked_translation_gain_over_misaligned:
-#         full: <=0.05
 #       exp3s_b_cost:
 #         full: <0.3
 #       exp3s_late_share:
@@ -31,6 +24,11 @@
 #         full: '>0.1'
 #       translation_gain_over_misaligned:
 #         full: '>0.05'
+#     controls:
+#       control_no_translation_b_gain: b_gain
+#       control_target_reward_late_share: exp3s_late_share
+#       control_training_batch_b_cost: exp3s_b_cost
+#       control_unmasked_translation_gain_over_misaligned: translation_gain_over_misaligned
 #     full:
 #       bandits: true
 #       batch_size: 16
