@@ -16,8 +16,14 @@
 #   workbench:
 #     claims:
 #       construction_max_error: <1e-5
+#       deepest_trained_over_gd_well: <0.5
 #       sensitivity_cosine: '>0.99'
 #       trained_vs_gd_rel_gap: <0.01
+#     controls:
+#       control_construction_max_error: construction_max_error
+#       control_half_eta_rel_gap: trained_vs_gd_rel_gap
+#       control_one_layer_trained_over_gd_well: deepest_trained_over_gd_well
+#       control_untrained_sensitivity_cosine: sensitivity_cosine
 #     full:
 #       depth_context_length: 20
 #       depth_dim: 10
@@ -87,16 +93,26 @@ setup = recipes.TaskSetup(dim=dim, context_length=context_length)  # x ~ U(-1, 1
 # %% [markdown]
 # ## 1. The construction is exact
 # Random tasks, a random starting point w0 (the query token carries -w0.x_q) and a random step:
-# the constructed LSA's read-out against one GD step, worst case relative to max(1, |y|).
+# the constructed LSA's read-out against one GD step, worst case relative to max(1, |y|). The GD
+# step is computed in float64 NumPy from the tokens themselves (the closed form
+# x_q.w0 + eta/N sum_j (y_j - w0.x_j) x_j.x_q), sharing no code with the model. The negative
+# control is the same construction with an off-by-one normalisation, P = eta/(N+1) I (the query
+# token counted as context): it must miss the claim by orders of magnitude.
 
 # %%
 construction_max_error = recipes.construction_error(setup, jax.random.key(seed))
 print(f"max |LSA - GD| / max(1, |GD|) on 1024 random tasks (float32): {construction_max_error:.2e}")
+control_construction_max_error = recipes.construction_error(setup, jax.random.key(seed),
+                                                            normalization=context_length + 1)
+print(f"control, P = eta/(N+1) (the query counted as context): {control_construction_max_error:.2e}")
 
 # %% [markdown]
 # ## 2. One trained layer against one GD step
 # Train an LSA layer with Adam on fresh tasks each step (weights start tiny, N(0, 0.002^2)),
 # then compare it on held-out tasks with one GD step whose size eta* was line-searched on other tasks.
+# Two negative controls are scored the same way: the untrained model (its initial weights) must
+# not point like GD, and the construction with half the step, eta*/2, must miss GD's loss by far
+# more than 1% (the claim tells the tuned step from a wrong one).
 
 # %%
 study = recipes.one_layer_study(setup, num_steps=train_steps, tasks_per_step=tasks_per_step,
@@ -105,6 +121,8 @@ print(f"eta* = {study.eta:.4f}")
 print(f"test loss: trained {study.trained_loss:.5f}   one GD step {study.gd_loss:.5f}   "
       f"relative gap {study.relative_gap:.2%}")
 print(study.alignment)
+print(f"controls: untrained weights' sensitivity cosine with GD {study.controls.untrained_sensitivity_cosine:.3f}; "
+      f"the construction with eta*/2 is {study.controls.half_eta_relative_gap:.1%} off one GD step with eta*")
 
 # %% [markdown]
 # The learned weights beside the construction. The trained products carry an arbitrary scale
@@ -218,4 +236,8 @@ workbench.record(
     depth_table={label: comp.record() for label, comp in comparisons.items()},
     deepest_trained_over_gd_ill=ill.deepest_over_gd(),
     deepest_trained_over_gd_well=well.deepest_over_gd(),
+    control_construction_max_error=control_construction_max_error,
+    control_untrained_sensitivity_cosine=study.controls.untrained_sensitivity_cosine,
+    control_half_eta_rel_gap=study.controls.half_eta_relative_gap,
+    control_one_layer_trained_over_gd_well=float(well.trained_over_gd()[0]),
 )
