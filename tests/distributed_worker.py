@@ -119,6 +119,10 @@ def main(argv):
         blk = dist.local_block(N)
         data = dist.shard_examples((x[blk], y[blk]))
         results["lbfgs_block_w"] = dist.lbfgs(loss_fn, dist.block_params(w0, data), data).params["w"]
+        # the rows each process evaluates: its block (padded over its devices), or everything
+        results["rows_per_process"] = np.asarray(dist.rows_per_process(data))
+        results["load"] = dist.load_over_even_share(data, N)
+        results["all_data_load"] = dist.load_over_even_share(dist.shard_examples((x, y)), N)
         np.savez(os.path.join(out_dir, f"p{info.process_index}.npz"), **results)
     elif mode == "refusals":  # each refusal is raised by every process alike, so the job goes on
         import json

@@ -284,6 +284,10 @@ def test_three_processes_equal_one_process(reference, one_process, tmp_path):
     l1 = one_process["owlqn"]
     np.testing.assert_allclose(p0["owlqn_w"], l1.params["w"], atol=1e-8)
     assert np.array_equal(p0["owlqn_w"] == 0, l1.params["w"] == 0)
+    # work per process: 13 / 12 / 12 examples padded to 14 rows on each process (7 per device);
+    # every process holding all 37 examples pads them to 38 rows, about 3 x an even share
+    assert p0["rows_per_process"].tolist() == [14, 14, 14]
+    assert p0["load"] == pytest.approx(14 * 3 / W.N) and p0["all_data_load"] == pytest.approx(38 * 3 / W.N)
     ot = one_process["ot"]
     np.testing.assert_allclose(p0["ot_dual"], ot.dual, rtol=1e-10)
     np.testing.assert_allclose(p0["ot_cost"], ot.transport_cost, rtol=1e-8)

@@ -239,6 +239,10 @@ def test_paper_claims_at_small_size(small_study):
     assert small_study.relative_gap < 0.01, small_study.relative_gap
     assert small_study.alignment.sensitivity_cosine > 0.99
     assert small_study.interpolation.losses.max() < 1.02 * small_study.gd_loss  # no barrier to the construction
+    # the negative controls fail the same claims: untrained weights do not point like GD, and the
+    # construction with half the step misses one GD step with eta* by far more than 1%
+    assert small_study.controls.untrained_sensitivity_cosine < 0.9
+    assert small_study.controls.half_eta_relative_gap > 0.1
 
 
 def test_trained_model_refuses_mismatched_tasks(small_study):
@@ -307,6 +311,7 @@ def test_depth_comparison_record_and_ratio():
     comp = recipes.DepthComparison(recipes.TaskSetup(), np.array([1, 2]), np.array([0.5, 0.2]), np.array([0.6, 0.4]),
                                    np.array([0.5, 0.3]), np.array([0.9, 0.7, 0.5]), 0.01, np.array([1.0, 0.8]), (), ())
     assert comp.deepest_over_gd() == pytest.approx(0.5)
+    np.testing.assert_allclose(comp.trained_over_gd(), [0.5 / 0.6, 0.5])
     rec = comp.record()
     assert rec == {"depths": [1, 2], "trained": [0.5, 0.2], "gd": [0.6, 0.4], "gdpp": [0.5, 0.3],
                    "newton": [0.9, 0.7, 0.5], "least_squares": 0.01}

@@ -60,9 +60,11 @@ from workbench.distributed.sharding import (
     ShardedData,
     gather_rows,
     global_sum,
+    load_over_even_share,
     local_block,
     mesh,
     replicate,
+    rows_per_process,
     shard_examples,
     to_host,
 )
@@ -71,7 +73,7 @@ from workbench.distributed.store import gradient_store
 __all__ = [
     "CollectiveBytes", "JobInfo", "LaunchError", "LaunchResult", "MinimizeResult", "OTResult", "ShardedData",
     "barrier", "block_params", "collective_bytes", "curvature_operator", "dual_problem", "entropic_ot", "free_port", "gather_rows",
-    "global_sum", "gradient_store", "initialize", "launch", "lbfgs", "local_block", "mesh",
-    "minimize_lbfgs", "negative_dual", "negative_dual_sharded", "objective_value", "ot", "owlqn", "profile", "plan", "pseudo_gradient", "replicate",
+    "global_sum", "gradient_store", "initialize", "launch", "lbfgs", "load_over_even_share", "local_block", "mesh",
+    "minimize_lbfgs", "negative_dual", "negative_dual_sharded", "objective_value", "ot", "owlqn", "profile", "plan", "pseudo_gradient", "replicate", "rows_per_process",
     "shard_examples", "shutdown", "to_host",
 ]

@@ -165,6 +165,51 @@ def shard_examples(data: Any, *, mesh: Mesh | None = None) -> ShardedData:
     return ShardedData(global_data, build(weights.astype(dtype), index=False), int(sum(counts)), counts, slots, mesh)
 
 
+def rows_per_process(data: ShardedData) -> tuple[int, ...]:
+    """The rows each process holds of `data` (its examples and their padding: what it evaluates on
+    every pass over the data), counted from the shards of `data.weights` each process can address
+    and gathered from every process.
+
+    Args:
+        data: the `ShardedData`.
+
+    Returns:
+        The row count of every process, in process order.
+
+    Raises:
+        TypeError: `data` is not a `ShardedData`.
+    """
+    if not isinstance(data, ShardedData):
+        raise TypeError(f"data must be a ShardedData (see distributed.shard_examples), got {type(data).__name__}")
+    local = sum(int(shard.data.shape[0]) for shard in data.weights.addressable_shards)
+    return tuple(int(c) for c in _allgather_host(np.array([local], np.int32))[:, 0])
+
+
+def load_over_even_share(data: ShardedData, dataset_size: int) -> float:
+    """The most rows any process evaluates per pass over `data`, over an even share of the
+    dataset, dataset_size / process_count: 1 when the dataset is split evenly (up to a row of
+    padding per device), process_count when every process holds every example.
+
+    A distributed objective gives the single-process optimum whether the processes split the
+    examples or each holds all of them; this ratio is what tells the two apart.
+
+    Args:
+        data: the `ShardedData`.
+        dataset_size: the number of distinct examples of the dataset `data` was built from.
+
+    Returns:
+        max(rows_per_process(data)) * process_count / dataset_size, a Python float.
+
+    Raises:
+        TypeError: `data` is not a `ShardedData`.
+        ValueError: `dataset_size` is not a positive int.
+    """
+    if isinstance(dataset_size, bool) or not isinstance(dataset_size, int | np.integer) or dataset_size < 1:
+        raise ValueError(f"dataset_size must be a positive int, got {dataset_size!r}")
+    rows = rows_per_process(data)
+    return max(rows) * len(rows) / int(dataset_size)
+
+
 def replicate(tree: Any, mesh: Mesh | None = None) -> Any:
     """Host values (the same on every process) as global arrays replicated on every device.
 

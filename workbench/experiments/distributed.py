@@ -26,8 +26,10 @@ import numpy as np
 from workbench.experiments.distributed_problems import (
     binary_data,
     binary_loss,
+    lasso_reference,
     point_clouds,
     softmax_loss,
+    softmax_reference,
     sparse_regression,
     squared_loss,
 )
@@ -51,6 +53,7 @@ class JobConfig:
     scaling_sizes: tuple[int, ...] = (2000, 8000)  # examples for the time-per-iteration sweep
     scaling_features: int = 50
     scaling_steps: int = 50
+    scaling_repeats: int = 3  # timed runs per size (after one that compiles); the fastest is kept
 
 
 class JobResult(NamedTuple):
@@ -103,6 +106,27 @@ def _payload(loss_fn, params, data, l2=0.0) -> int:
     return profile.collective_bytes(fn, dist.replicate(params, data.mesh), data).total
 
 
+def _gathered_payload(loss_fn, params, data, l2=0.0) -> int:
+    """The collective payload of the broken variant that gathers every example to every device
+    and evaluates the objective there (instead of reducing one gradient)."""
+    import jax
+    import optax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from workbench import distributed as dist
+    from workbench.distributed import profile
+
+    everywhere = NamedSharding(data.mesh, P())
+
+    def value(q, d):
+        rows = jax.lax.with_sharding_constraint(d.data, everywhere)
+        return loss_fn(q, rows) + 0.5 * l2 * optax.tree.vdot(q, q)
+
+    fn = lambda p, d: jax.value_and_grad(value)(p, d)
+    return profile.collective_bytes(fn, dist.replicate(params, data.mesh), data).total
+
+
 def job(out_dir: str | Path, config: JobConfig) -> None:
     """What every process of the job runs (the four solves of the module docstring); process 0
     writes the results to `out_dir/results.npz`.
@@ -130,10 +154,19 @@ def job(out_dir: str | Path, config: JobConfig) -> None:
     p0 = {"w": np.zeros((x.shape[1], 10)), "b": np.zeros(10)}
     r, sec = best_time(lambda: dist.lbfgs(softmax_loss, p0, data, l2=config.l2, num_steps=1000, tol=1e-12), repeats=1, warmup=True)
     logits = np.asarray(test.x, np.float64) @ r.params["w"] + r.params["b"]
+    untrained = np.zeros_like(logits)  # the zero classifier, L-BFGS's start: every logit equal
     res.update(clf_w=r.params["w"], clf_b=r.params["b"], clf_value=r.value, clf_steps=r.num_steps,
                clf_evals=r.num_evaluations, clf_seconds=sec, clf_examples=len(x),
                clf_test_accuracy=float(np.mean(logits.argmax(1) == np.asarray(test.y))),
-               clf_bytes_per_eval=_payload(softmax_loss, p0, data, config.l2))
+               control_untrained_test_accuracy=float(np.mean(untrained.argmax(1) == np.asarray(test.y))),
+               clf_bytes_per_eval=_payload(softmax_loss, p0, data, config.l2),
+               clf_rows_per_process=np.asarray(dist.rows_per_process(data)),
+               clf_load=dist.load_over_even_share(data, len(x)))
+    # the controls: every process holding every example (the same optimum, P times the work), and
+    # an objective that gathers every example to every device instead of reducing one gradient
+    everything = dist.shard_examples((x, y))
+    res.update(control_all_data_load=dist.load_over_even_share(everything, len(x)),
+               control_gathered_bytes_per_eval=_gathered_payload(softmax_loss, p0, data, config.l2))
 
     # 2. sparse regression, L1, OWL-QN
     xr, yr, w_true = sparse_regression(config.seed, config.regression_examples, config.regression_features)
@@ -165,7 +198,7 @@ def job(out_dir: str | Path, config: JobConfig) -> None:
         b0 = {"w": np.zeros(config.scaling_features), "b": np.zeros(())}
         r, sec = best_time(lambda data=data, b0=b0: dist.lbfgs(
             binary_loss, b0, data, l2=1e-3, num_steps=config.scaling_steps, tol=0.0, require_convergence=False),
-            repeats=3, warmup=True)
+            repeats=config.scaling_repeats, warmup=True)
         per_step.append(sec / max(r.num_steps, 1))
     res.update(scaling_sizes=np.asarray(config.scaling_sizes), scaling_seconds_per_step=np.asarray(per_step))
 
@@ -266,6 +299,84 @@ def sinkhorn_reference(x: np.ndarray, y: np.ndarray, epsilon: float, num_iters: 
     return SinkhornReference(float(f.mean() + g.mean()), float((p * c).sum()))
 
 
+class ReferenceOptima(NamedTuple):
+    """One-machine optima of the job's problems, computed without the distributed code."""
+
+    classification_w: np.ndarray
+    classification_b: np.ndarray
+    sparse_regression_w: np.ndarray
+    ot_dual: float  # dense log-domain Sinkhorn
+    ot_transport_cost: float
+
+
+class ReferenceDifferences(NamedTuple):
+    """A job's optima against `ReferenceOptima`: max absolute differences (relative for OT)."""
+
+    classification: float  # max over w and b
+    sparse_regression: float
+    ot_dual_relative: float
+
+
+def reference_optima(config: JobConfig, block: tuple[int, int] | None = None) -> ReferenceOptima:
+    """The job's three problems solved on one machine by the independent references
+    (`softmax_reference`, `lasso_reference`, `sinkhorn_reference`), on the whole data or, with
+    `block=(i, P)`, on process i's block of a P-process job only: the optimum a process reaches
+    when its gradient is never all-reduced (a negative control).
+
+    Args:
+        config: the job's configuration (seed, sizes, strengths).
+        block: (process_index, process_count), or None for the whole data.
+
+    Returns:
+        The `ReferenceOptima`.
+
+    Raises:
+        ValueError: if `block` does not name a process of the job.
+    """
+    from workbench.data import load_digits
+    from workbench.distributed import local_block
+
+    if block is not None and not (len(block) == 2 and 0 <= block[0] < block[1]):
+        raise ValueError(f"block must be (process_index, process_count) with 0 <= index < count, got {block!r}")
+    cut = (lambda n: slice(0, n)) if block is None else (lambda n: local_block(n, *block))
+    train, _ = load_digits(seed=config.seed)
+    x, y = np.asarray(train.x, np.float64), np.asarray(train.y)
+    clf = softmax_reference(x[cut(len(x))], y[cut(len(x))], config.l2)
+    xr, yr, _ = sparse_regression(config.seed, config.regression_examples, config.regression_features)
+    l1 = lasso_reference(xr[cut(len(xr))], yr[cut(len(xr))], config.l1)
+    xs, ys = point_clouds(config.seed, config.ot_points)
+    ot = sinkhorn_reference(xs[cut(len(xs))], ys[cut(len(ys))], config.epsilon)
+    return ReferenceOptima(clf.w, clf.b, l1.w, ot.dual, ot.transport_cost)
+
+
+def _optima(run: JobResult | ReferenceOptima) -> ReferenceOptima:
+    if isinstance(run, ReferenceOptima):
+        return run
+    r = run.results
+    return ReferenceOptima(r["clf_w"], r["clf_b"], r["l1_w"], float(r["ot_dual"]), float(r["ot_cost"]))
+
+
+def reference_differences(run: JobResult | ReferenceOptima,
+                          reference: JobResult | ReferenceOptima) -> ReferenceDifferences:
+    """One set of optima against another: a job's (process 0's) or the references'.
+
+    Args:
+        run: a `JobResult` or `ReferenceOptima`.
+        reference: the `JobResult` or `ReferenceOptima` compared with (the reference of the
+            relative OT difference).
+
+    Returns:
+        The `ReferenceDifferences`.
+    """
+    run, reference = _optima(run), _optima(reference)
+    return ReferenceDifferences(
+        classification=float(max(np.max(np.abs(run.classification_w - reference.classification_w)),
+                                 np.max(np.abs(run.classification_b - reference.classification_b)))),
+        sparse_regression=float(np.max(np.abs(run.sparse_regression_w - reference.sparse_regression_w))),
+        ot_dual_relative=float(abs(run.ot_dual - reference.ot_dual) / abs(reference.ot_dual)),
+    )
+
+
 def overhead_table(runs: list[JobResult]) -> list[OverheadRow]:
     """One row per run and solve: time per iteration and collective bytes per evaluation.
 
@@ -307,4 +418,5 @@ if __name__ == "__main__":
     main(sys.argv[1:])
 
 
-__all__ = ["JobConfig", "JobResult", "differences", "job", "overhead_table", "run_job", "sinkhorn_reference"]
+__all__ = ["JobConfig", "JobResult", "ReferenceDifferences", "ReferenceOptima", "differences", "job", "overhead_table",
+           "reference_differences", "reference_optima", "run_job", "sinkhorn_reference"]

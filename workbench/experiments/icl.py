@@ -116,9 +116,8 @@ def fit_lsa(setup: TaskSetup, num_layers: int = 1, *, mlp: bool = False, num_ste
     check_positive_int("num_steps", num_steps)
     if not (math.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"learning_rate must be positive and finite, got {learning_rate!r}")
-    key = jax.random.key(seed)
-    k_init, k_train, k_order, k_test = jax.random.split(key, 4)
-    params = icl.init_params(k_init, setup.dim, num_layers=num_layers, mlp=mlp, init_scale=init_scale)
+    _, k_train, k_order, k_test = jax.random.split(jax.random.key(seed), 4)
+    params = _initial_params(setup, num_layers, mlp, init_scale, seed)
     cov = setup.covariance()
     factor = jnp.eye(setup.dim, dtype=jnp.float32) if cov is None else covariance_factor(cov, setup.dim).astype(jnp.float32)
     data = {"key": jax.random.key_data(jax.random.split(k_train, num_steps)),
@@ -136,6 +135,12 @@ def fit_lsa(setup: TaskSetup, num_layers: int = 1, *, mlp: bool = False, num_ste
         raise FloatingPointError(f"the trained {num_layers}-layer LSA gives a non-finite test loss ({test_loss}); "
                                  "training diverged: lower learning_rate")
     return LSAFit(result.params, result, setup, test_loss)
+
+
+def _initial_params(setup: TaskSetup, num_layers: int, mlp: bool, init_scale: float, seed: int) -> dict:
+    """The weights `fit_lsa` starts from (the first of the four keys split from `seed`)."""
+    k_init = jax.random.split(jax.random.key(seed), 4)[0]
+    return icl.init_params(k_init, setup.dim, num_layers=num_layers, mlp=mlp, init_scale=init_scale)
 
 
 def _steps_per_chunk(num_steps: int, cap: int = 500) -> int:
@@ -171,6 +176,10 @@ class DepthComparison(NamedTuple):
         """The deepest trained model's test loss over that of as many GD steps (below 1: the
         model does better than GD)."""
         return float(self.trained[-1] / self.gd[-1])
+
+    def trained_over_gd(self) -> np.ndarray:
+        """Each depth's trained test loss over that of as many GD steps with eta*_K, [depths]."""
+        return self.trained / self.gd
 
     def record(self) -> dict:
         """The losses per depth as plain lists, for `workbench.record`."""
@@ -281,28 +290,46 @@ def track_layers(fit: LSAFit, gdpp: icl.GDPlusPlus, *, max_gd_steps: int = 32, m
 
 
 def construction_error(setup: TaskSetup, key: jax.Array, *, num_tasks: int = 1024, num_layers: int = 1,
-                       dtype=jnp.float32) -> float:
+                       normalization: int | None = None, dtype=jnp.float32) -> float:
     """Max over random tasks (and a random start w0 and step eta from `key`) of
-    |LSA(gd_weights) prediction - GD prediction| / max(1, |GD prediction|), per layer/step.
+    |LSA(gd_weights) prediction - GD prediction| / max(1, |GD prediction|), per layer/step, with
+    GD computed in float64 NumPy straight from the tokens (`icl.gd_reference_predictions`).
 
     Args:
         setup: the `TaskSetup` of the tasks.
         key: the PRNG key of the tasks, the start w0 and the step eta.
         num_tasks: the number of random tasks.
         num_layers: layers of the construction (= GD steps compared).
+        normalization: the count the construction divides eta by, P = eta / normalization I
+            (default None: the context length N, the construction; the negative control passes
+            N + 1, the query token counted as context).
         dtype: the dtype of tasks and weights (default float32).
 
     Returns:
         The worst relative error, a Python float (float32 rounding: ~1e-7 .. 1e-6).
+
+    Raises:
+        ValueError: if `normalization` is not a positive int.
     """
+    count = setup.context_length if normalization is None else check_positive_int("normalization", normalization)
     k_tasks, k_w0, k_eta = jax.random.split(key, 3)
     tasks = setup.sample(k_tasks, num_tasks, dtype=dtype)
     w0 = jax.random.normal(k_w0, (setup.dim,), dtype)
     eta = float(jax.random.uniform(k_eta, (), minval=0.1, maxval=1.0))
-    params = icl.gd_weights(setup.dim, setup.context_length, eta, num_layers=num_layers, w0=w0, dtype=dtype)
-    lsa = icl.layer_predictions(params, icl.tokens(tasks, w0))
-    gd = icl.gd_predictions(tasks, eta, num_layers, w0=w0)
-    return float(jnp.max(jnp.abs(lsa - gd) / jnp.maximum(1.0, jnp.abs(gd))))
+    params = icl.gd_weights(setup.dim, count, eta, num_layers=num_layers, w0=w0, dtype=dtype)
+    toks = icl.tokens(tasks, w0)
+    lsa = np.asarray(icl.layer_predictions(params, toks), np.float64)
+    gd = icl.gd_reference_predictions(toks, eta, num_layers, w0=np.asarray(w0))
+    return float(np.max(np.abs(lsa - gd) / np.maximum(1.0, np.abs(gd))))
+
+
+class OneLayerControls(NamedTuple):
+    """Broken variants of the one-layer study, each scored like the trained model: the untrained
+    model (its initial weights) against the construction, and the construction with half the
+    line-searched step against one GD step with eta*."""
+
+    untrained_sensitivity_cosine: float  # sensitivity cosine of the initial weights vs the construction
+    half_eta_relative_gap: float  # |L(construction, eta*/2) - L_GD| / L_GD on the test tasks
 
 
 class OneLayerStudy(NamedTuple):
@@ -316,6 +343,7 @@ class OneLayerStudy(NamedTuple):
     alignment: icl.Alignment
     constructed: dict  # the GD construction with eta*
     interpolation: icl.Interpolation
+    controls: OneLayerControls
 
 
 def one_layer_study(setup: TaskSetup | None = None, *, num_steps: int = 1000, tasks_per_step: int = 256,
@@ -348,7 +376,12 @@ def one_layer_study(setup: TaskSetup | None = None, *, num_steps: int = 1000, ta
     constructed = icl.gd_weights(setup.dim, setup.context_length, eta)
     align = icl.alignment(icl.lsa_predictor(fit.params), icl.lsa_predictor(constructed), test)
     interp = icl.interpolation_losses(fit.params, constructed, test)
-    return OneLayerStudy(fit, eta, trained, gd, abs(trained - gd) / gd, align, constructed, interp)
+    untrained = _initial_params(setup, 1, False, init_scale, seed)
+    half = float(icl.lsa_loss(icl.gd_weights(setup.dim, setup.context_length, eta / 2), test))
+    controls = OneLayerControls(
+        icl.alignment(icl.lsa_predictor(untrained), icl.lsa_predictor(constructed), test).sensitivity_cosine,
+        abs(half - gd) / gd)
+    return OneLayerStudy(fit, eta, trained, gd, abs(trained - gd) / gd, align, constructed, interp, controls)
 
 
 class Exploration(NamedTuple):

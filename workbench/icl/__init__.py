@@ -25,6 +25,7 @@ from workbench.icl.algorithms import (
     LineSearch,
     fit_gdpp,
     gd_predictions,
+    gd_reference_predictions,
     gdpp_predictions,
     least_squares_predictions,
     line_search_eta,
@@ -70,7 +71,7 @@ from workbench.icl.tasks import (
 __all__ = [
     "Alignment", "EffectiveWeights", "GDPlusPlus", "Interpolation", "LineSearch", "LinearSelfAttention",
     "StepMatch", "Tasks", "alignment", "canonical_scale", "check_tokens", "conditioned_covariance",
-    "covariance_factor", "effective_weights", "fit_gdpp", "forward", "from_effective", "gd_predictions",
+    "covariance_factor", "effective_weights", "fit_gdpp", "forward", "from_effective", "gd_predictions", "gd_reference_predictions",
     "gd_weights", "gdpp_predictions", "gdpp_weights", "icl_loss", "init_params", "interpolation_losses",
     "layer_predictions", "least_squares_predictions", "line_search_eta", "lsa_predictor", "match_steps",
     "newton_predictions", "predict", "query_sensitivity", "sample_tasks", "tokens", "icl_losses", "lsa_loss", "has_mlp", "Forward",

@@ -62,6 +62,45 @@ def _gd_predictions(tasks: Tasks, eta, num_steps: int, w0=None) -> jax.Array:
     return jax.lax.scan(body, w, etas)[1]
 
 
+def gd_reference_predictions(tokens, eta: float, num_steps: int = 1, w0=None) -> np.ndarray:
+    """GD predictions read off the token sequences and computed in float64 NumPy: the reference
+    the LSA construction is checked against, sharing no code with the model or `gd_predictions`.
+
+    Each task's context rows (x_j, y_j) and query row (x_q, .) are taken from its tokens; GD on
+    L(w) = 1/(2N) sum_j (w.x_j - y_j)^2 from w0 takes w <- w + (eta/N) sum_j (y_j - w.x_j) x_j, so
+    one step predicts in closed form x_q.w0 + (eta/N) sum_j (y_j - w0.x_j) (x_j.x_q).
+
+    Args:
+        tokens: [B, N + 1, d + 1] token sequences (`tokens(tasks, w0)`): N context rows, the query last.
+        eta: the GD step size, a scalar.
+        num_steps: the number of GD steps K, an int >= 1.
+        w0: the start point [d] (default None: zero).
+
+    Returns:
+        The float64 predictions after each step, [K, B].
+
+    Raises:
+        ValueError: if `tokens` is not [B, N + 1, d + 1] with N >= 1 or `w0` is not [d].
+    """
+    num_steps = check_positive_int("num_steps", num_steps)
+    e = np.asarray(tokens, np.float64)
+    if e.ndim != 3 or e.shape[1] < 2 or e.shape[2] < 2:
+        raise ValueError(f"tokens must be [B, N + 1, d + 1] with N, d >= 1, got shape {e.shape}")
+    x, y, xq = e[:, :-1, :-1], e[:, :-1, -1], e[:, -1, :-1]
+    n, d = x.shape[1], x.shape[2]
+    w = np.zeros(d) if w0 is None else np.asarray(w0, np.float64)
+    if w.shape != (d,):
+        raise ValueError(f"w0 must have shape ({d},) to match the tokens, got {w.shape}")
+    if num_steps == 1:  # the closed form of the docstring
+        return (xq @ w + eta / n * np.sum((y - x @ w) * (x @ xq[:, :, None])[..., 0], axis=1))[None]
+    w = np.broadcast_to(w, xq.shape).copy()
+    out = []
+    for _ in range(num_steps):
+        w = w + eta / n * np.einsum("bnd,bn->bd", x, y - np.einsum("bnd,bd->bn", x, w))
+        out.append(np.sum(w * xq, axis=1))
+    return np.stack(out)
+
+
 @jax.jit
 def gdpp_predictions(tasks: Tasks, etas, gammas) -> jax.Array:
     """GD++ as a token algorithm (what `gdpp_weights` layers compute): each step moves the context
