@@ -116,13 +116,23 @@ def _search(d_star):
 
 
 def test_intrinsic_metrics():
-    m = idim.sweep_metrics({"mlp": _sweep(20), "logistic": _sweep(None, 50)})
-    assert m == {"d_int90_mlp": 20, "d_int90_logistic": None, "full_accuracy_mlp": 0.95,
-                 "full_accuracy_logistic": 0.95, "num_params_mlp": 100, "num_params_logistic": 50}
+    m = idim.sweep_metrics({"mlp": _sweep(20), "logistic": _sweep(None, 80)}, {"mlp": 0.19, "logistic": 0.095})
+    assert {k: m[k] for k in ("d_int90_mlp", "d_int90_logistic", "full_accuracy_mlp", "num_params_logistic")} == {
+        "d_int90_mlp": 20, "d_int90_logistic": None, "full_accuracy_mlp": 0.95, "num_params_logistic": 80}
+    # mlp (n = 100): the largest d <= 15 is 10 (accuracy 0.5)
+    assert m["accuracy_fraction_dim_mlp"] == 10 and m["accuracy_fraction_mlp"] == pytest.approx(0.5 / 0.95)
+    assert m["control_untrained_accuracy_fraction_mlp"] == pytest.approx(0.2)
+    assert m["control_smallest_dim_accuracy_fraction_mlp"] == pytest.approx(0.5 / 0.95)
+    assert m["d_int90_mlp_over_logistic"] is None and m["control_num_params_mlp_over_logistic"] == 1.25  # censored
+    with pytest.raises(ValueError, match="max_fraction=0.15: no swept d"):
+        idim.sweep_metrics({"logistic": _sweep(10, 50)})  # 10 > 0.15 * 50
+    m = idim.sweep_metrics({"mlp": _sweep(20, 200), "logistic": _sweep(10, 100)}, max_fraction=0.1)
+    assert m["accuracy_fraction_dim_mlp"] == 20 and m["accuracy_fraction_mlp"] == pytest.approx(0.9 / 0.95)
+    assert m["d_int90_mlp_over_logistic"] == 2.0 and "control_untrained_accuracy_fraction_mlp" not in m
     m = idim.search_metrics({"mlp": _search(32), "logistic": _search(None)}, {"mlp": _sweep(20)})
-    assert m["search_reached_mlp"] == 1.0 and m["search_reached_logistic"] == 0.0
+    assert m["search_d_star_fraction_mlp"] == 0.32 and m["search_d_star_fraction_logistic"] is None
     assert m["search_over_sweep_mlp"] == 32 / 20 and m["search_steps_mlp"] == 150
-    assert idim.search_metrics({"mlp": _search(None)}, {"mlp": _sweep(20)})["search_over_sweep_mlp"] == -1.0
+    assert idim.search_metrics({"mlp": _search(None)}, {"mlp": _sweep(20)})["search_over_sweep_mlp"] is None
 
 
 def test_digits_model_names():
