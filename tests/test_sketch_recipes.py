@@ -85,7 +85,8 @@ def test_eigen_restriction_and_timing_metrics():
     m = sketching_metrics.restriction_metrics(r)
     assert m["table1_layer_minus_sketch_pearson"] == pytest.approx(-0.3)
     assert m["table1_layer_over_sketch_eig_error"] == pytest.approx(6.0)
-    assert m["control_table1_sketch_minus_sketch_pearson"] == pytest.approx(0.2)  # first draw - second
+    assert m["table1_layer_over_sketch_lost_variance"] == pytest.approx(0.5 / 0.2)
+    assert m["control_table1_sketch_over_sketch_lost_variance"] == pytest.approx(0.1 / 0.3)  # first draw / second
     assert m["control_table1_sketch_over_sketch_eig_error"] == pytest.approx(1 / 3)
     t = ex.TimingTable(("dense", "affd"), np.array([8, 12]), np.array([[1.0, 10.0], [2.0, 3.0]]), 1 << 14, 8)
     m = sketching_metrics.timing_metrics(t)
@@ -103,6 +104,8 @@ def test_correlation_and_eigen_tables_on_a_tiny_problem(key):
     np.testing.assert_array_equal(cut["tiny"].pearson, tables["tiny"].pearson[:, 1:])  # same draws, 2^4 left out
     h = jnp.asarray(np.diag(np.geomspace(10.0, 0.1, 64)))
     eig = sketching_metrics.eigen_table(problem, h, key, 2, num_draws=2, kinds=("srht",), k=4)
+    assert list(sketching_metrics.eigen_table(problem, h, key, 1, num_draws=1, kinds=("srht",), k=4,
+                                              max_log2_dim=5).log2_dims) == [5]
     assert list(eig.log2_dims) == [6] and eig.rel_error[0, 0].max() < 1e-4  # srht at D = N is orthogonal
 
 

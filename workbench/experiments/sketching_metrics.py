@@ -204,7 +204,8 @@ def correlation_metrics(tables: dict[str, quality.CorrelationTable], problems: S
 
 
 def eigen_table(problem: GradientProblem, hessian: jax.Array, key: jax.Array, log2_step: int, *,
-                num_draws: int, kinds: Sequence[str] = TABLE_KINDS, k: int = 10) -> quality.EigenTable:
+                num_draws: int, kinds: Sequence[str] = TABLE_KINDS, k: int = 10,
+                max_log2_dim: int | None = None) -> quality.EigenTable:
     """Table 7 for one model: `quality.eigenvalue_errors` of its dense Hessian at the log2 D of
     Table 6 from 2^5 on (2^8 always among them), QK capped as in `correlation_tables`.
 
@@ -216,11 +217,13 @@ def eigen_table(problem: GradientProblem, hessian: jax.Array, key: jax.Array, lo
         num_draws: independent sketches per (kind, D).
         kinds: sketch kinds (the paper's five by default).
         k: number of top eigenvalues compared.
+        max_log2_dim: the largest log2 D tried (None: up to the parameter count).
 
     Returns:
         The `quality.EigenTable`.
     """
-    dims = [d for d in range(5, int(np.log2(problem.num_params)) + 1) if (d - 4) % log2_step == 0]
+    top = int(np.log2(problem.num_params)) if max_log2_dim is None else min(max_log2_dim, int(np.log2(problem.num_params)))
+    dims = [d for d in range(5, top + 1) if (d - 4) % log2_step == 0]
     return quality.eigenvalue_errors(hessian, kinds, key, dims, k=k, num_draws=num_draws,
                                      options={"qk": {"max_factor": qk_factor_cap(problem.num_params)}})
 
@@ -256,8 +259,11 @@ def restriction_metrics(r: RestrictionResult) -> dict[str, Any]:
 
     Returns:
         A dict for `workbench.record`: the layer and D, both Pearson r and eigenvalue errors, and
-        the claimed gaps `table1_layer_minus_sketch_pearson` and `table1_layer_over_sketch_eig_error`,
-        and their controls `control_table1_sketch_minus_sketch_pearson` and
+        the difference of the Pearson r (reported), the claimed ratios
+        `table1_layer_over_sketch_lost_variance` ((1 - r) of the layer over the sketch's: a ratio,
+        as the paper compares them, steadier over seeds than the difference of r) and
+        `table1_layer_over_sketch_eig_error`, and their controls
+        `control_table1_sketch_over_sketch_lost_variance` and
         `control_table1_sketch_over_sketch_eig_error` (the first half of the sketch's draws against
         the second; they need at least two draws).
     """
@@ -267,11 +273,13 @@ def restriction_metrics(r: RestrictionResult) -> dict[str, Any]:
         "table1_layer": r.layer, "table1_log2_dim": r.log2_dim,
         "table1_pearson_layer": r.pearson_layer, "table1_pearson_sketch": pearson_sketch,
         "table1_layer_minus_sketch_pearson": r.pearson_layer - pearson_sketch,
+        "table1_layer_over_sketch_lost_variance": (1 - r.pearson_layer) / (1 - pearson_sketch),
         "table1_eig_error_layer": r.eig_error_layer, "table1_eig_error_sketch": eig_sketch,
         "table1_layer_over_sketch_eig_error": r.eig_error_layer / eig_sketch,
         # controls: the layer replaced by the whole-model sketch itself (its first draws against
         # the others: independent draws of one sketch, which must show no restriction's loss)
-        "control_table1_sketch_minus_sketch_pearson": float(np.mean(r.pearson_sketch[:half]) - np.mean(r.pearson_sketch[half:])),
+        "control_table1_sketch_over_sketch_lost_variance": float((1 - np.mean(r.pearson_sketch[:half]))
+                                                                 / (1 - np.mean(r.pearson_sketch[half:]))),
         "control_table1_sketch_over_sketch_eig_error": float(np.mean(r.eig_error_sketch[:half]) / np.mean(r.eig_error_sketch[half:])),
     }
 
