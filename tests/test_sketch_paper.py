@@ -16,6 +16,7 @@ from workbench import data as wd
 from workbench import models
 from workbench import sketch as sk
 from workbench.experiments import sketching as ex
+from workbench.experiments import sketching_metrics
 from workbench.sketch import quality
 from workbench.sketch.store import open_store
 
@@ -114,26 +115,52 @@ def test_eigenvalue_errors_against_dense_references(key):
     assert t.smallest_log2_dim(1e-6)["srht"] == 6
 
 
-def _claims(name):
+def _header(name):
     text = (ROOT / "notebooks" / f"{name}.py").read_text()
     header = "\n".join(line[2:] for line in text.split("# ---", 2)[1].splitlines() if line.startswith("# "))
-    return yaml.safe_load(header)["jupyter"]["workbench"]["claims"]
+    return yaml.safe_load(header)["jupyter"]["workbench"]
+
+
+def _claims(name):
+    return _header(name)["claims"]
 
 
 def _holds(value, claim):
+    """Whether `value` (a number, or a list whose every entry counts) satisfies `claim`."""
+    if isinstance(value, list):
+        return bool(value) and all(_holds(v, claim) for v in value)
+    if value is None or not np.isfinite(value):
+        return False
     if isinstance(claim, str):
         return value < float(claim[1:]) if claim[0] == "<" else value > float(claim[1:])
     return claim[0] <= value <= claim[1]
 
 
-def test_the_recorded_quick_run_meets_the_sketching_claims():
+def test_the_recorded_quick_run_meets_the_sketching_claims_and_its_controls_fail_them():
     """metrics.json of the quick run committed in tests/fixtures (copied from runs/sketching/)."""
     path = FIXTURES / "sketching_quick_metrics.json"
     if not path.exists():
         pytest.skip("no recorded quick run: run `python -m workbench run sketching` and copy its metrics.json here")
     metrics = json.loads(path.read_text())
-    for name, claim in _claims("sketching").items():
+    claims = _claims("sketching")
+    for name, claim in claims.items():
         assert _holds(metrics[name], claim), (name, metrics[name], claim)
+    for control, target in _header("sketching")["controls"].items():
+        value = metrics[control]
+        assert value is not None and np.all(np.isfinite(value)), (control, value)
+        assert not _holds(value, claims[target]), (control, value, target, claims[target])
+
+
+def test_a_kind_that_never_reaches_r_95_fails_the_needs_more_d_claims():
+    """Censored, not imputed: QK never above 0.95 on one model leaves its gap unknown (None)."""
+    log2_dims = np.arange(6, 11)
+    crossing = {"affd": 8, "fjl": 8, "afjl": 10, "qk": None}
+    pearson = np.stack([np.where(log2_dims >= (c or 99), 0.99, 0.5) for c in crossing.values()])[:, :, None]
+    table = quality.CorrelationTable(tuple(crossing), log2_dims, np.repeat(pearson, 2, 2), np.zeros((4, 5, 2)))
+    metrics = sketching_metrics.correlation_metrics({"m": table}, [])
+    claims = _claims("sketching")
+    assert not _holds(metrics["table6_qk_minus_affd_log2_r95"], claims["table6_qk_minus_affd_log2_r95"])
+    assert _holds(metrics["table6_afjl_minus_affd_log2_r95"], claims["table6_afjl_minus_affd_log2_r95"])
 
 
 def test_theorem_3_1_and_qk_claims_recomputed_small(key):

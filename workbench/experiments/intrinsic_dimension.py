@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -108,44 +109,108 @@ def digits_intrinsic_search(model: str = "mlp", *, seed: int = 0, hidden_size: i
                                optimizer=optax.adam(learning_rate), kind=kind, full_steps=full_steps)
 
 
-def sweep_metrics(sweeps: Mapping[str, sk.IntrinsicSweepResult]) -> dict[str, Any]:
-    """The sweep's recorded metrics: d_int90, full-model accuracy and parameter count per model.
+def untrained_accuracy(model: str = "mlp", *, seed: int = 0, hidden_size: int = 32) -> float:
+    """Test accuracy of a digits classifier at its initialisation theta_0 (no training: d = 0).
 
     Args:
-        sweeps: model name -> its `IntrinsicSweepResult`.
+        model: "mlp" or "logistic" (`digits_model`).
+        seed: data split and initialisation seed (as in `digits_intrinsic_sweep`).
+        hidden_size: the MLP's hidden width.
 
     Returns:
-        A dict for `workbench.record`: `d_int90_<name>`, `full_accuracy_<name>`, `num_params_<name>`.
+        The accuracy of theta_0 on the test split.
     """
-    return {
+    _, test_data = wd.load_digits(seed=seed)
+    fn = digits_model(model, seed=seed, hidden_size=hidden_size)
+    return float(digits_accuracy(fn)(fn.params, (test_data.x, test_data.y)))
+
+
+def accuracy_fraction_at(sweep: sk.IntrinsicSweepResult, max_fraction: float) -> tuple[int, float]:
+    """The largest swept d with d <= max_fraction * n, and its test accuracy over the full model's.
+
+    Args:
+        sweep: an `IntrinsicSweepResult`.
+        max_fraction: the largest share of the parameter count n that d may take.
+
+    Returns:
+        (d, accuracy(d) / full accuracy).
+
+    Raises:
+        ValueError: no swept d is that small.
+    """
+    dims = np.asarray(sweep.dims)
+    ok = np.flatnonzero(dims <= max_fraction * sweep.num_params)
+    if not ok.size:
+        raise ValueError(f"max_fraction={max_fraction}: no swept d is <= {max_fraction * sweep.num_params:.0f}")
+    i = ok[np.argmax(dims[ok])]
+    return int(dims[i]), float(sweep.accuracy[i] / sweep.full_accuracy)
+
+
+def sweep_metrics(sweeps: Mapping[str, sk.IntrinsicSweepResult], untrained: Mapping[str, float] | None = None,
+                  max_fraction: float = 0.15) -> dict[str, Any]:
+    """The sweep's recorded metrics: d_int90, full-model accuracy and parameter count per model,
+    and the claims that d_int90 is far below n and does not grow with n.
+
+    Li et al.'s findings as relative metrics: `accuracy_fraction_<name>` is the accuracy at the
+    largest swept d <= `max_fraction` * n over the full model's (above 0.9 when d_int90 is that
+    small); `d_int90_mlp_over_logistic` compares the MLP with logistic regression, ~4x fewer
+    parameters for the same task (None when either never reached 90%). Their controls:
+    `control_untrained_accuracy_fraction_<name>` (theta_0, i.e. d = 0),
+    `control_smallest_dim_accuracy_fraction_<name>` (the smallest swept d) and
+    `control_num_params_mlp_over_logistic` (what a d_int proportional to n would give).
+
+    Args:
+        sweeps: model name -> its `IntrinsicSweepResult` ("mlp" and "logistic" for the ratios).
+        untrained: model name -> accuracy of theta_0 (`untrained_accuracy`); None: not recorded.
+        max_fraction: the share of n at which the accuracy fraction is read.
+
+    Returns:
+        A dict for `workbench.record`: `d_int90_<name>`, `full_accuracy_<name>`,
+        `num_params_<name>`, `accuracy_fraction_dim_<name>` (the d read), `accuracy_fraction_<name>`,
+        the controls above and, with both models, `d_int90_mlp_over_logistic`.
+    """
+    out = {
         **{f"d_int90_{name}": r.d_int90 for name, r in sweeps.items()},
         **{f"full_accuracy_{name}": r.full_accuracy for name, r in sweeps.items()},
         **{f"num_params_{name}": r.num_params for name, r in sweeps.items()},
     }
+    for name, r in sweeps.items():
+        out[f"accuracy_fraction_dim_{name}"], out[f"accuracy_fraction_{name}"] = accuracy_fraction_at(r, max_fraction)
+        smallest = int(np.argmin(np.asarray(r.dims)))
+        out[f"control_smallest_dim_accuracy_fraction_{name}"] = float(r.accuracy[smallest] / r.full_accuracy)
+        if untrained is not None:
+            out[f"control_untrained_accuracy_fraction_{name}"] = float(untrained[name] / r.full_accuracy)
+    if {"mlp", "logistic"} <= set(sweeps):
+        mlp, logistic = sweeps["mlp"], sweeps["logistic"]
+        out["d_int90_mlp_over_logistic"] = (mlp.d_int90 / logistic.d_int90 if mlp.d_int90 and logistic.d_int90
+                                            else None)
+        out["control_num_params_mlp_over_logistic"] = mlp.num_params / logistic.num_params
+    return out
 
 
 def search_metrics(searches: Mapping[str, sk.IntrinsicSearchResult],
                    sweeps: Mapping[str, sk.IntrinsicSweepResult]) -> dict[str, Any]:
     """The doubling search's recorded metrics, and how its D* compares with the sweep's d_int90.
 
-    `search_reached_<name>` is 1.0 when the search crossed the threshold within its budget (a
-    search that never reaches it, e.g. with a broken subspace map, records 0.0 and fails the
-    claim); `search_over_sweep_mlp` is D* / d_int90 for the MLP (-1.0 when either is missing):
-    D* is a power of two, so it matches the sweep's grid value only within a factor of two.
+    `search_d_star_fraction_<name>` is D* / n (None when the search never crossed the threshold
+    within its budget: censored, so a claim on it fails); `search_over_sweep_mlp` is D* / d_int90
+    for the MLP (None when either is missing): D* is a power of two, so it matches the sweep's grid
+    value only within a factor of two.
 
     Args:
         searches: model name -> its `IntrinsicSearchResult`.
         sweeps: model name -> its `IntrinsicSweepResult` (needs "mlp").
 
     Returns:
-        A dict for `workbench.record`: `search_d_star_<name>`, `search_reached_<name>`,
+        A dict for `workbench.record`: `search_d_star_<name>`, `search_d_star_fraction_<name>`,
         `search_steps_<name>`, `search_confirm_metric_<name>` and `search_over_sweep_mlp`.
     """
     d_star, d_int90 = searches["mlp"].d_star, sweeps["mlp"].d_int90
     return {
         **{f"search_d_star_{name}": r.d_star for name, r in searches.items()},
-        **{f"search_reached_{name}": float(r.d_star is not None) for name, r in searches.items()},
+        **{f"search_d_star_fraction_{name}": r.d_star / r.num_params if r.d_star else None
+           for name, r in searches.items()},
         **{f"search_steps_{name}": r.steps for name, r in searches.items()},
         **{f"search_confirm_metric_{name}": r.confirm_metric for name, r in searches.items()},
-        "search_over_sweep_mlp": d_star / d_int90 if d_star and d_int90 else -1.0,
+        "search_over_sweep_mlp": d_star / d_int90 if d_star and d_int90 else None,
     }

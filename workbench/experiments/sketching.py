@@ -68,6 +68,7 @@ class FactorTable(NamedTuple):
     variance: np.ndarray  # measured Var(ratio) on a one-hot input
     predicted: np.ndarray  # prod_i (1 + 2 (B_i - D_i) / (D_i (B_i + 2))) - 1
     p_far: np.ndarray  # P(|ratio - 1| > 0.5)
+    variance_halves: np.ndarray  # [splits, 2] Var(ratio) over the first and second half of the draws
 
 
 def qk_factor_table(key: jax.Array, splits: Sequence[tuple[int, int]] = ((32, 32), (128, 8), (512, 2)), *,
@@ -82,19 +83,22 @@ def qk_factor_table(key: jax.Array, splits: Sequence[tuple[int, int]] = ((32, 32
         num_draws: independent sketches per split.
 
     Returns:
-        A `FactorTable`: measured and predicted Var(ratio) and P(|ratio - 1| > 0.5) per split.
+        A `FactorTable`: measured and predicted Var(ratio) and P(|ratio - 1| > 0.5) per split, and
+        the variance over each half of the draws (two independent estimates of one variance).
     """
     n = factor * factor
     x = np.zeros(n, np.float32)
     x[n // 3 + 5] = 1.0
-    var, pred, far = [], [], []
+    var, pred, far, halves = [], [], [], []
     for t, split in enumerate(splits):
         d = int(np.prod(split))
         r = quality.norm_ratios(x, "qk", jax.random.fold_in(key, t), d, num_draws, max_factor=factor, dims_out=tuple(split))
         var.append(r.var())
         pred.append(np.prod([1 + 2 * (factor - di) / (di * (factor + 2)) for di in split]) - 1)
         far.append(np.mean(np.abs(r - 1) > 0.5))
-    return FactorTable(tuple(tuple(s) for s in splits), (factor, factor), np.asarray(var), np.asarray(pred), np.asarray(far))
+        halves.append([r[: num_draws // 2].var(), r[num_draws // 2:].var()])
+    return FactorTable(tuple(tuple(s) for s in splits), (factor, factor), np.asarray(var), np.asarray(pred),
+                       np.asarray(far), np.asarray(halves))
 
 
 # ----------------------------------------------------------------------------- models and gradients

@@ -4,6 +4,7 @@ adversarial inputs those theorems use."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.core.numerics import check_positive_int
-from workbench.sketch.base import for_params, make
+from workbench.sketch.base import make
 from workbench.sketch.kinds.hadamard import _hadamard_np
 
 PER_LEAF = "kronecker_per_leaf"  # our Kronecker sketch with one pair per params leaf (`for_params`)
@@ -42,12 +43,47 @@ class CorrelationTable(NamedTuple):
         return out
 
 
-def _make(kind, key, n, d, params, options):
+def _resolve(kind, params, options):
+    """(kind, options) as `make` takes them: `PER_LEAF` becomes `kronecker` with the params' leaf
+    shapes; options become a hashable tuple, the static part of the compiled draws."""
+    opts = dict((options or {}).get(kind, {}))
     if kind == PER_LEAF:
         if params is None:
             raise TypeError(f"kind {PER_LEAF!r} needs the params tree the gradients ravel")
-        return for_params("kronecker", key, params, d, **options.get(kind, {}))
-    return make(kind, key, n, d, **options.get(kind, {}))
+        opts.setdefault("leaf_shapes", tuple(tuple(jnp.shape(leaf)) for leaf in jax.tree.leaves(params)))
+        kind = "kronecker"
+    return kind, _static(opts)
+
+
+def _static(options):
+    """Options as a hashable tuple (lists become tuples), the static part of a compiled program."""
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
+
+
+def _draw_keys(key, log_d, num_draws):
+    """Draw t at D = 2^log_d uses fold_in(fold_in(key, log_d), t), whatever the kind."""
+    base = jax.random.fold_in(key, int(log_d))
+    return jax.vmap(lambda t: jax.random.fold_in(base, t))(jnp.arange(num_draws))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _sketched_grams(kind, n, d, opts, batch, keys, rows):
+    """[draws, m, m] Gram matrices of the sketched rows, every draw in one compiled program."""
+    def one(k):
+        y = make(kind, k, n, d, **dict(opts)).apply(rows)
+        return y @ y.T
+
+    return jax.lax.map(one, keys, batch_size=batch)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _sketched_matrices(kind, n, d, opts, batch, keys, matrix):
+    """[draws, D, D] matrices Phi H Phi^T, every draw in one compiled program."""
+    def one(k):
+        s = make(kind, k, n, d, **dict(opts))
+        return s.apply(s.apply(matrix).T)  # row i of the first: Phi H[i] = (H Phi^T)[i]
+
+    return jax.lax.map(one, keys, batch_size=batch)
 
 
 def dot_product_correlation(
@@ -90,15 +126,16 @@ def dot_product_correlation(
     r = np.full((len(kinds), len(log2_dims), num_draws), np.nan)
     dist = np.full_like(r, np.nan)
     for i, kind in enumerate(kinds):
+        name, opts = _resolve(kind, params, options)
         for j, log_d in enumerate(log2_dims):
             if (1 << int(log_d)) > n:  # a sketch does not map up: no entry (NaN), by design
                 continue
-            for t in range(num_draws):
-                k = jax.random.fold_in(jax.random.fold_in(key, int(log_d)), t)
-                s = _make(kind, k, n, 1 << int(log_d), params, options)  # bad options raise here
-                y = np.asarray(s.apply(grads), np.float64)
-                r[i, j, t] = np.corrcoef(exact, (y @ y.T)[iu])[0, 1]
-                dist[i, j, t] = np.median(np.abs((y**2).sum(1) / norms - 1))
+            # every draw of (kind, D) in one compiled program; bad options raise while tracing
+            grams = np.asarray(_sketched_grams(name, n, 1 << int(log_d), opts, even_batch(num_draws, KEY_BATCH),
+                                               _draw_keys(key, log_d, num_draws), grads), np.float64)
+            for t, gram in enumerate(grams):
+                r[i, j, t] = np.corrcoef(exact, gram[iu])[0, 1]
+                dist[i, j, t] = np.median(np.abs(np.diag(gram) / norms - 1))
     return CorrelationTable(tuple(kinds), log2_dims, r, dist)
 
 
@@ -198,16 +235,14 @@ def eigenvalue_errors(
     log2_dims = np.asarray(list(log2_dims))
     err = np.full((len(kinds), len(log2_dims), num_draws), np.nan)
     for i, kind in enumerate(kinds):
+        name, opts = _resolve(kind, params, options)
         for j, log_d in enumerate(log2_dims):
-            if (1 << int(log_d)) < k:
+            if not k <= (1 << int(log_d)) <= n:  # fewer than k eigenvalues, or a map up: NaN
                 continue
-            if (1 << int(log_d)) > n:
-                continue
-            for t in range(num_draws):
-                kk = jax.random.fold_in(jax.random.fold_in(key, int(log_d)), t)
-                s = _make(kind, kk, n, 1 << int(log_d), params, options)
-                approx = top_eigenvalues(np.asarray(sketched_matrix(s, hessian)), k)
-                err[i, j, t] = float(np.mean(np.abs(approx / exact - 1)))
+            sketched = _sketched_matrices(name, n, 1 << int(log_d), opts, even_batch(num_draws, KEY_BATCH),
+                                          _draw_keys(key, log_d, num_draws), hessian)
+            for t, m in enumerate(np.asarray(sketched)):
+                err[i, j, t] = float(np.mean(np.abs(top_eigenvalues(m, k) / exact - 1)))
     return EigenTable(tuple(kinds), log2_dims, exact, err)
 
 
@@ -283,11 +318,18 @@ def norm_ratios(x: jax.Array, kind: str, key: jax.Array, dim_out: int, num_draws
     n = x.shape[-1]
     num_draws = check_positive_int("num_draws", num_draws)
 
-    def one(k):
-        return jnp.sum(make(kind, k, n, dim_out, **options).apply(x) ** 2, axis=-1) / jnp.sum(x**2, axis=-1)
+    opts = _static(options)
+    return np.asarray(_norm_ratios(kind, n, dim_out, opts, even_batch(num_draws, KEY_BATCH),
+                                   jax.random.split(key, num_draws), x))
 
-    run = jax.jit(lambda keys: jax.lax.map(one, keys, batch_size=even_batch(num_draws, KEY_BATCH)))
-    return np.asarray(run(jax.random.split(key, num_draws)))
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _norm_ratios(kind, n, d, opts, batch, keys, x):
+    """[draws] (or [draws, batch]) squared-norm ratios, compiled once per (kind, sizes, options)."""
+    def one(k):
+        return jnp.sum(make(kind, k, n, d, **dict(opts)).apply(x) ** 2, axis=-1) / jnp.sum(x**2, axis=-1)
+
+    return jax.lax.map(one, keys, batch_size=batch)
 
 
 def even_batch(total: int, cap: int) -> int:
