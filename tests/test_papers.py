@@ -311,6 +311,17 @@ def test_every_real_paper_declares_valid_metadata():
         registry.resolve_parameters(paper, profile="full")
 
 
+def test_every_paper_declares_a_control_for_its_claims():
+    # a claim no broken method fails is no claim: each paper runs at least one broken or trivial
+    # variant and declares the claim it must fail (its quick run checks that it does)
+    for paper in registry.discover().values():
+        assert paper.controls, (f"{paper.name}: declare at least one control in the header "
+                                "(`controls: {control_metric: claim_metric}`)")
+        quick = {c.metric for c in paper.claims if "quick" in c.profiles}
+        assert any(target in quick for target in paper.controls.values()), (
+            f"{paper.name}: no control is checked on the quick profile")
+
+
 def test_every_parameter_of_every_paper_declares_its_allowed_values():
     # a new parameter without `; in [lo, hi]` or `; in {a, b}` fails here (bools need none)
     papers = registry.discover()
