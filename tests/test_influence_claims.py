@@ -80,14 +80,16 @@ def test_fix_rate_gap_counts_the_points_fixed():
 def test_corrections_with_one_step_size_compile_once(key):
     """correct_mispredictions hands `_trajectories` one optimizer object per step size, so the
     influence run, the random run and further calls with another k reuse one compiled program."""
-    from plain_logreg import fitted_digits, plain_logreg
+    from plain_logreg import plain_logreg
 
-    from workbench import influence
+    from workbench import data
     from workbench.influence.validation import dynamics
 
     model = plain_logreg(1e-3)
-    params, train, test = fitted_digits(model, 120, 60)
-    scores = influence.make("grad_dot", model.loss_fn, params, train).scores(test)
+    train, test = data.load_digits(dtype=jnp.float64)
+    train, test = train.take(np.arange(60)), test.take(np.arange(30))
+    params = {"w": 0.01 * jax.random.normal(jax.random.key(1), (64, 10), jnp.float64), "b": jnp.zeros(10, jnp.float64)}
+    scores = random_scores(jax.random.key(2), 30, 60)  # which examples are re-weighted does not matter here
     before = dynamics._trajectories._cache_size()
     for k in (3, 7):
         ev.correct_mispredictions(model.loss_fn, model.predict_fn, params, train, key, test, scores, k=k,
