@@ -69,6 +69,13 @@ def _batches(key, n, batch_size, num_steps):
     return batch_indices(key, n, batch_size, num_steps)
 
 
+@functools.lru_cache(maxsize=32)
+def _sgd(learning_rate: float) -> optax.GradientTransformation:
+    """optax.sgd(learning_rate), the same object for the same step size (a static argument of the
+    jitted `_trajectories`, so repeated corrections reuse its compiled program)."""
+    return optax.sgd(learning_rate)
+
+
 class CorrectionResult(NamedTuple):
     """Mispredictions fixed by dropping the most harmful examples, against random ones."""
 
@@ -155,7 +162,7 @@ def correct_mispredictions(
         return jnp.asarray(w, dtype)
 
     full = _batches(None, n, None, num_steps)
-    opt = optax.sgd(learning_rate)
+    opt = _sgd(float(learning_rate))  # one optimizer object per step size: `_trajectories` compiles once for it
     results = {}
     _, unravel = ravel_pytree(params)
     for name, sets in (("influence", harmful), ("random", rand)):
