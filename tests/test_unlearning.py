@@ -449,6 +449,19 @@ def test_ddim_is_deterministic_and_integrity_of_a_model_with_itself_is_zero(tiny
     assert a.shape == (4, 64) and float(jnp.abs(a).max()) <= 1.0
     integ = integrity.integrity(model, params, params, labels, key, feature_fn=lambda x: x[:, :8], num_steps=5)
     assert integ.pixel == 0.0 and integ.feature == 0.0 and integ.pixel_floor > 0
+    # against a reference drawn once: the numbers of `integrity`, and the distance of a moved model
+    # equals the mean pixel RMSE of its samples from the original's, computed here by hand
+    moved = jax.tree.map(lambda p: p * 1.1, params)
+    ref = integrity.reference_samples(model, params, labels, key, num_steps=5)
+    feature_fn = lambda x: x[:, :8]
+    assert integrity.integrity_against(ref, model, moved, feature_fn=feature_fn, num_steps=5) == \
+        integrity.integrity(model, params, moved, labels, key, feature_fn=feature_fn, num_steps=5)
+    k1, _ = jax.random.split(key)
+    shared = jax.random.normal(k1, (4, 64), jnp.float32)
+    rmse = np.sqrt(np.mean((np.asarray(D.sample(model, params, labels, shared, 5), np.float64)
+                            - np.asarray(D.sample(model, moved, labels, shared, 5), np.float64)) ** 2, axis=1))
+    assert integrity.integrity_against(ref, model, moved, feature_fn=feature_fn, num_steps=5).pixel == \
+        pytest.approx(rmse.mean(), rel=1e-5)
 
 
 @pytest.mark.standard_promotion  # Adam

@@ -136,6 +136,7 @@ def diffusion_methods(ds: DiffusionSetup, forget_class: int = 0, methods: Sequen
     labels_f = jnp.full((samples_per_class,), forget_class)
     real_r = retain.x
     rows, all_params = [], {"original": ds.params}
+    reference = integrity.reference_samples(ds.model, ds.params, labels_r, k_int, num_steps=sample_steps)
     unknown = set(reruns) - set(methods)
     if unknown:
         raise ValueError(f"reruns must be among the methods {list(methods)}, got {sorted(unknown)}")
@@ -153,8 +154,8 @@ def diffusion_methods(ds: DiffusionSetup, forget_class: int = 0, methods: Sequen
                 all_params[name] = params
         noise_f = jax.random.normal(k_fd, (labels_f.shape[0], 64))
         xf = diffusion.sample(ds.model, params, labels_f, noise_f, sample_steps)
-        integ = integrity.integrity(ds.model, ds.params, params, labels_r, k_int, feature_fn=ds.features,
-                            num_steps=sample_steps)
+        integ = integrity.integrity_against(reference, ds.model, params, feature_fn=ds.features,
+                                            num_steps=sample_steps)
         xr = diffusion.sample(ds.model, params, labels_r, jax.random.normal(k_int, (labels_r.shape[0], 64)), sample_steps)
         acc_f = float(jnp.mean(jnp.argmax(ds.classifier(xf), -1) == forget_class))
         logits_r = ds.classifier(xr)
