@@ -462,6 +462,8 @@ def test_ddim_is_deterministic_and_integrity_of_a_model_with_itself_is_zero(tiny
                             - np.asarray(D.sample(model, moved, labels, shared, 5), np.float64)) ** 2, axis=1))
     assert integrity.integrity_against(ref, model, moved, feature_fn=feature_fn, num_steps=5).pixel == \
         pytest.approx(rmse.mean(), rel=1e-5)
+    with pytest.raises(ValueError, match="reference's shape"):
+        integrity.integrity_of_samples(ref, shared[:3], feature_fn=feature_fn)
 
 
 @pytest.mark.standard_promotion  # Adam

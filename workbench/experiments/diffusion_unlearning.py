@@ -154,9 +154,9 @@ def diffusion_methods(ds: DiffusionSetup, forget_class: int = 0, methods: Sequen
                 all_params[name] = params
         noise_f = jax.random.normal(k_fd, (labels_f.shape[0], 64))
         xf = diffusion.sample(ds.model, params, labels_f, noise_f, sample_steps)
-        integ = integrity.integrity_against(reference, ds.model, params, feature_fn=ds.features,
-                                            num_steps=sample_steps)
-        xr = diffusion.sample(ds.model, params, labels_r, jax.random.normal(k_int, (labels_r.shape[0], 64)), sample_steps)
+        # the retain-class samples judged by the classifier are those integrity compares (same noise)
+        xr = diffusion.sample(ds.model, params, labels_r, reference.noise, sample_steps)
+        integ = integrity.integrity_of_samples(reference, xr, feature_fn=ds.features)
         acc_f = float(jnp.mean(jnp.argmax(ds.classifier(xf), -1) == forget_class))
         logits_r = ds.classifier(xr)
         acc_r = float(jnp.mean(jnp.argmax(logits_r, -1) == labels_r))

@@ -109,8 +109,29 @@ def integrity_against(reference: Reference, model: Model, unlearned_params: PyTr
     Returns:
       `Integrity(pixel, feature, pixel_floor, feature_floor)`, as `integrity` returns it.
     """
-    b = sample(model, unlearned_params, reference.labels, reference.noise, num_steps)
-    pix, feat = _distances(reference.shared, b, feature_fn)
+    return integrity_of_samples(reference, sample(model, unlearned_params, reference.labels, reference.noise, num_steps),
+                                feature_fn=feature_fn)
+
+
+def integrity_of_samples(reference: Reference, samples: jax.Array, *,
+                         feature_fn: Callable[[jax.Array], jax.Array]) -> Integrity:
+    """`integrity` from the unlearned model's samples, drawn from `reference.noise` for
+    `reference.labels` (so a caller that needs those samples anyway draws them once).
+
+    Args:
+      reference: the original model's samples and the shared noise (`reference_samples`).
+      samples: the unlearned model's DDIM samples from `reference.noise` [n, dim].
+      feature_fn: images [n, dim] -> features [n, d] (e.g. a classifier's hidden layer).
+
+    Returns:
+      `Integrity(pixel, feature, pixel_floor, feature_floor)`.
+
+    Raises:
+      ValueError: when the samples' shape differs from the reference's.
+    """
+    if np.shape(samples) != np.shape(reference.shared):
+        raise ValueError(f"samples need the reference's shape {np.shape(reference.shared)}, got {np.shape(samples)}")
+    pix, feat = _distances(reference.shared, samples, feature_fn)
     pix0, feat0 = _distances(reference.shared, reference.other, feature_fn)
     return Integrity(pix, feat, pix0, feat0)
 
