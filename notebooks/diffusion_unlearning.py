@@ -21,8 +21,16 @@
 #       remap_frechet_ratio:
 #       - 0.6
 #       - 1.6
-#       remap_integrity_ratio: '>1.15'
-#       remap_retain_accuracy_gap: <0.03
+#       remap_integrity_ratio: '>1.25'
+#       remap_retain_margin_ratio:
+#       - 0.9
+#       - 1.1
+#     controls:
+#       control_ascent_frechet_ratio: remap_frechet_ratio
+#       control_ascent_integrity_over_floor: distill_integrity_over_floor
+#       control_ascent_retain_margin_ratio: remap_retain_margin_ratio
+#       control_noop_forget_accuracy: remap_forget_accuracy
+#       control_rerun_integrity_ratio: remap_integrity_ratio
 #     full:
 #       denoiser_hidden: 256
 #       denoiser_steps: 6000
@@ -48,11 +56,22 @@
 #   model's own predictions (distillation) instead of the data.
 #
 # **Claim.** Remap and remap + distill both forget the 0s (classifier accuracy on "0" samples
-# <= 0.05) and look the same to a digits classifier (retain-class accuracy within 0.03) and to a
-# Frechet distance in the classifier's features (ratio within [0.6, 1.6]), yet the integrity
-# distance of remap is at least 15% larger: fine-tuning on data moves the samples of the classes
-# it should keep, distillation much less. Distances are read against the **noise floor** (the
-# original model, two independent noises).
+# <= 0.05) and look the same to a digits classifier (mean correct-class margin on retain-class
+# samples within 10%) and to a Frechet distance in the classifier's features (ratio within
+# [0.6, 1.6]), yet the integrity distance of remap is at least 25% larger: fine-tuning on
+# data moves the samples of the classes it should keep, distillation much less. Distances are
+# read against the **noise floor** (the original model, two independent noises).
+#
+# **Controls.** Each claim names a broken or trivial variant that must fail it: the untouched
+# model does not forget; ascent (which breaks the model) differs from remap + distill in margin,
+# Frechet distance and integrity; and a second run of remap + distill from another minibatch key
+# is not 25% further from the original than the first, so the integrity gap is not run-to-run
+# noise. That control set the threshold: at 15% (our first claim) a second run of remap +
+# distill on seed 2 was 17% further than the first, so a 15% gap could be noise; measured over
+# seeds 0-2, remap's ratio is 1.29-1.41 and a rerun's 1.00-1.17, so the margins either side of
+# 1.25 are narrow (0.04 and 0.08), and the quick profile's finding is a modest one. The retain-class *accuracy* is reported but not claimed: every model but ascent reads
+# 1.0 there, so it cannot tell a remapping that damaged the kept classes from one that did not;
+# the margin is continuous where the accuracy saturates.
 
 # %% tags=["parameters"]
 denoiser_hidden: int = 256  # width of the denoiser's hidden layers; in [1, inf)
@@ -87,13 +106,14 @@ print(f"denoiser trained in {ds.seconds:.1f} s; loss {ds.losses[:50].mean():.2f}
 # %% [markdown]
 # ## Unlearn the class by each method and judge it
 # Forget accuracy: fraction of "draw a 0" samples the classifier still reads as 0. Retain
-# accuracy and the Frechet distance (to real digits, in classifier features) are computed on
+# accuracy, the classifier's mean correct-class margin and the Frechet distance (to real digits, in classifier features) are computed on
 # samples of the other nine classes; integrity compares each method's retain-class samples with
 # the original model's, drawn from the same noise.
 
 # %%
 comparison = recipes.diffusion_methods(ds, forget_class, num_steps=unlearn_steps,
-                                       samples_per_class=samples_per_class, sample_steps=sample_steps, seed=seed)
+                                       samples_per_class=samples_per_class, sample_steps=sample_steps, seed=seed,
+                                       reruns=["remap_distill"])
 print(figures.diffusion_table(comparison.rows))
 fig = figures.integrity_bars(comparison.rows)
 workbench.save_figure(fig, "integrity")

@@ -449,6 +449,21 @@ def test_ddim_is_deterministic_and_integrity_of_a_model_with_itself_is_zero(tiny
     assert a.shape == (4, 64) and float(jnp.abs(a).max()) <= 1.0
     integ = integrity.integrity(model, params, params, labels, key, feature_fn=lambda x: x[:, :8], num_steps=5)
     assert integ.pixel == 0.0 and integ.feature == 0.0 and integ.pixel_floor > 0
+    # against a reference drawn once: the numbers of `integrity`, and the distance of a moved model
+    # equals the mean pixel RMSE of its samples from the original's, computed here by hand
+    moved = jax.tree.map(lambda p: p * 1.1, params)
+    ref = integrity.reference_samples(model, params, labels, key, num_steps=5)
+    feature_fn = lambda x: x[:, :8]
+    assert integrity.integrity_against(ref, model, moved, feature_fn=feature_fn, num_steps=5) == \
+        integrity.integrity(model, params, moved, labels, key, feature_fn=feature_fn, num_steps=5)
+    k1, _ = jax.random.split(key)
+    shared = jax.random.normal(k1, (4, 64), jnp.float32)
+    rmse = np.sqrt(np.mean((np.asarray(D.sample(model, params, labels, shared, 5), np.float64)
+                            - np.asarray(D.sample(model, moved, labels, shared, 5), np.float64)) ** 2, axis=1))
+    assert integrity.integrity_against(ref, model, moved, feature_fn=feature_fn, num_steps=5).pixel == \
+        pytest.approx(rmse.mean(), rel=1e-5)
+    with pytest.raises(ValueError, match="reference's shape"):
+        integrity.integrity_of_samples(ref, shared[:3], feature_fn=feature_fn)
 
 
 @pytest.mark.standard_promotion  # Adam
@@ -496,7 +511,7 @@ def test_panels_show_results_errors_and_history(capsys):
     assert p.run() is None and "alpha too large" in p.status.value and len(calls) == 2  # shown, not raised
     assert len(p.history) == 1 and p.history[0]["numbers"]["oracle forget acc"] == 0.0
 
-    row = DiffusionRow("remap", 0.0, 1.0, 0.8, 0.1, 1.0, 0.4, 3.8, 1.0)
+    row = DiffusionRow("remap", 0.0, 1.0, 0.8, 0.1, 1.0, 0.4, 3.8, 1.0, 5.0)
     d = panels.diffusion_panel(lambda **kw: ExploredDiffusion(row, np.zeros((2, 10, 8, 8)), ["original", "remap"]))
     assert set(d.controls) == {"method", "forget_class", "weight", "num_steps"}
     assert d.run().row.method == "remap"
@@ -514,26 +529,52 @@ def test_headline_numbers_are_computed_from_the_recipes_results():
     grid = lambda *v: np.asarray(v, float).reshape(3, 2)
     sweep = sweeps.AlphaSweep(np.array([1.0, 5.0, 20.0]), np.array([0.1, 1.0]), grid(0.3, 0.2, 0.1, 0.05, 0, 0),
                               grid(0.5, 0.6, 0.02, 0.4, np.nan, np.nan), grid(0.9, 0.95, 0.985, 0.99, np.nan, np.nan),
-                              grid(*[0.8] * 6), 10.0, 0.01, 0.05, oracle)
+                              grid(*[0.8] * 6), 10.0, 9.5, 40.0, 0.01, 1000, 5000, 0.01, oracle,
+                              E.Scores(0.97, 0.99, 0.9, 0.1, 0.1, 0.3))
+    original = E.Scores(1.0, 0.99, 0.9, 0.1, 0.1, 0.3)
+    control = sweeps.Cliff(np.array([100.0]), np.array([10, 30]), np.array([[0.0, np.nan]]),
+                           np.array([[0.1, np.nan]]), np.zeros((1, 2)), original)
     cliff = sweeps.Cliff(np.array([0.1, 1.0]), np.array([10, 30]), np.array([[0.9, 0.04], [0.0, np.nan]]),
-                         np.array([[0.99, 0.975], [0.5, np.nan]]), np.zeros((2, 2)))
+                         np.array([[0.99, 0.975], [0.5, np.nan]]), np.zeros((2, 2)), original, control)
     assert sweeps.good_ascent_settings(cliff, 0.99) == 1  # only (0.1, 30): forgets and keeps retain
+    assert sweeps.cliff_counts(cliff, 0.99) == (2, 2, 1)  # diverged cells count in none
+    assert sweeps.cliff_counts(sweeps.untouched_cliff(cliff), 0.99) == (0, 4, 0)
+    with pytest.raises(ValueError, match="untouched model"):
+        sweeps.untouched_cliff(cliff._replace(original=None))
     row = lambda name, klom: recipes.MethodRow(name, 0, 0, 0, klom, 0, 0, 0.5, 0)
-    bench = recipes.Benchmark([row("oracle_matching", 1.0), row("datamodel_matching", 4.0),
+    bench = recipes.Benchmark([row("original", 10.0), row("oracle_matching", 1.0), row("datamodel_matching", 4.0),
                                row("gradient_ascent", 16.0), row("neggrad_plus", 8.0)], 10, 4, 2.0)
     h = sweeps.headline(sweep, cliff, bench, 5.0, 0.1)
-    assert (h.ssd_forget_accuracy, h.ssd_bound, h.ascent_good_settings) == (0.02, 10.0, 1)
-    assert h.ssd_retain_gap == pytest.approx(0.005) and h.ssd_speedup == pytest.approx(5.0)
+    assert (h.ssd_forget_accuracy, h.ssd_lam1_forget_accuracy, h.ssd_bound) == (0.02, 0.4, 10.0)
+    assert h.control_noop_forget_accuracy == 0.97  # the sweep's untouched model
+    assert h.ssd_retain_gap == pytest.approx(0.005) and h.ssd_work_ratio == 5.0
+    assert h.control_ascent_retain_gap == pytest.approx(0.015)  # the forgetting cells: gaps 0.015 and 0.49
     assert h.ssd_selected_above_bound == 0.0  # alpha=20 >= bound selects nothing
+    assert h.ssd_max_ratio_over_bound == 0.95 and h.control_retain_fisher_max_ratio_over_bound == 4.0
+    assert h.control_retain_fisher_selected_above_bound == 0.01
+    assert (h.ascent_good_settings, h.ascent_forgetting_settings, h.ascent_keeping_settings) == (1, 2, 2)
+    assert (h.control_noop_forgetting_settings, h.control_diverging_keeping_settings) == (0, 0)
+    assert h.control_ssd_good_settings == 1  # (alpha 5, lambda 0.1): forget 0.02, retain 0.985
     assert (h.klom_om_over_dmm, h.klom_dmm_over_ascent) == (0.25, 0.5)  # against the better of ascent/NegGrad+
+    assert (h.control_klom_noop_over_dmm, h.control_klom_noop_over_ascent) == (2.5, 1.25)
     with pytest.raises(ValueError, match="no cell alpha=2"):
         sweeps.headline(sweep, cliff, bench, 2.0, 0.1)
+    with pytest.raises(ValueError, match="control grid"):
+        sweeps.headline(sweep, cliff._replace(control=None), bench, 5.0, 0.1)
+    nothing_forgets = cliff._replace(forget_accuracy=np.full((2, 2), 0.5))
+    assert np.isnan(sweeps.headline(sweep, nothing_forgets, bench, 5.0, 0.1).control_ascent_retain_gap)
 
-    drow = lambda name, acc_r, fd, feat, pix: diffusion_recipes.DiffusionRow(name, 0.0, acc_r, fd, pix, feat, 0.4, 4.0, 1)
-    d = diffusion_recipes.diffusion_headline([drow("original", 1, 1, 0, 0), drow("remap", 0.97, 1.0, 2.0, 0.3),
-                                              drow("remap_distill", 0.99, 0.8, 1.0, 0.2)])
+    drow = lambda name, acc_r, fd, feat, pix, margin=4.0, acc_f=0.0: diffusion_recipes.DiffusionRow(
+        name, acc_f, acc_r, fd, pix, feat, 0.4, 4.0, 1, margin)
+    d = diffusion_recipes.diffusion_headline([drow("original", 1, 1, 0, 0, acc_f=0.9), drow("remap", 0.97, 1.0, 2.0, 0.3, 5.0),
+                                              drow("remap_distill", 0.99, 0.8, 1.0, 0.2, 4.0),
+                                              drow("ascent", 0.1, 80.0, 8.0, 1.2, -2.0),
+                                              drow("remap_distill_rerun", 0.99, 0.8, 1.1, 0.2)])
     assert d.remap_retain_accuracy_gap == pytest.approx(0.02)
     assert (d.remap_frechet_ratio, d.remap_integrity_ratio) == (1.25, 2.0)
     assert d.remap_integrity_pixel_ratio == pytest.approx(1.5) and d.distill_integrity_over_floor == 0.25
+    assert (d.remap_retain_margin_ratio, d.control_ascent_retain_margin_ratio) == (1.25, -0.5)
+    assert (d.control_ascent_frechet_ratio, d.control_ascent_integrity_over_floor) == (100.0, 2.0)
+    assert d.control_noop_forget_accuracy == 0.9 and d.control_rerun_integrity_ratio == pytest.approx(1.1)
     with pytest.raises(ValueError, match="remap_distill"):
         diffusion_recipes.diffusion_headline([drow("remap", 1, 1, 1, 1)])

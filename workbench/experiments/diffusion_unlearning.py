@@ -18,7 +18,7 @@ from flax import nnx
 from workbench import train
 from workbench.data import Dataset, load_digits
 from workbench.models import MLP, functional
-from workbench.unlearning import diffusion, integrity
+from workbench.unlearning import diffusion, integrity, metrics
 
 
 class DiffusionSetup(NamedTuple):
@@ -77,7 +77,9 @@ def diffusion_setup(hidden: int = 256, num_steps: int = 3000, batch_size: int = 
 class DiffusionRow(NamedTuple):
     """One forgetting method: forget-class accuracy of its samples (lower = forgotten), retain-class
     accuracy, Frechet distance to real retain digits (classifier features), integrity distances
-    on retain classes (pixel RMSE, feature L2) and their noise floors, and its time."""
+    on retain classes (pixel RMSE, feature L2) and their noise floors, its time, and the mean
+    correct-class margin of the classifier on the retain-class samples (logit of the asked class
+    minus the logsumexp of the others: continuous where the accuracy sits at 1)."""
 
     method: str
     forget_accuracy: float
@@ -88,6 +90,7 @@ class DiffusionRow(NamedTuple):
     floor_pixel: float
     floor_feature: float
     seconds: float
+    retain_margin: float
 
 
 class DiffusionComparison(NamedTuple):
@@ -100,8 +103,12 @@ class DiffusionComparison(NamedTuple):
 def diffusion_methods(ds: DiffusionSetup, forget_class: int = 0, methods: Sequence[str] = diffusion.FORGETTING,
                       num_steps: int = 300, weight: float = 1.0, learning_rate: float = 1e-3,
                       samples_per_class: int = 50, sample_steps: int = 25, seed: int = 0,
-                      target_class: int | None = None) -> DiffusionComparison:
+                      target_class: int | None = None, reruns: Sequence[str] = ()) -> DiffusionComparison:
     """Forget `forget_class` by each method and judge the samples.
+
+    Each method in `reruns` runs a second time from another minibatch key, as the row
+    "NAME_rerun": how far a method's samples move between two runs of itself, the control of a
+    claimed difference between two methods.
 
     Args:
       ds: the trained setup (`diffusion_setup`).
@@ -114,6 +121,7 @@ def diffusion_methods(ds: DiffusionSetup, forget_class: int = 0, methods: Sequen
       sample_steps: DDIM steps.
       seed: the forgetting runs' minibatches and the samples' noise (key `seed + 1`).
       target_class: the class drawn instead (remap kinds); None means the smallest retain class.
+      reruns: methods (among `methods`) run again from another minibatch key.
 
     Returns:
       `DiffusionComparison(rows, params)`.
@@ -128,25 +136,34 @@ def diffusion_methods(ds: DiffusionSetup, forget_class: int = 0, methods: Sequen
     labels_f = jnp.full((samples_per_class,), forget_class)
     real_r = retain.x
     rows, all_params = [], {"original": ds.params}
-    for name in ["original", *methods]:
+    reference = integrity.reference_samples(ds.model, ds.params, labels_r, k_int, num_steps=sample_steps)
+    unknown = set(reruns) - set(methods)
+    if unknown:
+        raise ValueError(f"reruns must be among the methods {list(methods)}, got {sorted(unknown)}")
+    for name in ["original", *methods, *[f"{m}_rerun" for m in reruns]]:
         if name == "original":
             params, secs = ds.params, 0.0
         else:
+            kind, key_run = (name[: -len("_rerun")], jax.random.fold_in(k_forget, 1)) if name.endswith("_rerun") \
+                else (name, k_forget)
             t0 = time.perf_counter()
-            params = diffusion.forget_class(name, ds.model, ds.params, forget, retain, k_forget, num_steps=num_steps,
+            params = diffusion.forget_class(kind, ds.model, ds.params, forget, retain, key_run, num_steps=num_steps,
                                     weight=weight, learning_rate=learning_rate, target_class=target_class).params
             secs = time.perf_counter() - t0
-            all_params[name] = params
+            if kind == name:  # reruns are rows only (the sample grid shows each method once)
+                all_params[name] = params
         noise_f = jax.random.normal(k_fd, (labels_f.shape[0], 64))
         xf = diffusion.sample(ds.model, params, labels_f, noise_f, sample_steps)
-        integ = integrity.integrity(ds.model, ds.params, params, labels_r, k_int, feature_fn=ds.features,
-                            num_steps=sample_steps)
-        xr = diffusion.sample(ds.model, params, labels_r, jax.random.normal(k_int, (labels_r.shape[0], 64)), sample_steps)
+        # the retain-class samples judged by the classifier are those integrity compares (same noise)
+        xr = diffusion.sample(ds.model, params, labels_r, reference.noise, sample_steps)
+        integ = integrity.integrity_of_samples(reference, xr, feature_fn=ds.features)
         acc_f = float(jnp.mean(jnp.argmax(ds.classifier(xf), -1) == forget_class))
-        acc_r = float(jnp.mean(jnp.argmax(ds.classifier(xr), -1) == labels_r))
+        logits_r = ds.classifier(xr)
+        acc_r = float(jnp.mean(jnp.argmax(logits_r, -1) == labels_r))
+        margin_r = float(jnp.mean(metrics.margins(logits_r, labels_r)))
         fd = integrity.frechet_distance(np.asarray(ds.features(xr)), np.asarray(ds.features(real_r)))
         rows.append(DiffusionRow(name, acc_f, acc_r, fd, integ.pixel, integ.feature, integ.pixel_floor,
-                                 integ.feature_floor, secs))
+                                 integ.feature_floor, secs, margin_r))
     return DiffusionComparison(rows, all_params)
 
 
@@ -180,24 +197,36 @@ def sample_grid(ds: DiffusionSetup, params_by_method: dict[str, Any], per_class:
 
 
 class DiffusionHeadline(NamedTuple):
-    """The diffusion paper's headline numbers (the claims' metrics): forget accuracy of remap and
-    remap + distill, their retain accuracy gap, remap over remap + distill in Frechet distance and
-    in integrity (feature and pixel), and remap + distill's feature integrity over its noise floor."""
+    """The diffusion paper's headline numbers (the claims' metrics) and their negative controls
+    (`control_*`: a broken or trivial variant judged by the same number, which must fail the claim):
+    forget accuracy of remap (control: the untouched original) and of remap + distill; remap over
+    remap + distill in the classifier's retain-class margin (control: ascent over remap + distill),
+    in Frechet distance (control: ascent over remap + distill) and in integrity (feature, whose
+    control is a second run of remap + distill from another minibatch key over the first: a
+    method against itself, and pixel); remap + distill's feature integrity over its noise floor (control: ascent's); and the
+    retain accuracy gap, reported only: every model but ascent reads 1.0 there."""
 
     remap_forget_accuracy: float
+    control_noop_forget_accuracy: float
     remap_distill_forget_accuracy: float
-    remap_retain_accuracy_gap: float
+    remap_retain_margin_ratio: float
+    control_ascent_retain_margin_ratio: float
     remap_frechet_ratio: float
+    control_ascent_frechet_ratio: float
     remap_integrity_ratio: float
+    control_rerun_integrity_ratio: float
     remap_integrity_pixel_ratio: float
     distill_integrity_over_floor: float
+    control_ascent_integrity_over_floor: float
+    remap_retain_accuracy_gap: float
 
 
 def diffusion_headline(rows: Sequence[DiffusionRow]) -> DiffusionHeadline:
-    """The paper's headline numbers from the rows of `diffusion_methods`.
+    """The paper's headline numbers and their controls from the rows of `diffusion_methods`.
 
     Args:
-      rows: rows including "remap" and "remap_distill".
+      rows: rows including "original", "ascent", "remap", "remap_distill" and "remap_distill_rerun"
+        (`diffusion_methods` with `reruns=["remap_distill"]`).
 
     Returns:
       `DiffusionHeadline`.
@@ -206,17 +235,25 @@ def diffusion_headline(rows: Sequence[DiffusionRow]) -> DiffusionHeadline:
       ValueError: when a row is missing.
     """
     by = {r.method: r for r in rows}
-    if "remap" not in by or "remap_distill" not in by:
-        raise ValueError(f"the headline compares remap with remap_distill; got rows {sorted(by)}")
-    remap, distill = by["remap"], by["remap_distill"]
+    missing = {"original", "ascent", "remap", "remap_distill", "remap_distill_rerun"} - set(by)
+    if missing:
+        raise ValueError(f"the headline compares remap with remap_distill, beside original and ascent (the "
+                         f"controls); missing rows {sorted(missing)} of {sorted(by)}")
+    remap, distill, ascent = by["remap"], by["remap_distill"], by["ascent"]
     return DiffusionHeadline(
         remap_forget_accuracy=remap.forget_accuracy,
+        control_noop_forget_accuracy=by["original"].forget_accuracy,
         remap_distill_forget_accuracy=distill.forget_accuracy,
-        remap_retain_accuracy_gap=abs(remap.retain_accuracy - distill.retain_accuracy),
+        remap_retain_margin_ratio=remap.retain_margin / distill.retain_margin,
+        control_ascent_retain_margin_ratio=ascent.retain_margin / distill.retain_margin,
         remap_frechet_ratio=remap.frechet / distill.frechet,
+        control_ascent_frechet_ratio=ascent.frechet / distill.frechet,
         remap_integrity_ratio=remap.integrity_feature / distill.integrity_feature,
+        control_rerun_integrity_ratio=by["remap_distill_rerun"].integrity_feature / distill.integrity_feature,
         remap_integrity_pixel_ratio=remap.integrity_pixel / distill.integrity_pixel,
         distill_integrity_over_floor=distill.integrity_feature / distill.floor_feature,
+        control_ascent_integrity_over_floor=ascent.integrity_feature / ascent.floor_feature,
+        remap_retain_accuracy_gap=abs(remap.retain_accuracy - distill.retain_accuracy),
     )
 
 

@@ -38,19 +38,26 @@ def _mean_scores(scores: metrics.Scores) -> metrics.Scores:
 
 class Cliff(NamedTuple):
     """Gradient ascent over a grid: forget and retain accuracy [len(learning_rates), len(steps)]
-    (NaN where the objective diverged)."""
+    (NaN where the objective diverged), and the untouched model's scores (None when not given)."""
 
     learning_rates: np.ndarray
     steps: np.ndarray
     forget_accuracy: np.ndarray
     retain_accuracy: np.ndarray
     test_accuracy: np.ndarray
+    original: metrics.Scores | None = None
+    control: Cliff | None = None
 
 
 def ascent_cliff(kind: str = "class", learning_rates: Sequence[float] = (0.01, 0.03, 0.1, 0.3),
                  steps: Sequence[int] = (10, 30, 100), seed: int = 0, setup: Setup | None = None,
-                 method: str = "gradient_ascent", fraction: float = 0.05) -> Cliff:
+                 method: str = "gradient_ascent", fraction: float = 0.05,
+                 control_learning_rates: Sequence[float] = ()) -> Cliff:
     """Gradient ascent (or NegGrad+) on one model over learning rates x step counts.
+
+    With `control_learning_rates`, the same model and step counts are also run at those rates
+    (chosen too large: an ascent that always diverges or wrecks the model), returned as
+    `control`: a negative control of the claim that some settings keep the retain set.
 
     Args:
       kind: the forget set, "class", "random" or "skewed" (see `forget_indices`).
@@ -60,18 +67,21 @@ def ascent_cliff(kind: str = "class", learning_rates: Sequence[float] = (0.01, 0
       setup: the digits setup; None means `digits_setup(seed=seed)`.
       method: "gradient_ascent" or "neggrad_plus" (its other options from `default_options`).
       fraction: the forget set's share of the training set (random and skewed kinds).
+      control_learning_rates: learning rates of the control grid (empty: no control).
 
     Returns:
-      `Cliff` with the accuracies of every cell (NaN where the objective diverged).
+      `Cliff` with the accuracies of every cell (NaN where the objective diverged), the
+      untouched model's scores and the control grid (None without control learning rates).
     """
     setup = setup or digits_setup(seed=seed)
     k_set, k_model, k_u = jax.random.split(jax.random.key(seed), 3)
     s, model = _split_and_model(setup, kind, k_set, k_model, fraction)
-    shape = (len(learning_rates), len(steps))
+    rates = [*learning_rates, *control_learning_rates]
+    shape = (len(rates), len(steps))
     fa, ra, ta = (np.full(shape, np.nan) for _ in range(3))
     base = default_options(setup)[method]
     pbar = bar(total=fa.size, desc=f"{method} grid", unit="runs")
-    for i, lr in enumerate(learning_rates):
+    for i, lr in enumerate(rates):
         for j, n in enumerate(steps):
             pbar.update(1)
             try:
@@ -82,7 +92,63 @@ def ascent_cliff(kind: str = "class", learning_rates: Sequence[float] = (0.01, 0
             sc = metrics.scores(setup.predict_fn, out.params, s.forget, s.retain, setup.test_data)
             fa[i, j], ra[i, j], ta[i, j] = sc.forget_accuracy, sc.retain_accuracy, sc.test_accuracy
     pbar.close()
-    return Cliff(np.asarray(learning_rates), np.asarray(steps), fa, ra, ta)
+    original = metrics.scores(setup.predict_fn, model, s.forget, s.retain, setup.test_data)
+    m = len(learning_rates)
+    control = None
+    if len(control_learning_rates):
+        control = Cliff(np.asarray(control_learning_rates), np.asarray(steps), fa[m:], ra[m:], ta[m:], original)
+    return Cliff(np.asarray(learning_rates), np.asarray(steps), fa[:m], ra[:m], ta[:m], original, control)
+
+
+def untouched_cliff(cliff: Cliff) -> Cliff:
+    """The negative control of the cliff: a no-op unlearning, every cell the untouched model.
+
+    Args:
+      cliff: a grid from `ascent_cliff` (its `original` scores fill every cell).
+
+    Returns:
+      A `Cliff` of the same shape whose cells all hold the untouched model's accuracies.
+
+    Raises:
+      ValueError: when the cliff carries no original scores.
+    """
+    if cliff.original is None:
+        raise ValueError("untouched_cliff needs a cliff with the untouched model's scores (from ascent_cliff)")
+    fill = lambda v: np.full(cliff.forget_accuracy.shape, float(v))
+    o = cliff.original
+    return cliff._replace(forget_accuracy=fill(o.forget_accuracy), retain_accuracy=fill(o.retain_accuracy),
+                          test_accuracy=fill(o.test_accuracy))
+
+
+class CliffCounts(NamedTuple):
+    """Cells of a grid that forget (forget accuracy <= the bound), that keep the retain set
+    (retain accuracy within the margin of the oracles'), and that do both; diverged cells count
+    in none."""
+
+    forgetting: int
+    keeping: int
+    both: int
+
+
+def cliff_counts(cliff: Cliff, oracle_retain_accuracy: float, forget_at_most: float = 0.05,
+                 retain_within: float = 0.02) -> CliffCounts:
+    """Count the cells of a grid that forget, that keep the retain set, and that do both.
+
+    Gradient ascent's cliff is the finding that both of the first two sets are non-empty while
+    the third is empty: some settings forget, others keep the retain set, none does both.
+
+    Args:
+      cliff: a grid from `ascent_cliff` (or a control of the same form).
+      oracle_retain_accuracy: the retrained oracles' mean retain accuracy.
+      forget_at_most: the forget accuracy a forgetting cell reaches (at most).
+      retain_within: how far below the oracles' retain accuracy a keeping cell may fall.
+
+    Returns:
+      `CliffCounts(forgetting, keeping, both)`.
+    """
+    forgets = np.asarray(cliff.forget_accuracy) <= forget_at_most  # NaN (diverged) compares False
+    keeps = np.asarray(cliff.retain_accuracy) >= oracle_retain_accuracy - retain_within
+    return CliffCounts(int(forgets.sum()), int(keeps.sum()), int((forgets & keeps).sum()))
 
 
 def good_ascent_settings(cliff: Cliff, oracle_retain_accuracy: float, forget_at_most: float = 0.05,
@@ -99,15 +165,17 @@ def good_ascent_settings(cliff: Cliff, oracle_retain_accuracy: float, forget_at_
       The number of cells with forget accuracy <= `forget_at_most` and retain accuracy >=
       `oracle_retain_accuracy - retain_within` (diverged cells never count).
     """
-    good = (cliff.forget_accuracy <= forget_at_most) & (cliff.retain_accuracy >= oracle_retain_accuracy - retain_within)
-    return int(good.sum())
+    return cliff_counts(cliff, oracle_retain_accuracy, forget_at_most, retain_within).both
 
 
 class AlphaSweep(NamedTuple):
     """SSD over alpha x lambda: the fraction of weights dampened and the accuracies [alphas, lams]
     (NaN where alpha selected nothing), the bound |D|/|D_f| above which nothing can be selected,
-    one warm SSD call's time and one warm retraining's time (same model, single call), and the
-    oracles' mean retain/forget/held-out accuracy."""
+    the largest Fisher ratio F_forget / F_full over the weights, the same two numbers for the
+    broken selection that compares with the retain set's Fisher (F_forget / F_retain: no bound, the
+    negative control), the work of SSD and of one retraining in per-example gradient evaluations,
+    one warm SSD call's wall time, the oracles' mean retain/forget/held-out accuracy and the
+    untouched model's scores."""
 
     alphas: np.ndarray
     lams: np.ndarray
@@ -116,14 +184,30 @@ class AlphaSweep(NamedTuple):
     retain_accuracy: np.ndarray
     test_accuracy: np.ndarray
     bound: float
+    max_ratio: float
+    retain_fisher_max_ratio: float
+    retain_fisher_selected_above_bound: float
+    ssd_gradients: int
+    retrain_gradients: int
     seconds: float
-    retrain_seconds: float
     oracle: metrics.Scores
+    original: metrics.Scores
+
+
+def _fraction_above(ratio, threshold: float) -> float:
+    leaves = [np.asarray(r) for r in jax.tree.leaves(ratio)]
+    return float(sum(int(np.sum(r > threshold)) for r in leaves) / sum(r.size for r in leaves))
 
 
 def ssd_sweep(kind: str = "class", alphas: Sequence[float] = (1, 2, 5, 10, 20), lams: Sequence[float] = (0.1, 1.0),
               seed: int = 0, setup: Setup | None = None, fraction: float = 0.05, num_oracles: int = 4) -> AlphaSweep:
     """SSD on one model for each (alpha, lambda), beside `num_oracles` retrained oracles.
+
+    The dampened fraction of every alpha is read off the Fisher ratios (`unlearning.fisher_ratio`),
+    so an alpha at or above the bound |D|/|D_f| reports the fraction it selects (none), computed,
+    where `unlearning.ssd` refuses it. Work is counted in per-example gradients: SSD takes one per
+    training example (the forget and the retain Fisher diagonals), a retraining `num_steps *
+    batch_size`.
 
     Args:
       kind: the forget set, "class", "random" or "skewed" (see `forget_indices`).
@@ -140,86 +224,133 @@ def ssd_sweep(kind: str = "class", alphas: Sequence[float] = (1, 2, 5, 10, 20), 
     setup = setup or digits_setup(seed=seed)
     k_set, k_model, _, k_o = jax.random.split(jax.random.key(seed), 4)
     s, model = _split_and_model(setup, kind, k_set, k_model, fraction)
+    ratio = unlearning.fisher_ratio(setup.loss_fn, model, s.forget, s.retain)
+    bound = setup.train_data.y.shape[0] / s.forget_indices.size
     shape = (len(alphas), len(lams))
     sel, fa, ra, ta = (np.full(shape, np.nan) for _ in range(4))
     secs = np.nan
     for i, a in enumerate(alphas):
+        sel[i, :] = _fraction_above(ratio, a)
+        if sel[i, 0] == 0:  # selects nothing: `ssd` refuses it, and there is no model to score
+            continue
         for j, lam in enumerate(lams):
-            try:
-                out = unlearning.ssd(setup.loss_fn, model, s.forget, s.retain, alpha=a, lam=lam)
-            except ValueError:
-                sel[i, j] = 0.0
-                continue
+            out = unlearning.ssd(setup.loss_fn, model, s.forget, s.retain, alpha=a, lam=lam)
             if np.isnan(secs):
-                secs = best_time(lambda: unlearning.ssd(setup.loss_fn, model, s.forget, s.retain, alpha=a, lam=lam).params)[1]  # noqa: B023 (called inside the loop)
+                secs = best_time(lambda: unlearning.ssd(setup.loss_fn, model, s.forget, s.retain, alpha=a, lam=lam).params,  # noqa: B023 (called inside the loop)
+                                 repeats=1)[1]
             sc = metrics.scores(setup.predict_fn, out.params, s.forget, s.retain, setup.test_data)
-            sel[i, j], fa[i, j], ra[i, j], ta[i, j] = (float(out.selected), sc.forget_accuracy, sc.retain_accuracy,
-                                                       sc.test_accuracy)
-    bound = setup.train_data.y.shape[0] / s.forget_indices.size
-    run = lambda: unlearning.retrain(setup.loss_fn, model, s.forget, s.retain, k_o, init_fn=setup.init_fn,
-                                     learning_rate=setup.learning_rate, num_steps=setup.num_steps,
-                                     batch_size=setup.batch_size).params
-    jax.block_until_ready(run())
-    retrain_secs = best_time(run)[1]
+            fa[i, j], ra[i, j], ta[i, j] = sc.forget_accuracy, sc.retain_accuracy, sc.test_accuracy
+    # the negative control: a selection against the retain set's Fisher has no bound
+    broken = unlearning.fisher_ratio(setup.loss_fn, model, s.forget, s.retain, reference="retain")
     oracles = train_models(setup, s.retain, jax.random.split(k_o, num_oracles))
     oracle = _mean_scores(metrics.stacked_scores(setup.predict_fn, oracles, s.forget, s.retain, setup.test_data))
-    return AlphaSweep(np.asarray(alphas, float), np.asarray(lams, float), sel, fa, ra, ta, float(bound), float(secs),
-                      float(retrain_secs), oracle)
+    return AlphaSweep(np.asarray(alphas, float), np.asarray(lams, float), sel, fa, ra, ta, float(bound),
+                      float(max(np.max(np.asarray(r)) for r in jax.tree.leaves(ratio))),
+                      float(max(np.max(r) for r in jax.tree.leaves(broken))), _fraction_above(broken, bound),
+                      int(setup.train_data.y.shape[0]), int(setup.num_steps * setup.batch_size), float(secs), oracle,
+                      metrics.scores(setup.predict_fn, model, s.forget, s.retain, setup.test_data))
 
 
 # ----------------------------------------------------------------------------- headline numbers
 
 
 class Headline(NamedTuple):
-    """The unlearning paper's headline numbers (the claims' metrics): SSD at the claimed setting
-    (forget accuracy, |retain accuracy - the oracles'|, retraining time / SSD time, the largest
-    dampened fraction at alpha >= |D|/|D_f| and that bound), the count of good gradient-ascent
-    settings, and KLoM95 on forget points of oracle over datamodel matching and of datamodel
-    matching over the better of gradient ascent and NegGrad+ (random forget set)."""
+    """The unlearning paper's headline numbers (the claims' metrics) and their negative controls
+    (`control_*`: a broken or trivial variant judged by the same number, which must fail the claim).
+
+    SSD at the claimed setting: forget accuracy (control: the untouched model; beside it, reported,
+    the paper's lambda = 1 at the same alpha), |retain accuracy - the oracles'| (control: the gradient-ascent cell that forgets with
+    the smallest retain gap), retraining's work over SSD's in per-example gradients, the largest
+    dampened fraction at alpha >= |D|/|D_f| and the largest Fisher ratio over that bound (control
+    for both: the selection against the retain set's Fisher, which has no bound), and the bound.
+    Gradient ascent's cliff: cells that forget and keep the retain set (control: SSD's grid judged
+    alike), cells that forget (control: a no-op unlearning) and cells that keep the retain set
+    (control: ascent at learning rates that diverge). KLoM95 on forget points (random forget set)
+    of oracle over datamodel matching and of datamodel matching over the better of gradient ascent
+    and NegGrad+ (controls: the untouched model in the numerator's place)."""
 
     ssd_forget_accuracy: float
+    control_noop_forget_accuracy: float
+    ssd_lam1_forget_accuracy: float
     ssd_retain_gap: float
-    ssd_speedup: float
+    control_ascent_retain_gap: float
+    ssd_work_ratio: float
     ssd_selected_above_bound: float
+    ssd_max_ratio_over_bound: float
+    control_retain_fisher_selected_above_bound: float
+    control_retain_fisher_max_ratio_over_bound: float
     ssd_bound: float
     ascent_good_settings: int
+    control_ssd_good_settings: int
+    ascent_forgetting_settings: int
+    control_noop_forgetting_settings: int
+    ascent_keeping_settings: int
+    control_diverging_keeping_settings: int
     klom_om_over_dmm: float
+    control_klom_noop_over_dmm: float
     klom_dmm_over_ascent: float
+    control_klom_noop_over_ascent: float
 
 
 def headline(sweep: AlphaSweep, cliff: Cliff, random_benchmark: Benchmark, ssd_alpha: float,
-             ssd_lam: float) -> Headline:
-    """The paper's headline numbers from its three experiments.
+             ssd_lam: float, control_lam: float = 1.0) -> Headline:
+    """The paper's headline numbers and their controls from its three experiments.
 
     Args:
-      sweep: the SSD sweep on a class (`ssd_sweep`); must contain `ssd_alpha` and `ssd_lam`.
-      cliff: the gradient-ascent grid (`ascent_cliff`), judged against the sweep's oracles.
+      sweep: the SSD sweep on a class (`ssd_sweep`); must contain `ssd_alpha`, `ssd_lam` and
+        `control_lam`.
+      cliff: the gradient-ascent grid (`ascent_cliff` with control learning rates), judged against
+        the sweep's oracles.
       random_benchmark: the KLoM benchmark on a random forget set (`benchmark("random")`) with
-        oracle matching, datamodel matching, gradient ascent and NegGrad+.
+        the original, oracle matching, datamodel matching, gradient ascent and NegGrad+.
       ssd_alpha: the SSD threshold the claims are checked at.
       ssd_lam: the SSD dampening strength the claims are checked at.
+      control_lam: the dampening strength whose forget accuracy is reported beside the claimed
+        one (the paper's default).
 
     Returns:
       `Headline`.
 
     Raises:
-      ValueError: when the sweep lacks the claimed setting.
+      ValueError: when the sweep lacks a needed setting or the cliff its control grid.
     """
     alphas, lams = list(sweep.alphas), list(sweep.lams)
-    if ssd_alpha not in alphas or ssd_lam not in lams:
-        raise ValueError(f"the SSD sweep has no cell alpha={ssd_alpha}, lambda={ssd_lam}: alphas {alphas}, lams {lams}")
-    i, j = alphas.index(ssd_alpha), lams.index(ssd_lam)
+    if ssd_alpha not in alphas or ssd_lam not in lams or control_lam not in lams:
+        raise ValueError(f"the SSD sweep has no cell alpha={ssd_alpha}, lambda={ssd_lam} (and lambda={control_lam} "
+                         f"for the control): alphas {alphas}, lams {lams}")
+    if cliff.control is None:
+        raise ValueError("the cliff has no control grid: call ascent_cliff with control_learning_rates")
+    i, j, j_c = alphas.index(ssd_alpha), lams.index(ssd_lam), lams.index(control_lam)
     above = sweep.selected[sweep.alphas >= sweep.bound]
+    oracle_retain = sweep.oracle.retain_accuracy
+    counts = cliff_counts(cliff, oracle_retain)
+    forgets = np.asarray(cliff.forget_accuracy) <= 0.05
+    ascent_gaps = np.abs(np.asarray(cliff.retain_accuracy)[forgets] - oracle_retain)
+    ssd_grid = Cliff(sweep.alphas, sweep.lams, sweep.forget_accuracy, sweep.retain_accuracy, sweep.test_accuracy)
     klom = {r.method: r.klom_forget_p95 for r in random_benchmark.rows}
+    best_ascent = min(klom["gradient_ascent"], klom["neggrad_plus"])
     return Headline(
         ssd_forget_accuracy=float(sweep.forget_accuracy[i, j]),
-        ssd_retain_gap=float(abs(sweep.retain_accuracy[i, j] - sweep.oracle.retain_accuracy)),
-        ssd_speedup=float(sweep.retrain_seconds / sweep.seconds),
-        ssd_selected_above_bound=float(np.max(above)) if above.size else 0.0,
+        control_noop_forget_accuracy=float(sweep.original.forget_accuracy),
+        ssd_lam1_forget_accuracy=float(sweep.forget_accuracy[i, j_c]),
+        ssd_retain_gap=float(abs(sweep.retain_accuracy[i, j] - oracle_retain)),
+        control_ascent_retain_gap=float(ascent_gaps.min()) if ascent_gaps.size else float("nan"),
+        ssd_work_ratio=sweep.retrain_gradients / sweep.ssd_gradients,
+        ssd_selected_above_bound=float(np.max(above)) if above.size else float("nan"),
+        ssd_max_ratio_over_bound=sweep.max_ratio / sweep.bound,
+        control_retain_fisher_selected_above_bound=sweep.retain_fisher_selected_above_bound,
+        control_retain_fisher_max_ratio_over_bound=sweep.retain_fisher_max_ratio / sweep.bound,
         ssd_bound=sweep.bound,
-        ascent_good_settings=good_ascent_settings(cliff, sweep.oracle.retain_accuracy),
+        ascent_good_settings=counts.both,
+        control_ssd_good_settings=cliff_counts(ssd_grid, oracle_retain).both,
+        ascent_forgetting_settings=counts.forgetting,
+        control_noop_forgetting_settings=cliff_counts(untouched_cliff(cliff), oracle_retain).forgetting,
+        ascent_keeping_settings=counts.keeping,
+        control_diverging_keeping_settings=cliff_counts(cliff.control, oracle_retain).keeping,
         klom_om_over_dmm=klom["oracle_matching"] / klom["datamodel_matching"],
-        klom_dmm_over_ascent=klom["datamodel_matching"] / min(klom["gradient_ascent"], klom["neggrad_plus"]),
+        control_klom_noop_over_dmm=klom["original"] / klom["datamodel_matching"],
+        klom_dmm_over_ascent=klom["datamodel_matching"] / best_ascent,
+        control_klom_noop_over_ascent=klom["original"] / best_ascent,
     )
 
 

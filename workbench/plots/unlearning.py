@@ -215,7 +215,9 @@ def ssd_table(result) -> str:
         for j, lam in enumerate(result.lams):
             lines.append(f"{a:5g}  {lam:6g}  {result.selected[i, j]:8.4f}  {result.forget_accuracy[i, j]:6.3f}  "
                          f"{result.retain_accuracy[i, j]:6.3f}  {result.test_accuracy[i, j]:8.3f}")
-    lines.append(f"one SSD call {result.seconds * 1e3:.1f} ms, one retraining {result.retrain_seconds * 1e3:.1f} ms")
+    lines.append(f"largest Fisher ratio F_f/F_D {result.max_ratio:.3f} (bound {result.bound:.3f}); work in per-example "
+                 f"gradients: SSD {result.ssd_gradients}, one retraining {result.retrain_gradients}; one SSD call "
+                 f"{result.seconds * 1e3:.1f} ms")
     return "\n".join(lines)
 
 

@@ -53,10 +53,10 @@ from workbench.unlearning.methods import (
     scrub,
 )
 from workbench.unlearning.sets import SetSizes, Split, check_sets, split
-from workbench.unlearning.ssd import fisher_diagonal, ssd
+from workbench.unlearning.ssd import fisher_diagonal, fisher_ratio, ssd
 
 __all__ = [
     "METHODS", "SetSizes", "Split", "Unlearned", "check_sets", "datamodel_matching", "datamodel_targets",
-    "diffusion", "fisher_diagonal", "integrity", "gradient_ascent", "many", "match_outputs", "matching", "methods",
+    "diffusion", "fisher_diagonal", "fisher_ratio", "integrity", "gradient_ascent", "many", "match_outputs", "matching", "methods",
     "metrics", "neggrad_plus", "oracle_matching", "retrain", "scrub", "split", "ssd", "takes_key", "unlearn",
 ]

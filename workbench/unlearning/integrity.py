@@ -58,16 +58,81 @@ def integrity(model: Model, params: PyTree, unlearned_params: PyTree, labels: ja
       `Integrity(pixel, feature, pixel_floor, feature_floor)`: mean pixel RMSE and mean feature
       L2 distance, and the same distances of the floor.
     """
+    return integrity_against(reference_samples(model, params, labels, key, num_steps=num_steps), model,
+                             unlearned_params, feature_fn=feature_fn, num_steps=num_steps)
+
+
+class Reference(NamedTuple):
+    """The original model's samples for `integrity`: `shared` from the noise the unlearned model
+    is sampled from too, `other` from an independent noise (the floor), the labels and that noise."""
+
+    shared: jax.Array
+    other: jax.Array
+    labels: jax.Array
+    noise: jax.Array
+
+
+def reference_samples(model: Model, params: PyTree, labels: jax.Array, key: jax.Array, *,
+                      num_steps: int = 25) -> Reference:
+    """The original model's half of `integrity`, drawn once for any number of unlearned models.
+
+    Args:
+      model: the `Model` (its `apply_fn` is used).
+      params: the original denoiser's params.
+      labels: the classes to sample [n] (use retain classes).
+      key: draws the shared noise and the floor's second noise (as `integrity` does).
+      num_steps: DDIM steps.
+
+    Returns:
+      `Reference(shared, other, labels, noise)`.
+    """
     k1, k2 = jax.random.split(key)
     dim = jax.tree.leaves(params)[0].dtype
     n = int(np.shape(labels)[0])
     size = _output_dim(model, params)
     noise, other = (jax.random.normal(k, (n, size), dim) for k in (k1, k2))
-    a = sample(model, params, labels, noise, num_steps)
-    b = sample(model, unlearned_params, labels, noise, num_steps)
-    c = sample(model, params, labels, other, num_steps)
-    pix, feat = _distances(a, b, feature_fn)
-    pix0, feat0 = _distances(a, c, feature_fn)
+    return Reference(sample(model, params, labels, noise, num_steps), sample(model, params, labels, other, num_steps),
+                     labels, noise)
+
+
+def integrity_against(reference: Reference, model: Model, unlearned_params: PyTree, *,
+                      feature_fn: Callable[[jax.Array], jax.Array], num_steps: int = 25) -> Integrity:
+    """`integrity` with the original model's samples drawn beforehand (`reference_samples`).
+
+    Args:
+      reference: the original model's samples and the shared noise.
+      model: the `Model` (its `apply_fn` is used).
+      unlearned_params: the unlearned denoiser's params.
+      feature_fn: images [n, dim] -> features [n, d] (e.g. a classifier's hidden layer).
+      num_steps: DDIM steps (those of the reference).
+
+    Returns:
+      `Integrity(pixel, feature, pixel_floor, feature_floor)`, as `integrity` returns it.
+    """
+    return integrity_of_samples(reference, sample(model, unlearned_params, reference.labels, reference.noise, num_steps),
+                                feature_fn=feature_fn)
+
+
+def integrity_of_samples(reference: Reference, samples: jax.Array, *,
+                         feature_fn: Callable[[jax.Array], jax.Array]) -> Integrity:
+    """`integrity` from the unlearned model's samples, drawn from `reference.noise` for
+    `reference.labels` (so a caller that needs those samples anyway draws them once).
+
+    Args:
+      reference: the original model's samples and the shared noise (`reference_samples`).
+      samples: the unlearned model's DDIM samples from `reference.noise` [n, dim].
+      feature_fn: images [n, dim] -> features [n, d] (e.g. a classifier's hidden layer).
+
+    Returns:
+      `Integrity(pixel, feature, pixel_floor, feature_floor)`.
+
+    Raises:
+      ValueError: when the samples' shape differs from the reference's.
+    """
+    if np.shape(samples) != np.shape(reference.shared):
+        raise ValueError(f"samples need the reference's shape {np.shape(reference.shared)}, got {np.shape(samples)}")
+    pix, feat = _distances(reference.shared, samples, feature_fn)
+    pix0, feat0 = _distances(reference.shared, reference.other, feature_fn)
     return Integrity(pix, feat, pix0, feat0)
 
 
