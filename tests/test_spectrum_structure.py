@@ -23,6 +23,7 @@ def test_autodiff_hessian_matches_the_operator_and_an_analytic_hessian(small_mlp
     hessian = np.asarray(spectrum.autodiff_hessian(fn, fn.params, ds))
     assert hessian.dtype == np.float64 and hessian.shape == reference.shape
     np.testing.assert_allclose(hessian, reference, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(spectrum.autodiff_hessian(fn, fn.params, ds, max_vectors=7), hessian, rtol=1e-12, atol=1e-15)
     np.testing.assert_array_equal(hessian, hessian.T)
     # the objective's l2 term is in it: the data loss's Hessian differs by exactly l2 * I
     data_only = np.asarray(spectrum.autodiff_hessian(lambda p, b: fn.loss_fn(p, b) - 0.005 * sum(
@@ -50,6 +51,8 @@ def test_autodiff_hessian_refuses_a_nan_loss(small_mlp):
     fn, ds = small_mlp
     with pytest.raises(FloatingPointError, match="autodiff_hessian"):
         spectrum.autodiff_hessian(lambda p, b: fn.loss_fn(p, b) * jnp.nan, fn.params, ds)
+    with pytest.raises(ValueError, match="max_vectors"):
+        spectrum.autodiff_hessian(fn, fn.params, ds, max_vectors=0)
 
 
 def test_outlier_trace_fraction_and_gap_on_prescribed_spectra(keys):

@@ -15,8 +15,9 @@ value a trivial spectrum or a random subspace gives, so a claim can be checked a
 - `relative_wasserstein(nodes, weights, eigenvalues)`: the Wasserstein-1 distance of a
   quadrature measure to the exact spectrum, over that of the best single point mass (1 is what
   a one-node SLQ at best reaches);
-- `autodiff_hessian(loss_fn, params, data)`: the dense Hessian by `jax.hessian` of the loss of
-  the flattened parameters, a reference formed independently of `curvature.operator`.
+- `autodiff_hessian(loss_fn, params, data)`: the dense Hessian by forward-over-reverse
+  differentiation (as `jax.hessian`) of the loss of the flattened parameters, a reference formed
+  independently of `curvature.operator`.
 
 Examples:
     >>> import jax, jax.numpy as jnp
@@ -206,36 +207,44 @@ def relative_wasserstein(nodes, weights, eigenvalues) -> float:
     return float(distance / scale)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _hessian_of_flat(fn, params, data):
-    """jax.hessian of flat -> fn(unravel(flat), data); compiled once per (fn, shapes), the params
-    and data passed as arguments."""
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _hessian_of_flat(fn, params, data, max_vectors):
+    """Columns H e_j = d/dt grad f(flat + t e_j) (forward over reverse, as `jax.hessian`) of
+    flat -> fn(unravel(flat), data), `max_vectors` at a time; compiled once per (fn, shapes), the
+    params and data passed as arguments."""
     flat, unravel = ravel(params)
-    return jax.hessian(lambda x: fn(unravel(x), data))(flat)
+    gradient = jax.grad(lambda x: fn(unravel(x), data))
+    column = lambda e: jax.jvp(gradient, (flat,), (e,))[1]  # noqa: E731
+    return jax.lax.map(column, jnp.eye(flat.size, dtype=flat.dtype), batch_size=max_vectors)
 
 
-def autodiff_hessian(loss_fn, params: PyTree, data: Any) -> jax.Array:
-    """The dense Hessian of the loss over all of `data` by `jax.hessian` of the flattened params.
+def autodiff_hessian(loss_fn, params: PyTree, data: Any, *, max_vectors: int = 64) -> jax.Array:
+    """The dense Hessian of the loss over all of `data` by automatic differentiation of the loss
+    of the flattened params.
 
-    A reference formed another way than `curvature.operator` (no Hessian-vector products, no
-    batching or weighting of chunks): forward-over-reverse differentiation of
-    `flat -> loss_fn(unravel(flat), data)` in one call, then symmetrized. Costs p reverse passes
-    over the whole of `data` held at once: for references on small models.
+    A reference formed another way than `curvature.operator` (no dataset-averaged products, no
+    chunking or weighting of batches): `jax.hessian`'s forward-over-reverse differentiation of
+    `flat -> loss_fn(unravel(flat), data)` on the whole of `data`, its columns computed
+    `max_vectors` at a time (memory), then symmetrized. Costs p reverse passes over the data:
+    for references on small models.
 
     Args:
         loss_fn: `loss_fn(params, batch) -> scalar` (a batch mean over `data`), or a
             `models.Functional` (its objective, l2 term included).
         params: the point (a pytree of floating arrays, p entries in `core.tree.ravel` order).
         data: the batch the loss is evaluated on (all of it at once).
+        max_vectors: the most columns computed together.
 
     Returns:
         The symmetric Hessian [p, p] in the params' dtype.
 
     Raises:
+        ValueError: `max_vectors` is not a positive int.
         FloatingPointError: an entry is NaN or inf.
     """
     fn = as_loss(loss_fn, role="objective", caller="autodiff_hessian")
-    hessian = _hessian_of_flat(fn, params, data)
+    max_vectors = check_positive_int("max_vectors", max_vectors)
+    hessian = _hessian_of_flat(fn, params, data, max_vectors)
     if not bool(jnp.all(jnp.isfinite(hessian))):
         raise FloatingPointError("autodiff_hessian: the Hessian has NaN or inf entries (check the loss and params)")
     return 0.5 * (hessian + hessian.T)
