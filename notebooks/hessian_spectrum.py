@@ -44,8 +44,8 @@
 #
 # Here a digits MLP is small enough to form its **dense** Hessian, so every estimate is checked
 # against the exact spectrum. The reference is formed another way than the operator the methods
-# use: `jax.hessian` of the loss as a function of the flattened parameters, then `eigh` in
-# float64. You will see the SLQ density over the exact histogram, the top eigenvalues from
+# use: forward-over-reverse automatic differentiation (as `jax.hessian`) of the loss as a
+# function of the flattened parameters, then `eigh` in float64. You will see the SLQ density over the exact histogram, the top eigenvalues from
 # Lanczos next to `eigh`, trace estimates with error bars, and the Hessian next to its
 # Gauss-Newton (GGN) approximation, which is positive semi-definite by construction.
 #
@@ -116,7 +116,7 @@ top = spectrum.top_eigenpairs(hessian, key, top_k)
 bottom = spectrum.top_eigenpairs(hessian, key, 3, which="smallest")
 print(f"top-{top_k} in {time.perf_counter() - start:.2f} s, {int(top.num_matvecs)} matvecs, "
       f"all converged: {bool(np.all(top.converged))}")
-# the reference: jax.hessian of the loss of the flattened params (not the operator's columns)
+# the reference: autodiff of the loss of the flattened params (not the operator's columns)
 exact = np.linalg.eigvalsh(np.asarray(spectrum.autodiff_hessian(fit.model, params, subset))) \
     if dense_reference else None
 # the control: Ritz values of a short Lanczos run (top_k + 2 steps, no restarts)
