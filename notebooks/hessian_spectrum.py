@@ -45,9 +45,10 @@
 # Here a digits MLP is small enough to form its **dense** Hessian, so every estimate is checked
 # against the exact spectrum. The reference is formed another way than the operator the methods
 # use: forward-over-reverse automatic differentiation (as `jax.hessian`) of the loss as a
-# function of the flattened parameters, then `eigh` in float64. You will see the SLQ density over the exact histogram, the top eigenvalues from
-# Lanczos next to `eigh`, trace estimates with error bars, and the Hessian next to its
-# Gauss-Newton (GGN) approximation, which is positive semi-definite by construction.
+# function of the flattened parameters, then `eigh` in float64. You will see the SLQ density
+# over the exact histogram, the top eigenvalues from Lanczos next to `eigh`, trace estimates with
+# error bars, and the Hessian next to its Gauss-Newton (GGN) approximation, which is positive
+# semi-definite by construction.
 #
 # **Claims**, each next to a broken or trivial variant that must fail it (a *control*):
 # - Lanczos's top eigenvalues match the independent reference to 1e-6 (relative); a short Lanczos
@@ -133,9 +134,10 @@ if exact is not None:
 # %% [markdown]
 # ## Spectral density (SLQ) against the exact eigenvalues
 # The blue curve is the SLQ estimate (Gaussian-broadened Ritz values, weights from the probes),
-# the grey bars the exact eigenvalue histogram (the Hessian's panel). Look for the tall spike at zero (the bulk: most
-# directions barely change the loss), its slightly negative left shoulder (a trained network
-# is not at a strict minimum), and isolated outliers on the right. The log scale shows both.
+# the grey bars the exact eigenvalue histogram (the Hessian's panel). Look for the tall spike at
+# zero (the bulk: most directions barely change the loss), its slightly negative left shoulder
+# (a trained network is not at a strict minimum), and isolated outliers on the right. The log
+# scale shows both.
 
 # %%
 density_h = spectrum.spectral_density(hessian, key, num_iters, num_probes, sigma2)

@@ -7,10 +7,10 @@
 - `density`: `spectral_density` (stochastic Lanczos quadrature), `trace` (Hutchinson, Hutch++,
   XTrace, each with a standard error);
 - `sharpness`: the top Hessian eigenvalue as a training callback;
-- `structure`: outliers against the bulk (`outlier_gap`, `outlier_trace_fraction`), the gradient in the top eigenspace
-  (`subspace_fraction`, `random_subspace_fraction`), SLQ's distance to the exact spectrum
-  relative to a point mass (`relative_wasserstein`), and a dense Hessian by automatic
-  differentiation independent of the operators (`autodiff_hessian`).
+- `structure`: outliers against the bulk (`outlier_gap`, `outlier_trace_fraction`), the gradient
+  in the top eigenspace (`subspace_fraction`, `random_subspace_fraction`), SLQ's distance to the
+  exact spectrum relative to a point mass (`relative_wasserstein`), and a dense Hessian by
+  automatic differentiation independent of the operators (`autodiff_hessian`).
 The solvers and estimators take a `workbench.curvature.LinearOperator` and an explicit PRNG key,
 right after it.
 
