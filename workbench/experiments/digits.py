@@ -1,4 +1,5 @@
-"""Recipes on scikit-learn's digits: fit a classifier, fit the tour's MLP."""
+"""Recipes on scikit-learn's digits: fit a classifier, fit the tour's MLP, and the untrained
+model's accuracy (the control of a trained one)."""
 
 from __future__ import annotations
 
@@ -100,3 +101,18 @@ def fit_digits_mlp(
         learning_rate=learning_rate, num_steps=num_steps, seed=seed, batch_size=batch_size,
         progress=progress,
     )
+
+
+def untrained_test_accuracy(fit: Fit, seed: int = 0) -> float:
+    """The test accuracy of `fit`'s model at its initialisation, before any step: the control a
+    trained model's accuracy is compared with (about 1 / 10 on digits, chance level).
+
+    Args:
+        fit: a `Fit` from `fit_digits_mlp` (its `model.params` are the initial params).
+        seed: the seed of the digits split `fit` was trained on (its test part is measured).
+
+    Returns:
+        The accuracy in [0, 1], as a Python float.
+    """
+    _, test_data = load_digits(seed=seed)
+    return accuracy(fit.model.predict_fn, fit.model.params, test_data)

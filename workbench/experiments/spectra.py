@@ -1,5 +1,6 @@
-"""Recipes on curvature spectra: gradient descent with sharpness tracking (edge of stability),
-and exact against sketched top eigenvalues."""
+"""Recipes on curvature spectra: gradient descent with sharpness tracking (edge of stability:
+`gd_sharpness_run`, then `stability_ratio` for the hovering at 2 / lr and `sharpening` for the
+rise before it), and exact against sketched top eigenvalues."""
 
 from __future__ import annotations
 
@@ -87,13 +88,52 @@ def stability_ratio(run: SharpnessRun, last_fraction: float = 0.5) -> StabilityR
 
     Returns:
         A `StabilityRatio(mean, min, max)` (1 is the edge of stability).
+
+    Raises:
+        ValueError: a bad `last_fraction`, no sharpness record, or a non-finite one.
     """
+    tail = _sharpness_tail(run, last_fraction) * run.learning_rate / 2.0
+    return StabilityRatio(float(tail.mean()), float(tail.min()), float(tail.max()))
+
+
+def _sharpness_tail(run: SharpnessRun, last_fraction: float) -> np.ndarray:
+    """The sharpness values recorded over the last `last_fraction` of the run's steps."""
     if not 0 < last_fraction <= 1:
         raise ValueError(f"last_fraction must lie in (0, 1], got {last_fraction!r}")
     steps = np.asarray(run.history["callback_step"])
-    values = np.asarray(run.history["sharpness"]) * run.learning_rate / 2.0
-    tail = values[steps >= steps.max() * (1 - last_fraction)]
-    return StabilityRatio(float(tail.mean()), float(tail.min()), float(tail.max()))
+    values = np.asarray(run.history["sharpness"], dtype=np.float64)
+    if steps.size == 0 or steps.shape != values.shape:
+        raise ValueError("run.history has no sharpness record (or its steps and values disagree)")
+    if not np.all(np.isfinite(values)):
+        raise ValueError("run.history's sharpness has NaN or inf entries (a diverged run has no ratio)")
+    return values[steps >= steps.max() * (1 - last_fraction)]
+
+
+def sharpening(run: SharpnessRun, last_fraction: float = 0.5) -> float:
+    """Progressive sharpening: the mean sharpness over the last `last_fraction` of the run over
+    the sharpness at its first record (the initialisation when the callback ran at step 0).
+
+    Above 1 when the sharpness rose during training (Cohen et al. 2021's first phase), below 1
+    when it was pushed down (a step size whose 2 / lr lies below the initial sharpness: the
+    catapult), exactly 1 on a quadratic, whose Hessian does not move.
+
+    Args:
+        run: a `SharpnessRun`.
+        last_fraction: the fraction of the recorded steps, from the end, in (0, 1].
+
+    Returns:
+        The ratio, a Python float.
+
+    Raises:
+        ValueError: a bad `last_fraction`, no record, a non-finite record or a first sharpness
+            that is not positive.
+    """
+    tail = _sharpness_tail(run, last_fraction)
+    steps = np.asarray(run.history["callback_step"])
+    first = float(np.asarray(run.history["sharpness"], dtype=np.float64)[np.argmin(steps)])
+    if not first > 0:
+        raise ValueError(f"the first recorded sharpness is {first:.3g}, not positive: no ratio")
+    return float(tail.mean() / first)
 
 
 def top_eigenvalues_exact_and_sketched(loss_fn, params, data, sketch: Sketch, key, k: int) -> ExactAndSketched:

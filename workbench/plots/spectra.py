@@ -74,6 +74,46 @@ def eigenvalues_by_rank(curves: Mapping[str, np.ndarray], reference: np.ndarray 
     return fig
 
 
+def outliers_and_gradient(spectra: Mapping[str, np.ndarray], ranks: Sequence[int], gradient_fractions: Sequence[float],
+                          dim: int, num_outliers: int):
+    """Left: the largest eigenvalues by rank (log scale) of each named spectrum, the outlier count
+    marked. Right: the fraction of ||g||^2 in the top-i eigenspace against i, next to i / dim (a
+    random i-dimensional subspace's expected share).
+
+    Args:
+        spectra: eigenvalues by label (any order; the largest 3 * num_outliers are drawn).
+        ranks: the subspace dimensions i of `gradient_fractions`.
+        gradient_fractions: the fraction of ||g||^2 in the span of the top-i eigenvectors, per rank.
+        dim: the number of parameters p.
+        num_outliers: the rank marked by a dotted line.
+
+    Returns:
+        A matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    shown = 3 * num_outliers
+    for (label, values), style in zip(spectra.items(), ("o-", "s--", "^:"), strict=False):
+        values = np.sort(np.asarray(values))[::-1][:shown]
+        left.plot(range(1, len(values) + 1), np.maximum(values, 1e-12), style, ms=3, label=label)
+    for ax in (left, right):
+        ax.axvline(num_outliers, color="k", ls=":", lw=1)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("rank" if ax is left else "subspace dimension i")
+    left.set_yscale("log")
+    left.set_ylabel("eigenvalue")
+    left.legend()
+    ranks = np.asarray(ranks)
+    right.plot(ranks, gradient_fractions, "o-", ms=3, label="top-i eigenvectors")
+    right.plot(ranks, ranks / dim, "k--", label="random subspace (i / p)")
+    right.set_ylim(0, 1)
+    right.set_ylabel("fraction of ||g||^2")
+    right.legend()
+    fig.tight_layout()
+    return fig
+
+
 def trace_estimates(estimates: Mapping[str, object], exact: float | None = None):
     """Each named `spectrum.TraceEstimate` with +- 2 standard errors, and the exact trace dashed.
 

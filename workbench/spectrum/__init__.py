@@ -6,8 +6,13 @@
   `lowered_programs` (its two programs lowered, for compile and memory measurements);
 - `density`: `spectral_density` (stochastic Lanczos quadrature), `trace` (Hutchinson, Hutch++,
   XTrace, each with a standard error);
-- `sharpness`: the top Hessian eigenvalue as a training callback.
-All take a `workbench.curvature.LinearOperator` and an explicit PRNG key, right after it.
+- `sharpness`: the top Hessian eigenvalue as a training callback;
+- `structure`: outliers against the bulk (`outlier_gap`, `outlier_trace_fraction`), the gradient
+  in the top eigenspace (`subspace_fraction`, `random_subspace_fraction`), SLQ's distance to the
+  exact spectrum relative to a point mass (`relative_wasserstein`), and a dense Hessian by
+  automatic differentiation independent of the operators (`autodiff_hessian`).
+The solvers and estimators take a `workbench.curvature.LinearOperator` and an explicit PRNG key,
+right after it.
 
 Examples:
     >>> import jax, jax.numpy as jnp
@@ -49,10 +54,19 @@ from workbench.spectrum.sharpness import (
     sharpness,
     sharpness_callback,
 )
+from workbench.spectrum.structure import (
+    autodiff_hessian,
+    outlier_gap,
+    outlier_trace_fraction,
+    random_subspace_fraction,
+    relative_wasserstein,
+    subspace_fraction,
+)
 
 __all__ = [
     "ArnoldiResult", "Density", "EigenResult", "LanczosResult", "LoweredPrograms", "PowerResult",
     "RitzPairs", "TraceEstimate", "arnoldi_factorization", "lanczos", "lowered_programs",
     "power_iteration", "ritz_pairs", "sharpness", "sharpness_callback", "spectral_density",
-    "top_eigenpairs", "trace", "tridiagonal", "wasserstein_to_eigenvalues",
+    "top_eigenpairs", "trace", "tridiagonal", "wasserstein_to_eigenvalues", "autodiff_hessian",
+    "outlier_gap", "outlier_trace_fraction", "random_subspace_fraction", "relative_wasserstein", "subspace_fraction",
 ]
