@@ -27,10 +27,9 @@
 #       control_small_lr_ratio_min: ratio_min
 #     full:
 #       learning_rates:
-#       - 0.1
 #       - 0.06
-#       - 0.04
-#       - 0.03
+#       - 0.055
+#       - 0.05
 #       num_examples: 1000
 #       steps: 4000
 #     quick_seconds: 45

@@ -281,7 +281,7 @@ def test_schedule_panels():
     assert not [m for m in compiled if m.startswith("Compiling")], compiled
 
     res = run_and_check(refinement_panel(functools.partial(digits_refinement, batch_size=32, seed=0), num_steps=100))
-    assert set(res.runs) == {"linear decay", "cosine", "refined"}
+    assert set(res.runs) == {"linear decay", "cosine", "refined", "linear decay (same area)"}
 
 
 def test_last_iterate_panel():
@@ -327,7 +327,7 @@ def test_diffusion_panel():
     from workbench.ui.unlearning import diffusion_panel
 
     def explore(method, forget_class, weight, num_steps):
-        row = DiffusionRow(method, 0.05, 0.9, 3.0, 0.2, 0.5, 0.1, 0.3, 1.0)
+        row = DiffusionRow(method, 0.05, 0.9, 3.0, 0.2, 0.5, 0.1, 0.3, 1.0, 4.0)
         return ExploredDiffusion(row, np.zeros((2, 10, 8, 8)), ["original", method])
 
     p = diffusion_panel(explore)
