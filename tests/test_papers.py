@@ -265,7 +265,7 @@ def test_claims_are_checked_recorded_and_fail_the_run_command(tmp_path):
         claims.parse_claims({"x": {"medium": ">1"}}, "here")
 
 
-def test_a_control_that_passes_its_claim_fails_the_run_and_seeds_tabulate_every_claim(tmp_path):
+def test_a_control_that_passes_its_claim_fails_the_run_and_seeds_tabulate_every_claim(tmp_path, monkeypatch, capsys):
     paper = registry.get_paper("echo_paper", registry.discover(FIXTURES))
     assert paper.controls == {"n_control": "n"}
     weak = cli("run", "echo_paper", "-p", "n=2", runs_dir=tmp_path / "weak")  # n_control = 40 < 100
@@ -291,10 +291,12 @@ def test_a_control_that_passes_its_claim_fails_the_run_and_seeds_tabulate_every_
     assert [r["seed"] for r in rows] == [0, 5] and all(r["ok"] for r in rows)
     totals = [next(c["value"] for c in r["claims"] if c["metric"] == "total") for r in rows]
     assert totals[0] != totals[1]  # each run had its own seed
+    monkeypatch.setenv("WORKBENCH_NOTEBOOKS", str(FIXTURES))
+    monkeypatch.setattr(runner, "run_paper", lambda *a, **k: pytest.fail("a refused request ran"))
     for bad, message in ((["--seeds", "0,x"], "comma-separated integers"), (["--seeds", "1,1"], "distinct"),
                          (["--seeds", "0,1", "-p", "seed=2"], "not both")):
-        out = cli("run", "echo_paper", *bad, runs_dir=tmp_path / "bad")
-        assert out.returncode == 2 and message in out.stderr, out.stderr
+        assert cli_module.main(["run", "echo_paper", *bad, "--runs-dir", str(tmp_path / "bad")]) == 2
+        assert message in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 
