@@ -230,11 +230,12 @@ def _stream(store, test, rows, k, keep_scores, normalize, progress) -> StoreScor
         none = jnp.full((n_test, k), -1, jnp.int32)
         state = (jnp.full((n_test, k), -jnp.inf, dtype), none, jnp.full((n_test, k), jnp.inf, dtype), none)
     scores = np.empty((n_test, n_train), dtype) if keep_scores else None
-    block = np.zeros((rows, dim), dtype)
     for lo in bar(range(0, n_train, rows), disable=not progress, desc="scoring the store"):
         hi = min(n_train, lo + rows)
+        # a fresh buffer per block: JAX on CPU may alias a NumPy argument and runs the call
+        # asynchronously, so refilling one shared buffer could change a block still being scored
+        block = np.zeros((rows, dim), dtype)  # padding rows of the last block: masked out of the top-k
         block[: hi - lo] = store.sketches[lo:hi]
-        block[hi - lo:] = 0.0  # padding rows of the last block: masked out of the top-k
         out, state = _score_block(scored, block, jnp.int32(lo), jnp.int32(hi - lo), state, k=k, normalize=normalize)
         if keep_scores:
             scores[:, lo:hi] = np.asarray(out)[:, : hi - lo]
