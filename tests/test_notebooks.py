@@ -77,7 +77,7 @@ def run_and_check_paper(name, tmp_path):
 @pytest.mark.notebook
 def test_same_parameters_give_identical_metrics_across_processes(tmp_path):
     """Two separate `workbench run` processes (each with its own kernel) write byte-identical
-    metrics for the same parameters, and a different seed changes them. They share a fresh
+    metrics for the same parameters. They share a fresh
     persistent compilation cache: the first compiles and fills it, the second loads its programs
     from it, and the numbers must not change."""
     cache = tmp_path / "jax-cache"
@@ -94,8 +94,11 @@ def test_same_parameters_give_identical_metrics_across_processes(tmp_path):
     first = run()
     entries = sorted(cache.glob("*-cache"))
     assert entries, "the first run wrote nothing to the compilation cache"
-    second, other = run(), run("-p", "seed=1")
+    second = run()
     assert first != second
     read = lambda d: (Path(d) / "metrics.json").read_bytes()
     assert read(first) == read(second)
-    assert read(other) != read(first)
+    # not vacuous: the metrics are numbers the training computed (that a seed changes them is
+    # checked by the --seeds test in test_papers.py, without a third kernel here)
+    accuracy = json.loads(read(first))["test_accuracy"]
+    assert isinstance(accuracy, float) and 0.1 < accuracy < 1.0
