@@ -32,7 +32,7 @@ def _cell(c: dict | None) -> str:
 def tables(rows: list[dict], full: list[dict]) -> str:
     """The markdown: per paper, claims and controls (rows) by seed (columns)."""
     lines = ["# Claims and controls by seed", "",
-             "Each paper's quick profile at every seed (and its full profile where one was run). A control "
+             "Each paper's quick profile at every seed given (and its full profile where one was run). A control "
              "is a broken or trivial variant that must FAIL the claim it names; `margin` is how far the worst "
              "quick seed lies inside its claim (for a control, how far the nearest seed stays outside: "
              "negative). A cell marked FAIL is a claim that did not hold or a control that passed.", ""]
