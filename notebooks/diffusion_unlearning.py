@@ -29,6 +29,7 @@
 #       control_ascent_frechet_ratio: remap_frechet_ratio
 #       control_ascent_integrity_over_floor: distill_integrity_over_floor
 #       control_ascent_retain_margin_ratio: remap_retain_margin_ratio
+#       control_noop_distill_forget_accuracy: remap_distill_forget_accuracy
 #       control_noop_forget_accuracy: remap_forget_accuracy
 #       control_rerun_integrity_ratio: remap_integrity_ratio
 #     full:

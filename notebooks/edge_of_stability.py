@@ -23,6 +23,7 @@
 #       sharpening: '>1.05'
 #     controls:
 #       control_catapult_sharpening: sharpening
+#       control_one_over_lr_ratio_max: ratio_max
 #       control_small_lr_ratio_mean: ratio_mean
 #       control_small_lr_ratio_min: ratio_min
 #     full:
@@ -138,7 +139,9 @@ plt.show()
 # stability threshold `2 / lr`, whatever the step size; `sharpening` above 1 says it got there by
 # rising. A run that has not reached its threshold yet (the small step size) shows a ratio far
 # below 1 and a still-rising curve; the catapult run hovers at its line but its sharpening is
-# below 1.
+# below 1. `ratio_max` below 1.25 pins the factor 2 of the threshold: measured against `1 / lr`
+# (the threshold a derivation that drops the 2 would give) every run's maximum is near 2
+# (`control_one_over_lr_ratio_max`, the smallest over the step sizes, must fail it).
 
 # %%
 workbench.record(
@@ -152,6 +155,7 @@ workbench.record(
     control_small_lr_ratio_mean=ratios[f"lr={small.learning_rate:g}"].mean,
     control_small_lr_ratio_min=ratios[f"lr={small.learning_rate:g}"].min,
     control_catapult_sharpening=rises[f"lr={catapult.learning_rate:g}"],
+    control_one_over_lr_ratio_max=min(spectra.stability_ratio(run, last_fraction, threshold=1.0).max for run in runs),
     final_loss=[float(run.history["loss"][-1]) for run in runs],
     diverged=[run.diverged for run in runs + [small, catapult]],
 )

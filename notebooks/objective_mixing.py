@@ -26,6 +26,7 @@
 #         full: '>0.05'
 #     controls:
 #       control_no_translation_b_gain: b_gain
+#       control_no_translation_full_b_gain: full_b_gain
 #       control_target_reward_late_share: exp3s_late_share
 #       control_training_batch_b_cost: exp3s_b_cost
 #       control_unmasked_translation_gain_over_misaligned: translation_gain_over_misaligned
@@ -251,6 +252,7 @@ workbench.record(
     b_gain=b_gain,
     control_no_translation_b_gain=base.loss_b - rows["no translation (2nd seed)"].loss_b,
     full_b_gain=b_gain if controls else None,
+    control_no_translation_full_b_gain=(base.loss_b - rows["no translation (2nd seed)"].loss_b) if controls else None,
     unmasked_b_gain=base.loss_b - control_rows["unmasked"].loss_b if controls else None,
     masking_b_gain_per_seed=([u - m for u, m in zip(control_rows["unmasked"].loss_b_seeds, best.loss_b_seeds)]
                              if controls else None),

@@ -21,13 +21,15 @@
 #       cnn_top_eigenvalue_relative_error: <1e-3
 #       refined_test_accuracy: '>0.85'
 #       store_agreement_with_grad_dot: '>0.95'
-#       text_loss_drop: '>1.0'
+#       text_loss_below_unigram: '>0.7'
 #     controls:
 #       control_forgotten_l2_eigenvalue_relative_error: cnn_top_eigenvalue_relative_error
 #       control_random_scores_loo_spearman: cnn_loo_spearman_cg
+#       control_shuffled_text_loss_below_unigram: text_loss_below_unigram
 #       control_sign_flipped_loo_spearman: cnn_loo_spearman_arnoldi
 #       control_stale_params_store_agreement: store_agreement_with_grad_dot
 #       control_untrained_test_accuracy: cnn_test_accuracy
+#       control_untrained_test_accuracy_of_refined: refined_test_accuracy
 #     full:
 #       num_removed: 32
 #       steps: 1500
@@ -252,9 +254,9 @@ workbench.record(store_agreement_with_grad_dot=store_agreement_with_grad_dot,
 # learning-rate schedule (here close to linear decay: the norms change little). A decaying
 # schedule spends less of the run near its peak, so it is run at twice the constant rate's peak
 # (Defazio et al. tune the peak of every schedule they compare). The accuracy claim says only that
-# the refined schedule trains this model: Adam with BatchNorm is forgiving here, and the same
-# schedule left unscaled (a peak rate of 1) reached 0.94 on seed 0, so no control of a broken
-# schedule is claimed for it.
+# the refined schedule trains this model: Adam with BatchNorm is forgiving here (the same schedule
+# left unscaled, a peak rate of 1, reached 0.94 on seed 0), so its control is the weakest one, a
+# schedule that trains nothing: the untrained model's accuracy.
 
 # %%
 per_step = schedules.per_step(result.history["callback_step"], result.history["grad_norm"], steps)
@@ -263,7 +265,8 @@ refined_result = train.train(fn, fn.params, train_set, key, num_steps=steps, bat
                              optimizer=optax.adam(schedules.scaled(refined.schedule, 2 * learning_rate)))
 refined_test_accuracy = models.accuracy(fn.with_state(refined_result.state).predict_fn, refined_result.params, test_set)
 print(f"test accuracy with the refined schedule {refined_test_accuracy:.3f}")
-workbench.record(refined_test_accuracy=refined_test_accuracy)
+workbench.record(refined_test_accuracy=refined_test_accuracy,
+                 control_untrained_test_accuracy_of_refined=control_untrained_test_accuracy)
 fig, ax = plt.subplots(figsize=(6, 2.5))
 ax.plot(refined.values)
 ax.set(xlabel="step", ylabel="learning rate / peak", title="Refined schedule")
@@ -306,6 +309,26 @@ losses = text_result.history["loss"]
 text_loss_drop = float(np.mean(losses[:10]) - np.mean(losses[-10:]))
 print(f"training loss {np.mean(losses[:10]):.2f} -> {np.mean(losses[-10:]):.2f}")
 workbench.record(text_loss_drop=text_loss_drop)
+
+# %% [markdown]
+# A falling loss alone does not show the model reads its context: learning how often each
+# character occurs drops it by more than a nat. The claim is that the trained model's loss
+# (inference mode, on its training sequences) lies below the **unigram entropy** of the text, the
+# lowest loss of any model that ignores the context. Its control scores the same model on the
+# same characters with every target drawn apart from its context (`data.shuffle_tokens`), where
+# no context helps: the loss there must not lie below the unigram entropy. Over seeds 0-2 the
+# trained model lies 1.36-1.41 nats below it and the shuffled control 1.52-1.61 nats above, so
+# the claim asks for half the measured gap, 0.7.
+
+# %%
+unigram = data.unigram_entropy(sequences.y)
+text_loss_below_unigram = unigram - float(gpt.loss_fn(text_result.params, sequences))
+control_shuffled_text_loss_below_unigram = unigram - float(
+    gpt.loss_fn(text_result.params, data.shuffle_tokens(sequences, jax.random.fold_in(key, 9))))
+print(f"unigram entropy {unigram:.2f} nats; loss below it {text_loss_below_unigram:.2f} "
+      f"(context shuffled away: {control_shuffled_text_loss_below_unigram:.2f})")
+workbench.record(text_loss_below_unigram=text_loss_below_unigram,
+                 control_shuffled_text_loss_below_unigram=control_shuffled_text_loss_below_unigram)
 
 # %% [markdown]
 # Its curvature, and the training sequences most influential on a completion by gradient dot

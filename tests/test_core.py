@@ -75,6 +75,40 @@ def test_text_data_is_shifted_by_one():
     assert int(d.x.max()) < len(vocab)
 
 
+def test_unigram_entropy_is_the_best_context_free_loss():
+    tokens = np.array([[0, 0, 1, 3], [3, 3, 3, 0]])  # frequencies 3/8, 1/8, 0, 4/8 (id 2 absent)
+    f = np.array([3, 1, 4]) / 8
+    assert data.unigram_entropy(tokens) == pytest.approx(-(f * np.log(f)).sum(), rel=1e-15)
+    # the cross-entropy of predicting the frequencies is the entropy; any other fixed guess is worse
+    assert data.unigram_entropy(np.zeros(5, np.int32)) == 0.0
+    for bad in (np.array([], np.int32), np.array([0.5, 1.0]), np.array([1, -1])):
+        with pytest.raises(ValueError, match="non-negative integer"):
+            data.unigram_entropy(bad)
+
+
+def _token_mutual_information(d):
+    """I(x; y) in nats of the (context token, target) pairs at the same positions, from counts."""
+    x, y = np.ravel(d.x), np.ravel(d.y)
+    size = int(max(x.max(), y.max())) + 1
+    joint = np.bincount(x * size + y, minlength=size * size).reshape(size, size) / x.size
+    px, py = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
+    nz = joint > 0
+    return float((joint[nz] * np.log(joint[nz] / (px @ py)[nz])).sum())
+
+
+def test_shuffle_tokens_keeps_frequencies_and_separates_targets_from_context(keys):
+    d, _ = data.load_text(seq_len=16, modules=("textwrap",))
+    for key in keys:
+        shuffled = data.shuffle_tokens(d, key)
+        assert shuffled.x.shape == d.x.shape and shuffled.y.dtype == d.y.dtype
+        for a, b in ((shuffled.x, d.x), (shuffled.y, d.y)):
+            np.testing.assert_array_equal(np.sort(np.ravel(a)), np.sort(np.ravel(b)))
+        # the context token says (almost) nothing of its target any more: mutual information by counts
+        assert _token_mutual_information(shuffled) < 0.2 * _token_mutual_information(d)
+    with pytest.raises(ValueError, match="same shape"):
+        data.shuffle_tokens(data.Dataset(d.x, d.y[:, :3]), keys[0])
+
+
 @pytest.mark.parametrize(
     "make, batch",
     [

@@ -33,6 +33,10 @@ def test_stability_ratio():
                                       "sharpness": np.array([5.0, 10.0, 20.0, 22.0])}, None, False)
     ratio = spectra.stability_ratio(run, last_fraction=0.5)
     np.testing.assert_allclose([ratio.min, ratio.max], [1.0, 1.1])
+    wrong = spectra.stability_ratio(run, last_fraction=0.5, threshold=1.0)  # sharpness / (1 / lr)
+    np.testing.assert_allclose([wrong.mean, wrong.min, wrong.max], [2.1, 2.0, 2.2])
+    with pytest.raises(ValueError, match="threshold"):
+        spectra.stability_ratio(run, threshold=0.0)
 
 
 def test_sharpness_of_a_nan_loss_raises_never_zero(key):

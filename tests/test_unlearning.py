@@ -575,6 +575,7 @@ def test_headline_numbers_are_computed_from_the_recipes_results():
     assert d.remap_integrity_pixel_ratio == pytest.approx(1.5) and d.distill_integrity_over_floor == 0.25
     assert (d.remap_retain_margin_ratio, d.control_ascent_retain_margin_ratio) == (1.25, -0.5)
     assert (d.control_ascent_frechet_ratio, d.control_ascent_integrity_over_floor) == (100.0, 2.0)
-    assert d.control_noop_forget_accuracy == 0.9 and d.control_rerun_integrity_ratio == pytest.approx(1.1)
+    assert d.control_noop_forget_accuracy == d.control_noop_distill_forget_accuracy == 0.9
+    assert d.control_rerun_integrity_ratio == pytest.approx(1.1)
     with pytest.raises(ValueError, match="remap_distill"):
         diffusion_recipes.diffusion_headline([drow("remap", 1, 1, 1, 1)])

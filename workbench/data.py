@@ -272,3 +272,51 @@ def load_text(seq_len: int = 32, stride: int | None = None,
     x = np.stack([ids[s : s + seq_len] for s in starts])
     y = np.stack([ids[s + 1 : s + seq_len + 1] for s in starts])
     return TextData(Dataset(jnp.asarray(x), jnp.asarray(y)), vocab)
+
+
+def unigram_entropy(tokens: jax.Array) -> float:
+    """The entropy, in nats, of the tokens' empirical frequencies: the lowest mean cross-entropy
+    any predictor that ignores its context can reach on these tokens (it predicts those
+    frequencies), so a language model's loss below it measures what the context taught it.
+
+    Args:
+        tokens: integer token ids, any shape (a `TextData`'s targets `data.y`).
+
+    Returns:
+        -sum_c f_c log f_c over the frequencies f_c of the ids that occur.
+
+    Raises:
+        ValueError: no tokens, or ids that are not non-negative integers.
+    """
+    ids = np.asarray(tokens).ravel()
+    if ids.size == 0 or not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0:
+        raise ValueError(f"tokens must be a non-empty array of non-negative integer ids, got dtype {ids.dtype} "
+                         f"and {ids.size} entries")
+    freq = np.bincount(ids) / ids.size
+    freq = freq[freq > 0]
+    return float(-(freq * np.log(freq)).sum())
+
+
+def shuffle_tokens(data: Dataset, key: jax.Array) -> Dataset:
+    """Language-modelling data with every target drawn apart from its context: the context tokens
+    `x` and the targets `y` are each permuted over all positions, independently, so each kind keeps
+    its frequencies and no context says anything about its target. A model's mean loss on it is
+    at least about `unigram_entropy(data.y)`: the negative control of a claim that a model uses
+    its context.
+
+    Args:
+        data: a `Dataset(x, y)` of token ids of equal shapes (`load_text`).
+        key: a PRNG key for the two permutations.
+
+    Returns:
+        A `Dataset` of the same shapes and dtypes.
+
+    Raises:
+        ValueError: x and y of different shapes.
+    """
+    x, y = jnp.asarray(data.x), jnp.asarray(data.y)
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape (tokens and next tokens), got {x.shape} and {y.shape}")
+    key_x, key_y = jax.random.split(key)
+    return Dataset(jax.random.permutation(key_x, x.ravel()).reshape(x.shape),
+                   jax.random.permutation(key_y, y.ravel()).reshape(y.shape))

@@ -199,7 +199,7 @@ def sample_grid(ds: DiffusionSetup, params_by_method: dict[str, Any], per_class:
 class DiffusionHeadline(NamedTuple):
     """The diffusion paper's headline numbers (the claims' metrics) and their negative controls
     (`control_*`: a broken or trivial variant judged by the same number, which must fail the claim):
-    forget accuracy of remap (control: the untouched original) and of remap + distill; remap over
+    forget accuracy of remap and of remap + distill (control of each: the untouched original); remap over
     remap + distill in the classifier's retain-class margin (control: ascent over remap + distill),
     in Frechet distance (control: ascent over remap + distill) and in integrity (feature, whose
     control is a second run of remap + distill from another minibatch key over the first: a
@@ -209,6 +209,7 @@ class DiffusionHeadline(NamedTuple):
     remap_forget_accuracy: float
     control_noop_forget_accuracy: float
     remap_distill_forget_accuracy: float
+    control_noop_distill_forget_accuracy: float
     remap_retain_margin_ratio: float
     control_ascent_retain_margin_ratio: float
     remap_frechet_ratio: float
@@ -244,6 +245,7 @@ def diffusion_headline(rows: Sequence[DiffusionRow]) -> DiffusionHeadline:
         remap_forget_accuracy=remap.forget_accuracy,
         control_noop_forget_accuracy=by["original"].forget_accuracy,
         remap_distill_forget_accuracy=distill.forget_accuracy,
+        control_noop_distill_forget_accuracy=by["original"].forget_accuracy,
         remap_retain_margin_ratio=remap.retain_margin / distill.retain_margin,
         control_ascent_retain_margin_ratio=ascent.retain_margin / distill.retain_margin,
         remap_frechet_ratio=remap.frechet / distill.frechet,

@@ -79,20 +79,24 @@ def gd_sharpness_run(
     return SharpnessRun(float(learning_rate), result.history, result.params, bool(result.diverged))
 
 
-def stability_ratio(run: SharpnessRun, last_fraction: float = 0.5) -> StabilityRatio:
-    """Sharpness / (2 / lr) over the last `last_fraction` of the recorded steps: mean, min, max.
+def stability_ratio(run: SharpnessRun, last_fraction: float = 0.5, threshold: float = 2.0) -> StabilityRatio:
+    """Sharpness / (threshold / lr) over the last `last_fraction` of the recorded steps: mean, min, max.
 
     Args:
         run: a `SharpnessRun`.
         last_fraction: the fraction of the recorded steps, from the end, in (0, 1].
+        threshold: the stability threshold times lr, > 0: 2 (GD on a quadratic diverges once the
+            sharpness passes 2 / lr); 1 is the wrong threshold a derivation that drops the 2 gives.
 
     Returns:
         A `StabilityRatio(mean, min, max)` (1 is the edge of stability).
 
     Raises:
-        ValueError: a bad `last_fraction`, no sharpness record, or a non-finite one.
+        ValueError: a bad `last_fraction` or `threshold`, no sharpness record, or a non-finite one.
     """
-    tail = _sharpness_tail(run, last_fraction) * run.learning_rate / 2.0
+    if not threshold > 0:
+        raise ValueError(f"threshold must be positive, got {threshold!r}")
+    tail = _sharpness_tail(run, last_fraction) * run.learning_rate / threshold
     return StabilityRatio(float(tail.mean()), float(tail.min()), float(tail.max()))
 
 
