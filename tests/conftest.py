@@ -22,9 +22,9 @@ os.environ["WORKBENCH_JAX_CACHE"] = os.environ["WORKBENCH_TEST_JAX_CACHE"]
 # paper 95 -> 76); the same variable reaches the paper kernels and worker processes the suite
 # starts. `make papers` and users keep XLA's defaults. WORKBENCH_TEST_XLA_FLAGS overrides it
 # ("" for XLA's defaults); flags already in XLA_FLAGS are kept after it.
-TEST_XLA_FLAGS = os.environ.get("WORKBENCH_TEST_XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false")
-if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{TEST_XLA_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()
+os.environ.setdefault("WORKBENCH_TEST_XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false")
+if os.environ["WORKBENCH_TEST_XLA_FLAGS"] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ['WORKBENCH_TEST_XLA_FLAGS']} {os.environ.get('XLA_FLAGS', '')}".strip()
 
 import zlib
 
