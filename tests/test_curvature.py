@@ -144,6 +144,19 @@ def test_operator_bad_input(small):
         curvature.from_matrix(jnp.ones((2, 3)))
 
 
+def test_hessian_refuses_an_l2_it_would_ignore(small):
+    """The Hessian differentiates the loss as given: an l2 it does not carry is refused (it used
+    to be dropped silently); the l2 the Functional carries, or 0 for a plain loss, is accepted."""
+    fn, ds, flat, _, hess = small
+    for loss, l2 in ((fn.loss_fn, 0.3), (fn, 0.3), (fn, 0.0)):
+        with pytest.raises(ValueError, match="would be ignored"):
+            curvature.operator(loss, fn.params, ds, "hessian", l2=l2)
+    v = jnp.arange(flat.size, dtype=jnp.float64)
+    for loss, l2 in ((fn, fn.l2), (fn.loss_fn, 0.0), (fn, None)):
+        np.testing.assert_allclose(curvature.operator(loss, fn.params, ds, "hessian", l2=l2).matvec(v), hess @ v,
+                                   rtol=1e-10)
+
+
 # Self-contained source (run here and in a subprocess with 4 forced CPU devices); not imported
 # from this module by name, since an installed package may shadow `tests`.
 _DEVICES_CASE = textwrap.dedent(

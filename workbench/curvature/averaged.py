@@ -59,14 +59,22 @@ def resolve_roles(loss_fn, kind: str, predict_fn=None, output_loss_fn=None, l2=N
 
     Raises:
         TypeError: `loss_fn` is neither callable nor a Functional.
-        ValueError: an unknown kind, or "ggn" without its two functions.
+        ValueError: an unknown kind, "ggn" without its two functions, or an `l2` for "hessian"
+            other than the one its `loss_fn` carries (it would be ignored).
     """
+    given_l2, carried_l2 = l2, 0.0
     if isinstance(loss_fn, Functional):
         fn = loss_fn
         loss_fn = mean_loss(fn.per_example_loss_fn) if kind == "fisher" else fn.loss_fn
         predict_fn = predict_fn or fn.predict_fn
         output_loss_fn = output_loss_fn or fn.output_loss_fn
         l2 = fn.l2 if l2 is None else l2
+        carried_l2 = fn.l2
+    if kind == "hessian" and given_l2 is not None and given_l2 != carried_l2:
+        # the Hessian differentiates loss_fn as given: an l2 it does not carry would be ignored
+        raise ValueError(f"kind='hessian' differentiates loss_fn as given, so l2={given_l2!r} would be ignored "
+                         f"(the objective carries l2={carried_l2!r}): put the regulariser in loss_fn "
+                         "(models.functional(model, l2=...)), or pass l2 with kind='ggn' or 'fisher'")
     loss_fn = as_loss(loss_fn, role="objective", caller="curvature.operator")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")

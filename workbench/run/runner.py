@@ -146,8 +146,10 @@ def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None
         papermill.execute_notebook(
             jupytext.read(paper.source), str(output_nb), parameters=params, kernel_name="python3",
             cwd=str(tmp), progress_bar=progress, log_output=False,
-            # quiet the kernel's own start-up warnings (it listens on localhost only)
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            # quiet the kernel's own log: its start-up warnings (it listens on localhost only) and the
+            # "KeyboardInterrupt caught in kernel" jupyter_client's shutdown SIGINT can provoke; a
+            # cell's error still reaches the run through papermill
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
         )
     except Exception as err:  # any failure is recorded in the -failed directory
         error = "".join(traceback.format_exception_only(type(err), err)).strip()
