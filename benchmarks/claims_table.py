@@ -37,21 +37,25 @@ def tables(rows: list[dict], full: list[dict]) -> str:
              "quick seed lies inside its claim (for a control, how far the nearest seed stays outside: "
              "negative). A cell marked FAIL is a claim that did not hold or a control that passed.", ""]
     full_by_paper = {r["paper"]: {_label(c): c for c in r["claims"]} for r in full}
+    full_runs = {r["paper"]: r for r in full}
     for paper in dict.fromkeys(r["paper"] for r in rows):
         runs = [r for r in rows if r["paper"] == paper]
         seeds = [r["seed"] for r in runs]
         by_seed = [{_label(c): c for c in r["claims"]} for r in runs]
-        labels = list(dict.fromkeys(label for s in by_seed for label in s))
-        labels.sort(key=lambda label: ("(control of" in label, label))
         has_full = paper in full_by_paper
+        # the quick runs' claims and controls, then those checked on the full profile only
+        labels = list(dict.fromkeys([label for s in by_seed for label in s] + list(full_by_paper.get(paper, {}))))
+        labels.sort(key=lambda label: ("(control of" in label, label))
         lines += [f"## {paper}", "", "Quick runs: " + ", ".join(f"seed {s} {r['seconds']} s" for s, r in zip(seeds, runs))
-                  + (" (all ran)" if all(r["ok"] for r in runs) else " (SOME FAILED TO RUN)"), "",
+                  + (" (all ran)" if all(r["ok"] for r in runs) else " (SOME FAILED TO RUN)")
+                  + (f"; full profile, seed {full_runs[paper]['seed']}: {full_runs[paper]['seconds']} s"
+                     + ("" if full_runs[paper]["ok"] else " (FAILED TO RUN)") if has_full else ""), "",
                   "| metric | claim | " + " | ".join(f"seed {s}" for s in seeds) + " | margin |"
                   + (" full |" if has_full else ""),
                   "|---|---|" + "---|" * len(seeds) + "---|" + ("---|" if has_full else "")]
         for label in labels:
             cells = [s.get(label) for s in by_seed]
-            first = next(c for c in cells if c is not None)
+            first = next((c for c in cells if c is not None), None) or full_by_paper[paper][label]
             claim = ("must fail " if first.get("control_of") else "") + first["claim"]
             margins = [c.get("margin") for c in cells if c is not None]
             margin = ("–" if not margins or any(m is None for m in margins) else
