@@ -181,6 +181,11 @@ def test_arnoldi_defaults_report_the_tail_spread_and_warn_when_it_is_not_flat(pr
     with pytest.warns(RuntimeWarning, match="discarded spectrum is far from flat"):
         est = influence.make("arnoldi", squares, {"w": jnp.zeros(60)}, (x, y), k=10, key=key)
     assert est.info["tail_spread"] > 1e3
+    # fewer examples than parameters and no damping: the smallest eigenvalue is 0, the spread has
+    # no bound, and the warning says so in words (it used to print "(infx)")
+    with pytest.warns(RuntimeWarning, match=r"far from flat.*\(a ratio without bound\)") as record:
+        est = influence.make("arnoldi", squares, {"w": jnp.zeros(60)}, (x[:30], y[:30]), k=10, key=key)
+    assert est.info["tail_spread"] == np.inf and "infx" not in str(record[0].message)
 
 
 @pytest.mark.parametrize("l2, damping", [(1e-2, 0.0), (1e-3, 1e-3)], ids=["strong", "weak"])

@@ -28,6 +28,7 @@ beyond `cache_bytes`), so the projections are then read off the gradients and no
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Callable
 
@@ -268,7 +269,8 @@ def arnoldi(
                 warnings.warn(
                     f"arnoldi: the discarded spectrum is far from flat: lambda_(k+1) + damping = "
                     f"{tail_value:.3g} but the smallest eigenvalue + damping is about "
-                    f"{bottom:.3g} ({spread:.3g}x); the flat tail under-weights its "
+                    f"{bottom:.3g} ({f'{spread:.3g}x' if math.isfinite(spread) else 'a ratio without bound'}); "
+                    "the flat tail under-weights its "
                     f"flattest directions and the ranking degrades. Raise k (now {k}) or the damping, "
                     "or use 'exact' / 'cg' on a model this size.", RuntimeWarning, stacklevel=3)
         state["inverse_values"] = inverse_values - jnp.where(keep, 1.0 / tail_value, 0.0)
