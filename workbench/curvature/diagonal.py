@@ -26,6 +26,7 @@ from workbench.core import tree as tu
 from workbench.core.numerics import (
     check_finite_flag,
     check_floating,
+    check_key,
     check_nonnegative,
     check_positive_int,
     num_examples,
@@ -69,20 +70,6 @@ class Diagonal(NamedTuple):
     def flat_std_error(self) -> jax.Array:
         """The standard errors as one [dim] vector (the order of `flat`)."""
         return jnp.concatenate([jnp.ravel(a) for a in jax.tree.leaves(self.std_error)])
-
-
-def _check_key(key) -> jax.Array:
-    """A single PRNG key (typed, or a legacy uint32[2]) or a ValueError naming `key`."""
-    if isinstance(key, jax.Array | np.ndarray):
-        dtype = key.dtype
-        if jnp.issubdtype(dtype, jax.dtypes.prng_key) and key.shape == ():
-            return key
-        if dtype == np.uint32 and key.shape == (2,):
-            return jax.random.wrap_key_data(jnp.asarray(key))
-        raise ValueError(
-            f"key must be one jax.random.key (or a legacy uint32[2] PRNGKey), got an array of "
-            f"dtype {dtype} and shape {key.shape}")
-    raise ValueError(f"key must be a jax.random.key, got {type(key).__name__} {key!r}")
 
 
 def _block(max_vectors, count: int) -> int:
@@ -198,7 +185,9 @@ def diagonal(
         return Diagonal(op.unravel(flat), op.unravel(jnp.zeros_like(flat)), 0, "exact")
     if key is None:
         raise ValueError("key is required for method='hutchinson' (it draws the probes)")
-    key = _check_key(key)
+    key = check_key(key)
+    if key.dtype == jnp.uint32:  # a legacy PRNGKey: the draws below take a typed key
+        key = jax.random.wrap_key_data(jnp.asarray(key))
     if isinstance(num_probes, bool) or not isinstance(num_probes, int | np.integer) or num_probes < 2:
         raise ValueError(f"num_probes must be an int >= 2 (a standard error needs two probes), got {num_probes!r}")
     num_probes = int(num_probes)
