@@ -62,7 +62,7 @@ def resolve_roles(loss_fn, kind: str, predict_fn=None, output_loss_fn=None, l2=N
         ValueError: an unknown kind, "ggn" without its two functions, or an `l2` for "hessian"
             other than the one its `loss_fn` carries (it would be ignored).
     """
-    given_l2, carried_l2 = l2, 0.0
+    given_l2, carried_l2, fn_given = l2, 0.0, loss_fn
     if isinstance(loss_fn, Functional):
         fn = loss_fn
         loss_fn = mean_loss(fn.per_example_loss_fn) if kind == "fisher" else fn.loss_fn
@@ -72,9 +72,11 @@ def resolve_roles(loss_fn, kind: str, predict_fn=None, output_loss_fn=None, l2=N
         carried_l2 = fn.l2
     if kind == "hessian" and given_l2 is not None and given_l2 != carried_l2:
         # the Hessian differentiates loss_fn as given: an l2 it does not carry would be ignored
+        carried = (f"the Functional carries l2={carried_l2!r}" if isinstance(fn_given, Functional) else
+                   "a plain loss_fn carries its own regulariser, if any")
         raise ValueError(f"kind='hessian' differentiates loss_fn as given, so l2={given_l2!r} would be ignored "
-                         f"(the objective carries l2={carried_l2!r}): put the regulariser in loss_fn "
-                         "(models.functional(model, l2=...)), or pass l2 with kind='ggn' or 'fisher'")
+                         f"({carried}): put the regulariser in loss_fn (models.functional(model, l2=...)), "
+                         "or pass l2 with kind='ggn' or 'fisher'")
     loss_fn = as_loss(loss_fn, role="objective", caller="curvature.operator")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
