@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from workbench.ui import Panel, panel, slider_style
+from workbench.ui import Panel, panel
 
 
 def stream_panel(fn: Callable, steps_per_task: int, task_names, peak_lr: float = 0.3, replay_fraction: float = 0.25,
@@ -37,7 +37,6 @@ def stream_panel(fn: Callable, steps_per_task: int, task_names, peak_lr: float =
                                          description="replayed share of each batch", continuous_update=False),
         "schedule": w.Dropdown(options=list(SCHEDULES), value=schedule, description="schedule"),
     }
-    slider_style(*controls.values())
 
     def summary(result):
         return {"old task": result.row.old_final, "new task": result.row.new_final, "gap": result.row.gap,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from workbench.ui import Panel, panel, slider_style
+from workbench.ui import Panel, panel
 
 
 def last_iterate_panel(fn: Callable, num_seeds: int = 50, num_steps: int = 500, lr_factor: float = 1.0) -> Panel:
@@ -35,7 +35,6 @@ def last_iterate_panel(fn: Callable, num_seeds: int = 50, num_steps: int = 500, 
         "lr_factor": w.FloatLogSlider(value=lr_factor, base=10, min=-1, max=2, step=0.1, readout_format=".3g",
                                       description="step size x bound-optimal", continuous_update=False),
     }
-    slider_style(*controls.values())
 
     def show(results):
         v = controls

@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from workbench.ui import Panel, panel, slider_style
+from workbench.ui import Panel, panel
 
 
 def ot_job_panel(run_job: Callable[..., Any], base_config: Any, num_processes: int = 2) -> Panel:
@@ -39,7 +39,6 @@ def ot_job_panel(run_job: Callable[..., Any], base_config: Any, num_processes: i
         "epsilon": w.FloatLogSlider(value=base_config.epsilon, base=10, min=-2, max=0, readout_format=".3g",
                                     description="epsilon (cost units)", continuous_update=False),
     }
-    slider_style(*controls.values())
 
     def solve(num_processes, ot_points, epsilon):
         config = dataclasses.replace(base_config, ot_points=ot_points, epsilon=epsilon, scaling_sizes=(1000,))

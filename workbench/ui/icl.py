@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from workbench.ui import Panel, panel, slider_style
+from workbench.ui import Panel, panel
 
 
 def icl_panel(fn: Callable, dim: int = 5, context_length: int = 10, condition_number: float = 1.0,
@@ -39,7 +39,6 @@ def icl_panel(fn: Callable, dim: int = 5, context_length: int = 10, condition_nu
         "num_steps": w.IntSlider(value=num_steps, min=100, max=5000, step=100, description="train steps (Adam)",
                                  continuous_update=False),
     }
-    slider_style(*controls.values())
 
     def summary(result):
         k = controls["num_layers"].value

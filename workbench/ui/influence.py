@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from workbench.influence import CURVATURE_ESTIMATORS
-from workbench.ui import Panel, panel, slider_style
+from workbench.ui import Panel, panel
 
 
 class EstimatorView(NamedTuple):
@@ -96,7 +96,6 @@ def estimator_panel(loss_fn, params, train_data, key, test_data, reference: np.n
         "test_index": w.IntSlider(value=0, min=0, max=len(test_data.y) - 1, description="test point",
                                   continuous_update=False),
     }
-    slider_style(*controls.values())
 
     def show(v):
         i = v.test_index
@@ -175,7 +174,6 @@ def fading_panel(steps: np.ndarray, actual: np.ndarray, predicted: np.ndarray, r
         "test_index": w.IntSlider(value=0, min=0, max=actual.shape[1] - 1, description="test point",
                                   continuous_update=False),
     }
-    slider_style(*controls.values())
 
     def fn(removal, test_index):
         return actual[:, test_index, removal], float(predicted[test_index, removal])
@@ -213,7 +211,6 @@ def correction_panel(fn: Callable, k: int = 10, num_steps: int = 10, weight: flo
         "weight": w.FloatSlider(value=weight, min=-5.0, max=1.0, step=0.1, description="new weight (0 removes)",
                                 continuous_update=False),
     }
-    slider_style(*controls.values())
 
     def summary(r):
         return {"fixed": r.fix_rate, "fixed (random)": r.fix_rate_random, "damage": r.damage,

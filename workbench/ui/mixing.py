@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from workbench.ui import Panel, panel, slider_style
+from workbench.ui import Panel, panel
 
 
 def mixing_panel(fn: Callable, eval_names: Sequence[str], mixer: str = "exp3s", ratio: float = 0.25,
@@ -36,7 +36,6 @@ def mixing_panel(fn: Callable, eval_names: Sequence[str], mixer: str = "exp3s", 
         "eta": w.FloatLogSlider(value=eta, base=10, min=-3, max=0, readout_format=".3g", continuous_update=False,
                                 description="Exp3.S step size eta"),
     }
-    slider_style(*controls.values())
 
     def summary(explored):
         row = explored.row

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from workbench.ui import Panel, panel, slider_style
+from workbench.ui import Panel, panel
 
 
 class CustomBound(NamedTuple):
@@ -68,7 +68,6 @@ def bound_panel(horizons: Sequence[int], reference: np.ndarray, warmup_fraction:
         "log10_T": w.FloatSlider(value=3.0, min=1.0, max=5.0, step=0.5, description="log10 T (steps shown)",
                                  continuous_update=False),
     }
-    slider_style(*controls.values())
 
     def summary(r):
         return {"bound at largest T": float(r.curve[-1]), "vs linear decay": float(r.curve[-1] / reference[-1])}
@@ -109,7 +108,6 @@ def refinement_panel(fn: Callable, model: str = "logreg", num_steps: int = 300, 
         "tau": w.FloatSlider(value=tau, min=0.02, max=0.5, step=0.02, description="median-filter window τ (fraction)",
                              continuous_update=False),
     }
-    slider_style(*controls.values())
 
     def summary(r):
         out = {f"final loss, {name}": run.final_loss for name, run in r.runs.items()}

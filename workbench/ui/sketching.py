@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from workbench.ui import Panel, panel, slider_style
+from workbench.ui import Panel, panel
 
 
 def sketch_panel(grads, key, kinds, log2_dim: int = 8, max_log2_dim: int = 14) -> Panel:
@@ -37,7 +37,6 @@ def sketch_panel(grads, key, kinds, log2_dim: int = 8, max_log2_dim: int = 14) -
         "log2_dim": w.IntSlider(value=log2_dim, min=4, max=max_log2_dim, description="log2 D (sketch dimension)",
                                 continuous_update=False),
     }
-    slider_style(*controls.values())
 
     def summary(r):
         return {"D": r.dim, "correlation": float(np.corrcoef(r.exact, r.sketched)[0, 1]),
@@ -72,7 +71,6 @@ def intrinsic_panel(fn: Callable, dim: int = 40, kinds=("dense", "srht", "affd")
                            continuous_update=False),
         "kind": w.Dropdown(options=list(kinds), value=kinds[0], description="subspace sketch"),
     }
-    slider_style(*controls.values())
     seen: dict[tuple[str, int], float] = {}
 
     def show(r):

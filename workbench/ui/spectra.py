@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from workbench.ui import Panel, panel, slider_style
+from workbench.ui import Panel, panel
 
 
 def sharpness_panel(fn: Callable, learning_rate: float = 0.05, hidden_size: int = 32, num_steps: int = 300,
@@ -39,7 +39,6 @@ def sharpness_panel(fn: Callable, learning_rate: float = 0.05, hidden_size: int 
         "num_steps": w.IntSlider(value=num_steps, min=100, max=3000, step=100, description="GD steps",
                                  continuous_update=False),
     }
-    slider_style(*controls.values())
     runs: list = []
 
     def show(run):
@@ -84,7 +83,6 @@ def density_panel(fn: Callable, num_iters: int = 40, num_probes: int = 4, sigma2
         "sigma2": w.FloatLogSlider(value=sigma2, base=10, min=-7, max=-1, step=0.5, readout_format=".1e",
                                    description="kernel variance σ² (× spectral range²)", continuous_update=False),
     }
-    slider_style(*controls.values())
 
     def summary(d):
         nodes = np.asarray(d.nodes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from workbench.ui import Panel, panel, slider_style
+from workbench.ui import Panel, panel
 
 
 def transport_panel(fn: Callable, problems: Sequence[str], methods: Sequence[str], num_steps: int = 300,
@@ -36,7 +36,6 @@ def transport_panel(fn: Callable, problems: Sequence[str], methods: Sequence[str
         "num_steps": w.IntSlider(value=num_steps, min=50, max=3000, step=50, description="Adam steps",
                                  continuous_update=False),
     }
-    slider_style(*controls.values())
 
     def summary(result):
         return {"problem": result.problem, "method": result.method, "L2-UVP %": result.row.l2_uvp,

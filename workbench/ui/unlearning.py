@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from workbench.ui import Panel, panel, slider_style
+from workbench.ui import Panel, panel
 
 
 def unlearning_panel(fn: Callable[..., Any], methods=("gradient_ascent", "neggrad_plus", "scrub", "ssd",
@@ -36,7 +36,6 @@ def unlearning_panel(fn: Callable[..., Any], methods=("gradient_ascent", "neggra
                                      description="learning rate (or SSD alpha)", continuous_update=False),
         "num_steps": w.IntSlider(value=40, min=5, max=300, step=5, description="steps", continuous_update=False),
     }
-    slider_style(*controls.values())
 
     def summary(result):
         s = result.scores
@@ -72,7 +71,6 @@ def diffusion_panel(fn: Callable[..., Any], methods=("ascent", "remap", "remap_d
                                    description="strength (forget-term weight)", continuous_update=False),
         "num_steps": w.IntSlider(value=200, min=20, max=1000, step=20, description="steps", continuous_update=False),
     }
-    slider_style(*controls.values())
 
     def summary(result):
         r = result.row
