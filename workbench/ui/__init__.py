@@ -176,9 +176,9 @@ class Panel:
         seconds = time.perf_counter() - start
         self.last_error = None
         if diverged is not None:
-            self.status.value = f"<span style='color:#b00'><b>diverged</b>: {html.escape(diverged)}</span>"
+            self.status.value = f"<span style='color:#b00'><b>diverged</b>: {html.escape(diverged, quote=False)}</span>"
         elif judged is not None:
-            self.status.value = f"<span style='color:#c55a00'><b>finished, but</b>: {html.escape(judged)}</span>"
+            self.status.value = f"<span style='color:#c55a00'><b>finished, but</b>: {html.escape(judged, quote=False)}</span>"
         else:
             self.status.value = f"done in {seconds:.1f} s"
         self.history.insert(0, {"values": values, "numbers": numbers, "seconds": seconds, "figure": figure,
@@ -190,7 +190,7 @@ class Panel:
         return result
 
     def _show_notes(self, messages: list[str]) -> None:
-        self.notes.value = "".join(f"<div style='color:#555;font-size:90%'>note: {html.escape(m)}</div>"
+        self.notes.value = "".join(f"<div style='color:#555;font-size:90%'>note: {html.escape(m, quote=False)}</div>"
                                    for m in messages)
 
     def _show_error(self, err: BaseException) -> None:
@@ -262,7 +262,7 @@ def chance_verdict(accuracy: float, chance: float = CHANCE_DIGITS, what: str = "
         e.g. "test accuracy 0.10 is chance level (0.10): the model did not learn; try a smaller
         learning rate", or None when `accuracy` is above twice `chance`.
     """
-    if accuracy > 2 * chance:
+    if not accuracy <= 2 * chance:  # above, or NaN (the panel's non-finite check says so)
         return None
     return f"{what} {accuracy:.2f} is chance level ({chance:.2f}): the model did not learn; {advice}"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from workbench.ui import Panel, panel
+from workbench.ui import Panel, chance_verdict, panel
 
 
 def stream_panel(fn: Callable, steps_per_task: int, task_names, peak_lr: float = 0.3, replay_fraction: float = 0.25,
@@ -23,7 +23,7 @@ def stream_panel(fn: Callable, steps_per_task: int, task_names, peak_lr: float =
         schedule: the initial schedule kind (`continual.SCHEDULES`).
 
     Returns:
-        The `Panel`.
+        The `Panel`; a run whose new-task accuracy stays near chance (digits: 0.1) is flagged.
     """
     import ipywidgets as w
 
@@ -45,5 +45,8 @@ def stream_panel(fn: Callable, steps_per_task: int, task_names, peak_lr: float =
     def show(r):
         return stream_curves({r.name: r.result}, {r.name: r.lrs}, steps_per_task, task_names)
 
-    return panel(fn, controls, show, summary=summary, button_text="Train",
+    def verdict(result):
+        return chance_verdict(result.row.new_final, what="new task's accuracy", advice="try a smaller peak learning rate")
+
+    return panel(fn, controls, show, summary=summary, verdict=verdict, button_text="Train",
                  title="A task switch: accuracy on both tasks at every step")

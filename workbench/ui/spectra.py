@@ -24,7 +24,7 @@ def sharpness_panel(fn: Callable, learning_rate: float = 0.05, hidden_size: int 
         overlay: how many of the latest runs are drawn together (default 4); Clear forgets them.
 
     Returns:
-        The `Panel`; display `panel.widget`.
+        The `Panel`; display `panel.widget`. A diverged run is flagged.
     """
     import ipywidgets as w
 
@@ -47,10 +47,14 @@ def sharpness_panel(fn: Callable, learning_rate: float = 0.05, hidden_size: int 
         return sharpness_vs_threshold(runs[::-1])
 
     def summary(run):
+        ratio = float("nan") if run.diverged else stability_ratio(run).mean  # a diverged run has no ratio
         return {"2/lr": 2 / run.learning_rate, "final sharpness": float(run.history["sharpness"][-1]),
-                "sharpness/(2/lr), last half": stability_ratio(run).mean, "diverged": run.diverged}
+                "sharpness/(2/lr), last half": ratio, "diverged": run.diverged}
 
-    p = panel(fn, controls, show, summary=summary, button_text="Train",
+    def verdict(run):
+        return "the loss blew up (GD diverged); try a smaller learning rate" if run.diverged else None
+
+    p = panel(fn, controls, show, summary=summary, verdict=verdict, button_text="Train",
               title="Full-batch GD: does the sharpness settle at 2/lr?")
     p.on_clear = runs.clear
     return p

@@ -9,6 +9,23 @@ from typing import Any
 from workbench.ui import Panel, panel
 
 
+def retain_verdict(retain_accuracy: float, oracle_retain_accuracy: float) -> str | None:
+    """The verdict on an unlearned model whose retain accuracy fell below half the oracle's.
+
+    Args:
+        retain_accuracy: the unlearned model's accuracy on the retained data.
+        oracle_retain_accuracy: the retrained oracle's.
+
+    Returns:
+        A sentence naming both accuracies and what to try, or None when the model kept at least
+        half the oracle's retain accuracy.
+    """
+    if retain_accuracy >= 0.5 * oracle_retain_accuracy:
+        return None
+    return (f"retain accuracy {retain_accuracy:.2f} is below half the oracle's ({oracle_retain_accuracy:.2f}): "
+            "the model lost its accuracy on the retained data; try a smaller strength")
+
+
 def unlearning_panel(fn: Callable[..., Any], methods=("gradient_ascent", "neggrad_plus", "scrub", "ssd",
                                                       "oracle_matching", "datamodel_matching")) -> Panel:
     """A panel over one unlearning run: method, forget set, strength and steps.
@@ -23,7 +40,7 @@ def unlearning_panel(fn: Callable[..., Any], methods=("gradient_ascent", "neggra
       methods: the method names offered, the first selected.
 
     Returns:
-      The `Panel`.
+      The `Panel`; a run that kept less than half the oracle's retain accuracy is flagged.
     """
     import ipywidgets as w
 
@@ -42,7 +59,10 @@ def unlearning_panel(fn: Callable[..., Any], methods=("gradient_ascent", "neggra
         return {"forget acc": s.forget_accuracy, "retain acc": s.retain_accuracy, "held-out acc": s.test_accuracy,
                 "oracle forget acc": result.oracle.forget_accuracy, "MIA AUC": result.mia_auc}
 
-    return panel(fn, controls, accuracy_bars, summary=summary, button_text="Unlearn",
+    def verdict(result):
+        return retain_verdict(result.scores.retain_accuracy, result.oracle.retain_accuracy)
+
+    return panel(fn, controls, accuracy_bars, summary=summary, verdict=verdict, button_text="Unlearn",
                  title="Unlearn a forget set and compare with the retrained oracle")
 
 
@@ -58,7 +78,7 @@ def diffusion_panel(fn: Callable[..., Any], methods=("ascent", "remap", "remap_d
       methods: the forgetting kinds offered, the last selected.
 
     Returns:
-      The `Panel`.
+      The `Panel`; a run with a non-finite score (a diverged denoiser) is flagged.
     """
     import ipywidgets as w
 
