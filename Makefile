@@ -48,21 +48,26 @@ lab-reset: $(STAMP)
 lab-save: $(STAMP)
 	$(BIN)/python -m workbench lab save $(NAME)
 
-# Every paper as a voila app with interactive=True (see the README's workshop guide).
+# Every paper as a voila page for a class (see the README's workshop guide): each paper is
+# recorded once, pages replay the recording and start their panel on a click.
 # make workshop WORKSHOP_IP=0.0.0.0 serves a classroom network; PAPERS="tour schedule_bounds"
-# serves only those; PREHEAT=1 keeps one executed kernel ready per paper (start it early).
+# serves only those; DAY=day.yaml fixes the day's parameters per paper (its papers are served);
+# PREHEAT=N keeps N kernels per paper with the panel already live; CHECK=1 starts every panel
+# once before serving (a rehearsal).
 WORKSHOP_IP ?= 127.0.0.1
 WORKSHOP_PORT ?= 8866
 WORKSHOP_ARGS ?=
 PAPERS ?=
 PREHEAT ?=
+DAY ?=
+CHECK ?=
 WORKSHOP_STAMP := $(VENV)/.workshop
 $(WORKSHOP_STAMP): $(STAMP)
 	$(PIP_INSTALL) -e '.[dev,workshop]'
 	@touch $(WORKSHOP_STAMP)
 
 workshop: $(WORKSHOP_STAMP)
-	$(BIN)/python -m workbench workshop --serve --ip=$(WORKSHOP_IP) --port=$(WORKSHOP_PORT) $(if $(PREHEAT),--preheat) $(WORKSHOP_ARGS) $(PAPERS)
+	$(BIN)/python -m workbench workshop --serve --ip=$(WORKSHOP_IP) --port=$(WORKSHOP_PORT) $(if $(PREHEAT),--preheat --pool-size=$(PREHEAT)) $(if $(DAY),--parameters=$(DAY)) $(if $(CHECK),--check) $(WORKSHOP_ARGS) $(PAPERS)
 
 workshop-clean:
 	rm -rf workshop

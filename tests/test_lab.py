@@ -168,23 +168,6 @@ def test_save_copy_writes_the_pair_without_outputs(tmp_path, monkeypatch):
         lab.save_copy("tour", tmp_path / "nowhere")
 
 
-def test_workshop_copy_injects_interactive_without_editing_the_paper(tmp_path):
-    paper = registry.get_paper("tour")
-    (tmp_path / "schedule_bounds.ipynb").write_text("{}")  # an app from an earlier workshop
-    with pytest.raises(registry.PaperError, match="no paper named"):
-        workshop.prepare_workshop(tmp_path, ["tour", "tuor"])
-    [path] = workshop.prepare_workshop(tmp_path, ["tour"])
-    assert sorted(p.name for p in tmp_path.glob("*.ipynb")) == ["tour.ipynb"]
-    nb = nbformat.read(path, as_version=4)
-    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert len(injected) == 1 and "interactive = True" in injected[0].source
-    rest = [c.source.strip() for c in nb.cells if c not in injected]
-    assert rest == [c.source.strip() for c in jupytext.read(paper.source).cells]
-    assert workshop.workshop_parameters(paper, "full") == {"interactive": True, "profile": "full", **paper.full}
-    cmd = workshop.voila_command(tmp_path, ip="0.0.0.0", port=9000, preheat=True)
-    assert "--Voila.ip=0.0.0.0" in cmd and "--port=9000" in cmd and "--preheat_kernel=True" in cmd
-
-
 @pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
 def test_make_lab_command_line():
     out = subprocess.run(["make", "-n", "-C", str(REPO), "lab", "LAB_ARGS=--port=9999 --no-browser"],
@@ -245,21 +228,30 @@ def test_lab_subcommands_name_an_unknown_paper(capsys):
 
 
 def test_workshop_subcommand_prepares_then_hands_voila_its_own_flags(tmp_path, monkeypatch, capsys):
-    """`workbench workshop --serve --preheat NAME --Voila.x=1`: the apps are written for NAME, then
-    this process becomes voila with the preheat flags and the flag it does not know passed on."""
+    """`workbench workshop --serve --preheat --pool-size 2 --parameters day.yaml NAME --Voila.x=1`:
+    the pages are prepared with the day's values, then voila serves them with the preheat flags
+    and the flag it does not know passed on."""
     from workbench.run import cli
 
-    executed = []
+    prepared, served = [], []
     monkeypatch.setattr(workshop, "workshop_dir", lambda: tmp_path)
-    monkeypatch.setattr(os, "execv", lambda path, cmd: executed.append(cmd))
-    assert cli.main(["workshop", "--serve", "--preheat", "--port", "9001", "tour",
-                     "--VoilaConfiguration.file_allowlist=.*"]) == 0
-    assert [p.name for p in tmp_path.glob("*.ipynb")] == ["tour.ipynb"]
-    assert "workshop: 1 apps in" in capsys.readouterr().out
-    [cmd] = executed
-    assert cmd[:3] == [sys.executable, "-m", "voila"] and cmd[3] == str(tmp_path)
-    assert "--port=9001" in cmd and "--preheat_kernel=True" in cmd
+    monkeypatch.setattr(workshop, "prepare_workshop", lambda **kw: prepared.append(kw) or [tmp_path / "tour.ipynb"])
+    monkeypatch.setattr(workshop, "serve", lambda cmd, folder, names, port, preheated: served.append(
+        (cmd, names, preheated)) or 0)
+    day = tmp_path / "day.yaml"
+    day.write_text("tour: {steps: 40}\n")
+    assert cli.main(["workshop", "--serve", "--preheat", "--pool-size", "2", "--port", "9001", "--parameters",
+                     str(day), "tour", "--VoilaConfiguration.file_allowlist=.*"]) == 0
+    assert prepared == [{"names": ["tour"], "profile": "quick", "parameters": {"tour": {"steps": 40}},
+                         "presentation": True}]
+    assert "workshop: 1 pages in" in capsys.readouterr().out
+    [(cmd, names, preheated)] = served
+    assert cmd[:3] == [sys.executable, "-m", "voila"] and cmd[3] == str(tmp_path) and names == ["tour"]
+    assert "--port=9001" in cmd and "--preheat_kernel=True" in cmd and "--pool_size=2" in cmd and preheated == 2
     assert cmd[-1] == "--VoilaConfiguration.file_allowlist=.*"
+    day.write_text("tour: 3\n")
+    assert cli.main(["workshop", "--parameters", str(day)]) == 2
+    assert "must map parameter names to values" in capsys.readouterr().err
 
 
 def _workbench_command_lines(text: str) -> list[list[str]]:

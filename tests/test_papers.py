@@ -168,8 +168,8 @@ def test_workshop_overrides_are_range_checked(tmp_path, monkeypatch):
 
     monkeypatch.setenv("WORKBENCH_NOTEBOOKS", str(NOTEBOOKS))
     with pytest.raises(registry.PaperError, match=r"parameter 'learning_rate' must be in \(0, inf\), got -0.01"):
-        workshop.prepare_workshop(tmp_path, ["tour"], overrides={"learning_rate": "-0.01"})
-    assert [p.name for p in workshop.prepare_workshop(tmp_path, ["tour"], overrides={"steps": 3})] == ["tour.ipynb"]
+        workshop.prepare_workshop(tmp_path, ["tour"], parameters={"tour": {"learning_rate": "-0.01"}})
+    assert not any(tmp_path.iterdir())  # refused before anything was written or run
 
 
 def test_run_writes_complete_run_dir_and_is_deterministic(tmp_path):

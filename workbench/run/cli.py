@@ -6,8 +6,9 @@
         [--seeds 0,1,2] [--summary FILE.json]  each paper once per seed, claims tabulated by seed
     run --all [--jobs N]                     every paper
     lab copies | reset [NAME...] | save NAME JupyterLab working copies (`workbench.run.lab`)
-    workshop [--profile P] [--serve] [--preheat] [--ip IP] [--port N] [NAME...]
-                                             every paper as a voila app (`workbench.run.workshop`)
+    workshop [--profile P] [--parameters FILE] [--serve] [--preheat] [--pool-size N]
+             [--cull-minutes M] [--check] [--all-output] [--ip IP] [--port N] [NAME...]
+                                             every paper as a voila page (`workbench.run.workshop`)
 
 Errors in a request (unknown paper or parameter, a value of the wrong type or outside the range or
 choices its paper declares) exit with status 2 and a message, before anything runs (no run
@@ -195,25 +196,40 @@ def cmd_lab(args) -> int:
 
 
 def cmd_workshop(args) -> int:
-    """`workbench workshop`: write `workshop/` and, with `--serve`, replace this process by voila.
+    """`workbench workshop`: record the papers, write their pages to `workshop/` and, with
+    `--serve`, serve them with voila, saying when the workshop is ready.
 
     Args:
         args: the parsed command line (`argparse.Namespace` from `build_parser`); `args.extra` holds
             flags passed on to voila.
 
     Returns:
-        The exit status: 0 on success.
+        The exit status: 0 on success (after the server stops, with `--serve`).
+
+    Raises:
+        PaperError: a paper or parameter refused, or a recording that failed.
     """
     from workbench.run import workshop
 
-    written = workshop.prepare_workshop(names=args.names, profile=args.profile)
-    print(f"workshop: {len(written)} apps in {workshop.workshop_dir()}")
-    if args.serve:
-        import os
-
-        cmd = workshop.voila_command(workshop.workshop_dir(), args.ip, args.port, args.preheat, args.extra)
-        os.execv(cmd[0], cmd)
-    return 0
+    values = workshop.load_workshop_file(args.parameters) if args.parameters else None
+    written = workshop.prepare_workshop(names=args.names, profile=args.profile, parameters=values,
+                                        presentation=not args.all_output)
+    folder = workshop.workshop_dir()
+    print(f"workshop: {len(written)} pages in {folder}", flush=True)
+    if args.check:
+        failed = {}
+        for name, error in workshop.check_pages(folder, [p.stem for p in written]).items():
+            print(f"check {name}: {'panel starts' if error is None else 'FAILED: ' + error}", flush=True)
+            if error is not None:
+                failed[name] = error
+        if failed:
+            return 1
+    if not args.serve:
+        return 0
+    cmd = workshop.voila_command(folder, args.ip, args.port, args.preheat, args.extra,
+                                 pool_size=args.pool_size, cull_minutes=args.cull_minutes)
+    return workshop.serve(cmd, folder, [p.stem for p in written], args.port,
+                          args.pool_size if args.preheat else 0)
 
 
 def _report(i: int, total: int, result) -> None:
@@ -341,13 +357,23 @@ def build_parser() -> argparse.ArgumentParser:
     save = lab_sub.add_parser("save", help="make the lab copy of a paper the committed paper")
     save.add_argument("name")
     lab_parser.set_defaults(func=cmd_lab)
-    shop = sub.add_parser("workshop", help="write workshop/ (interactive copies of the papers) and serve it")
+    shop = sub.add_parser("workshop", help="record the papers, write their pages to workshop/ and serve them")
     shop.add_argument("names", nargs="*", metavar="NAME")
     shop.add_argument("--profile", default="quick", choices=registry.PROFILES)
+    shop.add_argument("--parameters", metavar="FILE",
+                      help="YAML: the day's values per paper ({paper: {parameter: value}}); its papers are "
+                           "served when no NAME is given")
     shop.add_argument("--serve", action="store_true", help="then serve them with voila")
     shop.add_argument("--ip", default="127.0.0.1", help="address to listen on (0.0.0.0: every network)")
     shop.add_argument("--port", type=int, default=8866)
-    shop.add_argument("--preheat", action="store_true", help="keep one executed kernel ready per paper")
+    shop.add_argument("--preheat", action="store_true", help="keep kernels with a started panel ready per paper")
+    shop.add_argument("--pool-size", type=int, default=1, help="preheated kernels per paper (with --preheat)")
+    shop.add_argument("--cull-minutes", type=float, default=20,
+                      help="shut down kernels of closed pages idle this long (0: never)")
+    shop.add_argument("--check", action="store_true",
+                      help="start every page's panel once, as a rehearsal, before serving")
+    shop.add_argument("--all-output", action="store_true",
+                      help="show every recorded output (raw dicts, logs, warnings) instead of the participants' view")
     shop.set_defaults(func=cmd_workshop)
     return parser
 

@@ -22,12 +22,15 @@ compile about as fast as they load.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
 ENV = "WORKBENCH_JAX_CACHE"
 OFF = ("off", "0", "false", "no", "none")
 MIN_COMPILE_SECONDS = 0.1
+JAX_ENV = "JAX_COMPILATION_CACHE_DIR"
+OURS_ENV = "WORKBENCH_JAX_CACHE_SET"  # the folder enable() itself put in JAX_ENV (inherited by children)
 
 
 class CacheInfo(NamedTuple):
@@ -73,16 +76,20 @@ def enable() -> Path | None:
     Takes effect for programs compiled after the call, so it belongs before the first
     computation (it is part of `import workbench`). A folder the user already gave JAX wins.
     Calling it again follows a changed `WORKBENCH_JAX_CACHE` (and switches the cache off when it
-    now says off).
+    now says off). When JAX is not imported yet, the folder is set through JAX's environment
+    variables, which JAX reads on import: `import workbench` does not import JAX (a workshop page
+    that never computes stays a small process).
 
     Returns:
         The cache folder in use (the user's own JAX setting if there is one), or None when off.
     """
     global _source
+    if "jax" not in sys.modules:
+        return _enable_before_jax()
     import jax
 
     own = jax.config.jax_compilation_cache_dir
-    if own and _source != "workbench":
+    if own and _source != "workbench" and own != os.environ.get(OURS_ENV):
         _source = "jax"
         return Path(own)
     path = requested_dir()
@@ -93,6 +100,25 @@ def enable() -> Path | None:
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    _source = "workbench"
+    return path
+
+
+def _enable_before_jax() -> Path | None:
+    """`enable()` before JAX is imported: the same choice, written where JAX reads it on import."""
+    global _source
+    own = os.environ.get(JAX_ENV)
+    if own and own != os.environ.get(OURS_ENV):
+        _source = "jax"
+        return Path(own)
+    path = requested_dir()
+    if path is None:
+        if own:  # ours, inherited from a parent process: off means off
+            del os.environ[JAX_ENV]
+        _source = "off"
+        return None
+    os.environ[JAX_ENV] = os.environ[OURS_ENV] = str(path)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(MIN_COMPILE_SECONDS)
     _source = "workbench"
     return path
 

@@ -1,23 +1,42 @@
-"""Workshops: every paper served as a voila app.
+"""Workshops: every paper served as a voila page a class can open at once.
 
-`make workshop` writes `workshop/NAME.ipynb` for every paper: the committed
-notebook with `interactive = True` (and the profile) injected by papermill's parameter injection
-(`prepare_only`: nothing is executed, the paper itself is not edited), then serves the folder
-with voila. Voila runs each visitor's page in a fresh kernel; reloading the page resets it.
-`voila_command(..., preheat=True)` (`--preheat`) keeps one executed kernel ready per paper
-(voila's preheated kernels), so the first visitor of a paper does not wait for its computation.
+`make workshop` (`prepare_workshop`) first *records* each paper once: it runs the paper with the
+workshop's parameters (the profile, and the teacher's per-paper values from a parameter file)
+into `workshop/.runs/`, unless a recording of the same paper source with the same parameters is
+already there. From the recorded run it writes a page (`workshop/NAME.ipynb` and its page file
+`workshop/.pages/NAME.json`, `workbench.run.page`): the paper's text with its recorded outputs
+replayed, and the exploration panel started only when a participant clicks (or at once in a
+kernel voila preheats). A visitor's kernel therefore starts in about a second and holds tens of
+MB until its panel starts, instead of recomputing the paper for every arrival.
 
-CLI: `python -m workbench workshop [--profile] [--serve] [--preheat] [NAME...]`.
+`voila_command` serves the folder with a listing by paper title (a voila template written next to
+the pages, `listing_html`), idle kernels culled, and an optional pool of preheated kernels per
+paper. Preparing again resets the workshop (pages of papers not asked for are removed); a failed
+recording is reported and its paper is not served, and a good earlier recording is never
+replaced by a failed one.
+
+CLI: `python -m workbench workshop [--profile] [--parameters FILE] [--serve] [--preheat]
+[--pool-size N] [--cull-minutes M] [--all-output] [NAME...]`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import html
+import json
+import os
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from workbench.run import page as pages
 from workbench.run import papers as registry
-from workbench.run.lab import inject_parameters
+
+PAGES_DIR = ".pages"
+RUNS_DIR = ".runs"
+TEMPLATE_ROOT = ".voila"  # a Jupyter data folder holding the listing template
+TEMPLATE_NAME = "workbench"
 
 
 def workshop_dir() -> Path:
@@ -29,90 +48,435 @@ def workshop_dir() -> Path:
     return registry.repo_root() / "workshop"
 
 
-def workshop_parameters(paper: registry.Paper, profile: str = "quick") -> dict[str, Any]:
-    """What papermill injects into a workshop copy: `interactive`, the profile, and the profile's
-    overrides (only values that differ from the notebook's defaults).
+def workshop_parameters(paper: registry.Paper, profile: str = "quick",
+                        values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The resolved parameters a paper is recorded with for a workshop (`interactive` off: the
+    recording has no panel; the page starts one).
 
     Args:
         paper: the paper.
         profile: "quick" (default) or "full".
+        values: the teacher's values for this paper by parameter name (checked for type and
+            allowed values); None for none.
 
     Returns:
-        The parameters to inject, by name: `interactive` (True), `profile`, and every value the
-        profile changes.
+        Every parameter's value by name.
 
     Raises:
-        PaperError: an unknown profile.
+        PaperError: an unknown profile or parameter, or a value of the wrong type or outside its
+            allowed values.
     """
-    values = registry.resolve_parameters(paper, {"interactive": True}, profile)
-    return {k: v for k, v in values.items()
-            if k in ("interactive", "profile") or v != paper.parameters[k].default}
+    return registry.resolve_parameters(paper, {**(values or {}), "interactive": False}, profile)
 
 
-def prepare_workshop(folder: Path | None = None, names: list[str] | None = None, profile: str = "quick",
-                     overrides: dict[str, Any] | None = None) -> list[Path]:
-    """Write `folder/NAME.ipynb` (default `workshop/`) for each paper with `interactive = True`
-    injected; every file is rewritten and apps of papers not asked for are removed, so preparing
-    again resets the workshop.
+def load_workshop_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The teacher's parameters for the day: a YAML mapping of paper names to parameter values.
 
     Args:
-        folder: where the apps go; None means `workshop/`.
-        names: the papers; None (or empty) means every paper.
-        profile: the profile injected, "quick" (default) or "full".
-        overrides: further parameter values by name (checked for type and allowed values); None
-            for none.
+        path: the file, e.g. `{hessian_spectrum: {num_examples: 150}, tour: {steps: 300}}`.
 
     Returns:
-        The notebooks written, in the order of `names`.
+        The values by paper name (checked when the workshop is prepared).
 
     Raises:
-        PaperError: a name that is not a paper (checked before anything is written), an unknown
-            profile or parameter, or a value of the wrong type or outside its allowed values.
+        PaperError: a missing file, or content that is not a mapping of mappings.
+    """
+    content = registry.load_parameter_file(path)
+    for name, values in content.items():
+        if not isinstance(values, dict):
+            raise registry.PaperError(f"{path}: the entry of {name!r} must map parameter names to values, "
+                                      f"got {values!r}")
+    return content
+
+
+def listing_entry(paper: registry.Paper) -> tuple[str, str]:
+    """A paper's line in the listing: its title and a one-line description.
+
+    Args:
+        paper: the paper.
+
+    Returns:
+        (title, description): the title before " - " and what follows it; for a title without
+        one, the title and the first sentence of the paper's introduction.
+    """
+    if " - " in paper.title:
+        title, rest = paper.title.split(" - ", 1)
+        return title.strip(), rest.strip()[:1].upper() + rest.strip()[1:]
+    import jupytext
+
+    text = next((c.source for c in jupytext.read(paper.source).cells if c.cell_type == "markdown"), "")
+    body = " ".join(line for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    first = body.split(". ")[0].replace("*", "").strip()
+    return paper.title, (first if len(first) < 200 else first[:197] + "...")
+
+
+def _source_digest(paper: registry.Paper) -> str:
+    return hashlib.sha256(paper.source.read_bytes()).hexdigest()[:16]
+
+
+def _code_cells(nb) -> list:
+    """The paper's code cells other than its parameters cell (and papermill's injected one)."""
+    return [c for c in nb.cells if c.cell_type == "code"
+            and not {"parameters", "injected-parameters"} & set(c.metadata.get("tags", []))]
+
+
+def write_page(paper: registry.Paper, recorded: Path, params: dict[str, Any], folder: Path,
+               presentation: bool = True) -> Path:
+    """Write `folder/NAME.ipynb` and its page file from a recorded run of `paper`.
+
+    Args:
+        paper: the paper.
+        recorded: the executed notebook of a successful run of `paper` with `params`.
+        params: the parameters it ran with.
+        folder: the workshop folder.
+        presentation: leave out raw dicts, command-line hints and stderr, and turn warnings into
+            notes (default on); False replays every output.
+
+    Returns:
+        The page notebook written.
+
+    Raises:
+        PaperError: the recording's code cells are not the paper's (the paper changed since).
     """
     import jupytext
     import nbformat
 
+    source_nb = jupytext.read(paper.source)
+    ran = nbformat.read(recorded, as_version=4)
+    cells, ran_cells = _code_cells(source_nb), _code_cells(ran)
+    if [c.source for c in cells] != [c.source for c in ran_cells]:
+        raise registry.PaperError(f"{recorded} is not a recording of the current {paper.name} (its code differs)")
+    sources = [c.source for c in cells]
+    panels = [i for i, s in enumerate(sources) if s.lstrip().startswith(pages.PANEL_MARK)]
+    setup = pages.setup_cells(sources, panels, given=set(params))
+    outputs, notes = {}, {}
+    for i, cell in enumerate(ran_cells):
+        cell_notes: dict[str, list] = {}
+        shown = (pages.presentable_outputs(cell.get("outputs", []), cell.source, cell_notes)
+                 if presentation else list(cell.get("outputs", [])))
+        if shown:
+            outputs[str(i)] = shown
+        if cell_notes:
+            notes[str(i)] = list(cell_notes.values())
+    seconds = sum(float(ran_cells[i].metadata.get("papermill", {}).get("duration") or 0) for i in setup)
+    spec = {"paper": paper.name, "title": paper.title, "parameters": {**params, "interactive": True},
+            "outputs": outputs, "notes": notes, "panels": [str(i) for i in panels],
+            "setup": [[i, sources[i]] for i in setup], "setup_seconds": round(seconds, 1),
+            "source_digest": _source_digest(paper), "recorded": str(recorded), "presentation": presentation,
+            "recorded_parameters": params}
+    (folder / PAGES_DIR).mkdir(parents=True, exist_ok=True)
+    spec_path = (folder / PAGES_DIR / f"{paper.name}.json").resolve()
+    spec_path.write_text(json.dumps(spec) + "\n")
+
+    out = nbformat.v4.new_notebook(metadata={"kernelspec": source_nb.metadata.get("kernelspec", {}),
+                                             "title": listing_entry(paper)[0]})
+    out.cells.append(nbformat.v4.new_code_cell(
+        f"from workbench.run import page as _page_module\n_page = _page_module.load({str(spec_path)!r})"))
+    code_index = 0
+    for cell in source_nb.cells:
+        if cell.cell_type == "markdown":
+            text = pages.presentable_markdown(cell.source) if presentation else cell.source
+            out.cells.append(nbformat.v4.new_markdown_cell(text))
+        elif cell.cell_type == "code" and "parameters" not in cell.metadata.get("tags", []):
+            if code_index in panels:
+                out.cells.append(nbformat.v4.new_code_cell(f"_page.panel({code_index})"))
+            elif str(code_index) in outputs or str(code_index) in notes:
+                out.cells.append(nbformat.v4.new_code_cell(f"_page.replay({code_index})"))
+            code_index += 1
+    path = folder / f"{paper.name}.ipynb"
+    nbformat.write(out, path)
+    return path
+
+
+def _recording(paper: registry.Paper, params: dict[str, Any], folder: Path) -> Path | None:
+    """The executed notebook of this workshop's recording of `paper` with `params`, when the page
+    file says one of the current source exists."""
+    spec_path = folder / PAGES_DIR / f"{paper.name}.json"
+    if not spec_path.is_file():
+        return None
+    try:
+        spec = json.loads(spec_path.read_text())
+    except ValueError:
+        return None
+    recorded = Path(spec.get("recorded", ""))
+    if (spec.get("recorded_parameters") == json.loads(json.dumps(params))
+            and spec.get("source_digest") == _source_digest(paper) and recorded.is_file()):
+        return recorded
+    return None
+
+
+def prepare_workshop(folder: Path | None = None, names: list[str] | None = None, profile: str = "quick",
+                     parameters: Mapping[str, Mapping[str, Any]] | None = None, presentation: bool = True,
+                     echo: Callable[[str], Any] = print) -> list[Path]:
+    """Record each paper (unless this workshop already recorded it with the same source and
+    parameters) and write its page; pages of papers not asked for are removed.
+
+    Args:
+        folder: where the pages go; None means `workshop/`.
+        names: the papers; None (or empty) means the papers named in `parameters`, or every paper.
+        profile: the profile recorded, "quick" (default) or "full".
+        parameters: the teacher's values by paper name, then parameter name; None for none.
+        presentation: participants' pages (default) or every output (`write_page`).
+        echo: where progress lines go (default `print`).
+
+    Returns:
+        The page notebooks written, in the order of `names`.
+
+    Raises:
+        PaperError: a name that is not a paper, or a parameter value refused (all checked before
+            anything is written or run); or, after the other pages are written, the papers whose
+            recording failed (their earlier pages are removed, never served stale).
+    """
+    from workbench.run import runner
+
     folder = Path(folder) if folder is not None else workshop_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    parameters = dict(parameters or {})
     papers = registry.discover()
-    names = names or list(papers)
-    for name in names:
+    names = list(names or parameters or papers)
+    for name in [*names, *parameters]:
         registry.get_paper(name, papers)  # every name checked before anything is written
-    for stale in folder.glob("*.ipynb"):
+    unused = set(parameters) - set(names)
+    if unused:
+        raise registry.PaperError(f"the parameter file sets {sorted(unused)}, which this workshop does not serve")
+    plans = {name: workshop_parameters(registry.get_paper(name, papers), profile, parameters.get(name))
+             for name in names}
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in [*folder.glob("*.ipynb"), *folder.glob(f"{PAGES_DIR}/*.json")]:
         if stale.stem not in names:
             stale.unlink()
-    written = []
-    for name in names:
+    written, failed = [], []
+    for i, name in enumerate(names, 1):
         paper = registry.get_paper(name, papers)
-        params = workshop_parameters(paper, profile)
-        params.update({k: registry.check_value(paper.parameters[k], v) for k, v in (overrides or {}).items()})
-        nb = inject_parameters(jupytext.read(paper.source), params)
-        nb.metadata.pop("jupytext", None)  # a served copy, not a pair
-        path = folder / f"{name}.ipynb"
-        nbformat.write(nb, path)
-        written.append(path)
+        recorded = _recording(paper, plans[name], folder)
+        if recorded is None:
+            echo(f"[{i}/{len(names)}] recording {name} ({profile} profile"
+                 + (f", about {paper.quick_seconds:.0f} s" if profile == "quick" and paper.quick_seconds else "")
+                 + ")...")
+            result = runner.run_paper(paper, plans[name], folder / RUNS_DIR)
+            if not result.ok:
+                failed.append(f"{name}: {result.error.splitlines()[-1] if result.error else 'failed'} "
+                              f"(traceback: {result.path / 'error.txt'})")
+                for old in (folder / f"{name}.ipynb", folder / PAGES_DIR / f"{name}.json"):
+                    old.unlink(missing_ok=True)
+                continue
+            recorded = result.path / f"{name}.ipynb"
+        else:
+            echo(f"[{i}/{len(names)}] {name}: recorded earlier with these parameters")
+        written.append(write_page(paper, recorded, plans[name], folder, presentation))
+    write_listing(folder, [n for n in names if (folder / f"{n}.ipynb").exists()], papers)
+    if failed:
+        raise registry.PaperError("recording failed, so these papers are not served:\n  " + "\n  ".join(failed))
     return written
 
 
+def listing_html(entries: list[tuple[str, str, str]]) -> str:
+    """The listing page's body: one link per paper, by title, with its description.
+
+    Args:
+        entries: (notebook file name, title, description) per paper, in order.
+
+    Returns:
+        A voila tree template (Jinja, extending the lab template's page) listing them.
+    """
+    items = "\n".join(
+        f"<li><a href=\"{{{{ base_url }}}}voila/render/{html.escape(file)}\">"
+        f"<span class=\"wb-title\">{html.escape(title)}</span>"
+        f"<span class=\"wb-description\">{html.escape(description)}</span></a></li>"
+        for file, title, description in entries)
+    return ("{% extends \"page.html\" %}\n{% block title %}Workshop papers{% endblock %}\n"
+            "{% block stylesheets %}{{ super() }}<style>"
+            "body{font-family:system-ui,sans-serif;background:#f7f7f7;margin:0}"
+            "main{max-width:860px;margin:40px auto;padding:0 16px}"
+            "h1{font-size:1.6em;margin-bottom:4px} p.wb-lead{color:#444;margin-top:0}"
+            "ul.wb-papers{list-style:none;padding:0} ul.wb-papers li{margin:10px 0}"
+            "ul.wb-papers a{display:block;padding:12px 16px;background:#fff;border:1px solid #ccc;"
+            "border-radius:6px;text-decoration:none;color:#111}"
+            "ul.wb-papers a:hover,ul.wb-papers a:focus{border-color:#1976d2;outline:2px solid #1976d2}"
+            ".wb-title{display:block;font-weight:600;font-size:1.1em}"
+            ".wb-description{display:block;color:#555;margin-top:3px}</style>{% endblock %}\n"
+            "{% block body %}<main><h1>Workshop papers</h1>"
+            "<p class=\"wb-lead\">Open a paper: its text and figures show at once; its panel starts "
+            "when you click <b>Start the panel</b>.</p>"
+            f"<ul class=\"wb-papers\">\n{items}\n</ul></main>{{% endblock %}}\n")
+
+
+def write_listing(folder: Path, names: list[str], papers: dict[str, registry.Paper] | None = None) -> Path:
+    """Write the voila template whose tree page lists the served papers by title.
+
+    Args:
+        folder: the workshop folder.
+        names: the papers served, in order.
+        papers: the paper registry; None discovers it.
+
+    Returns:
+        The template folder (`folder/.voila/voila/templates/workbench`).
+    """
+    papers = papers or registry.discover()
+    entries = [(f"{n}.ipynb", *listing_entry(papers[n])) for n in names]
+    template = folder / TEMPLATE_ROOT / "voila" / "templates" / TEMPLATE_NAME
+    template.mkdir(parents=True, exist_ok=True)
+    (template / "conf.json").write_text(json.dumps({"base_template": "lab"}) + "\n")
+    (template / "tree.html").write_text(listing_html(entries))
+    return template
+
+
+def voila_environment(folder: Path) -> dict[str, str]:
+    """The environment voila runs in: this one, with the listing template's Jupyter data folder
+    first on `JUPYTER_PATH`.
+
+    Args:
+        folder: the workshop folder.
+
+    Returns:
+        The environment variables.
+    """
+    extra = str((Path(folder) / TEMPLATE_ROOT).resolve())
+    current = os.environ.get("JUPYTER_PATH")
+    return {**os.environ, "JUPYTER_PATH": extra + (os.pathsep + current if current else "")}
+
+
 def voila_command(folder: Path, ip: str = "127.0.0.1", port: int = 8866, preheat: bool = False,
-                  extra: list[str] | None = None) -> list[str]:
-    """The voila command line serving every notebook in `folder` (a listing page, one app each).
+                  extra: list[str] | None = None, pool_size: int = 1, cull_minutes: float = 20) -> list[str]:
+    """The voila command line serving every page in `folder` (run it in `voila_environment`).
 
     Args:
         folder: the workshop folder (`prepare_workshop`'s).
         ip: the address to listen on; "127.0.0.1" (default) is this machine only, "0.0.0.0" every
             network.
         port: the port (default 8866).
-        preheat: keep one executed kernel ready per paper instead of rendering cells as they
-            finish (default off).
+        preheat: keep `pool_size` kernels per paper with the panel already started (default off).
         extra: further voila flags appended as given; None for none.
+        pool_size: preheated kernels per paper (default 1; only with `preheat`).
+        cull_minutes: a kernel whose page was closed (or lost its connection) and that has been
+            idle this long is shut down (default 20; 0 never culls).
 
     Returns:
         The argument list, starting with this Python interpreter (`sys.executable -m voila`).
+
+    Raises:
+        ValueError: a pool size below 1 or negative minutes.
     """
+    if pool_size < 1 or cull_minutes < 0:
+        raise ValueError(f"pool_size must be at least 1 and cull_minutes at least 0, got {pool_size} and {cull_minutes}")
     cmd = [sys.executable, "-m", "voila", str(folder), f"--Voila.ip={ip}", f"--port={port}",
-           "--no-browser", "--show_tracebacks=True", "--theme=light"]
-    # A preheated kernel has executed the paper before the visitor comes; without one, the page
+           "--no-browser", "--show_tracebacks=True", "--theme=light", f"--template={TEMPLATE_NAME}",
+           "--classic_tree=True"]
+    # A preheated kernel has executed the page before the visitor comes; without one, the page
     # shows each cell as it finishes (the two are exclusive in voila).
-    cmd += ["--preheat_kernel=True", "--pool_size=1"] if preheat else ["--progressive_rendering=True"]
+    cmd += ["--preheat_kernel=True", f"--pool_size={pool_size}"] if preheat else ["--progressive_rendering=True"]
+    if cull_minutes:
+        cmd += [f"--MappingKernelManager.cull_idle_timeout={int(cull_minutes * 60)}",
+                "--MappingKernelManager.cull_interval=60", "--MappingKernelManager.cull_connected=False"]
     return cmd + list(extra or [])
+
+
+def check_pages(folder: Path, names: list[str], timeout: float = 900) -> dict[str, str | None]:
+    """Execute each page as a preheated kernel would (its panel started at once) and report what
+    failed: a rehearsal of the workshop before the class comes (`workbench workshop --check`).
+
+    Args:
+        folder: the workshop folder.
+        names: the papers to check (their pages must exist).
+        timeout: seconds allowed per cell (default 900).
+
+    Returns:
+        By paper: None when the page ran and its panel started, else the error.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    results: dict[str, str | None] = {}
+    saved = os.environ.get("VOILA_PREHEAT")
+    os.environ["VOILA_PREHEAT"] = "True"
+    try:
+        for name in names:
+            nb = nbformat.read(Path(folder) / f"{name}.ipynb", as_version=4)
+            try:
+                NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                               resources={"metadata": {"path": str(folder)}}).execute()
+            except Exception as err:  # a failing cell: reported, the next paper still checked
+                results[name] = pages.plain_message(str(err).strip().splitlines()[-1])
+                continue
+            errors = [line for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr"
+                      for line in o.get("text", "").splitlines() if line.startswith(pages.START_FAILED)]
+            results[name] = errors[0] if errors else None
+    finally:
+        if saved is None:
+            os.environ.pop("VOILA_PREHEAT", None)
+        else:
+            os.environ["VOILA_PREHEAT"] = saved
+    return results
+
+
+def preheated_ready(folder: Path) -> dict[str, int]:
+    """How many preheated kernels of each paper have their panel live (their page leaves a marker
+    file; markers of kernels that have exited are not counted).
+
+    Args:
+        folder: the workshop folder.
+
+    Returns:
+        Live preheated kernels by paper name.
+    """
+    from workbench.run.runner import _pid_alive
+
+    counts: dict[str, int] = {}
+    for marker in (Path(folder) / PAGES_DIR / pages.READY_DIR).glob("*-*"):
+        name, pid = marker.name.rsplit("-", 1)
+        if pid.isdigit() and _pid_alive(int(pid)):
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def serve(cmd: list[str], folder: Path, names: list[str], port: int, preheated: int = 0,
+          echo: Callable[[str], Any] = print, poll_seconds: float = 1.0) -> int:
+    """Run voila (`voila_command`'s `cmd`) until it stops, telling the teacher when the workshop
+    is ready: when voila answers and, with preheating, when every paper has `preheated` kernels
+    whose panel is live.
+
+    Args:
+        cmd: the voila command line.
+        folder: the workshop folder.
+        names: the papers served.
+        port: the port voila listens on (for the address printed).
+        preheated: preheated kernels per paper to wait for (0: none).
+        echo: where the readiness lines go (default `print`).
+        poll_seconds: how often to look (default 1).
+
+    Returns:
+        voila's exit status (0 after Ctrl-C).
+    """
+    import shutil
+    import subprocess
+    import time
+    import urllib.request
+
+    shutil.rmtree(Path(folder) / PAGES_DIR / pages.READY_DIR, ignore_errors=True)
+    proc = subprocess.Popen(cmd, env=voila_environment(folder))
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        while proc.poll() is None:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                time.sleep(poll_seconds)
+        if proc.poll() is None:
+            echo(f"READY: {len(names)} pages served at {url} (on the classroom network: this machine's address, "
+                 f"port {port})" + (f"; preheating {preheated} kernel(s) per paper..." if preheated else ""))
+        reported = -1
+        while preheated and proc.poll() is None:
+            counts = preheated_ready(folder)
+            done = sum(min(counts.get(n, 0), preheated) for n in names)
+            if done != reported:
+                reported = done
+                echo(f"preheated panels live: {done} of {preheated * len(names)}")
+            if done >= preheated * len(names):
+                echo("READY: every paper has its preheated panels live")
+                break
+            time.sleep(poll_seconds)
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+        return 0
