@@ -93,7 +93,8 @@ def test_page_replays_the_recording_and_its_panel_starts(fixture_papers, tmp_pat
     lines.clear()
     workshop.prepare_workshop(tmp_path, ["panel_paper"], echo=lines.append)
     assert lines[0].startswith("[1/1] recording")
-    assert workshop.check_pages(tmp_path, ["panel_paper"]) == {"panel_paper": None}
+    [(name, check)] = workshop.check_pages(tmp_path, ["panel_paper"]).items()
+    assert name == "panel_paper" and check.error is None and 20 < check.memory_mb < 1000
     # a failed recording is reported and its page removed, never served stale
     with pytest.raises(registry.PaperError, match="panel_paper: RuntimeError: this recording fails on purpose"):
         workshop.prepare_workshop(tmp_path, ["panel_paper"], parameters={"panel_paper": {"fail": True}},

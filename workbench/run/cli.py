@@ -218,10 +218,12 @@ def cmd_workshop(args) -> int:
     print(f"workshop: {len(written)} pages in {folder}", flush=True)
     if args.check:
         failed = {}
-        for name, error in workshop.check_pages(folder, [p.stem for p in written]).items():
-            print(f"check {name}: {'panel starts' if error is None else 'FAILED: ' + error}", flush=True)
-            if error is not None:
-                failed[name] = error
+        for name, check in workshop.check_pages(folder, [p.stem for p in written]).items():
+            print(f"check {name}: " + (f"panel starts; its kernel holds {check.memory_mb:.0f} MB with the panel "
+                                       f"live ({check.seconds:.0f} s)" if check.error is None
+                                       else f"FAILED: {check.error}"), flush=True)
+            if check.error is not None:
+                failed[name] = check.error
         if failed:
             return 1
     if not args.serve:

@@ -28,7 +28,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from workbench.run import page as pages
 from workbench.run import papers as registry
@@ -184,8 +184,18 @@ def write_page(paper: registry.Paper, recorded: Path, params: dict[str, Any], fo
                 out.cells.append(nbformat.v4.new_code_cell(f"_page.replay({code_index})"))
             code_index += 1
     path = folder / f"{paper.name}.ipynb"
+    _notary(folder).sign(out)  # trusted: voila shows its outputs without a warning
     nbformat.write(out, path)
     return path
+
+
+def _notary(folder: Path):
+    """The signature store of this workshop's pages (in `folder/.voila`, not the user's own)."""
+    from nbformat.sign import NotebookNotary
+
+    data = (Path(folder) / TEMPLATE_ROOT).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    return NotebookNotary(data_dir=str(data))
 
 
 def _recording(paper: registry.Paper, params: dict[str, Any], folder: Path) -> Path | None:
@@ -358,9 +368,12 @@ def voila_command(folder: Path, ip: str = "127.0.0.1", port: int = 8866, preheat
     """
     if pool_size < 1 or cull_minutes < 0:
         raise ValueError(f"pool_size must be at least 1 and cull_minutes at least 0, got {pool_size} and {cull_minutes}")
+    data = (Path(folder) / TEMPLATE_ROOT).resolve()
     cmd = [sys.executable, "-m", "voila", str(folder), f"--Voila.ip={ip}", f"--port={port}",
            "--no-browser", "--show_tracebacks=True", "--theme=light", f"--template={TEMPLATE_NAME}",
-           "--classic_tree=True"]
+           "--classic_tree=True", f"--NotebookNotary.data_dir={data}",
+           # kernels talk to voila over local sockets, not TCP: nothing to eavesdrop on the network
+           "--KernelManager.transport=ipc", f"--KernelManager.ip={data / 'kernel'}"]
     # A preheated kernel has executed the page before the visitor comes; without one, the page
     # shows each cell as it finishes (the two are exclusive in voila).
     cmd += ["--preheat_kernel=True", f"--pool_size={pool_size}"] if preheat else ["--progressive_rendering=True"]
@@ -370,9 +383,24 @@ def voila_command(folder: Path, ip: str = "127.0.0.1", port: int = 8866, preheat
     return cmd + list(extra or [])
 
 
-def check_pages(folder: Path, names: list[str], timeout: float = 900) -> dict[str, str | None]:
+class PageCheck(NamedTuple):
+    """A page executed as a preheated kernel would: the error (None when its panel started), the
+    kernel's resident memory in MB with the panel live, and the seconds it took."""
+
+    error: str | None
+    memory_mb: float
+    seconds: float
+
+
+MEMORY_PROBE = ("from pathlib import Path as _P\n"
+                "print('workbench-kernel-rss-kb', [l.split()[1] for l in _P('/proc/self/status').read_text()"
+                ".splitlines() if l.startswith('VmRSS:')][0])")
+
+
+def check_pages(folder: Path, names: list[str], timeout: float = 900) -> dict[str, PageCheck]:
     """Execute each page as a preheated kernel would (its panel started at once) and report what
-    failed: a rehearsal of the workshop before the class comes (`workbench workshop --check`).
+    failed and the memory each kernel holds: a rehearsal of the workshop before the class comes
+    (`workbench workshop --check`), and the numbers for sizing the machine.
 
     Args:
         folder: the workshop folder.
@@ -380,26 +408,32 @@ def check_pages(folder: Path, names: list[str], timeout: float = 900) -> dict[st
         timeout: seconds allowed per cell (default 900).
 
     Returns:
-        By paper: None when the page ran and its panel started, else the error.
+        A `PageCheck` by paper (memory 0 where /proc is not available).
     """
+    import time
+
     import nbformat
     from nbclient import NotebookClient
 
-    results: dict[str, str | None] = {}
+    results: dict[str, PageCheck] = {}
     saved = os.environ.get("VOILA_PREHEAT")
     os.environ["VOILA_PREHEAT"] = "True"
     try:
         for name in names:
             nb = nbformat.read(Path(folder) / f"{name}.ipynb", as_version=4)
+            nb.cells.append(nbformat.v4.new_code_cell(MEMORY_PROBE))
+            start = time.perf_counter()
+            error = None
             try:
                 NotebookClient(nb, timeout=timeout, kernel_name="python3",
                                resources={"metadata": {"path": str(folder)}}).execute()
             except Exception as err:  # a failing cell: reported, the next paper still checked
-                results[name] = pages.plain_message(str(err).strip().splitlines()[-1])
-                continue
-            errors = [line for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr"
-                      for line in o.get("text", "").splitlines() if line.startswith(pages.START_FAILED)]
-            results[name] = errors[0] if errors else None
+                error = pages.plain_message(str(err).strip().splitlines()[-1])
+            lines = [line for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "stream"
+                     for line in o.get("text", "").splitlines()]
+            error = error or next((line for line in lines if line.startswith(pages.START_FAILED)), None)
+            kb = next((line.split()[-1].strip("'") for line in lines if line.startswith("workbench-kernel-rss-kb")), "0")
+            results[name] = PageCheck(error, round(int(kb) / 1024, 1), round(time.perf_counter() - start, 1))
     finally:
         if saved is None:
             os.environ.pop("VOILA_PREHEAT", None)
