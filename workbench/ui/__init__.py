@@ -46,8 +46,13 @@ HISTORY_SIZE = 8
 CHANCE_DIGITS = 0.1  # accuracy of guessing among the ten digit classes
 
 # Injected once per panel (an HTML widget may carry a <style>; the Output widget has no inline
-# style to set): the previous result is dimmed while a run computes the next.
-STYLE = "<style>.wb-busy { opacity: 0.35; transition: opacity 0.2s; }</style>"
+# style to set): the previous result is dimmed while a run computes the next, and an input's
+# description, its accessible name (see `workbench.ui.controls`), is kept for screen readers only,
+# since the same text is shown on the line above.
+STYLE = ("<style>.wb-busy { opacity: 0.35; transition: opacity 0.2s; }"
+         " .wb-named > .widget-label, .wb-named .widget-label-basic > span { position: absolute !important;"
+         " width: 1px !important; height: 1px; overflow: hidden; clip-path: inset(50%); white-space: nowrap; }"
+         "</style>")
 
 
 def _in_kernel() -> bool:
@@ -114,7 +119,7 @@ class Panel:
         buttons = [b for b in (self.button, self.clear_button) if b is not None]
         grid = w.GridBox(children=[f.widget for f in self.fields.values()],
                          layout=w.Layout(grid_template_columns="repeat(auto-fill, minmax(280px, 1fr))",
-                                         grid_gap="4px 16px", width="100%"))
+                                         grid_gap="4px 16px"))
         self.widget = w.VBox(children=[w.HTML(value=STYLE), *header, grid,
                                        w.HBox(children=[*buttons, self.status]), self.notes,
                                        self.output, self.history_view, self.download])

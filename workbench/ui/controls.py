@@ -4,13 +4,15 @@ Each control becomes a `Field`: its label (the description, with its unit) on a 
 the control below it at the full width of its cell, and, for a numeric slider, a number box beside
 the label that is the slider's readout and its typed input.
 
-Accessible names. ipywidgets 8 renders a description as a `<label>` tied (`for`) to the `<input>`
-or `<select>` of text boxes and dropdowns, and a tooltip as the `title` of that element when the
-description is empty. A slider's handle (`role=slider`, drawn by noUiSlider) gets neither: the
-label is not tied to it and no `aria-*` name is passed to it. So every control here carries its
-label as `tooltip` with an empty description (the visible label is a separate HTML line, so
-nothing squeezes the control), which names text boxes, dropdowns and checkboxes through `title`;
-a slider is paired with its number box, a named, keyboard-operable input of the same value.
+Accessible names (checked in headless Chromium under voila). ipywidgets 8 renders a
+description as a `<label>` tied (`for`) to the `<input>` or `<select>` of text boxes, number boxes
+and dropdowns: their accessible name. A tooltip becomes a `title`, which names a dropdown only
+when its description is empty and a number box not at all. A slider's handle (`role=slider`,
+drawn by noUiSlider) gets no name at all: its label is not tied to it and no `aria-*` name is
+passed to it. So every input here keeps the label as its description, kept off screen by the
+`wb-named` CSS in `workbench.ui.STYLE` (the shown label is the line above, hidden from screen
+readers so it is not read twice), and a slider is paired with a number box, a named,
+keyboard-operable input of the same value. The slider keeps the label as tooltip (on hover).
 """
 
 from __future__ import annotations
@@ -37,13 +39,14 @@ def value_bounds(slider: Any) -> tuple[float, float]:
     return slider.min, slider.max
 
 
-def refusal(value: Any, low: float, high: float) -> str | None:
+def refusal(value: Any, low: float, high: float, integer: bool = False) -> str | None:
     """Why a typed `value` is not applied to a control ranging over [low, high], or None.
 
     Args:
         value: the typed number.
         low: the smallest value allowed.
         high: the largest value allowed.
+        integer: whether only whole numbers are allowed.
 
     Returns:
         A short sentence ending in "not applied", or None when `value` lies in range.
@@ -54,6 +57,8 @@ def refusal(value: Any, low: float, high: float) -> str | None:
         return f"{value:.4g} is above the maximum {high:.4g}: not applied"
     if value < low:
         return f"{value:.4g} is below the minimum {low:.4g}: not applied"
+    if integer and value != int(value):
+        return f"{value:.4g} is not a whole number: not applied"
     return None
 
 
@@ -62,15 +67,14 @@ class Field:
     slider, a number box linked to it both ways.
 
     Attributes: `label` (the text: the control's description, or the argument name), `control`
-    (the value-holding widget, as given), `number` (the `IntText`/`FloatText` beside the label, or
-    None), `message` (an HTML line saying why a typed number was refused, empty otherwise),
+    (the value-holding widget, as given), `number` (the `FloatText` beside the label, or None), `message` (an HTML line saying why a typed number was refused, empty otherwise),
     `inputs` (the widgets a user can change: disabled while the panel runs), `widget` (the box to
     lay out).
     """
 
     def __init__(self, name: str, control: Any):
-        """Re-style `control` in place (empty description, label as tooltip, full width, no
-        slider readout) and build its field.
+        """Re-style `control` in place (label as tooltip and, but for a slider, as off-screen
+        description; full width; no slider readout) and build its field.
 
         Args:
             name: `fn`'s argument name (the label when the control has no description).
@@ -80,23 +84,32 @@ class Field:
 
         self.label = control.description or name
         self.control = control
-        control.description, control.tooltip = "", self.label  # the tooltip is the accessible name
+        is_slider = type(control).__name__ in NUMERIC_SLIDERS
+        control.tooltip = self.label
+        control.description = "" if is_slider else self.label  # a slider's label would name nothing
         control.layout = w.Layout(width="100%")
         self.message = w.HTML(value="")
         self.number = None
-        if type(control).__name__ in NUMERIC_SLIDERS:
+        if is_slider:
             control.readout = False  # the number box is the one readout (the slider's clamps silently)
-            box = w.IntText if type(control).__name__ == "IntSlider" else w.FloatText
-            self.number = box(value=self._shown(control.value), description="", tooltip=self.label,
-                              layout=w.Layout(width="8em"))
+            # FloatText even for an IntSlider: IntText parses with parseInt in the browser ("1e9" -> 1)
+            self.number = w.FloatText(value=self._shown(control.value), description=self.label, tooltip=self.label,
+                                      layout=w.Layout(width="8em"))
             control.observe(self._from_slider, names="value")
             self.number.observe(self._from_number, names="value")
-        head = w.HBox(children=[w.HTML(value=f"<span class='wb-label'>{html.escape(self.label)}</span>",
+        for named in self.inputs_named():
+            named.add_class("wb-named")
+        head = w.HBox(children=[w.HTML(value=f"<span aria-hidden='true'>{html.escape(self.label, quote=False)}</span>",
                                        layout=w.Layout(flex="1 1 auto")),
                                 *([self.number] if self.number is not None else [])],
                       layout=w.Layout(justify_content="space-between", align_items="center"))
         self.inputs = [control] + ([self.number] if self.number is not None else [])
         self.widget = w.VBox(children=[head, control, self.message], layout=w.Layout(min_width="280px"))
+
+    def inputs_named(self) -> list[Any]:
+        """The inputs whose description (a `<label for>`) is their accessible name: the number box
+        of a slider, or the control itself."""
+        return [self.number] if self.number is not None else [self.control]
 
     def _shown(self, value: float) -> float:
         """The slider's value as the number box shows it (4 significant digits, not 0.0031622776...)."""
@@ -110,9 +123,10 @@ class Field:
         value = change["new"]
         if value == self._shown(self.control.value):
             return  # the echo of a slider move or of a revert
-        problem = refusal(value, *value_bounds(self.control))
+        integer = type(self.control).__name__ == "IntSlider"
+        problem = refusal(value, *value_bounds(self.control), integer=integer)
         if problem is not None:
             self.number.value = self._shown(self.control.value)  # revert first: its echo returns above
-            self.message.value = f"<span class='wb-refused'>{html.escape(problem)}</span>"
+            self.message.value = f"<span style='color:#b00'>{html.escape(problem, quote=False)}</span>"
             return
-        self.control.value = value
+        self.control.value = int(value) if integer else value
