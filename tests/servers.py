@@ -38,8 +38,8 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) 
 class Server:
     """A server process in its own session, stopped by its PID (and its kernels with it)."""
 
-    def __init__(self, cmd: list[str], log: Path, cwd: Path):
-        env = dict(os.environ, PYTHONPATH=str(REPO), MPLBACKEND="module://matplotlib_inline.backend_inline")
+    def __init__(self, cmd: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None):
+        env = dict(env or os.environ, PYTHONPATH=str(REPO), MPLBACKEND="module://matplotlib_inline.backend_inline")
         self.log = log
         self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                      env=env, start_new_session=True)

@@ -132,17 +132,43 @@ def test_jupyterlab_runs_tour_and_its_panel(browser, tmp_path):
 
 
 @pytest.mark.notebook
-def test_voila_app_of_tour_runs_its_panel(browser, tmp_path):
+def test_voila_class_page_of_tour_lists_titles_names_controls_and_flags_divergence(browser, tmp_path):
+    """The workshop as a participant meets it: the listing by title, the recorded page shown
+    before anything computes, the panel started on a click, every number box named, a typed value
+    out of range refused visibly, and a learning rate that destroys the model flagged, not "done"."""
     folder = tmp_path / "workshop"
-    workshop.prepare_workshop(folder, ["tour"], overrides=SMALL)
+    workshop.prepare_workshop(folder, ["tour"], parameters={"tour": {k: v for k, v in SMALL.items() if k != "interactive"}})
     port = free_port()
-    server = Server(workshop.voila_command(folder, port=port), tmp_path / "voila.log", folder)
+    server = Server(workshop.voila_command(folder, port=port), tmp_path / "voila.log", folder,
+                    env=workshop.voila_environment(folder))
     try:
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/", server.proc, server.log)
         page = browser.new_page(viewport={"width": 1300, "height": 900})
-        page.goto(f"{base}/voila/render/tour.ipynb", timeout=120_000)
+        page.goto(f"{base}/", timeout=60_000)
+        link = page.get_by_role("link", name=re.compile("A tour of the workbench"))
+        assert "Train an MLP on digits" in link.inner_text() and "tour.ipynb" not in page.inner_text("body")
+        _shot(page, "voila-listing")
+        link.click()
+        start = page.get_by_role("button", name="Start the panel")
+        start.wait_for(timeout=120_000)
+        assert _figures(page.locator("body")) > 0, "the recorded figures are not shown before the panel starts"
+        text = page.inner_text("body")
+        assert "python -m workbench" not in text and "'test_accuracy'" not in text  # no hints, no raw dict
+        start.click()
+        rate = page.get_by_role("spinbutton", name="learning rate (Adam)")
+        rate.wait_for(timeout=120_000)
+        for label in ("hidden units", "steps"):
+            assert page.get_by_role("spinbutton", name=label).count() == 1, f"no number box named {label!r}"
+        rate.fill("1e9")
+        rate.press("Enter")
+        page.get_by_text("above the maximum").wait_for(timeout=30_000)
+        rate.fill("1")
+        rate.press("Enter")
+        page.wait_for_function("document.body.innerText.includes('above the maximum') === false", timeout=30_000)
         _click_and_expect_figure(page, page.locator("body"), "voila-tour")
+        page.get_by_text("finished, but").wait_for(timeout=30_000)
+        assert "chance level" in page.inner_text("body")
         page.close()
     finally:
         server.stop()
