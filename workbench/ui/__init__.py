@@ -74,7 +74,8 @@ class Panel:
     errors), `status` (an HTML line: ready / running / done in N s / the problem / the error),
     `notes` (the run's warnings, in plain words), `history` (list of dicts with "values",
     "numbers", "figure" (base64 PNG or None), "seconds", "finished" and "problem" (None when
-    fine)), `history_view` (the HTML table), `download` (the HTML link to the history as CSV),
+    fine)), `history_view` (the HTML table), `download` (the HTML link to the history as CSV, saved as
+    `filename`),
     `button` (None for a live panel), `clear_button`, `last_error` (the exception of the last run,
     or None).
     """
