@@ -126,7 +126,14 @@ def presentable_markdown(text: str) -> str:
 
 
 def note_key(message: str) -> str:
-    """What two warnings share when they differ only in their numbers (one note for both)."""
+    """What two warnings share when they differ only in their numbers (one note for both).
+
+    Args:
+        message: a warning's message.
+
+    Returns:
+        The message with every number written `#`.
+    """
     return NUMBER.sub("#", message)
 
 
