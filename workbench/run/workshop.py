@@ -372,8 +372,8 @@ def voila_command(folder: Path, ip: str = "127.0.0.1", port: int = 8866, preheat
     cmd = [sys.executable, "-m", "voila", str(folder), f"--Voila.ip={ip}", f"--port={port}",
            "--no-browser", "--show_tracebacks=True", "--theme=light", f"--template={TEMPLATE_NAME}",
            "--classic_tree=True", f"--NotebookNotary.data_dir={data}",
-           # kernels talk to voila over local sockets, not TCP: nothing to eavesdrop on the network
-           "--KernelManager.transport=ipc", f"--KernelManager.ip={data / 'kernel'}"]
+           # kernels encrypt what they send voila (CurveZMQ keys provisioned per kernel)
+           "--KernelManager.transport_encryption=auto"]
     # A preheated kernel has executed the page before the visitor comes; without one, the page
     # shows each cell as it finishes (the two are exclusive in voila).
     cmd += ["--preheat_kernel=True", f"--pool_size={pool_size}"] if preheat else ["--progressive_rendering=True"]
