@@ -52,13 +52,14 @@ lab-save: $(STAMP)
 # recorded once, pages replay the recording and start their panel on a click.
 # make workshop WORKSHOP_IP=0.0.0.0 serves a classroom network; PAPERS="tour schedule_bounds"
 # serves only those; DAY=day.yaml fixes the day's parameters per paper (its papers are served);
-# PREHEAT=N keeps N kernels per paper with the panel already live; CHECK=1 starts every panel
-# once before serving (a rehearsal).
+# PREHEAT=N keeps N kernels per paper with the page shown (PREHEAT_PANELS=1: the panel live too);
+# CHECK=1 starts every panel once before serving (a rehearsal).
 WORKSHOP_IP ?= 127.0.0.1
 WORKSHOP_PORT ?= 8866
 WORKSHOP_ARGS ?=
 PAPERS ?=
 PREHEAT ?=
+PREHEAT_PANELS ?=
 DAY ?=
 CHECK ?=
 WORKSHOP_STAMP := $(VENV)/.workshop
@@ -67,7 +68,7 @@ $(WORKSHOP_STAMP): $(STAMP)
 	@touch $(WORKSHOP_STAMP)
 
 workshop: $(WORKSHOP_STAMP)
-	$(BIN)/python -m workbench workshop --serve --ip=$(WORKSHOP_IP) --port=$(WORKSHOP_PORT) $(if $(PREHEAT),--preheat --pool-size=$(PREHEAT)) $(if $(DAY),--parameters=$(DAY)) $(if $(CHECK),--check) $(WORKSHOP_ARGS) $(PAPERS)
+	$(BIN)/python -m workbench workshop --serve --ip=$(WORKSHOP_IP) --port=$(WORKSHOP_PORT) $(if $(PREHEAT),--preheat --pool-size=$(PREHEAT)) $(if $(PREHEAT_PANELS),--preheat-panels) $(if $(DAY),--parameters=$(DAY)) $(if $(CHECK),--check) $(WORKSHOP_ARGS) $(PAPERS)
 
 workshop-clean:
 	rm -rf workshop

@@ -10,8 +10,12 @@ tab, as N participants), and measures for each tab:
 and the memory of voila's kernels (resident set size from /proc): once every page is shown and
 again once every panel is live. Runs 1, 6 and 20 tabs without and with preheating by default.
 
+The browser runs on the same machine as the server here, so its tabs take CPU from the kernels (in
+a class each participant's browser runs on their own machine); `--http-tabs` also requests the page
+N times at once without a browser, the server's share alone.
+
 Usage: .venv/bin/python benchmarks/bench_workshop_class.py [--paper hessian_spectrum]
-       [--tabs 1 6 20] [--preheat off on] [--pool-size 1] [--shots DIR]
+       [--tabs 1 6 20] [--preheat off on] [--pool-size 20] [--http-tabs 20] [--shots DIR]
 Writes benchmarks/results/workshop_class.{json,md}. Needs Debian's chromium and playwright (the
 dev extra) and voila (the workshop extra). Times depend on the machine and its load: the record
 says which machine and what else ran.
@@ -149,6 +153,25 @@ async def class_arrives(base: str, paper: str, tabs: int, server_pid: int, shots
             "memory_with_panels": memory}
 
 
+def server_side(base: str, paper: str, tabs: int, server_pid: int) -> dict:
+    """N plain HTTP requests of the page at once, no browser: the seconds until voila has sent each
+    whole page (kernel started, every cell run), i.e. the server's share of a class arriving when
+    the participants' browsers run on their own machines."""
+    import concurrent.futures
+
+    def fetch(_):
+        with urllib.request.urlopen(f"{base}/voila/render/{paper}.ipynb", timeout=600) as response:
+            body = response.read()
+        return time.perf_counter() - start, len(body)
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(tabs) as pool:
+        done = list(pool.map(fetch, range(tabs)))
+    seconds = sorted(d[0] for d in done)
+    return {"tabs": tabs, "served_s_median": round(statistics.median(seconds), 2), "served_s_max": round(seconds[-1], 2),
+            "page_mb": round(statistics.median(d[1] for d in done) / 1e6, 2), "memory": kernel_memory(server_pid)}
+
+
 def serve(folder: Path, port: int, preheat: bool, pool_size: int, log: Path):
     from workbench.run import workshop
 
@@ -170,6 +193,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tabs", type=int, nargs="+", default=[1, 6, 20])
     parser.add_argument("--preheat", nargs="+", default=["off", "on"], choices=["off", "on"])
     parser.add_argument("--pool-size", type=int, default=1)
+    parser.add_argument("--http-tabs", type=int, nargs="*", default=[20],
+                        help="also request the page this many times at once without a browser")
     parser.add_argument("--folder", type=Path, default=REPO / "workshop-bench")
     parser.add_argument("--shots", type=Path, default=None)
     parser.add_argument("--out", default="workshop_class")
@@ -179,7 +204,7 @@ def main(argv=None) -> int:
     from workbench.run import workshop
 
     workshop.prepare_workshop(args.folder, [args.paper])  # recorded once, not timed
-    rows = []
+    rows, http_rows = [], []
     for preheat in args.preheat:
         for tabs in args.tabs:
             port = free_port()
@@ -204,8 +229,21 @@ def main(argv=None) -> int:
             finally:
                 os.killpg(proc.pid, 15)
                 proc.wait()
+        for tabs in args.http_tabs:
+            port = free_port()
+            proc = serve(args.folder, port, preheat == "on", args.pool_size, args.folder / f"voila-http-{preheat}-{tabs}.log")
+            try:
+                while preheat == "on" and sum(workshop.preheated_ready(args.folder).values()) < args.pool_size:
+                    time.sleep(0.5)
+                row = server_side(f"http://127.0.0.1:{port}", args.paper, tabs, proc.pid)
+                row.update(preheat=preheat, pool_size=args.pool_size if preheat == "on" else 0)
+                http_rows.append(row)
+                print(json.dumps(row), flush=True)
+            finally:
+                os.killpg(proc.pid, 15)
+                proc.wait()
     record = {"paper": args.paper, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-              "load_before": os.getloadavg(), "rows": rows}
+              "load_before": os.getloadavg(), "rows": rows, "server_side": http_rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [f"# A class opening `{args.paper}` at once ({os.cpu_count()} cores)", "",
@@ -217,6 +255,12 @@ def main(argv=None) -> int:
         lines.append(f"| {r['tabs']} | {r['preheat']} ({r['pool_size']}) | {r['page_s_median']} / {r['page_s_max']} | "
                      f"{r['panel_s_median']} / {r['panel_s_max']} | {m['kernels']} | {q['per_kernel_mb_median']} | "
                      f"{m['per_kernel_mb_median']} / {m['per_kernel_mb_max']} | {q['total_mb']} | {m['total_mb']} |")
+    lines += ["", "Server side only (plain HTTP requests at once, no browser on this machine):", "",
+              "| requests | preheat (pool) | whole page sent s (median / max) | page MB | kernels | total MB |",
+              "|---|---|---|---|---|---|"]
+    for r in http_rows:
+        lines.append(f"| {r['tabs']} | {r['preheat']} ({r['pool_size']}) | {r['served_s_median']} / {r['served_s_max']} | "
+                     f"{r['page_mb']} | {r['memory']['kernels']} | {r['memory']['total_mb']} |")
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

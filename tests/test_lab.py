@@ -243,7 +243,7 @@ def test_workshop_subcommand_prepares_then_hands_voila_its_own_flags(tmp_path, m
     assert cli.main(["workshop", "--serve", "--preheat", "--pool-size", "2", "--port", "9001", "--parameters",
                      str(day), "tour", "--VoilaConfiguration.file_allowlist=.*"]) == 0
     assert prepared == [{"names": ["tour"], "profile": "quick", "parameters": {"tour": {"steps": 40}},
-                         "presentation": True}]
+                         "presentation": True, "preheat_panels": False}]
     assert "workshop: 1 pages in" in capsys.readouterr().out
     [(cmd, names, preheated)] = served
     assert cmd[:3] == [sys.executable, "-m", "voila"] and cmd[3] == str(tmp_path) and names == ["tour"]

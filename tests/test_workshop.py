@@ -9,6 +9,7 @@ browser test of the tour page.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,23 +23,28 @@ from workbench.run import workshop
 FIXTURES = Path(__file__).parent / "fixtures" / "workshop"
 
 
-def test_setup_cells_keep_what_the_panel_reads_and_nothing_else():
+def test_setup_code_keeps_the_statements_the_panel_reads_and_nothing_else():
     cells = [
-        "import numpy as np\nimport matplotlib.pyplot as plt",  # 0: np needed
-        "data = np.arange(n)",                                     # 1: data needed
+        "import numpy as np\nimport matplotlib.pyplot as plt\nnp.random.seed(0)",  # 0: all kept (set-up)
+        "data = np.arange(n)\ncostly = np.linalg.eigvalsh(np.eye(n))\nprint(costly)",  # 1: data only
         "model = {'w': 1}",                                        # 2: model needed
         "model.update(w=2)",                                       # 3: changes model: needed
         "plt.plot(data)\nplt.show()",                              # 4: shows only
         "report = data.sum()\nprint(report)",                      # 5: nothing the panel reads
         "cache = {}\ncache['x'] = 1",                              # 6: not read
-        "if interactive:\n    f = lambda: model['w'] * data",      # 7: the panel
-        "late = 1",                                                # 8: after the panel
+        "@functools.cache\ndef step(m, d):\n    return m\nfor _ in range(2):\n    train_step(model, data)",
+        "print(data)\ndisplay(model)",                              # 8: shows only
+        "if interactive:\n    f = lambda: model['w'] * data",      # 9: the panel
+        "late = 1",                                                # 10: after the panel
     ]
-    assert pages.setup_cells(cells, [7], given={"n", "interactive"}) == [0, 1, 2, 3, 7]
-    # a parameter the panel reads is given, so a cell assigning the same name is not pulled in
-    assert pages.setup_cells(["n = 3", "if interactive:\n    g = n"], [1], given={"n"}) == [1]
-    assert pages.setup_cells(["n = 3", "if interactive:\n    g = n"], [1]) == [0, 1]
-    assert pages.setup_cells(cells, []) == []
+    setup = dict(pages.setup_code(cells, [9], given={"n", "interactive"}))
+    assert list(setup) == [0, 1, 2, 3, 7, 9]
+    assert setup[0] == cells[0] and setup[1] == "data = np.arange(n)" and setup[9] == cells[9]
+    assert setup[7] == "for _ in range(2):\n    train_step(model, data)"  # the unused decorated def left out
+    # a parameter the panel reads is given, so a statement assigning the same name is not pulled in
+    assert pages.setup_code(["n = 3", "if interactive:\n    g = n"], [1], given={"n"}) == [(1, "if interactive:\n    g = n")]
+    assert pages.setup_code(["n = 3", "if interactive:\n    g = n"], [1]) == [(0, "n = 3"), (1, "if interactive:\n    g = n")]
+    assert pages.setup_code(cells, []) == []
 
 
 def test_presentation_drops_records_logs_and_hints_and_merges_warnings():
@@ -72,6 +78,7 @@ def test_page_replays_the_recording_and_its_panel_starts(fixture_papers, tmp_pat
     assert lines == ["[1/1] recording panel_paper (quick profile, about 3 s)..."]
     spec = json.loads((tmp_path / ".pages" / "panel_paper.json").read_text())
     assert spec["parameters"]["n"] == 7 and spec["parameters"]["interactive"] is True
+    assert spec["setup"][1] == [1, "rng = np.random.default_rng(seed)\nvalues = rng.normal(size=n) * scale"]
     assert [i for i, _ in spec["setup"]] == [0, 1, 4]  # imports, values, panel: not the warnings cell
     assert spec["notes"] == {"2": [["/home/someone/project/module.py says: the threshold 0.5 is small"
                                     .replace("/home/someone/project/", ""), 2]]}
@@ -95,6 +102,10 @@ def test_page_replays_the_recording_and_its_panel_starts(fixture_papers, tmp_pat
     assert lines[0].startswith("[1/1] recording")
     [(name, check)] = workshop.check_pages(tmp_path, ["panel_paper"]).items()
     assert name == "panel_paper" and check.error is None and 20 < check.memory_mb < 1000
+    workshop.prepare_workshop(tmp_path, ["panel_paper"], parameters={"panel_paper": {"panel_fails": True}},
+                              echo=lines.append)
+    [check] = workshop.check_pages(tmp_path, ["panel_paper"]).values()
+    assert check.error == "the panel's first run failed: ArithmeticError the panel fails on purpose"
     # a failed recording is reported and its page removed, never served stale
     with pytest.raises(registry.PaperError, match="panel_paper: RuntimeError: this recording fails on purpose"):
         workshop.prepare_workshop(tmp_path, ["panel_paper"], parameters={"panel_paper": {"fail": True}},
@@ -113,6 +124,23 @@ def test_a_panel_that_cannot_start_says_why_without_paths(tmp_path, capsys):
     assert page.error == "ValueError: bad value in mod.py"
     assert "the panel could not start: ValueError: bad value in mod.py" in capsys.readouterr().err
     assert "could not start" in page._status[0].value and page.start() is False  # not rerun
+
+
+def test_a_preheated_kernel_marks_its_page_ready_and_starts_the_panel_only_when_asked(tmp_path, monkeypatch):
+    spec = {"paper": "p", "title": "P", "parameters": {"interactive": True}, "outputs": {}, "notes": {},
+            "panels": ["1"], "setup": [[0, "x = 1"], [1, "y = x + 1"]], "setup_seconds": 0.1}
+    (tmp_path / ".pages").mkdir()
+    monkeypatch.setenv("VOILA_PREHEAT", "True")
+    for preheat_panels in (False, True):
+        (tmp_path / ".pages" / "p.json").write_text(json.dumps({**spec, "preheat_panels": preheat_panels}))
+        page = pages.load(tmp_path / ".pages" / "p.json")
+        page.panel(1)
+        assert page.started is preheat_panels
+        assert workshop.preheated_ready(tmp_path) == {"p": 1}  # this process is alive: counted
+    monkeypatch.setenv("VOILA_PREHEAT", "False")
+    (tmp_path / ".pages" / ".ready" / f"p-{os.getpid()}").unlink()
+    pages.load(tmp_path / ".pages" / "p.json").panel(1)
+    assert workshop.preheated_ready(tmp_path) == {}  # a visitor's kernel leaves no marker
 
 
 def test_workshop_requests_are_checked_before_anything_runs(monkeypatch, tmp_path):

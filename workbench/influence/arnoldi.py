@@ -271,8 +271,9 @@ def arnoldi(
                     f"{tail_value:.3g} but the smallest eigenvalue + damping is about "
                     f"{bottom:.3g} ({f'{spread:.3g}x' if math.isfinite(spread) else 'a ratio without bound'}); "
                     "the flat tail under-weights its "
-                    f"flattest directions and the ranking degrades. Raise k (now {k}) or the damping, "
-                    "or use 'exact' / 'cg' on a model this size.", RuntimeWarning, stacklevel=3)
+                    f"flattest directions and the ranking degrades. Raise the option k (the eigenpairs "
+                    f"kept, now {k}) or the option damping, or use the estimator 'exact' or 'cg' on a "
+                    "model this size.", RuntimeWarning, stacklevel=3)
         state["inverse_values"] = inverse_values - jnp.where(keep, 1.0 / tail_value, 0.0)
         state["inverse_tail"] = jnp.asarray(1.0 / tail_value, dtype)
         info["tail_value"] = tail_value

@@ -6,7 +6,7 @@
         [--seeds 0,1,2] [--summary FILE.json]  each paper once per seed, claims tabulated by seed
     run --all [--jobs N]                     every paper
     lab copies | reset [NAME...] | save NAME JupyterLab working copies (`workbench.run.lab`)
-    workshop [--profile P] [--parameters FILE] [--serve] [--preheat] [--pool-size N]
+    workshop [--profile P] [--parameters FILE] [--serve] [--preheat] [--pool-size N] [--preheat-panels]
              [--cull-minutes M] [--check] [--all-output] [--ip IP] [--port N] [NAME...]
                                              every paper as a voila page (`workbench.run.workshop`)
 
@@ -213,14 +213,14 @@ def cmd_workshop(args) -> int:
 
     values = workshop.load_workshop_file(args.parameters) if args.parameters else None
     written = workshop.prepare_workshop(names=args.names, profile=args.profile, parameters=values,
-                                        presentation=not args.all_output)
+                                        presentation=not args.all_output, preheat_panels=args.preheat_panels)
     folder = workshop.workshop_dir()
     print(f"workshop: {len(written)} pages in {folder}", flush=True)
     if args.check:
         failed = {}
         for name, check in workshop.check_pages(folder, [p.stem for p in written]).items():
-            print(f"check {name}: " + (f"panel starts; its kernel holds {check.memory_mb:.0f} MB with the panel "
-                                       f"live ({check.seconds:.0f} s)" if check.error is None
+            print(f"check {name}: " + (f"panel starts and runs; its kernel then holds {check.memory_mb:.0f} MB "
+                                       f"({check.seconds:.0f} s)" if check.error is None
                                        else f"FAILED: {check.error}"), flush=True)
             if check.error is not None:
                 failed[name] = check.error
@@ -368,12 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
     shop.add_argument("--serve", action="store_true", help="then serve them with voila")
     shop.add_argument("--ip", default="127.0.0.1", help="address to listen on (0.0.0.0: every network)")
     shop.add_argument("--port", type=int, default=8866)
-    shop.add_argument("--preheat", action="store_true", help="keep kernels with a started panel ready per paper")
+    shop.add_argument("--preheat", action="store_true", help="keep kernels with the page executed ready per paper")
     shop.add_argument("--pool-size", type=int, default=1, help="preheated kernels per paper (with --preheat)")
+    shop.add_argument("--preheat-panels", action="store_true",
+                      help="preheated kernels start their panel too (memory: the panel's, per kernel)")
     shop.add_argument("--cull-minutes", type=float, default=20,
                       help="shut down kernels of closed pages idle this long (0: never)")
     shop.add_argument("--check", action="store_true",
-                      help="start every page's panel once, as a rehearsal, before serving")
+                      help="start and run every page's panel once, as a rehearsal, before serving")
     shop.add_argument("--all-output", action="store_true",
                       help="show every recorded output (raw dicts, logs, warnings) instead of the participants' view")
     shop.set_defaults(func=cmd_workshop)

@@ -4,10 +4,10 @@ A workshop app (`workbench.run.workshop`) is not the paper executed anew for eve
 a page whose cells show the outputs of one recorded run of the paper (text, figures, numbers),
 replayed from a JSON *page file*, so a page is ready as soon as its kernel has started. Only the
 exploration panel needs computation, and it starts when the participant clicks "Start the
-panel": the kernel then runs the part of the paper the panel depends on (`setup_cells`: the
-code cells defining the names the panel cell uses, found by reading the code, not by running it)
-and shows the live panel in place. In a kernel that voila preheats (no one is waiting) the panel
-starts at once. Nothing here imports JAX: a page that nobody starts holds an idle Python kernel
+panel": the kernel then runs the part of the paper the panel depends on (`setup_code`: the
+statements defining the names the panel cell uses, found by reading the code, not by running it)
+and shows the live panel in place. A kernel that voila preheats (no one is waiting) has the page
+ready, and its panel started too when the workshop preheats panels. Nothing here imports JAX: a page that nobody starts holds an idle Python kernel
 only (tens of MB, not the hundreds a computing paper holds).
 
 Presentation mode (the default) shows what a participant needs: outputs of the cell that records
@@ -39,6 +39,7 @@ HINT_LINE = re.compile(r"`[^`]*(python -m |make |workbench run|srun )[^`]*`")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 READY_DIR = ".ready"
 START_FAILED = "the panel could not start"
+START_ENV = "WORKBENCH_START_PANELS"  # "1": every page starts its panel as it runs (a rehearsal)
 
 
 def plain_message(text: str) -> str:
@@ -73,42 +74,66 @@ def _names(node: ast.AST) -> tuple[set[str], set[str]]:
             base = n.value.func
             while isinstance(base, ast.Attribute | ast.Call | ast.Subscript):
                 base = base.value if not isinstance(base, ast.Call) else base.func
-            if isinstance(base, ast.Name) and base.id not in DISPLAY_ONLY and base is not n.value.func:
-                defines.add(base.id)  # `x.method(...)` as a statement may change x
+            if isinstance(base, ast.Name) and base.id not in DISPLAY_ONLY:
+                if base is not n.value.func:
+                    defines.add(base.id)  # `x.method(...)` as a statement may change x
+                # a call whose result is dropped is made for what it changes: maybe its arguments
+                defines.update(a.id for a in [*n.value.args, *(k.value for k in n.value.keywords)]
+                               if isinstance(a, ast.Name))
     return defines, reads
 
 
-def setup_cells(cells: list[str], panel_indices: list[int], given: set[str] = frozenset()) -> list[int]:
-    """The code cells a panel needs: those before it that define a name it (or a needed cell)
-    reads, found by walking back from the panel cells through the cells' names.
+def setup_code(cells: list[str], panel_indices: list[int], given: set[str] = frozenset()) -> list[tuple[int, str]]:
+    """The code a panel needs, statement by statement: walking back from the panel cells, a
+    top-level statement is kept when it defines a name that a kept statement reads.
 
-    A cell is kept when it defines (assigns, imports, or changes through an attribute, an item or
-    a method call used as a statement) a name that a kept cell reads; names in `given` (the
-    parameters) and builtins are never looked for. Calls on `plt` and `workbench` (showing and
-    recording) change nothing a later cell reads.
+    "Defines" means assigns, imports, or may change: through an attribute or an item
+    (`x.a = ...`, `x[i] = ...`), a method call used as a statement (`x.update(...)`), or as an
+    argument of a call whose result is dropped (`train_step(model, batch)`). Imports, and
+    top-level statements that change an imported module (`jax.config.update(...)`,
+    `os.environ[...] = ...`), are always kept: they set up the process. Names in `given` (the parameters) and builtins are
+    never looked for. Calls on `plt` and `workbench`, `print` and `display` (showing and
+    recording) change nothing a later statement reads. Statements after the last panel cell are
+    not looked at.
 
     Args:
         cells: the paper's code cells' sources, in order.
-        panel_indices: the indices of the panel cells in `cells`.
+        panel_indices: the indices of the panel cells in `cells` (kept whole).
         given: names defined before any cell runs (the parameters).
 
     Returns:
-        The indices of the cells to run, in order, panel cells included.
+        (cell index, code) for every cell with a statement kept, in order: the kept statements'
+        lines, or the whole cell for a panel cell.
 
     Raises:
         SyntaxError: a cell that is not Python.
     """
     if not panel_indices:
         return []
-    parsed = [_names(ast.parse(source)) for source in cells]
-    keep = set(panel_indices)
-    needed = set().union(*(parsed[i][1] for i in panel_indices))
-    for i in range(max(panel_indices) - 1, -1, -1):
-        defines, reads = parsed[i]
-        if i in keep or defines & (needed - set(given) - set(dir(builtins))):
-            keep.add(i)
+    statements = []  # (cell index, node, its lines)
+    for i, source in enumerate(cells[:max(panel_indices) + 1]):
+        lines = source.splitlines()
+        for node in ast.parse(source).body:
+            first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+            statements.append((i, node, "\n".join(lines[first - 1:node.end_lineno])))
+    modules = {name for _, node, _ in statements if isinstance(node, ast.Import | ast.ImportFrom)
+               for name in _names(node)[0]}
+    names = [_names(node) for _, node, _ in statements]
+    keep = [i in panel_indices or isinstance(node, ast.Import | ast.ImportFrom)
+            or (isinstance(node, ast.Expr | ast.Assign | ast.AugAssign) and bool(names[k][0] & modules))
+            for k, (i, node, _) in enumerate(statements)]
+    needed = set().union(*(names[k][1] for k in range(len(statements)) if keep[k]))
+    ignored = set(given) | set(dir(builtins))
+    for k in range(len(statements) - 1, -1, -1):
+        defines, reads = names[k]
+        if keep[k] or defines & (needed - ignored):
+            keep[k] = True
             needed |= reads
-    return sorted(keep)
+    code: dict[int, list[str]] = {}
+    for k, (i, _, text) in enumerate(statements):
+        if keep[k]:
+            code.setdefault(i, []).append(text)
+    return [(i, cells[i] if i in panel_indices else "\n".join(parts)) for i, parts in code.items()]
 
 
 def presentable_markdown(text: str) -> str:
@@ -214,8 +239,8 @@ class Page:
         _show_notes(self.spec["notes"].get(str(index), []))
 
     def panel(self, index: int) -> None:
-        """Show panel cell `index`'s place: a start button (or, in a kernel voila preheats, the
-        live panel at once).
+        """Show panel cell `index`'s place: a start button (or the live panel at once, in a kernel
+        voila preheats for a workshop that preheats panels, or with `WORKBENCH_START_PANELS=1`).
 
         Args:
             index: the panel cell's index among the paper's code cells.
@@ -228,7 +253,7 @@ class Page:
         seconds = self.spec["setup_seconds"]
         button = w.Button(description="Start the panel", button_style="primary", icon="play",
                           tooltip="compute what the panel needs, then show it")
-        status = w.HTML(value=f"computes what the panel needs first (about {max(1, round(seconds))} s "
+        status = w.HTML(value=f"computes what the panel needs first (at most about {max(1, round(seconds))} s "
                               "when the machine is not busy)")
         button.on_click(lambda _: self.start())
         self._buttons.append(button)
@@ -236,8 +261,11 @@ class Page:
         with out:
             display(w.HBox(children=[button, status]))
         display(out)
-        if os.environ.get("VOILA_PREHEAT") == "True" and index == max(int(i) for i in self.spec["panels"]):
-            self.start(announce=True)
+        if index == max(int(i) for i in self.spec["panels"]):
+            if os.environ.get(START_ENV) == "1" or (_preheated() and self.spec.get("preheat_panels")):
+                self.start(announce=True)
+            else:
+                self._mark_ready(0.0)
 
     def start(self, announce: bool = False) -> bool:
         """Run the setup cells, then each panel cell into its place; an error is shown there.
@@ -286,15 +314,21 @@ class Page:
         return True
 
     def _mark_ready(self, seconds: float) -> None:
-        """In a preheated kernel, leave a file saying this kernel's panel is live (the workshop
-        command counts them to tell the teacher when preheating has finished)."""
-        if os.environ.get("VOILA_PREHEAT") != "True":
+        """In a preheated kernel, leave a file saying this kernel's page is ready (its panel live
+        when the workshop preheats panels); the workshop command counts them to tell the teacher
+        when preheating has finished."""
+        if not _preheated():
             return
         folder = self.path.parent / READY_DIR
         folder.mkdir(exist_ok=True)
         marker = folder / f"{self.spec['paper']}-{os.getpid()}"
         marker.write_text(f"{seconds:.1f}\n")
         atexit.register(lambda: marker.unlink(missing_ok=True))
+
+
+def _preheated() -> bool:
+    """Whether this kernel is one voila preheats (executing the page before anyone visits)."""
+    return os.environ.get("VOILA_PREHEAT") == "True"
 
 
 def _show_notes(notes: list) -> None:
@@ -325,4 +359,7 @@ def load(path: str | Path) -> Page:
     Returns:
         The `Page`.
     """
-    return Page(path)
+    page = Page(path)
+    if not page.spec["panels"]:
+        page._mark_ready(0.0)  # a page without a panel is ready once loaded
+    return page

@@ -121,7 +121,7 @@ def _code_cells(nb) -> list:
 
 
 def write_page(paper: registry.Paper, recorded: Path, params: dict[str, Any], folder: Path,
-               presentation: bool = True) -> Path:
+               presentation: bool = True, preheat_panels: bool = False) -> Path:
     """Write `folder/NAME.ipynb` and its page file from a recorded run of `paper`.
 
     Args:
@@ -131,6 +131,8 @@ def write_page(paper: registry.Paper, recorded: Path, params: dict[str, Any], fo
         folder: the workshop folder.
         presentation: leave out raw dicts, command-line hints and stderr, and turn warnings into
             notes (default on); False replays every output.
+        preheat_panels: a kernel voila preheats starts the panel too (default off: it has the
+            page ready and the panel starts on a click).
 
     Returns:
         The page notebook written.
@@ -148,7 +150,7 @@ def write_page(paper: registry.Paper, recorded: Path, params: dict[str, Any], fo
         raise registry.PaperError(f"{recorded} is not a recording of the current {paper.name} (its code differs)")
     sources = [c.source for c in cells]
     panels = [i for i, s in enumerate(sources) if s.lstrip().startswith(pages.PANEL_MARK)]
-    setup = pages.setup_cells(sources, panels, given=set(params))
+    setup = pages.setup_code(sources, panels, given=set(params))
     outputs, notes = {}, {}
     for i, cell in enumerate(ran_cells):
         cell_notes: dict[str, list] = {}
@@ -158,12 +160,12 @@ def write_page(paper: registry.Paper, recorded: Path, params: dict[str, Any], fo
             outputs[str(i)] = shown
         if cell_notes:
             notes[str(i)] = list(cell_notes.values())
-    seconds = sum(float(ran_cells[i].metadata.get("papermill", {}).get("duration") or 0) for i in setup)
+    seconds = sum(float(ran_cells[i].metadata.get("papermill", {}).get("duration") or 0) for i, _ in setup)
     spec = {"paper": paper.name, "title": paper.title, "parameters": {**params, "interactive": True},
             "outputs": outputs, "notes": notes, "panels": [str(i) for i in panels],
-            "setup": [[i, sources[i]] for i in setup], "setup_seconds": round(seconds, 1),
+            "setup": [[i, code] for i, code in setup], "setup_seconds": round(seconds, 1),
             "source_digest": _source_digest(paper), "recorded": str(recorded), "presentation": presentation,
-            "recorded_parameters": params}
+            "recorded_parameters": params, "preheat_panels": preheat_panels}
     (folder / PAGES_DIR).mkdir(parents=True, exist_ok=True)
     spec_path = (folder / PAGES_DIR / f"{paper.name}.json").resolve()
     spec_path.write_text(json.dumps(spec) + "\n")
@@ -217,7 +219,7 @@ def _recording(paper: registry.Paper, params: dict[str, Any], folder: Path) -> P
 
 def prepare_workshop(folder: Path | None = None, names: list[str] | None = None, profile: str = "quick",
                      parameters: Mapping[str, Mapping[str, Any]] | None = None, presentation: bool = True,
-                     echo: Callable[[str], Any] = print) -> list[Path]:
+                     preheat_panels: bool = False, echo: Callable[[str], Any] = print) -> list[Path]:
     """Record each paper (unless this workshop already recorded it with the same source and
     parameters) and write its page; pages of papers not asked for are removed.
 
@@ -227,6 +229,7 @@ def prepare_workshop(folder: Path | None = None, names: list[str] | None = None,
         profile: the profile recorded, "quick" (default) or "full".
         parameters: the teacher's values by paper name, then parameter name; None for none.
         presentation: participants' pages (default) or every output (`write_page`).
+        preheat_panels: preheated kernels start their panel too (`write_page`; default off).
         echo: where progress lines go (default `print`).
 
     Returns:
@@ -272,7 +275,7 @@ def prepare_workshop(folder: Path | None = None, names: list[str] | None = None,
             recorded = result.path / f"{name}.ipynb"
         else:
             echo(f"[{i}/{len(names)}] {name}: recorded earlier with these parameters")
-        written.append(write_page(paper, recorded, plans[name], folder, presentation))
+        written.append(write_page(paper, recorded, plans[name], folder, presentation, preheat_panels))
     write_listing(folder, [n for n in names if (folder / f"{n}.ipynb").exists()], papers)
     if failed:
         raise registry.PaperError("recording failed, so these papers are not served:\n  " + "\n  ".join(failed))
@@ -354,7 +357,8 @@ def voila_command(folder: Path, ip: str = "127.0.0.1", port: int = 8866, preheat
         ip: the address to listen on; "127.0.0.1" (default) is this machine only, "0.0.0.0" every
             network.
         port: the port (default 8866).
-        preheat: keep `pool_size` kernels per paper with the panel already started (default off).
+        preheat: keep `pool_size` kernels per paper with the page executed (and the panel started
+            when the pages were written with `preheat_panels`) (default off).
         extra: further voila flags appended as given; None for none.
         pool_size: preheated kernels per paper (default 1; only with `preheat`).
         cull_minutes: a kernel whose page was closed (or lost its connection) and that has been
@@ -384,23 +388,31 @@ def voila_command(folder: Path, ip: str = "127.0.0.1", port: int = 8866, preheat
 
 
 class PageCheck(NamedTuple):
-    """A page executed as a preheated kernel would: the error (None when its panel started), the
-    kernel's resident memory in MB with the panel live, and the seconds it took."""
+    """A page executed with its panel started and run once: the error (None when the panel started
+    and its first run raised nothing), the kernel's resident memory in MB after that run, and the
+    seconds it all took."""
 
     error: str | None
     memory_mb: float
     seconds: float
 
 
-MEMORY_PROBE = ("from pathlib import Path as _P\n"
-                "print('workbench-kernel-rss-kb', [l.split()[1] for l in _P('/proc/self/status').read_text()"
-                ".splitlines() if l.startswith('VmRSS:')][0])")
+RUN_FAILED = "the panel's first run failed"
+# the last cell of a checked page: run the panel once with its starting values (as a participant's
+# first click), then report the kernel's memory
+CHECK_PROBE = ("import sys as _sys\nfrom pathlib import Path as _P\n_p = globals().get('panel')\n"
+               "if _p is not None and hasattr(_p, 'run') and not _p.history:\n    _p.run()\n"
+               "if _p is not None and getattr(_p, 'last_error', None) is not None:\n"
+               f"    print({RUN_FAILED!r} + ':', type(_p.last_error).__name__, _p.last_error, file=_sys.stderr)\n"
+               "print('workbench-kernel-rss-kb', [l.split()[1] for l in _P('/proc/self/status').read_text()"
+               ".splitlines() if l.startswith('VmRSS:')][0])")
 
 
 def check_pages(folder: Path, names: list[str], timeout: float = 900) -> dict[str, PageCheck]:
-    """Execute each page as a preheated kernel would (its panel started at once) and report what
-    failed and the memory each kernel holds: a rehearsal of the workshop before the class comes
-    (`workbench workshop --check`), and the numbers for sizing the machine.
+    """Execute each page with its panel started at once, run the panel once with its starting
+    values (a participant's first click), and report what failed and the memory each kernel then
+    holds: a rehearsal of the workshop before the class comes (`workbench workshop --check`), and
+    the numbers for sizing the machine.
 
     Args:
         folder: the workshop folder.
@@ -416,35 +428,36 @@ def check_pages(folder: Path, names: list[str], timeout: float = 900) -> dict[st
     from nbclient import NotebookClient
 
     results: dict[str, PageCheck] = {}
-    saved = os.environ.get("VOILA_PREHEAT")
-    os.environ["VOILA_PREHEAT"] = "True"
+    saved = os.environ.get(pages.START_ENV)
+    os.environ[pages.START_ENV] = "1"
     try:
         for name in names:
             nb = nbformat.read(Path(folder) / f"{name}.ipynb", as_version=4)
-            nb.cells.append(nbformat.v4.new_code_cell(MEMORY_PROBE))
+            nb.cells.append(nbformat.v4.new_code_cell(CHECK_PROBE))
             start = time.perf_counter()
             error = None
             try:
-                NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                               resources={"metadata": {"path": str(folder)}}).execute()
+                NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(folder)}},
+                               extra_arguments=["--IPKernelApp.log_level=CRITICAL"]).execute()  # as the runner
             except Exception as err:  # a failing cell: reported, the next paper still checked
                 error = pages.plain_message(str(err).strip().splitlines()[-1])
             lines = [line for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "stream"
                      for line in o.get("text", "").splitlines()]
-            error = error or next((line for line in lines if line.startswith(pages.START_FAILED)), None)
+            error = error or next((line for line in lines if line.startswith((pages.START_FAILED, RUN_FAILED))), None)
             kb = next((line.split()[-1].strip("'") for line in lines if line.startswith("workbench-kernel-rss-kb")), "0")
             results[name] = PageCheck(error, round(int(kb) / 1024, 1), round(time.perf_counter() - start, 1))
     finally:
         if saved is None:
-            os.environ.pop("VOILA_PREHEAT", None)
+            os.environ.pop(pages.START_ENV, None)
         else:
-            os.environ["VOILA_PREHEAT"] = saved
+            os.environ[pages.START_ENV] = saved
     return results
 
 
 def preheated_ready(folder: Path) -> dict[str, int]:
-    """How many preheated kernels of each paper have their panel live (their page leaves a marker
-    file; markers of kernels that have exited are not counted).
+    """How many preheated kernels of each paper are ready: page shown, and panel live when panels
+    are preheated (their page leaves a marker file; markers of kernels that have exited are not
+    counted).
 
     Args:
         folder: the workshop folder.
@@ -466,7 +479,7 @@ def serve(cmd: list[str], folder: Path, names: list[str], port: int, preheated: 
           echo: Callable[[str], Any] = print, poll_seconds: float = 1.0) -> int:
     """Run voila (`voila_command`'s `cmd`) until it stops, telling the teacher when the workshop
     is ready: when voila answers and, with preheating, when every paper has `preheated` kernels
-    whose panel is live.
+    ready.
 
     Args:
         cmd: the voila command line.
@@ -504,9 +517,9 @@ def serve(cmd: list[str], folder: Path, names: list[str], port: int, preheated: 
             done = sum(min(counts.get(n, 0), preheated) for n in names)
             if done != reported:
                 reported = done
-                echo(f"preheated panels live: {done} of {preheated * len(names)}")
+                echo(f"preheated kernels ready: {done} of {preheated * len(names)}")
             if done >= preheated * len(names):
-                echo("READY: every paper has its preheated panels live")
+                echo("READY: every paper has its preheated kernels ready")
                 break
             time.sleep(poll_seconds)
         return proc.wait()
