@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 PANEL_MARK = "if interactive:"
-# calls on these names display or record; they do not change what a later cell computes with them
-DISPLAY_ONLY = frozenset({"plt", "workbench", "display", "print"})
+# calls on these names display or record (matplotlib's figures and axes by their usual names); they
+# do not change what a later statement computes with them or their arguments
+DISPLAY_ONLY = frozenset({"plt", "workbench", "display", "print", "fig", "ax", "axes"})
 WARNING_LINE = re.compile(r"^\s*(?:\S+?):\d+: (?P<kind>\w*Warning): (?P<message>.*)$")
 ABSOLUTE_PATH = re.compile(r"(?:/[\w.+-]+){2,}/(?P<name>[\w.+-]+)")
 INTERACTIVE_LEAD = re.compile(r"With `interactive\s*=\s*True`:\s*(\w)")
@@ -92,8 +93,8 @@ def setup_code(cells: list[str], panel_indices: list[int], given: set[str] = fro
     argument of a call whose result is dropped (`train_step(model, batch)`). Imports, and
     top-level statements that change an imported module (`jax.config.update(...)`,
     `os.environ[...] = ...`), are always kept: they set up the process. Names in `given` (the parameters) and builtins are
-    never looked for. Calls on `plt` and `workbench`, `print` and `display` (showing and
-    recording) change nothing a later statement reads. Statements after the last panel cell are
+    never looked for. Calls on `plt`, `fig`, `ax`, `axes` and `workbench`, `print` and
+    `display` (showing and recording) change nothing a later statement reads. Statements after the last panel cell are
     not looked at.
 
     Args:

@@ -105,7 +105,8 @@ def one_blas_thread() -> None:
         os.environ.setdefault(name, "1")
 
 
-def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None, progress: bool = False) -> RunResult:
+def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None, progress: bool = False,
+              inline_figures: bool = False) -> RunResult:
     """Execute `paper` with already-resolved `params` into a new run directory.
 
     The notebook runs in a fresh kernel (papermill) inside `.tmp-<stem>-<pid>/`, with
@@ -118,6 +119,9 @@ def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None
         params: its resolved parameters (`papers.resolve_parameters`), injected by papermill.
         runs_dir: the folder holding one subfolder per paper; None means `runs/` in the repository.
         progress: show papermill's per-cell progress bar (default off).
+        inline_figures: keep matplotlib figures in the executed notebook as images (matplotlib's
+            inline backend; a workshop page replays them); default off (the Agg backend: figures
+            only in `figures/`).
 
     Returns:
         The `RunResult`; a failing notebook is reported in it, never raised.
@@ -139,7 +143,7 @@ def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None
     error = None
     saved_env = {k: os.environ.get(k) for k in (RUN_DIR_ENV, "MPLBACKEND", PROGRESS_ENV)}
     os.environ[RUN_DIR_ENV] = str(tmp.resolve())
-    os.environ["MPLBACKEND"] = "Agg"
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline" if inline_figures else "Agg"
     os.environ[PROGRESS_ENV] = "log"  # long loops print one summary line each, not a widget bar
     t0 = time.perf_counter()
     try:

@@ -37,6 +37,7 @@ PAGES_DIR = ".pages"
 RUNS_DIR = ".runs"
 TEMPLATE_ROOT = ".voila"  # a Jupyter data folder holding the listing template
 TEMPLATE_NAME = "workbench"
+PAGE_FORMAT = 2  # recordings of an older format are made again
 
 
 def workshop_dir() -> Path:
@@ -165,7 +166,7 @@ def write_page(paper: registry.Paper, recorded: Path, params: dict[str, Any], fo
             "outputs": outputs, "notes": notes, "panels": [str(i) for i in panels],
             "setup": [[i, code] for i, code in setup], "setup_seconds": round(seconds, 1),
             "source_digest": _source_digest(paper), "recorded": str(recorded), "presentation": presentation,
-            "recorded_parameters": params, "preheat_panels": preheat_panels}
+            "recorded_parameters": params, "preheat_panels": preheat_panels, "format": PAGE_FORMAT}
     (folder / PAGES_DIR).mkdir(parents=True, exist_ok=True)
     spec_path = (folder / PAGES_DIR / f"{paper.name}.json").resolve()
     spec_path.write_text(json.dumps(spec) + "\n")
@@ -211,7 +212,7 @@ def _recording(paper: registry.Paper, params: dict[str, Any], folder: Path) -> P
     except ValueError:
         return None
     recorded = Path(spec.get("recorded", ""))
-    if (spec.get("recorded_parameters") == json.loads(json.dumps(params))
+    if (spec.get("format") == PAGE_FORMAT and spec.get("recorded_parameters") == json.loads(json.dumps(params))
             and spec.get("source_digest") == _source_digest(paper) and recorded.is_file()):
         return recorded
     return None
@@ -265,7 +266,7 @@ def prepare_workshop(folder: Path | None = None, names: list[str] | None = None,
             echo(f"[{i}/{len(names)}] recording {name} ({profile} profile"
                  + (f", about {paper.quick_seconds:.0f} s" if profile == "quick" and paper.quick_seconds else "")
                  + ")...")
-            result = runner.run_paper(paper, plans[name], folder / RUNS_DIR)
+            result = runner.run_paper(paper, plans[name], folder / RUNS_DIR, inline_figures=True)
             if not result.ok:
                 failed.append(f"{name}: {result.error.splitlines()[-1] if result.error else 'failed'} "
                               f"(traceback: {result.path / 'error.txt'})")
@@ -378,9 +379,10 @@ def voila_command(folder: Path, ip: str = "127.0.0.1", port: int = 8866, preheat
            "--classic_tree=True", f"--NotebookNotary.data_dir={data}",
            # kernels encrypt what they send voila (CurveZMQ keys provisioned per kernel)
            "--KernelManager.transport_encryption=auto"]
-    # A preheated kernel has executed the page before the visitor comes; without one, the page
-    # shows each cell as it finishes (the two are exclusive in voila).
-    cmd += ["--preheat_kernel=True", f"--pool_size={pool_size}"] if preheat else ["--progressive_rendering=True"]
+    # A preheated kernel has executed the page before the visitor comes. Without one the page is
+    # sent once its (replaying, fast) cells have run: voila's progressive rendering lost the panel
+    # widget of 1 tab in 6 when a class arrived at once.
+    cmd += ["--preheat_kernel=True", f"--pool_size={pool_size}"] if preheat else []
     if cull_minutes:
         cmd += [f"--MappingKernelManager.cull_idle_timeout={int(cull_minutes * 60)}",
                 "--MappingKernelManager.cull_interval=60", "--MappingKernelManager.cull_connected=False"]
