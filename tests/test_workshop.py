@@ -91,6 +91,8 @@ def test_page_replays_the_recording_and_its_panel_starts(fixture_papers, tmp_pat
     assert not any("n: int" in s for s in sources)  # no parameters cell
     assert not any("python -m workbench" in s or "interactive=True" in s for s in sources)
     assert nb.metadata["title"] == "Panel paper"
+    assert not any("Recorded numbers" in s for s in sources)  # a heading over nothing shown is left out
+    assert any(s.startswith("## Explore") for s in sources)
     # the listing shows titles and descriptions, not file names
     tree = (tmp_path / ".voila" / "voila" / "templates" / "workbench" / "tree.html").read_text()
     assert "Panel paper" in tree and "A workshop page test fixture" in tree and "voila/render/panel_paper.ipynb" in tree

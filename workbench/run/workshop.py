@@ -176,16 +176,31 @@ def write_page(paper: registry.Paper, recorded: Path, params: dict[str, Any], fo
     out.cells.append(nbformat.v4.new_code_cell(
         f"from workbench.run import page as _page_module\n_page = _page_module.load({str(spec_path)!r})"))
     code_index = 0
+    heading, silent = None, False  # a bare heading waits for something shown under it
     for cell in source_nb.cells:
+        shown = None
         if cell.cell_type == "markdown":
             text = pages.presentable_markdown(cell.source) if presentation else cell.source
-            out.cells.append(nbformat.v4.new_markdown_cell(text))
+            if heading is not None and silent:  # only silent code under the heading: left out
+                heading = None
+            shown = nbformat.v4.new_markdown_cell(text)
+            if presentation and all(line.startswith("#") for line in text.splitlines() if line.strip()):
+                if heading is not None:
+                    out.cells.append(heading)
+                heading, silent = shown, False
+                continue
         elif cell.cell_type == "code" and "parameters" not in cell.metadata.get("tags", []):
             if code_index in panels:
-                out.cells.append(nbformat.v4.new_code_cell(f"_page.panel({code_index})"))
+                shown = nbformat.v4.new_code_cell(f"_page.panel({code_index})")
             elif str(code_index) in outputs or str(code_index) in notes:
-                out.cells.append(nbformat.v4.new_code_cell(f"_page.replay({code_index})"))
+                shown = nbformat.v4.new_code_cell(f"_page.replay({code_index})")
             code_index += 1
+            silent = silent or shown is None
+        if shown is not None:
+            if heading is not None:
+                out.cells.append(heading)
+            heading = None
+            out.cells.append(shown)
     path = folder / f"{paper.name}.ipynb"
     _notary(folder).sign(out)  # trusted: voila shows its outputs without a warning
     nbformat.write(out, path)
