@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     shop.add_argument("--pool-size", type=int, default=1, help="preheated kernels per paper (with --preheat)")
     shop.add_argument("--preheat-panels", action="store_true",
                       help="preheated kernels start their panel too (memory: the panel's, per kernel)")
-    shop.add_argument("--cull-minutes", type=float, default=20,
+    shop.add_argument("--cull-minutes", type=float, default=10,
                       help="shut down kernels of closed pages idle this long (0: never)")
     shop.add_argument("--check", action="store_true",
                       help="start and run every page's panel once, as a rehearsal, before serving")

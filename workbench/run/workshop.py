@@ -365,7 +365,7 @@ def voila_environment(folder: Path) -> dict[str, str]:
 
 
 def voila_command(folder: Path, ip: str = "127.0.0.1", port: int = 8866, preheat: bool = False,
-                  extra: list[str] | None = None, pool_size: int = 1, cull_minutes: float = 20) -> list[str]:
+                  extra: list[str] | None = None, pool_size: int = 1, cull_minutes: float = 10) -> list[str]:
     """The voila command line serving every page in `folder` (run it in `voila_environment`).
 
     Args:
@@ -378,7 +378,7 @@ def voila_command(folder: Path, ip: str = "127.0.0.1", port: int = 8866, preheat
         extra: further voila flags appended as given; None for none.
         pool_size: preheated kernels per paper (default 1; only with `preheat`).
         cull_minutes: a kernel whose page was closed (or lost its connection) and that has been
-            idle this long is shut down (default 20; 0 never culls).
+            idle this long is shut down (default 10; 0 never culls).
 
     Returns:
         The argument list, starting with this Python interpreter (`sys.executable -m voila`).
