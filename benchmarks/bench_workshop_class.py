@@ -7,6 +7,8 @@ tab, as N participants), and measures for each tab:
   the "Start the panel" button enabled or (a preheated kernel) the live panel's button;
 - `panel_s`: from opening until the live panel's action button is enabled, when every participant
   clicks "Start the panel" once every tab shows its page (the worst case: all setups at once);
+  with `--spread S` the tabs arrive evenly over S seconds instead, each clicks as soon as it can,
+  and both times count from the tab's own arrival;
 and the memory of voila's kernels (resident set size from /proc): once every page is shown and
 again once every panel is live. Runs 1, 6 and 20 tabs without and with preheating by default.
 
@@ -40,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 ACTION = "button.jupyter-button, button.widget-button"
 START = "Start the panel"
+TAB_TIMEOUT_MS = 240_000  # a tab not usable by then is recorded as failed
 
 
 def free_port() -> int:
@@ -96,30 +99,44 @@ async def open_tab(browser, url: str, start: float, shots: Path | None, index: i
     context = await browser.new_context(viewport={"width": 1300, "height": 900})
     page = await context.new_page()
     await page.goto(url, timeout=600_000, wait_until="commit")
-    result = {}
+    result = {"context": context, "page": page, "index": index}
     # usable: the first action button enabled (start button or a preheated live panel's)
-    await page.wait_for_function(
-        "(sel) => [...document.querySelectorAll(sel)].some(b => !b.disabled && b.offsetParent !== null)",
-        arg=ACTION, timeout=600_000, polling=100)
+    try:
+        await page.wait_for_function(
+            "(sel) => [...document.querySelectorAll(sel)].some(b => !b.disabled && b.offsetParent !== null)",
+            arg=ACTION, timeout=TAB_TIMEOUT_MS, polling=100)
+    except Exception:  # a tab that never became usable is a finding: kept, with what it showed
+        result.update(failed="page", page_s=None, preheated=False, shown=(await page.inner_text("body"))[-400:])
+        if shots is not None:
+            await page.screenshot(path=str(shots / f"failed-tab-{index}.png"), full_page=True)
+        return result
     result["page_s"] = time.perf_counter() - start
     start_button = page.get_by_role("button", name=START)
     result["preheated"] = await start_button.count() == 0
     if shots is not None and index == 0:
         await page.screenshot(path=str(shots / "page.png"))
-    result.update(context=context, page=page)
     return result
 
 
 async def start_panel(result: dict, start: float, shots: Path | None, index: int) -> dict:
+    if result.get("failed"):
+        result["panel_s"] = None
+        return result
     page = result["page"]
     buttons = page.locator(ACTION)
     start_button = page.get_by_role("button", name=START)
     if not result["preheated"]:
         await start_button.first.click()
-    await page.wait_for_function(
-        "([sel, start]) => [...document.querySelectorAll(sel)].some(b => !b.disabled && b.offsetParent !== null"
-        " && !b.innerText.includes(start) && !/clear/i.test(b.innerText))",
-        arg=[ACTION, START], timeout=600_000, polling=100)
+    try:
+        await page.wait_for_function(
+            "([sel, start]) => [...document.querySelectorAll(sel)].some(b => !b.disabled && b.offsetParent !== null"
+            " && !b.innerText.includes(start) && !/clear/i.test(b.innerText))",
+            arg=[ACTION, START], timeout=TAB_TIMEOUT_MS, polling=100)
+    except Exception:
+        result.update(failed="panel", panel_s=None, shown=(await page.inner_text("body"))[-400:])
+        if shots is not None:
+            await page.screenshot(path=str(shots / f"failed-panel-{index}.png"), full_page=True)
+        return result
     result["panel_s"] = time.perf_counter() - start
     if shots is not None and index == 0:
         run = [b for b in await buttons.all() if START not in await b.inner_text()
@@ -129,7 +146,17 @@ async def start_panel(result: dict, start: float, shots: Path | None, index: int
     return result
 
 
-async def class_arrives(base: str, paper: str, tabs: int, server_pid: int, shots: Path | None) -> dict:
+async def arrive_later(browser, url: str, delay: float, shots: Path | None, index: int) -> dict:
+    """One participant arriving `delay` seconds after the first: opens the page, clicks Start as
+    soon as it can; times from its own arrival."""
+    await asyncio.sleep(delay)
+    start = time.perf_counter()
+    result = await open_tab(browser, url, start, shots, index)
+    return await start_panel(result, start, shots, index)
+
+
+async def class_arrives(base: str, paper: str, tabs: int, server_pid: int, shots: Path | None,
+                        spread: float = 0.0) -> dict:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
@@ -137,17 +164,24 @@ async def class_arrives(base: str, paper: str, tabs: int, server_pid: int, shots
                                           headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"])
         start = time.perf_counter()
         url = f"{base}/voila/render/{paper}.ipynb"
-        results = await asyncio.gather(*(open_tab(browser, url, start, shots, i) for i in range(tabs)))
-        pages_memory = kernel_memory(server_pid)  # every page shown, no panel started by a participant
-        await asyncio.gather(*(start_panel(r, start, shots, i) for i, r in enumerate(results)))
+        if spread > 0:  # arrivals spread evenly over `spread` seconds, each starting its panel at once
+            results = await asyncio.gather(*(arrive_later(browser, url, i * spread / tabs, shots, i)
+                                             for i in range(tabs)))
+            pages_memory = {"kernels": None, "total_mb": None, "per_kernel_mb_median": None}
+        else:
+            results = await asyncio.gather(*(open_tab(browser, url, start, shots, i) for i in range(tabs)))
+            pages_memory = kernel_memory(server_pid)  # every page shown, no panel started by a participant
+            await asyncio.gather(*(start_panel(r, start, shots, i) for i, r in enumerate(results)))
         memory = kernel_memory(server_pid)
         for r in results:
             r.pop("page")
             await r.pop("context").close()
         await browser.close()
-    page_s = sorted(r["page_s"] for r in results)
-    panel_s = sorted(r["panel_s"] for r in results)
-    return {"tabs": tabs, "page_s_median": round(statistics.median(page_s), 2), "page_s_max": round(page_s[-1], 2),
+    failures = [{k: r[k] for k in ("index", "failed", "shown")} for r in results if r.get("failed")]
+    page_s = sorted(r["page_s"] for r in results if r["page_s"] is not None) or [float("nan")]
+    panel_s = sorted(r["panel_s"] for r in results if r["panel_s"] is not None) or [float("nan")]
+    return {"tabs": tabs, "spread_s": spread, "failures": failures,
+            "page_s_median": round(statistics.median(page_s), 2), "page_s_max": round(page_s[-1], 2),
             "panel_s_median": round(statistics.median(panel_s), 2), "panel_s_max": round(panel_s[-1], 2),
             "preheated_tabs": sum(r["preheated"] for r in results), "memory_with_pages": pages_memory,
             "memory_with_panels": memory}
@@ -193,6 +227,11 @@ def main(argv=None) -> int:
     parser.add_argument("--tabs", type=int, nargs="+", default=[1, 6, 20])
     parser.add_argument("--preheat", nargs="+", default=["off", "on"], choices=["off", "on"])
     parser.add_argument("--pool-size", type=int, default=1)
+    parser.add_argument("--preheat-panels", action="store_true",
+                        help="preheated kernels start their panel too (`workshop --preheat-panels`)")
+    parser.add_argument("--spread", type=float, default=0.0,
+                        help="arrivals spread evenly over this many seconds (each tab timed from its arrival) "
+                             "instead of all at once")
     parser.add_argument("--http-tabs", type=int, nargs="*", default=[20],
                         help="also request the page this many times at once without a browser")
     parser.add_argument("--folder", type=Path, default=REPO / "workshop-bench")
@@ -203,7 +242,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO))
     from workbench.run import workshop
 
-    workshop.prepare_workshop(args.folder, [args.paper])  # recorded once, not timed
+    workshop.prepare_workshop(args.folder, [args.paper], preheat_panels=args.preheat_panels)  # recorded once
     rows, http_rows = [], []
     for preheat in args.preheat:
         for tabs in args.tabs:
@@ -213,16 +252,19 @@ def main(argv=None) -> int:
             try:
                 if preheat == "on":  # the teacher waits for the readiness line before the class comes
                     t0 = time.perf_counter()
-                    while sum(workshop.preheated_ready(args.folder).values()) < args.pool_size:
-                        time.sleep(0.5)
+                    ready = workshop.wait_for_pool(args.folder, [args.paper], args.pool_size, echo=lambda _: None,
+                                                   poll_seconds=0.5, stalled_seconds=60)
                     preheat_s = time.perf_counter() - t0
                 idle = kernel_memory(proc.pid)
                 shots = None
                 if args.shots is not None:
                     shots = args.shots / f"{args.paper}-{tabs}-preheat-{preheat}"
                     shots.mkdir(parents=True, exist_ok=True)
-                row = asyncio.run(class_arrives(f"http://127.0.0.1:{port}", args.paper, tabs, proc.pid, shots))
-                row.update(preheat=preheat, pool_size=args.pool_size if preheat == "on" else 0,
+                row = asyncio.run(class_arrives(f"http://127.0.0.1:{port}", args.paper, tabs, proc.pid, shots,
+                                                args.spread))
+                row.update(preheated_ready=ready if preheat == "on" else 0,
+                           preheat=preheat + (" with panels" if preheat == "on" and args.preheat_panels else ""),
+                           pool_size=args.pool_size if preheat == "on" else 0,
                            memory_before_class=idle, preheat_s=round(preheat_s, 1) if preheat == "on" else None)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -233,8 +275,9 @@ def main(argv=None) -> int:
             port = free_port()
             proc = serve(args.folder, port, preheat == "on", args.pool_size, args.folder / f"voila-http-{preheat}-{tabs}.log")
             try:
-                while preheat == "on" and sum(workshop.preheated_ready(args.folder).values()) < args.pool_size:
-                    time.sleep(0.5)
+                if preheat == "on":
+                    workshop.wait_for_pool(args.folder, [args.paper], args.pool_size, echo=lambda _: None,
+                                           poll_seconds=0.5, stalled_seconds=60)
                 row = server_side(f"http://127.0.0.1:{port}", args.paper, tabs, proc.pid)
                 row.update(preheat=preheat, pool_size=args.pool_size if preheat == "on" else 0)
                 http_rows.append(row)
@@ -246,13 +289,15 @@ def main(argv=None) -> int:
               "load_before": os.getloadavg(), "rows": rows, "server_side": http_rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(record, indent=2) + "\n")
-    lines = [f"# A class opening `{args.paper}` at once ({os.cpu_count()} cores)", "",
-             "| tabs | preheat (pool) | page usable s (median / max) | panel live s (median / max) | "
+    when = f"arriving over {args.spread:g} s, each timed from its arrival" if args.spread else "at once"
+    lines = [f"# A class opening `{args.paper}` {when} ({os.cpu_count()} cores)", "",
+             "| tabs | preheat (pool) | failed tabs | page usable s (median / max) | panel live s (median / max) | "
              "kernels | MB per kernel, pages only (median) | MB per kernel, panels live (median / max) | "
-             "total MB, pages only | total MB, panels live |", "|---|---|---|---|---|---|---|---|---|"]
+             "total MB, pages only | total MB, panels live |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m, q = r["memory_with_panels"], r["memory_with_pages"]
-        lines.append(f"| {r['tabs']} | {r['preheat']} ({r['pool_size']}) | {r['page_s_median']} / {r['page_s_max']} | "
+        lines.append(f"| {r['tabs']} | {r['preheat']} ({r['pool_size']}) | {len(r['failures'])} | "
+                     f"{r['page_s_median']} / {r['page_s_max']} | "
                      f"{r['panel_s_median']} / {r['panel_s_max']} | {m['kernels']} | {q['per_kernel_mb_median']} | "
                      f"{m['per_kernel_mb_median']} / {m['per_kernel_mb_max']} | {q['total_mb']} | {m['total_mb']} |")
     lines += ["", "Server side only (plain HTTP requests at once, no browser on this machine):", "",

@@ -192,3 +192,17 @@ def test_import_workbench_leaves_jax_unimported_until_used():
             "assert jax.config.jax_compilation_cache_dir == str(c.requested_dir()), jax.config.jax_compilation_cache_dir")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_the_pool_wait_counts_ready_kernels_and_reports_a_stalled_pool(tmp_path):
+    ready = tmp_path / ".pages" / ".ready"
+    ready.mkdir(parents=True)
+    (ready / f"a-{os.getpid()}").write_text("0\n")
+    (ready / "a-999999999").write_text("0\n")  # a kernel that has exited: not counted
+    lines = []
+    assert workshop.wait_for_pool(tmp_path, ["a"], 1, echo=lines.append, poll_seconds=0.01) == 1
+    assert lines == ["preheated kernels ready: 1 of 1", "READY: every paper has its preheated kernels ready"]
+    lines.clear()
+    assert workshop.wait_for_pool(tmp_path, ["a", "b"], 1, echo=lines.append, poll_seconds=0.01,
+                                  stalled_seconds=0.1) == 1
+    assert lines[-1].startswith("READY with 1 of 2 preheated kernels")

@@ -492,6 +492,45 @@ def preheated_ready(folder: Path) -> dict[str, int]:
     return counts
 
 
+def wait_for_pool(folder: Path, names: list[str], preheated: int, echo: Callable[[str], Any] = print,
+                  poll_seconds: float = 1.0, stalled_seconds: float = 120.0,
+                  is_running: Callable[[], bool] = lambda: True) -> int:
+    """Wait until every paper has `preheated` kernels ready, saying how many are as they come; a
+    pool that stops growing for `stalled_seconds` is reported as it is (voila does not replace a
+    pooled kernel that failed to start, e.g. on a port taken in between by another process).
+
+    Args:
+        folder: the workshop folder.
+        names: the papers served.
+        preheated: kernels per paper to wait for.
+        echo: where the lines go (default `print`).
+        poll_seconds: how often to look (default 1).
+        stalled_seconds: how long without a new ready kernel before giving up waiting (default 120).
+        is_running: whether the server still runs (the wait ends when it stops).
+
+    Returns:
+        The number of preheated kernels ready.
+    """
+    import time
+
+    wanted, done, last_change = preheated * len(names), -1, time.monotonic()
+    while is_running():
+        counts = preheated_ready(folder)
+        now = sum(min(counts.get(n, 0), preheated) for n in names)
+        if now != done:
+            done, last_change = now, time.monotonic()
+            echo(f"preheated kernels ready: {done} of {wanted}")
+        if done >= wanted:
+            echo("READY: every paper has its preheated kernels ready")
+            break
+        if time.monotonic() - last_change > stalled_seconds:
+            echo(f"READY with {done} of {wanted} preheated kernels: the others did not start (voila's log says "
+                 "why); pages still open, on a fresh kernel")
+            break
+        time.sleep(poll_seconds)
+    return max(done, 0)
+
+
 def serve(cmd: list[str], folder: Path, names: list[str], port: int, preheated: int = 0,
           echo: Callable[[str], Any] = print, poll_seconds: float = 1.0) -> int:
     """Run voila (`voila_command`'s `cmd`) until it stops, telling the teacher when the workshop
@@ -528,17 +567,8 @@ def serve(cmd: list[str], folder: Path, names: list[str], port: int, preheated: 
         if proc.poll() is None:
             echo(f"READY: {len(names)} pages served at {url} (on the classroom network: this machine's address, "
                  f"port {port})" + (f"; preheating {preheated} kernel(s) per paper..." if preheated else ""))
-        reported = -1
-        while preheated and proc.poll() is None:
-            counts = preheated_ready(folder)
-            done = sum(min(counts.get(n, 0), preheated) for n in names)
-            if done != reported:
-                reported = done
-                echo(f"preheated kernels ready: {done} of {preheated * len(names)}")
-            if done >= preheated * len(names):
-                echo("READY: every paper has its preheated kernels ready")
-                break
-            time.sleep(poll_seconds)
+        if preheated:
+            wait_for_pool(folder, names, preheated, echo, poll_seconds, is_running=lambda: proc.poll() is None)
         return proc.wait()
     except KeyboardInterrupt:
         proc.terminate()
