@@ -26,6 +26,8 @@
 #       n_test: 450
 #       n_train: 1347
 #     quick_seconds: 40
+#     summary: Fix wrong predictions by fine-tuning on the few training examples influence
+#       points to
 #     title: Correcting mispredictions with a few fine-tuning steps (Schioppa et al.
 #       2023)
 # ---

@@ -37,6 +37,8 @@
 #       denoiser_steps: 6000
 #       samples_per_class: 100
 #     quick_seconds: 90
+#     summary: Make a tiny diffusion model forget a digit, and measure what else it
+#       lost
 #     title: Model integrity when unlearning a class from a tiny digits diffusion model
 # ---
 

@@ -49,6 +49,7 @@
 #       - 128000
 #       scaling_steps: 50
 #     quick_seconds: 150
+#     summary: Minimise a loss and solve optimal transport across several JAX processes
 #     title: Distributed function minimisation with JAX processes (Schioppa 2019)
 # ---
 

@@ -41,6 +41,7 @@
 #       tasks_per_step: 1024
 #       train_steps: 5000
 #     quick_seconds: 120
+#     summary: A trained linear transformer takes gradient-descent steps on its context
 #     title: Transformers learn in context by gradient descent (and deeper ones like
 #       Newton)
 # ---

@@ -30,6 +30,8 @@
 #       record_every: 100
 #       steps: 5000
 #     quick_seconds: 45
+#     summary: A removed example's effect on a prediction over training, against the
+#       influence estimate
 #     title: Influence fades over training (Schioppa et al. 2023)
 # ---
 

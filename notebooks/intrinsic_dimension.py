@@ -40,6 +40,7 @@
 #       - 640
 #       steps: 1500
 #     quick_seconds: 40
+#     summary: How many random directions a digits model needs to train well
 #     title: Intrinsic dimension of digits models (Li et al. 2018, via sketches)
 # ---
 

@@ -37,6 +37,7 @@
 #       num_seeds: 1000
 #       num_steps: 100000
 #     quick_seconds: 40
+#     summary: Where SGD's last iterate lands across seeds, against the theory's rate
 #     title: The last iterate of SGD across seeds (Harvey et al. 2019, Defazio et al.
 #       2023)
 # ---

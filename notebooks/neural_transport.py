@@ -66,6 +66,8 @@
 #       num_seeds: 3
 #       num_steps: 1000
 #     quick_seconds: 30
+#     summary: Neural maps pushing one distribution onto another, checked where the
+#       answer is known
 #     title: Learning to transport with neural networks, heuristic flows against OT-principled
 #       estimators on problems with a known answer (Schioppa 2019)
 # ---

@@ -42,6 +42,8 @@
 #       - 0.5
 #       steps: 1500
 #     quick_seconds: 35
+#     summary: A bandit learns how much translation data to mix into language-model
+#       training
 #     title: Learning the mix of objectives (Schioppa, Garcia and Firat 2023; Graves
 #       et al. 2017)
 # ---

@@ -36,6 +36,8 @@
 #       - 100000
 #       - 1000000
 #     quick_seconds: 25
+#     summary: Warm-up and cool-down shapes of a learning-rate schedule and the bound
+#       they give
 #     title: Last-iterate bounds of learning-rate schedules (Defazio et al. 2023)
 # ---
 

@@ -38,6 +38,7 @@
 #       - 1.0
 #       - 2.0
 #     quick_seconds: 40
+#     summary: A learning-rate schedule refined from the gradient norms of a first run
 #     title: Refined learning-rate schedules from gradient norms (Defazio et al. 2023)
 # ---
 

@@ -78,6 +78,8 @@
 #       - 16
 #       train_steps: 500
 #     quick_seconds: 320
+#     summary: Random projections storing per-example gradients and Hessian products
+#       in little space
 #     title: Efficient sketches of gradients and Hessians (Schioppa 2024)
 # ---
 

@@ -45,6 +45,7 @@
 #       switch_tasks: 4
 #       text_steps: 300
 #     quick_seconds: 40
+#     summary: What a network forgets and relearns when its training task switches
 #     title: What happens at a task switch (De Lange et al. 2023, Ibrahim et al. 2024,
 #       Gandhi et al. 2024)
 # ---

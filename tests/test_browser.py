@@ -102,6 +102,21 @@ def _click_and_expect_figure(page, scope, name: str) -> None:
     assert WIDGET_ERROR not in page.inner_text("body"), f"{name}: a widget failed to display"
 
 
+def _expect_drawn_thumbnail(page) -> None:
+    """The first history thumbnail is loaded, has the figure's landscape shape and is not blank
+    (JupyterLab once showed it blank or mis-sized)."""
+    thumb = page.locator("img[alt='figure of this run']").first
+    thumb.wait_for(timeout=30_000)
+    width, height, inked = page.evaluate(
+        """(img) => { const c = document.createElement('canvas'); c.width = img.naturalWidth;
+        c.height = img.naturalHeight; const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+        const d = g.getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] < 200 || d[i + 1] < 200 || d[i + 2] < 200) n++;
+        return [img.naturalWidth, img.naturalHeight, n / (c.width * c.height)]; }""", thumb.element_handle())
+    assert width > height > 50, f"thumbnail {width}x{height}: not the figure's shape"
+    assert inked > 0.01, f"thumbnail nearly blank: {inked:.3%} of its pixels drawn"
+
+
 @pytest.mark.notebook
 def test_jupyterlab_runs_tour_and_its_panel(browser, tmp_path):
     folder = tmp_path / "lab"
@@ -124,6 +139,7 @@ def test_jupyterlab_runs_tour_and_its_panel(browser, tmp_path):
         page.get_by_text("Run All Cells", exact=True).click()
         notebook = page.locator(".jp-Notebook").first
         _click_and_expect_figure(page, notebook, "lab-tour")
+        _expect_drawn_thumbnail(page)
         assert "Jupyter news" not in page.inner_text("body"), "the news announcement pop-up is shown"
         page.close()
     finally:

@@ -206,3 +206,10 @@ def test_the_pool_wait_counts_ready_kernels_and_reports_a_stalled_pool(tmp_path)
     assert workshop.wait_for_pool(tmp_path, ["a", "b"], 1, echo=lines.append, poll_seconds=0.01,
                                   stalled_seconds=0.1) == 1
     assert lines[-1].startswith("READY with 1 of 2 preheated kernels")
+
+
+def test_every_paper_has_a_title_and_a_one_line_description_for_the_listing():
+    for name, paper in registry.discover(registry.repo_root() / "notebooks").items():
+        title, description = workshop.listing_entry(paper)
+        assert title and " - " not in title, name
+        assert 10 < len(description) <= 100 and "\n" not in description, (name, description)

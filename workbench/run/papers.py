@@ -84,7 +84,8 @@ class Parameter:
 @dataclass(frozen=True)
 class Paper:
     """A paper: its name (the notebook's stem), title, jupytext source, the expected quick-run time
-    in seconds (None when unknown), the full profile's overrides, its parameters and its claims."""
+    in seconds (None when unknown), the full profile's overrides, its parameters, its claims and
+    controls, and a one-line summary for listings (empty when the title carries one after " - ")."""
 
     name: str
     title: str
@@ -94,6 +95,7 @@ class Paper:
     parameters: dict[str, Parameter] = field(repr=False)
     claims: tuple[Claim, ...] = ()
     controls: dict[str, str] = field(default_factory=dict)
+    summary: str = ""
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -262,7 +264,7 @@ def load_paper(source: Path) -> Paper:
     claims = parse_claims(meta.get("claims"), str(source))
     controls = parse_controls(meta.get("controls"), claims, str(source))
     paper = Paper(source.stem, meta.get("title", source.stem), source, meta.get("quick_seconds"), full,
-                  params, claims, controls)
+                  params, claims, controls, str(meta.get("summary") or ""))
     unknown = [k for k in full if k not in params]
     if unknown:
         raise PaperError(f"{source}: full profile names unknown parameters {unknown}")

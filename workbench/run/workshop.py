@@ -97,18 +97,15 @@ def listing_entry(paper: registry.Paper) -> tuple[str, str]:
         paper: the paper.
 
     Returns:
-        (title, description): the title before " - " and what follows it; for a title without
-        one, the title and the first sentence of the paper's introduction.
+        (title, description): the paper's `summary` when it has one (with its whole title), else
+        the title's part before " - " and the part after it; else the title and "".
     """
+    if paper.summary:
+        return paper.title, paper.summary
     if " - " in paper.title:
         title, rest = paper.title.split(" - ", 1)
         return title.strip(), rest.strip()[:1].upper() + rest.strip()[1:]
-    import jupytext
-
-    text = next((c.source for c in jupytext.read(paper.source).cells if c.cell_type == "markdown"), "")
-    body = " ".join(line for line in text.splitlines() if line.strip() and not line.startswith("#"))
-    first = body.split(". ")[0].replace("*", "").strip()
-    return paper.title, (first if len(first) < 200 else first[:197] + "...")
+    return paper.title, ""
 
 
 def _source_digest(paper: registry.Paper) -> str:
