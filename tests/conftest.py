@@ -16,6 +16,11 @@ if "WORKBENCH_TEST_JAX_CACHE" not in os.environ:
 else:
     _OWN_CACHE = False
 os.environ["WORKBENCH_JAX_CACHE"] = os.environ["WORKBENCH_TEST_JAX_CACHE"]
+# Only programs that took 2 s or more to compile are written to it: writing serialises the
+# executable, and JAX's serialisation crashed an xdist worker (a segfault in
+# compilation_cache.put_executable_and_time) about once in five suite runs when every program
+# over 0.1 s was written; the programs worth sharing across processes are the slow ones.
+os.environ.setdefault("WORKBENCH_JAX_CACHE_MIN_SECONDS", "2")
 # The suite compiles thousands of small programs that then run for milliseconds, so XLA's compile
 # time is most of its time. XLA's older CPU emitters compile a third faster on these programs and
 # run them about as fast (measured: spectrum + influence tests 104 -> 69 CPU-s, the your_own_model

@@ -15,8 +15,8 @@ the configuration: it is safe to delete at any time (the next run compiles again
 `rm -rf ~/.cache/workbench/jax`. It is not pruned; the quick profiles of all papers fill about
 the size `info()` reports after a `make papers`.
 
-Only programs whose compilation took at least `MIN_COMPILE_SECONDS` are written: smaller ones
-compile about as fast as they load.
+Only programs whose compilation took at least `MIN_COMPILE_SECONDS` are written (smaller ones
+compile about as fast as they load); `WORKBENCH_JAX_CACHE_MIN_SECONDS` sets another threshold.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import NamedTuple
 ENV = "WORKBENCH_JAX_CACHE"
 OFF = ("off", "0", "false", "no", "none")
 MIN_COMPILE_SECONDS = 0.1
+MIN_SECONDS_ENV = "WORKBENCH_JAX_CACHE_MIN_SECONDS"
 JAX_ENV = "JAX_COMPILATION_CACHE_DIR"
 OURS_ENV = "WORKBENCH_JAX_CACHE_SET"  # the folder enable() itself put in JAX_ENV (inherited by children)
 
@@ -99,9 +100,21 @@ def enable() -> Path | None:
         _source = "off"
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds())
     _source = "workbench"
     return path
+
+
+def min_compile_seconds() -> float:
+    """The compile time from which a program is written to the cache.
+
+    Returns:
+        `WORKBENCH_JAX_CACHE_MIN_SECONDS` when set to a number, else `MIN_COMPILE_SECONDS`.
+    """
+    try:
+        return float(os.environ.get(MIN_SECONDS_ENV, MIN_COMPILE_SECONDS))
+    except ValueError:
+        return MIN_COMPILE_SECONDS
 
 
 def _enable_before_jax() -> Path | None:
@@ -118,7 +131,7 @@ def _enable_before_jax() -> Path | None:
         _source = "off"
         return None
     os.environ[JAX_ENV] = os.environ[OURS_ENV] = str(path)
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(MIN_COMPILE_SECONDS)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(min_compile_seconds())
     _source = "workbench"
     return path
 
