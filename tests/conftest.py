@@ -21,14 +21,13 @@ os.environ["WORKBENCH_JAX_CACHE"] = os.environ["WORKBENCH_TEST_JAX_CACHE"]
 # compilation_cache.put_executable_and_time) about once in five suite runs when every program
 # over 0.1 s was written; the programs worth sharing across processes are the slow ones.
 os.environ.setdefault("WORKBENCH_JAX_CACHE_MIN_SECONDS", "2")
-# The suite compiles thousands of small programs that then run for milliseconds, so XLA's compile
-# time is most of its time. XLA's older CPU emitters compile a third faster on these programs and
-# run them about as fast (measured: spectrum + influence tests 104 -> 69 CPU-s, the your_own_model
-# paper 95 -> 76); the same variable reaches the paper kernels and worker processes the suite
-# starts. `make papers` and users keep XLA's defaults. WORKBENCH_TEST_XLA_FLAGS overrides it
-# ("" for XLA's defaults); flags already in XLA_FLAGS are kept after it.
-os.environ.setdefault("WORKBENCH_TEST_XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false")
-if os.environ["WORKBENCH_TEST_XLA_FLAGS"] not in os.environ.get("XLA_FLAGS", ""):
+# WORKBENCH_TEST_XLA_FLAGS: XLA flags for the suite's processes (the paper kernels and worker
+# processes inherit them); flags already in XLA_FLAGS are kept after it. Empty by default: XLA's
+# older CPU emitters (--xla_cpu_use_fusion_emitters=false) compiled the suite's small programs a
+# third faster, but two fresh-clone runs in two lost an xdist worker to a segfault in XLA's
+# compilation or JAX's serialisation of an executable with them on.
+os.environ.setdefault("WORKBENCH_TEST_XLA_FLAGS", "")
+if os.environ["WORKBENCH_TEST_XLA_FLAGS"] and os.environ["WORKBENCH_TEST_XLA_FLAGS"] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ['WORKBENCH_TEST_XLA_FLAGS']} {os.environ.get('XLA_FLAGS', '')}".strip()
 
 import zlib
