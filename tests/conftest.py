@@ -30,6 +30,10 @@ os.environ.setdefault("WORKBENCH_TEST_XLA_FLAGS", "")
 if os.environ["WORKBENCH_TEST_XLA_FLAGS"] and os.environ["WORKBENCH_TEST_XLA_FLAGS"] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ['WORKBENCH_TEST_XLA_FLAGS']} {os.environ.get('XLA_FLAGS', '')}".strip()
 
+# A paper cell still running after 20 minutes (quick-profile cells take seconds) fails its run
+# instead of holding the suite until CI's own limit: a hang guard, not a timing check.
+os.environ.setdefault("WORKBENCH_CELL_TIMEOUT", "1200")
+
 import zlib
 
 import hypothesis

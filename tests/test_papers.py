@@ -217,6 +217,19 @@ def test_failed_run_is_kept_and_earlier_runs_untouched(tmp_path):
     assert not list((tmp_path / "fail_paper").glob(".tmp-*"))
 
 
+def test_a_hung_cell_fails_its_run_after_the_cell_timeout(tmp_path, monkeypatch):
+    monkeypatch.setenv(runner.CELL_TIMEOUT_ENV, "2")
+    hung = cli("run", "fail_paper", "-p", "fail=false", "-p", "hang_seconds=600", runs_dir=tmp_path)
+    assert hung.returncode == 1 and "a cell ran past WORKBENCH_CELL_TIMEOUT=2 s" in hung.stderr, hung.stderr
+    [failed] = run_dirs(tmp_path, "fail_paper")
+    assert failed.name.endswith("-failed")
+    assert json.loads((failed / "metrics.json").read_text()) == {"before_failure": 1}
+    monkeypatch.setenv(runner.CELL_TIMEOUT_ENV, "soon")
+    refused = cli("run", "fail_paper", runs_dir=tmp_path)
+    assert refused.returncode != 0 and "WORKBENCH_CELL_TIMEOUT must be a positive number" in refused.stderr
+    assert run_dirs(tmp_path, "fail_paper") == [failed]  # refused before anything ran
+
+
 def test_run_all_summarises_and_fails_if_any_failed(tmp_path):
     out = cli("run", "--all", runs_dir=tmp_path)
     assert out.returncode == 1

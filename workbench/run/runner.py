@@ -28,6 +28,10 @@ from workbench.run.claims import ClaimResult, check_claims, check_controls
 from workbench.run.papers import Paper, params_hash, repo_root
 from workbench.run.results import FIGURES_DIR, METRICS_FILE, RUN_DIR_ENV
 
+# Seconds one cell may run before the run is ended as failed (unset: no limit). A guard against a
+# kernel that hangs, never a measure: the test suite sets it far above any cell's time.
+CELL_TIMEOUT_ENV = "WORKBENCH_CELL_TIMEOUT"
+
 VERSIONED_PACKAGES = (
     "workbench", "jax", "jaxlib", "flax", "optax", "numpy", "scipy", "scikit-learn", "zarr",
     "matplotlib", "plotly", "papermill", "jupytext", "ipykernel",
@@ -105,12 +109,31 @@ def one_blas_thread() -> None:
         os.environ.setdefault(name, "1")
 
 
+def cell_timeout() -> int | None:
+    """The per-cell limit `$WORKBENCH_CELL_TIMEOUT` sets, in whole seconds (None when unset).
+
+    Raises:
+        ValueError: the variable is set to something other than a positive number.
+    """
+    setting = os.environ.get(CELL_TIMEOUT_ENV, "").strip()
+    if not setting:
+        return None
+    try:
+        seconds = float(setting)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"{CELL_TIMEOUT_ENV} must be a positive number of seconds, got {setting!r}")
+    return max(1, round(seconds))
+
+
 def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None, progress: bool = False,
               inline_figures: bool = False) -> RunResult:
     """Execute `paper` with already-resolved `params` into a new run directory.
 
     The notebook runs in a fresh kernel (papermill) inside `.tmp-<stem>-<pid>/`, with
-    `WORKBENCH_RUN_DIR` pointing there; afterwards its claims are checked against `metrics.json`,
+    `WORKBENCH_RUN_DIR` pointing there (a cell running longer than `$WORKBENCH_CELL_TIMEOUT`
+    seconds, when set, fails the run); afterwards its claims are checked against `metrics.json`,
     a `manifest.json` records parameters, times, git state, devices and package versions, and the
     folder is renamed to `<UTC time>-<params hash>` (or `...-failed`, with `error.txt`).
 
@@ -129,6 +152,7 @@ def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None
     import jupytext
     import papermill
 
+    limit = cell_timeout()  # a bad setting is refused before anything runs
     runs_dir = Path(runs_dir) if runs_dir is not None else repo_root() / "runs"
     start = datetime.now(UTC)
     stem = f"{start.strftime('%Y%m%dT%H%M%SZ')}-{params_hash(params)}"
@@ -149,7 +173,7 @@ def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None
     try:
         papermill.execute_notebook(
             jupytext.read(paper.source), str(output_nb), parameters=params, kernel_name="python3",
-            cwd=str(tmp), progress_bar=progress, log_output=False,
+            cwd=str(tmp), progress_bar=progress, log_output=False, execution_timeout=limit,
             # quiet the kernel's own log: its start-up warnings (it listens on localhost only) and the
             # "KeyboardInterrupt caught in kernel" jupyter_client's shutdown SIGINT can provoke; a
             # cell's error still reaches the run through papermill
@@ -157,6 +181,8 @@ def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None
         )
     except Exception as err:  # any failure is recorded in the -failed directory
         error = "".join(traceback.format_exception_only(type(err), err)).strip()
+        if type(err).__name__ == "CellTimeoutError":  # nbclient's; say which setting ended it
+            error = f"{error}\na cell ran past {CELL_TIMEOUT_ENV}={limit} s (the kernel was stopped)"
         (tmp / "error.txt").write_text(traceback.format_exc())
     finally:
         for k, v in saved_env.items():
