@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 # the ones before it.
 LAYERS = [
     ("core foundation", {"core"}),
-    ("data and models", {"data", "models"}),
+    ("data and models", {"data", "models", "gpt"}),
     ("engines", {"curvature", "train"}),
     ("capabilities", {"spectrum", "sketch", "influence", "schedules", "convex", "icl",
                       "unlearning", "distributed", "continual", "transport", "mixing"}),
@@ -30,8 +30,8 @@ RANK = {mod: i for i, (_, mods) in enumerate(LAYERS) for mod in mods}
 # loader or a model class. They may name the two boundary types (the Dataset container and the
 # Functional form of a model) in annotations and isinstance checks.
 FORBIDDEN = {
-    "engines": {"data", "models"},
-    "capabilities": {"data", "models"},
+    "engines": {"data", "models", "gpt"},
+    "capabilities": {"data", "models", "gpt"},
 }
 BOUNDARY_TYPES = {"data": {"Dataset"}, "models": {"Functional"}}
 

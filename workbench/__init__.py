@@ -11,7 +11,7 @@ Layers, top to bottom (a module imports only from its own layer or those above i
     core/             the foundation: tree (beyond optax.tree), numerics (tolerances, finiteness,
                       validators), per_example (per-example losses and gradients), statistics,
                       progress
-    data, models      datasets; Flax NNX models -> Functional (params and pure functions)
+    data, models, gpt datasets; Flax NNX models -> Functional (params and pure functions)
     curvature, train  the engines: Hessian / GGN / Fisher operators; one optax step and its scans
     spectrum/ sketch/ influence/ schedules/ convex/ icl/ unlearning/ distributed/ continual/
     transport/ mixing/

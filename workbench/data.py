@@ -3,7 +3,13 @@
 A dataset is a `Dataset(x, y)` NamedTuple: a pytree, so `jax.tree.map(lambda a: a[idx], data)`
 takes a subset and every algorithm can treat it as a batch. Loaders that return more than one
 thing return NamedTuples too: `Split(train, test)`, `Regression(data, weights)`,
-`TextData(data, vocab)`.
+`TextData(data, vocab)`, `TextCorpus(train, validation, vocab)`.
+
+Text comes from what ships with Python, so it needs no network and is the same for a given
+Python version: `load_text` (a few module sources, one set of windows) and `load_corpus` (about
+1.4 million characters of module sources and built-in docstrings, with a held-out split that
+shares no character with the training windows); `encode` and `decode` map between strings and
+token ids of a vocabulary.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from workbench.core.numerics import check_positive_int, num_examples  # noqa: F401 (re-exported: data.num_examples)
 
@@ -56,6 +63,19 @@ class TextData(NamedTuple):
     """Character-level language-modelling data and its vocabulary (the sorted characters)."""
 
     data: Dataset
+    vocab: str
+
+
+class TextCorpus(NamedTuple):
+    """Character-level language-modelling data with a held-out split (`load_corpus`).
+
+    `train` and `validation` are `Dataset(x, y)`s of int32 token ids [n, seq_len], y being x
+    shifted by one character; their windows come from disjoint regions of the text. `vocab` is
+    the sorted string of every character of the corpus (`encode` / `decode` take it).
+    """
+
+    train: Dataset
+    validation: Dataset
     vocab: str
 
 
@@ -320,3 +340,229 @@ def shuffle_tokens(data: Dataset, key: jax.Array) -> Dataset:
     key_x, key_y = jax.random.split(key)
     return Dataset(jax.random.permutation(key_x, x.ravel()).reshape(x.shape),
                    jax.random.permutation(key_y, y.ravel()).reshape(y.shape))
+
+
+CORPUS_MODULES = (
+    "abc", "argparse", "ast", "base64", "bisect", "calendar", "cmd", "colorsys", "configparser",
+    "contextlib", "copy", "csv", "dataclasses", "difflib", "enum", "fractions", "functools", "glob",
+    "heapq", "inspect", "ipaddress", "numbers", "operator", "optparse", "pprint", "queue", "random",
+    "statistics", "string", "textwrap", "tokenize", "typing", "weakref",
+)
+"""The 33 pure-Python standard-library modules whose source text (code, comments and docstrings)
+makes up most of `load_corpus`'s text, about 1.26 million characters: text-rich, importable on
+every platform, free of side effects on import, and ASCII but for a handful of characters, so
+the vocabulary stays at about 100 characters."""
+
+CORPUS_DOCSTRING_MODULES = (
+    "builtins", "math", "cmath", "itertools", "array", "binascii", "zlib", "unicodedata", "gc", "marshal",
+)
+"""Built-in (C) modules without Python source whose public functions', classes' and methods'
+docstrings add English prose to the corpus (about 100,000 characters, 65,000 of them from
+builtins)."""
+
+
+def _import_module(name: str):
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise ValueError(f"unknown module {name!r}: it cannot be imported ({err})") from err
+
+
+def _module_docstrings(name: str) -> str:
+    """The docstrings of a module's own public routines and classes and of the classes' public
+    methods, each under its dotted name, in sorted order."""
+    import inspect
+
+    module = _import_module(name)
+    parts = []
+    for attr, obj in sorted(vars(module).items()):
+        if attr.startswith("_") or not (inspect.isroutine(obj) or inspect.isclass(obj)):
+            continue
+        if getattr(obj, "__module__", None) != name:  # re-exported from elsewhere
+            continue
+        members = [(f"{name}.{attr}", obj)]
+        if inspect.isclass(obj):
+            members += [(f"{name}.{attr}.{m}", v) for m, v in sorted(vars(obj).items())
+                        if not m.startswith("_") and inspect.isroutine(v)]
+        parts += [f"{label}\n{doc}\n" for label, value in members if (doc := inspect.getdoc(value))]
+    if not parts:
+        raise ValueError(f"module {name!r} has no public docstrings to take")
+    return "\n".join(parts)
+
+
+def corpus_documents(modules: Sequence[str] = CORPUS_MODULES,
+                     docstring_modules: Sequence[str] = CORPUS_DOCSTRING_MODULES) -> tuple[str, ...]:
+    """The documents of the standard-library text corpus: module sources, then docstrings.
+
+    One document per module, in the order given: the full source text of each of `modules`, then
+    for each of `docstring_modules` its public functions', classes' and methods' docstrings
+    (`inspect.getdoc`), each under its dotted name. Nothing is fetched: the same Python version
+    gives the same documents.
+
+    Args:
+        modules: importable modules with Python source (default `CORPUS_MODULES`, 33 modules).
+        docstring_modules: modules whose docstrings are taken, typically built-in ones without
+            source (default `CORPUS_DOCSTRING_MODULES`, 10 modules).
+
+    Returns:
+        A tuple of strings, one per module.
+
+    Raises:
+        ValueError: a module that cannot be imported, one of `modules` without Python source, one
+            of `docstring_modules` without public docstrings, or no modules at all.
+    """
+    import inspect
+
+    if isinstance(modules, str) or isinstance(docstring_modules, str):
+        raise ValueError("modules and docstring_modules must be sequences of module names, not one string")
+    if not modules and not docstring_modules:
+        raise ValueError("the corpus needs at least one module (modules or docstring_modules)")
+    documents = []
+    for name in modules:
+        module = _import_module(name)
+        try:
+            documents.append(inspect.getsource(module))
+        except (OSError, TypeError) as err:
+            raise ValueError(f"module {name!r} has no Python source ({err}); list built-in modules in "
+                             "docstring_modules") from err
+    documents += [_module_docstrings(name) for name in docstring_modules]
+    return tuple(documents)
+
+
+def _check_vocab(vocab: str) -> str:
+    if not isinstance(vocab, str) or not vocab:
+        raise ValueError(f"vocab must be a non-empty string of characters, got {vocab!r:.60}")
+    if len(set(vocab)) != len(vocab):
+        raise ValueError("vocab must not repeat a character")
+    return vocab
+
+
+def encode(text: str, vocab: str) -> jax.Array:
+    """The token ids of `text`'s characters: each character's index in `vocab`.
+
+    Args:
+        text: the string to encode.
+        vocab: the vocabulary, a string of distinct characters (`TextCorpus.vocab`).
+
+    Returns:
+        int32 ids [len(text)].
+
+    Raises:
+        ValueError: `text` holds characters outside `vocab` (the message lists them), or `vocab`
+            is empty or repeats a character.
+    """
+    codes = _code_points(_check_vocab(vocab))
+    order = np.argsort(codes)
+    points = _code_points(text)
+    where = np.minimum(np.searchsorted(codes[order], points), len(codes) - 1)
+    unknown = codes[order][where] != points
+    if unknown.any():
+        missing = sorted(set(np.asarray(list(text))[unknown]))
+        raise ValueError(f"text holds {len(missing)} character(s) outside the vocabulary: "
+                         f"{''.join(missing)[:40]!r}")
+    return jnp.asarray(order[where], jnp.int32)
+
+
+def _code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), np.uint32)
+
+
+def decode(ids, vocab: str) -> str:
+    """The string whose characters have token ids `ids` in `vocab` (the inverse of `encode`).
+
+    Args:
+        ids: integer token ids [length] (an array or a sequence of ints).
+        vocab: the vocabulary, a string of distinct characters.
+
+    Returns:
+        The decoded string of `length` characters.
+
+    Raises:
+        ValueError: `ids` not a one-dimensional array of integers in [0, len(vocab)).
+    """
+    vocab = _check_vocab(vocab)
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+        raise ValueError(f"ids must be one-dimensional integer token ids, got shape {ids.shape} and dtype {ids.dtype}")
+    if ids.size and (ids.min() < 0 or ids.max() >= len(vocab)):
+        raise ValueError(f"ids must lie in [0, len(vocab) = {len(vocab)}), got ids in [{ids.min()}, {ids.max()}]")
+    return "".join(np.asarray(list(vocab))[ids]) if ids.size else ""
+
+
+def _windows(ids: np.ndarray, seq_len: int, stride: int, region: str) -> Dataset:
+    if ids.size < seq_len + 1:
+        raise ValueError(f"the {region} text has {ids.size} characters, fewer than seq_len + 1 = {seq_len + 1}: "
+                         "lower seq_len or use more text (a larger validation_fraction for the validation split)")
+    windows = sliding_window_view(ids, seq_len + 1)[::stride]
+    return Dataset(jnp.asarray(windows[:, :-1]), jnp.asarray(windows[:, 1:]))
+
+
+def text_corpus(documents: Sequence[str], seq_len: int, stride: int | None = None,
+                validation_fraction: float = 0.1) -> TextCorpus:
+    """Fixed-length training and validation sequences from documents, split before windowing.
+
+    Each document is cut in two contiguous regions: its first (1 - validation_fraction) of
+    characters go to the training text, the rest to the validation text (every document is
+    represented in both, so the two splits have the same mixture of sources). The training
+    regions are concatenated and cut into windows of seq_len + 1 characters every `stride`
+    characters, and so are the validation regions: no validation window shares a character
+    position with a training window, which a split of overlapping windows after windowing would
+    not guarantee. The vocabulary is every character of the documents, sorted.
+
+    Args:
+        documents: the texts (`corpus_documents()`), in order.
+        seq_len: characters per example (>= 2).
+        stride: characters between the starts of consecutive windows, in both splits (default
+            `seq_len`: windows that do not overlap).
+        validation_fraction: the fraction of each document held out, in (0, 1).
+
+    Returns:
+        A `TextCorpus(train, validation, vocab)`: int32 x [n, seq_len] and y = x shifted by one.
+
+    Raises:
+        ValueError: `seq_len` < 2, `stride` < 1, `validation_fraction` outside (0, 1), no
+            documents, or a split with fewer than seq_len + 1 characters.
+    """
+    seq_len = check_positive_int("seq_len", seq_len, least=2)
+    stride = seq_len if stride is None else check_positive_int("stride", stride)
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction}")
+    if isinstance(documents, str) or not documents or not all(isinstance(d, str) for d in documents):
+        raise ValueError("documents must be a non-empty sequence of strings")
+    cuts = [len(d) - round(validation_fraction * len(d)) for d in documents]
+    train_text = "".join(d[:c] for d, c in zip(documents, cuts))
+    validation_text = "".join(d[c:] for d, c in zip(documents, cuts))
+    vocab = "".join(sorted(set(train_text) | set(validation_text)))
+    return TextCorpus(_windows(np.asarray(encode(train_text, vocab)), seq_len, stride, "training"),
+                      _windows(np.asarray(encode(validation_text, vocab)), seq_len, stride, "validation"),
+                      vocab)
+
+
+def load_corpus(seq_len: int = 128, stride: int | None = None, validation_fraction: float = 0.1,
+                modules: Sequence[str] = CORPUS_MODULES,
+                docstring_modules: Sequence[str] = CORPUS_DOCSTRING_MODULES) -> TextCorpus:
+    """A character-level corpus of standard-library sources and docstrings, split without leaks.
+
+    `text_corpus(corpus_documents(modules, docstring_modules), seq_len, stride,
+    validation_fraction)`: at the defaults about 1.4 million characters, a vocabulary of about
+    100 characters, and the last 10% of every document held out for validation. No network;
+    the same Python version gives the same corpus.
+
+    Args:
+        seq_len: characters per example (>= 2).
+        stride: characters between window starts (default `seq_len`, no overlap).
+        validation_fraction: the fraction of each document held out, in (0, 1).
+        modules: modules whose source text is taken (`CORPUS_MODULES`).
+        docstring_modules: modules whose public docstrings are taken (`CORPUS_DOCSTRING_MODULES`).
+
+    Returns:
+        A `TextCorpus(train, validation, vocab)`.
+
+    Raises:
+        ValueError: a bad argument (see `text_corpus` and `corpus_documents`): `seq_len` < 2, an
+            unknown module, `validation_fraction` outside (0, 1).
+    """
+    seq_len = check_positive_int("seq_len", seq_len, least=2)
+    return text_corpus(corpus_documents(modules, docstring_modules), seq_len, stride, validation_fraction)

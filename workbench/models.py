@@ -101,17 +101,49 @@ class CNN(nnx.Module):
         return self.head(x.reshape(x.shape[0], -1))
 
 
-class _Block(nnx.Module):
-    def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, param_dtype):
+class TransformerBlock(nnx.Module):
+    """A pre-LayerNorm transformer block: x + attention(norm(x)), then x + MLP(norm(x)).
+
+    The MLP is Linear(d_model -> mlp_ratio * d_model), GELU, Linear back. `TinyTransformer` and
+    `workbench.gpt.GPT` stack these blocks; the initialisers default to Flax's own.
+
+    Args:
+        d_model: the width of the residual stream (a multiple of `num_heads`).
+        num_heads: attention heads (each of width d_model / num_heads).
+        mlp_ratio: the MLP's hidden width as a multiple of `d_model`.
+        rngs: the Flax NNX random streams drawing the initial params.
+        param_dtype: the dtype of the params.
+        kernel_init: the initialiser of the query, key, value and MLP-input kernels (None: Flax's
+            default).
+        residual_init: the initialiser of the two kernels writing into the residual stream
+            (attention output, MLP output; None: as `kernel_init`).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, mlp_ratio: int = 4, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
+                 kernel_init: Callable | None = None, residual_init: Callable | None = None):
+        residual_init = residual_init or kernel_init
+        inner = {} if kernel_init is None else {"kernel_init": kernel_init}  # absent: Flax's defaults
+        outer = {} if residual_init is None else {"kernel_init": residual_init}
         self.norm1 = nnx.LayerNorm(d_model, rngs=rngs, param_dtype=param_dtype)
         self.attn = nnx.MultiHeadAttention(
-            num_heads=num_heads, in_features=d_model, decode=False, rngs=rngs, param_dtype=param_dtype
+            num_heads=num_heads, in_features=d_model, decode=False, rngs=rngs, param_dtype=param_dtype,
+            **inner, **({} if residual_init is None else {"out_kernel_init": residual_init}),
         )
         self.norm2 = nnx.LayerNorm(d_model, rngs=rngs, param_dtype=param_dtype)
-        self.up = nnx.Linear(d_model, 4 * d_model, rngs=rngs, param_dtype=param_dtype)
-        self.down = nnx.Linear(4 * d_model, d_model, rngs=rngs, param_dtype=param_dtype)
+        self.up = nnx.Linear(d_model, mlp_ratio * d_model, rngs=rngs, param_dtype=param_dtype, **inner)
+        self.down = nnx.Linear(mlp_ratio * d_model, d_model, rngs=rngs, param_dtype=param_dtype, **outer)
 
-    def __call__(self, x, mask):
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        """The block applied to a residual stream.
+
+        Args:
+            x: the residual stream [batch, seq_len, d_model].
+            mask: the attention mask [batch, 1, seq_len, seq_len] (True where a position may
+                attend; `nnx.make_causal_mask`).
+
+        Returns:
+            The updated residual stream, shaped as `x`.
+        """
         x = x + self.attn(self.norm1(x), mask=mask)
         return x + self.down(jax.nn.gelu(self.up(self.norm2(x))))
 
@@ -136,7 +168,7 @@ class TinyTransformer(nnx.Module):
         self.embed = nnx.Embed(vocab_size, d_model, rngs=rngs, param_dtype=param_dtype)
         self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (seq_len, d_model), param_dtype))
         self.blocks = nnx.List(
-            [_Block(d_model, num_heads, rngs=rngs, param_dtype=param_dtype) for _ in range(num_layers)]
+            [TransformerBlock(d_model, num_heads, rngs=rngs, param_dtype=param_dtype) for _ in range(num_layers)]
         )
         self.norm = nnx.LayerNorm(d_model, rngs=rngs, param_dtype=param_dtype)
         self.head = nnx.Linear(d_model, vocab_size, rngs=rngs, param_dtype=param_dtype)
