@@ -110,7 +110,10 @@ def one_blas_thread() -> None:
 
 
 def cell_timeout() -> int | None:
-    """The per-cell limit `$WORKBENCH_CELL_TIMEOUT` sets, in whole seconds (None when unset).
+    """The per-cell limit `$WORKBENCH_CELL_TIMEOUT` sets.
+
+    Returns:
+        The limit in whole seconds (at least 1), or None when the variable is unset or empty.
 
     Raises:
         ValueError: the variable is set to something other than a positive number.
