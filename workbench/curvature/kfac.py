@@ -37,6 +37,17 @@ Factors are accumulated over the data in chunks (a jitted step per chunk: memory
 chunk's layer inputs and output gradients, and for the eigenvalue correction one chunk's
 per-example gradients of one layer in the eigenbasis). `Factors.save(path)` writes them with
 what made them (params, data, loss, Fisher, key); `load` refuses factors made otherwise.
+
+Typical use, for a model `fn = models.functional(nnx_model)` (`influence.make("ekfac", fn, ...)`
+does all of it):
+
+    factors = kfac.fit(fn, params, train, key=jax.random.key(0), path="factors.npz")
+    pre = kfac.preconditioner(factors, "ekfac", damping=None, l2=fn.l2)
+    captured = kfac.capture(fn, params, batch)  # per-layer inputs and output gradients
+    grads = {layer.name: kfac.layer_gradients(layer, captured.inputs[layer.name],
+                                              captured.output_grads[layer.name])
+             for layer in factors.coverage.layers}
+    preconditioned = kfac.inverse_hvp(pre, grads)  # per layer, [n, d_a, d_out]
 """
 
 from __future__ import annotations
