@@ -417,6 +417,16 @@ def test_factors_file_round_trip_refusals_and_atomic_writes(mlp, tmp_path, monke
 # ----------------------------------------------------------------------------- errors and float32
 
 
+class _Tied(nnx.Module):
+    """Output weights tied to the input embedding (Embed.attend)."""
+
+    def __init__(self):
+        self.embed = nnx.Embed(4, 3, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+
+    def __call__(self, tokens):
+        return self.embed.attend(jnp.tanh(self.embed(tokens)))
+
+
 class _Scale(nnx.Module):
     def __init__(self):
         self.w = nnx.Param(jnp.ones(3, jnp.float64))
@@ -434,6 +444,10 @@ def test_clear_errors(mlp, key):
     scale = models.functional(_Scale())
     with pytest.raises(ValueError, match=r"no supported layer .* every parameter is left out: \['w'\]"):
         kfac.fit(scale, scale.params, jax.device_put((np.ones((4, 3)), np.zeros(4, np.int32))), fisher="empirical")
+    tied = models.functional(_Tied())
+    tokens = jax.device_put(np.arange(8, dtype=np.int32).reshape(4, 2) % 4)
+    with pytest.raises(ValueError, match="'embed' is also used by Embed.attend"):
+        kfac.capture(tied, tied.params, (tokens, tokens))
     with pytest.raises(ValueError, match="fisher must be one of"):
         kfac.fit(fn, params, train_data, fisher="fisher")
     with pytest.raises(ValueError, match="needs key="):

@@ -255,24 +255,39 @@ def _recording_call(original: Callable) -> Callable:
         recorder = getattr(_ACTIVE, "recorder", None)
         return outputs if recorder is None else recorder(self, inputs, outputs)
 
-    call.__wrapped_by_kfac__ = True
     return call
+
+
+def _refusing_attend(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def attend(self, query, *args, **kwargs):
+        recorder = getattr(_ACTIVE, "recorder", None)
+        name = None if recorder is None else recorder.names.get(id(self))
+        if name is not None:  # tied output weights: a part of the table's gradient no capture sees
+            raise ValueError(f"kfac: the embedding {name!r} is also used by Embed.attend (output weights tied to "
+                             "the input embedding), a use K-FAC's capture does not cover; pass layers without it")
+        return original(self, query, *args, **kwargs)
+
+    return attend
 
 
 @contextlib.contextmanager
 def _recording(recorder: _Recorder):
-    """Wrap the supported layer classes' `__call__` while `recorder` is active, then restore them."""
+    """Wrap the supported layer classes' `__call__` (and refuse `Embed.attend` on a recorded table)
+    while `recorder` is active, then restore them."""
     if getattr(_ACTIVE, "recorder", None) is not None:
         raise RuntimeError("kfac: a layer capture is already running in this thread (captures do not nest)")
     originals = {cls: cls.__dict__["__call__"] for cls in _WRAPPED}
+    attend = nnx.Embed.__dict__["attend"]
     try:
         for cls, original in originals.items():
-            if not getattr(original, "__wrapped_by_kfac__", False):
-                cls.__call__ = _recording_call(original)
+            cls.__call__ = _recording_call(original)
+        nnx.Embed.attend = _refusing_attend(attend)
         _ACTIVE.recorder = recorder
         yield recorder
     finally:
         _ACTIVE.recorder = None
+        nnx.Embed.attend = attend
         for cls, original in originals.items():
             cls.__call__ = original
 
