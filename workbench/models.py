@@ -265,6 +265,28 @@ class Functional(NamedTuple):
         held = f", state in {list(self.stateful_layers)}" if self.stateful_layers else ""
         return f"Functional({size} params in {len(leaves)} arrays, loss={loss}, l2={self.l2}, mode={self.mode!r}{held})"
 
+    def module(self, params: PyTree | None = None) -> nnx.Module:
+        """The Flax NNX model, rebuilt with `params` in this Functional's `mode`.
+
+        For analyses that need the layers themselves (K-FAC's per-layer factors,
+        `workbench.curvature.kfac`): `self.module(params)(x)` computes `predict_fn(params, x)`,
+        so a trace through it is a trace of the model. Each call builds a fresh Module; changing
+        it changes nothing here.
+
+        Args:
+            params: the params pytree (a pure dict like `self.params`); None means `self.params`.
+
+        Returns:
+            The NNX Module holding `params` and this Functional's non-parameter state.
+
+        Raises:
+            ValueError: the Functional was not made by `models.functional` (no split to rebuild).
+        """
+        if self.split is None:
+            raise ValueError("module() needs a Functional made by models.functional (it rebuilds the NNX model)")
+        graphdef = self.split.inference if self.mode == "inference" else self.split.batch_statistics
+        return _merge(graphdef, self.split, self.params if params is None else params, self.state)
+
     def with_state(self, state: PyTree) -> Functional:
         """The same model and params with other non-parameter state (e.g. trained statistics).
 

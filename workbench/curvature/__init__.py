@@ -14,8 +14,13 @@
   pair (matvec(v, *params), params) matfree's decompositions take.
 - `diagonal(op, key=None, method=...)` / `dataset_diagonal(loss_fn, params, data, kind, ...)`:
   the exact diagonal, or Hutchinson's estimate with its standard error per entry.
+- `kfac`: K-FAC and EK-FAC factors of a model's layers (`kfac.fit(functional, params, data)`),
+  their damped inverse, and stored factors; `kfac.capture` (module `curvature.capture`): each layer's
+  inputs and output gradients per example, from one forward and backward pass. These read a
+  `models.Functional`'s layers (nnx.Linear, nnx.LinearGeneral, nnx.Embed).
 """
 
+from workbench.curvature import kfac
 from workbench.curvature.averaged import KINDS, dense_hessian, operator, resolve_roles
 from workbench.curvature.diagonal import Diagonal, dataset_diagonal, diagonal
 from workbench.curvature.linear import (
@@ -31,5 +36,5 @@ from workbench.curvature.products import fisher_vp, ggn_vp, hvp
 __all__ = [
     "KINDS", "Diagonal", "LinearOperator", "as_matvec", "dataset_diagonal", "dense_hessian",
     "diagonal", "fisher_vp", "from_matrix", "ggn_vp", "hvp", "leaf_names", "linear_operator",
-    "operator", "resolve_roles", "to_scipy",
+    "operator", "resolve_roles", "to_scipy", "kfac",
 ]

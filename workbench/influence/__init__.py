@@ -16,7 +16,9 @@ Damping is always an explicit option (`damping=`, default 0.0) and is reported i
 
 Estimators (`ESTIMATORS`): `exact` (dense inverse Hessian, small models), `grad_dot`,
 `grad_cos`, `tracin` (checkpoints + learning rates); `cg`, `lissa` (on `workbench.curvature`),
-`arnoldi` (on `workbench.spectrum`) and `trak` (on `workbench.sketch` stores).
+`arnoldi` (on `workbench.spectrum`), `trak` (on `workbench.sketch` stores), and `kfac`,
+`ekfac` (layer-wise Kronecker-factored curvature, `workbench.curvature.kfac`; they need the
+model's `Functional`, whose layers they read).
 
 Ground-truth evaluations (leave-one-out, LDS, mislabel detection, correcting mispredictions,
 influence fading) live in `workbench.influence.validation`.
@@ -52,6 +54,7 @@ from workbench.core.losses import as_loss, check_loss_output
 from workbench.core.numerics import check_finite, check_floating, check_key, num_examples
 from workbench.influence import validation
 from workbench.influence.arnoldi import TAIL_SPREAD_WARNING, arnoldi
+from workbench.influence.ekfac import ekfac, kfac
 from workbench.influence.estimator import Estimator, Ranked
 from workbench.influence.gradient import grad_cos, grad_dot, tracin
 from workbench.influence.inverse import (
@@ -72,10 +75,13 @@ ESTIMATORS: dict[str, Callable[..., Estimator]] = {
     "lissa": lissa,
     "arnoldi": arnoldi,
     "trak": trak,
+    "kfac": kfac,
+    "ekfac": ekfac,
 }
 
 
 CURVATURE_ESTIMATORS = ("exact", "cg", "lissa", "arnoldi")
+LAYERWISE_ESTIMATORS = ("kfac", "ekfac")  # they read the model's layers: a Functional is required
 
 
 def make(name: str, loss_fn, params, train_data, **options) -> Estimator:
@@ -93,6 +99,7 @@ def make(name: str, loss_fn, params, train_data, **options) -> Estimator:
     Park et al. use (the margin of a cross-entropy classifier from its logits; the loss for any
     other loss, e.g. "mse"). Passing the regularised objective
     as a plain `loss_fn` mixes the roles (the scores then rank wrongly when l2 matters).
+    "kfac" and "ekfac" read the model's layers and accept only a `Functional`.
 
     Options common to all: `chunk_size` (examples per vmapped chunk, default 256) and
     `cache_bytes` (keep training features in memory up to this size, default 1 GiB; beyond it
@@ -102,7 +109,7 @@ def make(name: str, loss_fn, params, train_data, **options) -> Estimator:
 
     Args:
         name: the estimator, a key of `ESTIMATORS` ("exact", "grad_dot", "grad_cos", "tracin",
-            "cg", "lissa", "arnoldi", "trak").
+            "cg", "lissa", "arnoldi", "trak", "kfac", "ekfac").
         loss_fn: `loss_fn(params, batch) -> scalar`, the per-example data loss (a mean over the
             batch), or a `workbench.models.Functional` (its roles are then taken from it).
         params: pytree, the trained model.
@@ -128,6 +135,8 @@ def make(name: str, loss_fn, params, train_data, **options) -> Estimator:
         if name == "trak" and "output_fn" not in options:  # Park et al.: the margin for a classifier
             classifier = getattr(model.output_loss_fn, "__name__", "") == "cross_entropy"
             options["output_fn"] = margin_output(model.predict_fn) if classifier else "loss"
+        if name in LAYERWISE_ESTIMATORS:
+            options.setdefault("model", model)
     loss_fn = as_loss(loss_fn, role="data", caller=caller)
     if "objective_fn" in options and name not in CURVATURE_ESTIMATORS:
         raise ValueError(f"objective_fn= applies to the curvature estimators {CURVATURE_ESTIMATORS}, "
@@ -176,6 +185,7 @@ def _check_option_names(name: str, options: dict) -> None:
 __all__ = [
     "CURVATURE_ESTIMATORS",
     "ESTIMATORS",
+    "LAYERWISE_ESTIMATORS",
     "TAIL_SPREAD_WARNING",
     "DampingChoice",
     "Estimator",
@@ -183,9 +193,11 @@ __all__ = [
     "arnoldi",
     "cg",
     "damping_above_min_eigenvalue",
+    "ekfac",
     "exact",
     "grad_cos",
     "grad_dot",
+    "kfac",
     "lissa",
     "make",
     "margin_output",

@@ -13,25 +13,30 @@ loss, the data and the sketch. Each is fingerprinted in the store's metadata (`s
   cannot tell a rescaled loss apart;
 - the data: its size and a hash of its values; the sketch: its kind, key data, a hash of its
   random state, dims and options.
-`configuration_differences` says, in user terms, every way a run differs from a store.
+`configuration_differences` says, in user terms, every way a run differs from a store. The
+fingerprints themselves (`params_fingerprint`, `array_fingerprint`, `loss_probe`) live in
+`workbench.core.fingerprint`, shared with the K-FAC factor files of `workbench.curvature.kfac`.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from workbench.core.per_example import per_example_losses
+from workbench.core.fingerprint import (  # noqa: F401  (PROBE_EXAMPLES, loss_probe, probe_rtol: re-exported)
+    PROBE_EXAMPLES,
+    array_fingerprint,
+    loss_probe,
+    params_fingerprint,
+    probe_difference,
+    probe_rtol,
+)
 from workbench.sketch.base import FAMILIES, Sketch, make
 
 FORMAT_VERSION = 3
-PROBE_EXAMPLES = 4  # examples whose losses fingerprint the loss function
 # kind -> what it meant in format 1, and what to use now
 CHANGED_KINDS = {
     "ffd": "a block-diagonal Fastfood (blocks of 1024) followed by row subsampling; 'ffd' is now the "
@@ -51,73 +56,6 @@ _SKETCH_FIELDS = {  # field -> what differs, in user terms
     "dim_in": "the sketch's input dimension differs", "dim_out": "the sketch's dimension D differs",
     "options": "the sketch's options differ",
 }
-
-
-def params_fingerprint(params) -> str:
-    """Hash of the params structure: leaf paths, shapes and dtypes (not the values).
-
-    Args:
-        params: a params pytree.
-
-    Returns:
-        A 16-hex-digit hash that changes with the structure, shapes or dtypes, not with the values.
-    """
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    desc = [(jax.tree_util.keystr(p), tuple(np.shape(x)), str(jnp.asarray(x).dtype)) for p, x in leaves]
-    return hashlib.sha256(repr(desc).encode()).hexdigest()[:16]
-
-
-def array_fingerprint(tree) -> str:
-    """Hash of every leaf's shape, dtype and bytes (PRNG keys by their key data): what a store was made from.
-
-    Args:
-        tree: a pytree of arrays (the params, the data, or a sketch's random state).
-
-    Returns:
-        A 16-hex-digit hash of the values.
-    """
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(tree):
-        a = np.asarray(jax.random.key_data(leaf) if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key) else leaf)
-        h.update(repr((a.shape, str(a.dtype))).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _probe_losses(loss_fn, params, batch):
-    # one compiled program per loss_fn: every process and every reopening computes the same numbers
-    return per_example_losses(loss_fn, params, batch)
-
-
-def loss_probe(loss_fn: Callable, params, data) -> dict:
-    """The loss's numerical fingerprint: the losses of the first `PROBE_EXAMPLES` examples, each alone.
-
-    Args:
-        loss_fn: `loss_fn(params, batch) -> scalar`, a batch mean.
-        params: the params pytree.
-        data: a pytree of arrays with a leading example axis [n, ...].
-
-    Returns:
-        {"dtype": the loss's dtype, "values": [min(n, PROBE_EXAMPLES) Python floats]}.
-    """
-    count = min(int(jax.tree.leaves(data)[0].shape[0]), PROBE_EXAMPLES)
-    values = np.asarray(_probe_losses(loss_fn, params, jax.tree.map(lambda a: a[:count], data)))
-    return {"dtype": str(values.dtype), "values": [float(v) for v in values]}
-
-
-def probe_rtol(dtype) -> float:
-    """Relative tolerance of the loss probe: 1e-10 in float64, 1e-5 in float32, 1e-2 below.
-
-    Args:
-        dtype: the loss's dtype.
-
-    Returns:
-        The tolerance, relative to the largest probed loss (deterministic on one machine; the
-        slack only admits a resume on another).
-    """
-    bits = jnp.finfo(dtype).bits
-    return 1e-10 if bits >= 64 else 1e-5 if bits >= 32 else 1e-2
 
 
 def sketch_fields(sketch: Sketch) -> dict:
@@ -313,25 +251,6 @@ def check_resumable(meta: dict, path) -> None:
             f"Recompute it into another path (or delete {path}); open_store still reads it as it is")
 
 
-def _probe_difference(stored: dict, run: dict) -> str | None:
-    """How the run's loss probe differs from the stored one, or None within the tolerance."""
-    if stored.get("dtype") != run.get("dtype"):
-        return (f"the loss differs: the store's loss was computed in {stored.get('dtype')}, this run's "
-                f"in {run.get('dtype')}")
-    old, new = (np.asarray(p.get("values", []), np.float64) for p in (stored, run))
-    if old.shape != new.shape:
-        return f"the loss differs: the store probed {old.size} examples' losses, this run {new.size}"
-    scale = max(np.max(np.abs(old[np.isfinite(old)]), initial=0.0), np.max(np.abs(new[np.isfinite(new)]), initial=0.0))
-    tol = probe_rtol(run["dtype"]) * max(scale, np.finfo(np.float64).tiny)
-    same = (np.abs(old - new) <= tol) | (np.isnan(old) & np.isnan(new)) | (old == new)
-    if np.all(same):
-        return None
-    i = int(np.flatnonzero(~same)[0])
-    return (f"the loss differs: at example {i} the store's loss was {float(old[i])!r}, this run's is {float(new[i])!r} "
-            f"(the params and data are the same: another loss function, a rescaled loss or another "
-            f"model state?)")
-
-
 def configuration_differences(stored: dict, run: dict) -> list[tuple[str, str]]:
     """Every way the `run` configuration differs from the `stored` one, in user terms.
 
@@ -358,7 +277,7 @@ def configuration_differences(stored: dict, run: dict) -> list[tuple[str, str]]:
                                        "structure, other values: another model, checkpoint or training step)"))
     data_differ = differs("n_data") or differs("data_hash")
     if not params_differ and not data_differ and differs("loss_probe"):
-        message = _probe_difference(stored.get("loss_probe") or {}, run.get("loss_probe") or {})
+        message = probe_difference(stored.get("loss_probe") or {}, run.get("loss_probe") or {})
         if message:
             found.append(("loss_probe", message))
     if differs("n_data"):
