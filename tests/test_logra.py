@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from workbench import data, models
+from workbench import data, models, sketch
 from workbench.core.per_example import mean_loss, per_example_grads
 from workbench.curvature.capture import layer_matrix
 from workbench.sketch import logra
@@ -160,6 +160,8 @@ def test_store_refusals(mlp, tmp_path):
         logra.logra_scores(path, other_key, fn, params, train, test)
     with pytest.raises(ValueError, match="params' values differ"):
         logra.logra_scores(path, projection, fn, moved, train, test)
+    with pytest.raises(ValueError, match="logra_scores"):  # not a sketch store: sketch.score_store points here
+        sketch.score_store(path, fn, params, train, test)
 
 
 def test_clear_errors(mlp, transformer):
