@@ -545,7 +545,7 @@ MUTATIONS = [
              "an embedding's input projection ignores the token",
              LOGRA),
     mutation("logra.input_projection_unscaled", "workbench/sketch/logra.py",
-             "(layer.activation_dim, k_in), dtype) / np.sqrt(k_in)",
+             "(layer.activation_dim, k_in), dtype) * np.asarray(k_in ** -0.5, dtype)",
              "(layer.activation_dim, k_in), dtype)",
              "P_in is not scaled by 1/sqrt(k_in): inner products are biased by k_in",
              LOGRA),

@@ -87,8 +87,10 @@ def test_determinism(mlp):
     # the documented draw: layer i from split(fold_in(key, i)), Gaussian over sqrt(k)
     for i, layer in enumerate(first.layers):
         key_in, key_out = jax.random.split(jax.random.fold_in(jax.random.key(5), i))
-        np.testing.assert_array_equal(first.inputs[i], jax.random.normal(key_in, (layer.activation_dim, 4)) / 2)
-        np.testing.assert_array_equal(first.outputs[i], jax.random.normal(key_out, (layer.out_features, 3)) / np.sqrt(3))
+        np.testing.assert_allclose(first.inputs[i], jax.random.normal(key_in, (layer.activation_dim, 4)) / 2,
+                                   rtol=1e-15)
+        np.testing.assert_allclose(first.outputs[i], jax.random.normal(key_out, (layer.out_features, 3)) / np.sqrt(3),
+                                   rtol=1e-15)
 
 
 def test_inner_products_unbiased_and_concentrating(mlp):
@@ -178,3 +180,20 @@ def test_clear_errors(mlp, transformer):
         logra.logra_project(projection, transformer[0], transformer[1], transformer[2])
     with pytest.raises(ValueError, match="damping"):
         logra.logra_scores("nowhere", projection, fn, params, train, train, damping=-1.0)
+
+
+def test_float32_matches_float64(mlp):
+    """The same model and projection in float32: within float32 round-off of float64's projected gradients."""
+    fn, params, train = mlp
+    fn32 = models.functional(models.MLP(6, [5], 3, rngs=nnx.Rngs(0), param_dtype=jnp.float32))
+    params32 = jax.tree.map(lambda w: w.astype(jnp.float32), params)
+    train32 = jax.tree.map(lambda a: a.astype(jnp.float32) if jnp.issubdtype(a.dtype, jnp.floating) else a, train)
+    projection = logra.logra_projection(fn, jax.random.key(0), 4, 3)
+    projection32 = logra.logra_projection(fn32, jax.random.key(0), 4, 3)
+    assert projection32.inputs[0].dtype == jnp.float32
+    projection32 = projection32._replace(inputs=tuple(p.astype(jnp.float32) for p in projection.inputs),
+                                         outputs=tuple(p.astype(jnp.float32) for p in projection.outputs))
+    got = np.asarray(logra.logra_project(projection32, fn32, params32, train32))
+    want = np.asarray(logra.logra_project(projection, fn, params, train))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())

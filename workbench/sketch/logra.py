@@ -112,8 +112,9 @@ def logra_projection(functional, key: jax.Array, k_in: int, k_out: int, *, dtype
     inputs, outputs = [], []
     for i, layer in enumerate(cover.layers):
         key_in, key_out = jax.random.split(jax.random.fold_in(key, i))
-        inputs.append(jax.random.normal(key_in, (layer.activation_dim, k_in), dtype) / np.sqrt(k_in))
-        outputs.append(jax.random.normal(key_out, (layer.out_features, k_out), dtype) / np.sqrt(k_out))
+        # the scale in the matrices' dtype: a NumPy float64 scalar would promote float32 (refused when strict)
+        inputs.append(jax.random.normal(key_in, (layer.activation_dim, k_in), dtype) * np.asarray(k_in ** -0.5, dtype))
+        outputs.append(jax.random.normal(key_out, (layer.out_features, k_out), dtype) * np.asarray(k_out ** -0.5, dtype))
     return LograProjection(cover.layers, tuple(inputs), tuple(outputs), key, k_in, k_out, cover.left_out)
 
 
