@@ -70,6 +70,7 @@ ITERATIVE_LISSA = [("tests/test_influence_iterative.py", "lissa")]
 ITERATIVE_ARNOLDI = [("tests/test_influence_iterative.py", "arnoldi_matches_exact or flat_tail")] + INVARIANTS_DAMPING
 TRAK = [("tests/test_influence_trak.py", None), ("tests/test_invariants_influence.py", "trak")]
 KFAC = [("tests/test_kfac.py", None)]
+LOGRA = [("tests/test_logra.py", None)]
 SSD = [("tests/test_unlearning.py", "ssd or fisher_diagonal"), ("tests/test_invariants_unlearning.py", None)]
 SCHEDULE_BOUNDS = [("tests/test_schedules.py", "bound")]
 SCHEDULE_REFINE = [("tests/test_schedules.py", "refine")]
@@ -556,6 +557,47 @@ MUTATIONS = [
              "return jnp.asarray(order[where], jnp.int32)",
              "return jnp.asarray((order[where] + 1) % len(codes), jnp.int32)",
              "encode maps each character to its neighbour's id", [("tests/test_gpt.py", "round_trips")]),
+    # --- LoGra
+    mutation("logra.bias_row_dropped", "workbench/sketch/logra.py",
+             'a_proj = p_in[a] if layer.kind == "embed" else a @ p_in',
+             'a_proj = p_in[a] if layer.kind == "embed" else a[..., :-1] @ p_in[:-1]',
+             "the bias row of a = [x, 1] is left out of the input projection",
+             LOGRA),
+    mutation("logra.positions_averaged", "workbench/sketch/logra.py",
+             'jnp.einsum("npi,npo->nio", a_proj, g @ p_out)',
+             'jnp.einsum("npi,npo->nio", a_proj, g @ p_out / g.shape[1])',
+             "the projected gradient averages over a sequence's positions instead of summing",
+             LOGRA),
+    mutation("logra.block_transposed", "workbench/sketch/logra.py",
+             'jnp.einsum("npi,npo->nio", a_proj, g @ p_out)',
+             'jnp.einsum("npi,npo->noi", a_proj, g @ p_out)',
+             "each layer's block is raveled as P_out^T G^T P_in (column-major), not the documented order",
+             LOGRA),
+    mutation("logra.embedding_rows_of_token_zero", "workbench/sketch/logra.py",
+             "p_in[a] if",
+             "p_in[jnp.zeros_like(a)] if",
+             "an embedding's input projection ignores the token",
+             LOGRA),
+    mutation("logra.input_projection_unscaled", "workbench/sketch/logra.py",
+             "(layer.activation_dim, k_in), dtype) * np.asarray(k_in ** -0.5, dtype)",
+             "(layer.activation_dim, k_in), dtype)",
+             "P_in is not scaled by 1/sqrt(k_in): inner products are biased by k_in",
+             LOGRA),
+    mutation("logra.one_key_for_every_layer", "workbench/sketch/logra.py",
+             "key_in, key_out = jax.random.split(jax.random.fold_in(key, i))",
+             "key_in, key_out = jax.random.split(key)",
+             "every layer draws from the same key (not the documented fold_in per layer)",
+             LOGRA),
+    mutation("logra.damping_left_out", "workbench/sketch/logra.py",
+             "np.linalg.solve(cov + damping * np.eye(cov.shape[0], dtype=cov.dtype), test.T)",
+             "np.linalg.solve(cov + 1e-12 * np.eye(cov.shape[0], dtype=cov.dtype), test.T)",
+             "the damping is not added to the projected covariance",
+             LOGRA),
+    mutation("logra.block_diagonal_ignored", "workbench/sketch/logra.py",
+             "cov = np.where(_block_mask(projection), cov, 0.0)",
+             "cov = cov",
+             "block_diagonal=True still inverts the whole covariance",
+             LOGRA),
 ]
 
 # ----------------------------------------------------------------------------- running

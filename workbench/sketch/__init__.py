@@ -34,6 +34,11 @@ Stores written before format 2 by a kind whose map changed are refused (`store.C
   reading the store in row blocks with a running top-k of proponents and opponents, so memory
   stays bounded (`keep_scores=False`: independent of n_train). An incomplete store, or one made
   with other params, another loss or other data, is refused.
+- LoGra (`workbench.sketch.logra`, Choe et al. 2024): `logra_projection(functional, key, k_in, k_out)`
+  draws a Gaussian pair (P_in, P_out) per layer `curvature.capture` covers, `logra_project` gives
+  each example's P_in^T G_n P_out from one forward and backward pass (no per-example gradient),
+  `logra_store` writes them to a gradient store keyed like the others, `logra_scores` scores test
+  examples against it (optionally through LoGra's damped inverse covariance).
 - `sketched_operator(op, sketch)`: Phi H Phi^T for `workbench.spectrum`.
 - `intrinsic_sweep(...)`: train in random subspaces of each d of a grid at once;
   `intrinsic_search(...)`: the paper's doubling search (both in `workbench.sketch.intrinsic`).
@@ -72,6 +77,15 @@ from workbench.sketch.intrinsic import (
     intrinsic_sweep,
 )
 from workbench.sketch.kinds.hadamard import DEFAULT_BLOCK_SIZE, fwht
+from workbench.sketch.logra import (
+    LograProjection,
+    check_logra_store,
+    logra_covariance,
+    logra_project,
+    logra_projection,
+    logra_scores,
+    logra_store,
+)
 from workbench.sketch.operator import sketched_operator
 from workbench.sketch.query import StoreScores, score_store, sketch_from_store
 from workbench.sketch.store import (
@@ -115,4 +129,6 @@ __all__ = [
     "for_params", "fwht", "make", "IntrinsicSweepResult", "intrinsic_sweep", "IntrinsicSearchResult",
     "intrinsic_search", "open_store", "per_example_gradients", "quality", "ravel_leaves", "sketch_gradient",
     "sketched_operator", "write_gradient_store", "StoreScores", "score_store", "sketch_from_store",
+    "LograProjection", "check_logra_store", "logra_covariance", "logra_project", "logra_projection", "logra_scores",
+    "logra_store",
 ]

@@ -143,6 +143,9 @@ def sketch_from_metadata(meta: dict, path=None) -> Sketch:
     if missing:
         raise ValueError(f"{where}: its metadata lacks the sketch field(s) {missing}, so its sketch cannot be rebuilt")
     kind = meta["kind"]
+    if kind == "logra":  # per-layer projections drawn from the model's layers, not a `make` kind
+        raise ValueError(f"{where}: holds LoGra projected gradients, not a sketch's; score it with "
+                         "sketch.logra_scores(store, projection, functional, ...)")
     if kind not in FAMILIES:
         raise ValueError(f"{where}: its sketch kind {kind!r} is unknown to this workbench (known: {sorted(FAMILIES)})")
     recorded = {f: meta[f] for f in _SKETCH_FIELDS}
