@@ -22,9 +22,9 @@ papers: $(STAMP)
 	$(BIN)/python -m workbench run --all --profile quick --jobs 2
 
 # One BLAS thread per pytest worker: two workers on two cores, no oversubscription. A test whose
-# worker process died (a segfault inside XLA's compiler, seen about once in three fresh-clone runs
-# on JAX 0.10.2) runs once more in a fresh worker and is listed as rerun; a test that fails is
-# never rerun.
+# worker process died (a segfault or abort inside XLA's compiler, seen in about one fresh-clone
+# run in two on JAX 0.10.2) runs once more in a fresh worker and is listed as rerun (the hook in
+# tests/conftest.py; pytest-rerunfailures reports it); a test that fails is never rerun.
 test: $(STAMP)
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15 \
 		--reruns 1 --only-rerun "crashed while running"
