@@ -88,6 +88,16 @@ def pytest_report_header(config):
             f"'random', to try other keys); hypothesis profile {hypothesis.settings().max_examples} examples")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """After each test file, drop JAX's in-memory compiled programs and traces: a worker that
+    runs half the suite otherwise ends near 6 GB, and an XLA compile that cannot allocate
+    aborts its worker. (Programs compiling for 2 s or more come back from the shared disk
+    cache.)"""
+    yield
+    jax.clear_caches()
+
+
 def _test_key(request, salt: int = 0):
     seed = int(request.config.option.key_seed)
     return jax.random.fold_in(jax.random.key(seed), zlib.crc32(request.node.nodeid.encode()) ^ salt)
