@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from plain_logreg import fitted_digits, plain_logreg  # tests/ helper module
 
-from workbench import influence, sketch  # noqa: E402
+from flax import nnx
+
+from workbench import data, gpt, influence, models, sketch  # noqa: E402
 from workbench.core import statistics
 
 N_TRAIN, N_TEST, L2 = 120, 10, 1e-2
@@ -125,3 +127,22 @@ def data_subsets():
     from workbench import data
     train, test = data.load_digits(dtype=jnp.float64)
     return train.take(np.arange(N_TRAIN)), test.take(np.arange(N_TEST))
+
+
+@pytest.mark.standard_promotion  # flax's LayerNorm promotes float64 statistics with float32
+def test_trak_margin_of_a_sequence_model_is_the_mean_margin_of_its_tokens(key):
+    """A char GPT's logits are [n, t, vocab]: the default margin is each target token's margin,
+    averaged as the cross-entropy averages its tokens, and TRAK runs on the model as it is."""
+    config = gpt.GPTConfig(vocab_size=11, seq_len=6, d_model=8, num_heads=2, num_layers=1)
+    fn = models.functional(gpt.GPT(config, rngs=nnx.Rngs(3), param_dtype=jnp.float64))
+    k_x, k_y, k_trak = jax.random.split(key, 3)
+    x = jax.random.randint(k_x, (5, 6), 0, 11)
+    y = jax.random.randint(k_y, (5, 6), 0, 11)
+    logits = np.asarray(fn.predict_fn(fn.params, x)).reshape(30, 11)
+    flat = np.asarray(y).reshape(30)
+    others = np.where(np.eye(11, dtype=bool)[flat], -np.inf, logits)
+    expected = np.mean(logits[np.arange(30), flat] - np.log(np.exp(others).sum(axis=1)))
+    np.testing.assert_allclose(influence.margin_output(fn.predict_fn)(fn.params, (x, y)), expected, rtol=1e-12)
+    est = influence.make("trak", fn, fn.params, data.Dataset(x, y), dim=16, key=k_trak)
+    scores = np.asarray(est.scores(data.Dataset(x[:2], y[:2])))
+    assert scores.shape == (2, 5) and np.all(np.isfinite(scores)) and np.abs(scores).max() > 0

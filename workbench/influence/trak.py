@@ -85,21 +85,23 @@ def margin_output(predict_fn: Callable) -> Callable:
     """TRAK's output function for classifiers: the mean margin logit_y - logsumexp_{c != y} logit_c.
 
     Use as `trak(..., output_fn=margin_output(predict_fn))`: its gradients build the Gauss-Newton
-    matrix (better than the loss's, which over-weights well-fit examples).
+    matrix (better than the loss's, which over-weights well-fit examples). A sequence model
+    (logits [n, t, vocab], targets [n, t], a char GPT) gets the margin of every target token,
+    averaged over the tokens as its cross-entropy is.
 
     Args:
-        predict_fn: `predict_fn(params, x) -> logits [n, num_classes]`.
+        predict_fn: `predict_fn(params, x) -> logits [n, ..., num_classes]`, classes last.
 
     Returns:
-        `output(params, (x, y)) -> scalar`, the margin averaged over the batch.
+        `output(params, (x, y)) -> scalar`, the margin averaged over the batch (and positions).
     """
 
     def output(params, batch):
         x, y = batch
         logits = predict_fn(params, x)
-        correct = jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
+        correct = jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
         others = jnp.where(jax.nn.one_hot(y, logits.shape[-1], dtype=bool), -jnp.inf, logits)
-        return jnp.mean(correct - jax.nn.logsumexp(others, axis=1))
+        return jnp.mean(correct - jax.nn.logsumexp(others, axis=-1))
 
     return output
 
