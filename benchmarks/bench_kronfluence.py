@@ -1,39 +1,50 @@
 """Our EK-FAC / K-FAC influence against kronfluence's, on the same weights (float64, CPU).
 
-The digits MLP of `benchmarks/bench_lds_estimators.py` (profile "full": 64-32-10 tanh, l2 0.01,
-200 full-batch Adam steps at lr 0.01 from `nnx.Rngs(0)`, the first 1347 training and 200 test
-examples of digits' split 0, float64) is trained once in JAX; its weights are copied into an
-equal `torch.nn.Sequential(Linear, Tanh, Linear)` (checked: logits and per-example losses agree
-to float64 rounding). Both libraries then fit and score with the same settings:
+Two models, each trained once in JAX and copied into an equal torch module (checked: logits and
+per-example losses agree, the max difference is recorded):
+- the digits MLP of `benchmarks/bench_lds_estimators.py` (its "full" profile: 64-32-10 tanh, l2
+  0.01, 200 full-batch Adam steps at lr 0.01 from `nnx.Rngs(0)`, the first 1347 training and 200
+  test examples of digits' split 0): `torch.nn.Sequential(Linear, Tanh, Linear)`;
+- a tiny char transformer, `workbench.gpt.GPT` (d_model 32, 2 heads, 2 blocks, context 32, untied
+  head; 200 Adam steps at lr 3e-3 on the first 512 windows of `data.load_text`, the last 32 windows
+  as queries): `kronfluence_torch.TorchGPT`, the same layer order, causal attention and LayerNorm,
+  its token embedding a bias-free Linear on one-hot tokens so that kronfluence (nn.Linear and
+  nn.Conv2d only) tracks the same 14 layers as ours (embedding, q/k/v/out and MLP of each block,
+  head; LayerNorms and the position table left out by both).
 
-- EK-FAC (and K-FAC) on the two Linear layers, kernel and bias (both append a 1 to the layer
-  input for the bias, as its last column);
+Both libraries then fit and score with the same settings:
+- EK-FAC (and K-FAC), kernel and bias together (both append a 1 to the layer input, last);
 - the empirical Fisher (data labels, deterministic): ours `fisher="empirical"`, kronfluence
   `FactorArguments(use_empirical_fisher=True)`, i.e. `compute_train_loss(sample=False)`; the
-  per-example loss is the cross-entropy of one example (kronfluence's task sums over a batch,
-  so its per-example gradients are the same);
+  per-example loss is ours (cross-entropy, the mean over a sequence's positions), summed over the
+  batch in kronfluence's task, so the per-example gradients are the same;
 - the same explicit damping added to every eigenvalue: ours builds its estimator from the
   Functional with l2 = 0 (otherwise it adds the objective's l2 on top of `damping`), so both
-  invert (Lambda + damping); the default `--damping 0.01` equals the objective's l2, i.e. the
-  curvature inverted is the Fisher plus the regulariser's curvature;
-- float64 in every kronfluence dtype argument; the query measure is the test example's loss.
+  invert (Lambda + damping); `--damping 0.01` equals the objective's l2;
+- float64 in every kronfluence dtype argument; the query measure is the query example's loss;
+  factors fitted in chunks of 256 examples on both sides.
 
-Agreement per query (test point), over the 1347 training points: Spearman and Pearson between
-our scores and kronfluence's (median and min over queries), the top-10 proponent overlap, the
-relative difference of the score matrices, and the factors of each layer (A, S, their
-eigenvalues, the EK-FAC Lambda) side by side. Extra rows compare each library's default damping
-(ours: None = 0.1 x mean eigenvalue per layer, plus the model's l2; kronfluence:
-`ScoreArguments.damping_factor=1e-8`) and the heuristic on both sides.
+Agreement per query, over the training points: Spearman and Pearson between our scores and
+kronfluence's (median and min over queries), the top-10 proponent overlap, the relative
+difference and least-squares scale of the score matrices, and each layer's factors side by side
+(A, S, their eigenvalues, the EK-FAC Lambda). Extra rows: both heuristics (damping None), each
+library's default damping (ours: None = 0.1 x mean eigenvalue per layer, plus the model's l2;
+kronfluence: `ScoreArguments.damping_factor=1e-8`), and ours K-FAC at positions x damping (see
+the notes in the results: kronfluence normalises S per token, we per sequence).
 
 Time and memory: each measurement is a fresh process pinned to one core (OMP_NUM_THREADS=1,
-`torch.set_num_threads(1)`, XLA without its multi-threaded Eigen), alternating ours and
-kronfluence, `--pairs` pairs (the first library alternates too); medians reported. Per process:
-import time, the first EK-FAC fit and score (JAX compilation included; kronfluence's Analyzer
-set-up included), the same again warm, K-FAC warm, and the peak RSS after the EK-FAC part.
+`torch.set_num_threads(1)`, XLA without its multi-threaded Eigen), JAX's persistent compilation
+cache off (the package turns it on at import) so that the first call compiles; alternating ours
+and kronfluence, `--pairs` pairs (the first library alternates too); medians reported; then ours
+once more with a persistent cache an earlier process filled. Per process: import time, set-up,
+the first EK-FAC fit and score, the same again warm, K-FAC warm, and the peak RSS (VmHWM) after
+the EK-FAC part. kronfluence's times include what its API does per call (writing factors and
+scores as safetensors to a temporary folder, data loaders, hooks).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_kronfluence.py [--quick]
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_kronfluence.py [--quick] [--models mlp gpt]
 
-Writes benchmarks/results/kronfluence.json and .md (_quick suffix with --quick).
+Needs torch and kronfluence (the bench extra) next to the package. Writes
+benchmarks/results/kronfluence.json and .md (_quick suffix with --quick).
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,57 +95,118 @@ def _jax_setup():
     return jax
 
 
-def _functional(hidden: int, seed: int, l2: float):
+def _functional(args, l2: float):
+    """Our model as a Functional: the digits MLP or the char GPT (float64, init seed 0)."""
     import jax.numpy as jnp
     from flax import nnx
 
-    from workbench import models
+    from workbench import gpt, models
 
-    return models.functional(models.MLP(64, [hidden], 10, rngs=nnx.Rngs(seed), param_dtype=jnp.float64), l2=l2)
+    if args.model == "mlp":
+        module = models.MLP(64, [args.hidden], 10, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+    else:
+        module = gpt.GPT(gpt.GPTConfig(**_gpt_config(args)), rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+    return models.functional(module, l2=l2)
+
+
+def _gpt_config(args) -> dict:
+    return dict(vocab_size=args.vocab_size, seq_len=args.seq_len, d_model=args.d_model, num_heads=args.num_heads,
+                num_layers=args.num_layers)
+
+
+def _torch_model(args, params: dict):
+    """The torch copy of our model holding `params` (a nested dict of numpy arrays)."""
+    if args.model == "mlp":
+        import influence_peer_adapters as peers
+
+        return peers.torch_module(params)
+    import kronfluence_torch
+
+    return kronfluence_torch.gpt_from_params(params, _gpt_config(args))
+
+
+def _nested(flat: dict) -> dict:
+    """{"p:blocks/0/up/kernel": array} -> nested dict (digit keys as ints, as our params)."""
+    out: dict = {}
+    for key, value in flat.items():
+        parts = [int(p) if p.isdigit() else p for p in key[2:].split("/")]
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _torch_loss(logits, y, reduction="sum"):
+    """Each example's mean cross-entropy over its positions (ours), summed over the batch (kronfluence's task)."""
+    import torch.nn.functional as F
+
+    if logits.dim() == 3:  # [n, T, V]: the mean over positions, as models.cross_entropy
+        per_example = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
+    else:
+        per_example = F.cross_entropy(logits, y, reduction="none")
+    return per_example.sum() if reduction == "sum" else per_example
 
 
 # ----------------------------------------------------------------------------- the problem (parent)
 
 
+def _data(args):
+    import jax.numpy as jnp
+
+    from workbench import data
+    from workbench.experiments.influence import digits_subsets
+
+    if args.model == "mlp":
+        return digits_subsets(args.n_train, args.n_test, 0)
+    text = data.load_text(seq_len=args.seq_len).data  # first n_train windows train, the last n_test query
+    args.vocab_size = int(max(int(jnp.max(text.x)), int(jnp.max(text.y))) + 1)
+    return text.take(np.arange(args.n_train)), text.take(np.arange(len(text) - args.n_test, len(text)))
+
+
 def make_problem(args, path: Path) -> dict:
-    """Train the MLP in JAX, write weights and data to `path` (.npz), check the torch copy; return meta."""
+    """Train our model in JAX, write weights and data to `path` (.npz), check the torch copy; return meta."""
     jax = _jax_setup()
     import optax
 
     from workbench import models, train
-    from workbench.experiments.influence import digits_subsets
 
-    train_set, test_set = digits_subsets(args.n_train, args.n_test, 0)
-    fn = _functional(args.hidden, 0, args.l2)
+    train_set, test_set = _data(args)
+    fn = _functional(args, args.l2)
     start = time.perf_counter()
     result = train.train(fn.loss_fn, fn.params, train_set, jax.random.key(0), optimizer=optax.adam(args.lr),
                          num_steps=args.steps, progress=False)
     train_s = time.perf_counter() - start
-    params = result.params
-    leaves = [np.asarray(a) for a in jax.tree.leaves(params)]
-    named = {f"{what}_{i}": np.asarray(params["layers"][i][what]) for i in range(2) for what in ("kernel", "bias")}
+    params = jax.tree.map(np.asarray, result.params)
+    leaves = jax.tree.leaves(params)
+    named = {"p:" + "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): a
+             for path, a in jax.tree_util.tree_flatten_with_path(params)[0]}
     np.savez(path, *leaves, **named, train_x=np.asarray(train_set.x), train_y=np.asarray(train_set.y),
              test_x=np.asarray(test_set.x), test_y=np.asarray(test_set.y))
 
-    import influence_peer_adapters as peers
     import torch
 
     torch.set_num_threads(1)
-    module = peers.torch_module(jax.tree.map(np.asarray, params))
+    module = _torch_model(args, _nested(named))
     diffs = {}
     for split, ds in (("train", train_set), ("test", test_set)):
-        ours_logits = np.asarray(fn.predict_fn(params, ds.x))
-        ours_loss = np.asarray(fn.per_example_loss_fn(params, ds))
+        ours_logits = np.asarray(fn.predict_fn(result.params, ds.x))
+        ours_loss = np.asarray(fn.per_example_loss_fn(result.params, ds))
         with torch.no_grad():
             logits = module(torch.tensor(np.asarray(ds.x)))
-            loss = torch.nn.functional.cross_entropy(logits, torch.tensor(np.asarray(ds.y)).long(), reduction="none")
+            loss = _torch_loss(logits, torch.tensor(np.asarray(ds.y)).long(), reduction="none")
         diffs[f"{split}_logits_max_abs_diff"] = float(np.max(np.abs(logits.numpy() - ours_logits)))
         diffs[f"{split}_loss_max_abs_diff"] = float(np.max(np.abs(loss.numpy() - ours_loss)))
-    print("torch copy vs JAX:", diffs, flush=True)
-    assert max(diffs.values()) < 1e-10, f"the torch copy differs from the JAX model: {diffs}"
-    return dict(train_s=train_s, train_loss=float(fn.loss_fn(params, train_set)),
-                test_accuracy=float(models.accuracy(fn.predict_fn, params, test_set)), torch_copy=diffs,
-                num_params=int(sum(a.size for a in leaves)))
+    print(args.model, "torch copy vs JAX:", diffs, flush=True)
+    # the GPT's attention softmax runs in float32 on both sides (see kronfluence_torch): float32 rounding
+    tolerance = 1e-10 if args.model == "mlp" else 1e-6
+    assert max(diffs.values()) < tolerance, f"the torch copy differs from the JAX model: {diffs}"
+    accuracy = models.accuracy(fn.predict_fn, result.params, test_set) if args.model == "mlp" else None
+    return dict(train_s=train_s, train_loss=float(fn.loss_fn(result.params, train_set)),
+                test_loss=float(np.mean(fn.per_example_loss_fn(result.params, test_set))),
+                test_accuracy=None if accuracy is None else float(accuracy), torch_copy=diffs,
+                torch_copy_tolerance=tolerance, num_params=int(sum(a.size for a in leaves)),
+                positions=1 if args.model == "mlp" else args.seq_len)
 
 
 # ----------------------------------------------------------------------------- workers (fresh processes)
@@ -149,7 +222,7 @@ def worker_ours(args, problem: dict) -> tuple[dict, dict]:
     rss_import = _peak_rss_mb()
     timings = {"import_s": import_s}
     start = time.perf_counter()
-    fn = _functional(args.hidden, 0, 0.0)  # l2 0: the damping given is all that is added (see the docstring)
+    fn = _functional(args, 0.0)  # l2 0: the damping given is all that is added (see the docstring)
     leaves = [problem[f"arr_{i}"] for i in range(len(jax.tree.leaves(fn.params)))]
     params = jax.tree.unflatten(jax.tree.structure(fn.params), [jax.numpy.asarray(a) for a in leaves])
     train = (jax.numpy.asarray(problem["train_x"]), jax.numpy.asarray(problem["train_y"]))
@@ -184,24 +257,28 @@ def worker_ours(args, problem: dict) -> tuple[dict, dict]:
         out["ekfac_heuristic"], _, heuristic = score("ekfac", factors, None)
         out["kfac_heuristic"], _, _ = score("kfac", kfactors, None)
         timings["heuristic_damping"] = heuristic.info["damping"]
-        with_l2 = _functional(args.hidden, 0, args.l2)  # the model as trained: its default adds l2 too
+        with_l2 = _functional(args, args.l2)  # the model as trained: its default adds l2 too
         fitted_l2 = kfac.fit(with_l2, params, train, fisher="empirical", chunk_size=CHUNK)
         out["ekfac_default"], _, default = score("ekfac", fitted_l2, None, with_l2)
         timings["default_damping"] = {k: v + args.l2 for k, v in default.info["damping"].items()}
-        for i, layer in enumerate(factors.coverage.layers):
-            f = factors.layers[layer.name]
-            out[f"layer{i}_A"], out[f"layer{i}_S"] = np.asarray(f.activation), np.asarray(f.gradient)
-            out[f"layer{i}_A_values"] = np.asarray(f.activation_values)
-            out[f"layer{i}_S_values"] = np.asarray(f.gradient_values)
-            out[f"layer{i}_lambda"] = np.asarray(f.corrected)  # [d_a, d_out]
+        positions = int(problem["train_x"].shape[1]) if args.model == "gpt" else 1
+        # kronfluence's S is ours / positions (it divides by tokens, we by sequences): its K-FAC at damping d
+        # is positions x ours at damping positions x d (EK-FAC's Lambda is per sequence on both sides)
+        out["kfac_damping_times_positions"], _, _ = score("kfac", kfactors, args.damping * positions)
+        for layer in factors.coverage.layers:
+            f, key = factors.layers[layer.name], "layer:" + layer.name.replace("/", ".")
+            activation = np.asarray(f.activation)
+            out[key + ":A"] = np.diag(activation) if activation.ndim == 1 else activation  # an embedding's: diagonal
+            out[key + ":S"] = np.asarray(f.gradient)
+            out[key + ":A_values"] = np.asarray(f.activation_values)
+            out[key + ":S_values"] = np.asarray(f.gradient_values)
+            out[key + ":lambda"] = np.asarray(f.corrected)  # [d_a, d_out]
     return timings, out
 
 
 def worker_kronfluence(args, problem: dict) -> tuple[dict, dict]:
     start = time.perf_counter()
-    import influence_peer_adapters as peers
     import torch
-    import torch.nn.functional as F
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
     from kronfluence.task import Task
@@ -218,16 +295,16 @@ def worker_kronfluence(args, problem: dict) -> tuple[dict, dict]:
             if sample:
                 raise NotImplementedError("this benchmark uses the empirical Fisher only")
             x, y = batch
-            return F.cross_entropy(model(x), y, reduction="sum")
+            return _torch_loss(model(x), y)
 
         def compute_measurement(self, batch, model):
             x, y = batch
-            return F.cross_entropy(model(x), y, reduction="sum")
+            return _torch_loss(model(x), y)
 
     start = time.perf_counter()
-    params = {"layers": {i: {what: problem[f"{what}_{i}"] for what in ("kernel", "bias")} for i in range(2)}}
+    params = _nested({k: problem[k] for k in problem.files if k.startswith("p:")})
     task = Classification()
-    model = prepare_model(peers.torch_module(params), task)
+    model = prepare_model(_torch_model(args, params), task)
     train = torch.utils.data.TensorDataset(torch.tensor(problem["train_x"]), torch.tensor(problem["train_y"]).long())
     test = torch.utils.data.TensorDataset(torch.tensor(problem["test_x"]), torch.tensor(problem["test_y"]).long())
     tmp = tempfile.TemporaryDirectory()
@@ -276,15 +353,15 @@ def worker_kronfluence(args, problem: dict) -> tuple[dict, dict]:
         cov = analyzer.load_covariance_matrices(factors)
         eig = analyzer.load_eigendecomposition(factors)
         lam = analyzer.load_lambda_matrices(factors)
-        for i, name in enumerate(names):
-            out[f"layer{i}_A"] = (cov["activation_covariance"][name]
-                                  / cov["num_activation_covariance_processed"][name]).numpy()
-            out[f"layer{i}_S"] = (cov["gradient_covariance"][name] / cov["num_gradient_covariance_processed"][name]).numpy()
-            out[f"layer{i}_A_values"] = eig["activation_eigenvalues"][name].numpy()
-            out[f"layer{i}_S_values"] = eig["gradient_eigenvalues"][name].numpy()
+        for name in names:
+            key = "layer:" + name
+            out[key + ":A"] = (cov["activation_covariance"][name] / cov["num_activation_covariance_processed"][name]).numpy()
+            out[key + ":S"] = (cov["gradient_covariance"][name] / cov["num_gradient_covariance_processed"][name]).numpy()
+            out[key + ":A_values"] = eig["activation_eigenvalues"][name].numpy()
+            out[key + ":S_values"] = eig["gradient_eigenvalues"][name].numpy()
             # kronfluence's Lambda is [d_out, d_a]; ours [d_a, d_out]
-            out[f"layer{i}_lambda"] = (lam["lambda_matrix"][name] / lam["num_lambda_processed"][name]).numpy().T
-            timings[f"layer{i}_heuristic_damping"] = 0.1 * float(out[f"layer{i}_lambda"].mean())
+            out[key + ":lambda"] = (lam["lambda_matrix"][name] / lam["num_lambda_processed"][name]).numpy().T
+            timings[f"heuristic_damping:{name}"] = 0.1 * float(out[key + ":lambda"].mean())
     tmp.cleanup()
     return timings, out
 
@@ -322,51 +399,52 @@ def spearman_pearson_top(a: np.ndarray, b: np.ndarray, k: int = 10) -> dict:
             "max_abs_diff": float(np.max(np.abs(a - b))), "max_abs_kronfluence": float(np.max(np.abs(b)))}
 
 
+def _relative(a, b) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
 def factor_rows(ours: dict, kron: dict) -> list[dict]:
+    """Each layer's factors side by side (ours matched to kronfluence's by name, else in order)."""
+    names = lambda d: [k.split(":")[1] for k in d if k.startswith("layer:") and k.endswith(":A")]  # noqa: E731
+    ours_names, kron_names = names(ours), names(kron)
+    if set(ours_names) == set(kron_names):
+        kron_names = list(ours_names)
     rows = []
-    i = 0
-    while f"layer{i}_A" in ours:
-        row = {"layer": i}
-        for what in ("A", "S", "A_values", "S_values", "lambda"):
-            a, b = ours[f"layer{i}_{what}"], kron[f"layer{i}_{what}"]
-            row[f"{what}_shape"] = list(a.shape)
-            row[f"{what}_relative_diff"] = float(np.linalg.norm(a - b) / np.linalg.norm(b))
-            row[f"{what}_max_abs_diff"] = float(np.max(np.abs(a - b)))
-        la, lb = np.sort(ours[f"layer{i}_lambda"].ravel()), np.sort(kron[f"layer{i}_lambda"].ravel())
-        row["lambda_sorted_relative_diff"] = float(np.linalg.norm(la - lb) / np.linalg.norm(lb))
-        row["lambda_mean_ours"], row["lambda_mean_kronfluence"] = float(la.mean()), float(lb.mean())
+    for mine, theirs in zip(ours_names, kron_names, strict=True):
+        o = {w: ours[f"layer:{mine}:{w}"] for w in ("A", "S", "A_values", "S_values", "lambda")}
+        k = {w: kron[f"layer:{theirs}:{w}"] for w in o}
+        row = {"layer": mine, "kronfluence_name": theirs, "A_shape": list(o["A"].shape),
+               "S_shape": list(o["S"].shape)}
+        for what in ("A", "S", "lambda"):
+            row[f"{what}_relative_diff"] = _relative(o[what], k[what])
+            row[f"{what}_scale_ours_on_kron"] = float(np.sum(o[what] * k[what]) / np.sum(k[what] ** 2))
+        for what in ("A_values", "S_values", "lambda"):  # sorted: an embedding's A is not eigendecomposed by us
+            row[f"{what}_sorted_relative_diff"] = _relative(np.sort(o[what].ravel()), np.sort(k[what].ravel()))
+        row["lambda_mean_ours"], row["lambda_mean_kronfluence"] = float(o["lambda"].mean()), float(k["lambda"].mean())
         rows.append(row)
-        i += 1
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="small sizes, one pair (a smoke run)")
-    parser.add_argument("--pairs", type=int, default=3)
-    parser.add_argument("--damping", type=float, default=0.01)
-    parser.add_argument("--core", type=int, default=None, help="the core every worker is pinned to")
-    parser.add_argument("--worker", choices=["ours", "kronfluence"])
-    parser.add_argument("--problem")
-    parser.add_argument("--out")
-    parser.add_argument("--extras", action="store_true")
-    parser.add_argument("--n-train", type=int, default=1347)
-    parser.add_argument("--n-test", type=int, default=200)
-    parser.add_argument("--hidden", type=int, default=32)
-    parser.add_argument("--l2", type=float, default=0.01)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--lr", type=float, default=0.01)
-    args = parser.parse_args()
-    if args.worker:
-        return run_worker(args)
-    if args.quick:
-        args.n_train, args.n_test, args.pairs = 300, 20, 1
-    core = args.core if args.core is not None else max(os.sched_getaffinity(0))
-    command = "OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_kronfluence.py " + " ".join(sys.argv[1:])
+def model_args(args) -> list[str]:
+    """The CLI arguments that fix the model and its data (passed on to the workers)."""
+    out = ["--model", args.model, "--hidden", str(args.hidden), "--l2", str(args.l2), "--damping", str(args.damping)]
+    if args.model == "gpt":
+        out += ["--seq-len", str(args.seq_len), "--d-model", str(args.d_model), "--num-heads", str(args.num_heads),
+                "--num-layers", str(args.num_layers), "--vocab-size", str(args.vocab_size)]
+    return out
+
+
+SIZES = {  # model -> (n_train, n_test, steps, lr); --quick: smaller
+    "mlp": dict(n_train=1347, n_test=200, steps=200, lr=0.01),
+    "gpt": dict(n_train=512, n_test=32, steps=200, lr=3e-3),
+}
+QUICK = {"mlp": dict(n_train=300, n_test=20), "gpt": dict(n_train=64, n_test=8, steps=20)}
+
+
+def run_model(args, core: int, tmp: Path) -> dict:
+    """Train, then the alternating worker pairs and the comparison, for args.model."""
     load = {"start": os.getloadavg()}
-    tmp = Path(tempfile.mkdtemp(prefix="bench_kron_"))
-    problem_path = tmp / "problem.npz"
-    sys.path.insert(0, str(HERE.parent))
+    problem_path = tmp / f"{args.model}.npz"
     meta = make_problem(args, problem_path)
     # workers compile from scratch: JAX's persistent cache (on by `import workbench`) off, and the folder the
     # parent's import put in the environment not inherited
@@ -374,16 +452,16 @@ def main() -> None:
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parent.parent), WORKBENCH_JAX_CACHE="off")
 
     def launch(lib, pair, extras=False, cache="off"):
-        out = str(tmp / f"{lib}_{pair}")
+        out = str(tmp / f"{args.model}_{lib}_{pair}")
         cmd = [sys.executable, str(HERE), "--worker", lib.split("_")[0], "--problem", str(problem_path), "--out",
-               out, "--core", str(core), "--damping", str(args.damping), "--hidden", str(args.hidden),
-               "--l2", str(args.l2)] + (["--extras"] if extras else [])
+               out, "--core", str(core), *model_args(args)] + (["--extras"] if extras else [])
         load_before = os.getloadavg()
         wall = time.perf_counter()
         subprocess.run(cmd, check=True, env=dict(env, WORKBENCH_JAX_CACHE=cache))
         timings = json.loads(Path(out + ".json").read_text())
         timings.update(lib=lib, pair=pair, process_wall_s=time.perf_counter() - wall, loadavg_start=load_before)
-        print(lib, pair, {k: v for k, v in timings.items() if k.endswith("_s") or k.endswith("_mb")}, flush=True)
+        print(args.model, lib, pair, {k: round(v, 4) for k, v in timings.items()
+                                      if k.endswith("_s") or k.endswith("_mb")}, flush=True)
         return timings
 
     runs = []
@@ -391,100 +469,209 @@ def main() -> None:
         order = ["ours", "kronfluence"] if pair % 2 == 0 else ["kronfluence", "ours"]
         runs += [launch(lib, pair, extras=pair == 0) for lib in order]
     # ours once more with a persistent compilation cache that a first process filled (a returning user)
-    launch("ours_cached", -1, cache=str(tmp / "jax_cache"))
-    runs.append(launch("ours_cached", 0, cache=str(tmp / "jax_cache")))
+    launch("ours_cached", -1, cache=str(tmp / f"{args.model}_jax_cache"))
+    runs.append(launch("ours_cached", 0, cache=str(tmp / f"{args.model}_jax_cache")))
     load["end"] = os.getloadavg()
-    ours = dict(np.load(tmp / "ours_0.npz"))
-    kron = dict(np.load(tmp / "kronfluence_0.npz"))
+    ours = dict(np.load(tmp / f"{args.model}_ours_0.npz"))
+    kron = dict(np.load(tmp / f"{args.model}_kronfluence_0.npz"))
     # each row "a vs b": our scores a, kronfluence's b unless the name says otherwise
     agreement = {name: spearman_pearson_top(ours[name], kron[name])
                  for name in ("ekfac", "kfac", "ekfac_heuristic", "kfac_heuristic")}
+    agreement["kfac_ours_at_positions_x_damping"] = spearman_pearson_top(ours["kfac_damping_times_positions"],
+                                                                         kron["kfac"])
     agreement["ekfac_each_default"] = spearman_pearson_top(ours["ekfac_default"], kron["ekfac_default"])
     agreement["ekfac_ours_default_vs_ours_given"] = spearman_pearson_top(ours["ekfac_default"], ours["ekfac"])
     agreement["ekfac_kron_default_vs_kron_given"] = spearman_pearson_top(kron["ekfac_default"], kron["ekfac"])
     agreement["kfac_vs_ekfac_ours"] = spearman_pearson_top(ours["kfac"], ours["ekfac"])
-    factors = factor_rows(ours, kron)
     first = {r["lib"]: r for r in runs if r["pair"] == 0}
     keys = ["import_s", "setup_s", "ekfac_fit_first_s", "ekfac_score_first_s", "ekfac_fit_warm_s",
             "ekfac_score_warm_s", "kfac_fit_warm_s", "kfac_score_warm_s", "peak_rss_mb", "rss_after_import_mb",
             "process_wall_s"]
-    medians = {lib: {k: float(np.median([r[k] for r in runs if r["lib"] == lib])) for k in keys}
-               for lib in ("ours", "kronfluence", "ours_cached")}
-    for lib in medians:
-        m = medians[lib]
-        m["ekfac_first_call_s"] = float(np.median([r["setup_s"] + r["ekfac_fit_first_s"] + r["ekfac_score_first_s"]
-                                                   for r in runs if r["lib"] == lib]))
-        m["ekfac_warm_s"] = m["ekfac_fit_warm_s"] + m["ekfac_score_warm_s"]
-    import jax
-    import kronfluence
-    import torch
+    medians = {}
+    for lib in ("ours", "kronfluence", "ours_cached"):
+        mine = [r for r in runs if r["lib"] == lib]
+        medians[lib] = {k: float(np.median([r[k] for r in mine])) for k in keys}
+        medians[lib]["ekfac_first_call_s"] = float(np.median(
+            [r["setup_s"] + r["ekfac_fit_first_s"] + r["ekfac_score_first_s"] for r in mine]))
+        medians[lib]["ekfac_warm_s"] = float(np.median([r["ekfac_fit_warm_s"] + r["ekfac_score_warm_s"] for r in mine]))
+    return {"model": args.model, "args": {k: v for k, v in vars(args).items() if k not in ("worker", "problem", "out")},
+            "problem": meta, "agreement": agreement, "factors": factor_rows(ours, kron),
+            "layers": {lib: first[lib]["layers"] for lib in ("ours", "kronfluence")}, "runs": runs,
+            "medians": medians, "loadavg": load,
+            "damping": {"given": args.damping, "ours_heuristic": first["ours"].get("heuristic_damping"),
+                        "kronfluence_heuristic": {k.split(":")[1]: v for k, v in first["kronfluence"].items()
+                                                  if k.startswith("heuristic_damping:")},
+                        "ours_default": first["ours"].get("default_damping"),
+                        "kronfluence_default": first["kronfluence"].get("default_damping")}}
 
-    out = {"command": command, "args": vars(args), "problem": meta, "agreement": agreement, "factors": factors,
-           "layers": {lib: first[lib]["layers"] for lib in first}, "runs": runs, "medians": medians, "loadavg": load,
-           "damping": {"given": args.damping, "ours_heuristic": first["ours"].get("heuristic_damping"),
-                       "kronfluence_heuristic": {k: v for k, v in first["kronfluence"].items()
-                                                 if k.endswith("_heuristic_damping")},
-                       "ours_default": first["ours"].get("default_damping"),
-                       "kronfluence_default": first["kronfluence"].get("default_damping")},
-           "machine": f"{platform.platform()}, {os.cpu_count()} CPUs (shared with other jobs), every worker pinned "
-                      f"to core {core}", "versions": {"jax": jax.__version__, "torch": torch.__version__,
-                                                      "kronfluence": kronfluence.__version__,
-                                                      "python": platform.python_version()}}
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="small sizes, one pair (a smoke run)")
+    parser.add_argument("--models", nargs="+", default=["mlp", "gpt"], choices=["mlp", "gpt"])
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--damping", type=float, default=0.01)
+    parser.add_argument("--core", type=int, default=None, help="the core every worker is pinned to")
+    parser.add_argument("--l2", type=float, default=0.01)
+    parser.add_argument("--hidden", type=int, default=32, help="the MLP's hidden width")
+    parser.add_argument("--seq-len", type=int, default=32, help="the GPT's context (characters per example)")
+    parser.add_argument("--d-model", type=int, default=32)
+    parser.add_argument("--num-heads", type=int, default=2)
+    parser.add_argument("--num-layers", type=int, default=2)
+    # set by the parent for its workers
+    parser.add_argument("--worker", choices=["ours", "kronfluence"])
+    parser.add_argument("--model", choices=["mlp", "gpt"])
+    parser.add_argument("--vocab-size", type=int)
+    parser.add_argument("--problem")
+    parser.add_argument("--out")
+    parser.add_argument("--extras", action="store_true")
+    args = parser.parse_args()
+    if args.worker:
+        return run_worker(args)
+    if args.quick:
+        args.pairs = 1
+    core = args.core if args.core is not None else max(os.sched_getaffinity(0))
+    command = "OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_kronfluence.py " + " ".join(sys.argv[1:])
+    tmp = Path(tempfile.mkdtemp(prefix="bench_kron_"))
+    sys.path.insert(0, str(HERE.parent))
     suffix = "_quick" if args.quick else ""
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"kronfluence{suffix}.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
-    text = markdown(out)
-    (RESULTS / f"kronfluence{suffix}.md").write_text(text)
+    out = {"command": command, "sections": []}
+    for model in args.models:
+        margs = argparse.Namespace(**vars(args))
+        margs.model = model
+        for k, v in {**SIZES[model], **(QUICK[model] if args.quick else {})}.items():
+            setattr(margs, k, v)
+        out["sections"].append(run_model(margs, core, tmp))
+        import jax
+        import kronfluence
+        import torch
+
+        out.update(machine=f"{platform.platform()}, {os.cpu_count()} CPUs shared with other jobs (a test-suite run, "
+                           f"other benchmarks), every worker pinned to core {core}",
+                   versions={"jax": jax.__version__, "torch": torch.__version__,
+                             "kronfluence": kronfluence.__version__, "python": platform.python_version()})
+        RESULTS.mkdir(exist_ok=True)  # after every model: partial results survive
+        (RESULTS / f"kronfluence{suffix}.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
+        text = markdown(out)
+        (RESULTS / f"kronfluence{suffix}.md").write_text(text)
+    shutil.rmtree(tmp, ignore_errors=True)
     print(text)
 
 
-def markdown(out: dict) -> str:
-    a, p = out["args"], out["problem"]
+def _section(sec: dict) -> list[str]:
+    a, p = sec["args"], sec["problem"]
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = [f"# Our EK-FAC / K-FAC vs kronfluence {out['versions']['kronfluence']} on the same weights", "",
-             f"`{out['command']}`", "",
-             f"Digits MLP 64-{a['hidden']}-10 tanh ({p['num_params']} params, l2 {a['l2']}, {a['steps']} Adam steps at "
-             f"lr {a['lr']}, float64), {a['n_train']} training / {a['n_test']} query points; train loss "
-             f"{p['train_loss']:.4f}, test accuracy {p['test_accuracy']:.3f}. Torch copy vs JAX: "
-             + ", ".join(f"{k} {v:.1e}" for k, v in p["torch_copy"].items()) + ".", "",
-             f"Layers: ours {out['layers']['ours']}, kronfluence {out['layers']['kronfluence']}. Empirical Fisher on "
-             f"both sides; damping {a['damping']} given to both (ours from the l2 = 0 Functional, so both invert "
-             "Lambda + damping). Sign: both score g_query^T (F + damping)^-1 g_train with the loss as the measure: "
-             "positive = upweighting the training point lowers the query loss (helpful); no flip needed.", "",
-             "## Agreement per query (over training points)", "",
+    if sec["model"] == "mlp":
+        what = (f"## Digits MLP 64-{a['hidden']}-10 tanh ({p['num_params']} params, l2 {a['l2']}, {a['steps']} Adam "
+                f"steps at lr {a['lr']}, float64), {a['n_train']} training / {a['n_test']} query points; train "
+                f"objective {p['train_loss']:.4f}, test accuracy {p['test_accuracy']:.3f}")
+    else:
+        what = (f"## Char GPT (`workbench.gpt.GPT`: d_model {a['d_model']}, {a['num_heads']} heads, {a['num_layers']} "
+                f"blocks, context {a['seq_len']}, vocabulary {a['vocab_size']}, untied head; {p['num_params']} params, "
+                f"l2 {a['l2']}, {a['steps']} Adam steps at lr {a['lr']}, float64), {a['n_train']} training / "
+                f"{a['n_test']} query windows of `data.load_text`; train objective {p['train_loss']:.4f}, query loss "
+                f"{p['test_loss']:.4f}")
+    lines = [what, "", "Torch copy vs JAX: " + ", ".join(f"{k} {v:.1e}" for k, v in p["torch_copy"].items())
+             + f" (asserted < {p['torch_copy_tolerance']:g}).", "",
+             f"Layers ({len(sec['layers']['ours'])} ours, {len(sec['layers']['kronfluence'])} kronfluence): ours "
+             f"{sec['layers']['ours']}; kronfluence {sec['layers']['kronfluence']}.", "",
+             "### Agreement per query (over training points)", "",
+             "Each row compares scores a (ours unless named) with b (kronfluence's unless named); statistics per "
+             "query, then the median and min over queries. scale = least-squares slope of a on b.", "",
              "| comparison | Spearman median | Spearman min | Pearson median | Pearson min | top-10 median | top-10 min "
-             "| rel. Frobenius diff | scale (LS slope a on b) |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, r in out["agreement"].items():
+             "| rel. Frobenius diff | scale |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in sec["agreement"].items():
         lines.append(f"| {name} | {r['spearman_median']:.6f} | {r['spearman_min']:.6f} | {r['pearson_median']:.6f} | "
                      f"{r['pearson_min']:.6f} | {r['top10_overlap_median']:.2f} | {r['top10_overlap_min']:.2f} | "
-                     f"{r['relative_frobenius_diff']:.2e} | {r['scale_a_on_b']:.6f} |")
-    d = out["damping"]
-    lines += ["", f"Dampings: given {d['given']}; heuristic (damping None on both, 0.1 x mean Lambda per layer): ours "
-              f"{d['ours_heuristic']}, kronfluence {d['kronfluence_heuristic']}; each library's default: ours "
-              f"(Functional with l2 {a['l2']}, damping None) {d['ours_default']}, kronfluence "
-              f"(ScoreArguments().damping_factor) {d['kronfluence_default']}.", "",
-              "## Factors, ours vs kronfluence (relative Frobenius difference)", "",
-              "| layer | A | S | eig(A) | eig(S) | Lambda (elementwise) | Lambda (sorted) | mean Lambda ours | "
-              "mean Lambda kron |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in out["factors"]:
-        lines.append(f"| {r['layer']} {r['A_shape']}x{r['S_shape']} | {r['A_relative_diff']:.1e} | "
-                     f"{r['S_relative_diff']:.1e} | {r['A_values_relative_diff']:.1e} | {r['S_values_relative_diff']:.1e} "
-                     f"| {r['lambda_relative_diff']:.1e} | {r['lambda_sorted_relative_diff']:.1e} | "
-                     f"{r['lambda_mean_ours']:.4g} | {r['lambda_mean_kronfluence']:.4g} |")
-    m = out["medians"]
-    lines += ["", f"## Time and memory (medians of {a['pairs']} alternating fresh-process pairs, one core each)", "",
+                     f"{r['relative_frobenius_diff']:.2e} | {r['scale_a_on_b']:.6g} |")
+    d = sec["damping"]
+    lines += ["", f"Dampings: given {d['given']} to both; heuristic (damping None on both: 0.1 x mean Lambda per "
+              f"layer) ours {d['ours_heuristic']}, kronfluence {d['kronfluence_heuristic']}; each library's default: "
+              f"ours (Functional with l2 {a['l2']}, damping None: heuristic + l2) {d['ours_default']}, kronfluence "
+              f"(`ScoreArguments().damping_factor`) {d['kronfluence_default']}.", "",
+              "### Factors, ours vs kronfluence", "",
+              "Relative Frobenius difference; scale = least-squares slope ours on kronfluence's; eigenvalues and "
+              "Lambda also compared sorted.", "",
+              "| layer | A | A scale | S | S scale | eig(A) sorted | eig(S) sorted | Lambda | Lambda sorted | Lambda scale "
+              "| mean Lambda ours / kron |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sec["factors"]:
+        lines.append(f"| {r['layer']} {r['A_shape'][0]}x{r['S_shape'][0]} | {r['A_relative_diff']:.1e} | "
+                     f"{r['A_scale_ours_on_kron']:.6g} | {r['S_relative_diff']:.1e} | {r['S_scale_ours_on_kron']:.6g} | "
+                     f"{r['A_values_sorted_relative_diff']:.1e} | {r['S_values_sorted_relative_diff']:.1e} | "
+                     f"{r['lambda_relative_diff']:.1e} | {r['lambda_sorted_relative_diff']:.1e} | "
+                     f"{r['lambda_scale_ours_on_kron']:.6g} | {r['lambda_mean_ours']:.4g} / "
+                     f"{r['lambda_mean_kronfluence']:.4g} |")
+    m = sec["medians"]
+    lines += ["", f"### Time and memory (medians of {a['pairs']} alternating fresh-process pairs, one core each)", "",
+              "first_call = setup + first fit + first score in a fresh process (JAX compilation included; JAX's "
+              "persistent cache off); warm = the same fit + score again in that process. Last column: ours in a "
+              "process whose persistent compilation cache an earlier process filled.", "",
               "| quantity | ours (JAX) | kronfluence (torch) | ratio ours/kron | ours, persistent cache filled |",
               "|---|---|---|---|---|"]
     for k in m["ours"]:
         lines.append(f"| {k} | {fmt(m['ours'][k])} | {fmt(m['kronfluence'][k])} | "
-                     f"{m['ours'][k] / m['kronfluence'][k]:.2f} | {fmt(m['ours_cached'][k])} |")
+                     f"{m['ours'][k] / m['kronfluence'][k]:.3g} | {fmt(m['ours_cached'][k])} |")
     lines += ["", "Per run: " + "; ".join(
         f"{r['lib']}#{r['pair']} first {r['setup_s'] + r['ekfac_fit_first_s'] + r['ekfac_score_first_s']:.2f}s "
         f"warm {r['ekfac_fit_warm_s'] + r['ekfac_score_warm_s']:.2f}s rss {r['peak_rss_mb']:.0f}MB "
-        f"load {r['loadavg_start'][0]:.2f}" for r in out["runs"]) + ".", "",
-        f"Machine: {out['machine']}. Load average (1, 5, 15 min) at start {out['loadavg']['start']}, at end "
-        f"{out['loadavg']['end']}: the box is shared with a test-suite run and other benchmarks, so times are "
-        f"rough. Versions: {out['versions']}.", ""]
+        f"load {r['loadavg_start'][0]:.2f}" for r in sec["runs"]) + ".", "",
+        f"Load average (1, 5, 15 min) at start {tuple(round(x, 2) for x in sec['loadavg']['start'])}, at end "
+        f"{tuple(round(x, 2) for x in sec['loadavg']['end'])}.", ""]
+    return lines
+
+
+NOTES = [
+    "Normalisation: kronfluence divides both covariances by the number of tokens (positions x examples, "
+    "`num_*_covariance_processed`); we divide A by positions x examples and S by examples "
+    "(`curvature.kfac`: A = E_n[(1/P) sum_t a a^T], S = E_n[sum_t g g^T]). A agrees to rounding, and S for the "
+    "MLP (P = 1); for the GPT our S is exactly P = 32 times kronfluence's (the S scale column), so K-FAC's "
+    "eigenvalues a_i s_j are 32 times kronfluence's (the S scale column reads 32 to six digits; A's scale 1). EK-FAC's Lambda is an average over examples on both sides "
+    "(kronfluence's `num_lambda_processed` counts examples), so it agrees, and so do the EK-FAC scores at any "
+    "damping. K-FAC at a given damping d does not: ours inverts 32 a s + d, kronfluence a s + d; ours at damping "
+    "32 d is kronfluence's divided by 32 (row kfac_ours_at_positions_x_damping), and the relative heuristic gives "
+    "the same ranking with scale 1/32 (row kfac_heuristic).",
+    "Embedding: our K-FAC takes an nnx.Embed's A as the diagonal of token frequencies with the identity as "
+    "its eigenbasis; kronfluence, tracking the one-hot Linear, eigendecomposes the same diagonal matrix and "
+    "sorts the eigenvalues, so its Lambda is ours with the rows permuted (elementwise difference ~1, sorted "
+    "difference at rounding).",
+    "GPT attention: `nnx.MultiHeadAttention` goes through `jax.nn.dot_product_attention`, whose XLA path "
+    "computes the softmax in float32 even for float64 inputs (`_dot_product_attention_core`: 'always carried "
+    "out in fp32'); the torch copy does the same. The two float32 softmaxes still do not round alike (checked "
+    "separately with jax 0.10.2 / torch 2.13: float32 exp differs in the last bit for ~10% of random inputs, "
+    "softmax outputs by up to 2.8e-7 relative for ~1%), so the GPT's logits agree only to ~5e-7 and its losses "
+    "to ~5e-9 (the torch-copy line), its factors to 1e-9..1e-8 and its EK-FAC scores to ~2e-8 relative: "
+    "float32 noise in both forward and backward passes, not a difference of method. Worth knowing on its own: "
+    "a float64 `workbench.gpt.GPT` is float64 everywhere except its attention softmax (left alone here). The "
+    "second block's query/key Lambda means are ~1e-17 on both sides, i.e. gradients of ~1e-9 that float32 "
+    "softmax rounding may dominate.",
+    "Memory: ours peaks higher on the GPT (~1.1 GB vs ~0.57 GB). A separate probe of one process (VmHWM "
+    "after each step) put ~380 MB after set-up, +260 MB in the first covariance pass (compilation and the "
+    "chunk's captured inputs and output gradients), +50 MB for the eigenvalue pass and ~+300 MB in scoring: "
+    "`Estimator.scores` holds the whole training set's covered-layer gradients (512 x 32.7k float64 = 134 MB, "
+    "under its cache_bytes) plus the per-example-gradient program, where kronfluence streams the training "
+    "gradients batch by batch. Not investigated further.",
+    "Damping defaults: ours None = 0.1 x the mean eigenvalue of each layer (kronfluence's damping_factor=None "
+    "rule), plus the model's l2 when the Functional has one; kronfluence's default is damping_factor=1e-8, "
+    "nearly undamped, which ranks training points very differently from either damped version (rows "
+    "ekfac_each_default and ekfac_kron_default_vs_kron_given).",
+    "Sign: both libraries return g_query^T (F + damping)^-1 g_train with the query loss as the measure; "
+    "positive = upweighting the training point lowers the query loss (a proponent). The scale column of the "
+    "matched rows is +1: no sign flip.",
+]
+
+
+def markdown(out: dict) -> str:
+    lines = [f"# Our EK-FAC / K-FAC vs kronfluence {out['versions']['kronfluence']} on the same weights", "",
+             f"`{out['command']}`", "",
+             "Empirical Fisher on both sides, the same layers, float64 everywhere kronfluence takes a dtype, the same "
+             "explicit damping (ours from the l2 = 0 Functional, so both invert Lambda + damping). Sign: both score "
+             "g_query^T (F + damping)^-1 g_train with the query loss as the measure, positive = upweighting the "
+             "training point lowers the query loss (a proponent): no flip needed (the scale column is +1).", "",
+             f"Machine: {out['machine']}. Load averages (below, from os.getloadavg()) were ~5-7x the cores: times "
+             f"are rough, ratios within one table more telling than seconds. Versions: {out['versions']}.", ""]
+    for sec in out["sections"]:
+        lines += _section(sec)
+    lines += ["## Notes", "", *[f"- {note}" for note in NOTES], ""]
     return "\n".join(lines)
 
 
