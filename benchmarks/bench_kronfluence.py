@@ -654,9 +654,11 @@ NOTES = [
     "rule), plus the model's l2 when the Functional has one; kronfluence's default is damping_factor=1e-8, "
     "nearly undamped, which ranks training points very differently from either damped version (rows "
     "ekfac_each_default and ekfac_kron_default_vs_kron_given).",
-    "Sign: both libraries return g_query^T (F + damping)^-1 g_train with the query loss as the measure; "
-    "positive = upweighting the training point lowers the query loss (a proponent). The scale column of the "
-    "matched rows is +1: no sign flip.",
+    "Sign: both libraries return g_query^T (F + damping)^-1 g_train with the query loss as the measure. Ours "
+    "documents score > 0 = removing the training point would raise the query loss (a proponent); kronfluence's "
+    "documentation states no sign, but its code takes the plain dot product of the preconditioned query "
+    "gradient with the training gradient (no minus), and `bench_influence_peers.py` found its sign +1 against "
+    "actual leave-one-out effects. The scale column of the matched rows is +1 here: no flip needed.",
 ]
 
 
