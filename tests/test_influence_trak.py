@@ -4,11 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from plain_logreg import fitted_digits, plain_logreg  # tests/ helper module
 
-from flax import nnx
-
-from workbench import data, gpt, influence, models, sketch  # noqa: E402
+from workbench import data, gpt, influence, sketch  # noqa: E402
+from workbench import models as wb_models
 from workbench.core import statistics
 
 N_TRAIN, N_TEST, L2 = 120, 10, 1e-2
@@ -134,7 +134,7 @@ def test_trak_margin_of_a_sequence_model_is_the_mean_margin_of_its_tokens(key):
     """A char GPT's logits are [n, t, vocab]: the default margin is each target token's margin,
     averaged as the cross-entropy averages its tokens, and TRAK runs on the model as it is."""
     config = gpt.GPTConfig(vocab_size=11, seq_len=6, d_model=8, num_heads=2, num_layers=1)
-    fn = models.functional(gpt.GPT(config, rngs=nnx.Rngs(3), param_dtype=jnp.float64))
+    fn = wb_models.functional(gpt.GPT(config, rngs=nnx.Rngs(3), param_dtype=jnp.float64))
     k_x, k_y, k_trak = jax.random.split(key, 3)
     x = jax.random.randint(k_x, (5, 6), 0, 11)
     y = jax.random.randint(k_y, (5, 6), 0, 11)

@@ -131,6 +131,19 @@ def test_influence_lds_auc_and_per_test():
     assert fig.axes[0].get_xlabel() == "Spearman per test point" and len(fig.axes[0].patches) == 20
 
 
+def test_influence_concentration_and_lds_bars():
+    even, one = np.ones((3, 50)), np.eye(3, 50)
+    fig = plots.influence.influence_concentration({"even": even, "one": one, "random": RNG.normal(size=(3, 50))})
+    lines = fig.axes[0].get_lines()
+    np.testing.assert_allclose(lines[0].get_ydata(), np.arange(1, 51) / 50)  # an even spread is the diagonal
+    np.testing.assert_allclose(lines[1].get_ydata(), 1.0)  # one sequence carries it all
+    assert lines[2].get_linestyle() == "--" and fig.axes[0].get_xscale() == "log"
+    fig = plots.influence.lds_bars({"ekfac": 0.4, "grad_dot": 0.1, "random": 0.01})
+    ax = fig.axes[0]
+    assert [p.get_height() for p in ax.patches] == [0.4, 0.1]  # random is the dashed line, not a bar
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["ekfac", "grad_dot"]
+    assert ax.get_lines()[0].get_ydata()[0] == 0.01
+
 def test_influence_fading_removal_fix_rate():
     steps = np.arange(0, 500, 100)
     fig = plots.influence.fading(steps, RNG.random(5), RNG.random(5), RNG.random(5), np.linspace(0, 1, 5))

@@ -324,3 +324,57 @@ def correction(result, k: int):
     ax2.set(ylabel="accuracy lost on other test points")
     fig.tight_layout()
     return fig
+
+
+def influence_concentration(scores: Mapping[str, np.ndarray]):
+    """How much of the total absolute influence the top sequences carry, per estimator.
+
+    For each estimator, the training sequences are sorted by |score| per test point and the
+    cumulative share of the total is averaged over test points; an even spread is the diagonal
+    (random scores lie just above it), a heavy tail bends sharply up on the left.
+
+    Args:
+        scores: estimator name -> [n_test, n_train] scores.
+
+    Returns:
+        The matplotlib `Figure`.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, s in scores.items():
+        magnitude = -np.sort(-np.abs(np.asarray(s, dtype=np.float64)), axis=1)
+        share = (np.cumsum(magnitude, axis=1) / magnitude.sum(axis=1, keepdims=True)).mean(axis=0)
+        fraction = np.arange(1, share.size + 1) / share.size
+        ax.plot(fraction, share, label=name, ls="--" if name == "random" else "-")
+    ax.plot(fraction, fraction, color="k", lw=0.6, ls=":", label="even spread")
+    ax.set(xscale="log", xlabel="fraction of training sequences (largest |influence| first)",
+           ylabel="share of total |influence|", title="how concentrated influence is")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def lds_bars(lds: Mapping[str, float], title: str = "linear datamodeling score"):
+    """One bar per estimator: its LDS against retraining (random scores' as the dashed line when given).
+
+    Args:
+        lds: estimator name -> LDS; a "random" entry is drawn as a dashed line, not a bar.
+        title: the axes title.
+
+    Returns:
+        The matplotlib `Figure`.
+    """
+    import matplotlib.pyplot as plt
+
+    names = [n for n in lds if n != "random"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(np.arange(len(names)), [lds[n] for n in names])
+    if "random" in lds:
+        ax.axhline(lds["random"], color="k", lw=0.8, ls="--", label="random scores")
+        ax.legend()
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set(xticks=np.arange(len(names)), ylabel="LDS (Spearman)", title=title)
+    ax.set_xticklabels(names, rotation=30, ha="right")
+    fig.tight_layout()
+    return fig
