@@ -78,6 +78,21 @@ def pytest_handlecrashitem(crashitem, report, sched):
         report.outcome = "rerun"
 
 
+# The longest test files (a fresh suite run's durations, summed per file) go to the workers first:
+# `--dist loadfile` hands out files in collection order, and a long file handed out last keeps one
+# worker busy while the other idles (the paper runs, alphabetically late, made that tail).
+LONGEST_FILES_FIRST = (
+    "test_notebooks_fourth.py", "test_notebooks_second.py", "test_notebooks.py", "test_notebooks_third.py",
+    "test_notebooks_fifth.py", "test_ui.py", "test_continual.py", "test_sketch.py", "test_papers.py",
+    "test_transport.py", "test_unlearning.py", "test_icl.py", "test_distributed.py", "test_spectrum_compile.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 def pytest_unconfigure(config):
     if _OWN_CACHE:  # the process that made the shared cache folder (the xdist controller) removes it
         shutil.rmtree(os.environ["WORKBENCH_TEST_JAX_CACHE"], ignore_errors=True)
