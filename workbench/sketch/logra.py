@@ -35,7 +35,6 @@ diagonal blocks (`block_diagonal=True`).
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import NamedTuple
 
@@ -121,9 +120,13 @@ def logra_projection(functional, key: jax.Array, k_in: int, k_out: int, *, dtype
     return LograProjection(cover.layers, tuple(inputs), tuple(outputs), key, k_in, k_out, cover.left_out)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _project_chunk(functional, layers, inputs, outputs, params, batch):
-    # one compiled program per (model, layers); the [n, P, d] captures never leave it
+def project_captured(functional, layers, inputs, outputs, params, batch) -> jax.Array:
+    """[n, dim] projected gradients of a batch from one capture, traceable (no compile of its own).
+
+    The body of `logra_project` for callers that compile it into their own program (the
+    `influence.make("logra")` featurizer): `inputs` / `outputs` are a `LograProjection`'s
+    matrices, `layers` its layers.
+    """
     captured = _capture(functional, layers, "empirical", params, batch, None)
     blocks = []
     for layer, p_in, p_out in zip(layers, inputs, outputs):
@@ -132,6 +135,10 @@ def _project_chunk(functional, layers, inputs, outputs, params, batch):
         a_proj = p_in[a] if layer.kind == "embed" else a @ p_in  # one-hot input: its token's row
         blocks.append(jnp.einsum("npi,npo->nio", a_proj, g @ p_out).reshape(g.shape[0], -1))
     return jnp.concatenate(blocks, axis=1)
+
+
+# one compiled program per (model, layers); the [n, P, d] captures never leave it
+_project_chunk = jax.jit(project_captured, static_argnums=(0, 1))
 
 
 def _check_projection(projection, functional, caller: str) -> None:
