@@ -284,6 +284,13 @@ def test_estimator_random_projection_matches_dense_formula(mlp, key, tmp_path):
         np.testing.assert_allclose(est.info["damping"], heuristic, rtol=1e-10)
         np.testing.assert_allclose(np.asarray(est.scores(test)), _dense_influence(train_blocks, test_blocks, heuristic),
                                    rtol=1e-8)
+    # k_in = layer 0's 7 inputs, k_out its 5 outputs: square Gaussian (not orthogonal) projections, where a transposed
+    # matrix has the right shape and only the values tell
+    square = influence.make("logra", fn, params, train, key=key, k_in=7, k_out=5, damping=1e-2)
+    projection = logra.logra_projection(fn, key, 7, 5)
+    np.testing.assert_allclose(np.asarray(square.scores(test)), _dense_influence(
+        _projected_blocks(projection, fn, params, train), _projected_blocks(projection, fn, params, test), [1e-2] * 2),
+        rtol=1e-8)
     whole = influence.make("logra", fn, params, train, key=key, k_in=3, k_out=2, damping=1e-2, block_diagonal=False)
     projection = logra.logra_projection(fn, key, 3, 2)
     p_train, _ = _reference(projection, fn, params, train)

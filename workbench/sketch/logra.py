@@ -30,7 +30,10 @@ such as position embeddings) are not projected; `LograProjection.left_out` lists
 Scores against a store (`logra_scores`) are <P g_test, P g_i>, or with LoGra's damped
 inverse of the projected gradients' covariance, <(C + damping I)^{-1} P g_test, P g_i> with
 C = sum_i P g_i (P g_i)^T / n over the stored rows: the whole covariance, or its per-layer
-diagonal blocks (`block_diagonal=True`).
+diagonal blocks (`block_diagonal=True`). The influence estimator built on these pieces, with the
+roles, batched test queries and option checks every estimator shares, is
+`influence.make("logra", functional, params, train_data, key=..., k_in=..., k_out=...)`
+(`workbench.influence.logra_influence`).
 """
 
 from __future__ import annotations
