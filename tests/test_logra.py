@@ -281,7 +281,8 @@ def test_estimator_random_projection_matches_dense_formula(mlp, key, tmp_path):
         np.testing.assert_allclose(np.asarray(est.scores(test)), want, rtol=1e-8)
         heuristic = [0.1 * np.trace(g.T @ g / len(g)) / g.shape[1] for g in train_blocks]
         est = influence.make("logra", fn, params, train, key=k, k_in=3, k_out=2)
-        np.testing.assert_allclose(est.info["damping"], heuristic, rtol=1e-10)
+        assert list(est.info["damping"]) == est.info["layers"]
+        np.testing.assert_allclose(list(est.info["damping"].values()), heuristic, rtol=1e-10)
         np.testing.assert_allclose(np.asarray(est.scores(test)), _dense_influence(train_blocks, test_blocks, heuristic),
                                    rtol=1e-8)
     # k_in = layer 0's 7 inputs, k_out its 5 outputs: square Gaussian (not orthogonal) projections, where a transposed

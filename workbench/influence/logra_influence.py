@@ -148,8 +148,8 @@ def logra(
         **options: passed to `Estimator` (`chunk_size`, also the projection's chunk, and `cache_bytes`).
 
     Returns:
-        The `Estimator` "logra"; `info` holds k_in, k_out, the dampings, the layers, the
-        parameters left out and the store.
+        The `Estimator` "logra"; `info` holds k_in, k_out, the damping (per layer name when
+        damping=None picks it per block), the layers, the parameters left out and the store.
 
     Raises:
         ValueError: no Functional, no `key` and no `projection`, a projection drawn for another
@@ -203,7 +203,8 @@ def logra(
         "k_out": projection.k_out,
         "dim": projection.dim,
         "block_diagonal": bool(block_diagonal),
-        "damping": dampings[0] if damping is not None else dampings,
+        "damping": (dampings[0] if damping is not None or not block_diagonal
+                    else {layer.name: d for layer, d in zip(projection.layers, dampings)}),
         "damping_rule": "given" if damping is not None else HEURISTIC_RULE,
         "l2": model.l2,
         "layers": [layer.name for layer in layers],
