@@ -233,7 +233,7 @@ def write(runs: list[dict], args, command: str, wall_s: float, suffix: str) -> s
             note += f" FAILED: {s['errors'][0][:200]}"
         lines.append(f"| {name} | {lds} | {per_seed} | {b} | {sc} | {note} |")
     lines += ["", "exact: not run (a dense Hessian of ~1.0M float32 parameters is ~4 TB). Build and score times "
-              "are first calls, compile included, one seed's mean. random = standard-normal scores (control)."]
+              "are first calls, compile included, means over seeds. random = standard-normal scores (control)."]
     text = "\n".join(lines) + "\n"
     (RESULTS / f"lds_transformer{suffix}.md").write_text(text)
     return text
