@@ -127,8 +127,18 @@ def project_captured(functional, layers, inputs, outputs, params, batch) -> jax.
     """[n, dim] projected gradients of a batch from one capture, traceable (no compile of its own).
 
     The body of `logra_project` for callers that compile it into their own program (the
-    `influence.make("logra")` featurizer): `inputs` / `outputs` are a `LograProjection`'s
-    matrices, `layers` its layers.
+    `influence.make("logra")` featurizer). No checks: the caller has checked the projection.
+
+    Args:
+        functional: the model, a `models.Functional`.
+        layers: the projection's `layers` (a tuple, static under jit).
+        inputs: the projection's P_in matrices, one per layer.
+        outputs: the projection's P_out matrices, one per layer.
+        params: the params pytree.
+        batch: an (x, y) pair with a leading example axis [n, ...].
+
+    Returns:
+        [n, dim]: each layer's [k_in, k_out] block raveled row-major, in `layers` order.
     """
     captured = _capture(functional, layers, "empirical", params, batch, None)
     blocks = []
