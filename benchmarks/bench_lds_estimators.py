@@ -24,6 +24,8 @@ Estimators: exact, cg, arnoldi, trak and grad_dot from `experiments.influence.es
 kfac and ekfac with kronfluence's defaults (true Fisher, one sampled label, damping None: 0.1 x
 the mean eigenvalue per layer), ekfac with 16 sampled labels, with the exact expectation over
 labels ("ggn"), and ekfac "ggn" at exact's damping (the factorisation alone, damping matched).
+logra (`influence.make("logra")`: Gaussian Kronecker projections k_in = k_out = 8 per layer, each
+layer's projected covariance damped by LogIX's default, 0.1 x its mean eigenvalue, plus l2).
 Baselines: random scores and datamodels fitted to the M - 1 other retrainings.
 
 Two profiles, the notebook's: "full" (1347 training examples, 200 test points, hidden 32) and
@@ -120,6 +122,10 @@ def run(seed: int, args) -> dict:
     builders["ekfac_ggn"] = lambda: influence.make("ekfac", fn, trained.params, train_set, fisher="ggn")
     builders["ekfac_ggn_exact_damping"] = lambda: influence.make("ekfac", fn, trained.params, train_set,
                                                                  fisher="ggn", damping=trained.damping)
+    # LoGra: Gaussian projections k_in = k_out = 8 per layer (64 of each layer's (d_in + 1) d_out gradient
+    # entries), each layer's projected covariance damped by LogIX's default (0.1 x its mean eigenvalue) + l2
+    builders["logra"] = lambda: influence.make("logra", fn, trained.params, train_set, key=jax.random.fold_in(key_est, 11),
+                                               k_in=8, k_out=8)
     if args.skip:
         builders = {k: v for k, v in builders.items() if k not in args.skip}
 
@@ -278,10 +284,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the .json/.md/.png go")
     parser.add_argument("--skip", nargs="*", default=[], help="estimators to leave out (e.g. cg)")
+    parser.add_argument("--suffix", default=None, help="file name suffix (default: _quick with --quick, else none)")
     args = parser.parse_args()
     if args.quick:
         args.num_subsets, args.seeds, args.profiles = 12, args.seeds[:1], ["small"]
-    suffix = "_quick" if args.quick else ""
+    suffix = args.suffix if args.suffix is not None else ("_quick" if args.quick else "")
     RESULTS = args.results
     command = "python benchmarks/bench_lds_estimators.py " + " ".join(sys.argv[1:])
     sections = []

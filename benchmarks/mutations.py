@@ -71,6 +71,8 @@ ITERATIVE_ARNOLDI = [("tests/test_influence_iterative.py", "arnoldi_matches_exac
 TRAK = [("tests/test_influence_trak.py", None), ("tests/test_invariants_influence.py", "trak")]
 KFAC = [("tests/test_kfac.py", None)]
 LOGRA = [("tests/test_logra.py", None)]
+LOGRA_ESTIMATOR = [("tests/test_logra.py", "full_dimension or random_projection")]
+LOGRA_MEASURE = [("tests/test_logra.py", "transformer_and_measure")]
 SSD = [("tests/test_unlearning.py", "ssd or fisher_diagonal"), ("tests/test_invariants_unlearning.py", None)]
 SCHEDULE_BOUNDS = [("tests/test_schedules.py", "bound")]
 SCHEDULE_REFINE = [("tests/test_schedules.py", "refine")]
@@ -598,6 +600,57 @@ MUTATIONS = [
              "cov = cov",
              "block_diagonal=True still inverts the whole covariance",
              LOGRA),
+    # --- LoGra as an influence estimator (influence.make("logra"))
+    mutation("logra_estimator.layer_order_reversed", "workbench/influence/logra_influence.py",
+             'state["inverses"] = jnp.asarray(inverses.astype(dtype))',
+             'state["inverses"] = jnp.asarray(inverses[::-1].astype(dtype))',
+             "each layer's block is preconditioned by another layer's inverse covariance (layers in reverse order)",
+             LOGRA_ESTIMATOR),
+    mutation("logra_estimator.damping_dropped", "workbench/influence/logra_influence.py",
+             "shift = lam + l2",
+             "shift = l2",
+             "the damping is not added to the projected covariance (only the objective's l2)",
+             LOGRA_ESTIMATOR),
+    mutation("logra_estimator.l2_left_out", "workbench/influence/logra_influence.py",
+             "shift = lam + l2",
+             "shift = lam",
+             "the objective's l2 is left out of the damped covariance",
+             LOGRA_ESTIMATOR),
+    mutation("logra_estimator.heuristic_damping_of_the_whole_covariance", "workbench/influence/logra_influence.py",
+             "lam = 0.1 * np.trace(block) / size",
+             "lam = 0.1 * np.trace(covariance) / size",
+             "damping=None takes 0.1 x the whole covariance's trace per block size, not each block's mean eigenvalue",
+             LOGRA_ESTIMATOR),
+    mutation("logra_estimator.covariance_not_averaged", "workbench/influence/logra_influence.py",
+             "covariance = feats.astype(np.float64).T @ feats.astype(np.float64) / n",
+             "covariance = feats.astype(np.float64).T @ feats.astype(np.float64)",
+             "the projected covariance is the sum over the training set, not the mean",
+             LOGRA_ESTIMATOR),
+    mutation("logra_estimator.stored_covariance_not_averaged", "workbench/influence/logra_influence.py",
+             "        covariance /= n\n",
+             "",
+             "with store=, the covariance read back from the store is not divided by n",
+             LOGRA_ESTIMATOR),
+    mutation("logra_estimator.test_side_not_preconditioned", "workbench/influence/logra_influence.py",
+             'return jnp.einsum("cbs,bst->cbt", blocks, inverses).reshape(features.shape[0], -1)',
+             'return blocks.reshape(features.shape[0], -1)',
+             "the damped inverse covariance is never applied: raw projected-gradient dot products",
+             LOGRA_ESTIMATOR),
+    mutation("logra_estimator.block_diagonal_ignored", "workbench/influence/logra_influence.py",
+             "num_blocks = len(projection.layers) if block_diagonal else 1",
+             "num_blocks = 1",
+             "block_diagonal=True (the default) inverts the whole covariance, all layers together",
+             LOGRA_ESTIMATOR),
+    mutation("logra_estimator.input_projection_transposed", "workbench/sketch/logra.py",
+             'a_proj = p_in[a] if layer.kind == "embed" else a @ p_in',
+             'a_proj = p_in[a] if layer.kind == "embed" else a @ (p_in.T if p_in.shape[0] == p_in.shape[1] else p_in)',
+             "a square input projection is used transposed (the case no shape check catches)",
+             LOGRA_ESTIMATOR),
+    mutation("logra_estimator.measure_block_transposed", "workbench/influence/logra_influence.py",
+             '"ik,nio,ol->nkl"',
+             '"ik,nio,ol->nlk"',
+             "a measure's projected block is raveled column-major, not in the training features' row-major order",
+             LOGRA_MEASURE),
 ]
 
 # ----------------------------------------------------------------------------- running

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from workbench import data, models, sketch
+from workbench import data, influence, models, sketch
 from workbench.core.per_example import mean_loss, per_example_grads
 from workbench.curvature.capture import layer_matrix
 from workbench.sketch import logra
@@ -197,3 +197,146 @@ def test_float32_matches_float64(mlp):
     want = np.asarray(logra.logra_project(projection, fn, params, train))
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+# ----------------------------------------------------------------------------- the influence estimator
+
+
+def _layer_gradients(fn, layers, params, batch):
+    """Each example's full gradient of each layer, raveled row-major: a list of [n, d_in * d_out] (jax.grad)."""
+    full = _full_layer_gradients(fn, layers, params, batch)
+    return [np.asarray(full[layer.name]).reshape(len(full[layer.name]), -1) for layer in layers]
+
+
+def _dense_influence(train_blocks, test_blocks, dampings):
+    """sum_l <(C_l + damping_l I)^-1 t_l, g_l>, C_l = G_l^T G_l / n: dense solves, block by block."""
+    out = 0.0
+    for g, t, lam in zip(train_blocks, test_blocks, dampings):
+        cov = g.T @ g / len(g)
+        out = out + t @ np.linalg.solve(cov + lam * np.eye(len(cov)), g.T)
+    return out
+
+
+def _coisometry(key, rows, cols):
+    """[rows, cols] (rows <= cols) with orthonormal rows: P P^T = I, so P P^T (A + lam I)^-1 = (A + lam I)^-1."""
+    q, _ = np.linalg.qr(np.asarray(jax.random.normal(key, (cols, cols), jnp.float64)))
+    return q[:rows]
+
+
+def _full_dimension_projection(fn, key):
+    """k_in, k_out = the largest layer's sizes; each layer's P_in, P_out with orthonormal rows (layer 0's square)."""
+    base = logra.logra_projection(fn, key, 1, 1)
+    k_in = max(layer.activation_dim for layer in base.layers)
+    k_out = max(layer.out_features for layer in base.layers)
+    keys = jax.random.split(key, 2 * len(base.layers))
+    inputs = tuple(jnp.asarray(_coisometry(keys[2 * i], layer.activation_dim, k_in)) for i, layer in enumerate(base.layers))
+    outputs = tuple(jnp.asarray(_coisometry(keys[2 * i + 1], layer.out_features, k_out))
+                    for i, layer in enumerate(base.layers))
+    return base._replace(inputs=inputs, outputs=outputs, k_in=k_in, k_out=k_out)
+
+
+def test_estimator_full_dimension_is_block_diagonal_fisher_influence(mlp, key):
+    """Projections covering each layer's whole gradient space (P P^T = I): LoGra's scores are the
+    per-layer block-diagonal empirical-Fisher influence, computed densely from jax.grad."""
+    _, params, train = mlp
+    fn = models.functional(models.MLP(6, [5], 3, rngs=nnx.Rngs(0), param_dtype=jnp.float64), l2=0.05)
+    test = jax.tree.map(lambda a: a[:5], data.make_classification(jax.random.key(9), 8, 6, num_classes=3,
+                                                                  dtype=jnp.float64))
+    for k, damping in ((key, 1e-3), (jax.random.key(0), 0.3), (jax.random.key(7), 1e-3)):
+        projection = _full_dimension_projection(fn, k)
+        assert projection.layers[0].activation_dim == projection.k_in  # layer 0's P_in is square: orthogonal
+        est = influence.make("logra", fn, params, train, projection=projection, damping=damping)
+        got = np.asarray(est.scores(test))
+        layers = projection.layers
+        want = _dense_influence(_layer_gradients(fn, layers, params, train), _layer_gradients(fn, layers, params, test),
+                                [damping + 0.05] * len(layers))  # the objective's l2 joins the damping
+        np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10 * np.abs(want).max())
+        np.testing.assert_allclose(np.asarray(est.self_influence()),
+                                   np.diag(_dense_influence(_layer_gradients(fn, layers, params, train),
+                                                            _layer_gradients(fn, layers, params, train),
+                                                            [damping + 0.05] * len(layers))), rtol=1e-8)
+
+
+def _projected_blocks(projection, fn, params, batch):
+    """The explicitly materialised projected per-example gradients (P_in^T G P_out from jax.grad), per layer."""
+    want, _ = _reference(projection, fn, params, batch)
+    size = projection.k_in * projection.k_out
+    return [want[:, i * size : (i + 1) * size] for i in range(len(projection.layers))]
+
+
+def test_estimator_random_projection_matches_dense_formula(mlp, key, tmp_path):
+    """Gaussian projections: the dense formula on the materialised projected gradients, per layer and
+    whole, at a given damping and at LogIX's default (0.1 x each block's mean eigenvalue)."""
+    fn, params, train = mlp
+    test = jax.tree.map(lambda a: a[:4], data.make_classification(jax.random.key(9), 8, 6, num_classes=3,
+                                                                  dtype=jnp.float64))
+    for k in (key, jax.random.key(0), jax.random.key(3)):
+        est = influence.make("logra", fn, params, train, key=k, k_in=3, k_out=2, damping=1e-2)
+        projection = logra.logra_projection(fn, k, 3, 2)
+        for a, b in zip(est.state["inputs"] + est.state["outputs"], projection.inputs + projection.outputs):
+            np.testing.assert_array_equal(a, b)  # the documented draw
+        train_blocks = _projected_blocks(projection, fn, params, train)
+        test_blocks = _projected_blocks(projection, fn, params, test)
+        want = _dense_influence(train_blocks, test_blocks, [1e-2] * 2)
+        np.testing.assert_allclose(np.asarray(est.scores(test)), want, rtol=1e-8)
+        heuristic = [0.1 * np.trace(g.T @ g / len(g)) / g.shape[1] for g in train_blocks]
+        est = influence.make("logra", fn, params, train, key=k, k_in=3, k_out=2)
+        assert list(est.info["damping"]) == est.info["layers"]
+        np.testing.assert_allclose(list(est.info["damping"].values()), heuristic, rtol=1e-10)
+        np.testing.assert_allclose(np.asarray(est.scores(test)), _dense_influence(train_blocks, test_blocks, heuristic),
+                                   rtol=1e-8)
+    # k_in = layer 0's 7 inputs, k_out its 5 outputs: square Gaussian (not orthogonal) projections, where a transposed
+    # matrix has the right shape and only the values tell
+    square = influence.make("logra", fn, params, train, key=key, k_in=7, k_out=5, damping=1e-2)
+    projection = logra.logra_projection(fn, key, 7, 5)
+    np.testing.assert_allclose(np.asarray(square.scores(test)), _dense_influence(
+        _projected_blocks(projection, fn, params, train), _projected_blocks(projection, fn, params, test), [1e-2] * 2),
+        rtol=1e-8)
+    whole = influence.make("logra", fn, params, train, key=key, k_in=3, k_out=2, damping=1e-2, block_diagonal=False)
+    projection = logra.logra_projection(fn, key, 3, 2)
+    p_train, _ = _reference(projection, fn, params, train)
+    p_test, _ = _reference(projection, fn, params, test)
+    np.testing.assert_allclose(np.asarray(whole.scores(test)), _dense_influence([p_train], [p_test], [1e-2]), rtol=1e-8)
+    # a store of the projected training gradients: the same scores, read back from disk
+    stored = influence.make("logra", fn, params, train, key=key, k_in=3, k_out=2, damping=1e-2,
+                            store=tmp_path / "logra", chunk_size=10)
+    want = _dense_influence(_projected_blocks(projection, fn, params, train),
+                            _projected_blocks(projection, fn, params, test), [1e-2] * 2)
+    np.testing.assert_allclose(np.asarray(stored.scores(test)), want, rtol=1e-8)
+    assert logra.check_logra_store(projection, fn, params, train, tmp_path / "logra").complete
+
+
+@pytest.mark.standard_promotion  # flax's LayerNorm promotes float64 with float32
+def test_estimator_transformer_and_measure(transformer, key):
+    """Many layers (embedding, attention, MLP, head) in order; a measure's projected gradients (full
+    jax.grad) agree with the captured ones when the measure is the data loss itself."""
+    fn, params, batch = transformer
+    train, test = jax.tree.map(lambda a: a[:4], batch), jax.tree.map(lambda a: a[4:], batch)
+    est = influence.make("logra", fn, params, train, key=key, k_in=3, k_out=2, damping=0.1)
+    projection = logra.logra_projection(fn, key, 3, 2)
+    want = _dense_influence(_projected_blocks(projection, fn, params, train),
+                            _projected_blocks(projection, fn, params, test), [0.1] * len(projection.layers))
+    np.testing.assert_allclose(np.asarray(est.scores(test)), want, rtol=1e-6, atol=1e-6 * np.abs(want).max())  # LayerNorm computes partly in float32
+    assert "pos" in [path for path, _ in est.info["left_out"]]
+    measured = influence.make("logra", fn, params, train, key=key, k_in=3, k_out=2, damping=0.1,
+                              measure_fn=mean_loss(fn.per_example_loss_fn))
+    np.testing.assert_allclose(np.asarray(measured.scores(test)), want, rtol=1e-6, atol=1e-6 * np.abs(want).max())  # LayerNorm computes partly in float32
+
+
+def test_estimator_clear_errors(mlp, transformer):
+    fn, params, train = mlp
+    with pytest.raises(ValueError, match="Functional"):
+        influence.make("logra", fn.loss_fn, params, train, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="did you mean 'k_in'"):
+        influence.make("logra", fn, params, train, key=jax.random.key(0), kin=3)
+    with pytest.raises(ValueError, match="key="):
+        influence.make("logra", fn, params, train)
+    with pytest.raises(ValueError, match="another model"):
+        influence.make("logra", fn, params, train, projection=logra.logra_projection(transformer[0], jax.random.key(0), 2, 2))
+    with pytest.raises(ValueError, match="damping"):
+        influence.make("logra", fn, params, train, key=jax.random.key(0), damping=-1.0)
+    with pytest.raises(ValueError, match="k_in"):
+        influence.make("logra", fn, params, train, key=jax.random.key(0), k_in=0)
+    with pytest.raises(ValueError, match="singular"):  # 24 examples cannot span a block of 8 x 8 = 64 directions
+        influence.make("logra", fn, params, train, key=jax.random.key(0), k_in=8, k_out=8, damping=0.0)
+    assert "logra" in influence.ESTIMATORS and "k_in" in influence.option_names("logra")

@@ -16,9 +16,11 @@ Damping is always an explicit option (`damping=`, default 0.0) and is reported i
 
 Estimators (`ESTIMATORS`): `exact` (dense inverse Hessian, small models), `grad_dot`,
 `grad_cos`, `tracin` (checkpoints + learning rates); `cg`, `lissa` (on `workbench.curvature`),
-`arnoldi` (on `workbench.spectrum`), `trak` (on `workbench.sketch` stores), and `kfac`,
-`ekfac` (layer-wise Kronecker-factored curvature, `workbench.curvature.kfac`; they need the
-model's `Functional`, whose layers they read).
+`arnoldi` (on `workbench.spectrum`), `trak` (on `workbench.sketch` stores), `kfac`,
+`ekfac` (layer-wise Kronecker-factored curvature, `workbench.curvature.kfac`) and `logra`
+(layer-wise Kronecker-structured gradient projections, `workbench.sketch.logra`, with their
+damped per-layer covariance); the last three need the model's `Functional`, whose layers they
+read.
 
 Ground-truth evaluations (leave-one-out, LDS, mislabel detection, correcting mispredictions,
 influence fading) live in `workbench.influence.validation`.
@@ -63,6 +65,7 @@ from workbench.influence.inverse import (
     exact,
 )
 from workbench.influence.iterative import cg, lissa
+from workbench.influence.logra_influence import logra
 from workbench.influence.trak import margin_output, trak
 from workbench.models import Functional
 
@@ -77,11 +80,12 @@ ESTIMATORS: dict[str, Callable[..., Estimator]] = {
     "trak": trak,
     "kfac": kfac,
     "ekfac": ekfac,
+    "logra": logra,
 }
 
 
 CURVATURE_ESTIMATORS = ("exact", "cg", "lissa", "arnoldi")
-LAYERWISE_ESTIMATORS = ("kfac", "ekfac")  # they read the model's layers: a Functional is required
+LAYERWISE_ESTIMATORS = ("kfac", "ekfac", "logra")  # they read the model's layers: a Functional is required
 
 
 def make(name: str, loss_fn, params, train_data, **options) -> Estimator:
@@ -99,17 +103,17 @@ def make(name: str, loss_fn, params, train_data, **options) -> Estimator:
     Park et al. use (the margin of a cross-entropy classifier from its logits; the loss for any
     other loss, e.g. "mse"). Passing the regularised objective
     as a plain `loss_fn` mixes the roles (the scores then rank wrongly when l2 matters).
-    "kfac" and "ekfac" read the model's layers and accept only a `Functional`.
+    "kfac", "ekfac" and "logra" read the model's layers and accept only a `Functional`.
 
     Options common to all: `chunk_size` (examples per vmapped chunk, default 256) and
     `cache_bytes` (keep training features in memory up to this size, default 1 GiB; beyond it
     scores stream over the training set). Randomised estimators (arnoldi, lissa without
-    `scale=`, trak) need `key=`. Estimator-specific options are documented on the factory
+    `scale=`, trak, logra without `projection=`) need `key=`. Estimator-specific options are documented on the factory
     functions (`workbench.influence.exact`, `tracin`, ...).
 
     Args:
         name: the estimator, a key of `ESTIMATORS` ("exact", "grad_dot", "grad_cos", "tracin",
-            "cg", "lissa", "arnoldi", "trak", "kfac", "ekfac").
+            "cg", "lissa", "arnoldi", "trak", "kfac", "ekfac", "logra").
         loss_fn: `loss_fn(params, batch) -> scalar`, the per-example data loss (a mean over the
             batch), or a `workbench.models.Functional` (its roles are then taken from it).
         params: pytree, the trained model.
@@ -199,6 +203,7 @@ __all__ = [
     "grad_dot",
     "kfac",
     "lissa",
+    "logra",
     "make",
     "margin_output",
     "option_names",

@@ -30,12 +30,14 @@ such as position embeddings) are not projected; `LograProjection.left_out` lists
 Scores against a store (`logra_scores`) are <P g_test, P g_i>, or with LoGra's damped
 inverse of the projected gradients' covariance, <(C + damping I)^{-1} P g_test, P g_i> with
 C = sum_i P g_i (P g_i)^T / n over the stored rows: the whole covariance, or its per-layer
-diagonal blocks (`block_diagonal=True`).
+diagonal blocks (`block_diagonal=True`). The influence estimator built on these pieces, with the
+roles, batched test queries and option checks every estimator shares, is
+`influence.make("logra", functional, params, train_data, key=..., k_in=..., k_out=...)`
+(`workbench.influence.logra_influence`).
 """
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import NamedTuple
 
@@ -121,9 +123,23 @@ def logra_projection(functional, key: jax.Array, k_in: int, k_out: int, *, dtype
     return LograProjection(cover.layers, tuple(inputs), tuple(outputs), key, k_in, k_out, cover.left_out)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _project_chunk(functional, layers, inputs, outputs, params, batch):
-    # one compiled program per (model, layers); the [n, P, d] captures never leave it
+def project_captured(functional, layers, inputs, outputs, params, batch) -> jax.Array:
+    """[n, dim] projected gradients of a batch from one capture, traceable (no compile of its own).
+
+    The body of `logra_project` for callers that compile it into their own program (the
+    `influence.make("logra")` featurizer). No checks: the caller has checked the projection.
+
+    Args:
+        functional: the model, a `models.Functional`.
+        layers: the projection's `layers` (a tuple, static under jit).
+        inputs: the projection's P_in matrices, one per layer.
+        outputs: the projection's P_out matrices, one per layer.
+        params: the params pytree.
+        batch: an (x, y) pair with a leading example axis [n, ...].
+
+    Returns:
+        [n, dim]: each layer's [k_in, k_out] block raveled row-major, in `layers` order.
+    """
     captured = _capture(functional, layers, "empirical", params, batch, None)
     blocks = []
     for layer, p_in, p_out in zip(layers, inputs, outputs):
@@ -132,6 +148,10 @@ def _project_chunk(functional, layers, inputs, outputs, params, batch):
         a_proj = p_in[a] if layer.kind == "embed" else a @ p_in  # one-hot input: its token's row
         blocks.append(jnp.einsum("npi,npo->nio", a_proj, g @ p_out).reshape(g.shape[0], -1))
     return jnp.concatenate(blocks, axis=1)
+
+
+# one compiled program per (model, layers); the [n, P, d] captures never leave it
+_project_chunk = jax.jit(project_captured, static_argnums=(0, 1))
 
 
 def _check_projection(projection, functional, caller: str) -> None:
