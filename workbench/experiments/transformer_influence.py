@@ -101,14 +101,17 @@ def estimator_builders(problem: CharGPTProblem, key: jax.Array, *, arnoldi_k: in
 
     "ekfac" and "kfac" are kronfluence's defaults (true Fisher, one sampled label per example,
     damping 0.1 x each layer's mean eigenvalue); "arnoldi" keeps the top `arnoldi_k` eigenpairs
-    of the Gauss-Newton matrix of the whole model (no layer blocks, no Kronecker factors); "trak"
-    and "grad_dot" drop most of the curvature.
+    of the Gauss-Newton matrix of the whole model (no layer blocks, no Kronecker factors); "logra"
+    projects each layer's gradient to k_in x k_out = 8 x 8 dimensions (Choe et al. 2024, as LogIX
+    builds it) and inverts its damped covariance there; "trak" and "grad_dot" drop most of the
+    curvature.
     """
     fn, params, train_set = problem.model, problem.params, problem.train
     return {
         "ekfac": lambda: influence.make("ekfac", fn, params, train_set, key=key),
         "kfac": lambda: influence.make("kfac", fn, params, train_set, key=key),
         "arnoldi": lambda: influence.make("arnoldi", fn, params, train_set, key=key, k=arnoldi_k, kind="ggn"),
+        "logra": lambda: influence.make("logra", fn, params, train_set, key=key),
         "trak": lambda: influence.make("trak", fn, params, train_set, key=key),
         "grad_dot": lambda: influence.make("grad_dot", fn, params, train_set),
     }
