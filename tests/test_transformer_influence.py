@@ -3,7 +3,6 @@ brute-force references, and its problem's refusals."""
 
 import itertools
 
-import jax
 import numpy as np
 import pytest
 
@@ -63,8 +62,7 @@ def test_problem_refuses_what_the_corpus_cannot_give():
     problem = ti.char_gpt_problem(config, 8, 2, 8, steps=3, learning_rate=1e-2, seed=0, corpus=corpus)
     assert problem.train.x.shape == (8, 8) and problem.query.x.shape == (2, 8)
     assert len(set(map(tuple, np.asarray(problem.train.x)))) == 8  # drawn without replacement
-    again = ti.char_gpt_problem(config, 8, 2, 8, steps=3, learning_rate=1e-2, seed=0, corpus=corpus)
-    assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), problem.params, again.params))
+    assert np.isfinite(problem.train_loss) and problem.unigram_entropy > 0
 
 
 def test_describe_top_lists_the_query_its_helpers_and_its_worst():
