@@ -90,7 +90,16 @@ def char_gpt_problem(config: gpt.GPTConfig | str, n_train: int, n_query: int, se
 def lds_truth(problem: CharGPTProblem, num_subsets: int, key: jax.Array) -> validation.LDSGroundTruth:
     """The LDS ground truth: the problem's training run (same initialisation, optimizer and full-batch
     steps) repeated on `num_subsets` random halves of its training windows, measured by the loss
-    of each query window."""
+    of each query window.
+
+    Args:
+        problem: the `CharGPTProblem`.
+        num_subsets: M, the models retrained (>= 2).
+        key: draws the halves.
+
+    Returns:
+        The `validation.LDSGroundTruth` (masks [M, n_train], outputs [M, n_query]).
+    """
     return validation.lds_ground_truth(problem.model, problem.model.params, problem.train, key, problem.query,
                                        num_subsets=num_subsets, method="optax", optimizer=problem.optimizer,
                                        num_steps=problem.steps)
@@ -105,6 +114,14 @@ def estimator_builders(problem: CharGPTProblem, key: jax.Array, *, arnoldi_k: in
     projects each layer's gradient to k_in x k_out = 8 x 8 dimensions (Choe et al. 2024, as LogIX
     builds it) and inverts its damped covariance there; "trak" and "grad_dot" drop most of the
     curvature.
+
+    Args:
+        problem: the `CharGPTProblem`.
+        key: the estimators' key (the sampled labels, the projections, Arnoldi's start).
+        arnoldi_k: eigenpairs Arnoldi keeps.
+
+    Returns:
+        Estimator name -> a function of no argument that builds it.
     """
     fn, params, train_set = problem.model, problem.params, problem.train
     return {
@@ -174,13 +191,32 @@ def bigram_overlap_gain(scores, query_tokens, train_tokens, top_k: int) -> np.nd
 
 
 def random_scores(key: jax.Array, n_query: int, n_train: int) -> np.ndarray:
-    """Standard normal scores [n_query, n_train]: an estimator that knows nothing (the control)."""
+    """Standard normal scores: an estimator that knows nothing (the control).
+
+    Args:
+        key: `jax.random` key.
+        n_query: rows.
+        n_train: columns.
+
+    Returns:
+        [n_query, n_train] scores (float64 when x64 is on).
+    """
     return np.asarray(jax.random.normal(key, (n_query, n_train), jnp.float64 if jax.config.jax_enable_x64 else jnp.float32))
 
 
 def describe_top(scores, problem: CharGPTProblem, *, query: int, top_k: int) -> list[str]:
     """Lines of text: query `query`, its `top_k` most helpful training windows (largest score) and
-    its most harmful one (smallest), each with its score, decoded with the problem's vocabulary."""
+    its most harmful one (smallest), each with its score, decoded with the problem's vocabulary.
+
+    Args:
+        scores: [n_query, n_train] influence scores.
+        problem: the `CharGPTProblem` the scores are of.
+        query: the query's row.
+        top_k: helpful windows listed.
+
+    Returns:
+        The lines, without newlines.
+    """
     row = np.asarray(scores)[query]
     show = lambda ids: repr(data.decode(np.asarray(ids), problem.vocab))
     lines = [f"query {query}: {show(problem.query.x[query])}", "most helpful training windows:"]
