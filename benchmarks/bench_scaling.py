@@ -39,8 +39,11 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,13 +95,19 @@ from workbench import sketch as sk
 from workbench.core.per_example import per_example_grads, mean_loss
 from workbench.curvature import kfac
 
+MEM_FACTOR, MEM_BUDGET = 4, 6 * 2**30
+
 def vmhwm():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
 
-def timed(f):
-    t0 = time.perf_counter(); out = jax.block_until_ready(f()); first = time.perf_counter() - t0
+def timed(f, warmup=None):
+    # first: `warmup` (compile + one chunk for per-example work) or the full call; then the timed full call.
+    # a["single_call"]: the full call once, compile included (an upper bound on the warm time)
+    t0 = time.perf_counter(); out = jax.block_until_ready((warmup or f)()); first = time.perf_counter() - t0
+    if a.get("single_call") and warmup is None:
+        return out, first, first
     t0 = time.perf_counter(); out = jax.block_until_ready(f()); warm = time.perf_counter() - t0
     return out, first, warm
 
@@ -111,7 +120,8 @@ config = gpt.gpt_config(size, len(corpus.vocab), seq_len)
 fn = models.functional(gpt.GPT(config, rngs=nnx.Rngs(0)))
 params = fn.params
 n_params = int(sum(x.size for x in jax.tree.leaves(params)))
-row = dict(size=size, method=method, num_params=n_params, load_at_start=load, seq_len=seq_len)
+row = dict(size=size, method=method, num_params=n_params, load_at_start=load, seq_len=seq_len,
+           single_call=bool(a.get("single_call")) and (curv or method == "ekfac_query"))
 key = jax.random.key(0)
 
 if curv:
@@ -139,7 +149,7 @@ if curv:
     row["floor_ratio"] = warm / row["floor_s"]
     # the same products chained in one compiled loop (as the solvers run them): XLA may hoist the
     # loop-invariant forward pass out of the loop, so a product there can cost less than one alone
-    reps = 8
+    reps = 4 if a.get("single_call") else 8
     chain = jax.jit(lambda o, v: jax.lax.fori_loop(0, reps, lambda i, u: (lambda w: w / jnp.linalg.norm(w))(o.mv(u)), v))
     jax.block_until_ready(chain(op, v))
     t0 = time.perf_counter(); jax.block_until_ready(chain(op, v)); row["product_in_loop_s"] = (time.perf_counter() - t0) / reps
@@ -148,18 +158,22 @@ else:
     train = corpus.train.take(np.arange(a["pe_seqs"]))
     row["examples"] = a["pe_seqs"]
     chunk = a["chunk"]
+    if chunk <= 0:  # the memory rule: the largest power of two <= 32 whose gradients x 4 fit in 6 GiB
+        chunk = 32
+        while chunk > 1 and chunk * n_params * 4 * MEM_FACTOR > MEM_BUDGET:
+            chunk //= 2
     nchunks = -(-a["pe_seqs"] // chunk)
     chunks = [train.take(np.minimum(np.arange(lo, lo + chunk), a["pe_seqs"] - 1)) for lo in range(0, a["pe_seqs"], chunk)]
     loss = mean_loss(fn.per_example_loss_fn)
     row["chunk"] = chunk
     if method == "pe_grads":
         g = jax.jit(lambda p, b: per_example_grads(loss, p, b))
-        def run():
+        def run(cs=chunks):
             out = None
-            for b in chunks:
+            for b in cs:
                 out = jax.block_until_ready(g(params, b))
             return out
-        out, first, warm = timed(run)
+        out, first, warm = timed(run, lambda: run(chunks[:1]))
         row.update(first_s=first, time_s=warm, products=nchunks, peak_rss_mb=vmhwm())
         flat = jnp.concatenate([x.reshape(chunk, -1) for x in jax.tree.leaves(out)], axis=1)
         del out
@@ -177,27 +191,27 @@ else:
         s = sk.make(kind, jax.random.key(2), n_params, a["sketch_dim"], **opts)
         tmp = tempfile.mkdtemp(prefix="scaling_store_")
         paths = iter([os.path.join(tmp, "s1.zarr"), os.path.join(tmp, "s2.zarr")])
-        f = lambda: sk.write_gradient_store(fn, params, train, s, next(paths), chunk_size=chunk)
-        _, first, warm = timed(lambda: 0 if f() is None else 0)
+        f = lambda d=train: sk.write_gradient_store(fn, params, d, s, next(paths), chunk_size=chunk)
+        _, first, warm = timed(lambda: 0 if f() is None else 0, lambda: 0 if f(train.take(np.arange(chunk))) is None else 0)
         shutil.rmtree(tmp, ignore_errors=True)
         row.update(first_s=first, time_s=warm, products=nchunks, peak_rss_mb=vmhwm(), sketch_dim=a["sketch_dim"])
     elif method == "ekfac_capture":
         cap = jax.jit(lambda p, b: kfac.capture(fn, p, b, fisher="empirical"))
-        def run():
-            for b in chunks:
-                out = jax.block_until_ready(cap(params, b))
+        def run(cs=chunks):
+            for b in cs:
+                jax.block_until_ready(cap(params, b))
             return 0
-        _, first, warm = timed(run)
+        _, first, warm = timed(run, lambda: run(chunks[:1]))
         row.update(first_s=first, time_s=warm, products=nchunks, peak_rss_mb=vmhwm())
     elif method in ("ekfac_fit", "ekfac_query"):
-        fit = lambda: kfac.fit(fn, params, train, fisher="empirical", chunk_size=chunk)
+        fit = lambda d=train: kfac.fit(fn, params, d, fisher="empirical", chunk_size=chunk)
         if method == "ekfac_fit":
-            factors, first, warm = timed(lambda: fit())
+            factors, first, warm = timed(lambda: fit(), lambda: fit(train.take(np.arange(chunk))))
             row.update(first_s=first, time_s=warm, products=2 * nchunks, peak_rss_mb=vmhwm())
         else:
             t0 = time.perf_counter(); factors = jax.block_until_ready(fit()); warm = time.perf_counter() - t0
             test = corpus.validation.take(np.arange(a["test_seqs"]))
-            def q():
+            def q():  # the factors are keyed to the training data: both calls are full
                 est = influence.make("ekfac", fn, params, train, factors=factors, fisher="empirical", chunk_size=chunk)
                 return est.scores(test)
             scores, qf, qw = timed(q)
@@ -215,43 +229,104 @@ def machine_line():
 
 
 def run_child(args, size, method, timeout):
+    """One (size, method) in a fresh process; killed when its RSS passes `--max-rss-gb` or at `timeout`."""
     payload = dict(size=size, method=method, curv_seqs=args.curv_seqs, curv_len=args.curv_len, pe_seqs=args.pe_seqs,
                    pe_len=args.pe_len, chunk=args.chunk, k=args.k, max_restarts=args.max_restarts,
                    slq_iters=args.slq_iters, slq_probes=args.slq_probes, sketch_dim=args.sketch_dim,
-                   test_seqs=args.test_seqs)
+                   test_seqs=args.test_seqs, single_call=size in args.single_call_sizes.split(","))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), WORKBENCH_JAX_CACHE="off")
     start = time.time()
     load = os.getloadavg()
-    try:
-        p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(payload)], capture_output=True, text=True,
-                           timeout=timeout, env=env, cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        return dict(size=size, method=method, skipped=f"timeout after {timeout:.0f} s", load_at_start=load)
-    for line in p.stdout.splitlines():
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(payload)], stdout=out, stderr=err, text=True,
+                             env=env, cwd=ROOT)
+        why, rss_seen = None, 0.0
+        while p.poll() is None:
+            rss_seen = max(rss_seen, _rss_gb(p.pid))
+            if rss_seen > args.max_rss_gb:
+                why = f"killed by the benchmark: RSS {rss_seen:.1f} GB > {args.max_rss_gb} GB"
+            elif time.time() - start > timeout:
+                why = f"timeout after {timeout:.0f} s"
+            if why:
+                p.kill()
+                p.wait()
+                return dict(size=size, method=method, skipped=why, load_at_start=load)
+            time.sleep(0.2)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    for line in stdout.splitlines():
         if line.startswith("ROW "):
             row = json.loads(line[4:])
             row["child_wall_s"] = time.time() - start
             return row
-    err = (p.stderr.strip().splitlines() or ["no output"])[-1][:300]
-    return dict(size=size, method=method, skipped=f"failed (rc {p.returncode}): {err}", load_at_start=load)
+    last = (stderr.strip().splitlines() or ["no output"])[-1][:300]
+    return dict(size=size, method=method, skipped=f"failed (rc {p.returncode}): {last}", load_at_start=load)
+
+
+def _rss_gb(pid):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
 
 
 def derive(rows):
-    """Fill the ratios that need a second row of the same size."""
-    by = {(r["size"], r["method"]): r for r in rows}
-    for r in rows:
-        if "skipped" in r:
-            continue
-        m, s = r["method"], r["size"]
-        base = by.get((s, "pe_grads"))
-        if m.startswith("sketch_") and base and "skipped" not in base:
-            r["floor_ratio"] = r["time_s"] / base["time_s"]
-            r["over_read"] = r["time_s"] / base["read_s"]
-            r["increment_over_read"] = (r["time_s"] - base["time_s"]) / base["read_s"]
-        if m == "ekfac_fit" and (cap := by.get((s, "ekfac_capture"))) and "skipped" not in cap:
+    """Fill the ratios that need a second row of the same size: each run is divided by the floor row of
+    the same size and round (`rep`), or by that row's median when its round did not run."""
+    ok = [r for r in rows if "skipped" not in r]
+    by = {(r["size"], r["method"], r.get("rep", 1)): r for r in ok}
+
+    def base(size, method, rep):
+        if (size, method, rep) in by:
+            return by[size, method, rep]
+        same = [r for r in ok if (r["size"], r["method"]) == (size, method)]
+        if not same:
+            return None
+        return {k: float(np.median([r[k] for r in same])) for k in ("time_s", "read_s") if k in same[0]}
+
+    for r in ok:
+        m, s, rep = r["method"], r["size"], r.get("rep", 1)
+        pe = base(s, "pe_grads", rep)
+        if m.startswith("sketch_") and pe:
+            r["floor_ratio"] = r["time_s"] / pe["time_s"]
+            r["over_read"] = r["time_s"] / pe["read_s"]
+            r["increment_over_read"] = (r["time_s"] - pe["time_s"]) / pe["read_s"]
+        if m == "ekfac_fit" and (cap := base(s, "ekfac_capture", rep)):
             r["floor_ratio"] = r["time_s"] / cap["time_s"]
-        if m == "ekfac_capture" and base and "skipped" not in base:
-            r["over_pe_grads"] = r["time_s"] / base["time_s"]
+        if m == "ekfac_capture" and pe:
+            r["over_pe_grads"] = r["time_s"] / pe["time_s"]
+        if m == "pe_grads":
+            r["over_read"] = r["time_s"] / r["read_s"]
+
+
+def summarize(rows):
+    """One line per (size, method): medians and min-max over its fresh-process runs."""
+    out = []
+    keys = list(dict.fromkeys((r["size"], r["method"]) for r in rows))
+    for size, method in keys:
+        runs = [r for r in rows if (r["size"], r["method"]) == (size, method)]
+        good = [r for r in runs if "skipped" not in r]
+        line = dict(size=size, method=method, runs=len(good), failed=[r["skipped"] for r in runs if "skipped" in r])
+        if good:
+            line["num_params"] = good[0]["num_params"]
+            line["chunk"] = good[0].get("chunk")
+            for k in ("time_s", "first_s", "floor_ratio", "loop_floor_ratio", "over_read", "increment_over_read",
+                      "over_pe_grads", "read_s", "product_s", "product_in_loop_s", "peak_rss_mb"):
+                vals = [r[k] for r in good if k in r]
+                if vals:
+                    line[k] = dict(median=float(np.median(vals)), min=float(min(vals)), max=float(max(vals)))
+            line["load"] = [float(np.median([r["load_at_start"][0] for r in good])),
+                            min(r["load_at_start"][0] for r in good), max(r["load_at_start"][0] for r in good)]
+            line["single_call"] = any(r.get("single_call") for r in good)
+            if method == "eigs":
+                line["converged"] = f"{min(r['converged'] for r in good)}/{good[0]['k']}"
+            line["products"] = good[0]["products"]
+        out.append(line)
+    return out
 
 
 def write(rows, args, machine, started, command=None):
@@ -260,82 +335,129 @@ def write(rows, args, machine, started, command=None):
     command = command or " ".join(["benchmarks/bench_scaling.py"] + sys.argv[1:])
     out = dict(machine=machine, command=command, settings=vars(args), started=started,
                updated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), rows=rows)
+    summary = summarize(rows)
+    out["summary"] = summary
     (RESULTS / "scaling.json").write_text(json.dumps(out, indent=1))
+
+    def spread(line, k, fmt="{:.2f}"):
+        if k not in line:
+            return ""
+        v = line[k]
+        if line["runs"] == 1:
+            return fmt.format(v["median"])
+        return f"{fmt.format(v['median'])} [{fmt.format(v['min'])}-{fmt.format(v['max'])}]"
+
     lines = [
         "# Scaling of the big operations over the char GPT family (CPU)", "",
-        f"Machine: {machine}. Shared 2-core machine with other heavy jobs running: `load` is "
-        "`os.getloadavg()` (1-minute) at the start of each child; absolute times are noisy, ratios within one "
-        "child (eigs, slq) are the more reliable numbers.", "",
-        f"Command: `{out['command']}`. Random-init params (nnx.Rngs(0)), float32, one fresh process per row "
-        "(OMP_NUM_THREADS=1, 5-minute timeout).", "",
+        f"Machine: {machine}. Shared 2-core machine: a test-suite run and two other helpers' jobs ran beside "
+        "these children; `load` is `os.getloadavg()` (1-minute) at the start of each child (median [min-max] over "
+        "its runs). Each (size, method) ran in `runs` fresh processes, the methods alternating within each "
+        "round so that load drifts hit all of them alike; times are the median [min-max] over those runs.", "",
+        f"Command: `{out['command']}`. Random-init params (nnx.Rngs(0)), float32, OMP_NUM_THREADS=1, one child at a "
+        f"time, each killed above {args.max_rss_gb} GB RSS or after its timeout.", "",
         f"Curvature products: GGN of the first {args.curv_seqs} training windows of {args.curv_len} chars; "
         f"top-{args.k} eigenpairs by thick-restart Lanczos (depth 40, at most {args.max_restarts} restarts, "
         f"`unconverged='return'`), SLQ {args.slq_iters} steps x {args.slq_probes} probes. Per-example work: "
-        f"{args.pe_seqs} windows of {args.pe_len} chars in chunks of {args.chunk}; sketches to D = {args.sketch_dim} "
-        f"written to a zarr store; EK-FAC with the empirical Fisher; the query scores {args.test_seqs} validation "
-        "windows against the same training windows.", "",
-        "Ratio column: eigs/slq: time / (products x one product alone); sketch_*: store time / per-example "
-        "gradients alone (`pe_grads`); ekfac_fit: fit / one pass of `kfac.capture` (`ekfac_capture`). "
-        "`x read`: sketch store time / one read (jnp.sum) of the per-example gradient bytes; in brackets the "
-        "store's time beyond the gradients alone (store - pe_grads) over that read, the sketch's own cost. "
-        "`products or passes`: operator products (eigs, slq) or chunks (per-example rows; the fit makes two "
-        "passes).", "",
-        "| size | params | method | first call s | time s | products or passes | floor ratio | target | x read "
-        "| peak RSS MB | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        load = f"{r['load_at_start'][0]:.1f}" if r.get("load_at_start") else ""
-        if "skipped" in r:
-            lines.append(f"| {r['size']} | {r.get('num_params', '')} | {r['method']} | skipped: {r['skipped']} "
-                         f"| | | | {TARGETS.get(r['method'], '')} | | | {load} |")
+        f"{args.pe_seqs} windows of {args.pe_len} chars in chunks chosen by the memory rule (column `chunk`): the "
+        "largest power of two <= 32 with chunk x params x 4 B x 4 <= 6 GiB (4 = the measured peak over one "
+        "chunk's gradient bytes at 10M, chunk 32: 5.2 GB over 1.27 GB); "
+        f"sketches to D = {args.sketch_dim} written to a zarr store; EK-FAC with the empirical Fisher; the query "
+        f"scores {args.test_seqs} validation windows against the same training windows.", "",
+        "`time`: the warm call. Per-example rows: the child first runs one chunk (compile + one chunk: `first`), "
+        "then times the full run. eigs/slq: a first full call (compile included), then a second timed one; rows "
+        "marked `single call` ran once only (compile included, an upper bound; 30M, for time).", "",
+        "Floor ratio: eigs/slq: time / (products x one product alone); sketch_*: store time / per-example "
+        "gradients alone (`pe_grads`, the run of the same round); ekfac_fit: fit / one pass of `kfac.capture`. "
+        "`x read`: time / one read (jnp.sum) of the per-example gradient bytes (pe_grads: the gradients "
+        "themselves over that read); in brackets the store's time beyond the gradients, over that read.", "",
+        "| size | params | method | chunk | runs | time s median [min-max] | first s | floor ratio median [min-max] "
+        "| target | x read | peak RSS MB (max) | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for ln in summary:
+        m = ln["method"]
+        tgt = TARGETS.get(m)
+        if not ln["runs"]:
+            lines.append(f"| {ln['size']} | | {m} | | 0 | not run: {'; '.join(ln['failed'])} | | | "
+                         f"{'' if tgt is None else '<= ' + str(tgt)} | | | |")
             continue
-        ratio = f"{r['floor_ratio']:.2f}" if "floor_ratio" in r else ""
-        tgt = TARGETS.get(r["method"])
-        met = "" if tgt is None or "floor_ratio" not in r else (" met" if r["floor_ratio"] <= tgt else " MISSED")
-        xread = f"{r['over_read']:.0f} ({r['increment_over_read']:.0f})" if "over_read" in r else ""
+        met = ""
+        if tgt is not None and "floor_ratio" in ln:
+            met = " met" if ln["floor_ratio"]["median"] <= tgt else " MISSED"
         extra = ""
-        if r["method"] == "eigs":
-            extra = f" ({r['converged']}/{r['k']} converged)"
-        if r["method"] == "pe_grads":
-            extra = f" (read {r['read_s']:.3f} s)"
-        if r["method"] == "ekfac_capture" and "over_pe_grads" in r:
-            extra = f" ({r['over_pe_grads']:.2f}x pe_grads)"
-        lines.append(f"| {r['size']} | {r['num_params']:,} | {r['method']}{extra} | {r['first_s']:.2f} | "
-                     f"{r['time_s']:.2f} | {r['products']} | {ratio} | {'' if tgt is None else '<= ' + str(tgt)}{met} "
-                     f"| {xread} | {r['peak_rss_mb']:.0f} | {load} |")
-    lines += ["", "Products chained in one compiled loop (fori_loop of 8, as the solvers run them) and the ratio against "
-              "that floor: " + ", ".join(f"{r['size']} {r['method']} {r['product_in_loop_s'] * 1e3:.0f} ms/product, "
-                                         f"ratio {r['loop_floor_ratio']:.2f}" for r in rows if "product_in_loop_s" in r) + "."]
-    lines += ["", "One product alone (eigs/slq rows, warm median of 3): " + ", ".join(
-        f"{r['size']} {r['method']} {r['product_s'] * 1e3:.0f} ms" for r in rows if "product_s" in r) + "."]
+        if m == "eigs":
+            extra = f" ({ln['converged']} converged)"
+        if ln.get("single_call"):
+            extra += " (single call)"
+        if m == "pe_grads":
+            extra = f" (read {ln['read_s']['median']:.3f} s)"
+        if m == "ekfac_capture" and "over_pe_grads" in ln:
+            extra = f" ({ln['over_pe_grads']['median']:.2f}x pe_grads)"
+        if ln["failed"]:
+            extra += f" ({len(ln['failed'])} more failed: {ln['failed'][0]})"
+        xread = ""
+        if "over_read" in ln:
+            xread = f"{ln['over_read']['median']:.0f}"
+            if "increment_over_read" in ln:
+                xread += f" ({ln['increment_over_read']['median']:.0f})"
+        load = ln["load"]
+        lines.append(f"| {ln['size']} | {ln['num_params']:,} | {m}{extra} | {ln['chunk'] or ''} | {ln['runs']} | "
+                     f"{spread(ln, 'time_s')} | {ln['first_s']['median']:.1f} | {spread(ln, 'floor_ratio')} | "
+                     f"{'' if tgt is None else '<= ' + str(tgt)}{met} | {xread} | {ln['peak_rss_mb']['max']:.0f} | "
+                     f"{load[0]:.1f} [{load[1]:.1f}-{load[2]:.1f}] |")
+    rows_curv = [ln for ln in summary if "product_in_loop_s" in ln]
+    lines += ["", "Products chained in one compiled loop (fori_loop, as the solvers run them) and the ratio against "
+              "that floor (medians): " + ", ".join(
+                  f"{ln['size']} {ln['method']} {ln['product_in_loop_s']['median'] * 1e3:.0f} ms/product, ratio "
+                  f"{ln['loop_floor_ratio']['median']:.2f}" for ln in rows_curv) + "."]
+    lines += ["", "One product alone (warm median of 3 in each child; median over children): " + ", ".join(
+        f"{ln['size']} {ln['method']} {ln['product_s']['median'] * 1e3:.0f} ms" for ln in summary
+        if "product_s" in ln) + "."]
     lines += ["", NOTES.strip()]
     (RESULTS / "scaling.md").write_text("\n".join(lines) + "\n")
     try:
-        plot(rows)
+        plot(summary)
     except Exception as e:  # noqa: BLE001  (the figure is optional)
         print("plot failed:", e, flush=True)
 
 
-def plot(rows):
+def plot(summary):
+    """Left: median warm time vs params (bars: min-max); right: floor ratio vs params with the targets."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
-    methods = sorted({r["method"] for r in rows if "skipped" not in r}, key=METHODS.index)
-    for m in methods:
-        pts = sorted((r["num_params"], r["time_s"]) for r in rows if r["method"] == m and "skipped" not in r)
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=m)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("warm time (s)")
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5.5))
+    methods = sorted({ln["method"] for ln in summary if ln["runs"]}, key=METHODS.index)
+    cmap = plt.get_cmap("tab10")
+    for i, m in enumerate(methods):
+        color = cmap(i % 10)
+        for axis, key in ((ax, "time_s"), (bx, "floor_ratio")):
+            pts = sorted((ln["num_params"], ln[key]) for ln in summary if ln["method"] == m and key in ln)
+            if not pts:
+                continue
+            xs = [p for p, _ in pts]
+            med = [v["median"] for _, v in pts]
+            err = [[v["median"] - v["min"] for _, v in pts], [v["max"] - v["median"] for _, v in pts]]
+            axis.errorbar(xs, med, yerr=err, marker="o", ms=4, capsize=3, color=color, label=m,
+                          ls="--" if m.startswith("ekfac") else "-")
+    bx.axhline(1.3, color="k", ls=":", lw=1)
+    bx.text(1.0e6, 1.33, "target 1.3 (eigs, slq: x products)", fontsize=7)
+    bx.axhline(1.5, color="r", ls=":", lw=1)
+    bx.text(1.0e6, 1.55, "target 1.5 (affd, afjl, qk: x pe_grads)", fontsize=7, color="r")
+    bx.axhline(1.0, color="gray", lw=0.5)
+    for axis in (ax, bx):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("parameters")
+        axis.grid(True, which="both", alpha=0.3)
+    ax.set_ylabel("warm time (s), median over fresh processes, bars min-max")
     ax.set_title("char GPT: time vs params (shared 2-core CPU)")
-    ax.legend(fontsize=7)
+    bx.set_ylabel("time / floor (median, bars min-max)")
+    bx.set_title("floor ratios (ekfac_fit: x one capture pass, no target)")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(RESULTS / "scaling.png", dpi=120)
+    fig.savefig(RESULTS / "scaling.png", dpi=110)
     plt.close(fig)
 
 
@@ -343,25 +465,29 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1M,3M,10M,30M")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--reps", type=int, default=1, help="rounds: every method once per round, in a fresh process")
     ap.add_argument("--curv-seqs", type=int, default=8)
     ap.add_argument("--curv-len", type=int, default=128)
     ap.add_argument("--pe-seqs", type=int, default=128)
     ap.add_argument("--pe-len", type=int, default=64)
-    ap.add_argument("--chunk", type=int, default=32)
+    ap.add_argument("--chunk", type=int, default=0, help="examples per chunk; 0 = the memory rule")
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--max-restarts", type=int, default=2)
     ap.add_argument("--slq-iters", type=int, default=20)
     ap.add_argument("--slq-probes", type=int, default=2)
     ap.add_argument("--sketch-dim", type=int, default=4096)
     ap.add_argument("--test-seqs", type=int, default=4)
+    ap.add_argument("--single-call-sizes", default="30M", help="sizes whose eigs/slq run once (compile included)")
+    ap.add_argument("--max-rss-gb", type=float, default=8.0)
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--deadline-s", type=float, default=2400, help="start no child after this many seconds")
-    ap.add_argument("--append", action="store_true", help="keep the rows already in scaling.json")
+    ap.add_argument("--append", action="store_true", help="keep the rows already in scaling.json (new runs add reps)")
     ap.add_argument("--rewrite", action="store_true", help="only rewrite the md and png from scaling.json")
     args = ap.parse_args()
     if args.rewrite:
         old = json.loads((RESULTS / "scaling.json").read_text())
-        write(old["rows"], argparse.Namespace(**old["settings"]), old["machine"], old["started"], old["command"])
+        settings = {**vars(args), **old["settings"]}
+        write(old["rows"], argparse.Namespace(**settings), old["machine"], old["started"], old["command"])
         return
     t0 = time.time()
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
@@ -369,20 +495,28 @@ def main():
     rows = []
     if args.append and (RESULTS / "scaling.json").exists():
         rows = json.loads((RESULTS / "scaling.json").read_text())["rows"]
-    for size in args.sizes.split(","):
-        for method in args.methods.split(","):
-            left = args.deadline_s - (time.time() - t0)
-            if left < 30:
-                row = dict(size=size, method=method, skipped="not run: benchmark deadline reached")
-            elif method == "sketch_dense":
-                row = dict(size=size, method=method,
-                           skipped="dense Gaussian D=4096 x params: stored >= 16 GB, on the fly O(params x D) "
-                                   "per example (hours); srht is the unstructured-cost baseline")
-            else:
-                row = run_child(args, size, method, min(args.timeout, left))
-            rows = [r for r in rows if (r["size"], r["method"]) != (size, method)] + [row]
-            print(json.dumps({k: v for k, v in row.items() if k != "values"}), flush=True)
-            write(rows, args, machine, started)
+    methods = args.methods.split(",")
+    for rnd in range(args.reps):
+        order = methods[rnd % len(methods):] + methods[:rnd % len(methods)]  # rotate: alternate the order too
+        for size in args.sizes.split(","):
+            for method in order:
+                left = args.deadline_s - (time.time() - t0)
+                rep = 1 + sum((r["size"], r["method"]) == (size, method) for r in rows)
+                if method == "sketch_dense":
+                    if rep > 1:
+                        continue
+                    row = dict(size=size, method=method,
+                               skipped="dense Gaussian D=4096 x params: stored >= 16 GB, on the fly O(params x D) "
+                                       "per example (hours); srht is the unstructured-cost baseline")
+                elif left < 30:
+                    print(f"deadline: {size} {method} round {rnd + 1} not started", flush=True)
+                    continue
+                else:
+                    row = run_child(args, size, method, min(args.timeout, left))
+                row["rep"] = rep
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "values"}), flush=True)
+                write(rows, args, machine, started)
 
 
 if __name__ == "__main__":
