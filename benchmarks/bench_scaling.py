@@ -228,6 +228,17 @@ def machine_line():
             f"({jax.default_backend()}), float32")
 
 
+def _code_tag():
+    """Short hash of the sketch kinds' sources: which code a row measured (the runs span a change)."""
+    import hashlib
+
+    src = b"".join(p.read_bytes() for p in sorted((ROOT / "workbench" / "sketch" / "kinds").glob("*.py")))
+    return hashlib.sha1(src).hexdigest()[:8]
+
+
+CODE_TAG = _code_tag()
+
+
 def run_child(args, size, method, timeout):
     """One (size, method) in a fresh process; killed when its RSS passes `--max-rss-gb` or at `timeout`."""
     payload = dict(size=size, method=method, curv_seqs=args.curv_seqs, curv_len=args.curv_len, pe_seqs=args.pe_seqs,
@@ -259,6 +270,7 @@ def run_child(args, size, method, timeout):
         if line.startswith("ROW "):
             row = json.loads(line[4:])
             row["child_wall_s"] = time.time() - start
+            row["code"] = CODE_TAG
             return row
     last = (stderr.strip().splitlines() or ["no output"])[-1][:300]
     return dict(size=size, method=method, skipped=f"failed (rc {p.returncode}): {last}", load_at_start=load)
