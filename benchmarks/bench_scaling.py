@@ -1,16 +1,31 @@
 """Scaling of the workbench's big operations over the char GPT family (1M, 3M, 10M, 30M params):
 top-k GGN eigenpairs, SLQ spectral density, per-example gradient sketching into a zarr store,
-the EK-FAC fit and an EK-FAC influence query; wall time, first-call time and peak RSS per size.
+the EK-FAC capture, fit and an EK-FAC influence query; warm time, first-call time and peak RSS.
 
-Every (size, method) runs in a fresh child process (peak RSS = VmHWM of that process; the
-children set OMP_NUM_THREADS=1 and a 5-minute timeout each). Params are the random init
-(`nnx.Rngs(0)`), float32: these are timings, not accuracy. Data (`data.load_corpus`):
+Protocol (the project's timing rule: alternating fresh processes, medians):
+- every (size, method) runs in a fresh child process (OMP_NUM_THREADS=1, one child at a time;
+  peak RSS = VmHWM of that child). `--reps R` runs R rounds; each round runs every method once,
+  the order rotated between rounds, so a load drift hits all methods alike. The tables report the
+  median and the min-max over a (size, method)'s runs, and each floor ratio is taken within a
+  round (a sketch run over the `pe_grads` run of the same round) before its median is taken.
+- the parent polls each child's RSS and kills it above `--max-rss-gb` (8) or at `--timeout`.
+- per-example work runs in chunks chosen by a memory rule (`--chunk 0`, the default): the largest
+  power of two <= 32 with chunk x params x 4 B x 4 <= 6 GiB (4 = the measured peak RSS over one
+  chunk's gradient bytes at 10M and chunk 32: 5.2 GB over 1.27 GB). 1M-10M: 32; 30M: 8.
+- per-example rows first run one chunk (compile + one chunk, reported as `first`), then time the
+  full run once; eigs/slq run a first full call, then the timed second call, except at the sizes in
+  `--single-call-sizes` (30M), where the one call (compile included) is the time, an upper bound.
+- rows carry `code`, a hash of `workbench/sketch/kinds/*.py`, so runs made before and after a
+  sketch change are told apart (AFFD/AFJL rows before the mode cut are labelled `(before cut)`).
+
+Params are the random init (`nnx.Rngs(0)`), float32: these are timings, not accuracy. Data
+(`data.load_corpus`):
 - curvature products (eigenpairs, SLQ): the first `--curv-seqs` training windows of
   `--curv-len` characters (default 8 x 128); the operator is the dataset-averaged GGN
   (`curvature.operator(fn, params, data, "ggn")`);
 - per-example work (sketch store, EK-FAC): the first `--pe-seqs` windows of `--pe-len`
-  characters (default 128 x 64), in chunks of `--chunk` examples (the model is built with
-  seq_len = pe-len, so its positional table is smaller: params are recorded per row).
+  characters (default 128 x 64) (the model is built with seq_len = pe-len, so its positional
+  table is smaller: params are recorded per row).
 
 Floor ratios (the method's warm time over the cost of the work it cannot avoid):
 - eigenpairs / SLQ: time / (operator products made x one product `op.mv` timed alone, warm
@@ -23,12 +38,13 @@ Floor ratios (the method's warm time over the cost of the work it cannot avoid):
 - EK-FAC fit (empirical Fisher, two passes + eigendecompositions) / one pass of
   `kfac.capture` over the same chunks (no target: a fit is at least two passes);
 - influence query: `influence.make("ekfac", ..., factors=...)` + `.scores` of `--test-seqs`
-  validation windows against the pe training set (time only).
-"first call" is the first call in the child (compile included), "time" a second identical call.
+  validation windows against the pe training set (time only; the factors are keyed to the
+  training data, so both of its calls are full).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_scaling.py [--sizes 1M,3M] [--deadline-s 2400]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_scaling.py --sizes 1M,3M --reps 3 [--append]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_scaling.py --sizes 30M --timeout 600 --append
 
-Writes benchmarks/results/scaling.{md,json,png} after every (size, method).
+Writes benchmarks/results/scaling.{md,json,png} after every child (`--rewrite`: only the md/png).
 """
 
 from __future__ import annotations
@@ -315,12 +331,29 @@ def derive(rows):
             r["over_read"] = r["time_s"] / r["read_s"]
 
 
+BEFORE_CUT = "95ce07e9"  # `code` of the sketch kinds before AFFD/AFJL cut every Kronecker mode (commit 0d9d631)
+SIZES = ("1M", "3M", "10M", "30M")
+
+
+def label(r):
+    """The row's method, with AFFD/AFJL rows measured before the mode cut told apart."""
+    if r["method"] in ("sketch_affd", "sketch_afjl") and r.get("code") == BEFORE_CUT:
+        return r["method"] + " (before cut)"
+    return r["method"]
+
+
+def _order(key):
+    size, lab = key
+    m = lab.split(" ")[0]
+    return (SIZES.index(size) if size in SIZES else 99, METHODS.index(m) if m in METHODS else 99, lab != m)
+
+
 def summarize(rows):
     """One line per (size, method): medians and min-max over its fresh-process runs."""
     out = []
-    keys = list(dict.fromkeys((r["size"], r["method"]) for r in rows))
+    keys = sorted(dict.fromkeys((r["size"], label(r)) for r in rows), key=_order)
     for size, method in keys:
-        runs = [r for r in rows if (r["size"], r["method"]) == (size, method)]
+        runs = [r for r in rows if (r["size"], label(r)) == (size, method)]
         good = [r for r in runs if "skipped" not in r]
         line = dict(size=size, method=method, runs=len(good), failed=[r["skipped"] for r in runs if "skipped" in r])
         if good:
@@ -387,7 +420,7 @@ def write(rows, args, machine, started, command=None):
         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for ln in summary:
         m = ln["method"]
-        tgt = TARGETS.get(m)
+        tgt = TARGETS.get(m.split(" ")[0])
         if not ln["runs"]:
             lines.append(f"| {ln['size']} | | {m} | | 0 | not run: {'; '.join(ln['failed'])} | | | "
                          f"{'' if tgt is None else '<= ' + str(tgt)} | | | |")
@@ -440,10 +473,11 @@ def plot(summary):
     import matplotlib.pyplot as plt
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5.5))
-    methods = sorted({ln["method"] for ln in summary if ln["runs"]}, key=METHODS.index)
-    cmap = plt.get_cmap("tab10")
-    for i, m in enumerate(methods):
-        color = cmap(i % 10)
+    methods = list(dict.fromkeys(ln["method"] for ln in summary if ln["runs"]))
+    methods.sort(key=lambda m: (METHODS.index(m.split(" ")[0]), m))
+    cmap = plt.get_cmap("tab20")
+    for m in methods:
+        color = cmap((2 * METHODS.index(m.split(" ")[0])) % 20)
         for axis, key in ((ax, "time_s"), (bx, "floor_ratio")):
             pts = sorted((ln["num_params"], ln[key]) for ln in summary if ln["method"] == m and key in ln)
             if not pts:
@@ -452,7 +486,8 @@ def plot(summary):
             med = [v["median"] for _, v in pts]
             err = [[v["median"] - v["min"] for _, v in pts], [v["max"] - v["median"] for _, v in pts]]
             axis.errorbar(xs, med, yerr=err, marker="o", ms=4, capsize=3, color=color, label=m,
-                          ls="--" if m.startswith("ekfac") else "-")
+                          ls=":" if "before" in m else "--" if m.startswith("ekfac") else "-",
+                          alpha=0.6 if "before" in m else 1.0)
     bx.axhline(1.3, color="k", ls=":", lw=1)
     bx.text(1.0e6, 1.33, "target 1.3 (eigs, slq: x products)", fontsize=7)
     bx.axhline(1.5, color="r", ls=":", lw=1)
@@ -513,7 +548,7 @@ def main():
         for size in args.sizes.split(","):
             for method in order:
                 left = args.deadline_s - (time.time() - t0)
-                rep = 1 + sum((r["size"], r["method"]) == (size, method) for r in rows)
+                rep = 1 + sum((r["size"], r["method"]) == (size, method) and r.get("rep", 1) >= 1 for r in rows)
                 if method == "sketch_dense":
                     if rep > 1:
                         continue
