@@ -370,6 +370,7 @@ def summarize(rows):
             if method == "eigs":
                 line["converged"] = f"{min(r['converged'] for r in good)}/{good[0]['k']}"
             line["products"] = good[0]["products"]
+            line["examples"] = good[0].get("examples")
         out.append(line)
     return out
 
@@ -433,6 +434,8 @@ def write(rows, args, machine, started, command=None):
             extra = f" ({ln['converged']} converged)"
         if ln.get("single_call"):
             extra += " (single call)"
+        if m in ("eigs", "slq") and ln.get("examples") != args.curv_seqs:
+            extra += f" ({ln['examples']} windows)"
         if m == "pe_grads":
             extra = f" (read {ln['read_s']['median']:.3f} s)"
         if m == "ekfac_capture" and "over_pe_grads" in ln:
