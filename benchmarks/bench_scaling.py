@@ -469,19 +469,22 @@ def write(rows, args, machine, started, command=None):
 
 
 def plot(summary):
-    """Left: median warm time vs params (bars: min-max); right: floor ratio vs params with the targets."""
+    """Median warm time, floor ratio and sketch time over one read vs params (log axes; bars: min-max
+    over the fresh-process runs), with the targets drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, LogLocator
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5.5))
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(18, 6))
     methods = list(dict.fromkeys(ln["method"] for ln in summary if ln["runs"]))
     methods.sort(key=lambda m: (METHODS.index(m.split(" ")[0]), m))
-    cmap = plt.get_cmap("tab20")
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+               "#17becf", "#000000"]
     for m in methods:
-        color = cmap((2 * METHODS.index(m.split(" ")[0])) % 20)
-        for axis, key in ((ax, "time_s"), (bx, "floor_ratio")):
+        color = palette[METHODS.index(m.split(" ")[0]) % len(palette)]
+        for axis, key in ((ax, "time_s"), (bx, "floor_ratio"), (cx, "over_read")):
             pts = sorted((ln["num_params"], ln[key]) for ln in summary if ln["method"] == m and key in ln)
             if not pts:
                 continue
@@ -490,24 +493,33 @@ def plot(summary):
             err = [[v["median"] - v["min"] for _, v in pts], [v["max"] - v["median"] for _, v in pts]]
             axis.errorbar(xs, med, yerr=err, marker="o", ms=4, capsize=3, color=color, label=m,
                           ls=":" if "before" in m else "--" if m.startswith("ekfac") else "-",
-                          alpha=0.6 if "before" in m else 1.0)
+                          alpha=0.55 if "before" in m else 1.0)
     bx.axhline(1.3, color="k", ls=":", lw=1)
-    bx.text(1.0e6, 1.33, "target 1.3 (eigs, slq: x products)", fontsize=7)
+    bx.annotate("target 1.3 (eigs, slq: x products)", (0.02, 1.22), xycoords=("axes fraction", "data"), fontsize=8)
     bx.axhline(1.5, color="r", ls=":", lw=1)
-    bx.text(1.0e6, 1.55, "target 1.5 (affd, afjl, qk: x pe_grads)", fontsize=7, color="r")
+    bx.annotate("target 1.5 (affd, afjl, qk: x pe_grads)", (0.02, 1.56), xycoords=("axes fraction", "data"),
+                fontsize=8, color="r")
     bx.axhline(1.0, color="gray", lw=0.5)
-    for axis in (ax, bx):
+    cx.axhline(5, color="r", ls=":", lw=1)
+    cx.annotate("target 5 (best sketch: x one read)", (0.02, 5.4), xycoords=("axes fraction", "data"), fontsize=8,
+                color="r")
+    for axis in (ax, bx, cx):
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("parameters")
         axis.grid(True, which="both", alpha=0.3)
-    ax.set_ylabel("warm time (s), median over fresh processes, bars min-max")
-    ax.set_title("char GPT: time vs params (shared 2-core CPU)")
-    bx.set_ylabel("time / floor (median, bars min-max)")
+        axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+        axis.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        axis.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_ylabel("warm time (s): median over fresh processes, bars min-max")
+    ax.set_title("time vs params (char GPT, shared 2-core CPU)")
+    bx.set_ylabel("time / floor: median, bars min-max")
     bx.set_title("floor ratios (ekfac_fit: x one capture pass, no target)")
+    cx.set_ylabel("time / one read of the per-example gradient bytes")
+    cx.set_title("sketch stores and pe_grads over one read")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(RESULTS / "scaling.png", dpi=110)
+    fig.savefig(RESULTS / "scaling.png", dpi=100)
     plt.close(fig)
 
 
