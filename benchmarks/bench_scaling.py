@@ -69,36 +69,60 @@ TARGETS = {"eigs": 1.3, "slq": 1.3, "sketch_affd": 1.5, "sketch_afjl": 1.5, "ske
 
 NOTES = """
 Notes (this file's numbers):
-- Recorded in three invocations on 2026-12-06, appended into one table: `bench_scaling.py --sizes
-  1M,3M,10M,30M --deadline-s 2460` (1M, 3M; stopped after 3M to reorder), then `--append --sizes 10M
-  --methods pe_grads,sketch_afjl,sketch_qk,sketch_affd,ekfac_capture,ekfac_fit,ekfac_query,eigs,slq,
-  sketch_srht,sketch_dense --deadline-s 1540` (per-example work first, so a 5-minute timeout on the
-  curvature rows could not starve it); then `--append --sizes 30M --methods ekfac_capture,pe_grads,...
-  --deadline-s 240 --timeout 200` (30M: the capture pass ran; per-example gradients at chunk 32 were
-  SIGKILLed, most likely out of memory; the rest did not fit the 50-minute budget: the 10M rows suggest ~3x longer at 30M,
-  so eigs/slq would pass the 5-minute cap with a second timed call).
-- Shared machine: load 2.5-7 on 2 cores throughout (other benchmark jobs). An earlier, discarded start
-  of the same 1M eigs row took 5.0 s warm at load 2.6 against 8.9 s here at load 3.7: read times as
-  +-2x. Ratios divide two numbers from different moments (the sketch rows by `pe_grads` from another
-  child), so they carry that noise too; 3M qk below 1.0 is noise, not a sketch cheaper than nothing.
-- eigs/slq floor ratios below 1: the product "alone" (a jitted `op.mv`, median of 3) costs more per call
-  than a product inside the solver's compiled loop at some sizes; the chained-loop floor (line below the
-  table) is the fairer floor and gives 0.7-1.2. Either way the solvers add little beyond their products.
-  The eigs rows converged all 5 pairs within the first 40-product pass (no restart ran).
-- `x read` target (<= 5 for the best structured sketch) is not reachable as defined here: computing the
-  per-example gradients alone already costs ~50-75x one read of their bytes (pe_grads / read), because
-  a transformer's per-example backward pass is compute-bound, not a read. The bracketed number (the
-  sketch's own time beyond the gradients, over one read) is what the sketch itself adds.
-- affd grows faster than the gradients (1M 2.1x, 3M 3.2x, 10M 5.1x the gradients alone): its permuted
-  Kronecker-Hadamard on a padded input is the expensive kind at large N on this CPU; afjl and qk stay
-  within ~1.6x. srht (ours) is the unstructured-Hadamard baseline; a dense Gaussian was not run
-  (reason in its rows).
-- pe_grads' peak RSS includes a flat copy of one chunk's gradients made for the read measurement, so
-  it is above the sketch rows'. ekfac_query's peak includes the fit (done once in that child, `fit_s`
-  in the json) and the estimator's cached training features.
-- EK-FAC fit / capture ratios (4.7-6.5x one capture pass) are above the 2 passes a fit makes: the
-  second pass forms per-example layer gradients in the eigenbasis, and capture alone is cheaper than
-  vmap(grad) (0.26-0.52x pe_grads).
+- Recorded 2026-12-06 04:39-06:15 UTC on the 2-core box while a test-suite run (pytest -n 2), two
+  other helpers' benchmarks and (niced) sketch tests of ours shared it: 1-minute load 9-16 at the new
+  rows (column `load`), 3.7-7 at the rows of the earlier invocation. The new absolute times are
+  therefore ~1.5-3x the earlier ones; read every time as +-2x and compare ratios within a round.
+- Runs: rows of the earlier invocation (same code, first full call then the timed full call, chunk
+  32 = what the memory rule gives below 30M) count as one run each (`rep` 0 in the json) for every
+  method whose code did not change; AFFD/AFJL rows measured before the mode cut (commit 0d9d631) are
+  listed apart as `(before cut)`. New runs: 1M: 3 rounds of every method; 3M: 2 rounds of the
+  per-example methods, a third of pe_grads/afjl/affd and one new eigs/slq run; 10M: pe_grads and afjl
+  once more (the other 10M rows: the earlier invocation only); 30M: one run of each method listed
+  (`runs` column), others not run (reason in their rows).
+- 30M: the memory rule gives chunks of 8 (8 x 28.5M x 4 B = 0.9 GB of gradients): pe_grads peaked at
+  3.5 GB, the EK-FAC fit at 5.3 GB, afjl/qk at 2.5-2.8 GB. eigs/slq on 8 windows of 128 ran past their
+  600 s timeout at load 13.6 (row `failed`); rerun on 2 windows (`2 windows`) as a single call
+  (compile included): eigs peaked at 7.1 GB, mostly the depth-40 Krylov basis (40 x 114 MB = 4.6 GB).
+  At 30M the full reorthogonalisation (every step reads the whole basis) is no longer small next to a
+  product on 2 windows (1.6-2.1 s), and the single call includes the compile: eigs' 30M ratio is an
+  upper bound, not a like-for-like point of the curve.
+- eigs/slq floor ratios below 1: the product "alone" (a jitted `op.mv`, median of 3) costs more per
+  call than a product inside the solver's compiled loop at some sizes; the chained-loop floor (line
+  below the table) is the fairer floor. The eigs rows converged all 5 pairs in the first 40-product
+  pass (no restart ran).
+- AFFD, where the time goes (profile, 3M, a [8, 3.08M] block, load ~12; `jax.jit(...).lower().compile()`
+  HLO read): padding to N = 2^22 and the signs ~0.40 s (one fresh [8, N] buffer), the full first
+  transform H^{pi1} ~1.76 s (73%), the second transform ~0.44 s, against 0.02-0.05 s to read the
+  block. H^{pi1} cannot be cut (G_v needs all N coordinates before H^{pi2}): it is log_16 N = 6
+  Kronecker modes, each lowered by XLA to a transpose copy that brings the mode's axis last plus a
+  [b N / 16, 16] x [16, 16] matrix product (XNNPACK fusion): one middle mode 0.59 s against 0.25 s
+  for the same product on an axis that is already last. Per example that is ~170-200 flops per padded
+  coordinate (0.7 GFlop at 3M, 6.6 GFlop at 30M) in small-K matrix products, next to ~6 x params x 64
+  tokens (1.2 / 11 GFlop) in the gradient's large ones, so AFFD stays at ~2-5x pe_grads here; 1.5x would
+  need a cache-blocked in-place Hadamard kernel (a custom call), not a re-layout in jnp.
+- What changed (commit 0d9d631): AFFD's H^{pi2} and AFJL's H^{pi1} keep only the rows of EVERY
+  Kronecker mode that the first D outputs touch (was: the leading mode only, the other modes computed
+  in full and cropped). Results are bit-for-bit identical (one-row modes are computed as two rows:
+  XLA sums a matrix-vector product in another order; test_affd_afjl_cut_every_kronecker_mode_bit_for_bit,
+  float32 and float64). Same process, alternating, 3M, [8, 3.08M] block, load ~12: AFJL's transform
+  0.88 -> 0.55 s (0.63x), AFFD's 2.33 -> 2.16 s (0.93x: its full first transform is untouched). At the
+  store level the change is smaller than the load noise between rounds (compare the `(before cut)`
+  rows, from load 5, with the new ones, from load 10-16).
+- Tried and dropped: every mode as a product on the last axis plus swapaxes (1.4x slower, and not bit-
+  identical); einsum 'ij,bjr->bri' (same program, same time); the first mode as a fused multiply-
+  reduce instead of a matrix product (7x slower).
+- `x read` (sketch store / one read of the per-example gradient bytes; target <= 5 for the best
+  structured sketch) is not reachable as defined: the per-example gradients alone cost 35-80x one read
+  (pe_grads' own `x read`), because a transformer's per-example backward pass is compute-bound, and a
+  store can only add to them. The bracketed number (store minus pe_grads, over the read) is what the
+  sketch itself adds; qk and afjl add the least. Even that increment cannot reach a few reads here:
+  writing one fresh [8, 3.08M] float32 buffer (x * 2) took 0.38 s against 0.05 s to read it (load 14),
+  and every sketch writes at least the padded, sign-flipped copy of its input.
+- pe_grads' peak RSS includes a flat copy of one chunk's gradients made for the read measurement.
+  ekfac_query's peak includes the fit (done once in that child, `fit_s` in the json) and the estimator's
+  cached training features. The EK-FAC fit is 4.5-8x one capture pass (a fit is two passes, the second
+  forming per-example layer gradients in the eigenbasis, plus eigendecompositions).
 """
 
 CHILD = r'''
