@@ -77,9 +77,10 @@ Notes (this file's numbers):
   32 = what the memory rule gives below 30M) count as one run each (`rep` 0 in the json) for every
   method whose code did not change; AFFD/AFJL rows measured before the mode cut (commit 0d9d631) are
   listed apart as `(before cut)`. New runs: 1M: 3 rounds of every method; 3M: 2 rounds of the
-  per-example methods, a third of pe_grads/afjl/affd and one new eigs/slq run; 10M: pe_grads and afjl
-  once more (the other 10M rows: the earlier invocation only); 30M: one run of each method listed
-  (`runs` column), others not run (reason in their rows).
+  per-example methods, a third of pe_grads/afjl/affd and one new eigs/slq run; 10M: none (every 10M
+  row is the earlier invocation's single run; AFFD/AFJL at 10M were not rerun after the cut); 30M: one
+  run of each method listed (`runs` column); 30M affd/srht and AFJL after the cut were not run (no
+  time left: the 30M AFJL store alone took 5 minutes at load 10.5).
 - 30M: the memory rule gives chunks of 8 (8 x 28.5M x 4 B = 0.9 GB of gradients): pe_grads peaked at
   3.5 GB, the EK-FAC fit at 5.3 GB, afjl/qk at 2.5-2.8 GB. eigs/slq on 8 windows of 128 ran past their
   600 s timeout at load 13.6 (row `failed`); rerun on 2 windows (`2 windows`) as a single call
@@ -106,9 +107,12 @@ Notes (this file's numbers):
   in full and cropped). Results are bit-for-bit identical (one-row modes are computed as two rows:
   XLA sums a matrix-vector product in another order; test_affd_afjl_cut_every_kronecker_mode_bit_for_bit,
   float32 and float64). Same process, alternating, 3M, [8, 3.08M] block, load ~12: AFJL's transform
-  0.88 -> 0.55 s (0.63x), AFFD's 2.33 -> 2.16 s (0.93x: its full first transform is untouched). At the
-  store level the change is smaller than the load noise between rounds (compare the `(before cut)`
-  rows, from load 5, with the new ones, from load 10-16).
+  0.88 -> 0.55 s (0.63x), AFFD's 2.33 -> 2.16 s (0.93x: its full first transform is untouched). Fused
+  with the gradients as the store runs them (one jit of vmap(grad) + ravel + apply, 3M, one chunk of
+  32, same process, alternating, medians of 3, load ~7-10, outputs bit-identical): gradients alone
+  0.85 s, +AFJL 1.59 -> 1.42 s (0.89x), +AFFD 3.53 -> 3.33 s (0.94x). At the store level that change is
+  smaller than the load noise between rounds: the `(before cut)` rows (load 5-7) and the new ones
+  (load 8-16) are not a before/after comparison.
 - Tried and dropped: every mode as a product on the last axis plus swapaxes (1.4x slower, and not bit-
   identical); einsum 'ij,bjr->bri' (same program, same time); the first mode as a fused multiply-
   reduce instead of a matrix product (7x slower).
