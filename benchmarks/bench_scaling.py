@@ -7,7 +7,8 @@ Protocol (the project's timing rule: alternating fresh processes, medians):
   peak RSS = VmHWM of that child). `--reps R` runs R rounds; each round runs every method once,
   the order rotated between rounds, so a load drift hits all methods alike. The tables report the
   median and the min-max over a (size, method)'s runs, and each floor ratio is taken within a
-  round (a sketch run over the `pe_grads` run of the same round) before its median is taken.
+  round (a sketch run over the `pe_grads` run of the same round, `round` in the json; the floor's
+  median where that round has none) before its median is taken.
 - the parent polls each child's RSS and kills it above `--max-rss-gb` (8) or at `--timeout`.
 - per-example work runs in chunks chosen by a memory rule (`--chunk 0`, the default): the largest
   power of two <= 32 with chunk x params x 4 B x 4 <= 6 GiB (4 = the measured peak RSS over one
@@ -69,18 +70,24 @@ TARGETS = {"eigs": 1.3, "slq": 1.3, "sketch_affd": 1.5, "sketch_afjl": 1.5, "ske
 
 NOTES = """
 Notes (this file's numbers):
-- Recorded 2026-12-06 04:39-06:15 UTC on the 2-core box while a test-suite run (pytest -n 2), two
-  other helpers' benchmarks and (niced) sketch tests of ours shared it: 1-minute load 9-16 at the new
-  rows (column `load`), 3.7-7 at the rows of the earlier invocation. The new absolute times are
-  therefore ~1.5-3x the earlier ones; read every time as +-2x and compare ratios within a round.
+- Recorded 2026-12-06 04:39-06:17 UTC on the 2-core box while a test-suite run (pytest -n 2), two
+  other helpers' benchmarks and (niced) sketch tests of ours shared it: 1-minute load 8-16 at most new
+  rows, 2-5 at the last ones (30M round 2, the 10M round), 3.7-7 at the rows of the earlier invocation
+  (column `load`). Most new absolute times are therefore ~1.5-3x the earlier ones; read every time as
+  +-2x and compare ratios within a round. The
+  extreme case: the 30M EK-FAC fit took 348 s in the ekfac_fit row (load 11.1) and 57 s inside the
+  30M ekfac_query child (`fit_s`, load 5.4, the same call), a factor 6 from the load alone.
 - Runs: rows of the earlier invocation (same code, first full call then the timed full call, chunk
   32 = what the memory rule gives below 30M) count as one run each (`rep` 0 in the json) for every
   method whose code did not change; AFFD/AFJL rows measured before the mode cut (commit 0d9d631) are
   listed apart as `(before cut)`. New runs: 1M: 3 rounds of every method; 3M: 2 rounds of the
-  per-example methods, a third of pe_grads/afjl/affd and one new eigs/slq run; 10M: none (every 10M
-  row is the earlier invocation's single run; AFFD/AFJL at 10M were not rerun after the cut); 30M: one
-  run of each method listed (`runs` column); 30M affd/srht and AFJL after the cut were not run (no
-  time left: the 30M AFJL store alone took 5 minutes at load 10.5).
+  per-example methods, a third of pe_grads/afjl/affd and one new eigs/slq run; 10M: one new round
+  (06:06-06:17 UTC, load ~2-5; methods it did not reach have the earlier run only); 30M: round 1
+  (04:40-05:10, load 8-14: pe_grads, AFJL before the cut, QK, capture, fit; eigs timed out), eigs and
+  slq on 2 windows (load ~10), the query (load 5), and round 2 (06:00-06:06, load 2-3: pe_grads, AFJL
+  after the cut, AFFD, SRHT). The load fell from ~13 to ~2 between the two 30M rounds: pe_grads took
+  83 s in round 1 and 13 s in round 2, so 30M medians over those two runs mean little; the ratios are
+  taken within each round.
 - 30M: the memory rule gives chunks of 8 (8 x 28.5M x 4 B = 0.9 GB of gradients): pe_grads peaked at
   3.5 GB, the EK-FAC fit at 5.3 GB, afjl/qk at 2.5-2.8 GB. eigs/slq on 8 windows of 128 ran past their
   600 s timeout at load 13.6 (row `failed`); rerun on 2 windows (`2 windows`) as a single call
@@ -330,11 +337,16 @@ def _rss_gb(pid):
     return 0.0
 
 
+def _round(r):
+    """The round a row ran in (its invocation's start and round number; older rows: `rep`)."""
+    return str(r.get("round", r.get("rep", 1)))
+
+
 def derive(rows):
     """Fill the ratios that need a second row of the same size: each run is divided by the floor row of
     the same size and round (`rep`), or by that row's median when its round did not run."""
     ok = [r for r in rows if "skipped" not in r]
-    by = {(r["size"], r["method"], r.get("rep", 1)): r for r in ok}
+    by = {(r["size"], r["method"], _round(r)): r for r in ok}
 
     def base(size, method, rep):
         if (size, method, rep) in by:
@@ -345,7 +357,7 @@ def derive(rows):
         return {k: float(np.median([r[k] for r in same])) for k in ("time_s", "read_s") if k in same[0]}
 
     for r in ok:
-        m, s, rep = r["method"], r["size"], r.get("rep", 1)
+        m, s, rep = r["method"], r["size"], _round(r)
         pe = base(s, "pe_grads", rep)
         if m.startswith("sketch_") and pe:
             r["floor_ratio"] = r["time_s"] / pe["time_s"]
@@ -604,6 +616,7 @@ def main():
                 else:
                     row = run_child(args, size, method, min(args.timeout, left))
                 row["rep"] = rep
+                row["round"] = f"{started} {rnd + 1}"
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "values"}), flush=True)
                 write(rows, args, machine, started)
