@@ -82,7 +82,8 @@ Notes (this file's numbers):
   method whose code did not change; AFFD/AFJL rows measured before the mode cut (commit 0d9d631) are
   listed apart as `(before cut)`. New runs: 1M: 3 rounds of every method; 3M: 2 rounds of the
   per-example methods, a third of pe_grads/afjl/affd and one new eigs/slq run; 10M: one new round
-  (06:06-06:17 UTC, load ~2-5; methods it did not reach have the earlier run only); 30M: round 1
+  (06:06-06:17 UTC, load ~2-5; its slq child was stopped by the session's deadline after 96 s, so
+  10M slq has the earlier run only); 30M: round 1
   (04:40-05:10, load 8-14: pe_grads, AFJL before the cut, QK, capture, fit; eigs timed out), eigs and
   slq on 2 windows (load ~10), the query (load 5), and round 2 (06:00-06:06, load 2-3: pe_grads, AFJL
   after the cut, AFFD, SRHT). The load fell from ~13 to ~2 between the two 30M rounds: pe_grads took
