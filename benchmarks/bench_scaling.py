@@ -1,16 +1,32 @@
 """Scaling of the workbench's big operations over the char GPT family (1M, 3M, 10M, 30M params):
 top-k GGN eigenpairs, SLQ spectral density, per-example gradient sketching into a zarr store,
-the EK-FAC fit and an EK-FAC influence query; wall time, first-call time and peak RSS per size.
+the EK-FAC capture, fit and an EK-FAC influence query; warm time, first-call time and peak RSS.
 
-Every (size, method) runs in a fresh child process (peak RSS = VmHWM of that process; the
-children set OMP_NUM_THREADS=1 and a 5-minute timeout each). Params are the random init
-(`nnx.Rngs(0)`), float32: these are timings, not accuracy. Data (`data.load_corpus`):
+Protocol (the project's timing rule: alternating fresh processes, medians):
+- every (size, method) runs in a fresh child process (OMP_NUM_THREADS=1, one child at a time;
+  peak RSS = VmHWM of that child). `--reps R` runs R rounds; each round runs every method once,
+  the order rotated between rounds, so a load drift hits all methods alike. The tables report the
+  median and the min-max over a (size, method)'s runs, and each floor ratio is taken within a
+  round (a sketch run over the `pe_grads` run of the same round, `round` in the json; the floor's
+  median where that round has none) before its median is taken.
+- the parent polls each child's RSS and kills it above `--max-rss-gb` (8) or at `--timeout`.
+- per-example work runs in chunks chosen by a memory rule (`--chunk 0`, the default): the largest
+  power of two <= 32 with chunk x params x 4 B x 4 <= 6 GiB (4 = the measured peak RSS over one
+  chunk's gradient bytes at 10M and chunk 32: 5.2 GB over 1.27 GB). 1M-10M: 32; 30M: 8.
+- per-example rows first run one chunk (compile + one chunk, reported as `first`), then time the
+  full run once; eigs/slq run a first full call, then the timed second call, except at the sizes in
+  `--single-call-sizes` (30M), where the one call (compile included) is the time, an upper bound.
+- rows carry `code`, a hash of `workbench/sketch/kinds/*.py`, so runs made before and after a
+  sketch change are told apart (AFFD/AFJL rows before the mode cut are labelled `(before cut)`).
+
+Params are the random init (`nnx.Rngs(0)`), float32: these are timings, not accuracy. Data
+(`data.load_corpus`):
 - curvature products (eigenpairs, SLQ): the first `--curv-seqs` training windows of
   `--curv-len` characters (default 8 x 128); the operator is the dataset-averaged GGN
   (`curvature.operator(fn, params, data, "ggn")`);
 - per-example work (sketch store, EK-FAC): the first `--pe-seqs` windows of `--pe-len`
-  characters (default 128 x 64), in chunks of `--chunk` examples (the model is built with
-  seq_len = pe-len, so its positional table is smaller: params are recorded per row).
+  characters (default 128 x 64) (the model is built with seq_len = pe-len, so its positional
+  table is smaller: params are recorded per row).
 
 Floor ratios (the method's warm time over the cost of the work it cannot avoid):
 - eigenpairs / SLQ: time / (operator products made x one product `op.mv` timed alone, warm
@@ -23,12 +39,13 @@ Floor ratios (the method's warm time over the cost of the work it cannot avoid):
 - EK-FAC fit (empirical Fisher, two passes + eigendecompositions) / one pass of
   `kfac.capture` over the same chunks (no target: a fit is at least two passes);
 - influence query: `influence.make("ekfac", ..., factors=...)` + `.scores` of `--test-seqs`
-  validation windows against the pe training set (time only).
-"first call" is the first call in the child (compile included), "time" a second identical call.
+  validation windows against the pe training set (time only; the factors are keyed to the
+  training data, so both of its calls are full).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_scaling.py [--sizes 1M,3M] [--deadline-s 2400]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_scaling.py --sizes 1M,3M --reps 3 [--append]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_scaling.py --sizes 30M --timeout 600 --append
 
-Writes benchmarks/results/scaling.{md,json,png} after every (size, method).
+Writes benchmarks/results/scaling.{md,json,png} after every child (`--rewrite`: only the md/png).
 """
 
 from __future__ import annotations
@@ -39,8 +56,11 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,36 +70,71 @@ TARGETS = {"eigs": 1.3, "slq": 1.3, "sketch_affd": 1.5, "sketch_afjl": 1.5, "ske
 
 NOTES = """
 Notes (this file's numbers):
-- Recorded in three invocations on 2026-12-06, appended into one table: `bench_scaling.py --sizes
-  1M,3M,10M,30M --deadline-s 2460` (1M, 3M; stopped after 3M to reorder), then `--append --sizes 10M
-  --methods pe_grads,sketch_afjl,sketch_qk,sketch_affd,ekfac_capture,ekfac_fit,ekfac_query,eigs,slq,
-  sketch_srht,sketch_dense --deadline-s 1540` (per-example work first, so a 5-minute timeout on the
-  curvature rows could not starve it); then `--append --sizes 30M --methods ekfac_capture,pe_grads,...
-  --deadline-s 240 --timeout 200` (30M: the capture pass ran; per-example gradients at chunk 32 were
-  SIGKILLed, most likely out of memory; the rest did not fit the 50-minute budget: the 10M rows suggest ~3x longer at 30M,
-  so eigs/slq would pass the 5-minute cap with a second timed call).
-- Shared machine: load 2.5-7 on 2 cores throughout (other benchmark jobs). An earlier, discarded start
-  of the same 1M eigs row took 5.0 s warm at load 2.6 against 8.9 s here at load 3.7: read times as
-  +-2x. Ratios divide two numbers from different moments (the sketch rows by `pe_grads` from another
-  child), so they carry that noise too; 3M qk below 1.0 is noise, not a sketch cheaper than nothing.
-- eigs/slq floor ratios below 1: the product "alone" (a jitted `op.mv`, median of 3) costs more per call
-  than a product inside the solver's compiled loop at some sizes; the chained-loop floor (line below the
-  table) is the fairer floor and gives 0.7-1.2. Either way the solvers add little beyond their products.
-  The eigs rows converged all 5 pairs within the first 40-product pass (no restart ran).
-- `x read` target (<= 5 for the best structured sketch) is not reachable as defined here: computing the
-  per-example gradients alone already costs ~50-75x one read of their bytes (pe_grads / read), because
-  a transformer's per-example backward pass is compute-bound, not a read. The bracketed number (the
-  sketch's own time beyond the gradients, over one read) is what the sketch itself adds.
-- affd grows faster than the gradients (1M 2.1x, 3M 3.2x, 10M 5.1x the gradients alone): its permuted
-  Kronecker-Hadamard on a padded input is the expensive kind at large N on this CPU; afjl and qk stay
-  within ~1.6x. srht (ours) is the unstructured-Hadamard baseline; a dense Gaussian was not run
-  (reason in its rows).
-- pe_grads' peak RSS includes a flat copy of one chunk's gradients made for the read measurement, so
-  it is above the sketch rows'. ekfac_query's peak includes the fit (done once in that child, `fit_s`
-  in the json) and the estimator's cached training features.
-- EK-FAC fit / capture ratios (4.7-6.5x one capture pass) are above the 2 passes a fit makes: the
-  second pass forms per-example layer gradients in the eigenbasis, and capture alone is cheaper than
-  vmap(grad) (0.26-0.52x pe_grads).
+- Recorded 2026-12-06 04:39-06:17 UTC on the 2-core box while a test-suite run (pytest -n 2), two
+  other helpers' benchmarks and (niced) sketch tests of ours shared it: 1-minute load 8-16 at most new
+  rows, 2-5 at the last ones (30M round 2, the 10M round), 3.7-7 at the rows of the earlier invocation
+  (column `load`). Most new absolute times are therefore ~1.5-3x the earlier ones; read every time as
+  +-2x and compare ratios within a round. The
+  extreme case: the 30M EK-FAC fit took 348 s in the ekfac_fit row (load 11.1) and 57 s inside the
+  30M ekfac_query child (`fit_s`, load 5.4, the same call), a factor 6 from the load alone.
+- Runs: rows of the earlier invocation (same code, first full call then the timed full call, chunk
+  32 = what the memory rule gives below 30M) count as one run each (`rep` 0 in the json) for every
+  method whose code did not change; AFFD/AFJL rows measured before the mode cut (commit 0d9d631) are
+  listed apart as `(before cut)`. New runs: 1M: 3 rounds of every method; 3M: 2 rounds of the
+  per-example methods, a third of pe_grads/afjl/affd and one new eigs/slq run; 10M: one new round
+  (06:06-06:17 UTC, load ~2-5; its slq child was stopped by the session's deadline after 96 s, so
+  10M slq has the earlier run only); 30M: round 1
+  (04:40-05:10, load 8-14: pe_grads, AFJL before the cut, QK, capture, fit; eigs timed out), eigs and
+  slq on 2 windows (load ~10), the query (load 5), and round 2 (06:00-06:06, load 2-3: pe_grads, AFJL
+  after the cut, AFFD, SRHT). The load fell from ~13 to ~2 between the two 30M rounds: pe_grads took
+  83 s in round 1 and 13 s in round 2, so 30M medians over those two runs mean little; the ratios are
+  taken within each round.
+- 30M: the memory rule gives chunks of 8 (8 x 28.5M x 4 B = 0.9 GB of gradients): pe_grads peaked at
+  3.5 GB, the EK-FAC fit at 5.3 GB, afjl/qk at 2.5-2.8 GB. eigs/slq on 8 windows of 128 ran past their
+  600 s timeout at load 13.6 (row `failed`); rerun on 2 windows (`2 windows`) as a single call
+  (compile included): eigs peaked at 7.1 GB, mostly the depth-40 Krylov basis (40 x 114 MB = 4.6 GB).
+  At 30M the full reorthogonalisation (every step reads the whole basis) is no longer small next to a
+  product on 2 windows (1.6-2.1 s), and the single call includes the compile: eigs' 30M ratio is an
+  upper bound, not a like-for-like point of the curve.
+- eigs/slq floor ratios below 1: the product "alone" (a jitted `op.mv`, median of 3) costs more per
+  call than a product inside the solver's compiled loop at some sizes; the chained-loop floor (line
+  below the table) is the fairer floor. The eigs rows converged all 5 pairs in the first 40-product
+  pass (no restart ran).
+- AFFD, where the time goes (profile, 3M, a [8, 3.08M] block, load ~12; `jax.jit(...).lower().compile()`
+  HLO read): padding to N = 2^22 and the signs ~0.40 s (one fresh [8, N] buffer), the full first
+  transform H^{pi1} ~1.76 s (73%), the second transform ~0.44 s, against 0.02-0.05 s to read the
+  block. H^{pi1} cannot be cut (G_v needs all N coordinates before H^{pi2}): it is log_16 N = 6
+  Kronecker modes, each lowered by XLA to a transpose copy that brings the mode's axis last plus a
+  [b N / 16, 16] x [16, 16] matrix product (XNNPACK fusion): one middle mode 0.59 s against 0.25 s
+  for the same product on an axis that is already last. Per example that is ~170-200 flops per padded
+  coordinate (0.7 GFlop at 3M, 6.6 GFlop at 30M) in small-K matrix products, next to ~6 x params x 64
+  tokens (1.2 / 11 GFlop) in the gradient's large ones, so AFFD stays at ~2-5x pe_grads here; 1.5x would
+  need a cache-blocked in-place Hadamard kernel (a custom call), not a re-layout in jnp.
+- What changed (commit 0d9d631): AFFD's H^{pi2} and AFJL's H^{pi1} keep only the rows of EVERY
+  Kronecker mode that the first D outputs touch (was: the leading mode only, the other modes computed
+  in full and cropped). Results are bit-for-bit identical (one-row modes are computed as two rows:
+  XLA sums a matrix-vector product in another order; test_affd_afjl_cut_every_kronecker_mode_bit_for_bit,
+  float32 and float64). Same process, alternating, 3M, [8, 3.08M] block, load ~12: AFJL's transform
+  0.88 -> 0.55 s (0.63x), AFFD's 2.33 -> 2.16 s (0.93x: its full first transform is untouched). Fused
+  with the gradients as the store runs them (one jit of vmap(grad) + ravel + apply, 3M, one chunk of
+  32, same process, alternating, medians of 3, load ~7-10, outputs bit-identical): gradients alone
+  0.85 s, +AFJL 1.59 -> 1.42 s (0.89x), +AFFD 3.53 -> 3.33 s (0.94x). At the store level that change is
+  smaller than the load noise between rounds: the `(before cut)` rows (load 5-7) and the new ones
+  (load 8-16) are not a before/after comparison.
+- Tried and dropped: every mode as a product on the last axis plus swapaxes (1.4x slower, and not bit-
+  identical); einsum 'ij,bjr->bri' (same program, same time); the first mode as a fused multiply-
+  reduce instead of a matrix product (7x slower).
+- `x read` (sketch store / one read of the per-example gradient bytes; target <= 5 for the best
+  structured sketch) is not reachable as defined: the per-example gradients alone cost 35-80x one read
+  (pe_grads' own `x read`), because a transformer's per-example backward pass is compute-bound, and a
+  store can only add to them. The bracketed number (store minus pe_grads, over the read) is what the
+  sketch itself adds; qk and afjl add the least. Even that increment cannot reach a few reads here:
+  writing one fresh [8, 3.08M] float32 buffer (x * 2) took 0.38 s against 0.05 s to read it (load 14),
+  and every sketch writes at least the padded, sign-flipped copy of its input.
+- pe_grads' peak RSS includes a flat copy of one chunk's gradients made for the read measurement.
+  ekfac_query's peak includes the fit (done once in that child, `fit_s` in the json) and the estimator's
+  cached training features. The EK-FAC fit is 4.5-8x one capture pass (a fit is two passes, the second
+  forming per-example layer gradients in the eigenbasis, plus eigendecompositions).
 """
 
 CHILD = r'''
@@ -92,13 +147,19 @@ from workbench import sketch as sk
 from workbench.core.per_example import per_example_grads, mean_loss
 from workbench.curvature import kfac
 
+MEM_FACTOR, MEM_BUDGET = 4, 6 * 2**30
+
 def vmhwm():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
 
-def timed(f):
-    t0 = time.perf_counter(); out = jax.block_until_ready(f()); first = time.perf_counter() - t0
+def timed(f, warmup=None):
+    # first: `warmup` (compile + one chunk for per-example work) or the full call; then the timed full call.
+    # a["single_call"]: the full call once, compile included (an upper bound on the warm time)
+    t0 = time.perf_counter(); out = jax.block_until_ready((warmup or f)()); first = time.perf_counter() - t0
+    if a.get("single_call") and warmup is None:
+        return out, first, first
     t0 = time.perf_counter(); out = jax.block_until_ready(f()); warm = time.perf_counter() - t0
     return out, first, warm
 
@@ -111,7 +172,8 @@ config = gpt.gpt_config(size, len(corpus.vocab), seq_len)
 fn = models.functional(gpt.GPT(config, rngs=nnx.Rngs(0)))
 params = fn.params
 n_params = int(sum(x.size for x in jax.tree.leaves(params)))
-row = dict(size=size, method=method, num_params=n_params, load_at_start=load, seq_len=seq_len)
+row = dict(size=size, method=method, num_params=n_params, load_at_start=load, seq_len=seq_len,
+           single_call=bool(a.get("single_call")) and (curv or method == "ekfac_query"))
 key = jax.random.key(0)
 
 if curv:
@@ -139,7 +201,7 @@ if curv:
     row["floor_ratio"] = warm / row["floor_s"]
     # the same products chained in one compiled loop (as the solvers run them): XLA may hoist the
     # loop-invariant forward pass out of the loop, so a product there can cost less than one alone
-    reps = 8
+    reps = 4 if a.get("single_call") else 8
     chain = jax.jit(lambda o, v: jax.lax.fori_loop(0, reps, lambda i, u: (lambda w: w / jnp.linalg.norm(w))(o.mv(u)), v))
     jax.block_until_ready(chain(op, v))
     t0 = time.perf_counter(); jax.block_until_ready(chain(op, v)); row["product_in_loop_s"] = (time.perf_counter() - t0) / reps
@@ -148,18 +210,22 @@ else:
     train = corpus.train.take(np.arange(a["pe_seqs"]))
     row["examples"] = a["pe_seqs"]
     chunk = a["chunk"]
+    if chunk <= 0:  # the memory rule: the largest power of two <= 32 whose gradients x 4 fit in 6 GiB
+        chunk = 32
+        while chunk > 1 and chunk * n_params * 4 * MEM_FACTOR > MEM_BUDGET:
+            chunk //= 2
     nchunks = -(-a["pe_seqs"] // chunk)
     chunks = [train.take(np.minimum(np.arange(lo, lo + chunk), a["pe_seqs"] - 1)) for lo in range(0, a["pe_seqs"], chunk)]
     loss = mean_loss(fn.per_example_loss_fn)
     row["chunk"] = chunk
     if method == "pe_grads":
         g = jax.jit(lambda p, b: per_example_grads(loss, p, b))
-        def run():
+        def run(cs=chunks):
             out = None
-            for b in chunks:
+            for b in cs:
                 out = jax.block_until_ready(g(params, b))
             return out
-        out, first, warm = timed(run)
+        out, first, warm = timed(run, lambda: run(chunks[:1]))
         row.update(first_s=first, time_s=warm, products=nchunks, peak_rss_mb=vmhwm())
         flat = jnp.concatenate([x.reshape(chunk, -1) for x in jax.tree.leaves(out)], axis=1)
         del out
@@ -177,27 +243,27 @@ else:
         s = sk.make(kind, jax.random.key(2), n_params, a["sketch_dim"], **opts)
         tmp = tempfile.mkdtemp(prefix="scaling_store_")
         paths = iter([os.path.join(tmp, "s1.zarr"), os.path.join(tmp, "s2.zarr")])
-        f = lambda: sk.write_gradient_store(fn, params, train, s, next(paths), chunk_size=chunk)
-        _, first, warm = timed(lambda: 0 if f() is None else 0)
+        f = lambda d=train: sk.write_gradient_store(fn, params, d, s, next(paths), chunk_size=chunk)
+        _, first, warm = timed(lambda: 0 if f() is None else 0, lambda: 0 if f(train.take(np.arange(chunk))) is None else 0)
         shutil.rmtree(tmp, ignore_errors=True)
         row.update(first_s=first, time_s=warm, products=nchunks, peak_rss_mb=vmhwm(), sketch_dim=a["sketch_dim"])
     elif method == "ekfac_capture":
         cap = jax.jit(lambda p, b: kfac.capture(fn, p, b, fisher="empirical"))
-        def run():
-            for b in chunks:
-                out = jax.block_until_ready(cap(params, b))
+        def run(cs=chunks):
+            for b in cs:
+                jax.block_until_ready(cap(params, b))
             return 0
-        _, first, warm = timed(run)
+        _, first, warm = timed(run, lambda: run(chunks[:1]))
         row.update(first_s=first, time_s=warm, products=nchunks, peak_rss_mb=vmhwm())
     elif method in ("ekfac_fit", "ekfac_query"):
-        fit = lambda: kfac.fit(fn, params, train, fisher="empirical", chunk_size=chunk)
+        fit = lambda d=train: kfac.fit(fn, params, d, fisher="empirical", chunk_size=chunk)
         if method == "ekfac_fit":
-            factors, first, warm = timed(lambda: fit())
+            factors, first, warm = timed(lambda: fit(), lambda: fit(train.take(np.arange(chunk))))
             row.update(first_s=first, time_s=warm, products=2 * nchunks, peak_rss_mb=vmhwm())
         else:
             t0 = time.perf_counter(); factors = jax.block_until_ready(fit()); warm = time.perf_counter() - t0
             test = corpus.validation.take(np.arange(a["test_seqs"]))
-            def q():
+            def q():  # the factors are keyed to the training data: both calls are full
                 est = influence.make("ekfac", fn, params, train, factors=factors, fisher="empirical", chunk_size=chunk)
                 return est.scores(test)
             scores, qf, qw = timed(q)
@@ -214,44 +280,140 @@ def machine_line():
             f"({jax.default_backend()}), float32")
 
 
+def _code_tag():
+    """Short hash of the sketch kinds' sources: which code a row measured (the runs span a change)."""
+    import hashlib
+
+    src = b"".join(p.read_bytes() for p in sorted((ROOT / "workbench" / "sketch" / "kinds").glob("*.py")))
+    return hashlib.sha1(src).hexdigest()[:8]
+
+
+CODE_TAG = _code_tag()
+
+
 def run_child(args, size, method, timeout):
+    """One (size, method) in a fresh process; killed when its RSS passes `--max-rss-gb` or at `timeout`."""
     payload = dict(size=size, method=method, curv_seqs=args.curv_seqs, curv_len=args.curv_len, pe_seqs=args.pe_seqs,
                    pe_len=args.pe_len, chunk=args.chunk, k=args.k, max_restarts=args.max_restarts,
                    slq_iters=args.slq_iters, slq_probes=args.slq_probes, sketch_dim=args.sketch_dim,
-                   test_seqs=args.test_seqs)
+                   test_seqs=args.test_seqs, single_call=size in args.single_call_sizes.split(","))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), WORKBENCH_JAX_CACHE="off")
     start = time.time()
     load = os.getloadavg()
-    try:
-        p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(payload)], capture_output=True, text=True,
-                           timeout=timeout, env=env, cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        return dict(size=size, method=method, skipped=f"timeout after {timeout:.0f} s", load_at_start=load)
-    for line in p.stdout.splitlines():
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(payload)], stdout=out, stderr=err, text=True,
+                             env=env, cwd=ROOT)
+        why, rss_seen = None, 0.0
+        while p.poll() is None:
+            rss_seen = max(rss_seen, _rss_gb(p.pid))
+            if rss_seen > args.max_rss_gb:
+                why = f"killed by the benchmark: RSS {rss_seen:.1f} GB > {args.max_rss_gb} GB"
+            elif time.time() - start > timeout:
+                why = f"timeout after {timeout:.0f} s"
+            if why:
+                p.kill()
+                p.wait()
+                return dict(size=size, method=method, skipped=why, load_at_start=load)
+            time.sleep(0.2)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    for line in stdout.splitlines():
         if line.startswith("ROW "):
             row = json.loads(line[4:])
             row["child_wall_s"] = time.time() - start
+            row["code"] = CODE_TAG
             return row
-    err = (p.stderr.strip().splitlines() or ["no output"])[-1][:300]
-    return dict(size=size, method=method, skipped=f"failed (rc {p.returncode}): {err}", load_at_start=load)
+    last = (stderr.strip().splitlines() or ["no output"])[-1][:300]
+    return dict(size=size, method=method, skipped=f"failed (rc {p.returncode}): {last}", load_at_start=load)
+
+
+def _rss_gb(pid):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+def _round(r):
+    """The round a row ran in (its invocation's start and round number; older rows: `rep`)."""
+    return str(r.get("round", r.get("rep", 1)))
 
 
 def derive(rows):
-    """Fill the ratios that need a second row of the same size."""
-    by = {(r["size"], r["method"]): r for r in rows}
-    for r in rows:
-        if "skipped" in r:
-            continue
-        m, s = r["method"], r["size"]
-        base = by.get((s, "pe_grads"))
-        if m.startswith("sketch_") and base and "skipped" not in base:
-            r["floor_ratio"] = r["time_s"] / base["time_s"]
-            r["over_read"] = r["time_s"] / base["read_s"]
-            r["increment_over_read"] = (r["time_s"] - base["time_s"]) / base["read_s"]
-        if m == "ekfac_fit" and (cap := by.get((s, "ekfac_capture"))) and "skipped" not in cap:
+    """Fill the ratios that need a second row of the same size: each run is divided by the floor row of
+    the same size and round (`rep`), or by that row's median when its round did not run."""
+    ok = [r for r in rows if "skipped" not in r]
+    by = {(r["size"], r["method"], _round(r)): r for r in ok}
+
+    def base(size, method, rep):
+        if (size, method, rep) in by:
+            return by[size, method, rep]
+        same = [r for r in ok if (r["size"], r["method"]) == (size, method)]
+        if not same:
+            return None
+        return {k: float(np.median([r[k] for r in same])) for k in ("time_s", "read_s") if k in same[0]}
+
+    for r in ok:
+        m, s, rep = r["method"], r["size"], _round(r)
+        pe = base(s, "pe_grads", rep)
+        if m.startswith("sketch_") and pe:
+            r["floor_ratio"] = r["time_s"] / pe["time_s"]
+            r["over_read"] = r["time_s"] / pe["read_s"]
+            r["increment_over_read"] = (r["time_s"] - pe["time_s"]) / pe["read_s"]
+        if m == "ekfac_fit" and (cap := base(s, "ekfac_capture", rep)):
             r["floor_ratio"] = r["time_s"] / cap["time_s"]
-        if m == "ekfac_capture" and base and "skipped" not in base:
-            r["over_pe_grads"] = r["time_s"] / base["time_s"]
+        if m == "ekfac_capture" and pe:
+            r["over_pe_grads"] = r["time_s"] / pe["time_s"]
+        if m == "pe_grads":
+            r["over_read"] = r["time_s"] / r["read_s"]
+
+
+BEFORE_CUT = "95ce07e9"  # `code` of the sketch kinds before AFFD/AFJL cut every Kronecker mode (commit 0d9d631)
+SIZES = ("1M", "3M", "10M", "30M")
+
+
+def label(r):
+    """The row's method, with AFFD/AFJL rows measured before the mode cut told apart."""
+    if r["method"] in ("sketch_affd", "sketch_afjl") and r.get("code") == BEFORE_CUT:
+        return r["method"] + " (before cut)"
+    return r["method"]
+
+
+def _order(key):
+    size, lab = key
+    m = lab.split(" ")[0]
+    return (SIZES.index(size) if size in SIZES else 99, METHODS.index(m) if m in METHODS else 99, lab != m)
+
+
+def summarize(rows):
+    """One line per (size, method): medians and min-max over its fresh-process runs."""
+    out = []
+    keys = sorted(dict.fromkeys((r["size"], label(r)) for r in rows), key=_order)
+    for size, method in keys:
+        runs = [r for r in rows if (r["size"], label(r)) == (size, method)]
+        good = [r for r in runs if "skipped" not in r]
+        line = dict(size=size, method=method, runs=len(good), failed=[r["skipped"] for r in runs if "skipped" in r])
+        if good:
+            line["num_params"] = good[0]["num_params"]
+            line["chunk"] = good[0].get("chunk")
+            for k in ("time_s", "first_s", "floor_ratio", "loop_floor_ratio", "over_read", "increment_over_read",
+                      "over_pe_grads", "read_s", "product_s", "product_in_loop_s", "peak_rss_mb"):
+                vals = [r[k] for r in good if k in r]
+                if vals:
+                    line[k] = dict(median=float(np.median(vals)), min=float(min(vals)), max=float(max(vals)))
+            line["load"] = [float(np.median([r["load_at_start"][0] for r in good])),
+                            min(r["load_at_start"][0] for r in good), max(r["load_at_start"][0] for r in good)]
+            line["single_call"] = any(r.get("single_call") for r in good)
+            if method == "eigs":
+                line["converged"] = f"{min(r['converged'] for r in good)}/{good[0]['k']}"
+            line["products"] = good[0]["products"]
+            line["examples"] = good[0].get("examples")
+        out.append(line)
+    return out
 
 
 def write(rows, args, machine, started, command=None):
@@ -260,82 +422,145 @@ def write(rows, args, machine, started, command=None):
     command = command or " ".join(["benchmarks/bench_scaling.py"] + sys.argv[1:])
     out = dict(machine=machine, command=command, settings=vars(args), started=started,
                updated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), rows=rows)
+    summary = summarize(rows)
+    out["summary"] = summary
     (RESULTS / "scaling.json").write_text(json.dumps(out, indent=1))
+
+    def spread(line, k, fmt="{:.2f}"):
+        if k not in line:
+            return ""
+        v = line[k]
+        if line["runs"] == 1:
+            return fmt.format(v["median"])
+        return f"{fmt.format(v['median'])} [{fmt.format(v['min'])}-{fmt.format(v['max'])}]"
+
     lines = [
         "# Scaling of the big operations over the char GPT family (CPU)", "",
-        f"Machine: {machine}. Shared 2-core machine with other heavy jobs running: `load` is "
-        "`os.getloadavg()` (1-minute) at the start of each child; absolute times are noisy, ratios within one "
-        "child (eigs, slq) are the more reliable numbers.", "",
-        f"Command: `{out['command']}`. Random-init params (nnx.Rngs(0)), float32, one fresh process per row "
-        "(OMP_NUM_THREADS=1, 5-minute timeout).", "",
+        f"Machine: {machine}. Shared 2-core machine: a test-suite run and two other helpers' jobs ran beside "
+        "these children; `load` is `os.getloadavg()` (1-minute) at the start of each child (median [min-max] over "
+        "its runs). Each (size, method) ran in `runs` fresh processes, the methods alternating within each "
+        "round so that load drifts hit all of them alike; times are the median [min-max] over those runs.", "",
+        f"Command: `{out['command']}`. Random-init params (nnx.Rngs(0)), float32, OMP_NUM_THREADS=1, one child at a "
+        f"time, each killed above {args.max_rss_gb} GB RSS or after its timeout.", "",
         f"Curvature products: GGN of the first {args.curv_seqs} training windows of {args.curv_len} chars; "
         f"top-{args.k} eigenpairs by thick-restart Lanczos (depth 40, at most {args.max_restarts} restarts, "
         f"`unconverged='return'`), SLQ {args.slq_iters} steps x {args.slq_probes} probes. Per-example work: "
-        f"{args.pe_seqs} windows of {args.pe_len} chars in chunks of {args.chunk}; sketches to D = {args.sketch_dim} "
-        f"written to a zarr store; EK-FAC with the empirical Fisher; the query scores {args.test_seqs} validation "
-        "windows against the same training windows.", "",
-        "Ratio column: eigs/slq: time / (products x one product alone); sketch_*: store time / per-example "
-        "gradients alone (`pe_grads`); ekfac_fit: fit / one pass of `kfac.capture` (`ekfac_capture`). "
-        "`x read`: sketch store time / one read (jnp.sum) of the per-example gradient bytes; in brackets the "
-        "store's time beyond the gradients alone (store - pe_grads) over that read, the sketch's own cost. "
-        "`products or passes`: operator products (eigs, slq) or chunks (per-example rows; the fit makes two "
-        "passes).", "",
-        "| size | params | method | first call s | time s | products or passes | floor ratio | target | x read "
-        "| peak RSS MB | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        load = f"{r['load_at_start'][0]:.1f}" if r.get("load_at_start") else ""
-        if "skipped" in r:
-            lines.append(f"| {r['size']} | {r.get('num_params', '')} | {r['method']} | skipped: {r['skipped']} "
-                         f"| | | | {TARGETS.get(r['method'], '')} | | | {load} |")
+        f"{args.pe_seqs} windows of {args.pe_len} chars in chunks chosen by the memory rule (column `chunk`): the "
+        "largest power of two <= 32 with chunk x params x 4 B x 4 <= 6 GiB (4 = the measured peak over one "
+        "chunk's gradient bytes at 10M, chunk 32: 5.2 GB over 1.27 GB); "
+        f"sketches to D = {args.sketch_dim} written to a zarr store; EK-FAC with the empirical Fisher; the query "
+        f"scores {args.test_seqs} validation windows against the same training windows.", "",
+        "`time`: the warm call. Per-example rows: the child first runs one chunk (compile + one chunk: `first`), "
+        "then times the full run. eigs/slq: a first full call (compile included), then a second timed one; rows "
+        "marked `single call` ran once only (compile included, an upper bound; 30M, for time).", "",
+        "Floor ratio: eigs/slq: time / (products x one product alone); sketch_*: store time / per-example "
+        "gradients alone (`pe_grads`, the run of the same round); ekfac_fit: fit / one pass of `kfac.capture`. "
+        "`x read`: time / one read (jnp.sum) of the per-example gradient bytes (pe_grads: the gradients "
+        "themselves over that read); in brackets the store's time beyond the gradients, over that read.", "",
+        "| size | params | method | chunk | runs | time s median [min-max] | first s | floor ratio median [min-max] "
+        "| target | x read | peak RSS MB (max) | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for ln in summary:
+        m = ln["method"]
+        tgt = TARGETS.get(m.split(" ")[0])
+        if not ln["runs"]:
+            lines.append(f"| {ln['size']} | | {m} | | 0 | not run: {'; '.join(ln['failed'])} | | | "
+                         f"{'' if tgt is None else '<= ' + str(tgt)} | | | |")
             continue
-        ratio = f"{r['floor_ratio']:.2f}" if "floor_ratio" in r else ""
-        tgt = TARGETS.get(r["method"])
-        met = "" if tgt is None or "floor_ratio" not in r else (" met" if r["floor_ratio"] <= tgt else " MISSED")
-        xread = f"{r['over_read']:.0f} ({r['increment_over_read']:.0f})" if "over_read" in r else ""
+        met = ""
+        if tgt is not None and "floor_ratio" in ln:
+            met = " met" if ln["floor_ratio"]["median"] <= tgt else " MISSED"
         extra = ""
-        if r["method"] == "eigs":
-            extra = f" ({r['converged']}/{r['k']} converged)"
-        if r["method"] == "pe_grads":
-            extra = f" (read {r['read_s']:.3f} s)"
-        if r["method"] == "ekfac_capture" and "over_pe_grads" in r:
-            extra = f" ({r['over_pe_grads']:.2f}x pe_grads)"
-        lines.append(f"| {r['size']} | {r['num_params']:,} | {r['method']}{extra} | {r['first_s']:.2f} | "
-                     f"{r['time_s']:.2f} | {r['products']} | {ratio} | {'' if tgt is None else '<= ' + str(tgt)}{met} "
-                     f"| {xread} | {r['peak_rss_mb']:.0f} | {load} |")
-    lines += ["", "Products chained in one compiled loop (fori_loop of 8, as the solvers run them) and the ratio against "
-              "that floor: " + ", ".join(f"{r['size']} {r['method']} {r['product_in_loop_s'] * 1e3:.0f} ms/product, "
-                                         f"ratio {r['loop_floor_ratio']:.2f}" for r in rows if "product_in_loop_s" in r) + "."]
-    lines += ["", "One product alone (eigs/slq rows, warm median of 3): " + ", ".join(
-        f"{r['size']} {r['method']} {r['product_s'] * 1e3:.0f} ms" for r in rows if "product_s" in r) + "."]
+        if m == "eigs":
+            extra = f" ({ln['converged']} converged)"
+        if ln.get("single_call"):
+            extra += " (single call)"
+        if m in ("eigs", "slq") and ln.get("examples") != args.curv_seqs:
+            extra += f" ({ln['examples']} windows)"
+        if m == "pe_grads":
+            extra = f" (read {ln['read_s']['median']:.3f} s)"
+        if m == "ekfac_capture" and "over_pe_grads" in ln:
+            extra = f" ({ln['over_pe_grads']['median']:.2f}x pe_grads)"
+        if ln["failed"]:
+            extra += f" ({len(ln['failed'])} more failed: {ln['failed'][0]})"
+        xread = ""
+        if "over_read" in ln:
+            xread = f"{ln['over_read']['median']:.0f}"
+            if "increment_over_read" in ln:
+                xread += f" ({ln['increment_over_read']['median']:.0f})"
+        load = ln["load"]
+        lines.append(f"| {ln['size']} | {ln['num_params']:,} | {m}{extra} | {ln['chunk'] or ''} | {ln['runs']} | "
+                     f"{spread(ln, 'time_s')} | {ln['first_s']['median']:.1f} | {spread(ln, 'floor_ratio')} | "
+                     f"{'' if tgt is None else '<= ' + str(tgt)}{met} | {xread} | {ln['peak_rss_mb']['max']:.0f} | "
+                     f"{load[0]:.1f} [{load[1]:.1f}-{load[2]:.1f}] |")
+    rows_curv = [ln for ln in summary if "product_in_loop_s" in ln]
+    lines += ["", "Products chained in one compiled loop (fori_loop, as the solvers run them) and the ratio against "
+              "that floor (medians): " + ", ".join(
+                  f"{ln['size']} {ln['method']} {ln['product_in_loop_s']['median'] * 1e3:.0f} ms/product, ratio "
+                  f"{ln['loop_floor_ratio']['median']:.2f}" for ln in rows_curv) + "."]
+    lines += ["", "One product alone (warm median of 3 in each child; median over children): " + ", ".join(
+        f"{ln['size']} {ln['method']} {ln['product_s']['median'] * 1e3:.0f} ms" for ln in summary
+        if "product_s" in ln) + "."]
     lines += ["", NOTES.strip()]
     (RESULTS / "scaling.md").write_text("\n".join(lines) + "\n")
     try:
-        plot(rows)
+        plot(summary)
     except Exception as e:  # noqa: BLE001  (the figure is optional)
         print("plot failed:", e, flush=True)
 
 
-def plot(rows):
+def plot(summary):
+    """Median warm time, floor ratio and sketch time over one read vs params (log axes; bars: min-max
+    over the fresh-process runs), with the targets drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, LogLocator
 
-    fig, ax = plt.subplots(figsize=(7, 5))
-    methods = sorted({r["method"] for r in rows if "skipped" not in r}, key=METHODS.index)
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(18, 6))
+    methods = list(dict.fromkeys(ln["method"] for ln in summary if ln["runs"]))
+    methods.sort(key=lambda m: (METHODS.index(m.split(" ")[0]), m))
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+               "#17becf", "#000000"]
     for m in methods:
-        pts = sorted((r["num_params"], r["time_s"]) for r in rows if r["method"] == m and "skipped" not in r)
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=m)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("warm time (s)")
-    ax.set_title("char GPT: time vs params (shared 2-core CPU)")
-    ax.legend(fontsize=7)
+        color = palette[METHODS.index(m.split(" ")[0]) % len(palette)]
+        for axis, key in ((ax, "time_s"), (bx, "floor_ratio"), (cx, "over_read")):
+            pts = sorted((ln["num_params"], ln[key]) for ln in summary if ln["method"] == m and key in ln)
+            if not pts:
+                continue
+            xs = [p for p, _ in pts]
+            med = [v["median"] for _, v in pts]
+            err = [[v["median"] - v["min"] for _, v in pts], [v["max"] - v["median"] for _, v in pts]]
+            axis.errorbar(xs, med, yerr=err, marker="o", ms=4, capsize=3, color=color, label=m,
+                          ls=":" if "before" in m else "--" if m.startswith("ekfac") else "-",
+                          alpha=0.55 if "before" in m else 1.0)
+    bx.axhline(1.3, color="k", ls=":", lw=1)
+    bx.annotate("target 1.3 (eigs, slq: x products)", (0.02, 1.22), xycoords=("axes fraction", "data"), fontsize=8)
+    bx.axhline(1.5, color="r", ls=":", lw=1)
+    bx.annotate("target 1.5 (affd, afjl, qk: x pe_grads)", (0.02, 1.56), xycoords=("axes fraction", "data"),
+                fontsize=8, color="r")
+    bx.axhline(1.0, color="gray", lw=0.5)
+    cx.axhline(5, color="r", ls=":", lw=1)
+    cx.annotate("target 5 (best sketch: x one read)", (0.02, 5.4), xycoords=("axes fraction", "data"), fontsize=8,
+                color="r")
+    for axis in (ax, bx, cx):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("parameters")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+        axis.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        axis.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_ylabel("warm time (s): median over fresh processes, bars min-max")
+    ax.set_title("time vs params (char GPT, shared 2-core CPU)")
+    bx.set_ylabel("time / floor: median, bars min-max")
+    bx.set_title("floor ratios (ekfac_fit: x one capture pass, no target)")
+    cx.set_ylabel("time / one read of the per-example gradient bytes")
+    cx.set_title("sketch stores and pe_grads over one read")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(RESULTS / "scaling.png", dpi=120)
+    fig.savefig(RESULTS / "scaling.png", dpi=100)
     plt.close(fig)
 
 
@@ -343,25 +568,29 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1M,3M,10M,30M")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--reps", type=int, default=1, help="rounds: every method once per round, in a fresh process")
     ap.add_argument("--curv-seqs", type=int, default=8)
     ap.add_argument("--curv-len", type=int, default=128)
     ap.add_argument("--pe-seqs", type=int, default=128)
     ap.add_argument("--pe-len", type=int, default=64)
-    ap.add_argument("--chunk", type=int, default=32)
+    ap.add_argument("--chunk", type=int, default=0, help="examples per chunk; 0 = the memory rule")
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--max-restarts", type=int, default=2)
     ap.add_argument("--slq-iters", type=int, default=20)
     ap.add_argument("--slq-probes", type=int, default=2)
     ap.add_argument("--sketch-dim", type=int, default=4096)
     ap.add_argument("--test-seqs", type=int, default=4)
+    ap.add_argument("--single-call-sizes", default="30M", help="sizes whose eigs/slq run once (compile included)")
+    ap.add_argument("--max-rss-gb", type=float, default=8.0)
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--deadline-s", type=float, default=2400, help="start no child after this many seconds")
-    ap.add_argument("--append", action="store_true", help="keep the rows already in scaling.json")
+    ap.add_argument("--append", action="store_true", help="keep the rows already in scaling.json (new runs add reps)")
     ap.add_argument("--rewrite", action="store_true", help="only rewrite the md and png from scaling.json")
     args = ap.parse_args()
     if args.rewrite:
         old = json.loads((RESULTS / "scaling.json").read_text())
-        write(old["rows"], argparse.Namespace(**old["settings"]), old["machine"], old["started"], old["command"])
+        settings = {**vars(args), **old["settings"]}
+        write(old["rows"], argparse.Namespace(**settings), old["machine"], old["started"], old["command"])
         return
     t0 = time.time()
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
@@ -369,20 +598,29 @@ def main():
     rows = []
     if args.append and (RESULTS / "scaling.json").exists():
         rows = json.loads((RESULTS / "scaling.json").read_text())["rows"]
-    for size in args.sizes.split(","):
-        for method in args.methods.split(","):
-            left = args.deadline_s - (time.time() - t0)
-            if left < 30:
-                row = dict(size=size, method=method, skipped="not run: benchmark deadline reached")
-            elif method == "sketch_dense":
-                row = dict(size=size, method=method,
-                           skipped="dense Gaussian D=4096 x params: stored >= 16 GB, on the fly O(params x D) "
-                                   "per example (hours); srht is the unstructured-cost baseline")
-            else:
-                row = run_child(args, size, method, min(args.timeout, left))
-            rows = [r for r in rows if (r["size"], r["method"]) != (size, method)] + [row]
-            print(json.dumps({k: v for k, v in row.items() if k != "values"}), flush=True)
-            write(rows, args, machine, started)
+    methods = args.methods.split(",")
+    for rnd in range(args.reps):
+        order = methods[rnd % len(methods):] + methods[:rnd % len(methods)]  # rotate: alternate the order too
+        for size in args.sizes.split(","):
+            for method in order:
+                left = args.deadline_s - (time.time() - t0)
+                rep = 1 + sum((r["size"], r["method"]) == (size, method) and r.get("rep", 1) >= 1 for r in rows)
+                if method == "sketch_dense":
+                    if rep > 1:
+                        continue
+                    row = dict(size=size, method=method,
+                               skipped="dense Gaussian D=4096 x params: stored >= 16 GB, on the fly O(params x D) "
+                                       "per example (hours); srht is the unstructured-cost baseline")
+                elif left < 30:
+                    print(f"deadline: {size} {method} round {rnd + 1} not started", flush=True)
+                    continue
+                else:
+                    row = run_child(args, size, method, min(args.timeout, left))
+                row["rep"] = rep
+                row["round"] = f"{started} {rnd + 1}"
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "values"}), flush=True)
+                write(rows, args, machine, started)
 
 
 if __name__ == "__main__":

@@ -412,3 +412,35 @@ def test_per_leaf_kronecker_refuses_mismatched_leaves(key):
     s = sk.for_params("kronecker", key, _tree_params(), 16)
     with pytest.raises(ValueError, match="tree has 31 scalars"):  # another tree falls back to ravel and is refused
         s.apply_tree({"w": jnp.ones(31)})
+
+
+@pytest.mark.parametrize("n,d,opts", [(1000, 16, {}), (5000, 700, {"max_factor": 8}), (70000, 4096, {}),
+                                      (3000, 333, {"max_factor": 4, "preconditioner": "q"})])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_affd_afjl_cut_every_kronecker_mode_bit_for_bit(n, d, opts, dtype, key):
+    """AFFD's H^{pi2} and AFJL's H^{pi1} compute only the rows of every Kronecker mode that the first
+    D outputs touch (`_kept_rows`); the result equals, bit for bit, the earlier computation that cut
+    the leading mode only and cropped the rest (one-row modes are computed as two rows, so XLA
+    keeps the same matrix-product summation order). Both sides compiled, as `apply` runs."""
+    from workbench.sketch.base import cast, pad_to
+    from workbench.sketch.kinds import affd as A
+
+    x = jax.random.normal(jax.random.fold_in(key, 1), (3, n), dtype)
+    for kind in ("affd", "afjl"):
+        s = sk.make(kind, key, n, d, **opts)
+        st, cfg = s.state, dict(s.options)
+        big_n, fs = cfg["padded"], cfg["factors"]
+        lead = A._first_rows(d, fs)
+
+        def before(v, kind=kind, st=st, cfg=cfg, big_n=big_n, fs=fs, lead=lead):  # the code before the cut
+            vb = pad_to(v, big_n) * cast(st["signs"], v)
+            if kind == "affd":
+                z = A.kron_apply(vb, A._pre_mats(st, cfg, dtype), fs) * A._pre_scale(cfg, dtype)
+                t = A.kron_apply(z * cast(st["gauss"], v), A._post_mats(st, cfg, dtype, lead), fs)
+                return t[:, :d] * jnp.asarray(1.0 / np.sqrt(d), dtype)
+            z = (A.kron_apply(vb, A._pre_mats(st, cfg, dtype, lead), fs) * A._pre_scale(cfg, dtype))[:, :d]
+            return z * cast(st["gauss"], v) * jnp.asarray(np.sqrt(big_n / d), dtype)
+
+        got, ref = s.apply(x), jax.jit(before)(x)
+        assert got.dtype == ref.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))

@@ -180,6 +180,40 @@ def _first_rows(d: int, factors: tuple[int, ...]) -> int:
     return -(-d // (int(np.prod(factors)) // factors[0]))
 
 
+def _kept_rows(d: int, factors: tuple[int, ...]) -> tuple[int, ...]:
+    """Rows of every factor that the first d coordinates of the Kronecker output touch.
+
+    Mode i needs r_i = min(f_i, ceil(d / prod_{l>i} f_l)) rows. Where r_i < f_i, d < f_i prod_{l>i} f_l,
+    so every earlier mode needs one row: the needed block is {0} x ... x [0, r_i) x (full trailing
+    modes), whose row-major flattening is the first prod r_l coordinates of the full output. Cutting
+    every mode (not only the leading one) skips the trailing modes' work on rows that are cropped
+    away (at N = 2^24, D = 4096 and factors of 16: three modes on 4096 entries instead of five on
+    2^20). Use with `_crop_kept`, which takes the first d coordinates back out.
+    """
+    tail = [int(np.prod(factors[i + 1:])) for i in range(len(factors))]
+    return tuple(min(f, -(-d // t)) for f, t in zip(factors, tail))
+
+
+def _computed_rows(d: int, factors: tuple[int, ...]) -> tuple[int, ...]:
+    """`_kept_rows`, with every mode after the first computing at least 2 rows (where it has them).
+
+    A one-row mode would be a matrix-vector product, which XLA's CPU backend sums in another order
+    than the matrix product it replaces, changing the float results in their last bits; with two
+    rows the kept entries come out bit-for-bit as with all rows (tests/test_sketch_kinds checks
+    it). The leading mode keeps its count: it was already cut that way before this change.
+    """
+    kept = _kept_rows(d, factors)
+    return kept[:1] + tuple(max(r, min(2, f)) for r, f in zip(kept[1:], factors[1:]))
+
+
+def _crop_kept(t, d: int, factors: tuple[int, ...]):
+    """The first d output coordinates from a `kron_apply` computed with `_computed_rows` rows."""
+    b, kept, rows = t.shape[0], _kept_rows(d, factors), _computed_rows(d, factors)
+    if kept != rows:
+        t = t.reshape(b, *rows)[(slice(None),) + tuple(slice(0, r) for r in kept)]
+    return t.reshape(b, -1)[:, :d]
+
+
 # ----------------------------------------------------------------------------- pre-conditioners
 
 
@@ -206,12 +240,15 @@ def _real_fourier_t(y):
 
 
 def _pre_mats(state, cfg, dtype, rows=None):
-    """The Kronecker factors of H^{pi1} (rows permuted) or Q, the leading one cut to `rows` rows."""
+    """The Kronecker factors of H^{pi1} (rows permuted) or Q: the leading one cut to `rows` rows
+    (an int), or every factor i cut to rows[i] (a tuple, `_kept_rows`)."""
     if cfg["preconditioner"] == "q":
         mats = [cast(q, jnp.zeros((), dtype)) for q in state["q_factors"]]
     else:
         mats = [_hadamard(f, dtype)[p] for f, p in zip(cfg["factors"], state["perm_rows"])]
-    if rows is not None:
+    if isinstance(rows, tuple):
+        mats = [m[:r] for m, r in zip(mats, rows)]
+    elif rows is not None:
         mats[0] = mats[0][:rows]
     return mats
 
@@ -235,9 +272,11 @@ def precondition(state, cfg, x, rows: int | None = None):
     if cfg["preconditioner"] == "fft":
         z = _real_fourier(x)
         return z if rows is None else z[:, :rows]
-    lead = None if rows is None else _first_rows(rows, cfg["factors"])
-    z = kron_apply(x, _pre_mats(state, cfg, x.dtype, lead), cfg["factors"]) * _pre_scale(cfg, x.dtype)
-    return z if rows is None else z[:, :rows]
+    if rows is None:
+        return kron_apply(x, _pre_mats(state, cfg, x.dtype), cfg["factors"]) * _pre_scale(cfg, x.dtype)
+    computed = _computed_rows(rows, cfg["factors"])
+    z = kron_apply(x, _pre_mats(state, cfg, x.dtype, computed), cfg["factors"]) * _pre_scale(cfg, x.dtype)
+    return _crop_kept(z, rows, cfg["factors"])
 
 
 def precondition_t(state, cfg, y):
@@ -290,7 +329,11 @@ def _affd_init(rand, n, d, opts):
 
 
 def _post_mats(state, cfg, dtype, rows):
+    """The factors of H^{pi2} (columns permuted): the leading one cut to `rows` rows (an int), or
+    every factor i cut to rows[i] (a tuple, `_kept_rows`)."""
     mats = [_hadamard(f, dtype)[:, p] for f, p in zip(cfg["factors"], state["perm_cols"])]
+    if isinstance(rows, tuple):
+        return [m[:r] for m, r in zip(mats, rows)]
     mats[0] = mats[0][:rows]
     return mats
 
@@ -299,9 +342,8 @@ def _affd_apply(state, cfg, x):
     n, d = cfg["padded"], cfg["dim_out"]
     z = precondition(state, cfg, pad_to(x, n) * cast(state["signs"], x))
     z = z * cast(state["gauss"], x)
-    lead = _first_rows(d, cfg["factors"])
-    t = kron_apply(z, _post_mats(state, cfg, x.dtype, lead), cfg["factors"])
-    return t[:, :d] * jnp.asarray(1.0 / math.sqrt(d), x.dtype)  # sqrt(N/D) / sqrt(N)
+    t = kron_apply(z, _post_mats(state, cfg, x.dtype, _computed_rows(d, cfg["factors"])), cfg["factors"])
+    return _crop_kept(t, d, cfg["factors"]) * jnp.asarray(1.0 / math.sqrt(d), x.dtype)  # sqrt(N/D) / sqrt(N)
 
 
 def _affd_transpose(state, cfg, y):
