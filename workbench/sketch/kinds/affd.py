@@ -199,7 +199,7 @@ def _computed_rows(d: int, factors: tuple[int, ...]) -> tuple[int, ...]:
 
     A one-row mode would be a matrix-vector product, which XLA's CPU backend sums in another order
     than the matrix product it replaces, changing the float results in their last bits; with two
-    rows the kept entries come out bit-for-bit as with all rows (tests/test_sketch_kinds checks
+    rows the kept entries come out bit-for-bit as with all rows (tests/test_sketch.py checks
     it). The leading mode keeps its count: it was already cut that way before this change.
     """
     kept = _kept_rows(d, factors)
