@@ -21,12 +21,14 @@ $(STAMP): pyproject.toml $(LOCK)
 papers: $(STAMP)
 	$(BIN)/python -m workbench run --all --profile quick --jobs 2
 
-# One BLAS thread per pytest worker: two workers on two cores, no oversubscription. A test whose
+# One BLAS thread per pytest worker: two workers on two cores, no oversubscription. Files are handed
+# out in collection order (tests/conftest.py puts the longest first; xdist would otherwise order
+# them by test count, which sent the few-test paper-run files last). A test whose
 # worker process died (a segfault or abort inside XLA's compiler, seen in about one fresh-clone
 # run in two on JAX 0.10.2) runs once more in a fresh worker and is listed as rerun (the hook in
 # tests/conftest.py; pytest-rerunfailures reports it); a test that fails is never rerun.
 test: $(STAMP)
-	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15 \
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15 \
 		--reruns 1 --only-rerun "crashed while running"
 
 # The documentation site (mkdocs.yml: home, architecture, tutorials, the API reference built from

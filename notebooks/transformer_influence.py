@@ -31,8 +31,6 @@
 #       seq_len: 32
 #       steps: 100
 #     quick_seconds: 45
-#     summary: Which training text a small GPT's prediction comes from, by EK-FAC influence,
-#       checked against retraining
 #     title: Influence on a transformer - EK-FAC on a char GPT, against retraining
 # ---
 

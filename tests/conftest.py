@@ -79,8 +79,9 @@ def pytest_handlecrashitem(crashitem, report, sched):
 
 
 # The longest test files (a fresh suite run's durations, summed per file) go to the workers first:
-# `--dist loadfile` hands out files in collection order, and a long file handed out last keeps one
-# worker busy while the other idles (the paper runs, alphabetically late, made that tail).
+# with `--no-loadscope-reorder` (the Makefile's) `--dist loadfile` hands out files in collection
+# order, and a long file handed out last keeps one worker busy while the other idles (xdist's own
+# order, by test count, sent the few-test paper-run files last).
 LONGEST_FILES_FIRST = (
     "test_notebooks_fourth.py", "test_notebooks_second.py", "test_notebooks.py", "test_notebooks_third.py",
     "test_notebooks_fifth.py", "test_ui.py", "test_continual.py", "test_sketch.py", "test_papers.py",
