@@ -87,6 +87,7 @@ import numpy as np
 import workbench
 from workbench import data, gpt, plots
 from workbench.experiments import transformer_influence as ti
+from workbench.experiments.influence_claims import random_scores
 from workbench.influence import validation
 from workbench.run import papers
 
@@ -137,7 +138,7 @@ for line in ti.describe_top(ekfac_scores, problem, query=0, top_k=top_k):
 builders = ti.estimator_builders(problem, key_estimators, arnoldi_k=arnoldi_k)
 scores = {"ekfac": ekfac_scores}
 scores.update({name: np.asarray(build().scores(problem.query)) for name, build in builders.items() if name != "ekfac"})
-scores["random"] = ti.random_scores(key_random, n_query, n_train)
+scores["random"] = random_scores(key_random, n_query, n_train)
 for name, s in scores.items():
     workbench.record(**{f"top_share_{name}": float(ti.top_share(s, 0.05).mean()),
                         f"overlap_gain_{name}": float(ti.bigram_overlap_gain(s, problem.query.x, problem.train.x,

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -188,20 +187,6 @@ def bigram_overlap_gain(scores, query_tokens, train_tokens, top_k: int) -> np.nd
         jaccard = np.array([len(query_set & s) / len(query_set | s) for s in train_sets])
         gains.append(jaccard[np.argsort(-row, kind="stable")[:top_k]].mean() - jaccard.mean())
     return np.asarray(gains)
-
-
-def random_scores(key: jax.Array, n_query: int, n_train: int) -> np.ndarray:
-    """Standard normal scores: an estimator that knows nothing (the control).
-
-    Args:
-        key: `jax.random` key.
-        n_query: rows.
-        n_train: columns.
-
-    Returns:
-        [n_query, n_train] scores (float64 when x64 is on).
-    """
-    return np.asarray(jax.random.normal(key, (n_query, n_train), jnp.float64 if jax.config.jax_enable_x64 else jnp.float32))
 
 
 def describe_top(scores, problem: CharGPTProblem, *, query: int, top_k: int) -> list[str]:
