@@ -107,8 +107,10 @@ def _expect_drawn_thumbnail(page) -> None:
     (JupyterLab once showed it blank or mis-sized)."""
     thumb = page.locator("img[alt='figure of this run']").first
     thumb.wait_for(timeout=30_000)
+    # decode() first: a data-URL image can report its size before its pixels are decoded, and a
+    # canvas drawn from it then reads blank (seen once on a loaded CI machine)
     width, height, inked = page.evaluate(
-        """(img) => { const c = document.createElement('canvas'); c.width = img.naturalWidth;
+        """async (img) => { await img.decode(); const c = document.createElement('canvas'); c.width = img.naturalWidth;
         c.height = img.naturalHeight; const g = c.getContext('2d'); g.drawImage(img, 0, 0);
         const d = g.getImageData(0, 0, c.width, c.height).data; let n = 0;
         for (let i = 0; i < d.length; i += 4) if (d[i] < 200 || d[i + 1] < 200 || d[i + 2] < 200) n++;

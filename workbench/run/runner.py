@@ -155,6 +155,8 @@ def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None
     import jupytext
     import papermill
 
+    from workbench.run.kernel_client import SlicedPollKernelManager
+
     limit = cell_timeout()  # a bad setting is refused before anything runs
     runs_dir = Path(runs_dir) if runs_dir is not None else repo_root() / "runs"
     start = datetime.now(UTC)
@@ -177,6 +179,7 @@ def run_paper(paper: Paper, params: dict[str, Any], runs_dir: Path | None = None
         papermill.execute_notebook(
             jupytext.read(paper.source), str(output_nb), parameters=params, kernel_name="python3",
             cwd=str(tmp), progress_bar=progress, log_output=False, execution_timeout=limit,
+            kernel_manager_class=SlicedPollKernelManager,  # no cell waits on a missed wake-up
             # quiet the kernel's own log: its start-up warnings (it listens on localhost only) and the
             # "KeyboardInterrupt caught in kernel" jupyter_client's shutdown SIGINT can provoke; a
             # cell's error still reaches the run through papermill

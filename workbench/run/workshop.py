@@ -465,6 +465,8 @@ def check_pages(folder: Path, names: list[str], timeout: float = 900) -> dict[st
     import nbformat
     from nbclient import NotebookClient
 
+    from workbench.run.kernel_client import SlicedPollKernelManager
+
     results: dict[str, PageCheck] = {}
     saved = os.environ.get(pages.START_ENV)
     os.environ[pages.START_ENV] = "1"
@@ -476,6 +478,7 @@ def check_pages(folder: Path, names: list[str], timeout: float = 900) -> dict[st
             error = None
             try:
                 NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(folder)}},
+                               kernel_manager_class=SlicedPollKernelManager,
                                extra_arguments=["--IPKernelApp.log_level=CRITICAL"]).execute()  # as the runner
             except Exception as err:  # a failing cell: reported, the next paper still checked
                 error = pages.plain_message(str(err).strip().splitlines()[-1])
