@@ -21,12 +21,16 @@ os.environ["WORKBENCH_JAX_CACHE"] = os.environ["WORKBENCH_TEST_JAX_CACHE"]
 # compilation_cache.put_executable_and_time) about once in five suite runs when every program
 # over 0.1 s was written; the programs worth sharing across processes are the slow ones.
 os.environ.setdefault("WORKBENCH_JAX_CACHE_MIN_SECONDS", "2")
-# WORKBENCH_TEST_XLA_FLAGS: XLA flags for the suite's processes (the paper kernels and worker
-# processes inherit them); flags already in XLA_FLAGS are kept after it. Empty by default: XLA's
-# older CPU emitters (--xla_cpu_use_fusion_emitters=false) compiled the suite's small programs a
-# third faster, but two fresh-clone runs in two lost an xdist worker to a segfault in XLA's
-# compilation or JAX's serialisation of an executable with them on.
-os.environ.setdefault("WORKBENCH_TEST_XLA_FLAGS", "")
+# WORKBENCH_TEST_XLA_FLAGS: XLA flags for the suite's processes (worker processes and the
+# subprocesses they start inherit them); flags already in XLA_FLAGS are kept after it. By default
+# LLVM compiles at -O0: most of the suite's time is compiling small programs, and -O0 compiled
+# a sample of unit-test files a quarter faster (user CPU 64 s against 80-85 s); a program that
+# trains for long runs slower at -O0, so the kernels of paper runs (tests marked `notebook`)
+# are started without it (`_paper_kernels_fully_optimised`). XLA's older CPU emitters
+# (--xla_cpu_use_fusion_emitters=false) were a third faster, but two fresh-clone runs in two
+# lost an xdist worker to a segfault in XLA's compilation or JAX's serialisation with them on.
+COMPILE_FAST_XLA_FLAG = "--xla_backend_optimization_level=0"
+os.environ.setdefault("WORKBENCH_TEST_XLA_FLAGS", COMPILE_FAST_XLA_FLAG)
 if os.environ["WORKBENCH_TEST_XLA_FLAGS"] and os.environ["WORKBENCH_TEST_XLA_FLAGS"] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ['WORKBENCH_TEST_XLA_FLAGS']} {os.environ.get('XLA_FLAGS', '')}".strip()
 
@@ -136,6 +140,17 @@ def keys(request):
     three of this test's own."""
     fixed = [jax.random.wrap_key_data(jnp.asarray(words, jnp.uint32)) for words in ADVERSARIAL_KEYS]
     return fixed + [_test_key(request, salt) for salt in (1, 2, 3)]
+
+
+@pytest.fixture(autouse=True)
+def _paper_kernels_fully_optimised(request, monkeypatch):
+    """Paper runs train models in their kernels, where -O0 code is slower (objective_mixing's
+    quick run took 58 s instead of 34): the kernels a `notebook` test starts inherit XLA flags
+    without `COMPILE_FAST_XLA_FLAG`."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if request.node.get_closest_marker("notebook") and COMPILE_FAST_XLA_FLAG in flags:
+        monkeypatch.setenv("XLA_FLAGS", " ".join(f for f in flags.split() if f != COMPILE_FAST_XLA_FLAG))
+    yield
 
 
 @pytest.fixture(autouse=True)
