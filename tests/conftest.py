@@ -29,8 +29,7 @@ os.environ.setdefault("WORKBENCH_JAX_CACHE_MIN_SECONDS", "2")
 # are started without it (`_paper_kernels_fully_optimised`). XLA's older CPU emitters
 # (--xla_cpu_use_fusion_emitters=false) were a third faster, but two fresh-clone runs in two
 # lost an xdist worker to a segfault in XLA's compilation or JAX's serialisation with them on.
-COMPILE_FAST_XLA_FLAG = "--xla_backend_optimization_level=0"
-os.environ.setdefault("WORKBENCH_TEST_XLA_FLAGS", COMPILE_FAST_XLA_FLAG)
+os.environ.setdefault("WORKBENCH_TEST_XLA_FLAGS", "--xla_backend_optimization_level=0")
 if os.environ["WORKBENCH_TEST_XLA_FLAGS"] and os.environ["WORKBENCH_TEST_XLA_FLAGS"] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ['WORKBENCH_TEST_XLA_FLAGS']} {os.environ.get('XLA_FLAGS', '')}".strip()
 
@@ -46,6 +45,8 @@ import jax.numpy as jnp
 import pytest
 
 jax.config.update("jax_enable_x64", True)
+
+COMPILE_FAST_XLA_FLAG = "--xla_backend_optimization_level=0"  # the default above
 
 
 def pytest_addoption(parser):
